@@ -1,0 +1,108 @@
+#include "ferry/common/chunk.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "ferry/common/error.h"
+
+namespace ferry {
+namespace {
+
+std::vector<uint8_t> Compressible(size_t n) {
+  std::vector<uint8_t> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = static_cast<uint8_t>("ferry backup "[i % 13]);
+  return v;
+}
+
+std::vector<uint8_t> Random(size_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::vector<uint8_t> v(n);
+  for (auto& b : v) b = static_cast<uint8_t>(rng());
+  return v;
+}
+
+ErrorKind DecodeErrorKind(const std::vector<uint8_t>& encoded, const Digest& d) {
+  ChunkDecoder dec;
+  std::vector<uint8_t> out;
+  try {
+    dec.Decode(encoded, &d, "test", &out);
+  } catch (const Error& e) {
+    return e.kind();
+  }
+  return ErrorKind::kInternal;  // no error: the caller's expectation fails
+}
+
+TEST(ChunkTest, CompressibleRoundTripShrinks) {
+  auto plain = Compressible(1 << 20);
+  Digest d = Sha256(plain.data(), plain.size());
+  ChunkEncoder enc(1);
+  std::vector<uint8_t> encoded;
+  enc.Encode(plain, &encoded);
+  EXPECT_LT(encoded.size(), plain.size() / 10);
+  EXPECT_EQ(encoded[8], static_cast<uint8_t>(ChunkCompression::kZstd));
+  ChunkDecoder dec;
+  std::vector<uint8_t> out;
+  dec.Decode(encoded, &d, "test", &out);
+  EXPECT_EQ(out, plain);
+}
+
+TEST(ChunkTest, IncompressibleDataIsStoredPlain) {
+  auto plain = Random(256 << 10, 1);
+  ChunkEncoder enc(1);
+  std::vector<uint8_t> encoded;
+  enc.Encode(plain, &encoded);
+  EXPECT_EQ(encoded[8], static_cast<uint8_t>(ChunkCompression::kNone));
+  EXPECT_EQ(encoded.size(), kChunkHeaderSize + plain.size());
+  Digest d = Sha256(plain.data(), plain.size());
+  ChunkDecoder dec;
+  std::vector<uint8_t> out;
+  dec.Decode(encoded, &d, "test", &out);
+  EXPECT_EQ(out, plain);
+}
+
+TEST(ChunkTest, EveryFlippedByteIsDetected) {
+  auto plain = Compressible(4096);
+  Digest d = Sha256(plain.data(), plain.size());
+  ChunkEncoder enc(3);
+  std::vector<uint8_t> encoded;
+  enc.Encode(plain, &encoded);
+  for (size_t i = 0; i < encoded.size(); ++i) {
+    auto damaged = encoded;
+    damaged[i] ^= 0x40;
+    EXPECT_EQ(DecodeErrorKind(damaged, d), ErrorKind::kCorrupt) << "byte " << i;
+  }
+}
+
+TEST(ChunkTest, TruncatedAndWrongDigest) {
+  auto plain = Compressible(8192);
+  Digest d = Sha256(plain.data(), plain.size());
+  ChunkEncoder enc(1);
+  std::vector<uint8_t> encoded;
+  enc.Encode(plain, &encoded);
+  auto truncated = encoded;
+  truncated.pop_back();
+  EXPECT_EQ(DecodeErrorKind(truncated, d), ErrorKind::kCorrupt);
+  EXPECT_EQ(DecodeErrorKind({1, 2, 3}, d), ErrorKind::kCorrupt);
+  Digest other = Sha256("other", 5);
+  EXPECT_EQ(DecodeErrorKind(encoded, other), ErrorKind::kCorrupt);
+  EXPECT_NO_THROW(CheckChunkFraming(encoded, "test"));
+}
+
+TEST(ChunkTest, EmptyAndLevelZero) {
+  ChunkEncoder enc(0);
+  std::vector<uint8_t> encoded;
+  auto plain = Compressible(1000);
+  enc.Encode(plain, &encoded);
+  EXPECT_EQ(encoded[8], static_cast<uint8_t>(ChunkCompression::kNone));
+  std::vector<uint8_t> empty;
+  enc.Encode(empty, &encoded);
+  ChunkDecoder dec;
+  std::vector<uint8_t> out{1};
+  Digest d = Sha256("", 0);
+  dec.Decode(encoded, &d, "test", &out);
+  EXPECT_TRUE(out.empty());
+}
+
+}  // namespace
+}  // namespace ferry

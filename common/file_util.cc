@@ -1,0 +1,144 @@
+#include "ferry/common/file_util.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <filesystem>
+
+#include "ferry/common/error.h"
+
+namespace ferry {
+
+void UniqueFd::Reset() {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+}
+
+UniqueFd OpenOrThrow(const std::string& path, int flags, int mode) {
+  int fd = ::open(path.c_str(), flags | O_CLOEXEC, mode);
+  if (fd < 0) throw ErrnoError("opening " + path, errno);
+  return UniqueFd(fd);
+}
+
+void PwriteAll(int fd, const void* data, size_t size, uint64_t offset, const std::string& path) {
+  const auto* p = static_cast<const char*>(data);
+  while (size > 0) {
+    ssize_t n = ::pwrite(fd, p, size, static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw ErrnoError("writing " + path + " at offset " + std::to_string(offset), errno);
+    }
+    p += n;
+    size -= static_cast<size_t>(n);
+    offset += static_cast<uint64_t>(n);
+  }
+}
+
+void PreadAll(int fd, void* data, size_t size, uint64_t offset, const std::string& path) {
+  auto* p = static_cast<char*>(data);
+  while (size > 0) {
+    ssize_t n = ::pread(fd, p, size, static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw ErrnoError("reading " + path + " at offset " + std::to_string(offset), errno);
+    }
+    if (n == 0) {
+      throw Error(ErrorKind::kCorrupt,
+                  path + " is truncated: expected data at offset " + std::to_string(offset));
+    }
+    p += n;
+    size -= static_cast<size_t>(n);
+    offset += static_cast<uint64_t>(n);
+  }
+}
+
+void FsyncOrThrow(int fd, const std::string& path) {
+  if (::fsync(fd) != 0) throw ErrnoError("syncing " + path, errno);
+}
+
+void FsyncDirectory(const std::string& dir) {
+  UniqueFd fd = OpenOrThrow(dir, O_RDONLY | O_DIRECTORY);
+  FsyncOrThrow(fd.get(), dir);
+}
+
+namespace {
+std::string ParentDirectory(const std::string& path) {
+  auto parent = std::filesystem::path(path).parent_path();
+  return parent.empty() ? "." : parent.string();
+}
+std::atomic<uint64_t> g_temp_counter{0};
+}  // namespace
+
+void WriteFileAtomically(const std::string& path, std::string_view contents) {
+  std::string temp = path + ".tmp-" + std::to_string(::getpid()) + "-" +
+                     std::to_string(g_temp_counter.fetch_add(1));
+  try {
+    UniqueFd fd = OpenOrThrow(temp, O_WRONLY | O_CREAT | O_EXCL);
+    PwriteAll(fd.get(), contents.data(), contents.size(), 0, temp);
+    FsyncOrThrow(fd.get(), temp);
+  } catch (...) {
+    ::unlink(temp.c_str());
+    throw;
+  }
+  if (::rename(temp.c_str(), path.c_str()) != 0) {
+    int err = errno;
+    ::unlink(temp.c_str());
+    throw ErrnoError("renaming " + temp + " to " + path, err);
+  }
+  FsyncDirectory(ParentDirectory(path));
+}
+
+std::string ReadWholeFile(const std::string& path) {
+  UniqueFd fd = OpenOrThrow(path, O_RDONLY);
+  std::string out;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw ErrnoError("reading " + path, errno);
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  return out;
+}
+
+bool PathExists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+void MakeDirectory(const std::string& path, int mode) {
+  if (::mkdir(path.c_str(), static_cast<mode_t>(mode)) != 0 && errno != EEXIST) {
+    throw ErrnoError("creating directory " + path, errno);
+  }
+}
+
+void RemoveTree(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::remove_all(path, ec);
+  if (ec) throw Error(ErrorKind::kEnvironment, "removing " + path + ": " + ec.message());
+}
+
+FileLock FileLock::TryAcquire(const std::string& path, bool create) {
+  FileLock lock;
+  int raw = ::open(path.c_str(), O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
+  if (raw < 0) {
+    if (!create && errno == ENOENT) return lock;
+    throw ErrnoError("opening lock " + path, errno);
+  }
+  UniqueFd fd(raw);
+  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK) return lock;
+    throw ErrnoError("locking " + path, errno);
+  }
+  lock.fd_ = std::move(fd);
+  return lock;
+}
+
+}  // namespace ferry

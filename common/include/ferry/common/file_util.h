@@ -1,0 +1,80 @@
+// Small POSIX helpers with Ferry's error policy: every failure is a
+// ferry::Error naming the file and the operation.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace ferry {
+
+// Owns a file descriptor; closes it on destruction.
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  ~UniqueFd() { Reset(); }
+  UniqueFd(UniqueFd&& other) noexcept : fd_(other.Release()) {}
+  UniqueFd& operator=(UniqueFd&& other) noexcept {
+    if (this != &other) {
+      Reset();
+      fd_ = other.Release();
+    }
+    return *this;
+  }
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  int Release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+  void Reset();
+
+ private:
+  int fd_ = -1;
+};
+
+// open(2) that throws ErrnoError("opening <path>") on failure.
+UniqueFd OpenOrThrow(const std::string& path, int flags, int mode = 0644);
+
+// Writes all of `size` bytes at `offset`, retrying short writes and EINTR.
+void PwriteAll(int fd, const void* data, size_t size, uint64_t offset, const std::string& path);
+// Reads exactly `size` bytes at `offset`; a short read (file too small) is kCorrupt.
+void PreadAll(int fd, void* data, size_t size, uint64_t offset, const std::string& path);
+
+void FsyncOrThrow(int fd, const std::string& path);
+void FsyncDirectory(const std::string& dir);
+
+// Writes `contents` to `path` so that a crash at any moment leaves either the
+// old file or the complete new one: temp file in the same directory, fsync,
+// rename, directory fsync.
+void WriteFileAtomically(const std::string& path, std::string_view contents);
+
+std::string ReadWholeFile(const std::string& path);
+
+bool PathExists(const std::string& path);
+// mkdir that tolerates EEXIST; throws on any other failure.
+void MakeDirectory(const std::string& path, int mode = 0755);
+// Removes a file tree; missing paths are fine.
+void RemoveTree(const std::string& path);
+
+// An exclusive flock(2) on a file, held for the object's lifetime. The kernel
+// drops it when the process dies, which is what lets a later run tell a
+// crashed writer's leftovers from a live writer's work in progress.
+class FileLock {
+ public:
+  // Returns a held lock, or an invalid one if another process holds it (or,
+  // without `create`, if the file does not exist).
+  static FileLock TryAcquire(const std::string& path, bool create = true);
+  bool held() const { return fd_.valid(); }
+
+ private:
+  UniqueFd fd_;
+};
+
+}  // namespace ferry

@@ -1,0 +1,54 @@
+// Restore-point manifest, format v1 (docs/repository-format.md, "Manifest").
+// JSON, so a person can read it; the "format" member is its versioned magic.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ferry/common/checksum.h"
+
+namespace ferry {
+
+inline constexpr char kManifestFormat[] = "ferry-restore-point-v1";
+
+struct DiskRecord {
+  std::string name;           // what the hypervisor calls the disk (QMP: device id)
+  uint64_t size = 0;          // bytes
+  uint32_t chunk_size = 0;
+  std::string source_format;  // qcow2, raw, ...
+  std::string index_file;     // file name inside the point's directory
+  Digest index_sha256;
+  // Statistics of the run that made this point.
+  uint64_t chunks = 0;
+  uint64_t zero_chunks = 0;
+  uint64_t new_chunks = 0;     // chunks stored by this run
+  uint64_t reused_chunks = 0;  // chunks already in the repository
+  uint64_t read_bytes = 0;     // bytes read from the source
+  uint64_t stored_bytes = 0;   // bytes written into the chunk store
+};
+
+struct VmIdentity {
+  std::string name;
+  std::string uuid;
+  std::string hypervisor;  // "qemu" for a QMP host
+};
+
+struct RestorePointManifest {
+  std::string id;
+  VmIdentity vm;
+  std::string started_at;    // RFC 3339, UTC
+  std::string completed_at;  // RFC 3339, UTC
+  std::vector<DiskRecord> disks;
+
+  const DiskRecord* FindDisk(const std::string& name) const;
+};
+
+std::string ManifestToJson(const RestorePointManifest& manifest);
+// Throws kCorrupt naming `source` and the member that is missing or wrong.
+RestorePointManifest ManifestFromJson(const std::string& json, const std::string& source);
+
+// "2026-11-22T03:42:10Z" for now.
+std::string NowRfc3339();
+
+}  // namespace ferry

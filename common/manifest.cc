@@ -1,0 +1,155 @@
+#include "ferry/common/manifest.h"
+
+#include <boost/json.hpp>
+#include <ctime>
+
+#include "ferry/common/error.h"
+
+namespace json = boost::json;
+
+namespace ferry {
+
+const DiskRecord* RestorePointManifest::FindDisk(const std::string& name) const {
+  for (const auto& d : disks) {
+    if (d.name == name) return &d;
+  }
+  return nullptr;
+}
+
+std::string NowRfc3339() {
+  std::time_t t = std::time(nullptr);
+  std::tm tm;
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::string ManifestToJson(const RestorePointManifest& m) {
+  json::array disks;
+  for (const auto& d : m.disks) {
+    disks.push_back(json::object{
+        {"name", d.name},
+        {"size", d.size},
+        {"chunk_size", d.chunk_size},
+        {"source_format", d.source_format},
+        {"index", d.index_file},
+        {"index_sha256", d.index_sha256.Hex()},
+        {"stats", json::object{{"chunks", d.chunks},
+                               {"zero_chunks", d.zero_chunks},
+                               {"new_chunks", d.new_chunks},
+                               {"reused_chunks", d.reused_chunks},
+                               {"read_bytes", d.read_bytes},
+                               {"stored_bytes", d.stored_bytes}}},
+    });
+  }
+  json::object root{
+      {"format", kManifestFormat},
+      {"id", m.id},
+      {"vm", json::object{{"name", m.vm.name}, {"uuid", m.vm.uuid}, {"hypervisor", m.vm.hypervisor}}},
+      {"started_at", m.started_at},
+      {"completed_at", m.completed_at},
+      {"disks", std::move(disks)},
+  };
+  return json::serialize(root) + "\n";
+}
+
+namespace {
+
+class Reader {
+ public:
+  explicit Reader(std::string source) : source_(std::move(source)) {}
+
+  [[noreturn]] void Fail(const std::string& member, const std::string& why) const {
+    throw Error(ErrorKind::kCorrupt, "manifest " + source_ + ": member '" + member + "' " + why);
+  }
+  const json::value& Member(const json::object& o, const std::string& key,
+                            const std::string& path) const {
+    auto it = o.find(key);
+    if (it == o.end()) Fail(path + key, "is missing");
+    return it->value();
+  }
+  std::string String(const json::object& o, const std::string& key,
+                     const std::string& path = "") const {
+    const auto& v = Member(o, key, path);
+    if (!v.is_string()) Fail(path + key, "is not a string");
+    return std::string(v.as_string());
+  }
+  uint64_t Unsigned(const json::object& o, const std::string& key,
+                    const std::string& path = "") const {
+    const auto& v = Member(o, key, path);
+    if (v.is_uint64()) return v.as_uint64();
+    if (v.is_int64() && v.as_int64() >= 0) return static_cast<uint64_t>(v.as_int64());
+    Fail(path + key, "is not a non-negative integer");
+  }
+  const json::object& Object(const json::object& o, const std::string& key,
+                             const std::string& path = "") const {
+    const auto& v = Member(o, key, path);
+    if (!v.is_object()) Fail(path + key, "is not an object");
+    return v.as_object();
+  }
+
+ private:
+  std::string source_;
+};
+
+}  // namespace
+
+RestorePointManifest ManifestFromJson(const std::string& text, const std::string& source) {
+  json::error_code ec;
+  json::value root = json::parse(text, ec);
+  if (ec) throw Error(ErrorKind::kCorrupt, "manifest " + source + " is not valid JSON: " + ec.message());
+  if (!root.is_object()) throw Error(ErrorKind::kCorrupt, "manifest " + source + " is not a JSON object");
+  const auto& o = root.as_object();
+  Reader r(source);
+  std::string format = r.String(o, "format");
+  if (format != kManifestFormat) {
+    throw Error(ErrorKind::kCorrupt, "manifest " + source + " has format '" + format +
+                                         "'; this Ferry reads '" + kManifestFormat + "'");
+  }
+  RestorePointManifest m;
+  m.id = r.String(o, "id");
+  const auto& vm = r.Object(o, "vm");
+  m.vm.name = r.String(vm, "name", "vm.");
+  m.vm.uuid = r.String(vm, "uuid", "vm.");
+  m.vm.hypervisor = r.String(vm, "hypervisor", "vm.");
+  m.started_at = r.String(o, "started_at");
+  m.completed_at = r.String(o, "completed_at");
+  const auto& disks = r.Member(o, "disks", "");
+  if (!disks.is_array()) r.Fail("disks", "is not an array");
+  for (size_t i = 0; i < disks.as_array().size(); ++i) {
+    std::string path = "disks[" + std::to_string(i) + "].";
+    const auto& dv = disks.as_array()[i];
+    if (!dv.is_object()) r.Fail(path, "is not an object");
+    const auto& d = dv.as_object();
+    DiskRecord rec;
+    rec.name = r.String(d, "name", path);
+    rec.size = r.Unsigned(d, "size", path);
+    uint64_t cs = r.Unsigned(d, "chunk_size", path);
+    if (cs == 0 || cs > (64u << 20)) r.Fail(path + "chunk_size", "is out of range");
+    rec.chunk_size = static_cast<uint32_t>(cs);
+    rec.source_format = r.String(d, "source_format", path);
+    rec.index_file = r.String(d, "index", path);
+    if (rec.index_file.empty() || rec.index_file.find('/') != std::string::npos ||
+        rec.index_file[0] == '.') {
+      r.Fail(path + "index", "is not a plain file name");
+    }
+    try {
+      rec.index_sha256 = Digest::FromHex(r.String(d, "index_sha256", path));
+    } catch (const Error&) {
+      r.Fail(path + "index_sha256", "is not a SHA-256 hex digest");
+    }
+    const auto& s = r.Object(d, "stats", path);
+    std::string sp = path + "stats.";
+    rec.chunks = r.Unsigned(s, "chunks", sp);
+    rec.zero_chunks = r.Unsigned(s, "zero_chunks", sp);
+    rec.new_chunks = r.Unsigned(s, "new_chunks", sp);
+    rec.reused_chunks = r.Unsigned(s, "reused_chunks", sp);
+    rec.read_bytes = r.Unsigned(s, "read_bytes", sp);
+    rec.stored_bytes = r.Unsigned(s, "stored_bytes", sp);
+    m.disks.push_back(std::move(rec));
+  }
+  return m;
+}
+
+}  // namespace ferry
