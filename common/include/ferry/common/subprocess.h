@@ -1,0 +1,39 @@
+// Running helper programs (qemu-img, qemu-nbd). No shell is involved: argv
+// goes to execvp as given, so paths with spaces or quotes are safe.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+namespace ferry {
+
+// Runs a program to completion. Throws kEnvironment naming the program, its
+// exit status and the tail of its stderr when it fails or cannot start.
+// Returns its stdout.
+std::string RunProgram(const std::vector<std::string>& argv);
+
+// A child process that is terminated (SIGTERM, then SIGKILL after a grace
+// period) and reaped when this object goes away.
+class ChildProcess {
+ public:
+  // Starts the program with stdout and stderr going to `log_path` (or
+  // /dev/null when empty). Throws if it cannot be started.
+  static ChildProcess Spawn(const std::vector<std::string>& argv, const std::string& log_path = "");
+  ChildProcess() = default;
+  ChildProcess(ChildProcess&& other) noexcept;
+  ChildProcess& operator=(ChildProcess&& other) noexcept;
+  ~ChildProcess();
+
+  pid_t pid() const { return pid_; }
+  bool running();
+  // Sends SIGTERM, waits up to `grace_ms`, then SIGKILL; reaps. Returns the
+  // wait status.
+  int Terminate(int grace_ms = 5000);
+
+ private:
+  pid_t pid_ = -1;
+};
+
+}  // namespace ferry

@@ -1,0 +1,114 @@
+#include "ferry/common/verify.h"
+
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "ferry/common/chunk.h"
+#include "ferry/common/error.h"
+#include "ferry/common/fixed_index.h"
+
+namespace ferry {
+
+namespace {
+
+struct PointIndexes {
+  std::string id;
+  RestorePointManifest manifest;
+  std::vector<std::unique_ptr<FixedIndexReader>> indexes;  // parallel to manifest.disks
+};
+
+}  // namespace
+
+VerifyReport VerifyRepository(Repository& repo, const std::optional<std::string>& point_id,
+                              unsigned threads, VerifyProgress* progress) {
+  VerifyReport report;
+  std::vector<std::string> ids = point_id ? std::vector<std::string>{*point_id} : repo.ListPoints();
+  if (point_id) repo.LoadPoint(*point_id);  // unknown id: kNotFound, not a report line
+
+  // Phase 1: manifests and indexes; collect distinct chunks with their length.
+  std::vector<PointIndexes> points;
+  std::unordered_map<Digest, uint32_t, DigestHash> expected_length;
+  for (const auto& id : ids) {
+    PointIndexes p;
+    p.id = id;
+    try {
+      p.manifest = repo.LoadPoint(id);
+    } catch (const Error& e) {
+      report.problems.push_back({id, "", -1, 0, e.what()});
+      continue;
+    }
+    ++report.points;
+    for (const auto& disk : p.manifest.disks) {
+      ++report.disks;
+      try {
+        auto reader = std::make_unique<FixedIndexReader>(repo.IndexPath(id, disk), &disk.index_sha256);
+        if (reader->disk_size() != disk.size || reader->chunk_size() != disk.chunk_size) {
+          throw Error(ErrorKind::kCorrupt, "index sizes do not match the manifest");
+        }
+        for (uint64_t i = 0; i < reader->chunk_count(); ++i) {
+          Digest d = reader->At(i);
+          if (!d.IsZeroMarker()) expected_length.emplace(d, reader->ChunkLength(i));
+        }
+        p.indexes.push_back(std::move(reader));
+      } catch (const Error& e) {
+        report.problems.push_back({id, disk.name, -1, 0, e.what()});
+        p.indexes.push_back(nullptr);
+      }
+    }
+    points.push_back(std::move(p));
+  }
+
+  // Phase 2: read every distinct chunk once, in parallel.
+  std::vector<std::pair<Digest, uint32_t>> work(expected_length.begin(), expected_length.end());
+  if (progress) progress->chunks_total = work.size();
+  std::unordered_map<Digest, std::string, DigestHash> bad;
+  std::mutex bad_mu;
+  std::atomic<size_t> next{0};
+  std::atomic<uint64_t> bytes{0};
+  auto check = [&] {
+    ChunkDecoder decoder;
+    std::vector<uint8_t> encoded, plain;
+    for (size_t i; (i = next++) < work.size();) {
+      const auto& [digest, length] = work[i];
+      try {
+        repo.chunks().ReadEncoded(digest, &encoded);
+        decoder.Decode(encoded, &digest, repo.chunks().PathFor(digest), &plain);
+        if (plain.size() != length) {
+          throw Error(ErrorKind::kCorrupt, "chunk " + repo.chunks().PathFor(digest) + " holds " +
+                                               std::to_string(plain.size()) + " bytes, the index expects " +
+                                               std::to_string(length));
+        }
+        bytes += plain.size();
+      } catch (const Error& e) {
+        std::lock_guard lock(bad_mu);
+        bad.emplace(digest, e.what());
+      }
+      if (progress) ++progress->chunks_done;
+    }
+  };
+  std::vector<std::thread> pool;
+  for (unsigned t = 0; t < std::max(1u, threads); ++t) pool.emplace_back(check);
+  for (auto& t : pool) t.join();
+  report.chunks_checked = work.size();
+  report.bytes_checked = bytes;
+
+  // Phase 3: name every reference to a bad chunk.
+  if (!bad.empty()) {
+    for (const auto& p : points) {
+      for (size_t di = 0; di < p.indexes.size(); ++di) {
+        if (!p.indexes[di]) continue;
+        const FixedIndexReader& index = *p.indexes[di];
+        for (uint64_t i = 0; i < index.chunk_count(); ++i) {
+          auto it = bad.find(index.At(i));
+          if (it == bad.end()) continue;
+          report.problems.push_back({p.id, p.manifest.disks[di].name, static_cast<int64_t>(i),
+                                     i * index.chunk_size(), it->second});
+        }
+      }
+    }
+  }
+  return report;
+}
+
+}  // namespace ferry

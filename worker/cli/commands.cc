@@ -1,0 +1,335 @@
+#include "commands.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <boost/json.hpp>
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <thread>
+
+#include "arguments.h"
+#include "ferry/common/error.h"
+#include "ferry/common/fixed_index.h"
+#include "ferry/common/log.h"
+#include "ferry/common/repository.h"
+#include "ferry/common/verify.h"
+#include "ferry/worker/disk_backup.h"
+#include "ferry/worker/disk_restore.h"
+#include "ferry/worker/qmp_client.h"
+#include "ferry/worker/qmp_snapshot.h"
+#include "progress.h"
+
+namespace json = boost::json;
+
+namespace ferry::cli {
+
+std::atomic<bool> g_interrupted{false};
+
+namespace {
+
+// The guardian is a child process, in its own session, that outlives a
+// killed backup: when the backup's end of the pipe closes without "done",
+// it removes that backup's snapshot from QEMU.
+class Guardian {
+ public:
+  Guardian(const std::string& self, const std::string& qmp, const std::string& session,
+           const worker::SnapshotPaths& paths) {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) throw ErrnoError("creating the guardian's pipe", errno);
+    std::vector<std::string> argv = {self, "_guardian", "--qmp", qmp, "--session", session,
+                                     "--runtime-dir", paths.runtime_dir, "--scratch-dir",
+                                     paths.scratch_dir};
+    std::vector<char*> cargv;
+    for (auto& a : argv) cargv.push_back(a.data());
+    cargv.push_back(nullptr);
+    pid_t pid = ::fork();
+    if (pid < 0) throw ErrnoError("starting the guardian", errno);
+    if (pid == 0) {
+      ::dup2(fds[0], 0);
+      int null_fd = ::open("/dev/null", O_WRONLY);
+      ::dup2(null_fd, 1);
+      ::setsid();
+      ::execv(cargv[0], cargv.data());
+      ::_exit(127);
+    }
+    ::close(fds[0]);
+    write_fd_ = fds[1];
+    pid_ = pid;
+  }
+  // The snapshot is gone: the guardian may exit without doing anything.
+  void Dismiss() {
+    if (write_fd_ < 0) return;
+    (void)!::write(write_fd_, "done\n", 5);
+    ::close(write_fd_);
+    write_fd_ = -1;
+    ::waitpid(pid_, nullptr, 0);
+  }
+  ~Guardian() {
+    if (write_fd_ >= 0) ::close(write_fd_);  // EOF without "done": clean up
+  }
+
+ private:
+  int write_fd_ = -1;
+  pid_t pid_ = -1;
+};
+
+std::string VmLockPath(const worker::SnapshotPaths& paths, const std::string& qmp_address) {
+  return paths.runtime_dir + "/vm-" + Sha256(qmp_address.data(), qmp_address.size()).Hex().substr(0, 16) +
+         ".lock";
+}
+
+std::string QueryString(worker::QmpClient& qmp, const char* command, const char* key) {
+  try {
+    json::value v = qmp.Execute(command);
+    if (v.is_object()) {
+      auto it = v.as_object().find(key);
+      if (it != v.as_object().end() && it->value().is_string()) return std::string(it->value().as_string());
+    }
+  } catch (const worker::QmpError&) {
+  }
+  return "";
+}
+
+std::string DiskNames(const std::vector<worker::QmpDisk>& disks) {
+  std::string s;
+  for (const auto& d : disks) s += (s.empty() ? "" : ", ") + d.name;
+  return s.empty() ? "none" : s;
+}
+
+}  // namespace
+
+int InitCommand(const Args& args) {
+  Arguments a(args, {"repo", "chunk-size", "compression-level", "sync-level"}, {});
+  RepositoryConfig config;
+  if (auto cs = a.GetSize("chunk-size")) {
+    ValidateChunkSize(*cs);
+    config.chunk_size = static_cast<uint32_t>(*cs);
+  }
+  if (auto level = a.GetInt("compression-level", 0, 19)) config.zstd_level = static_cast<int>(*level);
+  if (auto sync = a.Get("sync-level")) {
+    if (*sync == "file") config.sync_level = SyncLevel::kFile;
+    else if (*sync == "filesystem") config.sync_level = SyncLevel::kFilesystem;
+    else throw Error(ErrorKind::kBadInput, "option --sync-level: '" + *sync + "' is not file or filesystem");
+  }
+  std::string dir = a.Require("repo");
+  Repository::Init(dir, config);
+  LogInfo("created repository " + dir + " (chunk size " + HumanBytes(config.chunk_size) + ")");
+  return 0;
+}
+
+int BackupCommand(const Args& args, const std::string& self_path) {
+  Arguments a(args, {"repo", "qmp", "vm", "disk", "rate-limit", "threads"}, {});
+  std::string repo_dir = a.Require("repo");
+  std::string qmp_address = a.Require("qmp");
+  worker::DiskBackupOptions options;
+  options.cancel = &g_interrupted;
+  if (auto r = a.GetSize("rate-limit")) options.rate_limit_bytes_per_s = *r;
+  if (auto t = a.GetInt("threads", 1, 256)) options.compute_threads = static_cast<unsigned>(*t);
+
+  auto repo = Repository::Open(repo_dir);
+  auto qmp = worker::QmpClient::Connect(qmp_address);
+
+  worker::SnapshotPaths paths = worker::DefaultSnapshotPaths();
+  FileLock vm_lock = FileLock::TryAcquire(VmLockPath(paths, qmp_address));
+  if (!vm_lock.held()) {
+    throw Error(ErrorKind::kRetryable, "another ferry backup of the VM at " + qmp_address + " is running");
+  }
+  for (const auto& s : worker::RemoveAbandonedSnapshots(*qmp, paths)) {
+    LogInfo("removed the snapshot left by dead session " + s);
+  }
+
+  VmIdentity vm{QueryString(*qmp, "query-name", "name"), QueryString(*qmp, "query-uuid", "UUID"), "qemu"};
+  if (auto want = a.Get("vm"); want && *want != vm.name) {
+    throw Error(ErrorKind::kNotFound, "the VM at " + qmp_address + " is named '" + vm.name +
+                                          "', not '" + *want + "'");
+  }
+  if (vm.name.empty()) vm.name = qmp_address;
+  std::vector<worker::QmpDisk> all = worker::ListQmpDisks(*qmp);
+  std::vector<worker::QmpDisk> disks;
+  std::vector<std::string> wanted = a.GetAll("disk");
+  if (wanted.empty()) {
+    disks = all;
+  } else {
+    for (const auto& name : wanted) {
+      auto it = std::find_if(all.begin(), all.end(), [&](auto& d) { return d.name == name; });
+      if (it == all.end()) {
+        throw Error(ErrorKind::kNotFound, "VM '" + vm.name + "' has no disk '" + name +
+                                              "' (its disks: " + DiskNames(all) + ")");
+      }
+      if (std::find_if(disks.begin(), disks.end(), [&](auto& d) { return d.name == name; }) == disks.end()) {
+        disks.push_back(*it);
+      }
+    }
+  }
+  if (disks.empty()) throw Error(ErrorKind::kNotFound, "VM '" + vm.name + "' has no disks to back up");
+
+  auto point = repo->BeginPoint();
+  std::string session = worker::NewSnapshotSessionId();
+  Guardian guardian(self_path, qmp_address, session, paths);
+  RestorePointManifest manifest;
+  manifest.vm = vm;
+  manifest.started_at = NowRfc3339();
+  {
+    auto snapshot = worker::FleecingSnapshot::Create(*qmp, disks, paths, session);
+    LogInfo("snapshot of " + std::to_string(disks.size()) + " disk(s) of VM '" + vm.name +
+            "' taken (session " + session + ")");
+    try {
+      for (size_t i = 0; i < snapshot->exports().size(); ++i) {
+        const auto& ex = snapshot->exports()[i];
+        auto reader = worker::OpenNbdReader(ex.source);
+        DiskRecord rec;
+        rec.name = ex.disk.name;
+        rec.size = reader->size();
+        rec.chunk_size = repo->config().chunk_size;
+        rec.source_format = ex.disk.format;
+        rec.index_file = point->IndexFileName(i);
+        worker::DiskBackupProgress progress;
+        worker::DiskBackupResult r;
+        {
+          ProgressLine line("backup " + rec.name, [&] {
+            return std::make_pair(progress.bytes_done.load(), rec.size);
+          });
+          r = worker::BackupDisk(*repo, *reader, point->StagingPath(rec.index_file), options, &progress);
+        }
+        rec.index_sha256 = r.index_sha256;
+        rec.chunks = r.chunks;
+        rec.zero_chunks = r.zero_chunks;
+        rec.new_chunks = r.new_chunks;
+        rec.reused_chunks = r.reused_chunks;
+        rec.read_bytes = r.read_bytes;
+        rec.stored_bytes = r.stored_bytes;
+        LogInfo("disk " + rec.name + ": " + HumanBytes(static_cast<double>(rec.size)) + ", read " +
+                HumanBytes(static_cast<double>(r.read_bytes)) + ", " + std::to_string(r.new_chunks) +
+                " new chunks (" + HumanBytes(static_cast<double>(r.stored_bytes)) + " stored), " +
+                std::to_string(r.reused_chunks) + " reused, " + std::to_string(r.zero_chunks) + " zero");
+        manifest.disks.push_back(std::move(rec));
+      }
+    } catch (...) {
+      if (snapshot->Release()) guardian.Dismiss();
+      throw;
+    }
+    if (snapshot->Release()) guardian.Dismiss();
+  }
+  manifest.completed_at = NowRfc3339();
+  point->Commit(manifest);
+  std::cout << point->id() << std::endl;
+  return 0;
+}
+
+int GuardianCommand(const Args& args) {
+  Arguments a(args, {"qmp", "session", "runtime-dir", "scratch-dir"}, {});
+  std::string message;
+  char buf[64];
+  for (ssize_t n; (n = ::read(0, buf, sizeof buf)) != 0;) {
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) break;
+    message.append(buf, static_cast<size_t>(n));
+  }
+  if (message.find("done") != std::string::npos) return 0;
+  worker::SnapshotPaths paths{a.Require("runtime-dir"), a.Require("scratch-dir")};
+  std::string session = a.Require("session");
+  // The backup process is gone or going: wait for the kernel to drop its lock.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (std::chrono::steady_clock::now() < deadline) {
+    FileLock lock = FileLock::TryAcquire(worker::SessionLockPath(paths, session), /*create=*/false);
+    if (lock.held() || !PathExists(worker::SessionLockPath(paths, session))) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  // The monitor accepts one client: retry until the dead backup's connection is gone.
+  std::unique_ptr<worker::QmpClient> qmp;
+  for (int attempt = 0;; ++attempt) {
+    try {
+      qmp = worker::QmpClient::Connect(a.Require("qmp"), std::chrono::seconds(5));
+      break;
+    } catch (const Error& e) {
+      if (attempt >= 10 || e.kind() == ErrorKind::kNotFound) {
+        LogError("guardian: cannot reach " + a.Require("qmp") + " to remove backup session " + session +
+                 ": " + e.what() + " (the next backup will remove it)");
+        return 1;
+      }
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+    }
+  }
+  LogWarning("backup session " + session + " ended without cleaning up; removing its snapshot");
+  bool ok = worker::RemoveSessionObjects(*qmp, paths, session);
+  ::unlink(worker::SessionLockPath(paths, session).c_str());
+  return ok ? 0 : 1;
+}
+
+int ListCommand(const Args& args) {
+  Arguments a(args, {"repo"}, {"json"});
+  auto repo = Repository::Open(a.Require("repo"));
+  std::vector<RestorePointManifest> points;
+  for (const auto& id : repo->ListPoints()) points.push_back(repo->LoadPoint(id));
+  if (a.Has("json")) {
+    json::array out;
+    for (const auto& m : points) out.push_back(json::parse(ManifestToJson(m)));
+    std::cout << json::serialize(out) << std::endl;
+    return 0;
+  }
+  std::printf("%-24s %-20s %-21s %5s %10s %10s\n", "POINT", "VM", "COMPLETED", "DISKS", "SIZE", "STORED");
+  for (const auto& m : points) {
+    uint64_t size = 0, stored = 0;
+    for (const auto& d : m.disks) {
+      size += d.size;
+      stored += d.stored_bytes;
+    }
+    std::printf("%-24s %-20s %-21s %5zu %10s %10s\n", m.id.c_str(), m.vm.name.c_str(),
+                m.completed_at.c_str(), m.disks.size(), HumanBytes(static_cast<double>(size)).c_str(),
+                HumanBytes(static_cast<double>(stored)).c_str());
+  }
+  return 0;
+}
+
+int RestoreCommand(const Args& args) {
+  Arguments a(args, {"repo", "point", "disk", "to", "format", "threads"}, {});
+  auto repo = Repository::Open(a.Require("repo"));
+  worker::ImageFormat format = worker::ParseImageFormat(a.Get("format").value_or("raw"));
+  worker::DiskRestoreOptions options;
+  options.cancel = &g_interrupted;
+  if (auto t = a.GetInt("threads", 1, 256)) options.threads = static_cast<unsigned>(*t);
+  std::string disk = a.Require("disk"), target = a.Require("to"), point = a.Require("point");
+  worker::DiskRestoreProgress progress;
+  worker::DiskRestoreResult r;
+  {
+    ProgressLine line("restore " + disk, [&] {
+      return std::make_pair(progress.bytes_done.load(), progress.bytes_total.load());
+    });
+    r = worker::RestoreDisk(*repo, point, disk, target, format, options, &progress);
+  }
+  LogInfo("restored disk " + disk + " of point " + point + " to " + target + " (" +
+          HumanBytes(static_cast<double>(r.size)) + ", " + HumanBytes(static_cast<double>(r.bytes_written)) +
+          " of data)");
+  return 0;
+}
+
+int VerifyCommand(const Args& args) {
+  Arguments a(args, {"repo", "point", "threads"}, {});
+  auto repo = Repository::Open(a.Require("repo"));
+  unsigned threads = std::max(1u, std::thread::hardware_concurrency());
+  if (auto t = a.GetInt("threads", 1, 256)) threads = static_cast<unsigned>(*t);
+  VerifyProgress progress;
+  VerifyReport report;
+  {
+    ProgressLine line("verify", [&] {
+      return std::make_pair(progress.chunks_done.load(), progress.chunks_total.load());
+    });
+    report = VerifyRepository(*repo, a.Get("point"), threads, &progress);
+  }
+  for (const auto& p : report.problems) {
+    std::string where = "point " + p.point;
+    if (!p.disk.empty()) where += " disk " + p.disk;
+    if (p.chunk >= 0) where += " chunk " + std::to_string(p.chunk) + " (offset " + std::to_string(p.offset) + ")";
+    std::cout << "BAD " << where << ": " << p.message << "\n";
+  }
+  std::cout << (report.clean() ? "OK" : "DAMAGED") << ": " << report.points << " point(s), " << report.disks
+            << " disk(s), " << report.chunks_checked << " chunk(s) (" << HumanBytes(static_cast<double>(report.bytes_checked))
+            << ") checked, " << report.problems.size() << " problem(s)" << std::endl;
+  return report.clean() ? 0 : ExitCodeFor(ErrorKind::kCorrupt);
+}
+
+}  // namespace ferry::cli

@@ -1,0 +1,25 @@
+// The `ferry` subcommands. Each takes its arguments (after the subcommand
+// name), returns the process exit code, and throws ferry::Error for failures
+// (main() turns those into a message and ExitCodeFor(kind)).
+#pragma once
+
+#include <atomic>
+#include <string>
+#include <vector>
+
+namespace ferry::cli {
+
+using Args = std::vector<std::string>;
+
+// Set by SIGINT/SIGTERM; long operations stop with kInterrupted.
+extern std::atomic<bool> g_interrupted;
+
+int InitCommand(const Args& args);
+int BackupCommand(const Args& args, const std::string& self_path);
+int ListCommand(const Args& args);
+int RestoreCommand(const Args& args);
+int VerifyCommand(const Args& args);
+// Internal: cleans up a backup session's snapshot if the backup process dies.
+int GuardianCommand(const Args& args);
+
+}  // namespace ferry::cli

@@ -1,0 +1,354 @@
+#include "ferry/worker/disk_backup.h"
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <unordered_set>
+#include <vector>
+
+#include "ferry/common/chunk.h"
+#include "ferry/common/error.h"
+#include "ferry/common/fixed_index.h"
+
+namespace ferry::worker {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// How much of the allocation map to ask for at once.
+constexpr uint64_t kMapWindow = 1ull << 30;
+
+struct ChunkJob {
+  uint64_t index = 0;
+  uint64_t offset = 0;
+  uint32_t length = 0;
+  uint8_t* buffer = nullptr;
+  int pending_reads = 0;
+  int read_error = 0;
+};
+
+// Fixed set of chunk-sized buffers shared by the reader and compute threads.
+class BufferPool {
+ public:
+  BufferPool(size_t count, size_t size) : storage_(count * size) {
+    for (size_t i = 0; i < count; ++i) free_.push_back(storage_.data() + i * size);
+  }
+  uint8_t* TryTake() {
+    std::lock_guard lock(mu_);
+    if (free_.empty()) return nullptr;
+    uint8_t* b = free_.back();
+    free_.pop_back();
+    return b;
+  }
+  void WaitForFree(std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, timeout, [&] { return !free_.empty(); });
+  }
+  void Give(uint8_t* b) {
+    {
+      std::lock_guard lock(mu_);
+      free_.push_back(b);
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  std::vector<uint8_t> storage_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<uint8_t*> free_;
+};
+
+// Unbounded in code, bounded in practice by the buffer pool.
+class JobQueue {
+ public:
+  void Push(ChunkJob* job) {
+    {
+      std::lock_guard lock(mu_);
+      jobs_.push_back(job);
+    }
+    cv_.notify_one();
+  }
+  void Close() {
+    {
+      std::lock_guard lock(mu_);
+      closed_ = true;
+    }
+    cv_.notify_all();
+  }
+  ChunkJob* Pop() {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return closed_ || !jobs_.empty(); });
+    if (jobs_.empty()) return nullptr;
+    ChunkJob* j = jobs_.front();
+    jobs_.pop_front();
+    return j;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<ChunkJob*> jobs_;
+  bool closed_ = false;
+};
+
+// Digests being stored right now by this run, so two threads holding the
+// same (duplicate) data compress and write it once. Finished chunks are found
+// in the store itself, which keeps this set tiny whatever the disk size.
+class DigestsInFlight {
+ public:
+  bool Claim(const Digest& d) {
+    std::lock_guard lock(mu_);
+    return set_.insert(d).second;
+  }
+  void Release(const Digest& d) {
+    std::lock_guard lock(mu_);
+    set_.erase(d);
+  }
+
+ private:
+  std::mutex mu_;
+  std::unordered_set<Digest, DigestHash> set_;
+};
+
+class DiskBackupRun {
+ public:
+  DiskBackupRun(Repository& repo, BlockReader& reader, const std::string& index_path,
+                const DiskBackupOptions& options, DiskBackupProgress* progress)
+      : repo_(repo),
+        reader_(reader),
+        options_(options),
+        progress_(progress ? progress : &own_progress_),
+        chunk_size_(repo.config().chunk_size),
+        index_(index_path, reader.size(), chunk_size_),
+        threads_(options.compute_threads ? options.compute_threads
+                                         : std::max(1u, std::thread::hardware_concurrency())),
+        pool_(2 * threads_ + 2, chunk_size_) {}
+
+  DiskBackupResult Run() {
+    std::vector<std::thread> workers;
+    for (unsigned i = 0; i < threads_; ++i) workers.emplace_back([this] { ComputeLoop(); });
+    try {
+      PlanAndRead();
+    } catch (...) {
+      Fail(std::current_exception());
+    }
+    // Let reads in flight land (their buffers are ours) before stopping.
+    try {
+      while (reader_.in_flight() > 0) reader_.Poll(1000);
+    } catch (...) {
+      Fail(std::current_exception());
+    }
+    queue_.Close();
+    for (auto& t : workers) t.join();
+    if (first_error_) std::rethrow_exception(first_error_);
+
+    DiskBackupResult r;
+    r.chunks = index_.chunk_count();
+    r.zero_chunks = zero_chunks_;
+    r.new_chunks = new_chunks_;
+    r.reused_chunks = reused_chunks_;
+    r.read_bytes = read_bytes_;
+    r.stored_bytes = stored_bytes_;
+    r.index_sha256 = index_.Finish();
+    return r;
+  }
+
+ private:
+  void Fail(std::exception_ptr e) {
+    std::lock_guard lock(error_mu_);
+    if (!first_error_) first_error_ = e;
+    failed_ = true;
+  }
+
+  void CheckCancel() {
+    if (options_.cancel && options_.cancel->load()) {
+      throw Error(ErrorKind::kInterrupted, "backup of " + reader_.description() + " interrupted");
+    }
+  }
+
+  // Sleeps as needed so reads stay under the configured rate.
+  void Throttle(uint64_t next_bytes) {
+    if (options_.rate_limit_bytes_per_s == 0) return;
+    for (;;) {
+      double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
+      double allowed = elapsed * static_cast<double>(options_.rate_limit_bytes_per_s);
+      if (static_cast<double>(submitted_bytes_ + next_bytes) <= allowed + chunk_size_) break;
+      CheckCancel();
+      if (reader_.in_flight() > 0) {
+        reader_.Poll(20);
+      } else {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+    }
+  }
+
+  uint8_t* TakeBuffer() {
+    for (;;) {
+      if (uint8_t* b = pool_.TryTake()) return b;
+      if (failed_) return nullptr;
+      CheckCancel();
+      if (reader_.in_flight() > 0) {
+        reader_.Poll(50);
+      } else {
+        pool_.WaitForFree(std::chrono::milliseconds(50));
+      }
+    }
+  }
+
+  void PlanAndRead() {
+    const uint64_t size = reader_.size();
+    const uint64_t chunks = index_.chunk_count();
+    std::deque<Extent> extents;
+    uint64_t mapped_to = 0;
+    std::vector<Extent> data_ranges;
+
+    for (uint64_t i = 0; i < chunks && !failed_; ++i) {
+      CheckCancel();
+      const uint64_t start = i * chunk_size_;
+      const uint64_t end = std::min(size, start + chunk_size_);
+      while (mapped_to < end) {
+        for (const Extent& e : reader_.MapAllocation(mapped_to, kMapWindow)) extents.push_back(e);
+        mapped_to = extents.back().offset + extents.back().length;
+      }
+      data_ranges.clear();
+      for (const Extent& e : extents) {
+        if (e.offset >= end) break;
+        uint64_t s = std::max(start, e.offset), t = std::min(end, e.offset + e.length);
+        if (e.data && s < t) data_ranges.push_back({s, t - s, true});
+      }
+      while (!extents.empty() && extents.front().offset + extents.front().length <= end) {
+        extents.pop_front();
+      }
+
+      const auto length = static_cast<uint32_t>(end - start);
+      if (data_ranges.empty()) {
+        index_.Set(i, Digest{});
+        ++zero_chunks_;
+        progress_->bytes_done += length;
+        continue;
+      }
+      uint8_t* buffer = TakeBuffer();
+      if (!buffer) break;
+      auto* job = new ChunkJob{i, start, length, buffer, static_cast<int>(data_ranges.size()), 0};
+      // Gaps between data ranges read as zeros without asking the source.
+      uint64_t cursor = start;
+      for (const Extent& r : data_ranges) {
+        std::memset(buffer + (cursor - start), 0, r.offset - cursor);
+        cursor = r.offset + r.length;
+      }
+      std::memset(buffer + (cursor - start), 0, end - cursor);
+      for (const Extent& r : data_ranges) {
+        Throttle(r.length);
+        submitted_bytes_ += r.length;
+        reader_.SubmitRead(buffer + (r.offset - start), r.offset, static_cast<uint32_t>(r.length),
+                           [this, job, r](int error) { OnReadDone(job, r, error); });
+      }
+    }
+  }
+
+  // Runs on the planning thread, inside BlockReader::Poll.
+  void OnReadDone(ChunkJob* job, const Extent& range, int error) {
+    if (error && !job->read_error) job->read_error = error;
+    read_bytes_ += range.length;
+    progress_->bytes_read += range.length;
+    if (--job->pending_reads > 0) return;
+    if (job->read_error) {
+      Fail(std::make_exception_ptr(ErrnoError(
+          reader_.description() + ": reading chunk " + std::to_string(job->index) +
+              " at offset " + std::to_string(job->offset),
+          job->read_error)));
+      pool_.Give(job->buffer);
+      delete job;
+      return;
+    }
+    queue_.Push(job);
+  }
+
+  void ComputeLoop() {
+    ChunkEncoder encoder(repo_.config().zstd_level);
+    std::vector<uint8_t> encoded;
+    while (ChunkJob* job = queue_.Pop()) {
+      std::unique_ptr<ChunkJob> owned(job);
+      if (!failed_) {
+        try {
+          StoreChunk(*job, encoder, &encoded);
+        } catch (...) {
+          Fail(std::current_exception());
+        }
+      }
+      pool_.Give(job->buffer);
+    }
+  }
+
+  void StoreChunk(const ChunkJob& job, ChunkEncoder& encoder, std::vector<uint8_t>* encoded) {
+    std::span<const uint8_t> plain(job.buffer, job.length);
+    if (IsAllZero(plain.data(), plain.size())) {
+      index_.Set(job.index, Digest{});
+      ++zero_chunks_;
+    } else {
+      Digest d = Sha256(plain.data(), plain.size());
+      if (!digests_in_flight_.Claim(d)) {
+        ++reused_chunks_;  // another thread of this run is storing it
+      } else {
+        try {
+          if (repo_.chunks().Contains(d)) {
+            ++reused_chunks_;
+          } else {
+            encoder.Encode(plain, encoded);
+            if (repo_.chunks().Insert(d, *encoded)) {
+              ++new_chunks_;
+              stored_bytes_ += encoded->size();
+            } else {
+              ++reused_chunks_;
+            }
+          }
+        } catch (const Error& e) {
+          digests_in_flight_.Release(d);
+          throw e.WithContext("storing chunk " + std::to_string(job.index) + " (disk offset " +
+                              std::to_string(job.offset) + ") of " + reader_.description());
+        }
+        digests_in_flight_.Release(d);
+      }
+      index_.Set(job.index, d);
+    }
+    progress_->bytes_done += job.length;
+  }
+
+  Repository& repo_;
+  BlockReader& reader_;
+  DiskBackupOptions options_;
+  DiskBackupProgress own_progress_;
+  DiskBackupProgress* progress_;
+  const uint32_t chunk_size_;
+  FixedIndexWriter index_;
+  const unsigned threads_;
+  BufferPool pool_;
+  JobQueue queue_;
+  DigestsInFlight digests_in_flight_;
+  const Clock::time_point start_ = Clock::now();
+  uint64_t submitted_bytes_ = 0;
+
+  std::atomic<bool> failed_{false};
+  std::mutex error_mu_;
+  std::exception_ptr first_error_;
+
+  std::atomic<uint64_t> zero_chunks_{0}, new_chunks_{0}, reused_chunks_{0};
+  std::atomic<uint64_t> read_bytes_{0}, stored_bytes_{0};
+};
+
+}  // namespace
+
+DiskBackupResult BackupDisk(Repository& repo, BlockReader& reader, const std::string& index_path,
+                            const DiskBackupOptions& options, DiskBackupProgress* progress) {
+  DiskBackupRun run(repo, reader, index_path, options, progress);
+  return run.Run();
+}
+
+}  // namespace ferry::worker

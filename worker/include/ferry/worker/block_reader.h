@@ -1,0 +1,59 @@
+// The source side of a backup: a disk image to read, with its allocation map.
+//
+// Two kinds of source exist (docs/architecture.md): an NBD export of a
+// point-in-time view (QEMU fleecing, libvirt pull-mode backup) and a local
+// block device or file (e.g. a disk attached to the worker from a Nutanix
+// recovery point). Both give the pipeline the same three things: size,
+// which ranges hold data, and asynchronous reads.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace ferry::worker {
+
+struct Extent {
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  bool data = true;  // false: a hole or known zeros; reads as zeros
+};
+
+class BlockReader {
+ public:
+  virtual ~BlockReader() = default;
+
+  virtual uint64_t size() const = 0;
+  // A human-readable name for messages ("nbd+unix:///virtio0?socket=...").
+  virtual std::string description() const = 0;
+
+  // Extents starting at `offset`, covering at least the first byte and at
+  // most `length` bytes, in order and without gaps. Sources that cannot tell
+  // return one data extent.
+  virtual std::vector<Extent> MapAllocation(uint64_t offset, uint64_t length) = 0;
+
+  // Starts reading `length` bytes at `offset` into `buffer`; `done` runs (on
+  // the thread calling Poll) when the read ends, with 0 or an errno value.
+  virtual void SubmitRead(void* buffer, uint64_t offset, uint32_t length,
+                          std::function<void(int error)> done) = 0;
+  // Reads not yet completed.
+  virtual size_t in_flight() const = 0;
+  // Waits until at least one read completes (or up to `timeout_ms`) and runs
+  // the callbacks of completed reads.
+  virtual void Poll(int timeout_ms) = 0;
+};
+
+struct NbdSource {
+  std::string unix_socket;  // the server's socket
+  std::string export_name;
+};
+
+// libnbd client asking base:allocation. Throws kNotFound / kRetryable.
+std::unique_ptr<BlockReader> OpenNbdReader(const NbdSource& source);
+
+// A local file or block device; holes from SEEK_DATA/SEEK_HOLE.
+std::unique_ptr<BlockReader> OpenFileReader(const std::string& path);
+
+}  // namespace ferry::worker

@@ -1,0 +1,51 @@
+// Backs up one disk into a repository: the read pipeline.
+//
+//   plan (allocation map -> chunks) -> read (async, several in flight)
+//     -> zero filter -> hash -> dedupe -> compress -> store -> index
+//
+// The calling thread plans and reads: it walks the allocation map in large
+// windows, skips chunks that are all holes, and keeps reads in flight on the
+// BlockReader. Filled chunks go through a bounded queue to compute threads
+// (one per core by default), each doing the rest for a whole chunk. Buffers
+// come from a fixed pool, so memory does not grow with the disk.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "ferry/common/repository.h"
+#include "ferry/worker/block_reader.h"
+
+namespace ferry::worker {
+
+struct DiskBackupOptions {
+  unsigned compute_threads = 0;      // 0: one per core
+  uint64_t rate_limit_bytes_per_s = 0;  // 0: unlimited (read rate cap)
+  const std::atomic<bool>* cancel = nullptr;  // set => stop with kInterrupted
+};
+
+// Counters a progress display may read while the backup runs.
+struct DiskBackupProgress {
+  std::atomic<uint64_t> bytes_done{0};  // disk bytes planned and finished
+  std::atomic<uint64_t> bytes_read{0};  // bytes read from the source
+};
+
+struct DiskBackupResult {
+  uint64_t chunks = 0;
+  uint64_t zero_chunks = 0;
+  uint64_t new_chunks = 0;
+  uint64_t reused_chunks = 0;
+  uint64_t read_bytes = 0;
+  uint64_t stored_bytes = 0;
+  Digest index_sha256;
+};
+
+// Reads the whole of `reader` (holes skipped) into the repository and
+// writes the fixed index to `index_path`. Throws ferry::Error naming the disk
+// offset or chunk on failure; nothing it wrote is referenced until the
+// caller commits the restore point.
+DiskBackupResult BackupDisk(Repository& repo, BlockReader& reader, const std::string& index_path,
+                            const DiskBackupOptions& options, DiskBackupProgress* progress);
+
+}  // namespace ferry::worker

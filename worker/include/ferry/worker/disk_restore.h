@@ -1,0 +1,45 @@
+// Restores one disk of a restore point into a new image file.
+//
+// The image is written under a temporary name beside the target and renamed
+// into place only when complete and flushed, so the target path never holds
+// a half-restored disk. Output is thin: all-zero chunks and all-zero 4 KiB
+// blocks inside chunks are never written, so they stay holes (raw) or
+// unallocated clusters (qcow2, written through qemu-nbd).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "ferry/common/repository.h"
+
+namespace ferry::worker {
+
+enum class ImageFormat { kRaw, kQcow2 };
+
+// "raw" / "qcow2"; throws kBadInput naming the value otherwise.
+ImageFormat ParseImageFormat(const std::string& name);
+
+struct DiskRestoreOptions {
+  unsigned threads = 0;  // 0: one per core
+  const std::atomic<bool>* cancel = nullptr;
+};
+
+struct DiskRestoreProgress {
+  std::atomic<uint64_t> bytes_total{0};
+  std::atomic<uint64_t> bytes_done{0};
+};
+
+struct DiskRestoreResult {
+  uint64_t size = 0;
+  uint64_t bytes_written = 0;  // data bytes written (holes excluded)
+};
+
+// Throws kBadInput if `target` exists, kNotFound for an unknown point or
+// disk, kCorrupt if a chunk fails its checks (the target is not created).
+DiskRestoreResult RestoreDisk(Repository& repo, const std::string& point_id,
+                              const std::string& disk_name, const std::string& target,
+                              ImageFormat format, const DiskRestoreOptions& options,
+                              DiskRestoreProgress* progress);
+
+}  // namespace ferry::worker

@@ -1,0 +1,328 @@
+#include "ferry/worker/qmp_snapshot.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <set>
+
+#include "ferry/common/error.h"
+#include "ferry/common/log.h"
+#include "ferry/common/subprocess.h"
+
+namespace json = boost::json;
+
+namespace ferry::worker {
+
+namespace {
+
+constexpr char kPrefix[] = "ferry-";
+
+std::string ObjectName(const std::string& session, size_t disk, const char* role) {
+  // Node names are limited to 31 characters: "ferry-" + 8 + "-" + n + "-" + role.
+  return std::string(kPrefix) + session + "-" + std::to_string(disk) + (role[0] ? "-" : "") + role;
+}
+
+// "ferry-1a2b3c4d-0-o" -> "1a2b3c4d"; "" if not one of ours.
+std::string SessionOf(std::string_view name) {
+  if (!name.starts_with(kPrefix)) return "";
+  name.remove_prefix(sizeof kPrefix - 1);
+  auto dash = name.find('-');
+  if (dash != 8) return "";
+  return std::string(name.substr(0, 8));
+}
+
+}  // namespace
+
+std::string NewSnapshotSessionId() {
+  std::random_device rd;
+  static const char kHex[] = "0123456789abcdef";
+  std::string id;
+  for (int i = 0; i < 8; ++i) id += kHex[rd() & 15];
+  return id;
+}
+
+namespace {
+
+std::string SocketPath(const SnapshotPaths& p, const std::string& session) {
+  return p.runtime_dir + "/" + session + ".nbd";
+}
+// Present while the session owns QEMU's (only) NBD server.
+std::string NbdServerMarker(const SnapshotPaths& p, const std::string& session) {
+  return p.runtime_dir + "/" + session + ".nbd-server";
+}
+std::string OverlayPath(const SnapshotPaths& p, const std::string& session, size_t disk) {
+  return p.scratch_dir + "/ferry-" + session + "-" + std::to_string(disk) + ".qcow2";
+}
+
+std::string StringMember(const json::object& o, std::string_view key) {
+  auto it = o.find(key);
+  return it != o.end() && it->value().is_string() ? std::string(it->value().as_string()) : "";
+}
+
+// Runs a cleanup step, logging instead of throwing.
+template <typename Fn>
+bool Attempt(const std::string& what, Fn&& fn) {
+  try {
+    fn();
+    return true;
+  } catch (const std::exception& e) {
+    LogWarning("cleanup: " + what + ": " + e.what());
+    return false;
+  }
+}
+
+}  // namespace
+
+std::string SessionLockPath(const SnapshotPaths& p, const std::string& session) {
+  return p.runtime_dir + "/" + session + ".lock";
+}
+
+std::vector<QmpDisk> ListQmpDisks(QmpClient& qmp) {
+  std::vector<QmpDisk> disks;
+  json::value blocks = qmp.Execute("query-block");
+  if (!blocks.is_array()) throw Error(ErrorKind::kInternal, "query-block did not return an array");
+  for (const auto& v : blocks.as_array()) {
+    if (!v.is_object()) continue;
+    const auto& b = v.as_object();
+    auto inserted = b.find("inserted");
+    if (inserted == b.end() || !inserted->value().is_object()) continue;  // empty drive
+    const auto& ins = inserted->value().as_object();
+    // The device id: "/machine/peripheral/<id>/virtio-backend" or "<id>" for
+    // devices on -device ...,id=<id>; fall back to the drive id.
+    std::string qdev = StringMember(b, "qdev");
+    std::string name;
+    const std::string peripheral = "/machine/peripheral/";
+    if (qdev.starts_with(peripheral)) {
+      name = qdev.substr(peripheral.size());
+      name = name.substr(0, name.find('/'));
+    } else if (!qdev.empty() && qdev[0] != '/') {
+      name = qdev;
+    } else {
+      name = StringMember(b, "device");
+    }
+    if (name.empty()) continue;  // no device id we could name it by
+    QmpDisk d;
+    d.name = name;
+    d.node_name = StringMember(ins, "node-name");
+    d.format = StringMember(ins, "drv");
+    d.filename = StringMember(ins, "file");
+    auto image = ins.find("image");
+    if (image != ins.end() && image->value().is_object()) {
+      const auto& img = image->value().as_object();
+      auto vs = img.find("virtual-size");
+      if (vs != img.end() && vs->value().is_number()) d.size = vs->value().to_number<uint64_t>();
+    }
+    if (d.node_name.empty() || d.size == 0) continue;
+    disks.push_back(std::move(d));
+  }
+  return disks;
+}
+
+SnapshotPaths DefaultSnapshotPaths() {
+  SnapshotPaths p;
+  const char* runtime = std::getenv("FERRY_RUNTIME_DIR");
+  const char* scratch = std::getenv("FERRY_SCRATCH_DIR");
+  p.runtime_dir = runtime && *runtime ? runtime : "/run/ferry";
+  p.scratch_dir = scratch && *scratch ? scratch : "/var/tmp/ferry";
+  MakeDirectory(p.runtime_dir, 0700);
+  MakeDirectory(p.scratch_dir, 0700);
+  return p;
+}
+
+FleecingSnapshot::FleecingSnapshot(QmpClient& qmp, SnapshotPaths paths, std::string session_id,
+                                   FileLock lock)
+    : qmp_(qmp), paths_(std::move(paths)), session_id_(std::move(session_id)), lock_(std::move(lock)) {}
+
+FleecingSnapshot::~FleecingSnapshot() { Release(); }
+
+std::unique_ptr<FleecingSnapshot> FleecingSnapshot::Create(QmpClient& qmp,
+                                                           const std::vector<QmpDisk>& disks,
+                                                           const SnapshotPaths& paths,
+                                                           const std::string& session) {
+  FileLock lock = FileLock::TryAcquire(SessionLockPath(paths, session));
+  if (!lock.held()) throw Error(ErrorKind::kInternal, "session lock " + session + " is taken");
+  std::unique_ptr<FleecingSnapshot> snap(new FleecingSnapshot(qmp, paths, session, std::move(lock)));
+  try {
+    json::array actions;
+    for (size_t i = 0; i < disks.size(); ++i) {
+      const QmpDisk& d = disks[i];
+      std::string overlay = OverlayPath(paths, session, i);
+      RunProgram({"qemu-img", "create", "-q", "-f", "qcow2", overlay, std::to_string(d.size)});
+      qmp.Execute("blockdev-add", {{"driver", "file"},
+                                   {"node-name", ObjectName(session, i, "f")},
+                                   {"filename", overlay}});
+      qmp.Execute("blockdev-add", {{"driver", "qcow2"},
+                                   {"node-name", ObjectName(session, i, "o")},
+                                   {"file", ObjectName(session, i, "f")},
+                                   {"backing", d.node_name}});
+      actions.push_back(json::object{
+          {"type", "blockdev-backup"},
+          {"data", json::object{{"job-id", ObjectName(session, i, "")},
+                                {"device", d.node_name},
+                                {"target", ObjectName(session, i, "o")},
+                                {"sync", "none"},
+                                {"filter-node-name", ObjectName(session, i, "x")}}}});
+    }
+    // The point in time: every disk's copy-before-write starts in one step.
+    qmp.Execute("transaction", {{"actions", actions}});
+
+    std::string socket = SocketPath(paths, session);
+    auto start_server = [&] {
+      qmp.Execute("nbd-server-start",
+                  {{"addr", json::object{{"type", "unix"}, {"data", json::object{{"path", socket}}}}}});
+    };
+    try {
+      start_server();
+    } catch (const QmpError& e) {
+      throw Error(ErrorKind::kRetryable,
+                  "QEMU at " + qmp.address() + " already runs an NBD server (another backup or a "
+                  "migration?): " + e.description());
+    }
+    WriteFileAtomically(NbdServerMarker(paths, session), session + "\n");
+    for (size_t i = 0; i < disks.size(); ++i) {
+      qmp.Execute("block-export-add", {{"type", "nbd"},
+                                       {"id", ObjectName(session, i, "")},
+                                       {"node-name", ObjectName(session, i, "o")},
+                                       {"name", disks[i].name},
+                                       {"writable", false}});
+      snap->exports_.push_back({disks[i], NbdSource{socket, disks[i].name}});
+    }
+  } catch (...) {
+    snap->Release();
+    throw;
+  }
+  return snap;
+}
+
+bool FleecingSnapshot::Release() {
+  if (released_) return true;
+  released_ = true;
+  bool ok = RemoveSessionObjects(qmp_, paths_, session_id_);
+  ::unlink(SessionLockPath(paths_, session_id_).c_str());
+  return ok;
+}
+
+std::vector<std::string> ListFerryObjects(QmpClient& qmp) {
+  std::vector<std::string> names;
+  auto collect = [&](const char* command, json::object args, const char* key) {
+    json::value v = qmp.Execute(command, std::move(args));
+    if (!v.is_array()) return;
+    for (const auto& e : v.as_array()) {
+      if (!e.is_object()) continue;
+      std::string n = StringMember(e.as_object(), key);
+      if (n.starts_with(kPrefix)) names.push_back(n);
+    }
+  };
+  collect("query-block-exports", {}, "id");
+  collect("query-block-jobs", {}, "device");
+  collect("query-named-block-nodes", {{"flat", true}}, "node-name");
+  std::sort(names.begin(), names.end());
+  names.erase(std::unique(names.begin(), names.end()), names.end());
+  return names;
+}
+
+bool RemoveSessionObjects(QmpClient& qmp, const SnapshotPaths& paths, const std::string& session) {
+  bool ok = true;
+  auto ours = [&](const std::string& name) { return SessionOf(name) == session; };
+  using std::chrono::seconds;
+
+  // 1. Exports: the NBD client (if any) is cut off.
+  ok &= Attempt("listing exports", [&] {
+    json::value exports = qmp.Execute("query-block-exports");
+    for (const auto& e : exports.as_array()) {
+      std::string id = StringMember(e.as_object(), "id");
+      if (!ours(id)) continue;
+      ok &= Attempt("removing export " + id, [&] {
+        qmp.Execute("block-export-del", {{"id", id}, {"mode", "hard"}});
+        qmp.WaitEvent("BLOCK_EXPORT_DELETED",
+                      [&](const json::object& d) { return StringMember(d, "id") == id; }, seconds(30));
+      });
+    }
+  });
+  // 2. NBD server, if this session started it.
+  if (PathExists(NbdServerMarker(paths, session))) {
+    ok &= Attempt("stopping the NBD server", [&] {
+      try {
+        qmp.Execute("nbd-server-stop");
+      } catch (const QmpError&) {
+        // Not running any more (QEMU restarted): nothing to stop.
+      }
+      ::unlink(NbdServerMarker(paths, session).c_str());
+    });
+  }
+  ::unlink(SocketPath(paths, session).c_str());
+  // 3. Backup jobs: cancelling one also removes its filter node.
+  ok &= Attempt("listing block jobs", [&] {
+    json::value jobs = qmp.Execute("query-block-jobs");
+    for (const auto& j : jobs.as_array()) {
+      std::string id = StringMember(j.as_object(), "device");
+      if (!ours(id)) continue;
+      ok &= Attempt("cancelling job " + id, [&] {
+        qmp.Execute("block-job-cancel", {{"device", id}, {"force", true}});
+        auto done = [&](const json::object& d) { return StringMember(d, "device") == id; };
+        if (!qmp.WaitEvent("BLOCK_JOB_CANCELLED", done, seconds(30))) {
+          throw Error(ErrorKind::kRetryable, "job " + id + " did not end within 30 s");
+        }
+      });
+    }
+  });
+  // 4. Nodes: the overlay before its file node; remember the files to delete.
+  std::set<std::string> files;
+  for (size_t i = 0; i < 64; ++i) files.insert(OverlayPath(paths, session, i));
+  ok &= Attempt("listing block nodes", [&] {
+    std::vector<std::string> overlays, file_nodes;
+    json::value nodes = qmp.Execute("query-named-block-nodes", {{"flat", true}});
+    for (const auto& n : nodes.as_array()) {
+      const auto& o = n.as_object();
+      std::string name = StringMember(o, "node-name");
+      if (!ours(name)) continue;
+      if (name.ends_with("-f")) {
+        file_nodes.push_back(name);
+        files.insert(StringMember(o, "file"));
+      } else if (name.ends_with("-o")) {
+        overlays.push_back(name);
+      }
+    }
+    for (const auto& name : overlays) {
+      ok &= Attempt("removing node " + name, [&] { qmp.Execute("blockdev-del", {{"node-name", name}}); });
+    }
+    for (const auto& name : file_nodes) {
+      ok &= Attempt("removing node " + name, [&] { qmp.Execute("blockdev-del", {{"node-name", name}}); });
+    }
+  });
+  // 5. Overlay files, only those in our scratch directory with our name.
+  for (const auto& f : files) {
+    if (f.rfind(paths.scratch_dir + "/ferry-" + session + "-", 0) != 0) continue;
+    if (::unlink(f.c_str()) != 0 && errno != ENOENT) {
+      LogWarning("cleanup: removing overlay " + f + ": " + std::strerror(errno));
+      ok = false;
+    }
+  }
+  return ok;
+}
+
+std::vector<std::string> RemoveAbandonedSnapshots(QmpClient& qmp, const SnapshotPaths& paths) {
+  std::set<std::string> sessions;
+  for (const auto& name : ListFerryObjects(qmp)) {
+    std::string s = SessionOf(name);
+    if (!s.empty()) sessions.insert(s);
+  }
+  std::vector<std::string> cleaned;
+  for (const auto& s : sessions) {
+    FileLock lock = FileLock::TryAcquire(SessionLockPath(paths, s), /*create=*/false);
+    bool lock_file_exists = PathExists(SessionLockPath(paths, s));
+    if (lock_file_exists && !lock.held()) continue;  // its process is alive
+    LogWarning("removing leftovers of ferry session " + s + " from " + qmp.address() +
+               " (its process is gone)");
+    RemoveSessionObjects(qmp, paths, s);
+    ::unlink(SessionLockPath(paths, s).c_str());
+    cleaned.push_back(s);
+  }
+  return cleaned;
+}
+
+}  // namespace ferry::worker
