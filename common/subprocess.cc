@@ -38,6 +38,13 @@ std::string ReadAll(int fd) {
 
 }  // namespace
 
+void CloseInheritedDescriptors() {
+  // Not every library marks its descriptors close-on-exec (Boost.Asio's
+  // sockets are not): a child holding a QMP connection would keep the VM's
+  // monitor busy after we exit.
+  ::close_range(3, ~0U, 0);
+}
+
 std::string RunProgram(const std::vector<std::string>& argv) {
   int out_pipe[2], err_pipe[2];
   if (::pipe2(out_pipe, O_CLOEXEC) != 0 || ::pipe2(err_pipe, O_CLOEXEC) != 0) {
@@ -49,6 +56,7 @@ std::string RunProgram(const std::vector<std::string>& argv) {
   if (pid == 0) {
     ::dup2(out_pipe[1], 1);
     ::dup2(err_pipe[1], 2);
+    CloseInheritedDescriptors();
     ::execvp(cargv[0], cargv.data());
     std::string msg = std::string("cannot run ") + argv[0] + ": " + std::strerror(errno) + "\n";
     (void)!::write(2, msg.data(), msg.size());
@@ -95,6 +103,7 @@ ChildProcess ChildProcess::Spawn(const std::vector<std::string>& argv, const std
     ::dup2(null_fd, 0);
     ::dup2(log_fd, 1);
     ::dup2(log_fd, 2);
+    CloseInheritedDescriptors();
     ::execvp(cargv[0], cargv.data());
     ::_exit(127);
   }

@@ -8,6 +8,7 @@
 #include <boost/json.hpp>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <thread>
 
@@ -16,6 +17,7 @@
 #include "ferry/common/fixed_index.h"
 #include "ferry/common/log.h"
 #include "ferry/common/repository.h"
+#include "ferry/common/subprocess.h"
 #include "ferry/common/verify.h"
 #include "ferry/worker/disk_backup.h"
 #include "ferry/worker/disk_restore.h"
@@ -53,6 +55,7 @@ class Guardian {
       int null_fd = ::open("/dev/null", O_WRONLY);
       ::dup2(null_fd, 1);
       ::setsid();
+      CloseInheritedDescriptors();
       ::execv(cargv[0], cargv.data());
       ::_exit(127);
     }
@@ -125,6 +128,11 @@ int BackupCommand(const Args& args, const std::string& self_path) {
   Arguments a(args, {"repo", "qmp", "vm", "disk", "rate-limit", "threads"}, {});
   std::string repo_dir = a.Require("repo");
   std::string qmp_address = a.Require("qmp");
+  // A socket file named by a relative path: make it an unambiguous address
+  // (the guardian and the session records need it absolute anyway).
+  if (!qmp_address.starts_with("unix:") && !qmp_address.starts_with("tcp:") && PathExists(qmp_address)) {
+    qmp_address = "unix:" + std::filesystem::absolute(qmp_address).string();
+  }
   worker::DiskBackupOptions options;
   options.cancel = &g_interrupted;
   if (auto r = a.GetSize("rate-limit")) options.rate_limit_bytes_per_s = *r;

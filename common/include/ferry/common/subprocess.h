@@ -9,6 +9,10 @@
 
 namespace ferry {
 
+// For a forked child about to exec: closes every descriptor above stderr.
+// Async-signal-safe.
+void CloseInheritedDescriptors();
+
 // Runs a program to completion. Throws kEnvironment naming the program, its
 // exit status and the tail of its stderr when it fails or cannot start.
 // Returns its stdout.
