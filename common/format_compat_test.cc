@@ -1,0 +1,77 @@
+// Reads tests/data/repo-v1, a repository written by Ferry 0.1 (format v1,
+// made by tests/data/make-repo-v1.sh), and checks that this version still
+// lists, verifies and reassembles it bit-exact. Never regenerate the fixture
+// to make this pass: a failure here means v1 repositories stopped being
+// readable.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "ferry/common/chunk.h"
+#include "ferry/common/fixed_index.h"
+#include "ferry/common/repository.h"
+#include "ferry/common/verify.h"
+
+namespace ferry {
+namespace {
+
+const std::string kFixture = std::string(FERRY_TEST_DATA_DIR) + "/repo-v1";
+
+struct Expected {
+  std::string point, disk, sha256;
+  uint64_t size = 0;
+};
+
+Expected ReadExpected() {
+  std::ifstream in(std::string(FERRY_TEST_DATA_DIR) + "/repo-v1.expected");
+  Expected e;
+  std::string word;
+  in >> word >> e.point >> word >> e.disk >> word >> e.size >> word >> e.sha256;
+  return e;
+}
+
+TEST(FormatCompatTest, ReadsVersion1Repository) {
+  Expected want = ReadExpected();
+  ASSERT_FALSE(want.point.empty());
+  auto repo = Repository::Open(kFixture);
+  EXPECT_EQ(repo->config().chunk_size, 64u << 10);
+  ASSERT_EQ(repo->ListPoints(), std::vector<std::string>{want.point});
+
+  RestorePointManifest m = repo->LoadPoint(want.point);
+  EXPECT_EQ(m.vm.name, "fixture");
+  EXPECT_EQ(m.vm.uuid, "00000000-0000-4000-8000-0000000f1e70");
+  const DiskRecord* disk = m.FindDisk(want.disk);
+  ASSERT_NE(disk, nullptr);
+  EXPECT_EQ(disk->size, want.size);
+
+  FixedIndexReader index(repo->IndexPath(want.point, *disk), &disk->index_sha256);
+  ASSERT_EQ(index.chunk_count(), 17u);
+  EXPECT_EQ(index.ChunkLength(16), 512u);
+  EXPECT_EQ(index.At(4), index.At(9));  // the duplicate chunk is stored once
+  EXPECT_TRUE(index.At(1).IsZeroMarker());
+
+  // Reassemble the disk and compare with the source's SHA-256.
+  Sha256Stream sha;
+  ChunkDecoder decoder;
+  std::vector<uint8_t> encoded, plain;
+  for (uint64_t i = 0; i < index.chunk_count(); ++i) {
+    Digest d = index.At(i);
+    if (d.IsZeroMarker()) {
+      plain.assign(index.ChunkLength(i), 0);
+    } else {
+      repo->chunks().ReadEncoded(d, &encoded);
+      decoder.Decode(encoded, &d, "fixture chunk", &plain);
+    }
+    ASSERT_EQ(plain.size(), index.ChunkLength(i));
+    sha.Update(plain.data(), plain.size());
+  }
+  EXPECT_EQ(sha.Finish().Hex(), want.sha256);
+
+  VerifyReport report = VerifyRepository(*repo, std::nullopt, 2, nullptr);
+  EXPECT_TRUE(report.clean());
+  EXPECT_EQ(report.chunks_checked, 3u);
+}
+
+}  // namespace
+}  // namespace ferry
