@@ -4,6 +4,7 @@
 #include <ctime>
 
 #include "ferry/common/error.h"
+#include "ferry/common/ids.h"
 
 namespace json = boost::json;
 
@@ -16,14 +17,7 @@ const DiskRecord* RestorePointManifest::FindDisk(const std::string& name) const 
   return nullptr;
 }
 
-std::string NowRfc3339() {
-  std::time_t t = std::time(nullptr);
-  std::tm tm;
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
+std::string NowRfc3339() { return FormatUtcNow("%Y-%m-%dT%H:%M:%SZ"); }
 
 std::string ManifestToJson(const RestorePointManifest& m) {
   json::array disks;

@@ -9,9 +9,9 @@
 #include <boost/json.hpp>
 #include <cerrno>
 #include <ctime>
-#include <random>
 
 #include "ferry/common/error.h"
+#include "ferry/common/ids.h"
 
 namespace json = boost::json;
 
@@ -20,14 +20,6 @@ namespace ferry {
 namespace {
 
 constexpr char kConfigFile[] = "ferry-repository.json";
-
-std::string RandomHex(size_t digits) {
-  std::random_device rd;
-  static const char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (size_t i = 0; i < digits; ++i) out += kHex[rd() & 15];
-  return out;
-}
 
 std::vector<std::string> ListDirectory(const std::string& dir) {
   std::vector<std::string> names;
@@ -46,14 +38,7 @@ std::vector<std::string> ListDirectory(const std::string& dir) {
 const char* SyncLevelName(SyncLevel s) { return s == SyncLevel::kFile ? "file" : "filesystem"; }
 
 // A point id sorts by creation time: 20261122T034210Z-1a2b3c.
-std::string NewPointId() {
-  std::time_t t = std::time(nullptr);
-  std::tm tm;
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y%m%dT%H%M%SZ", &tm);
-  return std::string(buf) + "-" + RandomHex(6);
-}
+std::string NewPointId() { return FormatUtcNow("%Y%m%dT%H%M%SZ") + "-" + RandomHex(6); }
 
 bool IsValidPointId(const std::string& id) {
   if (id.empty() || id.size() > 64 || id[0] == '.') return false;

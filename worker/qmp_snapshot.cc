@@ -10,6 +10,7 @@
 #include <set>
 
 #include "ferry/common/error.h"
+#include "ferry/common/ids.h"
 #include "ferry/common/log.h"
 #include "ferry/common/subprocess.h"
 
@@ -37,13 +38,7 @@ std::string SessionOf(std::string_view name) {
 
 }  // namespace
 
-std::string NewSnapshotSessionId() {
-  std::random_device rd;
-  static const char kHex[] = "0123456789abcdef";
-  std::string id;
-  for (int i = 0; i < 8; ++i) id += kHex[rd() & 15];
-  return id;
-}
+std::string NewSnapshotSessionId() { return RandomHex(8); }
 
 namespace {
 
