@@ -22,7 +22,7 @@ std::string NowRfc3339() { return FormatUtcNow("%Y-%m-%dT%H:%M:%SZ"); }
 std::string ManifestToJson(const RestorePointManifest& m) {
   json::array disks;
   for (const auto& d : m.disks) {
-    disks.push_back(json::object{
+    json::object disk{
         {"name", d.name},
         {"size", d.size},
         {"chunk_size", d.chunk_size},
@@ -34,12 +34,22 @@ std::string ManifestToJson(const RestorePointManifest& m) {
                                {"new_chunks", d.new_chunks},
                                {"reused_chunks", d.reused_chunks},
                                {"read_bytes", d.read_bytes},
-                               {"stored_bytes", d.stored_bytes}}},
-    });
+                               {"stored_bytes", d.stored_bytes},
+                               {"unchanged_chunks", d.unchanged_chunks}}},
+    };
+    if (!d.cbt.mode.empty()) {
+      disk["cbt"] = json::object{{"mode", d.cbt.mode},
+                                 {"reason", d.cbt.reason},
+                                 {"bitmap", d.cbt.bitmap},
+                                 {"generation", d.cbt.generation},
+                                 {"disk_identity", d.cbt.disk_identity}};
+    }
+    disks.push_back(std::move(disk));
   }
   json::object root{
       {"format", kManifestFormat},
       {"id", m.id},
+      {"chain", m.chain},
       {"vm", json::object{{"name", m.vm.name}, {"uuid", m.vm.uuid}, {"hypervisor", m.vm.hypervisor}}},
       {"started_at", m.started_at},
       {"completed_at", m.completed_at},
@@ -103,6 +113,8 @@ RestorePointManifest ManifestFromJson(const std::string& text, const std::string
   }
   RestorePointManifest m;
   m.id = r.String(o, "id");
+  // Members added within v1 are optional: points written before them lack them.
+  if (o.contains("chain")) m.chain = r.String(o, "chain");
   const auto& vm = r.Object(o, "vm");
   m.vm.name = r.String(vm, "name", "vm.");
   m.vm.uuid = r.String(vm, "uuid", "vm.");
@@ -141,6 +153,17 @@ RestorePointManifest ManifestFromJson(const std::string& text, const std::string
     rec.reused_chunks = r.Unsigned(s, "reused_chunks", sp);
     rec.read_bytes = r.Unsigned(s, "read_bytes", sp);
     rec.stored_bytes = r.Unsigned(s, "stored_bytes", sp);
+    if (s.contains("unchanged_chunks")) rec.unchanged_chunks = r.Unsigned(s, "unchanged_chunks", sp);
+    if (d.contains("cbt")) {
+      const auto& c = r.Object(d, "cbt", path);
+      std::string cp = path + "cbt.";
+      rec.cbt.mode = r.String(c, "mode", cp);
+      if (rec.cbt.mode != "full" && rec.cbt.mode != "incremental") r.Fail(cp + "mode", "is not full or incremental");
+      rec.cbt.reason = r.String(c, "reason", cp);
+      rec.cbt.bitmap = r.String(c, "bitmap", cp);
+      rec.cbt.generation = r.String(c, "generation", cp);
+      rec.cbt.disk_identity = r.String(c, "disk_identity", cp);
+    }
     m.disks.push_back(std::move(rec));
   }
   return m;

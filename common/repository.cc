@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <boost/json.hpp>
 #include <cerrno>
+#include <cstdio>
 #include <ctime>
 
 #include "ferry/common/error.h"
@@ -37,13 +38,25 @@ std::vector<std::string> ListDirectory(const std::string& dir) {
 
 const char* SyncLevelName(SyncLevel s) { return s == SyncLevel::kFile ? "file" : "filesystem"; }
 
-// A point id sorts by creation time: 20261122T034210Z-1a2b3c.
-std::string NewPointId() { return FormatUtcNow("%Y%m%dT%H%M%SZ") + "-" + RandomHex(6); }
+// A point id sorts by creation time, to the microsecond, because "the last
+// point of a chain" is found by sorting and backups can be sub-second:
+// 20261122T034210.123456Z-1a2b3c.
+std::string NewPointId() {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  std::tm tm;
+  gmtime_r(&ts.tv_sec, &tm);
+  char buf[48];
+  size_t n = std::strftime(buf, sizeof buf, "%Y%m%dT%H%M%S", &tm);
+  std::snprintf(buf + n, sizeof buf - n, ".%06ldZ-", ts.tv_nsec / 1000);
+  return buf + RandomHex(6);
+}
 
 bool IsValidPointId(const std::string& id) {
   if (id.empty() || id.size() > 64 || id[0] == '.') return false;
   return std::all_of(id.begin(), id.end(), [](char c) {
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-';
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' ||
+           c == '.';
   });
 }
 

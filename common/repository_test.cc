@@ -187,3 +187,16 @@ TEST_F(RepositoryTest, MissingChunkIsCorrupt) {
 
 }  // namespace
 }  // namespace ferry
+
+namespace ferry {
+namespace {
+
+TEST_F(RepositoryTest, PointIdsSortInCreationOrderWithinOneSecond) {
+  auto repo = Repository::Open(dir_);
+  std::vector<std::string> made;
+  for (int i = 0; i < 20; ++i) made.push_back(WritePoint(*repo, "p" + std::to_string(i)));
+  EXPECT_EQ(repo->ListPoints(), made);
+}
+
+}  // namespace
+}  // namespace ferry

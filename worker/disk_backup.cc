@@ -117,6 +117,38 @@ class DigestsInFlight {
   std::unordered_set<Digest, DigestHash> set_;
 };
 
+// Walks one of a reader's maps (allocation or dirty) forward through the
+// disk, asking for large windows and forgetting what lies behind.
+class MapCursor {
+ public:
+  using Fetch = std::vector<Extent> (BlockReader::*)(uint64_t, uint64_t);
+  MapCursor(BlockReader& reader, Fetch fetch) : reader_(reader), fetch_(fetch) {}
+
+  // Appends the parts of [start, end) whose `data` is set to `out`. Calls
+  // must move forward (start never below a previous call's start).
+  void Ranges(uint64_t start, uint64_t end, std::vector<Extent>* out) {
+    while (!extents_.empty() && extents_.front().offset + extents_.front().length <= start) {
+      extents_.pop_front();
+    }
+    if (extents_.empty() && mapped_to_ < start) mapped_to_ = start;  // skip unasked ranges
+    while (mapped_to_ < end) {
+      for (const Extent& e : (reader_.*fetch_)(mapped_to_, kMapWindow)) extents_.push_back(e);
+      mapped_to_ = extents_.back().offset + extents_.back().length;
+    }
+    for (const Extent& e : extents_) {
+      if (e.offset >= end) break;
+      uint64_t s = std::max(start, e.offset), t = std::min(end, e.offset + e.length);
+      if (e.data && s < t) out->push_back({s, t - s, true});
+    }
+  }
+
+ private:
+  BlockReader& reader_;
+  Fetch fetch_;
+  std::deque<Extent> extents_;
+  uint64_t mapped_to_ = 0;
+};
+
 class DiskBackupRun {
  public:
   DiskBackupRun(Repository& repo, BlockReader& reader, const std::string& index_path,
@@ -129,7 +161,14 @@ class DiskBackupRun {
         index_(index_path, reader.size(), chunk_size_),
         threads_(options.compute_threads ? options.compute_threads
                                          : std::max(1u, std::thread::hardware_concurrency())),
-        pool_(2 * threads_ + 2, chunk_size_) {}
+        pool_(2 * threads_ + 2, chunk_size_) {
+    if (const FixedIndexReader* prev = options.previous_index) {
+      if (prev->disk_size() != reader.size() || prev->chunk_size() != chunk_size_) {
+        throw Error(ErrorKind::kInternal, "previous index of " + reader.description() +
+                                              " does not match the disk's size or chunk size");
+      }
+    }
+  }
 
   DiskBackupResult Run() {
     std::vector<std::thread> workers;
@@ -156,6 +195,7 @@ class DiskBackupRun {
     r.reused_chunks = reused_chunks_;
     r.read_bytes = read_bytes_;
     r.stored_bytes = stored_bytes_;
+    r.unchanged_chunks = unchanged_chunks_;
     r.index_sha256 = index_.Finish();
     return r;
   }
@@ -205,29 +245,29 @@ class DiskBackupRun {
   void PlanAndRead() {
     const uint64_t size = reader_.size();
     const uint64_t chunks = index_.chunk_count();
-    std::deque<Extent> extents;
-    uint64_t mapped_to = 0;
-    std::vector<Extent> data_ranges;
+    const FixedIndexReader* previous = options_.previous_index;
+    MapCursor allocation(reader_, &BlockReader::MapAllocation);
+    MapCursor dirty(reader_, &BlockReader::MapDirty);
+    std::vector<Extent> data_ranges, dirty_ranges;
 
     for (uint64_t i = 0; i < chunks && !failed_; ++i) {
       CheckCancel();
       const uint64_t start = i * chunk_size_;
       const uint64_t end = std::min(size, start + chunk_size_);
-      while (mapped_to < end) {
-        for (const Extent& e : reader_.MapAllocation(mapped_to, kMapWindow)) extents.push_back(e);
-        mapped_to = extents.back().offset + extents.back().length;
+      const auto length = static_cast<uint32_t>(end - start);
+      if (previous) {
+        dirty_ranges.clear();
+        dirty.Ranges(start, end, &dirty_ranges);
+        if (dirty_ranges.empty()) {  // unchanged since the previous point
+          index_.Set(i, previous->At(i));
+          ++unchanged_chunks_;
+          progress_->bytes_done += length;
+          continue;
+        }
       }
       data_ranges.clear();
-      for (const Extent& e : extents) {
-        if (e.offset >= end) break;
-        uint64_t s = std::max(start, e.offset), t = std::min(end, e.offset + e.length);
-        if (e.data && s < t) data_ranges.push_back({s, t - s, true});
-      }
-      while (!extents.empty() && extents.front().offset + extents.front().length <= end) {
-        extents.pop_front();
-      }
+      allocation.Ranges(start, end, &data_ranges);
 
-      const auto length = static_cast<uint32_t>(end - start);
       if (data_ranges.empty()) {
         index_.Set(i, Digest{});
         ++zero_chunks_;
@@ -339,7 +379,7 @@ class DiskBackupRun {
   std::mutex error_mu_;
   std::exception_ptr first_error_;
 
-  std::atomic<uint64_t> zero_chunks_{0}, new_chunks_{0}, reused_chunks_{0};
+  std::atomic<uint64_t> zero_chunks_{0}, new_chunks_{0}, reused_chunks_{0}, unchanged_chunks_{0};
   std::atomic<uint64_t> read_bytes_{0}, stored_bytes_{0};
 };
 

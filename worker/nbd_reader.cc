@@ -12,8 +12,7 @@ namespace ferry::worker {
 
 namespace {
 
-// base:allocation flags (NBD protocol).
-constexpr uint32_t kNbdStateHole = 1;
+// base:allocation flag (NBD protocol): the range reads as zeros.
 constexpr uint32_t kNbdStateZero = 2;
 // Block status requests are 32-bit; ask in large windows to keep the number
 // of round trips on huge disks small.
@@ -30,7 +29,9 @@ class NbdReader : public BlockReader {
     handle_ = nbd_create();
     if (!handle_) throw Error(ErrorKind::kEnvironment, "libnbd: " + LibnbdError());
     description_ = "nbd+unix:///" + source.export_name + "?socket=" + source.unix_socket;
-    if (nbd_add_meta_context(handle_, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
+    dirty_context_ = source.dirty_bitmap.empty() ? "" : "qemu:dirty-bitmap:" + source.dirty_bitmap;
+    if ((!dirty_context_.empty() && nbd_add_meta_context(handle_, dirty_context_.c_str()) == -1) ||
+        nbd_add_meta_context(handle_, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
         nbd_set_export_name(handle_, source.export_name.c_str()) == -1 ||
         nbd_connect_unix(handle_, source.unix_socket.c_str()) == -1) {
       std::string msg = "connecting to " + description_ + ": " + LibnbdError();
@@ -42,6 +43,11 @@ class NbdReader : public BlockReader {
     if (size < 0) Fail("asking the export size");
     size_ = static_cast<uint64_t>(size);
     has_allocation_ = nbd_can_meta_context(handle_, LIBNBD_CONTEXT_BASE_ALLOCATION) == 1;
+    if (!dirty_context_.empty() && nbd_can_meta_context(handle_, dirty_context_.c_str()) != 1) {
+      std::string msg = description_ + " does not publish dirty bitmap '" + source.dirty_bitmap + "'";
+      nbd_close(handle_);
+      throw Error(ErrorKind::kRetryable, msg);
+    }
   }
 
   ~NbdReader() override {
@@ -56,27 +62,40 @@ class NbdReader : public BlockReader {
   std::string description() const override { return description_; }
 
   std::vector<Extent> MapAllocation(uint64_t offset, uint64_t length) override {
+    if (!has_allocation_) return {{offset, std::min(length, size_ - offset), true}};
+    // QEMU reports a hole that reads as zeros as HOLE|ZERO; a hole without
+    // ZERO (possible on some backends) must still be read.
+    return BlockStatus(LIBNBD_CONTEXT_BASE_ALLOCATION, offset, length,
+                       [](uint32_t flags) { return (flags & kNbdStateZero) == 0; });
+  }
+
+  bool has_dirty_map() const override { return !dirty_context_.empty(); }
+
+  std::vector<Extent> MapDirty(uint64_t offset, uint64_t length) override {
+    if (dirty_context_.empty()) return BlockReader::MapDirty(offset, length);
+    return BlockStatus(dirty_context_, offset, length, [](uint32_t flags) { return (flags & 1) != 0; });
+  }
+
+  // Extents of one metadata context from `offset`; `is_set(flags)` decides an
+  // extent's `data`.
+  std::vector<Extent> BlockStatus(const std::string& context, uint64_t offset, uint64_t length,
+                                  bool (*is_set)(uint32_t flags)) {
     std::vector<Extent> out;
     if (length == 0) return out;
     length = std::min({length, kMaxStatusWindow, size_ - offset});
-    if (!has_allocation_) {
-      out.push_back({offset, length, true});
-      return out;
-    }
     struct Context {
       std::vector<Extent>* out;
       uint64_t end;
-    } ctx{&out, offset + length};
+      const std::string* context;
+      bool (*is_set)(uint32_t);
+    } ctx{&out, offset + length, &context, is_set};
     auto callback = [](void* user, const char* metacontext, uint64_t off, uint32_t* entries,
                        size_t nr_entries, int* error) -> int {
       auto* c = static_cast<Context*>(user);
-      if (std::string_view(metacontext) != LIBNBD_CONTEXT_BASE_ALLOCATION) return 0;
+      if (*c->context != metacontext) return 0;
       for (size_t i = 0; i + 1 < nr_entries && off < c->end; i += 2) {
         uint64_t len = std::min<uint64_t>(entries[i], c->end - off);
-        bool data = (entries[i + 1] & (kNbdStateHole | kNbdStateZero)) == 0;
-        // QEMU reports a hole that reads as zeros as HOLE|ZERO; a hole without
-        // ZERO (possible on some backends) must still be read.
-        if (!data && (entries[i + 1] & kNbdStateZero) == 0) data = true;
+        bool data = c->is_set(entries[i + 1]);
         if (!c->out->empty() && c->out->back().data == data &&
             c->out->back().offset + c->out->back().length == off) {
           c->out->back().length += len;
@@ -93,9 +112,9 @@ class NbdReader : public BlockReader {
       Fail("asking block status at offset " + std::to_string(offset));
     }
     if (out.empty() || out.front().offset != offset) {
-      throw Error(ErrorKind::kRetryable,
-                  description_ + ": block status at offset " + std::to_string(offset) +
-                      " returned no extent for that offset");
+      throw Error(ErrorKind::kRetryable, description_ + ": block status (" + context +
+                                             ") at offset " + std::to_string(offset) +
+                                             " returned no extent for that offset");
     }
     return out;
   }
@@ -136,6 +155,7 @@ class NbdReader : public BlockReader {
   nbd_handle* handle_ = nullptr;
   uint64_t size_ = 0;
   bool has_allocation_ = false;
+  std::string dirty_context_;
 };
 
 }  // namespace

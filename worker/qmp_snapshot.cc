@@ -137,7 +137,11 @@ FleecingSnapshot::~FleecingSnapshot() { Release(); }
 std::unique_ptr<FleecingSnapshot> FleecingSnapshot::Create(QmpClient& qmp,
                                                            const std::vector<QmpDisk>& disks,
                                                            const SnapshotPaths& paths,
-                                                           const std::string& session) {
+                                                           const std::string& session,
+                                                           const std::vector<SnapshotBitmaps>& bitmaps) {
+  if (!bitmaps.empty() && bitmaps.size() != disks.size()) {
+    throw Error(ErrorKind::kInternal, "snapshot: bitmaps do not match the disks");
+  }
   FileLock lock = FileLock::TryAcquire(SessionLockPath(paths, session));
   if (!lock.held()) throw Error(ErrorKind::kInternal, "session lock " + session + " is taken");
   std::unique_ptr<FleecingSnapshot> snap(new FleecingSnapshot(qmp, paths, session, std::move(lock)));
@@ -154,6 +158,20 @@ std::unique_ptr<FleecingSnapshot> FleecingSnapshot::Create(QmpClient& qmp,
                                    {"node-name", ObjectName(session, i, "o")},
                                    {"file", ObjectName(session, i, "f")},
                                    {"backing", d.node_name}});
+      if (!bitmaps.empty() && !bitmaps[i].start.empty()) {
+        actions.push_back(json::object{
+            {"type", "block-dirty-bitmap-add"},
+            {"data", json::object{{"node", d.node_name},
+                                  {"name", bitmaps[i].start},
+                                  {"persistent", bitmaps[i].persistent}}}});
+      }
+      if (!bitmaps.empty() && !bitmaps[i].export_bitmap.empty()) {
+        // Frozen at the snapshot: it then holds exactly the writes between the
+        // previous point's snapshot and this one.
+        actions.push_back(json::object{
+            {"type", "block-dirty-bitmap-disable"},
+            {"data", json::object{{"node", d.node_name}, {"name", bitmaps[i].export_bitmap}}}});
+      }
       actions.push_back(json::object{
           {"type", "blockdev-backup"},
           {"data", json::object{{"job-id", ObjectName(session, i, "")},
@@ -162,7 +180,8 @@ std::unique_ptr<FleecingSnapshot> FleecingSnapshot::Create(QmpClient& qmp,
                                 {"sync", "none"},
                                 {"filter-node-name", ObjectName(session, i, "x")}}}});
     }
-    // The point in time: every disk's copy-before-write starts in one step.
+    // The point in time: every disk's copy-before-write starts, and every
+    // bitmap rotates, in one step.
     qmp.Execute("transaction", {{"actions", actions}});
 
     std::string socket = SocketPath(paths, session);
@@ -179,12 +198,17 @@ std::unique_ptr<FleecingSnapshot> FleecingSnapshot::Create(QmpClient& qmp,
     }
     WriteFileAtomically(NbdServerMarker(paths, session), session + "\n");
     for (size_t i = 0; i < disks.size(); ++i) {
-      qmp.Execute("block-export-add", {{"type", "nbd"},
-                                       {"id", ObjectName(session, i, "")},
-                                       {"node-name", ObjectName(session, i, "o")},
-                                       {"name", disks[i].name},
-                                       {"writable", false}});
-      snap->exports_.push_back({disks[i], NbdSource{socket, disks[i].name}});
+      json::object args{{"type", "nbd"},
+                        {"id", ObjectName(session, i, "")},
+                        {"node-name", ObjectName(session, i, "o")},
+                        {"name", disks[i].name},
+                        {"writable", false}};
+      std::string exported_bitmap = bitmaps.empty() ? "" : bitmaps[i].export_bitmap;
+      if (!exported_bitmap.empty()) {
+        args["bitmaps"] = json::array{json::object{{"node", disks[i].node_name}, {"name", exported_bitmap}}};
+      }
+      qmp.Execute("block-export-add", std::move(args));
+      snap->exports_.push_back({disks[i], NbdSource{socket, disks[i].name, exported_bitmap}});
     }
   } catch (...) {
     snap->Release();

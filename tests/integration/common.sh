@@ -74,8 +74,13 @@ wait_for_export() {
   done
 }
 
-# Copies a disk image as it is now (readable while the VM runs).
-snapshot_copy() { qemu-img convert -U -O raw "$1" "$2"; }
+# snapshot_copy IMAGE OUT [VMDIR DEVICE]: copies a disk image as it is now,
+# as raw. With a running VM, name it and the device: qemu-img reads the file,
+# so QEMU's cached qcow2 metadata is flushed first.
+snapshot_copy() {
+  if [[ -n ${3:-} ]]; then vm_hmp "$3" "qemu-io -d $(vm_qdev_path "$4") flush" >/dev/null; fi
+  qemu-img convert -U -O raw "$1" "$2"
+}
 
 # Compares an image with a raw reference copy.
 same_content() { qemu-img compare -U -F raw "$1" "$2" >/dev/null || fail "$1 differs from $2"; }

@@ -12,7 +12,8 @@ first=$("$FERRY" backup --repo "$WORK/repo" --qmp "$WORK/vm/qmp.sock")
 vm_write "$WORK/vm" virtio0 0x5a 10M 2M
 
 start_slow_backup() {
-  "$FERRY" backup --repo "$WORK/repo" --qmp "$WORK/vm/qmp.sock" --rate-limit 2M >/dev/null 2>>"$WORK/killed.log" &
+  # A chain of its own: a full read, long enough to be killed halfway.
+  "$FERRY" backup --repo "$WORK/repo" --qmp "$WORK/vm/qmp.sock" --chain slow --rate-limit 2M >/dev/null 2>>"$WORK/killed.log" &
   backup=$!
   wait_for_export "$WORK/vm"
   sleep 1  # let it read and store some chunks
@@ -41,7 +42,7 @@ kill -0 "$(vm_pid "$WORK/vm")" || fail "QEMU died"
 ok "killed backup: no point, verify clean, VM running, nothing left in QEMU"
 
 second=$("$FERRY" backup --repo "$WORK/repo" --qmp "$WORK/vm/qmp.sock")
-snapshot_copy "$WORK/d0.qcow2" "$WORK/now.raw"
+snapshot_copy "$WORK/d0.qcow2" "$WORK/now.raw" "$WORK/vm" virtio0
 "$FERRY" restore --repo "$WORK/repo" --point "$second" --disk virtio0 --to "$WORK/r.raw"
 cmp -s "$WORK/r.raw" "$WORK/now.raw" || fail "backup after the kill restores wrong data"
 ok "the next backup works and restores bit-exact"

@@ -23,6 +23,7 @@
 #include "ferry/worker/disk_restore.h"
 #include "ferry/worker/qmp_client.h"
 #include "ferry/worker/qmp_snapshot.h"
+#include "ferry/worker/vm_backup.h"
 #include "progress.h"
 
 namespace json = boost::json;
@@ -36,15 +37,20 @@ namespace {
 // The guardian is a child process, in its own session, that outlives a
 // killed backup: when the backup's end of the pipe closes without "done",
 // it removes that backup's snapshot from QEMU.
-class Guardian {
+class Guardian : public worker::SnapshotGuard {
  public:
-  Guardian(const std::string& self, const std::string& qmp, const std::string& session,
-           const worker::SnapshotPaths& paths) {
+  Guardian(std::string self, std::string qmp, worker::SnapshotPaths paths)
+      : self_(std::move(self)), qmp_(std::move(qmp)), paths_(std::move(paths)) {}
+  ~Guardian() override {
+    if (write_fd_ >= 0) ::close(write_fd_);  // EOF without "done": clean up
+  }
+
+  void Arm(const std::string& session) override {
     int fds[2];
     if (::pipe2(fds, O_CLOEXEC) != 0) throw ErrnoError("creating the guardian's pipe", errno);
-    std::vector<std::string> argv = {self, "_guardian", "--qmp", qmp, "--session", session,
-                                     "--runtime-dir", paths.runtime_dir, "--scratch-dir",
-                                     paths.scratch_dir};
+    std::vector<std::string> argv = {self_, "_guardian", "--qmp", qmp_, "--session", session,
+                                     "--runtime-dir", paths_.runtime_dir, "--scratch-dir",
+                                     paths_.scratch_dir};
     std::vector<char*> cargv;
     for (auto& a : argv) cargv.push_back(a.data());
     cargv.push_back(nullptr);
@@ -63,45 +69,22 @@ class Guardian {
     write_fd_ = fds[1];
     pid_ = pid;
   }
+
   // The snapshot is gone: the guardian may exit without doing anything.
-  void Dismiss() {
+  void Disarm() override {
     if (write_fd_ < 0) return;
     (void)!::write(write_fd_, "done\n", 5);
     ::close(write_fd_);
     write_fd_ = -1;
     ::waitpid(pid_, nullptr, 0);
   }
-  ~Guardian() {
-    if (write_fd_ >= 0) ::close(write_fd_);  // EOF without "done": clean up
-  }
 
  private:
+  std::string self_, qmp_;
+  worker::SnapshotPaths paths_;
   int write_fd_ = -1;
   pid_t pid_ = -1;
 };
-
-std::string VmLockPath(const worker::SnapshotPaths& paths, const std::string& qmp_address) {
-  return paths.runtime_dir + "/vm-" + Sha256(qmp_address.data(), qmp_address.size()).Hex().substr(0, 16) +
-         ".lock";
-}
-
-std::string QueryString(worker::QmpClient& qmp, const char* command, const char* key) {
-  try {
-    json::value v = qmp.Execute(command);
-    if (v.is_object()) {
-      auto it = v.as_object().find(key);
-      if (it != v.as_object().end() && it->value().is_string()) return std::string(it->value().as_string());
-    }
-  } catch (const worker::QmpError&) {
-  }
-  return "";
-}
-
-std::string DiskNames(const std::vector<worker::QmpDisk>& disks) {
-  std::string s;
-  for (const auto& d : disks) s += (s.empty() ? "" : ", ") + d.name;
-  return s.empty() ? "none" : s;
-}
 
 }  // namespace
 
@@ -125,106 +108,39 @@ int InitCommand(const Args& args) {
 }
 
 int BackupCommand(const Args& args, const std::string& self_path) {
-  Arguments a(args, {"repo", "qmp", "vm", "disk", "rate-limit", "threads"}, {});
+  Arguments a(args, {"repo", "qmp", "vm", "disk", "chain", "rate-limit", "threads"}, {});
+  worker::VmBackupRequest request;
   std::string repo_dir = a.Require("repo");
-  std::string qmp_address = a.Require("qmp");
+  request.qmp_address = a.Require("qmp");
   // A socket file named by a relative path: make it an unambiguous address
   // (the guardian and the session records need it absolute anyway).
-  if (!qmp_address.starts_with("unix:") && !qmp_address.starts_with("tcp:") && PathExists(qmp_address)) {
-    qmp_address = "unix:" + std::filesystem::absolute(qmp_address).string();
+  if (!request.qmp_address.starts_with("unix:") && !request.qmp_address.starts_with("tcp:") &&
+      PathExists(request.qmp_address)) {
+    request.qmp_address = "unix:" + std::filesystem::absolute(request.qmp_address).string();
   }
-  worker::DiskBackupOptions options;
-  options.cancel = &g_interrupted;
-  if (auto r = a.GetSize("rate-limit")) options.rate_limit_bytes_per_s = *r;
-  if (auto t = a.GetInt("threads", 1, 256)) options.compute_threads = static_cast<unsigned>(*t);
+  request.expected_vm_name = a.Get("vm");
+  request.disks = a.GetAll("disk");
+  if (auto chain = a.Get("chain")) {
+    if (chain->empty() || chain->size() > 64) {
+      throw Error(ErrorKind::kBadInput, "option --chain: a chain name has 1 to 64 characters");
+    }
+    request.chain = *chain;
+  }
+  request.disk_options.cancel = &g_interrupted;
+  if (auto r = a.GetSize("rate-limit")) request.disk_options.rate_limit_bytes_per_s = *r;
+  if (auto t = a.GetInt("threads", 1, 256)) request.disk_options.compute_threads = static_cast<unsigned>(*t);
 
   auto repo = Repository::Open(repo_dir);
-  auto qmp = worker::QmpClient::Connect(qmp_address);
-
-  worker::SnapshotPaths paths = worker::DefaultSnapshotPaths();
-  FileLock vm_lock = FileLock::TryAcquire(VmLockPath(paths, qmp_address));
-  if (!vm_lock.held()) {
-    throw Error(ErrorKind::kRetryable, "another ferry backup of the VM at " + qmp_address + " is running");
-  }
-  for (const auto& s : worker::RemoveAbandonedSnapshots(*qmp, paths)) {
-    LogInfo("removed the snapshot left by dead session " + s);
-  }
-
-  VmIdentity vm{QueryString(*qmp, "query-name", "name"), QueryString(*qmp, "query-uuid", "UUID"), "qemu"};
-  if (auto want = a.Get("vm"); want && *want != vm.name) {
-    throw Error(ErrorKind::kNotFound, "the VM at " + qmp_address + " is named '" + vm.name +
-                                          "', not '" + *want + "'");
-  }
-  if (vm.name.empty()) vm.name = qmp_address;
-  std::vector<worker::QmpDisk> all = worker::ListQmpDisks(*qmp);
-  std::vector<worker::QmpDisk> disks;
-  std::vector<std::string> wanted = a.GetAll("disk");
-  if (wanted.empty()) {
-    disks = all;
-  } else {
-    for (const auto& name : wanted) {
-      auto it = std::find_if(all.begin(), all.end(), [&](auto& d) { return d.name == name; });
-      if (it == all.end()) {
-        throw Error(ErrorKind::kNotFound, "VM '" + vm.name + "' has no disk '" + name +
-                                              "' (its disks: " + DiskNames(all) + ")");
-      }
-      if (std::find_if(disks.begin(), disks.end(), [&](auto& d) { return d.name == name; }) == disks.end()) {
-        disks.push_back(*it);
-      }
-    }
-  }
-  if (disks.empty()) throw Error(ErrorKind::kNotFound, "VM '" + vm.name + "' has no disks to back up");
-
-  auto point = repo->BeginPoint();
-  std::string session = worker::NewSnapshotSessionId();
-  Guardian guardian(self_path, qmp_address, session, paths);
-  RestorePointManifest manifest;
-  manifest.vm = vm;
-  manifest.started_at = NowRfc3339();
+  request.paths = worker::DefaultSnapshotPaths();
+  Guardian guardian(self_path, request.qmp_address, request.paths);
+  request.guard = &guardian;
+  worker::VmBackupProgress progress;
+  RestorePointManifest point;
   {
-    auto snapshot = worker::FleecingSnapshot::Create(*qmp, disks, paths, session);
-    LogInfo("snapshot of " + std::to_string(disks.size()) + " disk(s) of VM '" + vm.name +
-            "' taken (session " + session + ")");
-    try {
-      for (size_t i = 0; i < snapshot->exports().size(); ++i) {
-        const auto& ex = snapshot->exports()[i];
-        auto reader = worker::OpenNbdReader(ex.source);
-        DiskRecord rec;
-        rec.name = ex.disk.name;
-        rec.size = reader->size();
-        rec.chunk_size = repo->config().chunk_size;
-        rec.source_format = ex.disk.format;
-        rec.index_file = point->IndexFileName(i);
-        worker::DiskBackupProgress progress;
-        worker::DiskBackupResult r;
-        {
-          ProgressLine line("backup " + rec.name, [&] {
-            return std::make_pair(progress.bytes_done.load(), rec.size);
-          });
-          r = worker::BackupDisk(*repo, *reader, point->StagingPath(rec.index_file), options, &progress);
-        }
-        rec.index_sha256 = r.index_sha256;
-        rec.chunks = r.chunks;
-        rec.zero_chunks = r.zero_chunks;
-        rec.new_chunks = r.new_chunks;
-        rec.reused_chunks = r.reused_chunks;
-        rec.read_bytes = r.read_bytes;
-        rec.stored_bytes = r.stored_bytes;
-        LogInfo("disk " + rec.name + ": " + HumanBytes(static_cast<double>(rec.size)) + ", read " +
-                HumanBytes(static_cast<double>(r.read_bytes)) + ", " + std::to_string(r.new_chunks) +
-                " new chunks (" + HumanBytes(static_cast<double>(r.stored_bytes)) + " stored), " +
-                std::to_string(r.reused_chunks) + " reused, " + std::to_string(r.zero_chunks) + " zero");
-        manifest.disks.push_back(std::move(rec));
-      }
-    } catch (...) {
-      if (snapshot->Release()) guardian.Dismiss();
-      throw;
-    }
-    if (snapshot->Release()) guardian.Dismiss();
+    ProgressLine line("backup", [&] { return std::make_pair(progress.done(), progress.bytes_total.load()); });
+    point = worker::BackupQemuVm(*repo, request, &progress);
   }
-  manifest.completed_at = NowRfc3339();
-  point->Commit(manifest);
-  std::cout << point->id() << std::endl;
+  std::cout << point.id << std::endl;
   return 0;
 }
 
@@ -279,16 +195,24 @@ int ListCommand(const Args& args) {
     std::cout << json::serialize(out) << std::endl;
     return 0;
   }
-  std::printf("%-24s %-20s %-21s %5s %10s %10s\n", "POINT", "VM", "COMPLETED", "DISKS", "SIZE", "STORED");
+  std::printf("%-24s %-16s %-10s %-21s %5s %10s %10s %10s  %s\n", "POINT", "VM", "CHAIN", "COMPLETED",
+              "DISKS", "SIZE", "READ", "STORED", "MODE");
   for (const auto& m : points) {
-    uint64_t size = 0, stored = 0;
+    uint64_t size = 0, read = 0, stored = 0;
+    std::string mode;
     for (const auto& d : m.disks) {
       size += d.size;
+      read += d.read_bytes;
       stored += d.stored_bytes;
+      // Per disk: "incremental", or "full" with the reason a full read was needed.
+      std::string m1 = d.cbt.mode.empty() ? "full" : d.cbt.mode;
+      if (!d.cbt.reason.empty()) m1 += " (" + d.cbt.reason + ")";
+      mode += (mode.empty() ? "" : "; ") + d.name + ": " + m1;
     }
-    std::printf("%-24s %-20s %-21s %5zu %10s %10s\n", m.id.c_str(), m.vm.name.c_str(),
-                m.completed_at.c_str(), m.disks.size(), HumanBytes(static_cast<double>(size)).c_str(),
-                HumanBytes(static_cast<double>(stored)).c_str());
+    std::printf("%-24s %-16s %-10s %-21s %5zu %10s %10s %10s  %s\n", m.id.c_str(), m.vm.name.c_str(),
+                m.chain.c_str(), m.completed_at.c_str(), m.disks.size(),
+                HumanBytes(static_cast<double>(size)).c_str(), HumanBytes(static_cast<double>(read)).c_str(),
+                HumanBytes(static_cast<double>(stored)).c_str(), mode.c_str());
   }
   return 0;
 }

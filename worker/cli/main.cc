@@ -20,9 +20,11 @@ const char kUsage[] = R"(usage: ferry COMMAND [OPTIONS]
 Commands:
   init     --repo DIR [--chunk-size SIZE] [--compression-level 0-19] [--sync-level filesystem|file]
            create a repository
-  backup   --repo DIR --qmp SOCKET [--vm NAME] [--disk NAME ...] [--rate-limit BYTES/s] [--threads N]
+  backup   --repo DIR --qmp SOCKET [--vm NAME] [--disk NAME ...] [--chain NAME]
+           [--rate-limit BYTES/s] [--threads N]
            back up the disks of a running QEMU VM as one crash-consistent restore
-           point; prints the point's id
+           point (incremental when the chain's dirty bitmaps can be trusted);
+           prints the point's id
   list     --repo DIR [--json]
            list restore points
   restore  --repo DIR --point ID --disk NAME --to PATH [--format raw|qcow2]

@@ -12,6 +12,16 @@ namespace ferry {
 
 inline constexpr char kManifestFormat[] = "ferry-restore-point-v1";
 
+// How a disk's data was read, and the changed-block-tracking state the next
+// backup of the same chain must find to trust an incremental (docs/cbt.md).
+struct CbtRecord {
+  std::string mode;            // "full" or "incremental"
+  std::string reason;          // why a full read was needed ("" for incremental)
+  std::string bitmap;          // the dirty bitmap started at this point's snapshot
+  std::string generation;      // random token, also the bitmap name's suffix
+  std::string disk_identity;   // the disk's image (file name) at this point
+};
+
 struct DiskRecord {
   std::string name;           // what the hypervisor calls the disk (QMP: device id)
   uint64_t size = 0;          // bytes
@@ -26,6 +36,8 @@ struct DiskRecord {
   uint64_t reused_chunks = 0;  // chunks already in the repository
   uint64_t read_bytes = 0;     // bytes read from the source
   uint64_t stored_bytes = 0;   // bytes written into the chunk store
+  uint64_t unchanged_chunks = 0;  // incremental: digests taken from the previous point
+  CbtRecord cbt;               // empty mode: made without CBT (older points)
 };
 
 struct VmIdentity {
@@ -36,6 +48,7 @@ struct VmIdentity {
 
 struct RestorePointManifest {
   std::string id;
+  std::string chain;  // the backup chain this point belongs to ("" for none)
   VmIdentity vm;
   std::string started_at;    // RFC 3339, UTC
   std::string completed_at;  // RFC 3339, UTC

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
@@ -34,6 +35,14 @@ class BlockReader {
   // return one data extent.
   virtual std::vector<Extent> MapAllocation(uint64_t offset, uint64_t length) = 0;
 
+  // Whether MapDirty answers from real change tracking.
+  virtual bool has_dirty_map() const { return false; }
+  // Changed-block map, like MapAllocation: `data` true means changed since
+  // the tracking began. Without tracking: one changed extent.
+  virtual std::vector<Extent> MapDirty(uint64_t offset, uint64_t length) {
+    return {{offset, std::min(length, size() - offset), true}};
+  }
+
   // Starts reading `length` bytes at `offset` into `buffer`; `done` runs (on
   // the thread calling Poll) when the read ends, with 0 or an errno value.
   virtual void SubmitRead(void* buffer, uint64_t offset, uint32_t length,
@@ -48,6 +57,9 @@ class BlockReader {
 struct NbdSource {
   std::string unix_socket;  // the server's socket
   std::string export_name;
+  // A dirty bitmap the export publishes (qemu:dirty-bitmap:<name>); empty
+  // for none. Opening fails if the export does not offer it.
+  std::string dirty_bitmap;
 };
 
 // libnbd client asking base:allocation. Throws kNotFound / kRetryable.

@@ -1,6 +1,6 @@
 // Backs up one disk into a repository: the read pipeline.
 //
-//   plan (allocation map -> chunks) -> read (async, several in flight)
+//   plan (dirty map, allocation map -> chunks) -> read (async, several in flight)
 //     -> zero filter -> hash -> dedupe -> compress -> store -> index
 //
 // The calling thread plans and reads: it walks the allocation map in large
@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <string>
 
+#include "ferry/common/fixed_index.h"
 #include "ferry/common/repository.h"
 #include "ferry/worker/block_reader.h"
 
@@ -23,6 +24,10 @@ struct DiskBackupOptions {
   unsigned compute_threads = 0;      // 0: one per core
   uint64_t rate_limit_bytes_per_s = 0;  // 0: unlimited (read rate cap)
   const std::atomic<bool>* cancel = nullptr;  // set => stop with kInterrupted
+  // Incremental: the previous restore point's index of this disk (same disk
+  // size and chunk size). Chunks the reader's dirty map does not touch take
+  // their digest from it and are not read. Null: read everything allocated.
+  const FixedIndexReader* previous_index = nullptr;
 };
 
 // Counters a progress display may read while the backup runs.
@@ -38,6 +43,7 @@ struct DiskBackupResult {
   uint64_t reused_chunks = 0;
   uint64_t read_bytes = 0;
   uint64_t stored_bytes = 0;
+  uint64_t unchanged_chunks = 0;  // taken from previous_index without a read
   Digest index_sha256;
 };
 

@@ -45,6 +45,13 @@ struct SnapshotPaths {
 // (or $FERRY_SCRATCH_DIR); created if missing.
 SnapshotPaths DefaultSnapshotPaths();
 
+// Bitmap actions of one disk, done in the snapshot's transaction.
+struct SnapshotBitmaps {
+  std::string start;        // bitmap to add (tracks writes after the snapshot); "" for none
+  bool persistent = false;  // survive a QEMU restart (qcow2 only)
+  std::string export_bitmap;  // bitmap to disable and publish on the export; "" for none
+};
+
 class FleecingSnapshot {
  public:
   struct Export {
@@ -55,9 +62,11 @@ class FleecingSnapshot {
   // Takes the snapshot of `disks` (all at one instant) and exports them,
   // as session `session_id` (from NewSnapshotSessionId). On failure, removes
   // whatever it had created and throws.
+  // `bitmaps` is empty or parallel to `disks`.
   static std::unique_ptr<FleecingSnapshot> Create(QmpClient& qmp, const std::vector<QmpDisk>& disks,
                                                   const SnapshotPaths& paths,
-                                                  const std::string& session_id);
+                                                  const std::string& session_id,
+                                                  const std::vector<SnapshotBitmaps>& bitmaps = {});
   ~FleecingSnapshot();
 
   const std::string& session_id() const { return session_id_; }
