@@ -27,7 +27,7 @@ namespace ferry {
 
 inline constexpr char kRepositoryFormat[] = "ferry-repository-v1";
 // Chosen by measurement (docs/benchmarks.md): see kDefaultChunkSize's note there.
-inline constexpr uint32_t kDefaultChunkSize = 4u << 20;
+inline constexpr uint32_t kDefaultChunkSize = 1u << 20;
 
 struct RepositoryConfig {
   std::string id;  // random, 32 hex digits
