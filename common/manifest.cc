@@ -17,6 +17,13 @@ const DiskRecord* RestorePointManifest::FindDisk(const std::string& name) const 
   return nullptr;
 }
 
+const ConfigFileRecord* RestorePointManifest::FindConfig(const std::string& kind) const {
+  for (const auto& f : config_files) {
+    if (f.kind == kind) return &f;
+  }
+  return nullptr;
+}
+
 std::string NowRfc3339() { return FormatUtcNow("%Y-%m-%dT%H:%M:%SZ"); }
 
 std::string ManifestToJson(const RestorePointManifest& m) {
@@ -55,6 +62,13 @@ std::string ManifestToJson(const RestorePointManifest& m) {
       {"completed_at", m.completed_at},
       {"disks", std::move(disks)},
   };
+  if (!m.config_files.empty()) {
+    json::array files;
+    for (const auto& f : m.config_files) {
+      files.push_back(json::object{{"kind", f.kind}, {"name", f.name}, {"origin", f.origin}, {"sha256", f.sha256.Hex()}});
+    }
+    root["config_files"] = std::move(files);
+  }
   return json::serialize(root) + "\n";
 }
 
@@ -165,6 +179,28 @@ RestorePointManifest ManifestFromJson(const std::string& text, const std::string
       rec.cbt.disk_identity = r.String(c, "disk_identity", cp);
     }
     m.disks.push_back(std::move(rec));
+  }
+  if (o.contains("config_files")) {
+    const auto& files = r.Member(o, "config_files", "");
+    if (!files.is_array()) r.Fail("config_files", "is not an array");
+    for (size_t i = 0; i < files.as_array().size(); ++i) {
+      std::string path = "config_files[" + std::to_string(i) + "].";
+      if (!files.as_array()[i].is_object()) r.Fail(path, "is not an object");
+      const auto& f = files.as_array()[i].as_object();
+      ConfigFileRecord rec;
+      rec.kind = r.String(f, "kind", path);
+      rec.name = r.String(f, "name", path);
+      if (rec.name.empty() || rec.name.find('/') != std::string::npos || rec.name[0] == '.') {
+        r.Fail(path + "name", "is not a plain file name");
+      }
+      rec.origin = r.String(f, "origin", path);
+      try {
+        rec.sha256 = Digest::FromHex(r.String(f, "sha256", path));
+      } catch (const Error&) {
+        r.Fail(path + "sha256", "is not a SHA-256 hex digest");
+      }
+      m.config_files.push_back(std::move(rec));
+    }
   }
   return m;
 }

@@ -175,6 +175,10 @@ std::string Repository::IndexPath(const std::string& point_id, const DiskRecord&
 // (it takes the lock before creating the directory and drops it after the
 // rename into points/), so a lock we can take, or a directory with no lock
 // file, belongs to a writer that is gone.
+std::string Repository::PointFilePath(const std::string& point_id, const std::string& file_name) const {
+  return dir_ + "/points/" + point_id + "/" + file_name;
+}
+
 void Repository::RemoveAbandonedStaging() {
   const std::string staging = dir_ + "/staging/";
   std::vector<std::string> names = ListDirectory(staging);
@@ -227,6 +231,15 @@ std::string PointWriter::IndexFileName(size_t disk) const {
 
 std::string PointWriter::StagingPath(const std::string& file_name) const {
   return staging_dir_ + "/" + file_name;
+}
+
+ConfigFileRecord PointWriter::AddFile(const std::string& kind, const std::string& name,
+                                      const std::string& content, const std::string& origin) {
+  if (name.empty() || name.find('/') != std::string::npos || name[0] == '.' || name == "manifest.json") {
+    throw Error(ErrorKind::kInternal, "bad point file name '" + name + "'");
+  }
+  WriteFileAtomically(StagingPath(name), content);
+  return {kind, name, origin, Sha256(content.data(), content.size())};
 }
 
 void PointWriter::Commit(RestorePointManifest manifest) {

@@ -6,6 +6,7 @@
 
 #include "ferry/common/chunk.h"
 #include "ferry/common/error.h"
+#include "ferry/common/file_util.h"
 #include "ferry/common/fixed_index.h"
 
 namespace ferry {
@@ -39,6 +40,16 @@ VerifyReport VerifyRepository(Repository& repo, const std::optional<std::string>
       continue;
     }
     ++report.points;
+    for (const auto& f : p.manifest.config_files) {
+      try {
+        std::string content = ReadWholeFile(repo.PointFilePath(id, f.name));
+        if (Sha256(content.data(), content.size()) != f.sha256) {
+          throw Error(ErrorKind::kCorrupt, "configuration file " + f.name + " does not match its checksum");
+        }
+      } catch (const Error& e) {
+        report.problems.push_back({id, "", -1, 0, e.what()});
+      }
+    }
     for (const auto& disk : p.manifest.disks) {
       ++report.disks;
       try {

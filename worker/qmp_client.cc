@@ -2,6 +2,8 @@
 // described in ferry/worker/qmp_client.h.
 #include "ferry/worker/qmp_client.h"
 
+#include <sys/socket.h>
+
 #include <sys/un.h>
 
 #include <algorithm>
@@ -185,6 +187,15 @@ class QmpClient::Impl {
   }
 
   const std::string& address() const { return address_; }
+
+  int PeerPid() {
+    struct ucred cred {};
+    socklen_t len = sizeof cred;
+    if (::getsockopt(socket_.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.pid <= 0) {
+      return -1;  // TCP, or not known
+    }
+    return cred.pid;
+  }
   const QemuVersion& version() const { return version_; }
 
   // Connects, reads the greeting and negotiates capabilities, all before
@@ -602,6 +613,8 @@ QmpClient::~QmpClient() = default;
 const QemuVersion& QmpClient::version() const { return impl_->version(); }
 
 const std::string& QmpClient::address() const { return impl_->address(); }
+
+int QmpClient::peer_pid() const { return impl_->PeerPid(); }
 
 json::value QmpClient::Execute(std::string_view command, json::object arguments,
                                milliseconds timeout) {

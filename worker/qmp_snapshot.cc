@@ -123,7 +123,11 @@ SnapshotPaths DefaultSnapshotPaths() {
   const char* scratch = std::getenv("FERRY_SCRATCH_DIR");
   p.runtime_dir = runtime && *runtime ? runtime : "/run/ferry";
   p.scratch_dir = scratch && *scratch ? scratch : "/var/tmp/ferry";
-  MakeDirectory(p.runtime_dir, 0700);
+  // 0711: QEMU under libvirt runs as its own user and must reach the
+  // per-session directories (0700, owned by that user) inside; nobody can
+  // list what is here.
+  MakeDirectory(p.runtime_dir, 0711);
+  if (::chmod(p.runtime_dir.c_str(), 0711) != 0) throw ErrnoError("setting the mode of " + p.runtime_dir, errno);
   MakeDirectory(p.scratch_dir, 0700);
   return p;
 }

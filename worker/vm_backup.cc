@@ -3,56 +3,46 @@
 #include <algorithm>
 
 #include "ferry/common/error.h"
-#include "ferry/common/file_util.h"
 #include "ferry/common/ids.h"
 #include "ferry/common/log.h"
 #include "ferry/worker/cbt.h"
-
-namespace json = boost::json;
 
 namespace ferry::worker {
 
 namespace {
 
-std::string QueryString(QmpClient& qmp, const char* command, const char* key) {
-  try {
-    json::value v = qmp.Execute(command);
-    if (v.is_object()) {
-      auto it = v.as_object().find(key);
-      if (it != v.as_object().end() && it->value().is_string()) return std::string(it->value().as_string());
-    }
-  } catch (const QmpError&) {
-  }
-  return "";
-}
-
-std::string DiskNames(const std::vector<QmpDisk>& disks) {
+std::string DiskNames(const std::vector<HostDisk>& disks) {
   std::string s;
   for (const auto& d : disks) s += (s.empty() ? "" : ", ") + d.name;
   return s.empty() ? "none" : s;
 }
 
-std::string VmLockPath(const SnapshotPaths& paths, const std::string& qmp_address) {
-  return paths.runtime_dir + "/vm-" + Sha256(qmp_address.data(), qmp_address.size()).Hex().substr(0, 16) +
-         ".lock";
-}
-
-std::vector<QmpDisk> SelectDisks(const std::vector<QmpDisk>& all, const std::vector<std::string>& wanted,
-                                 const std::string& vm_name) {
-  if (wanted.empty()) return all;
-  std::vector<QmpDisk> out;
-  for (const auto& name : wanted) {
-    auto it = std::find_if(all.begin(), all.end(), [&](auto& d) { return d.name == name; });
-    if (it == all.end()) {
-      throw Error(ErrorKind::kNotFound,
-                  "VM '" + vm_name + "' has no disk '" + name + "' (its disks: " + DiskNames(all) + ")");
+std::vector<HostDisk> SelectDisks(const HostVm& vm, const VmBackupRequest& request) {
+  auto known = [&](const std::string& name) {
+    auto it = std::find_if(vm.disks.begin(), vm.disks.end(), [&](auto& d) { return d.name == name; });
+    if (it == vm.disks.end()) {
+      throw Error(ErrorKind::kNotFound, "VM '" + vm.identity.name + "' has no disk '" + name +
+                                            "' (its disks: " + DiskNames(vm.disks) + ")");
     }
-    if (std::none_of(out.begin(), out.end(), [&](auto& d) { return d.name == name; })) out.push_back(*it);
+    return *it;
+  };
+  std::vector<HostDisk> out;
+  if (request.disks.empty()) {
+    out = vm.disks;
+  } else {
+    for (const auto& name : request.disks) {
+      HostDisk d = known(name);
+      if (std::none_of(out.begin(), out.end(), [&](auto& o) { return o.name == name; })) out.push_back(d);
+    }
+  }
+  for (const auto& name : request.exclude_disks) {
+    known(name);
+    std::erase_if(out, [&](auto& d) { return d.name == name; });
   }
   return out;
 }
 
-// The newest point of `chain` for this VM holding `disk`, with its index.
+// The newest point of the chain for this VM that holds a disk, with its index.
 struct PreviousDisk {
   std::string point_id;
   DiskRecord record;
@@ -82,7 +72,6 @@ class ChainHistory {
         p.index = std::make_unique<FixedIndexReader>(repo.IndexPath(m.id, *d), &d->index_sha256);
       } catch (const Error& e) {
         LogWarning("index of disk " + disk + " in point " + m.id + " is unusable: " + e.what());
-        p.index = nullptr;
       }
       return p;
     }
@@ -95,77 +84,55 @@ class ChainHistory {
 
 }  // namespace
 
-RestorePointManifest BackupQemuVm(Repository& repo, const VmBackupRequest& request,
-                                  VmBackupProgress* progress) {
+RestorePointManifest BackupVm(Repository& repo, Host& host, const VmBackupRequest& request,
+                              VmBackupProgress* progress) {
   VmBackupProgress own_progress;
   if (!progress) progress = &own_progress;
-  auto qmp = QmpClient::Connect(request.qmp_address);
-  const SnapshotPaths& paths = request.paths;
-  FileLock vm_lock = FileLock::TryAcquire(VmLockPath(paths, request.qmp_address));
-  if (!vm_lock.held()) {
-    throw Error(ErrorKind::kRetryable, "another ferry backup of the VM at " + request.qmp_address + " is running");
-  }
-  for (const auto& s : RemoveAbandonedSnapshots(*qmp, paths)) {
-    LogInfo("removed the snapshot left by dead session " + s);
-  }
+  const HostVm& vm = host.vm();
+  std::vector<HostDisk> disks = SelectDisks(vm, request);
+  if (disks.empty()) throw Error(ErrorKind::kNotFound, "VM '" + vm.identity.name + "' has no disks to back up");
 
-  VmIdentity vm{QueryString(*qmp, "query-name", "name"), QueryString(*qmp, "query-uuid", "UUID"), "qemu"};
-  if (request.expected_vm_name && *request.expected_vm_name != vm.name) {
-    throw Error(ErrorKind::kNotFound, "the VM at " + request.qmp_address + " is named '" + vm.name +
-                                          "', not '" + *request.expected_vm_name + "'");
-  }
-  if (vm.name.empty()) vm.name = request.qmp_address;
-  std::vector<QmpDisk> disks = SelectDisks(ListQmpDisks(*qmp), request.disks, vm.name);
-  if (disks.empty()) throw Error(ErrorKind::kNotFound, "VM '" + vm.name + "' has no disks to back up");
-
-  // Reconcile each disk's dirty bitmaps with the chain's last restore point.
+  // Reconcile each disk's change tracking with the chain's last restore point.
   const std::string chain_id = ChainId(repo.config().id, request.chain);
-  ChainHistory history(repo, request.chain, vm.name);
+  ChainHistory history(repo, request.chain, vm.identity.name);
   const std::string generation = RandomHex(8);
   std::vector<CbtPlan> plans;
   std::vector<std::optional<PreviousDisk>> previous;
-  std::vector<SnapshotBitmaps> bitmaps;
   for (const auto& d : disks) {
-    std::vector<BitmapState> chain_bitmaps;
-    for (auto& b : ListDirtyBitmaps(*qmp, d.node_name)) {
-      if (IsChainBitmap(b.name, chain_id)) chain_bitmaps.push_back(std::move(b));
-    }
     std::optional<PreviousDisk> prev = history.Find(repo, d.name);
-    CbtPlan plan = PlanCbt(prev ? &prev->record : nullptr, chain_bitmaps, d.size, d.filename, chain_id, generation);
-    if (plan.incremental && (!prev->index || prev->index->chunk_size() != repo.config().chunk_size)) {
-      plan = PlanCbt(nullptr, chain_bitmaps, d.size, d.filename, chain_id, generation);
-      plan.reason = "the last point's index of this disk is unusable";
-    }
-    for (const auto& stale : plan.stale_bitmaps) {
-      qmp->Execute("block-dirty-bitmap-remove", {{"node", d.node_name}, {"name", stale}});
+    CbtPlan plan;
+    if (!d.cbt_capable) {
+      plan.generation = generation;
+      plan.reason = d.no_cbt_reason;
+    } else {
+      std::vector<BitmapState> bitmaps = host.ChainBitmaps(d, chain_id);
+      plan = PlanCbt(prev ? &prev->record : nullptr, bitmaps, d.size, d.identity, chain_id, generation);
+      if (plan.incremental && (!prev->index || prev->index->chunk_size() != repo.config().chunk_size)) {
+        plan = PlanCbt(nullptr, bitmaps, d.size, d.identity, chain_id, generation);
+        plan.reason = "the last point's index of this disk is unusable";
+      }
+      host.DropChainBitmaps(d, plan.stale_bitmaps);
     }
     LogInfo("disk " + d.name + ": " +
             (plan.incremental ? "incremental from point " + prev->point_id + " (bitmap " + plan.previous_bitmap + ")"
                               : "full read: " + plan.reason));
-    bitmaps.push_back({plan.new_bitmap, d.format == "qcow2", plan.incremental ? plan.previous_bitmap : ""});
     plans.push_back(std::move(plan));
     previous.push_back(std::move(prev));
   }
 
   auto point = repo.BeginPoint();
-  std::string session = NewSnapshotSessionId();
-  if (request.guard) request.guard->Arm(session);
   RestorePointManifest manifest;
-  manifest.vm = vm;
+  manifest.vm = vm.identity;
   manifest.chain = request.chain;
   manifest.started_at = NowRfc3339();
+  for (const auto& f : host.CaptureConfig()) manifest.config_files.push_back(point->AddFile(f.kind, f.name, f.content, f.origin));
   for (const auto& d : disks) progress->bytes_total += d.size;
 
-  auto finish_failure = [&] {
-    for (size_t i = 0; i < disks.size(); ++i) FinishCbtFailure(*qmp, disks[i].node_name, plans[i]);
-  };
-  std::unique_ptr<FleecingSnapshot> snapshot;
+  std::unique_ptr<HostBackup> backup;
   try {
-    snapshot = FleecingSnapshot::Create(*qmp, disks, paths, session, bitmaps);
-    LogInfo("snapshot of " + std::to_string(disks.size()) + " disk(s) of VM '" + vm.name + "' taken (session " +
-            session + ")");
-    for (size_t i = 0; i < snapshot->exports().size(); ++i) {
-      const auto& ex = snapshot->exports()[i];
+    backup = host.BeginBackup(disks, plans);
+    for (size_t i = 0; i < backup->exports().size(); ++i) {
+      const ExportedDisk& ex = backup->exports()[i];
       auto reader = OpenNbdReader(ex.source);
       DiskRecord rec;
       rec.name = ex.disk.name;
@@ -174,7 +141,8 @@ RestorePointManifest BackupQemuVm(Repository& repo, const VmBackupRequest& reque
       rec.source_format = ex.disk.format;
       rec.index_file = point->IndexFileName(i);
       DiskBackupOptions options = request.disk_options;
-      options.previous_index = plans[i].incremental ? previous[i]->index.get() : nullptr;
+      const CbtPlan& plan = ex.plan;  // as the host carried it out
+      options.previous_index = plan.incremental ? previous[i]->index.get() : nullptr;
       progress->current.bytes_done = 0;
       DiskBackupResult r = BackupDisk(repo, *reader, point->StagingPath(rec.index_file), options, &progress->current);
       progress->bytes_before += rec.size;
@@ -186,8 +154,8 @@ RestorePointManifest BackupQemuVm(Repository& repo, const VmBackupRequest& reque
       rec.unchanged_chunks = r.unchanged_chunks;
       rec.read_bytes = r.read_bytes;
       rec.stored_bytes = r.stored_bytes;
-      rec.cbt = {plans[i].incremental ? "incremental" : "full", plans[i].reason, plans[i].new_bitmap,
-                 plans[i].generation, ex.disk.filename};
+      rec.cbt = {plan.incremental ? "incremental" : "full", plan.reason, plan.new_bitmap, plan.generation,
+                 ex.disk.identity};
       LogInfo("disk " + rec.name + ": read " + std::to_string(r.read_bytes) + " bytes; " +
               std::to_string(r.new_chunks) + " new chunks (" + std::to_string(r.stored_bytes) + " bytes stored), " +
               std::to_string(r.reused_chunks) + " already stored, " + std::to_string(r.unchanged_chunks) +
@@ -195,30 +163,22 @@ RestorePointManifest BackupQemuVm(Repository& repo, const VmBackupRequest& reque
       manifest.disks.push_back(std::move(rec));
     }
   } catch (...) {
-    bool released = !snapshot || snapshot->Release();
-    finish_failure();
-    if (released && request.guard) request.guard->Disarm();
+    if (backup) {
+      backup->End();
+      backup->FinishCbt(false);
+    }
     throw;
   }
-  bool released = snapshot->Release();
-  if (released && request.guard) request.guard->Disarm();
+  backup->End();
   manifest.completed_at = NowRfc3339();
   try {
     point->Commit(manifest);
   } catch (...) {
-    finish_failure();
+    backup->FinishCbt(false);
     throw;
   }
   manifest.id = point->id();
-  // The point holds the exported bitmaps' changes: they can go. A failure
-  // here is harmless (the next run drops stale bitmaps of the chain).
-  for (size_t i = 0; i < disks.size(); ++i) {
-    try {
-      FinishCbtSuccess(*qmp, disks[i].node_name, plans[i]);
-    } catch (const std::exception& e) {
-      LogWarning("removing the previous dirty bitmap of disk " + disks[i].name + ": " + e.what());
-    }
-  }
+  backup->FinishCbt(true);
   return manifest;
 }
 

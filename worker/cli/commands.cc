@@ -23,6 +23,8 @@
 #include "ferry/worker/disk_restore.h"
 #include "ferry/worker/qmp_client.h"
 #include "ferry/worker/qmp_snapshot.h"
+#include "ferry/worker/libvirt_host.h"
+#include "ferry/worker/qmp_host.h"
 #include "ferry/worker/vm_backup.h"
 #include "progress.h"
 
@@ -108,18 +110,11 @@ int InitCommand(const Args& args) {
 }
 
 int BackupCommand(const Args& args, const std::string& self_path) {
-  Arguments a(args, {"repo", "qmp", "vm", "disk", "chain", "rate-limit", "threads"}, {});
+  Arguments a(args, {"repo", "qmp", "libvirt", "vm", "disk", "exclude-disk", "chain", "rate-limit", "threads"}, {});
   worker::VmBackupRequest request;
   std::string repo_dir = a.Require("repo");
-  request.qmp_address = a.Require("qmp");
-  // A socket file named by a relative path: make it an unambiguous address
-  // (the guardian and the session records need it absolute anyway).
-  if (!request.qmp_address.starts_with("unix:") && !request.qmp_address.starts_with("tcp:") &&
-      PathExists(request.qmp_address)) {
-    request.qmp_address = "unix:" + std::filesystem::absolute(request.qmp_address).string();
-  }
-  request.expected_vm_name = a.Get("vm");
   request.disks = a.GetAll("disk");
+  request.exclude_disks = a.GetAll("exclude-disk");
   if (auto chain = a.Get("chain")) {
     if (chain->empty() || chain->size() > 64) {
       throw Error(ErrorKind::kBadInput, "option --chain: a chain name has 1 to 64 characters");
@@ -129,18 +124,62 @@ int BackupCommand(const Args& args, const std::string& self_path) {
   request.disk_options.cancel = &g_interrupted;
   if (auto r = a.GetSize("rate-limit")) request.disk_options.rate_limit_bytes_per_s = *r;
   if (auto t = a.GetInt("threads", 1, 256)) request.disk_options.compute_threads = static_cast<unsigned>(*t);
+  if (a.Has("qmp") == a.Has("libvirt")) {
+    throw Error(ErrorKind::kBadInput, "give the VM's host as exactly one of --qmp SOCKET or --libvirt URI");
+  }
 
   auto repo = Repository::Open(repo_dir);
-  request.paths = worker::DefaultSnapshotPaths();
-  Guardian guardian(self_path, request.qmp_address, request.paths);
-  request.guard = &guardian;
+  worker::SnapshotPaths paths = worker::DefaultSnapshotPaths();
+  std::unique_ptr<Guardian> guardian;
+  std::unique_ptr<worker::Host> host;
+  if (a.Has("libvirt")) {
+    host = worker::OpenLibvirtHost({a.Require("libvirt"), a.Require("vm"), paths});
+  } else {
+    std::string qmp_address = a.Require("qmp");
+    // A socket file named by a relative path: make it an unambiguous address
+    // (the guardian and the session records need it absolute anyway).
+    if (!qmp_address.starts_with("unix:") && !qmp_address.starts_with("tcp:") && PathExists(qmp_address)) {
+      qmp_address = "unix:" + std::filesystem::absolute(qmp_address).string();
+    }
+    worker::QmpHostOptions host_options;
+    host_options.address = qmp_address;
+    host_options.expected_vm_name = a.Get("vm");
+    host_options.paths = paths;
+    guardian = std::make_unique<Guardian>(self_path, qmp_address, paths);
+    host_options.guard = guardian.get();
+    host = worker::OpenQmpHost(host_options);
+  }
+
   worker::VmBackupProgress progress;
   RestorePointManifest point;
   {
     ProgressLine line("backup", [&] { return std::make_pair(progress.done(), progress.bytes_total.load()); });
-    point = worker::BackupQemuVm(*repo, request, &progress);
+    point = worker::BackupVm(*repo, *host, request, &progress);
   }
   std::cout << point.id << std::endl;
+  return 0;
+}
+
+int RestoreVmCommand(const Args& args) {
+  Arguments a(args, {"repo", "point", "libvirt", "name", "dir", "format"}, {"keep-macs", "overwrite", "yes"});
+  auto repo = Repository::Open(a.Require("repo"));
+  worker::LibvirtRestoreOptions o;
+  o.uri = a.Require("libvirt");
+  o.point_id = a.Require("point");
+  o.name = a.Get("name").value_or("");
+  o.directory = a.Get("dir").value_or("");
+  o.format = a.Get("format").value_or("qcow2");
+  o.keep_macs = a.Has("keep-macs");
+  o.overwrite = a.Has("overwrite");
+  o.cancel = &g_interrupted;
+  if (o.overwrite && !a.Has("yes")) {
+    throw Error(ErrorKind::kBadInput, "--overwrite powers off the original domain and replaces its disks; "
+                                      "add --yes to confirm");
+  }
+  if (o.overwrite && !o.name.empty()) throw Error(ErrorKind::kBadInput, "--overwrite keeps the original name; drop --name");
+  std::string name = worker::RestoreLibvirtVm(*repo, o);
+  LogInfo("domain " + name + " defined from point " + o.point_id);
+  std::cout << name << std::endl;
   return 0;
 }
 

@@ -18,6 +18,7 @@ int InitCommand(const Args& args);
 int BackupCommand(const Args& args, const std::string& self_path);
 int ListCommand(const Args& args);
 int RestoreCommand(const Args& args);
+int RestoreVmCommand(const Args& args);
 int VerifyCommand(const Args& args);
 // Internal: cleans up a backup session's snapshot if the backup process dies.
 int GuardianCommand(const Args& args);

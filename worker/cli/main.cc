@@ -20,7 +20,8 @@ const char kUsage[] = R"(usage: ferry COMMAND [OPTIONS]
 Commands:
   init     --repo DIR [--chunk-size SIZE] [--compression-level 0-19] [--sync-level filesystem|file]
            create a repository
-  backup   --repo DIR --qmp SOCKET [--vm NAME] [--disk NAME ...] [--chain NAME]
+  backup   --repo DIR (--qmp SOCKET | --libvirt URI --vm NAME) [--vm NAME]
+           [--disk NAME ...] [--exclude-disk NAME ...] [--chain NAME]
            [--rate-limit BYTES/s] [--threads N]
            back up the disks of a running QEMU VM as one crash-consistent restore
            point (incremental when the chain's dirty bitmaps can be trusted);
@@ -29,6 +30,9 @@ Commands:
            list restore points
   restore  --repo DIR --point ID --disk NAME --to PATH [--format raw|qcow2]
            restore one disk into a new image file (thin)
+  restore-vm --repo DIR --point ID --libvirt URI [--name NEW] [--dir PATH]
+           [--format qcow2|raw] [--keep-macs] | [--overwrite --yes]
+           restore a whole VM as a new libvirt domain, or over the original
   verify   --repo DIR [--point ID]
            read back and check every chunk the points reference
 
@@ -71,6 +75,7 @@ int main(int argc, char** argv) {
     if (command == "backup") return ferry::cli::BackupCommand(rest, SelfPath(argv[0]));
     if (command == "list") return ferry::cli::ListCommand(rest);
     if (command == "restore") return ferry::cli::RestoreCommand(rest);
+    if (command == "restore-vm") return ferry::cli::RestoreVmCommand(rest);
     if (command == "verify") return ferry::cli::VerifyCommand(rest);
     if (command == "_guardian") return ferry::cli::GuardianCommand(rest);
     std::cerr << "ferry: unknown command '" << command << "'\n\n" << kUsage;

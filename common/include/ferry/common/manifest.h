@@ -46,6 +46,15 @@ struct VmIdentity {
   std::string hypervisor;  // "qemu" for a QMP host
 };
 
+// A file of the VM's configuration stored in the point's directory
+// (domain XML, QEMU command line, UEFI NVRAM, ...).
+struct ConfigFileRecord {
+  std::string kind;    // "libvirt-domain-xml", "qemu-command-line", "uefi-nvram", ...
+  std::string name;    // file name inside the point's directory
+  std::string origin;  // where it came from on the host (a path)
+  Digest sha256;
+};
+
 struct RestorePointManifest {
   std::string id;
   std::string chain;  // the backup chain this point belongs to ("" for none)
@@ -53,8 +62,10 @@ struct RestorePointManifest {
   std::string started_at;    // RFC 3339, UTC
   std::string completed_at;  // RFC 3339, UTC
   std::vector<DiskRecord> disks;
+  std::vector<ConfigFileRecord> config_files;
 
   const DiskRecord* FindDisk(const std::string& name) const;
+  const ConfigFileRecord* FindConfig(const std::string& kind) const;
 };
 
 std::string ManifestToJson(const RestorePointManifest& manifest);

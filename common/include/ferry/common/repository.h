@@ -60,6 +60,8 @@ class Repository {
   // Throws kNotFound for an unknown id, kCorrupt for a damaged manifest.
   RestorePointManifest LoadPoint(const std::string& id) const;
   std::string IndexPath(const std::string& point_id, const DiskRecord& disk) const;
+  // A file of a committed point (e.g. a configuration file).
+  std::string PointFilePath(const std::string& point_id, const std::string& file_name) const;
 
   // Starts a new restore point. Removes staging directories left by writers
   // that died. Throws kEnvironment if the repository is not writable.
@@ -87,6 +89,9 @@ class PointWriter {
   // DiskRecord's index_file.
   std::string IndexFileName(size_t disk) const;
   std::string StagingPath(const std::string& file_name) const;
+  // Stores a file with the point (fsynced at Commit) and returns its record.
+  ConfigFileRecord AddFile(const std::string& kind, const std::string& name, const std::string& content,
+                           const std::string& origin);
 
   // Makes the point visible: syncs chunks and indexes, writes the manifest,
   // renames the staging directory into points/. `manifest.id` is set here.

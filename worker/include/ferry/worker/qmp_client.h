@@ -97,6 +97,9 @@ class QmpClient {
   // The QEMU version announced in the greeting.
   const QemuVersion& version() const;
   const std::string& address() const;
+  // The QEMU process on the other end of a unix socket (SO_PEERCRED); -1
+  // over TCP.
+  int peer_pid() const;
 
   // Sends {"execute": command, "arguments": arguments, "id": N} and returns
   // the reply's "return" value. Throws QmpError on an error reply and

@@ -1,0 +1,78 @@
+# shellcheck shell=bash
+# tests/lib/libvirt.sh -- throwaway libvirt domains for Ferry's tests. Source it.
+#
+#   lv_ensure_daemons            use a running libvirtd, or start virtlogd and
+#                                libvirtd (stopped again by lv_cleanup_all, by pid)
+#   lv_define NAME DEV=PATH...   define and start (paused) a q35 domain, type
+#                                'qemu' (TCG: libvirt's QEMU user cannot open
+#                                /dev/kvm here, and nothing runs in the guest)
+#   lv_write NAME DEV PAT OFF LEN   write through the guest device (HMP qemu-io)
+#   lv_flush NAME DEV            flush the device (before reading its image file)
+#   lv_quit NAME                 stop QEMU cleanly (persistent bitmaps are stored)
+#   lv_cleanup_all               destroy and undefine every domain defined here
+LV_URI=${LV_URI:-qemu:///system}
+declare -ga LV_DOMAINS=() LV_STARTED_PIDS=()
+
+lv_virsh() { virsh -q -c "$LV_URI" "$@"; }
+
+lv_ensure_daemons() {
+  if virsh -c "$LV_URI" version >/dev/null 2>&1; then return 0; fi
+  pgrep -x virtlogd >/dev/null || { virtlogd -d && LV_STARTED_PIDS+=("$(pgrep -x -n virtlogd)"); }
+  libvirtd -d && LV_STARTED_PIDS+=("$(pgrep -x -n libvirtd)")
+  for _ in $(seq 100); do virsh -c "$LV_URI" version >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "libvirt.sh: libvirtd did not come up" >&2
+  return 1
+}
+
+# Device ids libvirt gives virtio disks: vda -> virtio-disk0, vdb -> virtio-disk1.
+_lv_qdev() { local dev=$1 n; n=$(( $(printf '%d' "'${dev:2:1}") - 97 )); echo "/machine/peripheral/virtio-disk$n/virtio-backend"; }
+
+lv_define() {
+  local name=$1; shift
+  local disks="" spec dev path fmt
+  for spec in "$@"; do
+    dev=${spec%%=*} path=$(realpath "${spec#*=}")
+    fmt=$(qemu-img info -U --output=json "$path" | python3 -c 'import json,sys; print(json.load(sys.stdin)["format"])')
+    disks+="<disk type='file' device='disk'><driver name='qemu' type='$fmt'/><source file='$path'/><target dev='$dev' bus='virtio'/></disk>"
+  done
+  local xml
+  xml=$(mktemp)
+  cat >"$xml" <<XML
+<domain type='qemu'>
+  <name>$name</name>
+  <memory unit='MiB'>128</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='q35'>hvm</type></os>
+  <devices>$disks<interface type='user'><mac address='52:54:00:12:34:56'/><model type='virtio'/></interface><serial type='pty'/></devices>
+</domain>
+XML
+  lv_virsh define "$xml" >/dev/null
+  rm -f "$xml"
+  LV_DOMAINS+=("$name")
+  lv_virsh start --paused "$name" >/dev/null
+}
+
+lv_write() {
+  lv_virsh qemu-monitor-command "$1" --hmp "qemu-io -d $(_lv_qdev "$2") \"write -P $3 $4 $5\"" >/dev/null
+}
+lv_flush() { lv_virsh qemu-monitor-command "$1" --hmp "qemu-io -d $(_lv_qdev "$2") flush" >/dev/null; }
+lv_quit() {
+  lv_virsh qemu-monitor-command "$1" '{"execute": "quit"}' >/dev/null 2>&1 || true
+  for _ in $(seq 100); do [[ $(lv_virsh domstate "$1") == "shut off" ]] && return 0; sleep 0.1; done
+  return 1
+}
+
+lv_cleanup_all() {
+  local d cp
+  for d in "${LV_DOMAINS[@]}"; do
+    lv_virsh destroy "$d" >/dev/null 2>&1
+    for cp in $(lv_virsh checkpoint-list --name "$d" 2>/dev/null); do
+      lv_virsh checkpoint-delete --metadata "$d" "$cp" >/dev/null 2>&1
+    done
+    lv_virsh undefine --nvram "$d" >/dev/null 2>&1 || lv_virsh undefine "$d" >/dev/null 2>&1
+  done
+  LV_DOMAINS=()
+  for p in "${LV_STARTED_PIDS[@]}"; do kill "$p" 2>/dev/null; done
+  LV_STARTED_PIDS=()
+  return 0
+}

@@ -1,0 +1,502 @@
+#include "ferry/worker/libvirt_host.h"
+
+#include <libvirt/libvirt.h>
+#include <libvirt/virterror.h>
+#include <pwd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <boost/json.hpp>
+#include <boost/property_tree/ptree.hpp>
+#include <boost/property_tree/xml_parser.hpp>
+#include <chrono>
+#include <map>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "ferry/common/error.h"
+#include "ferry/common/file_util.h"
+#include "ferry/common/log.h"
+#include "ferry/common/subprocess.h"
+#include "libvirt_util.h"
+
+namespace pt = boost::property_tree;
+
+namespace ferry::worker {
+
+namespace {
+
+// A disk as the domain XML describes it.
+struct DomainDisk {
+  std::string target;  // "vda"
+  std::string source;  // image file
+  std::string format;  // driver type
+};
+
+struct DomainXml {
+  std::string name, uuid;
+  std::vector<DomainDisk> disks;
+  std::string nvram;  // UEFI variable store, if any
+  bool has_tpm = false;
+  uid_t qemu_uid = 0;
+  gid_t qemu_gid = 0;
+  bool has_dac_label = false;
+};
+
+DomainXml ParseDomainXml(const std::string& xml) {
+  DomainXml d;
+  pt::ptree tree = ParseXml(xml, "domain XML");
+  const pt::ptree& dom = tree.get_child("domain");
+  d.name = dom.get<std::string>("name", "");
+  d.uuid = dom.get<std::string>("uuid", "");
+  d.nvram = dom.get<std::string>("os.nvram", "");
+  if (auto devices = dom.get_child_optional("devices")) {
+    for (const auto& [tag, node] : *devices) {
+      if (tag == "tpm") d.has_tpm = true;
+      if (tag != "disk" || node.get<std::string>("<xmlattr>.device", "disk") != "disk") continue;
+      DomainDisk disk;
+      disk.target = node.get<std::string>("target.<xmlattr>.dev", "");
+      disk.source = node.get<std::string>("source.<xmlattr>.file", node.get<std::string>("source.<xmlattr>.dev", ""));
+      disk.format = node.get<std::string>("driver.<xmlattr>.type", "raw");
+      if (!disk.target.empty()) d.disks.push_back(std::move(disk));
+    }
+  }
+  // The DAC label of a running domain says which user QEMU runs as.
+  for (const auto& [tag, node] : dom) {
+    if (tag != "seclabel" || node.get<std::string>("<xmlattr>.model", "") != "dac") continue;
+    std::string label = node.get<std::string>("label", "");  // "+64055:+64055"
+    unsigned uid, gid;
+    if (std::sscanf(label.c_str(), "+%u:+%u", &uid, &gid) == 2) {
+      d.qemu_uid = uid;
+      d.qemu_gid = gid;
+      d.has_dac_label = true;
+    }
+  }
+  return d;
+}
+
+// Bitmaps stored in a qcow2 image (offline), from qemu-img info.
+std::vector<BitmapState> ImageBitmaps(const std::string& image) {
+  std::vector<BitmapState> out;
+  namespace json = boost::json;
+  json::value info = json::parse(RunProgram({"qemu-img", "info", "-U", "--output=json", image}));
+  const json::value* bitmaps = nullptr;
+  if (auto* fs = info.as_object().if_contains("format-specific")) {
+    if (auto* data = fs->as_object().if_contains("data")) bitmaps = data->as_object().if_contains("bitmaps");
+  }
+  if (!bitmaps || !bitmaps->is_array()) return out;
+  for (const auto& b : bitmaps->as_array()) {
+    BitmapState s;
+    s.name = std::string(b.at("name").as_string());
+    s.recording = false;
+    for (const auto& f : b.at("flags").as_array()) {
+      if (f.as_string() == "auto") s.recording = true;
+      if (f.as_string() == "in-use") s.inconsistent = true;
+    }
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+class LibvirtHostBackup;
+
+class LibvirtHost : public Host {
+ public:
+  explicit LibvirtHost(const LibvirtHostOptions& options) : options_(options), conn_(Connect(options.uri)) {
+    dom_ = LookupDomain(conn_.get(), options.vm);
+    int state = 0;
+    if (virDomainGetState(dom_.get(), &state, nullptr, 0) != 0) ThrowLibvirt("state of domain " + options.vm);
+    running_ = state == VIR_DOMAIN_RUNNING || state == VIR_DOMAIN_PAUSED || state == VIR_DOMAIN_BLOCKED;
+    vm_.state = DomainStateName(state);
+    AbortAbandonedBackupJob();
+    xml_ = ParseDomainXml(DomainXmlDesc(dom_.get(), 0));
+    vm_.identity = {xml_.name, xml_.uuid, "libvirt"};
+    for (const auto& d : xml_.disks) {
+      HostDisk hd{d.target, d.format, DiskCapacity(d.target), d.source, d.format == "qcow2", ""};
+      if (!hd.cbt_capable) hd.no_cbt_reason = d.format + " disk: libvirt keeps checkpoints only for qcow2";
+      vm_.disks.push_back(hd);
+    }
+  }
+
+  std::string description() const override { return "libvirt domain " + xml_.name + " at " + options_.uri; }
+  const HostVm& vm() const override { return vm_; }
+
+  std::vector<VmConfigFile> CaptureConfig() override {
+    std::vector<VmConfigFile> files;
+    files.push_back({"libvirt-domain-xml", "domain.xml",
+                     DomainXmlDesc(dom_.get(), VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE), options_.uri});
+    if (!xml_.nvram.empty()) {
+      try {
+        files.push_back({"uefi-nvram", "nvram.fd", ReadWholeFile(xml_.nvram), xml_.nvram});
+      } catch (const Error& e) {
+        LogWarning("domain " + xml_.name + ": cannot read its UEFI NVRAM: " + e.what());
+      }
+    }
+    if (xml_.has_tpm) {
+      std::string state = "/var/lib/libvirt/swtpm/" + xml_.uuid + "/tpm2/tpm2-00.permall";
+      if (PathExists(state)) files.push_back({"tpm-state", "tpm2-00.permall", ReadWholeFile(state), state});
+    }
+    return files;
+  }
+
+  std::vector<BitmapState> ChainBitmaps(const HostDisk& disk, const std::string& chain_id) override {
+    std::vector<BitmapState> out;
+    std::map<std::string, BitmapState> in_image;
+    if (!running_) {
+      for (auto& b : ImageBitmaps(disk.identity)) in_image[b.name] = b;
+    }
+    for (const auto& name : CheckpointNames()) {
+      if (!IsChainBitmap(name, chain_id) || !CheckpointCovers(name, disk.name)) continue;
+      if (running_) {
+        out.push_back({name, true, false, false, true});
+      } else if (auto it = in_image.find(name); it != in_image.end()) {
+        out.push_back(it->second);
+      } else {
+        BitmapState s{name, false, true, false, true};  // metadata without a bitmap
+        out.push_back(s);
+      }
+    }
+    return out;
+  }
+
+  void DropChainBitmaps(const HostDisk&, const std::vector<std::string>& names) override {
+    // A checkpoint spans all disks: drop it in BeginBackup, once every disk's
+    // plan is known, unless another disk still builds on it.
+    pending_drops_.insert(names.begin(), names.end());
+  }
+
+  std::unique_ptr<HostBackup> BeginBackup(const std::vector<HostDisk>& disks, const std::vector<CbtPlan>& plans) override;
+
+  virDomainPtr domain() const { return dom_.get(); }
+  const DomainXml& xml() const { return xml_; }
+  bool running() const { return running_; }
+  const LibvirtHostOptions& options() const { return options_; }
+
+  void DeleteCheckpoint(const std::string& name) {
+    VirPtr<virDomainCheckpoint> cp(virDomainCheckpointLookupByName(dom_.get(), name.c_str(), 0));
+    if (!cp) return;
+    if (virDomainCheckpointDelete(cp.get(), 0) == 0) return;
+    std::string why = LibvirtError();
+    // The bitmap is gone (or the domain is off): drop libvirt's record of it.
+    if (virDomainCheckpointDelete(cp.get(), VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY) != 0) {
+      throw Error(ErrorKind::kEnvironment, "deleting checkpoint " + name + " of domain " + xml_.name + ": " + why +
+                                               "; " + LibvirtError());
+    }
+  }
+
+  void ApplyPendingDrops(const std::vector<CbtPlan>& plans) {
+    for (const auto& name : pending_drops_) {
+      bool used = std::any_of(plans.begin(), plans.end(),
+                              [&](const CbtPlan& p) { return p.incremental && p.previous_bitmap == name; });
+      if (!used) DeleteCheckpoint(name);
+    }
+    pending_drops_.clear();
+  }
+
+ private:
+  std::vector<std::string> CheckpointNames() {
+    virDomainCheckpointPtr* cps = nullptr;
+    int n = virDomainListAllCheckpoints(dom_.get(), &cps, 0);
+    if (n < 0) ThrowLibvirt("listing checkpoints of domain " + options_.vm);
+    std::vector<std::string> names;
+    for (int i = 0; i < n; ++i) {
+      names.push_back(virDomainCheckpointGetName(cps[i]));
+      virDomainCheckpointFree(cps[i]);
+    }
+    free(cps);
+    return names;
+  }
+
+  bool CheckpointCovers(const std::string& checkpoint, const std::string& disk) {
+    VirPtr<virDomainCheckpoint> cp(virDomainCheckpointLookupByName(dom_.get(), checkpoint.c_str(), 0));
+    if (!cp) return false;
+    char* raw = virDomainCheckpointGetXMLDesc(cp.get(), 0);
+    if (!raw) return false;
+    std::string xml = raw;
+    free(raw);
+    pt::ptree tree = ParseXml(xml, "checkpoint XML");
+    if (auto ds = tree.get_child_optional("domaincheckpoint.disks")) {
+      for (const auto& [tag, node] : *ds) {
+        if (tag == "disk" && node.get<std::string>("<xmlattr>.name", "") == disk) {
+          return node.get<std::string>("<xmlattr>.checkpoint", "bitmap") == "bitmap";
+        }
+      }
+    }
+    return false;
+  }
+
+  uint64_t DiskCapacity(const std::string& target) {
+    virDomainBlockInfo info;
+    if (virDomainGetBlockInfo(dom_.get(), target.c_str(), &info, 0) != 0) {
+      ThrowLibvirt("size of disk " + target + " of domain " + options_.vm);
+    }
+    return info.capacity;
+  }
+
+  // A Ferry run killed during a pull backup leaves libvirt's job running
+  // (its NBD socket in our runtime directory): end it.
+  void AbortAbandonedBackupJob() {
+    if (!running_) return;
+    char* raw = virDomainBackupGetXMLDesc(dom_.get(), 0);
+    if (!raw) {
+      virResetLastError();
+      return;  // no backup job
+    }
+    std::string xml = raw;
+    free(raw);
+    pt::ptree tree = ParseXml(xml, "backup XML");
+    std::string socket = tree.get<std::string>("domainbackup.server.<xmlattr>.socket", "");
+    std::string prefix = options_.paths.runtime_dir + "/libvirt-";
+    if (!socket.starts_with(prefix)) {
+      throw Error(ErrorKind::kRetryable, "domain " + options_.vm + " has a backup job that is not Ferry's running");
+    }
+    std::string session_dir = socket.substr(0, socket.rfind('/'));
+    std::string session = session_dir.substr(prefix.size());
+    FileLock lock = FileLock::TryAcquire(SessionLockPath(options_.paths, session), /*create=*/false);
+    if (PathExists(SessionLockPath(options_.paths, session)) && !lock.held()) {
+      throw Error(ErrorKind::kRetryable, "another ferry backup of domain " + options_.vm + " is running");
+    }
+    LogWarning("ending the backup job a dead ferry session (" + session + ") left on domain " + options_.vm);
+    virDomainAbortJob(dom_.get());
+    RemoveTree(session_dir);
+    ::unlink(SessionLockPath(options_.paths, session).c_str());
+  }
+
+  LibvirtHostOptions options_;
+  VirPtr<virConnect> conn_;
+  VirPtr<virDomain> dom_;
+  bool running_ = false;
+  DomainXml xml_;
+  HostVm vm_;
+  std::set<std::string> pending_drops_;
+};
+
+// One backup of a libvirt domain: a pull-mode job (running) or read-only
+// qemu-nbd servers (shut off).
+class LibvirtHostBackup : public HostBackup {
+ public:
+  LibvirtHostBackup(LibvirtHost& host, std::string session)
+      : host_(host), session_(std::move(session)),
+        dir_(host.options().paths.runtime_dir + "/libvirt-" + session_) {}
+
+  ~LibvirtHostBackup() override { End(); }
+
+  void StartRunning(const std::vector<HostDisk>& disks, std::vector<CbtPlan> plans) {
+    MakeSessionDir();
+    std::string socket = dir_ + "/nbd.sock";
+    for (int attempt = 0;; ++attempt) {
+      std::string error;
+      if (TryBegin(disks, plans, socket, &error)) break;
+      bool any_incremental = std::any_of(plans.begin(), plans.end(), [](auto& p) { return p.incremental; });
+      if (attempt > 0 || !any_incremental) {
+        throw Error(ErrorKind::kRetryable, "starting a backup of domain " + host_.xml().name + ": " + error);
+      }
+      // The checkpoint's bitmap is missing or broken inside QEMU: no dead
+      // end, read in full and start the chain afresh.
+      LogWarning("libvirt refused the incremental backup of domain " + host_.xml().name + " (" + error +
+                 "); reading in full");
+      for (auto& p : plans) {
+        if (!p.incremental) continue;
+        try {
+          host_.DeleteCheckpoint(p.previous_bitmap);
+        } catch (const Error& e) {
+          LogWarning(e.what());
+        }
+        p.incremental = false;
+        p.reason = "libvirt refused checkpoint " + p.previous_bitmap + ": " + error;
+        p.previous_bitmap.clear();
+      }
+    }
+    job_running_ = true;
+    plans_ = plans;
+    // Export names and bitmaps as libvirt chose them.
+    char* raw = virDomainBackupGetXMLDesc(host_.domain(), 0);
+    if (!raw) ThrowLibvirt("reading the backup job of domain " + host_.xml().name);
+    std::string xml = raw;
+    free(raw);
+    pt::ptree tree = ParseXml(xml, "backup XML");
+    std::map<std::string, std::pair<std::string, std::string>> exported;  // disk -> (export, bitmap)
+    for (const auto& [tag, node] : tree.get_child("domainbackup.disks")) {
+      if (tag != "disk") continue;
+      exported[node.get<std::string>("<xmlattr>.name", "")] = {node.get<std::string>("<xmlattr>.exportname", ""),
+                                                              node.get<std::string>("<xmlattr>.exportbitmap", "")};
+    }
+    for (size_t i = 0; i < disks.size(); ++i) {
+      auto it = exported.find(disks[i].name);
+      if (it == exported.end() || it->second.first.empty()) {
+        throw Error(ErrorKind::kInternal, "libvirt did not export disk " + disks[i].name);
+      }
+      std::string bitmap = plans[i].incremental ? it->second.second : "";
+      exports_.push_back({disks[i], NbdSource{socket, it->second.first, bitmap}, plans[i]});
+    }
+  }
+
+  void StartShutOff(const std::vector<HostDisk>& disks, std::vector<CbtPlan> plans) {
+    MakeSessionDir();
+    for (size_t i = 0; i < disks.size(); ++i) {
+      CbtPlan& p = plans[i];
+      // Offline nothing rotates: the point keeps the chain's checkpoint, whose
+      // bitmap (a superset of the changes since this point) the next run uses.
+      if (p.incremental) {
+        p.new_bitmap = p.previous_bitmap;
+        p.generation = p.previous_bitmap.substr(p.previous_bitmap.rfind('-') + 1);
+      } else {
+        p.new_bitmap.clear();
+        p.generation.clear();
+        p.reason = (p.reason.empty() ? "" : p.reason + "; ") + "domain is shut off";
+      }
+      std::string socket = dir_ + "/" + disks[i].name + ".sock";
+      std::vector<std::string> argv = {"qemu-nbd", "--read-only", "--format=" + disks[i].format,
+                                       "--socket=" + socket, "--export-name=" + disks[i].name, "--shared=2"};
+      if (p.incremental) argv.push_back("--bitmap=" + p.previous_bitmap);
+      argv.push_back(disks[i].identity);
+      servers_.push_back(ChildProcess::Spawn(argv, dir_ + "/" + disks[i].name + ".log"));
+      WaitForSocket(socket, servers_.back(), dir_ + "/" + disks[i].name + ".log");
+      exports_.push_back({disks[i], NbdSource{socket, disks[i].name, p.incremental ? p.previous_bitmap : ""}, p});
+    }
+    plans_ = plans;
+  }
+
+  const std::vector<ExportedDisk>& exports() const override { return exports_; }
+
+  bool End() override {
+    bool ok = true;
+    if (job_running_) {
+      if (virDomainAbortJob(host_.domain()) != 0) {
+        LogWarning("ending the backup job of domain " + host_.xml().name + ": " + LibvirtError());
+        ok = false;
+      }
+      job_running_ = false;
+    }
+    for (auto& s : servers_) s.Terminate();
+    servers_.clear();
+    if (!dir_.empty() && PathExists(dir_)) {
+      try {
+        RemoveTree(dir_);
+      } catch (const Error& e) {
+        LogWarning(e.what());
+      }
+    }
+    lock_ = FileLock();
+    ::unlink(SessionLockPath(host_.options().paths, session_).c_str());
+    return ok;
+  }
+
+  void FinishCbt(bool success) override {
+    if (!host_.running()) return;  // nothing was started offline
+    std::set<std::string> drop;
+    for (const auto& p : plans_) {
+      if (success && p.incremental) drop.insert(p.previous_bitmap);
+      // Deleting the new checkpoint merges its bitmap into its parent, which
+      // then again covers every change since the last point.
+      if (!success && !p.new_bitmap.empty() && checkpoint_created_) drop.insert(p.new_bitmap);
+    }
+    for (const auto& name : drop) {
+      try {
+        host_.DeleteCheckpoint(name);
+      } catch (const Error& e) {
+        LogWarning(std::string(e.what()) + " (the next backup of this chain will sort it out)");
+      }
+    }
+  }
+
+ private:
+  void MakeSessionDir() {
+    lock_ = FileLock::TryAcquire(SessionLockPath(host_.options().paths, session_));
+    MakeDirectory(dir_, 0700);
+    // QEMU, running as its own user, creates the socket and scratch files here.
+    uid_t uid = host_.xml().qemu_uid;
+    gid_t gid = host_.xml().qemu_gid;
+    if (!host_.xml().has_dac_label) {
+      if (struct passwd* pw = ::getpwnam("libvirt-qemu")) {
+        uid = pw->pw_uid;
+        gid = pw->pw_gid;
+      }
+    }
+    if (host_.running() && ::chown(dir_.c_str(), uid, gid) != 0) {
+      throw ErrnoError("handing " + dir_ + " to QEMU's user", errno);
+    }
+  }
+
+  bool TryBegin(const std::vector<HostDisk>& disks, const std::vector<CbtPlan>& plans, const std::string& socket,
+                std::string* error) {
+    std::ostringstream backup, checkpoint;
+    backup << "<domainbackup mode='pull'><server transport='unix' socket='" << XmlEscape(socket) << "'/><disks>";
+    checkpoint << "<domaincheckpoint><name>" << XmlEscape(plans.empty() ? "" : plans[0].new_bitmap)
+               << "</name><disks>";
+    bool any_checkpoint = false;
+    for (const auto& d : host_.vm().disks) {
+      auto it = std::find_if(disks.begin(), disks.end(), [&](auto& x) { return x.name == d.name; });
+      if (it == disks.end()) {
+        backup << "<disk name='" << XmlEscape(d.name) << "' backup='no'/>";
+        checkpoint << "<disk name='" << XmlEscape(d.name) << "' checkpoint='no'/>";
+        continue;
+      }
+      const CbtPlan& p = plans[static_cast<size_t>(it - disks.begin())];
+      backup << "<disk name='" << XmlEscape(d.name) << "' backup='yes' type='file' backupmode='"
+             << (p.incremental ? "incremental' incremental='" + XmlEscape(p.previous_bitmap) : std::string("full"))
+             << "'><scratch file='" << XmlEscape(dir_ + "/" + d.name + ".scratch") << "'/></disk>";
+      checkpoint << "<disk name='" << XmlEscape(d.name) << "' checkpoint='" << (d.cbt_capable ? "bitmap" : "no")
+                 << "'/>";
+      any_checkpoint |= d.cbt_capable;
+    }
+    backup << "</disks></domainbackup>";
+    checkpoint << "</disks></domaincheckpoint>";
+    // All disks share the run's generation, so plans[0].new_bitmap names the
+    // one checkpoint of this run.
+    std::string cp = checkpoint.str();
+    if (virDomainBackupBegin(host_.domain(), backup.str().c_str(), any_checkpoint ? cp.c_str() : nullptr, 0) != 0) {
+      *error = LibvirtError();
+      return false;
+    }
+    checkpoint_created_ = any_checkpoint;
+    return true;
+  }
+
+  static void WaitForSocket(const std::string& socket, ChildProcess& server, const std::string& log) {
+    for (int i = 0; i < 200; ++i) {
+      struct stat st;
+      if (::stat(socket.c_str(), &st) == 0) return;
+      if (!server.running()) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    }
+    std::string text;
+    try {
+      text = ReadWholeFile(log);
+    } catch (const Error&) {
+    }
+    // "Failed to get shared 'write' lock": the domain is starting or running.
+    throw Error(ErrorKind::kRetryable, "qemu-nbd did not start for " + socket + ": " + text);
+  }
+
+  LibvirtHost& host_;
+  std::string session_;
+  std::string dir_;
+  FileLock lock_;
+  bool job_running_ = false;
+  bool checkpoint_created_ = false;
+  std::vector<CbtPlan> plans_;
+  std::vector<ChildProcess> servers_;
+  std::vector<ExportedDisk> exports_;
+};
+
+std::unique_ptr<HostBackup> LibvirtHost::BeginBackup(const std::vector<HostDisk>& disks,
+                                                     const std::vector<CbtPlan>& plans) {
+  ApplyPendingDrops(plans);
+  auto backup = std::make_unique<LibvirtHostBackup>(*this, NewSnapshotSessionId());
+  if (running_) {
+    backup->StartRunning(disks, plans);
+  } else {
+    backup->StartShutOff(disks, plans);
+  }
+  return backup;
+}
+
+}  // namespace
+
+std::unique_ptr<Host> OpenLibvirtHost(const LibvirtHostOptions& options) {
+  return std::make_unique<LibvirtHost>(options);
+}
+
+}  // namespace ferry::worker

@@ -1,0 +1,154 @@
+// Whole-VM restore onto a libvirt host (docs/cli.md, restore-vm).
+#include <unistd.h>
+
+#include <boost/property_tree/ptree.hpp>
+#include <filesystem>
+
+#include "ferry/common/error.h"
+#include "ferry/common/file_util.h"
+#include "ferry/common/log.h"
+#include "ferry/worker/disk_restore.h"
+#include "ferry/worker/libvirt_host.h"
+#include "libvirt_util.h"
+
+namespace pt = boost::property_tree;
+
+namespace ferry::worker {
+
+namespace {
+
+std::string ReadPointFile(Repository& repo, const std::string& point, const ConfigFileRecord& rec) {
+  std::string content = ReadWholeFile(repo.PointFilePath(point, rec.name));
+  if (Sha256(content.data(), content.size()) != rec.sha256) {
+    throw Error(ErrorKind::kCorrupt, "restore point " + point + ": " + rec.name + " does not match its checksum");
+  }
+  return content;
+}
+
+bool DomainExists(virConnectPtr conn, const std::string& name) {
+  virDomainPtr d = virDomainLookupByName(conn, name.c_str());
+  if (!d) {
+    virResetLastError();
+    return false;
+  }
+  virDomainFree(d);
+  return true;
+}
+
+}  // namespace
+
+std::string RestoreLibvirtVm(Repository& repo, const LibvirtRestoreOptions& o) {
+  RestorePointManifest m = repo.LoadPoint(o.point_id);
+  const ConfigFileRecord* xml_rec = m.FindConfig("libvirt-domain-xml");
+  if (!xml_rec) {
+    throw Error(ErrorKind::kBadInput, "restore point " + o.point_id +
+                                          " was not made on a libvirt host (it has no domain XML); restore its "
+                                          "disks with ferry restore");
+  }
+  ImageFormat format = ParseImageFormat(o.format);
+  pt::ptree tree = ParseXml(ReadPointFile(repo, o.point_id, *xml_rec), "the point's domain XML");
+  pt::ptree& dom = tree.get_child("domain");
+  std::string original = dom.get<std::string>("name", "");
+  auto conn = Connect(o.uri);
+  DiskRestoreOptions disk_options;
+  disk_options.cancel = o.cancel;
+
+  // Disk targets in the XML -> where each restored image goes.
+  std::vector<std::pair<std::string, std::string>> restores;  // (disk, final path)
+  std::vector<std::string> created;                            // files to remove on failure
+  std::string name;
+
+  if (!o.overwrite) {
+    name = o.name.empty() ? original + "-restored" : o.name;
+    if (DomainExists(conn.get(), name)) {
+      throw Error(ErrorKind::kBadInput, "a domain named '" + name + "' already exists at " + o.uri +
+                                            " (give another --name, or --overwrite to replace the original)");
+    }
+    if (o.directory.empty()) throw Error(ErrorKind::kBadInput, "restore-vm needs --dir for the new disk images");
+    std::string dir = std::filesystem::absolute(o.directory).string();
+    MakeDirectory(dir);
+    dom.put("name", name);
+    dom.erase("uuid");  // libvirt gives the new domain its own
+    pt::ptree& devices = dom.get_child("devices");
+    for (auto it = devices.begin(); it != devices.end();) {
+      auto& [tag, node] = *it;
+      if (tag == "interface" && !o.keep_macs) node.erase("mac");  // libvirt makes new ones
+      if (tag == "disk" && node.get<std::string>("<xmlattr>.device", "disk") == "disk") {
+        std::string target = node.get<std::string>("target.<xmlattr>.dev", "");
+        if (!m.FindDisk(target)) {
+          LogWarning("disk " + target + " of domain " + original + " is not in point " + o.point_id +
+                     "; the restored domain will not have it");
+          it = devices.erase(it);
+          continue;
+        }
+        std::string path = dir + "/" + name + "-" + target + "." + o.format;
+        if (PathExists(path)) throw Error(ErrorKind::kBadInput, "restore target " + path + " already exists");
+        node.put("<xmlattr>.type", "file");
+        node.erase("source");
+        node.put("source.<xmlattr>.file", path);
+        node.erase("backingStore");
+        node.put("driver.<xmlattr>.name", "qemu");
+        node.put("driver.<xmlattr>.type", o.format);
+        restores.push_back({target, path});
+      }
+      ++it;
+    }
+    if (const ConfigFileRecord* nvram = m.FindConfig("uefi-nvram")) {
+      std::string path = dir + "/" + name + "_VARS.fd";
+      WriteFileAtomically(path, ReadPointFile(repo, o.point_id, *nvram));
+      created.push_back(path);
+      dom.put("os.nvram", path);
+    } else if (dom.get_child_optional("os.nvram")) {
+      dom.get_child("os").erase("nvram");  // libvirt starts one from its template
+    }
+  } else {
+    name = original;
+    VirPtr<virDomain> existing(virDomainLookupByName(conn.get(), original.c_str()));
+    if (!existing) {
+      virResetLastError();
+      throw Error(ErrorKind::kNotFound, "--overwrite: domain '" + original + "' does not exist at " + o.uri);
+    }
+    int state = 0;
+    virDomainGetState(existing.get(), &state, nullptr, 0);
+    if (state != VIR_DOMAIN_SHUTOFF) {
+      LogWarning("powering off domain " + original + " to restore over it");
+      if (virDomainDestroy(existing.get()) != 0) ThrowLibvirt("powering off domain " + original);
+    }
+    for (auto& [tag, node] : dom.get_child("devices")) {
+      if (tag != "disk" || node.get<std::string>("<xmlattr>.device", "disk") != "disk") continue;
+      std::string target = node.get<std::string>("target.<xmlattr>.dev", "");
+      std::string path = node.get<std::string>("source.<xmlattr>.file", "");
+      if (!m.FindDisk(target) || path.empty()) continue;
+      node.put("driver.<xmlattr>.type", o.format);
+      restores.push_back({target, path});
+    }
+  }
+
+  try {
+    for (const auto& [disk, path] : restores) {
+      // Over the original: build beside it, then replace it in one rename.
+      std::string target = o.overwrite ? path + ".ferry-restore-" + std::to_string(::getpid()) : path;
+      RestoreDisk(repo, o.point_id, disk, target, format, disk_options, nullptr);
+      created.push_back(target);
+      LogInfo("restored disk " + disk + " to " + path);
+    }
+    if (o.overwrite) {
+      for (const auto& [disk, path] : restores) {
+        std::string temp = path + ".ferry-restore-" + std::to_string(::getpid());
+        if (::rename(temp.c_str(), path.c_str()) != 0) throw ErrnoError("replacing " + path, errno);
+      }
+      if (const ConfigFileRecord* nvram = m.FindConfig("uefi-nvram")) {
+        WriteFileAtomically(nvram->origin, ReadPointFile(repo, o.point_id, *nvram));
+      }
+      created.clear();
+    }
+    VirPtr<virDomain> defined(virDomainDefineXML(conn.get(), WriteXml(tree).c_str()));
+    if (!defined) ThrowLibvirt("defining domain " + name);
+  } catch (...) {
+    for (const auto& f : created) ::unlink(f.c_str());
+    throw;
+  }
+  return name;
+}
+
+}  // namespace ferry::worker

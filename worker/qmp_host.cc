@@ -1,0 +1,196 @@
+#include "ferry/worker/qmp_host.h"
+
+#include "ferry/common/error.h"
+#include "ferry/common/file_util.h"
+#include "ferry/common/log.h"
+
+namespace json = boost::json;
+
+namespace ferry::worker {
+
+namespace {
+
+std::string QueryString(QmpClient& qmp, const char* command, const char* key) {
+  try {
+    json::value v = qmp.Execute(command);
+    if (v.is_object()) {
+      auto it = v.as_object().find(key);
+      if (it != v.as_object().end() && it->value().is_string()) return std::string(it->value().as_string());
+    }
+  } catch (const QmpError&) {
+  }
+  return "";
+}
+
+std::string VmLockPath(const SnapshotPaths& paths, const std::string& qmp_address) {
+  return paths.runtime_dir + "/vm-" + Sha256(qmp_address.data(), qmp_address.size()).Hex().substr(0, 16) +
+         ".lock";
+}
+
+class QmpHostBackup : public HostBackup {
+ public:
+  QmpHostBackup(QmpClient& qmp, SnapshotGuard* guard, std::vector<std::string> nodes, std::vector<CbtPlan> plans)
+      : qmp_(qmp), guard_(guard), nodes_(std::move(nodes)), plans_(std::move(plans)) {}
+
+  void Start(const std::vector<QmpDisk>& disks, const std::vector<HostDisk>& host_disks, const SnapshotPaths& paths) {
+    std::vector<SnapshotBitmaps> bitmaps;
+    for (size_t i = 0; i < disks.size(); ++i) {
+      bitmaps.push_back({plans_[i].new_bitmap, disks[i].format == "qcow2",
+                         plans_[i].incremental ? plans_[i].previous_bitmap : ""});
+    }
+    std::string session = NewSnapshotSessionId();
+    if (guard_) guard_->Arm(session);
+    snapshot_ = FleecingSnapshot::Create(qmp_, disks, paths, session, bitmaps);
+    LogInfo("snapshot of " + std::to_string(disks.size()) + " disk(s) taken (session " + session + ")");
+    for (size_t i = 0; i < disks.size(); ++i) {
+      exports_.push_back({host_disks[i], snapshot_->exports()[i].source, plans_[i]});
+    }
+  }
+
+  const std::vector<ExportedDisk>& exports() const override { return exports_; }
+
+  bool End() override {
+    if (ended_) return end_ok_;
+    ended_ = true;
+    end_ok_ = !snapshot_ || snapshot_->Release();
+    if (end_ok_ && guard_) guard_->Disarm();
+    return end_ok_;
+  }
+
+  void FinishCbt(bool success) override {
+    for (size_t i = 0; i < nodes_.size(); ++i) {
+      if (!success) {
+        FinishCbtFailure(qmp_, nodes_[i], plans_[i]);
+        continue;
+      }
+      try {
+        FinishCbtSuccess(qmp_, nodes_[i], plans_[i]);
+      } catch (const std::exception& e) {
+        // Harmless: the next run drops the chain's stale bitmaps.
+        LogWarning("removing the previous dirty bitmap on node " + nodes_[i] + ": " + e.what());
+      }
+    }
+  }
+
+ private:
+  QmpClient& qmp_;
+  SnapshotGuard* guard_;
+  std::vector<std::string> nodes_;
+  std::vector<CbtPlan> plans_;
+  std::unique_ptr<FleecingSnapshot> snapshot_;
+  std::vector<ExportedDisk> exports_;
+  bool ended_ = false, end_ok_ = false;
+};
+
+class QmpHost : public Host {
+ public:
+  explicit QmpHost(const QmpHostOptions& options) : options_(options) {
+    qmp_ = QmpClient::Connect(options.address);
+    vm_lock_ = FileLock::TryAcquire(VmLockPath(options.paths, options.address));
+    if (!vm_lock_.held()) {
+      throw Error(ErrorKind::kRetryable, "another ferry backup of the VM at " + options.address + " is running");
+    }
+    for (const auto& s : RemoveAbandonedSnapshots(*qmp_, options.paths)) {
+      LogInfo("removed the snapshot left by dead session " + s);
+    }
+    vm_.identity = {QueryString(*qmp_, "query-name", "name"), QueryString(*qmp_, "query-uuid", "UUID"), "qemu"};
+    if (options.expected_vm_name && *options.expected_vm_name != vm_.identity.name) {
+      throw Error(ErrorKind::kNotFound, "the VM at " + options.address + " is named '" + vm_.identity.name +
+                                            "', not '" + *options.expected_vm_name + "'");
+    }
+    if (vm_.identity.name.empty()) vm_.identity.name = options.address;
+    vm_.state = QueryStatus();
+    qmp_disks_ = ListQmpDisks(*qmp_);
+    for (const auto& d : qmp_disks_) vm_.disks.push_back({d.name, d.format, d.size, d.filename, true, ""});
+  }
+
+  std::string description() const override { return "QEMU at " + options_.address; }
+  const HostVm& vm() const override { return vm_; }
+
+  std::vector<VmConfigFile> CaptureConfig() override {
+    std::vector<VmConfigFile> files;
+    int pid = qmp_->peer_pid();
+    if (pid <= 0) return files;
+    std::string cmdline;
+    try {
+      cmdline = ReadWholeFile("/proc/" + std::to_string(pid) + "/cmdline");
+    } catch (const Error& e) {
+      LogWarning("cannot read QEMU's command line: " + std::string(e.what()));
+      return files;
+    }
+    json::array args;
+    std::string proxmox_id;
+    size_t start = 0;
+    for (size_t i = 0; i <= cmdline.size(); ++i) {
+      if (i == cmdline.size() || cmdline[i] == '\0') {
+        if (i > start) args.push_back(json::value(cmdline.substr(start, i - start)));
+        start = i + 1;
+      }
+    }
+    for (size_t i = 0; i + 1 < args.size(); ++i) {
+      if (args[i].as_string() == "-id") proxmox_id = std::string(args[i + 1].as_string());
+    }
+    files.push_back({"qemu-command-line", "qemu-cmdline.json", json::serialize(args) + "\n",
+                     "/proc/" + std::to_string(pid) + "/cmdline"});
+    // Proxmox VE starts QEMU with "-id <vmid>"; its config sits beside.
+    std::string pve = "/etc/pve/qemu-server/" + proxmox_id + ".conf";
+    if (!proxmox_id.empty() && PathExists(pve)) files.push_back({"proxmox-vm-config", "proxmox.conf", ReadWholeFile(pve), pve});
+    return files;
+  }
+
+  std::vector<BitmapState> ChainBitmaps(const HostDisk& disk, const std::string& chain_id) override {
+    std::vector<BitmapState> out;
+    for (auto& b : ListDirtyBitmaps(*qmp_, Find(disk).node_name)) {
+      if (IsChainBitmap(b.name, chain_id)) out.push_back(std::move(b));
+    }
+    return out;
+  }
+
+  void DropChainBitmaps(const HostDisk& disk, const std::vector<std::string>& names) override {
+    for (const auto& n : names) {
+      qmp_->Execute("block-dirty-bitmap-remove", {{"node", Find(disk).node_name}, {"name", n}});
+    }
+  }
+
+  std::unique_ptr<HostBackup> BeginBackup(const std::vector<HostDisk>& disks, const std::vector<CbtPlan>& plans) override {
+    std::vector<QmpDisk> qmp_disks;
+    std::vector<std::string> nodes;
+    for (const auto& d : disks) {
+      qmp_disks.push_back(Find(d));
+      nodes.push_back(qmp_disks.back().node_name);
+    }
+    auto backup = std::make_unique<QmpHostBackup>(*qmp_, options_.guard, nodes, plans);
+    backup->Start(qmp_disks, disks, options_.paths);
+    return backup;
+  }
+
+ private:
+  const QmpDisk& Find(const HostDisk& disk) const {
+    for (const auto& d : qmp_disks_) {
+      if (d.name == disk.name) return d;
+    }
+    throw Error(ErrorKind::kInternal, "disk " + disk.name + " is not one of this VM's");
+  }
+
+  std::string QueryStatus() {
+    try {
+      json::value v = qmp_->Execute("query-status");
+      auto it = v.as_object().find("status");
+      if (it != v.as_object().end() && it->value().is_string()) return std::string(it->value().as_string());
+    } catch (const QmpError&) {
+    }
+    return "unknown";
+  }
+
+  QmpHostOptions options_;
+  std::unique_ptr<QmpClient> qmp_;
+  FileLock vm_lock_;
+  HostVm vm_;
+  std::vector<QmpDisk> qmp_disks_;
+};
+
+}  // namespace
+
+std::unique_ptr<Host> OpenQmpHost(const QmpHostOptions& options) { return std::make_unique<QmpHost>(options); }
+
+}  // namespace ferry::worker
