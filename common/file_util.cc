@@ -141,4 +141,12 @@ FileLock FileLock::TryAcquire(const std::string& path, bool create) {
   return lock;
 }
 
+FileLock FileLock::Acquire(const std::string& path, int timeout_ms) {
+  for (int waited = 0;; waited += 50) {
+    FileLock lock = TryAcquire(path);
+    if (lock.held() || waited >= timeout_ms) return lock;
+    ::usleep(50 * 1000);
+  }
+}
+
 }  // namespace ferry

@@ -368,6 +368,17 @@ class LibvirtHostBackup : public HostBackup {
         ok = false;
       }
       job_running_ = false;
+      // libvirt tears the job down after the call returns (export, scratch
+      // files): let it finish before the session directory goes.
+      for (int i = 0; i < 200; ++i) {
+        char* xml = virDomainBackupGetXMLDesc(host_.domain(), 0);
+        if (!xml) {
+          virResetLastError();
+          break;
+        }
+        free(xml);
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
     }
     for (auto& s : servers_) s.Terminate();
     servers_.clear();

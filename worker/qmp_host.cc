@@ -22,11 +22,6 @@ std::string QueryString(QmpClient& qmp, const char* command, const char* key) {
   return "";
 }
 
-std::string VmLockPath(const SnapshotPaths& paths, const std::string& qmp_address) {
-  return paths.runtime_dir + "/vm-" + Sha256(qmp_address.data(), qmp_address.size()).Hex().substr(0, 16) +
-         ".lock";
-}
-
 class QmpHostBackup : public HostBackup {
  public:
   QmpHostBackup(QmpClient& qmp, SnapshotGuard* guard, std::vector<std::string> nodes, std::vector<CbtPlan> plans)
@@ -85,11 +80,12 @@ class QmpHostBackup : public HostBackup {
 class QmpHost : public Host {
  public:
   explicit QmpHost(const QmpHostOptions& options) : options_(options) {
-    qmp_ = QmpClient::Connect(options.address);
-    vm_lock_ = FileLock::TryAcquire(VmLockPath(options.paths, options.address));
+    vm_lock_ = FileLock::Acquire(QmpVmLockPath(options.paths, options.address), 60000);
     if (!vm_lock_.held()) {
-      throw Error(ErrorKind::kRetryable, "another ferry backup of the VM at " + options.address + " is running");
+      throw Error(ErrorKind::kRetryable, "another ferry process (a backup, or the guardian of a killed one) has "
+                                         "been working on the VM at " + options.address + " for a minute");
     }
+    qmp_ = QmpClient::Connect(options.address);
     for (const auto& s : RemoveAbandonedSnapshots(*qmp_, options.paths)) {
       LogInfo("removed the snapshot left by dead session " + s);
     }
@@ -190,6 +186,10 @@ class QmpHost : public Host {
 };
 
 }  // namespace
+
+std::string QmpVmLockPath(const SnapshotPaths& paths, const std::string& qmp_address) {
+  return paths.runtime_dir + "/vm-" + Sha256(qmp_address.data(), qmp_address.size()).Hex().substr(0, 16) + ".lock";
+}
 
 std::unique_ptr<Host> OpenQmpHost(const QmpHostOptions& options) { return std::make_unique<QmpHost>(options); }
 

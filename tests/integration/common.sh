@@ -31,7 +31,7 @@ _ferry_exit() {
 trap _ferry_exit EXIT
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
-ok() { echo "ok: $*"; }
+ok() { echo "ok [${SECONDS}s]: $*"; }
 
 # expect_error EXIT_CODE "message substring" command...: the command must
 # fail with that exit code and say that on stderr.

@@ -144,7 +144,7 @@ backup
 check_point $point
 echo "shut off: vda $(field $point vda cbt.mode) $(field $point vda cbt.reason)"
 # While Ferry reads it, the domain cannot start (qemu-nbd holds the image lock).
-"$FERRY" backup --repo "$WORK/repo" --libvirt $URI --vm $DOM --chain offline-slow --rate-limit 2M >/dev/null 2>"$WORK/off.log" &
+"$FERRY" backup --repo "$WORK/repo" --libvirt $URI --vm $DOM --chain offline-slow --disk vda --rate-limit 4M >/dev/null 2>"$WORK/off.log" &
 pid=$!
 for _ in $(seq 100); do compgen -G "$FERRY_RUNTIME_DIR/libvirt-*/vda.sock" >/dev/null && break; sleep 0.1; done
 if lv_virsh start --paused $DOM >/dev/null 2>&1; then fail "the domain started while Ferry read its disks"; fi

@@ -16,12 +16,9 @@ declare -ga LV_DOMAINS=() LV_STARTED_PIDS=()
 lv_virsh() { virsh -q -c "$LV_URI" "$@"; }
 
 lv_ensure_daemons() {
-  if virsh -c "$LV_URI" version >/dev/null 2>&1; then return 0; fi
-  pgrep -x virtlogd >/dev/null || { virtlogd -d && LV_STARTED_PIDS+=("$(pgrep -x -n virtlogd)"); }
-  libvirtd -d && LV_STARTED_PIDS+=("$(pgrep -x -n libvirtd)")
-  for _ in $(seq 100); do virsh -c "$LV_URI" version >/dev/null 2>&1 && return 0; sleep 0.1; done
-  echo "libvirt.sh: libvirtd did not come up" >&2
-  return 1
+  local pids
+  pids=$("$(dirname "${BASH_SOURCE[0]}")/../../scripts/setup-libvirt") || return 1
+  [[ -z $pids ]] || LV_STARTED_PIDS+=($pids)
 }
 
 # Device ids libvirt gives virtio disks: vda -> virtio-disk0, vdb -> virtio-disk1.

@@ -202,7 +202,9 @@ int GuardianCommand(const Args& args) {
     if (lock.held() || !PathExists(worker::SessionLockPath(paths, session))) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  // The monitor accepts one client: retry until the dead backup's connection is gone.
+  // The monitor serves one client: take the VM's lock (free once the dead
+  // backup is gone; a new backup waits for us), then connect.
+  FileLock vm_lock = FileLock::Acquire(worker::QmpVmLockPath(paths, a.Require("qmp")), 60000);
   std::unique_ptr<worker::QmpClient> qmp;
   for (int attempt = 0;; ++attempt) {
     try {

@@ -71,6 +71,8 @@ class FileLock {
   // Returns a held lock, or an invalid one if another process holds it (or,
   // without `create`, if the file does not exist).
   static FileLock TryAcquire(const std::string& path, bool create = true);
+  // Waits up to `timeout_ms` for the lock; an invalid lock if it stays taken.
+  static FileLock Acquire(const std::string& path, int timeout_ms);
   bool held() const { return fd_.valid(); }
 
  private:

@@ -29,7 +29,13 @@ struct QmpHostOptions {
   SnapshotGuard* guard = nullptr;
 };
 
-// Connects, takes the VM's backup lock, removes leftovers of dead sessions
+// The lock every Ferry process working on the VM at `qmp_address` holds
+// while it talks to the VM's monitor (backups and guardians): a monitor
+// serves one client at a time.
+std::string QmpVmLockPath(const SnapshotPaths& paths, const std::string& qmp_address);
+
+// Takes the VM's lock (waiting up to a minute for a guardian to finish),
+// connects, removes leftovers of dead sessions
 // and reads the VM's disks. Throws ferry::Error.
 std::unique_ptr<Host> OpenQmpHost(const QmpHostOptions& options);
 
