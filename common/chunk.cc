@@ -74,6 +74,7 @@ void ChunkEncoder::Encode(std::span<const uint8_t> plain, std::vector<uint8_t>* 
   uint8_t* h = out->data();
   ChunkCompression compression = ChunkCompression::kZstd;
   size_t stored = 0;
+  // Level 0 means "store plain"; negative levels are zstd's fast levels.
   if (impl_->level != 0) {
     stored = ZSTD_compressCCtx(impl_->cctx, h + kChunkHeaderSize, bound, plain.data(),
                                plain.size(), impl_->level);

@@ -106,3 +106,22 @@ TEST(ChunkTest, EmptyAndLevelZero) {
 
 }  // namespace
 }  // namespace ferry
+
+namespace ferry {
+namespace {
+
+TEST(ChunkTest, FastNegativeLevelsRoundTrip) {
+  auto plain = Compressible(1 << 20);
+  Digest d = Sha256(plain.data(), plain.size());
+  ChunkEncoder enc(-5);
+  std::vector<uint8_t> encoded, out;
+  enc.Encode(plain, &encoded);
+  EXPECT_EQ(encoded[8], static_cast<uint8_t>(ChunkCompression::kZstd));
+  EXPECT_LT(encoded.size(), plain.size() / 4);
+  ChunkDecoder dec;
+  dec.Decode(encoded, &d, "test", &out);
+  EXPECT_EQ(out, plain);
+}
+
+}  // namespace
+}  // namespace ferry

@@ -71,9 +71,9 @@ void ValidateChunkSize(uint64_t chunk_size) {
 
 void Repository::Init(const std::string& dir, const RepositoryConfig& config) {
   ValidateChunkSize(config.chunk_size);
-  if (config.zstd_level < 0 || config.zstd_level > 19) {
+  if (config.zstd_level < -7 || config.zstd_level > 19) {
     throw Error(ErrorKind::kBadInput,
-                "zstd level " + std::to_string(config.zstd_level) + " is not in 0..19");
+                "zstd level " + std::to_string(config.zstd_level) + " is not in -7..19");
   }
   MakeDirectory(dir);
   if (!ListDirectory(dir).empty() || PathExists(dir + "/" + kConfigFile)) {

@@ -30,6 +30,7 @@ expect_error 2 "not a Ferry repository" "$FERRY" backup --repo "$WORK" --qmp "$Q
 expect_error 3 "does not exist" "$FERRY" list --repo "$WORK/missing"
 expect_error 2 "not empty" "$FERRY" init --repo "$WORK/repo"
 expect_error 2 "chunk size 1000" "$FERRY" init --repo "$WORK/r2" --chunk-size 1000
+expect_error 2 "from -7 to 19" "$FERRY" init --repo "$WORK/r3" --compression-level 42
 expect_error 2 "unknown option --bogus" "$FERRY" list --repo "$WORK/repo" --bogus
 expect_error 2 "missing required option --repo" "$FERRY" list
 expect_error 2 "'fast' is not a size" "$FERRY" backup --repo "$WORK/repo" --qmp "$Q" --rate-limit fast

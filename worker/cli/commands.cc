@@ -97,7 +97,7 @@ int InitCommand(const Args& args) {
     ValidateChunkSize(*cs);
     config.chunk_size = static_cast<uint32_t>(*cs);
   }
-  if (auto level = a.GetInt("compression-level", 0, 19)) config.zstd_level = static_cast<int>(*level);
+  if (auto level = a.GetInt("compression-level", -7, 19)) config.zstd_level = static_cast<int>(*level);
   if (auto sync = a.Get("sync-level")) {
     if (*sync == "file") config.sync_level = SyncLevel::kFile;
     else if (*sync == "filesystem") config.sync_level = SyncLevel::kFilesystem;

@@ -18,7 +18,7 @@ namespace {
 const char kUsage[] = R"(usage: ferry COMMAND [OPTIONS]
 
 Commands:
-  init     --repo DIR [--chunk-size SIZE] [--compression-level 0-19] [--sync-level filesystem|file]
+  init     --repo DIR [--chunk-size SIZE] [--compression-level -7..19] [--sync-level filesystem|file]
            create a repository
   backup   --repo DIR (--qmp SOCKET | --libvirt URI --vm NAME) [--vm NAME]
            [--disk NAME ...] [--exclude-disk NAME ...] [--chain NAME]
