@@ -1,4 +1,5 @@
 // Whole-VM restore onto a libvirt host (docs/cli.md, restore-vm).
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <boost/property_tree/ptree.hpp>
@@ -54,7 +55,11 @@ std::string RestoreLibvirtVm(Repository& repo, const LibvirtRestoreOptions& o) {
   disk_options.cancel = o.cancel;
 
   // Disk targets in the XML -> where each restored image goes.
-  std::vector<std::pair<std::string, std::string>> restores;  // (disk, final path)
+  struct DiskRestore {
+    std::string disk, path;
+    ImageFormat format;
+  };
+  std::vector<DiskRestore> restores;
   std::vector<std::string> created;                            // files to remove on failure
   std::string name;
 
@@ -89,7 +94,7 @@ std::string RestoreLibvirtVm(Repository& repo, const LibvirtRestoreOptions& o) {
         node.erase("backingStore");
         node.put("driver.<xmlattr>.name", "qemu");
         node.put("driver.<xmlattr>.type", o.format);
-        restores.push_back({target, path});
+        restores.push_back({target, path, format});
       }
       ++it;
     }
@@ -119,23 +124,24 @@ std::string RestoreLibvirtVm(Repository& repo, const LibvirtRestoreOptions& o) {
       std::string target = node.get<std::string>("target.<xmlattr>.dev", "");
       std::string path = node.get<std::string>("source.<xmlattr>.file", "");
       if (!m.FindDisk(target) || path.empty()) continue;
-      node.put("driver.<xmlattr>.type", o.format);
-      restores.push_back({target, path});
+      // Over the original, each image keeps the format the domain expects.
+      std::string type = node.get<std::string>("driver.<xmlattr>.type", "raw");
+      restores.push_back({target, path, type == "qcow2" ? ImageFormat::kQcow2 : ImageFormat::kRaw});
     }
   }
 
   try {
-    for (const auto& [disk, path] : restores) {
+    for (const auto& r : restores) {
       // Over the original: build beside it, then replace it in one rename.
-      std::string target = o.overwrite ? path + ".ferry-restore-" + std::to_string(::getpid()) : path;
-      RestoreDisk(repo, o.point_id, disk, target, format, disk_options, nullptr);
+      std::string target = o.overwrite ? r.path + ".ferry-restore-" + std::to_string(::getpid()) : r.path;
+      RestoreDisk(repo, o.point_id, r.disk, target, r.format, disk_options, nullptr);
       created.push_back(target);
-      LogInfo("restored disk " + disk + " to " + path);
+      LogInfo("restored disk " + r.disk + " to " + r.path);
     }
     if (o.overwrite) {
-      for (const auto& [disk, path] : restores) {
-        std::string temp = path + ".ferry-restore-" + std::to_string(::getpid());
-        if (::rename(temp.c_str(), path.c_str()) != 0) throw ErrnoError("replacing " + path, errno);
+      for (const auto& r : restores) {
+        std::string temp = r.path + ".ferry-restore-" + std::to_string(::getpid());
+        if (::rename(temp.c_str(), r.path.c_str()) != 0) throw ErrnoError("replacing " + r.path, errno);
       }
       if (const ConfigFileRecord* nvram = m.FindConfig("uefi-nvram")) {
         WriteFileAtomically(nvram->origin, ReadPointFile(repo, o.point_id, *nvram));
@@ -149,6 +155,58 @@ std::string RestoreLibvirtVm(Repository& repo, const LibvirtRestoreOptions& o) {
     throw;
   }
   return name;
+}
+
+void RestoreDiskIntoLibvirtVm(Repository& repo, const std::string& uri, const std::string& vm,
+                              const std::string& point_id, const std::string& disk,
+                              const std::string& target_disk, const std::atomic<bool>* cancel) {
+  auto conn = Connect(uri);
+  auto dom = LookupDomain(conn.get(), vm);
+  int state = 0;
+  if (virDomainGetState(dom.get(), &state, nullptr, 0) != 0) ThrowLibvirt("state of domain " + vm);
+  if (state != VIR_DOMAIN_SHUTOFF) {
+    throw Error(ErrorKind::kBadInput, "domain " + vm + " is " + DomainStateName(state) +
+                                          "; shut it off before restoring a disk into it");
+  }
+  pt::ptree tree = ParseXml(DomainXmlDesc(dom.get(), VIR_DOMAIN_XML_INACTIVE), "domain XML");
+  std::string path, format;
+  std::vector<std::string> targets;
+  for (const auto& [tag, node] : tree.get_child("domain.devices")) {
+    if (tag != "disk" || node.get<std::string>("<xmlattr>.device", "disk") != "disk") continue;
+    std::string target = node.get<std::string>("target.<xmlattr>.dev", "");
+    targets.push_back(target);
+    if (target != target_disk) continue;
+    path = node.get<std::string>("source.<xmlattr>.file", "");
+    format = node.get<std::string>("driver.<xmlattr>.type", "raw");
+  }
+  if (path.empty()) {
+    std::string list;
+    for (const auto& t : targets) list += (list.empty() ? "" : ", ") + t;
+    throw Error(ErrorKind::kNotFound, "domain " + vm + " has no file-backed disk '" + target_disk + "' (its disks: " +
+                                          list + ")");
+  }
+  ImageFormat image_format = ParseImageFormat(format == "qcow2" ? "qcow2" : "raw");
+  std::string temp = path + ".ferry-restore-" + std::to_string(::getpid());
+  DiskRestoreOptions options;
+  options.cancel = cancel;
+  RestoreDisk(repo, point_id, disk, temp, image_format, options, nullptr);
+  // Keep the image's owner and mode: libvirt's DAC labels come from them.
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0) {
+    if (::chown(temp.c_str(), st.st_uid, st.st_gid) != 0 || ::chmod(temp.c_str(), st.st_mode & 07777) != 0) {
+      int err = errno;
+      ::unlink(temp.c_str());
+      throw ErrnoError("copying the owner and mode of " + path, err);
+    }
+  }
+  if (::rename(temp.c_str(), path.c_str()) != 0) {
+    int err = errno;
+    ::unlink(temp.c_str());
+    throw ErrnoError("replacing " + path, err);
+  }
+  FsyncDirectory(std::filesystem::path(path).parent_path().string());
+  LogInfo("restored disk " + disk + " of point " + point_id + " into " + target_disk + " of domain " + vm + " (" +
+          path + ")");
 }
 
 }  // namespace ferry::worker

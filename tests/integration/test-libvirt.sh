@@ -155,4 +155,21 @@ backup
 check_point $point
 echo "back online: vda $(field $point vda cbt.mode) $(field $point vda cbt.reason)"
 ok "shut-off domain: backed up, kept from starting meanwhile, starts afterwards"
+# --- one disk back into the existing domain, which must be shut off.
+expect_error 2 "shut it off" "$FERRY" restore --repo "$WORK/repo" --point $p1 --disk vdb --libvirt $URI --vm $DOM
+lv_quit $DOM || fail "domain did not stop"
+"$FERRY" restore --repo "$WORK/repo" --point $p1 --disk vdb --libvirt $URI --vm $DOM
+cmp -s "$WORK/vdb.raw" "$WORK/ref/$p1-vdb" || fail "vdb was not restored to point $p1"
+expect_error 3 "has no file-backed disk 'vdz'" "$FERRY" restore --repo "$WORK/repo" --point $p1 --disk vdb --libvirt $URI --vm $DOM --target-disk vdz
+lv_virsh start --paused $DOM >/dev/null || fail "the domain does not start after a disk restore"
+ok "one disk restored into the shut-off domain, which starts"
+# --- the whole VM back over the original (powered off first).
+uuid=$(lv_virsh domuuid $DOM)
+"$FERRY" restore-vm --repo "$WORK/repo" --point $p2 --libvirt $URI --overwrite --yes >/dev/null
+[[ $(lv_virsh domuuid $DOM) == "$uuid" ]] || fail "--overwrite changed the domain's UUID"
+qemu-img convert -U -O raw "$WORK/vda.qcow2" "$WORK/over-vda.raw"
+cmp -s "$WORK/over-vda.raw" "$WORK/ref/$p2-vda" || fail "--overwrite did not bring vda back to point $p2"
+cmp -s "$WORK/vdb.raw" "$WORK/ref/$p2-vdb" || fail "--overwrite did not bring vdb back to point $p2"
+lv_virsh start --paused $DOM >/dev/null || fail "the domain does not start after --overwrite"
+ok "restore-vm --overwrite: original domain powered off, disks back to the point, starts"
 "$FERRY" verify --repo "$WORK/repo" | grep -q '^OK' || fail "verify not clean"

@@ -177,6 +177,9 @@ int RestoreVmCommand(const Args& args) {
                                       "add --yes to confirm");
   }
   if (o.overwrite && !o.name.empty()) throw Error(ErrorKind::kBadInput, "--overwrite keeps the original name; drop --name");
+  if (o.overwrite && a.Has("format")) {
+    throw Error(ErrorKind::kBadInput, "--overwrite keeps each disk's format; --format is for a new domain");
+  }
   std::string name = worker::RestoreLibvirtVm(*repo, o);
   LogInfo("domain " + name + " defined from point " + o.point_id);
   std::cout << name << std::endl;
@@ -259,8 +262,15 @@ int ListCommand(const Args& args) {
 }
 
 int RestoreCommand(const Args& args) {
-  Arguments a(args, {"repo", "point", "disk", "to", "format", "threads"}, {});
+  Arguments a(args, {"repo", "point", "disk", "to", "format", "threads", "libvirt", "vm", "target-disk"}, {});
   auto repo = Repository::Open(a.Require("repo"));
+  if (a.Has("libvirt")) {
+    if (a.Has("to")) throw Error(ErrorKind::kBadInput, "give either --to PATH or --libvirt URI --vm NAME, not both");
+    std::string disk = a.Require("disk");
+    worker::RestoreDiskIntoLibvirtVm(*repo, a.Require("libvirt"), a.Require("vm"), a.Require("point"), disk,
+                                     a.Get("target-disk").value_or(disk), &g_interrupted);
+    return 0;
+  }
   worker::ImageFormat format = worker::ParseImageFormat(a.Get("format").value_or("raw"));
   worker::DiskRestoreOptions options;
   options.cancel = &g_interrupted;

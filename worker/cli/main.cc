@@ -30,6 +30,8 @@ Commands:
            list restore points
   restore  --repo DIR --point ID --disk NAME --to PATH [--format raw|qcow2]
            restore one disk into a new image file (thin)
+  restore  --repo DIR --point ID --disk NAME --libvirt URI --vm NAME [--target-disk DEV]
+           restore one disk into an existing, shut-off libvirt domain
   restore-vm --repo DIR --point ID --libvirt URI [--name NEW] [--dir PATH]
            [--format qcow2|raw] [--keep-macs] | [--overwrite --yes]
            restore a whole VM as a new libvirt domain, or over the original

@@ -45,4 +45,11 @@ struct LibvirtRestoreOptions {
 // new MACs) or over the original. Returns the domain's name.
 std::string RestoreLibvirtVm(Repository& repo, const LibvirtRestoreOptions& options);
 
+// Restores one disk of a point into an existing, shut-off libvirt domain:
+// the image behind `target_disk` is rebuilt beside it (same format, thin)
+// and renamed over it. Refuses while the domain runs.
+void RestoreDiskIntoLibvirtVm(Repository& repo, const std::string& uri, const std::string& vm,
+                              const std::string& point_id, const std::string& disk,
+                              const std::string& target_disk, const std::atomic<bool>* cancel);
+
 }  // namespace ferry::worker
