@@ -36,6 +36,36 @@ bool DomainExists(virConnectPtr conn, const std::string& name) {
   return true;
 }
 
+// The target directory of a directory-backed storage pool.
+std::string PoolDirectory(virConnectPtr conn, const std::string& pool_name) {
+  virStoragePoolPtr pool = virStoragePoolLookupByName(conn, pool_name.c_str());
+  if (!pool) {
+    virResetLastError();
+    throw Error(ErrorKind::kNotFound, "libvirt has no storage pool '" + pool_name + "'");
+  }
+  char* raw = virStoragePoolGetXMLDesc(pool, 0);
+  virStoragePoolFree(pool);
+  if (!raw) ThrowLibvirt("reading storage pool " + pool_name);
+  std::string xml = raw;
+  free(raw);
+  pt::ptree tree = ParseXml(xml, "storage pool XML");
+  std::string type = tree.get<std::string>("pool.<xmlattr>.type", "");
+  std::string path = tree.get<std::string>("pool.target.path", "");
+  if ((type != "dir" && type != "fs" && type != "netfs") || path.empty()) {
+    throw Error(ErrorKind::kBadInput, "storage pool '" + pool_name + "' is of type '" + type +
+                                          "'; restore-vm places images in directory-backed pools (dir, fs, netfs)");
+  }
+  return path;
+}
+
+void RefreshPool(virConnectPtr conn, const std::string& pool_name) {
+  virStoragePoolPtr pool = virStoragePoolLookupByName(conn, pool_name.c_str());
+  if (!pool || virStoragePoolRefresh(pool, 0) != 0) {
+    LogWarning("refreshing storage pool " + pool_name + ": " + LibvirtError());
+  }
+  if (pool) virStoragePoolFree(pool);
+}
+
 }  // namespace
 
 std::string RestoreLibvirtVm(Repository& repo, const LibvirtRestoreOptions& o) {
@@ -69,8 +99,13 @@ std::string RestoreLibvirtVm(Repository& repo, const LibvirtRestoreOptions& o) {
       throw Error(ErrorKind::kBadInput, "a domain named '" + name + "' already exists at " + o.uri +
                                             " (give another --name, or --overwrite to replace the original)");
     }
-    if (o.directory.empty()) throw Error(ErrorKind::kBadInput, "restore-vm needs --dir for the new disk images");
-    std::string dir = std::filesystem::absolute(o.directory).string();
+    std::string dir_option = o.directory;
+    if (!o.pool.empty()) {
+      if (!dir_option.empty()) throw Error(ErrorKind::kBadInput, "give either --dir or --pool, not both");
+      dir_option = PoolDirectory(conn.get(), o.pool);
+    }
+    if (dir_option.empty()) throw Error(ErrorKind::kBadInput, "restore-vm needs --dir or --pool for the new disk images");
+    std::string dir = std::filesystem::absolute(dir_option).string();
     MakeDirectory(dir);
     dom.put("name", name);
     dom.erase("uuid");  // libvirt gives the new domain its own
@@ -150,6 +185,7 @@ std::string RestoreLibvirtVm(Repository& repo, const LibvirtRestoreOptions& o) {
     }
     VirPtr<virDomain> defined(virDomainDefineXML(conn.get(), WriteXml(tree).c_str()));
     if (!defined) ThrowLibvirt("defining domain " + name);
+    if (!o.pool.empty()) RefreshPool(conn.get(), o.pool);
   } catch (...) {
     for (const auto& f : created) ::unlink(f.c_str());
     throw;

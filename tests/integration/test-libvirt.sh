@@ -172,4 +172,27 @@ cmp -s "$WORK/over-vda.raw" "$WORK/ref/$p2-vda" || fail "--overwrite did not bri
 cmp -s "$WORK/vdb.raw" "$WORK/ref/$p2-vdb" || fail "--overwrite did not bring vdb back to point $p2"
 lv_virsh start --paused $DOM >/dev/null || fail "the domain does not start after --overwrite"
 ok "restore-vm --overwrite: original domain powered off, disks back to the point, starts"
+# --- UEFI firmware state: the NVRAM is kept with the point and restored.
+UDOM=$DOM-uefi
+qemu-img create -q -f qcow2 "$WORK/uefi.qcow2" 16M
+LV_UEFI=1 lv_define $UDOM "vda=$WORK/uefi.qcow2"
+nvram=$(lv_virsh dumpxml $UDOM | sed -n 's|.*<nvram[^>]*>\(.*\)</nvram>.*|\1|p')
+[[ -f $nvram ]] || fail "the UEFI domain has no NVRAM file"
+upoint=$("$FERRY" backup --repo "$WORK/repo" --libvirt $URI --vm $UDOM 2>/dev/null)
+cmp -s "$WORK/repo/points/$upoint/nvram.fd" "$nvram" || fail "the point's NVRAM differs from the domain's"
+LV_DOMAINS+=("$UDOM-restored")
+# Into a storage pool this time.
+POOL=ferry-it-pool-$$
+mkdir -p "$WORK/uefi-restored"
+lv_virsh pool-define-as $POOL dir --target "$WORK/uefi-restored" >/dev/null
+lv_virsh pool-start $POOL >/dev/null
+on_exit "lv_virsh pool-destroy $POOL >/dev/null 2>&1; lv_virsh pool-undefine $POOL >/dev/null 2>&1"
+"$FERRY" restore-vm --repo "$WORK/repo" --point $upoint --libvirt $URI --pool $POOL >/dev/null
+lv_virsh vol-list $POOL | grep -q "$UDOM-restored-vda.qcow2" || fail "the restored disk is not a volume of pool $POOL"
+expect_error 3 "no storage pool 'nopool'" "$FERRY" restore-vm --repo "$WORK/repo" --point $upoint --libvirt $URI --name x --pool nopool
+new_nvram=$(lv_virsh dumpxml --inactive $UDOM-restored | sed -n 's|.*<nvram[^>]*>\(.*\)</nvram>.*|\1|p')
+[[ $new_nvram == "$WORK/uefi-restored/"* ]] || fail "restored domain's NVRAM is '$new_nvram'"
+cmp -s "$new_nvram" "$nvram" || fail "restored NVRAM differs"
+lv_virsh start --paused $UDOM-restored >/dev/null || fail "restored UEFI domain does not start"
+ok "UEFI NVRAM kept with the point and restored with the VM, into a storage pool"
 "$FERRY" verify --repo "$WORK/repo" | grep -q '^OK' || fail "verify not clean"

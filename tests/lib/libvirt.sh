@@ -4,8 +4,9 @@
 #   lv_ensure_daemons            use a running libvirtd, or start virtlogd and
 #                                libvirtd (stopped again by lv_cleanup_all, by pid)
 #   lv_define NAME DEV=PATH...   define and start (paused) a q35 domain, type
-#                                'qemu' (TCG: libvirt's QEMU user cannot open
-#                                /dev/kvm here, and nothing runs in the guest)
+#                                'qemu' (TCG works everywhere, and nothing runs
+#                                in the guest); LV_UEFI=1: UEFI firmware (OVMF)
+#                                with its own NVRAM
 #   lv_write NAME DEV PAT OFF LEN   write through the guest device (HMP qemu-io)
 #   lv_flush NAME DEV            flush the device (before reading its image file)
 #   lv_quit NAME                 stop QEMU cleanly (persistent bitmaps are stored)
@@ -39,7 +40,7 @@ lv_define() {
   <name>$name</name>
   <memory unit='MiB'>128</memory>
   <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='q35'>hvm</type></os>
+  $( [[ ${LV_UEFI:-0} == 1 ]] && echo "<os firmware='efi'><type arch='x86_64' machine='q35'>hvm</type></os><features><acpi/></features>" || echo "<os><type arch='x86_64' machine='q35'>hvm</type></os>" )
   <devices>$disks<interface type='user'><mac address='52:54:00:12:34:56'/><model type='virtio'/></interface><serial type='pty'/></devices>
 </domain>
 XML

@@ -161,13 +161,14 @@ int BackupCommand(const Args& args, const std::string& self_path) {
 }
 
 int RestoreVmCommand(const Args& args) {
-  Arguments a(args, {"repo", "point", "libvirt", "name", "dir", "format"}, {"keep-macs", "overwrite", "yes"});
+  Arguments a(args, {"repo", "point", "libvirt", "name", "dir", "pool", "format"}, {"keep-macs", "overwrite", "yes"});
   auto repo = Repository::Open(a.Require("repo"));
   worker::LibvirtRestoreOptions o;
   o.uri = a.Require("libvirt");
   o.point_id = a.Require("point");
   o.name = a.Get("name").value_or("");
   o.directory = a.Get("dir").value_or("");
+  o.pool = a.Get("pool").value_or("");
   o.format = a.Get("format").value_or("qcow2");
   o.keep_macs = a.Has("keep-macs");
   o.overwrite = a.Has("overwrite");

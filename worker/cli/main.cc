@@ -32,7 +32,7 @@ Commands:
            restore one disk into a new image file (thin)
   restore  --repo DIR --point ID --disk NAME --libvirt URI --vm NAME [--target-disk DEV]
            restore one disk into an existing, shut-off libvirt domain
-  restore-vm --repo DIR --point ID --libvirt URI [--name NEW] [--dir PATH]
+  restore-vm --repo DIR --point ID --libvirt URI [--name NEW] [--dir PATH | --pool POOL]
            [--format qcow2|raw] [--keep-macs] | [--overwrite --yes]
            restore a whole VM as a new libvirt domain, or over the original
   verify   --repo DIR [--point ID]

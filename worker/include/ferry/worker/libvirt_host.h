@@ -34,6 +34,7 @@ struct LibvirtRestoreOptions {
   std::string point_id;
   std::string name;        // new domain name; empty: "<original>-restored"
   std::string directory;   // where the disk images go
+  std::string pool;        // or: a directory-backed libvirt storage pool
   std::string format = "qcow2";
   bool keep_macs = false;  // keep the NICs' MAC addresses
   bool overwrite = false;  // replace the original domain (powered off first)
