@@ -15,16 +15,6 @@ start
 "$FERRY" init --repo "$WORK/repo" --chunk-size 1M
 mkdir -p "$WORK/ref"
 
-# field POINT DISK KEY: a disk's manifest member (cbt.mode, stats.read_bytes, ...).
-field() {
-  "$FERRY" list --repo "$WORK/repo" --json | python3 -c '
-import json, sys
-pid, disk, key = sys.argv[1:4]
-p = [p for p in json.load(sys.stdin) if p["id"] == pid][0]
-d = [d for d in p["disks"] if d["name"] == disk][0]
-for k in key.split("."): d = d.get(k, "") if isinstance(d, dict) else ""
-print(d)' "$@"
-}
 
 # backup [ferry options]: copies both disks as they are (the VM is paused and
 # only the test writes, so this is the snapshot's content), backs up, keeps

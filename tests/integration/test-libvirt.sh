@@ -21,15 +21,6 @@ lv_define $DOM "vda=$WORK/vda.qcow2" "vdb=$WORK/vdb.raw"
 "$FERRY" init --repo "$WORK/repo"
 mkdir -p "$WORK/ref"
 
-field() {
-  "$FERRY" list --repo "$WORK/repo" --json | python3 -c '
-import json, sys
-pid, disk, key = sys.argv[1:4]
-p = [p for p in json.load(sys.stdin) if p["id"] == pid][0]
-d = ([d for d in p["disks"] if d["name"] == disk] or [{}])[0]
-for k in key.split("."): d = d.get(k, "") if isinstance(d, dict) else ""
-print(d)' "$@"
-}
 backup() {  # [ferry options]; sets $point, keeps reference copies
   if [[ $(lv_virsh domstate $DOM) != "shut off" ]]; then lv_flush $DOM vda; lv_flush $DOM vdb; fi
   qemu-img convert -U -O raw "$WORK/vda.qcow2" "$WORK/ref/next-vda"
