@@ -30,14 +30,19 @@ done
 cat "$work/lv-vnb.qcow2" "$work/lv-ferry.qcow2" >/dev/null
 
 elapsed() { local t0=$1; awk "BEGIN{print $(date +%s.%N) - $t0}"; }
+# Before each timed run: flush what the previous one wrote, so its writeback
+# does not compete with the next tool.
+settle() { sync; sleep 1; }
 
 rm -rf "$work/vnb" "$work/repo"
+settle
 t0=$(date +%s.%N)
 virtnbdbackup -d bench-vnb -l full -o "$work/vnb" --compress --noprogress >"$work/vnb-full.log" 2>&1
 vnb_full=$(elapsed $t0)
 vnb_bytes=$(du -sb "$work/vnb" | cut -f1)
 
 "$ferry" --quiet init --repo "$work/repo"
+settle
 t0=$(date +%s.%N)
 "$ferry" --quiet backup --repo "$work/repo" --libvirt "$LV_URI" --vm bench-ferry >/dev/null
 ferry_full=$(elapsed $t0)
@@ -51,9 +56,11 @@ for ((written = 0; written < 4096 * MiB / 100; written += MiB)); do
   lv_write bench-ferry vda $pat $off $MiB
 done
 
+settle
 t0=$(date +%s.%N)
 virtnbdbackup -d bench-vnb -l inc -o "$work/vnb" --compress --noprogress >"$work/vnb-inc.log" 2>&1
 vnb_inc=$(elapsed $t0)
+settle
 t0=$(date +%s.%N)
 "$ferry" --quiet backup --repo "$work/repo" --libvirt "$LV_URI" --vm bench-ferry >/dev/null
 ferry_inc=$(elapsed $t0)
