@@ -11,6 +11,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 ferry=${FERRY:-${FERRY_BUILD_DIR:-$root/build}/worker/ferry}
 work=${1:-/var/tmp/ferry-bench}
+# The peer is a Debian package; only this benchmark needs it.
+command -v virtnbdbackup >/dev/null ||
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends virtnbdbackup >&2
 mkdir -p "$work"
 chmod 755 "$work"
 export FERRY_RUNTIME_DIR=$work/run FERRY_SCRATCH_DIR=$work/scratch

@@ -49,37 +49,52 @@ struct PreviousDisk {
   std::unique_ptr<FixedIndexReader> index;
 };
 
+// The chain's points, newest first, read lazily: a backup usually needs only
+// the newest one, so a repository with thousands of points costs a directory
+// listing and a manifest or two, not thousands of manifest reads.
 class ChainHistory {
  public:
-  ChainHistory(Repository& repo, const std::string& chain, const std::string& vm_name) {
-    std::vector<std::string> ids = repo.ListPoints();
-    for (auto it = ids.rbegin(); it != ids.rend(); ++it) {
-      try {
-        RestorePointManifest m = repo.LoadPoint(*it);
-        if (m.chain == chain && m.vm.name == vm_name) points_.push_back(std::move(m));
-      } catch (const Error& e) {
-        LogWarning("skipping restore point " + *it + " while looking for the chain's last point: " + e.what());
-      }
-    }
+  ChainHistory(Repository& repo, std::string chain, std::string vm_name)
+      : repo_(repo), chain_(std::move(chain)), vm_name_(std::move(vm_name)), ids_(repo.ListPoints()) {
+    std::reverse(ids_.begin(), ids_.end());
   }
 
-  std::optional<PreviousDisk> Find(Repository& repo, const std::string& disk) const {
-    for (const auto& m : points_) {
-      const DiskRecord* d = m.FindDisk(disk);
+  std::optional<PreviousDisk> Find(const std::string& disk) {
+    for (size_t i = 0;; ++i) {
+      const RestorePointManifest* m = PointAt(i);
+      if (!m) return std::nullopt;
+      const DiskRecord* d = m->FindDisk(disk);
       if (!d) continue;
-      PreviousDisk p{m.id, *d, nullptr};
+      PreviousDisk p{m->id, *d, nullptr};
       try {
-        p.index = std::make_unique<FixedIndexReader>(repo.IndexPath(m.id, *d), &d->index_sha256);
+        p.index = std::make_unique<FixedIndexReader>(repo_.IndexPath(m->id, *d), &d->index_sha256);
       } catch (const Error& e) {
-        LogWarning("index of disk " + disk + " in point " + m.id + " is unusable: " + e.what());
+        LogWarning("index of disk " + disk + " in point " + m->id + " is unusable: " + e.what());
       }
       return p;
     }
-    return std::nullopt;
   }
 
  private:
-  std::vector<RestorePointManifest> points_;  // newest first
+  // The i-th newest point of the chain, or null when there is none.
+  const RestorePointManifest* PointAt(size_t i) {
+    while (loaded_.size() <= i && next_ < ids_.size()) {
+      const std::string& id = ids_[next_++];
+      try {
+        RestorePointManifest m = repo_.LoadPoint(id);
+        if (m.chain == chain_ && m.vm.name == vm_name_) loaded_.push_back(std::move(m));
+      } catch (const Error& e) {
+        LogWarning("skipping restore point " + id + " while looking for the chain's last point: " + e.what());
+      }
+    }
+    return i < loaded_.size() ? &loaded_[i] : nullptr;
+  }
+
+  Repository& repo_;
+  std::string chain_, vm_name_;
+  std::vector<std::string> ids_;  // newest first
+  size_t next_ = 0;
+  std::vector<RestorePointManifest> loaded_;
 };
 
 }  // namespace
@@ -99,7 +114,7 @@ RestorePointManifest BackupVm(Repository& repo, Host& host, const VmBackupReques
   std::vector<CbtPlan> plans;
   std::vector<std::optional<PreviousDisk>> previous;
   for (const auto& d : disks) {
-    std::optional<PreviousDisk> prev = history.Find(repo, d.name);
+    std::optional<PreviousDisk> prev = history.Find(d.name);
     CbtPlan plan;
     if (!d.cbt_capable) {
       plan.generation = generation;
