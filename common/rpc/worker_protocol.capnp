@@ -1,0 +1,144 @@
+@0xa5e34b4c4815e2a4;
+# Ferry worker protocol, version 1: between a worker and the coordinator.
+# Documented in docs/worker-protocol.md. Rules for changing it: never renumber
+# or retype a field; add fields with new ordinals; bump protocolVersion only
+# for a change an old peer cannot ignore.
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("ferry::rpc");
+
+const protocolVersion :UInt32 = 1;
+
+interface Coordinator {
+  # The bootstrap capability, the only one a connection gets for free. Every
+  # other call goes through the WorkerSession that registerWorker returns, so
+  # holding that capability is the proof of a valid worker token.
+  registerWorker @0 (request :RegisterRequest) -> (session :WorkerSession, reply :RegisterReply);
+}
+
+struct RegisterRequest {
+  protocolVersion @0 :UInt32;
+  token @1 :Text;        # the worker's own token (POST /api/v1/workers); never logged
+  host @2 :Text;         # name of the hypervisor host the worker runs on
+  platform @3 :Text;     # proxmox | ovirt | ahv | libvirt
+  cluster @4 :Text;      # empty: keep the cluster configured for the host
+  taskSlots @5 :UInt32;  # disk tasks it runs at once (>= 1)
+  version @6 :Text;      # worker software version
+  running @7 :List(Text);  # assignment ids still running from an earlier connection
+}
+
+struct RegisterReply {
+  workerId @0 :UInt64;
+  workerName @1 :Text;
+  heartbeatIntervalMs @2 :UInt32;  # send a heartbeat at least this often
+  heartbeatDeadlineMs @3 :UInt32;  # silent longer: unreachable, its work requeued
+  resumed @4 :List(Text);          # of `running`, the assignments still the worker's
+}
+
+interface WorkerSession {
+  heartbeat @0 (running :List(Text)) -> (cancel :List(Text));
+  # `running`: assignment ids the worker is executing. `cancel`: the ones it
+  # must stop (session stopped, or the assignment was given to another worker).
+
+  reportInventory @1 (vms :List(VmInventory)) -> ();
+  # The VMs on the worker's host, replacing what was reported before.
+
+  pullWork @2 (freeSlots :UInt32, waitMs :UInt32) -> (items :List(WorkItem));
+  # Asks for work: disk tasks up to `freeSlots`, plus any snapshot/release work
+  # (which takes no slot). Waits up to `waitMs` when there is nothing yet
+  # (long poll). Work for the worker's own host comes first.
+
+  reportProgress @3 (progress :Progress) -> (cancel :Bool);
+
+  reportResult @4 (result :WorkResult) -> (accepted :Bool);
+  # accepted = false: the assignment is no longer this worker's (it was
+  # requeued after a missed deadline); the worker discards its result.
+}
+
+struct VmInventory {
+  name @0 :Text;
+  uuid @1 :Text;
+  state @2 :Text;          # running | shut-off | paused
+  tags @3 :List(Text);
+  disks @4 :List(DiskInventory);
+}
+
+struct DiskInventory {
+  name @0 :Text;           # target name, e.g. vda, scsi0
+  sizeBytes @1 :UInt64;
+  format @2 :Text;         # qcow2 | raw | ...
+}
+
+struct VmRef {
+  name @0 :Text;
+  uuid @1 :Text;
+  host @2 :Text;
+  platform @3 :Text;
+}
+
+struct RepositoryRef {
+  id @0 :UInt64;
+  name @1 :Text;
+  location @2 :Text;       # a path reachable from the worker
+}
+
+struct WorkItem {
+  assignmentId @0 :Text;   # unique per attempt; progress and results quote it
+  sessionId @1 :UInt64;
+  vm @2 :VmRef;
+  union {
+    snapshot @3 :SnapshotWork;
+    backupDisk @4 :DiskWork;
+    release @5 :ReleaseWork;
+  }
+}
+
+struct SnapshotWork {
+  # Take one crash-consistent snapshot of the listed disks of the VM.
+  snapshotId @0 :UInt64;
+  disks @1 :List(Text);
+  chain @2 :Text;
+}
+
+struct DiskWork {
+  taskId @0 :UInt64;
+  disk @1 :Text;
+  snapshotId @2 :UInt64;
+  exportUri @3 :Text;      # where the snapshot holder exports this disk (NBD URI)
+  repository @4 :RepositoryRef;
+  chain @5 :Text;
+  tier @6 :Text;           # host | cluster | any: why this worker got it
+  attempt @7 :UInt32;
+}
+
+struct ReleaseWork {
+  # The VM's disk tasks have all ended: commit the restore point if `commit`,
+  # then remove the snapshot.
+  snapshotId @0 :UInt64;
+  commit @1 :Bool;
+  repository @2 :RepositoryRef;
+}
+
+struct Progress {
+  assignmentId @0 :Text;
+  bytesDone @1 :UInt64;
+  bytesTotal @2 :UInt64;
+  bytesStored @3 :UInt64;
+}
+
+struct DiskExport {
+  disk @0 :Text;
+  uri @1 :Text;
+}
+
+struct WorkResult {
+  assignmentId @0 :Text;
+  ok @1 :Bool;
+  errorKind @2 :Text;      # as in docs/error-policy.md: retryable, bad_input, ...
+  error @3 :Text;
+  bytesRead @4 :UInt64;
+  bytesStored @5 :UInt64;
+  exports @6 :List(DiskExport);  # snapshot work: one per disk
+  pointId @7 :Text;              # release work with commit: the restore point
+  log @8 :List(Text);
+}
