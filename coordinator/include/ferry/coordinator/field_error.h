@@ -30,3 +30,14 @@ class FieldError : public Error {
 };
 
 }  // namespace ferry::coordinator
+
+namespace ferry::coordinator {
+
+// The request is well-formed but collides with the current state (a name
+// already taken, a job already running): HTTP 409.
+class ConflictError : public Error {
+ public:
+  explicit ConflictError(const std::string& message) : Error(ErrorKind::kBadInput, message) {}
+};
+
+}  // namespace ferry::coordinator

@@ -1,0 +1,879 @@
+#include "ferry/coordinator/api.h"
+
+#include <charconv>
+#include <ctime>
+#include <functional>
+
+#include "ferry/common/log.h"
+#include "ferry/coordinator/field_error.h"
+#include "ferry/coordinator/json_input.h"
+#include "ferry/coordinator/schedule.h"
+
+namespace json = boost::json;
+
+namespace ferry::coordinator {
+
+extern const char kOpenApiJson[];  // generated from openapi.json
+
+namespace {
+
+const std::set<std::string> kPlatforms = {"proxmox", "ovirt", "ahv", "libvirt"};
+
+struct Context {
+  SessionRunner& runner;
+  Database& db;  // read-only
+  const http::Request& request;
+  std::vector<int64_t> ids;
+  const std::string& version;
+};
+
+http::Response Json(int status, const json::value& body) {
+  http::Response response;
+  response.status = status;
+  response.body = json::serialize(body);
+  return response;
+}
+
+http::Response ErrorResponse(int status, const std::string& kind, const std::string& message,
+                             const std::string& field = "") {
+  json::object error{{"kind", kind}, {"message", message}};
+  if (!field.empty()) error["field"] = field;
+  return Json(status, json::object{{"error", error}});
+}
+
+json::value Time(const std::optional<int64_t>& ms) {
+  if (!ms) return nullptr;
+  time_t seconds = static_cast<time_t>(*ms / 1000);
+  struct tm tm;
+  gmtime_r(&seconds, &tm);
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(*ms % 1000));
+  return json::string(buf);
+}
+
+json::value OptInt(const std::optional<int64_t>& v) { return v ? json::value(*v) : json::value(nullptr); }
+
+int64_t QueryInt(const http::Request& request, const char* key, int64_t fallback, int64_t min, int64_t max) {
+  auto it = request.query.find(key);
+  if (it == request.query.end()) return fallback;
+  int64_t value = 0;
+  auto [ptr, ec] = std::from_chars(it->second.data(), it->second.data() + it->second.size(), value);
+  if (ec != std::errc() || ptr != it->second.data() + it->second.size() || value < min || value > max)
+    throw FieldError(key, "must be an integer between " + std::to_string(min) + " and " + std::to_string(max));
+  return value;
+}
+
+[[noreturn]] void NotFound(const std::string& what, int64_t id) {
+  throw Error(ErrorKind::kNotFound, what + " " + std::to_string(id) + " not found");
+}
+
+// --- hosts -----------------------------------------------------------------
+
+json::object HostJson(Statement& s) {
+  return {{"id", s.Int(0)}, {"name", s.Text(1)}, {"platform", s.Text(2)}, {"cluster", s.Text(3)},
+          {"created_at", Time(s.Int(4))}, {"workers", s.Int(5)}, {"vms", s.Int(6)}};
+}
+const char kHostSelect[] =
+    "SELECT h.id, h.name, h.platform, h.cluster, h.created_at, "
+    "(SELECT COUNT(*) FROM workers w WHERE w.host_id = h.id), "
+    "(SELECT COUNT(*) FROM vms v WHERE v.host_id = h.id AND v.state != 'missing') FROM hosts h ";
+
+json::object ReadHost(Database& db, int64_t id) {
+  Statement s = db.Prepare(std::string(kHostSelect) + "WHERE h.id = ?");
+  s.Bind(1, id);
+  if (!s.Step()) NotFound("host", id);
+  return HostJson(s);
+}
+
+http::Response ListHosts(Context& c) {
+  Statement s = c.db.Prepare(std::string(kHostSelect) + "ORDER BY h.id");
+  json::array out;
+  while (s.Step()) out.push_back(HostJson(s));
+  return Json(200, json::object{{"hosts", out}});
+}
+
+void CheckPlatform(const std::string& field, const std::string& platform) {
+  if (!kPlatforms.count(platform))
+    throw FieldError(field, "'" + platform + "' is not one of proxmox, ovirt, ahv, libvirt");
+}
+
+http::Response CreateHost(Context& c) {
+  json::object body = ParseRequestObject(c.request.body);
+  FieldReader f(body, "");
+  std::string name = *f.Name("name", true);
+  std::string platform = *f.String("platform", true, 16);
+  CheckPlatform("platform", platform);
+  std::string cluster = f.Name("cluster", false).value_or("");
+  f.Finish();
+  int64_t id = c.runner.Write([&](Database& db) {
+    Statement exists = db.Prepare("SELECT 1 FROM hosts WHERE name = ?");
+    exists.Bind(1, name);
+    if (exists.Step()) throw ConflictError("a host named '" + name + "' exists");
+    db.Prepare("INSERT INTO hosts (name, platform, cluster, created_at) VALUES (?, ?, ?, strftime('%s','now') * 1000)")
+        .Bind(1, name).Bind(2, platform).Bind(3, cluster).Run();
+    return db.LastInsertId();
+  });
+  c.runner.HostChanged(id, name, cluster);
+  return Json(201, ReadHost(c.db, id));
+}
+
+http::Response GetHost(Context& c) { return Json(200, ReadHost(c.db, c.ids[0])); }
+
+http::Response PatchHost(Context& c) {
+  json::object body = ParseRequestObject(c.request.body);
+  FieldReader f(body, "");
+  std::optional<std::string> platform = f.String("platform", false, 16);
+  if (platform) CheckPlatform("platform", *platform);
+  const json::value* cluster_value = f.Member("cluster", false);
+  std::optional<std::string> cluster;
+  if (cluster_value) {
+    if (!cluster_value->is_string()) throw FieldError("cluster", "must be a string");
+    cluster = std::string(cluster_value->as_string());
+    if (!cluster->empty()) CheckName("cluster", *cluster);
+  }
+  f.Finish();
+  std::string name = c.runner.Write([&](Database& db) {
+    Statement s = db.Prepare("SELECT name FROM hosts WHERE id = ?");
+    s.Bind(1, c.ids[0]);
+    if (!s.Step()) NotFound("host", c.ids[0]);
+    if (platform) db.Prepare("UPDATE hosts SET platform = ? WHERE id = ?").Bind(1, *platform).Bind(2, c.ids[0]).Run();
+    if (cluster) db.Prepare("UPDATE hosts SET cluster = ? WHERE id = ?").Bind(1, *cluster).Bind(2, c.ids[0]).Run();
+    return s.Text(0);
+  });
+  json::object host = ReadHost(c.db, c.ids[0]);
+  c.runner.HostChanged(c.ids[0], name, std::string(host.at("cluster").as_string()));
+  return Json(200, host);
+}
+
+http::Response DeleteHost(Context& c) {
+  c.runner.Write([&](Database& db) {
+    Statement s = db.Prepare("SELECT name, (SELECT COUNT(*) FROM workers WHERE host_id = hosts.id), "
+                             "(SELECT COUNT(*) FROM vms WHERE host_id = hosts.id) FROM hosts WHERE id = ?");
+    s.Bind(1, c.ids[0]);
+    if (!s.Step()) NotFound("host", c.ids[0]);
+    if (s.Int(1) > 0 || s.Int(2) > 0)
+      throw ConflictError("host '" + s.Text(0) + "' still has " + std::to_string(s.Int(1)) + " workers and " +
+                          std::to_string(s.Int(2)) + " VMs");
+    db.Prepare("DELETE FROM hosts WHERE id = ?").Bind(1, c.ids[0]).Run();
+    return 0;
+  });
+  return Json(200, json::object{{"deleted", c.ids[0]}});
+}
+
+// --- VMs -------------------------------------------------------------------
+
+json::object VmJson(Database& db, Statement& s) {
+  json::object vm{{"id", s.Int(0)}, {"name", s.Text(1)}, {"uuid", s.Text(2)}, {"state", s.Text(3)},
+                  {"tags", json::parse(s.Text(4))}, {"host", s.Text(5)}, {"host_id", s.Int(6)},
+                  {"cluster", s.Text(7)}, {"seen_at", Time(s.Int(8))}};
+  Statement d = db.Prepare("SELECT name, size_bytes, format FROM disks WHERE vm_id = ? ORDER BY name");
+  d.Bind(1, s.Int(0));
+  json::array disks;
+  while (d.Step()) disks.push_back(json::object{{"name", d.Text(0)}, {"size_bytes", d.Int(1)}, {"format", d.Text(2)}});
+  vm["disks"] = disks;
+  return vm;
+}
+const char kVmSelect[] =
+    "SELECT v.id, v.name, v.uuid, v.state, v.tags, h.name, h.id, h.cluster, v.seen_at FROM vms v "
+    "JOIN hosts h ON h.id = v.host_id ";
+
+http::Response ListVms(Context& c) {
+  std::string where = "WHERE 1 ";
+  auto host = c.request.query.find("host");
+  auto name = c.request.query.find("name");
+  if (host != c.request.query.end()) where += "AND h.name = ?1 ";
+  if (name != c.request.query.end()) where += "AND v.name = ?2 ";
+  Statement s = c.db.Prepare(std::string(kVmSelect) + where + "ORDER BY v.id LIMIT ?3 OFFSET ?4");
+  if (host != c.request.query.end()) s.Bind(1, host->second);
+  if (name != c.request.query.end()) s.Bind(2, name->second);
+  s.Bind(3, QueryInt(c.request, "limit", 1000, 1, 100000)).Bind(4, QueryInt(c.request, "offset", 0, 0, INT64_MAX));
+  json::array out;
+  while (s.Step()) out.push_back(VmJson(c.db, s));
+  return Json(200, json::object{{"vms", out}});
+}
+
+http::Response GetVm(Context& c) {
+  Statement s = c.db.Prepare(std::string(kVmSelect) + "WHERE v.id = ?");
+  s.Bind(1, c.ids[0]);
+  if (!s.Step()) NotFound("VM", c.ids[0]);
+  return Json(200, VmJson(c.db, s));
+}
+
+// --- workers -----------------------------------------------------------------
+
+const char kWorkerSelect[] =
+    "SELECT w.id, w.name, h.name, w.task_slots, w.state, w.last_heartbeat_at, w.version, w.registered_at, "
+    "w.created_at, (SELECT COUNT(*) FROM tasks t WHERE t.worker_id = w.id AND t.state = 'running'), h.cluster "
+    "FROM workers w LEFT JOIN hosts h ON h.id = w.host_id ";
+
+json::object WorkerJson(Statement& s) {
+  return {{"id", s.Int(0)}, {"name", s.Text(1)}, {"host", s.IsNull(2) ? json::value(nullptr) : json::value(s.Text(2))},
+          {"cluster", s.IsNull(10) ? json::value(nullptr) : json::value(s.Text(10))},
+          {"task_slots", s.Int(3)}, {"state", s.Text(4)}, {"last_heartbeat_at", Time(s.OptInt(5))},
+          {"version", s.Text(6)}, {"registered_at", Time(s.OptInt(7))}, {"created_at", Time(s.Int(8))},
+          {"running_tasks", s.Int(9)}};
+}
+
+json::object ReadWorker(Database& db, int64_t id) {
+  Statement s = db.Prepare(std::string(kWorkerSelect) + "WHERE w.id = ?");
+  s.Bind(1, id);
+  if (!s.Step()) NotFound("worker", id);
+  return WorkerJson(s);
+}
+
+http::Response ListWorkers(Context& c) {
+  Statement s = c.db.Prepare(std::string(kWorkerSelect) + "ORDER BY w.id LIMIT ? OFFSET ?");
+  s.Bind(1, QueryInt(c.request, "limit", 10000, 1, 100000)).Bind(2, QueryInt(c.request, "offset", 0, 0, INT64_MAX));
+  json::array out;
+  while (s.Step()) out.push_back(WorkerJson(s));
+  return Json(200, json::object{{"workers", out}});
+}
+
+http::Response CreateWorker(Context& c) {
+  json::object body = ParseRequestObject(c.request.body);
+  FieldReader f(body, "");
+  std::string name = *f.Name("name", true);
+  f.Finish();
+  std::string token = NewToken();
+  int64_t id = c.runner.Write([&](Database& db) {
+    Statement exists = db.Prepare("SELECT 1 FROM workers WHERE name = ?");
+    exists.Bind(1, name);
+    if (exists.Step()) throw ConflictError("a worker named '" + name + "' exists");
+    db.Prepare("INSERT INTO workers (name, token_hash, created_at) VALUES (?, ?, strftime('%s','now') * 1000)")
+        .Bind(1, name).Bind(2, HashToken(token)).Run();
+    return db.LastInsertId();
+  });
+  json::object worker = ReadWorker(c.db, id);
+  worker["token"] = token;  // shown once; only its hash is stored
+  return Json(201, worker);
+}
+
+http::Response GetWorker(Context& c) { return Json(200, ReadWorker(c.db, c.ids[0])); }
+
+http::Response DeleteWorker(Context& c) {
+  c.runner.Write([&](Database& db) {
+    Statement s = db.Prepare("SELECT name, state, (SELECT COUNT(*) FROM tasks WHERE worker_id = workers.id "
+                             "AND state = 'running') FROM workers WHERE id = ?");
+    s.Bind(1, c.ids[0]);
+    if (!s.Step()) NotFound("worker", c.ids[0]);
+    if (s.Text(1) == "connected" || s.Int(2) > 0)
+      throw ConflictError("worker '" + s.Text(0) + "' is connected or runs tasks; stop it first");
+    db.Prepare("UPDATE tasks SET worker_id = NULL WHERE worker_id = ?").Bind(1, c.ids[0]).Run();
+    db.Prepare("UPDATE snapshots SET worker_id = NULL WHERE worker_id = ?").Bind(1, c.ids[0]).Run();
+    db.Prepare("DELETE FROM workers WHERE id = ?").Bind(1, c.ids[0]).Run();
+    return 0;
+  });
+  return Json(200, json::object{{"deleted", c.ids[0]}});
+}
+
+// --- repositories ------------------------------------------------------------
+
+const char kRepositorySelect[] =
+    "SELECT r.id, r.name, r.location, r.task_slots, r.capacity_bytes, r.created_at, "
+    "(SELECT COUNT(*) FROM tasks t WHERE t.repository_id = r.id AND t.state = 'running'), "
+    "(SELECT COUNT(*) FROM points p WHERE p.repository_id = r.id), "
+    "(SELECT COALESCE(SUM(bytes_stored), 0) FROM points p WHERE p.repository_id = r.id) FROM repositories r ";
+
+json::object RepositoryJson(Statement& s) {
+  return {{"id", s.Int(0)}, {"name", s.Text(1)}, {"location", s.Text(2)}, {"task_slots", s.Int(3)},
+          {"capacity_bytes", s.Int(4)}, {"created_at", Time(s.Int(5))}, {"running_tasks", s.Int(6)},
+          {"points", s.Int(7)}, {"stored_bytes", s.Int(8)}};
+}
+
+json::object ReadRepository(Database& db, int64_t id) {
+  Statement s = db.Prepare(std::string(kRepositorySelect) + "WHERE r.id = ?");
+  s.Bind(1, id);
+  if (!s.Step()) NotFound("repository", id);
+  return RepositoryJson(s);
+}
+
+http::Response ListRepositories(Context& c) {
+  Statement s = c.db.Prepare(std::string(kRepositorySelect) + "ORDER BY r.id");
+  json::array out;
+  while (s.Step()) out.push_back(RepositoryJson(s));
+  return Json(200, json::object{{"repositories", out}});
+}
+
+struct RepositoryFields {
+  std::optional<std::string> name, location;
+  std::optional<int64_t> task_slots, capacity_bytes;
+};
+
+RepositoryFields ReadRepositoryFields(const std::string& body, bool create) {
+  json::object o = ParseRequestObject(body);
+  FieldReader f(o, "");
+  RepositoryFields r;
+  r.name = f.Name("name", create);
+  r.location = f.String("location", create, 4096);
+  if (r.location && (r.location->empty() || (*r.location)[0] != '/'))
+    throw FieldError("location", "must be an absolute path");
+  r.task_slots = f.Int("task_slots", false, 1, 1024);
+  r.capacity_bytes = f.Int("capacity_bytes", false, 0, INT64_MAX);
+  f.Finish();
+  return r;
+}
+
+http::Response CreateRepository(Context& c) {
+  RepositoryFields r = ReadRepositoryFields(c.request.body, true);
+  int64_t slots = r.task_slots.value_or(4);
+  int64_t id = c.runner.Write([&](Database& db) {
+    Statement exists = db.Prepare("SELECT 1 FROM repositories WHERE name = ?");
+    exists.Bind(1, *r.name);
+    if (exists.Step()) throw ConflictError("a repository named '" + *r.name + "' exists");
+    db.Prepare("INSERT INTO repositories (name, location, task_slots, capacity_bytes, created_at) "
+               "VALUES (?, ?, ?, ?, strftime('%s','now') * 1000)")
+        .Bind(1, *r.name).Bind(2, *r.location).Bind(3, slots).Bind(4, r.capacity_bytes.value_or(0)).Run();
+    return db.LastInsertId();
+  });
+  c.runner.RepositoryChanged(id, static_cast<int>(slots));
+  return Json(201, ReadRepository(c.db, id));
+}
+
+http::Response GetRepository(Context& c) { return Json(200, ReadRepository(c.db, c.ids[0])); }
+
+http::Response PatchRepository(Context& c) {
+  RepositoryFields r = ReadRepositoryFields(c.request.body, false);
+  int64_t slots = c.runner.Write([&](Database& db) {
+    Statement s = db.Prepare("SELECT task_slots FROM repositories WHERE id = ?");
+    s.Bind(1, c.ids[0]);
+    if (!s.Step()) NotFound("repository", c.ids[0]);
+    if (r.name) {
+      Statement clash = db.Prepare("SELECT 1 FROM repositories WHERE name = ? AND id != ?");
+      clash.Bind(1, *r.name).Bind(2, c.ids[0]);
+      if (clash.Step()) throw ConflictError("a repository named '" + *r.name + "' exists");
+      db.Prepare("UPDATE repositories SET name = ? WHERE id = ?").Bind(1, *r.name).Bind(2, c.ids[0]).Run();
+    }
+    if (r.location) db.Prepare("UPDATE repositories SET location = ? WHERE id = ?").Bind(1, *r.location).Bind(2, c.ids[0]).Run();
+    if (r.task_slots) db.Prepare("UPDATE repositories SET task_slots = ? WHERE id = ?").Bind(1, *r.task_slots).Bind(2, c.ids[0]).Run();
+    if (r.capacity_bytes)
+      db.Prepare("UPDATE repositories SET capacity_bytes = ? WHERE id = ?").Bind(1, *r.capacity_bytes).Bind(2, c.ids[0]).Run();
+    return r.task_slots.value_or(s.Int(0));
+  });
+  c.runner.RepositoryChanged(c.ids[0], static_cast<int>(slots));
+  return Json(200, ReadRepository(c.db, c.ids[0]));
+}
+
+http::Response DeleteRepository(Context& c) {
+  c.runner.Write([&](Database& db) {
+    Statement s = db.Prepare("SELECT name, (SELECT COUNT(*) FROM jobs WHERE repository_id = repositories.id), "
+                             "(SELECT COUNT(*) FROM points WHERE repository_id = repositories.id) FROM repositories WHERE id = ?");
+    s.Bind(1, c.ids[0]);
+    if (!s.Step()) NotFound("repository", c.ids[0]);
+    if (s.Int(1) > 0 || s.Int(2) > 0)
+      throw ConflictError("repository '" + s.Text(0) + "' is used by " + std::to_string(s.Int(1)) + " jobs and holds " +
+                          std::to_string(s.Int(2)) + " restore points");
+    db.Prepare("DELETE FROM repositories WHERE id = ?").Bind(1, c.ids[0]).Run();
+    return 0;
+  });
+  return Json(200, json::object{{"deleted", c.ids[0]}});
+}
+
+// --- jobs --------------------------------------------------------------------
+
+struct JobFields {
+  std::optional<std::string> name;
+  std::optional<int64_t> repository;
+  std::optional<json::object> selection;
+  std::optional<json::array> exclude_disks;
+  bool schedule_given = false;
+  std::optional<json::value> schedule;  // canonical; nullopt with schedule_given = manual only
+  std::optional<int64_t> retry_count, retry_interval_s;
+  std::optional<std::string> chain;
+  std::optional<bool> enabled;
+};
+
+JobFields ReadJobFields(const std::string& body, bool create) {
+  json::object o = ParseRequestObject(body);
+  FieldReader f(o, "");
+  JobFields j;
+  j.name = f.Name("name", create);
+  j.repository = f.Int("repository", create, 1, INT64_MAX);
+  if (const json::value* v = f.Member("selection", create)) {
+    if (!v->is_object()) throw FieldError("selection", "must be an object with vms, tags, hosts and/or clusters");
+    FieldReader s(v->as_object(), "selection");
+    json::object selection;
+    size_t count = 0;
+    for (const char* key : {"vms", "tags", "hosts", "clusters"}) {
+      std::vector<std::string> names = s.NameList(key, false).value_or(std::vector<std::string>{});
+      count += names.size();
+      json::array a;
+      for (auto& n : names) a.emplace_back(n);
+      selection[key] = a;
+    }
+    s.Finish();
+    if (count == 0) throw FieldError("selection", "selects nothing: give at least one of vms, tags, hosts, clusters");
+    j.selection = selection;
+  }
+  if (const json::value* v = f.Member("exclude_disks", false)) {
+    if (!v->is_array()) throw FieldError("exclude_disks", "must be an array of {vm, disk}");
+    json::array out;
+    for (size_t i = 0; i < v->as_array().size(); ++i) {
+      std::string field = "exclude_disks[" + std::to_string(i) + "]";
+      const json::value& e = v->as_array()[i];
+      if (!e.is_object()) throw FieldError(field, "must be an object {vm, disk}");
+      FieldReader d(e.as_object(), field);
+      json::object entry;
+      if (auto vm = d.Name("vm", false)) entry["vm"] = *vm;
+      entry["disk"] = *d.Name("disk", true);
+      d.Finish();
+      out.push_back(entry);
+    }
+    j.exclude_disks = out;
+  }
+  if (const json::value* v = f.Member("schedule", false, true)) {
+    j.schedule_given = true;
+    if (!v->is_null()) j.schedule = ScheduleToJson(ParseSchedule(*v, "schedule"));
+  }
+  if (const json::value* v = f.Member("retries", false)) {
+    if (!v->is_object()) throw FieldError("retries", "must be an object {count, interval_s}");
+    FieldReader r(v->as_object(), "retries");
+    j.retry_count = r.Int("count", false, 0, 100);
+    j.retry_interval_s = r.Int("interval_s", false, 0, 86400);
+    r.Finish();
+  }
+  if (const json::value* v = f.Member("chain", false)) {
+    if (!v->is_object()) throw FieldError("chain", "must be an object {name}");
+    FieldReader r(v->as_object(), "chain");
+    j.chain = r.Name("name", true);
+    r.Finish();
+  }
+  j.enabled = f.Bool("enabled", false);
+  f.Finish();
+  return j;
+}
+
+const char kJobSelect[] =
+    "SELECT j.id, j.name, j.repository_id, j.selection, j.exclude_disks, j.schedule, j.retry_count, "
+    "j.retry_interval_s, j.chain, j.enabled, j.next_run_at, j.created_at, j.updated_at, "
+    "(SELECT id FROM sessions s WHERE s.job_id = j.id ORDER BY id DESC LIMIT 1), "
+    "(SELECT state FROM sessions s WHERE s.job_id = j.id ORDER BY id DESC LIMIT 1) FROM jobs j ";
+
+json::object JobJson(Statement& s) {
+  json::value schedule = s.IsNull(5) ? json::value(nullptr) : json::parse(s.Text(5));
+  json::object job{{"id", s.Int(0)}, {"name", s.Text(1)}, {"repository", s.Int(2)},
+                   {"selection", json::parse(s.Text(3))}, {"exclude_disks", json::parse(s.Text(4))},
+                   {"schedule", schedule},
+                   {"schedule_description", schedule.is_null() ? json::value("manual only")
+                                                               : json::value(DescribeSchedule(ParseSchedule(schedule)))},
+                   {"retries", json::object{{"count", s.Int(6)}, {"interval_s", s.Int(7)}}},
+                   {"chain", json::object{{"name", s.Text(8)}}}, {"enabled", s.Int(9) != 0},
+                   {"next_run_at", Time(s.OptInt(10))}, {"created_at", Time(s.Int(11))}, {"updated_at", Time(s.Int(12))}};
+  job["last_session"] = s.IsNull(13) ? json::value(nullptr) : json::value(json::object{{"id", s.Int(13)}, {"state", s.Text(14)}});
+  return job;
+}
+
+json::object ReadJob(Database& db, int64_t id) {
+  Statement s = db.Prepare(std::string(kJobSelect) + "WHERE j.id = ?");
+  s.Bind(1, id);
+  if (!s.Step()) NotFound("job", id);
+  return JobJson(s);
+}
+
+http::Response ListJobs(Context& c) {
+  Statement s = c.db.Prepare(std::string(kJobSelect) + "ORDER BY j.id");
+  json::array out;
+  while (s.Step()) out.push_back(JobJson(s));
+  return Json(200, json::object{{"jobs", out}});
+}
+
+void CheckRepositoryExists(Database& db, int64_t id) {
+  Statement r = db.Prepare("SELECT 1 FROM repositories WHERE id = ?");
+  r.Bind(1, id);
+  if (!r.Step()) throw FieldError("repository", "no repository with id " + std::to_string(id));
+}
+
+http::Response CreateJob(Context& c) {
+  JobFields j = ReadJobFields(c.request.body, true);
+  int64_t id = c.runner.Write([&](Database& db) {
+    CheckRepositoryExists(db, *j.repository);
+    Statement exists = db.Prepare("SELECT 1 FROM jobs WHERE name = ?");
+    exists.Bind(1, *j.name);
+    if (exists.Step()) throw ConflictError("a job named '" + *j.name + "' exists");
+    db.Prepare("INSERT INTO jobs (name, repository_id, selection, exclude_disks, schedule, retry_count, retry_interval_s, "
+               "chain, enabled, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, strftime('%s','now') * 1000, "
+               "strftime('%s','now') * 1000)")
+        .Bind(1, *j.name).Bind(2, *j.repository).Bind(3, json::serialize(*j.selection))
+        .Bind(4, json::serialize(j.exclude_disks.value_or(json::array{})))
+        .Bind(5, j.schedule ? std::optional<std::string>(json::serialize(*j.schedule)) : std::nullopt)
+        .Bind(6, j.retry_count.value_or(3)).Bind(7, j.retry_interval_s.value_or(600))
+        .Bind(8, j.chain.value_or(*j.name)).Bind(9, int64_t{j.enabled.value_or(true)}).Run();
+    return db.LastInsertId();
+  });
+  c.runner.JobScheduleChanged(id);
+  return Json(201, ReadJob(c.db, id));
+}
+
+http::Response GetJob(Context& c) { return Json(200, ReadJob(c.db, c.ids[0])); }
+
+http::Response PatchJob(Context& c) {
+  JobFields j = ReadJobFields(c.request.body, false);
+  int64_t id = c.ids[0];
+  c.runner.Write([&](Database& db) {
+    Statement s = db.Prepare("SELECT 1 FROM jobs WHERE id = ?");
+    s.Bind(1, id);
+    if (!s.Step()) NotFound("job", id);
+    if (j.repository) CheckRepositoryExists(db, *j.repository);
+    if (j.name) {
+      Statement clash = db.Prepare("SELECT 1 FROM jobs WHERE name = ? AND id != ?");
+      clash.Bind(1, *j.name).Bind(2, id);
+      if (clash.Step()) throw ConflictError("a job named '" + *j.name + "' exists");
+      db.Prepare("UPDATE jobs SET name = ? WHERE id = ?").Bind(1, *j.name).Bind(2, id).Run();
+    }
+    auto set_text = [&](const char* column, const std::optional<std::string>& value) {
+      db.Prepare(std::string("UPDATE jobs SET ") + column + " = ? WHERE id = ?").Bind(1, value).Bind(2, id).Run();
+    };
+    auto set_int = [&](const char* column, int64_t value) {
+      db.Prepare(std::string("UPDATE jobs SET ") + column + " = ? WHERE id = ?").Bind(1, value).Bind(2, id).Run();
+    };
+    if (j.repository) set_int("repository_id", *j.repository);
+    if (j.selection) set_text("selection", json::serialize(*j.selection));
+    if (j.exclude_disks) set_text("exclude_disks", json::serialize(*j.exclude_disks));
+    if (j.schedule_given)
+      set_text("schedule", j.schedule ? std::optional<std::string>(json::serialize(*j.schedule)) : std::nullopt);
+    if (j.retry_count) set_int("retry_count", *j.retry_count);
+    if (j.retry_interval_s) set_int("retry_interval_s", *j.retry_interval_s);
+    if (j.chain) set_text("chain", *j.chain);
+    if (j.enabled) set_int("enabled", *j.enabled ? 1 : 0);
+    db.Prepare("UPDATE jobs SET updated_at = strftime('%s','now') * 1000 WHERE id = ?").Bind(1, id).Run();
+    return 0;
+  });
+  c.runner.JobScheduleChanged(id);
+  return Json(200, ReadJob(c.db, id));
+}
+
+http::Response DeleteJob(Context& c) {
+  int64_t id = c.ids[0];
+  c.runner.Write([&](Database& db) {
+    Statement s = db.Prepare("SELECT name, (SELECT COUNT(*) FROM sessions WHERE job_id = jobs.id AND state IN "
+                             "('running', 'stopping')) FROM jobs WHERE id = ?");
+    s.Bind(1, id);
+    if (!s.Step()) NotFound("job", id);
+    if (s.Int(1) > 0) throw ConflictError("job '" + s.Text(0) + "' is running; stop it first");
+    // Session history goes with the job; restore points stay (they are data).
+    db.Prepare("DELETE FROM task_log WHERE session_id IN (SELECT id FROM sessions WHERE job_id = ?)").Bind(1, id).Run();
+    db.Prepare("DELETE FROM tasks WHERE session_id IN (SELECT id FROM sessions WHERE job_id = ?)").Bind(1, id).Run();
+    db.Prepare("DELETE FROM snapshots WHERE session_id IN (SELECT id FROM sessions WHERE job_id = ?)").Bind(1, id).Run();
+    db.Prepare("DELETE FROM sessions WHERE job_id = ?").Bind(1, id).Run();
+    db.Prepare("DELETE FROM jobs WHERE id = ?").Bind(1, id).Run();
+    return 0;
+  });
+  return Json(200, json::object{{"deleted", id}});
+}
+
+http::Response StartJob(Context& c) {
+  if (!c.request.body.empty()) FieldReader(ParseRequestObject(c.request.body), "").Finish();
+  int64_t session = c.runner.StartJob(c.ids[0], "manual");
+  return Json(202, json::object{{"session", session}});
+}
+
+http::Response StopJob(Context& c) {
+  if (!c.request.body.empty()) FieldReader(ParseRequestObject(c.request.body), "").Finish();
+  std::optional<int64_t> session = c.runner.StopJob(c.ids[0]);
+  if (!session) throw ConflictError("job " + std::to_string(c.ids[0]) + " has no running session");
+  return Json(202, json::object{{"session", *session}, {"state", "stopping"}});
+}
+
+// --- sessions ------------------------------------------------------------------
+
+const char kSessionSelect[] =
+    "SELECT s.id, s.job_id, j.name, s.trigger, s.state, s.reason, s.created_at, s.ended_at, "
+    "(SELECT COUNT(*) FROM tasks t WHERE t.session_id = s.id), "
+    "(SELECT COUNT(*) FROM tasks t WHERE t.session_id = s.id AND t.state = 'succeeded'), "
+    "(SELECT COUNT(*) FROM tasks t WHERE t.session_id = s.id AND t.state = 'failed'), "
+    "(SELECT COUNT(*) FROM tasks t WHERE t.session_id = s.id AND t.state = 'running'), "
+    "(SELECT COUNT(*) FROM tasks t WHERE t.session_id = s.id AND t.state IN ('queued', 'waiting')), "
+    "(SELECT COALESCE(SUM(bytes_done), 0) FROM tasks t WHERE t.session_id = s.id), "
+    "(SELECT COALESCE(SUM(bytes_total), 0) FROM tasks t WHERE t.session_id = s.id), "
+    "(SELECT COALESCE(SUM(rate), 0) FROM tasks t WHERE t.session_id = s.id AND t.state = 'running'), "
+    "(SELECT COUNT(*) FROM tasks t WHERE t.session_id = s.id AND t.state = 'canceled') "
+    "FROM sessions s JOIN jobs j ON j.id = s.job_id ";
+
+json::object SessionJson(Statement& s) {
+  return {{"id", s.Int(0)}, {"job_id", s.Int(1)}, {"job", s.Text(2)}, {"trigger", s.Text(3)}, {"state", s.Text(4)},
+          {"reason", s.Text(5)}, {"created_at", Time(s.Int(6))}, {"ended_at", Time(s.OptInt(7))},
+          {"totals", json::object{{"tasks", s.Int(8)}, {"succeeded", s.Int(9)}, {"failed", s.Int(10)},
+                                  {"running", s.Int(11)}, {"queued", s.Int(12)}, {"canceled", s.Int(16)},
+                                  {"bytes_done", s.Int(13)}, {"bytes_total", s.Int(14)},
+                                  {"rate_bytes_per_s", s.Real(15)}}}};
+}
+
+http::Response ListSessions(Context& c) {
+  std::string where;
+  if (c.request.query.count("job")) where = "WHERE s.job_id = ?1 ";
+  Statement s = c.db.Prepare(std::string(kSessionSelect) + where + "ORDER BY s.id DESC LIMIT ?2");
+  if (c.request.query.count("job")) s.Bind(1, QueryInt(c.request, "job", 0, 1, INT64_MAX));
+  s.Bind(2, QueryInt(c.request, "limit", 100, 1, 10000));
+  json::array out;
+  while (s.Step()) out.push_back(SessionJson(s));
+  return Json(200, json::object{{"sessions", out}});
+}
+
+http::Response GetSession(Context& c) {
+  Statement s = c.db.Prepare(std::string(kSessionSelect) + "WHERE s.id = ?");
+  s.Bind(1, c.ids[0]);
+  if (!s.Step()) NotFound("session", c.ids[0]);
+  json::object session = SessionJson(s);
+  Statement snaps = c.db.Prepare(
+      "SELECT id, vm_name, state, worker_id, tier, attempt, point_id, error FROM snapshots WHERE session_id = ? ORDER BY id");
+  snaps.Bind(1, c.ids[0]);
+  json::array snapshots;
+  while (snaps.Step())
+    snapshots.push_back(json::object{{"id", snaps.Int(0)}, {"vm", snaps.Text(1)}, {"state", snaps.Text(2)},
+                                     {"worker_id", OptInt(snaps.OptInt(3))},
+                                     {"tier", snaps.IsNull(4) ? json::value(nullptr) : json::value(snaps.Text(4))},
+                                     {"attempt", snaps.Int(5)},
+                                     {"point_id", snaps.IsNull(6) ? json::value(nullptr) : json::value(snaps.Text(6))},
+                                     {"error", snaps.Text(7)}});
+  session["snapshots"] = snapshots;
+  Statement t = c.db.Prepare(
+      "SELECT t.id, s.vm_name, t.disk, t.state, t.worker_id, t.tier, t.tier_reason, t.attempt, t.bytes_done, "
+      "t.bytes_total, t.bytes_stored, t.rate, t.error, t.started_at, t.ended_at, t.snapshot_id, t.repository_id "
+      "FROM tasks t JOIN snapshots s ON s.id = t.snapshot_id WHERE t.session_id = ? ORDER BY t.id");
+  t.Bind(1, c.ids[0]);
+  json::array tasks;
+  while (t.Step())
+    tasks.push_back(json::object{
+        {"id", t.Int(0)}, {"vm", t.Text(1)}, {"disk", t.Text(2)}, {"state", t.Text(3)},
+        {"worker_id", OptInt(t.OptInt(4))}, {"tier", t.IsNull(5) ? json::value(nullptr) : json::value(t.Text(5))},
+        {"tier_reason", t.IsNull(6) ? json::value(nullptr) : json::value(t.Text(6))}, {"attempt", t.Int(7)},
+        {"bytes_done", t.Int(8)}, {"bytes_total", t.Int(9)}, {"bytes_stored", t.Int(10)},
+        {"rate_bytes_per_s", t.Real(11)}, {"error", t.Text(12)}, {"started_at", Time(t.OptInt(13))},
+        {"ended_at", Time(t.OptInt(14))}, {"snapshot_id", t.Int(15)}, {"repository_id", t.Int(16)}});
+  session["tasks"] = tasks;
+  return Json(200, session);
+}
+
+http::Response GetSessionLog(Context& c) {
+  Statement exists = c.db.Prepare("SELECT 1 FROM sessions WHERE id = ?");
+  exists.Bind(1, c.ids[0]);
+  if (!exists.Step()) NotFound("session", c.ids[0]);
+  Statement s = c.db.Prepare(
+      "SELECT id, at, level, task_id, snapshot_id, message FROM task_log WHERE session_id = ? AND id > ? "
+      "ORDER BY id LIMIT ?");
+  s.Bind(1, c.ids[0]).Bind(2, QueryInt(c.request, "after", 0, 0, INT64_MAX)).Bind(3, QueryInt(c.request, "limit", 1000, 1, 100000));
+  json::array out;
+  while (s.Step())
+    out.push_back(json::object{{"id", s.Int(0)}, {"at", Time(s.Int(1))}, {"level", s.Text(2)},
+                               {"task_id", OptInt(s.OptInt(3))}, {"snapshot_id", OptInt(s.OptInt(4))},
+                               {"message", s.Text(5)}});
+  return Json(200, json::object{{"log", out}});
+}
+
+// --- points and status ---------------------------------------------------------
+
+http::Response ListPoints(Context& c) {
+  std::string where = "WHERE 1 ";
+  if (c.request.query.count("job")) where += "AND job_id = ?1 ";
+  if (c.request.query.count("repository")) where += "AND repository_id = ?2 ";
+  if (c.request.query.count("vm")) where += "AND vm_name = ?3 ";
+  Statement s = c.db.Prepare(
+      "SELECT id, point_id, repository_id, job_id, session_id, vm_name, chain, bytes_read, bytes_stored, created_at "
+      "FROM points " + where + "ORDER BY id DESC LIMIT ?4");
+  if (c.request.query.count("job")) s.Bind(1, QueryInt(c.request, "job", 0, 1, INT64_MAX));
+  if (c.request.query.count("repository")) s.Bind(2, QueryInt(c.request, "repository", 0, 1, INT64_MAX));
+  if (c.request.query.count("vm")) s.Bind(3, c.request.query.at("vm"));
+  s.Bind(4, QueryInt(c.request, "limit", 1000, 1, 100000));
+  json::array out;
+  while (s.Step())
+    out.push_back(json::object{{"id", s.Int(0)}, {"point_id", s.Text(1)}, {"repository_id", s.Int(2)},
+                               {"job_id", OptInt(s.OptInt(3))}, {"session_id", OptInt(s.OptInt(4))},
+                               {"vm", s.Text(5)}, {"chain", s.Text(6)}, {"bytes_read", s.Int(7)},
+                               {"bytes_stored", s.Int(8)}, {"created_at", Time(s.Int(9))}});
+  return Json(200, json::object{{"points", out}});
+}
+
+http::Response GetStatus(Context& c) {
+  SessionRunner::Stats stats = c.runner.GetStats();
+  Statement s = c.db.Prepare(
+      "SELECT (SELECT COUNT(*) FROM workers WHERE state = 'connected'), (SELECT COUNT(*) FROM workers), "
+      "(SELECT COUNT(*) FROM hosts), (SELECT COUNT(*) FROM vms), (SELECT COUNT(*) FROM sessions WHERE state IN "
+      "('running', 'stopping'))");
+  s.Step();
+  return Json(200, json::object{{"version", c.version}, {"schema_version", LatestSchemaVersion()},
+                                {"workers_connected", s.Int(0)}, {"workers", s.Int(1)}, {"hosts", s.Int(2)},
+                                {"vms", s.Int(3)}, {"sessions_running", s.Int(4)},
+                                {"scheduler", json::object{{"queued", stats.queued},
+                                                           {"assignments_live", stats.live_assignments},
+                                                           {"assignments_made", stats.assignments_made}}}});
+}
+
+http::Response OpenApi(Context&) {
+  http::Response response;
+  response.body = Api::OpenApiDocument();
+  return response;
+}
+
+// --- routing ---------------------------------------------------------------------
+
+using RouteHandler = http::Response (*)(Context&);
+struct RouteEntry {
+  const char* method;
+  const char* pattern;
+  RouteHandler handler;
+  bool write;
+};
+
+const RouteEntry kRoutes[] = {
+    {"GET", "/api/v1/openapi.json", OpenApi, false},
+    {"GET", "/api/v1/status", GetStatus, false},
+    {"GET", "/api/v1/hosts", ListHosts, false},
+    {"POST", "/api/v1/hosts", CreateHost, true},
+    {"GET", "/api/v1/hosts/{id}", GetHost, false},
+    {"PATCH", "/api/v1/hosts/{id}", PatchHost, true},
+    {"DELETE", "/api/v1/hosts/{id}", DeleteHost, true},
+    {"GET", "/api/v1/vms", ListVms, false},
+    {"GET", "/api/v1/vms/{id}", GetVm, false},
+    {"GET", "/api/v1/workers", ListWorkers, false},
+    {"POST", "/api/v1/workers", CreateWorker, true},
+    {"GET", "/api/v1/workers/{id}", GetWorker, false},
+    {"DELETE", "/api/v1/workers/{id}", DeleteWorker, true},
+    {"GET", "/api/v1/repositories", ListRepositories, false},
+    {"POST", "/api/v1/repositories", CreateRepository, true},
+    {"GET", "/api/v1/repositories/{id}", GetRepository, false},
+    {"PATCH", "/api/v1/repositories/{id}", PatchRepository, true},
+    {"DELETE", "/api/v1/repositories/{id}", DeleteRepository, true},
+    {"GET", "/api/v1/jobs", ListJobs, false},
+    {"POST", "/api/v1/jobs", CreateJob, true},
+    {"GET", "/api/v1/jobs/{id}", GetJob, false},
+    {"PATCH", "/api/v1/jobs/{id}", PatchJob, true},
+    {"DELETE", "/api/v1/jobs/{id}", DeleteJob, true},
+    {"POST", "/api/v1/jobs/{id}/start", StartJob, true},
+    {"POST", "/api/v1/jobs/{id}/stop", StopJob, true},
+    {"GET", "/api/v1/sessions", ListSessions, false},
+    {"GET", "/api/v1/sessions/{id}", GetSession, false},
+    {"GET", "/api/v1/sessions/{id}/log", GetSessionLog, false},
+    {"GET", "/api/v1/points", ListPoints, false},
+};
+
+std::vector<std::string> Split(const std::string& path) {
+  std::vector<std::string> parts;
+  size_t start = 1;
+  while (start <= path.size()) {
+    size_t end = path.find('/', start);
+    if (end == std::string::npos) end = path.size();
+    parts.push_back(path.substr(start, end - start));
+    start = end + 1;
+  }
+  return parts;
+}
+
+// Matches `path` against `pattern`; {id} segments must be positive integers.
+enum class Match { kNo, kYes, kBadId };
+Match MatchPath(const std::string& pattern, const std::string& path, std::vector<int64_t>& ids, std::string& bad) {
+  std::vector<std::string> want = Split(pattern), got = Split(path);
+  if (want.size() != got.size()) return Match::kNo;
+  std::vector<int64_t> found;
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (want[i] == "{id}") {
+      int64_t id = 0;
+      auto [ptr, ec] = std::from_chars(got[i].data(), got[i].data() + got[i].size(), id);
+      if (got[i].empty() || ec != std::errc() || ptr != got[i].data() + got[i].size() || id < 1) {
+        bad = got[i];
+        found.push_back(-1);
+        continue;
+      }
+      found.push_back(id);
+    } else if (want[i] != got[i]) {
+      return Match::kNo;
+    }
+  }
+  ids = found;
+  for (int64_t id : found)
+    if (id < 0) return Match::kBadId;
+  return Match::kYes;
+}
+
+}  // namespace
+
+Api::Api(SessionRunner& runner, std::string db_path, std::string version)
+    : runner_(runner), db_path_(std::move(db_path)), read_db_(Database::Open(db_path_, true)),
+      version_(std::move(version)) {
+  Statement s = read_db_.Prepare("SELECT token_hash FROM api_tokens");
+  while (s.Step()) token_hashes_.insert(s.Text(0));
+}
+
+std::vector<Route> Api::Routes() {
+  std::vector<Route> routes;
+  for (const RouteEntry& r : kRoutes) routes.push_back({r.method, r.pattern});
+  return routes;
+}
+
+const std::string& Api::OpenApiDocument() {
+  static const std::string document(kOpenApiJson);
+  return document;
+}
+
+bool Api::Authorized(const http::Request& request) {
+  const std::string prefix = "Bearer ";
+  if (request.authorization.compare(0, prefix.size(), prefix) != 0) return false;
+  std::string hash = HashToken(request.authorization.substr(prefix.size()));
+  std::lock_guard lock(tokens_mu_);
+  return token_hashes_.count(hash) > 0;
+}
+
+http::Response Api::Handle(const http::Request& request) {
+  try {
+    const RouteEntry* route = nullptr;
+    bool path_known = false;
+    std::vector<int64_t> ids;
+    std::string bad_id;
+    bool id_invalid = false;
+    for (const RouteEntry& r : kRoutes) {
+      std::vector<int64_t> candidate;
+      Match m = MatchPath(r.pattern, request.path, candidate, bad_id);
+      if (m == Match::kNo) continue;
+      path_known = true;
+      if (request.method != r.method) continue;
+      route = &r;
+      ids = candidate;
+      id_invalid = m == Match::kBadId;
+      break;
+    }
+    if (!path_known) return ErrorResponse(404, "not_found", "no such route: " + request.path);
+    if (route == nullptr) return ErrorResponse(405, "method_not_allowed", request.method + " is not allowed on " + request.path);
+    if (route->handler != OpenApi && !Authorized(request)) {
+      http::Response r = ErrorResponse(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required");
+      r.headers.emplace_back("WWW-Authenticate", "Bearer");
+      return r;
+    }
+    if (id_invalid) throw FieldError("id", "'" + bad_id + "' is not a positive integer id");
+    if (route->write && !request.body.empty() && request.content_type.rfind("application/json", 0) != 0)
+      return ErrorResponse(415, "bad_input", "request bodies must be application/json", "Content-Type");
+    if (route->write) {
+      // Writes take the runner's lock and read back through a connection of
+      // their own, so that a long write never holds up the readers.
+      Database own = Database::Open(db_path_, true);
+      Context context{runner_, own, request, ids, version_};
+      return route->handler(context);
+    }
+    std::lock_guard lock(read_mu_);
+    Context context{runner_, read_db_, request, ids, version_};
+    return route->handler(context);
+  } catch (const FieldError& e) {
+    return ErrorResponse(400, "bad_input", e.detail(), e.field());
+  } catch (const ConflictError& e) {
+    return ErrorResponse(409, "conflict", e.what());
+  } catch (const Error& e) {
+    switch (e.kind()) {
+      case ErrorKind::kBadInput: return ErrorResponse(400, "bad_input", e.what());
+      case ErrorKind::kNotFound: return ErrorResponse(404, "not_found", e.what());
+      case ErrorKind::kRetryable: return ErrorResponse(503, "retryable", e.what());
+      default:
+        LogError("API " + request.method + " " + request.path + ": " + e.what());
+        return ErrorResponse(500, "internal", std::string(ErrorKindName(e.kind())) + ": " + e.what());
+    }
+  } catch (const std::exception& e) {
+    LogError("API " + request.method + " " + request.path + ": " + e.what());
+    return ErrorResponse(500, "internal", "internal error; see the coordinator log");
+  }
+}
+
+std::string CreateAdminToken(Database& db, const std::string& name) {
+  std::string token = NewToken();
+  db.Prepare("INSERT INTO api_tokens (name, token_hash, role, created_at) VALUES (?, ?, 'admin', strftime('%s','now') * 1000)")
+      .Bind(1, name).Bind(2, HashToken(token)).Run();
+  return token;
+}
+
+}  // namespace ferry::coordinator

@@ -1,0 +1,347 @@
+#include "ferry/coordinator/database.h"
+
+#include <sqlite3.h>
+
+#include <string>
+
+#include "ferry/common/error.h"
+
+namespace ferry::coordinator {
+namespace {
+
+// Numbered schema migrations, applied in order; never edit a released one,
+// add a new one. Documented in docs/coordinator-database.md.
+const char* const kMigrations[] = {
+    // 1: the initial schema.
+    R"sql(
+CREATE TABLE api_tokens (
+  id INTEGER PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE,
+  token_hash TEXT NOT NULL UNIQUE,   -- hex SHA-256 of the token; the token itself is never stored
+  role TEXT NOT NULL,                -- admin
+  created_at INTEGER NOT NULL
+);
+CREATE TABLE hosts (
+  id INTEGER PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE,
+  platform TEXT NOT NULL,            -- proxmox | ovirt | ahv | libvirt
+  cluster TEXT NOT NULL DEFAULT '',
+  created_at INTEGER NOT NULL
+);
+CREATE TABLE vms (
+  id INTEGER PRIMARY KEY,
+  host_id INTEGER NOT NULL REFERENCES hosts(id) ON DELETE CASCADE,
+  name TEXT NOT NULL,
+  uuid TEXT NOT NULL,
+  state TEXT NOT NULL,
+  tags TEXT NOT NULL DEFAULT '[]',   -- JSON array of strings
+  seen_at INTEGER NOT NULL,
+  UNIQUE (host_id, name)
+);
+CREATE INDEX vms_by_name ON vms(name);
+CREATE TABLE disks (
+  id INTEGER PRIMARY KEY,
+  vm_id INTEGER NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+  name TEXT NOT NULL,
+  size_bytes INTEGER NOT NULL,
+  format TEXT NOT NULL,
+  UNIQUE (vm_id, name)
+);
+CREATE TABLE workers (
+  id INTEGER PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE,
+  token_hash TEXT NOT NULL UNIQUE,
+  host_id INTEGER REFERENCES hosts(id) ON DELETE SET NULL,
+  task_slots INTEGER NOT NULL DEFAULT 0,
+  version TEXT NOT NULL DEFAULT '',
+  state TEXT NOT NULL DEFAULT 'new', -- new | connected | unreachable
+  last_heartbeat_at INTEGER,
+  registered_at INTEGER,
+  created_at INTEGER NOT NULL
+);
+CREATE TABLE repositories (
+  id INTEGER PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE,
+  location TEXT NOT NULL,
+  task_slots INTEGER NOT NULL,
+  capacity_bytes INTEGER NOT NULL DEFAULT 0,
+  created_at INTEGER NOT NULL
+);
+CREATE TABLE jobs (
+  id INTEGER PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE,
+  repository_id INTEGER NOT NULL REFERENCES repositories(id),
+  selection TEXT NOT NULL,           -- JSON: {vms, tags, hosts, clusters}
+  exclude_disks TEXT NOT NULL,       -- JSON: [{vm, disk}]
+  schedule TEXT,                     -- JSON (docs/schedules.md) or NULL: manual only
+  retry_count INTEGER NOT NULL,
+  retry_interval_s INTEGER NOT NULL,
+  chain TEXT NOT NULL,
+  enabled INTEGER NOT NULL,
+  next_run_at INTEGER,
+  created_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL
+);
+CREATE TABLE sessions (
+  id INTEGER PRIMARY KEY,
+  job_id INTEGER NOT NULL REFERENCES jobs(id),
+  trigger TEXT NOT NULL,             -- manual | schedule
+  state TEXT NOT NULL,               -- running | stopping | succeeded | warning | failed | stopped
+  reason TEXT NOT NULL DEFAULT '',
+  created_at INTEGER NOT NULL,
+  ended_at INTEGER
+);
+CREATE INDEX sessions_by_job ON sessions(job_id, id);
+CREATE TABLE snapshots (
+  id INTEGER PRIMARY KEY,
+  session_id INTEGER NOT NULL REFERENCES sessions(id),
+  vm_id INTEGER NOT NULL REFERENCES vms(id),
+  vm_name TEXT NOT NULL,
+  host_id INTEGER NOT NULL,
+  state TEXT NOT NULL,               -- pending | taking | ready | releasing | released | failed | canceled
+  worker_id INTEGER,
+  tier TEXT,
+  attempt INTEGER NOT NULL DEFAULT 0,   -- assignments made so far
+  failures INTEGER NOT NULL DEFAULT 0,  -- failed attempts, against the job's retry count
+  assignment TEXT,
+  not_before INTEGER,
+  exports TEXT NOT NULL DEFAULT '[]',
+  point_id TEXT,
+  error TEXT NOT NULL DEFAULT '',
+  created_at INTEGER NOT NULL,
+  ended_at INTEGER
+);
+CREATE INDEX snapshots_by_session ON snapshots(session_id);
+CREATE TABLE tasks (
+  id INTEGER PRIMARY KEY,
+  session_id INTEGER NOT NULL REFERENCES sessions(id),
+  snapshot_id INTEGER NOT NULL REFERENCES snapshots(id),
+  vm_id INTEGER NOT NULL,
+  disk TEXT NOT NULL,
+  repository_id INTEGER NOT NULL,
+  state TEXT NOT NULL,               -- waiting | queued | running | succeeded | failed | canceled
+  worker_id INTEGER,
+  tier TEXT,                         -- host | cluster | any
+  tier_reason TEXT,
+  attempt INTEGER NOT NULL DEFAULT 0,
+  failures INTEGER NOT NULL DEFAULT 0,
+  assignment TEXT,
+  not_before INTEGER,
+  bytes_total INTEGER NOT NULL DEFAULT 0,
+  bytes_done INTEGER NOT NULL DEFAULT 0,
+  bytes_stored INTEGER NOT NULL DEFAULT 0,
+  rate REAL NOT NULL DEFAULT 0,
+  error TEXT NOT NULL DEFAULT '',
+  started_at INTEGER,
+  ended_at INTEGER
+);
+CREATE INDEX tasks_by_session ON tasks(session_id);
+CREATE INDEX tasks_by_snapshot ON tasks(snapshot_id);
+CREATE INDEX tasks_live ON tasks(state) WHERE state IN ('waiting', 'queued', 'running');
+CREATE TABLE task_log (
+  id INTEGER PRIMARY KEY,
+  session_id INTEGER NOT NULL,
+  task_id INTEGER,
+  snapshot_id INTEGER,
+  at INTEGER NOT NULL,
+  level TEXT NOT NULL,
+  message TEXT NOT NULL
+);
+CREATE INDEX task_log_by_session ON task_log(session_id, id);
+CREATE TABLE points (
+  id INTEGER PRIMARY KEY,
+  point_id TEXT NOT NULL,
+  repository_id INTEGER NOT NULL REFERENCES repositories(id),
+  job_id INTEGER,
+  session_id INTEGER,
+  vm_id INTEGER,
+  vm_name TEXT NOT NULL,
+  chain TEXT NOT NULL,
+  bytes_read INTEGER NOT NULL DEFAULT 0,
+  bytes_stored INTEGER NOT NULL DEFAULT 0,
+  created_at INTEGER NOT NULL,
+  UNIQUE (repository_id, point_id)
+);
+CREATE INDEX points_by_chain ON points(repository_id, chain, vm_name, id);
+)sql",
+};
+
+[[noreturn]] void Fail(sqlite3* db, const std::string& what) {
+  int code = db ? sqlite3_extended_errcode(db) : SQLITE_ERROR;
+  std::string msg = what + ": " + (db ? sqlite3_errmsg(db) : "out of memory");
+  int primary = code & 0xff;
+  if (primary == SQLITE_CORRUPT || primary == SQLITE_NOTADB) throw Error(ErrorKind::kCorrupt, msg);
+  if (primary == SQLITE_FULL || primary == SQLITE_IOERR || primary == SQLITE_CANTOPEN ||
+      primary == SQLITE_READONLY || primary == SQLITE_PERM)
+    throw Error(ErrorKind::kEnvironment, msg);
+  if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED) throw Error(ErrorKind::kRetryable, msg);
+  if (primary == SQLITE_CONSTRAINT) throw Error(ErrorKind::kBadInput, msg);
+  throw Error(ErrorKind::kInternal, msg);
+}
+
+}  // namespace
+
+int LatestSchemaVersion() { return static_cast<int>(std::size(kMigrations)); }
+
+Statement::Statement(sqlite3* db, std::string_view sql) : db_(db), stmt_(nullptr) {
+  if (sqlite3_prepare_v2(db, sql.data(), static_cast<int>(sql.size()), &stmt_, nullptr) != SQLITE_OK)
+    Fail(db, "preparing SQL '" + std::string(sql.substr(0, 60)) + "'");
+}
+
+Statement::~Statement() { sqlite3_finalize(stmt_); }
+
+Statement::Statement(Statement&& other) noexcept : db_(other.db_), stmt_(other.stmt_) {
+  other.stmt_ = nullptr;
+}
+
+Statement& Statement::Bind(int index, int64_t value) {
+  sqlite3_bind_int64(stmt_, index, value);
+  return *this;
+}
+Statement& Statement::Bind(int index, const std::string& value) {
+  return Bind(index, std::string_view(value));
+}
+Statement& Statement::Bind(int index, std::string_view value) {
+  sqlite3_bind_text(stmt_, index, value.data(), static_cast<int>(value.size()), SQLITE_TRANSIENT);
+  return *this;
+}
+Statement& Statement::Bind(int index, double value) {
+  sqlite3_bind_double(stmt_, index, value);
+  return *this;
+}
+Statement& Statement::BindNull(int index) {
+  sqlite3_bind_null(stmt_, index);
+  return *this;
+}
+Statement& Statement::Bind(int index, const std::optional<int64_t>& value) {
+  return value ? Bind(index, *value) : BindNull(index);
+}
+Statement& Statement::Bind(int index, const std::optional<std::string>& value) {
+  return value ? Bind(index, *value) : BindNull(index);
+}
+
+bool Statement::Step() {
+  int rc = sqlite3_step(stmt_);
+  if (rc == SQLITE_ROW) return true;
+  if (rc == SQLITE_DONE) return false;
+  std::string sql = sqlite3_sql(stmt_) ? sqlite3_sql(stmt_) : "";
+  Fail(db_, "running SQL '" + sql.substr(0, 60) + "'");
+}
+
+void Statement::Run() {
+  while (Step()) {
+  }
+}
+
+void Statement::Reset() {
+  sqlite3_reset(stmt_);
+  sqlite3_clear_bindings(stmt_);
+}
+
+int64_t Statement::Int(int column) const { return sqlite3_column_int64(stmt_, column); }
+double Statement::Real(int column) const { return sqlite3_column_double(stmt_, column); }
+std::string Statement::Text(int column) const {
+  const unsigned char* p = sqlite3_column_text(stmt_, column);
+  return p ? std::string(reinterpret_cast<const char*>(p),
+                         static_cast<size_t>(sqlite3_column_bytes(stmt_, column)))
+           : std::string();
+}
+bool Statement::IsNull(int column) const {
+  return sqlite3_column_type(stmt_, column) == SQLITE_NULL;
+}
+std::optional<int64_t> Statement::OptInt(int column) const {
+  if (IsNull(column)) return std::nullopt;
+  return Int(column);
+}
+std::optional<std::string> Statement::OptText(int column) const {
+  if (IsNull(column)) return std::nullopt;
+  return Text(column);
+}
+
+Database Database::Open(const std::string& path, bool read_only) {
+  sqlite3* db = nullptr;
+  int flags = read_only ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+  flags |= SQLITE_OPEN_NOMUTEX;  // callers serialise access themselves
+  if (sqlite3_open_v2(path.c_str(), &db, flags, nullptr) != SQLITE_OK) {
+    std::string msg = "opening database " + path + ": " + (db ? sqlite3_errmsg(db) : "out of memory");
+    sqlite3_close(db);
+    throw Error(ErrorKind::kEnvironment, msg);
+  }
+  Database database(db);
+  sqlite3_busy_timeout(db, 5000);
+  sqlite3_extended_result_codes(db, 1);
+  database.Execute("PRAGMA foreign_keys = ON");
+  if (!read_only) {
+    // WAL: readers see a consistent snapshot while the scheduler writes.
+    // synchronous=NORMAL: in WAL mode a commit is in the OS before it
+    // returns, so kill -9 loses nothing; only a power cut can lose the last
+    // transactions (never corrupt the file). docs/coordinator-database.md.
+    database.Execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL");
+    database.Migrate();
+  } else if (database.SchemaVersion() != LatestSchemaVersion()) {
+    throw Error(ErrorKind::kEnvironment, "database " + path + " has schema version " +
+                                             std::to_string(database.SchemaVersion()) +
+                                             ", this build needs " +
+                                             std::to_string(LatestSchemaVersion()));
+  }
+  return database;
+}
+
+Database::~Database() {
+  if (db_) sqlite3_close_v2(db_);
+}
+
+Database::Database(Database&& other) noexcept : db_(other.db_) { other.db_ = nullptr; }
+
+void Database::Execute(std::string_view sql) {
+  char* err = nullptr;
+  std::string text(sql);
+  if (sqlite3_exec(db_, text.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string msg = err ? err : "unknown error";
+    sqlite3_free(err);
+    Fail(db_, "running SQL '" + text.substr(0, 60) + "' (" + msg + ")");
+  }
+}
+
+int64_t Database::LastInsertId() const { return sqlite3_last_insert_rowid(db_); }
+int Database::Changes() const { return sqlite3_changes(db_); }
+
+int Database::SchemaVersion() {
+  Statement s = Prepare("PRAGMA user_version");
+  s.Step();
+  return static_cast<int>(s.Int(0));
+}
+
+void Database::Migrate() {
+  int current = SchemaVersion();
+  if (current > LatestSchemaVersion())
+    throw Error(ErrorKind::kEnvironment,
+                "database schema version " + std::to_string(current) +
+                    " is newer than this build knows (" + std::to_string(LatestSchemaVersion()) +
+                    "); upgrade Ferry");
+  for (int v = current; v < LatestSchemaVersion(); ++v) {
+    Transaction tx(*this);
+    Execute(kMigrations[v]);
+    Execute("PRAGMA user_version = " + std::to_string(v + 1));
+    tx.Commit();
+  }
+}
+
+Database::Transaction::Transaction(Database& db) : db_(db) { db_.Execute("BEGIN IMMEDIATE"); }
+
+Database::Transaction::~Transaction() {
+  if (!done_) {
+    try {
+      db_.Execute("ROLLBACK");
+    } catch (...) {
+      // The connection is unusable anyway; the caller sees the original error.
+    }
+  }
+}
+
+void Database::Transaction::Commit() {
+  db_.Execute("COMMIT");
+  done_ = true;
+}
+
+}  // namespace ferry::coordinator

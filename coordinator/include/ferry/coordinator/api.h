@@ -1,0 +1,53 @@
+// Api: the coordinator's web API, /api/v1 (docs/api.md, openapi.json).
+//
+// One handler for the HTTP server: authenticates (Bearer token, hashed
+// compare), routes, validates the body strictly, and maps Ferry's error
+// kinds to status codes with a JSON error naming the field. Reads go to a
+// read-only connection (never blocked by scheduling); writes go through the
+// SessionRunner's lock.
+#pragma once
+
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "ferry/coordinator/database.h"
+#include "ferry/coordinator/session_runner.h"
+#include "ferry/http/server.h"
+
+namespace ferry::coordinator {
+
+struct Route {
+  std::string method;
+  std::string pattern;  // "/api/v1/jobs/{id}/start"
+};
+
+class Api {
+ public:
+  // db_path: the coordinator's database, opened read-only here.
+  Api(SessionRunner& runner, std::string db_path, std::string version);
+
+  http::Response Handle(const http::Request& request);
+
+  // Every route served, for the OpenAPI conformance test.
+  static std::vector<Route> Routes();
+  static const std::string& OpenApiDocument();
+
+ private:
+  struct Handler;
+  bool Authorized(const http::Request& request);
+
+  SessionRunner& runner_;
+  std::string db_path_;
+  std::mutex read_mu_;
+  Database read_db_;
+  std::string version_;
+  std::mutex tokens_mu_;
+  std::set<std::string> token_hashes_;
+};
+
+// Creates the first admin token in a fresh database; returns it (shown once).
+std::string CreateAdminToken(Database& db, const std::string& name);
+
+}  // namespace ferry::coordinator

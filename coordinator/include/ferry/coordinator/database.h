@@ -1,0 +1,99 @@
+// Database: a thin, typed layer over one SQLite connection.
+//
+// The coordinator's state lives in SQLite (WAL) so that a restart, even after
+// kill -9, loses nothing that was acknowledged. Schema changes are numbered
+// migrations applied in order at open time (docs/coordinator-database.md);
+// PRAGMA user_version records the last one applied.
+//
+// Thread safety: none. A Database is used under its owner's mutex. The
+// coordinator opens two: one for writes (the scheduler's) and one read-only
+// for API queries, so that reads never wait behind a long write (WAL gives
+// readers a consistent snapshot).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+struct sqlite3;
+struct sqlite3_stmt;
+
+namespace ferry::coordinator {
+
+class Statement {
+ public:
+  Statement(sqlite3* db, std::string_view sql);
+  ~Statement();
+  Statement(Statement&& other) noexcept;
+  Statement(const Statement&) = delete;
+  Statement& operator=(const Statement&) = delete;
+
+  // Binding is 1-based, as in SQLite. Returns *this for chaining.
+  Statement& Bind(int index, int64_t value);
+  Statement& Bind(int index, const std::string& value);
+  Statement& Bind(int index, std::string_view value);
+  Statement& Bind(int index, const char* value) { return Bind(index, std::string_view(value)); }
+  Statement& Bind(int index, double value);
+  Statement& BindNull(int index);
+  Statement& Bind(int index, const std::optional<int64_t>& value);
+  Statement& Bind(int index, const std::optional<std::string>& value);
+
+  // Steps once; true while a row is available.
+  bool Step();
+  // Runs to completion (INSERT/UPDATE/DELETE).
+  void Run();
+  void Reset();
+
+  int64_t Int(int column) const;
+  double Real(int column) const;
+  std::string Text(int column) const;
+  bool IsNull(int column) const;
+  std::optional<int64_t> OptInt(int column) const;
+  std::optional<std::string> OptText(int column) const;
+
+ private:
+  sqlite3* db_;
+  sqlite3_stmt* stmt_;
+};
+
+class Database {
+ public:
+  // Opens (creating if needed) the database file and applies pending
+  // migrations. read_only opens an existing database for queries only.
+  static Database Open(const std::string& path, bool read_only = false);
+  ~Database();
+  Database(Database&& other) noexcept;
+  Database(const Database&) = delete;
+  Database& operator=(const Database&) = delete;
+
+  Statement Prepare(std::string_view sql) { return Statement(db_, sql); }
+  void Execute(std::string_view sql);  // one or more statements, no results
+  int64_t LastInsertId() const;
+  int Changes() const;
+  int SchemaVersion();
+
+  // RAII transaction: BEGIN IMMEDIATE on construction, ROLLBACK unless
+  // Commit() was called.
+  class Transaction {
+   public:
+    explicit Transaction(Database& db);
+    ~Transaction();
+    void Commit();
+
+   private:
+    Database& db_;
+    bool done_ = false;
+  };
+
+ private:
+  explicit Database(sqlite3* db) : db_(db) {}
+  void Migrate();
+  sqlite3* db_;
+};
+
+// The number of the newest migration this build knows.
+int LatestSchemaVersion();
+
+}  // namespace ferry::coordinator

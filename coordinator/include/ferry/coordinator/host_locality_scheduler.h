@@ -1,0 +1,123 @@
+// HostLocalityScheduler: which queued work a pulling worker gets.
+//
+// Pure bookkeeping, no I/O and no clock, so every rule is unit-tested
+// directly. The rules (seeds 000/001/003/004, docs/coordinator.md):
+//   - A disk task needs a free task slot on the worker and on its repository;
+//     snapshot and release work needs none (they take seconds).
+//   - Tier "host": work for the worker's own host comes first.
+//   - Tier "cluster": work of another host in the worker's cluster, but only
+//     when no connected worker on that host has a free slot (none there,
+//     unreachable, or busy) - so a host's own worker is never robbed.
+//   - Tier "any": work of a host in another cluster, only when no connected
+//     worker in that whole cluster has a free slot.
+//   - Release work is pinned to the worker that holds the snapshot.
+// Every placement carries its tier and the reason, recorded on the task.
+// Hosts without a cluster each count as a cluster of their own.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace ferry::coordinator {
+
+enum class WorkKind { kSnapshot, kDisk, kRelease };
+enum class Tier { kHost, kCluster, kAny };
+const char* TierName(Tier tier);
+
+struct QueuedWork {
+  WorkKind kind = WorkKind::kDisk;
+  int64_t id = 0;             // snapshot id (snapshot, release) or task id (disk)
+  int64_t host_id = 0;        // the VM's host
+  int64_t repository_id = 0;  // disk work only
+  int64_t pinned_worker = 0;  // release work: the snapshot's holder
+  bool commit = false;        // release work: commit the restore point first
+};
+
+struct Placement {
+  QueuedWork work;
+  Tier tier = Tier::kHost;
+  std::string reason;
+};
+
+class HostLocalityScheduler {
+ public:
+  void SetHost(int64_t host_id, const std::string& host_name, const std::string& cluster);
+  // Adds or updates a worker; slots may shrink below what it runs (it then
+  // gets no disk work until enough tasks end).
+  void SetWorker(int64_t worker_id, int64_t host_id, int slots);
+  void SetWorkerConnected(int64_t worker_id, bool connected);
+  void SetRepositorySlots(int64_t repository_id, int slots);
+
+  void Enqueue(const QueuedWork& work);
+  // Removes queued work (a stopped session); false if it was not queued.
+  bool Dequeue(WorkKind kind, int64_t id);
+
+  // A disk task holds one slot on its worker and its repository from Pick
+  // (or AdoptRunning after a restart) until TaskEnded.
+  void AdoptRunning(int64_t worker_id, int64_t repository_id);
+  void TaskEnded(int64_t worker_id, int64_t repository_id);
+
+  // Work for `worker_id`: its pinned releases, then snapshots and up to
+  // `max_disk_tasks` disk tasks (further limited by its free slots), by tier.
+  std::vector<Placement> Pick(int64_t worker_id, int max_disk_tasks);
+
+  int FreeSlots(int64_t worker_id) const;
+  int RunningOn(int64_t worker_id) const;
+  int RunningOnRepository(int64_t repository_id) const;
+  size_t QueuedCount() const { return queued_; }
+
+ private:
+  struct WorkerState {
+    int64_t host_id = 0;
+    int slots = 0;
+    int used = 0;
+    bool connected = false;
+    std::deque<QueuedWork> pinned;
+    int Free() const { return used < slots ? slots - used : 0; }
+  };
+  struct HostState {
+    std::string name;
+    std::string cluster_key;
+    std::deque<QueuedWork> snapshots;
+    std::deque<QueuedWork> disks;
+    std::set<int64_t> workers;
+    int free_slots = 0;         // over its connected workers, kept current
+    int connected_workers = 0;
+    bool HasWork() const { return !snapshots.empty() || !disks.empty(); }
+  };
+  struct ClusterState {
+    std::set<int64_t> hosts;
+    std::set<int64_t> hosts_with_work;
+    int free_slots = 0;
+    int connected_workers = 0;
+  };
+  struct RepositoryState {
+    int slots = 0;
+    int used = 0;
+  };
+
+  HostState& Host(int64_t host_id);
+  // Adds (+1) or removes (-1) a worker's share of its host's and cluster's
+  // free slots and connected workers; call around every change to a worker.
+  void Contribute(int64_t worker_id, int sign);
+  void Reindex(int64_t host_id);
+  std::string WhyHostCannotServe(const HostState& host) const;
+  // Takes work from `host` into `out` at `tier`; returns disk tasks taken.
+  int TakeFrom(int64_t host_id, HostState& host, int64_t worker_id, int disk_budget, Tier tier,
+               bool snapshots_too, const std::string& reason, std::vector<Placement>& out);
+  bool RepositoryHasSlot(int64_t repository_id) const;
+
+  std::unordered_map<int64_t, WorkerState> workers_;
+  std::unordered_map<int64_t, HostState> hosts_;
+  std::map<std::string, ClusterState> clusters_;
+  std::set<std::string> clusters_with_work_;
+  std::unordered_map<int64_t, RepositoryState> repositories_;
+  size_t queued_ = 0;
+};
+
+}  // namespace ferry::coordinator

@@ -1,0 +1,224 @@
+// SessionRunner: job sessions, their VM snapshots and per-disk tasks, from
+// start to end, and the workers that run them.
+//
+// Design (docs/coordinator.md):
+//   - The database is the truth; the runner keeps an in-memory mirror of live
+//     work (workers, assignments, queues) that it rebuilds on start-up.
+//   - A session makes one snapshot per VM (crash-consistent across its disks)
+//     and one task per disk. Snapshot -> disk tasks read its exports ->
+//     release (commit the restore point, remove the snapshot) once the VM's
+//     last disk task has ended.
+//   - Every hand-out of work is an assignment "<kind><id>.<attempt>"; results
+//     that quote a stale assignment are refused, so a requeued task can never
+//     be finished twice.
+//   - A worker silent past its deadline is unreachable: its disk tasks go back
+//     to the queue; snapshots it held are lost, so the VM's disks are re-read
+//     from a new snapshot (a point mixing two snapshots would not be
+//     crash-consistent).
+//   - After a restart, running work stays with its worker if that worker
+//     re-registers in time and still runs it; otherwise it is requeued.
+//
+// Locking: one mutex guards everything here, including the write connection.
+// API reads use their own read-only connection and never take it.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <boost/json.hpp>
+
+#include "ferry/coordinator/database.h"
+#include "ferry/coordinator/host_locality_scheduler.h"
+
+namespace ferry::coordinator {
+
+struct RunnerOptions {
+  int64_t heartbeat_interval_ms = 5000;
+  int64_t heartbeat_deadline_ms = 15000;
+};
+
+// What a worker says about itself when it registers.
+struct WorkerHello {
+  std::string token;
+  std::string host;
+  std::string platform;
+  std::string cluster;
+  int task_slots = 0;
+  std::string version;
+  std::vector<std::string> running;
+};
+
+struct WorkerWelcome {
+  int64_t worker_id = 0;
+  std::string worker_name;
+  std::vector<std::string> resumed;
+  int64_t epoch = 0;  // this registration; pass to WorkerDisconnected
+};
+
+struct InventoryDisk {
+  std::string name;
+  int64_t size_bytes = 0;
+  std::string format;
+};
+struct InventoryVm {
+  std::string name;
+  std::string uuid;
+  std::string state;
+  std::vector<std::string> tags;
+  std::vector<InventoryDisk> disks;
+};
+
+// One piece of work handed to a worker (mirrors rpc::WorkItem).
+struct WorkOrder {
+  std::string assignment;
+  int64_t session_id = 0;
+  WorkKind kind = WorkKind::kDisk;
+  std::string vm_name, vm_uuid, host, platform;
+  int64_t snapshot_id = 0;
+  std::vector<std::string> disks;  // snapshot work
+  int64_t task_id = 0;             // disk work
+  std::string disk, export_uri;
+  std::string tier;
+  int attempt = 0;
+  int64_t repository_id = 0;
+  std::string repository_name, repository_location;
+  std::string chain;
+  bool commit = false;             // release work
+};
+
+struct WorkReport {
+  std::string assignment;
+  bool ok = false;
+  std::string error_kind;
+  std::string error;
+  int64_t bytes_read = 0;
+  int64_t bytes_stored = 0;
+  std::vector<std::pair<std::string, std::string>> exports;  // disk, uri
+  std::string point_id;
+  std::vector<std::string> log;
+};
+
+class SessionRunner {
+ public:
+  using Clock = std::function<int64_t()>;  // milliseconds since the epoch
+
+  SessionRunner(Database db, RunnerOptions options, Clock clock);
+
+  // Rebuilds the in-memory state from the database (call once, at start).
+  void Recover();
+
+  // --- worker side (called by the RPC server) ---
+  // Throws Error kBadInput (unknown token: refused) or kBadInput naming a field.
+  WorkerWelcome RegisterWorker(const WorkerHello& hello);
+  void WorkerDisconnected(int64_t worker_id, int64_t epoch);
+  std::vector<std::string> Heartbeat(int64_t worker_id, const std::vector<std::string>& running);
+  void ReportInventory(int64_t worker_id, const std::vector<InventoryVm>& vms);
+  std::vector<WorkOrder> PullWork(int64_t worker_id, int free_slots);
+  bool ReportProgress(int64_t worker_id, const std::string& assignment, int64_t done,
+                      int64_t total, int64_t stored);
+  bool ReportResult(int64_t worker_id, const WorkReport& report);
+
+  // --- API side ---
+  // Starts a session of the job; returns its id. kBadInput/kNotFound/409-ish
+  // conflicts are Errors with kind kBadInput and a field of "job".
+  int64_t StartJob(int64_t job_id, const std::string& trigger);
+  // Stops the job's running session; returns its id, or nullopt if none runs.
+  std::optional<int64_t> StopJob(int64_t job_id);
+  // Configuration changes that the scheduler must see.
+  void RepositoryChanged(int64_t repository_id, int task_slots);
+  void HostChanged(int64_t host_id, const std::string& name, const std::string& cluster);
+  void JobScheduleChanged(int64_t job_id);
+
+  // Runs fn(Database&) under the runner's lock in one transaction: for
+  // configuration changes, which must not interleave with scheduling.
+  template <typename Fn>
+  auto Write(Fn&& fn) {
+    std::lock_guard lock(mu_);
+    Database::Transaction tx(db_);
+    auto result = fn(db_);
+    tx.Commit();
+    return result;
+  }
+
+  // Time-driven work: heartbeat deadlines, due retries, due schedules.
+  void Tick();
+
+  // Bumped whenever new work may be available (long polls re-check).
+  uint64_t WorkGeneration() const { return work_generation_.load(); }
+
+  struct Stats {
+    size_t queued = 0;
+    size_t live_assignments = 0;
+    uint64_t assignments_made = 0;
+  };
+  Stats GetStats();
+
+  int64_t heartbeat_interval_ms() const { return options_.heartbeat_interval_ms; }
+  int64_t heartbeat_deadline_ms() const { return options_.heartbeat_deadline_ms; }
+
+ private:
+  struct Live {  // a live assignment
+    WorkKind kind;
+    int64_t id;
+    int64_t worker_id;
+    bool draining = false;  // canceled; its slot frees once the worker lets go
+    int64_t repository_id = 0;
+  };
+  struct WorkerLive {
+    int64_t host_id = 0;
+    bool connected = false;
+    int64_t last_heartbeat = 0;
+    bool heartbeat_dirty = false;
+    int64_t epoch = 0;
+  };
+
+  void LoadTopology();
+  int64_t EnsureHost(const std::string& name, const std::string& platform, const std::string& cluster);
+  void Log(int64_t session_id, std::optional<int64_t> task_id, std::optional<int64_t> snapshot_id,
+           const std::string& level, const std::string& message);
+  void EnqueueSnapshot(int64_t snapshot_id);
+  void EnqueueTask(int64_t task_id);
+  void EnqueueRelease(int64_t snapshot_id, int64_t holder, bool commit);
+  void MarkUnreachable(int64_t worker_id, const std::string& why);
+  void LoseSnapshot(int64_t snapshot_id, const std::string& why);
+  void RequeueTask(int64_t task_id, const std::string& why);
+  void FinishTask(int64_t task_id, const WorkReport& report);
+  void FinishSnapshot(int64_t snapshot_id, const WorkReport& report);
+  void FinishRelease(int64_t snapshot_id, const WorkReport& report);
+  void MaybeRelease(int64_t snapshot_id);
+  void MaybeEndSession(int64_t session_id);
+  void CancelSessionWork(int64_t session_id, const std::string& why);
+  void EndAssignment(const std::string& assignment);
+  WorkOrder BuildOrder(const Placement& placement, int64_t worker_id);
+  void StartDueJobs(int64_t now);
+  int64_t StartJobLocked(int64_t job_id, const std::string& trigger);
+  void RefreshNextRun(int64_t job_id, int64_t after_ms);
+
+  std::mutex mu_;
+  Database db_;
+  RunnerOptions options_;
+  Clock clock_;
+  HostLocalityScheduler scheduler_;
+  std::unordered_map<std::string, Live> live_;  // by assignment id
+  std::unordered_map<int64_t, WorkerLive> workers_;
+  std::map<int64_t, int64_t> delayed_tasks_;      // task id -> not_before
+  std::map<int64_t, int64_t> delayed_snapshots_;  // snapshot id -> not_before
+  std::atomic<uint64_t> work_generation_{0};
+  uint64_t assignments_made_ = 0;
+  int64_t last_schedule_check_ = 0;
+};
+
+// Opaque random tokens: "fy_" + 40 hex; stored as hex SHA-256 only.
+std::string NewToken();
+std::string HashToken(const std::string& token);
+
+}  // namespace ferry::coordinator

@@ -1,0 +1,184 @@
+// ferry-coordinator: main() parses options and wires the parts (database,
+// session runner, web API, worker RPC); the work is in ferry_coordinator.
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <boost/json.hpp>
+
+#include "ferry/common/error.h"
+#include "ferry/common/log.h"
+#include "ferry/coordinator/api.h"
+#include "ferry/coordinator/database.h"
+#include "ferry/coordinator/session_runner.h"
+#include "ferry/coordinator/worker_rpc_server.h"
+#include "ferry/http/server.h"
+
+namespace {
+
+const char kUsage[] = R"(usage: ferry-coordinator COMMAND [OPTIONS]
+
+Commands:
+  init --data DIR
+      create the coordinator's state in DIR (SQLite database) and print the
+      first admin API token on stdout; it is shown once and stored hashed
+  run --data DIR [--listen ADDR:PORT] [--rpc-listen ADDR:PORT]
+      [--tls-cert FILE --tls-key FILE] [--ready-file FILE]
+      [--heartbeat-interval-ms N] [--heartbeat-deadline-ms N] [--verbose]
+      serve the web API (default 127.0.0.1:8080) and the worker RPC endpoint
+      (default 127.0.0.1:8081); TLS on both when given a certificate and key.
+      --ready-file: once listening, write {"api": URL, "rpc": "ADDR:PORT"} there
+
+Exit codes: 0 ok, 2 bad input, 5 environment (see docs/error-policy.md).
+)";
+
+volatile sig_atomic_t g_stop = 0;
+void OnSignal(int) { g_stop = 1; }
+
+struct Options {
+  std::string data;
+  std::string listen = "127.0.0.1:8080";
+  std::string rpc_listen = "127.0.0.1:8081";
+  std::string tls_cert, tls_key, ready_file;
+  int64_t heartbeat_interval_ms = 5000;
+  int64_t heartbeat_deadline_ms = 15000;
+};
+
+Options Parse(const std::vector<std::string>& args) {
+  Options o;
+  for (size_t i = 1; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= args.size()) throw ferry::Error(ferry::ErrorKind::kBadInput, a + " needs a value");
+      return args[++i];
+    };
+    auto number = [&]() -> int64_t {
+      std::string v = value();
+      try {
+        size_t used = 0;
+        int64_t n = std::stoll(v, &used);
+        if (used != v.size() || n < 100 || n > 3600000) throw std::invalid_argument(v);
+        return n;
+      } catch (const std::exception&) {
+        throw ferry::Error(ferry::ErrorKind::kBadInput, a + ": '" + v + "' is not a number of milliseconds (100..3600000)");
+      }
+    };
+    if (a == "--data") o.data = value();
+    else if (a == "--listen") o.listen = value();
+    else if (a == "--rpc-listen") o.rpc_listen = value();
+    else if (a == "--tls-cert") o.tls_cert = value();
+    else if (a == "--tls-key") o.tls_key = value();
+    else if (a == "--ready-file") o.ready_file = value();
+    else if (a == "--heartbeat-interval-ms") o.heartbeat_interval_ms = number();
+    else if (a == "--heartbeat-deadline-ms") o.heartbeat_deadline_ms = number();
+    else if (a == "--verbose") ferry::SetLogLevel(ferry::LogLevel::kDebug);
+    else throw ferry::Error(ferry::ErrorKind::kBadInput, "unknown option '" + a + "'");
+  }
+  if (o.data.empty()) throw ferry::Error(ferry::ErrorKind::kBadInput, "--data DIR is required");
+  if (o.tls_cert.empty() != o.tls_key.empty())
+    throw ferry::Error(ferry::ErrorKind::kBadInput, "--tls-cert and --tls-key go together");
+  if (o.heartbeat_deadline_ms < 2 * o.heartbeat_interval_ms)
+    throw ferry::Error(ferry::ErrorKind::kBadInput, "--heartbeat-deadline-ms must be at least twice the interval");
+  return o;
+}
+
+std::string DatabasePath(const std::string& data) { return data + "/coordinator.db"; }
+
+int Init(const Options& o) {
+  if (::mkdir(o.data.c_str(), 0700) != 0 && errno != EEXIST) throw ferry::ErrnoError("creating " + o.data, errno);
+  if (::access(DatabasePath(o.data).c_str(), F_OK) == 0)
+    throw ferry::Error(ferry::ErrorKind::kBadInput, o.data + " already holds a coordinator database; "
+                                                             "its admin token was shown when it was created");
+  ::umask(077);  // the database holds token hashes: owner only
+  ferry::coordinator::Database db = ferry::coordinator::Database::Open(DatabasePath(o.data));
+  std::string token = ferry::coordinator::CreateAdminToken(db, "admin");
+  std::cout << token << std::endl;
+  ferry::LogInfo("created coordinator state in " + o.data + " (schema version " +
+                 std::to_string(ferry::coordinator::LatestSchemaVersion()) + ")");
+  return 0;
+}
+
+void WriteReadyFile(const std::string& path, const std::string& api, const std::string& rpc) {
+  std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp);
+    out << boost::json::serialize(boost::json::object{{"api", api}, {"rpc", rpc}, {"pid", ::getpid()}}) << "\n";
+    if (!out) throw ferry::ErrnoError("writing " + tmp, errno);
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw ferry::ErrnoError("renaming " + tmp, errno);
+}
+
+std::string HostPart(const std::string& listen) { return listen.substr(0, listen.rfind(':')); }
+
+int Run(const Options& o) {
+  if (::access(DatabasePath(o.data).c_str(), F_OK) != 0)
+    throw ferry::Error(ferry::ErrorKind::kBadInput, "no coordinator database in " + o.data + "; run 'ferry-coordinator init --data " + o.data + "' first");
+  ::umask(077);
+  auto clock = [] {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  };
+  ferry::coordinator::RunnerOptions runner_options{o.heartbeat_interval_ms, o.heartbeat_deadline_ms};
+  ferry::coordinator::SessionRunner runner(ferry::coordinator::Database::Open(DatabasePath(o.data)), runner_options, clock);
+  runner.Recover();
+  ferry::coordinator::Api api(runner, DatabasePath(o.data), FERRY_VERSION);
+
+  ferry::http::ServerOptions http_options;
+  http_options.listen = o.listen;
+  if (!o.tls_cert.empty()) http_options.tls = ferry::http::TlsFiles{o.tls_cert, o.tls_key};
+  ferry::http::Server http(http_options, [&api](const ferry::http::Request& r) { return api.Handle(r); });
+  http.Start();
+
+  ferry::coordinator::WorkerRpcOptions rpc_options;
+  rpc_options.listen = o.rpc_listen;
+  rpc_options.tls_cert_file = o.tls_cert;
+  rpc_options.tls_key_file = o.tls_key;
+  ferry::coordinator::WorkerRpcServer rpc(runner, rpc_options);
+  rpc.Start();
+
+  std::string api_url = std::string(o.tls_cert.empty() ? "http://" : "https://") + HostPart(o.listen) + ":" +
+                        std::to_string(http.port());
+  std::string rpc_address = HostPart(o.rpc_listen) + ":" + std::to_string(rpc.port());
+  ferry::LogInfo("serving the API at " + api_url + " and worker RPC at " + rpc_address +
+                 (o.tls_cert.empty() ? " (no TLS: loopback or trusted networks only)" : " (TLS)"));
+  if (!o.ready_file.empty()) WriteReadyFile(o.ready_file, api_url, rpc_address);
+
+  while (!g_stop) ::pause();
+  ferry::LogInfo("stopping");
+  rpc.Stop();
+  http.Stop();
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "--help" || args[0] == "-h") {
+    std::cout << kUsage;
+    return args.empty() ? 2 : 0;
+  }
+  struct sigaction sa = {};
+  sa.sa_handler = OnSignal;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  try {
+    Options options = Parse(args);
+    if (args[0] == "init") return Init(options);
+    if (args[0] == "run") return Run(options);
+    throw ferry::Error(ferry::ErrorKind::kBadInput, "unknown command '" + args[0] + "'\n" + kUsage);
+  } catch (const ferry::Error& e) {
+    std::cerr << "ferry-coordinator: " << e.what() << std::endl;
+    return ferry::ExitCodeFor(e.kind());
+  } catch (const std::exception& e) {
+    std::cerr << "ferry-coordinator: internal error: " << e.what() << std::endl;
+    return 70;
+  }
+}

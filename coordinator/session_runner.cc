@@ -1,0 +1,942 @@
+#include "ferry/coordinator/session_runner.h"
+
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#include <algorithm>
+#include <cstdio>
+
+#include "ferry/common/log.h"
+#include "ferry/coordinator/field_error.h"
+#include "ferry/coordinator/schedule.h"
+
+namespace json = boost::json;
+
+namespace ferry::coordinator {
+namespace {
+
+std::string Hex(const unsigned char* data, size_t n) {
+  static const char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(n * 2);
+  for (size_t i = 0; i < n; ++i) {
+    out += kDigits[data[i] >> 4];
+    out += kDigits[data[i] & 15];
+  }
+  return out;
+}
+
+std::string AssignmentId(WorkKind kind, int64_t id, int64_t attempt) {
+  char letter = kind == WorkKind::kSnapshot ? 's' : kind == WorkKind::kDisk ? 't' : 'r';
+  return letter + std::to_string(id) + "." + std::to_string(attempt);
+}
+
+std::string FormatBytes(int64_t bytes) {
+  char buf[32];
+  if (bytes >= (int64_t{1} << 30)) std::snprintf(buf, sizeof buf, "%.2f GiB", bytes / 1073741824.0);
+  else std::snprintf(buf, sizeof buf, "%.1f MiB", bytes / 1048576.0);
+  return buf;
+}
+
+bool Retriable(const std::string& error_kind) {
+  return error_kind != "bad_input" && error_kind != "not_found" && error_kind != "interrupted";
+}
+
+const std::set<std::string> kPlatforms = {"proxmox", "ovirt", "ahv", "libvirt"};
+
+}  // namespace
+
+std::string NewToken() {
+  unsigned char raw[20];
+  if (RAND_bytes(raw, sizeof raw) != 1) throw Error(ErrorKind::kEnvironment, "no randomness for a token");
+  return "fy_" + Hex(raw, sizeof raw);
+}
+
+std::string HashToken(const std::string& token) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  EVP_Digest(token.data(), token.size(), digest, &n, EVP_sha256(), nullptr);
+  return Hex(digest, n);
+}
+
+SessionRunner::SessionRunner(Database db, RunnerOptions options, Clock clock)
+    : db_(std::move(db)), options_(options), clock_(std::move(clock)) {}
+
+void SessionRunner::Log(int64_t session_id, std::optional<int64_t> task_id,
+                        std::optional<int64_t> snapshot_id, const std::string& level,
+                        const std::string& message) {
+  db_.Prepare("INSERT INTO task_log (session_id, task_id, snapshot_id, at, level, message) "
+              "VALUES (?, ?, ?, ?, ?, ?)")
+      .Bind(1, session_id).Bind(2, task_id).Bind(3, snapshot_id).Bind(4, clock_())
+      .Bind(5, level).Bind(6, message).Run();
+}
+
+// ---------------------------------------------------------------------------
+// Start-up
+
+void SessionRunner::LoadTopology() {
+  Statement hosts = db_.Prepare("SELECT id, name, cluster FROM hosts");
+  while (hosts.Step()) scheduler_.SetHost(hosts.Int(0), hosts.Text(1), hosts.Text(2));
+  Statement repos = db_.Prepare("SELECT id, task_slots FROM repositories");
+  while (repos.Step()) scheduler_.SetRepositorySlots(repos.Int(0), static_cast<int>(repos.Int(1)));
+  int64_t now = clock_();
+  Statement workers = db_.Prepare("SELECT id, host_id, task_slots FROM workers WHERE host_id IS NOT NULL");
+  while (workers.Step()) {
+    scheduler_.SetWorker(workers.Int(0), workers.Int(1), static_cast<int>(workers.Int(2)));
+    // Everyone gets one deadline from now to come back after a restart.
+    workers_[workers.Int(0)] = WorkerLive{workers.Int(1), false, now, false, 0};
+  }
+}
+
+void SessionRunner::Recover() {
+  std::lock_guard lock(mu_);
+  LoadTopology();
+  Database::Transaction tx(db_);
+  db_.Prepare("UPDATE workers SET state = 'disconnected' WHERE state = 'connected'").Run();
+  Statement snaps = db_.Prepare(
+      "SELECT s.id, s.state, s.worker_id, s.assignment, s.not_before, s.session_id FROM snapshots s "
+      "JOIN sessions se ON se.id = s.session_id WHERE se.state IN ('running', 'stopping') "
+      "AND s.state IN ('pending', 'taking', 'releasing')");
+  std::set<int64_t> sessions;
+  while (snaps.Step()) {
+    int64_t id = snaps.Int(0);
+    std::string state = snaps.Text(1);
+    sessions.insert(snaps.Int(5));
+    if (state == "pending") {
+      if (snaps.OptInt(4).value_or(0) > clock_()) delayed_snapshots_[id] = *snaps.OptInt(4);
+      else EnqueueSnapshot(id);
+    } else {
+      WorkKind kind = state == "taking" ? WorkKind::kSnapshot : WorkKind::kRelease;
+      live_[snaps.Text(3)] = Live{kind, id, snaps.Int(2)};
+    }
+  }
+  Statement tasks = db_.Prepare(
+      "SELECT t.id, t.state, t.worker_id, t.assignment, t.not_before, t.repository_id, t.session_id "
+      "FROM tasks t WHERE t.state IN ('queued', 'running')");
+  while (tasks.Step()) {
+    int64_t id = tasks.Int(0);
+    sessions.insert(tasks.Int(6));
+    if (tasks.Text(1) == "queued") {
+      if (tasks.OptInt(4).value_or(0) > clock_()) delayed_tasks_[id] = *tasks.OptInt(4);
+      else EnqueueTask(id);
+    } else {
+      live_[tasks.Text(3)] = Live{WorkKind::kDisk, id, tasks.Int(2), false, tasks.Int(5)};
+      scheduler_.AdoptRunning(tasks.Int(2), tasks.Int(5));
+    }
+  }
+  for (int64_t session : sessions)
+    Log(session, std::nullopt, std::nullopt, "warning",
+        "coordinator restarted; running work stays with its worker if it reconnects within " +
+            std::to_string(options_.heartbeat_deadline_ms / 1000) + " s, else it is requeued");
+  tx.Commit();
+  // Sessions whose work all ended while the coordinator was down.
+  Statement open = db_.Prepare("SELECT id FROM sessions WHERE state IN ('running', 'stopping')");
+  std::vector<int64_t> open_sessions;
+  while (open.Step()) open_sessions.push_back(open.Int(0));
+  for (int64_t session : open_sessions) {
+    Database::Transaction end_tx(db_);
+    MaybeEndSession(session);
+    end_tx.Commit();
+  }
+  LogInfo("recovered " + std::to_string(live_.size()) + " running assignments, " +
+          std::to_string(scheduler_.QueuedCount()) + " queued work items");
+}
+
+// ---------------------------------------------------------------------------
+// Queues
+
+void SessionRunner::EnqueueSnapshot(int64_t snapshot_id) {
+  Statement s = db_.Prepare("SELECT host_id FROM snapshots WHERE id = ?");
+  s.Bind(1, snapshot_id);
+  if (!s.Step()) return;
+  scheduler_.Enqueue({WorkKind::kSnapshot, snapshot_id, s.Int(0), 0, 0});
+  work_generation_++;
+}
+
+void SessionRunner::EnqueueTask(int64_t task_id) {
+  Statement s = db_.Prepare(
+      "SELECT sn.host_id, t.repository_id FROM tasks t JOIN snapshots sn ON sn.id = t.snapshot_id "
+      "WHERE t.id = ?");
+  s.Bind(1, task_id);
+  if (!s.Step()) return;
+  scheduler_.Enqueue({WorkKind::kDisk, task_id, s.Int(0), s.Int(1), 0});
+  work_generation_++;
+}
+
+void SessionRunner::EnqueueRelease(int64_t snapshot_id, int64_t holder, bool commit) {
+  scheduler_.Enqueue({WorkKind::kRelease, snapshot_id, 0, 0, holder, commit});
+  work_generation_++;
+}
+
+void SessionRunner::EndAssignment(const std::string& assignment) {
+  auto it = live_.find(assignment);
+  if (it == live_.end()) return;
+  if (it->second.kind == WorkKind::kDisk) scheduler_.TaskEnded(it->second.worker_id, it->second.repository_id);
+  live_.erase(it);
+}
+
+// ---------------------------------------------------------------------------
+// Workers
+
+int64_t SessionRunner::EnsureHost(const std::string& name, const std::string& platform,
+                                  const std::string& cluster) {
+  Statement find = db_.Prepare("SELECT id, cluster FROM hosts WHERE name = ?");
+  find.Bind(1, name);
+  if (find.Step()) {
+    int64_t id = find.Int(0);
+    if (find.Text(1).empty() && !cluster.empty()) {
+      db_.Prepare("UPDATE hosts SET cluster = ? WHERE id = ?").Bind(1, cluster).Bind(2, id).Run();
+      scheduler_.SetHost(id, name, cluster);
+    }
+    return id;
+  }
+  db_.Prepare("INSERT INTO hosts (name, platform, cluster, created_at) VALUES (?, ?, ?, ?)")
+      .Bind(1, name).Bind(2, platform).Bind(3, cluster).Bind(4, clock_()).Run();
+  int64_t id = db_.LastInsertId();
+  scheduler_.SetHost(id, name, cluster);
+  return id;
+}
+
+WorkerWelcome SessionRunner::RegisterWorker(const WorkerHello& hello) {
+  if (hello.host.empty()) throw FieldError("host", "must name the worker's hypervisor host");
+  if (!kPlatforms.count(hello.platform))
+    throw FieldError("platform", "'" + hello.platform + "' is not one of proxmox, ovirt, ahv, libvirt");
+  if (hello.task_slots < 1 || hello.task_slots > 1024)
+    throw FieldError("taskSlots", "must be between 1 and 1024");
+  std::lock_guard lock(mu_);
+  Statement find = db_.Prepare("SELECT id, name FROM workers WHERE token_hash = ?");
+  find.Bind(1, HashToken(hello.token));
+  if (!find.Step()) throw Error(ErrorKind::kBadInput, "worker token refused");
+  WorkerWelcome welcome;
+  welcome.worker_id = find.Int(0);
+  welcome.worker_name = find.Text(1);
+  int64_t now = clock_();
+
+  Database::Transaction tx(db_);
+  int64_t host_id = EnsureHost(hello.host, hello.platform, hello.cluster);
+  db_.Prepare("UPDATE workers SET host_id = ?, task_slots = ?, version = ?, state = 'connected', "
+              "registered_at = ?, last_heartbeat_at = ? WHERE id = ?")
+      .Bind(1, host_id).Bind(2, int64_t{hello.task_slots}).Bind(3, hello.version).Bind(4, now)
+      .Bind(5, now).Bind(6, welcome.worker_id).Run();
+  scheduler_.SetWorker(welcome.worker_id, host_id, hello.task_slots);
+  scheduler_.SetWorkerConnected(welcome.worker_id, true);
+  WorkerLive& live_worker = workers_[welcome.worker_id];
+  live_worker = WorkerLive{host_id, true, now, false, live_worker.epoch + 1};
+  welcome.epoch = live_worker.epoch;
+
+  // Work the coordinator thinks this worker runs: resumed if the worker still
+  // runs it, requeued if not.
+  std::set<std::string> still(hello.running.begin(), hello.running.end());
+  std::vector<std::pair<std::string, Live>> lost;
+  for (const auto& [assignment, live] : live_) {
+    if (live.worker_id != welcome.worker_id) continue;
+    if (still.count(assignment) && !live.draining) welcome.resumed.push_back(assignment);
+    else lost.emplace_back(assignment, live);
+  }
+  for (const auto& [assignment, live] : lost) {
+    EndAssignment(assignment);
+    if (live.draining) continue;
+    if (live.kind == WorkKind::kDisk) {
+      RequeueTask(live.id, "worker " + welcome.worker_name + " re-registered without it");
+    } else if (live.kind == WorkKind::kSnapshot) {
+      db_.Prepare("UPDATE snapshots SET state = 'pending', worker_id = NULL WHERE id = ?").Bind(1, live.id).Run();
+      EnqueueSnapshot(live.id);
+    } else {
+      Statement c = db_.Prepare("SELECT 1 FROM tasks WHERE snapshot_id = ? AND state != 'succeeded'");
+      c.Bind(1, live.id);
+      EnqueueRelease(live.id, welcome.worker_id, !c.Step());
+    }
+  }
+  tx.Commit();
+  work_generation_++;
+  LogInfo("worker " + welcome.worker_name + " registered: host " + hello.host + ", " +
+          std::to_string(hello.task_slots) + " slots, version " + hello.version + ", " +
+          std::to_string(welcome.resumed.size()) + " assignments resumed");
+  return welcome;
+}
+
+void SessionRunner::WorkerDisconnected(int64_t worker_id, int64_t epoch) {
+  std::lock_guard lock(mu_);
+  auto it = workers_.find(worker_id);
+  // A stale connection noticed after the worker re-registered changes nothing.
+  if (it == workers_.end() || !it->second.connected || it->second.epoch != epoch) return;
+  // No new work; its running work waits for the deadline (it may reconnect).
+  it->second.connected = false;
+  scheduler_.SetWorkerConnected(worker_id, false);
+  db_.Prepare("UPDATE workers SET state = 'disconnected' WHERE id = ? AND state = 'connected'")
+      .Bind(1, worker_id).Run();
+}
+
+std::vector<std::string> SessionRunner::Heartbeat(int64_t worker_id,
+                                                  const std::vector<std::string>& running) {
+  std::lock_guard lock(mu_);
+  WorkerLive& worker = workers_[worker_id];
+  worker.last_heartbeat = clock_();
+  worker.heartbeat_dirty = true;
+  if (!worker.connected) {
+    // Marked unreachable while merely slow: it is back. Its old work was
+    // requeued, so all of it is in the cancel list below.
+    worker.connected = true;
+    scheduler_.SetWorkerConnected(worker_id, true);
+    db_.Prepare("UPDATE workers SET state = 'connected' WHERE id = ?").Bind(1, worker_id).Run();
+  }
+  std::vector<std::string> cancel;
+  std::set<std::string> reported(running.begin(), running.end());
+  for (const std::string& assignment : running) {
+    auto it = live_.find(assignment);
+    if (it == live_.end() || it->second.worker_id != worker_id || it->second.draining)
+      cancel.push_back(assignment);
+  }
+  // Canceled work the worker has let go of frees its slot now.
+  std::vector<std::string> released;
+  for (const auto& [assignment, live] : live_)
+    if (live.worker_id == worker_id && live.draining && !reported.count(assignment))
+      released.push_back(assignment);
+  for (const std::string& assignment : released) EndAssignment(assignment);
+  if (!released.empty()) work_generation_++;
+  return cancel;
+}
+
+void SessionRunner::ReportInventory(int64_t worker_id, const std::vector<InventoryVm>& vms) {
+  std::lock_guard lock(mu_);
+  auto it = workers_.find(worker_id);
+  if (it == workers_.end()) return;
+  int64_t host_id = it->second.host_id;
+  int64_t now = clock_();
+  Database::Transaction tx(db_);
+  // VMs no longer reported stay (sessions and points refer to them) as "missing".
+  db_.Prepare("UPDATE vms SET state = 'missing' WHERE host_id = ?").Bind(1, host_id).Run();
+  for (const InventoryVm& vm : vms) {
+    json::array tags;
+    for (const auto& tag : vm.tags) tags.emplace_back(tag);
+    // A VM is one VM by uuid: it may have moved here from another host.
+    Statement find = db_.Prepare("SELECT id FROM vms WHERE (uuid = ? AND uuid != '') OR (host_id = ? AND name = ?) "
+                                 "ORDER BY (host_id = ?) DESC LIMIT 1");
+    find.Bind(1, vm.uuid).Bind(2, host_id).Bind(3, vm.name).Bind(4, host_id);
+    int64_t vm_id;
+    if (find.Step()) {
+      vm_id = find.Int(0);
+      db_.Prepare("DELETE FROM vms WHERE host_id = ? AND name = ? AND id != ? AND "
+                  "id NOT IN (SELECT vm_id FROM snapshots)")
+          .Bind(1, host_id).Bind(2, vm.name).Bind(3, vm_id).Run();
+      db_.Prepare("UPDATE OR REPLACE vms SET host_id = ?, name = ?, uuid = ?, state = ?, tags = ?, seen_at = ? WHERE id = ?")
+          .Bind(1, host_id).Bind(2, vm.name).Bind(3, vm.uuid).Bind(4, vm.state)
+          .Bind(5, json::serialize(tags)).Bind(6, now).Bind(7, vm_id).Run();
+    } else {
+      db_.Prepare("INSERT INTO vms (host_id, name, uuid, state, tags, seen_at) VALUES (?, ?, ?, ?, ?, ?)")
+          .Bind(1, host_id).Bind(2, vm.name).Bind(3, vm.uuid).Bind(4, vm.state)
+          .Bind(5, json::serialize(tags)).Bind(6, now).Run();
+      vm_id = db_.LastInsertId();
+    }
+    db_.Prepare("DELETE FROM disks WHERE vm_id = ?").Bind(1, vm_id).Run();
+    for (const InventoryDisk& disk : vm.disks)
+      db_.Prepare("INSERT OR REPLACE INTO disks (vm_id, name, size_bytes, format) VALUES (?, ?, ?, ?)")
+          .Bind(1, vm_id).Bind(2, disk.name).Bind(3, disk.size_bytes).Bind(4, disk.format).Run();
+  }
+  tx.Commit();
+}
+
+void SessionRunner::MarkUnreachable(int64_t worker_id, const std::string& why) {
+  WorkerLive& worker = workers_[worker_id];
+  worker.connected = false;
+  scheduler_.SetWorkerConnected(worker_id, false);
+  db_.Prepare("UPDATE workers SET state = 'unreachable' WHERE id = ?").Bind(1, worker_id).Run();
+  LogWarning("worker " + std::to_string(worker_id) + " unreachable: " + why);
+  std::vector<std::pair<std::string, Live>> mine;
+  for (const auto& [assignment, live] : live_)
+    if (live.worker_id == worker_id) mine.emplace_back(assignment, live);
+  for (const auto& [assignment, live] : mine) {
+    EndAssignment(assignment);
+    if (live.draining) continue;
+    if (live.kind == WorkKind::kDisk) {
+      RequeueTask(live.id, "worker unreachable (" + why + ")");
+    } else if (live.kind == WorkKind::kSnapshot) {
+      db_.Prepare("UPDATE snapshots SET state = 'pending', worker_id = NULL WHERE id = ?").Bind(1, live.id).Run();
+      EnqueueSnapshot(live.id);
+    }
+  }
+  // Snapshots it holds are gone with it.
+  Statement held = db_.Prepare("SELECT id FROM snapshots WHERE worker_id = ? AND state IN ('ready', 'releasing')");
+  held.Bind(1, worker_id);
+  std::vector<int64_t> lost;
+  while (held.Step()) lost.push_back(held.Int(0));
+  for (int64_t snapshot : lost) LoseSnapshot(snapshot, "its holder, worker " + std::to_string(worker_id) + ", is unreachable");
+}
+
+void SessionRunner::RequeueTask(int64_t task_id, const std::string& why) {
+  db_.Prepare("UPDATE tasks SET state = 'queued', worker_id = NULL, not_before = NULL WHERE id = ?")
+      .Bind(1, task_id).Run();
+  Statement s = db_.Prepare("SELECT session_id FROM tasks WHERE id = ?");
+  s.Bind(1, task_id);
+  if (s.Step()) Log(s.Int(0), task_id, std::nullopt, "warning", "requeued: " + why);
+  EnqueueTask(task_id);
+}
+
+void SessionRunner::LoseSnapshot(int64_t snapshot_id, const std::string& why) {
+  // Every disk of the VM is read again from a new snapshot: a point mixing
+  // two snapshots would not be crash-consistent.
+  Statement tasks = db_.Prepare("SELECT id, assignment, state FROM tasks WHERE snapshot_id = ?");
+  tasks.Bind(1, snapshot_id);
+  std::vector<int64_t> ids;
+  while (tasks.Step()) {
+    ids.push_back(tasks.Int(0));
+    if (tasks.Text(2) == "queued") scheduler_.Dequeue(WorkKind::kDisk, tasks.Int(0));
+    if (tasks.Text(2) == "running") {
+      auto it = live_.find(tasks.Text(1));
+      if (it != live_.end()) it->second.draining = true;  // its reader fails anyway; free on let-go
+    }
+    delayed_tasks_.erase(tasks.Int(0));
+  }
+  scheduler_.Dequeue(WorkKind::kRelease, snapshot_id);
+  db_.Prepare("UPDATE tasks SET state = 'waiting', worker_id = NULL, bytes_done = 0, bytes_stored = 0, "
+              "ended_at = NULL, error = '' WHERE snapshot_id = ? AND state != 'canceled'")
+      .Bind(1, snapshot_id).Run();
+  db_.Prepare("UPDATE snapshots SET state = 'pending', worker_id = NULL, exports = '[]' WHERE id = ?")
+      .Bind(1, snapshot_id).Run();
+  Statement s = db_.Prepare("SELECT session_id FROM snapshots WHERE id = ?");
+  s.Bind(1, snapshot_id);
+  if (s.Step())
+    Log(s.Int(0), std::nullopt, snapshot_id, "warning",
+        "snapshot lost: " + why + "; taking a new one and re-reading all " + std::to_string(ids.size()) + " disks");
+  EnqueueSnapshot(snapshot_id);
+}
+
+// ---------------------------------------------------------------------------
+// Work hand-out
+
+WorkOrder SessionRunner::BuildOrder(const Placement& placement, int64_t worker_id) {
+  WorkOrder order;
+  order.kind = placement.work.kind;
+  order.tier = TierName(placement.tier);
+  int64_t snapshot_id = placement.work.id;
+  if (order.kind == WorkKind::kDisk) {
+    Statement t = db_.Prepare("SELECT snapshot_id, disk, attempt + 1, session_id FROM tasks WHERE id = ?");
+    t.Bind(1, placement.work.id);
+    if (!t.Step()) throw Error(ErrorKind::kInternal, "task " + std::to_string(placement.work.id) + " vanished");
+    snapshot_id = t.Int(0);
+    order.task_id = placement.work.id;
+    order.disk = t.Text(1);
+    order.attempt = static_cast<int>(t.Int(2));
+    order.assignment = AssignmentId(WorkKind::kDisk, order.task_id, order.attempt);
+    db_.Prepare("UPDATE tasks SET state = 'running', worker_id = ?, tier = ?, tier_reason = ?, attempt = ?, "
+                "assignment = ?, started_at = ?, not_before = NULL WHERE id = ?")
+        .Bind(1, worker_id).Bind(2, order.tier).Bind(3, placement.reason).Bind(4, int64_t{order.attempt})
+        .Bind(5, order.assignment).Bind(6, clock_()).Bind(7, order.task_id).Run();
+    Log(t.Int(3), order.task_id, std::nullopt, "info",
+        order.disk + ": attempt " + std::to_string(order.attempt) + " on worker " + std::to_string(worker_id) +
+            " (" + order.tier + ": " + placement.reason + ")");
+    live_[order.assignment] = Live{WorkKind::kDisk, order.task_id, worker_id, false, placement.work.repository_id};
+  }
+  Statement s = db_.Prepare(
+      "SELECT s.session_id, s.vm_name, v.uuid, h.name, h.platform, j.chain, r.id, r.name, r.location, "
+      "s.exports, s.attempt + 1 FROM snapshots s JOIN vms v ON v.id = s.vm_id JOIN hosts h ON h.id = s.host_id "
+      "JOIN sessions se ON se.id = s.session_id JOIN jobs j ON j.id = se.job_id "
+      "JOIN repositories r ON r.id = j.repository_id WHERE s.id = ?");
+  s.Bind(1, snapshot_id);
+  if (!s.Step()) throw Error(ErrorKind::kInternal, "snapshot " + std::to_string(snapshot_id) + " vanished");
+  order.session_id = s.Int(0);
+  order.vm_name = s.Text(1);
+  order.vm_uuid = s.Text(2);
+  order.host = s.Text(3);
+  order.platform = s.Text(4);
+  order.chain = s.Text(5);
+  order.repository_id = s.Int(6);
+  order.repository_name = s.Text(7);
+  order.repository_location = s.Text(8);
+  order.snapshot_id = snapshot_id;
+  if (order.kind == WorkKind::kDisk) {
+    json::value exports = json::parse(s.Text(9));
+    for (const auto& e : exports.as_array())
+      if (e.at("disk").as_string() == order.disk) order.export_uri = std::string(e.at("uri").as_string());
+    return order;
+  }
+  order.attempt = static_cast<int>(s.Int(10));
+  order.assignment = AssignmentId(order.kind, snapshot_id, order.attempt);
+  if (order.kind == WorkKind::kSnapshot) {
+    Statement d = db_.Prepare("SELECT disk FROM tasks WHERE snapshot_id = ? AND state != 'canceled' ORDER BY id");
+    d.Bind(1, snapshot_id);
+    while (d.Step()) order.disks.push_back(d.Text(0));
+    db_.Prepare("UPDATE snapshots SET state = 'taking', worker_id = ?, tier = ?, attempt = ?, assignment = ?, "
+                "not_before = NULL WHERE id = ?")
+        .Bind(1, worker_id).Bind(2, order.tier).Bind(3, int64_t{order.attempt}).Bind(4, order.assignment)
+        .Bind(5, snapshot_id).Run();
+    Log(order.session_id, std::nullopt, snapshot_id, "info",
+        order.vm_name + ": snapshot of " + std::to_string(order.disks.size()) + " disks by worker " +
+            std::to_string(worker_id) + " (" + order.tier + ": " + placement.reason + ")");
+  } else {
+    order.commit = placement.work.commit;
+    db_.Prepare("UPDATE snapshots SET attempt = ?, assignment = ? WHERE id = ?")
+        .Bind(1, int64_t{order.attempt}).Bind(2, order.assignment).Bind(3, snapshot_id).Run();
+  }
+  live_[order.assignment] = Live{order.kind, snapshot_id, worker_id};
+  return order;
+}
+
+std::vector<WorkOrder> SessionRunner::PullWork(int64_t worker_id, int free_slots) {
+  std::lock_guard lock(mu_);
+  auto worker = workers_.find(worker_id);
+  if (worker == workers_.end() || !worker->second.connected) return {};
+  worker->second.last_heartbeat = clock_();
+  worker->second.heartbeat_dirty = true;
+  std::vector<Placement> placements = scheduler_.Pick(worker_id, std::max(free_slots, 0));
+  if (placements.empty()) return {};
+  std::vector<WorkOrder> orders;
+  try {
+    Database::Transaction tx(db_);
+    for (const Placement& placement : placements) orders.push_back(BuildOrder(placement, worker_id));
+    tx.Commit();
+  } catch (...) {
+    // Nothing was handed out: put everything back as it was.
+    for (const WorkOrder& order : orders) live_.erase(order.assignment);
+    for (const Placement& placement : placements) {
+      if (placement.work.kind == WorkKind::kDisk) scheduler_.TaskEnded(worker_id, placement.work.repository_id);
+      scheduler_.Enqueue(placement.work);
+    }
+    throw;
+  }
+  assignments_made_ += orders.size();
+  return orders;
+}
+
+bool SessionRunner::ReportProgress(int64_t worker_id, const std::string& assignment, int64_t done,
+                                   int64_t total, int64_t stored) {
+  std::lock_guard lock(mu_);
+  auto it = live_.find(assignment);
+  if (it == live_.end() || it->second.worker_id != worker_id || it->second.draining) return false;
+  if (it->second.kind != WorkKind::kDisk) return true;
+  Statement t = db_.Prepare("SELECT started_at FROM tasks WHERE id = ?");
+  t.Bind(1, it->second.id);
+  double seconds = 0;
+  if (t.Step()) seconds = static_cast<double>(clock_() - t.Int(0)) / 1000.0;
+  db_.Prepare("UPDATE tasks SET bytes_done = ?, bytes_total = MAX(bytes_total, ?), bytes_stored = ?, rate = ? WHERE id = ?")
+      .Bind(1, done).Bind(2, total).Bind(3, stored).Bind(4, seconds > 0 ? static_cast<double>(done) / seconds : 0.0)
+      .Bind(5, it->second.id).Run();
+  return true;
+}
+
+// ---------------------------------------------------------------------------
+// Results
+
+bool SessionRunner::ReportResult(int64_t worker_id, const WorkReport& report) {
+  std::lock_guard lock(mu_);
+  auto it = live_.find(report.assignment);
+  if (it == live_.end() || it->second.worker_id != worker_id) return false;
+  Live live = it->second;
+  EndAssignment(report.assignment);
+  work_generation_++;  // a slot may have freed
+  if (live.draining) return false;
+  Database::Transaction tx(db_);
+  switch (live.kind) {
+    case WorkKind::kDisk: FinishTask(live.id, report); break;
+    case WorkKind::kSnapshot: FinishSnapshot(live.id, report); break;
+    case WorkKind::kRelease: FinishRelease(live.id, report); break;
+  }
+  tx.Commit();
+  return true;
+}
+
+void SessionRunner::FinishTask(int64_t task_id, const WorkReport& report) {
+  Statement t = db_.Prepare(
+      "SELECT t.session_id, t.snapshot_id, t.disk, t.failures, j.retry_count, j.retry_interval_s, t.started_at, "
+      "t.tier, s.vm_name FROM tasks t JOIN sessions se ON se.id = t.session_id JOIN jobs j ON j.id = se.job_id "
+      "JOIN snapshots s ON s.id = t.snapshot_id WHERE t.id = ?");
+  t.Bind(1, task_id);
+  if (!t.Step()) return;
+  int64_t session = t.Int(0), snapshot = t.Int(1);
+  std::string what = t.Text(8) + "/" + t.Text(2);
+  int64_t now = clock_();
+  for (const std::string& line : report.log) Log(session, task_id, std::nullopt, "info", line);
+  if (report.ok) {
+    double seconds = static_cast<double>(now - t.Int(6)) / 1000.0;
+    double rate = seconds > 0 ? static_cast<double>(report.bytes_read) / seconds : 0;
+    db_.Prepare("UPDATE tasks SET state = 'succeeded', bytes_done = ?, bytes_stored = ?, rate = ?, ended_at = ?, "
+                "error = '' WHERE id = ?")
+        .Bind(1, report.bytes_read).Bind(2, report.bytes_stored).Bind(3, rate).Bind(4, now).Bind(5, task_id).Run();
+    Log(session, task_id, std::nullopt, "info",
+        what + ": done, " + FormatBytes(report.bytes_read) + " read, " + FormatBytes(report.bytes_stored) + " stored");
+  } else {
+    int64_t failures = t.Int(3) + 1;
+    int64_t retries = t.Int(4);
+    std::string error = report.error.empty() ? "failed without a message" : report.error;
+    if (failures <= retries && Retriable(report.error_kind)) {
+      int64_t not_before = now + t.Int(5) * 1000;
+      db_.Prepare("UPDATE tasks SET state = 'queued', worker_id = NULL, failures = ?, error = ?, not_before = ? WHERE id = ?")
+          .Bind(1, failures).Bind(2, error).Bind(3, not_before).Bind(4, task_id).Run();
+      Log(session, task_id, std::nullopt, "warning",
+          what + ": attempt failed (" + error + "); retry " + std::to_string(failures) + " of " +
+              std::to_string(retries) + " in " + std::to_string(t.Int(5)) + " s");
+      if (t.Int(5) == 0) EnqueueTask(task_id);
+      else delayed_tasks_[task_id] = not_before;
+      return;
+    }
+    db_.Prepare("UPDATE tasks SET state = 'failed', failures = ?, error = ?, ended_at = ? WHERE id = ?")
+        .Bind(1, failures).Bind(2, error).Bind(3, now).Bind(4, task_id).Run();
+    Log(session, task_id, std::nullopt, "error",
+        what + ": failed after " + std::to_string(failures) + " attempt(s): " + error);
+  }
+  MaybeRelease(snapshot);
+}
+
+void SessionRunner::FinishSnapshot(int64_t snapshot_id, const WorkReport& report) {
+  Statement s = db_.Prepare(
+      "SELECT s.session_id, s.vm_name, s.failures, j.retry_count, j.retry_interval_s, se.state FROM snapshots s "
+      "JOIN sessions se ON se.id = s.session_id JOIN jobs j ON j.id = se.job_id WHERE s.id = ?");
+  s.Bind(1, snapshot_id);
+  if (!s.Step()) return;
+  int64_t session = s.Int(0);
+  std::string vm = s.Text(1);
+  int64_t now = clock_();
+  if (report.ok) {
+    json::array exports;
+    for (const auto& [disk, uri] : report.exports) exports.push_back(json::object{{"disk", disk}, {"uri", uri}});
+    db_.Prepare("UPDATE snapshots SET state = 'ready', exports = ? WHERE id = ?")
+        .Bind(1, json::serialize(exports)).Bind(2, snapshot_id).Run();
+    Log(session, std::nullopt, snapshot_id, "info", vm + ": snapshot ready");
+    Statement waiting = db_.Prepare("SELECT id FROM tasks WHERE snapshot_id = ? AND state = 'waiting'");
+    waiting.Bind(1, snapshot_id);
+    std::vector<int64_t> ids;
+    while (waiting.Step()) ids.push_back(waiting.Int(0));
+    db_.Prepare("UPDATE tasks SET state = 'queued' WHERE snapshot_id = ? AND state = 'waiting'").Bind(1, snapshot_id).Run();
+    for (int64_t id : ids) EnqueueTask(id);
+    MaybeRelease(snapshot_id);  // a stopped session: release at once
+    return;
+  }
+  int64_t failures = s.Int(2) + 1;
+  std::string error = report.error.empty() ? "failed without a message" : report.error;
+  if (failures <= s.Int(3) && Retriable(report.error_kind) && s.Text(5) == "running") {
+    int64_t not_before = now + s.Int(4) * 1000;
+    db_.Prepare("UPDATE snapshots SET state = 'pending', worker_id = NULL, failures = ?, error = ?, not_before = ? WHERE id = ?")
+        .Bind(1, failures).Bind(2, error).Bind(3, not_before).Bind(4, snapshot_id).Run();
+    Log(session, std::nullopt, snapshot_id, "warning",
+        vm + ": snapshot failed (" + error + "); retry " + std::to_string(failures) + " of " +
+            std::to_string(s.Int(3)) + " in " + std::to_string(s.Int(4)) + " s");
+    if (s.Int(4) == 0) EnqueueSnapshot(snapshot_id);
+    else delayed_snapshots_[snapshot_id] = not_before;
+    return;
+  }
+  db_.Prepare("UPDATE snapshots SET state = 'failed', failures = ?, error = ?, ended_at = ? WHERE id = ?")
+      .Bind(1, failures).Bind(2, error).Bind(3, now).Bind(4, snapshot_id).Run();
+  db_.Prepare("UPDATE tasks SET state = 'failed', error = ?, ended_at = ? WHERE snapshot_id = ? AND state = 'waiting'")
+      .Bind(1, "no snapshot: " + error).Bind(2, now).Bind(3, snapshot_id).Run();
+  Log(session, std::nullopt, snapshot_id, "error", vm + ": snapshot failed: " + error);
+  MaybeEndSession(session);
+}
+
+void SessionRunner::FinishRelease(int64_t snapshot_id, const WorkReport& report) {
+  Statement s = db_.Prepare(
+      "SELECT s.session_id, s.vm_name, s.vm_id, se.job_id, j.repository_id, j.chain FROM snapshots s "
+      "JOIN sessions se ON se.id = s.session_id JOIN jobs j ON j.id = se.job_id WHERE s.id = ?");
+  s.Bind(1, snapshot_id);
+  if (!s.Step()) return;
+  int64_t session = s.Int(0);
+  std::string vm = s.Text(1);
+  int64_t now = clock_();
+  if (report.ok) {
+    db_.Prepare("UPDATE snapshots SET state = 'released', point_id = ?, ended_at = ? WHERE id = ?")
+        .Bind(1, report.point_id.empty() ? std::optional<std::string>() : report.point_id)
+        .Bind(2, now).Bind(3, snapshot_id).Run();
+    if (!report.point_id.empty()) {
+      Statement sums = db_.Prepare("SELECT SUM(bytes_done), SUM(bytes_stored) FROM tasks WHERE snapshot_id = ?");
+      sums.Bind(1, snapshot_id);
+      sums.Step();
+      db_.Prepare("INSERT OR IGNORE INTO points (point_id, repository_id, job_id, session_id, vm_id, vm_name, chain, "
+                  "bytes_read, bytes_stored, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+          .Bind(1, report.point_id).Bind(2, s.Int(4)).Bind(3, s.Int(3)).Bind(4, session).Bind(5, s.Int(2))
+          .Bind(6, vm).Bind(7, s.Text(5)).Bind(8, sums.Int(0)).Bind(9, sums.Int(1)).Bind(10, now).Run();
+      Log(session, std::nullopt, snapshot_id, "info", vm + ": restore point " + report.point_id + " committed; snapshot removed");
+    } else {
+      Log(session, std::nullopt, snapshot_id, "info", vm + ": snapshot removed, no restore point");
+    }
+  } else {
+    std::string error = report.error.empty() ? "failed without a message" : report.error;
+    db_.Prepare("UPDATE snapshots SET state = 'failed', error = ?, ended_at = ? WHERE id = ?")
+        .Bind(1, "release: " + error).Bind(2, now).Bind(3, snapshot_id).Run();
+    Log(session, std::nullopt, snapshot_id, "error",
+        vm + ": commit/release failed: " + error + " (the worker's snapshot hunter removes leftovers)");
+  }
+  MaybeEndSession(session);
+}
+
+void SessionRunner::MaybeRelease(int64_t snapshot_id) {
+  Statement s = db_.Prepare("SELECT state, worker_id, session_id FROM snapshots WHERE id = ?");
+  s.Bind(1, snapshot_id);
+  if (!s.Step() || s.Text(0) != "ready") return;
+  Statement open = db_.Prepare(
+      "SELECT COUNT(*), SUM(state = 'succeeded'), SUM(state IN ('waiting', 'queued', 'running')) FROM tasks WHERE snapshot_id = ?");
+  open.Bind(1, snapshot_id);
+  open.Step();
+  if (open.Int(2) > 0) return;
+  Statement session = db_.Prepare("SELECT state FROM sessions WHERE id = ?");
+  session.Bind(1, s.Int(2));
+  session.Step();
+  bool commit = open.Int(0) > 0 && open.Int(1) == open.Int(0) && session.Text(0) == "running";
+  db_.Prepare("UPDATE snapshots SET state = 'releasing' WHERE id = ?").Bind(1, snapshot_id).Run();
+  EnqueueRelease(snapshot_id, s.Int(1), commit);
+}
+
+void SessionRunner::MaybeEndSession(int64_t session_id) {
+  Statement open = db_.Prepare(
+      "SELECT COUNT(*), SUM(state IN ('pending', 'taking', 'ready', 'releasing')), SUM(point_id IS NOT NULL) "
+      "FROM snapshots WHERE session_id = ?");
+  open.Bind(1, session_id);
+  open.Step();
+  if (open.Int(1) > 0) return;
+  Statement session = db_.Prepare("SELECT state, reason FROM sessions WHERE id = ?");
+  session.Bind(1, session_id);
+  if (!session.Step()) return;
+  std::string current = session.Text(0);
+  if (current != "running" && current != "stopping") return;
+  int64_t vms = open.Int(0), points = open.Int(2);
+  std::string state, reason = session.Text(1);
+  if (current == "stopping") {
+    state = "stopped";
+  } else if (vms > 0 && points == vms) {
+    state = "succeeded";
+    reason = std::to_string(points) + " of " + std::to_string(vms) + " VMs backed up";
+  } else {
+    Statement failed = db_.Prepare(
+        "SELECT s.vm_name, COALESCE((SELECT t.disk || ': ' || t.error FROM tasks t WHERE t.snapshot_id = s.id "
+        "AND t.state = 'failed' LIMIT 1), s.error) FROM snapshots s WHERE s.session_id = ? AND s.point_id IS NULL LIMIT 3");
+    failed.Bind(1, session_id);
+    std::string which;
+    while (failed.Step()) which += (which.empty() ? "" : "; ") + failed.Text(0) + " (" + failed.Text(1) + ")";
+    state = points > 0 ? "warning" : "failed";
+    if (vms == 0 && reason.empty()) reason = "the selection matched no VM with disks";
+    else reason = std::to_string(points) + " of " + std::to_string(vms) + " VMs backed up; failed: " + which;
+  }
+  db_.Prepare("UPDATE sessions SET state = ?, reason = ?, ended_at = ? WHERE id = ?")
+      .Bind(1, state).Bind(2, reason).Bind(3, clock_()).Bind(4, session_id).Run();
+  Log(session_id, std::nullopt, std::nullopt, state == "succeeded" ? "info" : "warning",
+      "session " + state + ": " + reason);
+}
+
+// ---------------------------------------------------------------------------
+// Jobs and sessions
+
+int64_t SessionRunner::StartJob(int64_t job_id, const std::string& trigger) {
+  std::lock_guard lock(mu_);
+  return StartJobLocked(job_id, trigger);
+}
+
+int64_t SessionRunner::StartJobLocked(int64_t job_id, const std::string& trigger) {
+  Statement job = db_.Prepare("SELECT name, repository_id, selection, exclude_disks FROM jobs WHERE id = ?");
+  job.Bind(1, job_id);
+  if (!job.Step()) throw Error(ErrorKind::kNotFound, "job " + std::to_string(job_id) + " not found");
+  std::string job_name = job.Text(0);
+  int64_t repository_id = job.Int(1);
+  Statement running = db_.Prepare("SELECT id FROM sessions WHERE job_id = ? AND state IN ('running', 'stopping')");
+  running.Bind(1, job_id);
+  if (running.Step())
+    throw ConflictError("job '" + job_name + "' already runs session " + std::to_string(running.Int(0)));
+
+  json::object selection = json::parse(job.Text(2)).as_object();
+  json::array excludes = json::parse(job.Text(3)).as_array();
+  auto listed = [&](const char* key, const std::string& value) {
+    auto it = selection.find(key);
+    if (it == selection.end()) return false;
+    for (const auto& v : it->value().as_array())
+      if (v.as_string() == value) return true;
+    return false;
+  };
+  auto excluded = [&](const std::string& vm, const std::string& disk) {
+    for (const auto& e : excludes) {
+      const json::object& o = e.as_object();
+      bool vm_matches = !o.contains("vm") || o.at("vm").as_string() == vm;
+      if (vm_matches && o.at("disk").as_string() == disk) return true;
+    }
+    return false;
+  };
+
+  struct Pick { int64_t vm_id, host_id; std::string name; };
+  std::vector<Pick> vms;
+  Statement all = db_.Prepare(
+      "SELECT v.id, v.name, v.tags, h.id, h.name, h.cluster FROM vms v JOIN hosts h ON h.id = v.host_id "
+      "WHERE v.state != 'missing' ORDER BY v.id");
+  while (all.Step()) {
+    bool tagged = false;
+    json::value tags = json::parse(all.Text(2));
+    for (const auto& tag : tags.as_array())
+      tagged = tagged || listed("tags", std::string(tag.as_string()));
+    if (listed("vms", all.Text(1)) || tagged || listed("hosts", all.Text(4)) ||
+        (!all.Text(5).empty() && listed("clusters", all.Text(5))))
+      vms.push_back({all.Int(0), all.Int(3), all.Text(1)});
+  }
+
+  int64_t now = clock_();
+  Database::Transaction tx(db_);
+  db_.Prepare("INSERT INTO sessions (job_id, trigger, state, created_at) VALUES (?, ?, 'running', ?)")
+      .Bind(1, job_id).Bind(2, trigger).Bind(3, now).Run();
+  int64_t session_id = db_.LastInsertId();
+  std::vector<int64_t> snapshots;
+  size_t task_count = 0;
+  for (const Pick& vm : vms) {
+    Statement disks = db_.Prepare("SELECT name, size_bytes FROM disks WHERE vm_id = ? ORDER BY name");
+    disks.Bind(1, vm.vm_id);
+    std::vector<std::pair<std::string, int64_t>> chosen;
+    while (disks.Step())
+      if (!excluded(vm.name, disks.Text(0))) chosen.emplace_back(disks.Text(0), disks.Int(1));
+    if (chosen.empty()) {
+      Log(session_id, std::nullopt, std::nullopt, "warning", vm.name + ": no disks to back up (all excluded?); skipped");
+      continue;
+    }
+    db_.Prepare("INSERT INTO snapshots (session_id, vm_id, vm_name, host_id, state, created_at) VALUES (?, ?, ?, ?, 'pending', ?)")
+        .Bind(1, session_id).Bind(2, vm.vm_id).Bind(3, vm.name).Bind(4, vm.host_id).Bind(5, now).Run();
+    int64_t snapshot_id = db_.LastInsertId();
+    snapshots.push_back(snapshot_id);
+    Statement insert = db_.Prepare(
+        "INSERT INTO tasks (session_id, snapshot_id, vm_id, disk, repository_id, state, bytes_total) "
+        "VALUES (?, ?, ?, ?, ?, 'waiting', ?)");
+    for (const auto& [disk, size] : chosen) {
+      insert.Reset();
+      insert.Bind(1, session_id).Bind(2, snapshot_id).Bind(3, vm.vm_id).Bind(4, disk).Bind(5, repository_id).Bind(6, size).Run();
+      ++task_count;
+    }
+  }
+  Log(session_id, std::nullopt, std::nullopt, "info",
+      "session started (" + trigger + "): " + std::to_string(snapshots.size()) + " VMs, " +
+          std::to_string(task_count) + " disk tasks");
+  for (int64_t id : snapshots) EnqueueSnapshot(id);
+  if (snapshots.empty()) MaybeEndSession(session_id);
+  tx.Commit();
+  return session_id;
+}
+
+void SessionRunner::CancelSessionWork(int64_t session_id, const std::string& why) {
+  Statement tasks = db_.Prepare("SELECT id, state, assignment FROM tasks WHERE session_id = ? AND state IN ('waiting', 'queued', 'running')");
+  tasks.Bind(1, session_id);
+  while (tasks.Step()) {
+    if (tasks.Text(1) == "queued") scheduler_.Dequeue(WorkKind::kDisk, tasks.Int(0));
+    if (tasks.Text(1) == "running") {
+      auto it = live_.find(tasks.Text(2));
+      if (it != live_.end()) it->second.draining = true;  // slot frees when the worker lets go
+    }
+    delayed_tasks_.erase(tasks.Int(0));
+  }
+  db_.Prepare("UPDATE tasks SET state = 'canceled', error = ?, ended_at = ? WHERE session_id = ? AND state IN ('waiting', 'queued', 'running')")
+      .Bind(1, why).Bind(2, clock_()).Bind(3, session_id).Run();
+  Statement snaps = db_.Prepare("SELECT id, state FROM snapshots WHERE session_id = ? AND state IN ('pending', 'ready')");
+  snaps.Bind(1, session_id);
+  std::vector<int64_t> ready;
+  while (snaps.Step()) {
+    if (snaps.Text(1) == "pending") {
+      scheduler_.Dequeue(WorkKind::kSnapshot, snaps.Int(0));
+      delayed_snapshots_.erase(snaps.Int(0));
+    } else {
+      ready.push_back(snaps.Int(0));
+    }
+  }
+  db_.Prepare("UPDATE snapshots SET state = 'canceled', error = ?, ended_at = ? WHERE session_id = ? AND state = 'pending'")
+      .Bind(1, why).Bind(2, clock_()).Bind(3, session_id).Run();
+  for (int64_t id : ready) MaybeRelease(id);  // releases without a point
+}
+
+std::optional<int64_t> SessionRunner::StopJob(int64_t job_id) {
+  std::lock_guard lock(mu_);
+  Statement job = db_.Prepare("SELECT name FROM jobs WHERE id = ?");
+  job.Bind(1, job_id);
+  if (!job.Step()) throw Error(ErrorKind::kNotFound, "job " + std::to_string(job_id) + " not found");
+  Statement running = db_.Prepare("SELECT id FROM sessions WHERE job_id = ? AND state = 'running'");
+  running.Bind(1, job_id);
+  if (!running.Step()) return std::nullopt;
+  int64_t session_id = running.Int(0);
+  Database::Transaction tx(db_);
+  db_.Prepare("UPDATE sessions SET state = 'stopping', reason = 'stopped by request' WHERE id = ?").Bind(1, session_id).Run();
+  Log(session_id, std::nullopt, std::nullopt, "warning", "stop requested: canceling queued and running work");
+  CancelSessionWork(session_id, "session stopped");
+  MaybeEndSession(session_id);
+  tx.Commit();
+  work_generation_++;
+  return session_id;
+}
+
+void SessionRunner::RepositoryChanged(int64_t repository_id, int task_slots) {
+  std::lock_guard lock(mu_);
+  scheduler_.SetRepositorySlots(repository_id, task_slots);
+  work_generation_++;
+}
+
+void SessionRunner::HostChanged(int64_t host_id, const std::string& name, const std::string& cluster) {
+  std::lock_guard lock(mu_);
+  scheduler_.SetHost(host_id, name, cluster);
+  work_generation_++;
+}
+
+void SessionRunner::RefreshNextRun(int64_t job_id, int64_t after_ms) {
+  Statement job = db_.Prepare("SELECT schedule, enabled FROM jobs WHERE id = ?");
+  job.Bind(1, job_id);
+  if (!job.Step()) return;
+  std::optional<int64_t> next;
+  if (!job.IsNull(0) && job.Int(1)) {
+    std::optional<int64_t> seconds = NextRun(ParseSchedule(json::parse(job.Text(0))), after_ms / 1000);
+    if (seconds) next = *seconds * 1000;
+  }
+  db_.Prepare("UPDATE jobs SET next_run_at = ? WHERE id = ?").Bind(1, next).Bind(2, job_id).Run();
+}
+
+void SessionRunner::JobScheduleChanged(int64_t job_id) {
+  std::lock_guard lock(mu_);
+  RefreshNextRun(job_id, clock_());
+}
+
+void SessionRunner::StartDueJobs(int64_t now) {
+  Statement due = db_.Prepare("SELECT id, name FROM jobs WHERE enabled = 1 AND next_run_at IS NOT NULL AND next_run_at <= ?");
+  due.Bind(1, now);
+  std::vector<std::pair<int64_t, std::string>> jobs;
+  while (due.Step()) jobs.emplace_back(due.Int(0), due.Text(1));
+  for (const auto& [id, name] : jobs) {
+    try {
+      int64_t session = StartJobLocked(id, "schedule");
+      LogInfo("job " + name + ": scheduled session " + std::to_string(session) + " started");
+    } catch (const Error& e) {
+      LogWarning("job " + name + ": scheduled run skipped: " + e.what());
+    }
+    RefreshNextRun(id, now);
+  }
+}
+
+void SessionRunner::Tick() {
+  std::lock_guard lock(mu_);
+  int64_t now = clock_();
+  {
+    Database::Transaction tx(db_);
+    for (auto& [id, worker] : workers_) {
+      if (worker.heartbeat_dirty) {
+        db_.Prepare("UPDATE workers SET last_heartbeat_at = ? WHERE id = ?").Bind(1, worker.last_heartbeat).Bind(2, id).Run();
+        worker.heartbeat_dirty = false;
+      }
+    }
+    std::vector<int64_t> silent;
+    for (const auto& [id, worker] : workers_) {
+      if (now - worker.last_heartbeat <= options_.heartbeat_deadline_ms) continue;
+      bool has_work = worker.connected || scheduler_.RunningOn(id) > 0;
+      for (const auto& [assignment, live] : live_) has_work = has_work || live.worker_id == id;
+      Statement held = db_.Prepare("SELECT 1 FROM snapshots WHERE worker_id = ? AND state IN ('ready', 'releasing')");
+      held.Bind(1, id);
+      if (has_work || held.Step()) silent.push_back(id);
+    }
+    for (int64_t id : silent)
+      MarkUnreachable(id, "no heartbeat for " + std::to_string((now - workers_[id].last_heartbeat) / 1000) + " s");
+    for (auto it = delayed_tasks_.begin(); it != delayed_tasks_.end();) {
+      if (it->second > now) { ++it; continue; }
+      EnqueueTask(it->first);
+      it = delayed_tasks_.erase(it);
+    }
+    for (auto it = delayed_snapshots_.begin(); it != delayed_snapshots_.end();) {
+      if (it->second > now) { ++it; continue; }
+      EnqueueSnapshot(it->first);
+      it = delayed_snapshots_.erase(it);
+    }
+    tx.Commit();
+  }
+  if (now - last_schedule_check_ >= 1000) {
+    last_schedule_check_ = now;
+    StartDueJobs(now);
+  }
+}
+
+SessionRunner::Stats SessionRunner::GetStats() {
+  std::lock_guard lock(mu_);
+  return Stats{scheduler_.QueuedCount(), live_.size(), assignments_made_};
+}
+
+}  // namespace ferry::coordinator
