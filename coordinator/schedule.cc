@@ -63,7 +63,7 @@ CivilDate CivilFromDays(int64_t days) {
   const int64_t shifted_month = (5 * day_of_year + 2) / 153;  // March = 0
   const int day = static_cast<int>(day_of_year - (153 * shifted_month + 2) / 5 + 1);
   const int month = static_cast<int>(shifted_month < 10 ? shifted_month + 3 : shifted_month - 9);
-  return {year_of_era + era * 400, month, day};
+  return {year_of_era + era * 400 + (month <= 2 ? 1 : 0), month, day};
 }
 
 // 0 = Sunday; 1970-01-01 was a Thursday.
@@ -460,6 +460,7 @@ Schedule ParseSchedule(const json::value& v, const std::string& prefix) {
     return *value;
   };
 
+  // Daily and every run on any date (daily's "days" aside); cron sets its own.
   s.days_of_month.set().reset(0);
   s.months.set().reset(0);
   s.days_of_week.set();

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "commands.h"
+#include "coordinator_commands.h"
 #include "ferry/common/error.h"
 #include "ferry/common/log.h"
 
@@ -37,6 +38,9 @@ Commands:
            restore a whole VM as a new libvirt domain, or over the original
   verify   --repo DIR [--point ID]
            read back and check every chunk the points reference
+
+Against a coordinator (jobs, sessions, workers, hosts, restore points):
+  ferry --coordinator URL RESOURCE ACTION ...    (ferry --coordinator URL help)
 
 Global options (before COMMAND): --verbose, --quiet
 Exit codes: 0 ok, 2 bad input, 3 not found, 4 corrupt data, 5 environment
@@ -73,6 +77,12 @@ int main(int argc, char** argv) {
   std::string command = args[0];
   std::vector<std::string> rest(args.begin() + 1, args.end());
   try {
+    if (command == "--coordinator") {
+      if (rest.empty()) throw ferry::Error(ferry::ErrorKind::kBadInput, "--coordinator needs a URL");
+      std::string url = rest[0];
+      command = rest.size() > 1 ? rest[1] : "help";
+      return ferry::cli::CoordinatorCommand(url, std::vector<std::string>(rest.begin() + 1, rest.end()));
+    }
     if (command == "init") return ferry::cli::InitCommand(rest);
     if (command == "backup") return ferry::cli::BackupCommand(rest, SelfPath(argv[0]));
     if (command == "list") return ferry::cli::ListCommand(rest);

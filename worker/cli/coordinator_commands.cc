@@ -1,0 +1,388 @@
+#include "coordinator_commands.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <thread>
+
+#include <boost/json.hpp>
+
+#include "arguments.h"
+#include "commands.h"
+#include "ferry/common/error.h"
+#include "ferry/http/client.h"
+
+namespace json = boost::json;
+
+namespace ferry::cli {
+namespace {
+
+const char kUsage[] = R"(usage: ferry --coordinator URL [--token-file FILE] [--ca FILE] RESOURCE ACTION ...
+
+The token comes from --token-file or $FERRY_TOKEN (never from the command
+line, where other users could read it).
+
+  status
+  host list | show ID | add NAME --platform proxmox|ovirt|ahv|libvirt [--cluster C]
+       | set ID [--platform P] [--cluster C] | rm ID
+  vm list [--host NAME] | show ID
+  worker list | show ID | add NAME (prints the worker's token once) | rm ID
+  repo list | show ID | add NAME --location PATH [--slots N] [--capacity BYTES] | rm ID
+  job list | show JOB | rm JOB | start JOB [--watch] | stop JOB
+      | create NAME --repo ID [--vm NAME ...] [--tag T ...] [--host H ...] [--cluster C ...]
+               [--exclude-disk [VM/]DISK ...] [--daily HH:MM | --every HOURS | --cron EXPR]
+               [--permitted-hours 0-6,22-23] [--retries N] [--retry-interval SECONDS]
+               [--chain NAME] [--disabled]
+      | create --file JOB.json | set JOB --file PATCH.json
+      (JOB is an id or a name)
+  session list [--job JOB] | show ID | log ID | watch ID
+  point list [--job JOB] [--vm NAME]
+
+Add --json to list/show for the API's JSON. `session watch` and `job start
+--watch` follow a session live and exit 0 when it succeeded, 1 otherwise.
+)";
+
+class ApiClient {
+ public:
+  ApiClient(const std::string& url, const std::string& token, const std::string& ca)
+      : client_(url, MakeOptions(ca)), token_(token) {}
+
+  json::value Call(const std::string& method, const std::string& target, const std::string& body = "") {
+    std::vector<std::pair<std::string, std::string>> headers = {{"Authorization", "Bearer " + token_}};
+    if (!body.empty()) headers.emplace_back("Content-Type", "application/json");
+    http::Response r = client_.Send(method, "/api/v1" + target, body, headers);
+    json::error_code ec;
+    json::value v = json::parse(r.body, ec);
+    if (r.status >= 200 && r.status < 300) {
+      if (ec) throw Error(ErrorKind::kInternal, "the coordinator sent malformed JSON for " + target);
+      return v;
+    }
+    std::string message = "HTTP " + std::to_string(r.status);
+    if (!ec && v.is_object() && v.as_object().contains("error")) {
+      const json::object& e = v.at("error").as_object();
+      message = std::string(e.at("message").as_string());
+      if (e.contains("field")) message = std::string(e.at("field").as_string()) + ": " + message;
+    }
+    ErrorKind kind = r.status == 404 ? ErrorKind::kNotFound
+                     : r.status == 401 ? ErrorKind::kBadInput
+                     : r.status >= 500 ? ErrorKind::kRetryable
+                                       : ErrorKind::kBadInput;
+    if (r.status == 401) message = "the coordinator refused the token (" + message + ")";
+    throw Error(kind, message);
+  }
+
+ private:
+  static http::ClientOptions MakeOptions(const std::string& ca) {
+    http::ClientOptions o;
+    o.ca_file = ca;
+    return o;
+  }
+  http::Client client_;
+  std::string token_;
+};
+
+std::string Str(const json::value& v) {
+  if (v.is_null()) return "-";
+  if (v.is_string()) return std::string(v.as_string());
+  return json::serialize(v);
+}
+
+std::string Bytes(double b) {
+  char buf[32];
+  if (b >= 1024.0 * 1024 * 1024) std::snprintf(buf, sizeof buf, "%.2f GiB", b / (1024.0 * 1024 * 1024));
+  else std::snprintf(buf, sizeof buf, "%.1f MiB", b / (1024.0 * 1024));
+  return buf;
+}
+
+// Prints rows of a list as an aligned table of the given columns.
+void Table(const json::array& rows, const std::vector<std::string>& columns) {
+  std::vector<std::vector<std::string>> cells;
+  std::vector<size_t> width;
+  for (const auto& c : columns) width.push_back(c.size());
+  for (const auto& row : rows) {
+    std::vector<std::string> line;
+    for (size_t i = 0; i < columns.size(); ++i) {
+      const json::object& o = row.as_object();
+      std::string cell = o.contains(columns[i]) ? Str(o.at(columns[i])) : "";
+      width[i] = std::max(width[i], cell.size());
+      line.push_back(cell);
+    }
+    cells.push_back(line);
+  }
+  auto print = [&](const std::vector<std::string>& line) {
+    for (size_t i = 0; i < line.size(); ++i)
+      std::cout << line[i] << (i + 1 < line.size() ? std::string(width[i] - line[i].size() + 2, ' ') : "");
+    std::cout << "\n";
+  };
+  std::vector<std::string> header;
+  for (const auto& c : columns) header.push_back(c);
+  print(header);
+  for (const auto& line : cells) print(line);
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw Error(ErrorKind::kNotFound, "cannot read " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+bool IsNumber(const std::string& s) {
+  return !s.empty() && s.find_first_not_of("0123456789") == std::string::npos;
+}
+
+std::string Positional(const std::vector<std::string>& words, size_t i, const char* what) {
+  if (i >= words.size()) throw Error(ErrorKind::kBadInput, std::string("missing ") + what);
+  return words[i];
+}
+
+std::string JobId(ApiClient& api, const std::string& job) {
+  if (IsNumber(job)) return job;
+  json::value jobs = api.Call("GET", "/jobs");
+  for (const auto& j : jobs.at("jobs").as_array())
+    if (j.at("name").as_string() == job) return std::to_string(j.at("id").as_int64());
+  throw Error(ErrorKind::kNotFound, "no job named '" + job + "'");
+}
+
+json::array Strings(const std::vector<std::string>& values) {
+  json::array a;
+  for (const auto& v : values) a.emplace_back(v);
+  return a;
+}
+
+json::object JobFromOptions(const std::string& name, const Arguments& a) {
+  json::object job{{"name", name}, {"repository", a.GetInt("--repo", 1, INT64_MAX).value_or(0)}};
+  if (!a.Has("--repo")) throw Error(ErrorKind::kBadInput, "--repo ID is required");
+  job["selection"] = json::object{{"vms", Strings(a.GetAll("--vm"))}, {"tags", Strings(a.GetAll("--tag"))},
+                                  {"hosts", Strings(a.GetAll("--host"))}, {"clusters", Strings(a.GetAll("--cluster"))}};
+  json::array excludes;
+  for (const std::string& e : a.GetAll("--exclude-disk")) {
+    size_t slash = e.find('/');
+    if (slash == std::string::npos) excludes.push_back(json::object{{"disk", e}});
+    else excludes.push_back(json::object{{"vm", e.substr(0, slash)}, {"disk", e.substr(slash + 1)}});
+  }
+  job["exclude_disks"] = excludes;
+  json::object schedule;
+  if (auto at = a.Get("--daily")) schedule = {{"kind", "daily"}, {"at", *at}};
+  if (auto hours = a.GetInt("--every", 1, 24)) schedule = {{"kind", "every"}, {"hours", *hours}};
+  if (auto expr = a.Get("--cron")) schedule = {{"kind", "cron"}, {"expr", *expr}};
+  if (auto permitted = a.Get("--permitted-hours")) {
+    if (schedule.empty()) throw Error(ErrorKind::kBadInput, "--permitted-hours needs --daily, --every or --cron");
+    schedule["permitted_hours"] = *permitted;
+  }
+  if (!schedule.empty()) job["schedule"] = schedule;
+  json::object retries;
+  if (auto n = a.GetInt("--retries", 0, 100)) retries["count"] = *n;
+  if (auto s = a.GetInt("--retry-interval", 0, 86400)) retries["interval_s"] = *s;
+  if (!retries.empty()) job["retries"] = retries;
+  if (auto chain = a.Get("--chain")) job["chain"] = json::object{{"name", *chain}};
+  if (a.Has("--disabled")) job["enabled"] = false;
+  return job;
+}
+
+bool Terminal(const std::string& state) {
+  return state == "succeeded" || state == "warning" || state == "failed" || state == "stopped";
+}
+
+// Follows a session until it ends: a redrawn summary on a terminal, one line
+// per change otherwise, plus the session log as it grows.
+int Watch(ApiClient& api, const std::string& id) {
+  bool tty = ::isatty(STDOUT_FILENO);
+  int64_t last_log = 0;
+  std::string last_line;
+  int drawn = 0;
+  while (true) {
+    json::value session = api.Call("GET", "/sessions/" + id);
+    json::value log = api.Call("GET", "/sessions/" + id + "/log?after=" + std::to_string(last_log));
+    const json::object& s = session.as_object();
+    const json::object& t = s.at("totals").as_object();
+    std::string state(s.at("state").as_string());
+    double done = static_cast<double>(t.at("bytes_done").to_number<int64_t>());
+    double total = static_cast<double>(t.at("bytes_total").to_number<int64_t>());
+    char summary[256];
+    std::snprintf(summary, sizeof summary, "session %s (%s): %s  tasks %lld/%lld done, %lld running, %lld queued, %lld failed  %s of %s  %s/s",
+                  id.c_str(), Str(s.at("job")).c_str(), state.c_str(),
+                  static_cast<long long>(t.at("succeeded").as_int64()), static_cast<long long>(t.at("tasks").as_int64()),
+                  static_cast<long long>(t.at("running").as_int64()), static_cast<long long>(t.at("queued").as_int64()),
+                  static_cast<long long>(t.at("failed").as_int64()), Bytes(done).c_str(), Bytes(total).c_str(),
+                  Bytes(t.at("rate_bytes_per_s").to_number<double>()).c_str());
+    if (tty) {
+      for (int i = 0; i < drawn; ++i) std::cout << "\x1b[1A\x1b[2K";
+      drawn = 0;
+    }
+    for (const auto& entry : log.at("log").as_array()) {
+      last_log = entry.at("id").as_int64();
+      std::cout << Str(entry.at("at")) << " " << Str(entry.at("level")) << " " << Str(entry.at("message")) << "\n";
+    }
+    if (tty) {
+      std::cout << summary << "\n";
+      drawn = 1;
+      for (const auto& task : s.at("tasks").as_array()) {
+        if (task.at("state").as_string() != "running" || drawn > 20) continue;
+        double td = static_cast<double>(task.at("bytes_done").to_number<int64_t>());
+        double tt = static_cast<double>(task.at("bytes_total").to_number<int64_t>());
+        std::printf("  %s/%s  worker %s (%s)  %3.0f%%  %s/s\n", Str(task.at("vm")).c_str(), Str(task.at("disk")).c_str(),
+                    Str(task.at("worker_id")).c_str(), Str(task.at("tier")).c_str(), tt > 0 ? 100.0 * td / tt : 0.0,
+                    Bytes(task.at("rate_bytes_per_s").to_number<double>()).c_str());
+        std::fflush(stdout);
+        ++drawn;
+      }
+    } else if (summary != last_line) {
+      std::cout << summary << "\n";
+      last_line = summary;
+    }
+    std::cout.flush();
+    if (Terminal(state)) {
+      std::cout << "session " << id << " " << state << ": " << Str(s.at("reason")) << "\n";
+      return state == "succeeded" ? 0 : 1;
+    }
+    if (g_interrupted) throw Error(ErrorKind::kInterrupted, "stopped watching (the session goes on)");
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+}
+
+}  // namespace
+
+int CoordinatorCommand(const std::string& url, const std::vector<std::string>& all_args) {
+  std::vector<std::string> args = all_args;
+  std::string token_file, ca;
+  // Connection options may come before the resource.
+  while (args.size() >= 2 && (args[0] == "--token-file" || args[0] == "--ca")) {
+    (args[0] == "--token-file" ? token_file : ca) = args[1];
+    args.erase(args.begin(), args.begin() + 2);
+  }
+  if (args.empty() || args[0] == "help" || args[0] == "--help") {
+    std::cout << kUsage;
+    return args.empty() ? 2 : 0;
+  }
+  std::string token;
+  if (!token_file.empty()) {
+    token = ReadFile(token_file);
+    while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' ')) token.pop_back();
+  } else if (const char* env = std::getenv("FERRY_TOKEN")) {
+    token = env;
+  }
+  if (token.empty()) throw Error(ErrorKind::kBadInput, "no API token: set FERRY_TOKEN or pass --token-file FILE");
+  if (ca.empty() && std::getenv("FERRY_CA")) ca = std::getenv("FERRY_CA");
+
+  std::string resource = args[0];
+  if (resource == "status") {
+    ApiClient api(url, token, ca);
+    std::cout << json::serialize(api.Call("GET", "/status")) << "\n";
+    return 0;
+  }
+  std::string action = args.size() > 1 ? args[1] : "list";
+  std::vector<std::string> words;
+  size_t i = 2;
+  while (i < args.size() && args[i].rfind("--", 0) != 0) words.push_back(args[i++]);
+  std::vector<std::string> options(args.begin() + static_cast<long>(std::min(i, args.size())), args.end());
+  const std::set<std::string> valued = {"--platform", "--cluster", "--host", "--location", "--slots", "--capacity",
+                                        "--repo", "--vm", "--tag", "--exclude-disk", "--daily", "--every", "--cron",
+                                        "--permitted-hours", "--retries", "--retry-interval", "--chain", "--file", "--job"};
+  Arguments a(options, valued, {"--json", "--watch", "--disabled"});
+  bool raw = a.Has("--json");
+  ApiClient api(url, token, ca);
+  auto show = [&](const json::value& v) { std::cout << json::serialize(v) << "\n"; };
+
+  static const std::map<std::string, std::string> kCollections = {
+      {"host", "hosts"}, {"vm", "vms"}, {"worker", "workers"}, {"repo", "repositories"},
+      {"job", "jobs"}, {"session", "sessions"}, {"point", "points"}};
+  static const std::map<std::string, std::vector<std::string>> kColumns = {
+      {"host", {"id", "name", "platform", "cluster", "workers", "vms"}},
+      {"vm", {"id", "name", "host", "cluster", "state"}},
+      {"worker", {"id", "name", "host", "state", "task_slots", "running_tasks", "last_heartbeat_at", "version"}},
+      {"repo", {"id", "name", "location", "task_slots", "running_tasks", "points"}},
+      {"job", {"id", "name", "repository", "schedule_description", "enabled", "next_run_at"}},
+      {"session", {"id", "job", "trigger", "state", "created_at", "ended_at", "reason"}},
+      {"point", {"id", "vm", "point_id", "chain", "bytes_stored", "created_at"}}};
+  auto collection = kCollections.find(resource);
+  if (collection == kCollections.end())
+    throw Error(ErrorKind::kBadInput, "unknown resource '" + resource + "'\n" + kUsage);
+  std::string path = "/" + collection->second;
+
+  if (action == "list") {
+    std::string query;
+    if (auto job = a.Get("--job")) query += "job=" + JobId(api, *job) + "&";
+    if (auto vm = a.Get("--vm")) query += "vm=" + *vm + "&";
+    if (auto host = a.Get("--host")) query += "host=" + *host + "&";
+    json::value v = api.Call("GET", path + (query.empty() ? "" : "?" + query.substr(0, query.size() - 1)));
+    if (raw) show(v);
+    else Table(v.at(collection->second).as_array(), kColumns.at(resource));
+    return 0;
+  }
+  if (action == "show") {
+    std::string id = resource == "job" ? JobId(api, Positional(words, 0, "JOB")) : Positional(words, 0, "ID");
+    show(api.Call("GET", path + "/" + id));
+    return 0;
+  }
+  if (action == "rm") {
+    std::string id = resource == "job" ? JobId(api, Positional(words, 0, "JOB")) : Positional(words, 0, "ID");
+    api.Call("DELETE", path + "/" + id);
+    std::cout << resource << " " << id << " deleted\n";
+    return 0;
+  }
+  if (resource == "host" && (action == "add" || action == "set")) {
+    json::object body;
+    if (action == "add") body["name"] = Positional(words, 0, "NAME");
+    if (auto p = a.Get("--platform")) body["platform"] = *p;
+    if (auto c = a.Get("--cluster")) body["cluster"] = *c;
+    show(action == "add" ? api.Call("POST", path, json::serialize(body))
+                         : api.Call("PATCH", path + "/" + Positional(words, 0, "ID"), json::serialize(body)));
+    return 0;
+  }
+  if (resource == "worker" && action == "add") {
+    json::value w = api.Call("POST", path, json::serialize(json::object{{"name", Positional(words, 0, "NAME")}}));
+    std::cout << "worker " << w.at("id").as_int64() << " created; its token (shown once, give it to the worker):\n"
+              << Str(w.at("token")) << "\n";
+    return 0;
+  }
+  if (resource == "repo" && action == "add") {
+    json::object body{{"name", Positional(words, 0, "NAME")}, {"location", a.Require("--location")}};
+    if (auto n = a.GetInt("--slots", 1, 1024)) body["task_slots"] = *n;
+    if (auto n = a.GetInt("--capacity", 0, INT64_MAX)) body["capacity_bytes"] = *n;
+    show(api.Call("POST", path, json::serialize(body)));
+    return 0;
+  }
+  if (resource == "job") {
+    if (action == "create") {
+      std::string body = a.Has("--file") ? ReadFile(*a.Get("--file"))
+                                         : json::serialize(JobFromOptions(Positional(words, 0, "NAME"), a));
+      show(api.Call("POST", path, body));
+      return 0;
+    }
+    std::string id = JobId(api, Positional(words, 0, "JOB"));
+    if (action == "set") {
+      show(api.Call("PATCH", path + "/" + id, ReadFile(a.Require("--file"))));
+      return 0;
+    }
+    if (action == "start") {
+      json::value started = api.Call("POST", path + "/" + id + "/start");
+      std::string session = std::to_string(started.at("session").as_int64());
+      std::cout << "session " << session << " started\n";
+      return a.Has("--watch") ? Watch(api, session) : 0;
+    }
+    if (action == "stop") {
+      json::value stopped = api.Call("POST", path + "/" + id + "/stop");
+      std::cout << "session " << stopped.at("session").as_int64() << " stopping\n";
+      return 0;
+    }
+  }
+  if (resource == "session" && action == "watch") return Watch(api, Positional(words, 0, "ID"));
+  if (resource == "session" && action == "log") {
+    json::value log = api.Call("GET", "/sessions/" + Positional(words, 0, "ID") + "/log?limit=100000");
+    if (raw) show(log);
+    else
+      for (const auto& e : log.at("log").as_array())
+        std::cout << Str(e.at("at")) << " " << Str(e.at("level")) << " " << Str(e.at("message")) << "\n";
+    return 0;
+  }
+  throw Error(ErrorKind::kBadInput, "unknown action '" + action + "' for " + resource + "\n" + kUsage);
+}
+
+}  // namespace ferry::cli
