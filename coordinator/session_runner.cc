@@ -422,9 +422,6 @@ WorkOrder SessionRunner::BuildOrder(const Placement& placement, int64_t worker_i
                 "assignment = ?, started_at = ?, not_before = NULL WHERE id = ?")
         .Bind(1, worker_id).Bind(2, order.tier).Bind(3, placement.reason).Bind(4, int64_t{order.attempt})
         .Bind(5, order.assignment).Bind(6, clock_()).Bind(7, order.task_id).Run();
-    Log(t.Int(3), order.task_id, std::nullopt, "info",
-        order.disk + ": attempt " + std::to_string(order.attempt) + " on worker " + std::to_string(worker_id) +
-            " (" + order.tier + ": " + placement.reason + ")");
     live_[order.assignment] = Live{WorkKind::kDisk, order.task_id, worker_id, false, placement.work.repository_id};
   }
   Statement s = db_.Prepare(
@@ -445,6 +442,9 @@ WorkOrder SessionRunner::BuildOrder(const Placement& placement, int64_t worker_i
   order.repository_location = s.Text(8);
   order.snapshot_id = snapshot_id;
   if (order.kind == WorkKind::kDisk) {
+    Log(order.session_id, order.task_id, std::nullopt, "info",
+        order.vm_name + "/" + order.disk + ": attempt " + std::to_string(order.attempt) + " on worker " +
+            std::to_string(worker_id) + " (" + order.tier + ": " + placement.reason + ")");
     json::value exports = json::parse(s.Text(9));
     for (const auto& e : exports.as_array())
       if (e.at("disk").as_string() == order.disk) order.export_uri = std::string(e.at("uri").as_string());

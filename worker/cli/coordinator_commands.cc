@@ -157,32 +157,32 @@ json::array Strings(const std::vector<std::string>& values) {
 }
 
 json::object JobFromOptions(const std::string& name, const Arguments& a) {
-  json::object job{{"name", name}, {"repository", a.GetInt("--repo", 1, INT64_MAX).value_or(0)}};
-  if (!a.Has("--repo")) throw Error(ErrorKind::kBadInput, "--repo ID is required");
-  job["selection"] = json::object{{"vms", Strings(a.GetAll("--vm"))}, {"tags", Strings(a.GetAll("--tag"))},
-                                  {"hosts", Strings(a.GetAll("--host"))}, {"clusters", Strings(a.GetAll("--cluster"))}};
+  json::object job{{"name", name}, {"repository", a.GetInt("repo", 1, INT64_MAX).value_or(0)}};
+  if (!a.Has("repo")) throw Error(ErrorKind::kBadInput, "--repo ID is required");
+  job["selection"] = json::object{{"vms", Strings(a.GetAll("vm"))}, {"tags", Strings(a.GetAll("tag"))},
+                                  {"hosts", Strings(a.GetAll("host"))}, {"clusters", Strings(a.GetAll("cluster"))}};
   json::array excludes;
-  for (const std::string& e : a.GetAll("--exclude-disk")) {
+  for (const std::string& e : a.GetAll("exclude-disk")) {
     size_t slash = e.find('/');
     if (slash == std::string::npos) excludes.push_back(json::object{{"disk", e}});
     else excludes.push_back(json::object{{"vm", e.substr(0, slash)}, {"disk", e.substr(slash + 1)}});
   }
   job["exclude_disks"] = excludes;
   json::object schedule;
-  if (auto at = a.Get("--daily")) schedule = {{"kind", "daily"}, {"at", *at}};
-  if (auto hours = a.GetInt("--every", 1, 24)) schedule = {{"kind", "every"}, {"hours", *hours}};
-  if (auto expr = a.Get("--cron")) schedule = {{"kind", "cron"}, {"expr", *expr}};
-  if (auto permitted = a.Get("--permitted-hours")) {
+  if (auto at = a.Get("daily")) schedule = {{"kind", "daily"}, {"at", *at}};
+  if (auto hours = a.GetInt("every", 1, 24)) schedule = {{"kind", "every"}, {"hours", *hours}};
+  if (auto expr = a.Get("cron")) schedule = {{"kind", "cron"}, {"expr", *expr}};
+  if (auto permitted = a.Get("permitted-hours")) {
     if (schedule.empty()) throw Error(ErrorKind::kBadInput, "--permitted-hours needs --daily, --every or --cron");
     schedule["permitted_hours"] = *permitted;
   }
   if (!schedule.empty()) job["schedule"] = schedule;
   json::object retries;
-  if (auto n = a.GetInt("--retries", 0, 100)) retries["count"] = *n;
-  if (auto s = a.GetInt("--retry-interval", 0, 86400)) retries["interval_s"] = *s;
+  if (auto n = a.GetInt("retries", 0, 100)) retries["count"] = *n;
+  if (auto s = a.GetInt("retry-interval", 0, 86400)) retries["interval_s"] = *s;
   if (!retries.empty()) job["retries"] = retries;
-  if (auto chain = a.Get("--chain")) job["chain"] = json::object{{"name", *chain}};
-  if (a.Has("--disabled")) job["enabled"] = false;
+  if (auto chain = a.Get("chain")) job["chain"] = json::object{{"name", *chain}};
+  if (a.Has("disabled")) job["enabled"] = false;
   return job;
 }
 
@@ -282,11 +282,11 @@ int CoordinatorCommand(const std::string& url, const std::vector<std::string>& a
   size_t i = 2;
   while (i < args.size() && args[i].rfind("--", 0) != 0) words.push_back(args[i++]);
   std::vector<std::string> options(args.begin() + static_cast<long>(std::min(i, args.size())), args.end());
-  const std::set<std::string> valued = {"--platform", "--cluster", "--host", "--location", "--slots", "--capacity",
-                                        "--repo", "--vm", "--tag", "--exclude-disk", "--daily", "--every", "--cron",
-                                        "--permitted-hours", "--retries", "--retry-interval", "--chain", "--file", "--job"};
-  Arguments a(options, valued, {"--json", "--watch", "--disabled"});
-  bool raw = a.Has("--json");
+  const std::set<std::string> valued = {"platform", "cluster", "host", "location", "slots", "capacity",
+                                        "repo", "vm", "tag", "exclude-disk", "daily", "every", "cron",
+                                        "permitted-hours", "retries", "retry-interval", "chain", "file", "job"};
+  Arguments a(options, valued, {"json", "watch", "disabled"});
+  bool raw = a.Has("json");
   ApiClient api(url, token, ca);
   auto show = [&](const json::value& v) { std::cout << json::serialize(v) << "\n"; };
 
@@ -308,9 +308,9 @@ int CoordinatorCommand(const std::string& url, const std::vector<std::string>& a
 
   if (action == "list") {
     std::string query;
-    if (auto job = a.Get("--job")) query += "job=" + JobId(api, *job) + "&";
-    if (auto vm = a.Get("--vm")) query += "vm=" + *vm + "&";
-    if (auto host = a.Get("--host")) query += "host=" + *host + "&";
+    if (auto job = a.Get("job")) query += "job=" + JobId(api, *job) + "&";
+    if (auto vm = a.Get("vm")) query += "vm=" + *vm + "&";
+    if (auto host = a.Get("host")) query += "host=" + *host + "&";
     json::value v = api.Call("GET", path + (query.empty() ? "" : "?" + query.substr(0, query.size() - 1)));
     if (raw) show(v);
     else Table(v.at(collection->second).as_array(), kColumns.at(resource));
@@ -330,8 +330,8 @@ int CoordinatorCommand(const std::string& url, const std::vector<std::string>& a
   if (resource == "host" && (action == "add" || action == "set")) {
     json::object body;
     if (action == "add") body["name"] = Positional(words, 0, "NAME");
-    if (auto p = a.Get("--platform")) body["platform"] = *p;
-    if (auto c = a.Get("--cluster")) body["cluster"] = *c;
+    if (auto p = a.Get("platform")) body["platform"] = *p;
+    if (auto c = a.Get("cluster")) body["cluster"] = *c;
     show(action == "add" ? api.Call("POST", path, json::serialize(body))
                          : api.Call("PATCH", path + "/" + Positional(words, 0, "ID"), json::serialize(body)));
     return 0;
@@ -343,29 +343,29 @@ int CoordinatorCommand(const std::string& url, const std::vector<std::string>& a
     return 0;
   }
   if (resource == "repo" && action == "add") {
-    json::object body{{"name", Positional(words, 0, "NAME")}, {"location", a.Require("--location")}};
-    if (auto n = a.GetInt("--slots", 1, 1024)) body["task_slots"] = *n;
-    if (auto n = a.GetInt("--capacity", 0, INT64_MAX)) body["capacity_bytes"] = *n;
+    json::object body{{"name", Positional(words, 0, "NAME")}, {"location", a.Require("location")}};
+    if (auto n = a.GetInt("slots", 1, 1024)) body["task_slots"] = *n;
+    if (auto n = a.GetInt("capacity", 0, INT64_MAX)) body["capacity_bytes"] = *n;
     show(api.Call("POST", path, json::serialize(body)));
     return 0;
   }
   if (resource == "job") {
     if (action == "create") {
-      std::string body = a.Has("--file") ? ReadFile(*a.Get("--file"))
+      std::string body = a.Has("file") ? ReadFile(*a.Get("file"))
                                          : json::serialize(JobFromOptions(Positional(words, 0, "NAME"), a));
       show(api.Call("POST", path, body));
       return 0;
     }
     std::string id = JobId(api, Positional(words, 0, "JOB"));
     if (action == "set") {
-      show(api.Call("PATCH", path + "/" + id, ReadFile(a.Require("--file"))));
+      show(api.Call("PATCH", path + "/" + id, ReadFile(a.Require("file"))));
       return 0;
     }
     if (action == "start") {
       json::value started = api.Call("POST", path + "/" + id + "/start");
       std::string session = std::to_string(started.at("session").as_int64());
       std::cout << "session " << session << " started\n";
-      return a.Has("--watch") ? Watch(api, session) : 0;
+      return a.Has("watch") ? Watch(api, session) : 0;
     }
     if (action == "stop") {
       json::value stopped = api.Call("POST", path + "/" + id + "/stop");

@@ -1,0 +1,45 @@
+// The worker protocol's generated types (worker_protocol.capnp, namespace
+// ferry::rpc) and the few conventions the schema states only in comments.
+// See docs/worker-protocol.md.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+#include "ferry/common/error.h"
+#include "ferry/rpc/worker_protocol.capnp.h"
+
+namespace ferry::rpc {
+
+// The version this build speaks (RegisterRequest.protocolVersion).
+inline constexpr uint32_t kProtocolVersion = PROTOCOL_VERSION;
+
+// WorkResult.errorKind: the snake_case name of a ferry::ErrorKind
+// (docs/error-policy.md): bad_input, not_found, corrupt, environment,
+// retryable, interrupted, internal.
+inline const char* WireErrorKind(ErrorKind kind) {
+  switch (kind) {
+    case ErrorKind::kBadInput: return "bad_input";
+    case ErrorKind::kNotFound: return "not_found";
+    case ErrorKind::kCorrupt: return "corrupt";
+    case ErrorKind::kEnvironment: return "environment";
+    case ErrorKind::kRetryable: return "retryable";
+    case ErrorKind::kInterrupted: return "interrupted";
+    case ErrorKind::kInternal: return "internal";
+  }
+  return "internal";
+}
+
+// The inverse of WireErrorKind; nullopt for a name this build does not know
+// (treat it as kInternal: not retried).
+inline std::optional<ErrorKind> ParseWireErrorKind(std::string_view name) {
+  for (ErrorKind k : {ErrorKind::kBadInput, ErrorKind::kNotFound, ErrorKind::kCorrupt,
+                      ErrorKind::kEnvironment, ErrorKind::kRetryable, ErrorKind::kInterrupted,
+                      ErrorKind::kInternal}) {
+    if (name == WireErrorKind(k)) return k;
+  }
+  return std::nullopt;
+}
+
+}  // namespace ferry::rpc
