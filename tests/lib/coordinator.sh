@@ -1,0 +1,64 @@
+# shellcheck shell=bash
+# Helpers for tests that drive a real ferry-coordinator and simulated workers
+# (sourced after integration/common.sh). Everything started here is stopped
+# by pid on exit.
+#   coord_init DIR            create state; sets TOKEN
+#   coord_start DIR [ARGS]    run it; sets API, RPC, COORD_PID
+#   coord_kill9               kill -9 the coordinator
+#   api METHOD PATH [BODY]    one API call; prints the JSON body, fails on >= 400
+#   jpy EXPR                  evaluates EXPR over the JSON on stdin (as `d`)
+#   sim_start NAME ARGS...    start ferry-simworker in the background; SIM_PID[NAME]
+COORDINATOR=${FERRY_COORDINATOR:?set FERRY_COORDINATOR to the ferry-coordinator binary}
+SIMWORKER=${FERRY_SIMWORKER:?set FERRY_SIMWORKER to the ferry-simworker binary}
+declare -A SIM_PID=()
+
+coord_init() { TOKEN=$("$COORDINATOR" init --data "$1"); export FERRY_TOKEN=$TOKEN; }
+
+coord_start() {
+  local dir=$1; shift
+  rm -f "$dir/ready"
+  "$COORDINATOR" run --data "$dir" --ready-file "$dir/ready" "$@" >>"$dir/log" 2>&1 &
+  COORD_PID=$!
+  on_exit "kill -9 $COORD_PID 2>/dev/null"
+  for _ in $(seq 100); do [[ -s $dir/ready ]] && break; sleep 0.1; done
+  [[ -s $dir/ready ]] || { cat "$dir/log"; fail "coordinator did not start"; }
+  API=$(jpy 'd["api"]' <"$dir/ready")
+  RPC=$(jpy 'd["rpc"]' <"$dir/ready")
+}
+
+coord_kill9() { kill -9 "$COORD_PID"; wait "$COORD_PID" 2>/dev/null || true; }
+
+api() {
+  python3 - "$API" "$TOKEN" "$@" <<'PY'
+import sys, urllib.request, urllib.error
+base, token, method, path = sys.argv[1:5]
+body = sys.argv[5].encode() if len(sys.argv) > 5 else None
+req = urllib.request.Request(base + "/api/v1" + path, data=body, method=method,
+                             headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
+try:
+    with urllib.request.urlopen(req, timeout=30) as r:
+        print(r.read().decode())
+except urllib.error.HTTPError as e:
+    sys.stderr.write(f"{method} {path}: HTTP {e.code}: {e.read().decode()}\n")
+    sys.exit(1)
+PY
+}
+
+jpy() { python3 -c 'import json, sys; d = json.load(sys.stdin); r = eval(sys.argv[1]); print(r if not isinstance(r, (dict, list)) else json.dumps(r))' "$1"; }
+
+sim_start() {
+  local name=$1; shift
+  "$SIMWORKER" --coordinator "$RPC" --reconnect-ms 200 "$@" >>"$WORK/sim-$name.log" 2>&1 &
+  SIM_PID[$name]=$!
+  on_exit "kill -9 ${SIM_PID[$name]} 2>/dev/null"
+}
+
+# wait_for DESCRIPTION SECONDS COMMAND...: polls until COMMAND succeeds.
+wait_for() {
+  local what=$1 seconds=$2; shift 2
+  for _ in $(seq $((seconds * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  fail "timed out after ${seconds}s waiting for $what"
+}
+
+session_state() { api GET "/sessions/$1" | jpy 'd["state"]'; }
+session_ended() { [[ $(session_state "$1") =~ ^(succeeded|warning|failed|stopped)$ ]]; }
