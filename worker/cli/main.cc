@@ -80,7 +80,6 @@ int main(int argc, char** argv) {
     if (command == "--coordinator") {
       if (rest.empty()) throw ferry::Error(ferry::ErrorKind::kBadInput, "--coordinator needs a URL");
       std::string url = rest[0];
-      command = rest.size() > 1 ? rest[1] : "help";
       return ferry::cli::CoordinatorCommand(url, std::vector<std::string>(rest.begin() + 1, rest.end()));
     }
     if (command == "init") return ferry::cli::InitCommand(rest);
