@@ -112,6 +112,9 @@ CREATE TABLE snapshots (
   ended_at INTEGER
 );
 CREATE INDEX snapshots_by_session ON snapshots(session_id);
+-- "Does the session still have open snapshots?" after every release: a
+-- partial index keeps that O(log n) in sessions of 10,000 VMs.
+CREATE INDEX snapshots_open ON snapshots(session_id) WHERE state IN ('pending', 'taking', 'ready', 'releasing');
 CREATE TABLE tasks (
   id INTEGER PRIMARY KEY,
   session_id INTEGER NOT NULL REFERENCES sessions(id),
@@ -137,6 +140,7 @@ CREATE TABLE tasks (
 );
 CREATE INDEX tasks_by_session ON tasks(session_id);
 CREATE INDEX tasks_by_snapshot ON tasks(snapshot_id);
+CREATE INDEX tasks_by_worker ON tasks(worker_id) WHERE state = 'running';
 CREATE INDEX tasks_live ON tasks(state) WHERE state IN ('waiting', 'queued', 'running');
 CREATE TABLE task_log (
   id INTEGER PRIMARY KEY,

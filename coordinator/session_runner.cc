@@ -172,6 +172,7 @@ void SessionRunner::EndAssignment(const std::string& assignment) {
   auto it = live_.find(assignment);
   if (it == live_.end()) return;
   if (it->second.kind == WorkKind::kDisk) scheduler_.TaskEnded(it->second.worker_id, it->second.repository_id);
+  if (it->second.draining) --draining_;
   live_.erase(it);
 }
 
@@ -273,6 +274,7 @@ std::vector<std::string> SessionRunner::Heartbeat(int64_t worker_id,
   WorkerLive& worker = workers_[worker_id];
   worker.last_heartbeat = clock_();
   worker.heartbeat_dirty = true;
+  worker.unreachable = false;
   if (!worker.connected) {
     // Marked unreachable while merely slow: it is back. Its old work was
     // requeued, so all of it is in the cancel list below.
@@ -289,9 +291,10 @@ std::vector<std::string> SessionRunner::Heartbeat(int64_t worker_id,
   }
   // Canceled work the worker has let go of frees its slot now.
   std::vector<std::string> released;
-  for (const auto& [assignment, live] : live_)
-    if (live.worker_id == worker_id && live.draining && !reported.count(assignment))
-      released.push_back(assignment);
+  if (draining_ > 0)
+    for (const auto& [assignment, live] : live_)
+      if (live.worker_id == worker_id && live.draining && !reported.count(assignment))
+        released.push_back(assignment);
   for (const std::string& assignment : released) EndAssignment(assignment);
   if (!released.empty()) work_generation_++;
   return cancel;
@@ -339,6 +342,7 @@ void SessionRunner::ReportInventory(int64_t worker_id, const std::vector<Invento
 void SessionRunner::MarkUnreachable(int64_t worker_id, const std::string& why) {
   WorkerLive& worker = workers_[worker_id];
   worker.connected = false;
+  worker.unreachable = true;
   scheduler_.SetWorkerConnected(worker_id, false);
   db_.Prepare("UPDATE workers SET state = 'unreachable' WHERE id = ?").Bind(1, worker_id).Run();
   LogWarning("worker " + std::to_string(worker_id) + " unreachable: " + why);
@@ -383,7 +387,10 @@ void SessionRunner::LoseSnapshot(int64_t snapshot_id, const std::string& why) {
     if (tasks.Text(2) == "queued") scheduler_.Dequeue(WorkKind::kDisk, tasks.Int(0));
     if (tasks.Text(2) == "running") {
       auto it = live_.find(tasks.Text(1));
-      if (it != live_.end()) it->second.draining = true;  // its reader fails anyway; free on let-go
+      if (it != live_.end() && !it->second.draining) {
+        it->second.draining = true;  // its reader fails anyway; the slot frees on let-go
+        ++draining_;
+      }
     }
     delayed_tasks_.erase(tasks.Int(0));
   }
@@ -675,6 +682,10 @@ void SessionRunner::MaybeRelease(int64_t snapshot_id) {
 }
 
 void SessionRunner::MaybeEndSession(int64_t session_id) {
+  Statement still_open = db_.Prepare(
+      "SELECT 1 FROM snapshots WHERE session_id = ? AND state IN ('pending', 'taking', 'ready', 'releasing') LIMIT 1");
+  still_open.Bind(1, session_id);
+  if (still_open.Step()) return;
   Statement open = db_.Prepare(
       "SELECT COUNT(*), SUM(state IN ('pending', 'taking', 'ready', 'releasing')), SUM(point_id IS NOT NULL) "
       "FROM snapshots WHERE session_id = ?");
@@ -808,7 +819,10 @@ void SessionRunner::CancelSessionWork(int64_t session_id, const std::string& why
     if (tasks.Text(1) == "queued") scheduler_.Dequeue(WorkKind::kDisk, tasks.Int(0));
     if (tasks.Text(1) == "running") {
       auto it = live_.find(tasks.Text(2));
-      if (it != live_.end()) it->second.draining = true;  // slot frees when the worker lets go
+      if (it != live_.end() && !it->second.draining) {
+        it->second.draining = true;  // the slot frees when the worker lets go
+        ++draining_;
+      }
     }
     delayed_tasks_.erase(tasks.Int(0));
   }
@@ -899,21 +913,19 @@ void SessionRunner::Tick() {
   int64_t now = clock_();
   {
     Database::Transaction tx(db_);
+    bool persist_heartbeats = now - last_heartbeat_flush_ >= 2000;
+    if (persist_heartbeats) last_heartbeat_flush_ = now;
     for (auto& [id, worker] : workers_) {
-      if (worker.heartbeat_dirty) {
+      if (persist_heartbeats && worker.heartbeat_dirty) {
         db_.Prepare("UPDATE workers SET last_heartbeat_at = ? WHERE id = ?").Bind(1, worker.last_heartbeat).Bind(2, id).Run();
         worker.heartbeat_dirty = false;
       }
     }
+    // Silent past the deadline: unreachable, whether or not it had work
+    // (an idle worker that vanished is unreachable too, and checked once).
     std::vector<int64_t> silent;
-    for (const auto& [id, worker] : workers_) {
-      if (now - worker.last_heartbeat <= options_.heartbeat_deadline_ms) continue;
-      bool has_work = worker.connected || scheduler_.RunningOn(id) > 0;
-      for (const auto& [assignment, live] : live_) has_work = has_work || live.worker_id == id;
-      Statement held = db_.Prepare("SELECT 1 FROM snapshots WHERE worker_id = ? AND state IN ('ready', 'releasing')");
-      held.Bind(1, id);
-      if (has_work || held.Step()) silent.push_back(id);
-    }
+    for (const auto& [id, worker] : workers_)
+      if (!worker.unreachable && now - worker.last_heartbeat > options_.heartbeat_deadline_ms) silent.push_back(id);
     for (int64_t id : silent)
       MarkUnreachable(id, "no heartbeat for " + std::to_string((now - workers_[id].last_heartbeat) / 1000) + " s");
     for (auto it = delayed_tasks_.begin(); it != delayed_tasks_.end();) {

@@ -179,6 +179,7 @@ class SessionRunner {
     int64_t last_heartbeat = 0;
     bool heartbeat_dirty = false;
     int64_t epoch = 0;
+    bool unreachable = false;  // marked; its work already requeued
   };
 
   void LoadTopology();
@@ -215,6 +216,8 @@ class SessionRunner {
   std::atomic<uint64_t> work_generation_{0};
   uint64_t assignments_made_ = 0;
   int64_t last_schedule_check_ = 0;
+  int64_t last_heartbeat_flush_ = 0;
+  size_t draining_ = 0;  // live assignments canceled but not yet let go
 };
 
 // Opaque random tokens: "fy_" + 40 hex; stored as hex SHA-256 only.
