@@ -1,5 +1,6 @@
 #include "ferry/coordinator/api.h"
 
+#include <cctype>
 #include <charconv>
 #include <ctime>
 #include <functional>
@@ -577,25 +578,24 @@ http::Response StopJob(Context& c) {
 // --- sessions ------------------------------------------------------------------
 
 const char kSessionSelect[] =
-    "SELECT s.id, s.job_id, j.name, s.trigger, s.state, s.reason, s.created_at, s.ended_at, "
-    "(SELECT COUNT(*) FROM tasks t WHERE t.session_id = s.id), "
-    "(SELECT COUNT(*) FROM tasks t WHERE t.session_id = s.id AND t.state = 'succeeded'), "
-    "(SELECT COUNT(*) FROM tasks t WHERE t.session_id = s.id AND t.state = 'failed'), "
-    "(SELECT COUNT(*) FROM tasks t WHERE t.session_id = s.id AND t.state = 'running'), "
-    "(SELECT COUNT(*) FROM tasks t WHERE t.session_id = s.id AND t.state IN ('queued', 'waiting')), "
-    "(SELECT COALESCE(SUM(bytes_done), 0) FROM tasks t WHERE t.session_id = s.id), "
-    "(SELECT COALESCE(SUM(bytes_total), 0) FROM tasks t WHERE t.session_id = s.id), "
-    "(SELECT COALESCE(SUM(rate), 0) FROM tasks t WHERE t.session_id = s.id AND t.state = 'running'), "
-    "(SELECT COUNT(*) FROM tasks t WHERE t.session_id = s.id AND t.state = 'canceled') "
+    "SELECT s.id, s.job_id, j.name, s.trigger, s.state, s.reason, s.created_at, s.ended_at "
     "FROM sessions s JOIN jobs j ON j.id = s.job_id ";
 
-json::object SessionJson(Statement& s) {
+// One pass over the session's tasks for all its totals.
+json::object SessionJson(Database& db, Statement& s) {
+  Statement t = db.Prepare(
+      "SELECT COUNT(*), SUM(state = 'succeeded'), SUM(state = 'failed'), SUM(state = 'running'), "
+      "SUM(state IN ('queued', 'waiting')), SUM(state = 'canceled'), COALESCE(SUM(bytes_done), 0), "
+      "COALESCE(SUM(bytes_total), 0), COALESCE(SUM(CASE WHEN state = 'running' THEN rate ELSE 0 END), 0) "
+      "FROM tasks WHERE session_id = ?");
+  t.Bind(1, s.Int(0));
+  t.Step();
   return {{"id", s.Int(0)}, {"job_id", s.Int(1)}, {"job", s.Text(2)}, {"trigger", s.Text(3)}, {"state", s.Text(4)},
           {"reason", s.Text(5)}, {"created_at", Time(s.Int(6))}, {"ended_at", Time(s.OptInt(7))},
-          {"totals", json::object{{"tasks", s.Int(8)}, {"succeeded", s.Int(9)}, {"failed", s.Int(10)},
-                                  {"running", s.Int(11)}, {"queued", s.Int(12)}, {"canceled", s.Int(16)},
-                                  {"bytes_done", s.Int(13)}, {"bytes_total", s.Int(14)},
-                                  {"rate_bytes_per_s", s.Real(15)}}}};
+          {"totals", json::object{{"tasks", t.Int(0)}, {"succeeded", t.Int(1)}, {"failed", t.Int(2)},
+                                  {"running", t.Int(3)}, {"queued", t.Int(4)}, {"canceled", t.Int(5)},
+                                  {"bytes_done", t.Int(6)}, {"bytes_total", t.Int(7)},
+                                  {"rate_bytes_per_s", t.Real(8)}}}};
 }
 
 http::Response ListSessions(Context& c) {
@@ -605,7 +605,7 @@ http::Response ListSessions(Context& c) {
   if (c.request.query.count("job")) s.Bind(1, QueryInt(c.request, "job", 0, 1, INT64_MAX));
   s.Bind(2, QueryInt(c.request, "limit", 100, 1, 10000));
   json::array out;
-  while (s.Step()) out.push_back(SessionJson(s));
+  while (s.Step()) out.push_back(SessionJson(c.db, s));
   return Json(200, json::object{{"sessions", out}});
 }
 
@@ -613,7 +613,7 @@ http::Response GetSession(Context& c) {
   Statement s = c.db.Prepare(std::string(kSessionSelect) + "WHERE s.id = ?");
   s.Bind(1, c.ids[0]);
   if (!s.Step()) NotFound("session", c.ids[0]);
-  json::object session = SessionJson(s);
+  json::object session = SessionJson(c.db, s);
   Statement snaps = c.db.Prepare(
       "SELECT id, vm_name, state, worker_id, tier, attempt, point_id, error FROM snapshots WHERE session_id = ? ORDER BY id");
   snaps.Bind(1, c.ids[0]);
@@ -758,6 +758,22 @@ std::vector<std::string> Split(const std::string& path) {
   return parts;
 }
 
+bool AsciiIEquals(const std::string& a, const std::string& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) return false;
+  return true;
+}
+
+// "application/json", in any case, optionally with parameters
+// ("; charset=utf-8"); not "application/json-seq" or "application/jsonx".
+bool IsJsonMediaType(const std::string& content_type) {
+  const std::string type = "application/json";
+  if (content_type.size() < type.size() || !AsciiIEquals(content_type.substr(0, type.size()), type)) return false;
+  return content_type.size() == type.size() || content_type[type.size()] == ';' || content_type[type.size()] == ' ' ||
+         content_type[type.size()] == '\t';
+}
+
 // Matches `path` against `pattern`; {id} segments must be positive integers.
 enum class Match { kNo, kYes, kBadId };
 Match MatchPath(const std::string& pattern, const std::string& path, std::vector<int64_t>& ids, std::string& bad) {
@@ -805,8 +821,10 @@ const std::string& Api::OpenApiDocument() {
 }
 
 bool Api::Authorized(const http::Request& request) {
-  const std::string prefix = "Bearer ";
-  if (request.authorization.compare(0, prefix.size(), prefix) != 0) return false;
+  // The auth scheme is case-insensitive (RFC 7235): "bearer" is "Bearer".
+  const std::string prefix = "bearer ";
+  if (request.authorization.size() < prefix.size() || !AsciiIEquals(request.authorization.substr(0, prefix.size()), prefix))
+    return false;
   std::string hash = HashToken(request.authorization.substr(prefix.size()));
   std::lock_guard lock(tokens_mu_);
   return token_hashes_.count(hash) > 0;
@@ -819,26 +837,34 @@ http::Response Api::Handle(const http::Request& request) {
     std::vector<int64_t> ids;
     std::string bad_id;
     bool id_invalid = false;
+    std::string allowed;  // the methods of the path, for a 405's Allow header
     for (const RouteEntry& r : kRoutes) {
       std::vector<int64_t> candidate;
       Match m = MatchPath(r.pattern, request.path, candidate, bad_id);
       if (m == Match::kNo) continue;
       path_known = true;
-      if (request.method != r.method) continue;
+      if (request.method != r.method) {
+        allowed += (allowed.empty() ? "" : ", ") + std::string(r.method);
+        continue;
+      }
       route = &r;
       ids = candidate;
       id_invalid = m == Match::kBadId;
       break;
     }
     if (!path_known) return ErrorResponse(404, "not_found", "no such route: " + request.path);
-    if (route == nullptr) return ErrorResponse(405, "method_not_allowed", request.method + " is not allowed on " + request.path);
+    if (route == nullptr) {
+      http::Response r = ErrorResponse(405, "method_not_allowed", request.method + " is not allowed on " + request.path);
+      r.headers.emplace_back("Allow", allowed);  // required in a 405 (RFC 9110)
+      return r;
+    }
     if (route->handler != OpenApi && !Authorized(request)) {
       http::Response r = ErrorResponse(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required");
       r.headers.emplace_back("WWW-Authenticate", "Bearer");
       return r;
     }
     if (id_invalid) throw FieldError("id", "'" + bad_id + "' is not a positive integer id");
-    if (route->write && !request.body.empty() && request.content_type.rfind("application/json", 0) != 0)
+    if (route->write && !request.body.empty() && !IsJsonMediaType(request.content_type))
       return ErrorResponse(415, "bad_input", "request bodies must be application/json", "Content-Type");
     if (route->write) {
       // Writes take the runner's lock and read back through a connection of
@@ -851,7 +877,8 @@ http::Response Api::Handle(const http::Request& request) {
     Context context{runner_, read_db_, request, ids, version_};
     return route->handler(context);
   } catch (const FieldError& e) {
-    return ErrorResponse(400, "bad_input", e.detail(), e.field());
+    // Always names the field, even a member whose name is "" ({"": 1}).
+    return Json(400, json::object{{"error", json::object{{"kind", "bad_input"}, {"message", e.detail()}, {"field", e.field()}}}});
   } catch (const ConflictError& e) {
     return ErrorResponse(409, "conflict", e.what());
   } catch (const Error& e) {

@@ -39,6 +39,7 @@ CREATE TABLE vms (
   UNIQUE (host_id, name)
 );
 CREATE INDEX vms_by_name ON vms(name);
+CREATE INDEX vms_by_uuid ON vms(uuid) WHERE uuid != '';
 CREATE TABLE disks (
   id INTEGER PRIMARY KEY,
   vm_id INTEGER NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
@@ -141,6 +142,7 @@ CREATE TABLE tasks (
 CREATE INDEX tasks_by_session ON tasks(session_id);
 CREATE INDEX tasks_by_snapshot ON tasks(snapshot_id);
 CREATE INDEX tasks_by_worker ON tasks(worker_id) WHERE state = 'running';
+CREATE INDEX tasks_by_repository ON tasks(repository_id) WHERE state = 'running';
 CREATE INDEX tasks_live ON tasks(state) WHERE state IN ('waiting', 'queued', 'running');
 CREATE TABLE task_log (
   id INTEGER PRIMARY KEY,

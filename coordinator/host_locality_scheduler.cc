@@ -227,6 +227,12 @@ std::vector<Placement> HostLocalityScheduler::Pick(int64_t worker_id, int max_di
   return out;
 }
 
+bool HostLocalityScheduler::HostCanServe(int64_t host_id, WorkKind kind) const {
+  auto it = hosts_.find(host_id);
+  if (it == hosts_.end()) return false;
+  return kind == WorkKind::kDisk ? it->second.free_slots > 0 : it->second.connected_workers > 0;
+}
+
 int HostLocalityScheduler::FreeSlots(int64_t worker_id) const {
   auto it = workers_.find(worker_id);
   return it == workers_.end() ? 0 : it->second.Free();

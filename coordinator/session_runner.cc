@@ -150,6 +150,8 @@ void SessionRunner::EnqueueSnapshot(int64_t snapshot_id) {
   s.Bind(1, snapshot_id);
   if (!s.Step()) return;
   scheduler_.Enqueue({WorkKind::kSnapshot, snapshot_id, s.Int(0), 0, 0});
+  wakeups_.hosts.insert(s.Int(0));
+  if (!scheduler_.HostCanServe(s.Int(0), WorkKind::kSnapshot)) wakeups_.all = true;
   work_generation_++;
 }
 
@@ -160,18 +162,29 @@ void SessionRunner::EnqueueTask(int64_t task_id) {
   s.Bind(1, task_id);
   if (!s.Step()) return;
   scheduler_.Enqueue({WorkKind::kDisk, task_id, s.Int(0), s.Int(1), 0});
+  wakeups_.hosts.insert(s.Int(0));
+  if (!scheduler_.HostCanServe(s.Int(0), WorkKind::kDisk)) wakeups_.all = true;
   work_generation_++;
 }
 
 void SessionRunner::EnqueueRelease(int64_t snapshot_id, int64_t holder, bool commit) {
   scheduler_.Enqueue({WorkKind::kRelease, snapshot_id, 0, 0, holder, commit});
+  wakeups_.workers.insert(holder);
   work_generation_++;
 }
 
 void SessionRunner::EndAssignment(const std::string& assignment) {
   auto it = live_.find(assignment);
   if (it == live_.end()) return;
-  if (it->second.kind == WorkKind::kDisk) scheduler_.TaskEnded(it->second.worker_id, it->second.repository_id);
+  if (it->second.kind == WorkKind::kDisk) {
+    // A freed repository slot may unblock work anywhere; a freed worker slot
+    // matters to that worker's host (and to hosts whose work it may take).
+    if (scheduler_.RepositoryFull(it->second.repository_id)) wakeups_.all = true;
+    scheduler_.TaskEnded(it->second.worker_id, it->second.repository_id);
+    auto worker = workers_.find(it->second.worker_id);
+    if (worker != workers_.end()) wakeups_.hosts.insert(worker->second.host_id);
+    wakeups_.workers.insert(it->second.worker_id);
+  }
   if (it->second.draining) --draining_;
   live_.erase(it);
 }
@@ -221,6 +234,8 @@ WorkerWelcome SessionRunner::RegisterWorker(const WorkerHello& hello) {
       .Bind(5, now).Bind(6, welcome.worker_id).Run();
   scheduler_.SetWorker(welcome.worker_id, host_id, hello.task_slots);
   scheduler_.SetWorkerConnected(welcome.worker_id, true);
+  welcome.host_id = host_id;
+  wakeups_.workers.insert(welcome.worker_id);
   WorkerLive& live_worker = workers_[welcome.worker_id];
   live_worker = WorkerLive{host_id, true, now, false, live_worker.epoch + 1};
   welcome.epoch = live_worker.epoch;
@@ -266,6 +281,7 @@ void SessionRunner::WorkerDisconnected(int64_t worker_id, int64_t epoch) {
   scheduler_.SetWorkerConnected(worker_id, false);
   db_.Prepare("UPDATE workers SET state = 'disconnected' WHERE id = ? AND state = 'connected'")
       .Bind(1, worker_id).Run();
+  WakeAll();  // its host's work may now go to workers elsewhere
 }
 
 std::vector<std::string> SessionRunner::Heartbeat(int64_t worker_id,
@@ -313,28 +329,36 @@ void SessionRunner::ReportInventory(int64_t worker_id, const std::vector<Invento
     json::array tags;
     for (const auto& tag : vm.tags) tags.emplace_back(tag);
     // A VM is one VM by uuid: it may have moved here from another host.
-    Statement find = db_.Prepare("SELECT id FROM vms WHERE (uuid = ? AND uuid != '') OR (host_id = ? AND name = ?) "
-                                 "ORDER BY (host_id = ?) DESC LIMIT 1");
-    find.Bind(1, vm.uuid).Bind(2, host_id).Bind(3, vm.name).Bind(4, host_id);
-    int64_t vm_id;
-    if (find.Step()) {
-      vm_id = find.Int(0);
-      db_.Prepare("DELETE FROM vms WHERE host_id = ? AND name = ? AND id != ? AND "
-                  "id NOT IN (SELECT vm_id FROM snapshots)")
-          .Bind(1, host_id).Bind(2, vm.name).Bind(3, vm_id).Run();
-      db_.Prepare("UPDATE OR REPLACE vms SET host_id = ?, name = ?, uuid = ?, state = ?, tags = ?, seen_at = ? WHERE id = ?")
+    std::optional<int64_t> vm_id;
+    if (!vm.uuid.empty()) {
+      Statement by_uuid = db_.Prepare("SELECT id FROM vms WHERE uuid = ? AND uuid != '' LIMIT 1");
+      by_uuid.Bind(1, vm.uuid);
+      if (by_uuid.Step()) vm_id = by_uuid.Int(0);
+    }
+    Statement by_name = db_.Prepare("SELECT id FROM vms WHERE host_id = ? AND name = ?");
+    by_name.Bind(1, host_id).Bind(2, vm.name);
+    std::optional<int64_t> same_name;
+    if (by_name.Step()) same_name = by_name.Int(0);
+    if (vm_id && same_name && *same_name != *vm_id) {
+      // Another VM of that name was here before: keep its row (history refers
+      // to it) under a name that frees this one.
+      db_.Prepare("UPDATE vms SET name = name || '~' || id, state = 'missing' WHERE id = ?").Bind(1, *same_name).Run();
+    }
+    if (!vm_id) vm_id = same_name;
+    if (vm_id) {
+      db_.Prepare("UPDATE vms SET host_id = ?, name = ?, uuid = ?, state = ?, tags = ?, seen_at = ? WHERE id = ?")
           .Bind(1, host_id).Bind(2, vm.name).Bind(3, vm.uuid).Bind(4, vm.state)
-          .Bind(5, json::serialize(tags)).Bind(6, now).Bind(7, vm_id).Run();
+          .Bind(5, json::serialize(tags)).Bind(6, now).Bind(7, *vm_id).Run();
     } else {
       db_.Prepare("INSERT INTO vms (host_id, name, uuid, state, tags, seen_at) VALUES (?, ?, ?, ?, ?, ?)")
           .Bind(1, host_id).Bind(2, vm.name).Bind(3, vm.uuid).Bind(4, vm.state)
           .Bind(5, json::serialize(tags)).Bind(6, now).Run();
       vm_id = db_.LastInsertId();
     }
-    db_.Prepare("DELETE FROM disks WHERE vm_id = ?").Bind(1, vm_id).Run();
+    db_.Prepare("DELETE FROM disks WHERE vm_id = ?").Bind(1, *vm_id).Run();
     for (const InventoryDisk& disk : vm.disks)
       db_.Prepare("INSERT OR REPLACE INTO disks (vm_id, name, size_bytes, format) VALUES (?, ?, ?, ?)")
-          .Bind(1, vm_id).Bind(2, disk.name).Bind(3, disk.size_bytes).Bind(4, disk.format).Run();
+          .Bind(1, *vm_id).Bind(2, disk.name).Bind(3, disk.size_bytes).Bind(4, disk.format).Run();
   }
   tx.Commit();
 }
@@ -344,6 +368,7 @@ void SessionRunner::MarkUnreachable(int64_t worker_id, const std::string& why) {
   worker.connected = false;
   worker.unreachable = true;
   scheduler_.SetWorkerConnected(worker_id, false);
+  WakeAll();
   db_.Prepare("UPDATE workers SET state = 'unreachable' WHERE id = ?").Bind(1, worker_id).Run();
   LogWarning("worker " + std::to_string(worker_id) + " unreachable: " + why);
   std::vector<std::pair<std::string, Live>> mine;
@@ -866,13 +891,13 @@ std::optional<int64_t> SessionRunner::StopJob(int64_t job_id) {
 void SessionRunner::RepositoryChanged(int64_t repository_id, int task_slots) {
   std::lock_guard lock(mu_);
   scheduler_.SetRepositorySlots(repository_id, task_slots);
-  work_generation_++;
+  WakeAll();
 }
 
 void SessionRunner::HostChanged(int64_t host_id, const std::string& name, const std::string& cluster) {
   std::lock_guard lock(mu_);
   scheduler_.SetHost(host_id, name, cluster);
-  work_generation_++;
+  WakeAll();
 }
 
 void SessionRunner::RefreshNextRun(int64_t job_id, int64_t after_ms) {
@@ -944,6 +969,13 @@ void SessionRunner::Tick() {
     last_schedule_check_ = now;
     StartDueJobs(now);
   }
+}
+
+SessionRunner::Wakeups SessionRunner::TakeWakeups() {
+  std::lock_guard lock(mu_);
+  Wakeups taken = std::move(wakeups_);
+  wakeups_ = Wakeups{};
+  return taken;
 }
 
 SessionRunner::Stats SessionRunner::GetStats() {

@@ -31,10 +31,14 @@ std::vector<std::string> Texts(capnp::List<capnp::Text>::Reader list) {
   return out;
 }
 
-// Long polls waiting for work, woken by the server's tick.
+// Long polls waiting for work, woken by the server's tick: only those the
+// runner's wakeups concern (their host got work, they hold a release, or
+// everyone when work may move between hosts), plus any past their deadline.
 struct Waiter {
   kj::Own<kj::PromiseFulfiller<void>> fulfiller;
   int64_t deadline_ms;
+  int64_t worker_id;
+  int64_t host_id;
 };
 
 int64_t NowMs() {
@@ -43,18 +47,22 @@ int64_t NowMs() {
 
 class WaitList {
  public:
-  kj::Promise<void> Wait(int64_t deadline_ms) {
+  kj::Promise<void> Wait(int64_t deadline_ms, int64_t worker_id, int64_t host_id) {
     auto paf = kj::newPromiseAndFulfiller<void>();
-    waiters_.push_back({kj::mv(paf.fulfiller), deadline_ms});
+    waiters_.push_back({kj::mv(paf.fulfiller), deadline_ms, worker_id, host_id});
     return kj::mv(paf.promise);
   }
-  // Wakes everyone if the generation moved, and anyone past the deadline.
-  void Tick(uint64_t generation) {
-    bool changed = generation != seen_;
-    seen_ = generation;
+  void Tick(SessionRunner& runner) {
+    uint64_t generation = runner.WorkGeneration();
+    SessionRunner::Wakeups wake;
+    if (generation != seen_) {
+      seen_ = generation;
+      wake = runner.TakeWakeups();
+    }
     int64_t now = NowMs();
     for (auto it = waiters_.begin(); it != waiters_.end();) {
-      if (changed || now >= it->deadline_ms || !it->fulfiller->isWaiting()) {
+      bool concerned = wake.all || wake.hosts.count(it->host_id) || wake.workers.count(it->worker_id);
+      if (concerned || now >= it->deadline_ms || !it->fulfiller->isWaiting()) {
         it->fulfiller->fulfill();
         it = waiters_.erase(it);
       } else {
@@ -114,8 +122,8 @@ void FillItem(rpc::WorkItem::Builder item, const WorkOrder& order) {
 
 class WorkerSessionImpl final : public rpc::WorkerSession::Server {
  public:
-  WorkerSessionImpl(SessionRunner& runner, WaitList& waiters, kj::Timer& timer, int64_t worker_id, int64_t epoch)
-      : runner_(runner), waiters_(waiters), timer_(timer), worker_id_(worker_id), epoch_(epoch) {}
+  WorkerSessionImpl(SessionRunner& runner, WaitList& waiters, int64_t worker_id, int64_t epoch, int64_t host_id)
+      : runner_(runner), waiters_(waiters), worker_id_(worker_id), epoch_(epoch), host_id_(host_id) {}
 
   ~WorkerSessionImpl() noexcept(false) {
     try {
@@ -201,7 +209,7 @@ class WorkerSessionImpl final : public rpc::WorkerSession::Server {
       return ToKj(e);
     }
     if (orders.empty() && NowMs() < deadline) {
-      return waiters_.Wait(deadline).then([this, context, free_slots, deadline]() mutable {
+      return waiters_.Wait(deadline, worker_id_, host_id_).then([this, context, free_slots, deadline]() mutable {
         return Pull(context, free_slots, deadline);
       });
     }
@@ -212,15 +220,14 @@ class WorkerSessionImpl final : public rpc::WorkerSession::Server {
 
   SessionRunner& runner_;
   WaitList& waiters_;
-  kj::Timer& timer_;
   int64_t worker_id_;
   int64_t epoch_;
+  int64_t host_id_;
 };
 
 class CoordinatorImpl final : public rpc::Coordinator::Server {
  public:
-  CoordinatorImpl(SessionRunner& runner, WaitList& waiters, kj::Timer& timer)
-      : runner_(runner), waiters_(waiters), timer_(timer) {}
+  CoordinatorImpl(SessionRunner& runner, WaitList& waiters) : runner_(runner), waiters_(waiters) {}
 
   kj::Promise<void> registerWorker(RegisterWorkerContext context) override {
     try {
@@ -234,7 +241,7 @@ class CoordinatorImpl final : public rpc::Coordinator::Server {
                         Texts(request.getRunning())};
       WorkerWelcome welcome = runner_.RegisterWorker(hello);
       auto results = context.getResults();
-      results.setSession(kj::heap<WorkerSessionImpl>(runner_, waiters_, timer_, welcome.worker_id, welcome.epoch));
+      results.setSession(kj::heap<WorkerSessionImpl>(runner_, waiters_, welcome.worker_id, welcome.epoch, welcome.host_id));
       auto reply = results.initReply();
       reply.setWorkerId(static_cast<uint64_t>(welcome.worker_id));
       reply.setWorkerName(welcome.worker_name);
@@ -252,7 +259,6 @@ class CoordinatorImpl final : public rpc::Coordinator::Server {
  private:
   SessionRunner& runner_;
   WaitList& waiters_;
-  kj::Timer& timer_;
 };
 
 }  // namespace
@@ -310,7 +316,7 @@ class WorkerRpcServer::Impl {
       port_ = static_cast<uint16_t>(listener->getPort());
       WaitList waiters;
       kj::Timer& timer = io.provider->getTimer();
-      capnp::TwoPartyServer server(kj::heap<CoordinatorImpl>(runner_, waiters, timer));
+      capnp::TwoPartyServer server(kj::heap<CoordinatorImpl>(runner_, waiters));
       kj::TaskSet tasks(error_handler_);
       tasks.add(AcceptLoop(*listener, server, tls.get(), tasks));
       tasks.add(TickLoop(timer, waiters));
@@ -362,7 +368,7 @@ class WorkerRpcServer::Impl {
 
   kj::Promise<void> TickLoop(kj::Timer& timer, WaitList& waiters) {
     return timer.afterDelay(20 * kj::MILLISECONDS).then([this, &timer, &waiters]() {
-      waiters.Tick(runner_.WorkGeneration());
+      waiters.Tick(runner_);
       int64_t now = NowMs();
       if (now - last_tick_ >= options_.tick_ms) {
         last_tick_ = now;

@@ -127,13 +127,14 @@ ok "w2 marked unreachable; its tasks and snapshot moved to w1 (cluster tier) and
 kill -TERM "${SIM_PID[a]}"; wait "${SIM_PID[a]}" || true
 
 # 3. The coordinator killed mid-session and restarted on the same ports.
-sim_start c --workers "$WORK/main.json" --task-ms 1500
+sim_start c --workers "$WORK/main.json" --task-ms 4000
 wait_for "workers back" 20 bash -c "[[ \$(FERRY_TOKEN=$TOKEN '$FERRY' --coordinator $API status | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"workers_connected\"])') == 3 ]]"
 S3=$(api POST "/jobs/$JOB/start" | jpy 'd["session"]')
 wait_for "a task done in session $S3" 30 bash -c "[[ \$(FERRY_TOKEN=$TOKEN '$FERRY' --coordinator $API session show $S3 | python3 -c 'import json,sys; t=json.load(sys.stdin)[\"totals\"]; print(t[\"succeeded\"] >= 1 and t[\"running\"] >= 1)') == True ]]"
 BEFORE_LOG=$(api GET "/sessions/$S3/log?limit=100000" | jpy 'len(d["log"])')
 BEFORE_SESSIONS=$(api GET /sessions | jpy 'len(d["sessions"])')
 API_PORT=${API##*:}
+[[ $(session_state "$S3") == running ]] || fail "session $S3 ended before the kill; the test needs longer tasks"
 coord_kill9
 ok "coordinator killed -9 mid-session ($BEFORE_LOG log lines so far)"
 coord_start "$DATA" --listen "127.0.0.1:$API_PORT" --rpc-listen "$RPC" "${HB[@]}"
@@ -144,6 +145,6 @@ api GET "/sessions/$S3" >"$WORK/s3.json"
 [[ $(api GET /sessions | jpy 'len(d["sessions"])') == "$BEFORE_SESSIONS" ]] || fail "sessions lost or added"
 AFTER_LOG=$(api GET "/sessions/$S3/log?limit=100000" | jpy 'len(d["log"])')
 ((AFTER_LOG > BEFORE_LOG)) || fail "session log shrank: $BEFORE_LOG -> $AFTER_LOG"
-api GET "/sessions/$S3/log?limit=100000" | grep -q "coordinator restarted" || fail "restart not in the session log"
+api GET "/sessions/$S3/log?limit=100000" | grep -q "coordinator restarted" || { tail -20 "$DATA/log"; api GET "/sessions/$S3/log?limit=100000" | jpy '"\n".join(e["at"] + " " + e["message"] for e in d["log"])'; fail "restart not in the session log"; }
 [[ $(api GET "/points?job=$JOB" | jpy 'len([p for p in d["points"] if p["session_id"] == '"$S3"'])') == 5 ]] || fail "session 3: expected 5 points, one per VM"
 ok "after kill -9 and restart, session $S3 succeeded with all 8 tasks and 5 points; nothing lost"

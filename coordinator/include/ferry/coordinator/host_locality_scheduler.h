@@ -66,6 +66,12 @@ class HostLocalityScheduler {
   // `max_disk_tasks` disk tasks (further limited by its free slots), by tier.
   std::vector<Placement> Pick(int64_t worker_id, int max_disk_tasks);
 
+  // True when a connected worker on the host can take `kind` of work now
+  // (a free slot for disk work; connected at all for a snapshot). When
+  // false, workers elsewhere may get the host's work.
+  bool HostCanServe(int64_t host_id, WorkKind kind) const;
+  bool RepositoryFull(int64_t repository_id) const { return !RepositoryHasSlot(repository_id); }
+
   int FreeSlots(int64_t worker_id) const;
   int RunningOn(int64_t worker_id) const;
   int RunningOnRepository(int64_t repository_id) const;

@@ -62,6 +62,7 @@ struct WorkerWelcome {
   std::string worker_name;
   std::vector<std::string> resumed;
   int64_t epoch = 0;  // this registration; pass to WorkerDisconnected
+  int64_t host_id = 0;
 };
 
 struct InventoryDisk {
@@ -155,6 +156,16 @@ class SessionRunner {
   // Bumped whenever new work may be available (long polls re-check).
   uint64_t WorkGeneration() const { return work_generation_.load(); }
 
+  // Which parked pulls may now find work: those of workers on `hosts`, the
+  // `workers` named, or everyone. Taken (and cleared) by the RPC server, so a
+  // burst of results wakes the few workers concerned, not all 1,000.
+  struct Wakeups {
+    bool all = false;
+    std::set<int64_t> hosts;
+    std::set<int64_t> workers;
+  };
+  Wakeups TakeWakeups();
+
   struct Stats {
     size_t queued = 0;
     size_t live_assignments = 0;
@@ -214,6 +225,8 @@ class SessionRunner {
   std::map<int64_t, int64_t> delayed_tasks_;      // task id -> not_before
   std::map<int64_t, int64_t> delayed_snapshots_;  // snapshot id -> not_before
   std::atomic<uint64_t> work_generation_{0};
+  Wakeups wakeups_;
+  void WakeAll() { wakeups_.all = true; work_generation_++; }
   uint64_t assignments_made_ = 0;
   int64_t last_schedule_check_ = 0;
   int64_t last_heartbeat_flush_ = 0;

@@ -1,0 +1,1616 @@
+// api_test: the coordinator's web API over real HTTP, against a real
+// `ferry-coordinator run` child process on a fresh data directory, checked
+// against the OpenAPI document it serves (coordinator/openapi.json).
+//
+// Every request a test makes goes through ApiTest::Call, which also checks the
+// exchange against the document: the status must be one the route documents,
+// a 2xx body must match the documented response schema, an error body the
+// Error schema, and a request body the server accepted must match the
+// documented request schema. So every test is also a conformance test.
+//
+// VMs exist only through a worker's inventory: FakeWorker registers over the
+// real worker RPC (Cap'n Proto) with a token from POST /workers and reports
+// one. Nothing here waits for time to pass except for the daemon to start and
+// stop, with generous deadlines; heartbeat deadlines are set to an hour so
+// that no worker turns unreachable mid-test.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <boost/json.hpp>
+#include <gtest/gtest.h>
+#include <kj/async-io.h>
+
+#include "ferry/common/error.h"
+#include "ferry/coordinator/api.h"
+#include "ferry/http/client.h"
+#include "ferry/rpc/protocol.h"
+#include "ferry/rpc/worker_client.h"
+
+#ifndef FERRY_COORDINATOR_BIN
+#error "FERRY_COORDINATOR_BIN must name the ferry-coordinator binary"
+#endif
+
+namespace json = boost::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+using Headers = std::vector<std::pair<std::string, std::string>>;
+
+// ---------------------------------------------------------------------------
+// Child processes.
+
+std::string ReadWholeFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+// Forks and execs argv with stdout to `out_fd` (or the log) and stderr
+// appended to `log`. Everything exec needs is built before fork.
+pid_t Spawn(const std::vector<std::string>& argv, const std::string& log, int out_fd = -1) {
+  std::vector<char*> args;
+  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  int log_fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (log_fd < 0) throw ferry::ErrnoError("opening " + log, errno);
+  pid_t pid = ::fork();
+  if (pid < 0) throw ferry::ErrnoError("fork", errno);
+  if (pid == 0) {
+    sigset_t all;
+    sigemptyset(&all);
+    sigprocmask(SIG_SETMASK, &all, nullptr);
+    ::dup2(out_fd >= 0 ? out_fd : log_fd, 1);
+    ::dup2(log_fd, 2);
+    int null_fd = ::open("/dev/null", O_RDONLY);
+    if (null_fd >= 0) ::dup2(null_fd, 0);
+    ::execv(args[0], args.data());
+    _exit(127);
+  }
+  ::close(log_fd);
+  return pid;
+}
+
+// Waits up to `limit` for pid to exit; its wait status, or nullopt if it runs on.
+std::optional<int> WaitExit(pid_t pid, std::chrono::milliseconds limit) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  for (;;) {
+    int status = 0;
+    pid_t done = ::waitpid(pid, &status, WNOHANG);
+    if (done == pid) return status;
+    if (done < 0) return -1;
+    if (std::chrono::steady_clock::now() >= deadline) return std::nullopt;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
+// `ferry-coordinator init --data DIR`: the admin token it prints.
+std::string InitDataDir(const std::string& data, const std::string& log) {
+  int pipe_fds[2];
+  if (::pipe2(pipe_fds, O_CLOEXEC) != 0) throw ferry::ErrnoError("pipe", errno);
+  pid_t pid = Spawn({FERRY_COORDINATOR_BIN, "init", "--data", data}, log, pipe_fds[1]);
+  ::close(pipe_fds[1]);
+  std::string out;
+  char buf[256];
+  for (ssize_t n; (n = ::read(pipe_fds[0], buf, sizeof buf)) > 0;) out.append(buf, static_cast<size_t>(n));
+  ::close(pipe_fds[0]);
+  std::optional<int> status = WaitExit(pid, std::chrono::seconds(60));
+  if (!status || !WIFEXITED(*status) || WEXITSTATUS(*status) != 0)
+    throw std::runtime_error("ferry-coordinator init failed; log:\n" + ReadWholeFile(log));
+  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+  return out;
+}
+
+// One `ferry-coordinator run` child. Stop() and Kill() end exactly its pid.
+class Daemon {
+ public:
+  Daemon(std::string data, std::string dir) : data_(std::move(data)), dir_(std::move(dir)) {}
+  ~Daemon() {
+    if (pid_ > 0) Kill();
+  }
+
+  void Start() {
+    const std::string ready = dir_ + "/ready.json";
+    fs::remove(ready);
+    log_ = dir_ + "/daemon.log";
+    pid_ = Spawn({FERRY_COORDINATOR_BIN, "run", "--data", data_, "--listen", "127.0.0.1:0", "--rpc-listen",
+                  "127.0.0.1:0", "--ready-file", ready, "--heartbeat-interval-ms", "1800000",
+                  "--heartbeat-deadline-ms", "3600000"},
+                 log_);
+    // The ready file appears (by rename) once both ports listen. The limit
+    // only keeps a broken daemon from hanging the test.
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (!fs::exists(ready)) {
+      int status = 0;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        throw std::runtime_error("ferry-coordinator run exited before it was ready; log:\n" + ReadWholeFile(log_));
+      }
+      if (std::chrono::steady_clock::now() > deadline) {
+        Kill();
+        throw std::runtime_error("ferry-coordinator run not ready after 60 s; log:\n" + ReadWholeFile(log_));
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    json::object r = json::parse(ReadWholeFile(ready)).as_object();
+    api_ = std::string(r.at("api").as_string());
+    rpc_ = std::string(r.at("rpc").as_string());
+    ready_pid_ = r.at("pid").to_number<int64_t>();
+  }
+
+  // SIGTERM, then SIGKILL if it has not exited after 30 s. Returns the wait
+  // status of a clean exit, or nullopt if it had to be killed.
+  std::optional<int> Stop() {
+    if (pid_ <= 0) return std::nullopt;
+    ::kill(pid_, SIGTERM);
+    std::optional<int> status = WaitExit(pid_, std::chrono::seconds(30));
+    if (!status) {
+      Kill();
+      return std::nullopt;
+    }
+    pid_ = -1;
+    return status;
+  }
+
+  // kill -9: what a crash or an OOM kill does.
+  void Kill() {
+    if (pid_ <= 0) return;
+    ::kill(pid_, SIGKILL);
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    pid_ = -1;
+  }
+
+  pid_t pid() const { return pid_; }
+  int64_t ready_pid() const { return ready_pid_; }
+  const std::string& api() const { return api_; }
+  const std::string& rpc() const { return rpc_; }
+  std::string log() const { return ReadWholeFile(log_); }
+
+ private:
+  std::string data_, dir_, log_, api_, rpc_;
+  pid_t pid_ = -1;
+  int64_t ready_pid_ = 0;
+};
+
+// ---------------------------------------------------------------------------
+// The OpenAPI document: finding operations, and checking values against its
+// schemas (type, required, properties, additionalProperties, enum, pattern,
+// lengths, ranges, items, nullable, allOf, oneOf, $ref).
+
+class OpenApi {
+ public:
+  explicit OpenApi(json::value doc) : doc_(std::move(doc)) {}
+
+  const json::object& doc() const { return doc_.as_object(); }
+
+  // The operation for `method` on a concrete path, and its path template.
+  const json::object* Find(const std::string& method, const std::string& path, std::string* pattern = nullptr) const {
+    std::string lower;
+    for (char c : method) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    for (const auto& [key, item] : doc().at("paths").as_object()) {
+      if (!Matches(std::string(key), path)) continue;
+      if (pattern) *pattern = std::string(key);
+      const json::value* op = item.as_object().if_contains(lower);
+      return op ? &op->as_object() : nullptr;
+    }
+    return nullptr;
+  }
+
+  static bool Matches(const std::string& pattern, const std::string& path) {
+    std::vector<std::string> want = Split(pattern), got = Split(path);
+    if (want.size() != got.size()) return false;
+    for (size_t i = 0; i < want.size(); ++i) {
+      bool param = want[i].size() > 2 && want[i].front() == '{' && want[i].back() == '}';
+      if (param ? got[i].empty() : want[i] != got[i]) return false;
+    }
+    return true;
+  }
+
+  const json::value& Resolve(const json::value& v) const {
+    const json::value* at = &v;
+    while (at->is_object() && at->as_object().contains("$ref")) {
+      std::string ref(at->as_object().at("$ref").as_string());
+      if (ref.rfind("#/", 0) != 0) throw std::runtime_error("unsupported $ref " + ref);
+      at = &doc_.at_pointer(ref.substr(1));
+    }
+    return *at;
+  }
+
+  // The documented schema of a response, or nullptr.
+  const json::value* ResponseSchema(const json::object& op, int status) const {
+    const json::value* response = op.at("responses").as_object().if_contains(std::to_string(status));
+    if (!response) return nullptr;
+    const json::value& r = Resolve(*response);
+    const json::value* content = r.as_object().if_contains("content");
+    if (!content) return nullptr;
+    return &content->as_object().at("application/json").as_object().at("schema");
+  }
+
+  const json::value* RequestSchema(const json::object& op) const {
+    const json::value* body = op.if_contains("requestBody");
+    if (!body) return nullptr;
+    return &Resolve(*body).as_object().at("content").as_object().at("application/json").as_object().at("schema");
+  }
+
+  std::set<std::string> Statuses(const json::object& op) const {
+    std::set<std::string> out;
+    for (const auto& r : op.at("responses").as_object()) out.insert(std::string(r.key()));
+    return out;
+  }
+
+  // Problems of `v` against `schema`, as "at: problem" lines.
+  std::vector<std::string> Check(const json::value& schema, const json::value& v) const {
+    std::vector<std::string> errors;
+    CheckAt(schema, v, "$", errors);
+    return errors;
+  }
+
+ private:
+  static std::vector<std::string> Split(const std::string& path) {
+    std::vector<std::string> parts;
+    std::stringstream in(path);
+    for (std::string part; std::getline(in, part, '/');) parts.push_back(part);
+    if (!path.empty() && path.back() == '/') parts.push_back("");
+    return parts;
+  }
+
+  static bool TypeIs(const std::string& type, const json::value& v) {
+    if (type == "object") return v.is_object();
+    if (type == "array") return v.is_array();
+    if (type == "string") return v.is_string();
+    if (type == "boolean") return v.is_bool();
+    if (type == "integer") return v.is_int64() || v.is_uint64();
+    if (type == "number") return v.is_number();
+    return false;
+  }
+
+  const std::regex& Regex(const std::string& pattern) const {
+    auto it = regexes_.find(pattern);
+    if (it == regexes_.end()) it = regexes_.emplace(pattern, std::regex(pattern, std::regex::ECMAScript)).first;
+    return it->second;
+  }
+
+  void CheckAt(const json::value& schema_ref, const json::value& v, const std::string& at,
+               std::vector<std::string>& errors) const {
+    const json::object& s = Resolve(schema_ref).as_object();
+    auto fail = [&](const std::string& problem) { errors.push_back(at + ": " + problem + " (value " + json::serialize(v) + ")"); };
+    if (v.is_null()) {
+      const json::value* nullable = s.if_contains("nullable");
+      if (nullable && nullable->as_bool()) return;
+    }
+    if (const json::value* all = s.if_contains("allOf"))
+      for (const json::value& sub : all->as_array()) CheckAt(sub, v, at, errors);
+    if (const json::value* one = s.if_contains("oneOf")) {
+      int matched = 0;
+      for (const json::value& sub : one->as_array()) {
+        std::vector<std::string> sub_errors;
+        CheckAt(sub, v, at, sub_errors);
+        if (sub_errors.empty()) ++matched;
+      }
+      if (matched != 1) fail("matches " + std::to_string(matched) + " of the oneOf schemas, not 1");
+    }
+    if (const json::value* type = s.if_contains("type")) {
+      if (!TypeIs(std::string(type->as_string()), v)) {
+        fail("is not of type " + std::string(type->as_string()));
+        return;
+      }
+    }
+    if (const json::value* e = s.if_contains("enum")) {
+      bool found = false;
+      for (const json::value& option : e->as_array()) found = found || option == v;
+      if (!found) fail("is not one of " + json::serialize(*e));
+    }
+    if (v.is_string()) {
+      const std::string text(v.as_string());
+      if (const json::value* p = s.if_contains("pattern"))
+        if (!std::regex_search(text, Regex(std::string(p->as_string())))) fail("does not match " + json::serialize(*p));
+      if (const json::value* n = s.if_contains("minLength"))
+        if (text.size() < n->to_number<size_t>()) fail("is shorter than " + json::serialize(*n));
+      if (const json::value* n = s.if_contains("maxLength"))
+        if (text.size() > n->to_number<size_t>()) fail("is longer than " + json::serialize(*n));
+      if (const json::value* f = s.if_contains("format"); f && f->as_string() == "date-time") {
+        static const std::regex kDateTime(R"(^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$)");
+        if (!std::regex_match(text, kDateTime)) fail("is not a date-time");
+      }
+    }
+    if (const json::value* f = s.if_contains("format"); f && f->as_string() == "int64" && v.is_uint64())
+      fail("is not an int64");
+    if (v.is_number()) {
+      double x = v.to_number<double>();
+      if (const json::value* m = s.if_contains("minimum"))
+        if (x < m->to_number<double>()) fail("is below the minimum " + json::serialize(*m));
+      if (const json::value* m = s.if_contains("maximum"))
+        if (x > m->to_number<double>()) fail("is above the maximum " + json::serialize(*m));
+    }
+    if (v.is_array()) {
+      const json::array& a = v.as_array();
+      if (const json::value* n = s.if_contains("minItems"))
+        if (a.size() < n->to_number<size_t>()) fail("has fewer items than " + json::serialize(*n));
+      if (const json::value* n = s.if_contains("maxItems"))
+        if (a.size() > n->to_number<size_t>()) fail("has more items than " + json::serialize(*n));
+      if (const json::value* u = s.if_contains("uniqueItems"); u && u->as_bool())
+        for (size_t i = 0; i < a.size(); ++i)
+          for (size_t j = i + 1; j < a.size(); ++j)
+            if (a[i] == a[j]) fail("has duplicate items");
+      if (const json::value* items = s.if_contains("items"))
+        for (size_t i = 0; i < a.size(); ++i) CheckAt(*items, a[i], at + "[" + std::to_string(i) + "]", errors);
+    }
+    if (v.is_object()) {
+      const json::object& o = v.as_object();
+      if (const json::value* req = s.if_contains("required"))
+        for (const json::value& key : req->as_array())
+          if (!o.contains(key.as_string())) fail("lacks required member " + json::serialize(key));
+      const json::value* props = s.if_contains("properties");
+      if (props)
+        for (const auto& [key, sub] : props->as_object())
+          if (const json::value* member = o.if_contains(key)) CheckAt(sub, *member, at + "." + std::string(key), errors);
+      if (const json::value* extra = s.if_contains("additionalProperties"); extra && extra->is_bool() && !extra->as_bool())
+        for (const auto& member : o)
+          if (!props || !props->as_object().contains(member.key()))
+            fail("has undocumented member \"" + std::string(member.key()) + "\"");
+      if (const json::value* n = s.if_contains("maxProperties"))
+        if (o.size() > n->to_number<size_t>()) fail("has more members than " + json::serialize(*n));
+    }
+  }
+
+  json::value doc_;
+  mutable std::map<std::string, std::regex> regexes_;
+};
+
+const OpenApi& Document() {
+  static const OpenApi doc(json::parse(ferry::coordinator::Api::OpenApiDocument()));
+  return doc;
+}
+
+std::string Join(const std::vector<std::string>& lines) {
+  std::string out;
+  for (const auto& l : lines) out += "  " + l + "\n";
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// A worker over the real worker RPC: registers with its token and reports an
+// inventory, then stays connected (silent) until destroyed. One at a time per
+// thread (it owns the thread's KJ event loop).
+
+struct FakeDisk {
+  std::string name;
+  uint64_t size;
+  std::string format;
+};
+struct FakeVm {
+  std::string name, uuid, state;
+  std::vector<std::string> tags;
+  std::vector<FakeDisk> disks;
+};
+
+class FakeWorker {
+ public:
+  FakeWorker(const std::string& rpc_address, const std::string& token, const std::string& host,
+             const std::string& platform, const std::vector<FakeVm>& vms)
+      : io_(kj::setupAsyncIo()) {
+    ferry::rpc::CoordinatorEndpoint endpoint;
+    endpoint.address = rpc_address;
+    connection_ = ferry::rpc::CoordinatorConnection::Connect(io_, nullptr, endpoint).wait(io_.waitScope);
+    auto request = connection_->coordinator().registerWorkerRequest();
+    auto r = request.initRequest();
+    r.setProtocolVersion(ferry::rpc::kProtocolVersion);
+    r.setToken(token);
+    r.setHost(host);
+    r.setPlatform(platform);
+    r.setCluster("");
+    r.setTaskSlots(2);
+    r.setVersion("api-test-1");
+    r.initRunning(0);
+    auto reply = request.send().wait(io_.waitScope);
+    worker_id_ = reply.getReply().getWorkerId();
+    session_ = reply.getSession();
+
+    auto inventory = KJ_ASSERT_NONNULL(session_).reportInventoryRequest();
+    auto list = inventory.initVms(static_cast<unsigned>(vms.size()));
+    for (unsigned i = 0; i < vms.size(); ++i) {
+      list[i].setName(vms[i].name);
+      list[i].setUuid(vms[i].uuid);
+      list[i].setState(vms[i].state);
+      auto tags = list[i].initTags(static_cast<unsigned>(vms[i].tags.size()));
+      for (unsigned t = 0; t < vms[i].tags.size(); ++t) tags.set(t, vms[i].tags[t]);
+      auto disks = list[i].initDisks(static_cast<unsigned>(vms[i].disks.size()));
+      for (unsigned d = 0; d < vms[i].disks.size(); ++d) {
+        disks[d].setName(vms[i].disks[d].name);
+        disks[d].setSizeBytes(vms[i].disks[d].size);
+        disks[d].setFormat(vms[i].disks[d].format);
+      }
+    }
+    inventory.send().wait(io_.waitScope);
+  }
+
+  uint64_t worker_id() const { return worker_id_; }
+
+ private:
+  kj::AsyncIoContext io_;  // destroyed last
+  kj::Own<ferry::rpc::CoordinatorConnection> connection_;
+  kj::Maybe<ferry::rpc::WorkerSession::Client> session_;
+  uint64_t worker_id_ = 0;
+};
+
+// ---------------------------------------------------------------------------
+// The fixture.
+
+struct Reply {
+  int status = 0;
+  std::string body;
+  json::value json;  // null unless the body is JSON
+  std::string content_type;
+  Headers headers;
+
+  // error.field, or "" ("<none>" if there is no error object).
+  std::string field() const {
+    const json::value* f = json.is_object() ? json.as_object().if_contains("error") : nullptr;
+    if (!f || !f->is_object()) return "<no error object>";
+    const json::value* name = f->as_object().if_contains("field");
+    return name && name->is_string() ? std::string(name->as_string()) : "";
+  }
+  std::string kind() const {
+    const json::value* e = json.is_object() ? json.as_object().if_contains("error") : nullptr;
+    if (!e || !e->is_object() || !e->as_object().contains("kind")) return "<no error object>";
+    return std::string(e->as_object().at("kind").as_string());
+  }
+  std::string message() const {
+    const json::value* e = json.is_object() ? json.as_object().if_contains("error") : nullptr;
+    if (!e || !e->is_object() || !e->as_object().contains("message")) return "";
+    return std::string(e->as_object().at("message").as_string());
+  }
+  int64_t id() const { return json.at("id").to_number<int64_t>(); }
+  std::string Str(const char* key) const { return std::string(json.at(key).as_string()); }
+};
+
+std::ostream& operator<<(std::ostream& out, const Reply& r) { return out << r.status << " " << r.body; }
+
+enum class Auth { kToken, kNone };
+
+class ApiTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string base = std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp";
+    std::string tmpl = base + "/ferry-api-test-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr) << "mkdtemp " << tmpl;
+    dir_ = tmpl;
+    data_ = dir_ + "/data";
+    token_ = InitDataDir(data_, dir_ + "/init.log");
+    ASSERT_TRUE(std::regex_match(token_, std::regex("fy_[0-9a-f]{40}"))) << "init printed '" << token_ << "'";
+    daemon_ = std::make_unique<Daemon>(data_, dir_);
+    ASSERT_NO_THROW(daemon_->Start());
+    ASSERT_EQ(daemon_->ready_pid(), daemon_->pid()) << "the ready file names another process";
+    client_ = std::make_unique<ferry::http::Client>(daemon_->api());
+  }
+
+  void TearDown() override {
+    worker_.reset();
+    client_.reset();
+    if (daemon_ && daemon_->pid() > 0) {
+      std::optional<int> status = daemon_->Stop();
+      EXPECT_TRUE(status && WIFEXITED(*status) && WEXITSTATUS(*status) == 0)
+          << "ferry-coordinator did not exit cleanly on SIGTERM; log:\n" << daemon_->log();
+    }
+    if (HasFailure() && daemon_) std::cerr << "daemon log:\n" << daemon_->log();
+    daemon_.reset();
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+
+  // Kills the daemon with SIGKILL and starts a new one on the same data.
+  void RestartHard() {
+    client_.reset();
+    daemon_->Kill();
+    daemon_->Start();
+    client_ = std::make_unique<ferry::http::Client>(daemon_->api());
+  }
+
+  // One request, checked against the OpenAPI document (see the top).
+  Reply Call(const std::string& method, const std::string& target, const std::string& body = "",
+             Auth auth = Auth::kToken, Headers headers = {}) {
+    if (auth == Auth::kToken) headers.emplace_back("Authorization", "Bearer " + token_);
+    ferry::http::Response response = client_->Send(method, target, body, headers);
+    Reply r;
+    r.status = response.status;
+    r.body = response.body;
+    r.content_type = response.content_type;
+    r.headers = response.headers;
+    json::error_code ec;
+    r.json = json::parse(r.body, ec);
+    if (ec) r.json = nullptr;
+    if (check_conformance_) {
+      std::vector<std::string> problems = Conformance(method, target, body, r, ec.failed());
+      EXPECT_TRUE(problems.empty()) << method << " " << target << " -> " << r.status << " " << r.body.substr(0, 2000)
+                                    << "\nconflicts with openapi.json:\n" << Join(problems);
+    }
+    return r;
+  }
+  Reply Get(const std::string& target) { return Call("GET", target); }
+  Reply Post(const std::string& target, const std::string& body) { return Call("POST", target, body); }
+  Reply Patch(const std::string& target, const std::string& body) { return Call("PATCH", target, body); }
+  Reply Delete(const std::string& target) { return Call("DELETE", target); }
+
+  std::vector<std::string> Conformance(const std::string& method, const std::string& target, const std::string& body,
+                                       const Reply& r, bool not_json) {
+    std::vector<std::string> problems;
+    const OpenApi& doc = Document();
+    if (not_json) problems.push_back("the response body is not JSON");
+    if (r.content_type.rfind("application/json", 0) != 0) problems.push_back("Content-Type is '" + r.content_type + "'");
+    std::string path = target.substr(0, target.find('?'));
+    const json::object* op = doc.Find(method, path);
+    if (!op) {
+      // Not a documented operation: only the router's own errors belong here.
+      if (r.status != 404 && r.status != 405 && r.status != 413)
+        problems.push_back("an undocumented operation answered " + std::to_string(r.status));
+      if (!not_json) {
+        const json::value& error = doc.doc().at("components").at("schemas").at("Error");
+        for (auto& p : doc.Check(error, r.json)) problems.push_back("error body: " + p);
+      }
+      return problems;
+    }
+    if (!doc.Statuses(*op).count(std::to_string(r.status)))
+      problems.push_back("status " + std::to_string(r.status) + " is not documented for " + method + " " + path);
+    if (not_json) return problems;
+    const json::value* schema = doc.ResponseSchema(*op, r.status);
+    if (r.status >= 400 && !schema) schema = &doc.doc().at("components").at("schemas").at("Error");
+    if (schema)
+      for (auto& p : doc.Check(*schema, r.json)) problems.push_back("response: " + p);
+    if (r.status >= 200 && r.status < 300 && !body.empty()) {
+      const json::value* request_schema = doc.RequestSchema(*op);
+      if (!request_schema) {
+        problems.push_back("the server accepted a body, but the operation documents none");
+      } else {
+        json::error_code ec;
+        json::value request = json::parse(body, ec);
+        if (!ec)
+          for (auto& p : doc.Check(*request_schema, request))
+            problems.push_back("accepted request body rejected by the documented schema: " + p);
+      }
+    }
+    return problems;
+  }
+
+  // Asserts a 4xx JSON error of `status` naming `field`.
+  void ExpectError(const Reply& r, int status, const std::string& field, const std::string& context = "") {
+    EXPECT_EQ(r.status, status) << context << ": " << r;
+    EXPECT_EQ(r.field(), field) << context << ": " << r;
+    EXPECT_FALSE(r.message().empty()) << context << ": " << r;
+  }
+
+  int64_t CreateRepository(const std::string& name) {
+    Reply r = Post("/api/v1/repositories", R"({"name":")" + name + R"(","location":"/srv/)" + name + R"("})");
+    EXPECT_EQ(r.status, 201) << r;
+    return r.status == 201 ? r.id() : 0;
+  }
+  int64_t CreateHost(const std::string& name, const std::string& cluster = "") {
+    std::string body = R"({"name":")" + name + R"(","platform":"proxmox")" +
+                       (cluster.empty() ? "" : R"(,"cluster":")" + cluster + "\"") + "}";
+    Reply r = Post("/api/v1/hosts", body);
+    EXPECT_EQ(r.status, 201) << r;
+    return r.status == 201 ? r.id() : 0;
+  }
+  int64_t CreateJob(const std::string& name, int64_t repository, const std::string& extra = "") {
+    Reply r = Post("/api/v1/jobs", R"({"name":")" + name + R"(","repository":)" + std::to_string(repository) +
+                                       R"(,"selection":{"tags":["prod"]})" + extra + "}");
+    EXPECT_EQ(r.status, 201) << r;
+    return r.status == 201 ? r.id() : 0;
+  }
+  // A worker with its token.
+  std::pair<int64_t, std::string> CreateWorker(const std::string& name) {
+    Reply r = Post("/api/v1/workers", R"({"name":")" + name + R"("})");
+    EXPECT_EQ(r.status, 201) << r;
+    if (r.status != 201) return {0, ""};
+    return {r.id(), r.Str("token")};
+  }
+
+  // Registers a worker on host pve1 with two VMs: web01 (tag prod; vda, vdb)
+  // and db01 (tag db; sda).
+  int64_t ConnectWorkerWithVms() {
+    auto [id, token] = CreateWorker("pve1-worker");
+    worker_ = std::make_unique<FakeWorker>(
+        daemon_->rpc(), token, "pve1", "proxmox",
+        std::vector<FakeVm>{{"web01", "7d1b5a3c-0000-4000-8000-000000000001", "running", {"prod", "web"},
+                             {{"vda", 10737418240, "qcow2"}, {"vdb", 1073741824, "raw"}}},
+                            {"db01", "7d1b5a3c-0000-4000-8000-000000000002", "shut-off", {"db"},
+                             {{"sda", 21474836480, "raw"}}}});
+    EXPECT_EQ(worker_->worker_id(), static_cast<uint64_t>(id));
+    return id;
+  }
+
+  std::string dir_, data_, token_;
+  std::unique_ptr<Daemon> daemon_;
+  std::unique_ptr<ferry::http::Client> client_;
+  std::unique_ptr<FakeWorker> worker_;
+  bool check_conformance_ = true;
+};
+
+std::set<std::pair<std::string, std::string>> DocumentedOperations(const json::object& doc) {
+  static const std::set<std::string> kMethods = {"get", "put", "post", "delete", "options", "head", "patch", "trace"};
+  std::set<std::pair<std::string, std::string>> out;
+  for (const auto& [path, item] : doc.at("paths").as_object())
+    for (const auto& [method, op] : item.as_object()) {
+      if (!kMethods.count(std::string(method))) continue;
+      std::string upper;
+      for (char c : std::string(method)) upper += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+      out.insert({upper, std::string(path)});
+    }
+  return out;
+}
+
+std::string Concrete(std::string pattern, int64_t id) {
+  size_t at = pattern.find("{id}");
+  if (at != std::string::npos) pattern.replace(at, 4, std::to_string(id));
+  return pattern;
+}
+
+// An hour of the day twelve hours from now, local time (as the daemon's): a
+// schedule at that hour cannot fire while a test runs.
+int FarHour() {
+  time_t now = ::time(nullptr);
+  struct tm local {};
+  ::localtime_r(&now, &local);
+  return (local.tm_hour + 12) % 24;
+}
+std::string TwoDigits(int n) {
+  char text[8];
+  std::snprintf(text, sizeof text, "%02d", n);
+  return text;
+}
+
+bool ArrayHasId(const json::value& list, int64_t id) {
+  for (const json::value& item : list.as_array())
+    if (item.at("id").to_number<int64_t>() == id) return true;
+  return false;
+}
+
+// ===========================================================================
+// OpenAPI conformance.
+
+TEST_F(ApiTest, OpenApiIsServedWithoutAuthAndIsTheBuiltInDocument) {
+  Reply r = Call("GET", "/api/v1/openapi.json", "", Auth::kNone);
+  ASSERT_EQ(r.status, 200) << r;
+  ASSERT_TRUE(r.json.is_object()) << "not a JSON object";
+  EXPECT_EQ(r.json.at("openapi"), "3.0.3");
+  EXPECT_EQ(r.json, json::parse(ferry::coordinator::Api::OpenApiDocument()));
+  EXPECT_TRUE(r.content_type.rfind("application/json", 0) == 0) << r.content_type;
+  // With a wrong token too: the document is public.
+  Reply wrong = Call("GET", "/api/v1/openapi.json", "", Auth::kNone, {{"Authorization", "Bearer fy_wrong"}});
+  EXPECT_EQ(wrong.status, 200);
+}
+
+TEST_F(ApiTest, OpenApiPathsAreExactlyTheServedRoutes) {
+  std::set<std::pair<std::string, std::string>> served;
+  for (const auto& route : ferry::coordinator::Api::Routes()) {
+    EXPECT_TRUE(served.insert({route.method, route.pattern}).second) << "route listed twice: " << route.method << " " << route.pattern;
+  }
+  std::set<std::pair<std::string, std::string>> documented = DocumentedOperations(Document().doc());
+  for (const auto& [method, path] : served)
+    EXPECT_TRUE(documented.count({method, path})) << method << " " << path << " is served but not in openapi.json";
+  for (const auto& [method, path] : documented)
+    EXPECT_TRUE(served.count({method, path})) << method << " " << path << " is in openapi.json but not served";
+  EXPECT_EQ(served.size(), 29u) << "a route was added or removed: update openapi.json, docs/api.md and this test";
+}
+
+TEST_F(ApiTest, OpenApiDocumentsSecurityAndErrorsOfEveryRoute) {
+  const json::object& doc = Document().doc();
+  ASSERT_TRUE(doc.contains("security"));
+  EXPECT_EQ(doc.at("security"), json::parse(R"([{"bearerAuth":[]}])"));
+  EXPECT_EQ(doc.at("components").at("securitySchemes").at("bearerAuth").at("scheme"), "bearer");
+  // The Error schema is what every error looks like.
+  const json::value& error = doc.at("components").at("schemas").at("Error");
+  EXPECT_TRUE(Document().Check(error, json::parse(R"({"error":{"kind":"bad_input","message":"m","field":"name"}})")).empty());
+  EXPECT_FALSE(Document().Check(error, json::parse(R"({"error":{"message":"m"}})")).empty());
+
+  for (const auto& [method, path] : DocumentedOperations(doc)) {
+    const json::object* op = Document().Find(method, Concrete(path, 1));
+    ASSERT_NE(op, nullptr) << method << " " << path;
+    std::set<std::string> statuses = Document().Statuses(*op);
+    std::string what = method + " " + path;
+    std::set<std::string> ok;
+    for (const auto& s : statuses)
+      if (s[0] == '2') ok.insert(s);
+    EXPECT_EQ(ok.size(), 1u) << what << " documents one success status";
+    for (const auto& s : ok) EXPECT_NE(Document().ResponseSchema(*op, std::stoi(s)), nullptr) << what << " " << s;
+    if (path == "/api/v1/openapi.json") {
+      ASSERT_TRUE(op->contains("security")) << what;
+      EXPECT_TRUE(op->at("security").as_array().empty()) << what << " must be public (security: [])";
+      EXPECT_FALSE(statuses.count("401")) << what;
+      continue;
+    }
+    EXPECT_FALSE(op->contains("security")) << what << " overrides the global bearerAuth";
+    EXPECT_TRUE(statuses.count("401")) << what << " does not document 401";
+    if (path.find("{id}") != std::string::npos) {
+      EXPECT_TRUE(statuses.count("400")) << what << " does not document 400 (bad id)";
+      EXPECT_TRUE(statuses.count("404")) << what << " does not document 404";
+    }
+    if (method == "POST" || method == "PATCH") {
+      EXPECT_NE(Document().RequestSchema(*op), nullptr) << what << " documents no request body";
+      EXPECT_TRUE(statuses.count("400")) << what;
+      EXPECT_TRUE(statuses.count("413")) << what;
+      EXPECT_TRUE(statuses.count("415")) << what;
+    }
+    for (const auto& s : statuses) {
+      if (s == "default" || s[0] == '2') continue;
+      const json::value* schema = Document().ResponseSchema(*op, std::stoi(s));
+      ASSERT_NE(schema, nullptr) << what << " " << s;
+      EXPECT_EQ(Document().Resolve(*schema), error) << what << " " << s << " is not an Error";
+    }
+  }
+}
+
+// Hits every documented route with real ids, each expecting its success
+// status; Call() checks the status and the body against the document.
+TEST_F(ApiTest, OpenApiEveryRouteAnswersAsDocumented) {
+  int64_t host = CreateHost("pve1", "c1");
+  int64_t spare_host = CreateHost("spare", "");
+  ConnectWorkerWithVms();
+  int64_t worker = CreateWorker("spare-worker").first;
+  int64_t repo = CreateRepository("main");
+  int64_t spare_repo = CreateRepository("spare");
+  const std::string far = std::to_string(FarHour());
+  int64_t job = CreateJob("nightly", repo, R"(,"schedule":{"kind":"cron","expr":"30 )" + far + R"( * * 1-5"})");
+  int64_t spare_job = CreateJob("spare", repo);
+  Reply vms = Get("/api/v1/vms");
+  ASSERT_EQ(vms.status, 200);
+  ASSERT_EQ(vms.json.at("vms").as_array().size(), 2u) << vms;
+  int64_t vm = vms.json.at("vms").as_array()[0].at("id").to_number<int64_t>();
+
+  struct Step {
+    std::string method, pattern;
+    int64_t id;
+    std::string query, body;
+    int expect;
+  };
+  const std::vector<Step> steps = {
+      {"GET", "/api/v1/openapi.json", 0, "", "", 200},
+      {"GET", "/api/v1/status", 0, "", "", 200},
+      {"GET", "/api/v1/hosts", 0, "", "", 200},
+      {"POST", "/api/v1/hosts", 0, "", R"({"name":"pve9","platform":"libvirt","cluster":"c9"})", 201},
+      {"GET", "/api/v1/hosts/{id}", host, "", "", 200},
+      {"PATCH", "/api/v1/hosts/{id}", host, "", R"({"platform":"ovirt","cluster":"c2"})", 200},
+      {"GET", "/api/v1/vms", 0, "?host=pve1&limit=5&offset=0", "", 200},
+      {"GET", "/api/v1/vms/{id}", vm, "", "", 200},
+      {"GET", "/api/v1/workers", 0, "?limit=10&offset=0", "", 200},
+      {"POST", "/api/v1/workers", 0, "", R"({"name":"w9"})", 201},
+      {"GET", "/api/v1/workers/{id}", worker, "", "", 200},
+      {"GET", "/api/v1/repositories", 0, "", "", 200},
+      {"POST", "/api/v1/repositories", 0, "", R"({"name":"r9","location":"/srv/r9","task_slots":8,"capacity_bytes":1000})", 201},
+      {"GET", "/api/v1/repositories/{id}", repo, "", "", 200},
+      {"PATCH", "/api/v1/repositories/{id}", repo, "", R"({"task_slots":2,"capacity_bytes":5})", 200},
+      {"GET", "/api/v1/jobs", 0, "", "", 200},
+      {"POST", "/api/v1/jobs", 0, "",
+       R"({"name":"j9","repository":)" + std::to_string(repo) +
+           R"(,"selection":{"vms":["web01"],"hosts":["pve1"]},"exclude_disks":[{"vm":"web01","disk":"vdb"},{"disk":"sdz"}],)"
+           R"("schedule":{"kind":"every","hours":6,"from":"01:15","permitted_hours":"0-6,22-23"},)"
+           R"("retries":{"count":1,"interval_s":30},"chain":{"name":"j9-chain"},"enabled":false})",
+       201},
+      {"GET", "/api/v1/jobs/{id}", job, "", "", 200},
+      {"PATCH", "/api/v1/jobs/{id}", job, "",
+       R"({"schedule":{"kind":"daily","at":")" + TwoDigits(FarHour()) + R"(:00","days":["mon","fri"]},"enabled":true})", 200},
+      {"POST", "/api/v1/jobs/{id}/start", job, "", "", 202},
+      {"GET", "/api/v1/sessions", 0, "?job=" + std::to_string(job) + "&limit=5", "", 200},
+      {"GET", "/api/v1/sessions/{id}", 1, "", "", 200},
+      {"GET", "/api/v1/sessions/{id}/log", 1, "?after=0&limit=100", "", 200},
+      {"POST", "/api/v1/jobs/{id}/stop", job, "", "{}", 202},
+      {"GET", "/api/v1/sessions/{id}", 1, "", "", 200},
+      {"GET", "/api/v1/points", 0, "?job=" + std::to_string(job) + "&repository=" + std::to_string(repo) + "&vm=web01&limit=3", "", 200},
+      {"DELETE", "/api/v1/jobs/{id}", spare_job, "", "", 200},
+      {"DELETE", "/api/v1/repositories/{id}", spare_repo, "", "", 200},
+      {"DELETE", "/api/v1/workers/{id}", worker, "", "", 200},
+      {"DELETE", "/api/v1/hosts/{id}", spare_host, "", "", 200},
+  };
+  std::set<std::pair<std::string, std::string>> hit;
+  for (const Step& step : steps) {
+    Reply r = Call(step.method, Concrete(step.pattern, step.id) + step.query, step.body);
+    EXPECT_EQ(r.status, step.expect) << step.method << " " << step.pattern << ": " << r;
+    hit.insert({step.method, step.pattern});
+  }
+  EXPECT_EQ(hit, DocumentedOperations(Document().doc())) << "every documented route is exercised here";
+
+  // The session has a snapshot and tasks now: their schemas were checked.
+  Reply session = Get("/api/v1/sessions/1");
+  EXPECT_EQ(session.json.at("snapshots").as_array().size(), 1u) << session;
+  EXPECT_EQ(session.json.at("tasks").as_array().size(), 2u) << session;
+}
+
+// ===========================================================================
+// Authentication.
+
+TEST_F(ApiTest, EveryRouteButOpenApiRefusesMissingOrWrongTokens) {
+  auto worker_token = CreateWorker("w1").second;
+  const std::vector<std::optional<std::string>> credentials = {
+      std::nullopt, "Bearer fy_wrong", "Basic x", "Bearer ", "Bearer", "Bearer " + worker_token,
+      "Bearer " + token_ + "x", "Token " + token_, token_};
+  for (const auto& route : ferry::coordinator::Api::Routes()) {
+    if (route.pattern == "/api/v1/openapi.json") continue;
+    for (const auto& credential : credentials) {
+      Headers headers;
+      if (credential) headers.emplace_back("Authorization", *credential);
+      std::string body = route.method == "GET" || route.method == "DELETE" ? "" : "{}";
+      Reply r = Call(route.method, Concrete(route.pattern, 1), body, Auth::kNone, headers);
+      std::string what = route.method + " " + route.pattern + " with " + (credential ? "'" + *credential + "'" : "no header");
+      EXPECT_EQ(r.status, 401) << what << ": " << r;
+      EXPECT_EQ(r.kind(), "unauthorized") << what;
+      bool challenge = false;
+      for (const auto& [name, value] : r.headers) challenge = challenge || (name == "WWW-Authenticate" && value == "Bearer");
+      EXPECT_TRUE(challenge) << what << ": no WWW-Authenticate: Bearer";
+    }
+  }
+  // Nothing was created by the refused writes.
+  EXPECT_TRUE(Get("/api/v1/hosts").json.at("hosts").as_array().empty());
+  EXPECT_TRUE(Get("/api/v1/jobs").json.at("jobs").as_array().empty());
+}
+
+TEST_F(ApiTest, AuthSchemeIsCaseInsensitive) {
+  // RFC 7235: the auth-scheme is case-insensitive.
+  Reply r = Call("GET", "/api/v1/status", "", Auth::kNone, {{"Authorization", "bearer " + token_}});
+  EXPECT_EQ(r.status, 200) << r;
+  r = Call("GET", "/api/v1/status", "", Auth::kNone, {{"Authorization", "BEARER " + token_}});
+  EXPECT_EQ(r.status, 200) << r;
+}
+
+// ===========================================================================
+// Bad input: every case is a 4xx JSON error naming the member, and where the
+// document can express the rule, its request schema refuses the body too.
+
+struct BadCase {
+  std::string method, target, body;
+  int status;
+  std::string field;
+  bool schema_refuses;  // the documented request schema can tell
+};
+
+class BadInputTest : public ApiTest {
+ protected:
+  void Run(const std::vector<BadCase>& cases) {
+    for (const BadCase& c : cases) {
+      std::string what = c.method + " " + c.target + " " + c.body.substr(0, 200);
+      Reply r = Call(c.method, c.target, c.body);
+      EXPECT_EQ(r.status, c.status) << what << " -> " << r;
+      EXPECT_EQ(r.field(), c.field) << what << " -> " << r;
+      EXPECT_FALSE(r.message().empty()) << what;
+      EXPECT_LT(r.status, 500) << what;
+      if (c.schema_refuses) {
+        const json::object* op = Document().Find(c.method, c.target.substr(0, c.target.find('?')));
+        ASSERT_NE(op, nullptr) << what;
+        const json::value* schema = Document().RequestSchema(*op);
+        ASSERT_NE(schema, nullptr) << what;
+        json::error_code ec;
+        json::value body = json::parse(c.body, ec);
+        if (!ec) {
+          EXPECT_FALSE(Document().Check(*schema, body).empty()) << what << ": the documented schema accepts it";
+        }
+      }
+    }
+  }
+  void SetUp() override {
+    ApiTest::SetUp();
+    if (HasFatalFailure()) return;
+    repo_ = CreateRepository("main");
+    host_ = CreateHost("pve1");
+    job_ = CreateJob("nightly", repo_);
+  }
+  std::string R() const { return std::to_string(repo_); }
+  std::string JobPath() const { return "/api/v1/jobs/" + std::to_string(job_); }
+  std::string RepoPath() const { return "/api/v1/repositories/" + std::to_string(repo_); }
+  std::string HostPath() const { return "/api/v1/hosts/" + std::to_string(host_); }
+  // A valid job body with `member` (e.g. "\"enabled\":\"yes\"") added.
+  std::string Job(const std::string& member) const {
+    return R"({"name":"j2","repository":)" + R() + R"(,"selection":{"vms":["web01"]},)" + member + "}";
+  }
+  int64_t repo_ = 0, host_ = 0, job_ = 0;
+};
+
+TEST_F(BadInputTest, MalformedBodiesAndBodiesThatAreNotObjects) {
+  Run({
+      {"POST", "/api/v1/hosts", R"({"name":)", 400, "body", false},
+      {"POST", "/api/v1/hosts", R"({"name":"a",})", 400, "body", false},
+      {"POST", "/api/v1/hosts", "\xff\xfe{}", 400, "body", false},
+      {"POST", "/api/v1/hosts", R"({"name":"a\xff"})", 400, "body", false},
+      {"POST", "/api/v1/hosts", "[]", 400, "body", true},
+      {"POST", "/api/v1/repositories", "\"x\"", 400, "body", true},
+      {"POST", "/api/v1/jobs", "5", 400, "body", true},
+      {"POST", "/api/v1/jobs", "null", 400, "body", true},
+      {"PATCH", JobPath(), "true", 400, "body", true},
+      {"POST", "/api/v1/workers", R"({"name":"a"} {"name":"b"})", 400, "body", false},
+      {"POST", JobPath() + "/start", "[1]", 400, "body", true},
+      {"POST", JobPath() + "/stop", "{", 400, "body", false},
+      // Nesting deeper than 16 levels.
+      {"POST", "/api/v1/jobs", Job(R"("exclude_disks":[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]])"), 400, "body", true},
+  });
+  // An empty body on a create is "malformed", not a crash.
+  Reply r = Call("POST", "/api/v1/hosts", "", Auth::kToken);
+  ExpectError(r, 400, "body");
+}
+
+TEST_F(BadInputTest, WrongTypesNameTheMember) {
+  Run({
+      {"POST", "/api/v1/hosts", R"({"name":5,"platform":"proxmox"})", 400, "name", true},
+      {"POST", "/api/v1/hosts", R"({"name":"h","platform":["proxmox"]})", 400, "platform", true},
+      {"POST", "/api/v1/hosts", R"({"name":"h","platform":"proxmox","cluster":7})", 400, "cluster", true},
+      {"PATCH", HostPath(), R"({"cluster":false})", 400, "cluster", true},
+      {"POST", "/api/v1/repositories", R"({"name":"r","location":"/r","task_slots":"x"})", 400, "task_slots", true},
+      {"POST", "/api/v1/repositories", R"({"name":"r","location":"/r","task_slots":4.5})", 400, "task_slots", true},
+      {"POST", "/api/v1/repositories", R"({"name":"r","location":"/r","task_slots":4.0})", 400, "task_slots", false},
+      {"POST", "/api/v1/repositories", R"({"name":"r","location":{}})", 400, "location", true},
+      {"PATCH", RepoPath(), R"({"capacity_bytes":"1"})", 400, "capacity_bytes", true},
+      {"POST", "/api/v1/jobs", Job(R"("enabled":"yes")"), 400, "enabled", true},
+      {"POST", "/api/v1/jobs", Job(R"("enabled":1)"), 400, "enabled", true},
+      {"POST", "/api/v1/jobs", R"({"name":"j2","repository":"1","selection":{"vms":["a"]}})", 400, "repository", true},
+      {"POST", "/api/v1/jobs", R"({"name":"j2","repository":1.5,"selection":{"vms":["a"]}})", 400, "repository", true},
+      {"POST", "/api/v1/jobs", R"({"name":"j2","repository":1,"selection":["a"]})", 400, "selection", true},
+      {"POST", "/api/v1/jobs", R"({"name":"j2","repository":1,"selection":{"tags":"prod"}})", 400, "selection.tags", true},
+      {"POST", "/api/v1/jobs", R"({"name":"j2","repository":1,"selection":{"tags":["a",1]}})", 400, "selection.tags[1]", true},
+      {"POST", "/api/v1/jobs", Job(R"("retries":5)"), 400, "retries", true},
+      {"POST", "/api/v1/jobs", Job(R"("retries":{"count":"3"})"), 400, "retries.count", true},
+      {"POST", "/api/v1/jobs", Job(R"("chain":"c")"), 400, "chain", true},
+      {"POST", "/api/v1/jobs", Job(R"("chain":{"name":true})"), 400, "chain.name", true},
+      {"POST", "/api/v1/jobs", Job(R"("exclude_disks":{"disk":"vdb"})"), 400, "exclude_disks", true},
+      {"POST", "/api/v1/jobs", Job(R"("exclude_disks":[5])"), 400, "exclude_disks[0]", true},
+      {"POST", "/api/v1/jobs", Job(R"("exclude_disks":[{"disk":"vda"},{"disk":2}])"), 400, "exclude_disks[1].disk", true},
+      {"POST", "/api/v1/jobs", Job(R"("schedule":"daily")"), 400, "schedule", true},
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":1})"), 400, "schedule.kind", true},
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"daily","at":2200})"), 400, "schedule.at", true},
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"daily","at":"22:00","days":"mon"})"), 400, "schedule.days", true},
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"every","hours":"6"})"), 400, "schedule.hours", true},
+      {"POST", "/api/v1/workers", R"({"name":null})", 400, "name", true},
+      {"PATCH", JobPath(), R"({"name":["a"]})", 400, "name", true},
+  });
+}
+
+TEST_F(BadInputTest, UnknownMembersAreRefusedAtEveryLevel) {
+  Run({
+      {"POST", "/api/v1/hosts", R"({"name":"h","platform":"proxmox","nam":"x"})", 400, "nam", true},
+      {"PATCH", HostPath(), R"({"name":"renamed"})", 400, "name", true},
+      {"POST", "/api/v1/repositories", R"({"name":"r","location":"/r","slots":4})", 400, "slots", true},
+      {"POST", "/api/v1/workers", R"({"name":"w","token":"fy_x"})", 400, "token", true},
+      {"POST", "/api/v1/jobs", Job(R"("retries":{"count":1,"foo":2})"), 400, "retries.foo", true},
+      {"POST", "/api/v1/jobs", Job(R"("chain":{"name":"c","kind":"x"})"), 400, "chain.kind", true},
+      {"POST", "/api/v1/jobs", R"({"name":"j2","repository":1,"selection":{"vm":["a"]}})", 400, "selection.vm", true},
+      {"POST", "/api/v1/jobs", Job(R"("exclude_disks":[{"disk":"vda","size":1}])"), 400, "exclude_disks[0].size", true},
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"daily","at":"22:00","expr":"* * * * *"})"), 400, "schedule.expr", true},
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"cron","expr":"0 1 * * *","at":"01:00"})"), 400, "schedule.at", true},
+      {"POST", "/api/v1/jobs", Job(R"("description":"x")"), 400, "description", true},
+      {"PATCH", JobPath(), R"({"id":5})", 400, "id", true},
+      {"POST", JobPath() + "/start", R"({"force":true})", 400, "force", true},
+      {"POST", JobPath() + "/stop", R"({"now":true})", 400, "now", true},
+  });
+}
+
+TEST_F(BadInputTest, MissingRequiredMembers) {
+  Run({
+      {"POST", "/api/v1/hosts", R"({"name":"h"})", 400, "platform", true},
+      {"POST", "/api/v1/hosts", R"({"platform":"proxmox"})", 400, "name", true},
+      {"POST", "/api/v1/hosts", "{}", 400, "name", true},
+      {"POST", "/api/v1/repositories", R"({"name":"r"})", 400, "location", true},
+      {"POST", "/api/v1/workers", "{}", 400, "name", true},
+      {"POST", "/api/v1/jobs", R"({"name":"j2","repository":1})", 400, "selection", true},
+      {"POST", "/api/v1/jobs", R"({"name":"j2","selection":{"vms":["a"]}})", 400, "repository", true},
+      {"POST", "/api/v1/jobs", Job(R"("chain":{})"), 400, "chain.name", true},
+      {"POST", "/api/v1/jobs", Job(R"("exclude_disks":[{"vm":"web01"}])"), 400, "exclude_disks[0].disk", true},
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{})"), 400, "schedule.kind", true},
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"daily"})"), 400, "schedule.at", true},
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"every"})"), 400, "schedule.hours", true},
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"cron"})"), 400, "schedule.expr", true},
+  });
+}
+
+TEST_F(BadInputTest, OutOfRangeValues) {
+  std::string long_name(129, 'a');
+  std::string many_vms = "[";
+  for (int i = 0; i < 10001; ++i) many_vms += std::string(i ? "," : "") + "\"v" + std::to_string(i) + "\"";
+  many_vms += "]";
+  Run({
+      {"POST", "/api/v1/hosts", R"({"name":"","platform":"proxmox"})", 400, "name", true},
+      {"POST", "/api/v1/hosts", R"({"name":")" + long_name + R"(","platform":"proxmox"})", 400, "name", true},
+      {"POST", "/api/v1/hosts", R"({"name":"a/b","platform":"proxmox"})", 400, "name", true},
+      {"POST", "/api/v1/hosts", R"({"name":"a\u00e9","platform":"proxmox"})", 400, "name", true},
+      {"POST", "/api/v1/hosts", R"({"name":"h","platform":"vmware"})", 400, "platform", true},
+      {"POST", "/api/v1/hosts", R"({"name":"h","platform":"Proxmox"})", 400, "platform", true},
+      {"POST", "/api/v1/hosts", R"({"name":"h","platform":"proxmox","cluster":""})", 400, "cluster", true},
+      {"PATCH", HostPath(), R"({"cluster":"a:b"})", 400, "cluster", true},
+      {"POST", "/api/v1/repositories", R"({"name":"r","location":"relative/path"})", 400, "location", true},
+      {"POST", "/api/v1/repositories", R"({"name":"r","location":""})", 400, "location", true},
+      {"POST", "/api/v1/repositories", R"({"name":"r","location":"/)" + std::string(4096, 'x') + R"("})", 400, "location", true},
+      {"POST", "/api/v1/repositories", R"({"name":"r","location":"/r","task_slots":0})", 400, "task_slots", true},
+      {"POST", "/api/v1/repositories", R"({"name":"r","location":"/r","task_slots":1025})", 400, "task_slots", true},
+      {"POST", "/api/v1/repositories", R"({"name":"r","location":"/r","capacity_bytes":-1})", 400, "capacity_bytes", true},
+      {"POST", "/api/v1/repositories", R"({"name":"r","location":"/r","capacity_bytes":9223372036854775808})", 400, "capacity_bytes", true},
+      {"PATCH", RepoPath(), R"({"task_slots":-5})", 400, "task_slots", true},
+      {"POST", "/api/v1/jobs", Job(R"("retries":{"count":101})"), 400, "retries.count", true},
+      {"POST", "/api/v1/jobs", Job(R"("retries":{"count":-1})"), 400, "retries.count", true},
+      {"POST", "/api/v1/jobs", Job(R"("retries":{"interval_s":86401})"), 400, "retries.interval_s", true},
+      {"POST", "/api/v1/jobs", R"({"name":"j2","repository":0,"selection":{"vms":["a"]}})", 400, "repository", true},
+      // No repository 999: refused naming the member, not 404 (the route exists).
+      {"POST", "/api/v1/jobs", R"({"name":"j2","repository":999,"selection":{"vms":["a"]}})", 400, "repository", false},
+      {"PATCH", JobPath(), R"({"repository":999})", 400, "repository", false},
+      {"POST", "/api/v1/jobs", R"({"name":"j2","repository":1,"selection":{}})", 400, "selection", false},
+      {"POST", "/api/v1/jobs", R"({"name":"j2","repository":1,"selection":{"vms":[],"tags":[]}})", 400, "selection", false},
+      {"POST", "/api/v1/jobs", R"({"name":"j2","repository":1,"selection":{"vms":)" + many_vms + "}}", 400, "selection.vms", true},
+      {"POST", "/api/v1/jobs", R"({"name":"j2","repository":1,"selection":{"vms":["ok","bad/name"]}})", 400, "selection.vms[1]", true},
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"every","hours":25})"), 400, "schedule.hours", true},
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"every","hours":0})"), 400, "schedule.hours", true},
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"every","hours":6.5})"), 400, "schedule.hours", true},
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"weekly"})"), 400, "schedule.kind", true},
+      {"PATCH", JobPath(), R"({"name":""})", 400, "name", true},
+  });
+}
+
+TEST_F(BadInputTest, ImpossibleSchedulesAreRefusedNamingTheSchedule) {
+  Run({
+      // Never runs: February has no 31st.
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"cron","expr":"0 0 31 2 *"})"), 400, "schedule", false},
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"cron","expr":"0 0 30 feb *"})"), 400, "schedule", false},
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"daily","at":"25:00"})"), 400, "schedule.at", true},
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"daily","at":"22:60"})"), 400, "schedule.at", true},
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"daily","at":"7:30"})"), 400, "schedule.at", true},
+      // Its only start time is outside the permitted hours.
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"daily","at":"22:00","permitted_hours":"0-6"})"), 400, "schedule", false},
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"every","hours":12,"from":"03:00","permitted_hours":"4-14"})"), 400, "schedule", false},
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"cron","expr":"0 12 * * *","permitted_hours":"0-6"})"), 400, "schedule", false},
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"daily","at":"22:00","permitted_hours":"23-1"})"), 400, "schedule.permitted_hours", false},
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"daily","at":"22:00","permitted_hours":"24"})"), 400, "schedule.permitted_hours", false},
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"daily","at":"22:00","days":["mon","MON"]})"), 400, "schedule.days[1]", false},
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"daily","at":"22:00","days":["mon","funday"]})"), 400, "schedule.days[1]", true},
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"daily","at":"22:00","days":[]})"), 400, "schedule.days", true},
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"cron","expr":"0 0 * *"})"), 400, "schedule.expr", false},
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"cron","expr":"61 * * * *"})"), 400, "schedule.expr", false},
+      {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"cron","expr":"*/0 * * * *"})"), 400, "schedule.expr", false},
+      {"PATCH", JobPath(), R"({"schedule":{"kind":"cron","expr":"0 0 31 2 *"}})", 400, "schedule", false},
+      {"PATCH", JobPath(), R"({"schedule":{"kind":"daily","at":"25:00"}})", 400, "schedule.at", true},
+  });
+  // The message says why; the job was not changed by the refused PATCH.
+  Reply r = Post("/api/v1/jobs", Job(R"("schedule":{"kind":"daily","at":"22:00","permitted_hours":"0-6"})"));
+  EXPECT_NE(r.message().find("permitted"), std::string::npos) << r;
+  EXPECT_TRUE(Get(JobPath()).json.at("schedule").is_null());
+  EXPECT_EQ(Get("/api/v1/jobs").json.at("jobs").as_array().size(), 1u);
+}
+
+TEST_F(BadInputTest, BadQueryParameters) {
+  Run({
+      {"GET", "/api/v1/vms?limit=0", "", 400, "limit", false},
+      {"GET", "/api/v1/vms?limit=abc", "", 400, "limit", false},
+      {"GET", "/api/v1/vms?limit=100001", "", 400, "limit", false},
+      {"GET", "/api/v1/vms?offset=-1", "", 400, "offset", false},
+      {"GET", "/api/v1/workers?offset=1x", "", 400, "offset", false},
+      {"GET", "/api/v1/sessions?job=x", "", 400, "job", false},
+      {"GET", "/api/v1/sessions?limit=10001", "", 400, "limit", false},
+      {"GET", "/api/v1/sessions/1/log?after=-1", "", 404, "", false},  // no session 1 yet: 404 first
+      {"GET", "/api/v1/points?repository=0", "", 400, "repository", false},
+      {"GET", "/api/v1/points?job=1.5", "", 400, "job", false},
+  });
+  int64_t session = Post(JobPath() + "/start", "").json.at("session").to_number<int64_t>();
+  Run({{"GET", "/api/v1/sessions/" + std::to_string(session) + "/log?after=-1", "", 400, "after", false},
+       {"GET", "/api/v1/sessions/" + std::to_string(session) + "/log?limit=", "", 400, "limit", false}});
+}
+
+TEST_F(BadInputTest, BodiesOverOneMebibyteAre413) {
+  // Exactly at the limit is accepted.
+  std::string body = R"({"name":"big","platform":"libvirt"})";
+  std::string at_limit = body + std::string((1u << 20) - body.size(), ' ');
+  Reply ok = Post("/api/v1/hosts", at_limit);
+  EXPECT_EQ(ok.status, 201) << ok;
+  for (const std::string& target : {std::string("/api/v1/hosts"), std::string("/api/v1/jobs"), JobPath()}) {
+    std::string method = target == JobPath() ? "PATCH" : "POST";
+    Reply r = Call(method, target, at_limit + " ");
+    EXPECT_EQ(r.status, 413) << method << " " << target << ": " << r;
+    EXPECT_EQ(r.kind(), "too_large") << r;
+    // Far over it, too.
+    r = Call(method, target, std::string(3u << 20, '['));
+    EXPECT_EQ(r.status, 413) << method << " " << target << ": " << r.status;
+  }
+  // The connection is usable afterwards.
+  EXPECT_EQ(Get("/api/v1/status").status, 200);
+}
+
+TEST_F(BadInputTest, UnknownIdsAre404) {
+  for (const auto& route : ferry::coordinator::Api::Routes()) {
+    if (route.pattern.find("{id}") == std::string::npos) continue;
+    std::string body = route.method == "PATCH" ? R"({"enabled":true})" : "";
+    if (route.pattern.find("hosts") != std::string::npos && route.method == "PATCH") body = R"({"cluster":"c"})";
+    if (route.pattern.find("repositories") != std::string::npos && route.method == "PATCH") body = R"({"task_slots":2})";
+    Reply r = Call(route.method, Concrete(route.pattern, 999), body);
+    EXPECT_EQ(r.status, 404) << route.method << " " << route.pattern << ": " << r;
+    EXPECT_EQ(r.kind(), "not_found") << r;
+    EXPECT_NE(r.message().find("999"), std::string::npos) << r;
+  }
+}
+
+TEST_F(BadInputTest, NonIntegerIdsAre400NamingId) {
+  for (std::string id : {"abc", "0", "-1", "1.5", "1e3", "0x10", "+1", "%20", "99999999999999999999"}) {
+    for (const std::string& target : {"/api/v1/jobs/" + id, "/api/v1/jobs/" + id + "/start", "/api/v1/sessions/" + id + "/log",
+                                      "/api/v1/hosts/" + id}) {
+      std::string method = target.find("start") != std::string::npos ? "POST" : "GET";
+      Reply r = Call(method, target);
+      ExpectError(r, 400, "id", method + " " + target);
+    }
+  }
+}
+
+TEST_F(BadInputTest, UnknownRoutesAre404AndWrongMethods405) {
+  for (std::string target : {"/", "/api", "/api/v1", "/api/v1/", "/api/v2/jobs", "/api/v1/nope", "/api/v1/jobs/1/restart",
+                                    "/api/v1/jobs/1/start/now", "/API/V1/JOBS", "/api/v1//jobs"}) {
+    Reply r = Get(target);
+    EXPECT_EQ(r.status, 404) << target << ": " << r;
+    EXPECT_EQ(r.kind(), "not_found") << target;
+  }
+  // Unknown routes are 404 whether or not the caller is authenticated.
+  EXPECT_EQ(Call("GET", "/api/v1/nope", "", Auth::kNone).status, 404);
+  const std::vector<std::pair<std::string, std::string>> wrong = {
+      {"PUT", "/api/v1/jobs/1"},     {"DELETE", "/api/v1/jobs"},     {"POST", "/api/v1/status"},
+      {"GET", "/api/v1/jobs/1/start"}, {"PATCH", "/api/v1/workers/1"}, {"POST", "/api/v1/openapi.json"},
+      {"DELETE", "/api/v1/vms/1"},   {"POST", "/api/v1/sessions"}};
+  for (const auto& [method, target] : wrong) {
+    Reply r = Call(method, target, method == "POST" || method == "PUT" || method == "PATCH" ? "{}" : "");
+    EXPECT_EQ(r.status, 405) << method << " " << target << ": " << r;
+    EXPECT_EQ(r.kind(), "method_not_allowed") << method << " " << target;
+  }
+  // A 405 says what is allowed (RFC 9110).
+  auto allow = [&](const std::string& method, const std::string& target) {
+    Reply r = Call(method, target);
+    for (const auto& [name, value] : r.headers)
+      if (name == "Allow") return value;
+    return std::string("<no Allow header>");
+  };
+  EXPECT_EQ(allow("PUT", "/api/v1/jobs/1"), "GET, PATCH, DELETE");
+  EXPECT_EQ(allow("DELETE", "/api/v1/jobs"), "GET, POST");
+  EXPECT_EQ(allow("GET", "/api/v1/jobs/7/stop"), "POST");
+  EXPECT_EQ(allow("PATCH", "/api/v1/openapi.json"), "GET");
+}
+
+TEST_F(BadInputTest, WritesWithBodiesMustBeJson) {
+  const std::string host = R"({"name":"h2","platform":"proxmox"})";
+  for (std::string type : {"text/plain", "application/x-www-form-urlencoded", "multipart/form-data", "", "json",
+                                "application/jsonx", "application/json-seq", "text/json"}) {
+    Reply r = Call("POST", "/api/v1/hosts", host, Auth::kToken, {{"Content-Type", type}});
+    ExpectError(r, 415, "Content-Type", "POST with Content-Type '" + type + "'");
+    r = Call("PATCH", JobPath(), R"({"enabled":false})", Auth::kToken, {{"Content-Type", type}});
+    ExpectError(r, 415, "Content-Type", "PATCH with Content-Type '" + type + "'");
+  }
+  EXPECT_TRUE(Get(JobPath()).json.at("enabled").as_bool()) << "a refused PATCH changed the job";
+  // Parameters and case do not matter.
+  Reply r = Call("POST", "/api/v1/hosts", host, Auth::kToken, {{"Content-Type", "application/json; charset=utf-8"}});
+  EXPECT_EQ(r.status, 201) << r;
+  r = Call("PATCH", HostPath(), R"({"cluster":"c7"})", Auth::kToken, {{"Content-Type", "Application/JSON"}});
+  EXPECT_EQ(r.status, 200) << r;
+  // Start and stop take no body: none, whatever the Content-Type.
+  r = Call("POST", JobPath() + "/start", "", Auth::kToken);
+  EXPECT_EQ(r.status, 202) << r;
+}
+
+TEST_F(BadInputTest, NameConflictsAre409) {
+  auto conflict = [&](const Reply& r, const std::string& what) {
+    EXPECT_EQ(r.status, 409) << what << ": " << r;
+    EXPECT_EQ(r.kind(), "conflict") << what;
+  };
+  conflict(Post("/api/v1/hosts", R"({"name":"pve1","platform":"libvirt"})"), "host");
+  conflict(Post("/api/v1/repositories", R"({"name":"main","location":"/elsewhere"})"), "repository");
+  conflict(Post("/api/v1/jobs", R"({"name":"nightly","repository":)" + R() + R"(,"selection":{"vms":["x"]}})"), "job");
+  CreateWorker("w1");
+  conflict(Post("/api/v1/workers", R"({"name":"w1"})"), "worker");
+  int64_t other_repo = CreateRepository("other");
+  conflict(Patch("/api/v1/repositories/" + std::to_string(other_repo), R"({"name":"main"})"), "repository rename");
+  int64_t other_job = CreateJob("weekly", repo_);
+  conflict(Patch("/api/v1/jobs/" + std::to_string(other_job), R"({"name":"nightly"})"), "job rename");
+  // Renaming to its own name is no conflict.
+  EXPECT_EQ(Patch("/api/v1/jobs/" + std::to_string(other_job), R"({"name":"weekly"})").status, 200);
+  // Names are case-sensitive.
+  EXPECT_EQ(Post("/api/v1/hosts", R"({"name":"PVE1","platform":"libvirt"})").status, 201);
+  EXPECT_EQ(Get("/api/v1/repositories").json.at("repositories").as_array().size(), 2u);
+}
+
+TEST_F(BadInputTest, StateConflictsAre409) {
+  // A repository in use by a job.
+  Reply r = Delete(RepoPath());
+  EXPECT_EQ(r.status, 409) << r;
+  EXPECT_EQ(r.kind(), "conflict");
+  EXPECT_NE(r.message().find("job"), std::string::npos) << r;
+  EXPECT_EQ(Get(RepoPath()).status, 200);
+  // Stop with nothing running.
+  r = Post(JobPath() + "/stop", "");
+  EXPECT_EQ(r.status, 409) << r;
+  EXPECT_EQ(r.kind(), "conflict");
+  // Once the job is gone the repository can go.
+  EXPECT_EQ(Delete(JobPath()).status, 200);
+  EXPECT_EQ(Delete(RepoPath()).status, 200);
+  EXPECT_EQ(Get(RepoPath()).status, 404);
+}
+
+// ===========================================================================
+// CRUD happy paths.
+
+TEST_F(ApiTest, HostsCrud) {
+  Reply created = Post("/api/v1/hosts", R"({"name":"pve 1.a_b-c","platform":"proxmox","cluster":"c1"})");
+  ASSERT_EQ(created.status, 201) << created;
+  int64_t id = created.id();
+  EXPECT_GT(id, 0);
+  EXPECT_EQ(created.Str("name"), "pve 1.a_b-c");
+  EXPECT_EQ(created.Str("platform"), "proxmox");
+  EXPECT_EQ(created.Str("cluster"), "c1");
+  EXPECT_EQ(created.json.at("workers"), 0);
+  EXPECT_EQ(created.json.at("vms"), 0);
+  std::string path = "/api/v1/hosts/" + std::to_string(id);
+  EXPECT_EQ(Get(path).json, created.json);
+  Reply no_cluster = Post("/api/v1/hosts", R"({"name":"kvm2","platform":"libvirt"})");
+  EXPECT_EQ(no_cluster.Str("cluster"), "");
+
+  Reply list = Get("/api/v1/hosts");
+  ASSERT_EQ(list.status, 200);
+  ASSERT_EQ(list.json.at("hosts").as_array().size(), 2u);
+  EXPECT_EQ(list.json.at("hosts").as_array()[0], created.json);
+
+  Reply patched = Patch(path, R"({"platform":"ovirt","cluster":"c2"})");
+  ASSERT_EQ(patched.status, 200) << patched;
+  EXPECT_EQ(patched.Str("platform"), "ovirt");
+  EXPECT_EQ(patched.Str("cluster"), "c2");
+  EXPECT_EQ(patched.Str("name"), "pve 1.a_b-c");
+  EXPECT_EQ(Patch(path, R"({"cluster":""})").Str("cluster"), "");
+  EXPECT_EQ(Patch(path, "{}").Str("platform"), "ovirt") << "an empty PATCH changes nothing";
+  EXPECT_EQ(Get(path).Str("platform"), "ovirt");
+
+  Reply deleted = Delete(path);
+  ASSERT_EQ(deleted.status, 200) << deleted;
+  EXPECT_EQ(deleted.json, json::parse(R"({"deleted":)" + std::to_string(id) + "}"));
+  EXPECT_EQ(Get(path).status, 404);
+  EXPECT_EQ(Delete(path).status, 404);
+  EXPECT_EQ(Get("/api/v1/hosts").json.at("hosts").as_array().size(), 1u);
+}
+
+TEST_F(ApiTest, RepositoriesCrud) {
+  Reply created = Post("/api/v1/repositories", R"({"name":"main","location":"/srv/backup/main"})");
+  ASSERT_EQ(created.status, 201) << created;
+  EXPECT_EQ(created.Str("location"), "/srv/backup/main");
+  EXPECT_EQ(created.json.at("task_slots"), 4) << "default";
+  EXPECT_EQ(created.json.at("capacity_bytes"), 0);
+  EXPECT_EQ(created.json.at("points"), 0);
+  EXPECT_EQ(created.json.at("stored_bytes"), 0);
+  EXPECT_EQ(created.json.at("running_tasks"), 0);
+  Reply full = Post("/api/v1/repositories",
+                    R"({"name":"big","location":"/mnt/big","task_slots":1024,"capacity_bytes":9223372036854775807})");
+  ASSERT_EQ(full.status, 201) << full;
+  EXPECT_EQ(full.json.at("task_slots"), 1024);
+  EXPECT_EQ(full.json.at("capacity_bytes"), INT64_MAX);
+
+  std::string path = "/api/v1/repositories/" + std::to_string(created.id());
+  EXPECT_EQ(Get(path).json, created.json);
+  Reply list = Get("/api/v1/repositories");
+  ASSERT_EQ(list.json.at("repositories").as_array().size(), 2u);
+  EXPECT_TRUE(ArrayHasId(list.json.at("repositories"), full.id()));
+
+  Reply patched = Patch(path, R"({"name":"primary","task_slots":1,"location":"/srv/p","capacity_bytes":100})");
+  ASSERT_EQ(patched.status, 200) << patched;
+  EXPECT_EQ(patched.Str("name"), "primary");
+  EXPECT_EQ(patched.json.at("task_slots"), 1);
+  EXPECT_EQ(patched.Str("location"), "/srv/p");
+  EXPECT_EQ(patched.json.at("capacity_bytes"), 100);
+  EXPECT_EQ(Get(path).json, patched.json);
+
+  EXPECT_EQ(Delete(path).status, 200);
+  EXPECT_EQ(Get(path).status, 404);
+  EXPECT_EQ(Get("/api/v1/repositories").json.at("repositories").as_array().size(), 1u);
+}
+
+TEST_F(ApiTest, JobsCrud) {
+  int64_t repo = CreateRepository("main");
+  int64_t repo2 = CreateRepository("second");
+  const int far = FarHour();
+  const std::string hh = TwoDigits(far);
+  Reply created = Post("/api/v1/jobs", R"({"name":"nightly","repository":)" + std::to_string(repo) +
+                                           R"(,"selection":{"tags":["prod"],"clusters":["c1"]},)"
+                                           R"("schedule":{"kind":"daily","at":")" + hh + R"(:00","days":["FRI","mon"]}})");
+  ASSERT_EQ(created.status, 201) << created;
+  const json::value& job = created.json;
+  EXPECT_EQ(job.at("repository"), repo);
+  EXPECT_EQ(job.at("selection"), json::parse(R"({"vms":[],"tags":["prod"],"hosts":[],"clusters":["c1"]})"));
+  EXPECT_EQ(job.at("exclude_disks"), json::array{});
+  // The canonical schedule: days lower case, Monday first.
+  EXPECT_EQ(job.at("schedule"), json::parse(R"({"kind":"daily","at":")" + hh + R"(:00","days":["mon","fri"]})"));
+  EXPECT_EQ(job.at("schedule_description").as_string(), "daily at " + hh + ":00 on mon,fri");
+  EXPECT_EQ(job.at("retries"), json::parse(R"({"count":3,"interval_s":600})")) << "defaults";
+  EXPECT_EQ(job.at("chain"), json::parse(R"({"name":"nightly"})")) << "the chain defaults to the job's name";
+  EXPECT_EQ(job.at("enabled"), true);
+  EXPECT_TRUE(job.at("next_run_at").is_string()) << created;
+  EXPECT_TRUE(job.at("last_session").is_null());
+
+  std::string path = "/api/v1/jobs/" + std::to_string(created.id());
+  EXPECT_EQ(Get(path).json, created.json);
+  EXPECT_EQ(Get("/api/v1/jobs").json.at("jobs").as_array()[0], created.json);
+
+  Reply patched = Patch(path, R"({"name":"nightly-2","repository":)" + std::to_string(repo2) +
+                                  R"(,"selection":{"vms":["web01"]},"exclude_disks":[{"vm":"web01","disk":"vdb"}],)"
+                                  R"("retries":{"count":0},"chain":{"name":"chain-x"}})");
+  ASSERT_EQ(patched.status, 200) << patched;
+  EXPECT_EQ(patched.Str("name"), "nightly-2");
+  EXPECT_EQ(patched.json.at("repository"), repo2);
+  EXPECT_EQ(patched.json.at("selection").at("vms"), json::parse(R"(["web01"])"));
+  EXPECT_EQ(patched.json.at("selection").at("tags"), json::array{}) << "selection is replaced as a whole";
+  EXPECT_EQ(patched.json.at("exclude_disks"), json::parse(R"([{"vm":"web01","disk":"vdb"}])"));
+  EXPECT_EQ(patched.json.at("retries"), json::parse(R"({"count":0,"interval_s":600})")) << "members not given stay";
+  EXPECT_EQ(patched.json.at("chain").at("name"), "chain-x");
+  EXPECT_EQ(patched.json.at("schedule"), job.at("schedule")) << "an absent schedule stays";
+
+  Reply disabled = Patch(path, R"({"enabled":false})");
+  EXPECT_EQ(disabled.json.at("enabled"), false);
+  EXPECT_TRUE(disabled.json.at("next_run_at").is_null()) << "a disabled job has no next run: " << disabled;
+  // Every 24 hours from the far hour, and only then: fires once a day, far off.
+  Reply every = Patch(path, R"({"enabled":true,"schedule":{"kind":"every","hours":24,"from":")" + hh +
+                                R"(:30","permitted_hours":" )" + std::to_string(far) + R"( "}})");
+  EXPECT_EQ(every.json.at("schedule"), json::parse(R"({"kind":"every","hours":24,"from":")" + hh +
+                                                   R"(:30","permitted_hours":")" + std::to_string(far) + R"("})"))
+      << every;
+  EXPECT_EQ(every.json.at("schedule_description").as_string(),
+            "every 24 hours from " + hh + ":30 each day, permitted hours " + std::to_string(far));
+  EXPECT_TRUE(every.json.at("next_run_at").is_string());
+  Reply cron = Patch(path, R"({"schedule":{"kind":"cron","expr":"  30   )" + std::to_string(far) + R"( * * MON-fri "}})");
+  EXPECT_EQ(cron.json.at("schedule"), json::parse(R"({"kind":"cron","expr":"30 )" + std::to_string(far) + R"( * * mon-fri"})"))
+      << cron;
+  Reply manual = Patch(path, R"({"schedule":null})");
+  EXPECT_TRUE(manual.json.at("schedule").is_null()) << manual;
+  EXPECT_EQ(manual.json.at("schedule_description"), "manual only");
+  EXPECT_TRUE(manual.json.at("next_run_at").is_null());
+
+  Reply deleted = Delete(path);
+  EXPECT_EQ(deleted.json, json::parse(R"({"deleted":)" + std::to_string(created.id()) + "}"));
+  EXPECT_EQ(Get(path).status, 404);
+  EXPECT_TRUE(Get("/api/v1/jobs").json.at("jobs").as_array().empty());
+}
+
+TEST_F(ApiTest, WorkerTokenIsShownOnceOnly) {
+  Reply created = Post("/api/v1/workers", R"({"name":"pve1-worker"})");
+  ASSERT_EQ(created.status, 201) << created;
+  std::string token = created.Str("token");
+  EXPECT_TRUE(std::regex_match(token, std::regex("fy_[0-9a-f]{40}"))) << token;
+  EXPECT_NE(token, token_);
+  EXPECT_EQ(created.Str("state"), "new");
+  EXPECT_TRUE(created.json.at("host").is_null());
+  EXPECT_TRUE(created.json.at("registered_at").is_null());
+  EXPECT_EQ(created.json.at("task_slots"), 0);
+
+  std::string path = "/api/v1/workers/" + std::to_string(created.id());
+  Reply got = Get(path);
+  ASSERT_EQ(got.status, 200);
+  EXPECT_FALSE(got.json.as_object().contains("token")) << got;
+  EXPECT_EQ(got.body.find(token), std::string::npos);
+  json::object without = created.json.as_object();
+  without.erase("token");
+  EXPECT_EQ(got.json, without);
+  Reply list = Get("/api/v1/workers");
+  EXPECT_EQ(list.body.find(token), std::string::npos);
+  EXPECT_EQ(list.body.find("\"token\""), std::string::npos);
+  EXPECT_EQ(list.json.at("workers").as_array().size(), 1u);
+  // Each worker gets its own token.
+  EXPECT_NE(Post("/api/v1/workers", R"({"name":"w2"})").Str("token"), token);
+  EXPECT_EQ(Get("/api/v1/workers?limit=1&offset=1").json.at("workers").as_array()[0].at("name"), "w2");
+
+  EXPECT_EQ(Delete(path).status, 200);
+  EXPECT_EQ(Get(path).status, 404);
+}
+
+TEST_F(ApiTest, StartWithAnEmptyInventoryEndsFailedNamingTheSelection) {
+  int64_t repo = CreateRepository("main");
+  int64_t job = CreateJob("nightly", repo);
+  Reply started = Post("/api/v1/jobs/" + std::to_string(job) + "/start", "");
+  ASSERT_EQ(started.status, 202) << started;
+  int64_t session = started.json.at("session").to_number<int64_t>();
+  EXPECT_GT(session, 0);
+
+  Reply s = Get("/api/v1/sessions/" + std::to_string(session));
+  ASSERT_EQ(s.status, 200) << s;
+  EXPECT_EQ(s.json.at("job_id"), job);
+  EXPECT_EQ(s.json.at("job"), "nightly");
+  EXPECT_EQ(s.json.at("trigger"), "manual");
+  EXPECT_EQ(s.json.at("state"), "failed") << s;
+  EXPECT_NE(s.Str("reason").find("selection"), std::string::npos) << s;
+  EXPECT_TRUE(s.json.at("ended_at").is_string());
+  EXPECT_EQ(s.json.at("totals").at("tasks"), 0);
+  EXPECT_TRUE(s.json.at("snapshots").as_array().empty());
+  EXPECT_TRUE(s.json.at("tasks").as_array().empty());
+
+  Reply j = Get("/api/v1/jobs/" + std::to_string(job));
+  EXPECT_EQ(j.json.at("last_session"), json::parse(R"({"id":)" + std::to_string(session) + R"(,"state":"failed"})"));
+
+  // The session ended, so the job can start again (and be stopped: 409).
+  Reply again = Post("/api/v1/jobs/" + std::to_string(job) + "/start", "{}");
+  ASSERT_EQ(again.status, 202) << again;
+  int64_t second = again.json.at("session").to_number<int64_t>();
+  EXPECT_GT(second, session);
+  EXPECT_EQ(Post("/api/v1/jobs/" + std::to_string(job) + "/stop", "").status, 409);
+
+  Reply list = Get("/api/v1/sessions");
+  ASSERT_EQ(list.json.at("sessions").as_array().size(), 2u);
+  EXPECT_EQ(list.json.at("sessions").as_array()[0].at("id"), second) << "newest first";
+  EXPECT_EQ(Get("/api/v1/sessions?limit=1").json.at("sessions").as_array().size(), 1u);
+  EXPECT_EQ(Get("/api/v1/sessions?job=" + std::to_string(job)).json.at("sessions").as_array().size(), 2u);
+  EXPECT_TRUE(Get("/api/v1/sessions?job=999").json.at("sessions").as_array().empty());
+
+  Reply log = Get("/api/v1/sessions/" + std::to_string(session) + "/log");
+  ASSERT_EQ(log.status, 200) << log;
+  const json::array& entries = log.json.at("log").as_array();
+  ASSERT_GE(entries.size(), 2u) << log;
+  bool mentions = false;
+  for (const auto& e : entries) mentions = mentions || std::string(e.at("message").as_string()).find("selection") != std::string::npos;
+  EXPECT_TRUE(mentions) << log;
+  int64_t first_id = entries[0].at("id").to_number<int64_t>();
+  Reply after = Get("/api/v1/sessions/" + std::to_string(session) + "/log?after=" + std::to_string(first_id));
+  EXPECT_EQ(after.json.at("log").as_array().size(), entries.size() - 1);
+  EXPECT_EQ(Get("/api/v1/sessions/" + std::to_string(session) + "/log?limit=1").json.at("log").as_array().size(), 1u);
+
+  Reply points = Get("/api/v1/points");
+  ASSERT_EQ(points.status, 200);
+  EXPECT_EQ(points.json, json::parse(R"({"points":[]})"));
+  EXPECT_EQ(Get("/api/v1/points?job=" + std::to_string(job) + "&vm=web01").json.at("points").as_array().size(), 0u);
+
+  Reply status = Get("/api/v1/status");
+  ASSERT_EQ(status.status, 200);
+  EXPECT_EQ(status.json.at("sessions_running"), 0);
+  EXPECT_EQ(status.json.at("workers"), 0);
+  EXPECT_EQ(status.json.at("hosts"), 0);
+  EXPECT_EQ(status.json.at("vms"), 0);
+  EXPECT_FALSE(status.Str("version").empty());
+  EXPECT_GE(status.json.at("schema_version").to_number<int64_t>(), 1);
+
+  // Deleting the job takes its sessions along.
+  EXPECT_EQ(Delete("/api/v1/jobs/" + std::to_string(job)).status, 200);
+  EXPECT_EQ(Get("/api/v1/sessions/" + std::to_string(session)).status, 404);
+  EXPECT_EQ(Get("/api/v1/sessions/" + std::to_string(session) + "/log").status, 404);
+}
+
+// A worker registered over RPC reports VMs; a job selecting one runs a
+// session that stays running (the worker pulls no work) until stopped.
+TEST_F(ApiTest, WorkerInventorySessionAndStop) {
+  int64_t host = CreateHost("pve1", "c1");
+  int64_t worker = ConnectWorkerWithVms();
+
+  Reply w = Get("/api/v1/workers/" + std::to_string(worker));
+  EXPECT_EQ(w.Str("state"), "connected") << w;
+  EXPECT_EQ(w.Str("host"), "pve1");
+  EXPECT_EQ(w.Str("cluster"), "c1") << "the configured cluster stays";
+  EXPECT_EQ(w.json.at("task_slots"), 2);
+  EXPECT_EQ(w.Str("version"), "api-test-1");
+  EXPECT_TRUE(w.json.at("registered_at").is_string());
+
+  Reply h = Get("/api/v1/hosts/" + std::to_string(host));
+  EXPECT_EQ(h.json.at("workers"), 1);
+  EXPECT_EQ(h.json.at("vms"), 2);
+
+  Reply vms = Get("/api/v1/vms");
+  ASSERT_EQ(vms.json.at("vms").as_array().size(), 2u) << vms;
+  Reply web = Get("/api/v1/vms?host=pve1&name=web01");
+  ASSERT_EQ(web.json.at("vms").as_array().size(), 1u) << web;
+  const json::value& vm = web.json.at("vms").as_array()[0];
+  EXPECT_EQ(vm.at("uuid"), "7d1b5a3c-0000-4000-8000-000000000001");
+  EXPECT_EQ(vm.at("state"), "running");
+  EXPECT_EQ(vm.at("tags"), json::parse(R"(["prod","web"])"));
+  EXPECT_EQ(vm.at("host"), "pve1");
+  EXPECT_EQ(vm.at("host_id"), host);
+  EXPECT_EQ(vm.at("cluster"), "c1");
+  EXPECT_EQ(vm.at("disks"), json::parse(R"([{"name":"vda","size_bytes":10737418240,"format":"qcow2"},)"
+                                        R"({"name":"vdb","size_bytes":1073741824,"format":"raw"}])"));
+  EXPECT_EQ(Get("/api/v1/vms/" + std::to_string(vm.at("id").to_number<int64_t>())).json, vm);
+  EXPECT_TRUE(Get("/api/v1/vms?host=other").json.at("vms").as_array().empty());
+  EXPECT_EQ(Get("/api/v1/vms?limit=1").json.at("vms").as_array().size(), 1u);
+  EXPECT_EQ(Get("/api/v1/vms?limit=1&offset=1").json.at("vms").as_array()[0].at("name"), "db01");
+  EXPECT_TRUE(Get("/api/v1/vms?offset=2").json.at("vms").as_array().empty());
+
+  // A connected worker, and a host with workers and VMs, cannot be deleted.
+  EXPECT_EQ(Delete("/api/v1/workers/" + std::to_string(worker)).status, 409);
+  EXPECT_EQ(Delete("/api/v1/hosts/" + std::to_string(host)).status, 409);
+  // The worker's token is not an API token.
+  Reply status = Get("/api/v1/status");
+  EXPECT_EQ(status.json.at("workers_connected"), 1);
+  EXPECT_EQ(status.json.at("vms"), 2);
+
+  int64_t repo = CreateRepository("main");
+  int64_t job = CreateJob("web", repo, R"(,"exclude_disks":[{"vm":"web01","disk":"vdb"}])");
+  std::string job_path = "/api/v1/jobs/" + std::to_string(job);
+  Reply started = Post(job_path + "/start", "");
+  ASSERT_EQ(started.status, 202) << started;
+  int64_t session = started.json.at("session").to_number<int64_t>();
+  Reply s = Get("/api/v1/sessions/" + std::to_string(session));
+  EXPECT_EQ(s.Str("state"), "running") << s;
+  ASSERT_EQ(s.json.at("snapshots").as_array().size(), 1u) << s;
+  EXPECT_EQ(s.json.at("snapshots").as_array()[0].at("vm"), "web01");
+  EXPECT_EQ(s.json.at("snapshots").as_array()[0].at("state"), "pending");
+  ASSERT_EQ(s.json.at("tasks").as_array().size(), 1u) << "vdb is excluded: " << s;
+  EXPECT_EQ(s.json.at("tasks").as_array()[0].at("disk"), "vda");
+  EXPECT_EQ(s.json.at("tasks").as_array()[0].at("state"), "waiting");
+  EXPECT_EQ(s.json.at("totals").at("tasks"), 1);
+  EXPECT_EQ(s.json.at("totals").at("queued"), 1);
+  EXPECT_EQ(s.json.at("totals").at("bytes_total"), 10737418240);
+  EXPECT_EQ(Get("/api/v1/status").json.at("sessions_running"), 1);
+
+  // While it runs: no second session, no deleting the job.
+  Reply twice = Post(job_path + "/start", "");
+  EXPECT_EQ(twice.status, 409) << twice;
+  EXPECT_EQ(twice.kind(), "conflict");
+  EXPECT_EQ(Delete(job_path).status, 409);
+
+  Reply stopped = Post(job_path + "/stop", "");
+  ASSERT_EQ(stopped.status, 202) << stopped;
+  EXPECT_EQ(stopped.json, json::parse(R"({"session":)" + std::to_string(session) + R"(,"state":"stopping"})"));
+  s = Get("/api/v1/sessions/" + std::to_string(session));
+  EXPECT_EQ(s.Str("state"), "stopped") << "nothing ran, so nothing drains: " << s;
+  EXPECT_EQ(s.json.at("tasks").as_array()[0].at("state"), "canceled");
+  EXPECT_EQ(s.json.at("snapshots").as_array()[0].at("state"), "canceled");
+  EXPECT_EQ(s.json.at("totals").at("canceled"), 1);
+  EXPECT_EQ(Post(job_path + "/stop", "").status, 409);
+  EXPECT_EQ(Get(job_path).json.at("last_session").at("state"), "stopped");
+
+  // Once the worker disconnects it can be deleted.
+  worker_.reset();
+  // The coordinator notices the closed connection asynchronously; deletion
+  // is retried until it does (bounded; not a timing assertion).
+  Reply deleted;
+  for (int i = 0; i < 3000; ++i) {
+    deleted = Delete("/api/v1/workers/" + std::to_string(worker));
+    if (deleted.status != 409) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(deleted.status, 200) << deleted;
+}
+
+// ===========================================================================
+// Durability: kill -9 and start again on the same data directory.
+
+TEST_F(ApiTest, EverythingSurvivesKillDashNine) {
+  int64_t host = CreateHost("pve1", "c1");
+  int64_t repo = CreateRepository("main");
+  int64_t job = CreateJob("manual", repo, R"(,"retries":{"count":7,"interval_s":9},"enabled":false)");
+  int64_t scheduled = CreateJob("scheduled", repo, R"(,"schedule":{"kind":"daily","at":")" + TwoDigits(FarHour()) + R"(:00","days":["sun"]})");
+  auto [worker, worker_token] = CreateWorker("w1");
+  int64_t session = Post("/api/v1/jobs/" + std::to_string(job) + "/start", "").json.at("session").to_number<int64_t>();
+
+  std::map<std::string, json::value> before;
+  for (const std::string& path : std::vector<std::string>{"/api/v1/hosts/" + std::to_string(host), "/api/v1/repositories/" + std::to_string(repo),
+                                  "/api/v1/jobs/" + std::to_string(job), "/api/v1/workers/" + std::to_string(worker),
+                                  "/api/v1/sessions/" + std::to_string(session),
+                                  "/api/v1/sessions/" + std::to_string(session) + "/log", "/api/v1/hosts",
+                                  "/api/v1/repositories", "/api/v1/workers", "/api/v1/sessions", "/api/v1/points"}) {
+    Reply r = Get(path);
+    ASSERT_EQ(r.status, 200) << path;
+    before[path] = r.json;
+  }
+  json::value scheduled_before = Get("/api/v1/jobs/" + std::to_string(scheduled)).json;
+
+  pid_t old_pid = daemon_->pid();
+  RestartHard();
+  ASSERT_NE(daemon_->pid(), old_pid);
+
+  for (const auto& [path, value] : before) EXPECT_EQ(Get(path).json, value) << path << " changed across kill -9";
+  json::value scheduled_after = Get("/api/v1/jobs/" + std::to_string(scheduled)).json;
+  EXPECT_EQ(scheduled_after.at("schedule"), scheduled_before.at("schedule"));
+  EXPECT_EQ(scheduled_after.at("name"), "scheduled");
+  EXPECT_TRUE(scheduled_after.at("next_run_at").is_string());
+  // The same admin token still works (the test's Call uses it), and the
+  // ids continue: nothing is reused.
+  int64_t next_repo = CreateRepository("after-restart");
+  EXPECT_GT(next_repo, repo);
+  // The worker's token survived too: it can still register.
+  FakeWorker registered(daemon_->rpc(), worker_token, "pve1", "proxmox", {});
+  EXPECT_EQ(registered.worker_id(), static_cast<uint64_t>(worker));
+  EXPECT_EQ(Get("/api/v1/workers/" + std::to_string(worker)).Str("state"), "connected");
+}
+
+}  // namespace
