@@ -38,6 +38,16 @@ std::vector<std::string> ListDirectory(const std::string& dir) {
 
 const char* SyncLevelName(SyncLevel s) { return s == SyncLevel::kFile ? "file" : "filesystem"; }
 
+bool IsValidPointId(const std::string& id) {
+  if (id.empty() || id.size() > 64 || id[0] == '.') return false;
+  return std::all_of(id.begin(), id.end(), [](char c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' ||
+           c == '.';
+  });
+}
+
+}  // namespace
+
 // A point id sorts by creation time, to the microsecond, because "the last
 // point of a chain" is found by sorting and backups can be sub-second:
 // 20261122T034210.123456Z-1a2b3c.
@@ -52,15 +62,6 @@ std::string NewPointId() {
   return buf + RandomHex(6);
 }
 
-bool IsValidPointId(const std::string& id) {
-  if (id.empty() || id.size() > 64 || id[0] == '.') return false;
-  return std::all_of(id.begin(), id.end(), [](char c) {
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' ||
-           c == '.';
-  });
-}
-
-}  // namespace
 
 void ValidateChunkSize(uint64_t chunk_size) {
   if (chunk_size < (64u << 10) || chunk_size > (16u << 20) || (chunk_size & (chunk_size - 1))) {

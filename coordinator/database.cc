@@ -107,7 +107,8 @@ CREATE TABLE snapshots (
   assignment TEXT,
   not_before INTEGER,
   exports TEXT NOT NULL DEFAULT '[]',
-  point_id TEXT,
+  planned_point TEXT NOT NULL,       -- the restore point id reserved for this VM's disks
+  point_id TEXT,                     -- set once committed
   error TEXT NOT NULL DEFAULT '',
   created_at INTEGER NOT NULL,
   ended_at INTEGER

@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "ferry/common/log.h"
+#include "ferry/common/repository.h"
 #include "ferry/coordinator/field_error.h"
 #include "ferry/coordinator/schedule.h"
 
@@ -458,7 +459,7 @@ WorkOrder SessionRunner::BuildOrder(const Placement& placement, int64_t worker_i
   }
   Statement s = db_.Prepare(
       "SELECT s.session_id, s.vm_name, v.uuid, h.name, h.platform, j.chain, r.id, r.name, r.location, "
-      "s.exports, s.attempt + 1 FROM snapshots s JOIN vms v ON v.id = s.vm_id JOIN hosts h ON h.id = s.host_id "
+      "s.exports, s.attempt + 1, s.planned_point FROM snapshots s JOIN vms v ON v.id = s.vm_id JOIN hosts h ON h.id = s.host_id "
       "JOIN sessions se ON se.id = s.session_id JOIN jobs j ON j.id = se.job_id "
       "JOIN repositories r ON r.id = j.repository_id WHERE s.id = ?");
   s.Bind(1, snapshot_id);
@@ -473,6 +474,7 @@ WorkOrder SessionRunner::BuildOrder(const Placement& placement, int64_t worker_i
   order.repository_name = s.Text(7);
   order.repository_location = s.Text(8);
   order.snapshot_id = snapshot_id;
+  order.point_id = s.Text(11);
   if (order.kind == WorkKind::kDisk) {
     Log(order.session_id, order.task_id, std::nullopt, "info",
         order.vm_name + "/" + order.disk + ": attempt " + std::to_string(order.attempt) + " on worker " +
@@ -815,8 +817,9 @@ int64_t SessionRunner::StartJobLocked(int64_t job_id, const std::string& trigger
       Log(session_id, std::nullopt, std::nullopt, "warning", vm.name + ": no disks to back up (all excluded?); skipped");
       continue;
     }
-    db_.Prepare("INSERT INTO snapshots (session_id, vm_id, vm_name, host_id, state, created_at) VALUES (?, ?, ?, ?, 'pending', ?)")
-        .Bind(1, session_id).Bind(2, vm.vm_id).Bind(3, vm.name).Bind(4, vm.host_id).Bind(5, now).Run();
+    db_.Prepare("INSERT INTO snapshots (session_id, vm_id, vm_name, host_id, state, created_at, planned_point) "
+                "VALUES (?, ?, ?, ?, 'pending', ?, ?)")
+        .Bind(1, session_id).Bind(2, vm.vm_id).Bind(3, vm.name).Bind(4, vm.host_id).Bind(5, now).Bind(6, NewPointId()).Run();
     int64_t snapshot_id = db_.LastInsertId();
     snapshots.push_back(snapshot_id);
     Statement insert = db_.Prepare(

@@ -96,6 +96,7 @@ void FillItem(rpc::WorkItem::Builder item, const WorkOrder& order) {
       auto disks = s.initDisks(static_cast<unsigned>(order.disks.size()));
       for (size_t i = 0; i < order.disks.size(); ++i) disks.set(static_cast<unsigned>(i), order.disks[i]);
       s.setChain(order.chain);
+      s.setPointId(order.point_id);
       break;
     }
     case WorkKind::kDisk: {
@@ -108,6 +109,7 @@ void FillItem(rpc::WorkItem::Builder item, const WorkOrder& order) {
       d.setChain(order.chain);
       d.setTier(order.tier);
       d.setAttempt(static_cast<uint32_t>(order.attempt));
+      d.setPointId(order.point_id);
       break;
     }
     case WorkKind::kRelease: {
@@ -115,6 +117,7 @@ void FillItem(rpc::WorkItem::Builder item, const WorkOrder& order) {
       r.setSnapshotId(static_cast<uint64_t>(order.snapshot_id));
       r.setCommit(order.commit);
       fill_repository(r.initRepository());
+      r.setPointId(order.point_id);
       break;
     }
   }

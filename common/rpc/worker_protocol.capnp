@@ -98,6 +98,7 @@ struct SnapshotWork {
   snapshotId @0 :UInt64;
   disks @1 :List(Text);
   chain @2 :Text;
+  pointId @3 :Text;        # the restore point this snapshot's disks go into
 }
 
 struct DiskWork {
@@ -109,6 +110,7 @@ struct DiskWork {
   chain @5 :Text;
   tier @6 :Text;           # host | cluster | any: why this worker got it
   attempt @7 :UInt32;
+  pointId @8 :Text;        # write this disk's index into this (staged) restore point
 }
 
 struct ReleaseWork {
@@ -117,6 +119,7 @@ struct ReleaseWork {
   snapshotId @0 :UInt64;
   commit @1 :Bool;
   repository @2 :RepositoryRef;
+  pointId @3 :Text;        # the staged restore point to commit (or discard)
 }
 
 struct Progress {

@@ -111,7 +111,7 @@ struct Simulator::Shared {
 
 // ---------------------------------------------------------------------------
 
-class Simulator::Worker {
+class Simulator::Worker final : private kj::TaskSet::ErrorHandler {
  public:
   Worker(Shared& shared, WorkerSpec spec, size_t index)
       : sh_(shared),
@@ -139,6 +139,7 @@ class Simulator::Worker {
     o["slots"] = spec_.slots;
     o["max_concurrent_disk_tasks"] = max_running_disk_;
     o["registrations"] = registrations_;
+    o["connection_losses"] = connection_losses_;
     json::array items;
     for (const ItemRecord& r : done_) items.push_back(RecordJson(r));
     for (const auto& [id, item] : items_) {
@@ -214,7 +215,11 @@ class Simulator::Worker {
     auto running = r.initRunning(static_cast<unsigned>(items_.size()));
     unsigned i = 0;
     for (const auto& [id, item] : items_) running.set(i++, id);
-    return req.send().then([this](capnp::Response<rpc::Coordinator::RegisterWorkerResults>&& resp) {
+    // A coordinator that takes the connection but never answers is given up
+    // on after a while, like one that does not answer heartbeats.
+    kj::Promise<capnp::Response<rpc::Coordinator::RegisterWorkerResults>> sent =
+        sh_.timer.timeoutAfter(30 * kj::SECONDS, req.send());
+    return sent.then([this](capnp::Response<rpc::Coordinator::RegisterWorkerResults>&& resp) {
       session_ = resp.getSession();
       auto reply = resp.getReply();
       worker_id_ = reply.getWorkerId();
@@ -269,7 +274,22 @@ class Simulator::Worker {
     auto closed = conn().onDisconnect().then([]() -> kj::Promise<void> {
       return KJ_EXCEPTION(DISCONNECTED, "connection closed");
     });
-    return closed.exclusiveJoin(HeartbeatLoop()).exclusiveJoin(PullLoop());
+    auto failed = kj::newPromiseAndFulfiller<void>();
+    pull_failed_ = kj::mv(failed.fulfiller);
+    pulls_ = kj::heap<kj::TaskSet>(static_cast<kj::TaskSet::ErrorHandler&>(*this));
+    positive_pull_ = zero_pull_ = false;
+    MaybePull();
+    return closed.exclusiveJoin(HeartbeatLoop()).exclusiveJoin(kj::mv(failed.promise));
+  }
+
+  // A pullWork call failed: the session is broken.
+  void taskFailed(kj::Exception&& e) override {
+    KJ_IF_MAYBE(f, pull_failed_) {
+      if ((*f)->isWaiting()) {
+        (*f)->reject(kj::Exception(e.getType(), __FILE__, __LINE__,
+                                   kj::str("pullWork: ", e.getDescription())));
+      }
+    }
   }
 
   void OnConnectionLost(const kj::Exception& e) {
@@ -277,6 +297,9 @@ class Simulator::Worker {
     bool was_connected = connected_;
     session_ = nullptr;
     connected_ = false;
+    pulls_ = nullptr;
+    pull_failed_ = nullptr;
+    positive_pull_ = zero_pull_ = false;
     // Calls of the old connection are abandoned; results not yet delivered
     // are sent again if the coordinator resumes their assignments.
     for (auto& [id, item] : items_) {
@@ -317,9 +340,11 @@ class Simulator::Worker {
           unsigned i = 0;
           for (const auto& [id, item] : items_) running.set(i++, id);
           kj::Promise<capnp::Response<WorkerSession::HeartbeatResults>> sent = req.send();
-          // A coordinator that does not answer within its own deadline has
-          // given us up anyway: start over.
-          return sh_.timer.timeoutAfter(sh_.Ms(hb_deadline_ms_), kj::mv(sent))
+          // Only a coordinator stuck for good (alive at TCP level) is given
+          // up on here: a merely slow one answers late, and reconnecting
+          // would only add to its load.
+          int64_t patience = std::max<int64_t>(2 * int64_t{hb_deadline_ms_}, 30000);
+          return sh_.timer.timeoutAfter(sh_.Ms(patience), kj::mv(sent))
               .catch_([](kj::Exception&& e)
                           -> kj::Promise<capnp::Response<WorkerSession::HeartbeatResults>> {
                 return kj::Exception(e.getType(), __FILE__, __LINE__,
@@ -334,24 +359,45 @@ class Simulator::Worker {
         });
   }
 
-  kj::Promise<void> PullLoop() {
-    auto req = session().pullWorkRequest();
+  // Pulls work so that a pull is always outstanding, slots are offered as soon
+  // as they free, and disk tasks can never exceed the slots: at most one pull
+  // with freeSlots > 0 is outstanding (free slots only grow while it waits),
+  // plus at most one with freeSlots = 0 (it gets only snapshot and release
+  // work). Outstanding pulls are never cancelled: items chosen for a call
+  // whose caller went away would be lost until their deadline.
+  void MaybePull() {
+    if (session_ == nullptr || pulls_ == nullptr) return;
     uint32_t slots = spec_.slots;
     uint32_t busy = static_cast<uint32_t>(std::max(running_disk_, 0));
-    req.setFreeSlots(busy >= slots ? 0 : slots - busy);
+    uint32_t free = busy >= slots ? 0 : slots - busy;
+    if (free > 0) {
+      if (!positive_pull_) SendPull(free);
+    } else if (!positive_pull_ && !zero_pull_) {
+      SendPull(0);
+    }
+  }
+
+  void SendPull(uint32_t free) {
+    bool positive = free > 0;
+    (positive ? positive_pull_ : zero_pull_) = true;
+    auto req = session().pullWorkRequest();
+    req.setFreeSlots(free);
     req.setWaitMs(static_cast<uint32_t>(sh_.options.pull_wait_ms));
     int64_t start = NowMs();
-    return req.send().then(
-        [this, start](capnp::Response<WorkerSession::PullWorkResults>&& resp) -> kj::Promise<void> {
+    KJ_ASSERT_NONNULL(pulls_)->add(req.send().then(
+        [this, positive,
+         start](capnp::Response<WorkerSession::PullWorkResults>&& resp) -> kj::Promise<void> {
+          (positive ? positive_pull_ : zero_pull_) = false;
           auto items = resp.getItems();
           for (auto item : items) StartItem(item);
           if (items.size() == 0 && NowMs() - start < 10) {
             // The coordinator answered an empty pull at once: do not spin.
             int64_t pause = std::clamp(sh_.options.pull_wait_ms, 10, 100);
-            return sh_.timer.afterDelay(sh_.Ms(pause)).then([this]() { return PullLoop(); });
+            return sh_.timer.afterDelay(sh_.Ms(pause)).then([this]() { MaybePull(); });
           }
-          return PullLoop();
-        });
+          MaybePull();
+          return kj::READY_NOW;
+        }));
   }
 
   // --- work items ---
@@ -439,13 +485,11 @@ class Simulator::Worker {
         rec.kind = "release";
         rec.snapshot_id = r.getSnapshotId();
         rec.commit = r.getCommit();
+        rec.point_id = r.getPointId();  // the point the coordinator reserved
         LogInfo(tag_ + ": " + id + " release " + rec.vm + " snapshot " +
                 std::to_string(rec.snapshot_id) + (rec.commit ? " (commit)" : " (no commit)"));
         item->work = After(sh_.options.release_ms).then([this, item]() {
-          if (item->rec.commit) {
-            item->rec.point_id =
-                "sim-" + item->rec.vm + "-" + std::to_string(item->rec.snapshot_id);
-          }
+          if (!item->rec.commit) item->rec.point_id.clear();
           Finish(*item, true, "", "");
         });
         break;
@@ -507,8 +551,11 @@ class Simulator::Worker {
     item.rec.ok = ok;
     item.rec.error = error;
     item.error_kind = error_kind;
-    if (item.is_disk) --running_disk_;
     if (session_ != nullptr) SendResult(item);
+    if (item.is_disk) {
+      --running_disk_;
+      MaybePull();
+    }
   }
 
   void SendResult(Item& item) {
@@ -565,9 +612,13 @@ class Simulator::Worker {
     kj::Own<Item> item = kj::mv(it->second);
     items_.erase(it);
     item->retired = true;
+    bool slot_freed = false;
     if (!item->finished) {
       item->rec.end_ms = NowMs();
-      if (item->is_disk) --running_disk_;
+      if (item->is_disk) {
+        --running_disk_;
+        slot_freed = true;
+      }
     }
     item->rec.outcome = outcome;
     if (!reason.empty()) {
@@ -586,6 +637,7 @@ class Simulator::Worker {
     }
     done_.push_back(item->rec);
     graveyard_.push_back(kj::mv(item));
+    if (slot_freed) MaybePull();
     if (!sweep_scheduled_) {
       sweep_scheduled_ = true;
       tasks_.add(kj::evalLater([this]() {
@@ -620,6 +672,10 @@ class Simulator::Worker {
   // connection.
   kj::Maybe<kj::Own<CoordinatorConnection>> conn_;
   kj::Maybe<WorkerSession::Client> session_;
+  kj::Maybe<kj::Own<kj::PromiseFulfiller<void>>> pull_failed_;
+  kj::Maybe<kj::Own<kj::TaskSet>> pulls_;  // this connection's pulls
+  bool positive_pull_ = false;  // a pull with freeSlots > 0 is outstanding
+  bool zero_pull_ = false;      // a pull with freeSlots = 0 is outstanding
   kj::TaskSet tasks_;
   kj::Promise<void> life_ = nullptr;
 };

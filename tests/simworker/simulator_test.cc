@@ -312,6 +312,7 @@ TEST_F(SimulatorTest, ReconnectsAndDeliversResultsOfResumedAssignments) {
   EXPECT_EQ(Str(items["disk-vda.1"].at("outcome")), "done");
   EXPECT_EQ(Str(items["disk-vdb.1"].at("outcome")), "done");
   EXPECT_EQ(sim.Report().at("workers").at(0).at("registrations").as_int64(), 2);
+  EXPECT_EQ(sim.Report().at("workers").at(0).at("connection_losses").as_int64(), 1);
 }
 
 TEST_F(SimulatorTest, AssignmentsNotResumedAreDropped) {
@@ -353,6 +354,35 @@ TEST_F(SimulatorTest, RefusedRegistrationIsRetried) {
       .wait(io.waitScope);
   EXPECT_GE(fake.refused_registrations, 3);
   EXPECT_EQ(sim.RegisteredWorkers(), 0u);
+}
+
+// A slot that frees while a freeSlots = 0 long poll waits is offered at once
+// by a second pull, not when that poll ends.
+TEST_F(SimulatorTest, FreedSlotIsOfferedWithoutWaitingForTheLongPoll) {
+  auto io = kj::setupAsyncIo();
+  FakeCoordinator fake(io);
+  fake.max_wait_ms = 5000;  // long polls really wait
+  for (int i = 0; i < 4; ++i) {
+    FakeItem d;
+    d.assignment = "disk-" + std::to_string(i) + ".1";
+    d.kind = FakeItem::kDisk;
+    d.vm = "vm1";
+    d.disk = "vda";
+    fake.queue.push_back(d);
+  }
+  SimOptions o = MakeOptions(fake.Listen());
+  o.pull_wait_ms = 5000;
+  Simulator sim(io, o, {MakeWorker("h1", 2, {"vda"})}, nullptr);
+  RunToIdle(io, sim);
+  ASSERT_EQ(fake.results.size(), 4u);
+  auto items = ItemsById(sim.Report());
+  int64_t first_end = std::min(items["disk-0.1"].at("end_ms").as_int64(),
+                               items["disk-1.1"].at("end_ms").as_int64());
+  int64_t third_start = std::min(items["disk-2.1"].at("start_ms").as_int64(),
+                                 items["disk-3.1"].at("start_ms").as_int64());
+  EXPECT_LT(third_start - first_end, 1000);
+  EXPECT_EQ(sim.Report().at("totals").at("max_concurrent_disk_tasks").as_int64(), 2);
+  for (uint32_t free : fake.pull_free_slots) EXPECT_LE(free, 2u);
 }
 
 TEST_F(SimulatorTest, ManyWorkersOnOneLoopRespectSlots) {

@@ -25,6 +25,11 @@
 
 namespace ferry {
 
+// A new restore point id: sorts by creation time to the microsecond, with a
+// random suffix (20261122T034210.123456Z-1a2b3c). The coordinator reserves
+// one per VM per session so that every disk task writes into the same point.
+std::string NewPointId();
+
 inline constexpr char kRepositoryFormat[] = "ferry-repository-v1";
 // Chosen by measurement (docs/benchmarks.md): see kDefaultChunkSize's note there.
 inline constexpr uint32_t kDefaultChunkSize = 1u << 20;

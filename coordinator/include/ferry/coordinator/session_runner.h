@@ -93,6 +93,7 @@ struct WorkOrder {
   int64_t repository_id = 0;
   std::string repository_name, repository_location;
   std::string chain;
+  std::string point_id;            // the restore point reserved for the VM
   bool commit = false;             // release work
 };
 
