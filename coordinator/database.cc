@@ -295,10 +295,13 @@ Database Database::Open(const std::string& path, bool read_only) {
 }
 
 Database::~Database() {
+  cache_.clear();  // finalize before closing
   if (db_) sqlite3_close_v2(db_);
 }
 
-Database::Database(Database&& other) noexcept : db_(other.db_) { other.db_ = nullptr; }
+Database::Database(Database&& other) noexcept : db_(other.db_), cache_(std::move(other.cache_)) {
+  other.db_ = nullptr;
+}
 
 void Database::Execute(std::string_view sql) {
   char* err = nullptr;
@@ -308,6 +311,14 @@ void Database::Execute(std::string_view sql) {
     sqlite3_free(err);
     Fail(db_, "running SQL '" + text.substr(0, 60) + "' (" + msg + ")");
   }
+}
+
+Statement& Database::Cached(std::string_view sql) {
+  auto it = cache_.find(std::string(sql));
+  if (it == cache_.end())
+    it = cache_.emplace(std::string(sql), std::make_unique<Statement>(db_, sql)).first;
+  it->second->Reset();
+  return *it->second;
 }
 
 int64_t Database::LastInsertId() const { return sqlite3_last_insert_rowid(db_); }

@@ -66,7 +66,7 @@ SessionRunner::SessionRunner(Database db, RunnerOptions options, Clock clock)
 void SessionRunner::Log(int64_t session_id, std::optional<int64_t> task_id,
                         std::optional<int64_t> snapshot_id, const std::string& level,
                         const std::string& message) {
-  db_.Prepare("INSERT INTO task_log (session_id, task_id, snapshot_id, at, level, message) "
+  db_.Cached("INSERT INTO task_log (session_id, task_id, snapshot_id, at, level, message) "
               "VALUES (?, ?, ?, ?, ?, ?)")
       .Bind(1, session_id).Bind(2, task_id).Bind(3, snapshot_id).Bind(4, clock_())
       .Bind(5, level).Bind(6, message).Run();
@@ -93,7 +93,7 @@ void SessionRunner::Recover() {
   std::lock_guard lock(mu_);
   LoadTopology();
   Database::Transaction tx(db_);
-  db_.Prepare("UPDATE workers SET state = 'disconnected' WHERE state = 'connected'").Run();
+  db_.Cached("UPDATE workers SET state = 'disconnected' WHERE state = 'connected'").Run();
   Statement snaps = db_.Prepare(
       "SELECT s.id, s.state, s.worker_id, s.assignment, s.not_before, s.session_id FROM snapshots s "
       "JOIN sessions se ON se.id = s.session_id WHERE se.state IN ('running', 'stopping') "
@@ -147,7 +147,7 @@ void SessionRunner::Recover() {
 // Queues
 
 void SessionRunner::EnqueueSnapshot(int64_t snapshot_id) {
-  Statement s = db_.Prepare("SELECT host_id FROM snapshots WHERE id = ?");
+  Statement& s = db_.Cached("SELECT host_id FROM snapshots WHERE id = ?");
   s.Bind(1, snapshot_id);
   if (!s.Step()) return;
   scheduler_.Enqueue({WorkKind::kSnapshot, snapshot_id, s.Int(0), 0, 0});
@@ -157,7 +157,7 @@ void SessionRunner::EnqueueSnapshot(int64_t snapshot_id) {
 }
 
 void SessionRunner::EnqueueTask(int64_t task_id) {
-  Statement s = db_.Prepare(
+  Statement& s = db_.Cached(
       "SELECT sn.host_id, t.repository_id FROM tasks t JOIN snapshots sn ON sn.id = t.snapshot_id "
       "WHERE t.id = ?");
   s.Bind(1, task_id);
@@ -200,12 +200,12 @@ int64_t SessionRunner::EnsureHost(const std::string& name, const std::string& pl
   if (find.Step()) {
     int64_t id = find.Int(0);
     if (find.Text(1).empty() && !cluster.empty()) {
-      db_.Prepare("UPDATE hosts SET cluster = ? WHERE id = ?").Bind(1, cluster).Bind(2, id).Run();
+      db_.Cached("UPDATE hosts SET cluster = ? WHERE id = ?").Bind(1, cluster).Bind(2, id).Run();
       scheduler_.SetHost(id, name, cluster);
     }
     return id;
   }
-  db_.Prepare("INSERT INTO hosts (name, platform, cluster, created_at) VALUES (?, ?, ?, ?)")
+  db_.Cached("INSERT INTO hosts (name, platform, cluster, created_at) VALUES (?, ?, ?, ?)")
       .Bind(1, name).Bind(2, platform).Bind(3, cluster).Bind(4, clock_()).Run();
   int64_t id = db_.LastInsertId();
   scheduler_.SetHost(id, name, cluster);
@@ -229,7 +229,7 @@ WorkerWelcome SessionRunner::RegisterWorker(const WorkerHello& hello) {
 
   Database::Transaction tx(db_);
   int64_t host_id = EnsureHost(hello.host, hello.platform, hello.cluster);
-  db_.Prepare("UPDATE workers SET host_id = ?, task_slots = ?, version = ?, state = 'connected', "
+  db_.Cached("UPDATE workers SET host_id = ?, task_slots = ?, version = ?, state = 'connected', "
               "registered_at = ?, last_heartbeat_at = ? WHERE id = ?")
       .Bind(1, host_id).Bind(2, int64_t{hello.task_slots}).Bind(3, hello.version).Bind(4, now)
       .Bind(5, now).Bind(6, welcome.worker_id).Run();
@@ -256,7 +256,7 @@ WorkerWelcome SessionRunner::RegisterWorker(const WorkerHello& hello) {
     if (live.kind == WorkKind::kDisk) {
       RequeueTask(live.id, "worker " + welcome.worker_name + " re-registered without it");
     } else if (live.kind == WorkKind::kSnapshot) {
-      db_.Prepare("UPDATE snapshots SET state = 'pending', worker_id = NULL WHERE id = ?").Bind(1, live.id).Run();
+      db_.Cached("UPDATE snapshots SET state = 'pending', worker_id = NULL WHERE id = ?").Bind(1, live.id).Run();
       EnqueueSnapshot(live.id);
     } else {
       Statement c = db_.Prepare("SELECT 1 FROM tasks WHERE snapshot_id = ? AND state != 'succeeded'");
@@ -280,7 +280,7 @@ void SessionRunner::WorkerDisconnected(int64_t worker_id, int64_t epoch) {
   // No new work; its running work waits for the deadline (it may reconnect).
   it->second.connected = false;
   scheduler_.SetWorkerConnected(worker_id, false);
-  db_.Prepare("UPDATE workers SET state = 'disconnected' WHERE id = ? AND state = 'connected'")
+  db_.Cached("UPDATE workers SET state = 'disconnected' WHERE id = ? AND state = 'connected'")
       .Bind(1, worker_id).Run();
   WakeAll();  // its host's work may now go to workers elsewhere
 }
@@ -297,7 +297,7 @@ std::vector<std::string> SessionRunner::Heartbeat(int64_t worker_id,
     // requeued, so all of it is in the cancel list below.
     worker.connected = true;
     scheduler_.SetWorkerConnected(worker_id, true);
-    db_.Prepare("UPDATE workers SET state = 'connected' WHERE id = ?").Bind(1, worker_id).Run();
+    db_.Cached("UPDATE workers SET state = 'connected' WHERE id = ?").Bind(1, worker_id).Run();
   }
   std::vector<std::string> cancel;
   std::set<std::string> reported(running.begin(), running.end());
@@ -325,7 +325,7 @@ void SessionRunner::ReportInventory(int64_t worker_id, const std::vector<Invento
   int64_t now = clock_();
   Database::Transaction tx(db_);
   // VMs no longer reported stay (sessions and points refer to them) as "missing".
-  db_.Prepare("UPDATE vms SET state = 'missing' WHERE host_id = ?").Bind(1, host_id).Run();
+  db_.Cached("UPDATE vms SET state = 'missing' WHERE host_id = ?").Bind(1, host_id).Run();
   for (const InventoryVm& vm : vms) {
     json::array tags;
     for (const auto& tag : vm.tags) tags.emplace_back(tag);
@@ -343,22 +343,22 @@ void SessionRunner::ReportInventory(int64_t worker_id, const std::vector<Invento
     if (vm_id && same_name && *same_name != *vm_id) {
       // Another VM of that name was here before: keep its row (history refers
       // to it) under a name that frees this one.
-      db_.Prepare("UPDATE vms SET name = name || '~' || id, state = 'missing' WHERE id = ?").Bind(1, *same_name).Run();
+      db_.Cached("UPDATE vms SET name = name || '~' || id, state = 'missing' WHERE id = ?").Bind(1, *same_name).Run();
     }
     if (!vm_id) vm_id = same_name;
     if (vm_id) {
-      db_.Prepare("UPDATE vms SET host_id = ?, name = ?, uuid = ?, state = ?, tags = ?, seen_at = ? WHERE id = ?")
+      db_.Cached("UPDATE vms SET host_id = ?, name = ?, uuid = ?, state = ?, tags = ?, seen_at = ? WHERE id = ?")
           .Bind(1, host_id).Bind(2, vm.name).Bind(3, vm.uuid).Bind(4, vm.state)
           .Bind(5, json::serialize(tags)).Bind(6, now).Bind(7, *vm_id).Run();
     } else {
-      db_.Prepare("INSERT INTO vms (host_id, name, uuid, state, tags, seen_at) VALUES (?, ?, ?, ?, ?, ?)")
+      db_.Cached("INSERT INTO vms (host_id, name, uuid, state, tags, seen_at) VALUES (?, ?, ?, ?, ?, ?)")
           .Bind(1, host_id).Bind(2, vm.name).Bind(3, vm.uuid).Bind(4, vm.state)
           .Bind(5, json::serialize(tags)).Bind(6, now).Run();
       vm_id = db_.LastInsertId();
     }
-    db_.Prepare("DELETE FROM disks WHERE vm_id = ?").Bind(1, *vm_id).Run();
+    db_.Cached("DELETE FROM disks WHERE vm_id = ?").Bind(1, *vm_id).Run();
     for (const InventoryDisk& disk : vm.disks)
-      db_.Prepare("INSERT OR REPLACE INTO disks (vm_id, name, size_bytes, format) VALUES (?, ?, ?, ?)")
+      db_.Cached("INSERT OR REPLACE INTO disks (vm_id, name, size_bytes, format) VALUES (?, ?, ?, ?)")
           .Bind(1, *vm_id).Bind(2, disk.name).Bind(3, disk.size_bytes).Bind(4, disk.format).Run();
   }
   tx.Commit();
@@ -370,7 +370,7 @@ void SessionRunner::MarkUnreachable(int64_t worker_id, const std::string& why) {
   worker.unreachable = true;
   scheduler_.SetWorkerConnected(worker_id, false);
   WakeAll();
-  db_.Prepare("UPDATE workers SET state = 'unreachable' WHERE id = ?").Bind(1, worker_id).Run();
+  db_.Cached("UPDATE workers SET state = 'unreachable' WHERE id = ?").Bind(1, worker_id).Run();
   LogWarning("worker " + std::to_string(worker_id) + " unreachable: " + why);
   std::vector<std::pair<std::string, Live>> mine;
   for (const auto& [assignment, live] : live_)
@@ -381,7 +381,7 @@ void SessionRunner::MarkUnreachable(int64_t worker_id, const std::string& why) {
     if (live.kind == WorkKind::kDisk) {
       RequeueTask(live.id, "worker unreachable (" + why + ")");
     } else if (live.kind == WorkKind::kSnapshot) {
-      db_.Prepare("UPDATE snapshots SET state = 'pending', worker_id = NULL WHERE id = ?").Bind(1, live.id).Run();
+      db_.Cached("UPDATE snapshots SET state = 'pending', worker_id = NULL WHERE id = ?").Bind(1, live.id).Run();
       EnqueueSnapshot(live.id);
     }
   }
@@ -394,7 +394,7 @@ void SessionRunner::MarkUnreachable(int64_t worker_id, const std::string& why) {
 }
 
 void SessionRunner::RequeueTask(int64_t task_id, const std::string& why) {
-  db_.Prepare("UPDATE tasks SET state = 'queued', worker_id = NULL, not_before = NULL WHERE id = ?")
+  db_.Cached("UPDATE tasks SET state = 'queued', worker_id = NULL, not_before = NULL WHERE id = ?")
       .Bind(1, task_id).Run();
   Statement s = db_.Prepare("SELECT session_id FROM tasks WHERE id = ?");
   s.Bind(1, task_id);
@@ -421,10 +421,10 @@ void SessionRunner::LoseSnapshot(int64_t snapshot_id, const std::string& why) {
     delayed_tasks_.erase(tasks.Int(0));
   }
   scheduler_.Dequeue(WorkKind::kRelease, snapshot_id);
-  db_.Prepare("UPDATE tasks SET state = 'waiting', worker_id = NULL, bytes_done = 0, bytes_stored = 0, "
+  db_.Cached("UPDATE tasks SET state = 'waiting', worker_id = NULL, bytes_done = 0, bytes_stored = 0, "
               "ended_at = NULL, error = '' WHERE snapshot_id = ? AND state != 'canceled'")
       .Bind(1, snapshot_id).Run();
-  db_.Prepare("UPDATE snapshots SET state = 'pending', worker_id = NULL, exports = '[]' WHERE id = ?")
+  db_.Cached("UPDATE snapshots SET state = 'pending', worker_id = NULL, exports = '[]' WHERE id = ?")
       .Bind(1, snapshot_id).Run();
   Statement s = db_.Prepare("SELECT session_id FROM snapshots WHERE id = ?");
   s.Bind(1, snapshot_id);
@@ -443,7 +443,7 @@ WorkOrder SessionRunner::BuildOrder(const Placement& placement, int64_t worker_i
   order.tier = TierName(placement.tier);
   int64_t snapshot_id = placement.work.id;
   if (order.kind == WorkKind::kDisk) {
-    Statement t = db_.Prepare("SELECT snapshot_id, disk, attempt + 1, session_id FROM tasks WHERE id = ?");
+    Statement& t = db_.Cached("SELECT snapshot_id, disk, attempt + 1, session_id FROM tasks WHERE id = ?");
     t.Bind(1, placement.work.id);
     if (!t.Step()) throw Error(ErrorKind::kInternal, "task " + std::to_string(placement.work.id) + " vanished");
     snapshot_id = t.Int(0);
@@ -451,13 +451,13 @@ WorkOrder SessionRunner::BuildOrder(const Placement& placement, int64_t worker_i
     order.disk = t.Text(1);
     order.attempt = static_cast<int>(t.Int(2));
     order.assignment = AssignmentId(WorkKind::kDisk, order.task_id, order.attempt);
-    db_.Prepare("UPDATE tasks SET state = 'running', worker_id = ?, tier = ?, tier_reason = ?, attempt = ?, "
+    db_.Cached("UPDATE tasks SET state = 'running', worker_id = ?, tier = ?, tier_reason = ?, attempt = ?, "
                 "assignment = ?, started_at = ?, not_before = NULL WHERE id = ?")
         .Bind(1, worker_id).Bind(2, order.tier).Bind(3, placement.reason).Bind(4, int64_t{order.attempt})
         .Bind(5, order.assignment).Bind(6, clock_()).Bind(7, order.task_id).Run();
     live_[order.assignment] = Live{WorkKind::kDisk, order.task_id, worker_id, false, placement.work.repository_id};
   }
-  Statement s = db_.Prepare(
+  Statement& s = db_.Cached(
       "SELECT s.session_id, s.vm_name, v.uuid, h.name, h.platform, j.chain, r.id, r.name, r.location, "
       "s.exports, s.attempt + 1, s.planned_point FROM snapshots s JOIN vms v ON v.id = s.vm_id JOIN hosts h ON h.id = s.host_id "
       "JOIN sessions se ON se.id = s.session_id JOIN jobs j ON j.id = se.job_id "
@@ -490,7 +490,7 @@ WorkOrder SessionRunner::BuildOrder(const Placement& placement, int64_t worker_i
     Statement d = db_.Prepare("SELECT disk FROM tasks WHERE snapshot_id = ? AND state != 'canceled' ORDER BY id");
     d.Bind(1, snapshot_id);
     while (d.Step()) order.disks.push_back(d.Text(0));
-    db_.Prepare("UPDATE snapshots SET state = 'taking', worker_id = ?, tier = ?, attempt = ?, assignment = ?, "
+    db_.Cached("UPDATE snapshots SET state = 'taking', worker_id = ?, tier = ?, attempt = ?, assignment = ?, "
                 "not_before = NULL WHERE id = ?")
         .Bind(1, worker_id).Bind(2, order.tier).Bind(3, int64_t{order.attempt}).Bind(4, order.assignment)
         .Bind(5, snapshot_id).Run();
@@ -499,7 +499,7 @@ WorkOrder SessionRunner::BuildOrder(const Placement& placement, int64_t worker_i
             std::to_string(worker_id) + " (" + order.tier + ": " + placement.reason + ")");
   } else {
     order.commit = placement.work.commit;
-    db_.Prepare("UPDATE snapshots SET attempt = ?, assignment = ? WHERE id = ?")
+    db_.Cached("UPDATE snapshots SET attempt = ?, assignment = ? WHERE id = ?")
         .Bind(1, int64_t{order.attempt}).Bind(2, order.assignment).Bind(3, snapshot_id).Run();
   }
   live_[order.assignment] = Live{order.kind, snapshot_id, worker_id};
@@ -538,11 +538,11 @@ bool SessionRunner::ReportProgress(int64_t worker_id, const std::string& assignm
   auto it = live_.find(assignment);
   if (it == live_.end() || it->second.worker_id != worker_id || it->second.draining) return false;
   if (it->second.kind != WorkKind::kDisk) return true;
-  Statement t = db_.Prepare("SELECT started_at FROM tasks WHERE id = ?");
+  Statement& t = db_.Cached("SELECT started_at FROM tasks WHERE id = ?");
   t.Bind(1, it->second.id);
   double seconds = 0;
   if (t.Step()) seconds = static_cast<double>(clock_() - t.Int(0)) / 1000.0;
-  db_.Prepare("UPDATE tasks SET bytes_done = ?, bytes_total = MAX(bytes_total, ?), bytes_stored = ?, rate = ? WHERE id = ?")
+  db_.Cached("UPDATE tasks SET bytes_done = ?, bytes_total = MAX(bytes_total, ?), bytes_stored = ?, rate = ? WHERE id = ?")
       .Bind(1, done).Bind(2, total).Bind(3, stored).Bind(4, seconds > 0 ? static_cast<double>(done) / seconds : 0.0)
       .Bind(5, it->second.id).Run();
   return true;
@@ -570,7 +570,7 @@ bool SessionRunner::ReportResult(int64_t worker_id, const WorkReport& report) {
 }
 
 void SessionRunner::FinishTask(int64_t task_id, const WorkReport& report) {
-  Statement t = db_.Prepare(
+  Statement& t = db_.Cached(
       "SELECT t.session_id, t.snapshot_id, t.disk, t.failures, j.retry_count, j.retry_interval_s, t.started_at, "
       "t.tier, s.vm_name FROM tasks t JOIN sessions se ON se.id = t.session_id JOIN jobs j ON j.id = se.job_id "
       "JOIN snapshots s ON s.id = t.snapshot_id WHERE t.id = ?");
@@ -583,7 +583,7 @@ void SessionRunner::FinishTask(int64_t task_id, const WorkReport& report) {
   if (report.ok) {
     double seconds = static_cast<double>(now - t.Int(6)) / 1000.0;
     double rate = seconds > 0 ? static_cast<double>(report.bytes_read) / seconds : 0;
-    db_.Prepare("UPDATE tasks SET state = 'succeeded', bytes_done = ?, bytes_stored = ?, rate = ?, ended_at = ?, "
+    db_.Cached("UPDATE tasks SET state = 'succeeded', bytes_done = ?, bytes_stored = ?, rate = ?, ended_at = ?, "
                 "error = '' WHERE id = ?")
         .Bind(1, report.bytes_read).Bind(2, report.bytes_stored).Bind(3, rate).Bind(4, now).Bind(5, task_id).Run();
     Log(session, task_id, std::nullopt, "info",
@@ -594,7 +594,7 @@ void SessionRunner::FinishTask(int64_t task_id, const WorkReport& report) {
     std::string error = report.error.empty() ? "failed without a message" : report.error;
     if (failures <= retries && Retriable(report.error_kind)) {
       int64_t not_before = now + t.Int(5) * 1000;
-      db_.Prepare("UPDATE tasks SET state = 'queued', worker_id = NULL, failures = ?, error = ?, not_before = ? WHERE id = ?")
+      db_.Cached("UPDATE tasks SET state = 'queued', worker_id = NULL, failures = ?, error = ?, not_before = ? WHERE id = ?")
           .Bind(1, failures).Bind(2, error).Bind(3, not_before).Bind(4, task_id).Run();
       Log(session, task_id, std::nullopt, "warning",
           what + ": attempt failed (" + error + "); retry " + std::to_string(failures) + " of " +
@@ -603,7 +603,7 @@ void SessionRunner::FinishTask(int64_t task_id, const WorkReport& report) {
       else delayed_tasks_[task_id] = not_before;
       return;
     }
-    db_.Prepare("UPDATE tasks SET state = 'failed', failures = ?, error = ?, ended_at = ? WHERE id = ?")
+    db_.Cached("UPDATE tasks SET state = 'failed', failures = ?, error = ?, ended_at = ? WHERE id = ?")
         .Bind(1, failures).Bind(2, error).Bind(3, now).Bind(4, task_id).Run();
     Log(session, task_id, std::nullopt, "error",
         what + ": failed after " + std::to_string(failures) + " attempt(s): " + error);
@@ -612,7 +612,7 @@ void SessionRunner::FinishTask(int64_t task_id, const WorkReport& report) {
 }
 
 void SessionRunner::FinishSnapshot(int64_t snapshot_id, const WorkReport& report) {
-  Statement s = db_.Prepare(
+  Statement& s = db_.Cached(
       "SELECT s.session_id, s.vm_name, s.failures, j.retry_count, j.retry_interval_s, se.state FROM snapshots s "
       "JOIN sessions se ON se.id = s.session_id JOIN jobs j ON j.id = se.job_id WHERE s.id = ?");
   s.Bind(1, snapshot_id);
@@ -623,14 +623,14 @@ void SessionRunner::FinishSnapshot(int64_t snapshot_id, const WorkReport& report
   if (report.ok) {
     json::array exports;
     for (const auto& [disk, uri] : report.exports) exports.push_back(json::object{{"disk", disk}, {"uri", uri}});
-    db_.Prepare("UPDATE snapshots SET state = 'ready', exports = ? WHERE id = ?")
+    db_.Cached("UPDATE snapshots SET state = 'ready', exports = ? WHERE id = ?")
         .Bind(1, json::serialize(exports)).Bind(2, snapshot_id).Run();
     Log(session, std::nullopt, snapshot_id, "info", vm + ": snapshot ready");
     Statement waiting = db_.Prepare("SELECT id FROM tasks WHERE snapshot_id = ? AND state = 'waiting'");
     waiting.Bind(1, snapshot_id);
     std::vector<int64_t> ids;
     while (waiting.Step()) ids.push_back(waiting.Int(0));
-    db_.Prepare("UPDATE tasks SET state = 'queued' WHERE snapshot_id = ? AND state = 'waiting'").Bind(1, snapshot_id).Run();
+    db_.Cached("UPDATE tasks SET state = 'queued' WHERE snapshot_id = ? AND state = 'waiting'").Bind(1, snapshot_id).Run();
     for (int64_t id : ids) EnqueueTask(id);
     MaybeRelease(snapshot_id);  // a stopped session: release at once
     return;
@@ -639,7 +639,7 @@ void SessionRunner::FinishSnapshot(int64_t snapshot_id, const WorkReport& report
   std::string error = report.error.empty() ? "failed without a message" : report.error;
   if (failures <= s.Int(3) && Retriable(report.error_kind) && s.Text(5) == "running") {
     int64_t not_before = now + s.Int(4) * 1000;
-    db_.Prepare("UPDATE snapshots SET state = 'pending', worker_id = NULL, failures = ?, error = ?, not_before = ? WHERE id = ?")
+    db_.Cached("UPDATE snapshots SET state = 'pending', worker_id = NULL, failures = ?, error = ?, not_before = ? WHERE id = ?")
         .Bind(1, failures).Bind(2, error).Bind(3, not_before).Bind(4, snapshot_id).Run();
     Log(session, std::nullopt, snapshot_id, "warning",
         vm + ": snapshot failed (" + error + "); retry " + std::to_string(failures) + " of " +
@@ -648,16 +648,16 @@ void SessionRunner::FinishSnapshot(int64_t snapshot_id, const WorkReport& report
     else delayed_snapshots_[snapshot_id] = not_before;
     return;
   }
-  db_.Prepare("UPDATE snapshots SET state = 'failed', failures = ?, error = ?, ended_at = ? WHERE id = ?")
+  db_.Cached("UPDATE snapshots SET state = 'failed', failures = ?, error = ?, ended_at = ? WHERE id = ?")
       .Bind(1, failures).Bind(2, error).Bind(3, now).Bind(4, snapshot_id).Run();
-  db_.Prepare("UPDATE tasks SET state = 'failed', error = ?, ended_at = ? WHERE snapshot_id = ? AND state = 'waiting'")
+  db_.Cached("UPDATE tasks SET state = 'failed', error = ?, ended_at = ? WHERE snapshot_id = ? AND state = 'waiting'")
       .Bind(1, "no snapshot: " + error).Bind(2, now).Bind(3, snapshot_id).Run();
   Log(session, std::nullopt, snapshot_id, "error", vm + ": snapshot failed: " + error);
   MaybeEndSession(session);
 }
 
 void SessionRunner::FinishRelease(int64_t snapshot_id, const WorkReport& report) {
-  Statement s = db_.Prepare(
+  Statement& s = db_.Cached(
       "SELECT s.session_id, s.vm_name, s.vm_id, se.job_id, j.repository_id, j.chain FROM snapshots s "
       "JOIN sessions se ON se.id = s.session_id JOIN jobs j ON j.id = se.job_id WHERE s.id = ?");
   s.Bind(1, snapshot_id);
@@ -666,14 +666,14 @@ void SessionRunner::FinishRelease(int64_t snapshot_id, const WorkReport& report)
   std::string vm = s.Text(1);
   int64_t now = clock_();
   if (report.ok) {
-    db_.Prepare("UPDATE snapshots SET state = 'released', point_id = ?, ended_at = ? WHERE id = ?")
+    db_.Cached("UPDATE snapshots SET state = 'released', point_id = ?, ended_at = ? WHERE id = ?")
         .Bind(1, report.point_id.empty() ? std::optional<std::string>() : report.point_id)
         .Bind(2, now).Bind(3, snapshot_id).Run();
     if (!report.point_id.empty()) {
-      Statement sums = db_.Prepare("SELECT SUM(bytes_done), SUM(bytes_stored) FROM tasks WHERE snapshot_id = ?");
+      Statement& sums = db_.Cached("SELECT SUM(bytes_done), SUM(bytes_stored) FROM tasks WHERE snapshot_id = ?");
       sums.Bind(1, snapshot_id);
       sums.Step();
-      db_.Prepare("INSERT OR IGNORE INTO points (point_id, repository_id, job_id, session_id, vm_id, vm_name, chain, "
+      db_.Cached("INSERT OR IGNORE INTO points (point_id, repository_id, job_id, session_id, vm_id, vm_name, chain, "
                   "bytes_read, bytes_stored, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
           .Bind(1, report.point_id).Bind(2, s.Int(4)).Bind(3, s.Int(3)).Bind(4, session).Bind(5, s.Int(2))
           .Bind(6, vm).Bind(7, s.Text(5)).Bind(8, sums.Int(0)).Bind(9, sums.Int(1)).Bind(10, now).Run();
@@ -683,7 +683,7 @@ void SessionRunner::FinishRelease(int64_t snapshot_id, const WorkReport& report)
     }
   } else {
     std::string error = report.error.empty() ? "failed without a message" : report.error;
-    db_.Prepare("UPDATE snapshots SET state = 'failed', error = ?, ended_at = ? WHERE id = ?")
+    db_.Cached("UPDATE snapshots SET state = 'failed', error = ?, ended_at = ? WHERE id = ?")
         .Bind(1, "release: " + error).Bind(2, now).Bind(3, snapshot_id).Run();
     Log(session, std::nullopt, snapshot_id, "error",
         vm + ": commit/release failed: " + error + " (the worker's snapshot hunter removes leftovers)");
@@ -692,34 +692,34 @@ void SessionRunner::FinishRelease(int64_t snapshot_id, const WorkReport& report)
 }
 
 void SessionRunner::MaybeRelease(int64_t snapshot_id) {
-  Statement s = db_.Prepare("SELECT state, worker_id, session_id FROM snapshots WHERE id = ?");
+  Statement& s = db_.Cached("SELECT state, worker_id, session_id FROM snapshots WHERE id = ?");
   s.Bind(1, snapshot_id);
   if (!s.Step() || s.Text(0) != "ready") return;
-  Statement open = db_.Prepare(
+  Statement& open = db_.Cached(
       "SELECT COUNT(*), SUM(state = 'succeeded'), SUM(state IN ('waiting', 'queued', 'running')) FROM tasks WHERE snapshot_id = ?");
   open.Bind(1, snapshot_id);
   open.Step();
   if (open.Int(2) > 0) return;
-  Statement session = db_.Prepare("SELECT state FROM sessions WHERE id = ?");
+  Statement& session = db_.Cached("SELECT state FROM sessions WHERE id = ?");
   session.Bind(1, s.Int(2));
   session.Step();
   bool commit = open.Int(0) > 0 && open.Int(1) == open.Int(0) && session.Text(0) == "running";
-  db_.Prepare("UPDATE snapshots SET state = 'releasing' WHERE id = ?").Bind(1, snapshot_id).Run();
+  db_.Cached("UPDATE snapshots SET state = 'releasing' WHERE id = ?").Bind(1, snapshot_id).Run();
   EnqueueRelease(snapshot_id, s.Int(1), commit);
 }
 
 void SessionRunner::MaybeEndSession(int64_t session_id) {
-  Statement still_open = db_.Prepare(
+  Statement& still_open = db_.Cached(
       "SELECT 1 FROM snapshots WHERE session_id = ? AND state IN ('pending', 'taking', 'ready', 'releasing') LIMIT 1");
   still_open.Bind(1, session_id);
   if (still_open.Step()) return;
-  Statement open = db_.Prepare(
+  Statement& open = db_.Cached(
       "SELECT COUNT(*), SUM(state IN ('pending', 'taking', 'ready', 'releasing')), SUM(point_id IS NOT NULL) "
       "FROM snapshots WHERE session_id = ?");
   open.Bind(1, session_id);
   open.Step();
   if (open.Int(1) > 0) return;
-  Statement session = db_.Prepare("SELECT state, reason FROM sessions WHERE id = ?");
+  Statement& session = db_.Cached("SELECT state, reason FROM sessions WHERE id = ?");
   session.Bind(1, session_id);
   if (!session.Step()) return;
   std::string current = session.Text(0);
@@ -742,7 +742,7 @@ void SessionRunner::MaybeEndSession(int64_t session_id) {
     if (vms == 0 && reason.empty()) reason = "the selection matched no VM with disks";
     else reason = std::to_string(points) + " of " + std::to_string(vms) + " VMs backed up; failed: " + which;
   }
-  db_.Prepare("UPDATE sessions SET state = ?, reason = ?, ended_at = ? WHERE id = ?")
+  db_.Cached("UPDATE sessions SET state = ?, reason = ?, ended_at = ? WHERE id = ?")
       .Bind(1, state).Bind(2, reason).Bind(3, clock_()).Bind(4, session_id).Run();
   Log(session_id, std::nullopt, std::nullopt, state == "succeeded" ? "info" : "warning",
       "session " + state + ": " + reason);
@@ -802,7 +802,7 @@ int64_t SessionRunner::StartJobLocked(int64_t job_id, const std::string& trigger
 
   int64_t now = clock_();
   Database::Transaction tx(db_);
-  db_.Prepare("INSERT INTO sessions (job_id, trigger, state, created_at) VALUES (?, ?, 'running', ?)")
+  db_.Cached("INSERT INTO sessions (job_id, trigger, state, created_at) VALUES (?, ?, 'running', ?)")
       .Bind(1, job_id).Bind(2, trigger).Bind(3, now).Run();
   int64_t session_id = db_.LastInsertId();
   std::vector<int64_t> snapshots;
@@ -817,7 +817,7 @@ int64_t SessionRunner::StartJobLocked(int64_t job_id, const std::string& trigger
       Log(session_id, std::nullopt, std::nullopt, "warning", vm.name + ": no disks to back up (all excluded?); skipped");
       continue;
     }
-    db_.Prepare("INSERT INTO snapshots (session_id, vm_id, vm_name, host_id, state, created_at, planned_point) "
+    db_.Cached("INSERT INTO snapshots (session_id, vm_id, vm_name, host_id, state, created_at, planned_point) "
                 "VALUES (?, ?, ?, ?, 'pending', ?, ?)")
         .Bind(1, session_id).Bind(2, vm.vm_id).Bind(3, vm.name).Bind(4, vm.host_id).Bind(5, now).Bind(6, NewPointId()).Run();
     int64_t snapshot_id = db_.LastInsertId();
@@ -854,7 +854,7 @@ void SessionRunner::CancelSessionWork(int64_t session_id, const std::string& why
     }
     delayed_tasks_.erase(tasks.Int(0));
   }
-  db_.Prepare("UPDATE tasks SET state = 'canceled', error = ?, ended_at = ? WHERE session_id = ? AND state IN ('waiting', 'queued', 'running')")
+  db_.Cached("UPDATE tasks SET state = 'canceled', error = ?, ended_at = ? WHERE session_id = ? AND state IN ('waiting', 'queued', 'running')")
       .Bind(1, why).Bind(2, clock_()).Bind(3, session_id).Run();
   Statement snaps = db_.Prepare("SELECT id, state FROM snapshots WHERE session_id = ? AND state IN ('pending', 'ready')");
   snaps.Bind(1, session_id);
@@ -867,7 +867,7 @@ void SessionRunner::CancelSessionWork(int64_t session_id, const std::string& why
       ready.push_back(snaps.Int(0));
     }
   }
-  db_.Prepare("UPDATE snapshots SET state = 'canceled', error = ?, ended_at = ? WHERE session_id = ? AND state = 'pending'")
+  db_.Cached("UPDATE snapshots SET state = 'canceled', error = ?, ended_at = ? WHERE session_id = ? AND state = 'pending'")
       .Bind(1, why).Bind(2, clock_()).Bind(3, session_id).Run();
   for (int64_t id : ready) MaybeRelease(id);  // releases without a point
 }
@@ -882,7 +882,7 @@ std::optional<int64_t> SessionRunner::StopJob(int64_t job_id) {
   if (!running.Step()) return std::nullopt;
   int64_t session_id = running.Int(0);
   Database::Transaction tx(db_);
-  db_.Prepare("UPDATE sessions SET state = 'stopping', reason = 'stopped by request' WHERE id = ?").Bind(1, session_id).Run();
+  db_.Cached("UPDATE sessions SET state = 'stopping', reason = 'stopped by request' WHERE id = ?").Bind(1, session_id).Run();
   Log(session_id, std::nullopt, std::nullopt, "warning", "stop requested: canceling queued and running work");
   CancelSessionWork(session_id, "session stopped");
   MaybeEndSession(session_id);
@@ -912,7 +912,7 @@ void SessionRunner::RefreshNextRun(int64_t job_id, int64_t after_ms) {
     std::optional<int64_t> seconds = NextRun(ParseSchedule(json::parse(job.Text(0))), after_ms / 1000);
     if (seconds) next = *seconds * 1000;
   }
-  db_.Prepare("UPDATE jobs SET next_run_at = ? WHERE id = ?").Bind(1, next).Bind(2, job_id).Run();
+  db_.Cached("UPDATE jobs SET next_run_at = ? WHERE id = ?").Bind(1, next).Bind(2, job_id).Run();
 }
 
 void SessionRunner::JobScheduleChanged(int64_t job_id) {
@@ -939,13 +939,22 @@ void SessionRunner::StartDueJobs(int64_t now) {
 void SessionRunner::Tick() {
   std::lock_guard lock(mu_);
   int64_t now = clock_();
+  // If the coordinator itself was not ticking (overloaded, stopped by a
+  // debugger, the machine suspended), the workers' silence over that gap is
+  // ours, not theirs: move their deadlines on by the gap.
+  if (last_tick_ != 0 && now - last_tick_ > 1000) {
+    int64_t gap = now - last_tick_;
+    LogWarning("scheduler tick came " + std::to_string(gap) + " ms late; worker deadlines extended by as much");
+    for (auto& [id, worker] : workers_) worker.last_heartbeat += gap;
+  }
+  last_tick_ = now;
   {
     Database::Transaction tx(db_);
     bool persist_heartbeats = now - last_heartbeat_flush_ >= 2000;
     if (persist_heartbeats) last_heartbeat_flush_ = now;
     for (auto& [id, worker] : workers_) {
       if (persist_heartbeats && worker.heartbeat_dirty) {
-        db_.Prepare("UPDATE workers SET last_heartbeat_at = ? WHERE id = ?").Bind(1, worker.last_heartbeat).Bind(2, id).Run();
+        db_.Cached("UPDATE workers SET last_heartbeat_at = ? WHERE id = ?").Bind(1, worker.last_heartbeat).Bind(2, id).Run();
         worker.heartbeat_dirty = false;
       }
     }

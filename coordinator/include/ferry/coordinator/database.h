@@ -12,7 +12,9 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
+#include <unordered_map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -69,6 +71,10 @@ class Database {
   Database& operator=(const Database&) = delete;
 
   Statement Prepare(std::string_view sql) { return Statement(db_, sql); }
+  // A prepared statement kept for reuse, reset and unbound: for hot
+  // statements that are run to completion before the next use of the same
+  // SQL (never while one is still being stepped: that would reset it).
+  Statement& Cached(std::string_view sql);
   void Execute(std::string_view sql);  // one or more statements, no results
   int64_t LastInsertId() const;
   int Changes() const;
@@ -91,6 +97,7 @@ class Database {
   explicit Database(sqlite3* db) : db_(db) {}
   void Migrate();
   sqlite3* db_;
+  std::unordered_map<std::string, std::unique_ptr<Statement>> cache_;
 };
 
 // The number of the newest migration this build knows.

@@ -231,6 +231,7 @@ class SessionRunner {
   uint64_t assignments_made_ = 0;
   int64_t last_schedule_check_ = 0;
   int64_t last_heartbeat_flush_ = 0;
+  int64_t last_tick_ = 0;
   size_t draining_ = 0;  // live assignments canceled but not yet let go
 };
 
