@@ -178,6 +178,7 @@ void SessionRunner::EndAssignment(const std::string& assignment) {
   auto it = live_.find(assignment);
   if (it == live_.end()) return;
   if (it->second.kind == WorkKind::kDisk) {
+    progress_.erase(it->second.id);
     // A freed repository slot may unblock work anywhere; a freed worker slot
     // matters to that worker's host (and to hosts whose work it may take).
     if (scheduler_.RepositoryFull(it->second.repository_id)) wakeups_.all = true;
@@ -538,14 +539,28 @@ bool SessionRunner::ReportProgress(int64_t worker_id, const std::string& assignm
   auto it = live_.find(assignment);
   if (it == live_.end() || it->second.worker_id != worker_id || it->second.draining) return false;
   if (it->second.kind != WorkKind::kDisk) return true;
-  Statement& t = db_.Cached("SELECT started_at FROM tasks WHERE id = ?");
-  t.Bind(1, it->second.id);
-  double seconds = 0;
-  if (t.Step()) seconds = static_cast<double>(clock_() - t.Int(0)) / 1000.0;
-  db_.Cached("UPDATE tasks SET bytes_done = ?, bytes_total = MAX(bytes_total, ?), bytes_stored = ?, rate = ? WHERE id = ?")
-      .Bind(1, done).Bind(2, total).Bind(3, stored).Bind(4, seconds > 0 ? static_cast<double>(done) / seconds : 0.0)
-      .Bind(5, it->second.id).Run();
+  // Progress is for watching, not for recovery: it is kept here and written
+  // in one transaction per tick, not one commit per report.
+  Progress& p = progress_[it->second.id];
+  if (p.started_at == 0) {
+    Statement& t = db_.Cached("SELECT started_at FROM tasks WHERE id = ?");
+    t.Bind(1, it->second.id);
+    p.started_at = t.Step() ? t.Int(0) : clock_();
+  }
+  double seconds = static_cast<double>(clock_() - p.started_at) / 1000.0;
+  p.done = done;
+  p.total = total;
+  p.stored = stored;
+  p.rate = seconds > 0 ? static_cast<double>(done) / seconds : 0.0;
   return true;
+}
+
+void SessionRunner::FlushProgress() {
+  for (const auto& [task_id, p] : progress_)
+    db_.Cached("UPDATE tasks SET bytes_done = ?, bytes_total = MAX(bytes_total, ?), bytes_stored = ?, rate = ? "
+               "WHERE id = ? AND state = 'running'")
+        .Bind(1, p.done).Bind(2, p.total).Bind(3, p.stored).Bind(4, p.rate).Bind(5, task_id).Run();
+  progress_.clear();
 }
 
 // ---------------------------------------------------------------------------
@@ -950,6 +965,7 @@ void SessionRunner::Tick() {
   last_tick_ = now;
   {
     Database::Transaction tx(db_);
+    FlushProgress();
     bool persist_heartbeats = now - last_heartbeat_flush_ >= 2000;
     if (persist_heartbeats) last_heartbeat_flush_ = now;
     for (auto& [id, worker] : workers_) {

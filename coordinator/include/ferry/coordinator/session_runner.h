@@ -195,6 +195,7 @@ class SessionRunner {
   };
 
   void LoadTopology();
+  void FlushProgress();
   int64_t EnsureHost(const std::string& name, const std::string& platform, const std::string& cluster);
   void Log(int64_t session_id, std::optional<int64_t> task_id, std::optional<int64_t> snapshot_id,
            const std::string& level, const std::string& message);
@@ -232,6 +233,11 @@ class SessionRunner {
   int64_t last_schedule_check_ = 0;
   int64_t last_heartbeat_flush_ = 0;
   int64_t last_tick_ = 0;
+  struct Progress {
+    int64_t started_at = 0, done = 0, total = 0, stored = 0;
+    double rate = 0;
+  };
+  std::unordered_map<int64_t, Progress> progress_;  // by task id, until the next tick
   size_t draining_ = 0;  // live assignments canceled but not yet let go
 };
 
