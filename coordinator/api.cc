@@ -803,9 +803,9 @@ Match MatchPath(const std::string& pattern, const std::string& path, std::vector
 }  // namespace
 
 Api::Api(SessionRunner& runner, std::string db_path, std::string version)
-    : runner_(runner), db_path_(std::move(db_path)), read_db_(Database::Open(db_path_, true)),
-      version_(std::move(version)) {
-  Statement s = read_db_.Prepare("SELECT token_hash FROM api_tokens");
+    : runner_(runner), db_path_(std::move(db_path)), version_(std::move(version)) {
+  for (auto& reader : readers_) reader.db.emplace(Database::Open(db_path_, true));
+  Statement s = readers_[0].db->Prepare("SELECT token_hash FROM api_tokens");
   while (s.Step()) token_hashes_.insert(s.Text(0));
 }
 
@@ -873,8 +873,18 @@ http::Response Api::Handle(const http::Request& request) {
       Context context{runner_, own, request, ids, version_};
       return route->handler(context);
     }
-    std::lock_guard lock(read_mu_);
-    Context context{runner_, read_db_, request, ids, version_};
+    // Any free reader; if all are busy, wait for the next one in turn.
+    size_t start = next_reader_.fetch_add(1) % readers_.size();
+    for (size_t i = 0; i < readers_.size(); ++i) {
+      Reader& reader = readers_[(start + i) % readers_.size()];
+      std::unique_lock lock(reader.mu, std::try_to_lock);
+      if (!lock.owns_lock()) continue;
+      Context context{runner_, *reader.db, request, ids, version_};
+      return route->handler(context);
+    }
+    Reader& reader = readers_[start];
+    std::lock_guard lock(reader.mu);
+    Context context{runner_, *reader.db, request, ids, version_};
     return route->handler(context);
   } catch (const FieldError& e) {
     // Always names the field, even a member whose name is "" ({"": 1}).

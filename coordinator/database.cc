@@ -89,6 +89,7 @@ CREATE TABLE sessions (
   trigger TEXT NOT NULL,             -- manual | schedule
   state TEXT NOT NULL,               -- running | stopping | succeeded | warning | failed | stopped
   reason TEXT NOT NULL DEFAULT '',
+  created INTEGER NOT NULL DEFAULT 1,  -- 0 while its VMs are still being set up (in batches)
   created_at INTEGER NOT NULL,
   ended_at INTEGER
 );
@@ -140,7 +141,8 @@ CREATE TABLE tasks (
   started_at INTEGER,
   ended_at INTEGER
 );
-CREATE INDEX tasks_by_session ON tasks(session_id);
+-- Covers the session totals (counts by state, bytes): an index-only scan.
+CREATE INDEX tasks_by_session ON tasks(session_id, state, bytes_done, bytes_total, rate);
 CREATE INDEX tasks_by_snapshot ON tasks(snapshot_id);
 CREATE INDEX tasks_by_worker ON tasks(worker_id) WHERE state = 'running';
 CREATE INDEX tasks_by_repository ON tasks(repository_id) WHERE state = 'running';

@@ -74,18 +74,23 @@ std::string Printable(const std::string& bytes) {
   return out;
 }
 
+// The temporary directory, removed at exit. A plain array: it must outlive
+// every other static (the harness itself is never destroyed).
+char g_temp_dir[4096];
+
+void RemoveTempDir() {
+  std::error_code ec;
+  if (g_temp_dir[0]) std::filesystem::remove_all(g_temp_dir, ec);
+}
+
 class Harness {
  public:
+  // Created on first use and deliberately never destroyed, as fuzz harnesses
+  // usually are: libFuzzer exits from wherever it likes, and tearing down the
+  // runner and its database connections then only risks spurious reports.
   static Harness& Get() {
-    static Harness harness;
-    return harness;
-  }
-
-  ~Harness() {
-    api_.reset();
-    runner_.reset();
-    std::error_code ec;
-    std::filesystem::remove_all(dir_, ec);
+    static Harness* harness = new Harness;
+    return *harness;
   }
 
   ferry::http::Response Handle(const Target& target, const std::string& body) {
@@ -108,6 +113,8 @@ class Harness {
       std::abort();
     }
     dir_ = tmpl;
+    std::snprintf(g_temp_dir, sizeof g_temp_dir, "%s", dir_.c_str());
+    std::atexit(RemoveTempDir);
     const std::string path = dir_ + "/coordinator.db";
     {
       Database db = Database::Open(path);

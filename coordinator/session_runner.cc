@@ -125,6 +125,16 @@ void SessionRunner::Recover() {
       scheduler_.AdoptRunning(tasks.Int(2), tasks.Int(5));
     }
   }
+  // Sessions whose VMs were still being set up: stop them, releasing what
+  // was already snapshotted.
+  Statement half = db_.Prepare("SELECT id FROM sessions WHERE created = 0");
+  std::vector<int64_t> half_made;
+  while (half.Step()) half_made.push_back(half.Int(0));
+  for (int64_t session : half_made) {
+    db_.Prepare("UPDATE sessions SET state = 'stopping', created = 1, reason = 'the coordinator stopped while it "
+                "was setting up this session' WHERE id = ?").Bind(1, session).Run();
+    CancelSessionWork(session, "the coordinator stopped while it was setting up this session");
+  }
   for (int64_t session : sessions)
     Log(session, std::nullopt, std::nullopt, "warning",
         "coordinator restarted; running work stays with its worker if it reconnects within " +
@@ -530,6 +540,7 @@ std::vector<WorkOrder> SessionRunner::PullWork(int64_t worker_id, int free_slots
     throw;
   }
   assignments_made_ += orders.size();
+  PublishStats();
   return orders;
 }
 
@@ -734,9 +745,9 @@ void SessionRunner::MaybeEndSession(int64_t session_id) {
   open.Bind(1, session_id);
   open.Step();
   if (open.Int(1) > 0) return;
-  Statement& session = db_.Cached("SELECT state, reason FROM sessions WHERE id = ?");
+  Statement& session = db_.Cached("SELECT state, reason, created FROM sessions WHERE id = ?");
   session.Bind(1, session_id);
-  if (!session.Step()) return;
+  if (!session.Step() || session.Int(2) == 0) return;
   std::string current = session.Text(0);
   if (current != "running" && current != "stopping") return;
   int64_t vms = open.Int(0), points = open.Int(2);
@@ -767,16 +778,65 @@ void SessionRunner::MaybeEndSession(int64_t session_id) {
 // Jobs and sessions
 
 int64_t SessionRunner::StartJob(int64_t job_id, const std::string& trigger) {
+  // The session row first, then its VMs in batches, each batch one
+  // transaction that releases the lock: a job over 10,000 VMs neither stalls
+  // the workers' RPC for seconds nor waits for all rows before work starts.
+  // `created` stays 0 until the last batch; a restart in between stops the
+  // session (Recover).
+  SessionPlan plan;
+  {
+    std::lock_guard lock(mu_);
+    plan = PlanSession(job_id, trigger);
+  }
+  constexpr size_t kBatch = 500;
+  size_t task_count = 0, vm_count = 0;
+  for (size_t first = 0; first < plan.vms.size(); first += kBatch) {
+    std::lock_guard lock(mu_);
+    Statement& state = db_.Cached("SELECT state FROM sessions WHERE id = ?");
+    state.Bind(1, plan.session_id);
+    if (!state.Step() || state.Text(0) != "running") break;  // stopped meanwhile
+    Database::Transaction tx(db_);
+    std::vector<int64_t> snapshots;
+    int64_t now = clock_();
+    for (size_t i = first; i < std::min(first + kBatch, plan.vms.size()); ++i) {
+      const PlannedVm& vm = plan.vms[i];
+      db_.Cached("INSERT INTO snapshots (session_id, vm_id, vm_name, host_id, state, created_at, planned_point) "
+                 "VALUES (?, ?, ?, ?, 'pending', ?, ?)")
+          .Bind(1, plan.session_id).Bind(2, vm.vm_id).Bind(3, vm.name).Bind(4, vm.host_id).Bind(5, now)
+          .Bind(6, NewPointId()).Run();
+      int64_t snapshot_id = db_.LastInsertId();
+      snapshots.push_back(snapshot_id);
+      for (const auto& [disk, size] : vm.disks) {
+        db_.Cached("INSERT INTO tasks (session_id, snapshot_id, vm_id, disk, repository_id, state, bytes_total) "
+                   "VALUES (?, ?, ?, ?, ?, 'waiting', ?)")
+            .Bind(1, plan.session_id).Bind(2, snapshot_id).Bind(3, vm.vm_id).Bind(4, disk)
+            .Bind(5, plan.repository_id).Bind(6, size).Run();
+        ++task_count;
+      }
+    }
+    tx.Commit();
+    vm_count += snapshots.size();
+    for (int64_t id : snapshots) EnqueueSnapshot(id);
+  }
   std::lock_guard lock(mu_);
-  return StartJobLocked(job_id, trigger);
+  Database::Transaction tx(db_);
+  db_.Cached("UPDATE sessions SET created = 1 WHERE id = ?").Bind(1, plan.session_id).Run();
+  if (vm_count < plan.vms.size())
+    Log(plan.session_id, std::nullopt, std::nullopt, "warning",
+        "stopped while being set up: " + std::to_string(vm_count) + " of " + std::to_string(plan.vms.size()) +
+            " VMs (" + std::to_string(task_count) + " disk tasks) were created");
+  MaybeEndSession(plan.session_id);  // nothing selected, or all done already
+  tx.Commit();
+  return plan.session_id;
 }
 
-int64_t SessionRunner::StartJobLocked(int64_t job_id, const std::string& trigger) {
+SessionRunner::SessionPlan SessionRunner::PlanSession(int64_t job_id, const std::string& trigger) {
   Statement job = db_.Prepare("SELECT name, repository_id, selection, exclude_disks FROM jobs WHERE id = ?");
   job.Bind(1, job_id);
   if (!job.Step()) throw Error(ErrorKind::kNotFound, "job " + std::to_string(job_id) + " not found");
   std::string job_name = job.Text(0);
-  int64_t repository_id = job.Int(1);
+  SessionPlan plan;
+  plan.repository_id = job.Int(1);
   Statement running = db_.Prepare("SELECT id FROM sessions WHERE job_id = ? AND state IN ('running', 'stopping')");
   running.Bind(1, job_id);
   if (running.Step())
@@ -800,59 +860,47 @@ int64_t SessionRunner::StartJobLocked(int64_t job_id, const std::string& trigger
     return false;
   };
 
-  struct Pick { int64_t vm_id, host_id; std::string name; };
-  std::vector<Pick> vms;
-  Statement all = db_.Prepare(
-      "SELECT v.id, v.name, v.tags, h.id, h.name, h.cluster FROM vms v JOIN hosts h ON h.id = v.host_id "
-      "WHERE v.state != 'missing' ORDER BY v.id");
-  while (all.Step()) {
-    bool tagged = false;
-    json::value tags = json::parse(all.Text(2));
-    for (const auto& tag : tags.as_array())
-      tagged = tagged || listed("tags", std::string(tag.as_string()));
-    if (listed("vms", all.Text(1)) || tagged || listed("hosts", all.Text(4)) ||
-        (!all.Text(5).empty() && listed("clusters", all.Text(5))))
-      vms.push_back({all.Int(0), all.Int(3), all.Text(1)});
-  }
-
   int64_t now = clock_();
   Database::Transaction tx(db_);
-  db_.Cached("INSERT INTO sessions (job_id, trigger, state, created_at) VALUES (?, ?, 'running', ?)")
+  db_.Prepare("INSERT INTO sessions (job_id, trigger, state, created, created_at) VALUES (?, ?, 'running', 0, ?)")
       .Bind(1, job_id).Bind(2, trigger).Bind(3, now).Run();
-  int64_t session_id = db_.LastInsertId();
-  std::vector<int64_t> snapshots;
-  size_t task_count = 0;
-  for (const Pick& vm : vms) {
-    Statement disks = db_.Prepare("SELECT name, size_bytes FROM disks WHERE vm_id = ? ORDER BY name");
-    disks.Bind(1, vm.vm_id);
-    std::vector<std::pair<std::string, int64_t>> chosen;
-    while (disks.Step())
-      if (!excluded(vm.name, disks.Text(0))) chosen.emplace_back(disks.Text(0), disks.Int(1));
-    if (chosen.empty()) {
-      Log(session_id, std::nullopt, std::nullopt, "warning", vm.name + ": no disks to back up (all excluded?); skipped");
-      continue;
+  plan.session_id = db_.LastInsertId();
+  // One pass over VMs and their disks, in VM order.
+  Statement all = db_.Prepare(
+      "SELECT v.id, v.name, v.tags, h.id, h.name, h.cluster, d.name, d.size_bytes FROM vms v "
+      "JOIN hosts h ON h.id = v.host_id LEFT JOIN disks d ON d.vm_id = v.id "
+      "WHERE v.state != 'missing' ORDER BY v.id, d.name");
+  int64_t current = 0;
+  bool chosen = false;
+  auto finish_vm = [&] {
+    if (chosen && plan.vms.back().disks.empty()) {
+      Log(plan.session_id, std::nullopt, std::nullopt, "warning",
+          plan.vms.back().name + ": no disks to back up (all excluded?); skipped");
+      plan.vms.pop_back();
     }
-    db_.Cached("INSERT INTO snapshots (session_id, vm_id, vm_name, host_id, state, created_at, planned_point) "
-                "VALUES (?, ?, ?, ?, 'pending', ?, ?)")
-        .Bind(1, session_id).Bind(2, vm.vm_id).Bind(3, vm.name).Bind(4, vm.host_id).Bind(5, now).Bind(6, NewPointId()).Run();
-    int64_t snapshot_id = db_.LastInsertId();
-    snapshots.push_back(snapshot_id);
-    Statement insert = db_.Prepare(
-        "INSERT INTO tasks (session_id, snapshot_id, vm_id, disk, repository_id, state, bytes_total) "
-        "VALUES (?, ?, ?, ?, ?, 'waiting', ?)");
-    for (const auto& [disk, size] : chosen) {
-      insert.Reset();
-      insert.Bind(1, session_id).Bind(2, snapshot_id).Bind(3, vm.vm_id).Bind(4, disk).Bind(5, repository_id).Bind(6, size).Run();
-      ++task_count;
+  };
+  while (all.Step()) {
+    if (all.Int(0) != current) {
+      finish_vm();
+      current = all.Int(0);
+      bool tagged = false;
+      json::value tags = json::parse(all.Text(2));
+      for (const auto& tag : tags.as_array()) tagged = tagged || listed("tags", std::string(tag.as_string()));
+      chosen = listed("vms", all.Text(1)) || tagged || listed("hosts", all.Text(4)) ||
+               (!all.Text(5).empty() && listed("clusters", all.Text(5)));
+      if (chosen) plan.vms.push_back({all.Int(0), all.Int(3), all.Text(1), {}});
     }
+    if (chosen && !all.IsNull(6) && !excluded(all.Text(1), all.Text(6)))
+      plan.vms.back().disks.emplace_back(all.Text(6), all.Int(7));
   }
-  Log(session_id, std::nullopt, std::nullopt, "info",
-      "session started (" + trigger + "): " + std::to_string(snapshots.size()) + " VMs, " +
-          std::to_string(task_count) + " disk tasks");
-  for (int64_t id : snapshots) EnqueueSnapshot(id);
-  if (snapshots.empty()) MaybeEndSession(session_id);
+  finish_vm();
+  size_t disks = 0;
+  for (const PlannedVm& vm : plan.vms) disks += vm.disks.size();
+  Log(plan.session_id, std::nullopt, std::nullopt, "info",
+      "session started (" + trigger + "): " + std::to_string(plan.vms.size()) + " VMs, " + std::to_string(disks) +
+          " disk tasks");
   tx.Commit();
-  return session_id;
+  return plan;
 }
 
 void SessionRunner::CancelSessionWork(int64_t session_id, const std::string& why) {
@@ -935,25 +983,35 @@ void SessionRunner::JobScheduleChanged(int64_t job_id) {
   RefreshNextRun(job_id, clock_());
 }
 
-void SessionRunner::StartDueJobs(int64_t now) {
+std::vector<std::pair<int64_t, std::string>> SessionRunner::DueJobs(int64_t now) {
   Statement due = db_.Prepare("SELECT id, name FROM jobs WHERE enabled = 1 AND next_run_at IS NOT NULL AND next_run_at <= ?");
   due.Bind(1, now);
   std::vector<std::pair<int64_t, std::string>> jobs;
   while (due.Step()) jobs.emplace_back(due.Int(0), due.Text(1));
-  for (const auto& [id, name] : jobs) {
+  // The next run is computed before starting, so a slow start never fires twice.
+  for (const auto& job : jobs) RefreshNextRun(job.first, now);
+  return jobs;
+}
+
+void SessionRunner::Tick() {
+  std::vector<std::pair<int64_t, std::string>> due;
+  {
+    std::lock_guard lock(mu_);
+    due = TickLocked();
+  }
+  for (const auto& [id, name] : due) {
     try {
-      int64_t session = StartJobLocked(id, "schedule");
+      int64_t session = StartJob(id, "schedule");
       LogInfo("job " + name + ": scheduled session " + std::to_string(session) + " started");
     } catch (const Error& e) {
       LogWarning("job " + name + ": scheduled run skipped: " + e.what());
     }
-    RefreshNextRun(id, now);
   }
 }
 
-void SessionRunner::Tick() {
-  std::lock_guard lock(mu_);
+std::vector<std::pair<int64_t, std::string>> SessionRunner::TickLocked() {
   int64_t now = clock_();
+  PublishStats();
   // If the coordinator itself was not ticking (overloaded, stopped by a
   // debugger, the machine suspended), the workers' silence over that gap is
   // ours, not theirs: move their deadlines on by the gap.
@@ -993,10 +1051,18 @@ void SessionRunner::Tick() {
     }
     tx.Commit();
   }
-  if (now - last_schedule_check_ >= 1000) {
-    last_schedule_check_ = now;
-    StartDueJobs(now);
-  }
+  if (now - last_schedule_check_ < 1000) return {};
+  last_schedule_check_ = now;
+  Database::Transaction tx(db_);
+  auto due = DueJobs(now);
+  tx.Commit();
+  return due;
+}
+
+void SessionRunner::PublishStats() {
+  stats_queued_ = scheduler_.QueuedCount();
+  stats_live_ = live_.size();
+  stats_made_ = assignments_made_;
 }
 
 SessionRunner::Wakeups SessionRunner::TakeWakeups() {
@@ -1007,8 +1073,8 @@ SessionRunner::Wakeups SessionRunner::TakeWakeups() {
 }
 
 SessionRunner::Stats SessionRunner::GetStats() {
-  std::lock_guard lock(mu_);
-  return Stats{scheduler_.QueuedCount(), live_.size(), assignments_made_};
+  // Published by PullWork and the tick; never waits for the runner's lock.
+  return Stats{stats_queued_.load(), stats_live_.load(), stats_made_.load()};
 }
 
 }  // namespace ferry::coordinator

@@ -7,7 +7,10 @@
 // SessionRunner's lock.
 #pragma once
 
+#include <array>
+#include <atomic>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -40,8 +43,14 @@ class Api {
 
   SessionRunner& runner_;
   std::string db_path_;
-  std::mutex read_mu_;
-  Database read_db_;
+  // Read-only connections, one per concurrent reader (WAL: each sees a
+  // consistent snapshot, none waits for the scheduler's writes).
+  struct Reader {
+    std::mutex mu;
+    std::optional<Database> db;
+  };
+  std::array<Reader, 4> readers_;
+  std::atomic<size_t> next_reader_{0};
   std::string version_;
   std::mutex tokens_mu_;
   std::set<std::string> token_hashes_;

@@ -213,8 +213,21 @@ class SessionRunner {
   void CancelSessionWork(int64_t session_id, const std::string& why);
   void EndAssignment(const std::string& assignment);
   WorkOrder BuildOrder(const Placement& placement, int64_t worker_id);
-  void StartDueJobs(int64_t now);
-  int64_t StartJobLocked(int64_t job_id, const std::string& trigger);
+  struct PlannedVm {
+    int64_t vm_id, host_id;
+    std::string name;
+    std::vector<std::pair<std::string, int64_t>> disks;  // name, size
+  };
+  struct SessionPlan {
+    int64_t session_id = 0;
+    int64_t repository_id = 0;
+    std::vector<PlannedVm> vms;
+  };
+  // Checks the job, resolves its selection, inserts the session row.
+  SessionPlan PlanSession(int64_t job_id, const std::string& trigger);
+  std::vector<std::pair<int64_t, std::string>> DueJobs(int64_t now);
+  std::vector<std::pair<int64_t, std::string>> TickLocked();
+  void PublishStats();
   void RefreshNextRun(int64_t job_id, int64_t after_ms);
 
   std::mutex mu_;
@@ -230,6 +243,8 @@ class SessionRunner {
   Wakeups wakeups_;
   void WakeAll() { wakeups_.all = true; work_generation_++; }
   uint64_t assignments_made_ = 0;
+  std::atomic<size_t> stats_queued_{0}, stats_live_{0};
+  std::atomic<uint64_t> stats_made_{0};
   int64_t last_schedule_check_ = 0;
   int64_t last_heartbeat_flush_ = 0;
   int64_t last_tick_ = 0;
