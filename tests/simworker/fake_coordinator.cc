@@ -137,6 +137,7 @@ class FakeCoordinator::SessionImpl final : public rpc::WorkerSession::Server {
           auto r = w.initRelease();
           r.setSnapshotId(f.snapshot_id);
           r.setCommit(f.commit);
+          r.setPointId(f.point_id);
           break;
         }
       }

@@ -33,6 +33,7 @@ struct FakeItem {
   uint64_t snapshot_id = 1;
   uint64_t task_id = 0;
   bool commit = true;              // release
+  std::string point_id;            // snapshot, disk, release: the reserved point
 };
 
 struct FakeRegistration {

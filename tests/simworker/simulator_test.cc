@@ -93,6 +93,7 @@ class VmScript {
         rel.vm = "vm1";
         rel.snapshot_id = 7;
         rel.commit = true;
+        rel.point_id = "sim-vm1-7";  // reserved by the coordinator; the worker commits it
         fake_.queue.push_back(rel);
       }
     } else if (r.assignment == "rel-vm1.1") {
