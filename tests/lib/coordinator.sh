@@ -57,6 +57,10 @@ sim_start() {
 wait_for() {
   local what=$1 seconds=$2; shift 2
   for _ in $(seq $((seconds * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  # Enough to diagnose a CI failure: the coordinator's and simulators' last words.
+  [[ -n ${DATA:-} && -f $DATA/log ]] && tail -25 "$DATA/log" >&2
+  for f in "$WORK"/sim-*.log; do [[ -f $f ]] && { echo "== $f" >&2; tail -5 "$f" >&2; }; done
+  [[ -n ${API:-} ]] && { api GET "/sessions?limit=1" >&2; id=$(api GET "/sessions?limit=1" | jpy 'd["sessions"][0]["id"]' 2>/dev/null) && api GET "/sessions/$id/log" >&2; } || true
   fail "timed out after ${seconds}s waiting for $what"
 }
 
