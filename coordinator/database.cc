@@ -320,7 +320,13 @@ Statement& Database::Cached(std::string_view sql) {
   if (it == cache_.end())
     it = cache_.emplace(std::string(sql), std::make_unique<Statement>(db_, sql)).first;
   it->second->Reset();
+  handed_out_.push_back(it->second.get());
   return *it->second;
+}
+
+void Database::ResetCached() {
+  for (Statement* statement : handed_out_) statement->Reset();
+  handed_out_.clear();
 }
 
 int64_t Database::LastInsertId() const { return sqlite3_last_insert_rowid(db_); }
@@ -357,6 +363,7 @@ Database::Transaction::~Transaction() {
       // The connection is unusable anyway; the caller sees the original error.
     }
   }
+  db_.ResetCached();
 }
 
 void Database::Transaction::Commit() {
