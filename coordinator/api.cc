@@ -3,6 +3,8 @@
 #include <cctype>
 #include <charconv>
 #include <ctime>
+#include <algorithm>
+#include <cmath>
 #include <functional>
 
 #include "ferry/common/log.h"
@@ -578,24 +580,21 @@ http::Response StopJob(Context& c) {
 // --- sessions ------------------------------------------------------------------
 
 const char kSessionSelect[] =
-    "SELECT s.id, s.job_id, j.name, s.trigger, s.state, s.reason, s.created_at, s.ended_at "
-    "FROM sessions s JOIN jobs j ON j.id = s.job_id ";
+    "SELECT s.id, s.job_id, j.name, s.trigger, s.state, s.reason, s.created_at, s.ended_at, "
+    "t.tasks, t.succeeded, t.failed, t.running, t.queued + t.waiting, t.canceled, t.bytes_done, t.bytes_total, "
+    "t.rate FROM sessions s JOIN jobs j ON j.id = s.job_id JOIN session_totals t ON t.session_id = s.id ";
 
-// One pass over the session's tasks for all its totals.
-json::object SessionJson(Database& db, Statement& s) {
-  Statement t = db.Prepare(
-      "SELECT COUNT(*), SUM(state = 'succeeded'), SUM(state = 'failed'), SUM(state = 'running'), "
-      "SUM(state IN ('queued', 'waiting')), SUM(state = 'canceled'), COALESCE(SUM(bytes_done), 0), "
-      "COALESCE(SUM(bytes_total), 0), COALESCE(SUM(CASE WHEN state = 'running' THEN rate ELSE 0 END), 0) "
-      "FROM tasks WHERE session_id = ?");
-  t.Bind(1, s.Int(0));
-  t.Step();
+// The totals are kept by triggers (docs/coordinator-database.md, migration 2).
+json::object SessionJson(Statement& s) {
+  // The sum of the running tasks' rates is kept incrementally in floating
+  // point; with nothing running it is exactly 0, not a rounding residue.
+  double rate = s.Int(11) > 0 ? std::max(0.0, std::round(s.Real(16))) : 0.0;
   return {{"id", s.Int(0)}, {"job_id", s.Int(1)}, {"job", s.Text(2)}, {"trigger", s.Text(3)}, {"state", s.Text(4)},
           {"reason", s.Text(5)}, {"created_at", Time(s.Int(6))}, {"ended_at", Time(s.OptInt(7))},
-          {"totals", json::object{{"tasks", t.Int(0)}, {"succeeded", t.Int(1)}, {"failed", t.Int(2)},
-                                  {"running", t.Int(3)}, {"queued", t.Int(4)}, {"canceled", t.Int(5)},
-                                  {"bytes_done", t.Int(6)}, {"bytes_total", t.Int(7)},
-                                  {"rate_bytes_per_s", t.Real(8)}}}};
+          {"totals", json::object{{"tasks", s.Int(8)}, {"succeeded", s.Int(9)}, {"failed", s.Int(10)},
+                                  {"running", s.Int(11)}, {"queued", s.Int(12)}, {"canceled", s.Int(13)},
+                                  {"bytes_done", s.Int(14)}, {"bytes_total", s.Int(15)},
+                                  {"rate_bytes_per_s", rate}}}};
 }
 
 http::Response ListSessions(Context& c) {
@@ -605,7 +604,7 @@ http::Response ListSessions(Context& c) {
   if (c.request.query.count("job")) s.Bind(1, QueryInt(c.request, "job", 0, 1, INT64_MAX));
   s.Bind(2, QueryInt(c.request, "limit", 100, 1, 10000));
   json::array out;
-  while (s.Step()) out.push_back(SessionJson(c.db, s));
+  while (s.Step()) out.push_back(SessionJson(s));
   return Json(200, json::object{{"sessions", out}});
 }
 
@@ -613,7 +612,7 @@ http::Response GetSession(Context& c) {
   Statement s = c.db.Prepare(std::string(kSessionSelect) + "WHERE s.id = ?");
   s.Bind(1, c.ids[0]);
   if (!s.Step()) NotFound("session", c.ids[0]);
-  json::object session = SessionJson(c.db, s);
+  json::object session = SessionJson(s);
   Statement snaps = c.db.Prepare(
       "SELECT id, vm_name, state, worker_id, tier, attempt, point_id, error FROM snapshots WHERE session_id = ? ORDER BY id");
   snaps.Bind(1, c.ids[0]);

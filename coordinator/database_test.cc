@@ -60,6 +60,127 @@ TEST(Database, TransactionRollsBackUnlessCommitted) {
   EXPECT_EQ(s.Int(0), 0);
 }
 
+// The session totals kept by triggers (migration 2) must always equal what
+// summing the tasks gives, through every kind of change.
+void ExpectTotalsMatchTasks(Database& db, int64_t session) {
+  Statement kept = db.Prepare(
+      "SELECT tasks, waiting, queued, running, succeeded, failed, canceled, bytes_done, bytes_total, bytes_stored, "
+      "rate FROM session_totals WHERE session_id = ?");
+  kept.Bind(1, session);
+  ASSERT_TRUE(kept.Step()) << "no totals row for session " << session;
+  Statement summed = db.Prepare(
+      "SELECT COUNT(*), COALESCE(SUM(state = 'waiting'), 0), COALESCE(SUM(state = 'queued'), 0), "
+      "COALESCE(SUM(state = 'running'), 0), COALESCE(SUM(state = 'succeeded'), 0), "
+      "COALESCE(SUM(state = 'failed'), 0), COALESCE(SUM(state = 'canceled'), 0), COALESCE(SUM(bytes_done), 0), "
+      "COALESCE(SUM(bytes_total), 0), COALESCE(SUM(bytes_stored), 0), "
+      "COALESCE(SUM(CASE WHEN state = 'running' THEN rate ELSE 0 END), 0) FROM tasks WHERE session_id = ?");
+  summed.Bind(1, session);
+  ASSERT_TRUE(summed.Step());
+  for (int column = 0; column < 10; ++column) EXPECT_EQ(kept.Int(column), summed.Int(column)) << "column " << column;
+  EXPECT_NEAR(kept.Real(10), summed.Real(10), 1e-6);
+}
+
+void MakeSessionFixture(Database& db) {
+  db.Execute(
+      "INSERT INTO hosts (id, name, platform, created_at) VALUES (1, 'h1', 'libvirt', 1);"
+      "INSERT INTO vms (id, host_id, name, uuid, state, seen_at) VALUES (1, 1, 'vm1', '', 'running', 1);"
+      "INSERT INTO repositories (id, name, location, task_slots, created_at) VALUES (1, 'r', '/r', 4, 1);"
+      "INSERT INTO jobs (id, name, repository_id, selection, exclude_disks, retry_count, retry_interval_s, chain, "
+      "  enabled, created_at, updated_at) VALUES (1, 'j', 1, '{}', '[]', 0, 0, 'default', 1, 1, 1);");
+}
+
+void AddSessionWithTasks(Database& db, int64_t session, int tasks) {
+  db.Prepare("INSERT INTO sessions (id, job_id, trigger, state, created_at) VALUES (?, 1, 'manual', 'running', 1)")
+      .Bind(1, session).Run();
+  db.Prepare("INSERT INTO snapshots (id, session_id, vm_id, vm_name, host_id, state, planned_point, created_at) "
+             "VALUES (?, ?, 1, 'vm1', 1, 'pending', 'p', 1)")
+      .Bind(1, session).Bind(2, session).Run();
+  for (int i = 0; i < tasks; ++i)
+    db.Prepare("INSERT INTO tasks (session_id, snapshot_id, vm_id, disk, repository_id, state, bytes_total) "
+               "VALUES (?, ?, 1, ?, 1, 'waiting', ?)")
+        .Bind(1, session).Bind(2, session).Bind(3, "d" + std::to_string(i)).Bind(4, int64_t{1000 + i}).Run();
+}
+
+TEST(Database, SessionTotalsFollowEveryTaskChange) {
+  std::string path = TempPath();
+  std::filesystem::remove(path);
+  Database db = Database::Open(path);
+  MakeSessionFixture(db);
+  AddSessionWithTasks(db, 1, 6);
+  AddSessionWithTasks(db, 2, 3);
+  ExpectTotalsMatchTasks(db, 1);
+  db.Execute("UPDATE tasks SET state = 'queued' WHERE session_id = 1");
+  db.Execute("UPDATE tasks SET state = 'running', rate = 12.5, bytes_done = 7 WHERE session_id = 1 AND id % 2 = 0");
+  ExpectTotalsMatchTasks(db, 1);
+  db.Execute("UPDATE tasks SET rate = 99.25, bytes_done = bytes_done + 100, bytes_stored = 3, bytes_total = 5000 "
+             "WHERE session_id = 1 AND state = 'running'");
+  db.Execute("UPDATE tasks SET state = 'succeeded' WHERE session_id = 1 AND id = (SELECT MIN(id) FROM tasks "
+             "WHERE session_id = 1 AND state = 'running')");
+  db.Execute("UPDATE tasks SET state = 'failed' WHERE session_id = 1 AND state = 'queued' AND id % 3 = 0");
+  db.Execute("UPDATE tasks SET state = 'canceled' WHERE session_id = 1 AND state = 'queued'");
+  ExpectTotalsMatchTasks(db, 1);
+  db.Execute("UPDATE tasks SET disk = disk || 'x', tier = 'host'");  // columns the totals ignore
+  db.Execute("DELETE FROM tasks WHERE session_id = 1 AND state = 'failed'");
+  ExpectTotalsMatchTasks(db, 1);
+  ExpectTotalsMatchTasks(db, 2);  // untouched by session 1's changes
+  db.Execute("DELETE FROM tasks WHERE session_id = 2; DELETE FROM snapshots WHERE session_id = 2; "
+             "DELETE FROM sessions WHERE id = 2");
+  Statement gone = db.Prepare("SELECT COUNT(*) FROM session_totals WHERE session_id = 2");
+  gone.Step();
+  EXPECT_EQ(gone.Int(0), 0);
+}
+
+TEST(Database, Migration2BackfillsTotalsOfExistingSessions) {
+  std::string path = TempPath();
+  std::filesystem::remove(path);
+  {
+    // Build a version-1 database with sessions, as a coordinator of that
+    // version left it: migration 2's objects removed, user_version 1.
+    Database db = Database::Open(path);
+    db.Execute(
+        "DROP TRIGGER session_totals_new_session; DROP TRIGGER session_totals_new_task; "
+        "DROP TRIGGER session_totals_task_changed; DROP TRIGGER session_totals_task_deleted; "
+        "DROP TABLE session_totals; DROP INDEX tasks_by_session; "
+        "CREATE INDEX tasks_by_session ON tasks(session_id, state, bytes_done, bytes_total, rate); "
+        "CREATE INDEX tasks_live ON tasks(state) WHERE state IN ('waiting', 'queued', 'running'); "
+        "PRAGMA user_version = 1");
+    MakeSessionFixture(db);
+    AddSessionWithTasks(db, 1, 4);
+    db.Execute("UPDATE tasks SET state = 'running', rate = 2.5, bytes_done = 10 WHERE id % 2 = 0");
+    db.Execute("UPDATE tasks SET state = 'succeeded', bytes_done = bytes_total WHERE id % 2 = 1");
+    db.Prepare("INSERT INTO sessions (id, job_id, trigger, state, created_at) VALUES (2, 1, 'manual', 'failed', 1)").Run();
+  }
+  Database db = Database::Open(path);
+  EXPECT_EQ(db.SchemaVersion(), LatestSchemaVersion());
+  ExpectTotalsMatchTasks(db, 1);
+  ExpectTotalsMatchTasks(db, 2);  // a session without tasks gets a zero row
+  db.Execute("UPDATE tasks SET state = 'succeeded' WHERE state = 'running'");  // triggers work after migrating
+  ExpectTotalsMatchTasks(db, 1);
+}
+
+TEST(Database, SavepointRollsBackOnlyItsOwnChanges) {
+  std::string path = TempPath();
+  std::filesystem::remove(path);
+  Database db = Database::Open(path);
+  db.Begin();
+  db.Execute("INSERT INTO hosts (name, platform, created_at) VALUES ('kept', 'libvirt', 1)");
+  {
+    Database::Savepoint op(db);
+    db.Execute("INSERT INTO hosts (name, platform, created_at) VALUES ('undone', 'libvirt', 1)");
+  }
+  {
+    Database::Savepoint op(db);
+    db.Execute("INSERT INTO hosts (name, platform, created_at) VALUES ('released', 'libvirt', 1)");
+    op.Release();
+  }
+  EXPECT_TRUE(db.InTransaction());
+  db.Commit();
+  EXPECT_FALSE(db.InTransaction());
+  Statement s = db.Prepare("SELECT group_concat(name, ',') FROM (SELECT name FROM hosts ORDER BY name)");
+  ASSERT_TRUE(s.Step());
+  EXPECT_EQ(s.Text(0), "kept,released");
+}
+
 TEST(Database, NotADatabaseIsReportedAsCorrupt) {
   std::string path = TempPath();
   {

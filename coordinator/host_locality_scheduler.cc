@@ -13,11 +13,18 @@ const char* TierName(Tier tier) {
   return "?";
 }
 
+HostLocalityScheduler::ClusterState& HostLocalityScheduler::Cluster(const std::string& key) {
+  auto [it, inserted] = clusters_.try_emplace(key);
+  if (inserted) it->second.order = next_cluster_order_++;
+  return it->second;
+}
+
 HostLocalityScheduler::HostState& HostLocalityScheduler::Host(int64_t host_id) {
   auto [it, inserted] = hosts_.try_emplace(host_id);
   if (inserted) {
     it->second.cluster_key = "host:" + std::to_string(host_id);
-    clusters_[it->second.cluster_key].hosts.insert(host_id);
+    it->second.cluster = &Cluster(it->second.cluster_key);
+    it->second.cluster->hosts.insert(host_id);
   }
   return it->second;
 }
@@ -28,16 +35,18 @@ void HostLocalityScheduler::SetHost(int64_t host_id, const std::string& host_nam
   host.name = host_name;
   std::string key = cluster.empty() ? "host:" + std::to_string(host_id) : "cluster:" + cluster;
   if (key == host.cluster_key) return;
-  ClusterState& old_cluster = clusters_[host.cluster_key];
+  ClusterState& old_cluster = *host.cluster;
+  ClusterState& new_cluster = Cluster(key);
   old_cluster.free_slots -= host.free_slots;
   old_cluster.connected_workers -= host.connected_workers;
-  clusters_[key].free_slots += host.free_slots;
-  clusters_[key].connected_workers += host.connected_workers;
+  new_cluster.free_slots += host.free_slots;
+  new_cluster.connected_workers += host.connected_workers;
   old_cluster.hosts.erase(host_id);
   old_cluster.hosts_with_work.erase(host_id);
-  if (old_cluster.hosts_with_work.empty()) clusters_with_work_.erase(host.cluster_key);
+  if (old_cluster.hosts_with_work.empty()) clusters_with_work_.erase(old_cluster.order);
   host.cluster_key = key;
-  clusters_[key].hosts.insert(host_id);
+  host.cluster = &new_cluster;
+  new_cluster.hosts.insert(host_id);
   Reindex(host_id);
 }
 
@@ -65,13 +74,13 @@ void HostLocalityScheduler::SetRepositorySlots(int64_t repository_id, int slots)
 
 void HostLocalityScheduler::Reindex(int64_t host_id) {
   HostState& host = Host(host_id);
-  ClusterState& cluster = clusters_[host.cluster_key];
+  ClusterState& cluster = *host.cluster;
   if (host.HasWork()) {
     cluster.hosts_with_work.insert(host_id);
-    clusters_with_work_.insert(host.cluster_key);
+    clusters_with_work_.emplace(cluster.order, &cluster);
   } else {
     cluster.hosts_with_work.erase(host_id);
-    if (cluster.hosts_with_work.empty()) clusters_with_work_.erase(host.cluster_key);
+    if (cluster.hosts_with_work.empty()) clusters_with_work_.erase(cluster.order);
   }
 }
 
@@ -136,7 +145,7 @@ void HostLocalityScheduler::Contribute(int64_t worker_id, int sign) {
   auto it = workers_.find(worker_id);
   if (it == workers_.end() || !it->second.connected || it->second.host_id == 0) return;
   HostState& host = Host(it->second.host_id);
-  ClusterState& cluster = clusters_[host.cluster_key];
+  ClusterState& cluster = *host.cluster;
   int free = it->second.Free();
   host.free_slots += sign * free;
   host.connected_workers += sign;
@@ -153,23 +162,28 @@ std::string HostLocalityScheduler::WhyHostCannotServe(const HostState& host) con
          std::to_string(slots) + " slots)";
 }
 
-int HostLocalityScheduler::TakeFrom(int64_t host_id, HostState& host, int64_t worker_id,
-                                    int disk_budget, Tier tier, bool snapshots_too,
-                                    const std::string& reason, std::vector<Placement>& out) {
-  if (snapshots_too) {
-    for (const QueuedWork& work : host.snapshots) out.push_back({work, tier, reason});
+template <typename Reason>
+int HostLocalityScheduler::TakeFrom(int64_t host_id, HostState& host, int64_t worker_id, int disk_budget,
+                                    Tier tier, bool snapshots_too, const Reason& reason,
+                                    std::vector<Placement>& out) {
+  bool snapshots = snapshots_too && !host.snapshots.empty();
+  if (!snapshots && (disk_budget <= 0 || host.disks.empty())) return 0;
+  std::string why = reason();
+  if (snapshots) {
+    for (const QueuedWork& work : host.snapshots) out.push_back({work, tier, why});
     queued_ -= host.snapshots.size();
     host.snapshots.clear();
   }
   int taken = 0;
+  WorkerState& worker = workers_[worker_id];
   for (auto it = host.disks.begin(); it != host.disks.end() && taken < disk_budget;) {
     if (!RepositoryHasSlot(it->repository_id)) {
       ++it;
       continue;
     }
-    out.push_back({*it, tier, reason});
+    out.push_back({*it, tier, why});
     Contribute(worker_id, -1);
-    workers_[worker_id].used++;
+    worker.used++;
     Contribute(worker_id, +1);
     repositories_[it->repository_id].used++;
     ++taken;
@@ -192,36 +206,40 @@ std::vector<Placement> HostLocalityScheduler::Pick(int64_t worker_id, int max_di
 
   int budget = std::min(max_disk_tasks, worker.Free());
   HostState& own = Host(worker.host_id);
-  budget -= TakeFrom(worker.host_id, own, worker_id, budget, Tier::kHost, true, "worker on the VM's host", out);
+  budget -= TakeFrom(worker.host_id, own, worker_id, budget, Tier::kHost, true,
+                     [] { return std::string("worker on the VM's host"); }, out);
 
-  // Cluster tier: hosts of this cluster whose own workers cannot take their work.
-  ClusterState& cluster = clusters_[own.cluster_key];
-  std::vector<int64_t> candidates(cluster.hosts_with_work.begin(), cluster.hosts_with_work.end());
-  for (int64_t host_id : candidates) {
-    if (host_id == worker.host_id) continue;
-    HostState& host = hosts_.at(host_id);
-    bool snapshot_orphaned = host.connected_workers == 0;
-    bool disks_orphaned = host.free_slots == 0;
-    if (!snapshot_orphaned && !(disks_orphaned && budget > 0)) continue;
-    std::string reason = WhyHostCannotServe(host) + "; worker in its cluster";
-    budget -= TakeFrom(host_id, host, worker_id, disks_orphaned ? budget : 0, Tier::kCluster,
-                       snapshot_orphaned, reason, out);
+  // Cluster tier: hosts of this cluster whose own workers cannot take their
+  // work. (Copies: taking work changes the sets being walked.)
+  ClusterState& cluster = *own.cluster;
+  if (!cluster.hosts_with_work.empty()) {
+    std::vector<int64_t> candidates(cluster.hosts_with_work.begin(), cluster.hosts_with_work.end());
+    for (int64_t host_id : candidates) {
+      if (host_id == worker.host_id) continue;
+      HostState& host = hosts_.at(host_id);
+      bool snapshot_orphaned = host.connected_workers == 0;
+      bool disks_orphaned = host.free_slots == 0;
+      if (!snapshot_orphaned && !(disks_orphaned && budget > 0)) continue;
+      budget -= TakeFrom(host_id, host, worker_id, disks_orphaned ? budget : 0, Tier::kCluster, snapshot_orphaned,
+                         [&] { return WhyHostCannotServe(host) + "; worker in its cluster"; }, out);
+    }
   }
 
   // Any tier: clusters where no connected worker can take the work.
-  std::vector<std::string> other_clusters(clusters_with_work_.begin(), clusters_with_work_.end());
-  for (const std::string& key : other_clusters) {
-    if (key == own.cluster_key) continue;
-    ClusterState& other = clusters_[key];
-    bool snapshot_orphaned = other.connected_workers == 0;
-    bool disks_orphaned = other.free_slots == 0;
+  std::vector<ClusterState*> others;
+  for (const auto& [order, other] : clusters_with_work_) {
+    if (other == &cluster) continue;
+    if (other->connected_workers == 0 || (other->free_slots == 0 && budget > 0)) others.push_back(other);
+  }
+  for (ClusterState* other : others) {
+    bool snapshot_orphaned = other->connected_workers == 0;
+    bool disks_orphaned = other->free_slots == 0;
     if (!snapshot_orphaned && !(disks_orphaned && budget > 0)) continue;
-    std::vector<int64_t> hosts(other.hosts_with_work.begin(), other.hosts_with_work.end());
+    std::vector<int64_t> hosts(other->hosts_with_work.begin(), other->hosts_with_work.end());
     for (int64_t host_id : hosts) {
       HostState& host = hosts_.at(host_id);
-      std::string reason = WhyHostCannotServe(host) + " and none free in its cluster; any worker";
-      budget -= TakeFrom(host_id, host, worker_id, disks_orphaned ? budget : 0, Tier::kAny,
-                         snapshot_orphaned, reason, out);
+      budget -= TakeFrom(host_id, host, worker_id, disks_orphaned ? budget : 0, Tier::kAny, snapshot_orphaned,
+                         [&] { return WhyHostCannotServe(host) + " and none free in its cluster; any worker"; }, out);
     }
   }
   return out;

@@ -1,6 +1,7 @@
 // ferry-coordinator: main() parses options and wires the parts (database,
 // session runner, web API, worker RPC); the work is in ferry_coordinator.
 #include <malloc.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -40,8 +41,16 @@ Commands:
 Exit codes: 0 ok, 2 bad input, 5 environment (see docs/error-policy.md).
 )";
 
-volatile sig_atomic_t g_stop = 0;
-void OnSignal(int) { g_stop = 1; }
+// SIGINT/SIGTERM are blocked in every thread (the mask is inherited) and
+// taken by the main thread with sigtimedwait: a handler plus pause() would
+// miss a signal the kernel hands to one of the server threads.
+sigset_t StopSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  return set;
+}
 
 struct Options {
   std::string data;
@@ -128,6 +137,9 @@ int Run(const Options& o) {
   ferry::coordinator::RunnerOptions runner_options{o.heartbeat_interval_ms, o.heartbeat_deadline_ms};
   ferry::coordinator::SessionRunner runner(ferry::coordinator::Database::Open(DatabasePath(o.data)), runner_options, clock);
   runner.Recover();
+  // A failed commit leaves the scheduler's memory ahead of the database:
+  // stop (exit code of an environment error) and let a restart rebuild it.
+  runner.SetFatalHandler([](const std::string&) { ::kill(::getpid(), SIGTERM); });  // wakes the wait below
   ferry::coordinator::Api api(runner, DatabasePath(o.data), FERRY_VERSION);
 
   ferry::http::ServerOptions http_options;
@@ -150,10 +162,17 @@ int Run(const Options& o) {
                  (o.tls_cert.empty() ? " (no TLS: loopback or trusted networks only)" : " (TLS)"));
   if (!o.ready_file.empty()) WriteReadyFile(o.ready_file, api_url, rpc_address);
 
-  while (!g_stop) ::pause();
+  sigset_t stop_signals = StopSignals();
+  const timespec kPoll{1, 0};
+  while (runner.FatalError().empty()) {
+    int signal = ::sigtimedwait(&stop_signals, nullptr, &kPoll);
+    if (signal == SIGINT || signal == SIGTERM) break;
+  }
   ferry::LogInfo("stopping");
   rpc.Stop();
   http.Stop();
+  if (std::string fatal = runner.FatalError(); !fatal.empty())
+    throw ferry::Error(ferry::ErrorKind::kEnvironment, fatal);
   return 0;
 }
 
@@ -170,10 +189,8 @@ int main(int argc, char** argv) {
   // kernel (madvise) and faulting them in again (~10% of its CPU at scale).
   mallopt(M_TRIM_THRESHOLD, 64 << 20);
   mallopt(M_MMAP_THRESHOLD, 16 << 20);
-  struct sigaction sa = {};
-  sa.sa_handler = OnSignal;
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
+  sigset_t stop_signals = StopSignals();
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);  // before any thread starts
   signal(SIGPIPE, SIG_IGN);
   try {
     Options options = Parse(args);

@@ -27,9 +27,11 @@ std::string Hex(const unsigned char* data, size_t n) {
   return out;
 }
 
-std::string AssignmentId(WorkKind kind, int64_t id, int64_t attempt) {
+// Assignments are "<kind letter><id>.<attempt>"; the attempt is appended by
+// the UPDATE that counts it (BuildOrder).
+std::string AssignmentPrefix(WorkKind kind, int64_t id) {
   char letter = kind == WorkKind::kSnapshot ? 's' : kind == WorkKind::kDisk ? 't' : 'r';
-  return letter + std::to_string(id) + "." + std::to_string(attempt);
+  return letter + std::to_string(id) + ".";
 }
 
 std::string FormatBytes(int64_t bytes) {
@@ -63,6 +65,63 @@ std::string HashToken(const std::string& token) {
 SessionRunner::SessionRunner(Database db, RunnerOptions options, Clock clock)
     : db_(std::move(db)), options_(options), clock_(std::move(clock)) {}
 
+SessionRunner::~SessionRunner() {
+  std::lock_guard lock(mu_);
+  try {
+    EndGroupLocked();
+  } catch (const std::exception& e) {
+    LogError(std::string("closing the database: ") + e.what());
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Group commit
+
+void SessionRunner::CheckUsableLocked() const {
+  if (!fatal_.empty())
+    throw Error(ErrorKind::kEnvironment, "the coordinator stopped scheduling: " + fatal_);
+}
+
+void SessionRunner::JoinGroupLocked() {
+  CheckUsableLocked();
+  if (group_open_) return;
+  db_.Begin();
+  group_open_ = true;
+}
+
+void SessionRunner::EndGroupLocked() {
+  CheckUsableLocked();
+  if (!group_open_) return;
+  group_open_ = false;
+  try {
+    db_.Commit();
+  } catch (const std::exception& e) {
+    // The in-memory mirror now holds changes the database refused (disk
+    // full, I/O error): nothing more may be handed out from it. The daemon
+    // stops; on restart Recover() rebuilds the mirror from what was stored.
+    db_.Rollback();
+    fatal_ = std::string("committing to the database failed: ") + e.what();
+    LogError(fatal_ + "; stopping so that a restart rebuilds the state from the database");
+    if (on_fatal_) on_fatal_(fatal_);
+    throw Error(ErrorKind::kEnvironment, fatal_);
+  }
+}
+
+void SessionRunner::CommitGroup() {
+  std::lock_guard lock(mu_);
+  EndGroupLocked();
+}
+
+void SessionRunner::SetFatalHandler(std::function<void(const std::string&)> handler) {
+  std::lock_guard lock(mu_);
+  on_fatal_ = std::move(handler);
+}
+
+std::string SessionRunner::FatalError() {
+  std::lock_guard lock(mu_);
+  return fatal_;
+}
+
 void SessionRunner::Log(int64_t session_id, std::optional<int64_t> task_id,
                         std::optional<int64_t> snapshot_id, const std::string& level,
                         const std::string& message) {
@@ -92,6 +151,7 @@ void SessionRunner::LoadTopology() {
 void SessionRunner::Recover() {
   std::lock_guard lock(mu_);
   LoadTopology();
+  EndGroupLocked();
   Database::Transaction tx(db_);
   db_.Cached("UPDATE workers SET state = 'disconnected' WHERE state = 'connected'").Run();
   Statement snaps = db_.Prepare(
@@ -113,7 +173,8 @@ void SessionRunner::Recover() {
   }
   Statement tasks = db_.Prepare(
       "SELECT t.id, t.state, t.worker_id, t.assignment, t.not_before, t.repository_id, t.session_id "
-      "FROM tasks t WHERE t.state IN ('queued', 'running')");
+      "FROM tasks t WHERE t.session_id IN (SELECT id FROM sessions WHERE state IN ('running', 'stopping')) "
+      "AND t.state IN ('queued', 'running')");
   while (tasks.Step()) {
     int64_t id = tasks.Int(0);
     sessions.insert(tasks.Int(6));
@@ -145,6 +206,7 @@ void SessionRunner::Recover() {
   std::vector<int64_t> open_sessions;
   while (open.Step()) open_sessions.push_back(open.Int(0));
   for (int64_t session : open_sessions) {
+    EndGroupLocked();
     Database::Transaction end_tx(db_);
     MaybeEndSession(session);
     end_tx.Commit();
@@ -171,10 +233,13 @@ void SessionRunner::EnqueueTask(int64_t task_id) {
       "SELECT sn.host_id, t.repository_id FROM tasks t JOIN snapshots sn ON sn.id = t.snapshot_id "
       "WHERE t.id = ?");
   s.Bind(1, task_id);
-  if (!s.Step()) return;
-  scheduler_.Enqueue({WorkKind::kDisk, task_id, s.Int(0), s.Int(1), 0});
-  wakeups_.hosts.insert(s.Int(0));
-  if (!scheduler_.HostCanServe(s.Int(0), WorkKind::kDisk)) wakeups_.all = true;
+  if (s.Step()) EnqueueTask(task_id, s.Int(0), s.Int(1));
+}
+
+void SessionRunner::EnqueueTask(int64_t task_id, int64_t host_id, int64_t repository_id) {
+  scheduler_.Enqueue({WorkKind::kDisk, task_id, host_id, repository_id, 0});
+  wakeups_.hosts.insert(host_id);
+  if (!scheduler_.HostCanServe(host_id, WorkKind::kDisk)) wakeups_.all = true;
   work_generation_++;
 }
 
@@ -238,6 +303,8 @@ WorkerWelcome SessionRunner::RegisterWorker(const WorkerHello& hello) {
   welcome.worker_name = find.Text(1);
   int64_t now = clock_();
 
+  EndGroupLocked();
+
   Database::Transaction tx(db_);
   int64_t host_id = EnsureHost(hello.host, hello.platform, hello.cluster);
   db_.Cached("UPDATE workers SET host_id = ?, task_slots = ?, version = ?, state = 'connected', "
@@ -291,6 +358,7 @@ void SessionRunner::WorkerDisconnected(int64_t worker_id, int64_t epoch) {
   // No new work; its running work waits for the deadline (it may reconnect).
   it->second.connected = false;
   scheduler_.SetWorkerConnected(worker_id, false);
+  JoinGroupLocked();
   db_.Cached("UPDATE workers SET state = 'disconnected' WHERE id = ? AND state = 'connected'")
       .Bind(1, worker_id).Run();
   WakeAll();  // its host's work may now go to workers elsewhere
@@ -308,6 +376,7 @@ std::vector<std::string> SessionRunner::Heartbeat(int64_t worker_id,
     // requeued, so all of it is in the cancel list below.
     worker.connected = true;
     scheduler_.SetWorkerConnected(worker_id, true);
+    JoinGroupLocked();
     db_.Cached("UPDATE workers SET state = 'connected' WHERE id = ?").Bind(1, worker_id).Run();
   }
   std::vector<std::string> cancel;
@@ -334,6 +403,8 @@ void SessionRunner::ReportInventory(int64_t worker_id, const std::vector<Invento
   if (it == workers_.end()) return;
   int64_t host_id = it->second.host_id;
   int64_t now = clock_();
+  snapshot_context_.clear();  // a VM's uuid may change
+  EndGroupLocked();
   Database::Transaction tx(db_);
   // VMs no longer reported stay (sessions and points refer to them) as "missing".
   db_.Cached("UPDATE vms SET state = 'missing' WHERE host_id = ?").Bind(1, host_id).Run();
@@ -435,6 +506,7 @@ void SessionRunner::LoseSnapshot(int64_t snapshot_id, const std::string& why) {
   db_.Cached("UPDATE tasks SET state = 'waiting', worker_id = NULL, bytes_done = 0, bytes_stored = 0, "
               "ended_at = NULL, error = '' WHERE snapshot_id = ? AND state != 'canceled'")
       .Bind(1, snapshot_id).Run();
+  snapshot_context_.erase(snapshot_id);
   db_.Cached("UPDATE snapshots SET state = 'pending', worker_id = NULL, exports = '[]' WHERE id = ?")
       .Bind(1, snapshot_id).Run();
   Statement s = db_.Prepare("SELECT session_id FROM snapshots WHERE id = ?");
@@ -448,70 +520,96 @@ void SessionRunner::LoseSnapshot(int64_t snapshot_id, const std::string& why) {
 // ---------------------------------------------------------------------------
 // Work hand-out
 
+const SessionRunner::SnapshotContext& SessionRunner::ContextOf(int64_t snapshot_id) {
+  auto it = snapshot_context_.find(snapshot_id);
+  if (it != snapshot_context_.end()) return it->second;
+  Statement& s = db_.Cached(
+      "SELECT s.session_id, s.vm_name, v.uuid, h.name, h.platform, j.chain, r.id, r.name, r.location, "
+      "s.exports, s.planned_point FROM snapshots s JOIN vms v ON v.id = s.vm_id JOIN hosts h ON h.id = s.host_id "
+      "JOIN sessions se ON se.id = s.session_id JOIN jobs j ON j.id = se.job_id "
+      "JOIN repositories r ON r.id = j.repository_id WHERE s.id = ?");
+  s.Bind(1, snapshot_id);
+  if (!s.Step()) throw Error(ErrorKind::kInternal, "snapshot " + std::to_string(snapshot_id) + " vanished");
+  SnapshotContext context;
+  context.session_id = s.Int(0);
+  context.vm_name = s.Text(1);
+  context.vm_uuid = s.Text(2);
+  context.host = s.Text(3);
+  context.platform = s.Text(4);
+  context.chain = s.Text(5);
+  context.repository_id = s.Int(6);
+  context.repository_name = s.Text(7);
+  context.repository_location = s.Text(8);
+  json::value exports = json::parse(s.Text(9));
+  for (const auto& e : exports.as_array())
+    context.exports[std::string(e.at("disk").as_string())] = std::string(e.at("uri").as_string());
+  context.point_id = s.Text(10);
+  return snapshot_context_.emplace(snapshot_id, std::move(context)).first->second;
+}
+
 WorkOrder SessionRunner::BuildOrder(const Placement& placement, int64_t worker_id) {
   WorkOrder order;
   order.kind = placement.work.kind;
   order.tier = TierName(placement.tier);
   int64_t snapshot_id = placement.work.id;
   if (order.kind == WorkKind::kDisk) {
-    Statement& t = db_.Cached("SELECT snapshot_id, disk, attempt + 1, session_id FROM tasks WHERE id = ?");
-    t.Bind(1, placement.work.id);
-    if (!t.Step()) throw Error(ErrorKind::kInternal, "task " + std::to_string(placement.work.id) + " vanished");
-    snapshot_id = t.Int(0);
     order.task_id = placement.work.id;
+    Statement& t = db_.Cached("SELECT snapshot_id, disk, attempt + 1 FROM tasks WHERE id = ?");
+    t.Bind(1, order.task_id);
+    if (!t.Step()) throw Error(ErrorKind::kInternal, "task " + std::to_string(order.task_id) + " vanished");
+    snapshot_id = t.Int(0);
     order.disk = t.Text(1);
     order.attempt = static_cast<int>(t.Int(2));
-    order.assignment = AssignmentId(WorkKind::kDisk, order.task_id, order.attempt);
+    order.assignment = AssignmentPrefix(order.kind, order.task_id) + std::to_string(order.attempt);
     db_.Cached("UPDATE tasks SET state = 'running', worker_id = ?, tier = ?, tier_reason = ?, attempt = ?, "
-                "assignment = ?, started_at = ?, not_before = NULL WHERE id = ?")
+               "assignment = ?, started_at = ?, not_before = NULL WHERE id = ?")
         .Bind(1, worker_id).Bind(2, order.tier).Bind(3, placement.reason).Bind(4, int64_t{order.attempt})
         .Bind(5, order.assignment).Bind(6, clock_()).Bind(7, order.task_id).Run();
     live_[order.assignment] = Live{WorkKind::kDisk, order.task_id, worker_id, false, placement.work.repository_id};
+  } else {
+    Statement& a = db_.Cached("SELECT attempt + 1 FROM snapshots WHERE id = ?");
+    a.Bind(1, snapshot_id);
+    if (!a.Step()) throw Error(ErrorKind::kInternal, "snapshot " + std::to_string(snapshot_id) + " vanished");
+    order.attempt = static_cast<int>(a.Int(0));
+    order.assignment = AssignmentPrefix(order.kind, snapshot_id) + std::to_string(order.attempt);
+    if (order.kind == WorkKind::kSnapshot)
+      db_.Cached("UPDATE snapshots SET state = 'taking', worker_id = ?, tier = ?, attempt = ?, assignment = ?, "
+                 "not_before = NULL WHERE id = ?")
+          .Bind(1, worker_id).Bind(2, order.tier).Bind(3, int64_t{order.attempt}).Bind(4, order.assignment)
+          .Bind(5, snapshot_id).Run();
+    else
+      db_.Cached("UPDATE snapshots SET attempt = ?, assignment = ? WHERE id = ?")
+          .Bind(1, int64_t{order.attempt}).Bind(2, order.assignment).Bind(3, snapshot_id).Run();
   }
-  Statement& s = db_.Cached(
-      "SELECT s.session_id, s.vm_name, v.uuid, h.name, h.platform, j.chain, r.id, r.name, r.location, "
-      "s.exports, s.attempt + 1, s.planned_point FROM snapshots s JOIN vms v ON v.id = s.vm_id JOIN hosts h ON h.id = s.host_id "
-      "JOIN sessions se ON se.id = s.session_id JOIN jobs j ON j.id = se.job_id "
-      "JOIN repositories r ON r.id = j.repository_id WHERE s.id = ?");
-  s.Bind(1, snapshot_id);
-  if (!s.Step()) throw Error(ErrorKind::kInternal, "snapshot " + std::to_string(snapshot_id) + " vanished");
-  order.session_id = s.Int(0);
-  order.vm_name = s.Text(1);
-  order.vm_uuid = s.Text(2);
-  order.host = s.Text(3);
-  order.platform = s.Text(4);
-  order.chain = s.Text(5);
-  order.repository_id = s.Int(6);
-  order.repository_name = s.Text(7);
-  order.repository_location = s.Text(8);
+  const SnapshotContext& context = ContextOf(snapshot_id);
+  order.session_id = context.session_id;
+  order.vm_name = context.vm_name;
+  order.vm_uuid = context.vm_uuid;
+  order.host = context.host;
+  order.platform = context.platform;
+  order.chain = context.chain;
+  order.repository_id = context.repository_id;
+  order.repository_name = context.repository_name;
+  order.repository_location = context.repository_location;
   order.snapshot_id = snapshot_id;
-  order.point_id = s.Text(11);
+  order.point_id = context.point_id;
   if (order.kind == WorkKind::kDisk) {
     Log(order.session_id, order.task_id, std::nullopt, "info",
         order.vm_name + "/" + order.disk + ": attempt " + std::to_string(order.attempt) + " on worker " +
             std::to_string(worker_id) + " (" + order.tier + ": " + placement.reason + ")");
-    json::value exports = json::parse(s.Text(9));
-    for (const auto& e : exports.as_array())
-      if (e.at("disk").as_string() == order.disk) order.export_uri = std::string(e.at("uri").as_string());
+    auto uri = context.exports.find(order.disk);
+    if (uri != context.exports.end()) order.export_uri = uri->second;
     return order;
   }
-  order.attempt = static_cast<int>(s.Int(10));
-  order.assignment = AssignmentId(order.kind, snapshot_id, order.attempt);
   if (order.kind == WorkKind::kSnapshot) {
-    Statement d = db_.Prepare("SELECT disk FROM tasks WHERE snapshot_id = ? AND state != 'canceled' ORDER BY id");
+    Statement& d = db_.Cached("SELECT disk FROM tasks WHERE snapshot_id = ? AND state != 'canceled' ORDER BY id");
     d.Bind(1, snapshot_id);
     while (d.Step()) order.disks.push_back(d.Text(0));
-    db_.Cached("UPDATE snapshots SET state = 'taking', worker_id = ?, tier = ?, attempt = ?, assignment = ?, "
-                "not_before = NULL WHERE id = ?")
-        .Bind(1, worker_id).Bind(2, order.tier).Bind(3, int64_t{order.attempt}).Bind(4, order.assignment)
-        .Bind(5, snapshot_id).Run();
     Log(order.session_id, std::nullopt, snapshot_id, "info",
         order.vm_name + ": snapshot of " + std::to_string(order.disks.size()) + " disks by worker " +
             std::to_string(worker_id) + " (" + order.tier + ": " + placement.reason + ")");
   } else {
     order.commit = placement.work.commit;
-    db_.Cached("UPDATE snapshots SET attempt = ?, assignment = ? WHERE id = ?")
-        .Bind(1, int64_t{order.attempt}).Bind(2, order.assignment).Bind(3, snapshot_id).Run();
   }
   live_[order.assignment] = Live{order.kind, snapshot_id, worker_id};
   return order;
@@ -527,9 +625,10 @@ std::vector<WorkOrder> SessionRunner::PullWork(int64_t worker_id, int free_slots
   if (placements.empty()) return {};
   std::vector<WorkOrder> orders;
   try {
-    Database::Transaction tx(db_);
+    JoinGroupLocked();
+    Database::Savepoint op(db_);
     for (const Placement& placement : placements) orders.push_back(BuildOrder(placement, worker_id));
-    tx.Commit();
+    op.Release();
   } catch (...) {
     // Nothing was handed out: put everything back as it was.
     for (const WorkOrder& order : orders) live_.erase(order.assignment);
@@ -585,17 +684,38 @@ bool SessionRunner::ReportResult(int64_t worker_id, const WorkReport& report) {
   EndAssignment(report.assignment);
   work_generation_++;  // a slot may have freed
   if (live.draining) return false;
-  Database::Transaction tx(db_);
+  JoinGroupLocked();
+  Database::Savepoint op(db_);
   switch (live.kind) {
     case WorkKind::kDisk: FinishTask(live.id, report); break;
     case WorkKind::kSnapshot: FinishSnapshot(live.id, report); break;
     case WorkKind::kRelease: FinishRelease(live.id, report); break;
   }
-  tx.Commit();
+  op.Release();
   return true;
 }
 
 void SessionRunner::FinishTask(int64_t task_id, const WorkReport& report) {
+  int64_t now = clock_();
+  if (report.ok) {
+    Statement& t = db_.Cached("SELECT session_id, snapshot_id, disk, started_at FROM tasks WHERE id = ?");
+    t.Bind(1, task_id);
+    if (!t.Step()) return;
+    int64_t session = t.Int(0), snapshot = t.Int(1);
+    std::string disk = t.Text(2);
+    double seconds = static_cast<double>(now - t.Int(3)) / 1000.0;
+    double rate = seconds > 0 ? static_cast<double>(report.bytes_read) / seconds : 0;
+    db_.Cached("UPDATE tasks SET state = 'succeeded', bytes_done = ?, bytes_stored = ?, rate = ?, ended_at = ?, "
+               "error = '' WHERE id = ?")
+        .Bind(1, report.bytes_read).Bind(2, report.bytes_stored).Bind(3, rate).Bind(4, now).Bind(5, task_id).Run();
+    const SnapshotContext& context = ContextOf(snapshot);
+    for (const std::string& line : report.log) Log(session, task_id, std::nullopt, "info", line);
+    Log(session, task_id, std::nullopt, "info",
+        context.vm_name + "/" + disk + ": done, " + FormatBytes(report.bytes_read) + " read, " +
+            FormatBytes(report.bytes_stored) + " stored");
+    MaybeRelease(snapshot);
+    return;
+  }
   Statement& t = db_.Cached(
       "SELECT t.session_id, t.snapshot_id, t.disk, t.failures, j.retry_count, j.retry_interval_s, t.started_at, "
       "t.tier, s.vm_name FROM tasks t JOIN sessions se ON se.id = t.session_id JOIN jobs j ON j.id = se.job_id "
@@ -604,43 +724,32 @@ void SessionRunner::FinishTask(int64_t task_id, const WorkReport& report) {
   if (!t.Step()) return;
   int64_t session = t.Int(0), snapshot = t.Int(1);
   std::string what = t.Text(8) + "/" + t.Text(2);
-  int64_t now = clock_();
   for (const std::string& line : report.log) Log(session, task_id, std::nullopt, "info", line);
-  if (report.ok) {
-    double seconds = static_cast<double>(now - t.Int(6)) / 1000.0;
-    double rate = seconds > 0 ? static_cast<double>(report.bytes_read) / seconds : 0;
-    db_.Cached("UPDATE tasks SET state = 'succeeded', bytes_done = ?, bytes_stored = ?, rate = ?, ended_at = ?, "
-                "error = '' WHERE id = ?")
-        .Bind(1, report.bytes_read).Bind(2, report.bytes_stored).Bind(3, rate).Bind(4, now).Bind(5, task_id).Run();
-    Log(session, task_id, std::nullopt, "info",
-        what + ": done, " + FormatBytes(report.bytes_read) + " read, " + FormatBytes(report.bytes_stored) + " stored");
-  } else {
-    int64_t failures = t.Int(3) + 1;
-    int64_t retries = t.Int(4);
-    std::string error = report.error.empty() ? "failed without a message" : report.error;
-    if (failures <= retries && Retriable(report.error_kind)) {
-      int64_t not_before = now + t.Int(5) * 1000;
-      db_.Cached("UPDATE tasks SET state = 'queued', worker_id = NULL, failures = ?, error = ?, not_before = ? WHERE id = ?")
-          .Bind(1, failures).Bind(2, error).Bind(3, not_before).Bind(4, task_id).Run();
-      Log(session, task_id, std::nullopt, "warning",
-          what + ": attempt failed (" + error + "); retry " + std::to_string(failures) + " of " +
-              std::to_string(retries) + " in " + std::to_string(t.Int(5)) + " s");
-      if (t.Int(5) == 0) EnqueueTask(task_id);
-      else delayed_tasks_[task_id] = not_before;
-      return;
-    }
-    db_.Cached("UPDATE tasks SET state = 'failed', failures = ?, error = ?, ended_at = ? WHERE id = ?")
-        .Bind(1, failures).Bind(2, error).Bind(3, now).Bind(4, task_id).Run();
-    Log(session, task_id, std::nullopt, "error",
-        what + ": failed after " + std::to_string(failures) + " attempt(s): " + error);
+  int64_t failures = t.Int(3) + 1;
+  int64_t retries = t.Int(4);
+  std::string error = report.error.empty() ? "failed without a message" : report.error;
+  if (failures <= retries && Retriable(report.error_kind)) {
+    int64_t not_before = now + t.Int(5) * 1000;
+    db_.Cached("UPDATE tasks SET state = 'queued', worker_id = NULL, failures = ?, error = ?, not_before = ? WHERE id = ?")
+        .Bind(1, failures).Bind(2, error).Bind(3, not_before).Bind(4, task_id).Run();
+    Log(session, task_id, std::nullopt, "warning",
+        what + ": attempt failed (" + error + "); retry " + std::to_string(failures) + " of " +
+            std::to_string(retries) + " in " + std::to_string(t.Int(5)) + " s");
+    if (t.Int(5) == 0) EnqueueTask(task_id);
+    else delayed_tasks_[task_id] = not_before;
+    return;
   }
+  db_.Cached("UPDATE tasks SET state = 'failed', failures = ?, error = ?, ended_at = ? WHERE id = ?")
+      .Bind(1, failures).Bind(2, error).Bind(3, now).Bind(4, task_id).Run();
+  Log(session, task_id, std::nullopt, "error",
+      what + ": failed after " + std::to_string(failures) + " attempt(s): " + error);
   MaybeRelease(snapshot);
 }
 
 void SessionRunner::FinishSnapshot(int64_t snapshot_id, const WorkReport& report) {
   Statement& s = db_.Cached(
-      "SELECT s.session_id, s.vm_name, s.failures, j.retry_count, j.retry_interval_s, se.state FROM snapshots s "
-      "JOIN sessions se ON se.id = s.session_id JOIN jobs j ON j.id = se.job_id WHERE s.id = ?");
+      "SELECT s.session_id, s.vm_name, s.failures, j.retry_count, j.retry_interval_s, se.state, s.host_id "
+      "FROM snapshots s JOIN sessions se ON se.id = s.session_id JOIN jobs j ON j.id = se.job_id WHERE s.id = ?");
   s.Bind(1, snapshot_id);
   if (!s.Step()) return;
   int64_t session = s.Int(0);
@@ -651,13 +760,17 @@ void SessionRunner::FinishSnapshot(int64_t snapshot_id, const WorkReport& report
     for (const auto& [disk, uri] : report.exports) exports.push_back(json::object{{"disk", disk}, {"uri", uri}});
     db_.Cached("UPDATE snapshots SET state = 'ready', exports = ? WHERE id = ?")
         .Bind(1, json::serialize(exports)).Bind(2, snapshot_id).Run();
+    snapshot_context_.erase(snapshot_id);  // read again with its exports
     Log(session, std::nullopt, snapshot_id, "info", vm + ": snapshot ready");
-    Statement waiting = db_.Prepare("SELECT id FROM tasks WHERE snapshot_id = ? AND state = 'waiting'");
+    int64_t host_id = s.Int(6);
+    // (Not UPDATE ... RETURNING: SQLite builds a temporary table for that
+    // on every run, which cost more than this SELECT.)
+    Statement& waiting = db_.Cached("SELECT id, repository_id FROM tasks WHERE snapshot_id = ? AND state = 'waiting'");
     waiting.Bind(1, snapshot_id);
-    std::vector<int64_t> ids;
-    while (waiting.Step()) ids.push_back(waiting.Int(0));
+    std::vector<std::pair<int64_t, int64_t>> tasks;
+    while (waiting.Step()) tasks.emplace_back(waiting.Int(0), waiting.Int(1));
     db_.Cached("UPDATE tasks SET state = 'queued' WHERE snapshot_id = ? AND state = 'waiting'").Bind(1, snapshot_id).Run();
-    for (int64_t id : ids) EnqueueTask(id);
+    for (const auto& [task_id, repository_id] : tasks) EnqueueTask(task_id, host_id, repository_id);
     MaybeRelease(snapshot_id);  // a stopped session: release at once
     return;
   }
@@ -676,6 +789,7 @@ void SessionRunner::FinishSnapshot(int64_t snapshot_id, const WorkReport& report
   }
   db_.Cached("UPDATE snapshots SET state = 'failed', failures = ?, error = ?, ended_at = ? WHERE id = ?")
       .Bind(1, failures).Bind(2, error).Bind(3, now).Bind(4, snapshot_id).Run();
+  snapshot_context_.erase(snapshot_id);
   db_.Cached("UPDATE tasks SET state = 'failed', error = ?, ended_at = ? WHERE snapshot_id = ? AND state = 'waiting'")
       .Bind(1, "no snapshot: " + error).Bind(2, now).Bind(3, snapshot_id).Run();
   Log(session, std::nullopt, snapshot_id, "error", vm + ": snapshot failed: " + error);
@@ -691,6 +805,7 @@ void SessionRunner::FinishRelease(int64_t snapshot_id, const WorkReport& report)
   int64_t session = s.Int(0);
   std::string vm = s.Text(1);
   int64_t now = clock_();
+  snapshot_context_.erase(snapshot_id);
   if (report.ok) {
     db_.Cached("UPDATE snapshots SET state = 'released', point_id = ?, ended_at = ? WHERE id = ?")
         .Bind(1, report.point_id.empty() ? std::optional<std::string>() : report.point_id)
@@ -795,6 +910,7 @@ int64_t SessionRunner::StartJob(int64_t job_id, const std::string& trigger) {
     Statement& state = db_.Cached("SELECT state FROM sessions WHERE id = ?");
     state.Bind(1, plan.session_id);
     if (!state.Step() || state.Text(0) != "running") break;  // stopped meanwhile
+    EndGroupLocked();
     Database::Transaction tx(db_);
     std::vector<int64_t> snapshots;
     int64_t now = clock_();
@@ -819,6 +935,7 @@ int64_t SessionRunner::StartJob(int64_t job_id, const std::string& trigger) {
     for (int64_t id : snapshots) EnqueueSnapshot(id);
   }
   std::lock_guard lock(mu_);
+  EndGroupLocked();
   Database::Transaction tx(db_);
   db_.Cached("UPDATE sessions SET created = 1 WHERE id = ?").Bind(1, plan.session_id).Run();
   if (vm_count < plan.vms.size())
@@ -861,6 +978,7 @@ SessionRunner::SessionPlan SessionRunner::PlanSession(int64_t job_id, const std:
   };
 
   int64_t now = clock_();
+  EndGroupLocked();
   Database::Transaction tx(db_);
   db_.Prepare("INSERT INTO sessions (job_id, trigger, state, created, created_at) VALUES (?, ?, 'running', 0, ?)")
       .Bind(1, job_id).Bind(2, trigger).Bind(3, now).Run();
@@ -926,6 +1044,7 @@ void SessionRunner::CancelSessionWork(int64_t session_id, const std::string& why
     if (snaps.Text(1) == "pending") {
       scheduler_.Dequeue(WorkKind::kSnapshot, snaps.Int(0));
       delayed_snapshots_.erase(snaps.Int(0));
+      snapshot_context_.erase(snaps.Int(0));
     } else {
       ready.push_back(snaps.Int(0));
     }
@@ -944,6 +1063,7 @@ std::optional<int64_t> SessionRunner::StopJob(int64_t job_id) {
   running.Bind(1, job_id);
   if (!running.Step()) return std::nullopt;
   int64_t session_id = running.Int(0);
+  EndGroupLocked();
   Database::Transaction tx(db_);
   db_.Cached("UPDATE sessions SET state = 'stopping', reason = 'stopped by request' WHERE id = ?").Bind(1, session_id).Run();
   Log(session_id, std::nullopt, std::nullopt, "warning", "stop requested: canceling queued and running work");
@@ -956,12 +1076,14 @@ std::optional<int64_t> SessionRunner::StopJob(int64_t job_id) {
 
 void SessionRunner::RepositoryChanged(int64_t repository_id, int task_slots) {
   std::lock_guard lock(mu_);
+  snapshot_context_.clear();  // names and locations are read again
   scheduler_.SetRepositorySlots(repository_id, task_slots);
   WakeAll();
 }
 
 void SessionRunner::HostChanged(int64_t host_id, const std::string& name, const std::string& cluster) {
   std::lock_guard lock(mu_);
+  snapshot_context_.clear();
   scheduler_.SetHost(host_id, name, cluster);
   WakeAll();
 }
@@ -980,6 +1102,7 @@ void SessionRunner::RefreshNextRun(int64_t job_id, int64_t after_ms) {
 
 void SessionRunner::JobScheduleChanged(int64_t job_id) {
   std::lock_guard lock(mu_);
+  EndGroupLocked();
   RefreshNextRun(job_id, clock_());
 }
 
@@ -1022,6 +1145,7 @@ std::vector<std::pair<int64_t, std::string>> SessionRunner::TickLocked() {
   }
   last_tick_ = now;
   {
+    EndGroupLocked();
     Database::Transaction tx(db_);
     FlushProgress();
     bool persist_heartbeats = now - last_heartbeat_flush_ >= 2000;
@@ -1053,6 +1177,7 @@ std::vector<std::pair<int64_t, std::string>> SessionRunner::TickLocked() {
   }
   if (now - last_schedule_check_ < 1000) return {};
   last_schedule_check_ = now;
+  EndGroupLocked();
   Database::Transaction tx(db_);
   auto due = DueJobs(now);
   tx.Commit();

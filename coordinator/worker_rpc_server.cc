@@ -76,6 +76,47 @@ class WaitList {
   uint64_t seen_ = 0;
 };
 
+// Group commit on the event loop: the calls served in one turn of the loop
+// write into the runner's open transaction; once no ready event is left,
+// one commit stores them all and only then are their answers sent
+// (SessionRunner::CommitGroup). Under load a turn serves many workers'
+// results and pulls, so the commit (and the pages it writes) is shared.
+class GroupCommit {
+ public:
+  GroupCommit(SessionRunner& runner, kj::TaskSet& tasks) : runner_(runner), tasks_(tasks) {}
+
+  // Resolves once everything written so far is committed.
+  kj::Promise<void> Durable() {
+    auto paf = kj::newPromiseAndFulfiller<void>();
+    waiting_.push_back(kj::mv(paf.fulfiller));
+    if (!scheduled_) {
+      scheduled_ = true;
+      tasks_.add(kj::evalLast([this]() { Flush(); }));
+    }
+    return kj::mv(paf.promise);
+  }
+
+  // Also called by the tick: writes no call waits for (a disconnect) are
+  // stored within one tick.
+  void Flush() {
+    scheduled_ = false;
+    std::vector<kj::Own<kj::PromiseFulfiller<void>>> waiting = std::move(waiting_);
+    waiting_.clear();
+    try {
+      runner_.CommitGroup();
+      for (auto& f : waiting) f->fulfill();
+    } catch (const std::exception& e) {
+      for (auto& f : waiting) f->reject(ToKj(e));
+    }
+  }
+
+ private:
+  SessionRunner& runner_;
+  kj::TaskSet& tasks_;
+  std::vector<kj::Own<kj::PromiseFulfiller<void>>> waiting_;
+  bool scheduled_ = false;
+};
+
 void FillItem(rpc::WorkItem::Builder item, const WorkOrder& order) {
   item.setAssignmentId(order.assignment);
   item.setSessionId(static_cast<uint64_t>(order.session_id));
@@ -125,8 +166,10 @@ void FillItem(rpc::WorkItem::Builder item, const WorkOrder& order) {
 
 class WorkerSessionImpl final : public rpc::WorkerSession::Server {
  public:
-  WorkerSessionImpl(SessionRunner& runner, WaitList& waiters, int64_t worker_id, int64_t epoch, int64_t host_id)
-      : runner_(runner), waiters_(waiters), worker_id_(worker_id), epoch_(epoch), host_id_(host_id) {}
+  WorkerSessionImpl(SessionRunner& runner, WaitList& waiters, GroupCommit& commits, int64_t worker_id,
+                    int64_t epoch, int64_t host_id)
+      : runner_(runner), waiters_(waiters), commits_(commits), worker_id_(worker_id), epoch_(epoch),
+        host_id_(host_id) {}
 
   ~WorkerSessionImpl() noexcept(false) {
     try {
@@ -141,7 +184,7 @@ class WorkerSessionImpl final : public rpc::WorkerSession::Server {
       std::vector<std::string> cancel = runner_.Heartbeat(worker_id_, Texts(context.getParams().getRunning()));
       auto list = context.getResults().initCancel(static_cast<unsigned>(cancel.size()));
       for (size_t i = 0; i < cancel.size(); ++i) list.set(static_cast<unsigned>(i), cancel[i]);
-      return kj::READY_NOW;
+      return commits_.Durable();
     } catch (const std::exception& e) {
       return ToKj(e);
     }
@@ -197,7 +240,7 @@ class WorkerSessionImpl final : public rpc::WorkerSession::Server {
       report.point_id = r.getPointId();
       report.log = Texts(r.getLog());
       context.getResults().setAccepted(runner_.ReportResult(worker_id_, report));
-      return kj::READY_NOW;
+      return commits_.Durable();
     } catch (const std::exception& e) {
       return ToKj(e);
     }
@@ -218,11 +261,13 @@ class WorkerSessionImpl final : public rpc::WorkerSession::Server {
     }
     auto items = context.getResults().initItems(static_cast<unsigned>(orders.size()));
     for (size_t i = 0; i < orders.size(); ++i) FillItem(items[static_cast<unsigned>(i)], orders[i]);
-    return kj::READY_NOW;
+    if (orders.empty()) return kj::READY_NOW;
+    return commits_.Durable();  // the assignments are stored before the worker hears of them
   }
 
   SessionRunner& runner_;
   WaitList& waiters_;
+  GroupCommit& commits_;
   int64_t worker_id_;
   int64_t epoch_;
   int64_t host_id_;
@@ -230,7 +275,8 @@ class WorkerSessionImpl final : public rpc::WorkerSession::Server {
 
 class CoordinatorImpl final : public rpc::Coordinator::Server {
  public:
-  CoordinatorImpl(SessionRunner& runner, WaitList& waiters) : runner_(runner), waiters_(waiters) {}
+  CoordinatorImpl(SessionRunner& runner, WaitList& waiters, GroupCommit& commits)
+      : runner_(runner), waiters_(waiters), commits_(commits) {}
 
   kj::Promise<void> registerWorker(RegisterWorkerContext context) override {
     try {
@@ -244,7 +290,7 @@ class CoordinatorImpl final : public rpc::Coordinator::Server {
                         Texts(request.getRunning())};
       WorkerWelcome welcome = runner_.RegisterWorker(hello);
       auto results = context.getResults();
-      results.setSession(kj::heap<WorkerSessionImpl>(runner_, waiters_, welcome.worker_id, welcome.epoch, welcome.host_id));
+      results.setSession(kj::heap<WorkerSessionImpl>(runner_, waiters_, commits_, welcome.worker_id, welcome.epoch, welcome.host_id));
       auto reply = results.initReply();
       reply.setWorkerId(static_cast<uint64_t>(welcome.worker_id));
       reply.setWorkerName(welcome.worker_name);
@@ -262,6 +308,7 @@ class CoordinatorImpl final : public rpc::Coordinator::Server {
  private:
   SessionRunner& runner_;
   WaitList& waiters_;
+  GroupCommit& commits_;
 };
 
 }  // namespace
@@ -319,10 +366,11 @@ class WorkerRpcServer::Impl {
       port_ = static_cast<uint16_t>(listener->getPort());
       WaitList waiters;
       kj::Timer& timer = io.provider->getTimer();
-      capnp::TwoPartyServer server(kj::heap<CoordinatorImpl>(runner_, waiters));
       kj::TaskSet tasks(error_handler_);
+      GroupCommit commits(runner_, tasks);
+      capnp::TwoPartyServer server(kj::heap<CoordinatorImpl>(runner_, waiters, commits));
       tasks.add(AcceptLoop(*listener, server, tls.get(), tasks));
-      tasks.add(TickLoop(timer, waiters));
+      tasks.add(TickLoop(timer, waiters, commits));
       auto stop = kj::newPromiseAndFulfiller<void>();
       {
         std::lock_guard lock(mu_);
@@ -369,8 +417,9 @@ class WorkerRpcServer::Impl {
         });
   }
 
-  kj::Promise<void> TickLoop(kj::Timer& timer, WaitList& waiters) {
-    return timer.afterDelay(20 * kj::MILLISECONDS).then([this, &timer, &waiters]() {
+  kj::Promise<void> TickLoop(kj::Timer& timer, WaitList& waiters, GroupCommit& commits) {
+    return timer.afterDelay(20 * kj::MILLISECONDS).then([this, &timer, &waiters, &commits]() {
+      commits.Flush();
       waiters.Tick(runner_);
       int64_t now = NowMs();
       if (now - last_tick_ >= options_.tick_ms) {
@@ -381,7 +430,7 @@ class WorkerRpcServer::Impl {
           LogError(std::string("scheduler tick: ") + e.what());
         }
       }
-      return TickLoop(timer, waiters);
+      return TickLoop(timer, waiters, commits);
     });
   }
 

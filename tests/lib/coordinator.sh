@@ -56,7 +56,9 @@ sim_start() {
 # wait_for DESCRIPTION SECONDS COMMAND...: polls until COMMAND succeeds.
 wait_for() {
   local what=$1 seconds=$2; shift 2
-  for _ in $(seq $((seconds * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  # A deadline, not a count of polls: one poll can take a second on a loaded machine.
+  local deadline=$((SECONDS + seconds))
+  while ((SECONDS < deadline)); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
   # Enough to diagnose a CI failure: the coordinator's and simulators' last words.
   [[ -n ${DATA:-} && -f $DATA/log ]] && tail -25 "$DATA/log" >&2
   for f in "$WORK"/sim-*.log; do [[ -f $f ]] && { echo "== $f" >&2; tail -5 "$f" >&2; }; done

@@ -98,6 +98,27 @@ class Database {
     bool done_ = false;
   };
 
+  // RAII savepoint inside an open transaction: Release() keeps its changes;
+  // otherwise the destructor rolls back to it, leaving the rest of the
+  // transaction as it was. Makes one operation atomic inside a group commit.
+  class Savepoint {
+   public:
+    explicit Savepoint(Database& db);
+    ~Savepoint();
+    void Release();
+
+   private:
+    Database& db_;
+    bool done_ = false;
+  };
+
+  // A transaction without RAII, for a group commit whose end is decided
+  // elsewhere (SessionRunner): Begin, then Commit or Rollback.
+  void Begin() { Execute("BEGIN IMMEDIATE"); }
+  void Commit();
+  void Rollback() noexcept;
+  bool InTransaction() const;
+
  private:
   explicit Database(sqlite3* db) : db_(db) {}
   void Migrate();

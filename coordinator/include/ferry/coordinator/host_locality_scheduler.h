@@ -86,9 +86,11 @@ class HostLocalityScheduler {
     std::deque<QueuedWork> pinned;
     int Free() const { return used < slots ? slots - used : 0; }
   };
+  struct ClusterState;
   struct HostState {
     std::string name;
     std::string cluster_key;
+    ClusterState* cluster = nullptr;  // clusters_[cluster_key]; map nodes never move
     std::deque<QueuedWork> snapshots;
     std::deque<QueuedWork> disks;
     std::set<int64_t> workers;
@@ -97,6 +99,7 @@ class HostLocalityScheduler {
     bool HasWork() const { return !snapshots.empty() || !disks.empty(); }
   };
   struct ClusterState {
+    int64_t order = 0;  // creation order: clusters are visited in it
     std::set<int64_t> hosts;
     std::set<int64_t> hosts_with_work;
     int free_slots = 0;
@@ -113,15 +116,19 @@ class HostLocalityScheduler {
   void Contribute(int64_t worker_id, int sign);
   void Reindex(int64_t host_id);
   std::string WhyHostCannotServe(const HostState& host) const;
+  ClusterState& Cluster(const std::string& key);
   // Takes work from `host` into `out` at `tier`; returns disk tasks taken.
+  // `reason()` is called only if something is taken.
+  template <typename Reason>
   int TakeFrom(int64_t host_id, HostState& host, int64_t worker_id, int disk_budget, Tier tier,
-               bool snapshots_too, const std::string& reason, std::vector<Placement>& out);
+               bool snapshots_too, const Reason& reason, std::vector<Placement>& out);
   bool RepositoryHasSlot(int64_t repository_id) const;
 
   std::unordered_map<int64_t, WorkerState> workers_;
   std::unordered_map<int64_t, HostState> hosts_;
   std::map<std::string, ClusterState> clusters_;
-  std::set<std::string> clusters_with_work_;
+  std::map<int64_t, ClusterState*> clusters_with_work_;  // by ClusterState::order
+  int64_t next_cluster_order_ = 0;
   std::unordered_map<int64_t, RepositoryState> repositories_;
   size_t queued_ = 0;
 };

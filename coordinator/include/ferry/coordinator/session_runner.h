@@ -114,6 +114,7 @@ class SessionRunner {
   using Clock = std::function<int64_t()>;  // milliseconds since the epoch
 
   SessionRunner(Database db, RunnerOptions options, Clock clock);
+  ~SessionRunner();  // commits the open group
 
   // Rebuilds the in-memory state from the database (call once, at start).
   void Recover();
@@ -145,6 +146,7 @@ class SessionRunner {
   template <typename Fn>
   auto Write(Fn&& fn) {
     std::lock_guard lock(mu_);
+    EndGroupLocked();
     Database::Transaction tx(db_);
     auto result = fn(db_);
     tx.Commit();
@@ -153,6 +155,19 @@ class SessionRunner {
 
   // Time-driven work: heartbeat deadlines, due retries, due schedules.
   void Tick();
+
+  // Group commit. The hot worker calls (PullWork, ReportResult, Heartbeat,
+  // WorkerDisconnected) write into one open transaction, each inside its
+  // own savepoint, instead of committing one by one; CommitGroup() ends it.
+  // The RPC server calls it once its event loop has run every ready call
+  // and only then answers those calls, so nothing is acknowledged before it
+  // is stored. Every other writer commits the open group first.
+  // If a commit fails the runner refuses all further work (FatalError(),
+  // the fatal handler is called once): its memory no longer matches the
+  // database, and a restart rebuilds it from there.
+  void CommitGroup();
+  void SetFatalHandler(std::function<void(const std::string&)> handler);
+  std::string FatalError();  // empty while healthy
 
   // Bumped whenever new work may be available (long polls re-check).
   uint64_t WorkGeneration() const { return work_generation_.load(); }
@@ -195,12 +210,16 @@ class SessionRunner {
   };
 
   void LoadTopology();
+  void CheckUsableLocked() const;
+  void JoinGroupLocked();
+  void EndGroupLocked();
   void FlushProgress();
   int64_t EnsureHost(const std::string& name, const std::string& platform, const std::string& cluster);
   void Log(int64_t session_id, std::optional<int64_t> task_id, std::optional<int64_t> snapshot_id,
            const std::string& level, const std::string& message);
   void EnqueueSnapshot(int64_t snapshot_id);
   void EnqueueTask(int64_t task_id);
+  void EnqueueTask(int64_t task_id, int64_t host_id, int64_t repository_id);
   void EnqueueRelease(int64_t snapshot_id, int64_t holder, bool commit);
   void MarkUnreachable(int64_t worker_id, const std::string& why);
   void LoseSnapshot(int64_t snapshot_id, const std::string& why);
@@ -213,6 +232,19 @@ class SessionRunner {
   void CancelSessionWork(int64_t session_id, const std::string& why);
   void EndAssignment(const std::string& assignment);
   WorkOrder BuildOrder(const Placement& placement, int64_t worker_id);
+  // What every order for a snapshot's VM repeats (VM, host, job, repository,
+  // exports), read once per snapshot rather than once per hand-out. Dropped
+  // when the snapshot's exports change or it ends, and entirely when hosts,
+  // repositories or inventories change.
+  struct SnapshotContext {
+    int64_t session_id = 0;
+    std::string vm_name, vm_uuid, host, platform, chain;
+    int64_t repository_id = 0;
+    std::string repository_name, repository_location;
+    std::string point_id;                        // reserved for the VM's disks
+    std::map<std::string, std::string> exports;  // disk -> NBD URI, once ready
+  };
+  const SnapshotContext& ContextOf(int64_t snapshot_id);
   struct PlannedVm {
     int64_t vm_id, host_id;
     std::string name;
@@ -232,6 +264,9 @@ class SessionRunner {
 
   std::mutex mu_;
   Database db_;
+  bool group_open_ = false;  // a group transaction is open on db_
+  std::string fatal_;        // set when a commit failed; nothing more is scheduled
+  std::function<void(const std::string&)> on_fatal_;
   RunnerOptions options_;
   Clock clock_;
   HostLocalityScheduler scheduler_;
@@ -252,6 +287,7 @@ class SessionRunner {
     int64_t started_at = 0, done = 0, total = 0, stored = 0;
     double rate = 0;
   };
+  std::unordered_map<int64_t, SnapshotContext> snapshot_context_;  // by snapshot id
   std::unordered_map<int64_t, Progress> progress_;  // by task id, until the next tick
   size_t draining_ = 0;  // live assignments canceled but not yet let go
 };
