@@ -4,6 +4,8 @@
 #include <openssl/rand.h>
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
 #include <cstdio>
 
 #include "ferry/common/log.h"
@@ -94,6 +96,7 @@ void SessionRunner::EndGroupLocked() {
   if (!group_open_) return;
   group_open_ = false;
   try {
+    FlushLogLocked();
     db_.Commit();
   } catch (const std::exception& e) {
     // The in-memory mirror now holds changes the database refused (disk
@@ -125,10 +128,38 @@ std::string SessionRunner::FatalError() {
 void SessionRunner::Log(int64_t session_id, std::optional<int64_t> task_id,
                         std::optional<int64_t> snapshot_id, const std::string& level,
                         const std::string& message) {
-  db_.Cached("INSERT INTO task_log (session_id, task_id, snapshot_id, at, level, message) "
-              "VALUES (?, ?, ?, ?, ?, ?)")
-      .Bind(1, session_id).Bind(2, task_id).Bind(3, snapshot_id).Bind(4, clock_())
-      .Bind(5, level).Bind(6, message).Run();
+  pending_log_.push_back({session_id, task_id, snapshot_id, clock_(), level, message});
+}
+
+void SessionRunner::FlushLogLocked() {
+  // Multi-row INSERTs: per row far cheaper than one statement each, and a
+  // 10,000-VM session writes about 70,000 rows.
+  constexpr size_t kRowsPerInsert = 32;
+  auto sql_for = [](size_t rows) {
+    std::string sql = "INSERT INTO task_log (session_id, task_id, snapshot_id, at, level, message) VALUES ";
+    for (size_t i = 0; i < rows; ++i) sql += i == 0 ? "(?, ?, ?, ?, ?, ?)" : ", (?, ?, ?, ?, ?, ?)";
+    return sql;
+  };
+  static const std::string kFull = sql_for(kRowsPerInsert), kOne = sql_for(1);
+  size_t done = 0;
+  while (done < pending_log_.size()) {
+    size_t rows = pending_log_.size() - done >= kRowsPerInsert ? kRowsPerInsert : 1;
+    Statement& insert = db_.Cached(rows == kRowsPerInsert ? kFull : kOne);
+    for (size_t i = 0; i < rows; ++i) {
+      const LogRow& row = pending_log_[done + i];
+      int base = static_cast<int>(i) * 6;
+      insert.Bind(base + 1, row.session_id).Bind(base + 2, row.task_id).Bind(base + 3, row.snapshot_id)
+          .Bind(base + 4, row.at).Bind(base + 5, row.level).Bind(base + 6, row.message);
+    }
+    insert.Run();
+    done += rows;
+  }
+  pending_log_.clear();
+}
+
+void SessionRunner::CommitLocked(Database::Transaction& tx) {
+  FlushLogLocked();
+  tx.Commit();
 }
 
 // ---------------------------------------------------------------------------
@@ -200,7 +231,7 @@ void SessionRunner::Recover() {
     Log(session, std::nullopt, std::nullopt, "warning",
         "coordinator restarted; running work stays with its worker if it reconnects within " +
             std::to_string(options_.heartbeat_deadline_ms / 1000) + " s, else it is requeued");
-  tx.Commit();
+  CommitLocked(tx);
   // Sessions whose work all ended while the coordinator was down.
   Statement open = db_.Prepare("SELECT id FROM sessions WHERE state IN ('running', 'stopping')");
   std::vector<int64_t> open_sessions;
@@ -209,7 +240,7 @@ void SessionRunner::Recover() {
     EndGroupLocked();
     Database::Transaction end_tx(db_);
     MaybeEndSession(session);
-    end_tx.Commit();
+    CommitLocked(end_tx);
   }
   LogInfo("recovered " + std::to_string(live_.size()) + " running assignments, " +
           std::to_string(scheduler_.QueuedCount()) + " queued work items");
@@ -221,10 +252,13 @@ void SessionRunner::Recover() {
 void SessionRunner::EnqueueSnapshot(int64_t snapshot_id) {
   Statement& s = db_.Cached("SELECT host_id FROM snapshots WHERE id = ?");
   s.Bind(1, snapshot_id);
-  if (!s.Step()) return;
-  scheduler_.Enqueue({WorkKind::kSnapshot, snapshot_id, s.Int(0), 0, 0});
-  wakeups_.hosts.insert(s.Int(0));
-  if (!scheduler_.HostCanServe(s.Int(0), WorkKind::kSnapshot)) wakeups_.all = true;
+  if (s.Step()) EnqueueSnapshot(snapshot_id, s.Int(0));
+}
+
+void SessionRunner::EnqueueSnapshot(int64_t snapshot_id, int64_t host_id) {
+  scheduler_.Enqueue({WorkKind::kSnapshot, snapshot_id, host_id, 0, 0});
+  wakeups_.hosts.insert(host_id);
+  if (!scheduler_.HostCanServe(host_id, WorkKind::kSnapshot)) wakeups_.all = true;
   work_generation_++;
 }
 
@@ -254,11 +288,18 @@ void SessionRunner::EndAssignment(const std::string& assignment) {
   if (it == live_.end()) return;
   if (it->second.kind == WorkKind::kDisk) {
     progress_.erase(it->second.id);
-    // A freed repository slot may unblock work anywhere; a freed worker slot
-    // matters to that worker's host (and to hosts whose work it may take).
-    if (scheduler_.RepositoryFull(it->second.repository_id)) wakeups_.all = true;
+    // A freed worker slot matters to that worker's host (and to hosts whose
+    // work it may take). A freed slot of a full repository may unblock work
+    // anywhere, but the worker letting go of it is woken anyway and takes it
+    // if its own host still has disks queued; only otherwise is everyone
+    // woken (with the repository the bottleneck, waking all 1,000 parked
+    // workers for each ended task cost more than the hand-outs).
+    bool repository_was_full = scheduler_.RepositoryFull(it->second.repository_id);
     scheduler_.TaskEnded(it->second.worker_id, it->second.repository_id);
     auto worker = workers_.find(it->second.worker_id);
+    bool finisher_takes_it = worker != workers_.end() && worker->second.connected &&
+                             scheduler_.HostHasQueuedDisks(worker->second.host_id);
+    if (repository_was_full && !finisher_takes_it) wakeups_.all = true;
     if (worker != workers_.end()) wakeups_.hosts.insert(worker->second.host_id);
     wakeups_.workers.insert(it->second.worker_id);
   }
@@ -342,7 +383,7 @@ WorkerWelcome SessionRunner::RegisterWorker(const WorkerHello& hello) {
       EnqueueRelease(live.id, welcome.worker_id, !c.Step());
     }
   }
-  tx.Commit();
+  CommitLocked(tx);
   work_generation_++;
   LogInfo("worker " + welcome.worker_name + " registered: host " + hello.host + ", " +
           std::to_string(hello.task_slots) + " slots, version " + hello.version + ", " +
@@ -443,7 +484,7 @@ void SessionRunner::ReportInventory(int64_t worker_id, const std::vector<Invento
       db_.Cached("INSERT OR REPLACE INTO disks (vm_id, name, size_bytes, format) VALUES (?, ?, ?, ?)")
           .Bind(1, *vm_id).Bind(2, disk.name).Bind(3, disk.size_bytes).Bind(4, disk.format).Run();
   }
-  tx.Commit();
+  CommitLocked(tx);
 }
 
 void SessionRunner::MarkUnreachable(int64_t worker_id, const std::string& why) {
@@ -624,6 +665,7 @@ std::vector<WorkOrder> SessionRunner::PullWork(int64_t worker_id, int free_slots
   std::vector<Placement> placements = scheduler_.Pick(worker_id, std::max(free_slots, 0));
   if (placements.empty()) return {};
   std::vector<WorkOrder> orders;
+  size_t log_rows = pending_log_.size();
   try {
     JoinGroupLocked();
     Database::Savepoint op(db_);
@@ -631,6 +673,7 @@ std::vector<WorkOrder> SessionRunner::PullWork(int64_t worker_id, int free_slots
     op.Release();
   } catch (...) {
     // Nothing was handed out: put everything back as it was.
+    pending_log_.resize(log_rows);
     for (const WorkOrder& order : orders) live_.erase(order.assignment);
     for (const Placement& placement : placements) {
       if (placement.work.kind == WorkKind::kDisk) scheduler_.TaskEnded(worker_id, placement.work.repository_id);
@@ -686,10 +729,16 @@ bool SessionRunner::ReportResult(int64_t worker_id, const WorkReport& report) {
   if (live.draining) return false;
   JoinGroupLocked();
   Database::Savepoint op(db_);
-  switch (live.kind) {
-    case WorkKind::kDisk: FinishTask(live.id, report); break;
-    case WorkKind::kSnapshot: FinishSnapshot(live.id, report); break;
-    case WorkKind::kRelease: FinishRelease(live.id, report); break;
+  size_t log_rows = pending_log_.size();
+  try {
+    switch (live.kind) {
+      case WorkKind::kDisk: FinishTask(live.id, report); break;
+      case WorkKind::kSnapshot: FinishSnapshot(live.id, report); break;
+      case WorkKind::kRelease: FinishRelease(live.id, report); break;
+    }
+  } catch (...) {
+    pending_log_.resize(log_rows);  // rolled back with the savepoint
+    throw;
   }
   op.Release();
   return true;
@@ -760,7 +809,8 @@ void SessionRunner::FinishSnapshot(int64_t snapshot_id, const WorkReport& report
     for (const auto& [disk, uri] : report.exports) exports.push_back(json::object{{"disk", disk}, {"uri", uri}});
     db_.Cached("UPDATE snapshots SET state = 'ready', exports = ? WHERE id = ?")
         .Bind(1, json::serialize(exports)).Bind(2, snapshot_id).Run();
-    snapshot_context_.erase(snapshot_id);  // read again with its exports
+    if (auto context = snapshot_context_.find(snapshot_id); context != snapshot_context_.end())
+      context->second.exports = std::map<std::string, std::string>(report.exports.begin(), report.exports.end());
     Log(session, std::nullopt, snapshot_id, "info", vm + ": snapshot ready");
     int64_t host_id = s.Int(6);
     // (Not UPDATE ... RETURNING: SQLite builds a temporary table for that
@@ -771,7 +821,7 @@ void SessionRunner::FinishSnapshot(int64_t snapshot_id, const WorkReport& report
     while (waiting.Step()) tasks.emplace_back(waiting.Int(0), waiting.Int(1));
     db_.Cached("UPDATE tasks SET state = 'queued' WHERE snapshot_id = ? AND state = 'waiting'").Bind(1, snapshot_id).Run();
     for (const auto& [task_id, repository_id] : tasks) EnqueueTask(task_id, host_id, repository_id);
-    MaybeRelease(snapshot_id);  // a stopped session: release at once
+    if (tasks.empty()) MaybeRelease(snapshot_id);  // a stopped session canceled them: release at once
     return;
   }
   int64_t failures = s.Int(2) + 1;
@@ -912,7 +962,7 @@ int64_t SessionRunner::StartJob(int64_t job_id, const std::string& trigger) {
     if (!state.Step() || state.Text(0) != "running") break;  // stopped meanwhile
     EndGroupLocked();
     Database::Transaction tx(db_);
-    std::vector<int64_t> snapshots;
+    std::vector<std::pair<int64_t, int64_t>> snapshots;  // id, host
     int64_t now = clock_();
     for (size_t i = first; i < std::min(first + kBatch, plan.vms.size()); ++i) {
       const PlannedVm& vm = plan.vms[i];
@@ -921,7 +971,7 @@ int64_t SessionRunner::StartJob(int64_t job_id, const std::string& trigger) {
           .Bind(1, plan.session_id).Bind(2, vm.vm_id).Bind(3, vm.name).Bind(4, vm.host_id).Bind(5, now)
           .Bind(6, NewPointId()).Run();
       int64_t snapshot_id = db_.LastInsertId();
-      snapshots.push_back(snapshot_id);
+      snapshots.emplace_back(snapshot_id, vm.host_id);
       for (const auto& [disk, size] : vm.disks) {
         db_.Cached("INSERT INTO tasks (session_id, snapshot_id, vm_id, disk, repository_id, state, bytes_total) "
                    "VALUES (?, ?, ?, ?, ?, 'waiting', ?)")
@@ -930,9 +980,14 @@ int64_t SessionRunner::StartJob(int64_t job_id, const std::string& trigger) {
         ++task_count;
       }
     }
-    tx.Commit();
+    CommitLocked(tx);
     vm_count += snapshots.size();
-    for (int64_t id : snapshots) EnqueueSnapshot(id);
+    for (const auto& [id, host_id] : snapshots) EnqueueSnapshot(id, host_id);
+    // std::mutex is not fair: without a pause this thread takes the lock
+    // straight back and the workers' RPC waits for the whole session.
+    mu_.unlock();
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    mu_.lock();
   }
   std::lock_guard lock(mu_);
   EndGroupLocked();
@@ -943,7 +998,7 @@ int64_t SessionRunner::StartJob(int64_t job_id, const std::string& trigger) {
         "stopped while being set up: " + std::to_string(vm_count) + " of " + std::to_string(plan.vms.size()) +
             " VMs (" + std::to_string(task_count) + " disk tasks) were created");
   MaybeEndSession(plan.session_id);  // nothing selected, or all done already
-  tx.Commit();
+  CommitLocked(tx);
   return plan.session_id;
 }
 
@@ -1017,7 +1072,7 @@ SessionRunner::SessionPlan SessionRunner::PlanSession(int64_t job_id, const std:
   Log(plan.session_id, std::nullopt, std::nullopt, "info",
       "session started (" + trigger + "): " + std::to_string(plan.vms.size()) + " VMs, " + std::to_string(disks) +
           " disk tasks");
-  tx.Commit();
+  CommitLocked(tx);
   return plan;
 }
 
@@ -1069,7 +1124,7 @@ std::optional<int64_t> SessionRunner::StopJob(int64_t job_id) {
   Log(session_id, std::nullopt, std::nullopt, "warning", "stop requested: canceling queued and running work");
   CancelSessionWork(session_id, "session stopped");
   MaybeEndSession(session_id);
-  tx.Commit();
+  CommitLocked(tx);
   work_generation_++;
   return session_id;
 }
@@ -1173,14 +1228,14 @@ std::vector<std::pair<int64_t, std::string>> SessionRunner::TickLocked() {
       EnqueueSnapshot(it->first);
       it = delayed_snapshots_.erase(it);
     }
-    tx.Commit();
+    CommitLocked(tx);
   }
   if (now - last_schedule_check_ < 1000) return {};
   last_schedule_check_ = now;
   EndGroupLocked();
   Database::Transaction tx(db_);
   auto due = DueJobs(now);
-  tx.Commit();
+  CommitLocked(tx);
   return due;
 }
 

@@ -71,6 +71,10 @@ class HostLocalityScheduler {
   // false, workers elsewhere may get the host's work.
   bool HostCanServe(int64_t host_id, WorkKind kind) const;
   bool RepositoryFull(int64_t repository_id) const { return !RepositoryHasSlot(repository_id); }
+  bool HostHasQueuedDisks(int64_t host_id) const {
+    auto it = hosts_.find(host_id);
+    return it != hosts_.end() && !it->second.disks.empty();
+  }
 
   int FreeSlots(int64_t worker_id) const;
   int RunningOn(int64_t worker_id) const;

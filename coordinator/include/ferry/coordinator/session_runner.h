@@ -210,6 +210,16 @@ class SessionRunner {
   };
 
   void LoadTopology();
+  // Session log rows wait in memory and are written in a few multi-row
+  // INSERTs just before the transaction they belong to commits.
+  struct LogRow {
+    int64_t session_id;
+    std::optional<int64_t> task_id, snapshot_id;
+    int64_t at;
+    std::string level, message;
+  };
+  void FlushLogLocked();
+  void CommitLocked(Database::Transaction& tx);  // FlushLogLocked, then commit
   void CheckUsableLocked() const;
   void JoinGroupLocked();
   void EndGroupLocked();
@@ -218,6 +228,7 @@ class SessionRunner {
   void Log(int64_t session_id, std::optional<int64_t> task_id, std::optional<int64_t> snapshot_id,
            const std::string& level, const std::string& message);
   void EnqueueSnapshot(int64_t snapshot_id);
+  void EnqueueSnapshot(int64_t snapshot_id, int64_t host_id);
   void EnqueueTask(int64_t task_id);
   void EnqueueTask(int64_t task_id, int64_t host_id, int64_t repository_id);
   void EnqueueRelease(int64_t snapshot_id, int64_t holder, bool commit);
@@ -288,6 +299,7 @@ class SessionRunner {
     double rate = 0;
   };
   std::unordered_map<int64_t, SnapshotContext> snapshot_context_;  // by snapshot id
+  std::vector<LogRow> pending_log_;
   std::unordered_map<int64_t, Progress> progress_;  // by task id, until the next tick
   size_t draining_ = 0;  // live assignments canceled but not yet let go
 };
