@@ -111,7 +111,7 @@ void SessionRunner::EndGroupLocked() {
 }
 
 void SessionRunner::CommitGroup() {
-  std::lock_guard lock(mu_);
+  WorkerSideLock lock(*this);
   EndGroupLocked();
 }
 
@@ -407,7 +407,7 @@ void SessionRunner::WorkerDisconnected(int64_t worker_id, int64_t epoch) {
 
 std::vector<std::string> SessionRunner::Heartbeat(int64_t worker_id,
                                                   const std::vector<std::string>& running) {
-  std::lock_guard lock(mu_);
+  WorkerSideLock lock(*this);
   WorkerLive& worker = workers_[worker_id];
   worker.last_heartbeat = clock_();
   worker.heartbeat_dirty = true;
@@ -657,7 +657,7 @@ WorkOrder SessionRunner::BuildOrder(const Placement& placement, int64_t worker_i
 }
 
 std::vector<WorkOrder> SessionRunner::PullWork(int64_t worker_id, int free_slots) {
-  std::lock_guard lock(mu_);
+  WorkerSideLock lock(*this);
   auto worker = workers_.find(worker_id);
   if (worker == workers_.end() || !worker->second.connected) return {};
   worker->second.last_heartbeat = clock_();
@@ -688,7 +688,7 @@ std::vector<WorkOrder> SessionRunner::PullWork(int64_t worker_id, int free_slots
 
 bool SessionRunner::ReportProgress(int64_t worker_id, const std::string& assignment, int64_t done,
                                    int64_t total, int64_t stored) {
-  std::lock_guard lock(mu_);
+  WorkerSideLock lock(*this);
   auto it = live_.find(assignment);
   if (it == live_.end() || it->second.worker_id != worker_id || it->second.draining) return false;
   if (it->second.kind != WorkKind::kDisk) return true;
@@ -720,7 +720,7 @@ void SessionRunner::FlushProgress() {
 // Results
 
 bool SessionRunner::ReportResult(int64_t worker_id, const WorkReport& report) {
-  std::lock_guard lock(mu_);
+  WorkerSideLock lock(*this);
   auto it = live_.find(report.assignment);
   if (it == live_.end() || it->second.worker_id != worker_id) return false;
   Live live = it->second;
@@ -953,9 +953,15 @@ int64_t SessionRunner::StartJob(int64_t job_id, const std::string& trigger) {
     std::lock_guard lock(mu_);
     plan = PlanSession(job_id, trigger);
   }
+  // Batches of up to 500 VMs, each cut short as soon as the workers' RPC
+  // thread waits for the lock; between batches that thread goes first (up
+  // to 20 ms), so hand-outs and results keep flowing while a big session
+  // is set up (std::mutex alone is not fair: this thread would take it
+  // straight back).
   constexpr size_t kBatch = 500;
   size_t task_count = 0, vm_count = 0;
-  for (size_t first = 0; first < plan.vms.size(); first += kBatch) {
+  size_t next = 0;
+  while (next < plan.vms.size()) {
     std::lock_guard lock(mu_);
     Statement& state = db_.Cached("SELECT state FROM sessions WHERE id = ?");
     state.Bind(1, plan.session_id);
@@ -964,8 +970,10 @@ int64_t SessionRunner::StartJob(int64_t job_id, const std::string& trigger) {
     Database::Transaction tx(db_);
     std::vector<std::pair<int64_t, int64_t>> snapshots;  // id, host
     int64_t now = clock_();
-    for (size_t i = first; i < std::min(first + kBatch, plan.vms.size()); ++i) {
-      const PlannedVm& vm = plan.vms[i];
+    size_t end = std::min(next + kBatch, plan.vms.size());
+    for (; next < end; ++next) {
+      if (!snapshots.empty() && workers_waiting_.load(std::memory_order_relaxed) > 0) break;
+      const PlannedVm& vm = plan.vms[next];
       db_.Cached("INSERT INTO snapshots (session_id, vm_id, vm_name, host_id, state, created_at, planned_point) "
                  "VALUES (?, ?, ?, ?, 'pending', ?, ?)")
           .Bind(1, plan.session_id).Bind(2, vm.vm_id).Bind(3, vm.name).Bind(4, vm.host_id).Bind(5, now)
@@ -983,10 +991,10 @@ int64_t SessionRunner::StartJob(int64_t job_id, const std::string& trigger) {
     CommitLocked(tx);
     vm_count += snapshots.size();
     for (const auto& [id, host_id] : snapshots) EnqueueSnapshot(id, host_id);
-    // std::mutex is not fair: without a pause this thread takes the lock
-    // straight back and the workers' RPC waits for the whole session.
     mu_.unlock();
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(20);
+    do std::this_thread::sleep_for(std::chrono::microseconds(200));
+    while (workers_waiting_.load(std::memory_order_relaxed) > 0 && std::chrono::steady_clock::now() < deadline);
     mu_.lock();
   }
   std::lock_guard lock(mu_);

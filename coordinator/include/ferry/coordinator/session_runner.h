@@ -273,7 +273,25 @@ class SessionRunner {
   void PublishStats();
   void RefreshNextRun(int64_t job_id, int64_t after_ms);
 
+  // The workers' RPC thread takes mu_ through this: while it waits, a
+  // session being set up (StartJob) ends its batch and lets it in first.
+  class WorkerSideLock {
+   public:
+    explicit WorkerSideLock(SessionRunner& runner) : runner_(runner) {
+      runner_.workers_waiting_.fetch_add(1, std::memory_order_relaxed);
+      runner_.mu_.lock();
+      runner_.workers_waiting_.fetch_sub(1, std::memory_order_relaxed);
+    }
+    ~WorkerSideLock() { runner_.mu_.unlock(); }
+    WorkerSideLock(const WorkerSideLock&) = delete;
+    WorkerSideLock& operator=(const WorkerSideLock&) = delete;
+
+   private:
+    SessionRunner& runner_;
+  };
+
   std::mutex mu_;
+  std::atomic<int> workers_waiting_{0};
   Database db_;
   bool group_open_ = false;  // a group transaction is open on db_
   std::string fatal_;        // set when a commit failed; nothing more is scheduled
