@@ -101,13 +101,24 @@ void CheckPlatform(const std::string& field, const std::string& platform) {
     throw FieldError(field, "'" + platform + "' is not one of proxmox, ovirt, ahv, libvirt");
 }
 
+// "cluster": a name, or "" for a host in no cluster (it is then a cluster of
+// its own for the scheduler). The same rule for creating and changing a host.
+std::optional<std::string> ReadCluster(FieldReader& f) {
+  const json::value* value = f.Member("cluster", false);
+  if (!value) return std::nullopt;
+  if (!value->is_string()) throw FieldError("cluster", "must be a string");
+  std::string cluster(value->as_string());
+  if (!cluster.empty()) CheckName("cluster", cluster);
+  return cluster;
+}
+
 http::Response CreateHost(Context& c) {
   json::object body = ParseRequestObject(c.request.body);
   FieldReader f(body, "");
   std::string name = *f.Name("name", true);
   std::string platform = *f.String("platform", true, 16);
   CheckPlatform("platform", platform);
-  std::string cluster = f.Name("cluster", false).value_or("");
+  std::string cluster = ReadCluster(f).value_or("");
   f.Finish();
   int64_t id = c.runner.Write([&](Database& db) {
     Statement exists = db.Prepare("SELECT 1 FROM hosts WHERE name = ?");
@@ -128,13 +139,7 @@ http::Response PatchHost(Context& c) {
   FieldReader f(body, "");
   std::optional<std::string> platform = f.String("platform", false, 16);
   if (platform) CheckPlatform("platform", *platform);
-  const json::value* cluster_value = f.Member("cluster", false);
-  std::optional<std::string> cluster;
-  if (cluster_value) {
-    if (!cluster_value->is_string()) throw FieldError("cluster", "must be a string");
-    cluster = std::string(cluster_value->as_string());
-    if (!cluster->empty()) CheckName("cluster", *cluster);
-  }
+  std::optional<std::string> cluster = ReadCluster(f);
   f.Finish();
   std::string name = c.runner.Write([&](Database& db) {
     Statement s = db.Prepare("SELECT name FROM hosts WHERE id = ?");
@@ -600,9 +605,9 @@ json::object SessionJson(Statement& s) {
 http::Response ListSessions(Context& c) {
   std::string where;
   if (c.request.query.count("job")) where = "WHERE s.job_id = ?1 ";
-  Statement s = c.db.Prepare(std::string(kSessionSelect) + where + "ORDER BY s.id DESC LIMIT ?2");
+  Statement s = c.db.Prepare(std::string(kSessionSelect) + where + "ORDER BY s.id DESC LIMIT ?2 OFFSET ?3");
   if (c.request.query.count("job")) s.Bind(1, QueryInt(c.request, "job", 0, 1, INT64_MAX));
-  s.Bind(2, QueryInt(c.request, "limit", 100, 1, 10000));
+  s.Bind(2, QueryInt(c.request, "limit", 100, 1, 10000)).Bind(3, QueryInt(c.request, "offset", 0, 0, INT64_MAX));
   json::array out;
   while (s.Step()) out.push_back(SessionJson(s));
   return Json(200, json::object{{"sessions", out}});
@@ -668,11 +673,11 @@ http::Response ListPoints(Context& c) {
   if (c.request.query.count("vm")) where += "AND vm_name = ?3 ";
   Statement s = c.db.Prepare(
       "SELECT id, point_id, repository_id, job_id, session_id, vm_name, chain, bytes_read, bytes_stored, created_at "
-      "FROM points " + where + "ORDER BY id DESC LIMIT ?4");
+      "FROM points " + where + "ORDER BY id DESC LIMIT ?4 OFFSET ?5");
   if (c.request.query.count("job")) s.Bind(1, QueryInt(c.request, "job", 0, 1, INT64_MAX));
   if (c.request.query.count("repository")) s.Bind(2, QueryInt(c.request, "repository", 0, 1, INT64_MAX));
   if (c.request.query.count("vm")) s.Bind(3, c.request.query.at("vm"));
-  s.Bind(4, QueryInt(c.request, "limit", 1000, 1, 100000));
+  s.Bind(4, QueryInt(c.request, "limit", 1000, 1, 100000)).Bind(5, QueryInt(c.request, "offset", 0, 0, INT64_MAX));
   json::array out;
   while (s.Step())
     out.push_back(json::object{{"id", s.Int(0)}, {"point_id", s.Text(1)}, {"repository_id", s.Int(2)},

@@ -1029,7 +1029,8 @@ TEST_F(BadInputTest, OutOfRangeValues) {
       {"POST", "/api/v1/hosts", R"({"name":"a\u00e9","platform":"proxmox"})", 400, "name", true},
       {"POST", "/api/v1/hosts", R"({"name":"h","platform":"vmware"})", 400, "platform", true},
       {"POST", "/api/v1/hosts", R"({"name":"h","platform":"Proxmox"})", 400, "platform", true},
-      {"POST", "/api/v1/hosts", R"({"name":"h","platform":"proxmox","cluster":""})", 400, "cluster", true},
+      {"POST", "/api/v1/hosts", R"({"name":"h","platform":"proxmox","cluster":"c/1"})", 400, "cluster", true},
+      {"POST", "/api/v1/hosts", R"({"name":"h","platform":"proxmox","cluster":7})", 400, "cluster", true},
       {"PATCH", HostPath(), R"({"cluster":"a:b"})", 400, "cluster", true},
       {"POST", "/api/v1/repositories", R"({"name":"r","location":"relative/path"})", 400, "location", true},
       {"POST", "/api/v1/repositories", R"({"name":"r","location":""})", 400, "location", true},
@@ -1255,6 +1256,11 @@ TEST_F(ApiTest, HostsCrud) {
   EXPECT_EQ(Get(path).json, created.json);
   Reply no_cluster = Post("/api/v1/hosts", R"({"name":"kvm2","platform":"libvirt"})");
   EXPECT_EQ(no_cluster.Str("cluster"), "");
+  // "" means no cluster, as in PATCH (it used to be refused here).
+  Reply empty_cluster = Post("/api/v1/hosts", R"({"name":"kvm3","platform":"libvirt","cluster":""})");
+  ASSERT_EQ(empty_cluster.status, 201) << empty_cluster;
+  EXPECT_EQ(empty_cluster.Str("cluster"), "");
+  EXPECT_EQ(Delete("/api/v1/hosts/" + std::to_string(empty_cluster.json.at("id").to_number<int64_t>())).status, 200);
 
   Reply list = Get("/api/v1/hosts");
   ASSERT_EQ(list.status, 200);
@@ -1442,6 +1448,11 @@ TEST_F(ApiTest, StartWithAnEmptyInventoryEndsFailedNamingTheSelection) {
   ASSERT_EQ(list.json.at("sessions").as_array().size(), 2u);
   EXPECT_EQ(list.json.at("sessions").as_array()[0].at("id"), second) << "newest first";
   EXPECT_EQ(Get("/api/v1/sessions?limit=1").json.at("sessions").as_array().size(), 1u);
+  Reply page2 = Get("/api/v1/sessions?limit=1&offset=1");
+  ASSERT_EQ(page2.json.at("sessions").as_array().size(), 1u) << page2;
+  EXPECT_EQ(page2.json.at("sessions").as_array()[0].at("id"), session) << "offset pages past the newest";
+  EXPECT_TRUE(Get("/api/v1/sessions?offset=2").json.at("sessions").as_array().empty());
+  EXPECT_EQ(Get("/api/v1/sessions?offset=-1").status, 400);
   EXPECT_EQ(Get("/api/v1/sessions?job=" + std::to_string(job)).json.at("sessions").as_array().size(), 2u);
   EXPECT_TRUE(Get("/api/v1/sessions?job=999").json.at("sessions").as_array().empty());
 
@@ -1461,6 +1472,8 @@ TEST_F(ApiTest, StartWithAnEmptyInventoryEndsFailedNamingTheSelection) {
   ASSERT_EQ(points.status, 200);
   EXPECT_EQ(points.json, json::parse(R"({"points":[]})"));
   EXPECT_EQ(Get("/api/v1/points?job=" + std::to_string(job) + "&vm=web01").json.at("points").as_array().size(), 0u);
+  EXPECT_EQ(Get("/api/v1/points?offset=3").status, 200);
+  EXPECT_EQ(Get("/api/v1/points?offset=x").status, 400);
 
   Reply status = Get("/api/v1/status");
   ASSERT_EQ(status.status, 200);
