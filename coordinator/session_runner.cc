@@ -157,9 +157,19 @@ void SessionRunner::FlushLogLocked() {
   pending_log_.clear();
 }
 
-void SessionRunner::CommitLocked(Database::Transaction& tx) {
-  FlushLogLocked();
-  tx.Commit();
+SessionRunner::OwnTransaction::OwnTransaction(SessionRunner& runner) : runner_(runner) {
+  runner_.EndGroupLocked();  // also writes the group's log rows: none are pending now
+  tx_.emplace(runner_.db_);
+}
+
+SessionRunner::OwnTransaction::~OwnTransaction() {
+  if (!committed_) runner_.pending_log_.clear();  // rolled back with it
+}
+
+void SessionRunner::OwnTransaction::Commit() {
+  runner_.FlushLogLocked();
+  tx_->Commit();
+  committed_ = true;
 }
 
 // ---------------------------------------------------------------------------
@@ -182,8 +192,7 @@ void SessionRunner::LoadTopology() {
 void SessionRunner::Recover() {
   std::lock_guard lock(mu_);
   LoadTopology();
-  EndGroupLocked();
-  Database::Transaction tx(db_);
+  OwnTransaction tx(*this);
   db_.Cached("UPDATE workers SET state = 'disconnected' WHERE state = 'connected'").Run();
   Statement snaps = db_.Prepare(
       "SELECT s.id, s.state, s.worker_id, s.assignment, s.not_before, s.session_id FROM snapshots s "
@@ -231,16 +240,15 @@ void SessionRunner::Recover() {
     Log(session, std::nullopt, std::nullopt, "warning",
         "coordinator restarted; running work stays with its worker if it reconnects within " +
             std::to_string(options_.heartbeat_deadline_ms / 1000) + " s, else it is requeued");
-  CommitLocked(tx);
+  tx.Commit();
   // Sessions whose work all ended while the coordinator was down.
   Statement open = db_.Prepare("SELECT id FROM sessions WHERE state IN ('running', 'stopping')");
   std::vector<int64_t> open_sessions;
   while (open.Step()) open_sessions.push_back(open.Int(0));
   for (int64_t session : open_sessions) {
-    EndGroupLocked();
-    Database::Transaction end_tx(db_);
+    OwnTransaction end_tx(*this);
     MaybeEndSession(session);
-    CommitLocked(end_tx);
+    end_tx.Commit();
   }
   LogInfo("recovered " + std::to_string(live_.size()) + " running assignments, " +
           std::to_string(scheduler_.QueuedCount()) + " queued work items");
@@ -344,9 +352,7 @@ WorkerWelcome SessionRunner::RegisterWorker(const WorkerHello& hello) {
   welcome.worker_name = find.Text(1);
   int64_t now = clock_();
 
-  EndGroupLocked();
-
-  Database::Transaction tx(db_);
+  OwnTransaction tx(*this);
   int64_t host_id = EnsureHost(hello.host, hello.platform, hello.cluster);
   db_.Cached("UPDATE workers SET host_id = ?, task_slots = ?, version = ?, state = 'connected', "
               "registered_at = ?, last_heartbeat_at = ? WHERE id = ?")
@@ -383,7 +389,7 @@ WorkerWelcome SessionRunner::RegisterWorker(const WorkerHello& hello) {
       EnqueueRelease(live.id, welcome.worker_id, !c.Step());
     }
   }
-  CommitLocked(tx);
+  tx.Commit();
   work_generation_++;
   LogInfo("worker " + welcome.worker_name + " registered: host " + hello.host + ", " +
           std::to_string(hello.task_slots) + " slots, version " + hello.version + ", " +
@@ -445,8 +451,7 @@ void SessionRunner::ReportInventory(int64_t worker_id, const std::vector<Invento
   int64_t host_id = it->second.host_id;
   int64_t now = clock_();
   snapshot_context_.clear();  // a VM's uuid may change
-  EndGroupLocked();
-  Database::Transaction tx(db_);
+  OwnTransaction tx(*this);
   // VMs no longer reported stay (sessions and points refer to them) as "missing".
   db_.Cached("UPDATE vms SET state = 'missing' WHERE host_id = ?").Bind(1, host_id).Run();
   for (const InventoryVm& vm : vms) {
@@ -484,7 +489,7 @@ void SessionRunner::ReportInventory(int64_t worker_id, const std::vector<Invento
       db_.Cached("INSERT OR REPLACE INTO disks (vm_id, name, size_bytes, format) VALUES (?, ?, ?, ?)")
           .Bind(1, *vm_id).Bind(2, disk.name).Bind(3, disk.size_bytes).Bind(4, disk.format).Run();
   }
-  CommitLocked(tx);
+  tx.Commit();
 }
 
 void SessionRunner::MarkUnreachable(int64_t worker_id, const std::string& why) {
@@ -966,8 +971,7 @@ int64_t SessionRunner::StartJob(int64_t job_id, const std::string& trigger) {
     Statement& state = db_.Cached("SELECT state FROM sessions WHERE id = ?");
     state.Bind(1, plan.session_id);
     if (!state.Step() || state.Text(0) != "running") break;  // stopped meanwhile
-    EndGroupLocked();
-    Database::Transaction tx(db_);
+    OwnTransaction tx(*this);
     std::vector<std::pair<int64_t, int64_t>> snapshots;  // id, host
     int64_t now = clock_();
     size_t end = std::min(next + kBatch, plan.vms.size());
@@ -988,7 +992,7 @@ int64_t SessionRunner::StartJob(int64_t job_id, const std::string& trigger) {
         ++task_count;
       }
     }
-    CommitLocked(tx);
+    tx.Commit();
     vm_count += snapshots.size();
     for (const auto& [id, host_id] : snapshots) EnqueueSnapshot(id, host_id);
     mu_.unlock();
@@ -998,15 +1002,14 @@ int64_t SessionRunner::StartJob(int64_t job_id, const std::string& trigger) {
     mu_.lock();
   }
   std::lock_guard lock(mu_);
-  EndGroupLocked();
-  Database::Transaction tx(db_);
+  OwnTransaction tx(*this);
   db_.Cached("UPDATE sessions SET created = 1 WHERE id = ?").Bind(1, plan.session_id).Run();
   if (vm_count < plan.vms.size())
     Log(plan.session_id, std::nullopt, std::nullopt, "warning",
         "stopped while being set up: " + std::to_string(vm_count) + " of " + std::to_string(plan.vms.size()) +
             " VMs (" + std::to_string(task_count) + " disk tasks) were created");
   MaybeEndSession(plan.session_id);  // nothing selected, or all done already
-  CommitLocked(tx);
+  tx.Commit();
   return plan.session_id;
 }
 
@@ -1041,8 +1044,7 @@ SessionRunner::SessionPlan SessionRunner::PlanSession(int64_t job_id, const std:
   };
 
   int64_t now = clock_();
-  EndGroupLocked();
-  Database::Transaction tx(db_);
+  OwnTransaction tx(*this);
   db_.Prepare("INSERT INTO sessions (job_id, trigger, state, created, created_at) VALUES (?, ?, 'running', 0, ?)")
       .Bind(1, job_id).Bind(2, trigger).Bind(3, now).Run();
   plan.session_id = db_.LastInsertId();
@@ -1080,7 +1082,7 @@ SessionRunner::SessionPlan SessionRunner::PlanSession(int64_t job_id, const std:
   Log(plan.session_id, std::nullopt, std::nullopt, "info",
       "session started (" + trigger + "): " + std::to_string(plan.vms.size()) + " VMs, " + std::to_string(disks) +
           " disk tasks");
-  CommitLocked(tx);
+  tx.Commit();
   return plan;
 }
 
@@ -1126,13 +1128,12 @@ std::optional<int64_t> SessionRunner::StopJob(int64_t job_id) {
   running.Bind(1, job_id);
   if (!running.Step()) return std::nullopt;
   int64_t session_id = running.Int(0);
-  EndGroupLocked();
-  Database::Transaction tx(db_);
+  OwnTransaction tx(*this);
   db_.Cached("UPDATE sessions SET state = 'stopping', reason = 'stopped by request' WHERE id = ?").Bind(1, session_id).Run();
   Log(session_id, std::nullopt, std::nullopt, "warning", "stop requested: canceling queued and running work");
   CancelSessionWork(session_id, "session stopped");
   MaybeEndSession(session_id);
-  CommitLocked(tx);
+  tx.Commit();
   work_generation_++;
   return session_id;
 }
@@ -1208,8 +1209,7 @@ std::vector<std::pair<int64_t, std::string>> SessionRunner::TickLocked() {
   }
   last_tick_ = now;
   {
-    EndGroupLocked();
-    Database::Transaction tx(db_);
+    OwnTransaction tx(*this);
     FlushProgress();
     bool persist_heartbeats = now - last_heartbeat_flush_ >= 2000;
     if (persist_heartbeats) last_heartbeat_flush_ = now;
@@ -1236,14 +1236,13 @@ std::vector<std::pair<int64_t, std::string>> SessionRunner::TickLocked() {
       EnqueueSnapshot(it->first);
       it = delayed_snapshots_.erase(it);
     }
-    CommitLocked(tx);
+    tx.Commit();
   }
   if (now - last_schedule_check_ < 1000) return {};
   last_schedule_check_ = now;
-  EndGroupLocked();
-  Database::Transaction tx(db_);
+  OwnTransaction tx(*this);
   auto due = DueJobs(now);
-  CommitLocked(tx);
+  tx.Commit();
   return due;
 }
 

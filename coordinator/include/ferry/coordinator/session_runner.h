@@ -146,8 +146,7 @@ class SessionRunner {
   template <typename Fn>
   auto Write(Fn&& fn) {
     std::lock_guard lock(mu_);
-    EndGroupLocked();
-    Database::Transaction tx(db_);
+    OwnTransaction tx(*this);
     auto result = fn(db_);
     tx.Commit();
     return result;
@@ -219,7 +218,20 @@ class SessionRunner {
     std::string level, message;
   };
   void FlushLogLocked();
-  void CommitLocked(Database::Transaction& tx);  // FlushLogLocked, then commit
+  // A transaction of its own (configuration changes, session set-up, the
+  // tick): commits the open group first; its log rows are written at its
+  // commit, or dropped with it.
+  class OwnTransaction {
+   public:
+    explicit OwnTransaction(SessionRunner& runner);
+    ~OwnTransaction();
+    void Commit();
+
+   private:
+    SessionRunner& runner_;
+    std::optional<Database::Transaction> tx_;
+    bool committed_ = false;
+  };
   void CheckUsableLocked() const;
   void JoinGroupLocked();
   void EndGroupLocked();
