@@ -661,10 +661,15 @@ WorkOrder SessionRunner::BuildOrder(const Placement& placement, int64_t worker_i
   return order;
 }
 
-std::vector<WorkOrder> SessionRunner::PullWork(int64_t worker_id, int free_slots) {
+std::vector<WorkOrder> SessionRunner::PullWork(int64_t worker_id, int64_t epoch, int free_slots) {
   WorkerSideLock lock(*this);
   auto worker = workers_.find(worker_id);
   if (worker == workers_.end() || !worker->second.connected) return {};
+  // A pull still parked on a connection the worker has since replaced (it
+  // re-registered before the old one was torn down) gets nothing: its answer
+  // would go to a dead socket and the work would hang as "running" on a
+  // worker that never heard of it.
+  if (worker->second.epoch != epoch) return {};
   worker->second.last_heartbeat = clock_();
   worker->second.heartbeat_dirty = true;
   std::vector<Placement> placements = scheduler_.Pick(worker_id, std::max(free_slots, 0));

@@ -256,7 +256,7 @@ class WorkerSessionImpl final : public rpc::WorkerSession::Server {
   kj::Promise<void> Pull(PullWorkContext context, int free_slots, int64_t deadline) {
     std::vector<WorkOrder> orders;
     try {
-      orders = runner_.PullWork(worker_id_, free_slots);
+      orders = runner_.PullWork(worker_id_, epoch_, free_slots);
     } catch (const std::exception& e) {
       return ToKj(e);
     }

@@ -125,7 +125,8 @@ class SessionRunner {
   void WorkerDisconnected(int64_t worker_id, int64_t epoch);
   std::vector<std::string> Heartbeat(int64_t worker_id, const std::vector<std::string>& running);
   void ReportInventory(int64_t worker_id, const std::vector<InventoryVm>& vms);
-  std::vector<WorkOrder> PullWork(int64_t worker_id, int free_slots);
+  // `epoch` is the registration the pull came through (WorkerWelcome).
+  std::vector<WorkOrder> PullWork(int64_t worker_id, int64_t epoch, int free_slots);
   bool ReportProgress(int64_t worker_id, const std::string& assignment, int64_t done,
                       int64_t total, int64_t stored);
   bool ReportResult(int64_t worker_id, const WorkReport& report);
