@@ -94,20 +94,29 @@ void SessionRunner::JoinGroupLocked() {
 void SessionRunner::EndGroupLocked() {
   CheckUsableLocked();
   if (!group_open_) return;
-  group_open_ = false;
   try {
     FlushLogLocked();
     db_.Commit();
+    group_open_ = false;
   } catch (const std::exception& e) {
-    // The in-memory mirror now holds changes the database refused (disk
-    // full, I/O error): nothing more may be handed out from it. The daemon
-    // stops; on restart Recover() rebuilds the mirror from what was stored.
-    db_.Rollback();
-    fatal_ = std::string("committing to the database failed: ") + e.what();
-    LogError(fatal_ + "; stopping so that a restart rebuilds the state from the database");
-    if (on_fatal_) on_fatal_(fatal_);
-    throw Error(ErrorKind::kEnvironment, fatal_);
+    FailLocked(std::string("committing to the database failed: ") + e.what());
   }
+}
+
+void SessionRunner::FailLocked(const std::string& what) {
+  // The in-memory mirror holds changes the database refused (disk full, I/O
+  // error): nothing more may be handed out from it. The open group is rolled
+  // back unanswered; the daemon stops, and on restart Recover() rebuilds the
+  // mirror from what was stored.
+  if (group_open_) {
+    group_open_ = false;
+    db_.Rollback();
+  }
+  pending_log_.clear();
+  fatal_ = what;
+  LogError(fatal_ + "; stopping so that a restart rebuilds the state from the database");
+  if (on_fatal_) on_fatal_(fatal_);
+  throw Error(ErrorKind::kEnvironment, fatal_);
 }
 
 void SessionRunner::CommitGroup() {
@@ -167,8 +176,13 @@ SessionRunner::OwnTransaction::~OwnTransaction() {
 }
 
 void SessionRunner::OwnTransaction::Commit() {
-  runner_.FlushLogLocked();
-  tx_->Commit();
+  try {
+    runner_.FlushLogLocked();
+    tx_->Commit();
+  } catch (const std::exception& e) {
+    // Callers change the runner's memory inside their transaction.
+    runner_.FailLocked(std::string("committing to the database failed: ") + e.what());
+  }
   committed_ = true;
 }
 
@@ -746,9 +760,11 @@ bool SessionRunner::ReportResult(int64_t worker_id, const WorkReport& report) {
       case WorkKind::kSnapshot: FinishSnapshot(live.id, report); break;
       case WorkKind::kRelease: FinishRelease(live.id, report); break;
     }
-  } catch (...) {
-    pending_log_.resize(log_rows);  // rolled back with the savepoint
-    throw;
+  } catch (const std::exception& e) {
+    // The assignment has ended in memory and the finish step may have queued
+    // work before failing: memory and database disagree from here on.
+    pending_log_.resize(log_rows);
+    FailLocked("recording the result of " + report.assignment + " failed: " + e.what());
   }
   op.Release();
   return true;

@@ -236,6 +236,8 @@ class SessionRunner {
   void CheckUsableLocked() const;
   void JoinGroupLocked();
   void EndGroupLocked();
+  // Stops the runner for good (see CommitGroup); always throws.
+  [[noreturn]] void FailLocked(const std::string& what);
   void FlushProgress();
   int64_t EnsureHost(const std::string& name, const std::string& platform, const std::string& cluster);
   void Log(int64_t session_id, std::optional<int64_t> task_id, std::optional<int64_t> snapshot_id,
