@@ -414,8 +414,10 @@ WorkerWelcome SessionRunner::RegisterWorker(const WorkerHello& hello) {
 void SessionRunner::WorkerDisconnected(int64_t worker_id, int64_t epoch) {
   std::lock_guard lock(mu_);
   auto it = workers_.find(worker_id);
-  // A stale connection noticed after the worker re-registered changes nothing.
-  if (it == workers_.end() || !it->second.connected || it->second.epoch != epoch) return;
+  // A stale connection noticed after the worker re-registered changes nothing;
+  // neither does any disconnect once the runner has stopped (a failed commit:
+  // every connection closes at once as the daemon exits).
+  if (it == workers_.end() || !it->second.connected || it->second.epoch != epoch || !fatal_.empty()) return;
   // No new work; its running work waits for the deadline (it may reconnect).
   it->second.connected = false;
   scheduler_.SetWorkerConnected(worker_id, false);
