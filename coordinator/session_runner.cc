@@ -755,7 +755,6 @@ bool SessionRunner::ReportResult(int64_t worker_id, const WorkReport& report) {
   if (live.draining) return false;
   JoinGroupLocked();
   Database::Savepoint op(db_);
-  size_t log_rows = pending_log_.size();
   try {
     switch (live.kind) {
       case WorkKind::kDisk: FinishTask(live.id, report); break;
@@ -764,8 +763,8 @@ bool SessionRunner::ReportResult(int64_t worker_id, const WorkReport& report) {
     }
   } catch (const std::exception& e) {
     // The assignment has ended in memory and the finish step may have queued
-    // work before failing: memory and database disagree from here on.
-    pending_log_.resize(log_rows);
+    // work before failing: memory and database disagree from here on
+    // (FailLocked drops the group and its pending log rows).
     FailLocked("recording the result of " + report.assignment + " failed: " + e.what());
   }
   op.Release();
