@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "ferry/common/error.h"
+#include "ferry/common/format.h"
 
 namespace ferry {
 
@@ -31,7 +32,7 @@ Framing ParseFraming(std::span<const uint8_t> encoded, const std::string& name) 
   };
   if (encoded.size() < kChunkHeaderSize) throw corrupt("shorter than its header");
   const uint8_t* h = encoded.data();
-  if (std::memcmp(h, kChunkMagic, sizeof kChunkMagic) != 0) throw corrupt("bad magic");
+  CheckMagic(h, "FRYCHK", 1, "chunk " + name);
   Framing f;
   if (h[8] > 1) throw corrupt("unknown compression " + std::to_string(h[8]));
   f.compression = static_cast<ChunkCompression>(h[8]);

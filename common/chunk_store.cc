@@ -1,5 +1,6 @@
 #include "ferry/common/chunk_store.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -7,44 +8,98 @@
 #include <atomic>
 #include <cerrno>
 
+#include "ferry/common/chunk.h"
 #include "ferry/common/error.h"
+#include "ferry/common/ids.h"
+#include "ferry/common/log.h"
 
 namespace ferry {
 
 namespace {
 constexpr size_t kPrefixLength = 3;
 std::atomic<uint64_t> g_temp_counter{0};
+
+std::string RelativePath(const std::string& hex) { return hex.substr(0, kPrefixLength) + "/" + hex; }
+
+// The quarantined copies of `hex`, if any ("" when none).
+std::string FindQuarantined(const std::string& quarantine_dir, const std::string& hex) {
+  DIR* d = ::opendir(quarantine_dir.c_str());
+  if (!d) return "";
+  std::string found;
+  while (struct dirent* e = ::readdir(d)) {
+    std::string name = e->d_name;
+    if (name.rfind(hex, 0) == 0) found = quarantine_dir + "/" + name;
+  }
+  ::closedir(d);
+  return found;
+}
 }  // namespace
 
-ChunkStore::ChunkStore(std::string chunks_dir, SyncLevel sync_level)
-    : dir_(std::move(chunks_dir)), sync_level_(sync_level) {
-  dir_fd_ = OpenOrThrow(dir_, O_RDONLY | O_DIRECTORY);
+void FetchChunk(ChunkReader& reader, ChunkDecoder& decoder, const Digest& digest, uint32_t length,
+                std::vector<uint8_t>* encoded, std::vector<uint8_t>* plain) {
+  reader.Read(digest, encoded);  // missing: kCorrupt, nothing to quarantine
+  try {
+    decoder.Decode(*encoded, &digest, reader.Describe(digest), plain);
+    if (plain->size() != length) {
+      throw Error(ErrorKind::kCorrupt, "chunk " + reader.Describe(digest) + " holds " + std::to_string(plain->size()) +
+                                           " bytes, the index expects " + std::to_string(length));
+    }
+  } catch (const Error& e) {
+    if (e.kind() != ErrorKind::kCorrupt) throw;
+    std::string moved = reader.Quarantine(digest, e.what());
+    if (moved.empty()) throw;
+    throw Error(ErrorKind::kCorrupt, std::string(e.what()) + " (moved to " + moved + ")");
+  }
 }
 
-std::string ChunkStore::PathFor(const Digest& digest) const {
-  std::string hex = digest.Hex();
-  return dir_ + "/" + hex.substr(0, kPrefixLength) + "/" + hex;
+LocalChunkStore::LocalChunkStore(std::string chunks_dir, std::string quarantine_dir, SyncLevel sync_level)
+    : dir_(std::move(chunks_dir)), quarantine_dir_(std::move(quarantine_dir)), sync_level_(sync_level) {
+  int fd = ::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) open_errno_ = errno;
+  dir_fd_ = UniqueFd(fd);
 }
 
-bool ChunkStore::Contains(const Digest& digest) const {
-  std::string hex = digest.Hex();
-  std::string rel = hex.substr(0, kPrefixLength) + "/" + hex;
-  struct stat st;
-  return ::fstatat(dir_fd_.get(), rel.c_str(), &st, 0) == 0;
+int LocalChunkStore::DirFd() const {
+  if (!dir_fd_.valid()) {
+    if (open_errno_ == ENOENT) {
+      throw Error(ErrorKind::kCorrupt, "the repository's chunk directory " + dir_ + " is missing");
+    }
+    throw ErrnoError("opening chunk directory " + dir_, open_errno_);
+  }
+  return dir_fd_.get();
 }
 
-bool ChunkStore::Insert(const Digest& digest, std::span<const uint8_t> encoded) {
+std::string LocalChunkStore::PathFor(const Digest& digest) const { return dir_ + "/" + RelativePath(digest.Hex()); }
+
+void LocalChunkStore::FindMissing(std::span<const Digest> digests, std::vector<size_t>* missing) {
+  const int dir_fd = DirFd();
+  for (size_t i = 0; i < digests.size(); ++i) {
+    std::string hex = digests[i].Hex();
+    std::string rel = RelativePath(hex);
+    struct stat st;
+    if (::fstatat(dir_fd, rel.c_str(), &st, 0) != 0) {
+      if (errno != ENOENT && errno != ENOTDIR) throw ErrnoError("stat of chunk " + dir_ + "/" + rel, errno);
+      missing->push_back(i);
+    } else if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) < kChunkHeaderSize) {
+      // Truncated or not a file: damaged for certain, found without a read.
+      Quarantine(digests[i], "chunk file of " + std::to_string(st.st_size) + " bytes is shorter than its header");
+      missing->push_back(i);
+    }
+  }
+}
+
+bool LocalChunkStore::Insert(const Digest& digest, std::span<const uint8_t> encoded) {
+  const int dir_fd = DirFd();
   std::string hex = digest.Hex();
   std::string prefix = hex.substr(0, kPrefixLength);
-  std::string rel = prefix + "/" + hex;
-  std::string path = dir_ + "/" + rel;
+  std::string path = dir_ + "/" + RelativePath(hex);
 
-  if (::mkdirat(dir_fd_.get(), prefix.c_str(), 0755) == 0) {
-    if (sync_level_ == SyncLevel::kFile) FsyncOrThrow(dir_fd_.get(), dir_);
+  if (::mkdirat(dir_fd, prefix.c_str(), 0755) == 0) {
+    if (sync_level_ == SyncLevel::kFile) FsyncOrThrow(dir_fd, dir_);
   } else if (errno != EEXIST) {
     throw ErrnoError("creating chunk directory " + dir_ + "/" + prefix, errno);
   }
-  UniqueFd prefix_fd(::openat(dir_fd_.get(), prefix.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  UniqueFd prefix_fd(::openat(dir_fd, prefix.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!prefix_fd.valid()) throw ErrnoError("opening chunk directory " + dir_ + "/" + prefix, errno);
 
   auto write_and_sync = [&](int fd, const std::string& name) {
@@ -64,8 +119,7 @@ bool ChunkStore::Insert(const Digest& digest, std::span<const uint8_t> encoded) 
   } else if (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL) {
     std::string temp = "." + hex + ".tmp-" + std::to_string(::getpid()) + "-" +
                        std::to_string(g_temp_counter.fetch_add(1));
-    UniqueFd tfd(::openat(prefix_fd.get(), temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
-                          0644));
+    UniqueFd tfd(::openat(prefix_fd.get(), temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
     if (!tfd.valid()) throw ErrnoError("creating " + dir_ + "/" + prefix + "/" + temp, errno);
     try {
       write_and_sync(tfd.get(), dir_ + "/" + prefix + "/" + temp);
@@ -73,10 +127,14 @@ bool ChunkStore::Insert(const Digest& digest, std::span<const uint8_t> encoded) 
       ::unlinkat(prefix_fd.get(), temp.c_str(), 0);
       throw;
     }
-    if (::renameat(prefix_fd.get(), temp.c_str(), prefix_fd.get(), hex.c_str()) != 0) {
+    // link, not rename: never replace a chunk another writer stored meanwhile.
+    if (::linkat(prefix_fd.get(), temp.c_str(), prefix_fd.get(), hex.c_str(), 0) != 0) {
       int err = errno;
       ::unlinkat(prefix_fd.get(), temp.c_str(), 0);
-      throw ErrnoError("renaming chunk into " + path, err);
+      if (err != EEXIST) throw ErrnoError("linking chunk into " + path, err);
+      inserted = false;
+    } else {
+      ::unlinkat(prefix_fd.get(), temp.c_str(), 0);
     }
   } else {
     throw ErrnoError("creating chunk file in " + dir_ + "/" + prefix, errno);
@@ -85,11 +143,15 @@ bool ChunkStore::Insert(const Digest& digest, std::span<const uint8_t> encoded) 
   return inserted;
 }
 
-void ChunkStore::ReadEncoded(const Digest& digest, std::vector<uint8_t>* encoded) const {
+void LocalChunkStore::Read(const Digest& digest, std::vector<uint8_t>* encoded) {
   std::string path = PathFor(digest);
-  int raw = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  int raw = ::openat(DirFd(), RelativePath(digest.Hex()).c_str(), O_RDONLY | O_CLOEXEC);
   if (raw < 0) {
-    if (errno == ENOENT) throw Error(ErrorKind::kCorrupt, "chunk " + path + " is missing");
+    if (errno == ENOENT) {
+      std::string q = FindQuarantined(quarantine_dir_, digest.Hex());
+      throw Error(ErrorKind::kCorrupt,
+                  "chunk " + path + " is missing" + (q.empty() ? "" : " (found damaged earlier, quarantined as " + q + ")"));
+    }
     throw ErrnoError("opening chunk " + path, errno);
   }
   UniqueFd fd(raw);
@@ -99,8 +161,27 @@ void ChunkStore::ReadEncoded(const Digest& digest, std::vector<uint8_t>* encoded
   PreadAll(fd.get(), encoded->data(), encoded->size(), 0, path);
 }
 
-void ChunkStore::Sync() {
-  if (::syncfs(dir_fd_.get()) != 0) throw ErrnoError("syncing the file system of " + dir_, errno);
+std::string LocalChunkStore::Quarantine(const Digest& digest, const std::string& reason) {
+  std::string hex = digest.Hex();
+  std::string from = PathFor(digest);
+  std::string to = quarantine_dir_ + "/" + hex + "." + FormatUtcNow("%Y%m%dT%H%M%SZ") + "-" + RandomHex(4);
+  try {
+    MakeDirectory(quarantine_dir_, 0755);
+    if (::rename(from.c_str(), to.c_str()) != 0) {
+      if (errno == ENOENT) return "";  // already moved (another verify) or missing
+      throw ErrnoError("moving " + from + " to " + to, errno);
+    }
+    FsyncDirectory(quarantine_dir_);
+  } catch (const std::exception& e) {
+    LogWarning("cannot quarantine damaged chunk " + hex + ": " + e.what());
+    return "";
+  }
+  LogWarning("quarantined damaged chunk " + hex + " as " + to + ": " + reason);
+  return to;
+}
+
+void LocalChunkStore::Sync() {
+  if (::syncfs(DirFd()) != 0) throw ErrnoError("syncing the file system of " + dir_, errno);
 }
 
 }  // namespace ferry

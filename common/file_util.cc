@@ -125,25 +125,35 @@ void RemoveTree(const std::string& path) {
   if (ec) throw Error(ErrorKind::kEnvironment, "removing " + path + ": " + ec.message());
 }
 
-FileLock FileLock::TryAcquire(const std::string& path, bool create) {
-  FileLock lock;
-  int raw = ::open(path.c_str(), O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
-  if (raw < 0) {
-    if (!create && errno == ENOENT) return lock;
-    throw ErrnoError("opening lock " + path, errno);
+FileLock FileLock::TryAcquire(const std::string& path, bool create, LockMode mode) {
+  // A lock file may be unlinked by its holder (staging removal) while we wait
+  // on it: a lock taken on a file that is no longer at `path` is no lock.
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    FileLock lock;
+    int raw = ::open(path.c_str(), O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
+    if (raw < 0) {
+      if (!create && errno == ENOENT) return lock;
+      throw ErrnoError("opening lock " + path, errno);
+    }
+    UniqueFd fd(raw);
+    if (::flock(fd.get(), (mode == LockMode::kShared ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
+      if (errno == EWOULDBLOCK) return lock;
+      throw ErrnoError("locking " + path, errno);
+    }
+    struct stat held, now;
+    if (::fstat(fd.get(), &held) != 0) throw ErrnoError("stat of lock " + path, errno);
+    if (::stat(path.c_str(), &now) == 0 && now.st_ino == held.st_ino && now.st_dev == held.st_dev) {
+      lock.fd_ = std::move(fd);
+      return lock;
+    }
+    if (!create) return FileLock();  // removed while we took it
   }
-  UniqueFd fd(raw);
-  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
-    if (errno == EWOULDBLOCK) return lock;
-    throw ErrnoError("locking " + path, errno);
-  }
-  lock.fd_ = std::move(fd);
-  return lock;
+  throw Error(ErrorKind::kRetryable, "lock " + path + " keeps being replaced");
 }
 
-FileLock FileLock::Acquire(const std::string& path, int timeout_ms) {
+FileLock FileLock::Acquire(const std::string& path, int timeout_ms, LockMode mode) {
   for (int waited = 0;; waited += 50) {
-    FileLock lock = TryAcquire(path);
+    FileLock lock = TryAcquire(path, /*create=*/true, mode);
     if (lock.held() || waited >= timeout_ms) return lock;
     ::usleep(50 * 1000);
   }

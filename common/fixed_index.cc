@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "ferry/common/error.h"
+#include "ferry/common/format.h"
 
 namespace ferry {
 
@@ -86,7 +87,7 @@ FixedIndexReader::FixedIndexReader(const std::string& path, const Digest* expect
   if (m == MAP_FAILED) throw ErrnoError("mapping index " + path, errno);
   map_ = static_cast<const uint8_t*>(m);
   try {
-    if (std::memcmp(map_, kFixedIndexMagic, sizeof kFixedIndexMagic) != 0) throw corrupt("bad magic");
+    CheckMagic(map_, "FRYFIX", 1, "index " + path);
     chunk_size_ = static_cast<uint32_t>(GetLe(map_ + 8, 4));
     disk_size_ = GetLe(map_ + 16, 8);
     chunk_count_ = GetLe(map_ + 24, 8);

@@ -3,7 +3,10 @@
 #include <boost/json.hpp>
 #include <ctime>
 
+#include <set>
+
 #include "ferry/common/error.h"
+#include "ferry/common/format.h"
 #include "ferry/common/ids.h"
 
 namespace json = boost::json;
@@ -26,6 +29,45 @@ const ConfigFileRecord* RestorePointManifest::FindConfig(const std::string& kind
 
 std::string NowRfc3339() { return FormatUtcNow("%Y-%m-%dT%H:%M:%SZ"); }
 
+namespace {
+
+// A v2 manifest is  <JSON object without its closing brace>
+//                   ,"manifest_sha256":"<64 hex>"}<newline>
+// and the 64 hex digits are the SHA-256 of the file without them.
+constexpr std::string_view kChecksumMember = ",\"manifest_sha256\":\"";
+constexpr std::string_view kChecksumTrailer = "\"}\n";
+
+Digest ManifestChecksum(std::string_view head, std::string_view tail) {
+  Sha256Stream sha;
+  sha.Update(head.data(), head.size());
+  sha.Update(tail.data(), tail.size());
+  return sha.Finish();
+}
+
+// Checks a v2 manifest's checksum; throws kCorrupt naming `source`.
+void CheckManifestChecksum(std::string_view text, const std::string& source) {
+  auto bad = [&](const std::string& why) {
+    return Error(ErrorKind::kCorrupt, "manifest " + source + ": " + why);
+  };
+  const size_t tail = kChecksumTrailer.size(), hex = 64, member = kChecksumMember.size();
+  if (text.size() < member + hex + tail || !text.ends_with(kChecksumTrailer) ||
+      text.substr(text.size() - tail - hex - member, member) != kChecksumMember) {
+    throw bad("does not end in its checksum (truncated or changed)");
+  }
+  std::string_view digits = text.substr(text.size() - tail - hex, hex);
+  Digest recorded;
+  try {
+    recorded = Digest::FromHex(digits);
+  } catch (const Error&) {
+    throw bad("checksum is not a SHA-256 hex digest");
+  }
+  if (ManifestChecksum(text.substr(0, text.size() - tail - hex), kChecksumTrailer) != recorded) {
+    throw bad("checksum does not match its contents (the manifest was changed or damaged)");
+  }
+}
+
+}  // namespace
+
 std::string ManifestToJson(const RestorePointManifest& m) {
   json::array disks;
   for (const auto& d : m.disks) {
@@ -42,7 +84,8 @@ std::string ManifestToJson(const RestorePointManifest& m) {
                                {"reused_chunks", d.reused_chunks},
                                {"read_bytes", d.read_bytes},
                                {"stored_bytes", d.stored_bytes},
-                               {"unchanged_chunks", d.unchanged_chunks}}},
+                               {"unchanged_chunks", d.unchanged_chunks},
+                               {"healed_chunks", d.healed_chunks}}},
     };
     if (!d.cbt.mode.empty()) {
       disk["cbt"] = json::object{{"mode", d.cbt.mode},
@@ -54,7 +97,7 @@ std::string ManifestToJson(const RestorePointManifest& m) {
     disks.push_back(std::move(disk));
   }
   json::object root{
-      {"format", kManifestFormat},
+      {"format", std::string(kManifestFamily) + "-v" + std::to_string(kManifestVersion)},
       {"id", m.id},
       {"chain", m.chain},
       {"vm", json::object{{"name", m.vm.name}, {"uuid", m.vm.uuid}, {"hypervisor", m.vm.hypervisor}}},
@@ -69,7 +112,12 @@ std::string ManifestToJson(const RestorePointManifest& m) {
     }
     root["config_files"] = std::move(files);
   }
-  return json::serialize(root) + "\n";
+  // The checksum covers every byte of the file but its own 64 hex digits.
+  std::string text = json::serialize(root);
+  text.pop_back();  // the closing brace
+  text += kChecksumMember;
+  Digest sha = ManifestChecksum(text, kChecksumTrailer);
+  return text + sha.Hex() + std::string(kChecksumTrailer);
 }
 
 namespace {
@@ -120,12 +168,9 @@ RestorePointManifest ManifestFromJson(const std::string& text, const std::string
   if (!root.is_object()) throw Error(ErrorKind::kCorrupt, "manifest " + source + " is not a JSON object");
   const auto& o = root.as_object();
   Reader r(source);
-  std::string format = r.String(o, "format");
-  if (format != kManifestFormat) {
-    throw Error(ErrorKind::kCorrupt, "manifest " + source + " has format '" + format +
-                                         "'; this Ferry reads '" + kManifestFormat + "'");
-  }
   RestorePointManifest m;
+  m.format_version = CheckFormatName(r.String(o, "format"), kManifestFamily, kManifestVersion, "manifest " + source);
+  if (m.format_version >= 2) CheckManifestChecksum(text, source);
   m.id = r.String(o, "id");
   // Members added within v1 are optional: points written before them lack them.
   if (o.contains("chain")) m.chain = r.String(o, "chain");
@@ -168,6 +213,7 @@ RestorePointManifest ManifestFromJson(const std::string& text, const std::string
     rec.read_bytes = r.Unsigned(s, "read_bytes", sp);
     rec.stored_bytes = r.Unsigned(s, "stored_bytes", sp);
     if (s.contains("unchanged_chunks")) rec.unchanged_chunks = r.Unsigned(s, "unchanged_chunks", sp);
+    if (s.contains("healed_chunks")) rec.healed_chunks = r.Unsigned(s, "healed_chunks", sp);
     if (d.contains("cbt")) {
       const auto& c = r.Object(d, "cbt", path);
       std::string cp = path + "cbt.";
@@ -201,6 +247,16 @@ RestorePointManifest ManifestFromJson(const std::string& text, const std::string
       }
       m.config_files.push_back(std::move(rec));
     }
+  }
+  // One name, one thing: a disk named twice would make "restore --disk X"
+  // ambiguous, two records sharing a file would restore one from the other.
+  std::set<std::string> disk_names, file_names;
+  for (const auto& d : m.disks) {
+    if (!disk_names.insert(d.name).second) r.Fail("disks", "names disk '" + d.name + "' twice");
+    if (!file_names.insert(d.index_file).second) r.Fail("disks", "uses file '" + d.index_file + "' twice");
+  }
+  for (const auto& f : m.config_files) {
+    if (!file_names.insert(f.name).second) r.Fail("config_files", "uses file '" + f.name + "' twice");
   }
   return m;
 }

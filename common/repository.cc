@@ -12,6 +12,8 @@
 #include <ctime>
 
 #include "ferry/common/error.h"
+#include "ferry/common/format.h"
+#include "ferry/common/log.h"
 #include "ferry/common/ids.h"
 
 namespace json = boost::json;
@@ -38,12 +40,16 @@ std::vector<std::string> ListDirectory(const std::string& dir) {
 
 const char* SyncLevelName(SyncLevel s) { return s == SyncLevel::kFile ? "file" : "filesystem"; }
 
-bool IsValidPointId(const std::string& id) {
-  if (id.empty() || id.size() > 64 || id[0] == '.') return false;
-  return std::all_of(id.begin(), id.end(), [](char c) {
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' ||
-           c == '.';
-  });
+std::string ConfigJson(const RepositoryConfig& config, int version) {
+  json::object o{
+      {"format", std::string(kRepositoryFamily) + "-v" + std::to_string(version)},
+      {"id", config.id},
+      {"chunk_size", config.chunk_size},
+      {"zstd_level", config.zstd_level},
+      {"sync_level", SyncLevelName(config.sync_level)},
+      {"created_at", config.created_at},
+  };
+  return json::serialize(o) + "\n";
 }
 
 }  // namespace
@@ -70,12 +76,15 @@ void ValidateChunkSize(uint64_t chunk_size) {
   }
 }
 
-void Repository::Init(const std::string& dir, const RepositoryConfig& config) {
+void ValidateRepositoryConfig(const RepositoryConfig& config) {
   ValidateChunkSize(config.chunk_size);
   if (config.zstd_level < -7 || config.zstd_level > 19) {
-    throw Error(ErrorKind::kBadInput,
-                "zstd level " + std::to_string(config.zstd_level) + " is not in -7..19");
+    throw Error(ErrorKind::kBadInput, "zstd level " + std::to_string(config.zstd_level) + " is not in -7..19");
   }
+}
+
+void Repository::Init(const std::string& dir, const RepositoryConfig& config) {
+  ValidateRepositoryConfig(config);
   MakeDirectory(dir);
   if (!ListDirectory(dir).empty() || PathExists(dir + "/" + kConfigFile)) {
     throw Error(ErrorKind::kBadInput, "cannot create a repository in " + dir +
@@ -84,17 +93,13 @@ void Repository::Init(const std::string& dir, const RepositoryConfig& config) {
   MakeDirectory(dir + "/chunks");
   MakeDirectory(dir + "/points");
   MakeDirectory(dir + "/staging");
+  MakeDirectory(dir + "/quarantine");
   FsyncDirectory(dir);
-  json::object o{
-      {"format", kRepositoryFormat},
-      {"id", config.id.empty() ? RandomHex(32) : config.id},
-      {"chunk_size", config.chunk_size},
-      {"zstd_level", config.zstd_level},
-      {"sync_level", SyncLevelName(config.sync_level)},
-      {"created_at", NowRfc3339()},
-  };
+  RepositoryConfig c = config;
+  if (c.id.empty()) c.id = RandomHex(32);
+  c.created_at = NowRfc3339();
   // Written last: a directory without it is not (yet) a repository.
-  WriteFileAtomically(dir + "/" + kConfigFile, json::serialize(o) + "\n");
+  WriteFileAtomically(dir + "/" + kConfigFile, ConfigJson(c, kRepositoryVersion));
 }
 
 std::unique_ptr<Repository> Repository::Open(const std::string& dir) {
@@ -119,24 +124,32 @@ std::unique_ptr<Repository> Repository::Open(const std::string& dir) {
   };
   auto num = [&](const char* key) -> int64_t {
     auto it = o.find(key);
-    if (it == o.end() || !it->value().is_number()) throw bad(std::string("'") + key + "' missing");
+    if (it == o.end() || !(it->value().is_int64() || it->value().is_uint64())) {
+      throw bad(std::string("'") + key + "' missing or not an integer");
+    }
     return it->value().to_number<int64_t>();
   };
-  std::string format = str("format");
-  if (format != kRepositoryFormat) {
-    throw Error(ErrorKind::kBadInput, dir + " has repository format '" + format +
-                                          "'; this Ferry reads '" + kRepositoryFormat + "'");
-  }
   RepositoryConfig config;
+  try {
+    config.format_version = CheckFormatName(str("format"), kRepositoryFamily, kRepositoryVersion, "repository " + dir);
+  } catch (const Error& e) {
+    if (e.kind() != ErrorKind::kCorrupt) throw;  // a newer format
+    throw Error(ErrorKind::kBadInput, dir + " is not a Ferry repository: " + e.what());
+  }
   config.id = str("id");
   int64_t chunk_size = num("chunk_size");
+  int64_t zstd_level = num("zstd_level");
+  if (chunk_size < 0 || chunk_size > (1ll << 32) || zstd_level < -1000 || zstd_level > 1000) {
+    throw bad("chunk_size " + std::to_string(chunk_size) + " or zstd_level " + std::to_string(zstd_level) +
+              " is out of range");
+  }
+  config.chunk_size = static_cast<uint32_t>(chunk_size);
+  config.zstd_level = static_cast<int>(zstd_level);
   try {
-    ValidateChunkSize(static_cast<uint64_t>(chunk_size));
+    ValidateRepositoryConfig(config);
   } catch (const Error& e) {
     throw bad(e.what());
   }
-  config.chunk_size = static_cast<uint32_t>(chunk_size);
-  config.zstd_level = static_cast<int>(num("zstd_level"));
   std::string sync = str("sync_level");
   if (sync == "file") {
     config.sync_level = SyncLevel::kFile;
@@ -151,109 +164,22 @@ std::unique_ptr<Repository> Repository::Open(const std::string& dir) {
 
 Repository::Repository(std::string dir, RepositoryConfig config)
     : dir_(std::move(dir)), config_(std::move(config)) {
-  chunks_ = std::make_unique<ChunkStore>(dir_ + "/chunks", config_.sync_level);
+  chunks_ = std::make_unique<LocalChunkStore>(dir_ + "/chunks", dir_ + "/quarantine", config_.sync_level);
+  points_ = OpenLocalPointStore(dir_);
 }
 
-std::vector<std::string> Repository::ListPoints() const { return ListDirectory(dir_ + "/points"); }
-
-RestorePointManifest Repository::LoadPoint(const std::string& id) const {
-  std::string path = dir_ + "/points/" + id + "/manifest.json";
-  if (!IsValidPointId(id) || !PathExists(path)) {
-    throw Error(ErrorKind::kNotFound, "restore point '" + id + "' does not exist in " + dir_);
-  }
-  RestorePointManifest m = ManifestFromJson(ReadWholeFile(path), path);
-  if (m.id != id) {
-    throw Error(ErrorKind::kCorrupt, "manifest " + path + " names point '" + m.id + "'");
-  }
-  return m;
-}
-
-std::string Repository::IndexPath(const std::string& point_id, const DiskRecord& disk) const {
-  return dir_ + "/points/" + point_id + "/" + disk.index_file;
-}
-
-// Each writer holds staging/<id>.lock for as long as staging/<id>/ exists
-// (it takes the lock before creating the directory and drops it after the
-// rename into points/), so a lock we can take, or a directory with no lock
-// file, belongs to a writer that is gone.
-std::string Repository::PointFilePath(const std::string& point_id, const std::string& file_name) const {
-  return dir_ + "/points/" + point_id + "/" + file_name;
-}
-
-void Repository::RemoveAbandonedStaging() {
-  const std::string staging = dir_ + "/staging/";
-  std::vector<std::string> names = ListDirectory(staging);
-  auto has = [&](const std::string& n) { return std::binary_search(names.begin(), names.end(), n); };
-  for (const auto& name : names) {
-    const std::string suffix = ".lock";
-    if (name.size() > suffix.size() && name.ends_with(suffix)) {
-      FileLock lock = FileLock::TryAcquire(staging + name, /*create=*/false);
-      if (!lock.held()) continue;
-      RemoveTree(staging + name.substr(0, name.size() - suffix.size()));
-      ::unlink((staging + name).c_str());
-    } else if (!has(name + ".lock")) {
-      RemoveTree(staging + name);
+void Repository::PrepareForWriting() {
+  for (const char* sub : {"/staging", "/chunks", "/points"}) {
+    if (::access((dir_ + sub).c_str(), W_OK) != 0) {
+      throw ErrnoError("repository " + dir_ + " is not writable (" + dir_ + sub + ")", errno);
     }
   }
-}
-
-std::unique_ptr<PointWriter> Repository::BeginPoint() {
-  if (::access((dir_ + "/staging").c_str(), W_OK) != 0 ||
-      ::access((dir_ + "/chunks").c_str(), W_OK) != 0) {
-    throw ErrnoError("repository " + dir_ + " is not writable", errno);
+  if (config_.format_version < kRepositoryVersion) {
+    WriteFileAtomically(dir_ + "/" + kConfigFile, ConfigJson(config_, kRepositoryVersion));
+    LogInfo("repository " + dir_ + " upgraded from format v" + std::to_string(config_.format_version) + " to v" +
+            std::to_string(kRepositoryVersion) + " (Ferry 0.1 no longer opens it)");
+    config_.format_version = kRepositoryVersion;
   }
-  RemoveAbandonedStaging();
-  return std::make_unique<PointWriter>(this, NewPointId());
-}
-
-PointWriter::PointWriter(Repository* repo, std::string id)
-    : repo_(repo), id_(std::move(id)), staging_dir_(repo->dir() + "/staging/" + id_) {
-  lock_ = FileLock::TryAcquire(staging_dir_ + ".lock", /*create=*/true);
-  if (!lock_.held()) throw Error(ErrorKind::kInternal, "staging " + staging_dir_ + " is locked");
-  if (::mkdir(staging_dir_.c_str(), 0755) != 0) {
-    int err = errno;
-    ::unlink((staging_dir_ + ".lock").c_str());
-    throw ErrnoError("repository " + repo->dir() + ": creating " + staging_dir_, err);
-  }
-}
-
-PointWriter::~PointWriter() {
-  try {
-    if (!committed_) RemoveTree(staging_dir_);
-    ::unlink((staging_dir_ + ".lock").c_str());
-  } catch (...) {
-    // The next writer removes what is left once our lock is gone.
-  }
-}
-
-std::string PointWriter::IndexFileName(size_t disk) const {
-  return "disk-" + std::to_string(disk) + ".fidx";
-}
-
-std::string PointWriter::StagingPath(const std::string& file_name) const {
-  return staging_dir_ + "/" + file_name;
-}
-
-ConfigFileRecord PointWriter::AddFile(const std::string& kind, const std::string& name,
-                                      const std::string& content, const std::string& origin) {
-  if (name.empty() || name.find('/') != std::string::npos || name[0] == '.' || name == "manifest.json") {
-    throw Error(ErrorKind::kInternal, "bad point file name '" + name + "'");
-  }
-  WriteFileAtomically(StagingPath(name), content);
-  return {kind, name, origin, Sha256(content.data(), content.size())};
-}
-
-void PointWriter::Commit(RestorePointManifest manifest) {
-  manifest.id = id_;
-  repo_->chunks().Sync();
-  WriteFileAtomically(StagingPath("manifest.json"), ManifestToJson(manifest));
-  FsyncDirectory(staging_dir_);
-  std::string final_dir = repo_->dir() + "/points/" + id_;
-  if (::rename(staging_dir_.c_str(), final_dir.c_str()) != 0) {
-    throw ErrnoError("committing restore point " + id_ + " (renaming " + staging_dir_ + ")", errno);
-  }
-  committed_ = true;
-  FsyncDirectory(repo_->dir() + "/points");
 }
 
 }  // namespace ferry

@@ -1,5 +1,6 @@
 #include "ferry/common/verify.h"
 
+#include <algorithm>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
@@ -24,28 +25,38 @@ struct PointIndexes {
 VerifyReport VerifyRepository(Repository& repo, const std::optional<std::string>& point_id,
                               unsigned threads, VerifyProgress* progress) {
   VerifyReport report;
-  std::vector<std::string> ids = point_id ? std::vector<std::string>{*point_id} : repo.ListPoints();
-  if (point_id) repo.LoadPoint(*point_id);  // unknown id: kNotFound, not a report line
+  PointStore& store = repo.points();
+  std::vector<RestorePointManifest> manifests;
+  if (point_id) {
+    std::vector<std::string> ids = store.List();
+    if (std::find(ids.begin(), ids.end(), *point_id) == ids.end()) {
+      store.Load(*point_id);  // throws kNotFound for an unknown id
+    }
+    try {
+      manifests.push_back(store.Load(*point_id));
+    } catch (const Error& e) {
+      if (e.kind() == ErrorKind::kNotFound) throw;
+      report.problems.push_back({*point_id, "", -1, 0, e.what()});
+    }
+  } else {
+    PointListing all = store.LoadAll();
+    manifests = std::move(all.points);
+    for (const auto& p : all.problems) report.problems.push_back({p.entry, "", -1, 0, p.message});
+  }
 
   // Phase 1: manifests and indexes; collect distinct chunks with their length.
   std::vector<PointIndexes> points;
   std::unordered_map<Digest, uint32_t, DigestHash> expected_length;
-  for (const auto& id : ids) {
+  for (auto& manifest : manifests) {
     PointIndexes p;
-    p.id = id;
-    try {
-      p.manifest = repo.LoadPoint(id);
-    } catch (const Error& e) {
-      report.problems.push_back({id, "", -1, 0, e.what()});
-      continue;
-    }
+    p.id = manifest.id;
+    p.manifest = std::move(manifest);
+    const std::string& id = p.id;
     ++report.points;
+    if (p.manifest.format_version < kManifestVersion) report.unprotected.push_back(id);
     for (const auto& f : p.manifest.config_files) {
       try {
-        std::string content = ReadWholeFile(repo.PointFilePath(id, f.name));
-        if (Sha256(content.data(), content.size()) != f.sha256) {
-          throw Error(ErrorKind::kCorrupt, "configuration file " + f.name + " does not match its checksum");
-        }
+        store.ReadFile(id, f);
       } catch (const Error& e) {
         report.problems.push_back({id, "", -1, 0, e.what()});
       }
@@ -53,7 +64,7 @@ VerifyReport VerifyRepository(Repository& repo, const std::optional<std::string>
     for (const auto& disk : p.manifest.disks) {
       ++report.disks;
       try {
-        auto reader = std::make_unique<FixedIndexReader>(repo.IndexPath(id, disk), &disk.index_sha256);
+        auto reader = store.OpenIndex(id, disk);
         if (reader->disk_size() != disk.size || reader->chunk_size() != disk.chunk_size) {
           throw Error(ErrorKind::kCorrupt, "index sizes do not match the manifest");
         }
@@ -83,13 +94,8 @@ VerifyReport VerifyRepository(Repository& repo, const std::optional<std::string>
     for (size_t i; (i = next++) < work.size();) {
       const auto& [digest, length] = work[i];
       try {
-        repo.chunks().ReadEncoded(digest, &encoded);
-        decoder.Decode(encoded, &digest, repo.chunks().PathFor(digest), &plain);
-        if (plain.size() != length) {
-          throw Error(ErrorKind::kCorrupt, "chunk " + repo.chunks().PathFor(digest) + " holds " +
-                                               std::to_string(plain.size()) + " bytes, the index expects " +
-                                               std::to_string(length));
-        }
+        // A damaged chunk is quarantined here, so no backup reuses it.
+        FetchChunk(repo.chunk_reader(), decoder, digest, length, &encoded, &plain);
         bytes += plain.size();
       } catch (const Error& e) {
         std::lock_guard lock(bad_mu);

@@ -14,6 +14,7 @@
 #include "ferry/common/chunk.h"
 #include "ferry/common/error.h"
 #include "ferry/common/fixed_index.h"
+#include "ferry/common/log.h"
 
 namespace ferry::worker {
 
@@ -151,13 +152,14 @@ class MapCursor {
 
 class DiskBackupRun {
  public:
-  DiskBackupRun(Repository& repo, BlockReader& reader, const std::string& index_path,
-                const DiskBackupOptions& options, DiskBackupProgress* progress)
-      : repo_(repo),
+  DiskBackupRun(ChunkStore& store, const RepositoryConfig& config, BlockReader& reader,
+                const std::string& index_path, const DiskBackupOptions& options, DiskBackupProgress* progress)
+      : store_(store),
+        zstd_level_(config.zstd_level),
         reader_(reader),
         options_(options),
         progress_(progress ? progress : &own_progress_),
-        chunk_size_(repo.config().chunk_size),
+        chunk_size_(config.chunk_size),
         index_(index_path, reader.size(), chunk_size_),
         threads_(options.compute_threads ? options.compute_threads
                                          : std::max(1u, std::thread::hardware_concurrency())),
@@ -196,6 +198,7 @@ class DiskBackupRun {
     r.read_bytes = read_bytes_;
     r.stored_bytes = stored_bytes_;
     r.unchanged_chunks = unchanged_chunks_;
+    r.healed_chunks = healed_chunks_;
     r.index_sha256 = index_.Finish();
     return r;
   }
@@ -249,6 +252,7 @@ class DiskBackupRun {
     MapCursor allocation(reader_, &BlockReader::MapAllocation);
     MapCursor dirty(reader_, &BlockReader::MapDirty);
     std::vector<Extent> data_ranges, dirty_ranges;
+    const auto missing_before = previous ? PreviousChunksMissing(*previous) : DigestSet{};
 
     for (uint64_t i = 0; i < chunks && !failed_; ++i) {
       CheckCancel();
@@ -259,10 +263,13 @@ class DiskBackupRun {
         dirty_ranges.clear();
         dirty.Ranges(start, end, &dirty_ranges);
         if (dirty_ranges.empty()) {  // unchanged since the previous point
-          index_.Set(i, previous->At(i));
-          ++unchanged_chunks_;
-          progress_->bytes_done += length;
-          continue;
+          if (!missing_before.contains(previous->At(i))) {
+            index_.Set(i, previous->At(i));
+            ++unchanged_chunks_;
+            progress_->bytes_done += length;
+            continue;
+          }
+          ++healed_chunks_;  // its chunk is gone from the store: read it again
         }
       }
       data_ranges.clear();
@@ -293,6 +300,30 @@ class DiskBackupRun {
     }
   }
 
+  using DigestSet = std::unordered_set<Digest, DigestHash>;
+
+  // The previous point's chunks that the store no longer holds (found damaged
+  // and quarantined, or deleted): an incremental reads them again instead of
+  // copying their digests, which heals the chain. One batched call.
+  DigestSet PreviousChunksMissing(const FixedIndexReader& previous) {
+    DigestSet seen;
+    std::vector<Digest> distinct;
+    for (uint64_t i = 0; i < previous.chunk_count(); ++i) {
+      Digest d = previous.At(i);
+      if (!d.IsZeroMarker() && seen.insert(d).second) distinct.push_back(d);
+    }
+    std::vector<size_t> missing;
+    store_.FindMissing(distinct, &missing);
+    DigestSet out;
+    for (size_t m : missing) out.insert(distinct[m]);
+    if (!out.empty()) {
+      LogWarning(reader_.description() + ": " + std::to_string(out.size()) +
+                 " chunk(s) of the previous restore point are missing from the repository (quarantined or "
+                 "deleted); reading their data again");
+    }
+    return out;
+  }
+
   // Runs on the planning thread, inside BlockReader::Poll.
   void OnReadDone(ChunkJob* job, const Extent& range, int error) {
     if (error && !job->read_error) job->read_error = error;
@@ -312,7 +343,7 @@ class DiskBackupRun {
   }
 
   void ComputeLoop() {
-    ChunkEncoder encoder(repo_.config().zstd_level);
+    ChunkEncoder encoder(zstd_level_);
     std::vector<uint8_t> encoded;
     while (ChunkJob* job = queue_.Pop()) {
       std::unique_ptr<ChunkJob> owned(job);
@@ -338,11 +369,11 @@ class DiskBackupRun {
         ++reused_chunks_;  // another thread of this run is storing it
       } else {
         try {
-          if (repo_.chunks().Contains(d)) {
+          if (store_.Contains(d)) {
             ++reused_chunks_;
           } else {
             encoder.Encode(plain, encoded);
-            if (repo_.chunks().Insert(d, *encoded)) {
+            if (store_.Insert(d, *encoded)) {
               ++new_chunks_;
               stored_bytes_ += encoded->size();
             } else {
@@ -361,7 +392,8 @@ class DiskBackupRun {
     progress_->bytes_done += job.length;
   }
 
-  Repository& repo_;
+  ChunkStore& store_;
+  const int zstd_level_;
   BlockReader& reader_;
   DiskBackupOptions options_;
   DiskBackupProgress own_progress_;
@@ -379,15 +411,16 @@ class DiskBackupRun {
   std::mutex error_mu_;
   std::exception_ptr first_error_;
 
-  std::atomic<uint64_t> zero_chunks_{0}, new_chunks_{0}, reused_chunks_{0}, unchanged_chunks_{0};
+  std::atomic<uint64_t> zero_chunks_{0}, new_chunks_{0}, reused_chunks_{0}, unchanged_chunks_{0}, healed_chunks_{0};
   std::atomic<uint64_t> read_bytes_{0}, stored_bytes_{0};
 };
 
 }  // namespace
 
-DiskBackupResult BackupDisk(Repository& repo, BlockReader& reader, const std::string& index_path,
-                            const DiskBackupOptions& options, DiskBackupProgress* progress) {
-  DiskBackupRun run(repo, reader, index_path, options, progress);
+DiskBackupResult BackupDisk(ChunkStore& store, const RepositoryConfig& config, BlockReader& reader,
+                            const std::string& index_path, const DiskBackupOptions& options,
+                            DiskBackupProgress* progress) {
+  DiskBackupRun run(store, config, reader, index_path, options, progress);
   return run.Run();
 }
 

@@ -163,7 +163,7 @@ DiskRestoreResult RestoreDisk(Repository& repo, const std::string& point_id,
                               const std::string& disk_name, const std::string& target,
                               ImageFormat format, const DiskRestoreOptions& options,
                               DiskRestoreProgress* progress) {
-  RestorePointManifest manifest = repo.LoadPoint(point_id);
+  RestorePointManifest manifest = repo.points().Load(point_id);
   const DiskRecord* disk = manifest.FindDisk(disk_name);
   if (!disk) {
     std::string names;
@@ -174,7 +174,8 @@ DiskRestoreResult RestoreDisk(Repository& repo, const std::string& point_id,
   if (PathExists(target)) {
     throw Error(ErrorKind::kBadInput, "restore target " + target + " already exists");
   }
-  FixedIndexReader index(repo.IndexPath(point_id, *disk), &disk->index_sha256);
+  std::unique_ptr<FixedIndexReader> index_reader = repo.points().OpenIndex(point_id, *disk);
+  const FixedIndexReader& index = *index_reader;
   if (index.disk_size() != disk->size) {
     throw Error(ErrorKind::kCorrupt, "index of disk " + disk_name + " in point " + point_id +
                                          " does not match the manifest's disk size");
@@ -211,11 +212,12 @@ DiskRestoreResult RestoreDisk(Repository& repo, const std::string& point_id,
           Digest d = index.At(i);
           uint32_t length = index.ChunkLength(i);
           if (!d.IsZeroMarker()) {
-            repo.chunks().ReadEncoded(d, &encoded);
-            decoder.Decode(encoded, &d, repo.chunks().PathFor(d), &plain);
-            if (plain.size() != length) {
-              throw Error(ErrorKind::kCorrupt, "chunk " + std::to_string(i) + " of disk " +
-                                                   disk_name + " has the wrong size");
+            try {
+              // A damaged chunk is quarantined: the next backup stores it again.
+              FetchChunk(repo.chunk_reader(), decoder, d, length, &encoded, &plain);
+            } catch (const Error& e) {
+              throw e.WithContext("restore point " + point_id + " disk " + disk_name + " chunk " +
+                                  std::to_string(i) + " (offset " + std::to_string(i * index.chunk_size()) + ")");
             }
             WriteSparse(*out, worker, plain.data(), plain.size(), i * index.chunk_size(), &my_written);
           }

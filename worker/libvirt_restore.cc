@@ -19,11 +19,7 @@ namespace ferry::worker {
 namespace {
 
 std::string ReadPointFile(Repository& repo, const std::string& point, const ConfigFileRecord& rec) {
-  std::string content = ReadWholeFile(repo.PointFilePath(point, rec.name));
-  if (Sha256(content.data(), content.size()) != rec.sha256) {
-    throw Error(ErrorKind::kCorrupt, "restore point " + point + ": " + rec.name + " does not match its checksum");
-  }
-  return content;
+  return repo.points().ReadFile(point, rec);
 }
 
 bool DomainExists(virConnectPtr conn, const std::string& name) {
@@ -69,7 +65,7 @@ void RefreshPool(virConnectPtr conn, const std::string& pool_name) {
 }  // namespace
 
 std::string RestoreLibvirtVm(Repository& repo, const LibvirtRestoreOptions& o) {
-  RestorePointManifest m = repo.LoadPoint(o.point_id);
+  RestorePointManifest m = repo.points().Load(o.point_id);
   const ConfigFileRecord* xml_rec = m.FindConfig("libvirt-domain-xml");
   if (!xml_rec) {
     throw Error(ErrorKind::kBadInput, "restore point " + o.point_id +

@@ -5,6 +5,7 @@
 #include "ferry/common/error.h"
 #include "ferry/common/ids.h"
 #include "ferry/common/log.h"
+#include "ferry/common/point_store.h"
 #include "ferry/worker/cbt.h"
 
 namespace ferry::worker {
@@ -55,7 +56,7 @@ struct PreviousDisk {
 class ChainHistory {
  public:
   ChainHistory(Repository& repo, std::string chain, std::string vm_name)
-      : repo_(repo), chain_(std::move(chain)), vm_name_(std::move(vm_name)), ids_(repo.ListPoints()) {
+      : repo_(repo), chain_(std::move(chain)), vm_name_(std::move(vm_name)), ids_(repo.points().List()) {
     std::reverse(ids_.begin(), ids_.end());
   }
 
@@ -67,7 +68,7 @@ class ChainHistory {
       if (!d) continue;
       PreviousDisk p{m->id, *d, nullptr};
       try {
-        p.index = std::make_unique<FixedIndexReader>(repo_.IndexPath(m->id, *d), &d->index_sha256);
+        p.index = repo_.points().OpenIndex(m->id, *d);
       } catch (const Error& e) {
         LogWarning("index of disk " + disk + " in point " + m->id + " is unusable: " + e.what());
       }
@@ -81,7 +82,7 @@ class ChainHistory {
     while (loaded_.size() <= i && next_ < ids_.size()) {
       const std::string& id = ids_[next_++];
       try {
-        RestorePointManifest m = repo_.LoadPoint(id);
+        RestorePointManifest m = repo_.points().Load(id);
         if (m.chain == chain_ && m.vm.name == vm_name_) loaded_.push_back(std::move(m));
       } catch (const Error& e) {
         LogWarning("skipping restore point " + id + " while looking for the chain's last point: " + e.what());
@@ -135,31 +136,45 @@ RestorePointManifest BackupVm(Repository& repo, Host& host, const VmBackupReques
     previous.push_back(std::move(prev));
   }
 
-  auto point = repo.BeginPoint();
-  RestorePointManifest manifest;
-  manifest.vm = vm.identity;
-  manifest.chain = request.chain;
-  manifest.started_at = NowRfc3339();
-  for (const auto& f : host.CaptureConfig()) manifest.config_files.push_back(point->AddFile(f.kind, f.name, f.content, f.origin));
+  // The point lives as long as this process: staged with expiry 0, it is
+  // removed by the next writer once we are gone without committing.
+  repo.PrepareForWriting();
+  PointStore& points = repo.points();
+  StagedPointHeader header;
+  header.id = request.point_id.empty() ? NewPointId() : request.point_id;
+  header.vm = vm.identity;
+  header.chain = request.chain;
+  for (const auto& d : disks) header.disks.push_back(d.name);
+  std::unique_ptr<StagingLease> lease = points.Stage(header);
+  const std::string point_id = header.id;
   for (const auto& d : disks) progress->bytes_total += d.size;
 
   std::unique_ptr<HostBackup> backup;
+  auto discard = [&] {
+    try {
+      points.Discard(point_id);
+    } catch (const std::exception& e) {
+      LogWarning("discarding the staging of point " + point_id + ": " + e.what() + " (it expires with this process)");
+    }
+  };
   try {
+    for (const auto& f : host.CaptureConfig()) points.AddFile(point_id, f.kind, f.name, f.content, f.origin);
     backup = host.BeginBackup(disks, plans);
     for (size_t i = 0; i < backup->exports().size(); ++i) {
       const ExportedDisk& ex = backup->exports()[i];
       auto reader = OpenNbdReader(ex.source);
+      std::unique_ptr<DiskWriter> writer = points.WriteDisk(point_id, ex.disk.name);
       DiskRecord rec;
       rec.name = ex.disk.name;
       rec.size = reader->size();
       rec.chunk_size = repo.config().chunk_size;
       rec.source_format = ex.disk.format;
-      rec.index_file = point->IndexFileName(i);
       DiskBackupOptions options = request.disk_options;
       const CbtPlan& plan = ex.plan;  // as the host carried it out
       options.previous_index = plan.incremental ? previous[i]->index.get() : nullptr;
       progress->current.bytes_done = 0;
-      DiskBackupResult r = BackupDisk(repo, *reader, point->StagingPath(rec.index_file), options, &progress->current);
+      DiskBackupResult r =
+          BackupDisk(repo.chunks(), repo.config(), *reader, writer->index_path(), options, &progress->current);
       progress->bytes_before += rec.size;
       rec.index_sha256 = r.index_sha256;
       rec.chunks = r.chunks;
@@ -167,6 +182,7 @@ RestorePointManifest BackupVm(Repository& repo, Host& host, const VmBackupReques
       rec.new_chunks = r.new_chunks;
       rec.reused_chunks = r.reused_chunks;
       rec.unchanged_chunks = r.unchanged_chunks;
+      rec.healed_chunks = r.healed_chunks;
       rec.read_bytes = r.read_bytes;
       rec.stored_bytes = r.stored_bytes;
       rec.cbt = {plan.incremental ? "incremental" : "full", plan.reason, plan.new_bitmap, plan.generation,
@@ -174,25 +190,27 @@ RestorePointManifest BackupVm(Repository& repo, Host& host, const VmBackupReques
       LogInfo("disk " + rec.name + ": read " + std::to_string(r.read_bytes) + " bytes; " +
               std::to_string(r.new_chunks) + " new chunks (" + std::to_string(r.stored_bytes) + " bytes stored), " +
               std::to_string(r.reused_chunks) + " already stored, " + std::to_string(r.unchanged_chunks) +
-              " unchanged, " + std::to_string(r.zero_chunks) + " zero");
-      manifest.disks.push_back(std::move(rec));
+              " unchanged, " + std::to_string(r.zero_chunks) + " zero" +
+              (r.healed_chunks ? ", " + std::to_string(r.healed_chunks) + " read again to heal the chain" : ""));
+      writer->Finish(std::move(rec));
     }
   } catch (...) {
     if (backup) {
       backup->End();
       backup->FinishCbt(false);
     }
+    discard();
     throw;
   }
   backup->End();
-  manifest.completed_at = NowRfc3339();
+  RestorePointManifest manifest;
   try {
-    point->Commit(manifest);
+    manifest = points.Commit(point_id, repo.chunks());
   } catch (...) {
     backup->FinishCbt(false);
+    discard();
     throw;
   }
-  manifest.id = point->id();
   backup->FinishCbt(true);
   return manifest;
 }

@@ -232,14 +232,19 @@ int GuardianCommand(const Args& args) {
 int ListCommand(const Args& args) {
   Arguments a(args, {"repo"}, {"json"});
   auto repo = Repository::Open(a.Require("repo"));
-  std::vector<RestorePointManifest> points;
-  for (const auto& id : repo->ListPoints()) points.push_back(repo->LoadPoint(id));
+  // One bad entry (a stray file, a damaged manifest) is a problem line, not
+  // a failed listing: exit 0 unless nothing at all could be read.
+  PointListing listing = repo->points().LoadAll();
+  const int rc = listing.points.empty() && !listing.problems.empty() ? ExitCodeFor(ErrorKind::kCorrupt) : 0;
   if (a.Has("json")) {
-    json::array out;
-    for (const auto& m : points) out.push_back(json::parse(ManifestToJson(m)));
-    std::cout << json::serialize(out) << std::endl;
-    return 0;
+    json::array points, problems;
+    for (const auto& m : listing.points) points.push_back(json::parse(ManifestToJson(m)));
+    for (const auto& p : listing.problems) problems.push_back(json::object{{"entry", p.entry}, {"message", p.message}});
+    std::cout << json::serialize(json::object{{"points", std::move(points)}, {"problems", std::move(problems)}})
+              << std::endl;
+    return rc;
   }
+  const std::vector<RestorePointManifest>& points = listing.points;
   std::printf("%-24s %-16s %-10s %-21s %5s %10s %10s %10s  %s\n", "POINT", "VM", "CHAIN", "COMPLETED",
               "DISKS", "SIZE", "READ", "STORED", "MODE");
   for (const auto& m : points) {
@@ -259,7 +264,8 @@ int ListCommand(const Args& args) {
                 HumanBytes(static_cast<double>(size)).c_str(), HumanBytes(static_cast<double>(read)).c_str(),
                 HumanBytes(static_cast<double>(stored)).c_str(), mode.c_str());
   }
-  return 0;
+  for (const auto& p : listing.problems) std::printf("BAD %s: %s\n", p.entry.c_str(), p.message.c_str());
+  return rc;
 }
 
 int RestoreCommand(const Args& args) {
@@ -310,9 +316,14 @@ int VerifyCommand(const Args& args) {
     if (p.chunk >= 0) where += " chunk " + std::to_string(p.chunk) + " (offset " + std::to_string(p.offset) + ")";
     std::cout << "BAD " << where << ": " << p.message << "\n";
   }
+  for (const auto& id : report.unprotected) {
+    std::cout << "NOTE point " << id << ": format v1 manifest (Ferry 0.1), not protected by a checksum\n";
+  }
   std::cout << (report.clean() ? "OK" : "DAMAGED") << ": " << report.points << " point(s), " << report.disks
             << " disk(s), " << report.chunks_checked << " chunk(s) (" << HumanBytes(static_cast<double>(report.bytes_checked))
-            << ") checked, " << report.problems.size() << " problem(s)" << std::endl;
+            << ") checked, " << report.problems.size() << " problem(s)"
+            << (report.unprotected.empty() ? "" : ", " + std::to_string(report.unprotected.size()) + " unprotected v1 point(s)")
+            << std::endl;
   return report.clean() ? 0 : ExitCodeFor(ErrorKind::kCorrupt);
 }
 

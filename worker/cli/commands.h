@@ -20,6 +20,11 @@ int ListCommand(const Args& args);
 int RestoreCommand(const Args& args);
 int RestoreVmCommand(const Args& args);
 int VerifyCommand(const Args& args);
+// The point store (point_commands.cc): stage, write one disk, commit, discard.
+int StageCommand(const Args& args);
+int BackupDiskCommand(const Args& args);
+int CommitCommand(const Args& args);
+int DiscardCommand(const Args& args);
 // Internal: cleans up a backup session's snapshot if the backup process dies.
 int GuardianCommand(const Args& args);
 

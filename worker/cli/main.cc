@@ -37,7 +37,15 @@ Commands:
            [--format qcow2|raw] [--keep-macs] | [--overwrite --yes]
            restore a whole VM as a new libvirt domain, or over the original
   verify   --repo DIR [--point ID]
-           read back and check every chunk the points reference
+           check every manifest and index, read back and check every chunk the
+           points reference; damaged chunks are quarantined (the next backup
+           stores them again)
+
+A restore point written by several processes (the coordinator's disk tasks):
+  stage    --repo DIR --point ID --vm NAME --disk NAME ... [--chain NAME] [--expires 24h]
+  backup-disk --repo DIR --point ID --disk NAME --file PATH [--rate-limit BYTES/s]
+  commit   --repo DIR --point ID      (every staged disk must be written)
+  discard  --repo DIR --point ID
 
 Against a coordinator (jobs, sessions, workers, hosts, restore points):
   ferry --coordinator URL RESOURCE ACTION ...    (ferry --coordinator URL help)
@@ -88,6 +96,10 @@ int main(int argc, char** argv) {
     if (command == "restore") return ferry::cli::RestoreCommand(rest);
     if (command == "restore-vm") return ferry::cli::RestoreVmCommand(rest);
     if (command == "verify") return ferry::cli::VerifyCommand(rest);
+    if (command == "stage") return ferry::cli::StageCommand(rest);
+    if (command == "backup-disk") return ferry::cli::BackupDiskCommand(rest);
+    if (command == "commit") return ferry::cli::CommitCommand(rest);
+    if (command == "discard") return ferry::cli::DiscardCommand(rest);
     if (command == "_guardian") return ferry::cli::GuardianCommand(rest);
     std::cerr << "ferry: unknown command '" << command << "'\n\n" << kUsage;
     return 2;

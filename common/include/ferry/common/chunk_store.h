@@ -1,4 +1,14 @@
-// Content-addressed chunk store: <repo>/chunks/<first 3 hex>/<64 hex>.
+// Chunk storage behind two small interfaces, so a backup, a restore and a
+// verify do not care whether the chunks are in a local directory or behind a
+// network service (docs/repository-format.md, "Chunk files", "Quarantine"):
+//
+//   ChunkStore   what a backup needs: which digests are missing (batched: a
+//                remote store answers a whole batch in one round trip), store
+//                an encoded chunk, make stored chunks durable.
+//   ChunkReader  what restore and verify need: read an encoded chunk, and
+//                quarantine one found damaged so no later backup reuses it.
+//
+// LocalChunkStore is both, over <repo>/chunks/<3 hex>/<64 hex>.
 //
 // Concurrency: any number of writers, in any number of processes, may insert
 // at once. A chunk is written to an unnamed file (O_TMPFILE) and linked into
@@ -12,6 +22,13 @@
 // Backup Server's default), chunks are written through the page cache and one
 // syncfs(2) runs before a restore point is committed: a process kill loses
 // nothing, a power loss can lose chunks of points not yet committed.
+//
+// Healing: a chunk found damaged (by verify or restore) is renamed into
+// <repo>/quarantine/, never deleted. From then on it is missing, so the next
+// backup that reads the same data stores it again, and a backup never reuses
+// it. A backup makes one virtual FindMissing call per stored 1 MiB chunk:
+// nanoseconds against the milliseconds of hashing and compressing it
+// (measured, docs/benchmarks.md "Repository v2").
 #pragma once
 
 #include <cstdint>
@@ -28,27 +45,72 @@ enum class SyncLevel { kFilesystem, kFile };
 
 class ChunkStore {
  public:
-  ChunkStore(std::string chunks_dir, SyncLevel sync_level);
+  virtual ~ChunkStore() = default;
+
+  // Appends to `missing` the positions in `digests` of chunks the store does
+  // not hold (a quarantined chunk is not held). Zero markers are never asked.
+  virtual void FindMissing(std::span<const Digest> digests, std::vector<size_t>* missing) = 0;
+  bool Contains(const Digest& digest) {
+    std::vector<size_t> missing;
+    FindMissing({&digest, 1}, &missing);
+    return missing.empty();
+  }
+  // Stores an encoded chunk (see chunk.h). Returns false when an intact-
+  // looking chunk of that digest was already present (nothing written).
+  virtual bool Insert(const Digest& digest, std::span<const uint8_t> encoded) = 0;
+  // Makes every chunk inserted so far durable. Called before a commit.
+  virtual void Sync() = 0;
+  // Where a chunk is, for messages ("/repo/chunks/ab1/ab1f...").
+  virtual std::string Describe(const Digest& digest) const = 0;
+};
+
+class ChunkReader {
+ public:
+  virtual ~ChunkReader() = default;
+
+  // Reads the encoded bytes of a chunk. A missing chunk is kCorrupt (a
+  // restore point references it), naming the digest and, when it was
+  // quarantined, saying so.
+  virtual void Read(const Digest& digest, std::vector<uint8_t>* encoded) = 0;
+  // Moves a chunk found damaged out of the store (never deletes it), so it is
+  // missing from now on. Returns where it went, or "" when there was nothing
+  // to move (already gone). Logs, never throws: the damage report matters more.
+  virtual std::string Quarantine(const Digest& digest, const std::string& reason) = 0;
+  virtual std::string Describe(const Digest& digest) const = 0;
+};
+
+class ChunkDecoder;
+
+// Reads chunk `digest`, checks framing, CRC, SHA-256 and that it holds
+// `length` plain bytes, and decodes it into `plain`. A chunk that fails any
+// check is quarantined and the kCorrupt error rethrown; a chunk of a newer
+// format is reported (kBadInput) and left alone.
+void FetchChunk(ChunkReader& reader, ChunkDecoder& decoder, const Digest& digest, uint32_t length,
+                std::vector<uint8_t>* encoded, std::vector<uint8_t>* plain);
+
+class LocalChunkStore final : public ChunkStore, public ChunkReader {
+ public:
+  // `chunks_dir` may be missing (a damaged repository): listing points still
+  // works, and every chunk operation then fails naming the directory.
+  LocalChunkStore(std::string chunks_dir, std::string quarantine_dir, SyncLevel sync_level);
 
   std::string PathFor(const Digest& digest) const;
-  bool Contains(const Digest& digest) const;
 
-  // Stores an encoded chunk (see chunk.h). Returns false when the chunk was
-  // already present (nothing written).
-  bool Insert(const Digest& digest, std::span<const uint8_t> encoded);
-
-  // Reads the encoded bytes of a chunk. Missing chunk: kCorrupt (a restore
-  // point references it), naming the digest.
-  void ReadEncoded(const Digest& digest, std::vector<uint8_t>* encoded) const;
-
-  // Makes every chunk written so far durable (syncfs on the store's file
-  // system). Called before a restore point is committed.
-  void Sync();
+  void FindMissing(std::span<const Digest> digests, std::vector<size_t>* missing) override;
+  bool Insert(const Digest& digest, std::span<const uint8_t> encoded) override;
+  void Sync() override;
+  void Read(const Digest& digest, std::vector<uint8_t>* encoded) override;
+  std::string Quarantine(const Digest& digest, const std::string& reason) override;
+  std::string Describe(const Digest& digest) const override { return PathFor(digest); }
 
  private:
+  int DirFd() const;  // throws when the chunks directory is missing
+
   std::string dir_;
+  std::string quarantine_dir_;
   SyncLevel sync_level_;
   UniqueFd dir_fd_;
+  int open_errno_ = 0;
 };
 
 }  // namespace ferry

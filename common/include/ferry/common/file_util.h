@@ -63,16 +63,23 @@ void MakeDirectory(const std::string& path, int mode = 0755);
 // Removes a file tree; missing paths are fine.
 void RemoveTree(const std::string& path);
 
-// An exclusive flock(2) on a file, held for the object's lifetime. The kernel
+enum class LockMode { kExclusive, kShared };
+
+// A flock(2) on a file (exclusive unless asked for shared), held for the
+// object's lifetime. The kernel
 // drops it when the process dies, which is what lets a later run tell a
 // crashed writer's leftovers from a live writer's work in progress.
 class FileLock {
  public:
   // Returns a held lock, or an invalid one if another process holds it (or,
   // without `create`, if the file does not exist).
-  static FileLock TryAcquire(const std::string& path, bool create = true);
+  // A lock whose file was unlinked or replaced while it was being taken is
+  // not held (the holder removed it, e.g. with the staging it guarded).
+  static FileLock TryAcquire(const std::string& path, bool create = true,
+                             LockMode mode = LockMode::kExclusive);
   // Waits up to `timeout_ms` for the lock; an invalid lock if it stays taken.
-  static FileLock Acquire(const std::string& path, int timeout_ms);
+  static FileLock Acquire(const std::string& path, int timeout_ms,
+                          LockMode mode = LockMode::kExclusive);
   bool held() const { return fd_.valid(); }
 
  private:

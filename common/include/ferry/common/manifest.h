@@ -1,5 +1,8 @@
-// Restore-point manifest, format v1 (docs/repository-format.md, "Manifest").
+// Restore-point manifest (docs/repository-format.md, "Manifest").
 // JSON, so a person can read it; the "format" member is its versioned magic.
+// v2 (written since repository v2) ends in a SHA-256 over every other byte of
+// the file, so any change to a committed manifest is detected; v1 manifests
+// (Ferry 0.1) are read, and reported as unprotected by verify.
 #pragma once
 
 #include <cstdint>
@@ -10,7 +13,8 @@
 
 namespace ferry {
 
-inline constexpr char kManifestFormat[] = "ferry-restore-point-v1";
+inline constexpr char kManifestFamily[] = "ferry-restore-point";
+inline constexpr int kManifestVersion = 2;  // what this Ferry writes (and the newest it reads)
 
 // How a disk's data was read, and the changed-block-tracking state the next
 // backup of the same chain must find to trust an incremental (docs/cbt.md).
@@ -37,6 +41,8 @@ struct DiskRecord {
   uint64_t read_bytes = 0;     // bytes read from the source
   uint64_t stored_bytes = 0;   // bytes written into the chunk store
   uint64_t unchanged_chunks = 0;  // incremental: digests taken from the previous point
+  uint64_t healed_chunks = 0;     // incremental: unchanged, but read again because the
+                                  // previous point's chunk was missing (quarantined)
   CbtRecord cbt;               // empty mode: made without CBT (older points)
 };
 
@@ -56,6 +62,7 @@ struct ConfigFileRecord {
 };
 
 struct RestorePointManifest {
+  int format_version = kManifestVersion;  // as read; written always as kManifestVersion
   std::string id;
   std::string chain;  // the backup chain this point belongs to ("" for none)
   VmIdentity vm;
@@ -68,8 +75,12 @@ struct RestorePointManifest {
   const ConfigFileRecord* FindConfig(const std::string& kind) const;
 };
 
+// The v2 file: the JSON object, its last member "manifest_sha256" (see
+// ManifestFromJson), and a newline.
 std::string ManifestToJson(const RestorePointManifest& manifest);
-// Throws kCorrupt naming `source` and the member that is missing or wrong.
+// Reads v1 and v2. Throws kCorrupt naming `source` and what is wrong: a
+// checksum that does not match, a member missing or of the wrong type, a disk
+// (or index, or configuration file) named twice. A newer format: kBadInput.
 RestorePointManifest ManifestFromJson(const std::string& json, const std::string& source);
 
 // "2026-11-22T03:42:10Z" for now.

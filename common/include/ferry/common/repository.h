@@ -1,17 +1,14 @@
-// A Ferry repository on a local (or mounted) file system.
+// A Ferry repository on a local (or mounted) file system: its configuration
+// plus the two stores behind interfaces (chunk_store.h, point_store.h).
 //
 //   <dir>/ferry-repository.json   config; "format" is the versioned magic
 //   <dir>/chunks/<3 hex>/<64 hex> chunk files (chunk_store.h)
+//   <dir>/quarantine/             chunks found damaged, moved aside
 //   <dir>/points/<id>/            committed restore points: manifest.json
 //                                 plus one fixed index per disk
-//   <dir>/staging/<id>/           restore points being written
-//   <dir>/staging/<id>.lock       held (flock) by the writer of <id>
+//   <dir>/staging/                restore points being written (point_store.h)
 //
-// A restore point becomes visible in one rename(2) of its complete staging
-// directory into points/, after every chunk it references and its indexes are
-// durable. A writer that dies leaves only a staging directory, which the next
-// writer removes once it can take that directory's lock. See
-// docs/repository-format.md.
+// See docs/repository-format.md.
 #pragma once
 
 #include <cstdint>
@@ -22,6 +19,7 @@
 #include "ferry/common/chunk_store.h"
 #include "ferry/common/file_util.h"
 #include "ferry/common/manifest.h"
+#include "ferry/common/point_store.h"
 
 namespace ferry {
 
@@ -30,11 +28,16 @@ namespace ferry {
 // one per VM per session so that every disk task writes into the same point.
 std::string NewPointId();
 
-inline constexpr char kRepositoryFormat[] = "ferry-repository-v1";
+inline constexpr char kRepositoryFamily[] = "ferry-repository";
+// v2: v2 manifests, staging that outlives its writers, quarantine. Written by
+// init; a v1 repository is upgraded when it is first written to, so Ferry 0.1
+// refuses it instead of removing staged points it does not understand.
+inline constexpr int kRepositoryVersion = 2;
 // Chosen by measurement (docs/benchmarks.md): see kDefaultChunkSize's note there.
 inline constexpr uint32_t kDefaultChunkSize = 1u << 20;
 
 struct RepositoryConfig {
+  int format_version = kRepositoryVersion;  // as read
   std::string id;  // random, 32 hex digits
   uint32_t chunk_size = kDefaultChunkSize;
   int zstd_level = 1;
@@ -45,69 +48,37 @@ struct RepositoryConfig {
 // Checks a chunk size given by a user: a power of two from 64 KiB to 16 MiB.
 // Throws kBadInput naming the value.
 void ValidateChunkSize(uint64_t chunk_size);
-
-class PointWriter;
+// The one check of a configuration, by init and on every open: chunk size
+// and zstd level (-7..19). Throws kBadInput naming the value.
+void ValidateRepositoryConfig(const RepositoryConfig& config);
 
 class Repository {
  public:
   // Creates a repository in `dir` (created if missing; must be empty).
   static void Init(const std::string& dir, const RepositoryConfig& config);
   // Opens an existing repository. Throws kNotFound if `dir` does not exist,
-  // kBadInput if it is not a Ferry repository.
+  // kBadInput if it is not a Ferry repository or is of a newer format,
+  // kCorrupt if its configuration is damaged or out of range.
   static std::unique_ptr<Repository> Open(const std::string& dir);
 
   const std::string& dir() const { return dir_; }
   const RepositoryConfig& config() const { return config_; }
   ChunkStore& chunks() { return *chunks_; }
+  ChunkReader& chunk_reader() { return *chunks_; }
+  PointStore& points() { return *points_; }
+  const PointStore& points() const { return *points_; }
 
-  // Committed restore points, oldest first.
-  std::vector<std::string> ListPoints() const;
-  // Throws kNotFound for an unknown id, kCorrupt for a damaged manifest.
-  RestorePointManifest LoadPoint(const std::string& id) const;
-  std::string IndexPath(const std::string& point_id, const DiskRecord& disk) const;
-  // A file of a committed point (e.g. a configuration file).
-  std::string PointFilePath(const std::string& point_id, const std::string& file_name) const;
-
-  // Starts a new restore point. Removes staging directories left by writers
-  // that died. Throws kEnvironment if the repository is not writable.
-  std::unique_ptr<PointWriter> BeginPoint();
+  // Before a write: checks the repository is writable (kEnvironment) and
+  // upgrades a v1 configuration to v2.
+  void PrepareForWriting();
 
  private:
   Repository(std::string dir, RepositoryConfig config);
-  void RemoveAbandonedStaging();
 
   std::string dir_;
   RepositoryConfig config_;
-  std::unique_ptr<ChunkStore> chunks_;
-};
-
-// A restore point under construction. Destroying it uncommitted removes it.
-class PointWriter {
- public:
-  PointWriter(Repository* repo, std::string id);
-  ~PointWriter();
-  PointWriter(const PointWriter&) = delete;
-  PointWriter& operator=(const PointWriter&) = delete;
-
-  const std::string& id() const { return id_; }
-  // Path for the index file of the disk-th disk; the name goes into the
-  // DiskRecord's index_file.
-  std::string IndexFileName(size_t disk) const;
-  std::string StagingPath(const std::string& file_name) const;
-  // Stores a file with the point (fsynced at Commit) and returns its record.
-  ConfigFileRecord AddFile(const std::string& kind, const std::string& name, const std::string& content,
-                           const std::string& origin);
-
-  // Makes the point visible: syncs chunks and indexes, writes the manifest,
-  // renames the staging directory into points/. `manifest.id` is set here.
-  void Commit(RestorePointManifest manifest);
-
- private:
-  Repository* repo_;
-  std::string id_;
-  std::string staging_dir_;
-  FileLock lock_;
-  bool committed_ = false;
+  std::unique_ptr<LocalChunkStore> chunks_;
+  std::unique_ptr<PointStore> points_;
 };
 
 }  // namespace ferry

@@ -1,6 +1,8 @@
-// Repository verification: every chunk referenced by the checked restore
-// points is read back, its CRC, decompression and SHA-256 checked, and its
-// size compared with what the index expects. Each distinct chunk is read
+// Repository verification: every manifest's checksum, every index against
+// its manifest, and every chunk referenced by the checked restore points read
+// back, its CRC, decompression and SHA-256 checked, and its size compared with
+// what the index expects. A damaged chunk is quarantined (chunk_store.h), so
+// the next backup of that data stores it again. Each distinct chunk is read
 // once however many points reference it; a bad chunk is reported for every
 // point, disk and chunk position that references it.
 #pragma once
@@ -29,6 +31,7 @@ struct VerifyReport {
   uint64_t chunks_checked = 0;  // distinct chunks read
   uint64_t bytes_checked = 0;   // plain bytes
   std::vector<VerifyProblem> problems;
+  std::vector<std::string> unprotected;  // points with a v1 manifest (no checksum)
   bool clean() const { return problems.empty(); }
 };
 

@@ -44,14 +44,18 @@ struct DiskBackupResult {
   uint64_t read_bytes = 0;
   uint64_t stored_bytes = 0;
   uint64_t unchanged_chunks = 0;  // taken from previous_index without a read
+  uint64_t healed_chunks = 0;     // unchanged, but read again: the previous chunk was missing
   Digest index_sha256;
 };
 
-// Reads the whole of `reader` (holes skipped) into the repository and
-// writes the fixed index to `index_path`. Throws ferry::Error naming the disk
-// offset or chunk on failure; nothing it wrote is referenced until the
-// caller commits the restore point.
-DiskBackupResult BackupDisk(Repository& repo, BlockReader& reader, const std::string& index_path,
-                            const DiskBackupOptions& options, DiskBackupProgress* progress);
+// Reads the whole of `reader` (holes skipped) into `store`, chunked and
+// compressed as `config` says, and writes the fixed index to `index_path`.
+// Incremental (options.previous_index): unchanged chunks take the previous
+// digest, unless the store no longer holds that chunk, in which case it is
+// read again. Throws ferry::Error naming the disk offset or chunk on failure;
+// nothing it wrote is referenced until the caller commits the restore point.
+DiskBackupResult BackupDisk(ChunkStore& store, const RepositoryConfig& config, BlockReader& reader,
+                            const std::string& index_path, const DiskBackupOptions& options,
+                            DiskBackupProgress* progress);
 
 }  // namespace ferry::worker

@@ -19,6 +19,7 @@ struct VmBackupRequest {
   std::vector<std::string> disks;          // disk names to back up; empty: all
   std::vector<std::string> exclude_disks;  // disk names to leave out
   std::string chain = "default";           // backup chain (docs/cbt.md)
+  std::string point_id;                    // "" for a new one (NewPointId)
   DiskBackupOptions disk_options;
 };
 

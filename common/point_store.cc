@@ -1,0 +1,483 @@
+#include "ferry/common/point_store.h"
+
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <boost/json.hpp>
+#include <cerrno>
+#include <ctime>
+#include <set>
+#include <unordered_set>
+
+#include "ferry/common/error.h"
+#include "ferry/common/format.h"
+#include "ferry/common/log.h"
+
+namespace json = boost::json;
+
+namespace ferry {
+
+// Layout (docs/repository-format.md, "Staging and commit"):
+//   points/<id>/             committed: manifest.json, disk-N.fidx, config files
+//   staging/<id>/            what becomes points/<id>/ at commit
+//   staging/<id>.stage/      point.json (the header), disk-N.json (a finished
+//                            disk's record), file-<name>.json, disk-N.lock,
+//                            owner.lock (held by the process of a point
+//                            staged with expiry 0)
+//   staging/<id>.lock        shared by writers, exclusive for commit/removal
+
+namespace {
+
+constexpr char kStagedFamily[] = "ferry-staged-point";
+constexpr char kLockSuffix[] = ".lock";
+constexpr char kStageSuffix[] = ".stage";
+
+std::vector<std::string> ListDirectory(const std::string& dir) {
+  std::vector<std::string> names;
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) throw ErrnoError("listing " + dir, errno);
+  while (struct dirent* e = ::readdir(d)) {
+    std::string name = e->d_name;
+    if (name.empty() || name[0] == '.') continue;
+    names.push_back(std::move(name));
+  }
+  ::closedir(d);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+bool IsDirectory(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool IsValidPointId(const std::string& id) {
+  if (id.empty() || id.size() > 64 || id[0] == '.') return false;
+  return std::all_of(id.begin(), id.end(), [](char c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' || c == '.';
+  });
+}
+
+std::string IndexFileName(size_t disk) { return "disk-" + std::to_string(disk) + ".fidx"; }
+
+std::string HeaderToJson(const StagedPointHeader& h) {
+  json::array disks;
+  for (const auto& d : h.disks) disks.emplace_back(d);
+  json::object o{{"format", std::string(kStagedFamily) + "-v1"},
+                 {"id", h.id},
+                 {"vm", json::object{{"name", h.vm.name}, {"uuid", h.vm.uuid}, {"hypervisor", h.vm.hypervisor}}},
+                 {"chain", h.chain},
+                 {"started_at", h.started_at},
+                 {"disks", std::move(disks)},
+                 {"expires_at", h.expires_at}};
+  return json::serialize(o) + "\n";
+}
+
+StagedPointHeader HeaderFromJson(const std::string& text, const std::string& path) {
+  auto bad = [&](const std::string& why) { return Error(ErrorKind::kCorrupt, "staged point header " + path + ": " + why); };
+  json::error_code ec;
+  json::value v = json::parse(text, ec);
+  if (ec || !v.is_object()) throw bad("not a JSON object");
+  const auto& o = v.as_object();
+  auto str = [&](const json::object& obj, const char* key) {
+    auto it = obj.find(key);
+    if (it == obj.end() || !it->value().is_string()) throw bad(std::string("'") + key + "' missing");
+    return std::string(it->value().as_string());
+  };
+  CheckFormatName(str(o, "format"), kStagedFamily, 1, "staged point header " + path);
+  StagedPointHeader h;
+  h.id = str(o, "id");
+  auto vm = o.find("vm");
+  if (vm == o.end() || !vm->value().is_object()) throw bad("'vm' missing");
+  h.vm = {str(vm->value().as_object(), "name"), str(vm->value().as_object(), "uuid"),
+          str(vm->value().as_object(), "hypervisor")};
+  h.chain = str(o, "chain");
+  h.started_at = str(o, "started_at");
+  auto disks = o.find("disks");
+  if (disks == o.end() || !disks->value().is_array()) throw bad("'disks' missing");
+  for (const auto& d : disks->value().as_array()) {
+    if (!d.is_string()) throw bad("'disks' holds a non-string");
+    h.disks.emplace_back(d.as_string());
+  }
+  auto exp = o.find("expires_at");
+  if (exp == o.end() || !exp->value().is_int64()) throw bad("'expires_at' missing");
+  h.expires_at = exp->value().as_int64();
+  return h;
+}
+
+class LocalStagingLease : public StagingLease {
+ public:
+  LocalStagingLease(StagedPointHeader header, FileLock owner) : header_(std::move(header)), owner_(std::move(owner)) {}
+  const StagedPointHeader& header() const override { return header_; }
+
+ private:
+  StagedPointHeader header_;
+  FileLock owner_;  // held for points that expire with their process
+};
+
+class LocalDiskWriter : public DiskWriter {
+ public:
+  LocalDiskWriter(std::string disk, std::string index_file, std::string index_path, std::string record_path,
+                  std::string staging_dir, FileLock point_lock, FileLock disk_lock)
+      : disk_(std::move(disk)),
+        index_file_(std::move(index_file)),
+        index_path_(std::move(index_path)),
+        record_path_(std::move(record_path)),
+        staging_dir_(std::move(staging_dir)),
+        point_lock_(std::move(point_lock)),
+        disk_lock_(std::move(disk_lock)) {}
+
+  const std::string& index_path() const override { return index_path_; }
+  const std::string& index_file() const override { return index_file_; }
+
+  void Finish(DiskRecord record) override {
+    record.name = disk_;
+    record.index_file = index_file_;
+    // The index itself was fsynced by FixedIndexWriter::Finish; its name now.
+    FsyncDirectory(staging_dir_);
+    // The record is a one-disk manifest: the same reader and checksum.
+    RestorePointManifest m;
+    m.id = "staged";
+    m.disks.push_back(std::move(record));
+    WriteFileAtomically(record_path_, ManifestToJson(m));
+  }
+
+ private:
+  std::string disk_, index_file_, index_path_, record_path_, staging_dir_;
+  FileLock point_lock_, disk_lock_;
+};
+
+class LocalPointStore : public PointStore {
+ public:
+  explicit LocalPointStore(std::string repo_dir)
+      : dir_(std::move(repo_dir)), points_(dir_ + "/points"), staging_(dir_ + "/staging") {}
+
+  std::vector<std::string> List() const override {
+    std::vector<std::string> ids;
+    for (auto& name : ListDirectory(points_)) {
+      if (IsValidPointId(name) && IsDirectory(points_ + "/" + name)) ids.push_back(std::move(name));
+    }
+    return ids;
+  }
+
+  PointListing LoadAll() const override {
+    PointListing out;
+    std::vector<std::string> names;
+    try {
+      names = ListDirectory(points_);
+    } catch (const Error& e) {
+      out.problems.push_back({"points", e.what()});
+      return out;
+    }
+    for (const auto& name : names) {
+      if (!IsValidPointId(name) || !IsDirectory(points_ + "/" + name)) {
+        out.problems.push_back({name, points_ + "/" + name + " is not a restore point directory (a stray file?)"});
+        continue;
+      }
+      try {
+        out.points.push_back(Load(name));
+      } catch (const Error& e) {
+        out.problems.push_back({name, e.what()});
+      }
+    }
+    return out;
+  }
+
+  RestorePointManifest Load(const std::string& id) const override {
+    std::string path = points_ + "/" + id + "/manifest.json";
+    if (!IsValidPointId(id) || !PathExists(path)) {
+      throw Error(ErrorKind::kNotFound, "restore point '" + id + "' does not exist in " + dir_);
+    }
+    RestorePointManifest m;
+    try {
+      m = ManifestFromJson(ReadWholeFile(path), path);
+    } catch (const Error& e) {
+      throw e.WithContext("restore point " + id);
+    }
+    if (m.id != id) throw Error(ErrorKind::kCorrupt, "restore point " + id + ": manifest " + path + " names point '" + m.id + "'");
+    return m;
+  }
+
+  std::unique_ptr<FixedIndexReader> OpenIndex(const std::string& id, const DiskRecord& disk) const override {
+    return std::make_unique<FixedIndexReader>(points_ + "/" + id + "/" + disk.index_file, &disk.index_sha256);
+  }
+
+  std::string ReadFile(const std::string& id, const ConfigFileRecord& file) const override {
+    std::string content = ReadWholeFile(points_ + "/" + id + "/" + file.name);
+    if (Sha256(content.data(), content.size()) != file.sha256) {
+      throw Error(ErrorKind::kCorrupt, "restore point " + id + ": configuration file " + file.name +
+                                           " does not match its checksum");
+    }
+    return content;
+  }
+
+  std::unique_ptr<StagingLease> Stage(StagedPointHeader header) override {
+    ValidatePointId(header.id);
+    if (header.disks.empty()) throw Error(ErrorKind::kBadInput, "point " + header.id + ": no disks to stage");
+    std::set<std::string> names(header.disks.begin(), header.disks.end());
+    if (names.size() != header.disks.size()) {
+      throw Error(ErrorKind::kBadInput, "point " + header.id + ": a disk is named twice");
+    }
+    if (PathExists(points_ + "/" + header.id)) {
+      throw Error(ErrorKind::kBadInput, "restore point " + header.id + " is already committed");
+    }
+    for (const auto& gone : RemoveExpired()) LogInfo("removed expired staging of point " + gone);
+    FileLock lock = FileLock::TryAcquire(LockPath(header.id), /*create=*/true, LockMode::kShared);
+    if (!lock.held()) {
+      throw Error(ErrorKind::kRetryable, "point " + header.id + " is being committed or discarded");
+    }
+    MakeDirectory(StageDir(header.id));
+    MakeDirectory(StagingDir(header.id));
+    // A point that lives as long as its process: that process holds the
+    // owner lock from here to its end, commit included.
+    FileLock owner;
+    if (header.expires_at == 0) {
+      owner = FileLock::TryAcquire(OwnerLockPath(header.id));
+      if (!owner.held()) {
+        throw Error(ErrorKind::kRetryable, "point " + header.id + " is staged by another running process");
+      }
+    }
+    std::string header_path = HeaderPath(header.id);
+    if (PathExists(header_path)) {
+      StagedPointHeader have = ReadHeader(header.id);
+      if (have.vm.name != header.vm.name || have.vm.uuid != header.vm.uuid || have.chain != header.chain ||
+          have.disks != header.disks) {
+        throw Error(ErrorKind::kBadInput, "point " + header.id + " is staged for another VM, chain or set of disks");
+      }
+      if (header.expires_at > have.expires_at && have.expires_at != 0) {
+        have.expires_at = header.expires_at;
+        WriteFileAtomically(header_path, HeaderToJson(have));
+      }
+      return std::make_unique<LocalStagingLease>(std::move(have), std::move(owner));
+    }
+    if (header.started_at.empty()) header.started_at = NowRfc3339();
+    WriteFileAtomically(header_path, HeaderToJson(header));
+    FsyncDirectory(staging_);
+    return std::make_unique<LocalStagingLease>(std::move(header), std::move(owner));
+  }
+
+  std::unique_ptr<DiskWriter> WriteDisk(const std::string& id, const std::string& disk) override {
+    FileLock point_lock = SharedLockOfStaged(id);
+    StagedPointHeader header = ReadHeader(id);
+    auto it = std::find(header.disks.begin(), header.disks.end(), disk);
+    if (it == header.disks.end()) {
+      throw Error(ErrorKind::kNotFound, "staged point " + id + " has no disk '" + disk + "'");
+    }
+    size_t n = static_cast<size_t>(it - header.disks.begin());
+    std::string base = StageDir(id) + "/disk-" + std::to_string(n);
+    FileLock disk_lock = FileLock::TryAcquire(base + kLockSuffix);
+    if (!disk_lock.held()) {
+      throw Error(ErrorKind::kRetryable, "disk " + disk + " of point " + id + " is being written by another process");
+    }
+    // Written again from scratch: the old record goes first, so a writer
+    // killed from here on leaves the disk "not written".
+    if (::unlink((base + ".json").c_str()) == 0) FsyncDirectory(StageDir(id));
+    return std::make_unique<LocalDiskWriter>(disk, IndexFileName(n), StagingDir(id) + "/" + IndexFileName(n),
+                                             base + ".json", StagingDir(id), std::move(point_lock),
+                                             std::move(disk_lock));
+  }
+
+  ConfigFileRecord AddFile(const std::string& id, const std::string& kind, const std::string& name,
+                           const std::string& content, const std::string& origin) override {
+    if (name.empty() || name.find('/') != std::string::npos || name[0] == '.' || name == "manifest.json" ||
+        name.starts_with("disk-")) {
+      throw Error(ErrorKind::kInternal, "bad point file name '" + name + "'");
+    }
+    FileLock point_lock = SharedLockOfStaged(id);
+    WriteFileAtomically(StagingDir(id) + "/" + name, content);
+    ConfigFileRecord rec{kind, name, origin, Sha256(content.data(), content.size())};
+    RestorePointManifest m;
+    m.id = "staged";
+    m.config_files.push_back(rec);
+    WriteFileAtomically(StageDir(id) + "/file-" + name + ".json", ManifestToJson(m));
+    return rec;
+  }
+
+  RestorePointManifest Commit(const std::string& id, ChunkStore& chunks) override {
+    ValidatePointId(id);
+    FileLock lock = FileLock::TryAcquire(LockPath(id), /*create=*/false);
+    if (!lock.held()) {
+      if (PathExists(points_ + "/" + id)) return Load(id);
+      if (!PathExists(LockPath(id))) throw Error(ErrorKind::kNotFound, "point " + id + " is not staged");
+      throw Error(ErrorKind::kRetryable, "point " + id + " cannot be committed yet: a disk of it is being written");
+    }
+    if (PathExists(points_ + "/" + id)) {  // committed before a crash cut the cleanup short
+      RemoveStagingLocked(id);
+      return Load(id);
+    }
+    StagedPointHeader header = ReadHeader(id);
+    RestorePointManifest m;
+    m.id = id;
+    m.vm = header.vm;
+    m.chain = header.chain;
+    m.started_at = header.started_at;
+    std::string not_written;
+    for (size_t i = 0; i < header.disks.size(); ++i) {
+      std::string record = StageDir(id) + "/disk-" + std::to_string(i) + ".json";
+      if (!PathExists(record)) {
+        not_written += (not_written.empty() ? "" : ", ") + header.disks[i];
+        continue;
+      }
+      RestorePointManifest r = ManifestFromJson(ReadWholeFile(record), record);
+      if (r.disks.size() != 1 || r.disks[0].name != header.disks[i]) {
+        throw Error(ErrorKind::kCorrupt, "staged disk record " + record + " is not disk " + header.disks[i]);
+      }
+      m.disks.push_back(r.disks[0]);
+    }
+    if (!not_written.empty()) {
+      throw Error(ErrorKind::kNotFound, "point " + id + " cannot be committed: disk(s) " + not_written +
+                                            " not written (or their task was cut off); write them again");
+    }
+    CheckChunksPresent(id, m, chunks);
+    for (const auto& name : ListDirectory(StageDir(id))) {
+      if (!name.starts_with("file-") || !name.ends_with(".json")) continue;
+      std::string path = StageDir(id) + "/" + name;
+      RestorePointManifest r = ManifestFromJson(ReadWholeFile(path), path);
+      for (auto& f : r.config_files) m.config_files.push_back(std::move(f));
+    }
+    m.completed_at = NowRfc3339();
+    chunks.Sync();
+    const std::string staged = StagingDir(id);
+    WriteFileAtomically(staged + "/manifest.json", ManifestToJson(m));
+    FsyncDirectory(staged);
+    if (::rename(staged.c_str(), (points_ + "/" + id).c_str()) != 0) {
+      throw ErrnoError("committing restore point " + id + " (renaming " + staged + ")", errno);
+    }
+    FsyncDirectory(points_);
+    RemoveStagingLocked(id);
+    return m;
+  }
+
+  void Discard(const std::string& id) override {
+    ValidatePointId(id);
+    FileLock lock = FileLock::TryAcquire(LockPath(id), /*create=*/false);
+    if (!lock.held()) {
+      if (PathExists(LockPath(id))) {
+        throw Error(ErrorKind::kRetryable, "point " + id + " cannot be discarded now: a disk of it is being written");
+      }
+      if (PathExists(points_ + "/" + id)) {
+        throw Error(ErrorKind::kBadInput, "restore point " + id + " is committed; it is not discarded");
+      }
+      RemoveTree(StagingDir(id));
+      RemoveTree(StageDir(id));
+      return;
+    }
+    if (PathExists(points_ + "/" + id)) {
+      RemoveStagingLocked(id);
+      throw Error(ErrorKind::kBadInput, "restore point " + id + " is committed; it is not discarded");
+    }
+    RemoveStagingLocked(id);
+  }
+
+  std::vector<std::string> RemoveExpired() override {
+    std::vector<std::string> removed;
+    const int64_t now = static_cast<int64_t>(::time(nullptr));
+    for (const auto& id : ListStaged()) {
+      int64_t expires_at = 0;  // no header: a Stage cut short, or Ferry 0.1's staging
+      try {
+        if (PathExists(HeaderPath(id))) expires_at = ReadHeader(id).expires_at;
+      } catch (const Error& e) {
+        LogWarning("staging of point " + id + ": " + e.what());
+        continue;  // keep what we cannot read; a person can look at it
+      }
+      bool committed = PathExists(points_ + "/" + id);
+      if (!committed && expires_at > now) continue;
+      FileLock lock = FileLock::TryAcquire(LockPath(id), /*create=*/true);
+      if (!lock.held()) continue;  // being written
+      FileLock owner = FileLock::TryAcquire(OwnerLockPath(id), /*create=*/false);
+      if (!committed && !owner.held() && PathExists(OwnerLockPath(id))) continue;  // its process is alive
+      RemoveStagingLocked(id);
+      if (!committed) removed.push_back(id);
+    }
+    return removed;
+  }
+
+  std::vector<std::string> ListStaged() const override {
+    std::set<std::string> ids;
+    if (!PathExists(staging_)) return {};
+    for (const auto& name : ListDirectory(staging_)) {
+      std::string id = name;
+      if (id.ends_with(kLockSuffix)) id.resize(id.size() - sizeof kLockSuffix + 1);
+      else if (id.ends_with(kStageSuffix)) id.resize(id.size() - sizeof kStageSuffix + 1);
+      if (IsValidPointId(id)) ids.insert(id);
+    }
+    return {ids.begin(), ids.end()};
+  }
+
+ private:
+  std::string StagingDir(const std::string& id) const { return staging_ + "/" + id; }
+  std::string StageDir(const std::string& id) const { return staging_ + "/" + id + kStageSuffix; }
+  std::string LockPath(const std::string& id) const { return staging_ + "/" + id + kLockSuffix; }
+  std::string HeaderPath(const std::string& id) const { return StageDir(id) + "/point.json"; }
+  std::string OwnerLockPath(const std::string& id) const { return StageDir(id) + "/owner.lock"; }
+
+  StagedPointHeader ReadHeader(const std::string& id) const {
+    std::string path = HeaderPath(id);
+    if (!PathExists(path)) throw Error(ErrorKind::kNotFound, "point " + id + " is not staged");
+    StagedPointHeader h = HeaderFromJson(ReadWholeFile(path), path);
+    if (h.id != id) throw Error(ErrorKind::kCorrupt, "staged point header " + path + " names point '" + h.id + "'");
+    return h;
+  }
+
+  FileLock SharedLockOfStaged(const std::string& id) const {
+    ValidatePointId(id);
+    FileLock lock = FileLock::TryAcquire(LockPath(id), /*create=*/false, LockMode::kShared);
+    if (lock.held() && PathExists(HeaderPath(id))) return lock;
+    if (PathExists(points_ + "/" + id)) throw Error(ErrorKind::kBadInput, "restore point " + id + " is already committed");
+    if (!PathExists(LockPath(id)) || !PathExists(HeaderPath(id))) {
+      throw Error(ErrorKind::kNotFound, "point " + id + " is not staged (stage it first)");
+    }
+    throw Error(ErrorKind::kRetryable, "point " + id + " is being committed or discarded");
+  }
+
+  // The commit-time check: no point may reference a chunk the store does not
+  // hold now (a chunk deleted or quarantined since it was deduplicated).
+  void CheckChunksPresent(const std::string& id, const RestorePointManifest& m, ChunkStore& chunks) const {
+    for (const auto& d : m.disks) {
+      FixedIndexReader index(StagingDir(id) + "/" + d.index_file, &d.index_sha256);
+      if (index.disk_size() != d.size || index.chunk_size() != d.chunk_size) {
+        throw Error(ErrorKind::kCorrupt, "point " + id + ": the index of disk " + d.name + " does not match its record");
+      }
+      std::unordered_set<Digest, DigestHash> seen;
+      std::vector<Digest> distinct;
+      for (uint64_t i = 0; i < index.chunk_count(); ++i) {
+        Digest digest = index.At(i);
+        if (!digest.IsZeroMarker() && seen.insert(digest).second) distinct.push_back(digest);
+      }
+      std::vector<size_t> missing;
+      chunks.FindMissing(distinct, &missing);
+      if (!missing.empty()) {
+        throw Error(ErrorKind::kRetryable, "point " + id + " is not committed: disk " + d.name + " references " +
+                                               std::to_string(missing.size()) + " chunk(s) missing from the store (" +
+                                               chunks.Describe(distinct[missing[0]]) +
+                                               " first); writing the disk again stores them");
+      }
+    }
+  }
+
+  // With the point's lock held exclusively.
+  void RemoveStagingLocked(const std::string& id) {
+    RemoveTree(StagingDir(id));
+    RemoveTree(StageDir(id));
+    ::unlink(LockPath(id).c_str());
+    FsyncDirectory(staging_);
+  }
+
+  std::string dir_, points_, staging_;
+};
+
+}  // namespace
+
+void ValidatePointId(const std::string& id) {
+  if (!IsValidPointId(id)) {
+    throw Error(ErrorKind::kBadInput, "'" + id + "' is not a restore point id (1 to 64 of 0-9 A-Z a-z . -)");
+  }
+}
+
+std::unique_ptr<PointStore> OpenLocalPointStore(const std::string& repo_dir) {
+  return std::make_unique<LocalPointStore>(repo_dir);
+}
+
+}  // namespace ferry

@@ -1,0 +1,106 @@
+// The point store on the command line: a restore point staged under a
+// caller-given id, its disks written by separate processes (possibly on
+// separate hosts sharing the repository), then committed or discarded. This
+// is the shape of the coordinator's disk tasks (docs/cli.md, "Staged points").
+#include <iostream>
+
+#include "arguments.h"
+#include "commands.h"
+#include "ferry/common/error.h"
+#include "ferry/common/log.h"
+#include "ferry/common/repository.h"
+#include "ferry/worker/block_reader.h"
+#include "ferry/worker/disk_backup.h"
+#include "progress.h"
+
+namespace ferry::cli {
+
+namespace {
+
+// "90s", "30m", "24h", "7d", or plain seconds.
+int64_t ParseDuration(const std::string& option, const std::string& text) {
+  size_t used = 0;
+  int64_t n = -1;
+  try {
+    n = std::stoll(text, &used);
+  } catch (const std::exception&) {
+  }
+  std::string unit = text.substr(used);
+  int64_t scale = unit.empty() || unit == "s" ? 1 : unit == "m" ? 60 : unit == "h" ? 3600 : unit == "d" ? 86400 : 0;
+  if (n <= 0 || scale == 0 || n > (int64_t{1} << 40) / scale) {
+    throw Error(ErrorKind::kBadInput, "option --" + option + ": '" + text + "' is not a duration (e.g. 90s, 30m, 24h, 7d)");
+  }
+  return n * scale;
+}
+
+}  // namespace
+
+int StageCommand(const Args& args) {
+  Arguments a(args, {"repo", "point", "vm", "vm-uuid", "hypervisor", "disk", "chain", "expires"}, {});
+  auto repo = Repository::Open(a.Require("repo"));
+  repo->PrepareForWriting();
+  StagedPointHeader h;
+  h.id = a.Get("point").value_or("");
+  if (h.id.empty()) h.id = NewPointId();
+  h.vm = {a.Require("vm"), a.Get("vm-uuid").value_or(""), a.Get("hypervisor").value_or("qemu")};
+  h.chain = a.Get("chain").value_or("default");
+  h.disks = a.GetAll("disk");
+  if (h.disks.empty()) throw Error(ErrorKind::kBadInput, "give the point's disks with --disk NAME (repeatable)");
+  h.expires_at = static_cast<int64_t>(::time(nullptr)) + ParseDuration("expires", a.Get("expires").value_or("24h"));
+  repo->points().Stage(h);
+  std::cout << h.id << std::endl;
+  return 0;
+}
+
+int BackupDiskCommand(const Args& args) {
+  Arguments a(args, {"repo", "point", "disk", "file", "rate-limit", "threads"}, {});
+  auto repo = Repository::Open(a.Require("repo"));
+  repo->PrepareForWriting();
+  std::string point = a.Require("point"), disk = a.Require("disk");
+  worker::DiskBackupOptions options;
+  options.cancel = &g_interrupted;
+  if (auto r = a.GetSize("rate-limit")) options.rate_limit_bytes_per_s = *r;
+  if (auto t = a.GetInt("threads", 1, 256)) options.compute_threads = static_cast<unsigned>(*t);
+  auto reader = worker::OpenFileReader(a.Require("file"));
+  std::unique_ptr<DiskWriter> writer = repo->points().WriteDisk(point, disk);
+  worker::DiskBackupProgress progress;
+  worker::DiskBackupResult r;
+  {
+    const uint64_t total = reader->size();
+    ProgressLine line("backup " + disk, [&] { return std::make_pair(progress.bytes_done.load(), total); });
+    r = worker::BackupDisk(repo->chunks(), repo->config(), *reader, writer->index_path(), options, &progress);
+  }
+  DiskRecord rec;
+  rec.size = reader->size();
+  rec.chunk_size = repo->config().chunk_size;
+  rec.source_format = "raw";
+  rec.index_sha256 = r.index_sha256;
+  rec.chunks = r.chunks;
+  rec.zero_chunks = r.zero_chunks;
+  rec.new_chunks = r.new_chunks;
+  rec.reused_chunks = r.reused_chunks;
+  rec.read_bytes = r.read_bytes;
+  rec.stored_bytes = r.stored_bytes;
+  writer->Finish(std::move(rec));
+  LogInfo("disk " + disk + " of point " + point + " written: " + std::to_string(r.new_chunks) + " new chunks, " +
+          std::to_string(r.reused_chunks) + " already stored, " + std::to_string(r.zero_chunks) + " zero");
+  return 0;
+}
+
+int CommitCommand(const Args& args) {
+  Arguments a(args, {"repo", "point"}, {});
+  auto repo = Repository::Open(a.Require("repo"));
+  repo->PrepareForWriting();
+  RestorePointManifest m = repo->points().Commit(a.Require("point"), repo->chunks());
+  std::cout << m.id << std::endl;
+  return 0;
+}
+
+int DiscardCommand(const Args& args) {
+  Arguments a(args, {"repo", "point"}, {});
+  auto repo = Repository::Open(a.Require("repo"));
+  repo->points().Discard(a.Require("point"));
+  return 0;
+}
+
+}  // namespace ferry::cli
