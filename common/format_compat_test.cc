@@ -36,16 +36,17 @@ TEST(FormatCompatTest, ReadsVersion1Repository) {
   ASSERT_FALSE(want.point.empty());
   auto repo = Repository::Open(kFixture);
   EXPECT_EQ(repo->config().chunk_size, 64u << 10);
-  ASSERT_EQ(repo->ListPoints(), std::vector<std::string>{want.point});
+  ASSERT_EQ(repo->points().List(), std::vector<std::string>{want.point});
 
-  RestorePointManifest m = repo->LoadPoint(want.point);
+  RestorePointManifest m = repo->points().Load(want.point);
   EXPECT_EQ(m.vm.name, "fixture");
   EXPECT_EQ(m.vm.uuid, "00000000-0000-4000-8000-0000000f1e70");
   const DiskRecord* disk = m.FindDisk(want.disk);
   ASSERT_NE(disk, nullptr);
   EXPECT_EQ(disk->size, want.size);
 
-  FixedIndexReader index(repo->IndexPath(want.point, *disk), &disk->index_sha256);
+  auto index_reader = repo->points().OpenIndex(want.point, *disk);
+  const FixedIndexReader& index = *index_reader;
   ASSERT_EQ(index.chunk_count(), 17u);
   EXPECT_EQ(index.ChunkLength(16), 512u);
   EXPECT_EQ(index.At(4), index.At(9));  // the duplicate chunk is stored once
@@ -60,7 +61,7 @@ TEST(FormatCompatTest, ReadsVersion1Repository) {
     if (d.IsZeroMarker()) {
       plain.assign(index.ChunkLength(i), 0);
     } else {
-      repo->chunks().ReadEncoded(d, &encoded);
+      repo->chunk_reader().Read(d, &encoded);
       decoder.Decode(encoded, &d, "fixture chunk", &plain);
     }
     ASSERT_EQ(plain.size(), index.ChunkLength(i));
@@ -71,6 +72,8 @@ TEST(FormatCompatTest, ReadsVersion1Repository) {
   VerifyReport report = VerifyRepository(*repo, std::nullopt, 2, nullptr);
   EXPECT_TRUE(report.clean());
   EXPECT_EQ(report.chunks_checked, 3u);
+  EXPECT_EQ(m.format_version, 1);
+  EXPECT_EQ(report.unprotected, std::vector<std::string>{want.point});  // v1: no manifest checksum
 }
 
 }  // namespace

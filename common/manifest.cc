@@ -61,6 +61,7 @@ void CheckManifestChecksum(std::string_view text, const std::string& source) {
   } catch (const Error&) {
     throw bad("checksum is not a SHA-256 hex digest");
   }
+  if (recorded.Hex() != digits) throw bad("checksum is not in lowercase hex");  // every bit counts
   if (ManifestChecksum(text.substr(0, text.size() - tail - hex), kChecksumTrailer) != recorded) {
     throw bad("checksum does not match its contents (the manifest was changed or damaged)");
   }

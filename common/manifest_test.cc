@@ -57,8 +57,11 @@ TEST(ManifestTest, RoundTrip) {
   EXPECT_EQ(back.FindDisk("nope"), nullptr);
 }
 
+// The member checks, shared by v1 and v2, on v1 text (no checksum to reseal).
 TEST(ManifestTest, ErrorsNameTheMember) {
   auto v = boost::json::parse(ManifestToJson(Sample())).as_object();
+  v["format"] = "ferry-restore-point-v1";
+  v.erase("manifest_sha256");
   auto without_size = v;
   without_size["disks"].as_array()[0].as_object().erase("size");
   EXPECT_NE(CorruptMessage(boost::json::serialize(without_size)).find("disks[0].size"),
@@ -69,11 +72,59 @@ TEST(ManifestTest, ErrorsNameTheMember) {
   auto escape = v;
   escape["disks"].as_array()[0].as_object()["index"] = "../../etc/passwd";
   EXPECT_NE(CorruptMessage(boost::json::serialize(escape)).find("index"), std::string::npos);
-  auto future = v;
-  future["format"] = "ferry-restore-point-v9";
-  EXPECT_NE(CorruptMessage(boost::json::serialize(future)).find("v9"), std::string::npos);
+  auto twice = v;
+  twice["disks"].as_array().push_back(twice["disks"].as_array()[0]);
+  EXPECT_NE(CorruptMessage(boost::json::serialize(twice)).find("names disk 'virtio0' twice"), std::string::npos);
+  twice["disks"].as_array()[1].as_object()["name"] = "virtio1";
+  EXPECT_NE(CorruptMessage(boost::json::serialize(twice)).find("uses file 'disk-0.fidx' twice"), std::string::npos);
   EXPECT_NE(CorruptMessage("{not json").find("not valid JSON"), std::string::npos);
   EXPECT_NE(CorruptMessage("[]").find("not a JSON object"), std::string::npos);
+  EXPECT_EQ(ManifestFromJson(boost::json::serialize(v), "v1").format_version, 1);
+}
+
+TEST(ManifestTest, NewerFormatIsNotCalledDamage) {
+  auto v = boost::json::parse(ManifestToJson(Sample())).as_object();
+  v["format"] = "ferry-restore-point-v9";
+  try {
+    ManifestFromJson(boost::json::serialize(v), "m.json");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kBadInput);
+    EXPECT_NE(std::string(e.what()).find("newer Ferry (format ferry-restore-point-v9"), std::string::npos) << e.what();
+  }
+}
+
+TEST(ManifestTest, V2WriterRefusesNothingButTheReaderRefusesDuplicateDisks) {
+  RestorePointManifest m = Sample();
+  m.disks.push_back(m.disks[0]);
+  m.disks[1].index_file = "disk-1.fidx";
+  EXPECT_NE(CorruptMessage(ManifestToJson(m)).find("twice"), std::string::npos);
+}
+
+// Every bit of a v2 manifest is covered: a flip anywhere is refused.
+TEST(ManifestTest, EveryFlippedBitIsRefused) {
+  RestorePointManifest m = Sample();
+  m.config_files.push_back({"qemu-command-line", "qemu-cmdline.json", "/proc/1/cmdline", Sha256("c", 1)});
+  m.disks[0].cbt = {"full", "no bitmap", "ferry-x-1", "abcd", "disk.qcow2"};
+  const std::string good = ManifestToJson(m);
+  ASSERT_EQ(ManifestFromJson(good, "m").format_version, 2);
+  size_t refused = 0, flips = 0;
+  for (size_t i = 0; i < good.size(); ++i) {
+    for (int bit = 0; bit < 8; ++bit) {
+      std::string bad = good;
+      bad[i] = static_cast<char>(bad[i] ^ (1 << bit));
+      ++flips;
+      try {
+        ManifestFromJson(bad, "m");
+      } catch (const Error& e) {
+        ++refused;
+        continue;
+      }
+      ADD_FAILURE() << "flip of bit " << bit << " at byte " << i << " ('" << good[i] << "') accepted";
+    }
+  }
+  EXPECT_EQ(refused, flips);
+  EXPECT_EQ(flips, 8 * good.size());
 }
 
 }  // namespace

@@ -41,22 +41,34 @@ class DiskBackupTest : public ::testing::Test {
   std::string Backup(const std::string& source, DiskBackupResult* result,
                      const DiskBackupOptions& options = {}) {
     auto reader = OpenFileReader(source);
-    auto point = repo_->BeginPoint();
-    DiskRecord rec;
-    rec.name = "disk0";
-    rec.size = reader->size();
-    rec.chunk_size = kChunk;
-    rec.source_format = "raw";
-    rec.index_file = point->IndexFileName(0);
-    DiskBackupResult r = BackupDisk(*repo_, *reader, point->StagingPath(rec.index_file), options, nullptr);
-    rec.index_sha256 = r.index_sha256;
-    RestorePointManifest m;
-    m.vm = {"vm", "", "qemu"};
-    m.disks.push_back(rec);
-    std::string id = point->id();
-    point->Commit(m);
-    if (result) *result = r;
-    return id;
+    return Backup({{"disk0", reader.get()}}, result, options);
+  }
+
+  // Backs up several disks into one point; returns the point id.
+  std::string Backup(const std::vector<std::pair<std::string, BlockReader*>>& disks, DiskBackupResult* result,
+                     const DiskBackupOptions& options = {}) {
+    StagedPointHeader h;
+    h.id = NewPointId();
+    h.vm = {"vm", "", "qemu"};
+    for (const auto& [name, reader] : disks) h.disks.push_back(name);
+    auto lease = repo_->points().Stage(h);
+    try {
+      for (const auto& [name, reader] : disks) {
+        auto w = repo_->points().WriteDisk(h.id, name);
+        DiskRecord rec;
+        rec.size = reader->size();
+        rec.chunk_size = kChunk;
+        rec.source_format = "raw";
+        DiskBackupResult r = BackupDisk(repo_->chunks(), repo_->config(), *reader, w->index_path(), options, nullptr);
+        rec.index_sha256 = r.index_sha256;
+        w->Finish(rec);
+        if (result) *result = r;
+      }
+    } catch (...) {
+      repo_->points().Discard(h.id);
+      throw;
+    }
+    return repo_->points().Commit(h.id, repo_->chunks()).id;
   }
 
   std::string root_;
@@ -110,7 +122,7 @@ TEST_F(DiskBackupTest, SecondBackupStoresNothingNew) {
   EXPECT_EQ(first.new_chunks, 10u);
   EXPECT_EQ(second.new_chunks, 0u);
   EXPECT_EQ(second.reused_chunks, 10u);
-  EXPECT_EQ(repo_->ListPoints().size(), 2u);
+  EXPECT_EQ(repo_->points().List().size(), 2u);
 }
 
 TEST_F(DiskBackupTest, CancelStopsWithInterrupted) {
@@ -125,7 +137,7 @@ TEST_F(DiskBackupTest, CancelStopsWithInterrupted) {
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kInterrupted);
   }
-  EXPECT_TRUE(repo_->ListPoints().empty());
+  EXPECT_TRUE(repo_->points().List().empty());
 }
 
 TEST_F(DiskBackupTest, RestoreRefusesExistingTargetAndUnknownDisk) {
@@ -155,28 +167,130 @@ TEST_F(DiskBackupTest, DamagedChunkFailsRestoreAndLeavesNoTarget) {
   std::string src = root_ + "/src.raw";
   WriteAt(src, 0, RandomBytes(2 * kChunk, 6));
   std::string id = Backup(src, nullptr);
-  RestorePointManifest m = repo_->LoadPoint(id);
-  FixedIndexReader index(repo_->IndexPath(id, m.disks[0]), nullptr);
-  std::string chunk = repo_->chunks().PathFor(index.At(1));
+  RestorePointManifest m = repo_->points().Load(id);
+  auto index = repo_->points().OpenIndex(id, m.disks[0]);
+  std::string chunk = repo_->chunk_reader().Describe(index->At(1));
   {
     UniqueFd fd = OpenOrThrow(chunk, O_WRONLY);
     uint8_t x = 0x5a;
     PwriteAll(fd.get(), &x, 1, 100, chunk);
   }
-  std::string out = root_ + "/out.raw";
-  try {
-    RestoreDisk(*repo_, id, "disk0", out, ImageFormat::kRaw, {}, nullptr);
-    FAIL();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::kCorrupt);
-  }
-  EXPECT_FALSE(PathExists(out));
   VerifyReport report = VerifyRepository(*repo_, std::nullopt, 2, nullptr);
   ASSERT_EQ(report.problems.size(), 1u);
   EXPECT_EQ(report.problems[0].point, id);
   EXPECT_EQ(report.problems[0].disk, "disk0");
   EXPECT_EQ(report.problems[0].chunk, 1);
   EXPECT_EQ(report.problems[0].offset, kChunk);
+  EXPECT_FALSE(PathExists(chunk));  // verify quarantined it
+
+  std::string out = root_ + "/out.raw";
+  try {
+    RestoreDisk(*repo_, id, "disk0", out, ImageFormat::kRaw, {}, nullptr);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kCorrupt);
+    EXPECT_NE(std::string(e.what()).find("quarantined"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(PathExists(out));
+
+  // A full backup of the same data stores the chunk again: the new point is
+  // clean, and the old point, whose data came back, is whole again.
+  std::string healed = Backup(src, nullptr);
+  EXPECT_TRUE(VerifyRepository(*repo_, healed, 2, nullptr).clean());
+  EXPECT_TRUE(VerifyRepository(*repo_, id, 2, nullptr).clean());
+}
+
+// A source with changed-block tracking: only `changed` is dirty.
+class TrackedReader : public BlockReader {
+ public:
+  TrackedReader(std::unique_ptr<BlockReader> inner, std::vector<Extent> changed)
+      : inner_(std::move(inner)), changed_(std::move(changed)) {}
+  uint64_t size() const override { return inner_->size(); }
+  std::string description() const override { return inner_->description(); }
+  std::vector<Extent> MapAllocation(uint64_t o, uint64_t l) override { return inner_->MapAllocation(o, l); }
+  bool has_dirty_map() const override { return true; }
+  std::vector<Extent> MapDirty(uint64_t offset, uint64_t length) override {
+    std::vector<Extent> out;
+    uint64_t end = std::min(size(), offset + length), at = offset;
+    for (const Extent& c : changed_) {
+      uint64_t s = std::max(at, c.offset), e = std::min(end, c.offset + c.length);
+      if (s >= e) continue;
+      if (s > at) out.push_back({at, s - at, false});
+      out.push_back({s, e - s, true});
+      at = e;
+    }
+    if (at < end) out.push_back({at, end - at, false});
+    return out;
+  }
+  void SubmitRead(void* b, uint64_t o, uint32_t l, std::function<void(int)> done) override {
+    inner_->SubmitRead(b, o, l, std::move(done));
+  }
+  size_t in_flight() const override { return inner_->in_flight(); }
+  void Poll(int timeout_ms) override { inner_->Poll(timeout_ms); }
+
+ private:
+  std::unique_ptr<BlockReader> inner_;
+  std::vector<Extent> changed_;
+};
+
+// An incremental never copies the digest of a chunk the store lost: it reads
+// that chunk again (healing the chain) and commits a point that verifies.
+TEST_F(DiskBackupTest, IncrementalReadsAgainWhatTheStoreLost) {
+  std::string src = root_ + "/src.raw";
+  WriteAt(src, 0, RandomBytes(6 * kChunk, 7));
+  std::string first = Backup(src, nullptr);
+  RestorePointManifest m = repo_->points().Load(first);
+  auto previous = repo_->points().OpenIndex(first, m.disks[0]);
+  RemoveTree(repo_->chunk_reader().Describe(previous->At(4)));  // deleted by hand
+
+  WriteAt(src, 1 * kChunk, RandomBytes(kChunk, 8));  // the guest changed chunk 1
+  DiskBackupOptions options;
+  options.previous_index = previous.get();
+  TrackedReader reader(OpenFileReader(src), {{1 * kChunk, kChunk, true}});
+  DiskBackupResult r;
+  std::string second = Backup({{"disk0", &reader}}, &r, options);
+  EXPECT_EQ(r.unchanged_chunks, 4u);  // 0, 2, 3, 5
+  EXPECT_EQ(r.healed_chunks, 1u);     // 4, read again
+  EXPECT_EQ(r.new_chunks, 2u);        // 1 (changed) and 4 (healed)
+  EXPECT_TRUE(VerifyRepository(*repo_, second, 2, nullptr).clean());
+  std::string out = root_ + "/out.raw";
+  RestoreDisk(*repo_, second, "disk0", out, ImageFormat::kRaw, {}, nullptr);
+  EXPECT_EQ(ReadWholeFile(out), ReadWholeFile(src));
+}
+
+// A flipped bit anywhere in a committed manifest: verify reports the point,
+// restore refuses it (exit 4 from the CLI), for every byte of the file.
+TEST_F(DiskBackupTest, EveryManifestBitFlipIsReportedAndRefused) {
+  std::string a = root_ + "/a.raw", b = root_ + "/b.raw";
+  WriteAt(a, 0, RandomBytes(3 * kChunk, 9));
+  WriteAt(b, 0, RandomBytes(2 * kChunk, 10));
+  auto ra = OpenFileReader(a), rb = OpenFileReader(b);
+  std::string id = Backup({{"virtio0", ra.get()}, {"virtio1", rb.get()}}, nullptr);
+  const std::string path = repo_->dir() + "/points/" + id + "/manifest.json";
+  const std::string good = ReadWholeFile(path);
+  size_t reported = 0, refused = 0;
+  for (size_t i = 0; i < good.size(); ++i) {
+    std::string bad = good;
+    bad[i] = static_cast<char>(bad[i] ^ (1 << (i % 8)));
+    WriteFileAtomically(path, bad);
+    VerifyReport report = VerifyRepository(*repo_, std::nullopt, 1, nullptr);
+    if (!report.clean() && report.problems[0].point == id) ++reported;
+    for (const char* disk : {"virtio0", "virtio1"}) {
+      std::string out = root_ + "/flip.raw";
+      try {
+        RestoreDisk(*repo_, id, disk, out, ImageFormat::kRaw, {}, nullptr);
+        ADD_FAILURE() << "restore of " << disk << " accepted a flip at byte " << i;
+        RemoveTree(out);
+      } catch (const Error& e) {
+        ++refused;
+        EXPECT_NE(std::string(e.what()).find(id), std::string::npos) << e.what();
+      }
+    }
+  }
+  EXPECT_EQ(reported, good.size());
+  EXPECT_EQ(refused, 2 * good.size());
+  WriteFileAtomically(path, good);
+  EXPECT_TRUE(VerifyRepository(*repo_, std::nullopt, 1, nullptr).clean());
 }
 
 }  // namespace

@@ -88,7 +88,8 @@ class PointStore {
  public:
   virtual ~PointStore() = default;
 
-  // Committed point ids, oldest first (bad entries are left out).
+  // Committed point ids (the directories of points/), oldest first, without
+  // reading their manifests: Load() tells which are damaged.
   virtual std::vector<std::string> List() const = 0;
   // Every readable point plus one problem per bad entry.
   virtual PointListing LoadAll() const = 0;
