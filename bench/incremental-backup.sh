@@ -43,7 +43,7 @@ timed() {  # prints "wall rss_kb" of a ferry backup; its point id goes to $work/
 read_bytes() {
   "$ferry" list --repo "$work/repo" --json | python3 -c '
 import json, sys
-p = [p for p in json.load(sys.stdin) if p["id"] == sys.argv[1]][0]
+p = [p for p in json.load(sys.stdin)["points"] if p["id"] == sys.argv[1]][0]
 print(sum(d["stats"]["read_bytes"] for d in p["disks"]))' "$(cat "$work/point")"
 }
 
@@ -75,7 +75,7 @@ for cs in $chunk_sizes; do
   unset touched
 
   # The whole bitmap lost: the fallback reads everything, stores nothing new.
-  bitmap=$("$ferry" list --repo "$work/repo" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1]["disks"][0]["cbt"]["bitmap"])')
+  bitmap=$("$ferry" list --repo "$work/repo" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["points"][-1]["disks"][0]["cbt"]["bitmap"])')
   vm_qmp "$work/vm" block-dirty-bitmap-remove "{\"node\": \"$(vm_node virtio0)\", \"name\": \"$bitmap\"}" >/dev/null
   read -r fb_s fb_rss <<<"$(timed)"
 

@@ -50,14 +50,14 @@ field() {
   "$FERRY" list --repo "$WORK/repo" --json | python3 -c '
 import json, sys
 pid, disk, key = sys.argv[1:4]
-p = [p for p in json.load(sys.stdin) if p["id"] == pid][0]
+p = [p for p in json.load(sys.stdin)["points"] if p["id"] == pid][0]
 d = ([d for d in p["disks"] if d["name"] == disk] or [{}])[0]
 for k in key.split("."): d = d.get(k, "") if isinstance(d, dict) else ""
 print(d)' "$@"
 }
 
 # Points in a repository, one id per line.
-points() { "$FERRY" list --repo "$1" --json | python3 -c 'import json,sys; [print(p["id"]) for p in json.load(sys.stdin)]'; }
+points() { "$FERRY" list --repo "$1" --json | python3 -c 'import json,sys; [print(p["id"]) for p in json.load(sys.stdin)["points"]]'; }
 
 # Names of Ferry's objects (exports, jobs, nodes) inside a VM's QEMU.
 ferry_objects() {

@@ -40,6 +40,6 @@ ok "second backup of an unchanged VM stored nothing new"
 third=$("$FERRY" backup --repo "$WORK/repo" --qmp "$WORK/vm/qmp.sock" --disk virtio1)
 "$FERRY" list --repo "$WORK/repo" --json | python3 -c '
 import json, sys
-p = [p for p in json.load(sys.stdin) if p["id"] == sys.argv[1]][0]
+p = [p for p in json.load(sys.stdin)["points"] if p["id"] == sys.argv[1]][0]
 assert [d["name"] for d in p["disks"]] == ["virtio1"], p["disks"]' "$third" || fail "--disk virtio1 point has other disks"
 ok "--disk selects one disk"

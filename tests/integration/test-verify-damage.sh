@@ -27,6 +27,12 @@ grep -q "^BAD point $p1 disk virtio0 chunk [0-9]* (offset [0-9]*): chunk $chunk:
 grep -q "^BAD point $p2 disk virtio0 chunk" "$WORK/report" || fail "report does not name point $p2"
 grep -q "^DAMAGED" "$WORK/report" || fail "no summary line"
 ok "flipped byte reported: $(grep -m1 BAD "$WORK/report")"
+[[ ! -e $chunk ]] && ls "$WORK/repo/quarantine/" | grep -q "^$(basename "$chunk")\." ||
+  fail "the damaged chunk was not moved into quarantine/"
+rc=0; "$FERRY" verify --repo "$WORK/repo" --point "$p1" >"$WORK/report1b" || rc=$?
+[[ $rc -eq 4 ]] && grep -q "is missing (found damaged earlier, quarantined as" "$WORK/report1b" ||
+  fail "a quarantined chunk is not reported as such: $(cat "$WORK/report1b")"
+ok "the damaged chunk is quarantined and still reported against its points"
 
 # verify --point checks just that point.
 rc=0; "$FERRY" verify --repo "$WORK/repo" --point "$p2" >"$WORK/report2" || rc=$?
@@ -38,8 +44,9 @@ rc=0; "$FERRY" verify --repo "$WORK/repo" >"$WORK/report3" || rc=$?
 grep -q "^BAD point $p1 disk virtio0: index .*" "$WORK/report3" || fail "damaged index not reported: $(cat "$WORK/report3")"
 ok "damaged index reported"
 
-# A missing chunk.
-rm "$chunk"
+# A missing chunk (another one).
+other=$(find "$WORK/repo/chunks" -type f | head -1)
+rm "$other"
 rc=0; "$FERRY" verify --repo "$WORK/repo" --point "$p2" >"$WORK/report4" || rc=$?
 [[ $rc -eq 4 ]] && grep -q "is missing" "$WORK/report4" || fail "missing chunk not reported: $(cat "$WORK/report4")"
 ok "missing chunk reported"
