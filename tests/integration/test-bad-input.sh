@@ -48,7 +48,27 @@ expect_error 3 "does not exist" "$FERRY" restore --repo "$WORK/repo" --point nos
 cp "$WORK/repo/ferry-repository.json" "$WORK/config.bak"
 echo '{"format": "ferry-repository-v1", "chunk_size": "big"' >"$WORK/repo/ferry-repository.json"
 expect_error 4 "ferry-repository.json" "$FERRY" list --repo "$WORK/repo"
+# Values are checked on open exactly as init checks them.
+sed 's/"zstd_level":1/"zstd_level":99/' "$WORK/config.bak" >"$WORK/repo/ferry-repository.json"
+expect_error 4 "zstd level 99 is not in -7..19" "$FERRY" backup --repo "$WORK/repo" --qmp "$Q"
+# A newer repository, chunk or index format is reported as such, not as damage.
+sed 's/ferry-repository-v2/ferry-repository-v3/' "$WORK/config.bak" >"$WORK/repo/ferry-repository.json"
+expect_error 2 "written by a newer Ferry (format ferry-repository-v3" "$FERRY" list --repo "$WORK/repo"
 cp "$WORK/config.bak" "$WORK/repo/ferry-repository.json"
+chunk=$(find "$WORK/repo/chunks" -type f | head -1)
+cp "$chunk" "$WORK/chunk.bak"
+printf 'FRYCHK02' | dd of="$chunk" conv=notrunc status=none
+rc=0; "$FERRY" verify --repo "$WORK/repo" >"$WORK/verify.out" 2>&1 || rc=$?
+[[ $rc -eq 4 ]] && grep -q "newer Ferry (format FRYCHK02; this Ferry reads up to FRYCHK01)" "$WORK/verify.out" ||
+  fail "newer chunk format: exit $rc: $(cat "$WORK/verify.out")"
+[[ -f $chunk && -z $(ls -A "$WORK/repo/quarantine") ]] || fail "a newer-format chunk was quarantined"
+cp "$WORK/chunk.bak" "$chunk"
+index=$(ls "$WORK/repo/points/$p1/"*.fidx | head -1)
+cp "$index" "$WORK/index.bak"
+printf 'FRYFIX07' | dd of="$index" conv=notrunc status=none
+expect_error 2 "newer Ferry (format FRYFIX07" "$FERRY" restore --repo "$WORK/repo" --point "$p1" --disk virtio0 --to "$WORK/z.raw"
+cp "$WORK/index.bak" "$index"
+ok "newer formats are reported as such and left alone"
 
 # Read-only and full file systems need a mount; skip those parts if we cannot.
 mkdir -p "$WORK/ro" "$WORK/full"
