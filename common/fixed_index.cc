@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <unordered_set>
 #include <vector>
 
 #include "ferry/common/error.h"
@@ -127,6 +128,16 @@ Digest FixedIndexReader::At(uint64_t chunk) const {
 uint32_t FixedIndexReader::ChunkLength(uint64_t chunk) const {
   uint64_t start = chunk * chunk_size_;
   return static_cast<uint32_t>(std::min<uint64_t>(chunk_size_, disk_size_ - start));
+}
+
+std::vector<Digest> DistinctDigests(const FixedIndexReader& index) {
+  std::unordered_set<Digest, DigestHash> seen;
+  std::vector<Digest> distinct;
+  for (uint64_t i = 0; i < index.chunk_count(); ++i) {
+    Digest d = index.At(i);
+    if (!d.IsZeroMarker() && seen.insert(d).second) distinct.push_back(d);
+  }
+  return distinct;
 }
 
 }  // namespace ferry

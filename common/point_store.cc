@@ -9,7 +9,6 @@
 #include <cerrno>
 #include <ctime>
 #include <set>
-#include <unordered_set>
 
 #include "ferry/common/error.h"
 #include "ferry/common/format.h"
@@ -33,20 +32,6 @@ namespace {
 constexpr char kStagedFamily[] = "ferry-staged-point";
 constexpr char kLockSuffix[] = ".lock";
 constexpr char kStageSuffix[] = ".stage";
-
-std::vector<std::string> ListDirectory(const std::string& dir) {
-  std::vector<std::string> names;
-  DIR* d = ::opendir(dir.c_str());
-  if (!d) throw ErrnoError("listing " + dir, errno);
-  while (struct dirent* e = ::readdir(d)) {
-    std::string name = e->d_name;
-    if (name.empty() || name[0] == '.') continue;
-    names.push_back(std::move(name));
-  }
-  ::closedir(d);
-  std::sort(names.begin(), names.end());
-  return names;
-}
 
 bool IsDirectory(const std::string& path) {
   struct stat st;
@@ -440,12 +425,7 @@ class LocalPointStore : public PointStore {
       if (index.disk_size() != d.size || index.chunk_size() != d.chunk_size) {
         throw Error(ErrorKind::kCorrupt, "point " + id + ": the index of disk " + d.name + " does not match its record");
       }
-      std::unordered_set<Digest, DigestHash> seen;
-      std::vector<Digest> distinct;
-      for (uint64_t i = 0; i < index.chunk_count(); ++i) {
-        Digest digest = index.At(i);
-        if (!digest.IsZeroMarker() && seen.insert(digest).second) distinct.push_back(digest);
-      }
+      std::vector<Digest> distinct = DistinctDigests(index);
       std::vector<size_t> missing;
       chunks.FindMissing(distinct, &missing);
       if (!missing.empty()) {

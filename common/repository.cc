@@ -24,20 +24,6 @@ namespace {
 
 constexpr char kConfigFile[] = "ferry-repository.json";
 
-std::vector<std::string> ListDirectory(const std::string& dir) {
-  std::vector<std::string> names;
-  DIR* d = ::opendir(dir.c_str());
-  if (!d) throw ErrnoError("listing " + dir, errno);
-  while (struct dirent* e = ::readdir(d)) {
-    std::string name = e->d_name;
-    if (name.empty() || name[0] == '.') continue;
-    names.push_back(std::move(name));
-  }
-  ::closedir(d);
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
 const char* SyncLevelName(SyncLevel s) { return s == SyncLevel::kFile ? "file" : "filesystem"; }
 
 std::string ConfigJson(const RepositoryConfig& config, int version) {

@@ -306,12 +306,7 @@ class DiskBackupRun {
   // and quarantined, or deleted): an incremental reads them again instead of
   // copying their digests, which heals the chain. One batched call.
   DigestSet PreviousChunksMissing(const FixedIndexReader& previous) {
-    DigestSet seen;
-    std::vector<Digest> distinct;
-    for (uint64_t i = 0; i < previous.chunk_count(); ++i) {
-      Digest d = previous.At(i);
-      if (!d.IsZeroMarker() && seen.insert(d).second) distinct.push_back(d);
-    }
+    std::vector<Digest> distinct = DistinctDigests(previous);
     std::vector<size_t> missing;
     store_.FindMissing(distinct, &missing);
     DigestSet out;

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 #include <string_view>
 
 namespace ferry {
@@ -60,6 +61,8 @@ std::string ReadWholeFile(const std::string& path);
 bool PathExists(const std::string& path);
 // mkdir that tolerates EEXIST; throws on any other failure.
 void MakeDirectory(const std::string& path, int mode = 0755);
+// The names in a directory, sorted, without those starting with a dot.
+std::vector<std::string> ListDirectory(const std::string& dir);
 // Removes a file tree; missing paths are fine.
 void RemoveTree(const std::string& path);
 

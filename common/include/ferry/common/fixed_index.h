@@ -20,6 +20,7 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "ferry/common/checksum.h"
 #include "ferry/common/file_util.h"
@@ -79,5 +80,9 @@ class FixedIndexReader {
   const uint8_t* map_ = nullptr;
   size_t map_size_ = 0;
 };
+
+// The index's distinct digests, zero markers left out, in first-use order:
+// what a batched ChunkStore::FindMissing is asked about.
+std::vector<Digest> DistinctDigests(const FixedIndexReader& index);
 
 }  // namespace ferry
