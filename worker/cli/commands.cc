@@ -245,7 +245,7 @@ int ListCommand(const Args& args) {
     return rc;
   }
   const std::vector<RestorePointManifest>& points = listing.points;
-  std::printf("%-24s %-16s %-10s %-21s %5s %10s %10s %10s  %s\n", "POINT", "VM", "CHAIN", "COMPLETED",
+  std::printf("%-30s %-16s %-10s %-21s %5s %10s %10s %10s  %s\n", "POINT", "VM", "CHAIN", "COMPLETED",
               "DISKS", "SIZE", "READ", "STORED", "MODE");
   for (const auto& m : points) {
     uint64_t size = 0, read = 0, stored = 0;
@@ -259,7 +259,7 @@ int ListCommand(const Args& args) {
       if (!d.cbt.reason.empty()) m1 += " (" + d.cbt.reason + ")";
       mode += (mode.empty() ? "" : "; ") + d.name + ": " + m1;
     }
-    std::printf("%-24s %-16s %-10s %-21s %5zu %10s %10s %10s  %s\n", m.id.c_str(), m.vm.name.c_str(),
+    std::printf("%-30s %-16s %-10s %-21s %5zu %10s %10s %10s  %s\n", m.id.c_str(), m.vm.name.c_str(),
                 m.chain.c_str(), m.completed_at.c_str(), m.disks.size(),
                 HumanBytes(static_cast<double>(size)).c_str(), HumanBytes(static_cast<double>(read)).c_str(),
                 HumanBytes(static_cast<double>(stored)).c_str(), mode.c_str());
