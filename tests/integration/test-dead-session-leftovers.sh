@@ -95,6 +95,7 @@ grep -q "session $session: removed .*$session.lock" "$WORK/next.log" ||
   fail "files of vm2's dead session $dead2 (its QEMU runs) changed: '$dead2_files' -> '$(files_of "$dead2")'"
 grep -q "dead ferry session $dead2 belongs to another running VM" "$WORK/next.log" ||
   fail "not logged why session $dead2 was left: $(cat "$WORK/next.log")"
+sed 's/^/  | /' "$WORK/next.log"
 ok "next backup removed $session's files; the live $live_session and vm2's $dead2 kept theirs"
 
 snapshot_copy "$WORK/d0.qcow2" "$WORK/now.raw" "$WORK/vm" virtio0
