@@ -471,7 +471,12 @@ class LibvirtHostBackup : public HostBackup {
 
  private:
   void MakeSessionDir() {
-    lock_ = FileLock::TryAcquire(SessionLockPath(host_.options().paths, session_));
+    // Locked before the directory exists, and never visible unlocked. No "vm"
+    // in the record: QMP hunters then treat a lock left without its
+    // directory as unknown and remove it.
+    lock_ = CreateSessionLock(host_.options().paths, session_,
+                              "ferry-session " + session_ + "\nlibvirt " + host_.xml().uuid + "\npid " +
+                                  std::to_string(::getpid()) + "\n");
     MakeDirectory(dir_, 0700);
     // QEMU, running as its own user, creates the socket and scratch files here.
     uid_t uid = host_.xml().qemu_uid;

@@ -126,6 +126,26 @@ std::string SessionLockPath(const SnapshotPaths& p, const std::string& session) 
   return p.runtime_dir + "/" + session + ".lock";
 }
 
+namespace {
+constexpr char kNewLockSuffix[] = ".lock.new";
+}  // namespace
+
+FileLock CreateSessionLock(const SnapshotPaths& paths, const std::string& session, const std::string& record) {
+  const std::string path = SessionLockPath(paths, session);
+  const std::string temp = paths.runtime_dir + "/" + session + kNewLockSuffix;
+  FileLock lock = FileLock::TryAcquire(temp);
+  if (!lock.held()) throw Error(ErrorKind::kInternal, "session lock " + temp + " is taken");
+  try {
+    OverwriteFile(temp, record);
+    if (PathExists(path)) throw Error(ErrorKind::kInternal, "session " + session + " exists already");
+    if (::rename(temp.c_str(), path.c_str()) != 0) throw ErrnoError("renaming " + temp + " to " + path, errno);
+  } catch (...) {
+    ::unlink(temp.c_str());
+    throw;
+  }
+  return lock;
+}
+
 std::vector<QmpDisk> ListQmpDisks(QmpClient& qmp) {
   std::vector<QmpDisk> disks;
   json::value blocks = qmp.Execute("query-block");
@@ -197,13 +217,11 @@ std::unique_ptr<FleecingSnapshot> FleecingSnapshot::Create(QmpClient& qmp,
   if (!bitmaps.empty() && bitmaps.size() != disks.size()) {
     throw Error(ErrorKind::kInternal, "snapshot: bitmaps do not match the disks");
   }
-  FileLock lock = FileLock::TryAcquire(SessionLockPath(paths, session));
-  if (!lock.held()) throw Error(ErrorKind::kInternal, "session lock " + session + " is taken");
+  // The lock and its record first: every file and QEMU object below must be
+  // traceable to this VM once the lock is free.
+  FileLock lock = CreateSessionLock(paths, session, RecordText(session, vm_key, qmp.address()));
   std::unique_ptr<FleecingSnapshot> snap(new FleecingSnapshot(qmp, paths, session, std::move(lock)));
   try {
-    // The record first: every file and QEMU object below must be traceable
-    // to this VM once the lock is free.
-    OverwriteFile(SessionLockPath(paths, session), RecordText(session, vm_key, qmp.address()));
     json::array actions;
     for (size_t i = 0; i < disks.size(); ++i) {
       const QmpDisk& d = disks[i];
@@ -471,6 +489,16 @@ SessionRecord ReadSessionRecord(const SnapshotPaths& paths, const std::string& s
 
 namespace {
 
+// A lock of a session killed inside CreateSessionLock. Only once it is a
+// minute old: before its flock, a fresh one is free for an instant.
+void RemoveStaleNewLock(const std::string& path, const std::string& session) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0 || ::time(nullptr) - st.st_mtime < 60) return;
+  FileLock lock = FileLock::TryAcquire(path, /*create=*/false);
+  if (!lock.held()) return;
+  if (::unlink(path.c_str()) == 0) LogInfo("session " + session + ": removed " + path);
+}
+
 std::string Join(const std::vector<std::string>& items) {
   std::string out;
   for (const auto& i : items) out += (out.empty() ? "" : ", ") + i;
@@ -493,6 +521,10 @@ std::vector<std::string> RemoveAbandonedSnapshots(QmpClient& qmp, const Snapshot
     std::string name = entry.path().filename().string();
     auto dot = name.find('.');
     std::string id = name.substr(0, dot), suffix = dot == std::string::npos ? "" : name.substr(dot);
+    if (IsSessionId(id) && suffix == kNewLockSuffix) {
+      RemoveStaleNewLock(entry.path().string(), id);
+      continue;
+    }
     if (!IsSessionId(id) || (suffix != ".lock" && suffix != ".nbd" && suffix != ".nbd-server")) continue;
     // A libvirt session (its directory beside): libvirt's host cleans it.
     if (PathExists(paths.runtime_dir + "/libvirt-" + id)) continue;

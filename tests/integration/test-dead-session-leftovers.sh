@@ -4,7 +4,8 @@
 # on this host removes its overlay, lock, NBD socket and NBD-server marker,
 # and succeeds and restores bit-exact. Meanwhile a live backup of another VM
 # keeps every file, and a dead session of another VM whose QEMU still runs is
-# left for that VM's next backup (which then removes it through QMP).
+# left for that VM's next backup (which then removes it through QMP). Last,
+# with only the backup and QEMU killed, the guardian removes the files itself.
 . "$(dirname "$0")/common.sh" "$@"
 
 make_data_disk "$WORK/d0.qcow2" qcow2 64M
@@ -115,3 +116,24 @@ grep -q "removed the snapshot left by dead session $dead2" "$WORK/vm2-next.log" 
 [[ -z $(ferry_objects "$WORK/vm2") ]] || fail "left in vm2's QEMU: $(ferry_objects "$WORK/vm2")"
 [[ -z $(ls -A "$FERRY_SCRATCH_DIR") ]] || fail "overlays left: $(ls "$FERRY_SCRATCH_DIR")"
 ok "vm2's next backup removed its dead session too; no overlay is left"
+
+# 4. Backup and QEMU killed, its guardian alive: the guardian finds the QEMU
+# gone and removes the session's files itself.
+"$FERRY" backup --repo "$WORK/repo" --qmp "$WORK/vm/qmp.sock" --chain slow2 --rate-limit 2M \
+  >/dev/null 2>"$WORK/guarded.log" &
+backup=$!
+wait_for_export "$WORK/vm"
+sleep 0.5
+session=$(session_of $backup)
+guardian=$(guardian_of $backup)
+kill_and_reap "$backup" "$(vm_pid "$WORK/vm")"
+vm_stop "$WORK/vm"
+deadline=$((SECONDS + 40))
+while [[ -d /proc/$guardian ]]; do
+  ((SECONDS < deadline)) || fail "guardian $guardian still runs"
+  sleep 0.1
+done
+[[ -z $(files_of "$session") ]] || fail "the guardian left $(files_of "$session"): $(cat "$WORK/guarded.log")"
+grep -q "backup session $session ended without cleaning up and its QEMU is gone" "$WORK/guarded.log" ||
+  fail "the guardian did not say why: $(cat "$WORK/guarded.log")"
+ok "backup and QEMU killed, guardian alive: the guardian removed the session's files"

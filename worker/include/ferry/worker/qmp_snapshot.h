@@ -16,7 +16,8 @@
 //   <scratch dir>/ferry-<session>-<n>.qcow2   overlay of disk n
 //
 // Ordering rules that make a free lock mean "dead": a session takes its lock
-// (and writes its record) before it creates any other file or QEMU object,
+// (CreateSessionLock: visible only once held, record included) before it
+// creates any other file or QEMU object,
 // and unlinks the lock only after everything else is gone. The hunter lists
 // files and objects first and checks locks afterwards, so a session it sees
 // files of either holds its lock or is dead.
@@ -111,6 +112,12 @@ std::string NewSnapshotSessionId();
 
 // The lock a live session holds (flock); free or missing once it is gone.
 std::string SessionLockPath(const SnapshotPaths& paths, const std::string& session_id);
+
+// Creates a session's lock already held, with `record` in it: made and
+// locked under a temporary name, then renamed, so that no one ever sees the
+// lock file unlocked (between open and flock) and takes the session for
+// dead. Throws if it cannot. Used by QMP and libvirt sessions alike.
+FileLock CreateSessionLock(const SnapshotPaths& paths, const std::string& session_id, const std::string& record);
 
 // The identity of the QEMU process behind a monitor, the same through every
 // monitor of one VM: "pid:<pid>:<start time>" from SO_PEERCRED and
