@@ -77,6 +77,13 @@ std::string HolderByAddress(const SnapshotPaths& paths, const std::string& addre
   return "";
 }
 
+// "pid:123:4567" -> "QEMU pid 123"; "uuid:U" -> "UUID U"; else as is.
+std::string DescribeVmKey(const std::string& key) {
+  if (key.starts_with("pid:")) return "QEMU pid " + key.substr(4, key.find(':', 4) - 4);
+  if (key.starts_with("uuid:")) return "UUID " + key.substr(5);
+  return key;
+}
+
 int LockWaitMs(const QmpHostOptions& options) {
   if (options.lock_wait_ms >= 0) return options.lock_wait_ms;
   const char* env = std::getenv("FERRY_VM_LOCK_WAIT");
@@ -165,7 +172,7 @@ class QmpHost : public Host {
     }
     vm_key_ = QemuProcessKey(*qmp_);
     std::string name = QueryString(*qmp_, "query-name", "name");
-    std::string vm = "VM '" + (name.empty() ? options.address : name) + "' (QEMU " + vm_key_ + ")";
+    std::string vm = "VM '" + (name.empty() ? options.address : name) + "' (" + DescribeVmKey(vm_key_) + ")";
     const std::string lock_path = QmpVmLockPath(options.paths, vm_key_);
     if (std::string holder = HolderOf(lock_path); !holder.empty()) {
       LogInfo(vm + " is locked by " + holder + "; waiting up to " + std::to_string(wait_ms / 1000) + " s");
