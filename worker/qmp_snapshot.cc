@@ -291,9 +291,8 @@ std::unique_ptr<FleecingSnapshot> FleecingSnapshot::Create(QmpClient& qmp,
   } catch (const QmpError& e) {
     snap->Release();
     if (e.kind() != ErrorKind::kRetryable) throw;
-    throw Error(ErrorKind::kRetryable, "taking the snapshot through " + qmp.address() + ": a disk is busy (a block "
-                                       "job or export of another tool, or of a backup through another monitor of this VM?): " +
-                                       e.what());
+    throw Error(ErrorKind::kRetryable, "taking the snapshot through " + qmp.address() +
+                                           ": a disk is busy (a block job or export of another tool?): " + e.what());
   } catch (...) {
     snap->Release();
     throw;
