@@ -6,6 +6,7 @@
 # (retryable), naming the VM and the other process. Through the SAME monitor
 # (which serves one client at a time) the second waits for the greeting and
 # succeeds, or with a short wait fails with exit 6 as well: never a hang.
+# Last, a disk held by another tool's block job: "is busy" is exit 6 too.
 . "$(dirname "$0")/common.sh" "$@"
 
 make_data_disk "$WORK/d0.qcow2" qcow2 64M
@@ -79,3 +80,16 @@ ok "through the same monitor: the second backup waited for the first to leave an
 [[ -z $(ferry_objects "$WORK/vm") ]] || fail "left in QEMU: $(ferry_objects "$WORK/vm")"
 "$FERRY" verify --repo "$WORK/repo" | grep -q '^OK' || fail "verify not clean"
 ok "nothing left; verify clean"
+
+# 4. Another tool's block job holds the disk: QEMU says "is busy", which is
+# retryable (exit 6), not bad input, and the failed snapshot leaves nothing.
+vm_qmp "$WORK/vm" blockdev-add '{"driver": "null-co", "node-name": "harness-target", "size": 67108864}' >/dev/null
+vm_qmp "$WORK/vm" blockdev-backup '{"job-id": "harness", "device": "virtio0-fmt", "target": "harness-target",
+  "sync": "full", "speed": 1}' >/dev/null
+expect_error 6 "is busy" "$FERRY" backup --repo "$WORK/repo" --qmp "$WORK/vm/qmp.sock" --chain h
+vm_qmp "$WORK/vm" block-job-cancel '{"device": "harness", "force": true}' >/dev/null
+for _ in $(seq 50); do [[ $(vm_qmp "$WORK/vm" query-block-jobs) == "[]" ]] && break; sleep 0.1; done
+vm_qmp "$WORK/vm" blockdev-del '{"node-name": "harness-target"}' >/dev/null
+[[ -z $(ls -A "$FERRY_SCRATCH_DIR") ]] || fail "overlays left after the refused snapshot: $(ls "$FERRY_SCRATCH_DIR")"
+[[ -z $(ferry_objects "$WORK/vm") ]] || fail "left in QEMU after the refused snapshot: $(ferry_objects "$WORK/vm")"
+ok "a disk busy with another tool's job: exit 6, nothing left"
