@@ -5,7 +5,8 @@
 # and succeeds and restores bit-exact. Meanwhile a live backup of another VM
 # keeps every file, and a dead session of another VM whose QEMU still runs is
 # left for that VM's next backup (which then removes it through QMP). Last,
-# with only the backup and QEMU killed, the guardian removes the files itself.
+# with only the backup and QEMU killed, the guardian removes the files itself,
+# also when the VM was restarted before it ran (leaving the new QEMU alone).
 . "$(dirname "$0")/common.sh" "$@"
 
 make_data_disk "$WORK/d0.qcow2" qcow2 64M
@@ -137,3 +138,30 @@ done
 grep -q "backup session $session ended without cleaning up and its QEMU is gone" "$WORK/guarded.log" ||
   fail "the guardian did not say why: $(cat "$WORK/guarded.log")"
 ok "backup and QEMU killed, guardian alive: the guardian removed the session's files"
+
+# 5. The same, but the VM is restarted before the guardian gets to it (held
+# with SIGSTOP): the monitor now reaches another QEMU process, which the
+# guardian must leave alone; it removes the files only.
+vm_start "$WORK/vm" "virtio0=$WORK/d0.qcow2"
+"$FERRY" backup --repo "$WORK/repo" --qmp "$WORK/vm/qmp.sock" --chain slow3 --rate-limit 2M \
+  >/dev/null 2>"$WORK/guarded2.log" &
+backup=$!
+wait_for_export "$WORK/vm"
+session=$(session_of $backup)
+guardian=$(guardian_of $backup)
+kill -STOP "$guardian"
+on_exit "kill -CONT $guardian 2>/dev/null"  # a stopped guardian would ignore the final SIGTERM
+kill_and_reap "$backup" "$(vm_pid "$WORK/vm")"
+vm_stop "$WORK/vm"
+vm_start "$WORK/vm" "virtio0=$WORK/d0.qcow2"
+kill -CONT "$guardian"
+deadline=$((SECONDS + 40))
+while [[ -d /proc/$guardian ]]; do
+  ((SECONDS < deadline)) || fail "guardian $guardian still runs"
+  sleep 0.1
+done
+grep -q "backup session $session ended without cleaning up and its QEMU (pid:.*) is gone; .* now reaches pid:" \
+  "$WORK/guarded2.log" || fail "the guardian did not notice the new QEMU: $(cat "$WORK/guarded2.log")"
+[[ -z $(files_of "$session") ]] || fail "the guardian left $(files_of "$session")"
+point=$("$FERRY" backup --repo "$WORK/repo" --qmp "$WORK/vm/qmp.sock" 2>>"$WORK/ferry.log") || fail "backup failed"
+ok "VM restarted before the guardian ran: it removed the files only, and the next backup works"
