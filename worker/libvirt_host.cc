@@ -10,6 +10,7 @@
 #include <boost/property_tree/ptree.hpp>
 #include <boost/property_tree/xml_parser.hpp>
 #include <chrono>
+#include <filesystem>
 #include <map>
 #include <set>
 #include <sstream>
@@ -110,6 +111,7 @@ class LibvirtHost : public Host {
     running_ = state == VIR_DOMAIN_RUNNING || state == VIR_DOMAIN_PAUSED || state == VIR_DOMAIN_BLOCKED;
     vm_.state = DomainStateName(state);
     AbortAbandonedBackupJob();
+    RemoveDeadSessionDirectories();
     xml_ = ParseDomainXml(DomainXmlDesc(dom_.get(), 0));
     vm_.identity = {xml_.name, xml_.uuid, "libvirt"};
     for (const auto& d : xml_.disks) {
@@ -263,6 +265,61 @@ class LibvirtHost : public Host {
     ::unlink(SessionLockPath(options_.paths, session).c_str());
   }
 
+  // A Ferry run killed together with its domain's QEMU (so no job is left
+  // for AbortAbandonedBackupJob to find), or on a shut-off domain, leaves its
+  // session directory and lock. Remove those of dead sessions (lock free or
+  // missing; a session locks before it makes its directory and unlocks after
+  // removing it, and the directories are listed before any lock is looked
+  // at) unless a running domain's backup job still uses the directory: that
+  // job belongs to its domain's next run.
+  void RemoveDeadSessionDirectories() {
+    const std::string& runtime = options_.paths.runtime_dir;
+    std::vector<std::string> sessions;
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(runtime, ec)) {
+      std::string name = entry.path().filename().string();
+      if (name.starts_with("libvirt-") && entry.is_directory(ec)) sessions.push_back(name.substr(8));
+    }
+    if (sessions.empty()) return;
+    std::set<std::string> in_use;  // session directories of running backup jobs
+    virDomainPtr* domains = nullptr;
+    int n = virConnectListAllDomains(conn_.get(), &domains, VIR_CONNECT_LIST_DOMAINS_ACTIVE);
+    if (n < 0) {
+      LogWarning("listing running domains (to clean up dead ferry sessions): " + LibvirtError());
+      return;  // cannot tell which directories are in use: leave them all
+    }
+    for (int i = 0; i < n; ++i) {
+      if (char* raw = virDomainBackupGetXMLDesc(domains[i], 0)) {
+        std::string xml = raw;
+        free(raw);
+        try {
+          std::string socket = ParseXml(xml, "backup XML").get<std::string>("domainbackup.server.<xmlattr>.socket", "");
+          in_use.insert(socket.substr(0, socket.rfind('/')));
+        } catch (const std::exception&) {
+        }
+      } else {
+        virResetLastError();
+      }
+      virDomainFree(domains[i]);
+    }
+    free(domains);
+    for (const auto& session : sessions) {
+      std::string dir = runtime + "/libvirt-" + session;
+      std::string lock_path = SessionLockPath(options_.paths, session);
+      FileLock lock = FileLock::TryAcquire(lock_path, /*create=*/false);
+      if (!lock.held() && PathExists(lock_path)) continue;  // alive
+      if (in_use.count(dir)) continue;
+      LogWarning("removing " + dir + " and the lock of dead ferry session " + session);
+      try {
+        RemoveTree(dir);
+      } catch (const Error& e) {
+        LogWarning("session " + session + ": " + e.what());
+        continue;
+      }
+      ::unlink(lock_path.c_str());
+    }
+  }
+
   LibvirtHostOptions options_;
   VirPtr<virConnect> conn_;
   VirPtr<virDomain> dom_;
@@ -414,7 +471,12 @@ class LibvirtHostBackup : public HostBackup {
 
  private:
   void MakeSessionDir() {
-    lock_ = FileLock::TryAcquire(SessionLockPath(host_.options().paths, session_));
+    // Locked before the directory exists, and never visible unlocked. No "vm"
+    // in the record: QMP hunters then treat a lock left without its
+    // directory as unknown and remove it.
+    lock_ = CreateSessionLock(host_.options().paths, session_,
+                              "ferry-session " + session_ + "\nlibvirt " + host_.xml().uuid + "\npid " +
+                                  std::to_string(::getpid()) + "\n");
     MakeDirectory(dir_, 0700);
     // QEMU, running as its own user, creates the socket and scratch files here.
     uid_t uid = host_.xml().qemu_uid;

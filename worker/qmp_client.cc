@@ -150,7 +150,7 @@ Error ConnectError(const std::string& address,
 
 QmpError::QmpError(std::string command, std::string error_class,
                    std::string description)
-    : Error(KindForClass(error_class), "QMP command '" + command +
+    : Error(KindFor(error_class, description), "QMP command '" + command +
                                            "' failed: " + description + " (" +
                                            error_class + ")"),
       command_(std::move(command)),
@@ -163,6 +163,20 @@ ErrorKind QmpError::KindForClass(std::string_view error_class) {
     return ErrorKind::kEnvironment;
   }
   return ErrorKind::kBadInput;
+}
+
+ErrorKind QmpError::KindFor(std::string_view error_class,
+                            std::string_view description) {
+  // QEMU reports a conflict with another user of a node (a block job of
+  // another backup, a mirror, an NBD export) as a GenericError; it is a
+  // conflict of the moment, not a bad request.
+  if (error_class == "GenericError" &&
+      (description.find("is busy") != std::string_view::npos ||
+       description.find("is in use") != std::string_view::npos ||
+       description.find("in use by") != std::string_view::npos)) {
+    return ErrorKind::kRetryable;
+  }
+  return KindForClass(error_class);
 }
 
 class QmpClient::Impl {
@@ -220,10 +234,15 @@ class QmpClient::Impl {
 
     std::future<void> greeted = greeting_promise_.get_future();
     if (greeted.wait_until(deadline) != std::future_status::ready) {
-      throw Error(ErrorKind::kBadInput,
-                  address_ + " is not a QMP socket: no QMP greeting within " +
+      // A QMP monitor serves one client at a time: a second client is
+      // accepted by the kernel but greeted only once the first leaves. That
+      // is far likelier than a silent non-QMP socket, and worth a retry.
+      throw Error(ErrorKind::kRetryable,
+                  "no QMP greeting from " + address_ + " within " +
                       std::to_string(total_timeout.count()) +
-                      " ms (or another client is connected to it)");
+                      " ms: the monitor is busy with another client (it "
+                      "serves one at a time; another ferry backup?), or it "
+                      "is not a QMP socket");
     }
     greeted.get();  // rethrows a kBadInput from HandleGreeting
 

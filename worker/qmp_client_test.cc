@@ -536,13 +536,34 @@ TEST(QmpClientTest, BinaryGarbageThenCloseIsNotQmp) {
   EXPECT_TRUE(Contains(error.what(), "is not a QMP socket"));
 }
 
-TEST(QmpClientTest, SilentPeerIsNotQmpAfterTimeout) {
+// A silent peer is most likely a monitor busy with another client.
+TEST(QmpClientTest, SilentPeerIsRetryableAfterTimeout) {
   FakeQmpPeer peer;
   peer.Run([](PeerConnection& conn) { conn.WaitForClose(); });
   Error error = CatchError(
       [&] { QmpClient::Connect(peer.unix_address(), milliseconds(200)); });
-  EXPECT_EQ(error.kind(), ErrorKind::kBadInput);
-  EXPECT_TRUE(Contains(error.what(), "no QMP greeting within 200 ms"));
+  EXPECT_EQ(error.kind(), ErrorKind::kRetryable);
+  EXPECT_TRUE(Contains(error.what(), "no QMP greeting from " +
+                                         peer.unix_address() +
+                                         " within 200 ms"));
+  EXPECT_TRUE(Contains(error.what(), "busy with another client"));
+}
+
+TEST(QmpErrorTest, BusyNodeIsRetryable) {
+  EXPECT_EQ(QmpError::KindFor("GenericError",
+                              "Node 'd0-fmt' is busy: block device is in use "
+                              "by block job: backup"),
+            ErrorKind::kRetryable);
+  EXPECT_EQ(QmpError::KindFor("GenericError", "Device 'x' is in use"),
+            ErrorKind::kRetryable);
+  EXPECT_EQ(QmpError::KindFor("GenericError", "Duplicate nodes"),
+            ErrorKind::kBadInput);
+  EXPECT_EQ(QmpError::KindFor("DeviceNotFound", "is busy"),
+            ErrorKind::kNotFound);
+  EXPECT_EQ(QmpError("blockdev-backup", "GenericError",
+                     "Node 'n' is busy: block device is in use by block job")
+                .kind(),
+            ErrorKind::kRetryable);
 }
 
 TEST(QmpClientTest, MissingOrDeadSocketIsNotFound) {

@@ -1,5 +1,12 @@
 #include "ferry/worker/qmp_host.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+
 #include "ferry/common/error.h"
 #include "ferry/common/file_util.h"
 #include "ferry/common/log.h"
@@ -22,10 +29,81 @@ std::string QueryString(QmpClient& qmp, const char* command, const char* key) {
   return "";
 }
 
+// The holder record of a VM lock: "pid <pid>\nholder <what>\nqmp <address>\n".
+std::string LockField(const std::string& text, const std::string& key) {
+  size_t at = 0;
+  while (at < text.size()) {
+    size_t end = text.find('\n', at);
+    if (end == std::string::npos) end = text.size();
+    std::string_view line(text.data() + at, end - at);
+    if (line.starts_with(key + " ")) return std::string(line.substr(key.size() + 1));
+    at = end + 1;
+  }
+  return "";
+}
+
+// Who holds a lock file: "" if it is free (or missing), else the process
+// its record names, or "another ferry process" if that is not known.
+std::string HolderOf(const std::string& lock_path) {
+  FileLock probe = FileLock::TryAcquire(lock_path, /*create=*/false);
+  if (probe.held() || !PathExists(lock_path)) return "";
+  const std::string unknown = "another ferry process (a backup, or the guardian of a killed one)";
+  std::string text;
+  try {
+    text = ReadWholeFile(lock_path);
+  } catch (const Error&) {
+    return unknown;
+  }
+  std::string pid = LockField(text, "pid");
+  if (pid.empty() || !PathExists("/proc/" + pid)) return unknown;
+  return "ferry process " + pid + " (" + LockField(text, "holder") + ")";
+}
+
+// A ferry process connected to the monitor at `address` (from the records
+// of the VM locks taken); "" if none is known.
+std::string HolderByAddress(const SnapshotPaths& paths, const std::string& address) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(paths.runtime_dir, ec)) {
+    std::string name = entry.path().filename().string();
+    if (!name.starts_with("vm-") || !name.ends_with(".lock")) continue;
+    std::string path = paths.runtime_dir + "/" + name;
+    std::string holder = HolderOf(path);
+    if (!holder.starts_with("ferry process ")) continue;  // free, or its holder unknown
+    try {
+      if (LockField(ReadWholeFile(path), "qmp") == address) return holder;
+    } catch (const Error&) {
+    }
+  }
+  return "";
+}
+
+// "pid:123:4567" -> "QEMU pid 123"; "uuid:U" -> "UUID U"; else as is.
+std::string DescribeVmKey(const std::string& key) {
+  if (key.starts_with("pid:")) return "QEMU pid " + key.substr(4, key.find(':', 4) - 4);
+  if (key.starts_with("uuid:")) return "UUID " + key.substr(5);
+  return key;
+}
+
+int LockWaitMs(const QmpHostOptions& options) {
+  if (options.lock_wait_ms >= 0) return options.lock_wait_ms;
+  const char* env = std::getenv("FERRY_VM_LOCK_WAIT");
+  if (env && *env) {
+    char* end = nullptr;
+    long seconds = std::strtol(env, &end, 10);
+    if (*end != '\0' || seconds < 0 || seconds > 86400) {
+      throw Error(ErrorKind::kBadInput, "FERRY_VM_LOCK_WAIT='" + std::string(env) +
+                                            "': expected a number of seconds (0 to 86400)");
+    }
+    return static_cast<int>(seconds * 1000);
+  }
+  return 60000;
+}
+
 class QmpHostBackup : public HostBackup {
  public:
-  QmpHostBackup(QmpClient& qmp, SnapshotGuard* guard, std::vector<std::string> nodes, std::vector<CbtPlan> plans)
-      : qmp_(qmp), guard_(guard), nodes_(std::move(nodes)), plans_(std::move(plans)) {}
+  QmpHostBackup(QmpClient& qmp, SnapshotGuard* guard, std::string vm_key, std::vector<std::string> nodes,
+                std::vector<CbtPlan> plans)
+      : qmp_(qmp), guard_(guard), vm_key_(std::move(vm_key)), nodes_(std::move(nodes)), plans_(std::move(plans)) {}
 
   void Start(const std::vector<QmpDisk>& disks, const std::vector<HostDisk>& host_disks, const SnapshotPaths& paths) {
     std::vector<SnapshotBitmaps> bitmaps;
@@ -34,8 +112,8 @@ class QmpHostBackup : public HostBackup {
                          plans_[i].incremental ? plans_[i].previous_bitmap : ""});
     }
     std::string session = NewSnapshotSessionId();
-    if (guard_) guard_->Arm(session);
-    snapshot_ = FleecingSnapshot::Create(qmp_, disks, paths, session, bitmaps);
+    if (guard_) guard_->Arm(session, vm_key_);
+    snapshot_ = FleecingSnapshot::Create(qmp_, disks, paths, session, vm_key_, bitmaps);
     LogInfo("snapshot of " + std::to_string(disks.size()) + " disk(s) taken (session " + session + ")");
     for (size_t i = 0; i < disks.size(); ++i) {
       exports_.push_back({host_disks[i], snapshot_->exports()[i].source, plans_[i]});
@@ -70,6 +148,7 @@ class QmpHostBackup : public HostBackup {
  private:
   QmpClient& qmp_;
   SnapshotGuard* guard_;
+  std::string vm_key_;
   std::vector<std::string> nodes_;
   std::vector<CbtPlan> plans_;
   std::unique_ptr<FleecingSnapshot> snapshot_;
@@ -80,16 +159,35 @@ class QmpHostBackup : public HostBackup {
 class QmpHost : public Host {
  public:
   explicit QmpHost(const QmpHostOptions& options) : options_(options) {
-    vm_lock_ = FileLock::Acquire(QmpVmLockPath(options.paths, options.address), 60000);
-    if (!vm_lock_.held()) {
-      throw Error(ErrorKind::kRetryable, "another ferry process (a backup, or the guardian of a killed one) has "
-                                         "been working on the VM at " + options.address + " for a minute");
+    const int wait_ms = LockWaitMs(options);
+    // The VM's identity needs a connection, so connect first. A monitor
+    // greets a second client only when the first leaves: wait as long as
+    // for the lock, then fail as retryable, naming the client if we can.
+    try {
+      qmp_ = QmpClient::Connect(options.address, std::chrono::milliseconds(std::max(wait_ms, 10000)));
+    } catch (const Error& e) {
+      std::string holder = e.kind() == ErrorKind::kRetryable ? HolderByAddress(options.paths, options.address) : "";
+      if (holder.empty()) throw;
+      throw Error(ErrorKind::kRetryable, std::string(e.what()) + "; " + holder + " is connected to it");
     }
-    qmp_ = QmpClient::Connect(options.address);
-    for (const auto& s : RemoveAbandonedSnapshots(*qmp_, options.paths)) {
+    vm_key_ = QemuProcessKey(*qmp_);
+    std::string name = QueryString(*qmp_, "query-name", "name");
+    std::string vm = "VM '" + (name.empty() ? options.address : name) + "' (" + DescribeVmKey(vm_key_) + ")";
+    const std::string lock_path = QmpVmLockPath(options.paths, vm_key_);
+    if (std::string holder = HolderOf(lock_path); !holder.empty()) {
+      LogInfo(vm + " is locked by " + holder + "; waiting up to " + std::to_string(wait_ms / 1000) + " s");
+    }
+    vm_lock_ = AcquireVmLock(options.paths, vm_key_, wait_ms, "backup through " + options.address, options.address);
+    if (!vm_lock_.held()) {
+      std::string holder = HolderOf(lock_path);
+      throw Error(ErrorKind::kRetryable, vm + " is busy: " + (holder.empty() ? "another ferry process" : holder) +
+                                             " has held its lock for " + std::to_string(wait_ms / 1000) +
+                                             " s; try again later");
+    }
+    for (const auto& s : RemoveAbandonedSnapshots(*qmp_, options.paths, vm_key_)) {
       LogInfo("removed the snapshot left by dead session " + s);
     }
-    vm_.identity = {QueryString(*qmp_, "query-name", "name"), QueryString(*qmp_, "query-uuid", "UUID"), "qemu"};
+    vm_.identity = {name, QueryString(*qmp_, "query-uuid", "UUID"), "qemu"};
     if (options.expected_vm_name && *options.expected_vm_name != vm_.identity.name) {
       throw Error(ErrorKind::kNotFound, "the VM at " + options.address + " is named '" + vm_.identity.name +
                                             "', not '" + *options.expected_vm_name + "'");
@@ -155,7 +253,7 @@ class QmpHost : public Host {
       qmp_disks.push_back(Find(d));
       nodes.push_back(qmp_disks.back().node_name);
     }
-    auto backup = std::make_unique<QmpHostBackup>(*qmp_, options_.guard, nodes, plans);
+    auto backup = std::make_unique<QmpHostBackup>(*qmp_, options_.guard, vm_key_, nodes, plans);
     backup->Start(qmp_disks, disks, options_.paths);
     return backup;
   }
@@ -180,6 +278,7 @@ class QmpHost : public Host {
 
   QmpHostOptions options_;
   std::unique_ptr<QmpClient> qmp_;
+  std::string vm_key_;
   FileLock vm_lock_;
   HostVm vm_;
   std::vector<QmpDisk> qmp_disks_;
@@ -187,8 +286,26 @@ class QmpHost : public Host {
 
 }  // namespace
 
-std::string QmpVmLockPath(const SnapshotPaths& paths, const std::string& qmp_address) {
-  return paths.runtime_dir + "/vm-" + Sha256(qmp_address.data(), qmp_address.size()).Hex().substr(0, 16) + ".lock";
+std::string QmpVmLockPath(const SnapshotPaths& paths, const std::string& vm_key) {
+  return paths.runtime_dir + "/vm-" + Sha256(vm_key.data(), vm_key.size()).Hex().substr(0, 16) + ".lock";
+}
+
+FileLock AcquireVmLock(const SnapshotPaths& paths, const std::string& vm_key, int wait_ms,
+                       const std::string& holder, const std::string& qmp_address) {
+  const std::string path = QmpVmLockPath(paths, vm_key);
+  FileLock lock = FileLock::Acquire(path, wait_ms);
+  if (!lock.held()) return lock;
+  // Rewritten in place (the flock is on this inode); a reader may see it
+  // empty for a moment, which only makes the holder "unknown".
+  std::string text = "pid " + std::to_string(::getpid()) + "\nholder " + holder + "\nvm " + vm_key + "\nqmp " +
+                     qmp_address + "\n";
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC));
+  if (fd.valid()) (void)!::write(fd.get(), text.data(), text.size());
+  return lock;
+}
+
+std::string VmLockHolder(const SnapshotPaths& paths, const std::string& vm_key) {
+  return HolderOf(QmpVmLockPath(paths, vm_key));
 }
 
 std::unique_ptr<Host> OpenQmpHost(const QmpHostOptions& options) { return std::make_unique<QmpHost>(options); }

@@ -1,13 +1,17 @@
 #include "ferry/worker/qmp_snapshot.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <map>
 #include <random>
 #include <set>
+#include <sstream>
 
 #include "ferry/common/error.h"
 #include "ferry/common/ids.h"
@@ -53,6 +57,52 @@ std::string OverlayPath(const SnapshotPaths& p, const std::string& session, size
   return p.scratch_dir + "/ferry-" + session + "-" + std::to_string(disk) + ".qcow2";
 }
 
+bool IsSessionId(std::string_view s) {
+  return s.size() == 8 && std::all_of(s.begin(), s.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
+// "ferry-1a2b3c4d-0.qcow2" -> "1a2b3c4d"; "" if not an overlay's name.
+std::string SessionOfOverlay(std::string_view name) {
+  if (!name.starts_with(kPrefix) || !name.ends_with(".qcow2")) return "";
+  std::string_view rest = name.substr(sizeof kPrefix - 1);
+  if (rest.size() < 10 || rest[8] != '-' || !IsSessionId(rest.substr(0, 8))) return "";
+  std::string_view n = rest.substr(9, rest.size() - 9 - 6);
+  if (n.empty() || !std::all_of(n.begin(), n.end(), [](char c) { return c >= '0' && c <= '9'; })) return "";
+  return std::string(rest.substr(0, 8));
+}
+
+std::string RecordText(const std::string& session, const std::string& vm_key, const std::string& qmp_address) {
+  return "ferry-session " + session + "\nvm " + vm_key + "\nqmp " + qmp_address + "\npid " +
+         std::to_string(::getpid()) + "\n";
+}
+
+// Rewrites a file in place (not by rename: the lock's inode must stay the
+// one this process has flock()ed).
+void OverwriteFile(const std::string& path, const std::string& text) {
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC));
+  if (!fd.valid()) throw ErrnoError("opening " + path, errno);
+  if (::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
+    throw ErrnoError("writing " + path, errno);
+  }
+}
+
+SessionRecord ParseRecord(const std::string& text) {
+  SessionRecord r;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    auto space = line.find(' ');
+    if (space == std::string::npos) continue;
+    std::string key = line.substr(0, space), value = line.substr(space + 1);
+    if (key == "vm") r.vm_key = value;
+    if (key == "qmp") r.qmp_address = value;
+    if (key == "pid") r.pid = std::atoi(value.c_str());
+  }
+  return r;
+}
+
 std::string StringMember(const json::object& o, std::string_view key) {
   auto it = o.find(key);
   return it != o.end() && it->value().is_string() ? std::string(it->value().as_string()) : "";
@@ -74,6 +124,26 @@ bool Attempt(const std::string& what, Fn&& fn) {
 
 std::string SessionLockPath(const SnapshotPaths& p, const std::string& session) {
   return p.runtime_dir + "/" + session + ".lock";
+}
+
+namespace {
+constexpr char kNewLockSuffix[] = ".lock.new";
+}  // namespace
+
+FileLock CreateSessionLock(const SnapshotPaths& paths, const std::string& session, const std::string& record) {
+  const std::string path = SessionLockPath(paths, session);
+  const std::string temp = paths.runtime_dir + "/" + session + kNewLockSuffix;
+  FileLock lock = FileLock::TryAcquire(temp);
+  if (!lock.held()) throw Error(ErrorKind::kInternal, "session lock " + temp + " is taken");
+  try {
+    OverwriteFile(temp, record);
+    if (PathExists(path)) throw Error(ErrorKind::kInternal, "session " + session + " exists already");
+    if (::rename(temp.c_str(), path.c_str()) != 0) throw ErrnoError("renaming " + temp + " to " + path, errno);
+  } catch (...) {
+    ::unlink(temp.c_str());
+    throw;
+  }
+  return lock;
 }
 
 std::vector<QmpDisk> ListQmpDisks(QmpClient& qmp) {
@@ -142,12 +212,14 @@ std::unique_ptr<FleecingSnapshot> FleecingSnapshot::Create(QmpClient& qmp,
                                                            const std::vector<QmpDisk>& disks,
                                                            const SnapshotPaths& paths,
                                                            const std::string& session,
+                                                           const std::string& vm_key,
                                                            const std::vector<SnapshotBitmaps>& bitmaps) {
   if (!bitmaps.empty() && bitmaps.size() != disks.size()) {
     throw Error(ErrorKind::kInternal, "snapshot: bitmaps do not match the disks");
   }
-  FileLock lock = FileLock::TryAcquire(SessionLockPath(paths, session));
-  if (!lock.held()) throw Error(ErrorKind::kInternal, "session lock " + session + " is taken");
+  // The lock and its record first: every file and QEMU object below must be
+  // traceable to this VM once the lock is free.
+  FileLock lock = CreateSessionLock(paths, session, RecordText(session, vm_key, qmp.address()));
   std::unique_ptr<FleecingSnapshot> snap(new FleecingSnapshot(qmp, paths, session, std::move(lock)));
   try {
     json::array actions;
@@ -196,11 +268,13 @@ std::unique_ptr<FleecingSnapshot> FleecingSnapshot::Create(QmpClient& qmp,
     try {
       start_server();
     } catch (const QmpError& e) {
+      // The only NBD server is another's (a live session of this VM cannot
+      // be: this process holds the VM's lock).
       throw Error(ErrorKind::kRetryable,
                   "QEMU at " + qmp.address() + " already runs an NBD server (another backup or a "
                   "migration?): " + e.description());
     }
-    WriteFileAtomically(NbdServerMarker(paths, session), session + "\n");
+    WriteFileAtomically(NbdServerMarker(paths, session), RecordText(session, vm_key, qmp.address()));
     for (size_t i = 0; i < disks.size(); ++i) {
       json::object args{{"type", "nbd"},
                         {"id", ObjectName(session, i, "")},
@@ -214,6 +288,11 @@ std::unique_ptr<FleecingSnapshot> FleecingSnapshot::Create(QmpClient& qmp,
       qmp.Execute("block-export-add", std::move(args));
       snap->exports_.push_back({disks[i], NbdSource{socket, disks[i].name, exported_bitmap}});
     }
+  } catch (const QmpError& e) {
+    snap->Release();
+    if (e.kind() != ErrorKind::kRetryable) throw;
+    throw Error(ErrorKind::kRetryable, "taking the snapshot through " + qmp.address() +
+                                           ": a disk is busy (a block job or export of another tool?): " + e.what());
   } catch (...) {
     snap->Release();
     throw;
@@ -248,8 +327,10 @@ std::vector<std::string> ListFerryObjects(QmpClient& qmp) {
   return names;
 }
 
-bool RemoveSessionObjects(QmpClient& qmp, const SnapshotPaths& paths, const std::string& session) {
+bool RemoveSessionObjects(QmpClient& qmp, const SnapshotPaths& paths, const std::string& session,
+                          std::vector<std::string>* removed) {
   bool ok = true;
+  bool server_stopped = !PathExists(NbdServerMarker(paths, session));
   auto ours = [&](const std::string& name) { return SessionOf(name) == session; };
   using std::chrono::seconds;
 
@@ -274,10 +355,9 @@ bool RemoveSessionObjects(QmpClient& qmp, const SnapshotPaths& paths, const std:
       } catch (const QmpError&) {
         // Not running any more (QEMU restarted): nothing to stop.
       }
-      ::unlink(NbdServerMarker(paths, session).c_str());
+      server_stopped = true;
     });
   }
-  ::unlink(SocketPath(paths, session).c_str());
   // 3. Backup jobs: cancelling one also removes its filter node.
   ok &= Attempt("listing block jobs", [&] {
     json::value jobs = qmp.Execute("query-block-jobs");
@@ -293,9 +373,7 @@ bool RemoveSessionObjects(QmpClient& qmp, const SnapshotPaths& paths, const std:
       });
     }
   });
-  // 4. Nodes: the overlay before its file node; remember the files to delete.
-  std::set<std::string> files;
-  for (size_t i = 0; i < 64; ++i) files.insert(OverlayPath(paths, session, i));
+  // 4. Nodes: the overlay before its file node.
   ok &= Attempt("listing block nodes", [&] {
     std::vector<std::string> overlays, file_nodes;
     json::value nodes = qmp.Execute("query-named-block-nodes", {{"flat", true}});
@@ -305,7 +383,6 @@ bool RemoveSessionObjects(QmpClient& qmp, const SnapshotPaths& paths, const std:
       if (!ours(name)) continue;
       if (name.ends_with("-f")) {
         file_nodes.push_back(name);
-        files.insert(StringMember(o, "file"));
       } else if (name.ends_with("-o")) {
         overlays.push_back(name);
       }
@@ -317,32 +394,175 @@ bool RemoveSessionObjects(QmpClient& qmp, const SnapshotPaths& paths, const std:
       ok &= Attempt("removing node " + name, [&] { qmp.Execute("blockdev-del", {{"node-name", name}}); });
     }
   });
-  // 5. Overlay files, only those in our scratch directory with our name.
-  for (const auto& f : files) {
-    if (f.rfind(paths.scratch_dir + "/ferry-" + session + "-", 0) != 0) continue;
-    if (::unlink(f.c_str()) != 0 && errno != ENOENT) {
-      LogWarning("cleanup: removing overlay " + f + ": " + std::strerror(errno));
+  // 5. Files: overlays (only ours, by name, in our scratch directory),
+  // socket, and the marker once the server is stopped (else a later run
+  // must still know to stop it).
+  std::vector<std::string> files = RemoveSessionFiles(paths, session, /*keep_marker=*/!server_stopped);
+  for (size_t i = 0; i < 64; ++i) {
+    std::string overlay = OverlayPath(paths, session, i);
+    if (PathExists(overlay)) {
+      LogWarning("cleanup: overlay " + overlay + " could not be removed");
       ok = false;
     }
   }
+  if (removed) removed->insert(removed->end(), files.begin(), files.end());
   return ok;
 }
 
-std::vector<std::string> RemoveAbandonedSnapshots(QmpClient& qmp, const SnapshotPaths& paths) {
-  std::set<std::string> sessions;
+std::vector<std::string> RemoveSessionFiles(const SnapshotPaths& paths, const std::string& session,
+                                            bool keep_marker) {
+  std::vector<std::string> candidates;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(paths.scratch_dir, ec)) {
+    std::string name = entry.path().filename().string();
+    if (SessionOfOverlay(name) == session) candidates.push_back(paths.scratch_dir + "/" + name);
+  }
+  std::sort(candidates.begin(), candidates.end());
+  candidates.push_back(SocketPath(paths, session));
+  if (!keep_marker) candidates.push_back(NbdServerMarker(paths, session));
+  std::vector<std::string> removed;
+  for (const auto& f : candidates) {
+    if (::unlink(f.c_str()) == 0) {
+      removed.push_back(f);
+    } else if (errno != ENOENT) {
+      LogWarning("cleanup of session " + session + ": removing " + f + ": " + std::strerror(errno));
+    }
+  }
+  return removed;
+}
+
+std::string QemuProcessKey(QmpClient& qmp) {
+  int pid = qmp.peer_pid();
+  if (pid > 0) {
+    // Field 22 of /proc/<pid>/stat, counted after the ")" that ends the
+    // command name (which may contain spaces).
+    std::string start_time;
+    try {
+      std::string stat = ReadWholeFile("/proc/" + std::to_string(pid) + "/stat");
+      std::istringstream in(stat.substr(stat.rfind(')') + 2));
+      for (int field = 3; field <= 22 && in >> start_time; ++field) {
+      }
+    } catch (const Error&) {
+    }
+    return "pid:" + std::to_string(pid) + ":" + start_time;
+  }
+  try {
+    json::value v = qmp.Execute("query-uuid");
+    std::string uuid = v.is_object() ? StringMember(v.as_object(), "UUID") : "";
+    if (!uuid.empty() && uuid != "00000000-0000-0000-0000-000000000000") return "uuid:" + uuid;
+  } catch (const QmpError&) {
+  }
+  return "qmp:" + qmp.address();
+}
+
+bool QemuProcessMayBeAlive(const std::string& key) {
+  if (!key.starts_with("pid:")) return true;
+  auto colon = key.find(':', 4);
+  std::string pid = key.substr(4, colon == std::string::npos ? std::string::npos : colon - 4);
+  std::string start_time = colon == std::string::npos ? "" : key.substr(colon + 1);
+  std::string stat;
+  try {
+    stat = ReadWholeFile("/proc/" + pid + "/stat");
+  } catch (const Error&) {
+    return false;  // no such process
+  }
+  std::istringstream in(stat.substr(stat.rfind(')') + 2));
+  std::string state, field;
+  in >> state;
+  for (int i = 4; i <= 22 && in >> field; ++i) {
+  }
+  if (state == "Z" || state == "X") return false;
+  return start_time.empty() || field == start_time;
+}
+
+SessionRecord ReadSessionRecord(const SnapshotPaths& paths, const std::string& session) {
+  for (const auto& path : {SessionLockPath(paths, session), NbdServerMarker(paths, session)}) {
+    try {
+      SessionRecord r = ParseRecord(ReadWholeFile(path));
+      if (!r.vm_key.empty()) return r;
+    } catch (const Error&) {
+    }
+  }
+  return {};
+}
+
+namespace {
+
+// A lock of a session killed inside CreateSessionLock. Only once it is a
+// minute old: before its flock, a fresh one is free for an instant.
+void RemoveStaleNewLock(const std::string& path, const std::string& session) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0 || ::time(nullptr) - st.st_mtime < 60) return;
+  FileLock lock = FileLock::TryAcquire(path, /*create=*/false);
+  if (!lock.held()) return;
+  if (::unlink(path.c_str()) == 0) LogInfo("session " + session + ": removed " + path);
+}
+
+std::string Join(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& i : items) out += (out.empty() ? "" : ", ") + i;
+  return out.empty() ? "nothing" : out;
+}
+
+}  // namespace
+
+std::vector<std::string> RemoveAbandonedSnapshots(QmpClient& qmp, const SnapshotPaths& paths,
+                                                  const std::string& vm_key) {
+  // 1. Every session we can see a trace of: QEMU objects and files. Listed
+  // before any lock is looked at (see the ordering rules in the header).
+  std::map<std::string, bool> sessions;  // id -> known to this QEMU
   for (const auto& name : ListFerryObjects(qmp)) {
     std::string s = SessionOf(name);
-    if (!s.empty()) sessions.insert(s);
+    if (!s.empty()) sessions[s] = true;
   }
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(paths.runtime_dir, ec)) {
+    std::string name = entry.path().filename().string();
+    auto dot = name.find('.');
+    std::string id = name.substr(0, dot), suffix = dot == std::string::npos ? "" : name.substr(dot);
+    if (IsSessionId(id) && suffix == kNewLockSuffix) {
+      RemoveStaleNewLock(entry.path().string(), id);
+      continue;
+    }
+    if (!IsSessionId(id) || (suffix != ".lock" && suffix != ".nbd" && suffix != ".nbd-server")) continue;
+    // A libvirt session (its directory beside): libvirt's host cleans it.
+    if (PathExists(paths.runtime_dir + "/libvirt-" + id)) continue;
+    sessions.try_emplace(id, false);
+  }
+  for (const auto& entry : std::filesystem::directory_iterator(paths.scratch_dir, ec)) {
+    std::string s = SessionOfOverlay(entry.path().filename().string());
+    if (!s.empty()) sessions.try_emplace(s, false);
+  }
+
   std::vector<std::string> cleaned;
-  for (const auto& s : sessions) {
-    FileLock lock = FileLock::TryAcquire(SessionLockPath(paths, s), /*create=*/false);
-    bool lock_file_exists = PathExists(SessionLockPath(paths, s));
-    if (lock_file_exists && !lock.held()) continue;  // its process is alive
-    LogWarning("removing leftovers of ferry session " + s + " from " + qmp.address() +
-               " (its process is gone)");
-    RemoveSessionObjects(qmp, paths, s);
-    ::unlink(SessionLockPath(paths, s).c_str());
+  for (const auto& [s, in_qemu] : sessions) {
+    // 2. Alive or dead: a held lock is a live session (maybe another VM's).
+    // Holding the dead one's lock while cleaning keeps other hunters off.
+    std::string lock_path = SessionLockPath(paths, s);
+    FileLock lock = FileLock::TryAcquire(lock_path, /*create=*/false);
+    if (!lock.held() && PathExists(lock_path)) continue;
+    SessionRecord record = ReadSessionRecord(paths, s);
+    bool ours = in_qemu || (!record.vm_key.empty() && record.vm_key == vm_key);
+    std::vector<std::string> removed;
+    if (ours) {
+      LogWarning("removing leftovers of dead ferry session " + s + " from " + qmp.address() +
+                 " (its process is gone)");
+      if (!RemoveSessionObjects(qmp, paths, s, &removed)) {
+        LogWarning("session " + s + ": not everything could be removed; the next run tries again");
+      }
+    } else if (!record.vm_key.empty() && QemuProcessMayBeAlive(record.vm_key)) {
+      // Its QEMU still runs and may still write the overlay and serve the
+      // socket; only a run on that VM can end them.
+      LogInfo("dead ferry session " + s + " belongs to another running VM (" + record.vm_key + ", " +
+              record.qmp_address + "): left for that VM's next backup");
+      continue;
+    } else {
+      LogWarning("removing the files of dead ferry session " + s + " (its QEMU " +
+                 (record.vm_key.empty() ? std::string("is unknown") : record.vm_key + " is gone") + ")");
+      removed = RemoveSessionFiles(paths, s);
+    }
+    if (::unlink(lock_path.c_str()) == 0) removed.push_back(lock_path);
+    LogInfo("session " + s + ": removed " + Join(removed));
     cleaned.push_back(s);
   }
   return cleaned;

@@ -71,6 +71,11 @@ lv_cleanup_all() {
   done
   LV_DOMAINS=()
   for p in "${LV_STARTED_PIDS[@]}"; do kill "$p" 2>/dev/null; done
+  # Wait until they are gone: a libvirtd still answering while it shuts down
+  # makes the next test's setup skip starting virtlogd, and its domains fail.
+  for p in "${LV_STARTED_PIDS[@]}"; do
+    for _ in $(seq 100); do [[ -d /proc/$p ]] || break; sleep 0.1; done
+  done
   LV_STARTED_PIDS=()
   return 0
 }

@@ -6,7 +6,8 @@
 #                                  (qdev id ID) per disk; two QMP monitors:
 #                                  DIR/qmp.sock for Ferry (a QMP monitor serves one
 #                                  client at a time) and DIR/qmp-test.sock for the
-#                                  harness (vm_qmp, vm_hmp, vm_write, ...)
+#                                  harness (vm_qmp, vm_hmp, vm_write, ...); with
+#                                  VM_SECOND_QMP=1 a third, DIR/qmp2.sock, also for Ferry
 #   vm_stop DIR                    QMP quit, SIGKILL after VM_STOP_GRACE (5) s, wait
 #   vm_cleanup_all                 stop every VM started by this shell (for traps)
 #   vm_qmp DIR COMMAND [JSON]      QMP command, prints the "return" value as JSON
@@ -14,12 +15,13 @@
 #   vm_qemu_io DIR ID "CMD"        qemu-io CMD through the device, prints its output
 #   vm_write DIR ID PAT OFF LEN    write -P PAT OFF LEN through the device (guest-like)
 #   vm_read_check DIR ID PAT OFF LEN   read -P PAT OFF LEN through the device
-#   vm_pid DIR / vm_qmp_socket DIR / vm_node ID / vm_qdev_path ID
+#   vm_pid DIR / vm_qmp_socket DIR / vm_qmp2_socket DIR / vm_node ID / vm_qdev_path ID
 #   make_data_disk PATH FORMAT SIZE [SEED]   disk with known, varied content
 #
 # Environment for vm_start: VM_NAME (default ferry-demo), VM_UUID (default random),
 # VM_MEM (MiB, default 256), VM_PAUSED (1 = -S, the default; 0 = let vCPUs run),
 # VM_EXTRA_ARGS (extra qemu words, split on whitespace), VM_START_TIMEOUT (30 s),
+# VM_SECOND_QMP (1 = a second monitor for Ferry at DIR/qmp2.sock; default 0),
 # VM_STOP_GRACE (seconds vm_stop waits after QMP quit before SIGKILL, default 5),
 # QEMU (binary, default qemu-system-x86_64).
 #
@@ -67,6 +69,8 @@ _vm_bytes() {
 }
 
 vm_qmp_socket() { echo "$1/qmp.sock"; }
+# The second Ferry monitor (VM_SECOND_QMP=1): two clients of one VM at once.
+vm_qmp2_socket() { echo "$1/qmp2.sock"; }
 # The harness's own monitor, so tests can act while Ferry holds qmp.sock.
 _vm_test_socket() { echo "$1/qmp-test.sock"; }
 vm_node() { echo "$1-fmt"; }
@@ -118,6 +122,7 @@ vm_start() {
         -qmp "unix:$dir/qmp.sock,server=on,wait=off"
         -qmp "unix:$dir/qmp-test.sock,server=on,wait=off"
     )
+    [[ ${VM_SECOND_QMP:-0} == 1 ]] && args+=(-qmp "unix:$dir/qmp2.sock,server=on,wait=off")
     [[ ${VM_PAUSED:-1} == 1 ]] && args+=(-S)
     local spec id path fmt json
     for spec in "$@"; do
@@ -152,7 +157,7 @@ print(json.dumps({"driver": f, "file": i + "-file", "node-name": i + "-fmt"}))
         read -r -a extra <<<"$VM_EXTRA_ARGS"
         args+=("${extra[@]}")
     fi
-    rm -f "$dir/qmp.sock" "$dir/qmp-test.sock" "$dir/qemu.pid"
+    rm -f "$dir/qmp.sock" "$dir/qmp2.sock" "$dir/qmp-test.sock" "$dir/qemu.pid"
     {
         printf '=== %s: starting' "$(date '+%F %T')"
         printf ' %q' "${QEMU:-qemu-system-x86_64}" "${args[@]}"

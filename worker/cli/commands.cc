@@ -38,7 +38,8 @@ namespace {
 
 // The guardian is a child process, in its own session, that outlives a
 // killed backup: when the backup's end of the pipe closes without "done",
-// it removes that backup's snapshot from QEMU.
+// it removes that backup's snapshot from QEMU (or only its files, if the
+// QEMU it was taken in is gone).
 class Guardian : public worker::SnapshotGuard {
  public:
   Guardian(std::string self, std::string qmp, worker::SnapshotPaths paths)
@@ -47,12 +48,12 @@ class Guardian : public worker::SnapshotGuard {
     if (write_fd_ >= 0) ::close(write_fd_);  // EOF without "done": clean up
   }
 
-  void Arm(const std::string& session) override {
+  void Arm(const std::string& session, const std::string& vm_key) override {
     int fds[2];
     if (::pipe2(fds, O_CLOEXEC) != 0) throw ErrnoError("creating the guardian's pipe", errno);
     std::vector<std::string> argv = {self_, "_guardian", "--qmp", qmp_, "--session", session,
-                                     "--runtime-dir", paths_.runtime_dir, "--scratch-dir",
-                                     paths_.scratch_dir};
+                                     "--vm-key", vm_key, "--runtime-dir", paths_.runtime_dir,
+                                     "--scratch-dir", paths_.scratch_dir};
     std::vector<char*> cargv;
     for (auto& a : argv) cargv.push_back(a.data());
     cargv.push_back(nullptr);
@@ -188,7 +189,7 @@ int RestoreVmCommand(const Args& args) {
 }
 
 int GuardianCommand(const Args& args) {
-  Arguments a(args, {"qmp", "session", "runtime-dir", "scratch-dir"}, {});
+  Arguments a(args, {"qmp", "session", "vm-key", "runtime-dir", "scratch-dir"}, {});
   std::string message;
   char buf[64];
   for (ssize_t n; (n = ::read(0, buf, sizeof buf)) != 0;) {
@@ -199,33 +200,58 @@ int GuardianCommand(const Args& args) {
   if (message.find("done") != std::string::npos) return 0;
   worker::SnapshotPaths paths{a.Require("runtime-dir"), a.Require("scratch-dir")};
   std::string session = a.Require("session");
-  // The backup process is gone or going: wait for the kernel to drop its lock.
+  std::string vm_key = a.Require("vm-key");
+  std::string address = a.Require("qmp");
+  const std::string session_lock_path = worker::SessionLockPath(paths, session);
+  // The backup process is gone or going: wait for the kernel to drop its
+  // lock, then hold it while cleaning, so that no hunter works on the same
+  // session meanwhile.
+  FileLock session_lock;
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   while (std::chrono::steady_clock::now() < deadline) {
-    FileLock lock = FileLock::TryAcquire(worker::SessionLockPath(paths, session), /*create=*/false);
-    if (lock.held() || !PathExists(worker::SessionLockPath(paths, session))) break;
+    session_lock = FileLock::TryAcquire(session_lock_path, /*create=*/false);
+    if (session_lock.held() || !PathExists(session_lock_path)) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  // The monitor serves one client: take the VM's lock (free once the dead
-  // backup is gone; a new backup waits for us), then connect.
-  FileLock vm_lock = FileLock::Acquire(worker::QmpVmLockPath(paths, a.Require("qmp")), 60000);
+  auto remove_files = [&](const std::string& why) {
+    LogWarning("backup session " + session + " ended without cleaning up and " + why + "; removing its files");
+    auto removed = worker::RemoveSessionFiles(paths, session);
+    if (::unlink(session_lock_path.c_str()) == 0) removed.push_back(session_lock_path);
+    for (const auto& f : removed) LogInfo("guardian: session " + session + ": removed " + f);
+    return 0;
+  };
+  // Connect before taking the VM's lock: a backup connected to the same
+  // monitor before us holds the monitor and then the lock, and must not
+  // wait for a lock we would hold while waiting for its monitor.
   std::unique_ptr<worker::QmpClient> qmp;
   for (int attempt = 0;; ++attempt) {
     try {
-      qmp = worker::QmpClient::Connect(a.Require("qmp"), std::chrono::seconds(5));
+      qmp = worker::QmpClient::Connect(address, std::chrono::seconds(10));
       break;
     } catch (const Error& e) {
-      if (attempt >= 10 || e.kind() == ErrorKind::kNotFound) {
-        LogError("guardian: cannot reach " + a.Require("qmp") + " to remove backup session " + session +
-                 ": " + e.what() + " (the next backup will remove it)");
+      if (e.kind() == ErrorKind::kNotFound) return remove_files("its QEMU is gone (" + std::string(e.what()) + ")");
+      if (attempt >= 6) {
+        LogError("guardian: cannot reach " + address + " to remove backup session " + session + ": " + e.what() +
+                 " (the next backup will remove it)");
         return 1;
       }
       std::this_thread::sleep_for(std::chrono::seconds(1));
     }
   }
+  // The monitor may now be another QEMU's (the VM restarted): its NBD
+  // server and nodes are none of this session's business.
+  if (std::string now = worker::QemuProcessKey(*qmp); now != vm_key) {
+    return remove_files("its QEMU (" + vm_key + ") is gone; " + address + " now reaches " + now);
+  }
+  FileLock vm_lock = worker::AcquireVmLock(paths, vm_key, 60000, "guardian of backup session " + session, address);
+  if (!vm_lock.held()) {
+    LogError("guardian: " + worker::VmLockHolder(paths, vm_key) + " has held the lock of the VM at " + address +
+             " for 60 s; leaving backup session " + session + " to the next backup");
+    return 1;
+  }
   LogWarning("backup session " + session + " ended without cleaning up; removing its snapshot");
   bool ok = worker::RemoveSessionObjects(*qmp, paths, session);
-  ::unlink(worker::SessionLockPath(paths, session).c_str());
+  ::unlink(session_lock_path.c_str());
   return ok ? 0 : 1;
 }
 

@@ -22,8 +22,10 @@
 //  - cannot connect: no such socket / connection refused => kNotFound (the
 //    VM's monitor is not there); other OS errors => kEnvironment; connect
 //    timeout => kRetryable. Malformed address => kBadInput.
-//  - the peer does not greet with {"QMP": ...} in time, or sends something
-//    else => kBadInput "<address> is not a QMP socket: ...".
+//  - the peer sends something other than a {"QMP": ...} greeting =>
+//    kBadInput "<address> is not a QMP socket: ...".
+//  - no greeting in time => kRetryable: a monitor serves one client at a
+//    time and greets a second one only when the first has left.
 //  - connection closed or no reply within the timeout => kRetryable, naming
 //    the command and the address.
 //  - an {"error": ...} reply => QmpError (see QmpError::KindForClass).
@@ -62,6 +64,11 @@ class QmpError : public ferry::Error {
   //   GenericError, DeviceNotActive and anything unknown => kBadInput (QEMU
   //   rejected the request as given).
   static ErrorKind KindForClass(std::string_view error_class);
+  // The kind a QmpError gets: KindForClass, except that a GenericError
+  // saying a node or device "is busy" / "is in use" (another block job or
+  // export holds it) => kRetryable.
+  static ErrorKind KindFor(std::string_view error_class,
+                           std::string_view description);
 
  private:
   std::string command_;

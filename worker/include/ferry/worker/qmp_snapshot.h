@@ -6,12 +6,29 @@
 //   disk into its overlay (copy-before-write: a guest write first copies the
 //   old data into the overlay), then an NBD export of each overlay.
 //
-// Everything Ferry adds to QEMU is named "ferry-<session>-<n>-<role>", and
-// the session holds <runtime dir>/<session>.lock while it lives. Release()
-// removes it all (export, job, nodes, NBD server, overlay files). If the
-// process dies before that, RemoveAbandonedSnapshots() (run at the start of
-// every backup, and by the guardian process the CLI leaves behind) finds
-// objects whose session lock is free and removes them.
+// Everything Ferry adds to QEMU is named "ferry-<session>-<n>-<role>"; the
+// files of a session are
+//   <runtime dir>/<session>.lock        flock held while the session lives;
+//                                       holds the session record (its VM)
+//   <runtime dir>/<session>.nbd         the NBD server's socket
+//   <runtime dir>/<session>.nbd-server  marker: the session started QEMU's
+//                                       (only) NBD server; also names the VM
+//   <scratch dir>/ferry-<session>-<n>.qcow2   overlay of disk n
+//
+// Ordering rules that make a free lock mean "dead": a session takes its lock
+// (CreateSessionLock: visible only once held, record included) before it
+// creates any other file or QEMU object,
+// and unlinks the lock only after everything else is gone. The hunter lists
+// files and objects first and checks locks afterwards, so a session it sees
+// files of either holds its lock or is dead.
+//
+// Release() removes it all. If the process dies before that, the guardian
+// the CLI leaves behind removes it, and else RemoveAbandonedSnapshots() (run
+// at the start of every QMP backup) does: for every session whose lock is
+// free or missing, through QMP if the session ran on the VM it is connected
+// to, and by deleting the files if that session's QEMU is gone. A dead
+// session of another VM whose QEMU still runs is left to that VM's next run
+// (its QEMU still holds and writes the overlay and may run its NBD server).
 #pragma once
 
 #include <cstdint>
@@ -63,9 +80,12 @@ class FleecingSnapshot {
   // as session `session_id` (from NewSnapshotSessionId). On failure, removes
   // whatever it had created and throws.
   // `bitmaps` is empty or parallel to `disks`.
+  // `vm_key` (QemuProcessKey) goes into the session record so that a later
+  // run can tell which QEMU the session's leftovers belong to.
   static std::unique_ptr<FleecingSnapshot> Create(QmpClient& qmp, const std::vector<QmpDisk>& disks,
                                                   const SnapshotPaths& paths,
                                                   const std::string& session_id,
+                                                  const std::string& vm_key,
                                                   const std::vector<SnapshotBitmaps>& bitmaps = {});
   ~FleecingSnapshot();
 
@@ -93,13 +113,47 @@ std::string NewSnapshotSessionId();
 // The lock a live session holds (flock); free or missing once it is gone.
 std::string SessionLockPath(const SnapshotPaths& paths, const std::string& session_id);
 
-// Removes every object of session `session_id` from QEMU and its files.
-// Returns false if something could not be removed (logged).
-bool RemoveSessionObjects(QmpClient& qmp, const SnapshotPaths& paths, const std::string& session_id);
+// Creates a session's lock already held, with `record` in it: made and
+// locked under a temporary name, then renamed, so that no one ever sees the
+// lock file unlocked (between open and flock) and takes the session for
+// dead. Throws if it cannot. Used by QMP and libvirt sessions alike.
+FileLock CreateSessionLock(const SnapshotPaths& paths, const std::string& session_id, const std::string& record);
 
-// The snapshot hunter: removes objects of Ferry sessions that are no longer
-// running. Returns the session ids it cleaned.
-std::vector<std::string> RemoveAbandonedSnapshots(QmpClient& qmp, const SnapshotPaths& paths);
+// The identity of the QEMU process behind a monitor, the same through every
+// monitor of one VM: "pid:<pid>:<start time>" from SO_PEERCRED and
+// /proc/<pid>/stat (a reused pid has another start time), else (TCP)
+// "uuid:<uuid>" from query-uuid, else "qmp:<address>".
+std::string QemuProcessKey(QmpClient& qmp);
+// False only when `key` names a QEMU process that is gone; keys without a
+// pid cannot be checked and count as alive.
+bool QemuProcessMayBeAlive(const std::string& key);
+
+// What a session wrote into its lock file (and its NBD server marker).
+struct SessionRecord {
+  std::string vm_key;       // QemuProcessKey of its VM; "" if unknown (older or half-made)
+  std::string qmp_address;  // how it reached the VM
+  int pid = -1;             // the ferry process
+};
+// The record of a session from its lock, else its marker; empty if neither.
+SessionRecord ReadSessionRecord(const SnapshotPaths& paths, const std::string& session_id);
+
+// Removes every object of session `session_id` from QEMU and its files
+// (not the lock). Returns false if something could not be removed (logged).
+// `removed`, if given, receives the files deleted.
+bool RemoveSessionObjects(QmpClient& qmp, const SnapshotPaths& paths, const std::string& session_id,
+                          std::vector<std::string>* removed = nullptr);
+
+// Removes the files of session `session_id` (overlays, NBD socket, and the
+// NBD server marker unless `keep_marker`), not its lock, and nothing in
+// QEMU: for sessions whose QEMU is gone. Returns the paths deleted.
+std::vector<std::string> RemoveSessionFiles(const SnapshotPaths& paths, const std::string& session_id,
+                                            bool keep_marker = false);
+
+// The snapshot hunter, run by a process holding the lock of the VM whose
+// QEMU is `vm_key`: removes what dead sessions left (see the top of this
+// file). Returns the session ids it cleaned.
+std::vector<std::string> RemoveAbandonedSnapshots(QmpClient& qmp, const SnapshotPaths& paths,
+                                                  const std::string& vm_key);
 
 // Names of Ferry objects currently present in QEMU (exports, jobs, nodes),
 // for tests and diagnostics.
