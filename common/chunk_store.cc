@@ -40,15 +40,17 @@ void FetchChunk(ChunkReader& reader, ChunkDecoder& decoder, const Digest& digest
   reader.Read(digest, encoded);  // missing: kCorrupt, nothing to quarantine
   try {
     decoder.Decode(*encoded, &digest, reader.Describe(digest), plain);
-    if (plain->size() != length) {
-      throw Error(ErrorKind::kCorrupt, "chunk " + reader.Describe(digest) + " holds " + std::to_string(plain->size()) +
-                                           " bytes, the index expects " + std::to_string(length));
-    }
   } catch (const Error& e) {
     if (e.kind() != ErrorKind::kCorrupt) throw;
     std::string moved = reader.Quarantine(digest, e.what());
     if (moved.empty()) throw;
     throw Error(ErrorKind::kCorrupt, std::string(e.what()) + " (moved to " + moved + ")");
+  }
+  // The chunk matched its digest: a length the index does not expect is the
+  // index's fault, and the chunk stays (other points may need it).
+  if (plain->size() != length) {
+    throw Error(ErrorKind::kCorrupt, "chunk " + reader.Describe(digest) + " holds " + std::to_string(plain->size()) +
+                                         " bytes, the index expects " + std::to_string(length));
   }
 }
 

@@ -44,16 +44,20 @@ Digest ManifestChecksum(std::string_view head, std::string_view tail) {
   return sha.Finish();
 }
 
+// Whether the text ends the way a checksummed manifest does.
+bool HasChecksumTrailer(std::string_view text) {
+  const size_t tail = kChecksumTrailer.size(), hex = 64, member = kChecksumMember.size();
+  return text.size() >= member + hex + tail && text.ends_with(kChecksumTrailer) &&
+         text.substr(text.size() - tail - hex - member, member) == kChecksumMember;
+}
+
 // Checks a v2 manifest's checksum; throws kCorrupt naming `source`.
 void CheckManifestChecksum(std::string_view text, const std::string& source) {
   auto bad = [&](const std::string& why) {
     return Error(ErrorKind::kCorrupt, "manifest " + source + ": " + why);
   };
-  const size_t tail = kChecksumTrailer.size(), hex = 64, member = kChecksumMember.size();
-  if (text.size() < member + hex + tail || !text.ends_with(kChecksumTrailer) ||
-      text.substr(text.size() - tail - hex - member, member) != kChecksumMember) {
-    throw bad("does not end in its checksum (truncated or changed)");
-  }
+  const size_t tail = kChecksumTrailer.size(), hex = 64;
+  if (!HasChecksumTrailer(text)) throw bad("does not end in its checksum (truncated or changed)");
   std::string_view digits = text.substr(text.size() - tail - hex, hex);
   Digest recorded;
   try {
@@ -163,6 +167,11 @@ class Reader {
 }  // namespace
 
 RestorePointManifest ManifestFromJson(const std::string& text, const std::string& source) {
+  // The checksum is checked before anything in the text is believed, the
+  // "format" member included: a flipped version digit must read as damage,
+  // not as a v1 manifest (which has no checksum) or a newer one.
+  const bool sealed = HasChecksumTrailer(text);
+  if (sealed) CheckManifestChecksum(text, source);
   json::error_code ec;
   json::value root = json::parse(text, ec);
   if (ec) throw Error(ErrorKind::kCorrupt, "manifest " + source + " is not valid JSON: " + ec.message());
@@ -171,7 +180,8 @@ RestorePointManifest ManifestFromJson(const std::string& text, const std::string
   Reader r(source);
   RestorePointManifest m;
   m.format_version = CheckFormatName(r.String(o, "format"), kManifestFamily, kManifestVersion, "manifest " + source);
-  if (m.format_version >= 2) CheckManifestChecksum(text, source);
+  if (m.format_version >= 2 && !sealed) CheckManifestChecksum(text, source);  // throws: no checksum
+  if (m.format_version == 1 && sealed) r.Fail("format", "says v1, but the manifest carries a v2 checksum");
   m.id = r.String(o, "id");
   // Members added within v1 are optional: points written before them lack them.
   if (o.contains("chain")) m.chain = r.String(o, "chain");

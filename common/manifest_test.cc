@@ -101,6 +101,15 @@ TEST(ManifestTest, V2WriterRefusesNothingButTheReaderRefusesDuplicateDisks) {
   EXPECT_NE(CorruptMessage(ManifestToJson(m)).find("twice"), std::string::npos);
 }
 
+// A v2 manifest relabelled v1 (which has no checksum) is still checked.
+TEST(ManifestTest, RelabelledAsV1IsRefused) {
+  std::string text = ManifestToJson(Sample());
+  size_t at = text.find("ferry-restore-point-v2");
+  ASSERT_NE(at, std::string::npos);
+  text[at + 21] = '1';
+  EXPECT_NE(CorruptMessage(text).find("checksum does not match"), std::string::npos);
+}
+
 // Every bit of a v2 manifest is covered: a flip anywhere is refused.
 TEST(ManifestTest, EveryFlippedBitIsRefused) {
   RestorePointManifest m = Sample();
@@ -117,6 +126,8 @@ TEST(ManifestTest, EveryFlippedBitIsRefused) {
       try {
         ManifestFromJson(bad, "m");
       } catch (const Error& e) {
+        // Damage, never "a newer format": the checksum is checked first.
+        EXPECT_EQ(e.kind(), ErrorKind::kCorrupt) << "byte " << i << " bit " << bit << ": " << e.what();
         ++refused;
         continue;
       }

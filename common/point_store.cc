@@ -40,9 +40,24 @@ bool IsDirectory(const std::string& path) {
 
 bool IsValidPointId(const std::string& id) {
   if (id.empty() || id.size() > 64 || id[0] == '.') return false;
+  // The staging layout's own suffixes: "x.stage" would be x's records.
+  if (id.ends_with(".lock") || id.ends_with(".stage")) return false;
   return std::all_of(id.begin(), id.end(), [](char c) {
     return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' || c == '.';
   });
+}
+
+// Locks are held briefly by sweeps and commits; a writer that meets one
+// waits a little rather than failing a long task for a momentary overlap.
+constexpr int kLockWaitMs = 2000;
+
+FileLock LockWithin(const std::string& path, bool create, LockMode mode, int wait_ms = kLockWaitMs) {
+  for (int waited = 0;; waited += 20) {
+    FileLock lock = FileLock::TryAcquire(path, create, mode);
+    if (lock.held() || waited >= wait_ms) return lock;
+    if (!create && !PathExists(path)) return lock;
+    ::usleep(20 * 1000);
+  }
 }
 
 std::string IndexFileName(size_t disk) { return "disk-" + std::to_string(disk) + ".fidx"; }
@@ -209,9 +224,12 @@ class LocalPointStore : public PointStore {
       throw Error(ErrorKind::kBadInput, "restore point " + header.id + " is already committed");
     }
     for (const auto& gone : RemoveExpired()) LogInfo("removed expired staging of point " + gone);
-    FileLock lock = FileLock::TryAcquire(LockPath(header.id), /*create=*/true, LockMode::kShared);
+    FileLock lock = LockWithin(LockPath(header.id), /*create=*/true, LockMode::kShared);
     if (!lock.held()) {
-      throw Error(ErrorKind::kRetryable, "point " + header.id + " is being committed or discarded");
+      throw Error(ErrorKind::kRetryable, "point " + header.id + " is being committed, discarded or removed");
+    }
+    if (PathExists(points_ + "/" + header.id)) {  // committed while we waited
+      throw Error(ErrorKind::kBadInput, "restore point " + header.id + " is already committed");
     }
     MakeDirectory(StageDir(header.id));
     MakeDirectory(StagingDir(header.id));
@@ -282,11 +300,13 @@ class LocalPointStore : public PointStore {
 
   RestorePointManifest Commit(const std::string& id, ChunkStore& chunks) override {
     ValidatePointId(id);
-    FileLock lock = FileLock::TryAcquire(LockPath(id), /*create=*/false);
+    FileLock lock = LockWithin(LockPath(id), /*create=*/false, LockMode::kExclusive);
     if (!lock.held()) {
       if (PathExists(points_ + "/" + id)) return Load(id);
       if (!PathExists(LockPath(id))) throw Error(ErrorKind::kNotFound, "point " + id + " is not staged");
-      throw Error(ErrorKind::kRetryable, "point " + id + " cannot be committed yet: a disk of it is being written");
+      throw Error(ErrorKind::kRetryable, "point " + id +
+                                             " cannot be committed yet: a disk of it is being written (or another "
+                                             "process is staging, committing or discarding it)");
     }
     if (PathExists(points_ + "/" + id)) {  // committed before a crash cut the cleanup short
       RemoveStagingLocked(id);
@@ -330,24 +350,24 @@ class LocalPointStore : public PointStore {
     if (::rename(staged.c_str(), (points_ + "/" + id).c_str()) != 0) {
       throw ErrnoError("committing restore point " + id + " (renaming " + staged + ")", errno);
     }
-    FsyncDirectory(points_);
-    RemoveStagingLocked(id);
+    // Committed: what fails from here is logged, never reported as a failed
+    // commit (the next commit or sweep finishes the cleanup).
+    try {
+      FsyncDirectory(points_);
+      RemoveStagingLocked(id);
+    } catch (const std::exception& e) {
+      LogWarning("restore point " + id + " is committed, but cleaning up its staging failed: " + e.what());
+    }
     return m;
   }
 
   void Discard(const std::string& id) override {
     ValidatePointId(id);
-    FileLock lock = FileLock::TryAcquire(LockPath(id), /*create=*/false);
+    FileLock lock = LockWithin(LockPath(id), /*create=*/true, LockMode::kExclusive);
     if (!lock.held()) {
-      if (PathExists(LockPath(id))) {
-        throw Error(ErrorKind::kRetryable, "point " + id + " cannot be discarded now: a disk of it is being written");
-      }
-      if (PathExists(points_ + "/" + id)) {
-        throw Error(ErrorKind::kBadInput, "restore point " + id + " is committed; it is not discarded");
-      }
-      RemoveTree(StagingDir(id));
-      RemoveTree(StageDir(id));
-      return;
+      throw Error(ErrorKind::kRetryable, "point " + id +
+                                             " cannot be discarded now: a disk of it is being written (or another "
+                                             "process is staging or committing it)");
     }
     if (PathExists(points_ + "/" + id)) {
       RemoveStagingLocked(id);
@@ -358,23 +378,21 @@ class LocalPointStore : public PointStore {
 
   std::vector<std::string> RemoveExpired() override {
     std::vector<std::string> removed;
-    const int64_t now = static_cast<int64_t>(::time(nullptr));
     for (const auto& id : ListStaged()) {
-      int64_t expires_at = 0;  // no header: a Stage cut short, or Ferry 0.1's staging
       try {
-        if (PathExists(HeaderPath(id))) expires_at = ReadHeader(id).expires_at;
-      } catch (const Error& e) {
-        LogWarning("staging of point " + id + ": " + e.what());
-        continue;  // keep what we cannot read; a person can look at it
+        if (!Removable(id)) continue;
+        // Decided again under the exclusive lock: a Stage may have finished
+        // between the first look and the lock.
+        FileLock lock = FileLock::TryAcquire(LockPath(id), /*create=*/true);
+        if (!lock.held() || !Removable(id)) continue;  // being written, or no longer removable
+        FileLock owner = FileLock::TryAcquire(OwnerLockPath(id), /*create=*/false);
+        if (!owner.held() && PathExists(OwnerLockPath(id))) continue;
+        bool committed = PathExists(points_ + "/" + id);
+        RemoveStagingLocked(id);
+        if (!committed) removed.push_back(id);
+      } catch (const std::exception& e) {
+        LogWarning("staging of point " + id + " left as it is: " + e.what());  // one bad entry stops nobody
       }
-      bool committed = PathExists(points_ + "/" + id);
-      if (!committed && expires_at > now) continue;
-      FileLock lock = FileLock::TryAcquire(LockPath(id), /*create=*/true);
-      if (!lock.held()) continue;  // being written
-      FileLock owner = FileLock::TryAcquire(OwnerLockPath(id), /*create=*/false);
-      if (!committed && !owner.held() && PathExists(OwnerLockPath(id))) continue;  // its process is alive
-      RemoveStagingLocked(id);
-      if (!committed) removed.push_back(id);
     }
     return removed;
   }
@@ -406,9 +424,29 @@ class LocalPointStore : public PointStore {
     return h;
   }
 
+  // Whether the staging of `id` may go now, without taking its lock: it is
+  // committed already (leftovers), or it has expired and, if process-bound,
+  // its owner is gone. Never touches the point lock, so live writers of a
+  // process-bound point are not disturbed by other writers' sweeps.
+  bool Removable(const std::string& id) const {
+    if (PathExists(points_ + "/" + id)) return true;
+    if (PathExists(HeaderPath(id))) {
+      int64_t expires_at = ReadHeader(id).expires_at;
+      if (expires_at > 0) return expires_at <= static_cast<int64_t>(::time(nullptr));
+      FileLock owner = FileLock::TryAcquire(OwnerLockPath(id), /*create=*/false);
+      return owner.held() || !PathExists(OwnerLockPath(id));
+    }
+    // No header: a Stage cut short (or in progress: it holds the point lock
+    // shared, so the exclusive lock will not be had), or Ferry 0.1's staging.
+    return true;
+  }
+
   FileLock SharedLockOfStaged(const std::string& id) const {
     ValidatePointId(id);
-    FileLock lock = FileLock::TryAcquire(LockPath(id), /*create=*/false, LockMode::kShared);
+    FileLock lock = LockWithin(LockPath(id), /*create=*/false, LockMode::kShared);
+    if (lock.held() && PathExists(points_ + "/" + id)) {
+      throw Error(ErrorKind::kBadInput, "restore point " + id + " is already committed");
+    }
     if (lock.held() && PathExists(HeaderPath(id))) return lock;
     if (PathExists(points_ + "/" + id)) throw Error(ErrorKind::kBadInput, "restore point " + id + " is already committed");
     if (!PathExists(LockPath(id)) || !PathExists(HeaderPath(id))) {
@@ -437,10 +475,12 @@ class LocalPointStore : public PointStore {
     }
   }
 
-  // With the point's lock held exclusively.
+  // With the point's lock held exclusively. The records go first: a kill
+  // midway leaves either a point that is still staged and whole, or data
+  // without records, which the next sweep removes.
   void RemoveStagingLocked(const std::string& id) {
-    RemoveTree(StagingDir(id));
     RemoveTree(StageDir(id));
+    RemoveTree(StagingDir(id));
     ::unlink(LockPath(id).c_str());
     FsyncDirectory(staging_);
   }
@@ -452,7 +492,8 @@ class LocalPointStore : public PointStore {
 
 void ValidatePointId(const std::string& id) {
   if (!IsValidPointId(id)) {
-    throw Error(ErrorKind::kBadInput, "'" + id + "' is not a restore point id (1 to 64 of 0-9 A-Z a-z . -)");
+    throw Error(ErrorKind::kBadInput,
+                "'" + id + "' is not a restore point id (1 to 64 of 0-9 A-Z a-z . -, not ending in .lock or .stage)");
   }
 }
 

@@ -110,10 +110,10 @@ std::unique_ptr<Repository> Repository::Open(const std::string& dir) {
   };
   auto num = [&](const char* key) -> int64_t {
     auto it = o.find(key);
-    if (it == o.end() || !(it->value().is_int64() || it->value().is_uint64())) {
-      throw bad(std::string("'") + key + "' missing or not an integer");
+    if (it == o.end() || !it->value().is_int64()) {  // a uint64 here is beyond any valid value
+      throw bad(std::string("'") + key + "' missing, not an integer or out of range");
     }
-    return it->value().to_number<int64_t>();
+    return it->value().as_int64();
   };
   RepositoryConfig config;
   try {

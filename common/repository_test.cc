@@ -216,6 +216,21 @@ TEST_F(RepositoryTest, StagingOutlivesItsWritersUntilCommitDiscardOrExpiry) {
   EXPECT_THROW(repo->points().WriteDisk(expired, "x"), Error);
 }
 
+TEST_F(RepositoryTest, IdsThatCollideWithStagingNamesAreRefused) {
+  auto repo = Repository::Open(dir_);
+  for (const char* id : {"a.stage", "a.lock", "../a", ".a", ""}) {
+    ErrorKind kind;
+    Message([&] { repo->points().Stage(Header(id, {"x"}, 60)); }, &kind);
+    EXPECT_EQ(kind, ErrorKind::kBadInput) << id;
+  }
+  // One unreadable staging entry does not stop other points from staging.
+  std::string bad = NewPointId();
+  MakeDirectory(dir_ + "/staging/" + bad + ".stage");
+  WriteFileAtomically(dir_ + "/staging/" + bad + ".stage/point.json", "garbage");
+  repo->points().Stage(Header(NewPointId(), {"x"}, 60));
+  EXPECT_TRUE(PathExists(dir_ + "/staging/" + bad + ".stage/point.json"));  // kept for a person to look at
+}
+
 TEST_F(RepositoryTest, OneDiskOneWriterAndNoCommitWhileWriting) {
   auto repo = Repository::Open(dir_);
   std::string id = NewPointId();

@@ -559,7 +559,10 @@ std::vector<std::string> RemoveAbandonedSnapshots(QmpClient& qmp, const Snapshot
     } else {
       LogWarning("removing the files of dead ferry session " + s + " (its QEMU " +
                  (record.vm_key.empty() ? std::string("is unknown") : record.vm_key + " is gone") + ")");
-      removed = RemoveSessionFiles(paths, s);
+      // With no record (a session of the previous Ferry) its QEMU may still
+      // run an NBD server this session started: keep the marker, so that
+      // VM's next backup still knows to stop it.
+      removed = RemoveSessionFiles(paths, s, /*keep_marker=*/record.vm_key.empty());
     }
     if (::unlink(lock_path.c_str()) == 0) removed.push_back(lock_path);
     LogInfo("session " + s + ": removed " + Join(removed));

@@ -104,9 +104,9 @@ class PointStore {
   // VM, chain and disks (kBadInput if they differ, or if the id is committed).
   // Also removes expired staging of other points.
   virtual std::unique_ptr<StagingLease> Stage(StagedPointHeader header) = 0;
-  // kNotFound if `id` is not staged, kNotFound if `disk` is not one of its
-  // disks, kRetryable if another process is writing that disk or the point is
-  // being committed. A disk written before is written again from scratch.
+  // kNotFound if `id` is not staged or `disk` is not one of its disks,
+  // kBadInput if it is committed, kRetryable if another process is writing
+  // that disk or the point is being committed (after a wait of up to 2 s). A disk written before is written again from scratch.
   virtual std::unique_ptr<DiskWriter> WriteDisk(const std::string& id, const std::string& disk) = 0;
   virtual ConfigFileRecord AddFile(const std::string& id, const std::string& kind, const std::string& name,
                                    const std::string& content, const std::string& origin) = 0;
@@ -128,7 +128,8 @@ class PointStore {
 std::unique_ptr<PointStore> OpenLocalPointStore(const std::string& repo_dir);
 
 // Checks a caller-given point id: 1 to 64 of [0-9A-Za-z.-], not starting
-// with a dot. Throws kBadInput naming it.
+// with a dot, not ending in ".lock" or ".stage" (staging's own names).
+// Throws kBadInput naming it.
 void ValidatePointId(const std::string& id);
 
 }  // namespace ferry
