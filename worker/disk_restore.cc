@@ -6,6 +6,7 @@
 #include <libnbd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -14,8 +15,10 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
+#include "ferry/common/checksum.h"
 #include "ferry/common/chunk.h"
 #include "ferry/common/error.h"
 #include "ferry/common/file_util.h"
@@ -48,6 +51,8 @@ class ImageWriter {
   virtual void Reuse(unsigned /*worker*/, unsigned /*buffer*/) {}
   virtual void Write(unsigned worker, unsigned buffer, const uint8_t* data, size_t length,
                      uint64_t offset) = 0;
+  // Reads back `length` bytes at `offset` whose writes are done (Reuse()d).
+  virtual void ReadBack(unsigned worker, uint8_t* data, size_t length, uint64_t offset) = 0;
   // Makes everything written durable.
   virtual void Finish() = 0;
 };
@@ -77,11 +82,11 @@ class RawImageWriter : public ImageWriter {
  public:
   RawImageWriter(const std::string& path, uint64_t size, unsigned workers, size_t chunk_size)
       : path_(path) {
-    fd_ = OpenOrThrow(path, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    fd_ = OpenOrThrow(path, O_RDWR | O_CREAT | O_EXCL, 0644);
     if (::ftruncate(fd_.get(), static_cast<off_t>(size)) != 0) {
       throw ErrnoError("sizing " + path, errno);
     }
-    int direct = ::open(path.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
+    int direct = ::open(path.c_str(), O_RDWR | O_DIRECT | O_CLOEXEC);
     if (direct >= 0) {
       direct_fd_ = UniqueFd(direct);
       for (unsigned i = 0; i < workers; ++i) bounce_.push_back(AllocateAligned(chunk_size));
@@ -115,6 +120,15 @@ class RawImageWriter : public ImageWriter {
     PwriteAll(fd_.get(), data, length, offset, path_);
     ::sync_file_range(fd_.get(), static_cast<off_t>(offset), static_cast<off_t>(length),
                       SYNC_FILE_RANGE_WRITE);
+  }
+  void ReadBack(unsigned worker, uint8_t* data, size_t length, uint64_t offset) override {
+    if (direct_fd_.valid() && !direct_failed_ && length % kDirectAlign == 0 &&
+        offset % kDirectAlign == 0) {
+      PreadAll(direct_fd_.get(), bounce_[worker].get(), length, offset, path_);
+      std::memcpy(data, bounce_[worker].get(), length);
+    } else {
+      PreadAll(fd_.get(), data, length, offset, path_);
+    }
   }
   void Finish() override { FsyncOrThrow(fd_.get(), path_); }
 
@@ -184,6 +198,10 @@ class Qcow2ImageWriter : public ImageWriter {
     int64_t cookie = nbd_aio_pwrite(handles_[worker], data, length, offset, NBD_NULL_COMPLETION, 0);
     if (cookie == -1) Fail("writing", offset);
     cookies_[worker][buffer].push_back({static_cast<uint64_t>(cookie), offset});
+  }
+
+  void ReadBack(unsigned worker, uint8_t* data, size_t length, uint64_t offset) override {
+    if (nbd_pread(handles_[worker], data, length, offset, 0) == -1) Fail("reading back", offset);
   }
 
   void Finish() override {
@@ -272,6 +290,52 @@ void WriteSparse(ImageWriter& out, unsigned worker, unsigned buffer, const uint8
   }
 }
 
+// Chunks that occur more than once in a disk. The first worker to claim one
+// fetches and verifies it as usual; once its writes are done, later copies
+// are read back from the image being restored instead of being fetched,
+// decompressed and hashed again. Integrity: those bytes are the ones whose
+// SHA-256 matched in this run, and the read-back is checked against the
+// CRC-32C taken of them when they were verified, so damage between write and
+// read-back fails the restore instead of spreading.
+class DuplicateChunks {
+ public:
+  struct Entry {
+    std::atomic<int> state{kFree};
+    uint64_t offset = 0;  // of the verified copy in the image
+    uint32_t crc = 0;     // CRC-32C of its plain bytes
+  };
+  static constexpr int kFree = 0, kClaimed = 1, kWritten = 2;
+  // Larger indexes (over 16 TiB at 1 MiB chunks) skip the table: its setup
+  // would cost more memory (32 bytes per chunk) than the restore is worth.
+  static constexpr uint64_t kMaxChunks = uint64_t{16} << 20;
+
+  explicit DuplicateChunks(const FixedIndexReader& index) {
+    if (index.chunk_count() > kMaxChunks) return;
+    std::vector<Digest> all;
+    all.reserve(index.chunk_count());
+    for (uint64_t i = 0; i < index.chunk_count(); ++i) {
+      Digest d = index.At(i);
+      if (!d.IsZeroMarker()) all.push_back(d);
+    }
+    auto less = [](const Digest& a, const Digest& b) {
+      return std::memcmp(&a, &b, sizeof(Digest)) < 0;
+    };
+    std::sort(all.begin(), all.end(), less);
+    for (size_t i = 1; i < all.size(); ++i) {
+      if (all[i] == all[i - 1]) entries_.try_emplace(all[i]);
+    }
+  }
+  // nullptr for a chunk that occurs once.
+  Entry* Find(const Digest& d) {
+    if (entries_.empty()) return nullptr;
+    auto it = entries_.find(d);
+    return it == entries_.end() ? nullptr : &it->second;
+  }
+
+ private:
+  std::unordered_map<Digest, Entry, DigestHash> entries_;
+};
+
 }  // namespace
 
 ImageFormat ParseImageFormat(const std::string& name) {
@@ -319,6 +383,7 @@ DiskRestoreResult RestoreDisk(Repository& repo, const std::string& point_id,
     } else {
       out = std::make_unique<Qcow2ImageWriter>(partial, disk->size, threads);
     }
+    DuplicateChunks duplicates(index);
     std::atomic<uint64_t> next{0}, written{0};
     std::atomic<bool> failed{false};
     std::exception_ptr error;
@@ -341,6 +406,16 @@ DiskRestoreResult RestoreDisk(Repository& repo, const std::string& point_id,
       };
       std::vector<std::vector<uint8_t>>& plain = plain_buffers[worker];
       plain.resize(out->buffers());
+      // Per buffer: the duplicate chunk verified into it, published once its
+      // writes are done.
+      std::vector<DuplicateChunks::Entry*> claimed(out->buffers(), nullptr);
+      auto reuse = [&](unsigned b) {
+        out->Reuse(worker, b);
+        if (claimed[b]) {
+          claimed[b]->state.store(DuplicateChunks::kWritten, std::memory_order_release);
+          claimed[b] = nullptr;
+        }
+      };
       unsigned buffer = 0;
       uint64_t my_written = 0;
       try {
@@ -350,16 +425,36 @@ DiskRestoreResult RestoreDisk(Repository& repo, const std::string& point_id,
           }
           Digest d = index.At(i);
           uint32_t length = index.ChunkLength(i);
+          const uint64_t offset = i * index.chunk_size();
           if (!d.IsZeroMarker()) {
             buffer = (buffer + 1) % out->buffers();
-            out->Reuse(worker, buffer);
-            fetch_chunk(i, d, length, &plain[buffer]);
-            WriteSparse(*out, worker, buffer, plain[buffer].data(), length,
-                        i * index.chunk_size(), &my_written);
+            reuse(buffer);
+            std::vector<uint8_t>& data = plain[buffer];
+            DuplicateChunks::Entry* dup = duplicates.Find(d);
+            int state = DuplicateChunks::kFree;
+            if (dup && (state = dup->state.load(std::memory_order_acquire)) == DuplicateChunks::kWritten) {
+              data.resize(length);
+              out->ReadBack(worker, data.data(), length, dup->offset);
+              if (Crc32c(data.data(), length) != dup->crc) {
+                throw Error(ErrorKind::kEnvironment,
+                            "restoring disk " + disk_name + ": chunk " + std::to_string(i) +
+                                " read back from " + partial + " at offset " +
+                                std::to_string(dup->offset) + " differs from what was written");
+              }
+            } else {
+              fetch_chunk(i, d, length, &data);
+              if (dup && state == DuplicateChunks::kFree &&
+                  dup->state.compare_exchange_strong(state, DuplicateChunks::kClaimed)) {
+                dup->offset = offset;
+                dup->crc = Crc32c(data.data(), length);
+                claimed[buffer] = dup;
+              }
+            }
+            WriteSparse(*out, worker, buffer, data.data(), length, offset, &my_written);
           }
           if (progress) progress->bytes_done += length;
         }
-        for (unsigned b = 0; b < out->buffers(); ++b) out->Reuse(worker, b);
+        for (unsigned b = 0; b < out->buffers(); ++b) reuse(b);
       } catch (...) {
         std::lock_guard lock(error_mu);
         if (!error) error = std::current_exception();
