@@ -75,7 +75,7 @@ AlignedBuffer AllocateAligned(size_t size) {
 // on the device when pwrite returns (the final fsync then only commits
 // metadata). The decoder's output is not aligned, so each worker copies
 // into its own aligned buffer first: a memcpy costs far less than the page
-// cache. Pieces that cannot go direct (an unaligned tail, a file system
+// cache (and see Preallocate). Pieces that cannot go direct (an unaligned tail, a file system
 // without O_DIRECT) are written through the page cache, with writeback
 // started at once (sync_file_range) so the final fsync stays short.
 class RawImageWriter : public ImageWriter {
@@ -99,6 +99,7 @@ class RawImageWriter : public ImageWriter {
     if (direct_fd_.valid() && direct > 0 && offset % kDirectAlign == 0 && !direct_failed_) {
       uint8_t* bounce = bounce_[worker].get();
       std::memcpy(bounce, data, direct);
+      Preallocate(offset, direct);
       ssize_t n = ::pwrite(direct_fd_.get(), bounce, direct, static_cast<off_t>(offset));
       if (n == static_cast<ssize_t>(direct)) {
         data += direct;
@@ -121,6 +122,20 @@ class RawImageWriter : public ImageWriter {
     ::sync_file_range(fd_.get(), static_cast<off_t>(offset), static_cast<off_t>(length),
                       SYNC_FILE_RANGE_WRITE);
   }
+  // A direct write into a hole allocates, and ext4 then holds the inode lock
+  // exclusively until the write completes, so the workers' writes queue up
+  // one by one; into a preallocated (unwritten) range they run side by side.
+  // Only ranges about to be written are preallocated: holes stay holes.
+  void Preallocate(uint64_t offset, size_t length) {
+    if (!preallocate_) return;
+    if (::fallocate(fd_.get(), 0, static_cast<off_t>(offset), static_cast<off_t>(length)) != 0) {
+      if (errno != EOPNOTSUPP) {
+        throw ErrnoError("allocating " + path_ + " at offset " + std::to_string(offset), errno);
+      }
+      preallocate_ = false;
+    }
+  }
+
   void ReadBack(unsigned worker, uint8_t* data, size_t length, uint64_t offset) override {
     if (direct_fd_.valid() && !direct_failed_ && length % kDirectAlign == 0 &&
         offset % kDirectAlign == 0) {
@@ -138,6 +153,7 @@ class RawImageWriter : public ImageWriter {
   UniqueFd direct_fd_;  // O_DIRECT, when the file system has it
   std::vector<AlignedBuffer> bounce_;
   std::atomic<bool> direct_failed_{false};
+  std::atomic<bool> preallocate_{true};
 };
 
 // qcow2 through a private qemu-nbd: creating and allocating clusters is
