@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Restore benchmark (issue 10, item 7), side by side in one run on this machine:
 #   - the floor: dd bs=4M conv=fsync of the reference disk's 2 GiB of allocated data
+#     (and, for reference, the same with oflag=direct)
 #   - ferry restore --format raw and --format qcow2 of a full backup of that disk
 #     (taken from a running QEMU VM, as bench/full-backup.sh does)
 #   - restic restore of the same disk (as a raw file) from a local restic repo
@@ -10,6 +11,8 @@
 # with cat before each timing), outputs deleted and synced before each timing.
 # Every ferry restore is checked bit-exact against the source (qemu-img compare)
 # and thin (raw: du; qcow2: allocated bytes from qemu-img map), once per variant.
+# CPU seconds (user + sys of the command and its children, qemu-nbd included)
+# are printed beside the wall clock: on a shared machine they move less.
 # Usage: bench/restore.sh [WORKDIR]   (default /var/tmp/ferry-bench-restore)
 # Env: BENCH_RUNS (default 2, best of), FERRY (binary), FERRY_BEFORE (binary),
 #      BENCH_THREADS (ferry restore --threads; default: ferry's own).
@@ -60,20 +63,23 @@ restic init --repository-version 2 -q
 
 warm() { cat "$@" >/dev/null 2>&1 || true; }
 warm_ferry() { find "$work/repo" -type f -print0 | xargs -0 cat >/dev/null; }
-# timed NAME CMD...: wall seconds of CMD + sync, into t_NAME (best so far).
+# timed NAME CMD...: wall seconds of CMD + sync into t_NAME, and CMD's CPU
+# seconds (user + sys, children included) into c_NAME, from the best run so far.
 timed() {
-    local name=$1 t0 t1 s
+    local name=$1 t0 t1 s cpu
     shift
     sync
     t0=$(date +%s.%N)
-    "$@"
+    /usr/bin/time -o "$work/time.out" -f "%U %S" "$@"
     sync
     t1=$(date +%s.%N)
     s=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b - a}')
-    echo "  $name: $s s" >&2
-    local var=t_$name
+    cpu=$(awk '{printf "%.2f", $1 + $2}' "$work/time.out")
+    echo "  $name: $s s ($cpu s CPU)" >&2
+    local var=t_$name cvar=c_$name
     if [[ -z ${!var:-} ]] || awk -v a="$s" -v b="${!var}" 'BEGIN{exit !(a < b)}'; then
         printf -v "$var" %s "$s"
+        printf -v "$cvar" %s "$cpu"
     fi
 }
 check_raw() {  # check_raw FILE: bit-exact and thin
@@ -107,6 +113,8 @@ for ((i = 1; i <= runs; i++)); do
     warm "$work/allocated.raw"
     timed dd dd if="$work/allocated.raw" of="$work/out/dd.raw" bs=4M conv=fsync status=none
     rm -f "$work/out/dd.raw"
+    timed dd_direct dd if="$work/allocated.raw" of="$work/out/dd.raw" bs=4M oflag=direct conv=fsync status=none
+    rm -f "$work/out/dd.raw"
     for v in "${variants[@]}"; do
         for fmt in raw qcow2; do
             warm_ferry
@@ -135,16 +143,17 @@ met() { awk -v a="$1" -v b="$2" 'BEGIN{print (a <= b) ? "met" : "NOT met"}'; }
 
 {
     echo
-    echo "| measure (best of $runs, until durable) | seconds |"
-    echo "|---|---|"
-    echo "| dd bs=4M conv=fsync, 2 GiB allocated data | $t_dd |"
+    echo "| measure (best of $runs, until durable) | wall s | CPU s |"
+    echo "|---|---|---|"
+    echo "| dd bs=4M conv=fsync, 2 GiB allocated data | $t_dd | $c_dd |"
+    echo "| dd bs=4M oflag=direct conv=fsync (reference) | $t_dd_direct | $c_dd_direct |"
     if [[ -n $ferry_before ]]; then
-        echo "| ferry restore --format raw (before) | $t_ferry_before_raw |"
-        echo "| ferry restore --format qcow2 (before) | $t_ferry_before_qcow2 |"
+        echo "| ferry restore --format raw (before) | $t_ferry_before_raw | $c_ferry_before_raw |"
+        echo "| ferry restore --format qcow2 (before) | $t_ferry_before_qcow2 | $c_ferry_before_qcow2 |"
     fi
-    echo "| ferry restore --format raw | $t_ferry_new_raw |"
-    echo "| ferry restore --format qcow2 | $t_ferry_new_qcow2 |"
-    echo "| restic restore + sync | $t_restic |"
+    echo "| ferry restore --format raw | $t_ferry_new_raw | $c_ferry_new_raw |"
+    echo "| ferry restore --format qcow2 | $t_ferry_new_qcow2 | $c_ferry_new_qcow2 |"
+    echo "| restic restore + sync | $t_restic | $c_restic |"
     echo
     echo "raw / dd = $raw_dd (target <= 1.3: $(met "$raw_dd" 1.3))"
     echo "raw / restic = $raw_restic (target <= 0.5: $(met "$raw_restic" 0.5))"
@@ -153,17 +162,23 @@ met() { awk -v a="$1" -v b="$2" 'BEGIN{print (a <= b) ? "met" : "NOT met"}'; }
 } >&2
 echo "allocated_bytes=$allocated"
 echo "dd_s=$t_dd"
+echo "dd_direct_s=$t_dd_direct"
 if [[ -n $ferry_before ]]; then
     echo "ferry_before_raw_s=$t_ferry_before_raw"
     echo "ferry_before_qcow2_s=$t_ferry_before_qcow2"
+    echo "ferry_before_raw_cpu_s=$c_ferry_before_raw"
+    echo "ferry_before_qcow2_cpu_s=$c_ferry_before_qcow2"
     echo "ferry_before_raw_allocated_bytes=${thin_raw[before]}"
     echo "ferry_before_qcow2_allocated_bytes=${thin_qcow2[before]}"
 fi
 echo "ferry_raw_s=$t_ferry_new_raw"
 echo "ferry_qcow2_s=$t_ferry_new_qcow2"
+echo "ferry_raw_cpu_s=$c_ferry_new_raw"
+echo "ferry_qcow2_cpu_s=$c_ferry_new_qcow2"
 echo "ferry_raw_allocated_bytes=${thin_raw[new]}"
 echo "ferry_qcow2_allocated_bytes=${thin_qcow2[new]}"
 echo "restic_s=$t_restic"
+echo "restic_cpu_s=$c_restic"
 echo "ferry_raw_vs_dd=$raw_dd"
 echo "ferry_raw_vs_restic=$raw_restic"
 echo "ferry_qcow2_vs_raw=$qcow2_raw"

@@ -219,7 +219,7 @@ class Qcow2ImageWriter : public ImageWriter {
     std::vector<std::string> argv = {"env",
                                      "GLIBC_TUNABLES=glibc.malloc.mmap_threshold=67108864:"
                                      "glibc.malloc.trim_threshold=268435456",
-                                     "qemu-nbd", "--format=qcow2", "--socket=" + socket_,
+                                     "qemu-nbd", "--socket=" + socket_,
                                      "--shared=" + std::to_string(connections)};
     int probe = ::open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
     if (probe >= 0) {
@@ -228,7 +228,19 @@ class Qcow2ImageWriter : public ImageWriter {
     } else {
       argv.push_back("--cache=writeback");
     }
-    argv.push_back(path);
+    // The preallocate filter (QEMU 6.0+) grows the file in large fallocated
+    // steps ahead of qcow2's cluster allocation and cuts it back to the data
+    // on close: O_DIRECT writes then land inside the file instead of
+    // extending it, which ext4 serialises on the inode lock.
+    std::string escaped;  // ',' is doubled in option values
+    for (char c : path) {
+      escaped += c;
+      if (c == ',') escaped += ',';
+    }
+    argv.insert(argv.end(), {"--image-opts",
+                             "driver=qcow2,file.driver=preallocate,file.file.driver=file,"
+                             "file.file.filename=" +
+                                 escaped});
     server_ = ChildProcess::Spawn(argv, log_);
     for (unsigned i = 0; i < connections; ++i) {
       handles_.push_back(Connect());
@@ -286,6 +298,10 @@ class Qcow2ImageWriter : public ImageWriter {
         throw Error(ErrorKind::kEnvironment, "qemu-nbd serving " + path_ + " exited abnormally");
       }
     }
+    // qemu-nbd trims the preallocated tail when it closes the image, after
+    // the last flush: make that size change durable too.
+    UniqueFd fd = OpenOrThrow(path_, O_RDONLY);
+    FsyncOrThrow(fd.get(), path_);
   }
 
  private:
