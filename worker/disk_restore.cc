@@ -387,9 +387,9 @@ class DuplicateChunks {
     uint32_t crc = 0;     // CRC-32C of its plain bytes
   };
   static constexpr int kFree = 0, kClaimed = 1, kWritten = 2;
-  // Larger indexes (over 16 TiB at 1 MiB chunks) skip the table: its setup
-  // would cost more memory (32 bytes per chunk) than the restore is worth.
-  static constexpr uint64_t kMaxChunks = uint64_t{16} << 20;
+  // Larger indexes (over 2 TiB at 1 MiB chunks) skip the table: building it
+  // holds 32 bytes per chunk for a moment (64 MiB at this limit).
+  static constexpr uint64_t kMaxChunks = uint64_t{2} << 20;
 
   explicit DuplicateChunks(const FixedIndexReader& index) {
     if (index.chunk_count() > kMaxChunks) return;
@@ -449,9 +449,15 @@ DiskRestoreResult RestoreDisk(Repository& repo, const std::string& point_id,
 
   // Four workers per core: with O_DIRECT (raw) or qemu-nbd's queue (qcow2)
   // a worker waits for the device about a third of its time; measured on the
-  // reference disk, 4 per core beat 2 and 3 (bench/restore.sh).
-  const unsigned threads =
-      options.threads ? options.threads : 4 * std::max(1u, std::thread::hardware_concurrency());
+  // reference disk, 4 per core beat 2 and 3 (bench/restore.sh). At most 16,
+  // and fewer with large chunks, so that the workers' buffers (1-2 chunks
+  // each, at least 4 MiB for qcow2) stay around 64-128 MiB.
+  unsigned threads = options.threads;
+  if (threads == 0) {
+    const uint64_t cores = std::max(1u, std::thread::hardware_concurrency());
+    const uint64_t by_memory = std::max<uint64_t>(2, (uint64_t{64} << 20) / index.chunk_size());
+    threads = static_cast<unsigned>(std::min<uint64_t>({4 * cores, 16, by_memory}));
+  }
   // Absolute: qemu-nbd wants an absolute socket path, derived from this one.
   const std::string partial =
       std::filesystem::absolute(target).string() + ".ferry-partial-" + std::to_string(::getpid());

@@ -26,7 +26,7 @@ enum class ImageFormat { kRaw, kQcow2 };
 ImageFormat ParseImageFormat(const std::string& name);
 
 struct DiskRestoreOptions {
-  unsigned threads = 0;  // 0: four per core
+  unsigned threads = 0;  // 0: four per core, at most 16
   const std::atomic<bool>* cancel = nullptr;
 };
 
