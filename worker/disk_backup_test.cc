@@ -120,7 +120,8 @@ TEST_F(DiskBackupTest, DuplicateChunksReadBackBitExactAndThin) {
     std::string out = root_ + "/out-" + std::to_string(threads) + ".raw";
     DiskRestoreOptions options;
     options.threads = threads;
-    DiskRestoreResult rr = RestoreDisk(*repo_, id, "disk0", out, ImageFormat::kRaw, options, nullptr);
+    DiskRestoreResult rr =
+        RestoreDisk(*repo_, id, "disk0", out, ImageFormat::kRaw, options, nullptr);
     EXPECT_EQ(ReadWholeFile(out), ReadWholeFile(src)) << threads << " threads";
     EXPECT_EQ(rr.bytes_written, 4 * (kChunk - 20480) + kChunk);
     struct stat st;

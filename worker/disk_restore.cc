@@ -69,7 +69,8 @@ using AlignedBuffer = std::unique_ptr<uint8_t, FreeDeleter>;
 bool IsAligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % kDirectAlign == 0; }
 
 AlignedBuffer AllocateAligned(size_t size) {
-  void* p = std::aligned_alloc(kDirectAlign, (size + kDirectAlign - 1) / kDirectAlign * kDirectAlign);
+  void* p =
+      std::aligned_alloc(kDirectAlign, (size + kDirectAlign - 1) / kDirectAlign * kDirectAlign);
   if (!p) throw Error(ErrorKind::kEnvironment, "out of memory for a restore buffer");
   return AlignedBuffer(static_cast<uint8_t*>(p));
 }
@@ -101,7 +102,8 @@ class RawImageWriter : public ImageWriter {
   }
   size_t zero_block() const override { return kRawZeroBlock; }
 
-  void Write(unsigned worker, unsigned, const uint8_t* data, size_t length, uint64_t offset) override {
+  void Write(unsigned worker, unsigned, const uint8_t* data, size_t length,
+             uint64_t offset) override {
     size_t direct = length / kDirectAlign * kDirectAlign;
     if (direct_fd_.valid() && direct > 0 && offset % kDirectAlign == 0 && !direct_failed_) {
       const uint8_t* from = data;
@@ -175,9 +177,9 @@ class RawImageWriter : public ImageWriter {
       for (auto [offset, length] : skipped) {
         if (::fallocate(fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                         static_cast<off_t>(offset), static_cast<off_t>(length)) != 0) {
-          throw ErrnoError("punching the zero range at offset " + std::to_string(offset) +
-                               " out of " + path_,
-                           errno);
+          throw ErrnoError(
+              "punching the zero range at offset " + std::to_string(offset) + " out of " + path_,
+              errno);
         }
       }
     }
@@ -500,8 +502,8 @@ DiskRestoreResult RestoreDisk(Repository& repo, const std::string& point_id,
       // restore reads the repository.
       auto fetch_chunk = [&](uint64_t i, const Digest& d, uint32_t length, uint8_t* plain) {
         repo.chunks().ReadEncoded(d, &encoded);
-        size_t n = decoder.DecodeInto(encoded, &d, repo.chunks().PathFor(d),
-                                      {plain, index.chunk_size()});
+        size_t n =
+            decoder.DecodeInto(encoded, &d, repo.chunks().PathFor(d), {plain, index.chunk_size()});
         if (n != length) {
           throw Error(ErrorKind::kCorrupt, "chunk " + std::to_string(i) + " of disk " + disk_name +
                                                " has the wrong size");
@@ -537,7 +539,8 @@ DiskRestoreResult RestoreDisk(Repository& repo, const std::string& point_id,
             uint8_t* data = plain[buffer].get();
             DuplicateChunks::Entry* dup = duplicates.Find(d);
             int state = DuplicateChunks::kFree;
-            if (dup && (state = dup->state.load(std::memory_order_acquire)) == DuplicateChunks::kWritten) {
+            if (dup &&
+                (state = dup->state.load(std::memory_order_acquire)) == DuplicateChunks::kWritten) {
               out->ReadBack(worker, data, length, dup->offset);
               if (Crc32c(data, length) != dup->crc) {
                 throw Error(ErrorKind::kEnvironment,
