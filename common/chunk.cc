@@ -52,6 +52,25 @@ Framing ParseFraming(std::span<const uint8_t> encoded, const std::string& name) 
   return f;
 }
 
+// Decompresses (or copies) the stored bytes into `plain` (f.plain_size bytes)
+// and checks the digest.
+void DecodeFramed(ZSTD_DCtx* dctx, const Framing& f, std::span<const uint8_t> encoded,
+                  const Digest* expected, const std::string& name, uint8_t* plain) {
+  const uint8_t* stored = encoded.data() + kChunkHeaderSize;
+  if (f.compression == ChunkCompression::kNone) {
+    std::memcpy(plain, stored, f.plain_size);
+  } else {
+    size_t n = ZSTD_decompressDCtx(dctx, plain, f.plain_size, stored, f.stored_size);
+    if (ZSTD_isError(n) || n != f.plain_size) {
+      throw Error(ErrorKind::kCorrupt, "chunk " + name + ": zstd data does not decode to " +
+                                           std::to_string(f.plain_size) + " bytes");
+    }
+  }
+  if (expected && Sha256(plain, f.plain_size) != *expected) {
+    throw Error(ErrorKind::kCorrupt, "chunk " + name + ": content does not match its digest");
+  }
+}
+
 }  // namespace
 
 struct ChunkEncoder::Impl {
@@ -118,20 +137,19 @@ void ChunkDecoder::Decode(std::span<const uint8_t> encoded, const Digest* expect
                           const std::string& name, std::vector<uint8_t>* plain) {
   Framing f = ParseFraming(encoded, name);
   plain->resize(f.plain_size);
-  const uint8_t* stored = encoded.data() + kChunkHeaderSize;
-  if (f.compression == ChunkCompression::kNone) {
-    std::memcpy(plain->data(), stored, f.plain_size);
-  } else {
-    size_t n = ZSTD_decompressDCtx(impl_->dctx, plain->data(), plain->size(), stored,
-                                   f.stored_size);
-    if (ZSTD_isError(n) || n != f.plain_size) {
-      throw Error(ErrorKind::kCorrupt, "chunk " + name + ": zstd data does not decode to " +
-                                           std::to_string(f.plain_size) + " bytes");
-    }
+  DecodeFramed(impl_->dctx, f, encoded, expected, name, plain->data());
+}
+
+size_t ChunkDecoder::DecodeInto(std::span<const uint8_t> encoded, const Digest* expected,
+                                const std::string& name, std::span<uint8_t> out) {
+  Framing f = ParseFraming(encoded, name);
+  if (f.plain_size > out.size()) {
+    throw Error(ErrorKind::kCorrupt, "chunk " + name + ": plain size " +
+                                         std::to_string(f.plain_size) + " exceeds the expected " +
+                                         std::to_string(out.size()));
   }
-  if (expected && Sha256(plain->data(), plain->size()) != *expected) {
-    throw Error(ErrorKind::kCorrupt, "chunk " + name + ": content does not match its digest");
-  }
+  DecodeFramed(impl_->dctx, f, encoded, expected, name, out.data());
+  return f.plain_size;
 }
 
 }  // namespace ferry

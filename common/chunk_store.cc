@@ -35,11 +35,17 @@ std::string FindQuarantined(const std::string& quarantine_dir, const std::string
 }
 }  // namespace
 
-void FetchChunk(ChunkReader& reader, ChunkDecoder& decoder, const Digest& digest, uint32_t length,
-                std::vector<uint8_t>* encoded, std::vector<uint8_t>* plain) {
+namespace {
+
+// Decodes with `decode`; a chunk failing a check is quarantined. Returns the
+// plain size, checked against `length` after the digest matched.
+template <typename Decode>
+size_t FetchChecked(ChunkReader& reader, const Digest& digest, uint32_t length, std::vector<uint8_t>* encoded,
+                    Decode&& decode) {
   reader.Read(digest, encoded);  // missing: kCorrupt, nothing to quarantine
+  size_t n;
   try {
-    decoder.Decode(*encoded, &digest, reader.Describe(digest), plain);
+    n = decode();
   } catch (const Error& e) {
     if (e.kind() != ErrorKind::kCorrupt) throw;
     std::string moved = reader.Quarantine(digest, e.what());
@@ -48,10 +54,27 @@ void FetchChunk(ChunkReader& reader, ChunkDecoder& decoder, const Digest& digest
   }
   // The chunk matched its digest: a length the index does not expect is the
   // index's fault, and the chunk stays (other points may need it).
-  if (plain->size() != length) {
-    throw Error(ErrorKind::kCorrupt, "chunk " + reader.Describe(digest) + " holds " + std::to_string(plain->size()) +
+  if (n != length) {
+    throw Error(ErrorKind::kCorrupt, "chunk " + reader.Describe(digest) + " holds " + std::to_string(n) +
                                          " bytes, the index expects " + std::to_string(length));
   }
+  return n;
+}
+
+}  // namespace
+
+void FetchChunk(ChunkReader& reader, ChunkDecoder& decoder, const Digest& digest, uint32_t length,
+                std::vector<uint8_t>* encoded, std::vector<uint8_t>* plain) {
+  FetchChecked(reader, digest, length, encoded, [&] {
+    decoder.Decode(*encoded, &digest, reader.Describe(digest), plain);
+    return plain->size();
+  });
+}
+
+void FetchChunkInto(ChunkReader& reader, ChunkDecoder& decoder, const Digest& digest, uint32_t length,
+                    std::vector<uint8_t>* encoded, std::span<uint8_t> out) {
+  FetchChecked(reader, digest, length, encoded,
+               [&] { return decoder.DecodeInto(*encoded, &digest, reader.Describe(digest), out); });
 }
 
 LocalChunkStore::LocalChunkStore(std::string chunks_dir, std::string quarantine_dir, SyncLevel sync_level)

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
 
 #include "ferry/common/error.h"
@@ -59,6 +60,28 @@ TEST(ChunkTest, IncompressibleDataIsStoredPlain) {
   std::vector<uint8_t> out;
   dec.Decode(encoded, &d, "test", &out);
   EXPECT_EQ(out, plain);
+}
+
+TEST(ChunkTest, DecodeIntoCallerMemory) {
+  ChunkEncoder enc(1);
+  ChunkDecoder dec;
+  for (const auto& plain : {Compressible(100000), Random(100000, 3)}) {
+    Digest d = Sha256(plain.data(), plain.size());
+    std::vector<uint8_t> encoded;
+    enc.Encode(plain, &encoded);
+    std::vector<uint8_t> out(plain.size() + 7, 0xaa);
+    ASSERT_EQ(dec.DecodeInto(encoded, &d, "test", out), plain.size());
+    EXPECT_TRUE(std::equal(plain.begin(), plain.end(), out.begin()));
+    std::vector<uint8_t> small(plain.size() - 1);
+    try {
+      dec.DecodeInto(encoded, &d, "test", small);
+      ADD_FAILURE() << "a chunk larger than the buffer was accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kCorrupt);
+    }
+    Digest other = Sha256("x", 1);
+    EXPECT_THROW(dec.DecodeInto(encoded, &other, "test", out), Error);
+  }
 }
 
 TEST(ChunkTest, EveryFlippedByteIsDetected) {

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <random>
 
 #include "ferry/common/error.h"
@@ -111,6 +112,36 @@ TEST_F(DiskBackupTest, SparseDiskRoundTripsBitExactAndThin) {
   EXPECT_LT(static_cast<uint64_t>(st.st_blocks) * 512, 7u * kChunk);  // thin output
 
   EXPECT_TRUE(VerifyRepository(*repo_, std::nullopt, 2, nullptr).clean());
+}
+
+// With one worker, chunk 0 is written before its copies come up, so they are
+// read back from the image (the duplicate path) rather than fetched again.
+TEST_F(DiskBackupTest, DuplicateChunksReadBackBitExactAndThin) {
+  std::string src = root_ + "/src.raw";
+  const uint64_t size = 12 * kChunk;
+  UniqueFd fd = OpenOrThrow(src, O_WRONLY | O_CREAT, 0644);
+  ASSERT_EQ(::ftruncate(fd.get(), size), 0);
+  auto a = RandomBytes(kChunk, 4);
+  std::fill(a.begin() + 8192, a.begin() + 12288, 0);  // a zero block inside
+  std::fill(a.end() - 16384, a.end(), 0);             // and a zero tail
+  for (uint64_t c : {0, 3, 7, 11}) WriteAt(src, c * kChunk, a);
+  WriteAt(src, 5 * kChunk, RandomBytes(kChunk, 5));
+  std::string id = Backup(src, nullptr);
+
+  for (unsigned threads : {1u, 0u}) {
+    std::string out = root_ + "/out-" + std::to_string(threads) + ".raw";
+    DiskRestoreOptions options;
+    options.threads = threads;
+    DiskRestoreResult rr =
+        RestoreDisk(*repo_, id, "disk0", out, ImageFormat::kRaw, options, nullptr);
+    EXPECT_EQ(ReadWholeFile(out), ReadWholeFile(src)) << threads << " threads";
+    EXPECT_EQ(rr.bytes_written, 4 * (kChunk - 20480) + kChunk);
+    struct stat st;
+    ASSERT_EQ(::stat(out.c_str(), &st), 0);
+    // The zero blocks inside the chunks stay holes (plus some slack for metadata).
+    EXPECT_LE(static_cast<uint64_t>(st.st_blocks) * 512, rr.bytes_written + 16384)
+        << threads << " threads";
+  }
 }
 
 TEST_F(DiskBackupTest, SecondBackupStoresNothingNew) {

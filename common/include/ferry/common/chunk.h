@@ -60,6 +60,10 @@ class ChunkDecoder {
   // `name` (usually the chunk's path) goes into the message.
   void Decode(std::span<const uint8_t> encoded, const Digest* expected, const std::string& name,
               std::vector<uint8_t>* plain);
+  // The same checks, into caller-owned memory (e.g. aligned for O_DIRECT).
+  // Returns the plain size; a chunk larger than `out` is kCorrupt.
+  size_t DecodeInto(std::span<const uint8_t> encoded, const Digest* expected,
+                    const std::string& name, std::span<uint8_t> out);
 
  private:
   struct Impl;

@@ -87,6 +87,10 @@ class ChunkDecoder;
 // format is reported (kBadInput) and left alone.
 void FetchChunk(ChunkReader& reader, ChunkDecoder& decoder, const Digest& digest, uint32_t length,
                 std::vector<uint8_t>* encoded, std::vector<uint8_t>* plain);
+// The same, decoding into caller memory (`out` at least `length` bytes; an
+// aligned buffer that goes straight to disk, say).
+void FetchChunkInto(ChunkReader& reader, ChunkDecoder& decoder, const Digest& digest, uint32_t length,
+                    std::vector<uint8_t>* encoded, std::span<uint8_t> out);
 
 class LocalChunkStore final : public ChunkStore, public ChunkReader {
  public:

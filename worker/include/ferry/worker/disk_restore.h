@@ -2,9 +2,14 @@
 //
 // The image is written under a temporary name beside the target and renamed
 // into place only when complete and flushed, so the target path never holds
-// a half-restored disk. Output is thin: all-zero chunks and all-zero 4 KiB
-// blocks inside chunks are never written, so they stay holes (raw) or
-// unallocated clusters (qcow2, written through qemu-nbd).
+// a half-restored disk. Output is thin: all-zero chunks are never written,
+// nor all-zero 4 KiB blocks inside chunks (raw: they stay holes) or all-zero
+// 64 KiB clusters (qcow2, written through qemu-nbd: they stay unallocated).
+//
+// Every chunk is checked (CRC-32C, SHA-256 against its digest, length) before
+// its bytes are written. A chunk that occurs several times in the disk is
+// fetched and checked once; its other copies are read back from the image
+// being written and compared with the CRC-32C of the checked bytes.
 #pragma once
 
 #include <atomic>
@@ -21,7 +26,7 @@ enum class ImageFormat { kRaw, kQcow2 };
 ImageFormat ParseImageFormat(const std::string& name);
 
 struct DiskRestoreOptions {
-  unsigned threads = 0;  // 0: one per core
+  unsigned threads = 0;  // 0: four per core, at most 16
   const std::atomic<bool>* cancel = nullptr;
 };
 
