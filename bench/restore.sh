@@ -50,9 +50,16 @@ allocated=$(stat -c %s "$work/allocated.raw")
 
 echo "== ferry backup of a running VM" >&2
 VM_NAME=bench vm_start "$work/vm" "virtio0=$work/ref.qcow2"
-rm -rf "$work/repo"
-"$ferry" --quiet init --repo "$work/repo"
-point=$("$ferry" --quiet backup --repo "$work/repo" --qmp "$work/vm/qmp.sock")
+variants=(new)
+[[ -n $ferry_before ]] && variants=(before new)
+declare -A bin=([new]=$ferry [before]=$ferry_before) point
+# Each binary backs up into a repository of its own format (an older Ferry
+# does not open a newer repository).
+for v in "${variants[@]}"; do
+    rm -rf "$work/repo-$v"
+    "${bin[$v]}" --quiet init --repo "$work/repo-$v"
+    point[$v]=$("${bin[$v]}" --quiet backup --repo "$work/repo-$v" --qmp "$work/vm/qmp.sock")
+done
 vm_stop "$work/vm"
 
 echo "== restic backup of the raw disk" >&2
@@ -62,7 +69,7 @@ restic init --repository-version 2 -q
 (cd "$work" && restic backup -q --compression auto src.raw)
 
 warm() { cat "$@" >/dev/null 2>&1 || true; }
-warm_ferry() { find "$work/repo" -type f -print0 | xargs -0 cat >/dev/null; }
+warm_ferry() { find "$work/repo-$1" -type f -print0 | xargs -0 cat >/dev/null; }
 # timed NAME CMD...: wall seconds of CMD + sync into t_NAME, and CMD's CPU
 # seconds (user + sys, children included) into c_NAME, from the best run so far.
 timed() {
@@ -102,9 +109,6 @@ print(sum(e["length"] for e in json.load(sys.stdin) if e["data"]))')
     echo "$a"
 }
 
-variants=(new)
-[[ -n $ferry_before ]] && variants=(before new)
-declare -A bin=([new]=$ferry [before]=$ferry_before)
 declare -A thin_raw thin_qcow2
 mkdir -p "$work/out"
 for ((i = 1; i <= runs; i++)); do
@@ -117,8 +121,8 @@ for ((i = 1; i <= runs; i++)); do
     rm -f "$work/out/dd.raw"
     for v in "${variants[@]}"; do
         for fmt in raw qcow2; do
-            warm_ferry
-            timed "ferry_${v}_$fmt" "${bin[$v]}" --quiet restore --repo "$work/repo" --point "$point" \
+            warm_ferry "$v"
+            timed "ferry_${v}_$fmt" "${bin[$v]}" --quiet restore --repo "$work/repo-$v" --point "${point[$v]}" \
                 --disk virtio0 --to "$work/out/$v.$fmt" --format "$fmt" "${threads_arg[@]}"
             if ((i == 1)); then
                 if [[ $fmt == raw ]]; then
