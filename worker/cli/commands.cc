@@ -203,16 +203,22 @@ int GuardianCommand(const Args& args) {
   std::string vm_key = a.Require("vm-key");
   std::string address = a.Require("qmp");
   const std::string session_lock_path = worker::SessionLockPath(paths, session);
-  // The backup process is gone or going: wait for the kernel to drop its
-  // lock, then hold it while cleaning, so that no hunter works on the same
-  // session meanwhile.
-  FileLock session_lock;
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-  while (std::chrono::steady_clock::now() < deadline) {
-    session_lock = FileLock::TryAcquire(session_lock_path, /*create=*/false);
-    if (session_lock.held() || !PathExists(session_lock_path)) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  // The session's lock: free once the kernel has dropped the dead backup's
+  // hold (or held by a hunter cleaning the same session). Returns a held
+  // lock, or an invalid one when the lock file is gone (cleaned already).
+  auto take_session_lock = [&] {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    for (;;) {
+      FileLock lock = FileLock::TryAcquire(session_lock_path, /*create=*/false);
+      if (lock.held() || !PathExists(session_lock_path) || std::chrono::steady_clock::now() > deadline) return lock;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  };
+  // Wait for the backup to be gone, but do not hold its lock while we
+  // connect (which can take long when another client holds the monitor): a
+  // backup that reaches the monitor first must see the session as dead and
+  // clean it up itself.
+  take_session_lock();
   auto remove_files = [&](const std::string& why) {
     LogWarning("backup session " + session + " ended without cleaning up and " + why + "; removing its files");
     auto removed = worker::RemoveSessionFiles(paths, session);
@@ -237,6 +243,13 @@ int GuardianCommand(const Args& args) {
       }
       std::this_thread::sleep_for(std::chrono::seconds(1));
     }
+  }
+  // Held from here on, so that no hunter works on the same session meanwhile.
+  FileLock session_lock = take_session_lock();
+  if (!session_lock.held()) {
+    if (!PathExists(session_lock_path)) return 0;  // a backup's hunter cleaned it up meanwhile
+    LogError("guardian: backup session " + session + " is still locked by another process; leaving it");
+    return 1;
   }
   // The monitor may now be another QEMU's (the VM restarted): its NBD
   // server and nodes are none of this session's business.
