@@ -18,7 +18,7 @@ std::string DiskNames(const std::vector<HostDisk>& disks) {
   return s.empty() ? "none" : s;
 }
 
-std::vector<HostDisk> SelectDisks(const HostVm& vm, const VmBackupRequest& request) {
+std::vector<HostDisk> SelectDisks(const HostVm& vm, const VmSnapshotRequest& request) {
   auto known = [&](const std::string& name) {
     auto it = std::find_if(vm.disks.begin(), vm.disks.end(), [&](auto& d) { return d.name == name; });
     if (it == vm.disks.end()) {
@@ -98,12 +98,77 @@ class ChainHistory {
   std::vector<RestorePointManifest> loaded_;
 };
 
+class VmSnapshotImpl : public VmSnapshot {
+ public:
+  VmSnapshotImpl(Repository& repo, std::string point_id, bool caller_staged, std::unique_ptr<StagingLease> lease)
+      : repo_(repo), point_id_(std::move(point_id)), caller_staged_(caller_staged), lease_(std::move(lease)) {}
+  ~VmSnapshotImpl() override {
+    if (released_) return;
+    try {
+      Release(false);
+    } catch (const std::exception& e) {
+      LogWarning("releasing the snapshot of point " + point_id_ + ": " + e.what());
+    }
+  }
+
+  const std::string& point_id() const override { return point_id_; }
+  const std::vector<DiskTask>& disk_tasks() const override { return tasks_; }
+
+  // Takes the snapshot; on failure everything so far is undone by the caller
+  // destroying this object.
+  void Begin(Host& host, const std::vector<HostDisk>& disks, const std::vector<CbtPlan>& plans,
+             const std::vector<std::string>& previous_points) {
+    backup_ = host.BeginBackup(disks, plans);
+    for (size_t i = 0; i < backup_->exports().size(); ++i) {
+      const ExportedDisk& ex = backup_->exports()[i];
+      tasks_.push_back({point_id_, ex.disk, ex.source, ex.plan, ex.plan.incremental ? previous_points[i] : ""});
+    }
+  }
+
+  RestorePointManifest Release(bool commit) override {
+    if (released_) throw Error(ErrorKind::kInternal, "snapshot of point " + point_id_ + " released twice");
+    released_ = true;
+    if (backup_) backup_->End();
+    RestorePointManifest manifest;
+    if (commit) {
+      try {
+        manifest = repo_.points().Commit(point_id_, repo_.chunks());
+      } catch (...) {
+        if (backup_) backup_->FinishCbt(false);
+        Discard();
+        throw;
+      }
+    } else {
+      Discard();
+    }
+    if (backup_) backup_->FinishCbt(commit);
+    return manifest;
+  }
+
+ private:
+  void Discard() {
+    // A point staged by the caller (the coordinator's id) may hold other
+    // workers' disks: its release decides, not this failure.
+    if (caller_staged_) return;
+    try {
+      repo_.points().Discard(point_id_);
+    } catch (const std::exception& e) {
+      LogWarning("discarding the staging of point " + point_id_ + ": " + e.what() + " (it expires with this process)");
+    }
+  }
+
+  Repository& repo_;
+  std::string point_id_;
+  bool caller_staged_;
+  std::unique_ptr<StagingLease> lease_;
+  std::unique_ptr<HostBackup> backup_;
+  std::vector<DiskTask> tasks_;
+  bool released_ = false;
+};
+
 }  // namespace
 
-RestorePointManifest BackupVm(Repository& repo, Host& host, const VmBackupRequest& request,
-                              VmBackupProgress* progress) {
-  VmBackupProgress own_progress;
-  if (!progress) progress = &own_progress;
+std::unique_ptr<VmSnapshot> TakeVmSnapshot(Repository& repo, Host& host, const VmSnapshotRequest& request) {
   const HostVm& vm = host.vm();
   std::vector<HostDisk> disks = SelectDisks(vm, request);
   if (disks.empty()) throw Error(ErrorKind::kNotFound, "VM '" + vm.identity.name + "' has no disks to back up");
@@ -113,7 +178,7 @@ RestorePointManifest BackupVm(Repository& repo, Host& host, const VmBackupReques
   ChainHistory history(repo, request.chain, vm.identity.name);
   const std::string generation = RandomHex(8);
   std::vector<CbtPlan> plans;
-  std::vector<std::optional<PreviousDisk>> previous;
+  std::vector<std::string> previous_points;
   for (const auto& d : disks) {
     std::optional<PreviousDisk> prev = history.Find(d.name);
     CbtPlan plan;
@@ -133,89 +198,88 @@ RestorePointManifest BackupVm(Repository& repo, Host& host, const VmBackupReques
             (plan.incremental ? "incremental from point " + prev->point_id + " (bitmap " + plan.previous_bitmap + ")"
                               : "full read: " + plan.reason));
     plans.push_back(std::move(plan));
-    previous.push_back(std::move(prev));
+    previous_points.push_back(prev ? prev->point_id : "");
   }
 
-  // The point lives as long as this process: staged with expiry 0, it is
-  // removed by the next writer once we are gone without committing.
   repo.PrepareForWriting();
-  PointStore& points = repo.points();
   StagedPointHeader header;
   header.id = request.point_id.empty() ? NewPointId() : request.point_id;
   header.vm = vm.identity;
   header.chain = request.chain;
+  header.expires_at = request.expires_at;
   for (const auto& d : disks) header.disks.push_back(d.name);
-  std::unique_ptr<StagingLease> lease = points.Stage(header);
   const std::string point_id = header.id;
-  for (const auto& d : disks) progress->bytes_total += d.size;
+  auto snapshot = std::make_unique<VmSnapshotImpl>(repo, point_id, !request.point_id.empty(),
+                                                   repo.points().Stage(header));
+  for (const auto& f : host.CaptureConfig()) repo.points().AddFile(point_id, f.kind, f.name, f.content, f.origin);
+  snapshot->Begin(host, disks, plans, previous_points);
+  return snapshot;
+}
 
-  std::unique_ptr<HostBackup> backup;
-  auto discard = [&] {
-    // A point staged by the caller (the coordinator's id) may hold other
-    // workers' disks: its release decides, not this failure.
-    if (!request.point_id.empty()) return;
+DiskRecord BackupDiskTask(Repository& repo, const DiskTask& task, const DiskBackupOptions& options,
+                          DiskBackupProgress* progress) {
+  CbtPlan plan = task.plan;
+  DiskBackupOptions opts = options;
+  std::unique_ptr<FixedIndexReader> previous_index;
+  if (plan.incremental) {
+    // Opened again here: the disk task may run on another worker than the
+    // snapshot. Unusable now (damaged since): a full read is always correct.
     try {
-      points.Discard(point_id);
-    } catch (const std::exception& e) {
-      LogWarning("discarding the staging of point " + point_id + ": " + e.what() + " (it expires with this process)");
+      RestorePointManifest prev = repo.points().Load(task.previous_point);
+      const DiskRecord* d = prev.FindDisk(task.disk.name);
+      if (!d) throw Error(ErrorKind::kNotFound, "it has no disk " + task.disk.name);
+      previous_index = repo.points().OpenIndex(task.previous_point, *d);
+      if (previous_index->disk_size() != task.disk.size ||
+          previous_index->chunk_size() != repo.config().chunk_size) {
+        throw Error(ErrorKind::kCorrupt, "its index does not match the disk");
+      }
+      opts.previous_index = previous_index.get();
+    } catch (const Error& e) {
+      LogWarning("disk " + task.disk.name + ": previous point " + task.previous_point + " is unusable (" + e.what() +
+                 "); reading the whole disk");
+      plan.incremental = false;
+      plan.reason = "the last point's index of this disk is unusable";
     }
-  };
-  try {
-    for (const auto& f : host.CaptureConfig()) points.AddFile(point_id, f.kind, f.name, f.content, f.origin);
-    backup = host.BeginBackup(disks, plans);
-    for (size_t i = 0; i < backup->exports().size(); ++i) {
-      const ExportedDisk& ex = backup->exports()[i];
-      auto reader = OpenNbdReader(ex.source);
-      std::unique_ptr<DiskWriter> writer = points.WriteDisk(point_id, ex.disk.name);
-      DiskRecord rec;
-      rec.name = ex.disk.name;
-      rec.size = reader->size();
-      rec.chunk_size = repo.config().chunk_size;
-      rec.source_format = ex.disk.format;
-      DiskBackupOptions options = request.disk_options;
-      const CbtPlan& plan = ex.plan;  // as the host carried it out
-      options.previous_index = plan.incremental ? previous[i]->index.get() : nullptr;
-      progress->current.bytes_done = 0;
-      DiskBackupResult r =
-          BackupDisk(repo.chunks(), repo.config(), *reader, writer->index_path(), options, &progress->current);
-      progress->bytes_before += rec.size;
-      rec.index_sha256 = r.index_sha256;
-      rec.chunks = r.chunks;
-      rec.zero_chunks = r.zero_chunks;
-      rec.new_chunks = r.new_chunks;
-      rec.reused_chunks = r.reused_chunks;
-      rec.unchanged_chunks = r.unchanged_chunks;
-      rec.healed_chunks = r.healed_chunks;
-      rec.read_bytes = r.read_bytes;
-      rec.stored_bytes = r.stored_bytes;
-      rec.cbt = {plan.incremental ? "incremental" : "full", plan.reason, plan.new_bitmap, plan.generation,
-                 ex.disk.identity};
-      LogInfo("disk " + rec.name + ": read " + std::to_string(r.read_bytes) + " bytes; " +
-              std::to_string(r.new_chunks) + " new chunks (" + std::to_string(r.stored_bytes) + " bytes stored), " +
-              std::to_string(r.reused_chunks) + " already stored, " + std::to_string(r.unchanged_chunks) +
-              " unchanged, " + std::to_string(r.zero_chunks) + " zero" +
-              (r.healed_chunks ? ", " + std::to_string(r.healed_chunks) + " read again to heal the chain" : ""));
-      writer->Finish(std::move(rec));
-    }
-  } catch (...) {
-    if (backup) {
-      backup->End();
-      backup->FinishCbt(false);
-    }
-    discard();
-    throw;
   }
-  backup->End();
-  RestorePointManifest manifest;
-  try {
-    manifest = points.Commit(point_id, repo.chunks());
-  } catch (...) {
-    backup->FinishCbt(false);
-    discard();
-    throw;
+  auto reader = OpenNbdReader(task.source);
+  std::unique_ptr<DiskWriter> writer = repo.points().WriteDisk(task.point_id, task.disk.name);
+  DiskRecord rec;
+  rec.name = task.disk.name;
+  rec.size = reader->size();
+  rec.chunk_size = repo.config().chunk_size;
+  rec.source_format = task.disk.format;
+  DiskBackupResult r = BackupDisk(repo.chunks(), repo.config(), *reader, writer->index_path(), opts, progress);
+  rec.index_sha256 = r.index_sha256;
+  rec.chunks = r.chunks;
+  rec.zero_chunks = r.zero_chunks;
+  rec.new_chunks = r.new_chunks;
+  rec.reused_chunks = r.reused_chunks;
+  rec.unchanged_chunks = r.unchanged_chunks;
+  rec.healed_chunks = r.healed_chunks;
+  rec.read_bytes = r.read_bytes;
+  rec.stored_bytes = r.stored_bytes;
+  rec.cbt = {plan.incremental ? "incremental" : "full", plan.reason, plan.new_bitmap, plan.generation,
+             task.disk.identity};
+  LogInfo("disk " + rec.name + ": read " + std::to_string(r.read_bytes) + " bytes; " + std::to_string(r.new_chunks) +
+          " new chunks (" + std::to_string(r.stored_bytes) + " bytes stored), " + std::to_string(r.reused_chunks) +
+          " already stored, " + std::to_string(r.unchanged_chunks) + " unchanged, " + std::to_string(r.zero_chunks) +
+          " zero" + (r.healed_chunks ? ", " + std::to_string(r.healed_chunks) + " read again to heal the chain" : ""));
+  writer->Finish(rec);
+  return rec;
+}
+
+RestorePointManifest BackupVm(Repository& repo, Host& host, const VmBackupRequest& request,
+                              VmBackupProgress* progress) {
+  VmBackupProgress own_progress;
+  if (!progress) progress = &own_progress;
+  std::unique_ptr<VmSnapshot> snapshot = TakeVmSnapshot(repo, host, request);
+  for (const auto& task : snapshot->disk_tasks()) progress->bytes_total += task.disk.size;
+  for (const auto& task : snapshot->disk_tasks()) {
+    progress->current.bytes_done = 0;
+    BackupDiskTask(repo, task, request.disk_options, &progress->current);
+    progress->bytes_before += task.disk.size;
   }
-  backup->FinishCbt(true);
-  return manifest;
+  return snapshot->Release(true);  // a failure above: released uncommitted by the destructor
 }
 
 }  // namespace ferry::worker
