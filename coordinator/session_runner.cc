@@ -603,8 +603,14 @@ const SessionRunner::SnapshotContext& SessionRunner::ContextOf(int64_t snapshot_
   context.repository_name = s.Text(7);
   context.repository_location = s.Text(8);
   json::value exports = json::parse(s.Text(9));
-  for (const auto& e : exports.as_array())
-    context.exports[std::string(e.at("disk").as_string())] = std::string(e.at("uri").as_string());
+  for (const auto& e : exports.as_array()) {
+    const auto& o = e.as_object();
+    ExportRecord r{std::string(o.at("disk").as_string()), std::string(o.at("uri").as_string()), ""};
+    if (auto plan = o.find("read_plan"); plan != o.end() && plan->value().is_string()) {
+      r.read_plan = std::string(plan->value().as_string());
+    }
+    context.exports[r.disk] = std::move(r);
+  }
   context.point_id = s.Text(10);
   return snapshot_context_.emplace(snapshot_id, std::move(context)).first->second;
 }
@@ -659,8 +665,10 @@ WorkOrder SessionRunner::BuildOrder(const Placement& placement, int64_t worker_i
     Log(order.session_id, order.task_id, std::nullopt, "info",
         order.vm_name + "/" + order.disk + ": attempt " + std::to_string(order.attempt) + " on worker " +
             std::to_string(worker_id) + " (" + order.tier + ": " + placement.reason + ")");
-    auto uri = context.exports.find(order.disk);
-    if (uri != context.exports.end()) order.export_uri = uri->second;
+    if (auto e = context.exports.find(order.disk); e != context.exports.end()) {
+      order.export_uri = e->second.uri;
+      order.read_plan = e->second.read_plan;
+    }
     return order;
   }
   if (order.kind == WorkKind::kSnapshot) {
@@ -833,11 +841,17 @@ void SessionRunner::FinishSnapshot(int64_t snapshot_id, const WorkReport& report
   int64_t now = clock_();
   if (report.ok) {
     json::array exports;
-    for (const auto& [disk, uri] : report.exports) exports.push_back(json::object{{"disk", disk}, {"uri", uri}});
+    for (const auto& e : report.exports) {
+      json::object o{{"disk", e.disk}, {"uri", e.uri}};
+      if (!e.read_plan.empty()) o["read_plan"] = e.read_plan;  // old rows lack it: read as ""
+      exports.push_back(std::move(o));
+    }
     db_.Cached("UPDATE snapshots SET state = 'ready', exports = ? WHERE id = ?")
         .Bind(1, json::serialize(exports)).Bind(2, snapshot_id).Run();
-    if (auto context = snapshot_context_.find(snapshot_id); context != snapshot_context_.end())
-      context->second.exports = std::map<std::string, std::string>(report.exports.begin(), report.exports.end());
+    if (auto context = snapshot_context_.find(snapshot_id); context != snapshot_context_.end()) {
+      context->second.exports.clear();
+      for (const auto& e : report.exports) context->second.exports[e.disk] = e;
+    }
     Log(session, std::nullopt, snapshot_id, "info", vm + ": snapshot ready");
     int64_t host_id = s.Int(6);
     // (Not UPDATE ... RETURNING: SQLite builds a temporary table for that

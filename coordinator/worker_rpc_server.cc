@@ -156,6 +156,7 @@ void FillItem(rpc::WorkItem::Builder item, const WorkOrder& order) {
       d.setTier(order.tier);
       d.setAttempt(static_cast<uint32_t>(order.attempt));
       d.setPointId(order.point_id);
+      d.setReadPlan(order.read_plan);
       break;
     }
     case WorkKind::kRelease: {
@@ -241,7 +242,7 @@ class WorkerSessionImpl final : public rpc::WorkerSession::Server {
       report.error = r.getError();
       report.bytes_read = static_cast<int64_t>(r.getBytesRead());
       report.bytes_stored = static_cast<int64_t>(r.getBytesStored());
-      for (auto e : r.getExports()) report.exports.emplace_back(e.getDisk(), e.getUri());
+      for (auto e : r.getExports()) report.exports.push_back({e.getDisk(), e.getUri(), e.getReadPlan()});
       report.point_id = r.getPointId();
       report.log = Texts(r.getLog());
       bool accepted = runner_.ReportResult(worker_id_, report);

@@ -1,12 +1,16 @@
 #include "ferry/worker/vm_backup.h"
 
 #include <algorithm>
+#include <boost/json.hpp>
 
 #include "ferry/common/error.h"
+#include "ferry/common/format.h"
 #include "ferry/common/ids.h"
 #include "ferry/common/log.h"
 #include "ferry/common/point_store.h"
 #include "ferry/worker/cbt.h"
+
+namespace json = boost::json;
 
 namespace ferry::worker {
 
@@ -214,6 +218,79 @@ std::unique_ptr<VmSnapshot> TakeVmSnapshot(Repository& repo, Host& host, const V
   for (const auto& f : host.CaptureConfig()) repo.points().AddFile(point_id, f.kind, f.name, f.content, f.origin);
   snapshot->Begin(host, disks, plans, previous_points);
   return snapshot;
+}
+
+namespace {
+constexpr char kReadPlanFamily[] = "ferry-read-plan";
+}  // namespace
+
+std::string ReadPlanToJson(const DiskTask& t) {
+  json::object o{
+      {"format", std::string(kReadPlanFamily) + "-v1"},
+      {"point_id", t.point_id},
+      {"disk", json::object{{"name", t.disk.name}, {"format", t.disk.format}, {"size", t.disk.size},
+                            {"identity", t.disk.identity}}},
+      {"source", json::object{{"unix_socket", t.source.unix_socket}, {"export_name", t.source.export_name},
+                              {"dirty_bitmap", t.source.dirty_bitmap}}},
+      {"plan", json::object{{"incremental", t.plan.incremental}, {"reason", t.plan.reason},
+                            {"previous_bitmap", t.plan.previous_bitmap}, {"new_bitmap", t.plan.new_bitmap},
+                            {"generation", t.plan.generation}}},
+      {"previous_point", t.previous_point},
+  };
+  return json::serialize(o);
+}
+
+DiskTask ReadPlanFromJson(const std::string& text) {
+  auto bad = [](const std::string& why) { return Error(ErrorKind::kBadInput, "read plan: " + why); };
+  json::error_code ec;
+  json::value v = json::parse(text, ec);
+  if (ec || !v.is_object()) throw bad("not a JSON object");
+  auto member = [&](const json::object& o, const char* key, const char* path) -> const json::value& {
+    auto it = o.find(key);
+    if (it == o.end()) throw bad(std::string("member '") + path + key + "' is missing");
+    return it->value();
+  };
+  auto str = [&](const json::object& o, const char* key, const char* path = "") {
+    const auto& m = member(o, key, path);
+    if (!m.is_string()) throw bad(std::string("member '") + path + key + "' is not a string");
+    return std::string(m.as_string());
+  };
+  auto obj = [&](const json::object& o, const char* key) -> const json::object& {
+    const auto& m = member(o, key, "");
+    if (!m.is_object()) throw bad(std::string("member '") + key + "' is not an object");
+    return m.as_object();
+  };
+  const auto& o = v.as_object();
+  try {
+    CheckFormatName(str(o, "format"), kReadPlanFamily, 1, "read plan");
+  } catch (const Error& e) {
+    throw Error(ErrorKind::kBadInput, e.what());
+  }
+  DiskTask t;
+  t.point_id = str(o, "point_id");
+  const auto& d = obj(o, "disk");
+  t.disk.name = str(d, "name", "disk.");
+  t.disk.format = str(d, "format", "disk.");
+  const auto& size = member(d, "size", "disk.");
+  if (!size.is_uint64() && !(size.is_int64() && size.as_int64() >= 0)) throw bad("member 'disk.size' is not a size");
+  t.disk.size = size.to_number<uint64_t>();
+  t.disk.identity = str(d, "identity", "disk.");
+  const auto& src = obj(o, "source");
+  t.source = {str(src, "unix_socket", "source."), str(src, "export_name", "source."), str(src, "dirty_bitmap", "source.")};
+  const auto& plan = obj(o, "plan");
+  const auto& inc = member(plan, "incremental", "plan.");
+  if (!inc.is_bool()) throw bad("member 'plan.incremental' is not a boolean");
+  t.plan.incremental = inc.as_bool();
+  t.plan.reason = str(plan, "reason", "plan.");
+  t.plan.previous_bitmap = str(plan, "previous_bitmap", "plan.");
+  t.plan.new_bitmap = str(plan, "new_bitmap", "plan.");
+  t.plan.generation = str(plan, "generation", "plan.");
+  t.previous_point = str(o, "previous_point");
+  if (t.disk.name.empty() || t.point_id.empty()) throw bad("no disk name or point id");
+  if (t.plan.incremental && (t.previous_point.empty() || t.source.dirty_bitmap.empty())) {
+    throw bad("an incremental plan without its previous point or dirty bitmap");
+  }
+  return t;
 }
 
 DiskRecord BackupDiskTask(Repository& repo, const DiskTask& task, const DiskBackupOptions& options,

@@ -111,6 +111,7 @@ struct DiskWork {
   tier @6 :Text;           # host | cluster | any: why this worker got it
   attempt @7 :UInt32;
   pointId @8 :Text;        # write this disk's index into this (staged) restore point
+  readPlan @9 :Text;       # the snapshot holder's plan for this disk (DiskExport.readPlan), verbatim
 }
 
 struct ReleaseWork {
@@ -132,6 +133,8 @@ struct Progress {
 struct DiskExport {
   disk @0 :Text;
   uri @1 :Text;
+  readPlan @2 :Text;       # how to read it (incremental base, bitmap, CBT record): JSON owned by
+                           # the workers (docs/worker-protocol.md), carried to the disk task verbatim
 }
 
 struct WorkResult {

@@ -88,6 +88,7 @@ struct WorkOrder {
   std::vector<std::string> disks;  // snapshot work
   int64_t task_id = 0;             // disk work
   std::string disk, export_uri;
+  std::string read_plan;           // disk work: the snapshot holder's plan, verbatim
   std::string tier;
   int attempt = 0;
   int64_t repository_id = 0;
@@ -97,6 +98,12 @@ struct WorkOrder {
   bool commit = false;             // release work
 };
 
+// One disk's export, as the snapshot's worker reported it.
+struct ExportRecord {
+  std::string disk, uri;
+  std::string read_plan;  // opaque to the coordinator: handed to the disk task as it is
+};
+
 struct WorkReport {
   std::string assignment;
   bool ok = false;
@@ -104,7 +111,7 @@ struct WorkReport {
   std::string error;
   int64_t bytes_read = 0;
   int64_t bytes_stored = 0;
-  std::vector<std::pair<std::string, std::string>> exports;  // disk, uri
+  std::vector<ExportRecord> exports;
   std::string point_id;
   std::vector<std::string> log;
 };
@@ -268,7 +275,7 @@ class SessionRunner {
     int64_t repository_id = 0;
     std::string repository_name, repository_location;
     std::string point_id;                        // reserved for the VM's disks
-    std::map<std::string, std::string> exports;  // disk -> NBD URI, once ready
+    std::map<std::string, ExportRecord> exports;  // by disk, once ready
   };
   const SnapshotContext& ContextOf(int64_t snapshot_id);
   struct PlannedVm {

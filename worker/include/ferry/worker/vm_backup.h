@@ -48,6 +48,15 @@ struct DiskTask {
   std::string previous_point;  // incremental: the point whose index supplies unchanged chunks
 };
 
+// A disk task as the protocol carries it: the snapshot's worker reports it
+// with each export (DiskExport.readPlan), the coordinator hands it verbatim to
+// the disk's worker (DiskWork.readPlan). JSON, format "ferry-read-plan-v1"
+// (docs/worker-protocol.md, "Read plans").
+std::string ReadPlanToJson(const DiskTask& task);
+// Throws kBadInput naming the member that is missing or wrong; kBadInput for
+// a newer format.
+DiskTask ReadPlanFromJson(const std::string& json);
+
 class VmSnapshot {
  public:
   virtual ~VmSnapshot() = default;  // unreleased: released as Release(false)
