@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/json.hpp>
 #include <boost/property_tree/ptree.hpp>
 #include <boost/property_tree/xml_parser.hpp>
@@ -20,6 +21,7 @@
 #include "ferry/common/file_util.h"
 #include "ferry/common/log.h"
 #include "ferry/common/subprocess.h"
+#include "ferry/worker/inventory.h"
 #include "libvirt_util.h"
 
 namespace pt = boost::property_tree;
@@ -100,6 +102,25 @@ std::vector<BitmapState> ImageBitmaps(const std::string& image) {
   return out;
 }
 
+uint64_t DiskCapacity(virDomainPtr dom, const std::string& target, const std::string& vm) {
+  virDomainBlockInfo info;
+  if (virDomainGetBlockInfo(dom, target.c_str(), &info, 0) != 0) ThrowLibvirt("size of disk " + target + " of domain " + vm);
+  return info.capacity;
+}
+
+// The VM as Ferry describes it, for a backup and for the inventory alike.
+HostVm DescribeDomain(virDomainPtr dom, const DomainXml& xml, int state) {
+  HostVm vm;
+  vm.state = DomainStateName(state);
+  vm.identity = {xml.name, xml.uuid, "libvirt"};
+  for (const auto& d : xml.disks) {
+    HostDisk hd{d.target, d.format, DiskCapacity(dom, d.target, xml.name), d.source, d.format == "qcow2", ""};
+    if (!hd.cbt_capable) hd.no_cbt_reason = d.format + " disk: libvirt keeps checkpoints only for qcow2";
+    vm.disks.push_back(hd);
+  }
+  return vm;
+}
+
 class LibvirtHostBackup;
 
 class LibvirtHost : public Host {
@@ -109,16 +130,10 @@ class LibvirtHost : public Host {
     int state = 0;
     if (virDomainGetState(dom_.get(), &state, nullptr, 0) != 0) ThrowLibvirt("state of domain " + options.vm);
     running_ = state == VIR_DOMAIN_RUNNING || state == VIR_DOMAIN_PAUSED || state == VIR_DOMAIN_BLOCKED;
-    vm_.state = DomainStateName(state);
     AbortAbandonedBackupJob();
     RemoveDeadSessionDirectories();
     xml_ = ParseDomainXml(DomainXmlDesc(dom_.get(), 0));
-    vm_.identity = {xml_.name, xml_.uuid, "libvirt"};
-    for (const auto& d : xml_.disks) {
-      HostDisk hd{d.target, d.format, DiskCapacity(d.target), d.source, d.format == "qcow2", ""};
-      if (!hd.cbt_capable) hd.no_cbt_reason = d.format + " disk: libvirt keeps checkpoints only for qcow2";
-      vm_.disks.push_back(hd);
-    }
+    vm_ = DescribeDomain(dom_.get(), xml_, state);
   }
 
   std::string description() const override { return "libvirt domain " + xml_.name + " at " + options_.uri; }
@@ -226,14 +241,6 @@ class LibvirtHost : public Host {
       }
     }
     return false;
-  }
-
-  uint64_t DiskCapacity(const std::string& target) {
-    virDomainBlockInfo info;
-    if (virDomainGetBlockInfo(dom_.get(), target.c_str(), &info, 0) != 0) {
-      ThrowLibvirt("size of disk " + target + " of domain " + options_.vm);
-    }
-    return info.capacity;
   }
 
   // A Ferry run killed during a pull backup leaves libvirt's job running
@@ -567,6 +574,31 @@ std::unique_ptr<HostBackup> LibvirtHost::BeginBackup(const std::vector<HostDisk>
 }
 
 }  // namespace
+
+std::vector<InventoryEntry> LibvirtInventory(const std::string& uri) {
+  VirPtr<virConnect> conn = Connect(uri);
+  virDomainPtr* domains = nullptr;
+  int n = virConnectListAllDomains(conn.get(), &domains, 0);
+  if (n < 0) ThrowLibvirt("listing the domains at " + uri);
+  std::vector<InventoryEntry> out;
+  for (int i = 0; i < n; ++i) {
+    VirPtr<virDomain> dom(domains[i]);
+    const char* name = virDomainGetName(dom.get());
+    InventoryEntry e;
+    e.source = uri + " domain " + (name ? name : "?");
+    try {
+      int state = 0;
+      if (virDomainGetState(dom.get(), &state, nullptr, 0) != 0) ThrowLibvirt("state of domain " + std::string(name ? name : "?"));
+      e.vm = DescribeDomain(dom.get(), ParseDomainXml(DomainXmlDesc(dom.get(), 0)), state);
+    } catch (const std::exception& err) {
+      e.problem = err.what();  // gone meanwhile, or unreadable: reported, the rest still listed
+    }
+    out.push_back(std::move(e));
+  }
+  ::free(domains);
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.source < b.source; });
+  return out;
+}
 
 std::unique_ptr<Host> OpenLibvirtHost(const LibvirtHostOptions& options) {
   return std::make_unique<LibvirtHost>(options);

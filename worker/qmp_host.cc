@@ -1,6 +1,7 @@
 #include "ferry/worker/qmp_host.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -10,6 +11,7 @@
 #include "ferry/common/error.h"
 #include "ferry/common/file_util.h"
 #include "ferry/common/log.h"
+#include "ferry/worker/inventory.h"
 
 namespace json = boost::json;
 
@@ -156,6 +158,27 @@ class QmpHostBackup : public HostBackup {
   bool ended_ = false, end_ok_ = false;
 };
 
+std::string QueryStatus(QmpClient& qmp) {
+  try {
+    json::value v = qmp.Execute("query-status");
+    auto it = v.as_object().find("status");
+    if (it != v.as_object().end() && it->value().is_string()) return std::string(it->value().as_string());
+  } catch (const QmpError&) {
+  }
+  return "unknown";
+}
+
+// The VM behind a monitor as Ferry describes it, for a backup and for the
+// inventory alike.
+HostVm DescribeQmpVm(QmpClient& qmp, const std::vector<QmpDisk>& disks) {
+  HostVm vm;
+  vm.identity = {QueryString(qmp, "query-name", "name"), QueryString(qmp, "query-uuid", "UUID"), "qemu"};
+  if (vm.identity.name.empty()) vm.identity.name = qmp.address();
+  vm.state = QueryStatus(qmp);
+  for (const auto& d : disks) vm.disks.push_back({d.name, d.format, d.size, d.filename, true, ""});
+  return vm;
+}
+
 class QmpHost : public Host {
  public:
   explicit QmpHost(const QmpHostOptions& options) : options_(options) {
@@ -187,15 +210,12 @@ class QmpHost : public Host {
     for (const auto& s : RemoveAbandonedSnapshots(*qmp_, options.paths, vm_key_)) {
       LogInfo("removed the snapshot left by dead session " + s);
     }
-    vm_.identity = {name, QueryString(*qmp_, "query-uuid", "UUID"), "qemu"};
-    if (options.expected_vm_name && *options.expected_vm_name != vm_.identity.name) {
-      throw Error(ErrorKind::kNotFound, "the VM at " + options.address + " is named '" + vm_.identity.name +
-                                            "', not '" + *options.expected_vm_name + "'");
+    if (options.expected_vm_name && *options.expected_vm_name != name) {
+      throw Error(ErrorKind::kNotFound, "the VM at " + options.address + " is named '" + name + "', not '" +
+                                            *options.expected_vm_name + "'");
     }
-    if (vm_.identity.name.empty()) vm_.identity.name = options.address;
-    vm_.state = QueryStatus();
     qmp_disks_ = ListQmpDisks(*qmp_);
-    for (const auto& d : qmp_disks_) vm_.disks.push_back({d.name, d.format, d.size, d.filename, true, ""});
+    vm_ = DescribeQmpVm(*qmp_, qmp_disks_);
   }
 
   std::string description() const override { return "QEMU at " + options_.address; }
@@ -266,16 +286,6 @@ class QmpHost : public Host {
     throw Error(ErrorKind::kInternal, "disk " + disk.name + " is not one of this VM's");
   }
 
-  std::string QueryStatus() {
-    try {
-      json::value v = qmp_->Execute("query-status");
-      auto it = v.as_object().find("status");
-      if (it != v.as_object().end() && it->value().is_string()) return std::string(it->value().as_string());
-    } catch (const QmpError&) {
-    }
-    return "unknown";
-  }
-
   QmpHostOptions options_;
   std::unique_ptr<QmpClient> qmp_;
   std::string vm_key_;
@@ -306,6 +316,25 @@ FileLock AcquireVmLock(const SnapshotPaths& paths, const std::string& vm_key, in
 
 std::string VmLockHolder(const SnapshotPaths& paths, const std::string& vm_key) {
   return HolderOf(QmpVmLockPath(paths, vm_key));
+}
+
+std::vector<InventoryEntry> QmpDirectoryInventory(const std::string& dir, std::chrono::milliseconds timeout) {
+  std::vector<InventoryEntry> out;
+  for (const auto& name : ListDirectory(dir)) {
+    std::string path = dir + "/" + name;
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode)) continue;  // not a monitor
+    InventoryEntry e;
+    e.source = path;
+    try {
+      auto qmp = QmpClient::Connect("unix:" + path, timeout);
+      e.vm = DescribeQmpVm(*qmp, ListQmpDisks(*qmp));
+    } catch (const std::exception& err) {
+      e.problem = err.what();  // stale socket, or a monitor busy with another client
+    }
+    out.push_back(std::move(e));
+  }
+  return out;
 }
 
 std::unique_ptr<Host> OpenQmpHost(const QmpHostOptions& options) { return std::make_unique<QmpHost>(options); }

@@ -23,6 +23,7 @@
 #include "ferry/worker/disk_restore.h"
 #include "ferry/worker/qmp_client.h"
 #include "ferry/worker/qmp_snapshot.h"
+#include "ferry/worker/inventory.h"
 #include "ferry/worker/libvirt_host.h"
 #include "ferry/worker/qmp_host.h"
 #include "ferry/worker/vm_backup.h"
@@ -333,6 +334,51 @@ int RestoreCommand(const Args& args) {
   LogInfo("restored disk " + disk + " of point " + point + " to " + target + " (" +
           HumanBytes(static_cast<double>(r.size)) + ", " + HumanBytes(static_cast<double>(r.bytes_written)) +
           " of data)");
+  return 0;
+}
+
+int InventoryCommand(const Args& args) {
+  Arguments a(args, {"qmp-dir", "libvirt", "timeout"}, {"json"});
+  if (a.Has("qmp-dir") == a.Has("libvirt")) {
+    throw Error(ErrorKind::kBadInput, "give the host as exactly one of --qmp-dir DIR or --libvirt URI");
+  }
+  std::vector<worker::InventoryEntry> entries;
+  if (a.Has("libvirt")) {
+    entries = worker::LibvirtInventory(a.Require("libvirt"));
+  } else {
+    std::string dir = a.Require("qmp-dir");
+    if (!PathExists(dir)) throw Error(ErrorKind::kNotFound, "directory " + dir + " does not exist");
+    int64_t timeout_ms = a.GetInt("timeout", 1, 600).value_or(2) * 1000;
+    entries = worker::QmpDirectoryInventory(dir, std::chrono::milliseconds(timeout_ms));
+  }
+  if (a.Has("json")) {
+    json::array vms, problems;
+    for (const auto& e : entries) {
+      if (!e.vm) {
+        problems.push_back(json::object{{"source", e.source}, {"message", e.problem}});
+        continue;
+      }
+      json::array disks;
+      for (const auto& d : e.vm->disks) disks.push_back(json::object{{"name", d.name}, {"size", d.size}, {"format", d.format}});
+      vms.push_back(json::object{{"source", e.source}, {"name", e.vm->identity.name}, {"uuid", e.vm->identity.uuid},
+                                 {"state", e.vm->state}, {"disks", std::move(disks)}});
+    }
+    std::cout << json::serialize(json::object{{"vms", std::move(vms)}, {"problems", std::move(problems)}}) << std::endl;
+    return 0;
+  }
+  std::printf("%-20s %-36s %-10s %s\n", "VM", "UUID", "STATE", "DISKS");
+  for (const auto& e : entries) {
+    if (!e.vm) continue;
+    std::string disks;
+    for (const auto& d : e.vm->disks) {
+      disks += (disks.empty() ? "" : ", ") + d.name + " (" + d.format + ", " + HumanBytes(static_cast<double>(d.size)) + ")";
+    }
+    std::printf("%-20s %-36s %-10s %s\n", e.vm->identity.name.c_str(), e.vm->identity.uuid.c_str(), e.vm->state.c_str(),
+                disks.c_str());
+  }
+  for (const auto& e : entries) {
+    if (!e.vm) std::printf("BAD %s: %s\n", e.source.c_str(), e.problem.c_str());
+  }
   return 0;
 }
 

@@ -20,6 +20,8 @@ int ListCommand(const Args& args);
 int RestoreCommand(const Args& args);
 int RestoreVmCommand(const Args& args);
 int VerifyCommand(const Args& args);
+// What runs on a host: the inventory a worker reports (inventory.h).
+int InventoryCommand(const Args& args);
 // The point store (point_commands.cc): stage, write one disk, commit, discard.
 int StageCommand(const Args& args);
 int BackupDiskCommand(const Args& args);

@@ -41,6 +41,9 @@ Commands:
            points reference; damaged chunks are quarantined (the next backup
            stores them again)
 
+  inventory (--qmp-dir DIR | --libvirt URI) [--timeout SECONDS] [--json]
+           list the VMs of a host (a directory of QMP sockets, or libvirt)
+
 A restore point written by several processes (the coordinator's disk tasks):
   stage    --repo DIR --point ID --vm NAME --disk NAME ... [--chain NAME] [--expires 24h]
   backup-disk --repo DIR --point ID --disk NAME --file PATH [--rate-limit BYTES/s]
@@ -96,6 +99,7 @@ int main(int argc, char** argv) {
     if (command == "restore") return ferry::cli::RestoreCommand(rest);
     if (command == "restore-vm") return ferry::cli::RestoreVmCommand(rest);
     if (command == "verify") return ferry::cli::VerifyCommand(rest);
+    if (command == "inventory") return ferry::cli::InventoryCommand(rest);
     if (command == "stage") return ferry::cli::StageCommand(rest);
     if (command == "backup-disk") return ferry::cli::BackupDiskCommand(rest);
     if (command == "commit") return ferry::cli::CommitCommand(rest);
