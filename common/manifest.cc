@@ -8,6 +8,7 @@
 #include "ferry/common/error.h"
 #include "ferry/common/format.h"
 #include "ferry/common/ids.h"
+#include "ferry/common/json_reader.h"
 
 namespace json = boost::json;
 
@@ -127,42 +128,6 @@ std::string ManifestToJson(const RestorePointManifest& m) {
 
 namespace {
 
-class Reader {
- public:
-  explicit Reader(std::string source) : source_(std::move(source)) {}
-
-  [[noreturn]] void Fail(const std::string& member, const std::string& why) const {
-    throw Error(ErrorKind::kCorrupt, "manifest " + source_ + ": member '" + member + "' " + why);
-  }
-  const json::value& Member(const json::object& o, const std::string& key,
-                            const std::string& path) const {
-    auto it = o.find(key);
-    if (it == o.end()) Fail(path + key, "is missing");
-    return it->value();
-  }
-  std::string String(const json::object& o, const std::string& key,
-                     const std::string& path = "") const {
-    const auto& v = Member(o, key, path);
-    if (!v.is_string()) Fail(path + key, "is not a string");
-    return std::string(v.as_string());
-  }
-  uint64_t Unsigned(const json::object& o, const std::string& key,
-                    const std::string& path = "") const {
-    const auto& v = Member(o, key, path);
-    if (v.is_uint64()) return v.as_uint64();
-    if (v.is_int64() && v.as_int64() >= 0) return static_cast<uint64_t>(v.as_int64());
-    Fail(path + key, "is not a non-negative integer");
-  }
-  const json::object& Object(const json::object& o, const std::string& key,
-                             const std::string& path = "") const {
-    const auto& v = Member(o, key, path);
-    if (!v.is_object()) Fail(path + key, "is not an object");
-    return v.as_object();
-  }
-
- private:
-  std::string source_;
-};
 
 }  // namespace
 
@@ -176,86 +141,70 @@ RestorePointManifest ManifestFromJson(const std::string& text, const std::string
   json::value root = json::parse(text, ec);
   if (ec) throw Error(ErrorKind::kCorrupt, "manifest " + source + " is not valid JSON: " + ec.message());
   if (!root.is_object()) throw Error(ErrorKind::kCorrupt, "manifest " + source + " is not a JSON object");
-  const auto& o = root.as_object();
-  Reader r(source);
+  JsonReader r(root.as_object(), "", CorruptFileFail("manifest " + source));
+  constexpr size_t kText = 4096;  // names, paths, reasons
+  auto plain_file_name = [](JsonReader& reader, const char* key) {
+    std::string name = *reader.String(key, true, kText);
+    if (name.empty() || name.find('/') != std::string::npos || name[0] == '.') reader.Fail(key, "is not a plain file name");
+    return name;
+  };
+  auto digest = [](JsonReader& reader, const char* key) {
+    std::string hex = *reader.String(key, true);
+    try {
+      return Digest::FromHex(hex);
+    } catch (const Error&) {
+      reader.Fail(key, "is not a SHA-256 hex digest");
+    }
+  };
   RestorePointManifest m;
-  m.format_version = CheckFormatName(r.String(o, "format"), kManifestFamily, kManifestVersion, "manifest " + source);
+  m.format_version = CheckFormatName(*r.String("format", true), kManifestFamily, kManifestVersion, "manifest " + source);
   if (m.format_version >= 2 && !sealed) CheckManifestChecksum(text, source);  // throws: no checksum
   if (m.format_version == 1 && sealed) r.Fail("format", "says v1, but the manifest carries a v2 checksum");
-  m.id = r.String(o, "id");
+  if (sealed) r.String("manifest_sha256", true);  // checked above
+  m.id = *r.String("id", true);
   // Members added within v1 are optional: points written before them lack them.
-  if (o.contains("chain")) m.chain = r.String(o, "chain");
-  const auto& vm = r.Object(o, "vm");
-  m.vm.name = r.String(vm, "name", "vm.");
-  m.vm.uuid = r.String(vm, "uuid", "vm.");
-  m.vm.hypervisor = r.String(vm, "hypervisor", "vm.");
-  m.started_at = r.String(o, "started_at");
-  m.completed_at = r.String(o, "completed_at");
-  const auto& disks = r.Member(o, "disks", "");
-  if (!disks.is_array()) r.Fail("disks", "is not an array");
-  for (size_t i = 0; i < disks.as_array().size(); ++i) {
-    std::string path = "disks[" + std::to_string(i) + "].";
-    const auto& dv = disks.as_array()[i];
-    if (!dv.is_object()) r.Fail(path, "is not an object");
-    const auto& d = dv.as_object();
+  m.chain = r.String("chain", false).value_or("");
+  JsonReader vm = *r.Object("vm", true);
+  m.vm.name = *vm.String("name", true, kText);
+  m.vm.uuid = *vm.String("uuid", true);
+  m.vm.hypervisor = *vm.String("hypervisor", true);
+  m.started_at = *r.String("started_at", true);
+  m.completed_at = *r.String("completed_at", true);
+  std::vector<JsonReader> disks = *r.ObjectList("disks", true);
+  for (JsonReader& d : disks) {
     DiskRecord rec;
-    rec.name = r.String(d, "name", path);
-    rec.size = r.Unsigned(d, "size", path);
-    uint64_t cs = r.Unsigned(d, "chunk_size", path);
-    if (cs == 0 || cs > (64u << 20)) r.Fail(path + "chunk_size", "is out of range");
-    rec.chunk_size = static_cast<uint32_t>(cs);
-    rec.source_format = r.String(d, "source_format", path);
-    rec.index_file = r.String(d, "index", path);
-    if (rec.index_file.empty() || rec.index_file.find('/') != std::string::npos ||
-        rec.index_file[0] == '.') {
-      r.Fail(path + "index", "is not a plain file name");
-    }
-    try {
-      rec.index_sha256 = Digest::FromHex(r.String(d, "index_sha256", path));
-    } catch (const Error&) {
-      r.Fail(path + "index_sha256", "is not a SHA-256 hex digest");
-    }
-    const auto& s = r.Object(d, "stats", path);
-    std::string sp = path + "stats.";
-    rec.chunks = r.Unsigned(s, "chunks", sp);
-    rec.zero_chunks = r.Unsigned(s, "zero_chunks", sp);
-    rec.new_chunks = r.Unsigned(s, "new_chunks", sp);
-    rec.reused_chunks = r.Unsigned(s, "reused_chunks", sp);
-    rec.read_bytes = r.Unsigned(s, "read_bytes", sp);
-    rec.stored_bytes = r.Unsigned(s, "stored_bytes", sp);
-    if (s.contains("unchanged_chunks")) rec.unchanged_chunks = r.Unsigned(s, "unchanged_chunks", sp);
-    if (s.contains("healed_chunks")) rec.healed_chunks = r.Unsigned(s, "healed_chunks", sp);
-    if (d.contains("cbt")) {
-      const auto& c = r.Object(d, "cbt", path);
-      std::string cp = path + "cbt.";
-      rec.cbt.mode = r.String(c, "mode", cp);
-      if (rec.cbt.mode != "full" && rec.cbt.mode != "incremental") r.Fail(cp + "mode", "is not full or incremental");
-      rec.cbt.reason = r.String(c, "reason", cp);
-      rec.cbt.bitmap = r.String(c, "bitmap", cp);
-      rec.cbt.generation = r.String(c, "generation", cp);
-      rec.cbt.disk_identity = r.String(c, "disk_identity", cp);
+    rec.name = *d.String("name", true, kText);
+    rec.size = *d.Unsigned("size", true);
+    rec.chunk_size = static_cast<uint32_t>(*d.Int("chunk_size", true, 1, 64 << 20));
+    rec.source_format = *d.String("source_format", true);
+    rec.index_file = plain_file_name(d, "index");
+    rec.index_sha256 = digest(d, "index_sha256");
+    JsonReader st = *d.Object("stats", true);
+    rec.chunks = *st.Unsigned("chunks", true);
+    rec.zero_chunks = *st.Unsigned("zero_chunks", true);
+    rec.new_chunks = *st.Unsigned("new_chunks", true);
+    rec.reused_chunks = *st.Unsigned("reused_chunks", true);
+    rec.read_bytes = *st.Unsigned("read_bytes", true);
+    rec.stored_bytes = *st.Unsigned("stored_bytes", true);
+    rec.unchanged_chunks = st.Unsigned("unchanged_chunks", false).value_or(0);
+    rec.healed_chunks = st.Unsigned("healed_chunks", false).value_or(0);
+    if (std::optional<JsonReader> c = d.Object("cbt", false)) {
+      rec.cbt.mode = *c->String("mode", true);
+      if (rec.cbt.mode != "full" && rec.cbt.mode != "incremental") c->Fail("mode", "is not full or incremental");
+      rec.cbt.reason = *c->String("reason", true, kText);
+      rec.cbt.bitmap = *c->String("bitmap", true);
+      rec.cbt.generation = *c->String("generation", true);
+      rec.cbt.disk_identity = *c->String("disk_identity", true, kText);
     }
     m.disks.push_back(std::move(rec));
   }
-  if (o.contains("config_files")) {
-    const auto& files = r.Member(o, "config_files", "");
-    if (!files.is_array()) r.Fail("config_files", "is not an array");
-    for (size_t i = 0; i < files.as_array().size(); ++i) {
-      std::string path = "config_files[" + std::to_string(i) + "].";
-      if (!files.as_array()[i].is_object()) r.Fail(path, "is not an object");
-      const auto& f = files.as_array()[i].as_object();
+  if (auto files = r.ObjectList("config_files", false)) {
+    for (JsonReader& f : *files) {
       ConfigFileRecord rec;
-      rec.kind = r.String(f, "kind", path);
-      rec.name = r.String(f, "name", path);
-      if (rec.name.empty() || rec.name.find('/') != std::string::npos || rec.name[0] == '.') {
-        r.Fail(path + "name", "is not a plain file name");
-      }
-      rec.origin = r.String(f, "origin", path);
-      try {
-        rec.sha256 = Digest::FromHex(r.String(f, "sha256", path));
-      } catch (const Error&) {
-        r.Fail(path + "sha256", "is not a SHA-256 hex digest");
-      }
+      rec.kind = *f.String("kind", true);
+      rec.name = plain_file_name(f, "name");
+      rec.origin = *f.String("origin", true, kText);
+      rec.sha256 = digest(f, "sha256");
       m.config_files.push_back(std::move(rec));
     }
   }

@@ -12,6 +12,7 @@
 
 #include "ferry/common/error.h"
 #include "ferry/common/format.h"
+#include "ferry/common/json_reader.h"
 #include "ferry/common/log.h"
 
 namespace json = boost::json;
@@ -76,34 +77,20 @@ std::string HeaderToJson(const StagedPointHeader& h) {
 }
 
 StagedPointHeader HeaderFromJson(const std::string& text, const std::string& path) {
-  auto bad = [&](const std::string& why) { return Error(ErrorKind::kCorrupt, "staged point header " + path + ": " + why); };
+  const std::string what = "staged point header " + path;
   json::error_code ec;
   json::value v = json::parse(text, ec);
-  if (ec || !v.is_object()) throw bad("not a JSON object");
-  const auto& o = v.as_object();
-  auto str = [&](const json::object& obj, const char* key) {
-    auto it = obj.find(key);
-    if (it == obj.end() || !it->value().is_string()) throw bad(std::string("'") + key + "' missing");
-    return std::string(it->value().as_string());
-  };
-  CheckFormatName(str(o, "format"), kStagedFamily, 1, "staged point header " + path);
+  if (ec || !v.is_object()) throw Error(ErrorKind::kCorrupt, what + ": not a JSON object");
+  JsonReader r(v.as_object(), "", CorruptFileFail(what));
+  CheckFormatName(*r.String("format", true), kStagedFamily, 1, what);
   StagedPointHeader h;
-  h.id = str(o, "id");
-  auto vm = o.find("vm");
-  if (vm == o.end() || !vm->value().is_object()) throw bad("'vm' missing");
-  h.vm = {str(vm->value().as_object(), "name"), str(vm->value().as_object(), "uuid"),
-          str(vm->value().as_object(), "hypervisor")};
-  h.chain = str(o, "chain");
-  h.started_at = str(o, "started_at");
-  auto disks = o.find("disks");
-  if (disks == o.end() || !disks->value().is_array()) throw bad("'disks' missing");
-  for (const auto& d : disks->value().as_array()) {
-    if (!d.is_string()) throw bad("'disks' holds a non-string");
-    h.disks.emplace_back(d.as_string());
-  }
-  auto exp = o.find("expires_at");
-  if (exp == o.end() || !exp->value().is_int64()) throw bad("'expires_at' missing");
-  h.expires_at = exp->value().as_int64();
+  h.id = *r.String("id", true);
+  JsonReader vm = *r.Object("vm", true);
+  h.vm = {*vm.String("name", true, 4096), *vm.String("uuid", true), *vm.String("hypervisor", true)};
+  h.chain = *r.String("chain", true);
+  h.started_at = *r.String("started_at", true);
+  h.disks = *r.StringList("disks", true, 4096);
+  h.expires_at = *r.Int("expires_at", true, 0, INT64_MAX);
   return h;
 }
 

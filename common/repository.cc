@@ -15,6 +15,7 @@
 #include "ferry/common/format.h"
 #include "ferry/common/log.h"
 #include "ferry/common/ids.h"
+#include "ferry/common/json_reader.h"
 
 namespace json = boost::json;
 
@@ -102,41 +103,25 @@ std::unique_ptr<Repository> Repository::Open(const std::string& dir) {
   json::error_code ec;
   json::value v = json::parse(text, ec);
   if (ec || !v.is_object()) throw bad("not a JSON object");
-  const auto& o = v.as_object();
-  auto str = [&](const char* key) -> std::string {
-    auto it = o.find(key);
-    if (it == o.end() || !it->value().is_string()) throw bad(std::string("'") + key + "' missing");
-    return std::string(it->value().as_string());
-  };
-  auto num = [&](const char* key) -> int64_t {
-    auto it = o.find(key);
-    if (it == o.end() || !it->value().is_int64()) {  // a uint64 here is beyond any valid value
-      throw bad(std::string("'") + key + "' missing, not an integer or out of range");
-    }
-    return it->value().as_int64();
-  };
+  JsonReader r(v.as_object(), "", CorruptFileFail("repository config " + config_path));
   RepositoryConfig config;
   try {
-    config.format_version = CheckFormatName(str("format"), kRepositoryFamily, kRepositoryVersion, "repository " + dir);
+    config.format_version =
+        CheckFormatName(*r.String("format", true), kRepositoryFamily, kRepositoryVersion, "repository " + dir);
   } catch (const Error& e) {
     if (e.kind() != ErrorKind::kCorrupt) throw;  // a newer format
     throw Error(ErrorKind::kBadInput, dir + " is not a Ferry repository: " + e.what());
   }
-  config.id = str("id");
-  int64_t chunk_size = num("chunk_size");
-  int64_t zstd_level = num("zstd_level");
-  if (chunk_size < 0 || chunk_size > (1ll << 32) || zstd_level < -1000 || zstd_level > 1000) {
-    throw bad("chunk_size " + std::to_string(chunk_size) + " or zstd_level " + std::to_string(zstd_level) +
-              " is out of range");
-  }
-  config.chunk_size = static_cast<uint32_t>(chunk_size);
-  config.zstd_level = static_cast<int>(zstd_level);
+  config.id = *r.String("id", true);
+  // Wide ranges here; the real limits are ValidateRepositoryConfig's, as on init.
+  config.chunk_size = static_cast<uint32_t>(*r.Int("chunk_size", true, 0, UINT32_MAX));
+  config.zstd_level = static_cast<int>(*r.Int("zstd_level", true, -1000, 1000));
   try {
     ValidateRepositoryConfig(config);
   } catch (const Error& e) {
     throw bad(e.what());
   }
-  std::string sync = str("sync_level");
+  std::string sync = *r.String("sync_level", true);
   if (sync == "file") {
     config.sync_level = SyncLevel::kFile;
   } else if (sync == "filesystem") {
@@ -144,7 +129,7 @@ std::unique_ptr<Repository> Repository::Open(const std::string& dir) {
   } else {
     throw bad("unknown sync_level '" + sync + "'");
   }
-  config.created_at = str("created_at");
+  config.created_at = *r.String("created_at", true);
   return std::unique_ptr<Repository>(new Repository(dir, std::move(config)));
 }
 

@@ -6,6 +6,7 @@
 #include "ferry/common/error.h"
 #include "ferry/common/format.h"
 #include "ferry/common/ids.h"
+#include "ferry/common/json_reader.h"
 #include "ferry/common/log.h"
 #include "ferry/common/point_store.h"
 #include "ferry/worker/cbt.h"
@@ -241,54 +242,39 @@ std::string ReadPlanToJson(const DiskTask& t) {
 }
 
 DiskTask ReadPlanFromJson(const std::string& text) {
-  auto bad = [](const std::string& why) { return Error(ErrorKind::kBadInput, "read plan: " + why); };
+  auto fail = [](const std::string& field, const std::string& message) {
+    throw Error(ErrorKind::kBadInput, "read plan: member '" + field + "' " + message);
+  };
   json::error_code ec;
   json::value v = json::parse(text, ec);
-  if (ec || !v.is_object()) throw bad("not a JSON object");
-  auto member = [&](const json::object& o, const char* key, const char* path) -> const json::value& {
-    auto it = o.find(key);
-    if (it == o.end()) throw bad(std::string("member '") + path + key + "' is missing");
-    return it->value();
-  };
-  auto str = [&](const json::object& o, const char* key, const char* path = "") {
-    const auto& m = member(o, key, path);
-    if (!m.is_string()) throw bad(std::string("member '") + path + key + "' is not a string");
-    return std::string(m.as_string());
-  };
-  auto obj = [&](const json::object& o, const char* key) -> const json::object& {
-    const auto& m = member(o, key, "");
-    if (!m.is_object()) throw bad(std::string("member '") + key + "' is not an object");
-    return m.as_object();
-  };
-  const auto& o = v.as_object();
+  if (ec || !v.is_object()) throw Error(ErrorKind::kBadInput, "read plan: not a JSON object");
+  JsonReader r(v.as_object(), "", fail);
   try {
-    CheckFormatName(str(o, "format"), kReadPlanFamily, 1, "read plan");
+    CheckFormatName(*r.String("format", true), kReadPlanFamily, 1, "read plan");
   } catch (const Error& e) {
     throw Error(ErrorKind::kBadInput, e.what());
   }
+  constexpr size_t kText = 4096;
   DiskTask t;
-  t.point_id = str(o, "point_id");
-  const auto& d = obj(o, "disk");
-  t.disk.name = str(d, "name", "disk.");
-  t.disk.format = str(d, "format", "disk.");
-  const auto& size = member(d, "size", "disk.");
-  if (!size.is_uint64() && !(size.is_int64() && size.as_int64() >= 0)) throw bad("member 'disk.size' is not a size");
-  t.disk.size = size.to_number<uint64_t>();
-  t.disk.identity = str(d, "identity", "disk.");
-  const auto& src = obj(o, "source");
-  t.source = {str(src, "unix_socket", "source."), str(src, "export_name", "source."), str(src, "dirty_bitmap", "source.")};
-  const auto& plan = obj(o, "plan");
-  const auto& inc = member(plan, "incremental", "plan.");
-  if (!inc.is_bool()) throw bad("member 'plan.incremental' is not a boolean");
-  t.plan.incremental = inc.as_bool();
-  t.plan.reason = str(plan, "reason", "plan.");
-  t.plan.previous_bitmap = str(plan, "previous_bitmap", "plan.");
-  t.plan.new_bitmap = str(plan, "new_bitmap", "plan.");
-  t.plan.generation = str(plan, "generation", "plan.");
-  t.previous_point = str(o, "previous_point");
-  if (t.disk.name.empty() || t.point_id.empty()) throw bad("no disk name or point id");
+  t.point_id = *r.String("point_id", true);
+  JsonReader d = *r.Object("disk", true);
+  t.disk.name = *d.String("name", true, kText);
+  t.disk.format = *d.String("format", true);
+  t.disk.size = *d.Unsigned("size", true);
+  t.disk.identity = *d.String("identity", true, kText);
+  JsonReader src = *r.Object("source", true);
+  t.source = {*src.String("unix_socket", true, kText), *src.String("export_name", true, kText),
+              *src.String("dirty_bitmap", true)};
+  JsonReader plan = *r.Object("plan", true);
+  t.plan.incremental = *plan.Bool("incremental", true);
+  t.plan.reason = *plan.String("reason", true, kText);
+  t.plan.previous_bitmap = *plan.String("previous_bitmap", true);
+  t.plan.new_bitmap = *plan.String("new_bitmap", true);
+  t.plan.generation = *plan.String("generation", true);
+  t.previous_point = *r.String("previous_point", true);
+  if (t.disk.name.empty() || t.point_id.empty()) throw Error(ErrorKind::kBadInput, "read plan: no disk name or point id");
   if (t.plan.incremental && (t.previous_point.empty() || t.source.dirty_bitmap.empty())) {
-    throw bad("an incremental plan without its previous point or dirty bitmap");
+    throw Error(ErrorKind::kBadInput, "read plan: an incremental plan without its previous point or dirty bitmap");
   }
   return t;
 }
