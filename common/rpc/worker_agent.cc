@@ -60,10 +60,7 @@ struct WorkerAgent::Item final : WorkContext {
 
 WorkerAgent::WorkerAgent(kj::Timer& timer, Connector connect, WorkExecutor& executor,
                          WorkerAgentOptions options)
-    : timer_(timer),
-      connect_(kj::mv(connect)),
-      executor_(executor),
-      options_(std::move(options)) {}
+    : timer_(timer), connect_(kj::mv(connect)), executor_(executor), options_(std::move(options)) {}
 
 WorkerAgent::~WorkerAgent() = default;
 
@@ -85,9 +82,7 @@ kj::Promise<void> WorkerAgent::ConnectLoop() {
       .then([this]() { return Serve(); })
       .catch_([this](kj::Exception&& e) -> kj::Promise<void> {
         OnConnectionLost(e);
-        return timer_.afterDelay(options_.reconnect_delay).then([this]() {
-          return ConnectLoop();
-        });
+        return timer_.afterDelay(options_.reconnect_delay).then([this]() { return ConnectLoop(); });
       });
 }
 
@@ -117,8 +112,8 @@ kj::Promise<void> WorkerAgent::Register() {
     worker_id_ = reply.getWorkerId();
     worker_name_ = std::string(reply.getWorkerName().cStr());
     hb_interval_ms_ = reply.getHeartbeatIntervalMs() > 0 ? reply.getHeartbeatIntervalMs() : 5000;
-    hb_deadline_ms_ = reply.getHeartbeatDeadlineMs() > 0 ? reply.getHeartbeatDeadlineMs()
-                                                         : 3 * hb_interval_ms_;
+    hb_deadline_ms_ =
+        reply.getHeartbeatDeadlineMs() > 0 ? reply.getHeartbeatDeadlineMs() : 3 * hb_interval_ms_;
     ++registrations_;
     std::set<std::string> resumed;
     for (auto id : reply.getResumed()) resumed.insert(std::string(id.cStr()));
@@ -164,9 +159,8 @@ kj::Promise<void> WorkerAgent::Register() {
 
 // Runs the registered session until something breaks it (never resolves).
 kj::Promise<void> WorkerAgent::Serve() {
-  auto closed = conn().onDisconnect().then([]() -> kj::Promise<void> {
-    return KJ_EXCEPTION(DISCONNECTED, "connection closed");
-  });
+  auto closed = conn().onDisconnect().then(
+      []() -> kj::Promise<void> { return KJ_EXCEPTION(DISCONNECTED, "connection closed"); });
   auto failed = kj::newPromiseAndFulfiller<void>();
   pull_failed_ = kj::mv(failed.fulfiller);
   pulls_ = kj::heap<kj::TaskSet>(static_cast<kj::TaskSet::ErrorHandler&>(*this));
@@ -384,11 +378,9 @@ void WorkerAgent::StartItem(WorkItem::Reader w) {
       break;
     }
   }
-  item->work = work
-                   .catch_([item](kj::Exception&& e) {
-                     return WorkOutcome::Failed(
-                         ErrorKind::kInternal,
-                         item->what + " work failed: " + Describe(e));
+  item->work = work.catch_([item](kj::Exception&& e) {
+                     return WorkOutcome::Failed(ErrorKind::kInternal,
+                                                item->what + " work failed: " + Describe(e));
                    })
                    .then([this, item](WorkOutcome&& outcome) { Finish(*item, kj::mv(outcome)); })
                    .eagerlyEvaluate([this, item](kj::Exception&& e) {
@@ -454,25 +446,24 @@ void WorkerAgent::SendResult(Item& item) {
   for (unsigned i = 0; i < o.log.size(); ++i) log.set(i, o.log[i]);
   item.reporting = true;
   Item* raw = &item;
-  item.report =
-      req.send()
-          .then(
-              [this, raw](capnp::Response<WorkerSession::ReportResultResults>&& resp) {
-                raw->reporting = false;
-                if (resp.getAccepted()) {
-                  Retire(raw->id, AssignmentEnd::kDone, "");
-                } else {
-                  Retire(raw->id, AssignmentEnd::kRejected,
-                         "the coordinator did not accept the result (stale assignment)");
-                }
-              },
-              [this, raw](kj::Exception&& e) {
-                raw->reporting = false;
-                if (IsDisconnected(e)) return;  // sent again if resumed
-                Retire(raw->id, AssignmentEnd::kReportFailed,
-                       "reportResult failed: " + Describe(e));
-              })
-          .eagerlyEvaluate(nullptr);
+  item.report = req.send()
+                    .then(
+                        [this, raw](capnp::Response<WorkerSession::ReportResultResults>&& resp) {
+                          raw->reporting = false;
+                          if (resp.getAccepted()) {
+                            Retire(raw->id, AssignmentEnd::kDone, "");
+                          } else {
+                            Retire(raw->id, AssignmentEnd::kRejected,
+                                   "the coordinator did not accept the result (stale assignment)");
+                          }
+                        },
+                        [this, raw](kj::Exception&& e) {
+                          raw->reporting = false;
+                          if (IsDisconnected(e)) return;  // sent again if resumed
+                          Retire(raw->id, AssignmentEnd::kReportFailed,
+                                 "reportResult failed: " + Describe(e));
+                        })
+                    .eagerlyEvaluate(nullptr);
 }
 
 // Ends an item's life: cancels its work if it still runs, tells the executor,
@@ -496,11 +487,10 @@ void WorkerAgent::Retire(const std::string& id, AssignmentEnd end, const std::st
   const WorkOutcome& o = item->outcome;
   std::string error = !item->finished || o.ok ? "" : o.error;
   if (!reason.empty()) error = error.empty() ? reason : error + "; " + reason;
-  std::string line = options_.log_tag + ": " + id + " " + item->what + " " +
-                     AssignmentEndName(end) +
-                     (end == AssignmentEnd::kDone ? (o.ok ? " ok" : " failed") : "") + " after " +
-                     std::to_string(ToMs(item->end - item->start)) + " ms" +
-                     (error.empty() ? "" : ": " + error);
+  std::string line =
+      options_.log_tag + ": " + id + " " + item->what + " " + AssignmentEndName(end) +
+      (end == AssignmentEnd::kDone ? (o.ok ? " ok" : " failed") : "") + " after " +
+      std::to_string(ToMs(item->end - item->start)) + " ms" + (error.empty() ? "" : ": " + error);
   if (end == AssignmentEnd::kDone || end == AssignmentEnd::kCancelled) {
     LogInfo(line);
   } else {

@@ -4,7 +4,6 @@
 #include "ferry/rpc/worker_agent.h"
 
 #include <gtest/gtest.h>
-
 #include <kj/async-io.h>
 
 #include <functional>
@@ -78,7 +77,8 @@ FakeItem Disk(const std::string& disk) {
 
 void WaitFor(kj::AsyncIoContext& io, const std::function<bool()>& done) {
   auto& timer = io.provider->getTimer();
-  for (int i = 0; i < 2000 && !done(); ++i) timer.afterDelay(5 * kj::MILLISECONDS).wait(io.waitScope);
+  for (int i = 0; i < 2000 && !done(); ++i)
+    timer.afterDelay(5 * kj::MILLISECONDS).wait(io.waitScope);
 }
 
 TEST(WorkerAgentTest, CancelDestroysTheWorkAndRejectedWorkIsReportedAsInternal) {

@@ -150,7 +150,7 @@ struct WorkerIdentity {
   std::string platform;  // proxmox | ovirt | ahv | libvirt
   std::string cluster;   // empty: keep the cluster configured for the host
   uint32_t task_slots = 1;
-  std::string version;   // the worker software's
+  std::string version;  // the worker software's
 };
 
 // How an assignment left the worker.
@@ -172,8 +172,7 @@ class WorkContext {
   virtual const std::string& assignment_id() const = 0;
   // Advisory (reportProgress). Not sent while unregistered. A reply saying
   // cancel ends the assignment as kCancelled.
-  virtual void ReportProgress(uint64_t bytes_done, uint64_t bytes_total,
-                              uint64_t bytes_stored) = 0;
+  virtual void ReportProgress(uint64_t bytes_done, uint64_t bytes_total, uint64_t bytes_stored) = 0;
 
  protected:
   ~WorkContext() = default;
@@ -196,10 +195,8 @@ class WorkExecutor {
   // is destroyed.
   virtual kj::Promise<WorkOutcome> TakeSnapshot(const SnapshotAssignment& item,
                                                 WorkContext& context) = 0;
-  virtual kj::Promise<WorkOutcome> BackupDisk(const DiskAssignment& item,
-                                              WorkContext& context) = 0;
-  virtual kj::Promise<WorkOutcome> Release(const ReleaseAssignment& item,
-                                           WorkContext& context) = 0;
+  virtual kj::Promise<WorkOutcome> BackupDisk(const DiskAssignment& item, WorkContext& context) = 0;
+  virtual kj::Promise<WorkOutcome> Release(const ReleaseAssignment& item, WorkContext& context) = 0;
   // A kind of WorkItem this build does not know (a newer coordinator). The
   // default fails it as internal, as the protocol asks.
   virtual kj::Promise<WorkOutcome> Unsupported(const Assignment& item, WorkContext& context);
@@ -237,7 +234,7 @@ class WorkerAgent final : private kj::TaskSet::ErrorHandler {
   void Start();
 
   bool registered() const { return session_ != nullptr; }
-  size_t held() const { return items_.size(); }  // assignments not yet Ended
+  size_t held() const { return items_.size(); }      // assignments not yet Ended
   uint64_t worker_id() const { return worker_id_; }  // of the last registration
   const std::string& worker_name() const { return worker_name_; }
   int registrations() const { return registrations_; }
@@ -295,8 +292,8 @@ class WorkerAgent final : private kj::TaskSet::ErrorHandler {
   kj::Maybe<WorkerSession::Client> session_;
   kj::Maybe<kj::Own<kj::PromiseFulfiller<void>>> pull_failed_;
   kj::Maybe<kj::Own<kj::TaskSet>> pulls_;  // this connection's pulls
-  bool positive_pull_ = false;  // a pull with freeSlots > 0 is outstanding
-  bool zero_pull_ = false;      // a pull with freeSlots = 0 is outstanding
+  bool positive_pull_ = false;             // a pull with freeSlots > 0 is outstanding
+  bool zero_pull_ = false;                 // a pull with freeSlots = 0 is outstanding
   kj::Promise<void> life_ = nullptr;
 };
 
