@@ -1,7 +1,5 @@
 #include "simulator.h"
 
-#include <kj/debug.h>
-
 #include <algorithm>
 #include <chrono>
 
