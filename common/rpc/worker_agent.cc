@@ -351,6 +351,7 @@ void WorkerAgent::StartItem(WorkItem::Reader w) {
       a.tier = std::string(d.getTier().cStr());
       a.attempt = d.getAttempt();
       a.point_id = std::string(d.getPointId().cStr());
+      a.read_plan = std::string(d.getReadPlan().cStr());
       item->what = "disk " + a.vm.name + "/" + a.disk;
       item->is_disk = true;
       ++running_disk_;
@@ -440,6 +441,7 @@ void WorkerAgent::SendResult(Item& item) {
   for (unsigned i = 0; i < o.exports.size(); ++i) {
     exports[i].setDisk(o.exports[i].disk);
     exports[i].setUri(o.exports[i].uri);
+    exports[i].setReadPlan(o.exports[i].read_plan);
   }
   r.setPointId(o.point_id);
   auto log = r.initLog(static_cast<unsigned>(o.log.size()));

@@ -179,7 +179,9 @@ class Simulator::Worker final : public rpc::WorkExecutor {
         .then([this, id = a.id, vm = a.vm.name, disks = a.disks]() {
           rpc::WorkOutcome o = rpc::WorkOutcome::Ok();
           for (const std::string& d : disks) {
-            o.exports.push_back({d, "nbd+unix:///" + d + "?socket=/run/ferry/sim/" + vm + ".sock"});
+            // No read plan: a full read of the export.
+            o.exports.push_back(
+                {d, "nbd+unix:///" + d + "?socket=/run/ferry/sim/" + vm + ".sock", ""});
           }
           return Done(id, std::move(o));
         });

@@ -9,6 +9,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "fake_coordinator.h"
 #include "ferry/common/log.h"
@@ -37,12 +38,15 @@ class ScriptedExecutor final : public rpc::WorkExecutor {
     vm.state = "running";
     return {vm};
   }
-  kj::Promise<WorkOutcome> TakeSnapshot(const rpc::SnapshotAssignment&,
+  kj::Promise<WorkOutcome> TakeSnapshot(const rpc::SnapshotAssignment& a,
                                         rpc::WorkContext&) override {
-    return WorkOutcome::Ok();
+    WorkOutcome o = WorkOutcome::Ok();
+    for (const auto& d : a.disks) o.exports.push_back({d, "nbd://x/" + d, "plan-of-" + d});
+    return o;
   }
   kj::Promise<WorkOutcome> BackupDisk(const rpc::DiskAssignment& a,
                                       rpc::WorkContext& context) override {
+    read_plans[a.id] = a.read_plan;
     if (a.disk == "hang") {
       return kj::Promise<WorkOutcome>(kj::NEVER_DONE).attach(kj::defer([this]() {
         hang_work_destroyed = true;
@@ -62,6 +66,7 @@ class ScriptedExecutor final : public rpc::WorkExecutor {
   }
 
   bool hang_work_destroyed = false;
+  std::map<std::string, std::string> read_plans;  // of disk items
   std::map<std::string, AssignmentEnd> ended;
   std::map<std::string, std::string> reasons;
 };
@@ -81,12 +86,18 @@ void WaitFor(kj::AsyncIoContext& io, const std::function<bool()>& done) {
     timer.afterDelay(5 * kj::MILLISECONDS).wait(io.waitScope);
 }
 
-TEST(WorkerAgentTest, CancelDestroysTheWorkAndRejectedWorkIsReportedAsInternal) {
+TEST(WorkerAgentTest, CancelDestroysTheWorkRejectedWorkIsInternalReadPlansPassThrough) {
   SetLogLevel(LogLevel::kWarning);
   auto io = kj::setupAsyncIo();
   FakeCoordinator fake(io);
   std::string address = fake.Listen();
-  fake.queue = {Disk("hang"), Disk("boom"), Disk("vda")};
+  FakeItem snap;
+  snap.assignment = "snap-vm1.1";
+  snap.kind = FakeItem::kSnapshot;
+  snap.vm = "vm1";
+  snap.disks = {"vda"};
+  fake.queue = {snap, Disk("hang"), Disk("boom"), Disk("vda")};
+  fake.queue.back().read_plan = "plan-of-vda";
   fake.cancel = {"disk-hang.1"};
 
   ScriptedExecutor executor;
@@ -103,7 +114,7 @@ TEST(WorkerAgentTest, CancelDestroysTheWorkAndRejectedWorkIsReportedAsInternal) 
       },
       executor, options);
   agent.Start();
-  WaitFor(io, [&]() { return executor.ended.size() == 3; });
+  WaitFor(io, [&]() { return executor.ended.size() == 4; });
 
   ASSERT_EQ(fake.registrations.size(), 1u);
   EXPECT_EQ(fake.registrations[0].token, "tok-h1");
@@ -112,7 +123,7 @@ TEST(WorkerAgentTest, CancelDestroysTheWorkAndRejectedWorkIsReportedAsInternal) 
   ASSERT_FALSE(fake.inventories.empty());
   EXPECT_EQ(fake.inventories[0], std::vector<std::string>{"vm1"});
 
-  ASSERT_EQ(executor.ended.size(), 3u);
+  ASSERT_EQ(executor.ended.size(), 4u);
   EXPECT_EQ(executor.ended["disk-hang.1"], AssignmentEnd::kCancelled);
   EXPECT_EQ(executor.reasons["disk-hang.1"], "cancelled by the coordinator (heartbeat)");
   EXPECT_TRUE(executor.hang_work_destroyed);
@@ -129,6 +140,9 @@ TEST(WorkerAgentTest, CancelDestroysTheWorkAndRejectedWorkIsReportedAsInternal) 
   EXPECT_NE(results["disk-boom.1"].error.find("disk vm1/boom work failed: "), std::string::npos)
       << results["disk-boom.1"].error;
   EXPECT_NE(results["disk-boom.1"].error.find("disk on fire"), std::string::npos);
+  // Read plans pass through both ways, verbatim.
+  ASSERT_EQ(results["snap-vm1.1"].read_plans, std::vector<std::string>{"plan-of-vda"});
+  EXPECT_EQ(executor.read_plans["disk-vda.1"], "plan-of-vda");
   EXPECT_TRUE(results["disk-vda.1"].ok);
   EXPECT_EQ(results["disk-vda.1"].bytes_read, 10u);
   SetLogLevel(LogLevel::kInfo);

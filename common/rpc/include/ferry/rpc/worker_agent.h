@@ -90,6 +90,7 @@ struct DiskAssignment : Assignment {
   std::string tier;  // host | cluster | any
   uint32_t attempt = 0;
   std::string point_id;
+  std::string read_plan;  // the snapshot holder's DiskExportUri::read_plan, verbatim
 };
 
 struct ReleaseAssignment : Assignment {
@@ -104,6 +105,7 @@ struct ReleaseAssignment : Assignment {
 struct DiskExportUri {
   std::string disk;
   std::string uri;
+  std::string read_plan;  // how to read it (docs/worker-protocol.md, "Read plans"); may be empty
 };
 
 // How an item's work ended (WorkResult without the assignment id).
