@@ -83,7 +83,10 @@ class FakeCoordinator::SessionImpl final : public rpc::WorkerSession::Server {
     res.error = r.getError().cStr();
     res.bytes_read = r.getBytesRead();
     res.bytes_stored = r.getBytesStored();
-    for (auto e : r.getExports()) res.exports.emplace_back(e.getDisk().cStr(), e.getUri().cStr());
+    for (auto e : r.getExports()) {
+      res.exports.emplace_back(e.getDisk().cStr(), e.getUri().cStr());
+      res.read_plans.emplace_back(e.getReadPlan().cStr());
+    }
     res.point_id = r.getPointId().cStr();
     fake_.results.push_back(res);
     context.getResults().setAccepted(fake_.accept_results);
@@ -131,6 +134,7 @@ class FakeCoordinator::SessionImpl final : public rpc::WorkerSession::Server {
           d.setExportUri(f.export_uri);
           d.setTier(f.tier);
           d.setAttempt(f.attempt);
+          d.setReadPlan(f.read_plan);
           break;
         }
         case FakeItem::kRelease: {

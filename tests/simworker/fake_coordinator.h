@@ -34,6 +34,7 @@ struct FakeItem {
   uint64_t task_id = 0;
   bool commit = true;              // release
   std::string point_id;            // snapshot, disk, release: the reserved point
+  std::string read_plan;           // disk
 };
 
 struct FakeRegistration {
@@ -50,6 +51,7 @@ struct FakeResult {
   std::string error_kind, error;
   uint64_t bytes_read = 0, bytes_stored = 0;
   std::vector<std::pair<std::string, std::string>> exports;
+  std::vector<std::string> read_plans;  // of each export
   std::string point_id;
 };
 

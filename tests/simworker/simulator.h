@@ -1,6 +1,9 @@
 // The simulated workers: N workers, each with its own connection to the
 // coordinator, all on the caller's KJ event loop (no thread per worker).
-// Behaviour is described in docs/worker-protocol.md ("The simulator").
+// Each is the real protocol client (ferry::rpc::WorkerAgent) over a simulated
+// executor: this file holds only the simulation (durations, --fail/--hang, the
+// report records). Behaviour is described in docs/worker-protocol.md ("The
+// simulator").
 #pragma once
 
 #include <kj/async-io.h>
@@ -14,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "ferry/rpc/worker_agent.h"
 #include "ferry/rpc/worker_client.h"
 #include "sim_config.h"
 

@@ -1,0 +1,152 @@
+// WorkerAgent with a scripted executor against the fake coordinator: what the
+// simulator's tests cannot show, since its work never fails by exception and
+// it has no state to release when cancelled.
+#include "ferry/rpc/worker_agent.h"
+
+#include <gtest/gtest.h>
+#include <kj/async-io.h>
+
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "fake_coordinator.h"
+#include "ferry/common/log.h"
+
+namespace ferry::simworker::testing {
+namespace {
+
+using rpc::AssignmentEnd;
+using rpc::WorkOutcome;
+
+// Disk "hang" never ends (and notes when its work is destroyed), disk "boom"
+// rejects, any other disk succeeds at once.
+class ScriptedExecutor final : public rpc::WorkExecutor {
+ public:
+  rpc::WorkerIdentity Identity() override {
+    rpc::WorkerIdentity id;
+    id.host = "h1";
+    id.platform = "libvirt";
+    id.task_slots = 2;
+    id.version = "test-1";
+    return id;
+  }
+  std::vector<rpc::InventoryVm> Inventory() override {
+    rpc::InventoryVm vm;
+    vm.name = "vm1";
+    vm.state = "running";
+    return {vm};
+  }
+  kj::Promise<WorkOutcome> TakeSnapshot(const rpc::SnapshotAssignment& a,
+                                        rpc::WorkContext&) override {
+    WorkOutcome o = WorkOutcome::Ok();
+    for (const auto& d : a.disks) o.exports.push_back({d, "nbd://x/" + d, "plan-of-" + d});
+    return o;
+  }
+  kj::Promise<WorkOutcome> BackupDisk(const rpc::DiskAssignment& a,
+                                      rpc::WorkContext& context) override {
+    read_plans[a.id] = a.read_plan;
+    if (a.disk == "hang") {
+      return kj::Promise<WorkOutcome>(kj::NEVER_DONE).attach(kj::defer([this]() {
+        hang_work_destroyed = true;
+      }));
+    }
+    if (a.disk == "boom") return kj::Promise<WorkOutcome>(KJ_EXCEPTION(FAILED, "disk on fire"));
+    WorkOutcome o = WorkOutcome::Ok();
+    o.bytes_read = 10;
+    return o;
+  }
+  kj::Promise<WorkOutcome> Release(const rpc::ReleaseAssignment&, rpc::WorkContext&) override {
+    return WorkOutcome::Ok();
+  }
+  void Ended(const std::string& id, AssignmentEnd end, const std::string& reason) override {
+    ended[id] = end;
+    reasons[id] = reason;
+  }
+
+  bool hang_work_destroyed = false;
+  std::map<std::string, std::string> read_plans;  // of disk items
+  std::map<std::string, AssignmentEnd> ended;
+  std::map<std::string, std::string> reasons;
+};
+
+FakeItem Disk(const std::string& disk) {
+  FakeItem d;
+  d.assignment = "disk-" + disk + ".1";
+  d.kind = FakeItem::kDisk;
+  d.vm = "vm1";
+  d.disk = disk;
+  return d;
+}
+
+void WaitFor(kj::AsyncIoContext& io, const std::function<bool()>& done) {
+  auto& timer = io.provider->getTimer();
+  for (int i = 0; i < 2000 && !done(); ++i)
+    timer.afterDelay(5 * kj::MILLISECONDS).wait(io.waitScope);
+}
+
+TEST(WorkerAgentTest, CancelDestroysTheWorkRejectedWorkIsInternalReadPlansPassThrough) {
+  SetLogLevel(LogLevel::kWarning);
+  auto io = kj::setupAsyncIo();
+  FakeCoordinator fake(io);
+  std::string address = fake.Listen();
+  FakeItem snap;
+  snap.assignment = "snap-vm1.1";
+  snap.kind = FakeItem::kSnapshot;
+  snap.vm = "vm1";
+  snap.disks = {"vda"};
+  fake.queue = {snap, Disk("hang"), Disk("boom"), Disk("vda")};
+  fake.queue.back().read_plan = "plan-of-vda";
+  fake.cancel = {"disk-hang.1"};
+
+  ScriptedExecutor executor;
+  rpc::WorkerAgentOptions options;
+  options.token = "tok-h1";
+  options.log_tag = "agent-test";
+  options.reconnect_delay = 50 * kj::MILLISECONDS;
+  rpc::WorkerAgent agent(
+      io.provider->getTimer(),
+      [&]() {
+        rpc::CoordinatorEndpoint endpoint;
+        endpoint.address = address;
+        return rpc::CoordinatorConnection::Connect(io, nullptr, endpoint);
+      },
+      executor, options);
+  agent.Start();
+  WaitFor(io, [&]() { return executor.ended.size() == 4; });
+
+  ASSERT_EQ(fake.registrations.size(), 1u);
+  EXPECT_EQ(fake.registrations[0].token, "tok-h1");
+  EXPECT_EQ(fake.registrations[0].version, "test-1");
+  EXPECT_EQ(fake.registrations[0].slots, 2u);
+  ASSERT_FALSE(fake.inventories.empty());
+  EXPECT_EQ(fake.inventories[0], std::vector<std::string>{"vm1"});
+
+  ASSERT_EQ(executor.ended.size(), 4u);
+  EXPECT_EQ(executor.ended["disk-hang.1"], AssignmentEnd::kCancelled);
+  EXPECT_EQ(executor.reasons["disk-hang.1"], "cancelled by the coordinator (heartbeat)");
+  EXPECT_TRUE(executor.hang_work_destroyed);
+  EXPECT_EQ(executor.ended["disk-boom.1"], AssignmentEnd::kDone);
+  EXPECT_EQ(executor.ended["disk-vda.1"], AssignmentEnd::kDone);
+  EXPECT_EQ(agent.held(), 0u);
+
+  std::map<std::string, FakeResult> results;
+  for (const auto& r : fake.results) results[r.assignment] = r;
+  EXPECT_EQ(results.count("disk-hang.1"), 0u);
+  ASSERT_EQ(results.count("disk-boom.1"), 1u);
+  EXPECT_FALSE(results["disk-boom.1"].ok);
+  EXPECT_EQ(results["disk-boom.1"].error_kind, "internal");
+  EXPECT_NE(results["disk-boom.1"].error.find("disk vm1/boom work failed: "), std::string::npos)
+      << results["disk-boom.1"].error;
+  EXPECT_NE(results["disk-boom.1"].error.find("disk on fire"), std::string::npos);
+  // Read plans pass through both ways, verbatim.
+  ASSERT_EQ(results["snap-vm1.1"].read_plans, std::vector<std::string>{"plan-of-vda"});
+  EXPECT_EQ(executor.read_plans["disk-vda.1"], "plan-of-vda");
+  EXPECT_TRUE(results["disk-vda.1"].ok);
+  EXPECT_EQ(results["disk-vda.1"].bytes_read, 10u);
+  SetLogLevel(LogLevel::kInfo);
+}
+
+}  // namespace
+}  // namespace ferry::simworker::testing
