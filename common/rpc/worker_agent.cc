@@ -135,26 +135,35 @@ kj::Promise<void> WorkerAgent::Register() {
       if (item->finished && !item->reporting) SendResult(*item);
     }
 
-    std::vector<InventoryVm> vms = executor_.Inventory();
-    auto inv = session().reportInventoryRequest();
-    auto out = inv.initVms(static_cast<unsigned>(vms.size()));
-    for (unsigned v = 0; v < vms.size(); ++v) {
-      const InventoryVm& src = vms[v];
-      auto vm = out[v];
-      vm.setName(src.name);
-      vm.setUuid(src.uuid);
-      vm.setState(src.state);
-      auto tags = vm.initTags(static_cast<unsigned>(src.tags.size()));
-      for (unsigned t = 0; t < src.tags.size(); ++t) tags.set(t, src.tags[t]);
-      auto disks = vm.initDisks(static_cast<unsigned>(src.disks.size()));
-      for (unsigned d = 0; d < src.disks.size(); ++d) {
-        disks[d].setName(src.disks[d].name);
-        disks[d].setSizeBytes(src.disks[d].size_bytes);
-        disks[d].setFormat(src.disks[d].format);
-      }
-    }
-    return inv.send().ignoreResult();
+    return SendInventory();
   });
+}
+
+kj::Promise<void> WorkerAgent::SendInventory() {
+  std::vector<InventoryVm> vms = executor_.Inventory();
+  auto inv = session().reportInventoryRequest();
+  auto out = inv.initVms(static_cast<unsigned>(vms.size()));
+  for (unsigned v = 0; v < vms.size(); ++v) {
+    const InventoryVm& src = vms[v];
+    auto vm = out[v];
+    vm.setName(src.name);
+    vm.setUuid(src.uuid);
+    vm.setState(src.state);
+    auto tags = vm.initTags(static_cast<unsigned>(src.tags.size()));
+    for (unsigned t = 0; t < src.tags.size(); ++t) tags.set(t, src.tags[t]);
+    auto disks = vm.initDisks(static_cast<unsigned>(src.disks.size()));
+    for (unsigned d = 0; d < src.disks.size(); ++d) {
+      disks[d].setName(src.disks[d].name);
+      disks[d].setSizeBytes(src.disks[d].size_bytes);
+      disks[d].setFormat(src.disks[d].format);
+    }
+  }
+  return inv.send().ignoreResult();
+}
+
+void WorkerAgent::InventoryChanged() {
+  if (session_ == nullptr || pulls_ == nullptr) return;  // the next registration reports it
+  KJ_ASSERT_NONNULL(pulls_)->add(SendInventory());
 }
 
 // Runs the registered session until something breaks it (never resolves).

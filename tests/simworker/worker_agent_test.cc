@@ -33,10 +33,14 @@ class ScriptedExecutor final : public rpc::WorkExecutor {
     return id;
   }
   std::vector<rpc::InventoryVm> Inventory() override {
-    rpc::InventoryVm vm;
-    vm.name = "vm1";
-    vm.state = "running";
-    return {vm};
+    std::vector<rpc::InventoryVm> out;
+    for (const auto& name : vms) {
+      rpc::InventoryVm vm;
+      vm.name = name;
+      vm.state = "running";
+      out.push_back(vm);
+    }
+    return out;
   }
   kj::Promise<WorkOutcome> TakeSnapshot(const rpc::SnapshotAssignment& a,
                                         rpc::WorkContext&) override {
@@ -65,6 +69,7 @@ class ScriptedExecutor final : public rpc::WorkExecutor {
     reasons[id] = reason;
   }
 
+  std::vector<std::string> vms = {"vm1"};
   bool hang_work_destroyed = false;
   std::map<std::string, std::string> read_plans;  // of disk items
   std::map<std::string, AssignmentEnd> ended;
@@ -148,5 +153,35 @@ TEST(WorkerAgentTest, CancelDestroysTheWorkRejectedWorkIsInternalReadPlansPassTh
   SetLogLevel(LogLevel::kInfo);
 }
 
+
+TEST(WorkerAgentTest, InventoryIsReportedAgainWhenItChanges) {
+  SetLogLevel(LogLevel::kWarning);
+  auto io = kj::setupAsyncIo();
+  FakeCoordinator fake(io);
+  std::string address = fake.Listen();
+  ScriptedExecutor executor;
+  rpc::WorkerAgentOptions options;
+  options.token = "tok-h1";
+  options.log_tag = "agent-test";
+  rpc::WorkerAgent agent(
+      io.provider->getTimer(),
+      [&]() {
+        rpc::CoordinatorEndpoint endpoint;
+        endpoint.address = address;
+        return rpc::CoordinatorConnection::Connect(io, nullptr, endpoint);
+      },
+      executor, options);
+  agent.InventoryChanged();  // before registering: nothing to send, nothing breaks
+  agent.Start();
+  WaitFor(io, [&]() { return fake.inventories.size() == 1; });
+  ASSERT_EQ(fake.inventories.size(), 1u);
+  executor.vms = {"vm1", "vm2"};
+  agent.InventoryChanged();
+  WaitFor(io, [&]() { return fake.inventories.size() == 2; });
+  ASSERT_EQ(fake.inventories.size(), 2u);
+  EXPECT_EQ(fake.inventories[1], (std::vector<std::string>{"vm1", "vm2"}));
+  EXPECT_EQ(fake.registrations.size(), 1u);  // the same session, not a re-registration
+  SetLogLevel(LogLevel::kInfo);
+}
 }  // namespace
 }  // namespace ferry::simworker::testing

@@ -234,6 +234,10 @@ class WorkerAgent final : private kj::TaskSet::ErrorHandler {
   // Starts connecting; from then on the agent keeps itself registered until
   // destroyed.
   void Start();
+  // The host's VMs changed (one appeared, went, or changed state): reports
+  // executor.Inventory() now if registered; otherwise the next registration
+  // reports it anyway.
+  void InventoryChanged();
 
   bool registered() const { return session_ != nullptr; }
   size_t held() const { return items_.size(); }      // assignments not yet Ended
@@ -247,7 +251,7 @@ class WorkerAgent final : private kj::TaskSet::ErrorHandler {
 
   kj::Promise<void> ConnectLoop();
   kj::Promise<void> Register();
-  void SendInventory();
+  kj::Promise<void> SendInventory();
   kj::Promise<void> Serve();
   // A pullWork call failed: the session is broken.
   void taskFailed(kj::Exception&& e) override;
