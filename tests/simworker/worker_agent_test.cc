@@ -4,6 +4,8 @@
 #include "ferry/rpc/worker_agent.h"
 
 #include <gtest/gtest.h>
+
+#include <memory>
 #include <kj/async-io.h>
 
 #include <functional>
@@ -91,6 +93,23 @@ void WaitFor(kj::AsyncIoContext& io, const std::function<bool()>& done) {
     timer.afterDelay(5 * kj::MILLISECONDS).wait(io.waitScope);
 }
 
+// An agent of worker token "tok-h1" connecting to `address` in plain TCP.
+std::unique_ptr<rpc::WorkerAgent> NewAgent(kj::AsyncIoContext& io, const std::string& address,
+                                           rpc::WorkExecutor& executor) {
+  rpc::WorkerAgentOptions options;
+  options.token = "tok-h1";
+  options.log_tag = "agent-test";
+  options.reconnect_delay = 50 * kj::MILLISECONDS;
+  return std::make_unique<rpc::WorkerAgent>(
+      io.provider->getTimer(),
+      [&io, address]() {
+        rpc::CoordinatorEndpoint endpoint;
+        endpoint.address = address;
+        return rpc::CoordinatorConnection::Connect(io, nullptr, endpoint);
+      },
+      executor, options);
+}
+
 TEST(WorkerAgentTest, CancelDestroysTheWorkRejectedWorkIsInternalReadPlansPassThrough) {
   SetLogLevel(LogLevel::kWarning);
   auto io = kj::setupAsyncIo();
@@ -106,18 +125,8 @@ TEST(WorkerAgentTest, CancelDestroysTheWorkRejectedWorkIsInternalReadPlansPassTh
   fake.cancel = {"disk-hang.1"};
 
   ScriptedExecutor executor;
-  rpc::WorkerAgentOptions options;
-  options.token = "tok-h1";
-  options.log_tag = "agent-test";
-  options.reconnect_delay = 50 * kj::MILLISECONDS;
-  rpc::WorkerAgent agent(
-      io.provider->getTimer(),
-      [&]() {
-        rpc::CoordinatorEndpoint endpoint;
-        endpoint.address = address;
-        return rpc::CoordinatorConnection::Connect(io, nullptr, endpoint);
-      },
-      executor, options);
+  auto agent_ptr = NewAgent(io, address, executor);
+  rpc::WorkerAgent& agent = *agent_ptr;
   agent.Start();
   WaitFor(io, [&]() { return executor.ended.size() == 4; });
 
@@ -160,17 +169,8 @@ TEST(WorkerAgentTest, InventoryIsReportedAgainWhenItChanges) {
   FakeCoordinator fake(io);
   std::string address = fake.Listen();
   ScriptedExecutor executor;
-  rpc::WorkerAgentOptions options;
-  options.token = "tok-h1";
-  options.log_tag = "agent-test";
-  rpc::WorkerAgent agent(
-      io.provider->getTimer(),
-      [&]() {
-        rpc::CoordinatorEndpoint endpoint;
-        endpoint.address = address;
-        return rpc::CoordinatorConnection::Connect(io, nullptr, endpoint);
-      },
-      executor, options);
+  auto agent_ptr = NewAgent(io, address, executor);
+  rpc::WorkerAgent& agent = *agent_ptr;
   agent.InventoryChanged();  // before registering: nothing to send, nothing breaks
   agent.Start();
   WaitFor(io, [&]() { return fake.inventories.size() == 1; });
