@@ -143,6 +143,7 @@ void FillItem(rpc::WorkItem::Builder item, const WorkOrder& order) {
       for (size_t i = 0; i < order.disks.size(); ++i) disks.set(static_cast<unsigned>(i), order.disks[i]);
       s.setChain(order.chain);
       s.setPointId(order.point_id);
+      fill_repository(s.initRepository());
       break;
     }
     case WorkKind::kDisk: {

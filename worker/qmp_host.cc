@@ -329,8 +329,11 @@ std::vector<InventoryEntry> QmpDirectoryInventory(const std::string& dir, std::c
     try {
       auto qmp = QmpClient::Connect("unix:" + path, timeout);
       e.vm = DescribeQmpVm(*qmp, ListQmpDisks(*qmp));
-    } catch (const std::exception& err) {
+    } catch (const Error& err) {
       e.problem = err.what();  // stale socket, or a monitor busy with another client
+      e.busy = err.kind() == ErrorKind::kRetryable;
+    } catch (const std::exception& err) {
+      e.problem = err.what();
     }
     out.push_back(std::move(e));
   }

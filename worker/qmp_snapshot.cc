@@ -188,11 +188,13 @@ std::vector<QmpDisk> ListQmpDisks(QmpClient& qmp) {
 }
 
 SnapshotPaths DefaultSnapshotPaths() {
-  SnapshotPaths p;
   const char* runtime = std::getenv("FERRY_RUNTIME_DIR");
   const char* scratch = std::getenv("FERRY_SCRATCH_DIR");
-  p.runtime_dir = runtime && *runtime ? runtime : "/run/ferry";
-  p.scratch_dir = scratch && *scratch ? scratch : "/var/tmp/ferry";
+  return MakeSnapshotPaths(runtime && *runtime ? runtime : "/run/ferry", scratch && *scratch ? scratch : "/var/tmp/ferry");
+}
+
+SnapshotPaths MakeSnapshotPaths(const std::string& runtime_dir, const std::string& scratch_dir) {
+  SnapshotPaths p{runtime_dir, scratch_dir};
   // 0711: QEMU under libvirt runs as its own user and must reach the
   // per-session directories (0700, owned by that user) inside; nobody can
   // list what is here.

@@ -343,6 +343,7 @@ void WorkerAgent::StartItem(WorkItem::Reader w) {
       for (auto d : s.getDisks()) a.disks.emplace_back(d.cStr());
       a.chain = std::string(s.getChain().cStr());
       a.point_id = std::string(s.getPointId().cStr());
+      a.repository = ReadRepository(s.getRepository());
       item->what = "snapshot " + a.vm.name;
       work = kj::evalNow([&]() { return executor_.TakeSnapshot(a, *item); });
       break;

@@ -99,6 +99,7 @@ struct SnapshotWork {
   disks @1 :List(Text);
   chain @2 :Text;
   pointId @3 :Text;        # the restore point this snapshot's disks go into
+  repository @4 :RepositoryRef;  # where the point is staged (and the chain's history read)
 }
 
 struct DiskWork {

@@ -23,6 +23,7 @@ struct InventoryEntry {
   std::string source;        // the socket path, or "<uri> domain <name>"
   std::optional<HostVm> vm;  // absent when `problem` says why
   std::string problem;
+  bool busy = false;  // the problem is a monitor busy with another client: the VM is there
 };
 
 // Sockets in `dir` (sorted by name); each monitor is given `timeout` to greet

@@ -61,6 +61,8 @@ struct SnapshotPaths {
 // Default directories: /run/ferry (or $FERRY_RUNTIME_DIR) and /var/tmp/ferry
 // (or $FERRY_SCRATCH_DIR); created if missing.
 SnapshotPaths DefaultSnapshotPaths();
+// The same for given directories (the worker daemon's configuration).
+SnapshotPaths MakeSnapshotPaths(const std::string& runtime_dir, const std::string& scratch_dir);
 
 // Bitmap actions of one disk, done in the snapshot's transaction.
 struct SnapshotBitmaps {

@@ -78,6 +78,7 @@ struct SnapshotAssignment : Assignment {
   std::vector<std::string> disks;
   std::string chain;
   std::string point_id;
+  AssignedRepository repository;  // where the point is staged
 };
 
 struct DiskAssignment : Assignment {

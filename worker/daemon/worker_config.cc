@@ -1,0 +1,144 @@
+#include "worker_config.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+
+#include "ferry/common/arguments.h"
+#include "ferry/common/error.h"
+#include "ferry/common/file_util.h"
+
+#ifndef FERRY_VERSION
+#define FERRY_VERSION "dev"
+#endif
+
+namespace ferry::daemon {
+
+namespace {
+
+const std::set<std::string> kValued = {
+    "config",          "coordinator", "tls-ca",       "tls-name",         "token-file", "host",
+    "cluster",         "platform",    "qmp-dir",      "libvirt",          "slots",      "threads",
+    "rate-limit",      "runtime-dir", "scratch-dir",  "inventory-interval", "staging-expiry",
+    "monitor-timeout", "reconnect-ms",
+};
+const std::set<std::string> kFlags = {"tls", "verbose", "quiet", "help"};
+
+std::string Trimmed(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ' || s.back() == '\t')) s.pop_back();
+  size_t i = s.find_first_not_of(" \t");
+  return i == std::string::npos ? "" : s.substr(i);
+}
+
+std::string HostName() {
+  char buf[256] = {};
+  if (::gethostname(buf, sizeof buf - 1) != 0 || buf[0] == '\0') return "";
+  return buf;
+}
+
+}  // namespace
+
+const char* WorkerUsage() {
+  return R"(usage: ferry-worker [--config FILE] [OPTIONS]
+
+The per-host worker: registers with the coordinator, reports the host's VMs,
+and runs the snapshot, disk and release work the coordinator assigns to it.
+Every option may also be given in the configuration file as "name = value"
+(a flag as its bare name); the command line wins. See docs/worker.md.
+
+  --config FILE              the configuration file (e.g. /etc/ferry/worker.conf)
+  --coordinator HOST:PORT    the coordinator's worker RPC address (required)
+  --tls                      TLS to the coordinator, trusting the system store
+  --tls-ca FILE              TLS to the coordinator, trusting only these CA certificates
+  --tls-name NAME            the name the coordinator's certificate carries (default: HOST)
+  --token-file FILE          the worker's token (POST /api/v1/workers); or $FERRY_WORKER_TOKEN
+  --host NAME                the hypervisor host this worker stands for (default: hostname)
+  --cluster NAME             its cluster (default: as configured on the coordinator)
+  --platform NAME            proxmox | libvirt | ovirt (default: proxmox with --qmp-dir, else libvirt)
+  --qmp-dir DIR              the host's VMs as a directory of QMP sockets, one per VM
+                             (Proxmox: /var/run/qemu-server, sockets <vmid>.qmp)
+  --libvirt URI              the host's VMs as libvirt domains (e.g. qemu:///system)
+  --slots N                  disk tasks run at once (default 2)
+  --threads N                compute threads per disk task (default: cores / slots)
+  --rate-limit BYTES/s       read rate cap per disk task (default: none)
+  --runtime-dir DIR          session locks, NBD sockets (default /run/ferry)
+  --scratch-dir DIR          snapshot overlays (default /var/tmp/ferry)
+  --inventory-interval DUR   how often the host's VMs are listed again (default 30s)
+  --staging-expiry DUR       a staged point never released is removed after this (default 24h)
+  --monitor-timeout DUR      a QMP monitor's greeting, when listing VMs (default 2s)
+  --reconnect-ms N           delay between reconnection attempts (default 500)
+  --verbose, --quiet         more, or only warnings and errors, on stderr
+
+Durations: 90s, 30m, 24h, 7d, 500ms or plain seconds.
+)";
+}
+
+WorkerConfig ParseWorkerConfig(const std::vector<std::string>& args) {
+  Arguments command_line(args, kValued, kFlags);
+  WorkerConfig c;
+  if (command_line.Has("help")) {
+    c.help = true;
+    return c;
+  }
+  Arguments a = command_line;
+  if (auto path = command_line.Get("config")) {
+    a = Arguments::FromFileAndCommandLine(*path, args, kValued, kFlags);
+  }
+  c.log_level = a.Has("verbose") ? 0 : a.Has("quiet") ? 2 : 1;
+
+  c.coordinator.address = a.Require("coordinator");
+  rpc::SplitHostPort(c.coordinator.address);  // kBadInput for a malformed one
+  c.coordinator.tls = a.Has("tls") || a.Has("tls-ca");
+  c.coordinator.ca_file = a.Get("tls-ca").value_or("");
+  c.coordinator.server_name = a.Get("tls-name").value_or("");
+  if (!c.coordinator.tls && a.Has("tls-name")) {
+    throw Error(ErrorKind::kBadInput, "option --tls-name: only with --tls or --tls-ca");
+  }
+
+  if (auto file = a.Get("token-file")) {
+    c.token_file = *file;
+    c.token = Trimmed(ReadWholeFile(*file));
+    if (c.token.empty()) throw Error(ErrorKind::kBadInput, "token file " + *file + " is empty");
+  } else if (const char* env = std::getenv("FERRY_WORKER_TOKEN"); env && *env) {
+    c.token = env;
+  } else {
+    throw Error(ErrorKind::kBadInput, "give the worker's token with --token-file FILE (or $FERRY_WORKER_TOKEN)");
+  }
+
+  HostSettings& h = c.host;
+  h.version = FERRY_VERSION;
+  h.host = a.Get("host").value_or(HostName());
+  if (h.host.empty()) throw Error(ErrorKind::kBadInput, "option --host: this machine has no host name; give one");
+  h.cluster = a.Get("cluster").value_or("");
+  h.qmp_dir = a.Get("qmp-dir").value_or("");
+  h.libvirt_uri = a.Get("libvirt").value_or("");
+  if (h.qmp_dir.empty() && h.libvirt_uri.empty()) {
+    throw Error(ErrorKind::kBadInput, "give how to reach the host's VMs: --qmp-dir DIR and/or --libvirt URI");
+  }
+  if (struct stat st; !h.qmp_dir.empty() && (::stat(h.qmp_dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))) {
+    throw Error(ErrorKind::kNotFound, "option --qmp-dir: " + h.qmp_dir + " is not a directory");
+  }
+  h.platform = a.Get("platform").value_or(h.qmp_dir.empty() ? "libvirt" : "proxmox");
+  if (h.platform != "proxmox" && h.platform != "libvirt" && h.platform != "ovirt") {
+    throw Error(ErrorKind::kBadInput, "option --platform: '" + h.platform + "' is not proxmox, libvirt or ovirt");
+  }
+  if (auto n = a.GetInt("slots", 1, 64)) h.task_slots = static_cast<uint32_t>(*n);
+  if (auto n = a.GetInt("threads", 1, 256)) h.compute_threads = static_cast<unsigned>(*n);
+  if (auto r = a.GetSize("rate-limit")) h.rate_limit_bytes_per_s = *r;
+  if (auto d = a.GetDuration("inventory-interval")) h.inventory_interval = *d;
+  if (h.inventory_interval < std::chrono::milliseconds(100)) {
+    throw Error(ErrorKind::kBadInput, "option --inventory-interval: at least 100ms");
+  }
+  if (auto d = a.GetDuration("staging-expiry")) h.staging_expiry = std::chrono::duration_cast<std::chrono::seconds>(*d);
+  if (h.staging_expiry < std::chrono::seconds(60)) throw Error(ErrorKind::kBadInput, "option --staging-expiry: at least 60s");
+  if (auto d = a.GetDuration("monitor-timeout")) h.monitor_timeout = *d;
+  if (auto n = a.GetInt("reconnect-ms", 10, 600000)) c.reconnect_ms = static_cast<int>(*n);
+  const char* runtime = std::getenv("FERRY_RUNTIME_DIR");
+  const char* scratch = std::getenv("FERRY_SCRATCH_DIR");
+  h.paths = worker::MakeSnapshotPaths(a.Get("runtime-dir").value_or(runtime && *runtime ? runtime : "/run/ferry"),
+                                      a.Get("scratch-dir").value_or(scratch && *scratch ? scratch : "/var/tmp/ferry"));
+  return c;
+}
+
+}  // namespace ferry::daemon
