@@ -12,7 +12,7 @@
 #include <iostream>
 #include <thread>
 
-#include "arguments.h"
+#include "ferry/common/arguments.h"
 #include "ferry/common/error.h"
 #include "ferry/common/fixed_index.h"
 #include "ferry/common/log.h"

@@ -12,8 +12,8 @@
 
 #include <boost/json.hpp>
 
-#include "arguments.h"
 #include "commands.h"
+#include "ferry/common/arguments.h"
 #include "ferry/common/error.h"
 #include "ferry/http/client.h"
 

@@ -4,8 +4,8 @@
 // is the shape of the coordinator's disk tasks (docs/cli.md, "Staged points").
 #include <iostream>
 
-#include "arguments.h"
 #include "commands.h"
+#include "ferry/common/arguments.h"
 #include "ferry/common/error.h"
 #include "ferry/common/log.h"
 #include "ferry/common/repository.h"
