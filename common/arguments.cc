@@ -193,4 +193,28 @@ std::optional<int64_t> Arguments::GetInt(const std::string& name, int64_t min, i
   return n;
 }
 
+std::optional<std::chrono::milliseconds> Arguments::GetDuration(const std::string& name) const {
+  const Value* value = GetValue(name);
+  if (value == nullptr) return std::nullopt;
+  const std::string& v = value->text;
+  size_t used = 0;
+  int64_t n = -1;
+  try {
+    n = std::stoll(v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  const std::string unit = v.substr(used);
+  const int64_t ms_per = unit.empty() || unit == "s" ? 1000
+                         : unit == "ms"              ? 1
+                         : unit == "m"               ? 60'000
+                         : unit == "h"               ? 3'600'000
+                         : unit == "d"               ? 86'400'000
+                                                     : 0;
+  if (used == 0 || n <= 0 || ms_per == 0 || n > (int64_t{1} << 50) / ms_per) {
+    throw Bad(Describe(name, *value) + ": '" + v + "' is not a duration (e.g. 500ms, 90s, 30m, 24h, 7d)");
+  }
+  return std::chrono::milliseconds(n * ms_per);
+}
+
 }  // namespace ferry

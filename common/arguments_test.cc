@@ -64,6 +64,29 @@ TEST(Arguments, Sizes) {
   EXPECT_NE(BadInput([] { CommandLine({"--chunk-size", "-1M"}).GetSize("chunk-size"); }), "");
 }
 
+TEST(Arguments, Durations) {
+  Arguments a({"--a", "500ms", "--b", "90s", "--c", "30m", "--d", "24h", "--e", "7d", "--f", "12"},
+              {"a", "b", "c", "d", "e", "f", "g"}, {});
+  EXPECT_EQ(a.GetDuration("a")->count(), 500);
+  EXPECT_EQ(a.GetDuration("b")->count(), 90'000);
+  EXPECT_EQ(a.GetDuration("c")->count(), 1'800'000);
+  EXPECT_EQ(a.GetDuration("d")->count(), 86'400'000);
+  EXPECT_EQ(a.GetDuration("e")->count(), 7 * 86'400'000LL);
+  EXPECT_EQ(a.GetDuration("f")->count(), 12'000);
+  EXPECT_FALSE(a.GetDuration("g").has_value());
+  for (const char* bad : {"0", "-5s", "5 s", "5x", "s", "ms", ""}) {
+    Arguments b({"--t", bad}, {"t"}, {});
+    try {
+      b.GetDuration("t");
+      ADD_FAILURE() << "accepted '" << bad << "'";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kBadInput);
+      EXPECT_NE(std::string(e.what()).find("option --t: '" + std::string(bad) + "' is not a duration"), std::string::npos)
+          << e.what();
+    }
+  }
+}
+
 TEST(ArgumentsConfig, ParsesLinesCommentsAndWhitespace) {
   Arguments a = Config(
       "# Ferry worker\n"

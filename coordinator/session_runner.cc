@@ -140,6 +140,25 @@ void SessionRunner::Log(int64_t session_id, std::optional<int64_t> task_id,
   pending_log_.push_back({session_id, task_id, snapshot_id, clock_(), level, message});
 }
 
+void SessionRunner::LogWorkerLines(int64_t session_id, std::optional<int64_t> task_id,
+                                   std::optional<int64_t> snapshot_id, const std::vector<std::string>& lines) {
+  // A worker's task log (WorkResult.log): "LEVEL message" lines, as
+  // ferry::LogCapture keeps them; anything else is info.
+  for (const std::string& line : lines) {
+    std::string level = "info";
+    std::string message = line;
+    for (const auto& [prefix, name] : {std::pair<const char*, const char*>{"INFO ", "info"}, {"WARN ", "warning"},
+                                       {"ERROR ", "error"}}) {
+      if (line.starts_with(prefix)) {
+        level = name;
+        message = line.substr(std::char_traits<char>::length(prefix));
+        break;
+      }
+    }
+    Log(session_id, task_id, snapshot_id, level, message);
+  }
+}
+
 void SessionRunner::FlushLogLocked() {
   // Multi-row INSERTs: per row far cheaper than one statement each, and a
   // 10,000-VM session writes about 70,000 rows.
@@ -793,7 +812,7 @@ void SessionRunner::FinishTask(int64_t task_id, const WorkReport& report) {
                "error = '' WHERE id = ?")
         .Bind(1, report.bytes_read).Bind(2, report.bytes_stored).Bind(3, rate).Bind(4, now).Bind(5, task_id).Run();
     const SnapshotContext& context = ContextOf(snapshot);
-    for (const std::string& line : report.log) Log(session, task_id, std::nullopt, "info", line);
+    LogWorkerLines(session, task_id, std::nullopt, report.log);
     Log(session, task_id, std::nullopt, "info",
         context.vm_name + "/" + disk + ": done, " + FormatBytes(report.bytes_read) + " read, " +
             FormatBytes(report.bytes_stored) + " stored");
@@ -808,7 +827,7 @@ void SessionRunner::FinishTask(int64_t task_id, const WorkReport& report) {
   if (!t.Step()) return;
   int64_t session = t.Int(0), snapshot = t.Int(1);
   std::string what = t.Text(8) + "/" + t.Text(2);
-  for (const std::string& line : report.log) Log(session, task_id, std::nullopt, "info", line);
+  LogWorkerLines(session, task_id, std::nullopt, report.log);
   int64_t failures = t.Int(3) + 1;
   int64_t retries = t.Int(4);
   std::string error = report.error.empty() ? "failed without a message" : report.error;
@@ -839,6 +858,7 @@ void SessionRunner::FinishSnapshot(int64_t snapshot_id, const WorkReport& report
   int64_t session = s.Int(0);
   std::string vm = s.Text(1);
   int64_t now = clock_();
+  LogWorkerLines(session, std::nullopt, snapshot_id, report.log);
   if (report.ok) {
     json::array exports;
     for (const auto& e : report.exports) {
@@ -897,6 +917,7 @@ void SessionRunner::FinishRelease(int64_t snapshot_id, const WorkReport& report)
   std::string vm = s.Text(1);
   int64_t now = clock_();
   snapshot_context_.erase(snapshot_id);
+  LogWorkerLines(session, std::nullopt, snapshot_id, report.log);
   if (report.ok) {
     db_.Cached("UPDATE snapshots SET state = 'released', point_id = ?, ended_at = ? WHERE id = ?")
         .Bind(1, report.point_id.empty() ? std::optional<std::string>() : report.point_id)

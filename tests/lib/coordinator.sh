@@ -9,7 +9,7 @@
 #   jpy EXPR                  evaluates EXPR over the JSON on stdin (as `d`)
 #   sim_start NAME ARGS...    start ferry-simworker in the background; SIM_PID[NAME]
 COORDINATOR=${FERRY_COORDINATOR:?set FERRY_COORDINATOR to the ferry-coordinator binary}
-SIMWORKER=${FERRY_SIMWORKER:?set FERRY_SIMWORKER to the ferry-simworker binary}
+SIMWORKER=${FERRY_SIMWORKER:-}
 declare -A SIM_PID=()
 
 coord_init() { TOKEN=$("$COORDINATOR" init --data "$1"); export FERRY_TOKEN=$TOKEN; }
@@ -68,3 +68,20 @@ wait_for() {
 
 session_state() { api GET "/sessions/$1" | jpy 'd["state"]'; }
 session_ended() { [[ $(session_state "$1") =~ ^(succeeded|warning|failed|stopped)$ ]]; }
+
+# ferry-worker daemons (FERRY_WORKER: the binary), stopped by pid on exit.
+#   worker_token NAME          POST /workers; prints the token
+#   worker_start NAME ARGS...  start ferry-worker --coordinator $RPC ARGS; WORKER_PID[NAME],
+#                              its log in $WORK/worker-NAME.log
+#   worker_kill9 NAME / worker_stop NAME (SIGTERM, waits)
+declare -A WORKER_PID=()
+worker_token() { api POST /workers "{\"name\": \"$1\"}" | jpy 'd["token"]'; }
+worker_start() {
+  local name=$1; shift
+  "${FERRY_WORKER:?set FERRY_WORKER to the ferry-worker binary}" --coordinator "$RPC" --reconnect-ms 200 "$@" \
+    >>"$WORK/worker-$name.log" 2>&1 &
+  WORKER_PID[$name]=$!
+  on_exit "kill -9 ${WORKER_PID[$name]} 2>/dev/null"
+}
+worker_kill9() { kill -9 "${WORKER_PID[$1]}" 2>/dev/null; wait "${WORKER_PID[$1]}" 2>/dev/null || true; }
+worker_stop() { kill -TERM "${WORKER_PID[$1]}" 2>/dev/null; wait "${WORKER_PID[$1]}" 2>/dev/null || true; }

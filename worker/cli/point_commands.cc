@@ -2,6 +2,7 @@
 // caller-given id, its disks written by separate processes (possibly on
 // separate hosts sharing the repository), then committed or discarded. This
 // is the shape of the coordinator's disk tasks (docs/cli.md, "Staged points").
+#include <algorithm>
 #include <iostream>
 
 #include "commands.h"
@@ -15,26 +16,6 @@
 
 namespace ferry::cli {
 
-namespace {
-
-// "90s", "30m", "24h", "7d", or plain seconds.
-int64_t ParseDuration(const std::string& option, const std::string& text) {
-  size_t used = 0;
-  int64_t n = -1;
-  try {
-    n = std::stoll(text, &used);
-  } catch (const std::exception&) {
-  }
-  std::string unit = text.substr(used);
-  int64_t scale = unit.empty() || unit == "s" ? 1 : unit == "m" ? 60 : unit == "h" ? 3600 : unit == "d" ? 86400 : 0;
-  if (n <= 0 || scale == 0 || n > (int64_t{1} << 40) / scale) {
-    throw Error(ErrorKind::kBadInput, "option --" + option + ": '" + text + "' is not a duration (e.g. 90s, 30m, 24h, 7d)");
-  }
-  return n * scale;
-}
-
-}  // namespace
-
 int StageCommand(const Args& args) {
   Arguments a(args, {"repo", "point", "vm", "vm-uuid", "hypervisor", "disk", "chain", "expires"}, {});
   auto repo = Repository::Open(a.Require("repo"));
@@ -46,7 +27,7 @@ int StageCommand(const Args& args) {
   h.chain = a.Get("chain").value_or("default");
   h.disks = a.GetAll("disk");
   if (h.disks.empty()) throw Error(ErrorKind::kBadInput, "give the point's disks with --disk NAME (repeatable)");
-  h.expires_at = static_cast<int64_t>(::time(nullptr)) + ParseDuration("expires", a.Get("expires").value_or("24h"));
+  h.expires_at = static_cast<int64_t>(::time(nullptr)) + std::max<int64_t>(1, a.GetDuration("expires").value_or(std::chrono::hours(24)).count() / 1000);
   repo->points().Stage(h);
   std::cout << h.id << std::endl;
   return 0;

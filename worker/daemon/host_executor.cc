@@ -79,7 +79,7 @@ std::string ProtocolVmState(const std::string& s) {
 
 BlockingRunner::~BlockingRunner() { JoinAll(); }
 
-void BlockingRunner::Start(std::function<void()> body) {
+void BlockingRunner::Start(kj::Function<void()> body) {
   std::lock_guard<std::mutex> lock(mu_);
   // Reap the threads that are done.
   for (auto it = threads_.begin(); it != threads_.end();) {
@@ -91,9 +91,10 @@ void BlockingRunner::Start(std::function<void()> body) {
     }
   }
   auto done = std::make_shared<std::atomic<bool>>(false);
-  threads_.push_back({std::thread([body = std::move(body), done]() mutable {
-                        body();
-                        body = nullptr;  // whatever it holds goes on this thread
+  auto holder = std::make_shared<kj::Function<void()>>(kj::mv(body));
+  threads_.push_back({std::thread([holder, done]() mutable {
+                        (*holder)();
+                        holder.reset();  // whatever it holds goes on this thread
                         *done = true;
                       }),
                       done});

@@ -23,6 +23,7 @@
 #pragma once
 
 #include <kj/async.h>
+#include <kj/function.h>
 #include <kj/time.h>
 
 #include <atomic>
@@ -78,7 +79,7 @@ class BlockingRunner {
   void JoinAll();
 
  private:
-  void Start(std::function<void()> body);
+  void Start(kj::Function<void()> body);
   struct Thread {
     std::thread thread;
     std::shared_ptr<std::atomic<bool>> done;

@@ -23,6 +23,7 @@
 // if it gives any, else the file's, and a flag is set if either sets it.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -65,6 +66,8 @@ class Arguments {
   // Sizes like 4M, 512K, 1G, or plain bytes. Throws kBadInput naming the option.
   std::optional<uint64_t> GetSize(const std::string& name) const;
   std::optional<int64_t> GetInt(const std::string& name, int64_t min, int64_t max) const;
+  // Durations like 500ms, 90s, 30m, 24h, 7d, or plain seconds; more than zero.
+  std::optional<std::chrono::milliseconds> GetDuration(const std::string& name) const;
 
  private:
   struct Value {

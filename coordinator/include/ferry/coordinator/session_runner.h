@@ -225,6 +225,8 @@ class SessionRunner {
     int64_t at;
     std::string level, message;
   };
+  void LogWorkerLines(int64_t session_id, std::optional<int64_t> task_id, std::optional<int64_t> snapshot_id,
+                      const std::vector<std::string>& lines);
   void FlushLogLocked();
   // A transaction of its own (configuration changes, session set-up, the
   // tick): commits the open group first; its log rows are written at its
