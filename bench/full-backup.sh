@@ -7,7 +7,7 @@
 # Needs a built tree (scripts/build). Prints a table and key=value lines.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-ferry=${FERRY:-${FERRY_BUILD_DIR:-$root/build}/worker/ferry}
+ferry=${FERRY:-${FERRY_BUILD_DIR:-$root/build}/bin/ferry}
 work=${1:-/var/tmp/ferry-bench}
 runs=${BENCH_RUNS:-3}
 chunk_sizes=${BENCH_CHUNK_SIZES:-"1M 4M"}

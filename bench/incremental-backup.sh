@@ -9,7 +9,7 @@
 # Usage: bench/incremental-backup.sh [WORKDIR]   (default /var/tmp/ferry-bench)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-ferry=${FERRY:-${FERRY_BUILD_DIR:-$root/build}/worker/ferry}
+ferry=${FERRY:-${FERRY_BUILD_DIR:-$root/build}/bin/ferry}
 work=${1:-/var/tmp/ferry-bench}
 chunk_sizes=${BENCH_CHUNK_SIZES:-"1M 4M"}
 mkdir -p "$work"

@@ -9,7 +9,7 @@
 # Usage: bench/libvirt-backup.sh [WORKDIR]   (default /var/tmp/ferry-bench)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-ferry=${FERRY:-${FERRY_BUILD_DIR:-$root/build}/worker/ferry}
+ferry=${FERRY:-${FERRY_BUILD_DIR:-$root/build}/bin/ferry}
 work=${1:-/var/tmp/ferry-bench}
 # The peer is a Debian package; only this benchmark needs it.
 command -v virtnbdbackup >/dev/null ||

@@ -4,10 +4,13 @@
 # one full backup of a 256 MiB test disk from a running QEMU VM, one compute
 # thread, each binary into its own repository.
 # Usage: bench/pipeline-instructions.sh OLD_FERRY [NEW_FERRY] [WORKDIR]
+# A ferry with a ferry-host beside it is measured as that ferry-host: ferry
+# only execs it, and callgrind does not follow the exec.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-old=$(realpath "${1:?usage: $0 OLD_FERRY [NEW_FERRY] [WORKDIR]}")
-new=$(realpath "${2:-$root/build/worker/ferry}")
+host_of() { local d; d=$(dirname "$1"); if [[ -x $d/ferry-host ]]; then echo "$d/ferry-host"; else echo "$1"; fi; }
+old=$(host_of "$(realpath "${1:?usage: $0 OLD_FERRY [NEW_FERRY] [WORKDIR]}")")
+new=$(host_of "$(realpath "${2:-$root/build/bin/ferry}")")
 work=${3:-/var/tmp/ferry-bench-instructions}
 rm -rf "$work"; mkdir -p "$work"
 export FERRY_RUNTIME_DIR=$work/run FERRY_SCRATCH_DIR=$work/scratch

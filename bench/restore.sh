@@ -20,7 +20,7 @@
 # table and key=value lines, the ratios against the targets included.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-ferry=${FERRY:-${FERRY_BUILD_DIR:-$root/build}/worker/ferry}
+ferry=${FERRY:-${FERRY_BUILD_DIR:-$root/build}/bin/ferry}
 ferry_before=${FERRY_BEFORE:-}
 work=${1:-/var/tmp/ferry-bench-restore}
 runs=${BENCH_RUNS:-2}

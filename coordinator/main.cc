@@ -10,11 +10,13 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <set>
 #include <string>
 #include <vector>
 
 #include <boost/json.hpp>
 
+#include "ferry/common/arguments.h"
 #include "ferry/common/error.h"
 #include "ferry/common/log.h"
 #include "ferry/coordinator/api.h"
@@ -61,37 +63,27 @@ struct Options {
   int64_t heartbeat_deadline_ms = 15000;
 };
 
+// args[0] is the command; each command takes only its own options.
 Options Parse(const std::vector<std::string>& args) {
-  Options o;
-  for (size_t i = 1; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= args.size()) throw ferry::Error(ferry::ErrorKind::kBadInput, a + " needs a value");
-      return args[++i];
-    };
-    auto number = [&]() -> int64_t {
-      std::string v = value();
-      try {
-        size_t used = 0;
-        int64_t n = std::stoll(v, &used);
-        if (used != v.size() || n < 100 || n > 3600000) throw std::invalid_argument(v);
-        return n;
-      } catch (const std::exception&) {
-        throw ferry::Error(ferry::ErrorKind::kBadInput, a + ": '" + v + "' is not a number of milliseconds (100..3600000)");
-      }
-    };
-    if (a == "--data") o.data = value();
-    else if (a == "--listen") o.listen = value();
-    else if (a == "--rpc-listen") o.rpc_listen = value();
-    else if (a == "--tls-cert") o.tls_cert = value();
-    else if (a == "--tls-key") o.tls_key = value();
-    else if (a == "--ready-file") o.ready_file = value();
-    else if (a == "--heartbeat-interval-ms") o.heartbeat_interval_ms = number();
-    else if (a == "--heartbeat-deadline-ms") o.heartbeat_deadline_ms = number();
-    else if (a == "--verbose") ferry::SetLogLevel(ferry::LogLevel::kDebug);
-    else throw ferry::Error(ferry::ErrorKind::kBadInput, "unknown option '" + a + "'");
+  const std::string& command = args[0];
+  std::set<std::string> valued = {"data"};
+  if (command == "run") {
+    valued.insert({"listen", "rpc-listen", "tls-cert", "tls-key", "ready-file", "heartbeat-interval-ms",
+                   "heartbeat-deadline-ms"});
+  } else if (command != "init") {
+    throw ferry::Error(ferry::ErrorKind::kBadInput, "unknown command '" + command + "'\n" + kUsage);
   }
-  if (o.data.empty()) throw ferry::Error(ferry::ErrorKind::kBadInput, "--data DIR is required");
+  ferry::Arguments a(std::vector<std::string>(args.begin() + 1, args.end()), valued, {"verbose"});
+  if (a.Has("verbose")) ferry::SetLogLevel(ferry::LogLevel::kDebug);
+  Options o;
+  o.data = a.Require("data");
+  o.listen = a.Get("listen").value_or(o.listen);
+  o.rpc_listen = a.Get("rpc-listen").value_or(o.rpc_listen);
+  o.tls_cert = a.Get("tls-cert").value_or("");
+  o.tls_key = a.Get("tls-key").value_or("");
+  o.ready_file = a.Get("ready-file").value_or("");
+  o.heartbeat_interval_ms = a.GetInt("heartbeat-interval-ms", 100, 3600000).value_or(o.heartbeat_interval_ms);
+  o.heartbeat_deadline_ms = a.GetInt("heartbeat-deadline-ms", 100, 3600000).value_or(o.heartbeat_deadline_ms);
   if (o.tls_cert.empty() != o.tls_key.empty())
     throw ferry::Error(ferry::ErrorKind::kBadInput, "--tls-cert and --tls-key go together");
   if (o.heartbeat_deadline_ms < 2 * o.heartbeat_interval_ms)
@@ -195,8 +187,7 @@ int main(int argc, char** argv) {
   try {
     Options options = Parse(args);
     if (args[0] == "init") return Init(options);
-    if (args[0] == "run") return Run(options);
-    throw ferry::Error(ferry::ErrorKind::kBadInput, "unknown command '" + args[0] + "'\n" + kUsage);
+    return Run(options);
   } catch (const ferry::Error& e) {
     std::cerr << "ferry-coordinator: " << e.what() << std::endl;
     return ferry::ExitCodeFor(e.kind());

@@ -4,8 +4,10 @@
 
 #include <charconv>
 #include <initializer_list>
+#include <optional>
 #include <set>
 
+#include "ferry/common/arguments.h"
 #include "ferry/common/error.h"
 #include "ferry/common/file_util.h"
 
@@ -228,63 +230,43 @@ const char* Usage() {
          "Exit: 0 after SIGTERM/SIGINT or --exit-when-idle-ms (report written), 2 bad input.\n";
 }
 
-SimOptions ParseCommandLine(const std::vector<std::string>& raw_args) {
-  // "--opt=value" is taken as "--opt value".
-  std::vector<std::string> args;
-  for (const std::string& a : raw_args) {
-    size_t eq = a.find('=');
-    if (a.rfind("--", 0) == 0 && eq != std::string::npos) {
-      args.push_back(a.substr(0, eq));
-      args.push_back(a.substr(eq + 1));
-    } else {
-      args.push_back(a);
-    }
-  }
+SimOptions ParseCommandLine(const std::vector<std::string>& args) {
   SimOptions o;
-  auto value = [&](size_t& i) -> const std::string& {
-    if (i + 1 >= args.size()) throw Bad(args[i] + ": missing value");
-    return args[++i];
-  };
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    if (a == "--coordinator") {
-      o.coordinator = value(i);
-    } else if (a == "--tls") {
-      o.tls = true;
-    } else if (a == "--tls-ca") {
-      o.tls_ca = value(i);
-      o.tls = true;
-    } else if (a == "--tls-name") {
-      o.tls_name = value(i);
-    } else if (a == "--workers") {
-      o.workers_file = value(i);
-    } else if (a == "--report") {
-      o.report_file = value(i);
-    } else if (a == "--task-ms") {
-      o.task_ms = ParseInt(a, value(i), 0, 86400000);
-    } else if (a == "--snapshot-ms") {
-      o.snapshot_ms = ParseInt(a, value(i), 0, 86400000);
-    } else if (a == "--release-ms") {
-      o.release_ms = ParseInt(a, value(i), 0, 86400000);
-    } else if (a == "--pull-wait-ms") {
-      o.pull_wait_ms = ParseInt(a, value(i), 0, 3600000);
-    } else if (a == "--exit-when-idle-ms") {
-      o.exit_when_idle_ms = ParseInt(a, value(i), 0, 86400000);
-    } else if (a == "--reconnect-ms") {
-      o.reconnect_ms = ParseInt(a, value(i), 1, 3600000);
-    } else if (a == "--fail") {
-      o.fails.push_back(ParseFailSpec(value(i)));
-    } else if (a == "--hang") {
-      o.hangs.push_back(ParseDiskSpec(value(i)));
-    } else if (a == "--quiet") {
-      o.quiet = true;
-    } else if (a == "--help" || a == "-h") {
+  for (const std::string& a : args) {
+    if (a == "--help" || a == "-h") {
       o.help = true;
       return o;
-    } else {
-      throw Bad("unknown option '" + a + "' (see --help)");
     }
   }
+  std::optional<Arguments> parsed;
+  try {
+    parsed.emplace(args,
+                   std::set<std::string>{"coordinator", "tls-ca", "tls-name", "workers", "report", "task-ms",
+                                         "snapshot-ms", "release-ms", "pull-wait-ms", "exit-when-idle-ms",
+                                         "reconnect-ms", "fail", "hang"},
+                   std::set<std::string>{"tls", "quiet"});
+  } catch (const Error& e) {
+    throw Bad(std::string(e.what()) + " (see --help)");
+  }
+  const Arguments& a = *parsed;
+  auto milliseconds = [&](const char* name, int min, int max, int def) {
+    return static_cast<int>(a.GetInt(name, min, max).value_or(def));
+  };
+  o.coordinator = a.Get("coordinator").value_or("");
+  o.tls_ca = a.Get("tls-ca").value_or("");
+  o.tls = a.Has("tls") || !o.tls_ca.empty();
+  o.tls_name = a.Get("tls-name").value_or("");
+  o.workers_file = a.Get("workers").value_or("");
+  o.report_file = a.Get("report").value_or("");
+  o.task_ms = milliseconds("task-ms", 0, 86400000, o.task_ms);
+  o.snapshot_ms = milliseconds("snapshot-ms", 0, 86400000, o.snapshot_ms);
+  o.release_ms = milliseconds("release-ms", 0, 86400000, o.release_ms);
+  o.pull_wait_ms = milliseconds("pull-wait-ms", 0, 3600000, o.pull_wait_ms);
+  o.exit_when_idle_ms = milliseconds("exit-when-idle-ms", 0, 86400000, o.exit_when_idle_ms);
+  o.reconnect_ms = milliseconds("reconnect-ms", 1, 3600000, o.reconnect_ms);
+  for (const std::string& spec : a.GetAll("fail")) o.fails.push_back(ParseFailSpec(spec));
+  for (const std::string& spec : a.GetAll("hang")) o.hangs.push_back(ParseDiskSpec(spec));
+  o.quiet = a.Has("quiet");
   if (o.coordinator.empty()) throw Bad("--coordinator HOST:PORT is required");
   if (o.workers_file.empty()) throw Bad("--workers FILE.json is required");
   if (!o.tls_name.empty() && !o.tls) throw Bad("--tls-name needs --tls or --tls-ca");

@@ -150,11 +150,11 @@ TEST(CommandLine, ErrorsNameTheOption) {
   EXPECT_EQ(BadInputMessage([] {
               ParseCommandLine({"--coordinator", "c:1", "--workers", "w", "--task-ms", "-1"});
             }),
-            "--task-ms: expected an integer from 0 to 86400000, got '-1'");
+            "option --task-ms: '-1' is not an integer from 0 to 86400000");
   EXPECT_EQ(BadInputMessage([] { ParseCommandLine({"--coordinator"}); }),
-            "--coordinator: missing value");
+            "option --coordinator needs a value (see --help)");
   EXPECT_EQ(BadInputMessage([] { ParseCommandLine({"--frobnicate"}); }),
-            "unknown option '--frobnicate' (see --help)");
+            "unknown option --frobnicate (see --help)");
   EXPECT_TRUE(ParseCommandLine({"--help"}).help);
 }
 

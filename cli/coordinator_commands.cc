@@ -12,7 +12,6 @@
 
 #include <boost/json.hpp>
 
-#include "commands.h"
 #include "ferry/common/arguments.h"
 #include "ferry/common/error.h"
 #include "ferry/http/client.h"
@@ -192,7 +191,7 @@ bool Terminal(const std::string& state) {
 
 // Follows a session until it ends: a redrawn summary on a terminal, one line
 // per change otherwise, plus the session log as it grows.
-int Watch(ApiClient& api, const std::string& id) {
+int Watch(ApiClient& api, const std::string& id, const std::atomic<bool>& interrupted) {
   bool tty = ::isatty(STDOUT_FILENO);
   int64_t last_log = 0;
   std::string last_line;
@@ -242,14 +241,15 @@ int Watch(ApiClient& api, const std::string& id) {
       std::cout << "session " << id << " " << state << ": " << Str(s.at("reason")) << "\n";
       return state == "succeeded" ? 0 : 1;
     }
-    if (g_interrupted) throw Error(ErrorKind::kInterrupted, "stopped watching (the session goes on)");
+    if (interrupted) throw Error(ErrorKind::kInterrupted, "stopped watching (the session goes on)");
     std::this_thread::sleep_for(std::chrono::seconds(1));
   }
 }
 
 }  // namespace
 
-int CoordinatorCommand(const std::string& url, const std::vector<std::string>& all_args) {
+int CoordinatorCommand(const std::string& url, const std::vector<std::string>& all_args,
+                       const std::atomic<bool>& interrupted) {
   std::vector<std::string> args = all_args;
   std::string token_file, ca;
   // Connection options may come before the resource.
@@ -365,7 +365,7 @@ int CoordinatorCommand(const std::string& url, const std::vector<std::string>& a
       json::value started = api.Call("POST", path + "/" + id + "/start");
       std::string session = std::to_string(started.at("session").as_int64());
       std::cout << "session " << session << " started\n";
-      return a.Has("watch") ? Watch(api, session) : 0;
+      return a.Has("watch") ? Watch(api, session, interrupted) : 0;
     }
     if (action == "stop") {
       json::value stopped = api.Call("POST", path + "/" + id + "/stop");
@@ -373,7 +373,7 @@ int CoordinatorCommand(const std::string& url, const std::vector<std::string>& a
       return 0;
     }
   }
-  if (resource == "session" && action == "watch") return Watch(api, Positional(words, 0, "ID"));
+  if (resource == "session" && action == "watch") return Watch(api, Positional(words, 0, "ID"), interrupted);
   if (resource == "session" && action == "log") {
     json::value log = api.Call("GET", "/sessions/" + Positional(words, 0, "ID") + "/log?limit=100000");
     if (raw) show(log);
