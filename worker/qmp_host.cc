@@ -107,7 +107,8 @@ class QmpHostBackup : public HostBackup {
                 std::vector<CbtPlan> plans)
       : qmp_(qmp), guard_(guard), vm_key_(std::move(vm_key)), nodes_(std::move(nodes)), plans_(std::move(plans)) {}
 
-  void Start(const std::vector<QmpDisk>& disks, const std::vector<HostDisk>& host_disks, const SnapshotPaths& paths) {
+  void Start(const std::vector<QmpDisk>& disks, const std::vector<HostDisk>& host_disks, const SnapshotPaths& paths,
+             const std::optional<NbdExportNetwork>& network) {
     std::vector<SnapshotBitmaps> bitmaps;
     for (size_t i = 0; i < disks.size(); ++i) {
       bitmaps.push_back({plans_[i].new_bitmap, disks[i].format == "qcow2",
@@ -115,7 +116,7 @@ class QmpHostBackup : public HostBackup {
     }
     std::string session = NewSnapshotSessionId();
     if (guard_) guard_->Arm(session, vm_key_);
-    snapshot_ = FleecingSnapshot::Create(qmp_, disks, paths, session, vm_key_, bitmaps);
+    snapshot_ = FleecingSnapshot::Create(qmp_, disks, paths, session, vm_key_, bitmaps, network);
     LogInfo("snapshot of " + std::to_string(disks.size()) + " disk(s) taken (session " + session + ")");
     for (size_t i = 0; i < disks.size(); ++i) {
       exports_.push_back({host_disks[i], snapshot_->exports()[i].source, plans_[i]});
@@ -274,7 +275,7 @@ class QmpHost : public Host {
       nodes.push_back(qmp_disks.back().node_name);
     }
     auto backup = std::make_unique<QmpHostBackup>(*qmp_, options_.guard, vm_key_, nodes, plans);
-    backup->Start(qmp_disks, disks, options_.paths);
+    backup->Start(qmp_disks, disks, options_.paths, options_.export_tcp);
     return backup;
   }
 

@@ -53,6 +53,15 @@ std::string SocketPath(const SnapshotPaths& p, const std::string& session) {
 std::string NbdServerMarker(const SnapshotPaths& p, const std::string& session) {
   return p.runtime_dir + "/" + session + ".nbd-server";
 }
+// TCP exports: the session's TLS-PSK keys file, in a directory of its own
+// (QEMU's tls-creds-psk object takes a directory and reads keys.psk in it).
+std::string TlsDir(const SnapshotPaths& p, const std::string& session) {
+  return p.runtime_dir + "/" + session + ".tls";
+}
+std::string TlsObjectId(const std::string& session) { return std::string(kPrefix) + session + "-tls"; }
+// The PSK identity of a session's exports.
+std::string TlsIdentity(const std::string& session) { return std::string(kPrefix) + session; }
+
 std::string OverlayPath(const SnapshotPaths& p, const std::string& session, size_t disk) {
   return p.scratch_dir + "/ferry-" + session + "-" + std::to_string(disk) + ".qcow2";
 }
@@ -204,6 +213,75 @@ SnapshotPaths MakeSnapshotPaths(const std::string& runtime_dir, const std::strin
   return p;
 }
 
+namespace {
+
+// The only NBD server is another's (a live session of this VM cannot be:
+// this process holds the VM's lock).
+[[noreturn]] void ThrowServerBusy(QmpClient& qmp, const QmpError& e) {
+  throw Error(ErrorKind::kRetryable, "QEMU at " + qmp.address() +
+                                         " already runs an NBD server (another backup or a migration?): " +
+                                         e.description());
+}
+
+NbdSource StartUnixNbdServer(QmpClient& qmp, const SnapshotPaths& paths, const std::string& session) {
+  NbdSource server;
+  server.unix_socket = SocketPath(paths, session);
+  try {
+    qmp.Execute("nbd-server-start",
+                {{"addr", json::object{{"type", "unix"}, {"data", json::object{{"path", server.unix_socket}}}}}});
+  } catch (const QmpError& e) {
+    ThrowServerBusy(qmp, e);
+  }
+  return server;
+}
+
+// The session's TLS-PSK credentials (a fresh key in a 0600 file, and QEMU's
+// tls-creds-psk object reading it), then the server on the first free port
+// of the range, requiring TLS with those credentials.
+NbdSource StartTlsNbdServer(QmpClient& qmp, const SnapshotPaths& paths, const std::string& session,
+                            const NbdExportNetwork& network) {
+  NbdSource server;
+  server.tls_identity = TlsIdentity(session);
+  server.tls_psk_key = RandomHex(64);  // 256 bits from OpenSSL's DRBG
+  const std::string dir = TlsDir(paths, session);
+  if (::mkdir(dir.c_str(), 0700) != 0) throw ErrnoError("creating " + dir, errno);
+  {
+    const std::string file = dir + "/keys.psk";
+    UniqueFd fd(::open(file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
+    if (!fd.valid()) throw ErrnoError("creating " + file, errno);
+    std::string line = server.tls_identity + ":" + server.tls_psk_key + "\n";
+    if (::fchmod(fd.get(), 0600) != 0 ||
+        ::write(fd.get(), line.data(), line.size()) != static_cast<ssize_t>(line.size())) {
+      throw ErrnoError("writing " + file, errno);
+    }
+  }
+  qmp.Execute("object-add", {{"qom-type", "tls-creds-psk"},
+                             {"id", TlsObjectId(session)},
+                             {"dir", dir},
+                             {"endpoint", "server"}});
+  for (uint32_t port = network.port_min;; ++port) {
+    try {
+      qmp.Execute("nbd-server-start",
+                  {{"addr", json::object{{"type", "inet"},
+                                         {"data", json::object{{"host", network.listen_host},
+                                                               {"port", std::to_string(port)}}}}},
+                   {"tls-creds", TlsObjectId(session)}});
+      server.tcp_address = JoinNbdTcpAddress(network.advertise_host, static_cast<uint16_t>(port));
+      return server;
+    } catch (const QmpError& e) {
+      // QEMU 7.2: "Failed to find an available port: Address already in use".
+      if (e.description().find("in use") == std::string::npos) ThrowServerBusy(qmp, e);
+      if (port >= network.port_max) {
+        throw Error(ErrorKind::kRetryable, "QEMU at " + qmp.address() + ": no free port for its NBD server on " +
+                                               network.listen_host + " in " + std::to_string(network.port_min) +
+                                               "-" + std::to_string(network.port_max));
+      }
+    }
+  }
+}
+
+}  // namespace
+
 FleecingSnapshot::FleecingSnapshot(QmpClient& qmp, SnapshotPaths paths, std::string session_id,
                                    FileLock lock)
     : qmp_(qmp), paths_(std::move(paths)), session_id_(std::move(session_id)), lock_(std::move(lock)) {}
@@ -215,9 +293,15 @@ std::unique_ptr<FleecingSnapshot> FleecingSnapshot::Create(QmpClient& qmp,
                                                            const SnapshotPaths& paths,
                                                            const std::string& session,
                                                            const std::string& vm_key,
-                                                           const std::vector<SnapshotBitmaps>& bitmaps) {
+                                                           const std::vector<SnapshotBitmaps>& bitmaps,
+                                                           const std::optional<NbdExportNetwork>& network) {
   if (!bitmaps.empty() && bitmaps.size() != disks.size()) {
     throw Error(ErrorKind::kInternal, "snapshot: bitmaps do not match the disks");
+  }
+  if (network && (network->advertise_host.empty() || network->listen_host.empty() || network->port_min == 0 ||
+                  network->port_min > network->port_max)) {
+    throw Error(ErrorKind::kBadInput, "NBD export network: needs a listen host, an advertised host and a port "
+                                      "range (1-65535, lowest first)");
   }
   // The lock and its record first: every file and QEMU object below must be
   // traceable to this VM once the lock is free.
@@ -262,20 +346,9 @@ std::unique_ptr<FleecingSnapshot> FleecingSnapshot::Create(QmpClient& qmp,
     // bitmap rotates, in one step.
     qmp.Execute("transaction", {{"actions", actions}});
 
-    std::string socket = SocketPath(paths, session);
-    auto start_server = [&] {
-      qmp.Execute("nbd-server-start",
-                  {{"addr", json::object{{"type", "unix"}, {"data", json::object{{"path", socket}}}}}});
-    };
-    try {
-      start_server();
-    } catch (const QmpError& e) {
-      // The only NBD server is another's (a live session of this VM cannot
-      // be: this process holds the VM's lock).
-      throw Error(ErrorKind::kRetryable,
-                  "QEMU at " + qmp.address() + " already runs an NBD server (another backup or a "
-                  "migration?): " + e.description());
-    }
+    // What every export shares: where the server is and how to get in.
+    NbdSource server = network ? StartTlsNbdServer(qmp, paths, session, *network)
+                               : StartUnixNbdServer(qmp, paths, session);
     WriteFileAtomically(NbdServerMarker(paths, session), RecordText(session, vm_key, qmp.address()));
     for (size_t i = 0; i < disks.size(); ++i) {
       json::object args{{"type", "nbd"},
@@ -288,7 +361,10 @@ std::unique_ptr<FleecingSnapshot> FleecingSnapshot::Create(QmpClient& qmp,
         args["bitmaps"] = json::array{json::object{{"node", disks[i].node_name}, {"name", exported_bitmap}}};
       }
       qmp.Execute("block-export-add", std::move(args));
-      snap->exports_.push_back({disks[i], NbdSource{socket, disks[i].name, exported_bitmap}});
+      NbdSource source = server;
+      source.export_name = disks[i].name;
+      source.dirty_bitmap = exported_bitmap;
+      snap->exports_.push_back({disks[i], std::move(source)});
     }
   } catch (const QmpError& e) {
     snap->Release();
@@ -324,6 +400,7 @@ std::vector<std::string> ListFerryObjects(QmpClient& qmp) {
   collect("query-block-exports", {}, "id");
   collect("query-block-jobs", {}, "device");
   collect("query-named-block-nodes", {{"flat", true}}, "node-name");
+  collect("qom-list", {{"path", "/objects"}}, "name");  // TLS credentials
   std::sort(names.begin(), names.end());
   names.erase(std::unique(names.begin(), names.end()), names.end());
   return names;
@@ -360,6 +437,16 @@ bool RemoveSessionObjects(QmpClient& qmp, const SnapshotPaths& paths, const std:
       server_stopped = true;
     });
   }
+  // 2b. QOM objects (the TLS credentials of TCP exports), once no server
+  // uses them.
+  ok &= Attempt("listing objects", [&] {
+    json::value objects = qmp.Execute("qom-list", {{"path", "/objects"}});
+    for (const auto& o : objects.as_array()) {
+      std::string id = StringMember(o.as_object(), "name");
+      if (!ours(id)) continue;
+      ok &= Attempt("removing object " + id, [&] { qmp.Execute("object-del", {{"id", id}}); });
+    }
+  });
   // 3. Backup jobs: cancelling one also removes its filter node.
   ok &= Attempt("listing block jobs", [&] {
     json::value jobs = qmp.Execute("query-block-jobs");
@@ -397,8 +484,8 @@ bool RemoveSessionObjects(QmpClient& qmp, const SnapshotPaths& paths, const std:
     }
   });
   // 5. Files: overlays (only ours, by name, in our scratch directory),
-  // socket, and the marker once the server is stopped (else a later run
-  // must still know to stop it).
+  // socket, TLS keys, and the marker once the server is stopped (else a
+  // later run must still know to stop it).
   std::vector<std::string> files = RemoveSessionFiles(paths, session, /*keep_marker=*/!server_stopped);
   for (size_t i = 0; i < 64; ++i) {
     std::string overlay = OverlayPath(paths, session, i);
@@ -406,6 +493,10 @@ bool RemoveSessionObjects(QmpClient& qmp, const SnapshotPaths& paths, const std:
       LogWarning("cleanup: overlay " + overlay + " could not be removed");
       ok = false;
     }
+  }
+  if (PathExists(TlsDir(paths, session))) {
+    LogWarning("cleanup: " + TlsDir(paths, session) + " could not be removed");
+    ok = false;
   }
   if (removed) removed->insert(removed->end(), files.begin(), files.end());
   return ok;
@@ -421,6 +512,9 @@ std::vector<std::string> RemoveSessionFiles(const SnapshotPaths& paths, const st
   }
   std::sort(candidates.begin(), candidates.end());
   candidates.push_back(SocketPath(paths, session));
+  // The key goes even if that session's QEMU may still serve it: its
+  // exports then refuse every reader, which is what a dead session wants.
+  candidates.push_back(TlsDir(paths, session) + "/keys.psk");
   if (!keep_marker) candidates.push_back(NbdServerMarker(paths, session));
   std::vector<std::string> removed;
   for (const auto& f : candidates) {
@@ -429,6 +523,12 @@ std::vector<std::string> RemoveSessionFiles(const SnapshotPaths& paths, const st
     } else if (errno != ENOENT) {
       LogWarning("cleanup of session " + session + ": removing " + f + ": " + std::strerror(errno));
     }
+  }
+  const std::string tls_dir = TlsDir(paths, session);
+  if (::rmdir(tls_dir.c_str()) == 0) {
+    removed.push_back(tls_dir);
+  } else if (errno != ENOENT) {
+    LogWarning("cleanup of session " + session + ": removing " + tls_dir + ": " + std::strerror(errno));
   }
   return removed;
 }
@@ -526,7 +626,9 @@ std::vector<std::string> RemoveAbandonedSnapshots(QmpClient& qmp, const Snapshot
       RemoveStaleNewLock(entry.path().string(), id);
       continue;
     }
-    if (!IsSessionId(id) || (suffix != ".lock" && suffix != ".nbd" && suffix != ".nbd-server")) continue;
+    if (!IsSessionId(id) || (suffix != ".lock" && suffix != ".nbd" && suffix != ".nbd-server" && suffix != ".tls")) {
+      continue;
+    }
     // A libvirt session (its directory beside): libvirt's host cleans it.
     if (PathExists(paths.runtime_dir + "/libvirt-" + id)) continue;
     sessions.try_emplace(id, false);

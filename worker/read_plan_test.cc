@@ -35,6 +35,46 @@ TEST(ReadPlanTest, RoundTrips) {
   EXPECT_EQ(back.previous_point, want.previous_point);
 }
 
+DiskTask TcpSample() {
+  DiskTask t = Sample();
+  t.source.unix_socket = "";
+  t.source.tcp_address = "[fd00::12]:10811";
+  t.source.tls_identity = "ferry-1a2b3c4d";
+  t.source.tls_psk_key = std::string(64, 'a');
+  return t;
+}
+
+TEST(ReadPlanTest, RoundTripsTcpSourceWithCredentials) {
+  DiskTask back = ReadPlanFromJson(ReadPlanToJson(TcpSample()));
+  DiskTask want = TcpSample();
+  EXPECT_EQ(back.source.unix_socket, "");
+  EXPECT_EQ(back.source.tcp_address, want.source.tcp_address);
+  EXPECT_EQ(back.source.tls_identity, want.source.tls_identity);
+  EXPECT_EQ(back.source.tls_psk_key, want.source.tls_psk_key);
+  EXPECT_EQ(back.source.export_name, want.source.export_name);
+  EXPECT_EQ(back.source.dirty_bitmap, want.source.dirty_bitmap);
+}
+
+TEST(ReadPlanTest, UnixPlanHasNoTcpMembers) {
+  std::string json = ReadPlanToJson(Sample());
+  EXPECT_EQ(json.find("tcp_address"), std::string::npos);
+  EXPECT_EQ(json.find("tls_"), std::string::npos);
+}
+
+// A plan as Ferry wrote it before exports over TCP: still reads.
+TEST(ReadPlanTest, ReadsAPlanWithoutTheTcpMembers) {
+  DiskTask t = ReadPlanFromJson(
+      R"({"format":"ferry-read-plan-v1","point_id":"20261201T120000.000000Z-abcdef",)"
+      R"("disk":{"name":"scsi0","format":"qcow2","size":1048576,"identity":"img"},)"
+      R"("source":{"unix_socket":"/run/ferry/1a2b3c4d.nbd","export_name":"scsi0","dirty_bitmap":""},)"
+      R"("plan":{"incremental":false,"reason":"first","previous_bitmap":"","new_bitmap":"b","generation":"g"},)"
+      R"("previous_point":""})");
+  EXPECT_EQ(t.source.unix_socket, "/run/ferry/1a2b3c4d.nbd");
+  EXPECT_EQ(t.source.tcp_address, "");
+  EXPECT_EQ(t.source.tls_identity, "");
+  EXPECT_EQ(t.source.tls_psk_key, "");
+}
+
 std::string BadInput(const std::string& json) {
   try {
     ReadPlanFromJson(json);
@@ -62,6 +102,50 @@ TEST(ReadPlanTest, BadPlansNameWhatIsWrong) {
             std::string::npos);
   EXPECT_NE(BadInput(with("ferry-read-plan-v1", "ferry-read-plan-v2")).find("newer Ferry"), std::string::npos);
   EXPECT_NE(BadInput(with(",\"point_id\"", ",\"point\"")).find("point_id"), std::string::npos);
+}
+
+TEST(ReadPlanTest, BadTcpSourcesNameWhatIsWrongButNotTheKey) {
+  DiskTask t = TcpSample();
+  t.source.tls_psk_key = "";
+  EXPECT_NE(BadInput(ReadPlanToJson(t)).find("without TLS credentials"), std::string::npos);
+  t = TcpSample();
+  t.source.unix_socket = "/run/ferry/x.nbd";
+  EXPECT_NE(BadInput(ReadPlanToJson(t)).find("source.unix_socket"), std::string::npos);
+  t = TcpSample();
+  t.source.tcp_address = "fd00::12:10811";
+  EXPECT_NE(BadInput(ReadPlanToJson(t)).find("brackets"), std::string::npos);
+  t = TcpSample();
+  t.source.tls_psk_key = "0123456789abcdefXYZ";  // not hex
+  std::string message = BadInput(ReadPlanToJson(t));
+  EXPECT_NE(message.find("source.tls_psk_key"), std::string::npos);
+  EXPECT_EQ(message.find(t.source.tls_psk_key), std::string::npos) << message;
+}
+
+TEST(NbdTcpAddressTest, SplitsAndJoinsHostsAndPorts) {
+  using P = std::pair<std::string, std::string>;
+  EXPECT_EQ(SplitNbdTcpAddress("10.0.0.5:10809"), P("10.0.0.5", "10809"));
+  EXPECT_EQ(SplitNbdTcpAddress("pve1.example:1"), P("pve1.example", "1"));
+  EXPECT_EQ(SplitNbdTcpAddress("[::1]:65535"), P("::1", "65535"));
+  for (const char* bad : {"host", "host:", ":10809", "::1:10809", "[::1]10809", "[::1", "h:0", "h:65536", "h:x"}) {
+    EXPECT_THROW(SplitNbdTcpAddress(bad), Error) << bad;
+  }
+  EXPECT_EQ(JoinNbdTcpAddress("10.0.0.5", 10809), "10.0.0.5:10809");
+  EXPECT_EQ(JoinNbdTcpAddress("fd00::12", 10811), "[fd00::12]:10811");
+  EXPECT_EQ(SplitNbdTcpAddress(JoinNbdTcpAddress("fd00::12", 10811)), P("fd00::12", "10811"));
+}
+
+// The reader refuses a TCP source without credentials before connecting.
+TEST(NbdTcpAddressTest, ReaderRefusesTcpWithoutTls) {
+  NbdSource s;
+  s.tcp_address = "127.0.0.1:1";
+  s.export_name = "scsi0";
+  try {
+    OpenNbdReader(s);
+    ADD_FAILURE() << "accepted a TCP source without TLS";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kBadInput);
+    EXPECT_NE(std::string(e.what()).find("without TLS"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

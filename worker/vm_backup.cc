@@ -226,13 +226,19 @@ constexpr char kReadPlanFamily[] = "ferry-read-plan";
 }  // namespace
 
 std::string ReadPlanToJson(const DiskTask& t) {
+  json::object source{{"unix_socket", t.source.unix_socket}, {"export_name", t.source.export_name},
+                      {"dirty_bitmap", t.source.dirty_bitmap}};
+  // Only for exports over TCP, so a unix-socket plan reads as it always did.
+  // tls_psk_key is the session's secret: the plan is handed on, never logged.
+  if (!t.source.tcp_address.empty()) source["tcp_address"] = t.source.tcp_address;
+  if (!t.source.tls_identity.empty()) source["tls_identity"] = t.source.tls_identity;
+  if (!t.source.tls_psk_key.empty()) source["tls_psk_key"] = t.source.tls_psk_key;
   json::object o{
       {"format", std::string(kReadPlanFamily) + "-v1"},
       {"point_id", t.point_id},
       {"disk", json::object{{"name", t.disk.name}, {"format", t.disk.format}, {"size", t.disk.size},
                             {"identity", t.disk.identity}}},
-      {"source", json::object{{"unix_socket", t.source.unix_socket}, {"export_name", t.source.export_name},
-                              {"dirty_bitmap", t.source.dirty_bitmap}}},
+      {"source", std::move(source)},
       {"plan", json::object{{"incremental", t.plan.incremental}, {"reason", t.plan.reason},
                             {"previous_bitmap", t.plan.previous_bitmap}, {"new_bitmap", t.plan.new_bitmap},
                             {"generation", t.plan.generation}}},
@@ -263,8 +269,31 @@ DiskTask ReadPlanFromJson(const std::string& text) {
   t.disk.size = *d.Unsigned("size", true);
   t.disk.identity = *d.String("identity", true, kText);
   JsonReader src = *r.Object("source", true);
-  t.source = {*src.String("unix_socket", true, kText), *src.String("export_name", true, kText),
-              *src.String("dirty_bitmap", true)};
+  t.source.unix_socket = *src.String("unix_socket", true, kText);
+  t.source.export_name = *src.String("export_name", true, kText);
+  t.source.dirty_bitmap = *src.String("dirty_bitmap", true);
+  // Added later in v1 (exports over TCP with TLS-PSK): optional.
+  t.source.tcp_address = src.String("tcp_address", false, kText).value_or("");
+  t.source.tls_identity = src.String("tls_identity", false).value_or("");
+  t.source.tls_psk_key = src.String("tls_psk_key", false).value_or("");
+  if (!t.source.tcp_address.empty()) {
+    if (!t.source.unix_socket.empty()) fail("source.tcp_address", "is given together with source.unix_socket");
+    if (t.source.tls_identity.empty() || t.source.tls_psk_key.empty()) {
+      fail("source.tcp_address", "comes without TLS credentials (source.tls_identity, source.tls_psk_key)");
+    }
+    try {
+      SplitNbdTcpAddress(t.source.tcp_address);
+    } catch (const Error& e) {
+      fail("source.tcp_address", std::string("is malformed: ") + e.what());
+    }
+  }
+  if (!t.source.tls_psk_key.empty() || !t.source.tls_identity.empty()) {
+    try {
+      CheckTlsPsk(t.source.tls_identity, t.source.tls_psk_key);
+    } catch (const Error& e) {
+      fail("source.tls_psk_key", std::string("is unusable: ") + e.what());
+    }
+  }
   JsonReader plan = *r.Object("plan", true);
   t.plan.incremental = *plan.Bool("incremental", true);
   t.plan.reason = *plan.String("reason", true, kText);

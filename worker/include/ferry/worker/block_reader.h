@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace ferry::worker {
@@ -54,16 +55,44 @@ class BlockReader {
   virtual void Poll(int timeout_ms) = 0;
 };
 
+// Where an NBD export is and how to get in. Either a unix socket (the
+// snapshot's own host) or a TCP address (any host), the second always with
+// TLS-PSK: a session's exports are served under one identity and a fresh
+// random key, so only a holder of that session's read plan can read them
+// (docs/worker-protocol.md, "Read plans").
 struct NbdSource {
-  std::string unix_socket;  // the server's socket
+  std::string unix_socket;  // the server's socket; "" when tcp_address is set
   std::string export_name;
   // A dirty bitmap the export publishes (qemu:dirty-bitmap:<name>); empty
   // for none. Opening fails if the export does not offer it.
   std::string dirty_bitmap;
+  // Members below have initializers so that the unix form can still be
+  // written {socket, export, bitmap}.
+  // "host:port" ("[v6 literal]:port" for IPv6); "" for a unix socket.
+  std::string tcp_address{};
+  // TLS-PSK credentials: the PSK identity ("ferry-<session>") and the key in
+  // hex. A secret: never put tls_psk_key into a message or a log.
+  std::string tls_identity{};
+  std::string tls_psk_key{};
 };
 
-// libnbd client asking base:allocation. Throws kNotFound / kRetryable.
+// libnbd client asking base:allocation. A TCP source must carry TLS-PSK
+// credentials (kBadInput otherwise), and TLS is then required: a server that
+// does not offer it, or refuses the key, fails the connection. Throws
+// kNotFound / kRetryable / kBadInput; messages never hold the key.
 std::unique_ptr<BlockReader> OpenNbdReader(const NbdSource& source);
+
+// "host:port", "[v6]:port" -> {host, port}; kBadInput if malformed (no
+// port, port not 1-65535). The host comes back without brackets.
+std::pair<std::string, std::string> SplitNbdTcpAddress(const std::string& address);
+// host, port -> "host:port", bracketing an IPv6 literal.
+std::string JoinNbdTcpAddress(const std::string& host, uint16_t port);
+
+// A PSK identity and key fit for a keys file ("identity:hexkey" lines, the
+// format of GnuTLS, QEMU's tls-creds-psk and libnbd): identity 1-128
+// characters without ':' or control characters, key an even number (2-256)
+// of hex digits. kBadInput naming what is wrong, never the key.
+void CheckTlsPsk(const std::string& identity, const std::string& hex_key);
 
 // A local file or block device; holes from SEEK_DATA/SEEK_HOLE.
 std::unique_ptr<BlockReader> OpenFileReader(const std::string& path);

@@ -28,6 +28,9 @@ struct QmpHostOptions {
   std::string address;                          // QMP monitor
   std::optional<std::string> expected_vm_name;  // refuse another VM
   SnapshotPaths paths;
+  // Set: snapshots export over TCP with per-session TLS-PSK, for disk tasks
+  // on other hosts (NbdExportNetwork); unset: a unix socket, this host only.
+  std::optional<NbdExportNetwork> export_tcp;
   SnapshotGuard* guard = nullptr;
   // How long to wait for the VM's lock (and for the monitor's greeting when
   // another client holds it); -1: $FERRY_VM_LOCK_WAIT seconds, default 60.

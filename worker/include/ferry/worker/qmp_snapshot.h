@@ -13,6 +13,10 @@
 //   <runtime dir>/<session>.nbd         the NBD server's socket
 //   <runtime dir>/<session>.nbd-server  marker: the session started QEMU's
 //                                       (only) NBD server; also names the VM
+//   <runtime dir>/<session>.tls/keys.psk  TCP exports only: the session's
+//                                       TLS-PSK key (dir 0700, file 0600),
+//                                       read by QEMU's tls-creds-psk object
+//                                       "ferry-<session>-tls"
 //   <scratch dir>/ferry-<session>-<n>.qcow2   overlay of disk n
 //
 // Ordering rules that make a free lock mean "dead": a session takes its lock
@@ -33,6 +37,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -64,6 +69,21 @@ SnapshotPaths DefaultSnapshotPaths();
 // The same for given directories (the worker daemon's configuration).
 SnapshotPaths MakeSnapshotPaths(const std::string& runtime_dir, const std::string& scratch_dir);
 
+// A session's NBD server on TCP instead of a unix socket, for disk tasks run
+// by workers on other hosts. Always TLS-PSK: each session gets a fresh
+// random 256-bit key under the identity "ferry-<session>" (a tls-creds-psk
+// object, its keys file in the runtime directory), and its exports'
+// NbdSource carry the address and the credentials, so only a holder of the
+// session's read plans can read them. QEMU must be able to read the runtime
+// directory's files (it runs as the same user as Ferry, as for the socket).
+struct NbdExportNetwork {
+  std::string listen_host = "0.0.0.0";  // where QEMU listens ("::" for IPv6 too)
+  std::string advertise_host;           // what readers connect to: this host's name or address
+  // QEMU needs a concrete port: the first of these not in use.
+  uint16_t port_min = 10809;
+  uint16_t port_max = 10909;
+};
+
 // Bitmap actions of one disk, done in the snapshot's transaction.
 struct SnapshotBitmaps {
   std::string start;        // bitmap to add (tracks writes after the snapshot); "" for none
@@ -84,11 +104,14 @@ class FleecingSnapshot {
   // `bitmaps` is empty or parallel to `disks`.
   // `vm_key` (QemuProcessKey) goes into the session record so that a later
   // run can tell which QEMU the session's leftovers belong to.
+  // `network` set: the NBD server listens on TCP with TLS-PSK (see
+  // NbdExportNetwork); unset: on the session's unix socket.
   static std::unique_ptr<FleecingSnapshot> Create(QmpClient& qmp, const std::vector<QmpDisk>& disks,
                                                   const SnapshotPaths& paths,
                                                   const std::string& session_id,
                                                   const std::string& vm_key,
-                                                  const std::vector<SnapshotBitmaps>& bitmaps = {});
+                                                  const std::vector<SnapshotBitmaps>& bitmaps = {},
+                                                  const std::optional<NbdExportNetwork>& network = std::nullopt);
   ~FleecingSnapshot();
 
   const std::string& session_id() const { return session_id_; }
@@ -145,8 +168,8 @@ SessionRecord ReadSessionRecord(const SnapshotPaths& paths, const std::string& s
 bool RemoveSessionObjects(QmpClient& qmp, const SnapshotPaths& paths, const std::string& session_id,
                           std::vector<std::string>* removed = nullptr);
 
-// Removes the files of session `session_id` (overlays, NBD socket, and the
-// NBD server marker unless `keep_marker`), not its lock, and nothing in
+// Removes the files of session `session_id` (overlays, NBD socket, TLS keys
+// directory, and the NBD server marker unless `keep_marker`), not its lock, and nothing in
 // QEMU: for sessions whose QEMU is gone. Returns the paths deleted.
 std::vector<std::string> RemoveSessionFiles(const SnapshotPaths& paths, const std::string& session_id,
                                             bool keep_marker = false);
@@ -157,8 +180,8 @@ std::vector<std::string> RemoveSessionFiles(const SnapshotPaths& paths, const st
 std::vector<std::string> RemoveAbandonedSnapshots(QmpClient& qmp, const SnapshotPaths& paths,
                                                   const std::string& vm_key);
 
-// Names of Ferry objects currently present in QEMU (exports, jobs, nodes),
-// for tests and diagnostics.
+// Names of Ferry objects currently present in QEMU (exports, jobs, nodes,
+// QOM objects such as TLS credentials), for tests and diagnostics.
 std::vector<std::string> ListFerryObjects(QmpClient& qmp);
 
 }  // namespace ferry::worker
