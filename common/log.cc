@@ -39,7 +39,12 @@ std::vector<std::string> LogCapture::Take() {
 
 void Log(LogLevel level, const std::string& message) {
   if (LogCapture* c = t_capture; c != nullptr && level >= LogLevel::kInfo) {
-    if (c->lines_.size() < c->max_lines_) c->lines_.push_back(std::string(LevelName(level)) + " " + message);
+    if (c->lines_.size() < c->max_lines_) {
+      std::string line = LevelName(level);
+      line += ' ';
+      line += message;
+      c->lines_.push_back(std::move(line));
+    }
     else ++c->dropped_;
   }
   if (static_cast<int>(level) < g_level) return;

@@ -32,7 +32,9 @@ std::string Mib(uint64_t bytes) {
 
 // The URI a user (and the coordinator's session log) sees for an export; the
 // read plan says how to actually open it.
+// Never the key: that travels in the read plan only.
 std::string ExportUri(const worker::NbdSource& source) {
+  if (!source.tcp_address.empty()) return "nbds://" + source.tcp_address + "/" + source.export_name;
   return "nbd+unix:///" + source.export_name + "?socket=" + source.unix_socket;
 }
 
@@ -346,6 +348,7 @@ rpc::WorkOutcome HostExecutor::DoSnapshot(Job& job, const rpc::SnapshotAssignmen
     o.address = "unix:" + where.qmp_socket;
     o.expected_vm_name = item.vm.name;
     o.paths = settings_.paths;
+    o.export_tcp = settings_.export_tcp;
     held->host = worker::OpenQmpHost(o);
   } else {
     held->host = worker::OpenLibvirtHost({settings_.libvirt_uri, IsNullUuid(where.vm.uuid) ? where.vm.name : where.vm.uuid,

@@ -32,6 +32,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -51,6 +52,10 @@ struct HostSettings {
   std::string qmp_dir;             // a directory of QMP sockets, one per VM ("" for none)
   std::string libvirt_uri;         // "" for none
   worker::SnapshotPaths paths;     // session locks, NBD sockets, overlays
+  // Set: QMP snapshots export over TCP with per-session TLS-PSK, so a worker
+  // on another host can read them (the cluster and any tiers); unset: on a
+  // unix socket, readable on this host only.
+  std::optional<worker::NbdExportNetwork> export_tcp;
   unsigned compute_threads = 0;    // per disk task; 0: cores / slots, at least 1
   uint64_t rate_limit_bytes_per_s = 0;  // per disk task; 0: unlimited
   std::chrono::seconds staging_expiry{24 * 3600};  // a staged point never released goes after this

@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 
 #include "ferry/common/arguments.h"
@@ -21,7 +22,7 @@ const std::set<std::string> kValued = {
     "config",          "coordinator", "tls-ca",       "tls-name",         "token-file", "host",
     "cluster",         "platform",    "qmp-dir",      "libvirt",          "slots",      "threads",
     "rate-limit",      "runtime-dir", "scratch-dir",  "inventory-interval", "staging-expiry",
-    "monitor-timeout", "reconnect-ms",
+    "monitor-timeout", "reconnect-ms", "export-host", "export-listen", "export-ports",
 };
 const std::set<std::string> kFlags = {"tls", "verbose", "quiet", "help"};
 
@@ -68,6 +69,11 @@ Every option may also be given in the configuration file as "name = value"
   --staging-expiry DUR       a staged point never released is removed after this (default 24h)
   --monitor-timeout DUR      a QMP monitor's greeting, when listing VMs (default 2s)
   --reconnect-ms N           delay between reconnection attempts (default 500)
+  --export-host NAME         export snapshots over TCP with per-session TLS-PSK, reachable
+                             by other hosts' workers at NAME (this host's name or address);
+                             without it exports are unix sockets, for this host's worker only
+  --export-listen ADDR       where QEMU listens for those (default 0.0.0.0)
+  --export-ports MIN-MAX     the ports it may use (default 10809-10909)
   --verbose, --quiet         more, or only warnings and errors, on stderr
 
 Durations: 90s, 30m, 24h, 7d, 500ms or plain seconds.
@@ -134,6 +140,24 @@ WorkerConfig ParseWorkerConfig(const std::vector<std::string>& args) {
   if (h.staging_expiry < std::chrono::seconds(60)) throw Error(ErrorKind::kBadInput, "option --staging-expiry: at least 60s");
   if (auto d = a.GetDuration("monitor-timeout")) h.monitor_timeout = *d;
   if (auto n = a.GetInt("reconnect-ms", 10, 600000)) c.reconnect_ms = static_cast<int>(*n);
+  if (auto advertise = a.Get("export-host")) {
+    worker::NbdExportNetwork n;
+    n.advertise_host = *advertise;
+    if (advertise->empty()) throw Error(ErrorKind::kBadInput, "option --export-host: empty");
+    n.listen_host = a.Get("export-listen").value_or(n.listen_host);
+    if (auto ports = a.Get("export-ports")) {
+      unsigned lo = 0, hi = 0;
+      char tail = 0;
+      if (std::sscanf(ports->c_str(), "%u-%u%c", &lo, &hi, &tail) != 2 || lo == 0 || hi > 65535 || lo > hi) {
+        throw Error(ErrorKind::kBadInput, "option --export-ports: '" + *ports + "' is not a range MIN-MAX of ports");
+      }
+      n.port_min = static_cast<uint16_t>(lo);
+      n.port_max = static_cast<uint16_t>(hi);
+    }
+    h.export_tcp = n;
+  } else if (a.Has("export-listen") || a.Has("export-ports")) {
+    throw Error(ErrorKind::kBadInput, "options --export-listen and --export-ports need --export-host");
+  }
   const char* runtime = std::getenv("FERRY_RUNTIME_DIR");
   const char* scratch = std::getenv("FERRY_SCRATCH_DIR");
   h.paths = worker::MakeSnapshotPaths(a.Get("runtime-dir").value_or(runtime && *runtime ? runtime : "/run/ferry"),
