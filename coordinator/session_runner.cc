@@ -422,6 +422,17 @@ WorkerWelcome SessionRunner::RegisterWorker(const WorkerHello& hello) {
       EnqueueRelease(live.id, welcome.worker_id, !c.Step());
     }
   }
+  if (hello.held_snapshots) {
+    // A worker process that restarted holds none of its predecessor's.
+    std::set<int64_t> held(hello.held_snapshots->begin(), hello.held_snapshots->end());
+    Statement mine = db_.Prepare("SELECT id FROM snapshots WHERE worker_id = ? AND state IN ('ready', 'releasing')");
+    mine.Bind(1, welcome.worker_id);
+    std::vector<int64_t> gone;
+    while (mine.Step())
+      if (!held.count(mine.Int(0))) gone.push_back(mine.Int(0));
+    for (int64_t snapshot : gone)
+      LoseSnapshot(snapshot, "its holder, worker " + welcome.worker_name + ", re-registered without it (restarted)");
+  }
   tx.Commit();
   work_generation_++;
   LogInfo("worker " + welcome.worker_name + " registered: host " + hello.host + ", " +

@@ -295,7 +295,11 @@ class CoordinatorImpl final : public rpc::Coordinator::Server {
                                               std::to_string(rpc::PROTOCOL_VERSION) + ")");
       WorkerHello hello{request.getToken(), request.getHost(), request.getPlatform(), request.getCluster(),
                         static_cast<int>(std::min<uint32_t>(request.getTaskSlots(), 100000)), request.getVersion(),
-                        Texts(request.getRunning())};
+                        Texts(request.getRunning()), std::nullopt};
+      if (request.getReportsHeld()) {
+        hello.held_snapshots.emplace();
+        for (uint64_t id : request.getHeldSnapshots()) hello.held_snapshots->push_back(static_cast<int64_t>(id));
+      }
       WorkerWelcome welcome = runner_.RegisterWorker(hello);
       auto results = context.getResults();
       results.setSession(kj::heap<WorkerSessionImpl>(runner_, waiters_, commits_, welcome.worker_id, welcome.epoch, welcome.host_id));

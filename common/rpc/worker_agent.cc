@@ -100,6 +100,11 @@ kj::Promise<void> WorkerAgent::Register() {
   auto running = r.initRunning(static_cast<unsigned>(items_.size()));
   unsigned i = 0;
   for (const auto& [id, item] : items_) running.set(i++, id);
+  if (std::optional<std::vector<uint64_t>> held = executor_.HeldSnapshots()) {
+    r.setReportsHeld(true);
+    auto list = r.initHeldSnapshots(static_cast<unsigned>(held->size()));
+    for (unsigned j = 0; j < held->size(); ++j) list.set(j, (*held)[j]);
+  }
   uint32_t slots = identity.task_slots;
   // A coordinator that takes the connection but never answers is given up
   // on after a while, like one that does not answer heartbeats.

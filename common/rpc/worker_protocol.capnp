@@ -25,6 +25,12 @@ struct RegisterRequest {
   taskSlots @5 :UInt32;  # disk tasks it runs at once (>= 1)
   version @6 :Text;      # worker software version
   running @7 :List(Text);  # assignment ids still running from an earlier connection
+  # The snapshots this worker process holds (taken, not yet released), when
+  # reportsHeld: a snapshot the coordinator counts as held by this worker but
+  # not listed is lost (the worker restarted). Without reportsHeld (an older
+  # worker, the simulator) the coordinator cannot tell and assumes it is held.
+  heldSnapshots @8 :List(UInt64);
+  reportsHeld @9 :Bool;
 }
 
 struct RegisterReply {

@@ -176,6 +176,13 @@ std::vector<rpc::InventoryVm> HostExecutor::Inventory() {
   return out;
 }
 
+std::optional<std::vector<uint64_t>> HostExecutor::HeldSnapshots() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<uint64_t> out;
+  for (const auto& [id, held] : held_) out.push_back(id);
+  return out;
+}
+
 // --- inventory ---
 
 std::vector<HostExecutor::KnownVm> HostExecutor::Scan(const std::vector<KnownVm>& previous) const {
@@ -382,7 +389,7 @@ rpc::WorkOutcome HostExecutor::DoSnapshot(Job& job, const rpc::SnapshotAssignmen
 kj::Promise<rpc::WorkOutcome> HostExecutor::BackupDisk(const rpc::DiskAssignment& item, rpc::WorkContext& context) {
   std::string heading = "host " + settings_.host + ": disk " + item.disk + " of VM " + item.vm.name + " (task " +
                         std::to_string(item.task_id) + ", attempt " + std::to_string(item.attempt) + ", tier " +
-                        item.tier + ", point " + item.point_id + ")";
+                        item.tier + ", point " + item.point_id + ") from " + item.export_uri;
   return RunJob(item.id, std::move(heading), &context, [this, item](Job& job) { return DoDisk(job, item); });
 }
 

@@ -107,6 +107,7 @@ class HostExecutor final : public rpc::WorkExecutor, private kj::TaskSet::ErrorH
   // rpc::WorkExecutor
   rpc::WorkerIdentity Identity() override;
   std::vector<rpc::InventoryVm> Inventory() override;
+  std::optional<std::vector<uint64_t>> HeldSnapshots() override;
   kj::Promise<rpc::WorkOutcome> TakeSnapshot(const rpc::SnapshotAssignment& item, rpc::WorkContext& context) override;
   kj::Promise<rpc::WorkOutcome> BackupDisk(const rpc::DiskAssignment& item, rpc::WorkContext& context) override;
   kj::Promise<rpc::WorkOutcome> Release(const rpc::ReleaseAssignment& item, rpc::WorkContext& context) override;

@@ -55,6 +55,8 @@ struct WorkerHello {
   int task_slots = 0;
   std::string version;
   std::vector<std::string> running;
+  // The snapshots the worker holds, when it reports them (RegisterRequest.reportsHeld).
+  std::optional<std::vector<int64_t>> held_snapshots;
 };
 
 struct WorkerWelcome {

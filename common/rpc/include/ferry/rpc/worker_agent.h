@@ -42,6 +42,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -191,6 +192,10 @@ class WorkExecutor {
   virtual WorkerIdentity Identity() = 0;
   // The VMs on the host; asked after every registration (reportInventory).
   virtual std::vector<InventoryVm> Inventory() = 0;
+  // The snapshots it holds (taken, not yet released), asked before every
+  // registerWorker; nullopt: it does not keep track (the coordinator then
+  // assumes what it counts as held still is).
+  virtual std::optional<std::vector<uint64_t>> HeldSnapshots() { return std::nullopt; }
 
   // Start one item's work. They must return at once; the work goes on in the
   // promise (see the design note above). `item` is valid only during the
