@@ -177,7 +177,7 @@ int HostLocalityScheduler::TakeFrom(int64_t host_id, HostState& host, int64_t wo
   int taken = 0;
   WorkerState& worker = workers_[worker_id];
   for (auto it = host.disks.begin(); it != host.disks.end() && taken < disk_budget;) {
-    if (!RepositoryHasSlot(it->repository_id)) {
+    if (!RepositoryHasSlot(it->repository_id) || (it->host_only && tier != Tier::kHost)) {
       ++it;
       continue;
     }

@@ -70,6 +70,31 @@ TEST_F(SchedulerTest, ClusterTierWhenOwnWorkerBusyOrUnreachable) {
   EXPECT_NE(rescue[0].reason.find("unreachable"), std::string::npos) << rescue[0].reason;
 }
 
+TEST_F(SchedulerTest, HostLocalExportsStayOnTheirHost) {
+  // Worker 20 (host 2) is full; host 2's host-only task waits for it, while
+  // an ordinary task of host 2 goes to worker 10 in the same cluster.
+  s.Enqueue(Disk(1, 2));
+  s.Enqueue(Disk(2, 2));
+  EXPECT_EQ(s.Pick(20, 2).size(), 2u);
+  QueuedWork local = Disk(3, 2);
+  local.host_only = true;
+  s.Enqueue(local);
+  s.Enqueue(Disk(4, 2));
+  auto picked = s.Pick(10, 2);
+  ASSERT_EQ(picked.size(), 1u);
+  EXPECT_EQ(picked[0].work.id, 4);
+  EXPECT_EQ(picked[0].tier, Tier::kCluster);
+  EXPECT_TRUE(s.Pick(40, 2).empty()) << "nor another cluster";
+  s.SetWorkerConnected(20, false);
+  EXPECT_TRUE(s.Pick(10, 1).empty()) << "not even when its host's worker is unreachable";
+  s.SetWorkerConnected(20, true);
+  s.TaskEnded(20, 1);
+  auto own = s.Pick(20, 2);
+  ASSERT_EQ(own.size(), 1u);
+  EXPECT_EQ(own[0].work.id, 3);
+  EXPECT_EQ(own[0].tier, Tier::kHost);
+}
+
 TEST_F(SchedulerTest, AnyTierOnlyWhenWholeClusterIsFull) {
   s.Enqueue(Disk(1, 3));
   s.Enqueue(Disk(2, 3));

@@ -305,14 +305,25 @@ void SessionRunner::EnqueueSnapshot(int64_t snapshot_id, int64_t host_id) {
 
 void SessionRunner::EnqueueTask(int64_t task_id) {
   Statement& s = db_.Cached(
-      "SELECT sn.host_id, t.repository_id FROM tasks t JOIN snapshots sn ON sn.id = t.snapshot_id "
+      "SELECT sn.host_id, t.repository_id, t.snapshot_id, t.disk FROM tasks t JOIN snapshots sn ON sn.id = t.snapshot_id "
       "WHERE t.id = ?");
   s.Bind(1, task_id);
-  if (s.Step()) EnqueueTask(task_id, s.Int(0), s.Int(1));
+  if (!s.Step()) return;
+  int64_t host_id = s.Int(0), repository_id = s.Int(1), snapshot_id = s.Int(2);
+  std::string disk = s.Text(3);
+  EnqueueTask(task_id, host_id, repository_id, HostLocalExport(snapshot_id, disk));
 }
 
-void SessionRunner::EnqueueTask(int64_t task_id, int64_t host_id, int64_t repository_id) {
-  scheduler_.Enqueue({WorkKind::kDisk, task_id, host_id, repository_id, 0});
+bool SessionRunner::HostLocalExport(int64_t snapshot_id, const std::string& disk) {
+  const SnapshotContext& context = ContextOf(snapshot_id);
+  auto e = context.exports.find(disk);
+  return e != context.exports.end() && e->second.host_local;
+}
+
+void SessionRunner::EnqueueTask(int64_t task_id, int64_t host_id, int64_t repository_id, bool host_only) {
+  QueuedWork work{WorkKind::kDisk, task_id, host_id, repository_id, 0};
+  work.host_only = host_only;
+  scheduler_.Enqueue(work);
   wakeups_.hosts.insert(host_id);
   if (!scheduler_.HostCanServe(host_id, WorkKind::kDisk)) wakeups_.all = true;
   work_generation_++;
@@ -635,9 +646,12 @@ const SessionRunner::SnapshotContext& SessionRunner::ContextOf(int64_t snapshot_
   json::value exports = json::parse(s.Text(9));
   for (const auto& e : exports.as_array()) {
     const auto& o = e.as_object();
-    ExportRecord r{std::string(o.at("disk").as_string()), std::string(o.at("uri").as_string()), ""};
+    ExportRecord r{std::string(o.at("disk").as_string()), std::string(o.at("uri").as_string()), "", false};
     if (auto plan = o.find("read_plan"); plan != o.end() && plan->value().is_string()) {
       r.read_plan = std::string(plan->value().as_string());
+    }
+    if (auto local = o.find("host_local"); local != o.end() && local->value().is_bool()) {
+      r.host_local = local->value().as_bool();
     }
     context.exports[r.disk] = std::move(r);
   }
@@ -875,6 +889,7 @@ void SessionRunner::FinishSnapshot(int64_t snapshot_id, const WorkReport& report
     for (const auto& e : report.exports) {
       json::object o{{"disk", e.disk}, {"uri", e.uri}};
       if (!e.read_plan.empty()) o["read_plan"] = e.read_plan;  // old rows lack it: read as ""
+      if (e.host_local) o["host_local"] = true;                // old rows lack it: false
       exports.push_back(std::move(o));
     }
     db_.Cached("UPDATE snapshots SET state = 'ready', exports = ? WHERE id = ?")
@@ -887,12 +902,15 @@ void SessionRunner::FinishSnapshot(int64_t snapshot_id, const WorkReport& report
     int64_t host_id = s.Int(6);
     // (Not UPDATE ... RETURNING: SQLite builds a temporary table for that
     // on every run, which cost more than this SELECT.)
-    Statement& waiting = db_.Cached("SELECT id, repository_id FROM tasks WHERE snapshot_id = ? AND state = 'waiting'");
+    Statement& waiting =
+        db_.Cached("SELECT id, repository_id, disk FROM tasks WHERE snapshot_id = ? AND state = 'waiting'");
     waiting.Bind(1, snapshot_id);
-    std::vector<std::pair<int64_t, int64_t>> tasks;
-    while (waiting.Step()) tasks.emplace_back(waiting.Int(0), waiting.Int(1));
+    std::vector<std::tuple<int64_t, int64_t, bool>> tasks;
+    std::map<std::string, bool> local;
+    for (const auto& e : report.exports) local[e.disk] = e.host_local;
+    while (waiting.Step()) tasks.emplace_back(waiting.Int(0), waiting.Int(1), local[waiting.Text(2)]);
     db_.Cached("UPDATE tasks SET state = 'queued' WHERE snapshot_id = ? AND state = 'waiting'").Bind(1, snapshot_id).Run();
-    for (const auto& [task_id, repository_id] : tasks) EnqueueTask(task_id, host_id, repository_id);
+    for (const auto& [task_id, repository_id, host_only] : tasks) EnqueueTask(task_id, host_id, repository_id, host_only);
     if (tasks.empty()) MaybeRelease(snapshot_id);  // a stopped session canceled them: release at once
     return;
   }

@@ -243,7 +243,8 @@ class WorkerSessionImpl final : public rpc::WorkerSession::Server {
       report.error = r.getError();
       report.bytes_read = static_cast<int64_t>(r.getBytesRead());
       report.bytes_stored = static_cast<int64_t>(r.getBytesStored());
-      for (auto e : r.getExports()) report.exports.push_back({e.getDisk(), e.getUri(), e.getReadPlan()});
+      for (auto e : r.getExports())
+        report.exports.push_back({e.getDisk(), e.getUri(), e.getReadPlan(), e.getHostLocal()});
       report.point_id = r.getPointId();
       report.log = Texts(r.getLog());
       bool accepted = runner_.ReportResult(worker_id_, report);

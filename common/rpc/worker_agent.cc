@@ -457,6 +457,7 @@ void WorkerAgent::SendResult(Item& item) {
     exports[i].setDisk(o.exports[i].disk);
     exports[i].setUri(o.exports[i].uri);
     exports[i].setReadPlan(o.exports[i].read_plan);
+    exports[i].setHostLocal(o.exports[i].host_local);
   }
   r.setPointId(o.point_id);
   auto log = r.initLog(static_cast<unsigned>(o.log.size()));

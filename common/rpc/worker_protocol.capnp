@@ -142,6 +142,8 @@ struct DiskExport {
   uri @1 :Text;
   readPlan @2 :Text;       # how to read it (incremental base, bitmap, CBT record): JSON owned by
                            # the workers (docs/worker-protocol.md), carried to the disk task verbatim
+  hostLocal @3 :Bool;      # readable only on the snapshot's host (a unix socket): the
+                           # disk's tasks go to workers on that host only (host tier)
 }
 
 struct WorkResult {

@@ -370,7 +370,9 @@ rpc::WorkOutcome HostExecutor::DoSnapshot(Job& job, const rpc::SnapshotAssignmen
 
   rpc::WorkOutcome outcome = rpc::WorkOutcome::Ok();
   for (const auto& task : held->snapshot->disk_tasks()) {
-    outcome.exports.push_back({task.disk.name, ExportUri(task.source), worker::ReadPlanToJson(task)});
+    // A unix socket is reachable on this host only: its disk tasks must stay here.
+    outcome.exports.push_back(
+        {task.disk.name, ExportUri(task.source), worker::ReadPlanToJson(task), task.source.tcp_address.empty()});
   }
   bool wanted = false;
   {

@@ -11,6 +11,8 @@
 //   - Tier "any": work of a host in another cluster, only when no connected
 //     worker in that whole cluster has a free slot.
 //   - Release work is pinned to the worker that holds the snapshot.
+//   - A disk task whose export is host-local (a unix socket) goes to its
+//     host's workers only, however busy they are.
 // Every placement carries its tier and the reason, recorded on the task.
 // Hosts without a cluster each count as a cluster of their own.
 #pragma once
@@ -36,6 +38,7 @@ struct QueuedWork {
   int64_t repository_id = 0;  // disk work only
   int64_t pinned_worker = 0;  // release work: the snapshot's holder
   bool commit = false;        // release work: commit the restore point first
+  bool host_only = false;     // disk work whose export only the VM's host can read: tier host only
 };
 
 struct Placement {

@@ -104,6 +104,7 @@ struct WorkOrder {
 struct ExportRecord {
   std::string disk, uri;
   std::string read_plan;  // opaque to the coordinator: handed to the disk task as it is
+  bool host_local = false;  // only workers on the snapshot's host can read it
 };
 
 struct WorkReport {
@@ -256,7 +257,9 @@ class SessionRunner {
   void EnqueueSnapshot(int64_t snapshot_id);
   void EnqueueSnapshot(int64_t snapshot_id, int64_t host_id);
   void EnqueueTask(int64_t task_id);
-  void EnqueueTask(int64_t task_id, int64_t host_id, int64_t repository_id);
+  void EnqueueTask(int64_t task_id, int64_t host_id, int64_t repository_id, bool host_only);
+  // Whether the snapshot's export of `disk` can be read on its host only.
+  bool HostLocalExport(int64_t snapshot_id, const std::string& disk);
   void EnqueueRelease(int64_t snapshot_id, int64_t holder, bool commit);
   void MarkUnreachable(int64_t worker_id, const std::string& why);
   void LoseSnapshot(int64_t snapshot_id, const std::string& why);

@@ -108,6 +108,7 @@ struct DiskExportUri {
   std::string disk;
   std::string uri;
   std::string read_plan;  // how to read it (docs/worker-protocol.md, "Read plans"); may be empty
+  bool host_local = false;  // only a worker on the snapshot's host can open it
 };
 
 // How an item's work ended (WorkResult without the assignment id).

@@ -1,0 +1,140 @@
+#include "worker_config.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <functional>
+
+#include "ferry/common/error.h"
+
+namespace ferry::daemon {
+namespace {
+
+class WorkerConfigTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() / ("ferry-worker-config-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir_ / "qmp");
+    Write("token", "fy_0123456789\n");
+    unsetenv("FERRY_WORKER_TOKEN");
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  std::string Path(const std::string& name) const { return (dir_ / name).string(); }
+  void Write(const std::string& name, const std::string& text) { std::ofstream(Path(name)) << text; }
+  // The options every valid configuration needs, plus `more`.
+  std::vector<std::string> Args(std::vector<std::string> more = {}) const {
+    std::vector<std::string> a = {"--coordinator", "coord:8081", "--token-file", Path("token"), "--qmp-dir",
+                                  Path("qmp"), "--runtime-dir", Path("run"), "--scratch-dir", Path("scratch")};
+    a.insert(a.end(), more.begin(), more.end());
+    return a;
+  }
+  // The message of the error ParseWorkerConfig throws, and its kind.
+  std::pair<ErrorKind, std::string> Refused(const std::vector<std::string>& args) const {
+    try {
+      ParseWorkerConfig(args);
+    } catch (const Error& e) {
+      return {e.kind(), e.what()};
+    }
+    ADD_FAILURE() << "accepted";
+    return {ErrorKind::kInternal, ""};
+  }
+
+  std::filesystem::path dir_;
+};
+
+TEST_F(WorkerConfigTest, DefaultsFromTheFewestOptions) {
+  WorkerConfig c = ParseWorkerConfig(Args({"--host", "pve1"}));
+  EXPECT_EQ(c.coordinator.address, "coord:8081");
+  EXPECT_FALSE(c.coordinator.tls);
+  EXPECT_EQ(c.token, "fy_0123456789");  // the file's line, trimmed
+  EXPECT_EQ(c.host.host, "pve1");
+  EXPECT_EQ(c.host.platform, "proxmox");
+  EXPECT_EQ(c.host.task_slots, 2u);
+  EXPECT_EQ(c.host.inventory_interval, std::chrono::seconds(30));
+  EXPECT_EQ(c.host.staging_expiry, std::chrono::hours(24));
+  EXPECT_FALSE(c.host.export_tcp.has_value());
+  EXPECT_EQ(c.host.paths.runtime_dir, Path("run"));
+  EXPECT_TRUE(std::filesystem::is_directory(Path("scratch")));
+  EXPECT_EQ(c.reconnect_ms, 500);
+}
+
+TEST_F(WorkerConfigTest, EveryOptionOfTheFileAndTheCommandLineWins) {
+  Write("worker.conf", "# host B\n"
+                       "coordinator = dead:1\n"
+                       "token-file = " + Path("token") + "\n"
+                       "host = host-b\ncluster = c1\n"
+                       "qmp-dir = " + Path("qmp") + "\n"
+                       "libvirt = qemu:///system\n"
+                       "slots = 3\nthreads = 2\nrate-limit = 100M\n"
+                       "runtime-dir = " + Path("run") + "\nscratch-dir = " + Path("scratch") + "\n"
+                       "inventory-interval = 1500ms\nstaging-expiry = 2h\nmonitor-timeout = 5s\n"
+                       "export-host = 10.0.0.2\nexport-ports = 20000-20010\n"
+                       "tls-ca = /etc/ferry/ca.pem\ntls-name = coord.example\n"
+                       "quiet\n");
+  WorkerConfig c = ParseWorkerConfig({"--config", Path("worker.conf"), "--coordinator", "live:8081", "--slots", "4"});
+  EXPECT_EQ(c.coordinator.address, "live:8081");
+  EXPECT_TRUE(c.coordinator.tls);
+  EXPECT_EQ(c.coordinator.ca_file, "/etc/ferry/ca.pem");
+  EXPECT_EQ(c.coordinator.server_name, "coord.example");
+  EXPECT_EQ(c.host.host, "host-b");
+  EXPECT_EQ(c.host.cluster, "c1");
+  EXPECT_EQ(c.host.libvirt_uri, "qemu:///system");
+  EXPECT_EQ(c.host.task_slots, 4u);
+  EXPECT_EQ(c.host.compute_threads, 2u);
+  EXPECT_EQ(c.host.rate_limit_bytes_per_s, 100u << 20);
+  EXPECT_EQ(c.host.inventory_interval, std::chrono::milliseconds(1500));
+  EXPECT_EQ(c.host.staging_expiry, std::chrono::hours(2));
+  EXPECT_EQ(c.host.monitor_timeout, std::chrono::seconds(5));
+  ASSERT_TRUE(c.host.export_tcp.has_value());
+  EXPECT_EQ(c.host.export_tcp->advertise_host, "10.0.0.2");
+  EXPECT_EQ(c.host.export_tcp->listen_host, "0.0.0.0");
+  EXPECT_EQ(c.host.export_tcp->port_min, 20000);
+  EXPECT_EQ(c.host.export_tcp->port_max, 20010);
+  EXPECT_EQ(c.log_level, 2);
+}
+
+TEST_F(WorkerConfigTest, BadInputNamesTheOption) {
+  auto bad = [&](std::vector<std::string> args, const std::string& want) {
+    auto [kind, message] = Refused(args);
+    EXPECT_EQ(kind, ErrorKind::kBadInput) << message;
+    EXPECT_NE(message.find(want), std::string::npos) << "'" << message << "' lacks '" << want << "'";
+  };
+  bad({"--token-file", Path("token"), "--qmp-dir", Path("qmp")}, "missing required option --coordinator");
+  bad({"--coordinator", "coord:8081", "--qmp-dir", Path("qmp")}, "--token-file");
+  bad({"--coordinator", "coord:8081", "--token-file", Path("token")}, "--qmp-dir DIR and/or --libvirt URI");
+  bad(Args({"--platform", "vmware"}), "option --platform: 'vmware' is not proxmox, libvirt or ovirt");
+  bad(Args({"--slots", "0"}), "option --slots: '0' is not an integer from 1 to 64");
+  bad(Args({"--inventory-interval", "soon"}), "option --inventory-interval: 'soon' is not a duration");
+  bad(Args({"--inventory-interval", "10ms"}), "at least 100ms");
+  bad(Args({"--export-host", "h", "--export-ports", "9-1"}), "option --export-ports: '9-1' is not a range");
+  bad(Args({"--export-ports", "1-2"}), "need --export-host");
+  bad(Args({"--tls-name", "x"}), "only with --tls or --tls-ca");
+  bad(Args({"--frobnicate"}), "unknown option --frobnicate");
+  Write("empty.token", "\n");
+  bad({"--coordinator", "c:1", "--token-file", Path("empty.token"), "--qmp-dir", Path("qmp")}, "is empty");
+  Write("bad.conf", "coordinator = c:1\n\nslots\n");
+  bad({"--config", Path("bad.conf")}, Path("bad.conf") + " line 3: option 'slots' needs a value");
+}
+
+TEST_F(WorkerConfigTest, MissingFilesAreNotFound) {
+  EXPECT_EQ(Refused({"--config", Path("nope.conf")}).first, ErrorKind::kNotFound);
+  EXPECT_EQ(Refused(Args({"--qmp-dir", Path("nope")})).first, ErrorKind::kBadInput);  // given twice
+  EXPECT_EQ(Refused({"--coordinator", "c:1", "--token-file", Path("token"), "--qmp-dir", Path("nope")}).first,
+            ErrorKind::kNotFound);
+}
+
+TEST_F(WorkerConfigTest, TokenFromTheEnvironment) {
+  setenv("FERRY_WORKER_TOKEN", "fy_env", 1);
+  WorkerConfig c = ParseWorkerConfig({"--coordinator", "c:1", "--qmp-dir", Path("qmp"), "--runtime-dir", Path("run"),
+                                      "--scratch-dir", Path("scratch")});
+  EXPECT_EQ(c.token, "fy_env");
+  unsetenv("FERRY_WORKER_TOKEN");
+}
+
+TEST_F(WorkerConfigTest, Help) { EXPECT_TRUE(ParseWorkerConfig({"--help"}).help); }
+
+}  // namespace
+}  // namespace ferry::daemon
