@@ -14,14 +14,14 @@
 # session's wall, and the wall time outside any disk task (snapshots,
 # releases, scheduling). Both runs use fresh repositories, page cache warm.
 # Usage: bench/worker-daemon.sh [WORKDIR]   (default /var/tmp/ferry-bench-worker)
-# Env: BENCH_RUNS (default 2, best of).
+# Env: BENCH_RUNS (default 3, best of).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${FERRY_BUILD_DIR:-$root/build}
 FERRY=$build/bin/ferry
 export FERRY_COORDINATOR=$build/coordinator/ferry-coordinator FERRY_WORKER=$build/bin/ferry-worker
 work=${1:-/var/tmp/ferry-bench-worker}
-runs=${BENCH_RUNS:-2}
+runs=${BENCH_RUNS:-3}
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
 WORK=$work/tmp
@@ -58,33 +58,45 @@ subprocess.run(["qemu-img", "convert", "-q", "-S", "0", "-n",
                check=True)
 PY
 done
+# q3d: a 4th quarter of distinct data (the first 512 MiB of /usr/share's
+# files, sorted by path), for the layout without duplicate data across VMs.
+if [[ ! -f $work/q3d.qcow2 ]]; then
+    find /usr/share -type f -print0 | sort -z | xargs -0 cat 2>/dev/null | head -c $((512 * MiB)) >"$work/q3d.raw" || true
+    [[ $(stat -c %s "$work/q3d.raw") == $((512 * MiB)) ]] || fail "/usr/share holds less than 512 MiB"
+    qemu-img create -q -f qcow2 "$work/q3d.qcow2" 1G
+    qemu-img convert -q -S 0 -n -f raw "$work/q3d.raw" --target-image-opts \
+        "driver=raw,offset=0,size=$((512 * MiB)),file.driver=qcow2,file.file.filename=$work/q3d.qcow2"
+    rm -f "$work/q3d.raw"
+fi
 allocated=$((4 * 512 * MiB))
 
-start_vms() {  # IMAGE-PREFIX: 4 VMs vm0..vm3, sockets in qmp-a (vm0, vm1) and qmp-b (vm2, vm3)
+start_vms() {  # IMAGE x 4: VMs vm0..vm3, sockets in qmp-a (vm0, vm1) and qmp-b (vm2, vm3)
     rm -rf "$WORK/qmp-a" "$WORK/qmp-b"
     mkdir -p "$WORK/qmp-a" "$WORK/qmp-b"
-    local i
+    local i images=("$@")
     for i in 0 1 2 3; do
-        VM_NAME=vm$i vm_start "$WORK/vm$i" "virtio0=$1$i.qcow2"
+        VM_NAME=vm$i vm_start "$WORK/vm$i" "virtio0=${images[$i]}"
         ln -s "$WORK/vm$i/qmp.sock" "$WORK/qmp-$([[ $i -lt 2 ]] && echo a || echo b)/10$i.qmp"
     done
 }
 stop_vms() { local i; for i in 0 1 2 3; do vm_stop "$WORK/vm$i"; done; }
 
 # --- the baseline: ferry backup, one VM after another ---
-start_vms "$work/q"
-best_cli=
-for r in $(seq "$runs"); do
-    rm -rf "$WORK/repo-cli"
-    "$FERRY" --quiet init --repo "$WORK/repo-cli"
-    t0=$(date +%s.%N)
-    for i in 0 1 2 3; do "$FERRY" --quiet backup --repo "$WORK/repo-cli" --qmp "$WORK/vm$i/qmp.sock" >/dev/null; done
-    t=$(echo "$(date +%s.%N) - $t0" | bc)
-    echo "cli run $r: $t s" >&2
-    [[ -z $best_cli ]] || (($(echo "$t < $best_cli" | bc))) && best_cli=$t
-done
+cli_runs() {  # -> best wall, s
+    local best= r t t0 i
+    for r in $(seq "$runs"); do
+        rm -rf "$WORK/repo-cli"
+        "$FERRY" --quiet init --repo "$WORK/repo-cli"
+        t0=$(date +%s.%N)
+        for i in 0 1 2 3; do "$FERRY" --quiet backup --repo "$WORK/repo-cli" --qmp "$WORK/vm$i/qmp.sock" >/dev/null; done
+        t=$(echo "$(date +%s.%N) - $t0" | bc)
+        echo "cli run $r: $t s" >&2
+        if [[ -z $best ]] || (($(echo "$t < $best" | bc))); then best=$t; fi
+    done
+    echo "$best"
+}
 
-# --- the job on 2 workers ---
+# --- the job on 2 workers, each layout ---
 DATA=$WORK/coord
 coord_init "$DATA"
 coord_start "$DATA" --listen 127.0.0.1:0 --rpc-listen 127.0.0.1:0
@@ -128,22 +140,40 @@ PY
 }
 wait_vms() { local deadline=$((SECONDS + 60)); until [[ $(api GET /vms | jpy "len([v for v in d['vms'] if v['state'] != 'missing'])") -ge 4 ]]; do ((SECONDS < deadline)) || fail "the workers did not report 4 VMs"; sleep 0.2; done; }
 
-worker_start a --token-file "$WORK/wa.token" --host host-a --qmp-dir "$WORK/qmp-a" --slots 2 --runtime-dir "$WORK/run-a" --scratch-dir "$WORK/scratch-a"
-worker_start b --token-file "$WORK/wb.token" --host host-b --qmp-dir "$WORK/qmp-b" --slots 2 --runtime-dir "$WORK/run-b" --scratch-dir "$WORK/scratch-b"
-wait_vms
-best_job= best_job_line=
-for r in $(seq "$runs"); do
-    line=$(run_job "repo-job$r")
-    echo "job run $r (wall, outside disk tasks, coordinator CPU): $line" >&2
-    w=${line%% *}
-    if [[ -z $best_job ]] || (($(echo "$w < $best_job" | bc))); then best_job=$w best_job_line=$line; fi
+job_runs() {  # LAYOUT -> best "wall outside cpu"
+    local best= line r w
+    for r in $(seq "$runs"); do
+        line=$(run_job "repo-$1-$r")
+        echo "job run $r (wall, outside disk tasks, coordinator CPU): $line" >&2
+        w=${line%% *}
+        if [[ -z $best ]] || (($(echo "$w < ${best%% *}" | bc))); then best=$line; fi
+    done
+    echo "$best"
+}
+worker_start a --token-file "$WORK/wa.token" --host host-a --qmp-dir "$WORK/qmp-a" --slots 2 --runtime-dir "$WORK/run-a" --scratch-dir "$WORK/scratch-a" --inventory-interval 1s
+worker_start b --token-file "$WORK/wb.token" --host host-b --qmp-dir "$WORK/qmp-b" --slots 2 --runtime-dir "$WORK/run-b" --scratch-dir "$WORK/scratch-b" --inventory-interval 1s
+declare -A cli_best job_best
+for layout in reference distinct; do
+    if [[ $layout == reference ]]; then images=("$work/q0.qcow2" "$work/q1.qcow2" "$work/q2.qcow2" "$work/q3.qcow2")
+    else images=("$work/q0.qcow2" "$work/q1.qcow2" "$work/q2.qcow2" "$work/q3d.qcow2"); fi
+    echo "== layout $layout" >&2
+    start_vms "${images[@]}"
+    wait_vms
+    cli_best[$layout]=$(cli_runs)
+    job_best[$layout]=$(job_runs $layout)
+    stop_vms
+    # The workers see the VMs go; the next layout's VMs take their names.
+    deadline=$((SECONDS + 30))
+    until [[ $(api GET /vms | jpy "len([v for v in d['vms'] if v['state'] != 'missing'])") == 0 ]]; do
+        ((SECONDS < deadline)) || fail "the workers still report VMs"; sleep 0.2
+    done
 done
 worker_stop a; worker_stop b
 
 # --- RSS: one worker, 4 slots, 4 disk tasks at once ---
 rss_run() {  # NAME -> VmHWM of the worker, KiB
     worker_start "$1" --token-file "$WORK/wc.token" --host host-c --qmp-dir "$WORK/qmp-c" --slots 4 \
-        --runtime-dir "$WORK/run-c" --scratch-dir "$WORK/scratch-c" >&2
+        --runtime-dir "$WORK/run-c" --scratch-dir "$WORK/scratch-c" --inventory-interval 1s >&2
     local deadline=$((SECONDS + 60))
     until [[ $(api GET "/vms?host=host-c" | jpy "len([v for v in d['vms'] if v['state'] != 'missing'])") -ge 4 ]]; do
         ((SECONDS < deadline)) || fail "worker $1 did not report 4 VMs"; sleep 0.2
@@ -165,7 +195,6 @@ rss_run() {  # NAME -> VmHWM of the worker, KiB
     awk '/VmHWM/ {print $2}' "/proc/${WORKER_PID[$1]}/status"
     worker_stop "$1"
 }
-stop_vms
 mkdir -p "$WORK/qmp-c"
 for i in 0 1 2 3; do
     VM_NAME=vmc$i vm_start "$WORK/vmc$i" "virtio0=$work/q$i.qcow2"
@@ -182,19 +211,25 @@ for i in 0 1 2 3; do
 done
 rss_full=$(rss_run full)
 
-read -r job_wall job_outside coord_cpu <<<"$best_job_line"
-python3 - "$allocated" "$best_cli" "$job_wall" "$job_outside" "$coord_cpu" "$rss_quarter" "$rss_full" <<'PY'
+python3 - "$allocated" "${cli_best[reference]}" "${job_best[reference]}" "${cli_best[distinct]}" "${job_best[distinct]}" \
+    "$rss_quarter" "$rss_full" <<'PY'
 import sys
-alloc, cli, job, outside, cpu, rq, rf = (float(x) for x in sys.argv[1:])
-mib = alloc / 2**20
-print("| measure | value |\n|---|---|")
-print(f"| `ferry backup` x 4 VMs, one after another | {cli:.2f} s = {mib / cli:.0f} MiB/s |")
-print(f"| job over 4 VMs on 2 ferry-worker daemons | {job:.2f} s = {mib / job:.0f} MiB/s |")
-print(f"| **daemon / CLI throughput** | **{cli / job:.2f}x** (target >= 0.9x) |")
-print(f"| session wall outside disk tasks (snapshots, releases, scheduling) | {outside:.2f} s = {100 * outside / job:.0f}% |")
-print(f"| coordinator CPU during the session | {cpu:.2f} s = {100 * cpu / job:.1f}% of the wall |")
-print(f"| worker peak RSS, 4 disk tasks, 4 x 1 GiB disks (512 MiB data each) | {rq / 1024:.0f} MiB |")
-print(f"| worker peak RSS, 4 disk tasks, 4 x 4 GiB disks (2 GiB data each) | {rf / 1024:.0f} MiB (target < 256 MiB) |")
-print(f"cli_s={cli:.2f} job_s={job:.2f} ratio={cli / job:.2f} outside_s={outside:.2f} coordinator_cpu_s={cpu:.2f} "
-      f"rss_quarter_mib={rq / 1024:.0f} rss_full_mib={rf / 1024:.0f}")
+alloc = float(sys.argv[1]); mib = alloc / 2**20
+layouts = {"reference": (float(sys.argv[2]), [float(x) for x in sys.argv[3].split()]),
+           "distinct": (float(sys.argv[4]), [float(x) for x in sys.argv[5].split()])}
+rq, rf = float(sys.argv[6]), float(sys.argv[7])
+print("| measure | reference quarters (4th = copy of 1st) | distinct 4th quarter |\n|---|---|---|")
+row = lambda name, f: print(f"| {name} | {f('reference')} | {f('distinct')} |")
+row("`ferry backup` x 4 VMs, one after another", lambda l: f"{layouts[l][0]:.2f} s = {mib / layouts[l][0]:.0f} MiB/s")
+row("job over 4 VMs on 2 ferry-worker daemons", lambda l: f"{layouts[l][1][0]:.2f} s = {mib / layouts[l][1][0]:.0f} MiB/s")
+row("**daemon / CLI throughput** (target >= 0.9x)", lambda l: f"**{layouts[l][0] / layouts[l][1][0]:.2f}x**")
+row("session wall outside disk tasks", lambda l: f"{layouts[l][1][1]:.2f} s = {100 * layouts[l][1][1] / layouts[l][1][0]:.0f}%")
+row("coordinator CPU during the session", lambda l: f"{layouts[l][1][2]:.2f} s = {100 * layouts[l][1][2] / layouts[l][1][0]:.1f}% of the wall")
+print()
+print("| worker peak RSS, 4 disk tasks at once | value |\n|---|---|")
+print(f"| 4 x 1 GiB disks (512 MiB data each) | {rq / 1024:.0f} MiB |")
+print(f"| 4 x 4 GiB disks (2 GiB data each) | {rf / 1024:.0f} MiB (target < 256 MiB) |")
+for l, (cli, (job, outside, cpu)) in layouts.items():
+    print(f"{l}: cli_s={cli:.2f} job_s={job:.2f} ratio={cli / job:.2f} outside_s={outside:.2f} coordinator_cpu_s={cpu:.2f}")
+print(f"rss_quarter_mib={rq / 1024:.0f} rss_full_mib={rf / 1024:.0f}")
 PY
