@@ -50,9 +50,10 @@ void HostLocalityScheduler::SetHost(int64_t host_id, const std::string& host_nam
   Reindex(host_id);
 }
 
-void HostLocalityScheduler::SetWorker(int64_t worker_id, int64_t host_id, int slots) {
+void HostLocalityScheduler::SetWorker(int64_t worker_id, int64_t host_id, int slots, bool own_host_snapshots_only) {
   Contribute(worker_id, -1);
   WorkerState& worker = workers_[worker_id];
+  worker.own_host_snapshots_only = own_host_snapshots_only;
   if (worker.host_id != 0 && worker.host_id != host_id) Host(worker.host_id).workers.erase(worker_id);
   worker.host_id = host_id;
   worker.slots = slots;
@@ -177,7 +178,7 @@ int HostLocalityScheduler::TakeFrom(int64_t host_id, HostState& host, int64_t wo
   int taken = 0;
   WorkerState& worker = workers_[worker_id];
   for (auto it = host.disks.begin(); it != host.disks.end() && taken < disk_budget;) {
-    if (!RepositoryHasSlot(it->repository_id) || (it->host_only && tier != Tier::kHost)) {
+    if (!RepositoryHasSlot(it->repository_id) || (it->host_only && worker_id != it->pinned_worker)) {
       ++it;
       continue;
     }
@@ -217,7 +218,7 @@ std::vector<Placement> HostLocalityScheduler::Pick(int64_t worker_id, int max_di
     for (int64_t host_id : candidates) {
       if (host_id == worker.host_id) continue;
       HostState& host = hosts_.at(host_id);
-      bool snapshot_orphaned = host.connected_workers == 0;
+      bool snapshot_orphaned = host.connected_workers == 0 && !worker.own_host_snapshots_only;
       bool disks_orphaned = host.free_slots == 0;
       if (!snapshot_orphaned && !(disks_orphaned && budget > 0)) continue;
       budget -= TakeFrom(host_id, host, worker_id, disks_orphaned ? budget : 0, Tier::kCluster, snapshot_orphaned,
@@ -232,7 +233,7 @@ std::vector<Placement> HostLocalityScheduler::Pick(int64_t worker_id, int max_di
     if (other->connected_workers == 0 || (other->free_slots == 0 && budget > 0)) others.push_back(other);
   }
   for (ClusterState* other : others) {
-    bool snapshot_orphaned = other->connected_workers == 0;
+    bool snapshot_orphaned = other->connected_workers == 0 && !worker.own_host_snapshots_only;
     bool disks_orphaned = other->free_slots == 0;
     if (!snapshot_orphaned && !(disks_orphaned && budget > 0)) continue;
     std::vector<int64_t> hosts(other->hosts_with_work.begin(), other->hosts_with_work.end());

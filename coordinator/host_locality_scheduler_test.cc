@@ -78,6 +78,7 @@ TEST_F(SchedulerTest, HostLocalExportsStayOnTheirHost) {
   EXPECT_EQ(s.Pick(20, 2).size(), 2u);
   QueuedWork local = Disk(3, 2);
   local.host_only = true;
+  local.pinned_worker = 20;
   s.Enqueue(local);
   s.Enqueue(Disk(4, 2));
   auto picked = s.Pick(10, 2);
@@ -93,6 +94,34 @@ TEST_F(SchedulerTest, HostLocalExportsStayOnTheirHost) {
   ASSERT_EQ(own.size(), 1u);
   EXPECT_EQ(own[0].work.id, 3);
   EXPECT_EQ(own[0].tier, Tier::kHost);
+}
+
+TEST_F(SchedulerTest, HostLocalExportOfAWorkerlessHostGoesToItsHolder) {
+  // Host 3 has no worker: worker 10 took its snapshot (cluster tier) and
+  // exports on a unix socket of its own machine.
+  QueuedWork local = Disk(5, 3);
+  local.host_only = true;
+  local.pinned_worker = 10;
+  s.Enqueue(local);
+  EXPECT_TRUE(s.Pick(20, 2).empty()) << "worker 20 cannot reach worker 10's socket";
+  EXPECT_TRUE(s.Pick(40, 2).empty());
+  auto picked = s.Pick(10, 2);
+  ASSERT_EQ(picked.size(), 1u);
+  EXPECT_EQ(picked[0].work.id, 5);
+  EXPECT_EQ(picked[0].tier, Tier::kCluster);
+}
+
+TEST_F(SchedulerTest, OwnHostOnlyWorkersNeverTakeOtherHostsSnapshots) {
+  s.SetWorker(10, 1, 2, /*own_host_snapshots_only=*/true);
+  s.Enqueue(Snap(8, 3));   // host 3 has no worker
+  s.Enqueue(Disk(9, 3));
+  auto picked = s.Pick(10, 2);
+  ASSERT_EQ(picked.size(), 1u);
+  EXPECT_EQ(picked[0].work.kind, WorkKind::kDisk) << "worker 10 may read host 3's disks, not snapshot its VMs";
+  auto other = s.Pick(20, 2);
+  ASSERT_EQ(other.size(), 1u);
+  EXPECT_EQ(other[0].work.kind, WorkKind::kSnapshot);
+  EXPECT_EQ(other[0].tier, Tier::kCluster);
 }
 
 TEST_F(SchedulerTest, AnyTierOnlyWhenWholeClusterIsFull) {

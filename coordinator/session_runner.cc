@@ -305,13 +305,14 @@ void SessionRunner::EnqueueSnapshot(int64_t snapshot_id, int64_t host_id) {
 
 void SessionRunner::EnqueueTask(int64_t task_id) {
   Statement& s = db_.Cached(
-      "SELECT sn.host_id, t.repository_id, t.snapshot_id, t.disk FROM tasks t JOIN snapshots sn ON sn.id = t.snapshot_id "
-      "WHERE t.id = ?");
+      "SELECT sn.host_id, t.repository_id, t.snapshot_id, t.disk, sn.worker_id FROM tasks t "
+      "JOIN snapshots sn ON sn.id = t.snapshot_id WHERE t.id = ?");
   s.Bind(1, task_id);
   if (!s.Step()) return;
   int64_t host_id = s.Int(0), repository_id = s.Int(1), snapshot_id = s.Int(2);
   std::string disk = s.Text(3);
-  EnqueueTask(task_id, host_id, repository_id, HostLocalExport(snapshot_id, disk));
+  int64_t holder = s.IsNull(4) ? 0 : s.Int(4);
+  EnqueueTask(task_id, host_id, repository_id, HostLocalExport(snapshot_id, disk) ? holder : 0);
 }
 
 bool SessionRunner::HostLocalExport(int64_t snapshot_id, const std::string& disk) {
@@ -320,9 +321,9 @@ bool SessionRunner::HostLocalExport(int64_t snapshot_id, const std::string& disk
   return e != context.exports.end() && e->second.host_local;
 }
 
-void SessionRunner::EnqueueTask(int64_t task_id, int64_t host_id, int64_t repository_id, bool host_only) {
-  QueuedWork work{WorkKind::kDisk, task_id, host_id, repository_id, 0};
-  work.host_only = host_only;
+void SessionRunner::EnqueueTask(int64_t task_id, int64_t host_id, int64_t repository_id, int64_t local_holder) {
+  QueuedWork work{WorkKind::kDisk, task_id, host_id, repository_id, local_holder};
+  work.host_only = local_holder != 0;
   scheduler_.Enqueue(work);
   wakeups_.hosts.insert(host_id);
   if (!scheduler_.HostCanServe(host_id, WorkKind::kDisk)) wakeups_.all = true;
@@ -402,7 +403,7 @@ WorkerWelcome SessionRunner::RegisterWorker(const WorkerHello& hello) {
               "registered_at = ?, last_heartbeat_at = ? WHERE id = ?")
       .Bind(1, host_id).Bind(2, int64_t{hello.task_slots}).Bind(3, hello.version).Bind(4, now)
       .Bind(5, now).Bind(6, welcome.worker_id).Run();
-  scheduler_.SetWorker(welcome.worker_id, host_id, hello.task_slots);
+  scheduler_.SetWorker(welcome.worker_id, host_id, hello.task_slots, hello.own_host_snapshots_only);
   scheduler_.SetWorkerConnected(welcome.worker_id, true);
   welcome.host_id = host_id;
   wakeups_.workers.insert(welcome.worker_id);
@@ -434,15 +435,31 @@ WorkerWelcome SessionRunner::RegisterWorker(const WorkerHello& hello) {
     }
   }
   if (hello.held_snapshots) {
-    // A worker process that restarted holds none of its predecessor's.
+    // Reconcile what the worker holds with what the coordinator counts as
+    // its own. A snapshot whose snapshot or release assignment was resumed
+    // is being worked on (a release may already have taken it out of the
+    // worker's list): left alone.
+    std::set<int64_t> busy;
+    for (const std::string& assignment : welcome.resumed) {
+      auto live = live_.find(assignment);
+      if (live != live_.end() && live->second.kind != WorkKind::kDisk) busy.insert(live->second.id);
+    }
     std::set<int64_t> held(hello.held_snapshots->begin(), hello.held_snapshots->end());
-    Statement mine = db_.Prepare("SELECT id FROM snapshots WHERE worker_id = ? AND state IN ('ready', 'releasing')");
+    Statement mine = db_.Prepare(
+        "SELECT id FROM snapshots WHERE worker_id = ? AND state IN ('taking', 'ready', 'releasing')");
     mine.Bind(1, welcome.worker_id);
+    std::set<int64_t> counted;
     std::vector<int64_t> gone;
-    while (mine.Step())
-      if (!held.count(mine.Int(0))) gone.push_back(mine.Int(0));
+    while (mine.Step()) {
+      int64_t id = mine.Int(0);
+      counted.insert(id);
+      // A process that restarted holds none of its predecessor's.
+      if (!held.count(id) && !busy.count(id)) gone.push_back(id);
+    }
     for (int64_t snapshot : gone)
       LoseSnapshot(snapshot, "its holder, worker " + welcome.worker_name + ", re-registered without it (restarted)");
+    for (int64_t id : held)
+      if (!counted.count(id)) welcome.drop_snapshots.push_back(id);
   }
   tx.Commit();
   work_generation_++;
@@ -472,6 +489,10 @@ std::vector<std::string> SessionRunner::Heartbeat(int64_t worker_id,
                                                   const std::vector<std::string>& running) {
   WorkerSideLock lock(*this);
   WorkerLive& worker = workers_[worker_id];
+  if (worker.must_reregister) {
+    throw Error(ErrorKind::kRetryable, "this worker was declared unreachable and the snapshots it held were "
+                                       "taken again elsewhere; register again");
+  }
   worker.last_heartbeat = clock_();
   worker.heartbeat_dirty = true;
   worker.unreachable = false;
@@ -576,6 +597,7 @@ void SessionRunner::MarkUnreachable(int64_t worker_id, const std::string& why) {
   std::vector<int64_t> lost;
   while (held.Step()) lost.push_back(held.Int(0));
   for (int64_t snapshot : lost) LoseSnapshot(snapshot, "its holder, worker " + std::to_string(worker_id) + ", is unreachable");
+  if (!lost.empty()) worker.must_reregister = true;
 }
 
 void SessionRunner::RequeueTask(int64_t task_id, const std::string& why) {
@@ -876,7 +898,7 @@ void SessionRunner::FinishTask(int64_t task_id, const WorkReport& report) {
 
 void SessionRunner::FinishSnapshot(int64_t snapshot_id, const WorkReport& report) {
   Statement& s = db_.Cached(
-      "SELECT s.session_id, s.vm_name, s.failures, j.retry_count, j.retry_interval_s, se.state, s.host_id "
+      "SELECT s.session_id, s.vm_name, s.failures, j.retry_count, j.retry_interval_s, se.state, s.host_id, s.worker_id "
       "FROM snapshots s JOIN sessions se ON se.id = s.session_id JOIN jobs j ON j.id = se.job_id WHERE s.id = ?");
   s.Bind(1, snapshot_id);
   if (!s.Step()) return;
@@ -910,7 +932,9 @@ void SessionRunner::FinishSnapshot(int64_t snapshot_id, const WorkReport& report
     for (const auto& e : report.exports) local[e.disk] = e.host_local;
     while (waiting.Step()) tasks.emplace_back(waiting.Int(0), waiting.Int(1), local[waiting.Text(2)]);
     db_.Cached("UPDATE tasks SET state = 'queued' WHERE snapshot_id = ? AND state = 'waiting'").Bind(1, snapshot_id).Run();
-    for (const auto& [task_id, repository_id, host_only] : tasks) EnqueueTask(task_id, host_id, repository_id, host_only);
+    int64_t holder = s.IsNull(7) ? 0 : s.Int(7);
+    for (const auto& [task_id, repository_id, host_only] : tasks)
+      EnqueueTask(task_id, host_id, repository_id, host_only ? holder : 0);
     if (tasks.empty()) MaybeRelease(snapshot_id);  // a stopped session canceled them: release at once
     return;
   }

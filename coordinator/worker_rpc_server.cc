@@ -297,6 +297,7 @@ class CoordinatorImpl final : public rpc::Coordinator::Server {
       WorkerHello hello{request.getToken(), request.getHost(), request.getPlatform(), request.getCluster(),
                         static_cast<int>(std::min<uint32_t>(request.getTaskSlots(), 100000)), request.getVersion(),
                         Texts(request.getRunning()), std::nullopt};
+      hello.own_host_snapshots_only = request.getOwnHostSnapshotsOnly();
       if (request.getReportsHeld()) {
         hello.held_snapshots.emplace();
         for (uint64_t id : request.getHeldSnapshots()) hello.held_snapshots->push_back(static_cast<int64_t>(id));
@@ -311,6 +312,9 @@ class CoordinatorImpl final : public rpc::Coordinator::Server {
       reply.setHeartbeatDeadlineMs(static_cast<uint32_t>(runner_.heartbeat_deadline_ms()));
       auto resumed = reply.initResumed(static_cast<unsigned>(welcome.resumed.size()));
       for (size_t i = 0; i < welcome.resumed.size(); ++i) resumed.set(static_cast<unsigned>(i), welcome.resumed[i]);
+      auto drop = reply.initDropSnapshots(static_cast<unsigned>(welcome.drop_snapshots.size()));
+      for (size_t i = 0; i < welcome.drop_snapshots.size(); ++i)
+        drop.set(static_cast<unsigned>(i), static_cast<uint64_t>(welcome.drop_snapshots[i]));
       return kj::READY_NOW;
     } catch (const std::exception& e) {
       LogWarning(std::string("worker registration refused: ") + e.what());

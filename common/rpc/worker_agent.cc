@@ -97,6 +97,7 @@ kj::Promise<void> WorkerAgent::Register() {
   r.setCluster(identity.cluster);
   r.setTaskSlots(identity.task_slots);
   r.setVersion(identity.version);
+  r.setOwnHostSnapshotsOnly(identity.own_host_snapshots_only);
   auto running = r.initRunning(static_cast<unsigned>(items_.size()));
   unsigned i = 0;
   for (const auto& [id, item] : items_) running.set(i++, id);
@@ -128,6 +129,10 @@ kj::Promise<void> WorkerAgent::Register() {
             " running assignments resumed");
     last_error_.clear();
     failed_attempts_ = 0;
+
+    std::vector<uint64_t> drop_snapshots;
+    for (uint64_t id : reply.getDropSnapshots()) drop_snapshots.push_back(id);
+    if (!drop_snapshots.empty()) executor_.DropSnapshots(drop_snapshots);
 
     std::vector<std::string> dropped;
     for (const auto& [id, item] : items_) {

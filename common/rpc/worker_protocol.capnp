@@ -31,6 +31,10 @@ struct RegisterRequest {
   # worker, the simulator) the coordinator cannot tell and assumes it is held.
   heldSnapshots @8 :List(UInt64);
   reportsHeld @9 :Bool;
+  # It reaches only its own host's hypervisor (QMP sockets, local libvirt):
+  # never give it snapshots of other hosts' VMs, even when their host has no
+  # worker. False (an older worker, the simulator): any host's.
+  ownHostSnapshotsOnly @10 :Bool;
 }
 
 struct RegisterReply {
@@ -39,6 +43,9 @@ struct RegisterReply {
   heartbeatIntervalMs @2 :UInt32;  # send a heartbeat at least this often
   heartbeatDeadlineMs @3 :UInt32;  # silent longer: unreachable, its work requeued
   resumed @4 :List(Text);          # of `running`, the assignments still the worker's
+  # Of `heldSnapshots`, those the coordinator does not count as this
+  # worker's (lost and retaken meanwhile, or never known): remove them.
+  dropSnapshots @5 :List(UInt64);
 }
 
 interface WorkerSession {

@@ -114,6 +114,23 @@ finish_session "$S"
 api GET "/sessions/$S/log" | grep -q "snapshot lost" || fail "the session log does not say the snapshot was lost"
 ok "a new snapshot was taken; session $S succeeded, point $POINT bit-exact, the dead holder's snapshot removed from QEMU"
 
+# --- 2c. the snapshot holder frozen past the deadline, then back ---
+# Its snapshot is lost and must be taken again; when it comes back it still
+# holds the old one, which the coordinator tells it to drop (dropSnapshots).
+vm_write "$WORK/vm-a1" virtio0 0x64 $((4 * MiB)) $((16 * MiB))
+vm_write "$WORK/vm-a1" virtio1 0x64 $((4 * MiB)) $((16 * MiB))
+take_refs
+S=$(api POST "/jobs/$JOB/start" | jpy 'd["session"]')
+wait_for "worker A to be reading" 60 task_on "$S" "$WA"
+kill -STOP "${WORKER_PID[a]}"
+on_exit "kill -CONT ${WORKER_PID[a]} 2>/dev/null"
+wait_for "worker A to be declared unreachable" 30 grep -q "worker $WA unreachable" "$DATA/log"
+kill -CONT "${WORKER_PID[a]}"
+ok "worker A frozen past the heartbeat deadline, then resumed"
+finish_session "$S"
+grep -q "no longer counts it as this worker's" "$WORK/worker-a.log" || fail "worker A did not drop its stale snapshot"
+ok "worker A dropped the stale snapshot and took a new one; session $S succeeded, point $POINT bit-exact, no leftovers"
+
 # --- 3. the coordinator killed and restarted mid-session ---
 vm_write "$WORK/vm-a1" virtio0 0x63 $((20 * MiB)) $((16 * MiB))
 vm_write "$WORK/vm-a1" virtio1 0x63 $((20 * MiB)) $((16 * MiB))

@@ -126,6 +126,7 @@ struct HostExecutor::Job {
 
 struct HostExecutor::HeldSnapshot {
   uint64_t snapshot_id = 0;
+  std::string assignment;  // the snapshot item that took it
   std::string vm;
   std::unique_ptr<Repository> repo;
   std::unique_ptr<worker::Host> host;
@@ -166,6 +167,7 @@ rpc::WorkerIdentity HostExecutor::Identity() {
   id.cluster = settings_.cluster;
   id.task_slots = settings_.task_slots;
   id.version = settings_.version;
+  id.own_host_snapshots_only = true;  // QMP sockets and libvirt reach this host's VMs only
   return id;
 }
 
@@ -173,6 +175,7 @@ std::vector<rpc::InventoryVm> HostExecutor::Inventory() {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<rpc::InventoryVm> out;
   for (const auto& k : vms_) out.push_back(k.vm);
+  reported_ = out;
   return out;
 }
 
@@ -252,10 +255,12 @@ kj::Promise<void> HostExecutor::WatchInventory(std::function<void()> changed) {
       .then([this, changed = std::move(changed)](std::vector<KnownVm> now) mutable {
         bool differs;
         {
+          // Against what was last reported: a scan for a snapshot (FindVm)
+          // may have updated vms_ without telling the coordinator.
           std::lock_guard<std::mutex> lock(mu_);
-          differs = now.size() != vms_.size() ||
-                    !std::equal(now.begin(), now.end(), vms_.begin(),
-                                [](const KnownVm& a, const KnownVm& b) { return SameInventory(a.vm, b.vm); });
+          differs = now.size() != reported_.size() ||
+                    !std::equal(now.begin(), now.end(), reported_.begin(),
+                                [](const KnownVm& a, const rpc::InventoryVm& b) { return SameInventory(a.vm, b); });
           vms_ = std::move(now);
         }
         if (differs) {
@@ -347,6 +352,7 @@ rpc::WorkOutcome HostExecutor::DoSnapshot(Job& job, const rpc::SnapshotAssignmen
   }
   auto held = std::make_shared<HeldSnapshot>();
   held->snapshot_id = item.snapshot_id;
+  held->assignment = item.id;
   held->vm = item.vm.name;
   KnownVm where = FindVm(item.vm);
   held->repo = Repository::Open(item.repository.location);
@@ -375,12 +381,17 @@ rpc::WorkOutcome HostExecutor::DoSnapshot(Job& job, const rpc::SnapshotAssignmen
         {task.disk.name, ExportUri(task.source), worker::ReadPlanToJson(task), task.source.tcp_address.empty()});
   }
   bool wanted = false;
+  std::shared_ptr<HeldSnapshot> replaced;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (const auto& [assignment, snapshot] : snapshot_of_assignment_) wanted |= snapshot == item.snapshot_id;
-    wanted &= !job.cancel;
-    if (wanted) held_[item.snapshot_id] = held;
+    wanted = snapshot_of_assignment_.count(item.id) > 0 && !job.cancel;
+    if (wanted) {
+      auto& slot = held_[item.snapshot_id];
+      replaced = std::move(slot);  // an earlier attempt's, the coordinator gave up on
+      slot = held;
+    }
   }
+  if (replaced) ReleaseNow(*replaced, "snapshot " + std::to_string(item.snapshot_id) + " was taken again");
   if (!wanted) {
     ReleaseNow(*held, "its snapshot item was cancelled while it was being taken");
     throw Error(ErrorKind::kInterrupted, "cancelled");
@@ -453,12 +464,21 @@ rpc::WorkOutcome HostExecutor::DoRelease(Job&, const rpc::ReleaseAssignment& ite
     return rpc::WorkOutcome::Ok();
   }
   std::lock_guard<std::mutex> lock(held->mu);
-  if (held->released) throw Error(ErrorKind::kInternal, "snapshot " + std::to_string(item.snapshot_id) + " released twice");
-  held->released = true;
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    held_.erase(item.snapshot_id);
+  if (held->released) {
+    // Removed meanwhile (dropped by the coordinator's reconciliation).
+    if (item.commit) {
+      throw Error(ErrorKind::kNotFound, "snapshot " + std::to_string(item.snapshot_id) + " was removed before its commit");
+    }
+    return rpc::WorkOutcome::Ok();
   }
+  held->released = true;
+  // Listed as held (HeldSnapshots) until released: a registration meanwhile
+  // must not make it look lost.
+  auto forget = kj::defer([this, held]() {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = held_.find(held->snapshot_id);
+    if (it != held_.end() && it->second == held) held_.erase(it);
+  });
   rpc::WorkOutcome outcome = rpc::WorkOutcome::Ok();
   RestorePointManifest manifest = held->snapshot->Release(item.commit);
   if (item.commit) {
@@ -493,17 +513,31 @@ void HostExecutor::DiscardInBackground(std::shared_ptr<HeldSnapshot> held, const
   }).ignoreResult());
 }
 
+void HostExecutor::DropSnapshots(const std::vector<uint64_t>& snapshot_ids) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (uint64_t id : snapshot_ids) {
+    auto h = held_.find(id);
+    if (h == held_.end()) continue;
+    auto held = h->second;
+    held_.erase(h);
+    DiscardInBackground(held, "the coordinator no longer counts it as this worker's");
+  }
+}
+
 void HostExecutor::Ended(const std::string& assignment_id, rpc::AssignmentEnd end, const std::string& reason) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = snapshot_of_assignment_.find(assignment_id);
   if (it == snapshot_of_assignment_.end()) return;
   uint64_t snapshot_id = it->second;
   snapshot_of_assignment_.erase(it);
-  if (end == rpc::AssignmentEnd::kDone) return;  // held until its release
-  // The coordinator does not count on this snapshot (rejected, cancelled,
-  // dropped): nothing will release it but us.
+  // Done: held until its release. Dropped (not resumed after a reconnection):
+  // the coordinator may still count it as held (its result was accepted but
+  // the reply lost); the registration's dropSnapshots said what to remove.
+  if (end == rpc::AssignmentEnd::kDone || end == rpc::AssignmentEnd::kDropped) return;
+  // Rejected, cancelled, or its report failed: the coordinator does not
+  // count on this snapshot, and nothing will release it but us.
   auto h = held_.find(snapshot_id);
-  if (h == held_.end()) return;  // not taken (yet): DoSnapshot sees it is unwanted
+  if (h == held_.end() || h->second->assignment != assignment_id) return;  // not taken (yet), or a later attempt's
   auto held = h->second;
   held_.erase(h);
   DiscardInBackground(held, std::string("its snapshot item ended as ") + rpc::AssignmentEndName(end) +

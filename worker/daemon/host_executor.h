@@ -23,6 +23,7 @@
 #pragma once
 
 #include <kj/async.h>
+#include <kj/exception.h>
 #include <kj/function.h>
 #include <kj/time.h>
 
@@ -76,7 +77,17 @@ class BlockingRunner {
   template <typename T>
   kj::Promise<T> Run(std::function<T()> fn) {
     auto paf = kj::newPromiseAndCrossThreadFulfiller<T>();
-    Start([fn = std::move(fn), fulfiller = kj::mv(paf.fulfiller)]() mutable { fulfiller->fulfill(fn()); });
+    Start([fn = std::move(fn), fulfiller = kj::mv(paf.fulfiller)]() mutable {
+      try {
+        fulfiller->fulfill(fn());
+      } catch (kj::Exception& e) {  // a promise that rejects: the agent reports it as internal
+        fulfiller->reject(kj::mv(e));
+      } catch (const std::exception& e) {
+        fulfiller->reject(KJ_EXCEPTION(FAILED, e.what()));
+      } catch (...) {
+        fulfiller->reject(KJ_EXCEPTION(FAILED, "unknown exception"));
+      }
+    });
     return kj::mv(paf.promise);
   }
   size_t running() const;
@@ -108,6 +119,7 @@ class HostExecutor final : public rpc::WorkExecutor, private kj::TaskSet::ErrorH
   rpc::WorkerIdentity Identity() override;
   std::vector<rpc::InventoryVm> Inventory() override;
   std::optional<std::vector<uint64_t>> HeldSnapshots() override;
+  void DropSnapshots(const std::vector<uint64_t>& snapshot_ids) override;
   kj::Promise<rpc::WorkOutcome> TakeSnapshot(const rpc::SnapshotAssignment& item, rpc::WorkContext& context) override;
   kj::Promise<rpc::WorkOutcome> BackupDisk(const rpc::DiskAssignment& item, rpc::WorkContext& context) override;
   kj::Promise<rpc::WorkOutcome> Release(const rpc::ReleaseAssignment& item, rpc::WorkContext& context) override;
@@ -145,6 +157,7 @@ class HostExecutor final : public rpc::WorkExecutor, private kj::TaskSet::ErrorH
 
   mutable std::mutex mu_;  // guards what follows
   std::vector<KnownVm> vms_;                                    // the last scan
+  std::vector<rpc::InventoryVm> reported_;                      // what Inventory() last returned
   std::map<uint64_t, std::shared_ptr<HeldSnapshot>> held_;      // by snapshot id
   std::map<std::string, uint64_t> snapshot_of_assignment_;      // snapshot items not yet Ended
   std::map<std::string, std::shared_ptr<Job>> jobs_;            // running, by assignment id

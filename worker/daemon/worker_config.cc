@@ -91,7 +91,9 @@ WorkerConfig ParseWorkerConfig(const std::vector<std::string>& args) {
   if (auto path = command_line.Get("config")) {
     a = Arguments::FromFileAndCommandLine(*path, args, kValued, kFlags);
   }
-  c.log_level = a.Has("verbose") ? 0 : a.Has("quiet") ? 2 : 1;
+  // The command line's verbosity wins over the file's.
+  const Arguments& loudness = command_line.Has("verbose") || command_line.Has("quiet") ? command_line : a;
+  c.log_level = loudness.Has("verbose") ? 0 : loudness.Has("quiet") ? 2 : 1;
 
   c.coordinator.address = a.Require("coordinator");
   rpc::SplitHostPort(c.coordinator.address);  // kBadInput for a malformed one
@@ -140,6 +142,10 @@ WorkerConfig ParseWorkerConfig(const std::vector<std::string>& args) {
   if (h.staging_expiry < std::chrono::seconds(60)) throw Error(ErrorKind::kBadInput, "option --staging-expiry: at least 60s");
   if (auto d = a.GetDuration("monitor-timeout")) h.monitor_timeout = *d;
   if (auto n = a.GetInt("reconnect-ms", 10, 600000)) c.reconnect_ms = static_cast<int>(*n);
+  if (a.Has("export-host") && h.qmp_dir.empty()) {
+    throw Error(ErrorKind::kBadInput, "option --export-host: only QMP snapshots (--qmp-dir) export over TCP; "
+                                      "libvirt's exports are unix sockets (docs/worker.md)");
+  }
   if (auto advertise = a.Get("export-host")) {
     worker::NbdExportNetwork n;
     n.advertise_host = *advertise;

@@ -112,6 +112,8 @@ TEST_F(WorkerConfigTest, BadInputNamesTheOption) {
   bad(Args({"--export-host", "h", "--export-ports", "9-1"}), "option --export-ports: '9-1' is not a range");
   bad(Args({"--export-ports", "1-2"}), "need --export-host");
   bad(Args({"--tls-name", "x"}), "only with --tls or --tls-ca");
+  bad({"--coordinator", "c:1", "--token-file", Path("token"), "--libvirt", "qemu:///system", "--export-host", "h"},
+      "only QMP snapshots (--qmp-dir) export over TCP");
   bad(Args({"--frobnicate"}), "unknown option --frobnicate");
   Write("empty.token", "\n");
   bad({"--coordinator", "c:1", "--token-file", Path("empty.token"), "--qmp-dir", Path("qmp")}, "is empty");
@@ -132,6 +134,12 @@ TEST_F(WorkerConfigTest, TokenFromTheEnvironment) {
                                       "--scratch-dir", Path("scratch")});
   EXPECT_EQ(c.token, "fy_env");
   unsetenv("FERRY_WORKER_TOKEN");
+}
+
+TEST_F(WorkerConfigTest, CommandLineVerbosityWinsOverTheFile) {
+  Write("loud.conf", "verbose\n");
+  EXPECT_EQ(ParseWorkerConfig(Args({"--config", Path("loud.conf"), "--quiet"})).log_level, 2);
+  EXPECT_EQ(ParseWorkerConfig(Args({"--config", Path("loud.conf")})).log_level, 0);
 }
 
 TEST_F(WorkerConfigTest, Help) { EXPECT_TRUE(ParseWorkerConfig({"--help"}).help); }

@@ -11,8 +11,11 @@
 //   - Tier "any": work of a host in another cluster, only when no connected
 //     worker in that whole cluster has a free slot.
 //   - Release work is pinned to the worker that holds the snapshot.
-//   - A disk task whose export is host-local (a unix socket) goes to its
-//     host's workers only, however busy they are.
+//   - A worker that can snapshot only its own host's VMs (it declares so)
+//     never gets another host's snapshots.
+//   - A disk task whose export is host-local (a unix socket) goes to the
+//     snapshot's holder only, however busy it is (taken at whatever tier it
+//     holds the VM's host's work).
 // Every placement carries its tier and the reason, recorded on the task.
 // Hosts without a cluster each count as a cluster of their own.
 #pragma once
@@ -36,9 +39,9 @@ struct QueuedWork {
   int64_t id = 0;             // snapshot id (snapshot, release) or task id (disk)
   int64_t host_id = 0;        // the VM's host
   int64_t repository_id = 0;  // disk work only
-  int64_t pinned_worker = 0;  // release work: the snapshot's holder
+  int64_t pinned_worker = 0;  // release work, and host_only disk work: the snapshot's holder
   bool commit = false;        // release work: commit the restore point first
-  bool host_only = false;     // disk work whose export only the VM's host can read: tier host only
+  bool host_only = false;     // disk work whose export only its holder's machine can read: for pinned_worker only
 };
 
 struct Placement {
@@ -52,7 +55,10 @@ class HostLocalityScheduler {
   void SetHost(int64_t host_id, const std::string& host_name, const std::string& cluster);
   // Adds or updates a worker; slots may shrink below what it runs (it then
   // gets no disk work until enough tasks end).
-  void SetWorker(int64_t worker_id, int64_t host_id, int slots);
+  // `own_host_snapshots_only`: the worker reaches only its own host's
+  // hypervisor (QMP sockets, local libvirt), so it never takes snapshots of
+  // other hosts' VMs (RegisterRequest.ownHostSnapshotsOnly).
+  void SetWorker(int64_t worker_id, int64_t host_id, int slots, bool own_host_snapshots_only = false);
   void SetWorkerConnected(int64_t worker_id, bool connected);
   void SetRepositorySlots(int64_t repository_id, int slots);
 
@@ -90,6 +96,7 @@ class HostLocalityScheduler {
     int slots = 0;
     int used = 0;
     bool connected = false;
+    bool own_host_snapshots_only = false;
     std::deque<QueuedWork> pinned;
     int Free() const { return used < slots ? slots - used : 0; }
   };

@@ -57,12 +57,14 @@ struct WorkerHello {
   std::vector<std::string> running;
   // The snapshots the worker holds, when it reports them (RegisterRequest.reportsHeld).
   std::optional<std::vector<int64_t>> held_snapshots;
+  bool own_host_snapshots_only = false;
 };
 
 struct WorkerWelcome {
   int64_t worker_id = 0;
   std::string worker_name;
   std::vector<std::string> resumed;
+  std::vector<int64_t> drop_snapshots;  // of the worker's held snapshots, those not its own any more
   int64_t epoch = 0;  // this registration; pass to WorkerDisconnected
   int64_t host_id = 0;
 };
@@ -217,6 +219,10 @@ class SessionRunner {
     bool heartbeat_dirty = false;
     int64_t epoch = 0;
     bool unreachable = false;  // marked; its work already requeued
+    // Marked unreachable while holding snapshots, now lost: if it comes back
+    // on the same connection it must register again, so that the snapshots
+    // it still holds are reconciled (RegisterReply.dropSnapshots).
+    bool must_reregister = false;
   };
 
   void LoadTopology();
@@ -257,7 +263,9 @@ class SessionRunner {
   void EnqueueSnapshot(int64_t snapshot_id);
   void EnqueueSnapshot(int64_t snapshot_id, int64_t host_id);
   void EnqueueTask(int64_t task_id);
-  void EnqueueTask(int64_t task_id, int64_t host_id, int64_t repository_id, bool host_only);
+  // `local_holder`: the worker holding a host-local export of the disk (the
+  // task goes to it only), or 0.
+  void EnqueueTask(int64_t task_id, int64_t host_id, int64_t repository_id, int64_t local_holder);
   // Whether the snapshot's export of `disk` can be read on its host only.
   bool HostLocalExport(int64_t snapshot_id, const std::string& disk);
   void EnqueueRelease(int64_t snapshot_id, int64_t holder, bool commit);

@@ -156,6 +156,7 @@ struct WorkerIdentity {
   std::string cluster;   // empty: keep the cluster configured for the host
   uint32_t task_slots = 1;
   std::string version;  // the worker software's
+  bool own_host_snapshots_only = false;  // it cannot snapshot other hosts' VMs
 };
 
 // How an assignment left the worker.
@@ -197,6 +198,10 @@ class WorkExecutor {
   // registerWorker; nullopt: it does not keep track (the coordinator then
   // assumes what it counts as held still is).
   virtual std::optional<std::vector<uint64_t>> HeldSnapshots() { return std::nullopt; }
+  // Of those, the ones the coordinator does not count as this worker's
+  // (RegisterReply.dropSnapshots): remove them. Called after registering,
+  // before Ended of the assignments that were not resumed.
+  virtual void DropSnapshots(const std::vector<uint64_t>& snapshot_ids) { (void)snapshot_ids; }
 
   // Start one item's work. They must return at once; the work goes on in the
   // promise (see the design note above). `item` is valid only during the
