@@ -109,7 +109,7 @@ kj::Promise<kj::Own<CoordinatorConnection>> CoordinatorConnection::Connect(
     kj::NetworkAddress& address, kj::Timer& timer, kj::TlsContext* tls,
     const std::string& tls_server_name, ConnectOptions options) {
   std::string peer = std::string(address.toString().cStr());
-  std::string context = "connecting to coordinator " + peer;
+  std::string context = "connecting to " + options.peer_kind + " " + peer;
   auto connected =
       address.connect()
           .then([tls, tls_server_name, options](kj::Own<kj::AsyncIoStream> stream)

@@ -61,6 +61,8 @@ struct ConnectOptions {
   // TCP keepalive so a silently vanished coordinator host is noticed (about
   // idle + 3 probes); 0 leaves the kernel defaults (usually off).
   kj::Duration keepalive_idle = 30 * kj::SECONDS;
+  // What is being connected to, for messages ("connecting to <peer_kind> ADDR").
+  std::string peer_kind = "coordinator";
 };
 
 // One connection to the coordinator: owns the byte stream and the RPC system
@@ -107,6 +109,9 @@ class CoordinatorConnection {
 
   // The bootstrap capability. Cheap to copy; valid while this object lives.
   Coordinator::Client coordinator() { return coordinator_; }
+  // The peer's bootstrap capability, for another protocol over the same
+  // connection code (the repository service's).
+  capnp::Capability::Client bootstrap() { return coordinator_; }
 
   // Resolves when the connection is gone (peer closed or reset, or a protocol
   // error). Each call returns a new branch; several may wait at once. It does
