@@ -8,18 +8,12 @@
 // then FindMissing over all of them, then reads them all back. Prints
 // key=value lines (MiB/s, µs per call). Plain TCP: with --tls CERT KEY CA,
 // over TLS.
-#include <capnp/rpc-twoparty.h>
-#include <kj/async-io.h>
-
 #include <chrono>
-#include <condition_variable>
 #include <cstring>
 #include <cstdio>
 #include <filesystem>
-#include <mutex>
 #include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "ferry/common/chunk.h"
@@ -64,40 +58,17 @@ int main(int argc, char** argv) {
   }
   const double mib = static_cast<double>(n);
 
-  // The service, on a thread of its own.
-  std::mutex mu;
-  std::condition_variable cv;
-  uint32_t port = 0;
-  kj::Own<const kj::Executor> executor;
-  kj::Own<kj::PromiseFulfiller<void>> stop;
-  std::thread server([&] {
-    auto io = kj::setupAsyncIo();
-    kj::Own<kj::TlsContext> tls;
-    if (!cert.empty()) tls = rpc::MakeServerTlsContext(cert, key);
-    rpc::RepositoryServiceConfig config;
-    config.repositories = {{"served", (dir / "served").string()}};
-    config.grants = {{"bench-token", {"served"}}};
-    capnp::TwoPartyServer s(rpc::MakeRepositoryService(config));
-    auto listener = io.provider->getNetwork().parseAddress("127.0.0.1", 0).wait(io.waitScope)->listen();
-    kj::Own<kj::ConnectionReceiver> receiver = tls ? tls->wrapPort(kj::mv(listener)) : kj::mv(listener);
-    auto paf = kj::newPromiseAndFulfiller<void>();
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      port = receiver->getPort();
-      executor = kj::getCurrentThreadExecutor().addRef();
-      stop = kj::mv(paf.fulfiller);
-    }
-    cv.notify_all();
-    s.listen(*receiver).exclusiveJoin(kj::mv(paf.promise)).wait(io.waitScope);
-  });
-  {
-    std::unique_lock<std::mutex> lock(mu);
-    cv.wait(lock, [&] { return port != 0; });
-  }
+  rpc::RepositoryServiceConfig config;
+  config.repositories = {{"served", (dir / "served").string()}};
+  config.grants = {{"bench-token", {"served"}}};
+  rpc::RepositoryServer::Options options;
+  options.tls_cert = cert;
+  options.tls_key = key;
+  auto server = std::make_unique<rpc::RepositoryServer>(config, options);
 
   auto local = Repository::Open((dir / "local").string());
   rpc::RepositoryEndpoint e;
-  e.address = "127.0.0.1:" + std::to_string(port);
+  e.address = server->address();
   e.token = "bench-token";
   e.repository = "served";
   if (!cert.empty()) {
@@ -127,8 +98,7 @@ int main(int argc, char** argv) {
   run(cert.empty() ? "remote_tcp" : "remote_tls", remote->chunks(), remote->chunk_reader());
 
   remote.reset();
-  executor->executeSync([&] { stop->fulfill(); });
-  server.join();
+  server.reset();
   std::filesystem::remove_all(dir);
   return 0;
 }

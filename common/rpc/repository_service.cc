@@ -382,6 +382,86 @@ capnp::Capability::Client MakeRepositoryService(RepositoryServiceConfig config) 
   return kj::heap<ServiceImpl>(std::move(config));
 }
 
+namespace {
+// SplitHostPort, but port 0 (pick one) is allowed: a listening address.
+HostPort ListenAddress(const std::string& listen) {
+  if (!listen.ends_with(":0")) return SplitHostPort(listen);
+  HostPort hp = SplitHostPort(listen.substr(0, listen.size() - 2) + ":1");
+  hp.port = 0;
+  return hp;
+}
+}  // namespace
+
+struct RepositoryServer::Loop {
+  kj::Own<const kj::Executor> executor;
+  kj::Own<kj::PromiseFulfiller<void>> stop;  // on the server's thread only
+};
+
+RepositoryServer::RepositoryServer(RepositoryServiceConfig config, Options options)
+    : host_(ListenAddress(options.listen).host), loop_(std::make_unique<Loop>()) {
+  const uint16_t want_port = ListenAddress(options.listen).port;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool started = false;
+  std::optional<Error> failure;
+  thread_ = std::thread([&, config = std::move(config)]() mutable {
+    auto fail = [&](Error e) {
+      std::lock_guard<std::mutex> lock(mu);
+      failure = std::move(e);
+      started = true;
+      cv.notify_all();
+    };
+    try {
+      auto io = kj::setupAsyncIo();
+      kj::Own<kj::TlsContext> tls;
+      if (!options.tls_cert.empty() || !options.tls_key.empty()) tls = MakeServerTlsContext(options.tls_cert, options.tls_key);
+      capnp::TwoPartyServer server(MakeRepositoryService(std::move(config)));
+      auto address = io.provider->getNetwork().parseAddress(kj::StringPtr(host_.c_str()), want_port).wait(io.waitScope);
+      kj::Own<kj::ConnectionReceiver> receiver = address->listen();
+      const uint16_t port = static_cast<uint16_t>(receiver->getPort());
+      if (tls) receiver = tls->wrapPort(kj::mv(receiver));
+      auto paf = kj::newPromiseAndFulfiller<void>();
+      loop_->stop = kj::mv(paf.fulfiller);
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        port_ = port;
+        loop_->executor = kj::getCurrentThreadExecutor().addRef();
+        started = true;
+      }
+      cv.notify_all();
+      server.listen(*receiver).exclusiveJoin(kj::mv(paf.promise)).wait(io.waitScope);
+      loop_->stop = nullptr;
+    } catch (const Error& e) {
+      fail(e);
+    } catch (const kj::Exception& e) {
+      fail(Error(ErrorKind::kEnvironment, "repository service on " + options.listen + ": " + e.getDescription().cStr()));
+    }
+  });
+  std::unique_lock<std::mutex> lock(mu);
+  cv.wait(lock, [&] { return started; });
+  if (failure) {
+    lock.unlock();
+    thread_.join();
+    throw *failure;
+  }
+}
+
+RepositoryServer::~RepositoryServer() {
+  if (loop_->executor) {
+    try {
+      loop_->executor->executeSync([this] {
+        if (loop_->stop) loop_->stop->fulfill();
+      });
+    } catch (...) {
+    }
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+std::string RepositoryServer::address() const {
+  return (host_.find(':') != std::string::npos ? "[" + host_ + "]" : host_) + ":" + std::to_string(port_);
+}
+
 std::unique_ptr<RemoteRepository> RemoteRepository::Connect(const RepositoryEndpoint& endpoint) {
   return std::make_unique<RemoteRepositoryImpl>(endpoint);
 }

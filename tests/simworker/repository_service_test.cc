@@ -5,12 +5,8 @@
 // quarantine; tokens and grants.
 #include <gtest/gtest.h>
 
-#include <capnp/rpc-twoparty.h>
-#include <kj/async-io.h>
-
-#include <atomic>
 #include <filesystem>
-#include <thread>
+#include <functional>
 
 #include "fake_coordinator.h"
 #include "ferry/common/chunk.h"
@@ -25,45 +21,12 @@ namespace {
 using rpc::RemoteRepository;
 using rpc::RepositoryEndpoint;
 
-// A service on 127.0.0.1, serving until destroyed.
-class ServiceThread {
- public:
-  ServiceThread(rpc::RepositoryServiceConfig config, const TestPki* pki) {
-    std::mutex mu;
-    std::condition_variable cv;
-    thread_ = std::thread([&, config = std::move(config)]() mutable {
-      auto io = kj::setupAsyncIo();
-      kj::Own<kj::TlsContext> tls;
-      if (pki) tls = rpc::MakeServerTlsContext(pki->server_pem, pki->server_key);
-      capnp::TwoPartyServer server(rpc::MakeRepositoryService(std::move(config)));
-      auto address = io.provider->getNetwork().parseAddress("127.0.0.1", 0).wait(io.waitScope);
-      auto listener = address->listen();
-      kj::Own<kj::ConnectionReceiver> receiver = tls ? tls->wrapPort(kj::mv(listener)) : kj::mv(listener);
-      auto paf = kj::newPromiseAndFulfiller<void>();
-      {
-        std::lock_guard<std::mutex> lock(mu);
-        port_ = receiver->getPort();
-        executor_ = kj::getCurrentThreadExecutor().addRef();
-        stop_ = kj::mv(paf.fulfiller);
-      }
-      cv.notify_all();
-      server.listen(*receiver).exclusiveJoin(kj::mv(paf.promise)).wait(io.waitScope);
-    });
-    std::unique_lock<std::mutex> lock(mu);
-    cv.wait(lock, [&] { return port_ != 0; });
-  }
-  ~ServiceThread() {
-    executor_->executeSync([this] { stop_->fulfill(); });
-    thread_.join();
-  }
-  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
-
- private:
-  std::thread thread_;
-  uint32_t port_ = 0;
-  kj::Own<const kj::Executor> executor_;
-  kj::Own<kj::PromiseFulfiller<void>> stop_;
-};
+// A service on 127.0.0.1 (plain, or TLS with the test PKI's server certificate).
+std::unique_ptr<rpc::RepositoryServer> Serve(rpc::RepositoryServiceConfig config, const TestPki* pki) {
+  rpc::RepositoryServer::Options options;
+  if (pki) options.tls_cert = pki->server_pem, options.tls_key = pki->server_key;
+  return std::make_unique<rpc::RepositoryServer>(std::move(config), options);
+}
 
 class RepositoryServiceTest : public ::testing::Test {
  protected:
@@ -80,7 +43,7 @@ class RepositoryServiceTest : public ::testing::Test {
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
 
-  RepositoryEndpoint Endpoint(const ServiceThread& s, std::string token, std::string repo) const {
+  RepositoryEndpoint Endpoint(const rpc::RepositoryServer& s, std::string token, std::string repo) const {
     RepositoryEndpoint e;
     e.address = s.address();
     e.token = std::move(token);
@@ -114,7 +77,8 @@ class RepositoryServiceTest : public ::testing::Test {
 TestPki RepositoryServiceTest::pki_;
 
 TEST_F(RepositoryServiceTest, InsertFindMissingReadAndQuarantine) {
-  ServiceThread service(config_, nullptr);
+  auto server = Serve(config_, nullptr);
+  auto& service = *server;
   auto remote = RemoteRepository::Connect(Endpoint(service, "tok-a", "a"));
   EXPECT_EQ(remote->info().name, "a");
   EXPECT_EQ(remote->info().chunk_size, RepositoryConfig{}.chunk_size);
@@ -146,7 +110,8 @@ TEST_F(RepositoryServiceTest, InsertFindMissingReadAndQuarantine) {
 }
 
 TEST_F(RepositoryServiceTest, ManyDigestsGoInBatches) {
-  ServiceThread service(config_, nullptr);
+  auto server = Serve(config_, nullptr);
+  auto& service = *server;
   auto remote = RemoteRepository::Connect(Endpoint(service, "tok-a", "a"));
   auto [d, e] = Chunk(9);
   ASSERT_TRUE(remote->chunks().Insert(d, e));
@@ -161,7 +126,8 @@ TEST_F(RepositoryServiceTest, ManyDigestsGoInBatches) {
 }
 
 TEST_F(RepositoryServiceTest, TheServiceRefusesDataThatIsNotItsDigests) {
-  ServiceThread service(config_, nullptr);
+  auto server = Serve(config_, nullptr);
+  auto& service = *server;
   auto remote = RemoteRepository::Connect(Endpoint(service, "tok-a", "a"));
   auto [d1, e1] = Chunk(1);
   auto [d2, e2] = Chunk(2);
@@ -174,7 +140,8 @@ TEST_F(RepositoryServiceTest, TheServiceRefusesDataThatIsNotItsDigests) {
 }
 
 TEST_F(RepositoryServiceTest, TokensAndGrants) {
-  ServiceThread service(config_, nullptr);
+  auto server = Serve(config_, nullptr);
+  auto& service = *server;
   std::string message;
   EXPECT_EQ(KindOf([&] { RemoteRepository::Connect(Endpoint(service, "wrong", "a")); }, &message), ErrorKind::kBadInput);
   EXPECT_NE(message.find("repository token refused"), std::string::npos) << message;
@@ -190,7 +157,8 @@ TEST_F(RepositoryServiceTest, TokensAndGrants) {
 
 TEST_F(RepositoryServiceTest, OverTlsAndANameTheCertificateLacks) {
   if (pki_.dir.empty()) GTEST_SKIP() << "the openssl tool is not available";
-  ServiceThread service(config_, &pki_);
+  auto server = Serve(config_, &pki_);
+  auto& service = *server;
   RepositoryEndpoint e = Endpoint(service, "tok-a", "a");
   e.tls = true;
   e.ca_file = pki_.ca_pem;
@@ -205,6 +173,18 @@ TEST_F(RepositoryServiceTest, OverTlsAndANameTheCertificateLacks) {
   EXPECT_NE(KindOf([&] { RemoteRepository::Connect(e); }), ErrorKind::kBadInput);
 }
 
+TEST_F(RepositoryServiceTest, AServerThatCannotStartSaysWhy) {
+  rpc::RepositoryServiceConfig bad = config_;
+  bad.repositories["c"] = (dir_ / "nope").string();
+  EXPECT_EQ(KindOf([&] { rpc::RepositoryServer(bad, {}); }), ErrorKind::kNotFound);
+  auto first = Serve(config_, nullptr);
+  rpc::RepositoryServer::Options taken;
+  taken.listen = first->address();
+  std::string message;
+  EXPECT_EQ(KindOf([&] { rpc::RepositoryServer(config_, taken); }, &message), ErrorKind::kEnvironment);
+  EXPECT_NE(message.find(first->address()), std::string::npos) << message;
+}
+
 TEST_F(RepositoryServiceTest, AnUnreachableServiceIsRetryable) {
   RepositoryEndpoint e;
   e.address = "127.0.0.1:1";
@@ -214,7 +194,7 @@ TEST_F(RepositoryServiceTest, AnUnreachableServiceIsRetryable) {
 }
 
 TEST_F(RepositoryServiceTest, AServiceGoneMidwayIsRetryable) {
-  auto service = std::make_unique<ServiceThread>(config_, nullptr);
+  auto service = Serve(config_, nullptr);
   auto remote = RemoteRepository::Connect(Endpoint(*service, "tok-a", "a"));
   service.reset();
   auto [d, e] = Chunk(3);

@@ -41,6 +41,34 @@ struct RepositoryServiceConfig {
 // repository that does not open.
 capnp::Capability::Client MakeRepositoryService(RepositoryServiceConfig config);
 
+// That service listening on `listen` ("host:port"; port 0 picks a free one),
+// with TLS when a certificate and key are given, on a thread (and KJ event
+// loop) of its own until destroyed: the standalone service's core, and what
+// a process embedding one runs (tests, benchmarks, later the coordinator).
+class RepositoryServer {
+ public:
+  struct Options {
+    std::string listen = "127.0.0.1:0";
+    std::string tls_cert, tls_key;  // PEM files; both empty: plain TCP
+  };
+  // Throws ferry::Error when a repository does not open, the certificate or
+  // key is bad, or the address cannot be listened on.
+  RepositoryServer(RepositoryServiceConfig config, Options options);
+  ~RepositoryServer();
+  RepositoryServer(const RepositoryServer&) = delete;
+  RepositoryServer& operator=(const RepositoryServer&) = delete;
+
+  uint16_t port() const { return port_; }
+  std::string address() const;  // host:port as listening
+
+ private:
+  struct Loop;
+  std::string host_;
+  uint16_t port_ = 0;
+  std::unique_ptr<Loop> loop_;
+  std::thread thread_;
+};
+
 // --- client ---
 
 struct RepositoryEndpoint {
