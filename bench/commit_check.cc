@@ -83,7 +83,7 @@ int main(int argc, char** argv) {
   double contains = Since(t);
   drop_caches();
   t = Clock::now();
-  repo->points().Commit(h.id, repo->chunks());
+  repo->points().Commit(h.id);
   double commit = Since(t);
   std::printf("disk_gib=%llu chunks=%llu\nfind_missing_cold_s=%.3f\nfind_missing_warm_s=%.3f\ncommit_cold_s=%.3f\n"
               "contains_ns=%.0f\ncaches_dropped=%s\n",

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <mutex>
 
 #include "ferry/common/chunk.h"
 #include "ferry/common/error.h"
@@ -14,6 +15,37 @@
 #include "ferry/common/log.h"
 
 namespace ferry {
+
+namespace {
+
+class DirectUpload final : public ChunkUpload {
+ public:
+  explicit DirectUpload(ChunkStore& store) : store_(store) {}
+  void Add(const Digest& digest, std::span<const uint8_t> encoded) override {
+    const bool stored = store_.Insert(digest, encoded);
+    std::lock_guard lock(mu_);
+    stats_.sent_bytes += encoded.size();
+    if (stored) {
+      ++stats_.stored_chunks;
+      stats_.stored_bytes += encoded.size();
+    } else {
+      ++stats_.present_chunks;
+    }
+  }
+  ChunkUploadStats Finish() override {
+    std::lock_guard lock(mu_);
+    return stats_;
+  }
+
+ private:
+  ChunkStore& store_;
+  std::mutex mu_;
+  ChunkUploadStats stats_;
+};
+
+}  // namespace
+
+std::unique_ptr<ChunkUpload> ChunkStore::StartUpload() { return std::make_unique<DirectUpload>(*this); }
 
 namespace {
 constexpr size_t kPrefixLength = 3;

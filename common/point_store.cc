@@ -138,8 +138,8 @@ class LocalDiskWriter : public DiskWriter {
 
 class LocalPointStore : public PointStore {
  public:
-  explicit LocalPointStore(std::string repo_dir)
-      : dir_(std::move(repo_dir)), points_(dir_ + "/points"), staging_(dir_ + "/staging") {}
+  LocalPointStore(std::string repo_dir, ChunkStore& chunks)
+      : dir_(std::move(repo_dir)), points_(dir_ + "/points"), staging_(dir_ + "/staging"), chunks_(chunks) {}
 
   std::vector<std::string> List() const override {
     std::vector<std::string> ids;
@@ -285,7 +285,8 @@ class LocalPointStore : public PointStore {
     return rec;
   }
 
-  RestorePointManifest Commit(const std::string& id, ChunkStore& chunks) override {
+  RestorePointManifest Commit(const std::string& id) override {
+    ChunkStore& chunks = chunks_;
     ValidatePointId(id);
     FileLock lock = LockWithin(LockPath(id), /*create=*/false, LockMode::kExclusive);
     if (!lock.held()) {
@@ -473,6 +474,7 @@ class LocalPointStore : public PointStore {
   }
 
   std::string dir_, points_, staging_;
+  ChunkStore& chunks_;
 };
 
 }  // namespace
@@ -484,8 +486,8 @@ void ValidatePointId(const std::string& id) {
   }
 }
 
-std::unique_ptr<PointStore> OpenLocalPointStore(const std::string& repo_dir) {
-  return std::make_unique<LocalPointStore>(repo_dir);
+std::unique_ptr<PointStore> OpenLocalPointStore(const std::string& repo_dir, ChunkStore& chunks) {
+  return std::make_unique<LocalPointStore>(repo_dir, chunks);
 }
 
 }  // namespace ferry

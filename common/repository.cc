@@ -89,6 +89,46 @@ void Repository::Init(const std::string& dir, const RepositoryConfig& config) {
   WriteFileAtomically(dir + "/" + kConfigFile, ConfigJson(c, kRepositoryVersion));
 }
 
+namespace {
+
+class LocalRepository final : public Repository {
+ public:
+  LocalRepository(std::string dir, RepositoryConfig config)
+      : dir_(std::move(dir)),
+        config_(std::move(config)),
+        chunks_(dir_ + "/chunks", dir_ + "/quarantine", config_.sync_level),
+        points_(OpenLocalPointStore(dir_, chunks_)) {}
+
+  const std::string& location() const override { return dir_; }
+  const RepositoryConfig& config() const override { return config_; }
+  ChunkStore& chunks() override { return chunks_; }
+  ChunkReader& chunk_reader() override { return chunks_; }
+  PointStore& points() override { return *points_; }
+  const PointStore& points() const override { return *points_; }
+
+  void PrepareForWriting() override {
+    for (const char* sub : {"/staging", "/chunks", "/points"}) {
+      if (::access((dir_ + sub).c_str(), W_OK) != 0) {
+        throw ErrnoError("repository " + dir_ + " is not writable (" + dir_ + sub + ")", errno);
+      }
+    }
+    if (config_.format_version < kRepositoryVersion) {
+      WriteFileAtomically(dir_ + "/" + kConfigFile, ConfigJson(config_, kRepositoryVersion));
+      LogInfo("repository " + dir_ + " upgraded from format v" + std::to_string(config_.format_version) + " to v" +
+              std::to_string(kRepositoryVersion) + " (Ferry 0.1 no longer opens it)");
+      config_.format_version = kRepositoryVersion;
+    }
+  }
+
+ private:
+  std::string dir_;
+  RepositoryConfig config_;
+  LocalChunkStore chunks_;
+  std::unique_ptr<PointStore> points_;
+};
+
+}  // namespace
+
 std::unique_ptr<Repository> Repository::Open(const std::string& dir) {
   if (!PathExists(dir)) throw Error(ErrorKind::kNotFound, "repository " + dir + " does not exist");
   std::string config_path = dir + "/" + kConfigFile;
@@ -130,27 +170,8 @@ std::unique_ptr<Repository> Repository::Open(const std::string& dir) {
     throw bad("unknown sync_level '" + sync + "'");
   }
   config.created_at = *r.String("created_at", true);
-  return std::unique_ptr<Repository>(new Repository(dir, std::move(config)));
+  return std::make_unique<LocalRepository>(dir, std::move(config));
 }
 
-Repository::Repository(std::string dir, RepositoryConfig config)
-    : dir_(std::move(dir)), config_(std::move(config)) {
-  chunks_ = std::make_unique<LocalChunkStore>(dir_ + "/chunks", dir_ + "/quarantine", config_.sync_level);
-  points_ = OpenLocalPointStore(dir_);
-}
-
-void Repository::PrepareForWriting() {
-  for (const char* sub : {"/staging", "/chunks", "/points"}) {
-    if (::access((dir_ + sub).c_str(), W_OK) != 0) {
-      throw ErrnoError("repository " + dir_ + " is not writable (" + dir_ + sub + ")", errno);
-    }
-  }
-  if (config_.format_version < kRepositoryVersion) {
-    WriteFileAtomically(dir_ + "/" + kConfigFile, ConfigJson(config_, kRepositoryVersion));
-    LogInfo("repository " + dir_ + " upgraded from format v" + std::to_string(config_.format_version) + " to v" +
-            std::to_string(kRepositoryVersion) + " (Ferry 0.1 no longer opens it)");
-    config_.format_version = kRepositoryVersion;
-  }
-}
 
 }  // namespace ferry

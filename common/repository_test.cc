@@ -82,7 +82,7 @@ class RepositoryTest : public ::testing::Test {
     std::string id = NewPointId();
     auto lease = repo.points().Stage(Header(id, {"disk0"}, 0));
     WriteDisk(repo, id, "disk0", text);
-    repo.points().Commit(id, repo.chunks());
+    repo.points().Commit(id);
     return id;
   }
 
@@ -159,7 +159,7 @@ TEST_F(RepositoryTest, PointIsVisibleOnlyAfterCommit) {
     EXPECT_TRUE(repo->points().List().empty());
   }
   EXPECT_TRUE(repo->points().List().empty());
-  RestorePointManifest m = repo->points().Commit(id, repo->chunks());
+  RestorePointManifest m = repo->points().Commit(id);
   ASSERT_EQ(repo->points().List(), std::vector<std::string>{id});
   EXPECT_EQ(m.id, id);
   m = repo->points().Load(id);
@@ -173,7 +173,7 @@ TEST_F(RepositoryTest, PointIsVisibleOnlyAfterCommit) {
   EXPECT_EQ(kind, ErrorKind::kNotFound);
   EXPECT_THROW(repo->points().Load("../../etc"), Error);
   // Commit again: the same point, not an error (a release may be retried).
-  EXPECT_EQ(repo->points().Commit(id, repo->chunks()).id, id);
+  EXPECT_EQ(repo->points().Commit(id).id, id);
   EXPECT_THROW(repo->points().Stage(Header(id, {"disk0"}, 60)), Error);
 }
 
@@ -189,7 +189,7 @@ TEST_F(RepositoryTest, StagingOutlivesItsWritersUntilCommitDiscardOrExpiry) {
   EXPECT_EQ(repo->points().ListStaged(), (std::vector<std::string>{id, other}));
 
   ErrorKind kind;
-  std::string msg = Message([&] { repo->points().Commit(id, repo->chunks()); }, &kind);
+  std::string msg = Message([&] { repo->points().Commit(id); }, &kind);
   EXPECT_EQ(kind, ErrorKind::kNotFound);
   EXPECT_NE(msg.find("disk(s) b not written"), std::string::npos) << msg;
   // Joining with another disk list is refused; the same one is fine.
@@ -197,7 +197,7 @@ TEST_F(RepositoryTest, StagingOutlivesItsWritersUntilCommitDiscardOrExpiry) {
   EXPECT_EQ(kind, ErrorKind::kBadInput);
   repo->points().Stage(Header(id, {"a", "b"}, 3600));
   WriteDisk(*repo, id, "b", "disk b");
-  RestorePointManifest m = repo->points().Commit(id, repo->chunks());
+  RestorePointManifest m = repo->points().Commit(id);
   ASSERT_EQ(m.disks.size(), 2u);
   EXPECT_EQ(m.disks[0].name, "a");
   EXPECT_EQ(m.disks[1].index_file, "disk-1.fidx");
@@ -240,7 +240,7 @@ TEST_F(RepositoryTest, OneDiskOneWriterAndNoCommitWhileWriting) {
     auto w = repo->points().WriteDisk(id, "a");
     Message([&] { repo->points().WriteDisk(id, "a"); }, &kind);
     EXPECT_EQ(kind, ErrorKind::kRetryable);
-    EXPECT_NE(Message([&] { repo->points().Commit(id, repo->chunks()); }, &kind).find("being written"),
+    EXPECT_NE(Message([&] { repo->points().Commit(id); }, &kind).find("being written"),
               std::string::npos);
     EXPECT_EQ(kind, ErrorKind::kRetryable);
     Message([&] { repo->points().Discard(id); }, &kind);
@@ -261,12 +261,12 @@ TEST_F(RepositoryTest, CommitRefusesAPointReferencingAMissingChunk) {
   Digest d = Sha256("some data", 9);
   fs::remove(repo->chunks().Describe(d));
   ErrorKind kind;
-  std::string msg = Message([&] { repo->points().Commit(id, repo->chunks()); }, &kind);
+  std::string msg = Message([&] { repo->points().Commit(id); }, &kind);
   EXPECT_EQ(kind, ErrorKind::kRetryable);
   EXPECT_NE(msg.find("missing from the store"), std::string::npos) << msg;
   EXPECT_TRUE(repo->points().List().empty());
   WriteDisk(*repo, id, "a", "some data");  // writing the disk again stores it
-  EXPECT_EQ(repo->points().Commit(id, repo->chunks()).id, id);
+  EXPECT_EQ(repo->points().Commit(id).id, id);
 }
 
 TEST_F(RepositoryTest, ProcessBoundStagingGoesWithItsProcessOnly) {
@@ -289,7 +289,7 @@ TEST_F(RepositoryTest, ProcessBoundStagingGoesWithItsProcessOnly) {
   EXPECT_TRUE(PathExists(dir_ + "/staging/" + live));
   // Its owner may still write, commit and discard.
   WriteDisk(*repo, live, "a", "x");
-  EXPECT_EQ(repo->points().Commit(live, repo->chunks()).id, live);
+  EXPECT_EQ(repo->points().Commit(live).id, live);
   repo->points().Discard(third);
   EXPECT_TRUE(repo->points().ListStaged().empty());
 }

@@ -11,6 +11,7 @@
 #include "ferry/coordinator/field_error.h"
 #include "ferry/coordinator/json_input.h"
 #include "ferry/coordinator/schedule.h"
+#include "ferry/rpc/repository_service.h"
 
 namespace json = boost::json;
 
@@ -281,12 +282,13 @@ const char kRepositorySelect[] =
     "SELECT r.id, r.name, r.location, r.task_slots, r.capacity_bytes, r.created_at, "
     "(SELECT COUNT(*) FROM tasks t WHERE t.repository_id = r.id AND t.state = 'running'), "
     "(SELECT COUNT(*) FROM points p WHERE p.repository_id = r.id), "
-    "(SELECT COALESCE(SUM(bytes_stored), 0) FROM points p WHERE p.repository_id = r.id) FROM repositories r ";
+    "(SELECT COALESCE(SUM(bytes_stored), 0) FROM points p WHERE p.repository_id = r.id), r.token != '' "
+    "FROM repositories r ";
 
 json::object RepositoryJson(Statement& s) {
   return {{"id", s.Int(0)}, {"name", s.Text(1)}, {"location", s.Text(2)}, {"task_slots", s.Int(3)},
           {"capacity_bytes", s.Int(4)}, {"created_at", Time(s.Int(5))}, {"running_tasks", s.Int(6)},
-          {"points", s.Int(7)}, {"stored_bytes", s.Int(8)}};
+          {"points", s.Int(7)}, {"stored_bytes", s.Int(8)}, {"token_set", s.Int(9) != 0}};
 }
 
 json::object ReadRepository(Database& db, int64_t id) {
@@ -304,7 +306,7 @@ http::Response ListRepositories(Context& c) {
 }
 
 struct RepositoryFields {
-  std::optional<std::string> name, location;
+  std::optional<std::string> name, location, token;
   std::optional<int64_t> task_slots, capacity_bytes;
 };
 
@@ -314,8 +316,20 @@ RepositoryFields ReadRepositoryFields(const std::string& body, bool create) {
   RepositoryFields r;
   r.name = f.Name("name", create);
   r.location = f.String("location", create, 4096);
-  if (r.location && (r.location->empty() || (*r.location)[0] != '/'))
-    throw FieldError("location", "must be an absolute path");
+  if (r.location) {
+    std::optional<rpc::RepositoryEndpoint> service;
+    try {
+      service = rpc::ParseRepositoryUrl(*r.location);
+    } catch (const Error& e) {
+      throw FieldError("location", e.what());
+    }
+    if (!service && (r.location->empty() || (*r.location)[0] != '/')) {
+      throw FieldError("location", "must be an absolute path or a repository service address "
+                                   "(ferry+tls://HOST:PORT/NAME)");
+    }
+  }
+  // Write-only: the API never returns it (token_set says whether there is one).
+  r.token = f.String("token", false, 4096);
   r.task_slots = f.Int("task_slots", false, 1, 1024);
   r.capacity_bytes = f.Int("capacity_bytes", false, 0, INT64_MAX);
   f.Finish();
@@ -329,9 +343,10 @@ http::Response CreateRepository(Context& c) {
     Statement exists = db.Prepare("SELECT 1 FROM repositories WHERE name = ?");
     exists.Bind(1, *r.name);
     if (exists.Step()) throw ConflictError("a repository named '" + *r.name + "' exists");
-    db.Prepare("INSERT INTO repositories (name, location, task_slots, capacity_bytes, created_at) "
-               "VALUES (?, ?, ?, ?, strftime('%s','now') * 1000)")
-        .Bind(1, *r.name).Bind(2, *r.location).Bind(3, slots).Bind(4, r.capacity_bytes.value_or(0)).Run();
+    db.Prepare("INSERT INTO repositories (name, location, task_slots, capacity_bytes, token, created_at) "
+               "VALUES (?, ?, ?, ?, ?, strftime('%s','now') * 1000)")
+        .Bind(1, *r.name).Bind(2, *r.location).Bind(3, slots).Bind(4, r.capacity_bytes.value_or(0))
+        .Bind(5, r.token.value_or("")).Run();
     return db.LastInsertId();
   });
   c.runner.RepositoryChanged(id, static_cast<int>(slots));
@@ -353,6 +368,7 @@ http::Response PatchRepository(Context& c) {
       db.Prepare("UPDATE repositories SET name = ? WHERE id = ?").Bind(1, *r.name).Bind(2, c.ids[0]).Run();
     }
     if (r.location) db.Prepare("UPDATE repositories SET location = ? WHERE id = ?").Bind(1, *r.location).Bind(2, c.ids[0]).Run();
+    if (r.token) db.Prepare("UPDATE repositories SET token = ? WHERE id = ?").Bind(1, *r.token).Bind(2, c.ids[0]).Run();
     if (r.task_slots) db.Prepare("UPDATE repositories SET task_slots = ? WHERE id = ?").Bind(1, *r.task_slots).Bind(2, c.ids[0]).Run();
     if (r.capacity_bytes)
       db.Prepare("UPDATE repositories SET capacity_bytes = ? WHERE id = ?").Bind(1, *r.capacity_bytes).Bind(2, c.ids[0]).Run();

@@ -244,6 +244,12 @@ DROP INDEX tasks_by_session;
 DROP INDEX tasks_live;
 CREATE INDEX tasks_by_session ON tasks(session_id);
 )sql",
+    // 3: repositories behind a repository service (location ferry+tls://...):
+    // the token the coordinator hands the workers with each work item. Kept
+    // (not hashed) because it is passed on; never returned by the API.
+    R"sql(
+ALTER TABLE repositories ADD COLUMN token TEXT NOT NULL DEFAULT '';
+)sql",
 };
 
 [[noreturn]] void Fail(sqlite3* db, const std::string& what) {

@@ -650,7 +650,7 @@ const SessionRunner::SnapshotContext& SessionRunner::ContextOf(int64_t snapshot_
   if (it != snapshot_context_.end()) return it->second;
   Statement& s = db_.Cached(
       "SELECT s.session_id, s.vm_name, v.uuid, h.name, h.platform, j.chain, r.id, r.name, r.location, "
-      "s.exports, s.planned_point FROM snapshots s JOIN vms v ON v.id = s.vm_id JOIN hosts h ON h.id = s.host_id "
+      "s.exports, s.planned_point, r.token FROM snapshots s JOIN vms v ON v.id = s.vm_id JOIN hosts h ON h.id = s.host_id "
       "JOIN sessions se ON se.id = s.session_id JOIN jobs j ON j.id = se.job_id "
       "JOIN repositories r ON r.id = j.repository_id WHERE s.id = ?");
   s.Bind(1, snapshot_id);
@@ -665,6 +665,7 @@ const SessionRunner::SnapshotContext& SessionRunner::ContextOf(int64_t snapshot_
   context.repository_id = s.Int(6);
   context.repository_name = s.Text(7);
   context.repository_location = s.Text(8);
+  context.repository_token = s.Text(11);
   json::value exports = json::parse(s.Text(9));
   for (const auto& e : exports.as_array()) {
     const auto& o = e.as_object();
@@ -725,6 +726,7 @@ WorkOrder SessionRunner::BuildOrder(const Placement& placement, int64_t worker_i
   order.repository_id = context.repository_id;
   order.repository_name = context.repository_name;
   order.repository_location = context.repository_location;
+  order.repository_token = context.repository_token;
   order.snapshot_id = snapshot_id;
   order.point_id = context.point_id;
   if (order.kind == WorkKind::kDisk) {

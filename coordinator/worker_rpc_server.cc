@@ -134,6 +134,7 @@ void FillItem(rpc::WorkItem::Builder item, const WorkOrder& order) {
     r.setId(static_cast<uint64_t>(order.repository_id));
     r.setName(order.repository_name);
     r.setLocation(order.repository_location);
+    r.setToken(order.repository_token);
   };
   switch (order.kind) {
     case WorkKind::kSnapshot: {

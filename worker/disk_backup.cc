@@ -161,6 +161,7 @@ class DiskBackupRun {
         progress_(progress ? progress : &own_progress_),
         chunk_size_(config.chunk_size),
         index_(index_path, reader.size(), chunk_size_),
+        upload_(store.StartUpload()),
         threads_(options.compute_threads ? options.compute_threads
                                          : std::max(1u, std::thread::hardware_concurrency())),
         pool_(2 * threads_ + 2, chunk_size_) {
@@ -189,14 +190,22 @@ class DiskBackupRun {
     queue_.Close();
     for (auto& t : workers) t.join();
     if (first_error_) std::rethrow_exception(first_error_);
+    ChunkUploadStats uploaded;
+    try {
+      uploaded = upload_->Finish();
+    } catch (const Error& e) {
+      throw e.WithContext("storing the chunks of " + reader_.description());
+    }
 
     DiskBackupResult r;
     r.chunks = index_.chunk_count();
     r.zero_chunks = zero_chunks_;
-    r.new_chunks = new_chunks_;
-    r.reused_chunks = reused_chunks_;
+    r.new_chunks = uploaded.stored_chunks;
+    r.reused_chunks = reused_chunks_ + uploaded.present_chunks;
     r.read_bytes = read_bytes_;
-    r.stored_bytes = stored_bytes_;
+    r.stored_bytes = uploaded.stored_bytes;
+    r.sent_bytes = uploaded.sent_bytes;
+    r.resent_bytes = uploaded.resent_bytes;
     r.unchanged_chunks = unchanged_chunks_;
     r.healed_chunks = healed_chunks_;
     r.index_sha256 = index_.Finish();
@@ -368,12 +377,7 @@ class DiskBackupRun {
             ++reused_chunks_;
           } else {
             encoder.Encode(plain, encoded);
-            if (store_.Insert(d, *encoded)) {
-              ++new_chunks_;
-              stored_bytes_ += encoded->size();
-            } else {
-              ++reused_chunks_;
-            }
+            upload_->Add(d, *encoded);
           }
         } catch (const Error& e) {
           digests_in_flight_.Release(d);
@@ -395,6 +399,7 @@ class DiskBackupRun {
   DiskBackupProgress* progress_;
   const uint32_t chunk_size_;
   FixedIndexWriter index_;
+  std::unique_ptr<ChunkUpload> upload_;
   const unsigned threads_;
   BufferPool pool_;
   JobQueue queue_;
@@ -406,8 +411,8 @@ class DiskBackupRun {
   std::mutex error_mu_;
   std::exception_ptr first_error_;
 
-  std::atomic<uint64_t> zero_chunks_{0}, new_chunks_{0}, reused_chunks_{0}, unchanged_chunks_{0}, healed_chunks_{0};
-  std::atomic<uint64_t> read_bytes_{0}, stored_bytes_{0};
+  std::atomic<uint64_t> zero_chunks_{0}, reused_chunks_{0}, unchanged_chunks_{0}, healed_chunks_{0};
+  std::atomic<uint64_t> read_bytes_{0};
 };
 
 }  // namespace

@@ -69,7 +69,7 @@ class DiskBackupTest : public ::testing::Test {
       repo_->points().Discard(h.id);
       throw;
     }
-    return repo_->points().Commit(h.id, repo_->chunks()).id;
+    return repo_->points().Commit(h.id).id;
   }
 
   std::string root_;
@@ -297,7 +297,7 @@ TEST_F(DiskBackupTest, EveryManifestBitFlipIsReportedAndRefused) {
   WriteAt(b, 0, RandomBytes(2 * kChunk, 10));
   auto ra = OpenFileReader(a), rb = OpenFileReader(b);
   std::string id = Backup({{"virtio0", ra.get()}, {"virtio1", rb.get()}}, nullptr);
-  const std::string path = repo_->dir() + "/points/" + id + "/manifest.json";
+  const std::string path = repo_->location() + "/points/" + id + "/manifest.json";
   const std::string good = ReadWholeFile(path);
   size_t reported = 0, refused = 0;
   for (size_t i = 0; i < good.size(); ++i) {

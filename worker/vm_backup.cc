@@ -137,7 +137,7 @@ class VmSnapshotImpl : public VmSnapshot {
     RestorePointManifest manifest;
     if (commit) {
       try {
-        manifest = repo_.points().Commit(point_id_, repo_.chunks());
+        manifest = repo_.points().Commit(point_id_);
       } catch (...) {
         if (backup_) backup_->FinishCbt(false);
         Discard();

@@ -5,13 +5,24 @@
 #include <kj/debug.h>
 #include <openssl/crypto.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <mutex>
 #include <optional>
+#include <unordered_set>
 
 #include "ferry/common/chunk.h"
+#include "ferry/common/checksum.h"
+#include "ferry/common/file_util.h"
+#include "ferry/common/fixed_index.h"
+#include "ferry/common/manifest.h"
 #include "ferry/common/error.h"
 #include "ferry/common/log.h"
 #include "ferry/common/repository.h"
@@ -28,6 +39,8 @@ constexpr size_t kMaxDigestsPerCall = 4096;
 // A chunk is at most 16 MiB plain (repository-format.md); its encoding adds
 // a header, and a chunk zstd cannot shrink is stored plain.
 constexpr size_t kMaxEncodedChunk = (size_t{16} << 20) + 4096;
+// Pieces of index files and the like.
+constexpr uint32_t kMaxPiece = 4u << 20;
 
 // "kind: message" on the wire, as the worker protocol does.
 kj::Exception ToKj(const std::exception& e) {
@@ -58,6 +71,184 @@ Digest DigestOf(capnp::Data::Reader data) {
 }
 
 Digest TokenHash(const std::string& token) { return Sha256(token.data(), token.size()); }
+
+// --- wire forms of the point store's records ---
+
+void ToWire(const ferry::DiskRecord& d, rpc::DiskRecord::Builder b) {
+  b.setName(d.name);
+  b.setSize(d.size);
+  b.setChunkSize(d.chunk_size);
+  b.setSourceFormat(d.source_format);
+  b.setChunks(d.chunks);
+  b.setZeroChunks(d.zero_chunks);
+  b.setNewChunks(d.new_chunks);
+  b.setReusedChunks(d.reused_chunks);
+  b.setReadBytes(d.read_bytes);
+  b.setStoredBytes(d.stored_bytes);
+  b.setUnchangedChunks(d.unchanged_chunks);
+  b.setHealedChunks(d.healed_chunks);
+  b.setCbtMode(d.cbt.mode);
+  b.setCbtReason(d.cbt.reason);
+  b.setCbtBitmap(d.cbt.bitmap);
+  b.setCbtGeneration(d.cbt.generation);
+  b.setCbtDiskIdentity(d.cbt.disk_identity);
+}
+
+ferry::DiskRecord FromWire(rpc::DiskRecord::Reader r) {
+  ferry::DiskRecord d;
+  d.name = r.getName();
+  d.size = r.getSize();
+  d.chunk_size = r.getChunkSize();
+  d.source_format = r.getSourceFormat();
+  d.chunks = r.getChunks();
+  d.zero_chunks = r.getZeroChunks();
+  d.new_chunks = r.getNewChunks();
+  d.reused_chunks = r.getReusedChunks();
+  d.read_bytes = r.getReadBytes();
+  d.stored_bytes = r.getStoredBytes();
+  d.unchanged_chunks = r.getUnchangedChunks();
+  d.healed_chunks = r.getHealedChunks();
+  d.cbt.mode = r.getCbtMode();
+  d.cbt.reason = r.getCbtReason();
+  d.cbt.bitmap = r.getCbtBitmap();
+  d.cbt.generation = r.getCbtGeneration();
+  d.cbt.disk_identity = r.getCbtDiskIdentity();
+  return d;
+}
+
+void ToWire(const StagedPointHeader& h, rpc::StagedPoint::Builder b) {
+  b.setId(h.id);
+  b.setVmName(h.vm.name);
+  b.setVmUuid(h.vm.uuid);
+  b.setVmHypervisor(h.vm.hypervisor);
+  b.setChain(h.chain);
+  b.setStartedAt(h.started_at);
+  auto disks = b.initDisks(static_cast<unsigned>(h.disks.size()));
+  for (size_t i = 0; i < h.disks.size(); ++i) disks.set(static_cast<unsigned>(i), h.disks[i]);
+  b.setExpiresAt(h.expires_at);
+}
+
+StagedPointHeader FromWire(rpc::StagedPoint::Reader r) {
+  StagedPointHeader h;
+  h.id = r.getId();
+  h.vm.name = r.getVmName();
+  h.vm.uuid = r.getVmUuid();
+  h.vm.hypervisor = r.getVmHypervisor();
+  h.chain = r.getChain();
+  h.started_at = r.getStartedAt();
+  for (auto d : r.getDisks()) h.disks.emplace_back(d);
+  h.expires_at = r.getExpiresAt();
+  return h;
+}
+
+void ToWire(const ConfigFileRecord& f, rpc::ConfigFile::Builder b) {
+  b.setKind(f.kind);
+  b.setName(f.name);
+  b.setOrigin(f.origin);
+  b.setSha256(capnp::Data::Reader(f.sha256.bytes.data(), 32));
+}
+
+ConfigFileRecord FromWire(rpc::ConfigFile::Reader r) {
+  ConfigFileRecord f;
+  f.kind = r.getKind();
+  f.name = r.getName();
+  f.origin = r.getOrigin();
+  f.sha256 = DigestOf(r.getSha256());
+  return f;
+}
+
+capnp::Data::Reader AsData(const std::string& s) {
+  return capnp::Data::Reader(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+}
+std::string AsString(capnp::Data::Reader d) { return std::string(reinterpret_cast<const char*>(d.begin()), d.size()); }
+
+// Runs `f`, turning a thrown error into the call's failure ("kind: message").
+template <typename F>
+kj::Promise<void> Guard(F&& f) {
+  try {
+    f();
+    return kj::READY_NOW;
+  } catch (const std::exception& e) {
+    return ToKj(e);
+  }
+}
+
+// --- server ---
+
+class IndexReaderImpl final : public rpc::IndexReader::Server {
+ public:
+  explicit IndexReaderImpl(std::unique_ptr<FixedIndexReader> index) : index_(std::move(index)) {}
+  kj::Promise<void> read(ReadContext context) override {
+    return Guard([&] {
+      const auto bytes = index_->bytes();
+      const uint64_t offset = context.getParams().getOffset();
+      const uint32_t length = std::min<uint32_t>(context.getParams().getLength(), kMaxPiece);
+      if (offset > bytes.size()) throw Error(ErrorKind::kBadInput, "index read past its end");
+      const size_t n = std::min<uint64_t>(length, bytes.size() - offset);
+      context.getResults().setData(capnp::Data::Reader(bytes.data() + offset, n));
+    });
+  }
+
+ private:
+  std::unique_ptr<FixedIndexReader> index_;
+};
+
+// One disk being written: holds the point store's DiskWriter (the disk's
+// lock) and receives the index the client wrote.
+class IndexUploadImpl final : public rpc::IndexUpload::Server {
+ public:
+  explicit IndexUploadImpl(std::unique_ptr<DiskWriter> writer)
+      : writer_(std::move(writer)), fd_(OpenOrThrow(writer_->index_path(), O_WRONLY | O_CREAT | O_TRUNC)) {}
+
+  kj::Promise<void> write(WriteContext context) override {
+    return Guard([&] {
+      auto data = context.getParams().getData();
+      if (finished_) throw Error(ErrorKind::kBadInput, "index upload already finished");
+      if (context.getParams().getOffset() != written_) {
+        throw Error(ErrorKind::kBadInput, "index upload out of order (offset " +
+                                              std::to_string(context.getParams().getOffset()) + ", expected " +
+                                              std::to_string(written_) + ")");
+      }
+      if (data.size() > kMaxPiece) throw Error(ErrorKind::kBadInput, "index upload piece larger than 4 MiB");
+      PwriteAll(fd_.get(), data.begin(), data.size(), written_, writer_->index_path());
+      sha_.Update(data.begin(), data.size());
+      written_ += data.size();
+    });
+  }
+
+  kj::Promise<void> finish(FinishContext context) override {
+    return Guard([&] {
+      if (finished_) throw Error(ErrorKind::kBadInput, "index upload already finished");
+      finished_ = true;
+      ferry::DiskRecord record = FromWire(context.getParams().getRecord());
+      const Digest claimed = DigestOf(context.getParams().getIndexSha256());
+      if (sha_.Finish() != claimed) {
+        throw Error(ErrorKind::kCorrupt, "the index of disk " + record.name +
+                                             " arrived damaged (its SHA-256 is not the one its writer recorded)");
+      }
+      FsyncOrThrow(fd_.get(), writer_->index_path());
+      // What the manifest will hold is checked when the point is committed
+      // (its header against its size, every chunk it names present).
+      record.index_sha256 = claimed;
+      writer_->Finish(std::move(record));
+    });
+  }
+
+ private:
+  std::unique_ptr<DiskWriter> writer_;
+  UniqueFd fd_;
+  Sha256Stream sha_;
+  uint64_t written_ = 0;
+  bool finished_ = false;
+};
+
+class StagingLeaseImpl final : public rpc::StagingLease::Server {
+ public:
+  explicit StagingLeaseImpl(std::unique_ptr<ferry::StagingLease> lease) : lease_(std::move(lease)) {}
+
+ private:
+  std::unique_ptr<ferry::StagingLease> lease_;
+};
 
 class RepositoryImpl final : public rpc::Repository::Server {
  public:
@@ -114,15 +305,110 @@ class RepositoryImpl final : public rpc::Repository::Server {
     });
   }
 
+  kj::Promise<void> listPoints(ListPointsContext context) override {
+    return Guard([&] { SetIds(repo_->points().List(), context.getResults()); });
+  }
+
+  kj::Promise<void> loadPoints(LoadPointsContext context) override {
+    return Guard([&] {
+      PointListing listing = repo_->points().LoadAll();
+      auto results = context.getResults();
+      auto manifests = results.initManifests(static_cast<unsigned>(listing.points.size()));
+      for (size_t i = 0; i < listing.points.size(); ++i) {
+        manifests.set(static_cast<unsigned>(i), AsData(ManifestToJson(listing.points[i])));
+      }
+      auto problems = results.initProblems(static_cast<unsigned>(listing.problems.size()));
+      for (size_t i = 0; i < listing.problems.size(); ++i) {
+        problems[static_cast<unsigned>(i)].setEntry(listing.problems[i].entry);
+        problems[static_cast<unsigned>(i)].setMessage(listing.problems[i].message);
+      }
+    });
+  }
+
+  kj::Promise<void> loadPoint(LoadPointContext context) override {
+    return Guard([&] {
+      context.getResults().setManifest(AsData(ManifestToJson(repo_->points().Load(context.getParams().getId()))));
+    });
+  }
+
+  kj::Promise<void> openIndex(OpenIndexContext context) override {
+    return Guard([&] {
+      const std::string id = context.getParams().getId(), disk = context.getParams().getDisk();
+      RestorePointManifest m = repo_->points().Load(id);
+      const ferry::DiskRecord* record = m.FindDisk(disk);
+      if (!record) throw Error(ErrorKind::kNotFound, "restore point " + id + " has no disk " + disk.substr(0, 200));
+      auto index = repo_->points().OpenIndex(id, *record);
+      const uint64_t size = index->bytes().size();
+      context.getResults().setIndex(kj::heap<IndexReaderImpl>(std::move(index)));
+      context.getResults().setSize(size);
+    });
+  }
+
+  kj::Promise<void> readFile(ReadFileContext context) override {
+    return Guard([&] {
+      const std::string id = context.getParams().getId(), name = context.getParams().getName();
+      RestorePointManifest m = repo_->points().Load(id);
+      for (const ConfigFileRecord& f : m.config_files) {
+        if (f.name == name) {
+          const std::string content = repo_->points().ReadFile(id, f);
+          if (content.size() > kMaxEncodedChunk) throw Error(ErrorKind::kBadInput, "file " + name + " is larger than 16 MiB");
+          context.getResults().setContent(AsData(content));
+          return;
+        }
+      }
+      throw Error(ErrorKind::kNotFound, "restore point " + id + " has no file " + name.substr(0, 200));
+    });
+  }
+
+  kj::Promise<void> stage(StageContext context) override {
+    return Guard([&] {
+      auto lease = repo_->points().Stage(FromWire(context.getParams().getHeader()));
+      ToWire(lease->header(), context.getResults().initHeader());
+      context.getResults().setLease(kj::heap<StagingLeaseImpl>(std::move(lease)));
+    });
+  }
+
+  kj::Promise<void> writeDisk(WriteDiskContext context) override {
+    return Guard([&] {
+      auto writer = repo_->points().WriteDisk(context.getParams().getId(), context.getParams().getDisk());
+      context.getResults().setIndexFile(writer->index_file());
+      context.getResults().setUpload(kj::heap<IndexUploadImpl>(std::move(writer)));
+    });
+  }
+
+  kj::Promise<void> addFile(AddFileContext context) override {
+    return Guard([&] {
+      auto p = context.getParams();
+      if (p.getContent().size() > kMaxEncodedChunk) throw Error(ErrorKind::kBadInput, "addFile: larger than 16 MiB");
+      ConfigFileRecord r =
+          repo_->points().AddFile(p.getId(), p.getKind(), p.getName(), AsString(p.getContent()), p.getOrigin());
+      ToWire(r, context.getResults().initRecord());
+    });
+  }
+
+  kj::Promise<void> commit(CommitContext context) override {
+    return Guard([&] {
+      context.getResults().setManifest(AsData(ManifestToJson(repo_->points().Commit(context.getParams().getId()))));
+    });
+  }
+
+  kj::Promise<void> discard(DiscardContext context) override {
+    return Guard([&] { repo_->points().Discard(context.getParams().getId()); });
+  }
+
+  kj::Promise<void> removeExpired(RemoveExpiredContext context) override {
+    return Guard([&] { SetIds(repo_->points().RemoveExpired(), context.getResults()); });
+  }
+
+  kj::Promise<void> listStaged(ListStagedContext context) override {
+    return Guard([&] { SetIds(repo_->points().ListStaged(), context.getResults()); });
+  }
+
  private:
-  template <typename F>
-  kj::Promise<void> Guard(F&& f) {
-    try {
-      f();
-      return kj::READY_NOW;
-    } catch (const std::exception& e) {
-      return ToKj(e);
-    }
+  template <typename Results>
+  static void SetIds(const std::vector<std::string>& texts, Results results) {
+    auto out = results.initIds(static_cast<unsigned>(texts.size()));
+    for (size_t i = 0; i < texts.size(); ++i) out.set(static_cast<unsigned>(i), texts[i]);
   }
 
   std::shared_ptr<ferry::Repository> repo_;
@@ -139,11 +425,11 @@ class ServiceImpl final : public RepositoryService::Server {
       repo->PrepareForWriting();
       repositories_[name] = std::move(repo);
     }
-    for (const auto& g : config.grants) grants_.push_back({TokenHash(g.token), g.repositories});
+    grants_ = std::move(config.grants);
   }
 
   kj::Promise<void> open(OpenContext context) override {
-    try {
+    return Guard([&] {
       auto params = context.getParams();
       if (params.getProtocolVersion() != REPOSITORY_PROTOCOL_VERSION) {
         throw Error(ErrorKind::kBadInput, "repository protocol version " + std::to_string(params.getProtocolVersion()) +
@@ -151,9 +437,9 @@ class ServiceImpl final : public RepositoryService::Server {
                                               std::to_string(REPOSITORY_PROTOCOL_VERSION) + ")");
       }
       const Digest presented = TokenHash(params.getToken());
-      const Grant* grant = nullptr;
-      for (const Grant& g : grants_) {
-        if (CRYPTO_memcmp(g.token_hash.bytes.data(), presented.bytes.data(), 32) == 0) grant = &g;
+      const RepositoryGrant* grant = nullptr;
+      for (const RepositoryGrant& g : grants_) {
+        if (CRYPTO_memcmp(g.token_sha256.bytes.data(), presented.bytes.data(), 32) == 0) grant = &g;
       }
       if (grant == nullptr) throw Error(ErrorKind::kBadInput, "repository token refused");
       std::string name = params.getRepository();
@@ -166,98 +452,181 @@ class ServiceImpl final : public RepositoryService::Server {
       auto results = context.getResults();
       results.setRepository(kj::heap<RepositoryImpl>(it->second, name));
       auto info = results.initInfo();
+      const RepositoryConfig& config = it->second->config();
       info.setName(name);
-      info.setChunkSize(it->second->config().chunk_size);
+      info.setChunkSize(config.chunk_size);
       info.setFormat("ferry-repository-v2");
-      return kj::READY_NOW;
-    } catch (const std::exception& e) {
-      return ToKj(e);
-    }
+      info.setId(config.id);
+      info.setZstdLevel(config.zstd_level);
+    });
   }
 
  private:
-  struct Grant {
-    Digest token_hash;
-    std::set<std::string> repositories;
-  };
   std::map<std::string, std::shared_ptr<ferry::Repository>> repositories_;
-  std::vector<Grant> grants_;
+  std::vector<RepositoryGrant> grants_;
 };
 
 // --- client ---
 
-// The connection's event loop runs on a thread of its own; every call is
-// executed there (kj::Executor::executeSync) while the caller waits.
-class RemoteRepositoryImpl final : public RemoteRepository, public ChunkStore, public ChunkReader {
+class IgnoreTaskErrors final : public kj::TaskSet::ErrorHandler {
  public:
-  explicit RemoteRepositoryImpl(RepositoryEndpoint endpoint) : endpoint_(std::move(endpoint)) {
-    std::mutex mu;
-    std::condition_variable ready;
-    bool started = false;
-    std::optional<Error> failure;
-    thread_ = std::thread([&] {
-      try {
-        Run(
-            [&](const kj::Executor& executor) {
-              std::lock_guard<std::mutex> lock(mu);
-              loop_->executor = executor.addRef();
-              started = true;
-              ready.notify_all();
-            },
-            [&](Error e) {
-              std::lock_guard<std::mutex> lock(mu);
-              failure = std::move(e);
-              started = true;
-              ready.notify_all();
-            });
-      } catch (...) {
-      }
-    });
-    std::unique_lock<std::mutex> lock(mu);
-    ready.wait(lock, [&] { return started; });
-    if (failure) {
-      lock.unlock();
-      thread_.join();
-      throw *failure;
+  void taskFailed(kj::Exception&&) override {}  // every task handles its own failure
+};
+
+// A file under $TMPDIR (else /tmp) for a disk index on its way to or from
+// the service; removed when this goes.
+class TempFile {
+ public:
+  TempFile() {
+    const char* dir = std::getenv("TMPDIR");
+    path_ = std::string(dir && *dir ? dir : "/tmp") + "/ferry-index-XXXXXX";
+    int fd = ::mkstemp(path_.data());
+    if (fd < 0) throw ErrnoError("creating a temporary file in " + path_.substr(0, path_.rfind('/')), errno);
+    fd_ = UniqueFd(fd);
+  }
+  ~TempFile() { ::unlink(path_.c_str()); }
+  TempFile(const TempFile&) = delete;
+  TempFile& operator=(const TempFile&) = delete;
+  const std::string& path() const { return path_; }
+  int fd() const { return fd_.get(); }
+
+ private:
+  std::string path_;
+  UniqueFd fd_;
+};
+
+// Reads [offset, size) of a remote index into `fd`, a piece at a time.
+kj::Promise<void> ReadIndexPieces(rpc::IndexReader::Client reader, uint64_t offset, uint64_t size, int fd,
+                                  std::string path) {
+  if (offset >= size) return kj::READY_NOW;
+  auto req = reader.readRequest();
+  req.setOffset(offset);
+  req.setLength(kMaxPiece);
+  return req.send().then([reader, offset, size, fd, path](capnp::Response<rpc::IndexReader::ReadResults>&& r) mutable {
+    auto data = r.getData();
+    if (data.size() == 0) return kj::Promise<void>(KJ_EXCEPTION(FAILED, "corrupt: the index ended early"));
+    PwriteAll(fd, data.begin(), data.size(), offset, path);
+    return ReadIndexPieces(kj::mv(reader), offset + data.size(), size, fd, kj::mv(path));
+  });
+}
+
+// Sends [offset, size) of `fd` to a remote index upload, a piece at a time.
+kj::Promise<void> WriteIndexPieces(rpc::IndexUpload::Client upload, uint64_t offset, uint64_t size, int fd,
+                                   std::string path) {
+  if (offset >= size) return kj::READY_NOW;
+  const size_t n = std::min<uint64_t>(kMaxPiece, size - offset);
+  auto req = upload.writeRequest();
+  req.setOffset(offset);
+  auto data = req.initData(static_cast<unsigned>(n));
+  PreadAll(fd, data.begin(), n, offset, path);
+  return req.send().then([upload, offset, n, size, fd, path](auto&&) mutable {
+    return WriteIndexPieces(kj::mv(upload), offset + n, size, fd, kj::mv(path));
+  });
+}
+
+class RemoteRepositoryImpl;
+
+// A capability held by an object used from other threads: created, used and
+// dropped on the connection's thread only. (Behind a pointer because kj's
+// destructors may throw, and the holders' may not.)
+template <typename Client>
+struct CapSlot {
+  kj::Maybe<Client> cap;
+};
+
+// The chunks of one disk backup in flight to the service (ChunkUpload).
+struct UploadEntry {
+  uint64_t seq = 0;
+  Digest digest;
+  std::vector<uint8_t> bytes;
+  uint64_t generation = 0;  // of the connection it was last sent on
+  bool lost = false;        // that connection failed before the reply
+};
+
+struct UploadState {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::map<uint64_t, std::shared_ptr<UploadEntry>> pending;  // sent, not acknowledged; by seq
+  std::unordered_set<Digest, DigestHash> digests;            // of pending
+  size_t bytes = 0;                                          // of pending
+  uint64_t next_seq = 0;
+  bool resending = false;
+  std::optional<Error> failure;
+  ChunkUploadStats stats;
+};
+
+class RemoteUpload final : public ChunkUpload {
+ public:
+  RemoteUpload(RemoteRepositoryImpl& repo, size_t window) : repo_(repo), window_(window) {}
+  void Add(const Digest& digest, std::span<const uint8_t> encoded) override;
+  ChunkUploadStats Finish() override;
+
+ private:
+  void Service(std::unique_lock<std::mutex>& lock);
+
+  RemoteRepositoryImpl& repo_;
+  const size_t window_;
+  std::shared_ptr<UploadState> st_ = std::make_shared<UploadState>();
+};
+
+class RemoteLease;
+class RemoteDiskWriter;
+
+class RemoteRepositoryImpl final : public RemoteRepository, public ChunkStore, public ChunkReader, public PointStore {
+ public:
+  explicit RemoteRepositoryImpl(RepositoryEndpoint endpoint)
+      : endpoint_(std::move(endpoint)), location_(RepositoryUrl(endpoint_)), context_("repository " + location_) {
+    SplitHostPort(endpoint_.address);  // a malformed address fails here, not on the loop
+    StartLoop();
+    try {
+      ConnectOnce();
+    } catch (...) {
+      StopLoop();
+      throw;
     }
   }
 
-  ~RemoteRepositoryImpl() override {
-    if (loop_->executor) {
-      try {
-        loop_->executor->executeSync([this] {
-          KJ_IF_MAYBE(f, loop_->stop) { (*f)->fulfill(); }
-        });
-      } catch (...) {
-      }
-    }
-    if (thread_.joinable()) thread_.join();
-  }
+  ~RemoteRepositoryImpl() override { StopLoop(); }
 
-  const RemoteRepositoryInfo& info() const override { return info_; }
+  // --- Repository ---
+  const std::string& location() const override { return location_; }
+  const RepositoryConfig& config() const override { return config_; }
   ChunkStore& chunks() override { return *this; }
   ChunkReader& chunk_reader() override { return *this; }
+  PointStore& points() override { return *this; }
+  const PointStore& points() const override { return *this; }
+  // The service checked its repositories are writable when it started.
+  void PrepareForWriting() override {}
+  const RemoteRepositoryInfo& info() const override { return info_; }
+  uint64_t reconnects() const override { return reconnects_; }
 
+  // --- ChunkStore / ChunkReader ---
   void FindMissing(std::span<const Digest> digests, std::vector<size_t>* missing) override {
     for (size_t start = 0; start < digests.size(); start += kMaxDigestsPerCall) {
-      size_t n = std::min(kMaxDigestsPerCall, digests.size() - start);
-      Call("findMissing", [&] {
-        auto req = repo().findMissingRequest();
+      const size_t n = std::min(kMaxDigestsPerCall, digests.size() - start);
+      std::vector<size_t> found;
+      Call("findMissing", [&](rpc::Repository::Client& repo) {
+        found.clear();
+        auto req = repo.findMissingRequest();
         auto list = req.initDigests(static_cast<unsigned>(n));
         for (size_t i = 0; i < n; ++i) {
           list.set(static_cast<unsigned>(i), capnp::Data::Reader(digests[start + i].bytes.data(), 32));
         }
         return req.send().then([&, start](capnp::Response<rpc::Repository::FindMissingResults>&& r) {
-          for (uint32_t i : r.getMissing()) missing->push_back(start + i);
+          for (uint32_t i : r.getMissing()) {
+            if (i >= n) throw Error(ErrorKind::kInternal, "findMissing answered a position it was not asked");
+            found.push_back(start + i);
+          }
         });
       });
+      missing->insert(missing->end(), found.begin(), found.end());
     }
   }
 
   bool Insert(const Digest& digest, std::span<const uint8_t> encoded) override {
     bool stored = false;
-    Call("insert of chunk " + digest.Hex(), [&] {
-      auto req = repo().insertRequest();
+    Call("insert of chunk " + digest.Hex(), [&](rpc::Repository::Client& repo) {
+      auto req = repo.insertRequest();
       req.setDigest(capnp::Data::Reader(digest.bytes.data(), 32));
       req.setEncoded(capnp::Data::Reader(encoded.data(), encoded.size()));
       return req.send().then([&](capnp::Response<rpc::Repository::InsertResults>&& r) { stored = r.getStored(); });
@@ -265,13 +634,17 @@ class RemoteRepositoryImpl final : public RemoteRepository, public ChunkStore, p
     return stored;
   }
 
+  std::unique_ptr<ChunkUpload> StartUpload() override {
+    return std::make_unique<RemoteUpload>(*this, endpoint_.upload_window_bytes);
+  }
+
   void Sync() override {
-    Call("sync", [&] { return repo().syncRequest().send().ignoreResult(); });
+    Call("sync", [&](rpc::Repository::Client& repo) { return repo.syncRequest().send().ignoreResult(); });
   }
 
   void Read(const Digest& digest, std::vector<uint8_t>* encoded) override {
-    Call("read of chunk " + digest.Hex(), [&] {
-      auto req = repo().readRequest();
+    Call("read of chunk " + digest.Hex(), [&](rpc::Repository::Client& repo) {
+      auto req = repo.readRequest();
       req.setDigest(capnp::Data::Reader(digest.bytes.data(), 32));
       return req.send().then([&](capnp::Response<rpc::Repository::ReadResults>&& r) {
         auto data = r.getEncoded();
@@ -283,8 +656,8 @@ class RemoteRepositoryImpl final : public RemoteRepository, public ChunkStore, p
   std::string Quarantine(const Digest& digest, const std::string& reason) override {
     std::string where;
     try {
-      Call("quarantine of chunk " + digest.Hex(), [&] {
-        auto req = repo().quarantineRequest();
+      Call("quarantine of chunk " + digest.Hex(), [&](rpc::Repository::Client& repo) {
+        auto req = repo.quarantineRequest();
         req.setDigest(capnp::Data::Reader(digest.bytes.data(), 32));
         req.setReason(reason);
         return req.send().then([&](capnp::Response<rpc::Repository::QuarantineResults>&& r) {
@@ -297,92 +670,652 @@ class RemoteRepositoryImpl final : public RemoteRepository, public ChunkStore, p
     return where;
   }
 
-  std::string Describe(const Digest& digest) const override {
-    return "chunk " + digest.Hex() + " of repository " + endpoint_.repository + " at " + endpoint_.address;
+  std::string Describe(const Digest& digest) const override { return "chunk " + digest.Hex() + " of " + context_; }
+
+  // --- PointStore ---
+  std::vector<std::string> List() const override {
+    std::vector<std::string> ids;
+    Call("listing restore points", [&](rpc::Repository::Client& repo) {
+      return repo.listPointsRequest().send().then([&](capnp::Response<rpc::Repository::ListPointsResults>&& r) {
+        ids = Texts(r.getIds());
+      });
+    });
+    return ids;
+  }
+
+  PointListing LoadAll() const override {
+    PointListing listing;
+    Call("loading restore points", [&](rpc::Repository::Client& repo) {
+      return repo.loadPointsRequest().send().then([&](capnp::Response<rpc::Repository::LoadPointsResults>&& r) {
+        listing = {};
+        for (auto m : r.getManifests()) {
+          try {
+            listing.points.push_back(ManifestFromJson(AsString(m), context_ + ", a manifest"));
+          } catch (const Error& e) {
+            listing.problems.push_back({"(manifest from the service)", e.what()});
+          }
+        }
+        for (auto p : r.getProblems()) listing.problems.push_back({p.getEntry(), p.getMessage()});
+      });
+    });
+    return listing;
+  }
+
+  RestorePointManifest Load(const std::string& id) const override {
+    std::string json;
+    Call("loading restore point " + id, [&](rpc::Repository::Client& repo) {
+      auto req = repo.loadPointRequest();
+      req.setId(id);
+      return req.send().then(
+          [&](capnp::Response<rpc::Repository::LoadPointResults>&& r) { json = AsString(r.getManifest()); });
+    });
+    return CheckedManifest(json, id);
+  }
+
+  std::unique_ptr<FixedIndexReader> OpenIndex(const std::string& id, const ferry::DiskRecord& disk) const override {
+    TempFile file;
+    Call("reading the index of disk " + disk.name + " of restore point " + id, [&](rpc::Repository::Client& repo) {
+      if (::ftruncate(file.fd(), 0) != 0) throw ErrnoError("truncating " + file.path(), errno);
+      auto req = repo.openIndexRequest();
+      req.setId(id);
+      req.setDisk(disk.name);
+      return req.send().then([&](capnp::Response<rpc::Repository::OpenIndexResults>&& r) {
+        return ReadIndexPieces(r.getIndex(), 0, r.getSize(), file.fd(), file.path());
+      });
+    });
+    // Checked against the manifest this client loaded (and checked) itself.
+    return std::make_unique<FixedIndexReader>(file.path(), &disk.index_sha256);
+  }
+
+  std::string ReadFile(const std::string& id, const ConfigFileRecord& file) const override {
+    std::string content;
+    Call("reading file " + file.name + " of restore point " + id, [&](rpc::Repository::Client& repo) {
+      auto req = repo.readFileRequest();
+      req.setId(id);
+      req.setName(file.name);
+      return req.send().then(
+          [&](capnp::Response<rpc::Repository::ReadFileResults>&& r) { content = AsString(r.getContent()); });
+    });
+    if (Sha256(content.data(), content.size()) != file.sha256) {
+      throw Error(ErrorKind::kCorrupt, "file " + file.name + " of restore point " + id + " in " + context_ +
+                                           " does not match its SHA-256 in the manifest");
+    }
+    return content;
+  }
+
+  std::unique_ptr<ferry::StagingLease> Stage(StagedPointHeader header) override;
+  std::unique_ptr<DiskWriter> WriteDisk(const std::string& id, const std::string& disk) override;
+
+  ConfigFileRecord AddFile(const std::string& id, const std::string& kind, const std::string& name,
+                           const std::string& content, const std::string& origin) override {
+    ConfigFileRecord record;
+    Call("adding file " + name + " to restore point " + id, [&](rpc::Repository::Client& repo) {
+      auto req = repo.addFileRequest();
+      req.setId(id);
+      req.setKind(kind);
+      req.setName(name);
+      req.setContent(AsData(content));
+      req.setOrigin(origin);
+      return req.send().then(
+          [&](capnp::Response<rpc::Repository::AddFileResults>&& r) { record = FromWire(r.getRecord()); });
+    });
+    return record;
+  }
+
+  RestorePointManifest Commit(const std::string& id) override {
+    std::string json;
+    Call("committing restore point " + id, [&](rpc::Repository::Client& repo) {
+      auto req = repo.commitRequest();
+      req.setId(id);
+      return req.send().then(
+          [&](capnp::Response<rpc::Repository::CommitResults>&& r) { json = AsString(r.getManifest()); });
+    });
+    return CheckedManifest(json, id);
+  }
+
+  void Discard(const std::string& id) override {
+    Call("discarding restore point " + id, [&](rpc::Repository::Client& repo) {
+      auto req = repo.discardRequest();
+      req.setId(id);
+      return req.send().ignoreResult();
+    });
+  }
+
+  std::vector<std::string> RemoveExpired() override {
+    std::vector<std::string> ids;
+    Call("removing expired staging", [&](rpc::Repository::Client& repo) {
+      return repo.removeExpiredRequest().send().then(
+          [&](capnp::Response<rpc::Repository::RemoveExpiredResults>&& r) { ids = Texts(r.getIds()); });
+    });
+    return ids;
+  }
+
+  std::vector<std::string> ListStaged() const override {
+    std::vector<std::string> ids;
+    Call("listing staged points", [&](rpc::Repository::Client& repo) {
+      return repo.listStagedRequest().send().then(
+          [&](capnp::Response<rpc::Repository::ListStagedResults>&& r) { ids = Texts(r.getIds()); });
+    });
+    return ids;
+  }
+
+  // --- for the upload, the disk writer and the lease ---
+
+  uint64_t generation() const { return generation_.load(); }
+  const std::string& context() const { return context_; }
+
+  // Runs `make(repository)` (which sends requests and returns the promise of
+  // their handling) on the connection's thread and waits for it. A lost
+  // connection is made again and `make` run again, so every call here must
+  // be safe to repeat (they all are: see docs/repository-service.md). Other
+  // failures become ferry::Error naming `what`.
+  template <typename Make>
+  void Call(const std::string& what, Make&& make) const {
+    for (;;) {
+      const uint64_t generation = generation_.load();
+      try {
+        loop_->executor->executeSync([&]() -> kj::Promise<void> { return make(Repo()); });
+        return;
+      } catch (const kj::Exception& e) {
+        if (!IsDisconnected(e)) throw FromKj(e, context_ + ": " + what);
+        Reconnect(generation, what);
+      }
+    }
+  }
+
+  // Makes the connection again unless another thread already did since
+  // `failed` was current; throws kRetryable once reconnect_for has passed.
+  void Reconnect(uint64_t failed, const std::string& what) const {
+    std::lock_guard<std::mutex> lock(reconnect_mu_);
+    if (generation_.load() != failed) return;
+    const auto deadline = std::chrono::steady_clock::now() + endpoint_.reconnect_for;
+    LogWarning(context_ + ": connection lost (" + what + "); connecting again every " +
+               FormatDuration(endpoint_.reconnect_interval) + " for up to " + FormatDuration(endpoint_.reconnect_for));
+    for (unsigned attempt = 1;; ++attempt) {
+      try {
+        ConnectOnce();
+        ++reconnects_;
+        LogInfo(context_ + ": connected again (attempt " + std::to_string(attempt) + ")");
+        return;
+      } catch (const Error& e) {
+        if (e.kind() != ErrorKind::kRetryable) throw;
+        if (std::chrono::steady_clock::now() + endpoint_.reconnect_interval > deadline) {
+          throw Error(ErrorKind::kRetryable, context_ + ": no connection for " + FormatDuration(endpoint_.reconnect_for) +
+                                                 ", giving up (" + e.what() + ")");
+        }
+        std::this_thread::sleep_for(endpoint_.reconnect_interval);
+      }
+    }
+  }
+
+  // Sends one chunk of an upload on the current connection; its reply (or
+  // failure) updates the upload's state on the connection's thread.
+  void SendInsert(const std::shared_ptr<UploadState>& st, const std::shared_ptr<UploadEntry>& e) {
+    try {
+      loop_->executor->executeSync([&] {
+        const uint64_t generation = loop_->generation;
+        {
+          std::lock_guard<std::mutex> lock(st->mu);
+          e->generation = generation;
+          e->lost = false;
+        }
+        auto req = Repo().insertRequest();
+        req.setDigest(capnp::Data::Reader(e->digest.bytes.data(), 32));
+        req.setEncoded(capnp::Data::Reader(e->bytes.data(), e->bytes.size()));
+        std::string what = context_ + ": insert of chunk " + e->digest.Hex();
+        loop_->tasks->add(req.send().then(
+            [st, e, generation](capnp::Response<rpc::Repository::InsertResults>&& r) {
+              std::lock_guard<std::mutex> lock(st->mu);
+              if (e->generation != generation || !st->pending.erase(e->seq)) return;
+              st->bytes -= e->bytes.size();
+              st->digests.erase(e->digest);
+              if (r.getStored()) {
+                ++st->stats.stored_chunks;
+                st->stats.stored_bytes += e->bytes.size();
+              } else {
+                ++st->stats.present_chunks;
+              }
+              e->bytes = {};
+              st->cv.notify_all();
+            },
+            [st, e, generation, what](kj::Exception&& ex) {
+              std::lock_guard<std::mutex> lock(st->mu);
+              if (e->generation != generation) return;
+              if (IsDisconnected(ex)) {
+                e->lost = true;
+              } else if (!st->failure) {
+                st->failure = FromKj(ex, what);
+              }
+              st->cv.notify_all();
+            }));
+      });
+    } catch (const kj::Exception&) {  // not connected: send it again after the reconnect
+      std::lock_guard<std::mutex> lock(st->mu);
+      e->lost = true;
+      st->cv.notify_all();
+    }
+  }
+
+  // Runs `f` on the connection's thread (to create or drop capabilities).
+  template <typename F>
+  void OnLoop(F&& f) const {
+    loop_->executor->executeSync(std::forward<F>(f));
+  }
+  uint64_t LoopGeneration() const { return loop_->generation; }  // on the loop only
+
+  void AddLease(RemoteLease* lease) {
+    std::lock_guard<std::mutex> lock(leases_mu_);
+    leases_.insert(lease);
+  }
+  void RemoveLease(RemoteLease* lease) {
+    std::lock_guard<std::mutex> lock(leases_mu_);
+    leases_.erase(lease);
+  }
+
+  rpc::Repository::Client& Repo() const {
+    KJ_IF_MAYBE(r, loop_->repo) { return *r; }
+    kj::throwFatalException(KJ_EXCEPTION(DISCONNECTED, "not connected"));
   }
 
  private:
-  void Run(const std::function<void(const kj::Executor&)>& on_ready, const std::function<void(Error)>& on_failure) {
-    auto io = kj::setupAsyncIo();
-    kj::Own<kj::TlsContext> tls;
-    try {
-      if (endpoint_.tls) tls = MakeClientTlsContext(endpoint_.ca_file);
-    } catch (const Error& e) {
-      on_failure(e);
-      return;
-    }
-    CoordinatorEndpoint where{endpoint_.address, endpoint_.tls, endpoint_.ca_file, endpoint_.server_name};
-    ConnectOptions options;
-    options.peer_kind = "repository service";
-    const std::string context = "repository " + endpoint_.repository + " at " + endpoint_.address;
-    try {
-      loop_->conn = CoordinatorConnection::Connect(io, tls.get(), where, options).wait(io.waitScope);
-      auto req = loop_->conn->bootstrap().castAs<RepositoryService>().openRequest();
-      req.setProtocolVersion(REPOSITORY_PROTOCOL_VERSION);
-      req.setToken(endpoint_.token);
-      req.setRepository(endpoint_.repository);
-      auto resp = req.send().wait(io.waitScope);
-      loop_->repo = resp.getRepository();
-      info_.name = resp.getInfo().getName();
-      info_.chunk_size = resp.getInfo().getChunkSize();
-      info_.format = resp.getInfo().getFormat();
-    } catch (const kj::Exception& e) {
-      loop_->repo = nullptr;
-      loop_->conn = nullptr;
-      on_failure(FromKj(e, context));
-      return;
-    } catch (const Error& e) {
-      loop_->repo = nullptr;
-      loop_->conn = nullptr;
-      on_failure(e);
-      return;
-    }
-    auto paf = kj::newPromiseAndFulfiller<void>();
-    loop_->stop = kj::mv(paf.fulfiller);
-    on_ready(kj::getCurrentThreadExecutor());
-    paf.promise.wait(io.waitScope);
-    loop_->repo = nullptr;
-    loop_->conn = nullptr;
-    loop_->stop = nullptr;
+  static std::vector<std::string> Texts(capnp::List<capnp::Text>::Reader list) {
+    std::vector<std::string> out;
+    for (auto t : list) out.emplace_back(t);
+    return out;
   }
 
-  rpc::Repository::Client& repo() { return KJ_ASSERT_NONNULL(loop_->repo); }
+  RestorePointManifest CheckedManifest(const std::string& json, const std::string& id) const {
+    RestorePointManifest m = ManifestFromJson(json, "manifest of restore point " + id + " in " + context_);
+    if (m.id != id) {
+      throw Error(ErrorKind::kCorrupt, context_ + " answered for restore point " + id + " with point " + m.id);
+    }
+    return m;
+  }
 
-  // Runs `make` (which sends a request and returns the promise of its
-  // handling) on the connection's thread and waits for it; errors become
-  // ferry::Error naming `what`.
-  template <typename Make>
-  void Call(const std::string& what, Make&& make) {
-    try {
-      loop_->executor->executeSync([&]() { return make(); });
-    } catch (const kj::Exception& e) {
-      throw FromKj(e, "repository " + endpoint_.repository + " at " + endpoint_.address + ": " + what);
+  static std::string FormatDuration(std::chrono::milliseconds d) {
+    if (d.count() % 60000 == 0) return std::to_string(d.count() / 60000) + " min";
+    if (d.count() % 1000 == 0) return std::to_string(d.count() / 1000) + " s";
+    return std::to_string(d.count()) + " ms";
+  }
+
+  void StartLoop() {
+    std::mutex mu;
+    std::condition_variable ready;
+    bool started = false;
+    std::optional<Error> failure;
+    thread_ = std::thread([&] {
+      auto report = [&](std::optional<Error> e) {
+        std::lock_guard<std::mutex> lock(mu);
+        failure = std::move(e);
+        started = true;
+        ready.notify_all();
+      };
+      try {
+        auto io = kj::setupAsyncIo();
+        IgnoreTaskErrors ignore;
+        loop_->io = &io;
+        if (endpoint_.tls) loop_->tls = MakeClientTlsContext(endpoint_.ca_file);
+        loop_->tasks = kj::heap<kj::TaskSet>(ignore);
+        auto paf = kj::newPromiseAndFulfiller<void>();
+        loop_->stop = kj::mv(paf.fulfiller);
+        loop_->executor = kj::getCurrentThreadExecutor().addRef();
+        report(std::nullopt);
+        paf.promise.wait(io.waitScope);
+        loop_->repo = nullptr;
+        loop_->conn = nullptr;
+        loop_->tasks = nullptr;
+        loop_->stop = nullptr;
+        loop_->tls = nullptr;
+        loop_->io = nullptr;
+      } catch (const Error& e) {
+        report(e);
+      } catch (const kj::Exception& e) {
+        report(Error(ErrorKind::kInternal, context_ + ": " + e.getDescription().cStr()));
+      }
+    });
+    std::unique_lock<std::mutex> lock(mu);
+    ready.wait(lock, [&] { return started; });
+    if (failure) {
+      lock.unlock();
+      thread_.join();
+      throw *failure;
     }
   }
 
-  // The kj objects (their destructors may throw, so they live behind a
-  // unique_ptr): the executor is used from any thread, the rest on the
-  // connection's thread only.
+  void StopLoop() {
+    if (loop_->executor) {
+      try {
+        loop_->executor->executeSync([this] {
+          if (loop_->stop) loop_->stop->fulfill();
+        });
+      } catch (...) {
+      }
+    }
+    if (thread_.joinable()) thread_.join();
+  }
+
+  // Connects, opens the repository and stages again the points this client
+  // holds leases on. kRetryable when the service cannot be reached.
+  void ConnectOnce() const;
+
   struct Loop {
-    kj::Own<const kj::Executor> executor;
+    kj::Own<const kj::Executor> executor;  // any thread
+    // The rest: the connection's thread only.
+    kj::AsyncIoContext* io = nullptr;
+    kj::Own<kj::TlsContext> tls;
     kj::Own<CoordinatorConnection> conn;
     kj::Maybe<rpc::Repository::Client> repo;
-    kj::Maybe<kj::Own<kj::PromiseFulfiller<void>>> stop;
+    uint64_t generation = 0;  // connections made
+    kj::Own<kj::TaskSet> tasks;
+    kj::Own<kj::PromiseFulfiller<void>> stop;
   };
 
-  RepositoryEndpoint endpoint_;
-  RemoteRepositoryInfo info_;
+  const RepositoryEndpoint endpoint_;
+  const std::string location_, context_;
+  mutable RepositoryConfig config_;   // set by the first ConnectOnce
+  mutable RemoteRepositoryInfo info_;
   std::unique_ptr<Loop> loop_ = std::make_unique<Loop>();
   std::thread thread_;
+  mutable std::mutex reconnect_mu_;
+  mutable std::atomic<uint64_t> generation_{0};
+  mutable std::atomic<uint64_t> reconnects_{0};
+  mutable std::mutex leases_mu_;
+  std::set<RemoteLease*> leases_;
+  friend class RemoteLease;
 };
 
+// A point staged through the service: holds the service's lease (so a point
+// staged with expiry 0 stays while this lives) and takes it again after a
+// reconnect.
+class RemoteLease final : public ferry::StagingLease {
+ public:
+  RemoteLease(RemoteRepositoryImpl& repo, StagedPointHeader header) : repo_(repo), header_(std::move(header)) {}
+  ~RemoteLease() override {
+    repo_.RemoveLease(this);
+    try {
+      repo_.OnLoop([this] { slot_->cap = nullptr; });
+    } catch (...) {
+    }
+  }
+  const StagedPointHeader& header() const override { return header_; }
+  // On the connection's thread.
+  void Set(rpc::StagingLease::Client cap) { slot_->cap = kj::mv(cap); }
+
+ private:
+  RemoteRepositoryImpl& repo_;
+  StagedPointHeader header_;
+  std::unique_ptr<CapSlot<rpc::StagingLease::Client>> slot_ = std::make_unique<CapSlot<rpc::StagingLease::Client>>();
+};
+
+void RemoteRepositoryImpl::ConnectOnce() const {
+  const CoordinatorEndpoint where{endpoint_.address, endpoint_.tls, endpoint_.ca_file, endpoint_.server_name};
+  try {
+    loop_->executor->executeSync([&]() -> kj::Promise<void> {
+      loop_->repo = nullptr;
+      loop_->conn = nullptr;
+      ConnectOptions options;
+      options.peer_kind = "repository service";
+      return CoordinatorConnection::Connect(*loop_->io, loop_->tls.get(), where, options)
+          .then([this](kj::Own<CoordinatorConnection> conn) {
+            auto req = conn->bootstrap().castAs<RepositoryService>().openRequest();
+            req.setProtocolVersion(REPOSITORY_PROTOCOL_VERSION);
+            req.setToken(endpoint_.token);
+            req.setRepository(endpoint_.repository);
+            loop_->conn = kj::mv(conn);
+            return req.send();
+          })
+          .then([this](capnp::Response<RepositoryService::OpenResults>&& r) {
+            loop_->repo = r.getRepository();
+            ++loop_->generation;
+            if (loop_->generation == 1) {  // the service may not change them under a client
+              auto info = r.getInfo();
+              info_.name = info.getName();
+              info_.chunk_size = info.getChunkSize();
+              info_.format = info.getFormat();
+              config_.id = info.getId();
+              config_.chunk_size = info.getChunkSize();
+              config_.zstd_level = info.getZstdLevel();
+            }
+          });
+    });
+  } catch (const kj::Exception& e) {
+    throw FromKj(e, context_);
+  }
+  // Points staged through the old connection keep their leases.
+  std::lock_guard<std::mutex> lock(leases_mu_);
+  for (RemoteLease* lease : leases_) {
+    try {
+      loop_->executor->executeSync([&]() -> kj::Promise<void> {
+        auto req = Repo().stageRequest();
+        ToWire(lease->header(), req.initHeader());
+        return req.send().then([lease](capnp::Response<rpc::Repository::StageResults>&& r) { lease->Set(r.getLease()); });
+      });
+    } catch (const kj::Exception& e) {
+      throw FromKj(e, context_ + ": staging restore point " + lease->header().id + " again");
+    }
+  }
+  generation_.store(loop_->generation);
+}
+
+std::unique_ptr<ferry::StagingLease> RemoteRepositoryImpl::Stage(StagedPointHeader header) {
+  std::unique_ptr<RemoteLease> lease;
+  Call("staging restore point " + header.id, [&](rpc::Repository::Client& repo) {
+    auto req = repo.stageRequest();
+    ToWire(header, req.initHeader());
+    return req.send().then([&](capnp::Response<rpc::Repository::StageResults>&& r) {
+      lease = std::make_unique<RemoteLease>(*this, FromWire(r.getHeader()));
+      lease->Set(r.getLease());
+    });
+  });
+  AddLease(lease.get());
+  return lease;
+}
+
+// One disk of a staged point: the pipeline writes the index into a local
+// file; Finish sends it and records the disk. Holds the disk's lock on the
+// service from creation (so a second writer is refused at once), and takes
+// it again after a reconnect.
+class RemoteDiskWriter final : public DiskWriter {
+ public:
+  RemoteDiskWriter(RemoteRepositoryImpl& repo, std::string id, std::string disk)
+      : repo_(repo), id_(std::move(id)), disk_(std::move(disk)) {
+    repo_.Call("writing disk " + disk_ + " of restore point " + id_,
+               [&](rpc::Repository::Client& r) { return Open(r); });
+  }
+  ~RemoteDiskWriter() override {
+    try {
+      repo_.OnLoop([this] { upload_->cap = nullptr; });
+    } catch (...) {
+    }
+  }
+  const std::string& index_path() const override { return file_.path(); }
+  const std::string& index_file() const override { return index_file_; }
+
+  void Finish(ferry::DiskRecord record) override {
+    UniqueFd fd = OpenOrThrow(file_.path(), O_RDONLY);
+    struct stat st;
+    if (::fstat(fd.get(), &st) != 0) throw ErrnoError("stat of " + file_.path(), errno);
+    const uint64_t size = static_cast<uint64_t>(st.st_size);
+    repo_.Call("sending the index of disk " + disk_ + " of restore point " + id_, [&](rpc::Repository::Client& r) {
+      kj::Promise<void> opened = (upload_->cap != nullptr && upload_generation_ == repo_.LoopGeneration())
+                                     ? kj::Promise<void>(kj::READY_NOW)
+                                     : Open(r);
+      return opened
+          .then([this, size, &fd] { return WriteIndexPieces(KJ_ASSERT_NONNULL(upload_->cap), 0, size, fd.get(), file_.path()); })
+          .then([this, &record] {
+            auto req = KJ_ASSERT_NONNULL(upload_->cap).finishRequest();
+            ToWire(record, req.initRecord());
+            // The service checks the bytes it received against what the
+            // pipeline recorded: damage on the way or on this disk is caught.
+            req.setIndexSha256(capnp::Data::Reader(record.index_sha256.bytes.data(), 32));
+            return req.send().ignoreResult();
+          });
+    });
+  }
+
+ private:
+  // On the connection's thread: takes the disk's lock on the service.
+  kj::Promise<void> Open(rpc::Repository::Client& r) {
+    auto req = r.writeDiskRequest();
+    req.setId(id_);
+    req.setDisk(disk_);
+    const uint64_t generation = repo_.LoopGeneration();
+    return req.send().then([this, generation](capnp::Response<rpc::Repository::WriteDiskResults>&& resp) {
+      upload_->cap = resp.getUpload();
+      upload_generation_ = generation;
+      index_file_ = resp.getIndexFile();
+    });
+  }
+
+  RemoteRepositoryImpl& repo_;
+  const std::string id_, disk_;
+  TempFile file_;
+  std::string index_file_;
+  std::unique_ptr<CapSlot<rpc::IndexUpload::Client>> upload_ = std::make_unique<CapSlot<rpc::IndexUpload::Client>>();
+  uint64_t upload_generation_ = 0;
+};
+
+std::unique_ptr<DiskWriter> RemoteRepositoryImpl::WriteDisk(const std::string& id, const std::string& disk) {
+  return std::make_unique<RemoteDiskWriter>(*this, id, disk);
+}
+
+void RemoteUpload::Add(const Digest& digest, std::span<const uint8_t> encoded) {
+  std::unique_lock<std::mutex> lock(st_->mu);
+  Service(lock);
+  if (st_->digests.count(digest)) {  // the same data, already on its way
+    ++st_->stats.present_chunks;
+    return;
+  }
+  while (st_->bytes > 0 && st_->bytes + encoded.size() > window_) {
+    st_->cv.wait_for(lock, std::chrono::milliseconds(100));
+    Service(lock);
+  }
+  auto e = std::make_shared<UploadEntry>();
+  e->seq = st_->next_seq++;
+  e->digest = digest;
+  e->bytes.assign(encoded.begin(), encoded.end());
+  e->generation = repo_.generation();
+  st_->pending[e->seq] = e;
+  st_->digests.insert(digest);
+  st_->bytes += encoded.size();
+  st_->stats.sent_bytes += encoded.size();
+  lock.unlock();
+  repo_.SendInsert(st_, e);
+}
+
+ChunkUploadStats RemoteUpload::Finish() {
+  std::unique_lock<std::mutex> lock(st_->mu);
+  for (;;) {
+    Service(lock);
+    if (st_->pending.empty()) return st_->stats;
+    st_->cv.wait_for(lock, std::chrono::milliseconds(100));
+  }
+}
+
+// With the state locked: throws the upload's failure, else sends again every
+// chunk whose connection was lost (reconnecting first if nobody has).
+void RemoteUpload::Service(std::unique_lock<std::mutex>& lock) {
+  if (st_->failure) throw *st_->failure;
+  if (st_->resending) return;
+  const uint64_t current = repo_.generation();
+  std::vector<std::shared_ptr<UploadEntry>> again;
+  std::optional<uint64_t> lost_on_current;
+  for (auto& [seq, e] : st_->pending) {
+    if (e->lost || e->generation < current) again.push_back(e);
+    if (e->lost && e->generation == current) lost_on_current = current;
+  }
+  if (again.empty()) return;
+  st_->resending = true;
+  lock.unlock();
+  try {
+    if (lost_on_current) repo_.Reconnect(*lost_on_current, "sending chunks");
+    for (auto& e : again) {
+      {
+        std::lock_guard<std::mutex> g(st_->mu);
+        if (!st_->pending.count(e->seq)) continue;
+        st_->stats.sent_bytes += e->bytes.size();
+        st_->stats.resent_bytes += e->bytes.size();
+      }
+      repo_.SendInsert(st_, e);
+    }
+  } catch (const Error& error) {
+    lock.lock();
+    st_->resending = false;
+    if (!st_->failure) st_->failure = error;
+    throw;
+  }
+  lock.lock();
+  st_->resending = false;
+}
+
 }  // namespace
+
+// --- URLs ---
+
+std::optional<RepositoryEndpoint> ParseRepositoryUrl(const std::string& location) {
+  RepositoryEndpoint e;
+  std::string rest;
+  if (location.starts_with("ferry://")) {
+    rest = location.substr(8);
+  } else if (location.starts_with("ferry+tls://")) {
+    rest = location.substr(12);
+    e.tls = true;
+  } else {
+    return std::nullopt;
+  }
+  const auto slash = rest.find('/');
+  const auto bad = [&](const std::string& why) {
+    return Error(ErrorKind::kBadInput, "repository address '" + location.substr(0, 300) + "': " + why +
+                                           " (expected ferry://HOST:PORT/NAME or ferry+tls://HOST:PORT/NAME)");
+  };
+  if (slash == std::string::npos || slash + 1 == rest.size()) throw bad("no repository name");
+  e.address = rest.substr(0, slash);
+  e.repository = rest.substr(slash + 1);
+  if (e.repository.find('/') != std::string::npos) throw bad("a repository name has no '/'");
+  try {
+    SplitHostPort(e.address);
+  } catch (const Error& error) {
+    throw bad(error.what());
+  }
+  return e;
+}
+
+std::string RepositoryUrl(const RepositoryEndpoint& e) {
+  return std::string(e.tls ? "ferry+tls://" : "ferry://") + e.address + "/" + e.repository;
+}
+
+std::unique_ptr<RemoteRepository> RemoteRepository::Connect(const RepositoryEndpoint& endpoint) {
+  return std::make_unique<RemoteRepositoryImpl>(endpoint);
+}
+
+std::unique_ptr<ferry::Repository> OpenRepository(const std::string& location, const RepositoryAccess& access) {
+  auto endpoint = ParseRepositoryUrl(location);
+  if (!endpoint) return ferry::Repository::Open(location);
+  endpoint->token = access.token;
+  if (endpoint->token.empty()) {
+    if (const char* t = std::getenv("FERRY_REPOSITORY_TOKEN")) endpoint->token = t;
+  }
+  if (endpoint->token.empty()) {
+    throw Error(ErrorKind::kBadInput, "repository " + location + " needs a token (--repo-token-file FILE, or "
+                                      "FERRY_REPOSITORY_TOKEN in the environment)");
+  }
+  endpoint->ca_file = access.ca_file;
+  endpoint->server_name = access.server_name;
+  endpoint->reconnect_interval = access.reconnect_interval;
+  endpoint->reconnect_for = access.reconnect_for;
+  return RemoteRepository::Connect(*endpoint);
+}
+
+RepositoryGrant RepositoryGrant::ForToken(const std::string& token, std::set<std::string> repositories) {
+  return {TokenHash(token), std::move(repositories)};
+}
 
 capnp::Capability::Client MakeRepositoryService(RepositoryServiceConfig config) {
   return kj::heap<ServiceImpl>(std::move(config));
 }
 
 namespace {
+
 // SplitHostPort, but port 0 (pick one) is allowed: a listening address.
 HostPort ListenAddress(const std::string& listen) {
   if (!listen.ends_with(":0")) return SplitHostPort(listen);
@@ -390,11 +1323,83 @@ HostPort ListenAddress(const std::string& listen) {
   hp.port = 0;
   return hp;
 }
+
+// Per connection: no message larger than a chunk plus headroom (a larger
+// frame fails the connection before its body is buffered), and at most this
+// many words of calls in flight before the service stops reading from it.
+constexpr uint64_t kMaxMessageWords = (kMaxEncodedChunk + (size_t{1} << 20)) / sizeof(capnp::word);
+constexpr size_t kFlowLimitWords = (size_t{64} << 20) / sizeof(capnp::word);
+
+struct ServedConnection {
+  ServedConnection(kj::Own<kj::AsyncIoStream> s, capnp::Capability::Client bootstrap)
+      : stream(kj::mv(s)),
+        network(*stream, capnp::rpc::twoparty::Side::SERVER, capnp::ReaderOptions{kMaxMessageWords, 64}),
+        rpc(capnp::makeRpcServer(network, kj::mv(bootstrap))) {
+    rpc.setFlowLimit(kFlowLimitWords);
+  }
+  kj::Own<kj::AsyncIoStream> stream;
+  capnp::TwoPartyVatNetwork network;
+  capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpc;
+};
+
+// Accepts connections up to a cap; each TLS handshake runs on its own with a
+// deadline, so a client that stalls it holds up nobody else.
+class Acceptor {
+ public:
+  Acceptor(kj::ConnectionReceiver& receiver, kj::Timer& timer, kj::TlsContext* tls, capnp::Capability::Client bootstrap,
+           const RepositoryServer::Options& options, std::atomic<unsigned>& count)
+      : receiver_(receiver), timer_(timer), tls_(tls), bootstrap_(kj::mv(bootstrap)), options_(options),
+        count_(count), tasks_(ignore_) {}
+
+  kj::Promise<void> Run() {
+    return receiver_.accept().then([this](kj::Own<kj::AsyncIoStream> stream) {
+      Accepted(kj::mv(stream));
+      return Run();
+    });
+  }
+
+ private:
+  void Accepted(kj::Own<kj::AsyncIoStream> stream) {
+    if (count_.load() >= options_.max_connections) {
+      LogWarning("repository service: a connection refused, " + std::to_string(options_.max_connections) +
+                 " are open (the limit)");
+      return;  // dropping the stream closes it
+    }
+    ++count_;
+    kj::Promise<kj::Own<kj::AsyncIoStream>> ready = nullptr;
+    if (tls_) {
+      ready = timer_.timeoutAfter(options_.handshake_timeout.count() * kj::MILLISECONDS, tls_->wrapServer(kj::mv(stream)));
+    } else {
+      ready = kj::mv(stream);
+    }
+    tasks_.add(ready
+                   .then([this](kj::Own<kj::AsyncIoStream> s) {
+                     auto conn = kj::heap<ServedConnection>(kj::mv(s), bootstrap_);
+                     auto gone = conn->network.onDisconnect();
+                     return gone.attach(kj::mv(conn));
+                   })
+                   .catch_([](kj::Exception&& e) {
+                     LogDebug(std::string("repository service: a connection ended: ") + e.getDescription().cStr());
+                   })
+                   .then([this] { --count_; }));
+  }
+
+  IgnoreTaskErrors ignore_;
+  kj::ConnectionReceiver& receiver_;
+  kj::Timer& timer_;
+  kj::TlsContext* tls_;
+  capnp::Capability::Client bootstrap_;
+  const RepositoryServer::Options options_;
+  std::atomic<unsigned>& count_;
+  kj::TaskSet tasks_;
+};
+
 }  // namespace
 
 struct RepositoryServer::Loop {
   kj::Own<const kj::Executor> executor;
   kj::Own<kj::PromiseFulfiller<void>> stop;  // on the server's thread only
+  std::atomic<unsigned> connections{0};
 };
 
 RepositoryServer::RepositoryServer(RepositoryServiceConfig config, Options options)
@@ -415,11 +1420,11 @@ RepositoryServer::RepositoryServer(RepositoryServiceConfig config, Options optio
       auto io = kj::setupAsyncIo();
       kj::Own<kj::TlsContext> tls;
       if (!options.tls_cert.empty() || !options.tls_key.empty()) tls = MakeServerTlsContext(options.tls_cert, options.tls_key);
-      capnp::TwoPartyServer server(MakeRepositoryService(std::move(config)));
+      capnp::Capability::Client service = MakeRepositoryService(std::move(config));
       auto address = io.provider->getNetwork().parseAddress(kj::StringPtr(host_.c_str()), want_port).wait(io.waitScope);
       kj::Own<kj::ConnectionReceiver> receiver = address->listen();
       const uint16_t port = static_cast<uint16_t>(receiver->getPort());
-      if (tls) receiver = tls->wrapPort(kj::mv(receiver));
+      Acceptor acceptor(*receiver, io.provider->getTimer(), tls.get(), kj::mv(service), options, loop_->connections);
       auto paf = kj::newPromiseAndFulfiller<void>();
       loop_->stop = kj::mv(paf.fulfiller);
       {
@@ -429,7 +1434,7 @@ RepositoryServer::RepositoryServer(RepositoryServiceConfig config, Options optio
         started = true;
       }
       cv.notify_all();
-      server.listen(*receiver).exclusiveJoin(kj::mv(paf.promise)).wait(io.waitScope);
+      acceptor.Run().exclusiveJoin(kj::mv(paf.promise)).wait(io.waitScope);
       loop_->stop = nullptr;
     } catch (const Error& e) {
       fail(e);
@@ -462,8 +1467,6 @@ std::string RepositoryServer::address() const {
   return (host_.find(':') != std::string::npos ? "[" + host_ + "]" : host_) + ":" + std::to_string(port_);
 }
 
-std::unique_ptr<RemoteRepository> RemoteRepository::Connect(const RepositoryEndpoint& endpoint) {
-  return std::make_unique<RemoteRepositoryImpl>(endpoint);
-}
+unsigned RepositoryServer::connections() const { return loop_->connections.load(); }
 
 }  // namespace ferry::rpc

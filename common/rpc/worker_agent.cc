@@ -323,6 +323,7 @@ AssignedRepository ReadRepository(RepositoryRef::Reader r) {
   out.id = r.getId();
   out.name = std::string(r.getName().cStr());
   out.location = std::string(r.getLocation().cStr());
+  out.token = std::string(r.getToken().cStr());
   return out;
 }
 

@@ -92,7 +92,9 @@ struct VmRef {
 struct RepositoryRef {
   id @0 :UInt64;
   name @1 :Text;
-  location @2 :Text;       # a path reachable from the worker
+  location @2 :Text;       # a path reachable from the worker, or a repository service
+                           # address (ferry+tls://HOST:PORT/NAME, docs/repository-service.md)
+  token @3 :Text;          # for a service address: the token to open it with (never logged)
 }
 
 struct WorkItem {

@@ -7,10 +7,18 @@
 
 #include <filesystem>
 #include <functional>
+#include <thread>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "fake_coordinator.h"
 #include "ferry/common/chunk.h"
 #include "ferry/common/error.h"
+#include "ferry/common/fixed_index.h"
+#include "ferry/common/manifest.h"
 #include "ferry/common/repository.h"
 #include "ferry/rpc/repository_service.h"
 #include "ferry/rpc/tls.h"
@@ -39,7 +47,7 @@ class RepositoryServiceTest : public ::testing::Test {
     Repository::Init((dir_ / "a").string(), RepositoryConfig{});
     Repository::Init((dir_ / "b").string(), RepositoryConfig{});
     config_.repositories = {{"a", (dir_ / "a").string()}, {"b", (dir_ / "b").string()}};
-    config_.grants = {{"tok-a", {"a"}}, {"tok-b", {"b"}}};
+    config_.grants = {rpc::RepositoryGrant::ForToken("tok-a", {"a"}), rpc::RepositoryGrant::ForToken("tok-b", {"b"})};
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
 
@@ -193,12 +201,207 @@ TEST_F(RepositoryServiceTest, AnUnreachableServiceIsRetryable) {
   EXPECT_EQ(KindOf([&] { RemoteRepository::Connect(e); }), ErrorKind::kRetryable);
 }
 
-TEST_F(RepositoryServiceTest, AServiceGoneMidwayIsRetryable) {
+TEST_F(RepositoryServiceTest, AServiceGoneForLongerThanTheClientWaitsIsRetryable) {
   auto service = Serve(config_, nullptr);
-  auto remote = RemoteRepository::Connect(Endpoint(*service, "tok-a", "a"));
+  RepositoryEndpoint e = Endpoint(*service, "tok-a", "a");
+  e.reconnect_interval = std::chrono::milliseconds(100);
+  e.reconnect_for = std::chrono::milliseconds(500);
+  auto remote = RemoteRepository::Connect(e);
   service.reset();
-  auto [d, e] = Chunk(3);
-  EXPECT_EQ(KindOf([&] { remote->chunks().Insert(d, e); }), ErrorKind::kRetryable);
+  auto [d, enc] = Chunk(3);
+  std::string message;
+  EXPECT_EQ(KindOf([&] { remote->chunks().Insert(d, enc); }, &message), ErrorKind::kRetryable);
+  EXPECT_NE(message.find("giving up"), std::string::npos) << message;
+}
+
+// A service on the same port again after `delay` (a restart).
+std::thread RestartLater(rpc::RepositoryServiceConfig config, std::string address,
+                         std::unique_ptr<rpc::RepositoryServer>* slot, std::chrono::milliseconds delay) {
+  return std::thread([=] {
+    std::this_thread::sleep_for(delay);
+    rpc::RepositoryServer::Options o;
+    o.listen = address;
+    *slot = std::make_unique<rpc::RepositoryServer>(config, o);
+  });
+}
+
+TEST_F(RepositoryServiceTest, CallsAndUploadsResumeAfterTheServiceRestarts) {
+  auto service = Serve(config_, nullptr);
+  const std::string address = service->address();
+  RepositoryEndpoint e = Endpoint(*service, "tok-a", "a");
+  e.reconnect_interval = std::chrono::milliseconds(200);
+  e.reconnect_for = std::chrono::milliseconds(20000);
+  e.upload_window_bytes = 4 * 64 * 1024;  // four chunks
+  auto remote = RemoteRepository::Connect(e);
+  auto upload = remote->chunks().StartUpload();
+  std::vector<std::pair<Digest, std::vector<uint8_t>>> chunks;
+  for (uint8_t i = 0; i < 12; ++i) chunks.push_back(Chunk(static_cast<uint8_t>(10 + i)));
+  for (size_t i = 0; i < 4; ++i) upload->Add(chunks[i].first, chunks[i].second);
+
+  service.reset();  // stopped mid-upload
+  std::unique_ptr<rpc::RepositoryServer> again;
+  std::thread restart = RestartLater(config_, address, &again, std::chrono::milliseconds(1000));
+  for (size_t i = 4; i < chunks.size(); ++i) upload->Add(chunks[i].first, chunks[i].second);
+  ChunkUploadStats stats = upload->Finish();
+  restart.join();
+  EXPECT_EQ(stats.stored_chunks + stats.present_chunks, chunks.size());
+  uint64_t total = 0;
+  for (auto& [d, enc] : chunks) total += enc.size();
+  EXPECT_EQ(stats.sent_bytes, total + stats.resent_bytes);
+  EXPECT_GT(stats.resent_bytes, 0u) << "chunks sent into the stopped service went again";
+  EXPECT_LE(stats.resent_bytes, e.upload_window_bytes) << "no more than the unacknowledged window";
+  EXPECT_GE(remote->reconnects(), 1u);
+  auto local = Repository::Open((dir_ / "a").string());
+  for (auto& [d, enc] : chunks) EXPECT_TRUE(local->chunks().Contains(d)) << d.Hex();
+  // A plain call after the restart works on the new connection too.
+  std::vector<size_t> missing;
+  std::vector<Digest> digests = {chunks[0].first};
+  remote->chunks().FindMissing(digests, &missing);
+  EXPECT_TRUE(missing.empty());
+}
+
+// The point store through the service: stage, write a disk (its index sent
+// on Finish), add a file, commit; then list, load, open the index, read the
+// file, as a restore does. The committed point is the same as a local one.
+TEST_F(RepositoryServiceTest, ThePointStoreOverTheWire) {
+  auto server = Serve(config_, nullptr);
+  auto remote = RemoteRepository::Connect(Endpoint(*server, "tok-a", "a"));
+  StagedPointHeader h;
+  h.id = NewPointId();
+  h.vm = {"vm1", "uuid-1", "qemu"};
+  h.chain = "default";
+  h.disks = {"vda"};
+  h.expires_at = 0;  // held by the lease while the client lives
+  auto lease = remote->points().Stage(h);
+  EXPECT_EQ(lease->header().id, h.id);
+  EXPECT_EQ(remote->points().ListStaged(), std::vector<std::string>{h.id});
+
+  auto [d1, e1] = Chunk(1);
+  auto [d2, e2] = Chunk(2);
+  ASSERT_TRUE(remote->chunks().Insert(d1, e1));
+  ASSERT_TRUE(remote->chunks().Insert(d2, e2));
+  auto writer = remote->points().WriteDisk(h.id, "vda");
+  std::string message;
+  EXPECT_EQ(KindOf([&] { remote->points().WriteDisk(h.id, "vda"); }, &message), ErrorKind::kRetryable)
+      << "one writer per disk";
+  const uint32_t chunk_size = 64 * 1024;
+  FixedIndexWriter index(writer->index_path(), 3 * chunk_size, chunk_size);
+  index.Set(0, d1);
+  index.Set(1, Digest{});
+  index.Set(2, d2);
+  DiskRecord record;
+  record.size = 3 * chunk_size;
+  record.chunk_size = chunk_size;
+  record.source_format = "raw";
+  record.index_sha256 = index.Finish();
+  record.chunks = 3;
+  writer->Finish(record);
+  writer.reset();
+  ConfigFileRecord file = remote->points().AddFile(h.id, "libvirt-domain-xml", "domain.xml", "<domain/>", "/etc/x");
+  RestorePointManifest committed = remote->points().Commit(h.id);
+  EXPECT_EQ(committed.id, h.id);
+  EXPECT_EQ(remote->points().Commit(h.id).id, h.id) << "idempotent";
+
+  EXPECT_EQ(remote->points().List(), std::vector<std::string>{h.id});
+  PointListing listing = remote->points().LoadAll();
+  ASSERT_EQ(listing.points.size(), 1u);
+  EXPECT_TRUE(listing.problems.empty());
+  RestorePointManifest m = remote->points().Load(h.id);
+  ASSERT_EQ(m.disks.size(), 1u);
+  EXPECT_EQ(m.disks[0].index_sha256, record.index_sha256);
+  auto read = remote->points().OpenIndex(h.id, m.disks[0]);
+  EXPECT_EQ(read->At(0), d1);
+  EXPECT_EQ(read->At(1), Digest{});
+  EXPECT_EQ(read->At(2), d2);
+  EXPECT_EQ(remote->points().ReadFile(h.id, *m.FindConfig("libvirt-domain-xml")), "<domain/>");
+  EXPECT_EQ(file.name, m.FindConfig("libvirt-domain-xml")->name);
+  // What the local store sees is the same point.
+  auto local = Repository::Open((dir_ / "a").string());
+  EXPECT_EQ(ManifestToJson(local->points().Load(h.id)), ManifestToJson(m));
+  EXPECT_EQ(KindOf([&] { remote->points().Load("nope"); }), ErrorKind::kNotFound);
+
+  // An index whose bytes do not match what the writer recorded is refused.
+  StagedPointHeader h2 = h;
+  h2.id = NewPointId();
+  auto lease2 = remote->points().Stage(h2);
+  auto bad = remote->points().WriteDisk(h2.id, "vda");
+  FixedIndexWriter index2(bad->index_path(), chunk_size, chunk_size);
+  index2.Set(0, d1);
+  DiskRecord wrong = record;
+  wrong.size = chunk_size;
+  wrong.index_sha256 = index2.Finish();
+  wrong.index_sha256.bytes[0] ^= 1;
+  EXPECT_EQ(KindOf([&] { bad->Finish(wrong); }, &message), ErrorKind::kCorrupt) << message;
+  bad.reset();
+  remote->points().Discard(h2.id);
+  EXPECT_EQ(remote->points().ListStaged(), std::vector<std::string>{});
+}
+
+TEST_F(RepositoryServiceTest, RepositoryUrls) {
+  auto e = rpc::ParseRepositoryUrl("ferry+tls://store.example:8720/main");
+  ASSERT_TRUE(e);
+  EXPECT_TRUE(e->tls);
+  EXPECT_EQ(e->address, "store.example:8720");
+  EXPECT_EQ(e->repository, "main");
+  EXPECT_EQ(rpc::RepositoryUrl(*e), "ferry+tls://store.example:8720/main");
+  EXPECT_FALSE(rpc::ParseRepositoryUrl("/srv/ferry/main"));
+  EXPECT_FALSE(rpc::ParseRepositoryUrl("ferry://[::1]:1/x")->tls);
+  for (const char* bad : {"ferry://host/x", "ferry+tls://host:99999/x", "ferry://host:1/", "ferry://host:1/a/b"}) {
+    EXPECT_EQ(KindOf([&] { rpc::ParseRepositoryUrl(bad); }), ErrorKind::kBadInput) << bad;
+  }
+  std::string message;
+  EXPECT_EQ(KindOf([&] { rpc::OpenRepository("ferry://127.0.0.1:1/a", {}); }, &message), ErrorKind::kBadInput);
+  EXPECT_NE(message.find("needs a token"), std::string::npos) << message;
+}
+
+TEST_F(RepositoryServiceTest, GarbageAndOversizedFramesCloseTheConnection) {
+  rpc::RepositoryServer::Options o;
+  o.max_connections = 2;
+  rpc::RepositoryServer server(config_, o);
+  auto port = server.port();
+  auto connect = [&] {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    return fd;
+  };
+  auto closed_by_peer = [](int fd) {
+    timeval tv{5, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char buf[256];
+    for (;;) {
+      ssize_t n = ::read(fd, buf, sizeof buf);
+      if (n == 0 || (n < 0 && errno == ECONNRESET)) return true;
+      if (n < 0) return false;  // timed out: still open
+    }
+  };
+  // A frame header claiming one segment of 2^30 words: refused before its body.
+  int big = connect();
+  uint32_t header[2] = {0, 1u << 30};
+  ASSERT_EQ(::write(big, header, sizeof header), static_cast<ssize_t>(sizeof header));
+  EXPECT_TRUE(closed_by_peer(big));
+  ::close(big);
+  int junk = connect();
+  const char garbage[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n0123456789abcdef0123456789abcdef";
+  ASSERT_GT(::write(junk, garbage, sizeof garbage), 0);
+  EXPECT_TRUE(closed_by_peer(junk));
+  ::close(junk);
+  // The cap: two idle connections held, a third is closed at once.
+  int one = connect(), two = connect();
+  for (int i = 0; i < 50 && server.connections() < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(server.connections(), 2u);
+  int three = connect();
+  EXPECT_TRUE(closed_by_peer(three));
+  ::close(three);
+  ::close(one);
+  ::close(two);
+  for (int i = 0; i < 100 && server.connections() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(server.connections(), 0u) << "closed connections give their slots back";
+  // And a real client still gets through.
+  EXPECT_NO_THROW(RemoteRepository::Connect(Endpoint(server, "tok-a", "a")));
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <boost/json.hpp>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -14,11 +15,13 @@
 
 #include "ferry/common/arguments.h"
 #include "ferry/common/error.h"
+#include "ferry/common/file_util.h"
 #include "ferry/common/fixed_index.h"
 #include "ferry/common/log.h"
 #include "ferry/common/repository.h"
 #include "ferry/common/subprocess.h"
 #include "ferry/common/verify.h"
+#include "ferry/rpc/repository_service.h"
 #include "ferry/worker/disk_backup.h"
 #include "ferry/worker/disk_restore.h"
 #include "ferry/worker/qmp_client.h"
@@ -92,6 +95,23 @@ class Guardian : public worker::SnapshotGuard {
 
 }  // namespace
 
+std::set<std::string> RepoOptions(std::set<std::string> valued) {
+  valued.insert({"repo", "repo-token-file", "repo-ca", "repo-server-name"});
+  return valued;
+}
+
+std::unique_ptr<Repository> OpenRepo(const Arguments& a) {
+  rpc::RepositoryAccess access;
+  if (auto file = a.Get("repo-token-file")) {
+    access.token = ReadWholeFile(*file);
+    while (!access.token.empty() && std::isspace(static_cast<unsigned char>(access.token.back()))) access.token.pop_back();
+    if (access.token.empty()) throw Error(ErrorKind::kBadInput, "option --repo-token-file: " + *file + " is empty");
+  }
+  access.ca_file = a.Get("repo-ca").value_or("");
+  access.server_name = a.Get("repo-server-name").value_or("");
+  return rpc::OpenRepository(a.Require("repo"), access);
+}
+
 int InitCommand(const Args& args) {
   Arguments a(args, {"repo", "chunk-size", "compression-level", "sync-level"}, {});
   RepositoryConfig config;
@@ -112,9 +132,8 @@ int InitCommand(const Args& args) {
 }
 
 int BackupCommand(const Args& args, const std::string& self_path) {
-  Arguments a(args, {"repo", "qmp", "libvirt", "vm", "disk", "exclude-disk", "chain", "rate-limit", "threads"}, {});
+  Arguments a(args, RepoOptions({"repo", "qmp", "libvirt", "vm", "disk", "exclude-disk", "chain", "rate-limit", "threads"}), {});
   worker::VmBackupRequest request;
-  std::string repo_dir = a.Require("repo");
   request.disks = a.GetAll("disk");
   request.exclude_disks = a.GetAll("exclude-disk");
   if (auto chain = a.Get("chain")) {
@@ -130,7 +149,7 @@ int BackupCommand(const Args& args, const std::string& self_path) {
     throw Error(ErrorKind::kBadInput, "give the VM's host as exactly one of --qmp SOCKET or --libvirt URI");
   }
 
-  auto repo = Repository::Open(repo_dir);
+  auto repo = OpenRepo(a);
   worker::SnapshotPaths paths = worker::DefaultSnapshotPaths();
   std::unique_ptr<Guardian> guardian;
   std::unique_ptr<worker::Host> host;
@@ -163,8 +182,8 @@ int BackupCommand(const Args& args, const std::string& self_path) {
 }
 
 int RestoreVmCommand(const Args& args) {
-  Arguments a(args, {"repo", "point", "libvirt", "name", "dir", "pool", "format"}, {"keep-macs", "overwrite", "yes"});
-  auto repo = Repository::Open(a.Require("repo"));
+  Arguments a(args, RepoOptions({"repo", "point", "libvirt", "name", "dir", "pool", "format"}), {"keep-macs", "overwrite", "yes"});
+  auto repo = OpenRepo(a);
   worker::LibvirtRestoreOptions o;
   o.uri = a.Require("libvirt");
   o.point_id = a.Require("point");
@@ -270,8 +289,8 @@ int GuardianCommand(const Args& args) {
 }
 
 int ListCommand(const Args& args) {
-  Arguments a(args, {"repo"}, {"json"});
-  auto repo = Repository::Open(a.Require("repo"));
+  Arguments a(args, RepoOptions({"repo"}), {"json"});
+  auto repo = OpenRepo(a);
   // One bad entry (a stray file, a damaged manifest) is a problem line, not
   // a failed listing: exit 0 unless nothing at all could be read.
   PointListing listing = repo->points().LoadAll();
@@ -309,8 +328,8 @@ int ListCommand(const Args& args) {
 }
 
 int RestoreCommand(const Args& args) {
-  Arguments a(args, {"repo", "point", "disk", "to", "format", "threads", "libvirt", "vm", "target-disk"}, {});
-  auto repo = Repository::Open(a.Require("repo"));
+  Arguments a(args, RepoOptions({"repo", "point", "disk", "to", "format", "threads", "libvirt", "vm", "target-disk"}), {});
+  auto repo = OpenRepo(a);
   if (a.Has("libvirt")) {
     if (a.Has("to")) throw Error(ErrorKind::kBadInput, "give either --to PATH or --libvirt URI --vm NAME, not both");
     std::string disk = a.Require("disk");
@@ -383,8 +402,8 @@ int InventoryCommand(const Args& args) {
 }
 
 int VerifyCommand(const Args& args) {
-  Arguments a(args, {"repo", "point", "threads"}, {});
-  auto repo = Repository::Open(a.Require("repo"));
+  Arguments a(args, RepoOptions({"repo", "point", "threads"}), {});
+  auto repo = OpenRepo(a);
   unsigned threads = std::max(1u, std::thread::hardware_concurrency());
   if (auto t = a.GetInt("threads", 1, 256)) threads = static_cast<unsigned>(*t);
   VerifyProgress progress;

@@ -17,8 +17,8 @@
 namespace ferry::cli {
 
 int StageCommand(const Args& args) {
-  Arguments a(args, {"repo", "point", "vm", "vm-uuid", "hypervisor", "disk", "chain", "expires"}, {});
-  auto repo = Repository::Open(a.Require("repo"));
+  Arguments a(args, RepoOptions({"repo", "point", "vm", "vm-uuid", "hypervisor", "disk", "chain", "expires"}), {});
+  auto repo = OpenRepo(a);
   repo->PrepareForWriting();
   StagedPointHeader h;
   h.id = a.Get("point").value_or("");
@@ -34,8 +34,8 @@ int StageCommand(const Args& args) {
 }
 
 int BackupDiskCommand(const Args& args) {
-  Arguments a(args, {"repo", "point", "disk", "file", "rate-limit", "threads"}, {});
-  auto repo = Repository::Open(a.Require("repo"));
+  Arguments a(args, RepoOptions({"repo", "point", "disk", "file", "rate-limit", "threads"}), {});
+  auto repo = OpenRepo(a);
   repo->PrepareForWriting();
   std::string point = a.Require("point"), disk = a.Require("disk");
   worker::DiskBackupOptions options;
@@ -69,17 +69,17 @@ int BackupDiskCommand(const Args& args) {
 }
 
 int CommitCommand(const Args& args) {
-  Arguments a(args, {"repo", "point"}, {});
-  auto repo = Repository::Open(a.Require("repo"));
+  Arguments a(args, RepoOptions({"repo", "point"}), {});
+  auto repo = OpenRepo(a);
   repo->PrepareForWriting();
-  RestorePointManifest m = repo->points().Commit(a.Require("point"), repo->chunks());
+  RestorePointManifest m = repo->points().Commit(a.Require("point"));
   std::cout << m.id << std::endl;
   return 0;
 }
 
 int DiscardCommand(const Args& args) {
-  Arguments a(args, {"repo", "point"}, {});
-  auto repo = Repository::Open(a.Require("repo"));
+  Arguments a(args, RepoOptions({"repo", "point"}), {});
+  auto repo = OpenRepo(a);
   repo->points().Discard(a.Require("point"));
   return 0;
 }

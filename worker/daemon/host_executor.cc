@@ -346,6 +346,12 @@ kj::Promise<rpc::WorkOutcome> HostExecutor::TakeSnapshot(const rpc::SnapshotAssi
   return RunJob(item.id, std::move(heading), nullptr, [this, item](Job& job) { return DoSnapshot(job, item); });
 }
 
+std::unique_ptr<Repository> HostExecutor::OpenRepository(const rpc::AssignedRepository& repository) const {
+  rpc::RepositoryAccess access = settings_.repository_access;
+  access.token = repository.token;
+  return rpc::OpenRepository(repository.location, access);
+}
+
 rpc::WorkOutcome HostExecutor::DoSnapshot(Job& job, const rpc::SnapshotAssignment& item) {
   if (item.repository.location.empty()) {
     throw Error(ErrorKind::kBadInput, "the snapshot item names no repository (a coordinator older than this worker?)");
@@ -355,7 +361,7 @@ rpc::WorkOutcome HostExecutor::DoSnapshot(Job& job, const rpc::SnapshotAssignmen
   held->assignment = item.id;
   held->vm = item.vm.name;
   KnownVm where = FindVm(item.vm);
-  held->repo = Repository::Open(item.repository.location);
+  held->repo = OpenRepository(item.repository);
   if (!where.qmp_socket.empty()) {
     worker::QmpHostOptions o;
     o.address = "unix:" + where.qmp_socket;
@@ -416,7 +422,7 @@ rpc::WorkOutcome HostExecutor::DoDisk(Job& job, const rpc::DiskAssignment& item)
     throw Error(ErrorKind::kBadInput, "disk " + item.disk + ": the read plan is for disk " + task.disk.name +
                                           " of point " + task.point_id + ", the item for point " + item.point_id);
   }
-  auto repo = Repository::Open(item.repository.location);
+  auto repo = OpenRepository(item.repository);
   worker::DiskBackupOptions options;
   unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   options.compute_threads = settings_.compute_threads != 0 ? settings_.compute_threads
@@ -459,7 +465,7 @@ rpc::WorkOutcome HostExecutor::DoRelease(Job&, const rpc::ReleaseAssignment& ite
     }
     // Nothing to remove here; the staged point goes as asked.
     if (!item.repository.location.empty() && !item.point_id.empty()) {
-      Repository::Open(item.repository.location)->points().Discard(item.point_id);
+      OpenRepository(item.repository)->points().Discard(item.point_id);
     }
     return rpc::WorkOutcome::Ok();
   }

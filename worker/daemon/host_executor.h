@@ -38,6 +38,7 @@
 #include <thread>
 #include <vector>
 
+#include "ferry/rpc/repository_service.h"
 #include "ferry/rpc/worker_agent.h"
 #include "ferry/worker/inventory.h"
 #include "ferry/worker/qmp_snapshot.h"
@@ -62,6 +63,9 @@ struct HostSettings {
   std::chrono::seconds staging_expiry{24 * 3600};  // a staged point never released goes after this
   std::chrono::milliseconds inventory_interval{30000};
   std::chrono::milliseconds monitor_timeout{2000};  // a QMP monitor's greeting, for the inventory
+  // Repositories behind a repository service: CA, name, reconnection (the
+  // token comes with each work item).
+  rpc::RepositoryAccess repository_access;
 };
 
 // Runs blocking functions on threads of their own and hands their result to
@@ -142,6 +146,8 @@ class HostExecutor final : public rpc::WorkExecutor, private kj::TaskSet::ErrorH
   kj::Promise<void> ProgressLoop(rpc::WorkContext& context, std::shared_ptr<Job> job);
   std::vector<KnownVm> Scan(const std::vector<KnownVm>& previous) const;
   KnownVm FindVm(const rpc::AssignedVm& vm);
+  // A work item's repository: its directory, or its service with the item's token.
+  std::unique_ptr<Repository> OpenRepository(const rpc::AssignedRepository& repository) const;
   rpc::WorkOutcome DoSnapshot(Job& job, const rpc::SnapshotAssignment& item);
   rpc::WorkOutcome DoDisk(Job& job, const rpc::DiskAssignment& item);
   rpc::WorkOutcome DoRelease(Job& job, const rpc::ReleaseAssignment& item);

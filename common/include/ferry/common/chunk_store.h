@@ -32,6 +32,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -42,6 +43,27 @@
 namespace ferry {
 
 enum class SyncLevel { kFilesystem, kFile };
+
+// What a ChunkUpload did, for a disk's statistics.
+struct ChunkUploadStats {
+  uint64_t stored_chunks = 0;   // new in the store
+  uint64_t stored_bytes = 0;    // their encoded bytes
+  uint64_t present_chunks = 0;  // already there when they arrived (another writer won)
+  uint64_t sent_bytes = 0;      // encoded bytes handed to the store's transport, resends included
+  uint64_t resent_bytes = 0;    // of which sent again after a lost connection
+};
+
+// The chunks one disk backup stores, possibly asynchronously: Add() may
+// return before the chunk is stored (a remote store keeps a bounded window of
+// chunks in flight and resends them after a reconnect); Finish() returns once
+// every chunk added is stored, or throws the first failure. A failure may also
+// surface from a later Add(). Used from several threads at once.
+class ChunkUpload {
+ public:
+  virtual ~ChunkUpload() = default;
+  virtual void Add(const Digest& digest, std::span<const uint8_t> encoded) = 0;
+  virtual ChunkUploadStats Finish() = 0;
+};
 
 class ChunkStore {
  public:
@@ -58,6 +80,9 @@ class ChunkStore {
   // Stores an encoded chunk (see chunk.h). Returns false when an intact-
   // looking chunk of that digest was already present (nothing written).
   virtual bool Insert(const Digest& digest, std::span<const uint8_t> encoded) = 0;
+  // The chunks of one disk backup. This default inserts each chunk as it is
+  // added (a local store, where Insert is already the fastest path).
+  virtual std::unique_ptr<ChunkUpload> StartUpload();
   // Makes every chunk inserted so far durable. Called before a commit.
   virtual void Sync() = 0;
   // Where a chunk is, for messages ("/repo/chunks/ab1/ab1f...").

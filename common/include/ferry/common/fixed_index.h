@@ -19,6 +19,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -71,6 +72,8 @@ class FixedIndexReader {
   Digest At(uint64_t chunk) const;
   // Bytes covered by chunk `chunk` (the last one may be short).
   uint32_t ChunkLength(uint64_t chunk) const;
+  // The file's bytes, as checked (a repository service sends them on).
+  std::span<const uint8_t> bytes() const { return {map_, map_size_}; }
 
  private:
   std::string path_;

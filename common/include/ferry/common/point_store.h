@@ -115,7 +115,7 @@ class PointStore {
   // chunk the indexes reference must be in `chunks` (else kRetryable naming
   // the first missing chunk: writing the disk again stores it). Committing an
   // already committed point returns its manifest.
-  virtual RestorePointManifest Commit(const std::string& id, ChunkStore& chunks) = 0;
+  virtual RestorePointManifest Commit(const std::string& id) = 0;
   // Removes a staged point. kBadInput for a committed one; nothing staged: no-op.
   virtual void Discard(const std::string& id) = 0;
   // Ids of the removed staging.
@@ -124,8 +124,9 @@ class PointStore {
   virtual std::vector<std::string> ListStaged() const = 0;
 };
 
-// The local directory implementation: <repo>/points and <repo>/staging.
-std::unique_ptr<PointStore> OpenLocalPointStore(const std::string& repo_dir);
+// The local directory implementation: <repo>/points and <repo>/staging,
+// committing against `chunks` (which must outlive it).
+std::unique_ptr<PointStore> OpenLocalPointStore(const std::string& repo_dir, ChunkStore& chunks);
 
 // Checks a caller-given point id: 1 to 64 of [0-9A-Za-z.-], not starting
 // with a dot, not ending in ".lock" or ".stage" (staging's own names).

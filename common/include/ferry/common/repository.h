@@ -52,33 +52,30 @@ void ValidateChunkSize(uint64_t chunk_size);
 // and zstd level (-7..19). Throws kBadInput naming the value.
 void ValidateRepositoryConfig(const RepositoryConfig& config);
 
+// A repository, wherever it is: a local directory (Open) or a repository
+// service on another machine (ferry/rpc/repository_service.h). Backup,
+// restore and verify take a Repository& and do not care which.
 class Repository {
  public:
   // Creates a repository in `dir` (created if missing; must be empty).
   static void Init(const std::string& dir, const RepositoryConfig& config);
-  // Opens an existing repository. Throws kNotFound if `dir` does not exist,
-  // kBadInput if it is not a Ferry repository or is of a newer format,
-  // kCorrupt if its configuration is damaged or out of range.
+  // Opens the repository in a local directory. Throws kNotFound if `dir`
+  // does not exist, kBadInput if it is not a Ferry repository or is of a
+  // newer format, kCorrupt if its configuration is damaged or out of range.
   static std::unique_ptr<Repository> Open(const std::string& dir);
 
-  const std::string& dir() const { return dir_; }
-  const RepositoryConfig& config() const { return config_; }
-  ChunkStore& chunks() { return *chunks_; }
-  ChunkReader& chunk_reader() { return *chunks_; }
-  PointStore& points() { return *points_; }
-  const PointStore& points() const { return *points_; }
-
+  virtual ~Repository() = default;
+  // Where it is, for messages and records: its directory, or the service
+  // address (ferry+tls://host:port/name).
+  virtual const std::string& location() const = 0;
+  virtual const RepositoryConfig& config() const = 0;
+  virtual ChunkStore& chunks() = 0;
+  virtual ChunkReader& chunk_reader() = 0;
+  virtual PointStore& points() = 0;
+  virtual const PointStore& points() const = 0;
   // Before a write: checks the repository is writable (kEnvironment) and
   // upgrades a v1 configuration to v2.
-  void PrepareForWriting();
-
- private:
-  Repository(std::string dir, RepositoryConfig config);
-
-  std::string dir_;
-  RepositoryConfig config_;
-  std::unique_ptr<LocalChunkStore> chunks_;
-  std::unique_ptr<PointStore> points_;
+  virtual void PrepareForWriting() = 0;
 };
 
 }  // namespace ferry

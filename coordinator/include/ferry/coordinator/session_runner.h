@@ -97,6 +97,7 @@ struct WorkOrder {
   int attempt = 0;
   int64_t repository_id = 0;
   std::string repository_name, repository_location;
+  std::string repository_token;  // for a service location; never logged
   std::string chain;
   std::string point_id;            // the restore point reserved for the VM
   bool commit = false;             // release work
@@ -288,7 +289,7 @@ class SessionRunner {
     int64_t session_id = 0;
     std::string vm_name, vm_uuid, host, platform, chain;
     int64_t repository_id = 0;
-    std::string repository_name, repository_location;
+    std::string repository_name, repository_location, repository_token;
     std::string point_id;                        // reserved for the VM's disks
     std::map<std::string, ExportRecord> exports;  // by disk, once ready
   };

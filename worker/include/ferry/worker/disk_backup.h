@@ -1,13 +1,15 @@
 // Backs up one disk into a repository: the read pipeline.
 //
 //   plan (dirty map, allocation map -> chunks) -> read (async, several in flight)
-//     -> zero filter -> hash -> dedupe -> compress -> store -> index
+//     -> zero filter -> hash -> dedupe -> compress -> upload -> index
 //
 // The calling thread plans and reads: it walks the allocation map in large
 // windows, skips chunks that are all holes, and keeps reads in flight on the
 // BlockReader. Filled chunks go through a bounded queue to compute threads
 // (one per core by default), each doing the rest for a whole chunk. Buffers
-// come from a fixed pool, so memory does not grow with the disk.
+// come from a fixed pool, so memory does not grow with the disk. Chunks go
+// to the store through a ChunkUpload (chunk_store.h): a remote store keeps a
+// bounded window of them in flight, so memory stays bounded there too.
 #pragma once
 
 #include <atomic>
@@ -43,6 +45,8 @@ struct DiskBackupResult {
   uint64_t reused_chunks = 0;
   uint64_t read_bytes = 0;
   uint64_t stored_bytes = 0;
+  uint64_t sent_bytes = 0;    // encoded bytes sent to the store (resends included)
+  uint64_t resent_bytes = 0;  // sent again after a lost connection to a remote store
   uint64_t unchanged_chunks = 0;  // taken from previous_index without a read
   uint64_t healed_chunks = 0;     // unchanged, but read again: the previous chunk was missing
   Digest index_sha256;

@@ -1,34 +1,48 @@
-// The repository service (docs/repository-service.md), first slice: the
-// chunk storage of repositories on another machine, over Cap'n Proto
-// (repository_protocol.capnp), TCP and optionally TLS, with a token.
+// The repository service (docs/repository-service.md): repositories on
+// another machine, over Cap'n Proto (repository_protocol.capnp), TCP and
+// optionally TLS, with a token.
 //
-//   server  MakeRepositoryService: serves local repositories (by name) to
-//           the holders of the tokens granted them. Every chunk a client
-//           inserts is decoded and its SHA-256 checked before it is stored:
-//           a buggy or hostile client cannot store data under a wrong digest.
-//   client  RemoteRepository: a connection on a thread of its own (its own
-//           KJ event loop), whose chunks() is a ChunkStore and ChunkReader,
-//           so the backup pipeline, restore and verify use it like a local
-//           repository. Calls block the calling thread (any thread).
+//   server  MakeRepositoryService / RepositoryServer: serves local
+//           repositories (by name) to the holders of the tokens granted them.
+//           Every chunk a client inserts is decoded and its SHA-256 checked
+//           before it is stored, and every disk index it uploads is checked
+//           against the SHA-256 the client recorded: a buggy or hostile
+//           client cannot store data under a wrong digest.
+//   client  RemoteRepository: a ferry::Repository (chunks, chunk reader,
+//           point store) whose connection runs on a thread of its own (its
+//           own KJ event loop), so backup, restore and verify use it like a
+//           local directory. Calls block the calling thread (any thread).
+//           A lost connection is made again (every reconnect_interval, for
+//           up to reconnect_for) and the call repeated; a disk's chunks are
+//           sent with a bounded window in flight, and after a reconnect only
+//           the chunks the service had not acknowledged are sent again.
 #pragma once
 
 #include <capnp/capability.h>
 
+#include <chrono>
+#include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
+#include <vector>
 
-#include "ferry/common/chunk_store.h"
+#include "ferry/common/checksum.h"
+#include "ferry/common/repository.h"
 
 namespace ferry::rpc {
 
 // --- server ---
 
+// Who may open what: a token, known by its SHA-256 only (the service never
+// stores or logs a token), and the repositories it may open.
 struct RepositoryGrant {
-  std::string token;                     // never logged
-  std::set<std::string> repositories;    // names it may open
+  Digest token_sha256;
+  std::set<std::string> repositories;
+  static RepositoryGrant ForToken(const std::string& token, std::set<std::string> repositories);
 };
 
 struct RepositoryServiceConfig {
@@ -43,13 +57,20 @@ capnp::Capability::Client MakeRepositoryService(RepositoryServiceConfig config);
 
 // That service listening on `listen` ("host:port"; port 0 picks a free one),
 // with TLS when a certificate and key are given, on a thread (and KJ event
-// loop) of its own until destroyed: the standalone service's core, and what
-// a process embedding one runs (tests, benchmarks, later the coordinator).
+// loop) of its own until destroyed: the ferry-repository daemon's core, and
+// what a process embedding one runs (tests, benchmarks, the coordinator).
+//
+// Hostile peers: each connection's messages are capped (a chunk's size plus
+// headroom; larger frames close the connection), as are the bytes of calls
+// it has in flight, the number of connections, and the time a TLS handshake
+// may take; a handshake never holds up other connections.
 class RepositoryServer {
  public:
   struct Options {
     std::string listen = "127.0.0.1:0";
     std::string tls_cert, tls_key;  // PEM files; both empty: plain TCP
+    unsigned max_connections = 256;
+    std::chrono::milliseconds handshake_timeout{10000};
   };
   // Throws ferry::Error when a repository does not open, the certificate or
   // key is bad, or the address cannot be listened on.
@@ -60,6 +81,8 @@ class RepositoryServer {
 
   uint16_t port() const { return port_; }
   std::string address() const;  // host:port as listening
+  // Connections open right now (for tests of the cap).
+  unsigned connections() const;
 
  private:
   struct Loop;
@@ -78,7 +101,29 @@ struct RepositoryEndpoint {
   std::string server_name;  // with tls: the name in the service's certificate ("" = the host)
   std::string token;        // never logged
   std::string repository;   // the name to open
+  // After a lost connection: try again this often, for this long, then fail
+  // (kRetryable). The first attempt is immediate.
+  std::chrono::milliseconds reconnect_interval{15000};
+  std::chrono::milliseconds reconnect_for{30 * 60 * 1000};
+  // Encoded chunk bytes a disk backup keeps in flight, unacknowledged (and
+  // in memory, to send again after a reconnect).
+  size_t upload_window_bytes = size_t{32} << 20;
 };
+
+// How to reach a repository given by URL: the parts a URL does not carry.
+struct RepositoryAccess {
+  std::string token;        // also from $FERRY_REPOSITORY_TOKEN when empty
+  std::string ca_file;
+  std::string server_name;
+  std::chrono::milliseconds reconnect_interval{15000};
+  std::chrono::milliseconds reconnect_for{30 * 60 * 1000};
+};
+
+// A repository service URL: ferry://host:port/name (plain TCP) or
+// ferry+tls://host:port/name. nullopt for anything else (a directory);
+// kBadInput for a ferry URL that is malformed (naming it).
+std::optional<RepositoryEndpoint> ParseRepositoryUrl(const std::string& location);
+std::string RepositoryUrl(const RepositoryEndpoint& endpoint);
 
 struct RemoteRepositoryInfo {
   std::string name;
@@ -86,17 +131,20 @@ struct RemoteRepositoryInfo {
   std::string format;
 };
 
-class RemoteRepository {
+class RemoteRepository : public ferry::Repository {
  public:
   // Connects and opens the repository. Throws ferry::Error: kBadInput for a
-  // refused token or repository, kRetryable when the service cannot be reached.
+  // refused token or repository, kRetryable when the service cannot be
+  // reached (the first connection is not retried).
   static std::unique_ptr<RemoteRepository> Connect(const RepositoryEndpoint& endpoint);
-  virtual ~RemoteRepository() = default;
 
   virtual const RemoteRepositoryInfo& info() const = 0;
-  // ChunkStore and ChunkReader; valid while this object lives.
-  virtual ChunkStore& chunks() = 0;
-  virtual ChunkReader& chunk_reader() = 0;
+  // Connections made again after a loss, so far.
+  virtual uint64_t reconnects() const = 0;
 };
+
+// The one way a command or a worker opens a repository: a service URL
+// (connecting with `access`), else a local directory (Repository::Open).
+std::unique_ptr<ferry::Repository> OpenRepository(const std::string& location, const RepositoryAccess& access);
 
 }  // namespace ferry::rpc

@@ -64,7 +64,8 @@ struct AssignedVm {
 struct AssignedRepository {
   uint64_t id = 0;
   std::string name;
-  std::string location;  // a path reachable from the worker
+  std::string location;  // a path reachable from the worker, or a repository service address
+  std::string token;     // for a service address; never logged
 };
 
 // The fields every kind of work item has.
