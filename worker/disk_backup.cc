@@ -197,6 +197,8 @@ class DiskBackupRun {
       throw e.WithContext("storing the chunks of " + reader_.description());
     }
 
+    progress_->bytes_sent = uploaded.sent_bytes;
+    progress_->bytes_resent = uploaded.resent_bytes;
     DiskBackupResult r;
     r.chunks = index_.chunk_count();
     r.zero_chunks = zero_chunks_;

@@ -437,7 +437,9 @@ rpc::WorkOutcome HostExecutor::DoDisk(Job& job, const rpc::DiskAssignment& item)
   std::snprintf(rate, sizeof rate, "%.0f MiB/s", secs > 0 ? static_cast<double>(record.read_bytes) / (1 << 20) / secs : 0.0);
   LogInfo("disk " + item.disk + ": " + (task.plan.incremental ? "incremental from point " + task.previous_point : "full") +
           ", read " + Mib(record.read_bytes) + " of " + Mib(record.size) + " (" + rate + "), stored " +
-          Mib(record.stored_bytes) + " in " + std::to_string(record.new_chunks) + " new chunks");
+          Mib(record.stored_bytes) + " in " + std::to_string(record.new_chunks) + " new chunks; sent " +
+          std::to_string(job.disk.bytes_sent.load()) + " bytes to the repository, " +
+          std::to_string(job.disk.bytes_resent.load()) + " of them again after a lost connection");
   rpc::WorkOutcome outcome = rpc::WorkOutcome::Ok();
   outcome.bytes_read = record.read_bytes;
   outcome.bytes_stored = record.stored_bytes;

@@ -36,6 +36,10 @@ struct DiskBackupOptions {
 struct DiskBackupProgress {
   std::atomic<uint64_t> bytes_done{0};  // disk bytes planned and finished
   std::atomic<uint64_t> bytes_read{0};  // bytes read from the source
+  // Set when the chunks are all stored: encoded bytes sent to the store, and
+  // of those, sent again after a lost connection (a remote store).
+  std::atomic<uint64_t> bytes_sent{0};
+  std::atomic<uint64_t> bytes_resent{0};
 };
 
 struct DiskBackupResult {

@@ -1,0 +1,51 @@
+// ferry-repository: the repository service daemon (docs/repository-service.md).
+// main() only wires the parts: the configuration, the RepositoryServer (its
+// own thread and event loop), and SIGTERM/SIGINT to stop.
+#include <signal.h>
+
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "ferry/common/error.h"
+#include "ferry/common/log.h"
+#include "ferry/rpc/repository_service.h"
+#include "repository_daemon_config.h"
+
+int main(int argc, char** argv) {
+  using namespace ferry;
+  std::vector<std::string> args(argv + 1, argv + argc);
+  try {
+    if (!args.empty() && args[0] == "grant") {
+      std::cout << repository_daemon::GrantCommand({args.begin() + 1, args.end()}) << std::endl;
+      return 0;
+    }
+    repository_daemon::DaemonConfig config = repository_daemon::ParseDaemonConfig(args);
+    if (config.help) {
+      std::fputs(repository_daemon::Usage(), stdout);
+      return 0;
+    }
+    SetLogLevel(config.log_level == 0 ? LogLevel::kDebug : config.log_level == 2 ? LogLevel::kWarning : LogLevel::kInfo);
+    // Signals are taken synchronously, before any thread exists.
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+    signal(SIGPIPE, SIG_IGN);
+
+    const size_t repositories = config.service.repositories.size(), grants = config.service.grants.size();
+    const bool tls = !config.server.tls_cert.empty();
+    rpc::RepositoryServer server(std::move(config.service), config.server);
+    LogInfo("ferry-repository: serving " + std::to_string(repositories) + " repositories to " +
+            std::to_string(grants) + " tokens on " + server.address() + (tls ? " (TLS)" : " (plain TCP, no TLS)"));
+    int signo = 0;
+    sigwait(&stop, &signo);
+    LogInfo("ferry-repository: signal " + std::to_string(signo) + ", stopping");
+    return 0;
+  } catch (const Error& e) {
+    std::fprintf(stderr, "ferry-repository: %s\n", e.what());
+    return ExitCodeFor(e.kind());
+  }
+}

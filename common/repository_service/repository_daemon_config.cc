@@ -1,0 +1,181 @@
+#include "repository_daemon_config.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <set>
+#include <sstream>
+
+#include "ferry/common/arguments.h"
+#include "ferry/common/checksum.h"
+#include "ferry/common/error.h"
+#include "ferry/common/file_util.h"
+#include "ferry/common/ids.h"
+#include "ferry/common/manifest.h"
+#include "ferry/rpc/worker_client.h"
+
+namespace ferry::repository_daemon {
+
+namespace {
+
+const std::set<std::string> kValued = {"config", "listen", "tls-cert", "tls-key", "repository", "tokens",
+                                       "max-connections", "handshake-timeout"};
+const std::set<std::string> kFlags = {"no-tls", "verbose", "quiet", "help"};
+
+std::string Trim(std::string s) {
+  const auto b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string::npos) return "";
+  const auto e = s.find_last_not_of(" \t\r\n");
+  return s.substr(b, e - b + 1);
+}
+
+std::vector<std::string> SplitCommas(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream in(s);
+  for (std::string part; std::getline(in, part, ',');) {
+    part = Trim(part);
+    if (!part.empty()) out.push_back(part);
+  }
+  return out;
+}
+
+bool ValidName(const std::string& n) {
+  if (n.empty() || n.size() > 64) return false;
+  for (char c : n) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.') return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+const char* Usage() {
+  return R"(usage: ferry-repository [--config FILE] [OPTIONS]
+       ferry-repository grant --tokens FILE --repository NAME [--repository NAME ...]
+
+The repository service: serves the repositories of this machine to workers
+and to `ferry` over Cap'n Proto with TLS (docs/repository-service.md). Every
+option may also be given in the configuration file as "name = value"; the
+command line wins.
+
+  --config FILE             the configuration file (e.g. /etc/ferry/repository.conf)
+  --listen HOST:PORT        where to listen (default 0.0.0.0:8720)
+  --tls-cert FILE           the service's certificate chain (PEM)
+  --tls-key FILE            its private key (PEM)
+  --no-tls                  serve plain TCP (only on a trusted network or loopback)
+  --repository NAME=DIR     a repository to serve as NAME (repeatable; create it
+                            with `ferry init --repo DIR`)
+  --tokens FILE             who may open what: lines "<SHA-256 of a token> NAME[,NAME...]"
+                            (add one with `ferry-repository grant`)
+  --max-connections N       connections open at once (default 256)
+  --handshake-timeout DUR   a TLS handshake may take this long (default 10s)
+  --verbose, --quiet        more, or only warnings and errors, on stderr
+
+grant: makes a new token for the named repositories, appends its line (the
+token's SHA-256, never the token) to the tokens file, and prints the token.
+Restart the service to load it. Clients give it as --repo-token-file.
+)";
+}
+
+std::vector<rpc::RepositoryGrant> ParseTokensFile(const std::string& text, const std::string& path,
+                                                  const std::map<std::string, std::string>& known) {
+  std::vector<rpc::RepositoryGrant> grants;
+  std::stringstream in(text);
+  int number = 0;
+  for (std::string line; std::getline(in, line);) {
+    ++number;
+    if (auto hash = line.find('#'); hash != std::string::npos) line.erase(hash);
+    line = Trim(line);
+    if (line.empty()) continue;
+    const auto bad = [&](const std::string& why) {
+      return Error(ErrorKind::kBadInput, path + " line " + std::to_string(number) + ": " + why);
+    };
+    const auto space = line.find_first_of(" \t");
+    if (space == std::string::npos) throw bad("expected '<SHA-256 hex> NAME[,NAME...]'");
+    const std::string hex = line.substr(0, space);
+    rpc::RepositoryGrant g;
+    try {
+      g.token_sha256 = Digest::FromHex(hex);
+    } catch (const Error&) {
+      throw bad("'" + hex.substr(0, 80) + "' is not a SHA-256 in hex (64 digits)");
+    }
+    for (const std::string& name : SplitCommas(line.substr(space + 1))) {
+      if (!known.count(name)) throw bad("repository '" + name + "' is not served here (no --repository " + name + "=DIR)");
+      g.repositories.insert(name);
+    }
+    if (g.repositories.empty()) throw bad("the grant names no repository");
+    grants.push_back(std::move(g));
+  }
+  return grants;
+}
+
+DaemonConfig ParseDaemonConfig(const std::vector<std::string>& args) {
+  Arguments command_line(args, kValued, kFlags);
+  DaemonConfig c;
+  if (command_line.Has("help")) {
+    c.help = true;
+    return c;
+  }
+  Arguments a = command_line;
+  if (auto path = command_line.Get("config")) a = Arguments::FromFileAndCommandLine(*path, args, kValued, kFlags);
+  const Arguments& loudness = command_line.Has("verbose") || command_line.Has("quiet") ? command_line : a;
+  c.log_level = loudness.Has("verbose") ? 0 : loudness.Has("quiet") ? 2 : 1;
+
+  c.server.listen = a.Get("listen").value_or("0.0.0.0:8720");
+  rpc::SplitHostPort(c.server.listen.ends_with(":0") ? c.server.listen.substr(0, c.server.listen.size() - 1) + "1"
+                                                     : c.server.listen);
+  c.server.tls_cert = a.Get("tls-cert").value_or("");
+  c.server.tls_key = a.Get("tls-key").value_or("");
+  if (c.server.tls_cert.empty() != c.server.tls_key.empty()) {
+    throw Error(ErrorKind::kBadInput, "give both --tls-cert and --tls-key, or neither with --no-tls");
+  }
+  if (c.server.tls_cert.empty() && !a.Has("no-tls")) {
+    throw Error(ErrorKind::kBadInput, "give --tls-cert FILE and --tls-key FILE (or --no-tls to serve plain TCP)");
+  }
+  if (!c.server.tls_cert.empty() && a.Has("no-tls")) {
+    throw Error(ErrorKind::kBadInput, "--no-tls and --tls-cert contradict each other");
+  }
+  if (auto n = a.GetInt("max-connections", 1, 65536)) c.server.max_connections = static_cast<unsigned>(*n);
+  if (auto d = a.GetDuration("handshake-timeout")) c.server.handshake_timeout = *d;
+
+  for (const std::string& spec : a.GetAll("repository")) {
+    const auto eq = spec.find('=');
+    if (eq == std::string::npos) throw Error(ErrorKind::kBadInput, "option --repository: '" + spec + "' is not NAME=DIR");
+    std::string name = Trim(spec.substr(0, eq)), dir = Trim(spec.substr(eq + 1));
+    if (!ValidName(name)) {
+      throw Error(ErrorKind::kBadInput, "option --repository: '" + name + "' is not a name (1 to 64 of A-Z a-z 0-9 . - _)");
+    }
+    if (dir.empty() || dir[0] != '/') throw Error(ErrorKind::kBadInput, "option --repository " + name + ": give an absolute directory");
+    if (!c.service.repositories.emplace(name, dir).second) {
+      throw Error(ErrorKind::kBadInput, "option --repository: " + name + " is given twice");
+    }
+  }
+  if (c.service.repositories.empty()) throw Error(ErrorKind::kBadInput, "give at least one --repository NAME=DIR");
+  c.tokens_file = a.Require("tokens");
+  c.service.grants = ParseTokensFile(ReadWholeFile(c.tokens_file), c.tokens_file, c.service.repositories);
+  return c;
+}
+
+std::string GrantCommand(const std::vector<std::string>& args) {
+  Arguments a(args, {"tokens", "repository"}, {});
+  const std::string path = a.Require("tokens");
+  std::vector<std::string> names = a.GetAll("repository");
+  if (names.empty()) throw Error(ErrorKind::kBadInput, "give the repositories the token opens with --repository NAME");
+  std::string joined;
+  for (const auto& n : names) {
+    if (!ValidName(n)) throw Error(ErrorKind::kBadInput, "option --repository: '" + n + "' is not a name");
+    joined += (joined.empty() ? "" : ",") + n;
+  }
+  const std::string token = "fr1-" + RandomHex(40);
+  const Digest hash = Sha256(token.data(), token.size());
+  const std::string line = hash.Hex() + " " + joined + "  # granted " + NowRfc3339() + "\n";
+  UniqueFd fd = OpenOrThrow(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (::write(fd.get(), line.data(), line.size()) != static_cast<ssize_t>(line.size())) {
+    throw ErrnoError("appending to " + path, errno);
+  }
+  FsyncOrThrow(fd.get(), path);
+  return token;
+}
+
+}  // namespace ferry::repository_daemon

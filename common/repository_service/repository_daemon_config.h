@@ -1,0 +1,34 @@
+// ferry-repository's configuration (docs/repository-service.md,
+// "Deployment"): options from a file and the command line (ferry::Arguments),
+// and the tokens file that says which token opens which repositories.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "ferry/rpc/repository_service.h"
+
+namespace ferry::repository_daemon {
+
+struct DaemonConfig {
+  bool help = false;
+  int log_level = 1;  // 0 debug, 1 info, 2 warnings only
+  rpc::RepositoryServiceConfig service;
+  rpc::RepositoryServer::Options server;
+  std::string tokens_file;
+};
+
+const char* Usage();
+// Throws kBadInput naming the option (or the tokens file and line).
+DaemonConfig ParseDaemonConfig(const std::vector<std::string>& args);
+
+// The tokens file: one grant a line, "<SHA-256 of the token, 64 hex> NAME[,NAME...]",
+// '#' comments and blank lines ignored. Every NAME must be in `known`.
+std::vector<rpc::RepositoryGrant> ParseTokensFile(const std::string& text, const std::string& path,
+                                                  const std::map<std::string, std::string>& known);
+
+// `ferry-repository grant`: makes a new random token, appends its grant line
+// to the tokens file (created 0600) and returns the token (printed once).
+std::string GrantCommand(const std::vector<std::string>& args);
+
+}  // namespace ferry::repository_daemon
