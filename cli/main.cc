@@ -61,6 +61,9 @@ A restore point written by several processes (the coordinator's disk tasks):
 Against a coordinator (jobs, sessions, workers, hosts, restore points):
   ferry --coordinator URL RESOURCE ACTION ...    (ferry --coordinator URL help)
 
+--repo also takes a repository service, ferry+tls://HOST:PORT/NAME, with
+--repo-token-file FILE, --repo-ca FILE, --repo-server-name NAME (docs/repository-service.md).
+
 Global options (before COMMAND): --verbose, --quiet
 Exit codes: 0 ok, 2 bad input, 3 not found, 4 corrupt data, 5 environment
 (permissions, disk full), 6 retryable, 130 interrupted. See docs/cli.md.
