@@ -10,6 +10,7 @@
 #include "ferry/common/log.h"
 #include "ferry/coordinator/field_error.h"
 #include "ferry/coordinator/json_input.h"
+#include "ferry/common/bandwidth.h"
 #include "ferry/coordinator/schedule.h"
 #include "ferry/rpc/repository_service.h"
 
@@ -213,15 +214,29 @@ http::Response GetVm(Context& c) {
 
 const char kWorkerSelect[] =
     "SELECT w.id, w.name, h.name, w.task_slots, w.state, w.last_heartbeat_at, w.version, w.registered_at, "
-    "w.created_at, (SELECT COUNT(*) FROM tasks t WHERE t.worker_id = w.id AND t.state = 'running'), h.cluster "
-    "FROM workers w LEFT JOIN hosts h ON h.id = w.host_id ";
+    "w.created_at, (SELECT COUNT(*) FROM tasks t WHERE t.worker_id = w.id AND t.state = 'running'), h.cluster, "
+    "w.bandwidth FROM workers w LEFT JOIN hosts h ON h.id = w.host_id ";
+
+// A bandwidth cap given to the API (docs/throttling.md): stored in its
+// canonical form, '' for none; shown as "unlimited" when none.
+std::optional<std::string> ReadBandwidth(FieldReader& f) {
+  auto text = f.String("bandwidth", false, 1000);
+  if (!text) return std::nullopt;
+  try {
+    BandwidthSchedule schedule = BandwidthSchedule::Parse(*text);
+    return schedule == BandwidthSchedule() ? std::string() : schedule.ToString();
+  } catch (const Error& e) {
+    throw FieldError("bandwidth", e.what());
+  }
+}
+std::string BandwidthJson(const std::string& stored) { return stored.empty() ? "unlimited" : stored; }
 
 json::object WorkerJson(Statement& s) {
   return {{"id", s.Int(0)}, {"name", s.Text(1)}, {"host", s.IsNull(2) ? json::value(nullptr) : json::value(s.Text(2))},
           {"cluster", s.IsNull(10) ? json::value(nullptr) : json::value(s.Text(10))},
           {"task_slots", s.Int(3)}, {"state", s.Text(4)}, {"last_heartbeat_at", Time(s.OptInt(5))},
           {"version", s.Text(6)}, {"registered_at", Time(s.OptInt(7))}, {"created_at", Time(s.Int(8))},
-          {"running_tasks", s.Int(9)}};
+          {"running_tasks", s.Int(9)}, {"bandwidth", BandwidthJson(s.Text(11))}};
 }
 
 json::object ReadWorker(Database& db, int64_t id) {
@@ -243,14 +258,16 @@ http::Response CreateWorker(Context& c) {
   json::object body = ParseRequestObject(c.request.body);
   FieldReader f(body, "");
   std::string name = *f.Name("name", true);
+  std::string bandwidth = ReadBandwidth(f).value_or("");
   f.Finish();
   std::string token = NewToken();
   int64_t id = c.runner.Write([&](Database& db) {
     Statement exists = db.Prepare("SELECT 1 FROM workers WHERE name = ?");
     exists.Bind(1, name);
     if (exists.Step()) throw ConflictError("a worker named '" + name + "' exists");
-    db.Prepare("INSERT INTO workers (name, token_hash, created_at) VALUES (?, ?, strftime('%s','now') * 1000)")
-        .Bind(1, name).Bind(2, HashToken(token)).Run();
+    db.Prepare("INSERT INTO workers (name, token_hash, bandwidth, created_at) "
+               "VALUES (?, ?, ?, strftime('%s','now') * 1000)")
+        .Bind(1, name).Bind(2, HashToken(token)).Bind(3, bandwidth).Run();
     return db.LastInsertId();
   });
   json::object worker = ReadWorker(c.db, id);
@@ -259,6 +276,23 @@ http::Response CreateWorker(Context& c) {
 }
 
 http::Response GetWorker(Context& c) { return Json(200, ReadWorker(c.db, c.ids[0])); }
+
+// Only the bandwidth cap is changed here; a worker's host and slots are its own.
+// It applies to the worker's next disk task.
+http::Response PatchWorker(Context& c) {
+  json::object body = ParseRequestObject(c.request.body);
+  FieldReader f(body, "");
+  auto bandwidth = ReadBandwidth(f);
+  f.Finish();
+  c.runner.Write([&](Database& db) {
+    Statement s = db.Prepare("SELECT 1 FROM workers WHERE id = ?");
+    s.Bind(1, c.ids[0]);
+    if (!s.Step()) NotFound("worker", c.ids[0]);
+    if (bandwidth) db.Prepare("UPDATE workers SET bandwidth = ? WHERE id = ?").Bind(1, *bandwidth).Bind(2, c.ids[0]).Run();
+    return 0;
+  });
+  return Json(200, ReadWorker(c.db, c.ids[0]));
+}
 
 http::Response DeleteWorker(Context& c) {
   c.runner.Write([&](Database& db) {
@@ -282,13 +316,14 @@ const char kRepositorySelect[] =
     "SELECT r.id, r.name, r.location, r.task_slots, r.capacity_bytes, r.created_at, "
     "(SELECT COUNT(*) FROM tasks t WHERE t.repository_id = r.id AND t.state = 'running'), "
     "(SELECT COUNT(*) FROM points p WHERE p.repository_id = r.id), "
-    "(SELECT COALESCE(SUM(bytes_stored), 0) FROM points p WHERE p.repository_id = r.id), r.token != '' "
-    "FROM repositories r ";
+    "(SELECT COALESCE(SUM(bytes_stored), 0) FROM points p WHERE p.repository_id = r.id), r.token != '', "
+    "r.bandwidth FROM repositories r ";
 
 json::object RepositoryJson(Statement& s) {
   return {{"id", s.Int(0)}, {"name", s.Text(1)}, {"location", s.Text(2)}, {"task_slots", s.Int(3)},
           {"capacity_bytes", s.Int(4)}, {"created_at", Time(s.Int(5))}, {"running_tasks", s.Int(6)},
-          {"points", s.Int(7)}, {"stored_bytes", s.Int(8)}, {"token_set", s.Int(9) != 0}};
+          {"points", s.Int(7)}, {"stored_bytes", s.Int(8)}, {"token_set", s.Int(9) != 0},
+          {"bandwidth", BandwidthJson(s.Text(10))}};
 }
 
 json::object ReadRepository(Database& db, int64_t id) {
@@ -306,7 +341,7 @@ http::Response ListRepositories(Context& c) {
 }
 
 struct RepositoryFields {
-  std::optional<std::string> name, location, token;
+  std::optional<std::string> name, location, token, bandwidth;
   std::optional<int64_t> task_slots, capacity_bytes;
 };
 
@@ -330,6 +365,7 @@ RepositoryFields ReadRepositoryFields(const std::string& body, bool create) {
   }
   // Write-only: the API never returns it (token_set says whether there is one).
   r.token = f.String("token", false, 4096);
+  r.bandwidth = ReadBandwidth(f);
   r.task_slots = f.Int("task_slots", false, 1, 1024);
   r.capacity_bytes = f.Int("capacity_bytes", false, 0, INT64_MAX);
   f.Finish();
@@ -343,13 +379,13 @@ http::Response CreateRepository(Context& c) {
     Statement exists = db.Prepare("SELECT 1 FROM repositories WHERE name = ?");
     exists.Bind(1, *r.name);
     if (exists.Step()) throw ConflictError("a repository named '" + *r.name + "' exists");
-    db.Prepare("INSERT INTO repositories (name, location, task_slots, capacity_bytes, token, created_at) "
-               "VALUES (?, ?, ?, ?, ?, strftime('%s','now') * 1000)")
+    db.Prepare("INSERT INTO repositories (name, location, task_slots, capacity_bytes, token, bandwidth, created_at) "
+               "VALUES (?, ?, ?, ?, ?, ?, strftime('%s','now') * 1000)")
         .Bind(1, *r.name).Bind(2, *r.location).Bind(3, slots).Bind(4, r.capacity_bytes.value_or(0))
-        .Bind(5, r.token.value_or("")).Run();
+        .Bind(5, r.token.value_or("")).Bind(6, r.bandwidth.value_or("")).Run();
     return db.LastInsertId();
   });
-  c.runner.RepositoryChanged(id, static_cast<int>(slots));
+  c.runner.RepositoryChanged(id, static_cast<int>(slots), r.bandwidth.value_or(""));
   return Json(201, ReadRepository(c.db, id));
 }
 
@@ -357,10 +393,12 @@ http::Response GetRepository(Context& c) { return Json(200, ReadRepository(c.db,
 
 http::Response PatchRepository(Context& c) {
   RepositoryFields r = ReadRepositoryFields(c.request.body, false);
+  std::string bandwidth;
   int64_t slots = c.runner.Write([&](Database& db) {
-    Statement s = db.Prepare("SELECT task_slots FROM repositories WHERE id = ?");
+    Statement s = db.Prepare("SELECT task_slots, bandwidth FROM repositories WHERE id = ?");
     s.Bind(1, c.ids[0]);
     if (!s.Step()) NotFound("repository", c.ids[0]);
+    bandwidth = r.bandwidth.value_or(s.Text(1));
     if (r.name) {
       Statement clash = db.Prepare("SELECT 1 FROM repositories WHERE name = ? AND id != ?");
       clash.Bind(1, *r.name).Bind(2, c.ids[0]);
@@ -369,12 +407,13 @@ http::Response PatchRepository(Context& c) {
     }
     if (r.location) db.Prepare("UPDATE repositories SET location = ? WHERE id = ?").Bind(1, *r.location).Bind(2, c.ids[0]).Run();
     if (r.token) db.Prepare("UPDATE repositories SET token = ? WHERE id = ?").Bind(1, *r.token).Bind(2, c.ids[0]).Run();
+    if (r.bandwidth) db.Prepare("UPDATE repositories SET bandwidth = ? WHERE id = ?").Bind(1, *r.bandwidth).Bind(2, c.ids[0]).Run();
     if (r.task_slots) db.Prepare("UPDATE repositories SET task_slots = ? WHERE id = ?").Bind(1, *r.task_slots).Bind(2, c.ids[0]).Run();
     if (r.capacity_bytes)
       db.Prepare("UPDATE repositories SET capacity_bytes = ? WHERE id = ?").Bind(1, *r.capacity_bytes).Bind(2, c.ids[0]).Run();
     return r.task_slots.value_or(s.Int(0));
   });
-  c.runner.RepositoryChanged(c.ids[0], static_cast<int>(slots));
+  c.runner.RepositoryChanged(c.ids[0], static_cast<int>(slots), bandwidth);
   return Json(200, ReadRepository(c.db, c.ids[0]));
 }
 
@@ -747,6 +786,7 @@ const RouteEntry kRoutes[] = {
     {"GET", "/api/v1/workers", ListWorkers, false},
     {"POST", "/api/v1/workers", CreateWorker, true},
     {"GET", "/api/v1/workers/{id}", GetWorker, false},
+    {"PATCH", "/api/v1/workers/{id}", PatchWorker, true},
     {"DELETE", "/api/v1/workers/{id}", DeleteWorker, true},
     {"GET", "/api/v1/repositories", ListRepositories, false},
     {"POST", "/api/v1/repositories", CreateRepository, true},

@@ -710,7 +710,7 @@ TEST_F(ApiTest, OpenApiPathsAreExactlyTheServedRoutes) {
     EXPECT_TRUE(documented.count({method, path})) << method << " " << path << " is served but not in openapi.json";
   for (const auto& [method, path] : documented)
     EXPECT_TRUE(served.count({method, path})) << method << " " << path << " is in openapi.json but not served";
-  EXPECT_EQ(served.size(), 29u) << "a route was added or removed: update openapi.json, docs/api.md and this test";
+  EXPECT_EQ(served.size(), 30u) << "a route was added or removed: update openapi.json, docs/api.md and this test";
 }
 
 TEST_F(ApiTest, OpenApiDocumentsSecurityAndErrorsOfEveryRoute) {
@@ -795,10 +795,11 @@ TEST_F(ApiTest, OpenApiEveryRouteAnswersAsDocumented) {
       {"GET", "/api/v1/workers", 0, "?limit=10&offset=0", "", 200},
       {"POST", "/api/v1/workers", 0, "", R"({"name":"w9"})", 201},
       {"GET", "/api/v1/workers/{id}", worker, "", "", 200},
+      {"PATCH", "/api/v1/workers/{id}", worker, "", R"({"bandwidth":"50MB/s 08:00-18:00 mon-fri"})", 200},
       {"GET", "/api/v1/repositories", 0, "", "", 200},
       {"POST", "/api/v1/repositories", 0, "", R"({"name":"r9","location":"/srv/r9","task_slots":8,"capacity_bytes":1000})", 201},
       {"GET", "/api/v1/repositories/{id}", repo, "", "", 200},
-      {"PATCH", "/api/v1/repositories/{id}", repo, "", R"({"task_slots":2,"capacity_bytes":5})", 200},
+      {"PATCH", "/api/v1/repositories/{id}", repo, "", R"({"task_slots":2,"capacity_bytes":5,"bandwidth":"100MiB/s"})", 200},
       {"GET", "/api/v1/jobs", 0, "", "", 200},
       {"POST", "/api/v1/jobs", 0, "",
        R"({"name":"j9","repository":)" + std::to_string(repo) +
@@ -1132,6 +1133,7 @@ TEST_F(BadInputTest, UnknownIdsAre404) {
     std::string body = route.method == "PATCH" ? R"({"enabled":true})" : "";
     if (route.pattern.find("hosts") != std::string::npos && route.method == "PATCH") body = R"({"cluster":"c"})";
     if (route.pattern.find("repositories") != std::string::npos && route.method == "PATCH") body = R"({"task_slots":2})";
+    if (route.pattern.find("workers") != std::string::npos && route.method == "PATCH") body = R"({"bandwidth":"1MiB/s"})";
     Reply r = Call(route.method, Concrete(route.pattern, 999), body);
     EXPECT_EQ(r.status, 404) << route.method << " " << route.pattern << ": " << r;
     EXPECT_EQ(r.kind(), "not_found") << r;
@@ -1161,7 +1163,7 @@ TEST_F(BadInputTest, UnknownRoutesAre404AndWrongMethods405) {
   EXPECT_EQ(Call("GET", "/api/v1/nope", "", Auth::kNone).status, 404);
   const std::vector<std::pair<std::string, std::string>> wrong = {
       {"PUT", "/api/v1/jobs/1"},     {"DELETE", "/api/v1/jobs"},     {"POST", "/api/v1/status"},
-      {"GET", "/api/v1/jobs/1/start"}, {"PATCH", "/api/v1/workers/1"}, {"POST", "/api/v1/openapi.json"},
+      {"GET", "/api/v1/jobs/1/start"}, {"PUT", "/api/v1/workers/1"}, {"POST", "/api/v1/openapi.json"},
       {"DELETE", "/api/v1/vms/1"},   {"POST", "/api/v1/sessions"}};
   for (const auto& [method, target] : wrong) {
     Reply r = Call(method, target, method == "POST" || method == "PUT" || method == "PATCH" ? "{}" : "");

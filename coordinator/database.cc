@@ -250,6 +250,12 @@ CREATE INDEX tasks_by_session ON tasks(session_id);
     R"sql(
 ALTER TABLE repositories ADD COLUMN token TEXT NOT NULL DEFAULT '';
 )sql",
+    // 4: bandwidth caps (docs/throttling.md, canonical text; '' for none),
+    // per worker and per repository.
+    R"sql(
+ALTER TABLE workers ADD COLUMN bandwidth TEXT NOT NULL DEFAULT '';
+ALTER TABLE repositories ADD COLUMN bandwidth TEXT NOT NULL DEFAULT '';
+)sql",
 };
 
 [[noreturn]] void Fail(sqlite3* db, const std::string& what) {

@@ -135,7 +135,7 @@ TEST(Database, Migration2BackfillsTotalsOfExistingSessions) {
   std::filesystem::remove(path);
   {
     // Build a version-1 database with sessions, as a coordinator of that
-    // version left it: migrations 2 and 3's objects removed, user_version 1.
+    // version left it: later migrations' objects removed, user_version 1.
     Database db = Database::Open(path);
     db.Execute(
         "DROP TRIGGER session_totals_new_session; DROP TRIGGER session_totals_new_task; "
@@ -143,7 +143,8 @@ TEST(Database, Migration2BackfillsTotalsOfExistingSessions) {
         "DROP TABLE session_totals; DROP INDEX tasks_by_session; "
         "CREATE INDEX tasks_by_session ON tasks(session_id, state, bytes_done, bytes_total, rate); "
         "CREATE INDEX tasks_live ON tasks(state) WHERE state IN ('waiting', 'queued', 'running'); "
-        "ALTER TABLE repositories DROP COLUMN token; "
+        "ALTER TABLE repositories DROP COLUMN token; ALTER TABLE repositories DROP COLUMN bandwidth; "
+        "ALTER TABLE workers DROP COLUMN bandwidth; "
         "PRAGMA user_version = 1");
     MakeSessionFixture(db);
     AddSessionWithTasks(db, 1, 4);

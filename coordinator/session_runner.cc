@@ -211,8 +211,11 @@ void SessionRunner::OwnTransaction::Commit() {
 void SessionRunner::LoadTopology() {
   Statement hosts = db_.Prepare("SELECT id, name, cluster FROM hosts");
   while (hosts.Step()) scheduler_.SetHost(hosts.Int(0), hosts.Text(1), hosts.Text(2));
-  Statement repos = db_.Prepare("SELECT id, task_slots FROM repositories");
-  while (repos.Step()) scheduler_.SetRepositorySlots(repos.Int(0), static_cast<int>(repos.Int(1)));
+  Statement repos = db_.Prepare("SELECT id, task_slots, bandwidth FROM repositories");
+  while (repos.Step()) {
+    scheduler_.SetRepositorySlots(repos.Int(0), static_cast<int>(repos.Int(1)));
+    if (!repos.Text(2).empty()) repository_bandwidth_[repos.Int(0)] = BandwidthSchedule::Parse(repos.Text(2));
+  }
   int64_t now = clock_();
   Statement workers = db_.Prepare("SELECT id, host_id, task_slots FROM workers WHERE host_id IS NOT NULL");
   while (workers.Step()) {
@@ -730,6 +733,10 @@ WorkOrder SessionRunner::BuildOrder(const Placement& placement, int64_t worker_i
   order.snapshot_id = snapshot_id;
   order.point_id = context.point_id;
   if (order.kind == WorkKind::kDisk) {
+    Statement& w = db_.Cached("SELECT bandwidth FROM workers WHERE id = ?");
+    w.Bind(1, worker_id);
+    if (w.Step()) order.worker_bandwidth = w.Text(0);
+    order.repository_bytes_per_s = RepositoryShare(order.repository_id);
     Log(order.session_id, order.task_id, std::nullopt, "info",
         order.vm_name + "/" + order.disk + ": attempt " + std::to_string(order.attempt) + " on worker " +
             std::to_string(worker_id) + " (" + order.tier + ": " + placement.reason + ")");
@@ -788,12 +795,22 @@ std::vector<WorkOrder> SessionRunner::PullWork(int64_t worker_id, int64_t epoch,
   return orders;
 }
 
+uint64_t SessionRunner::RepositoryShare(int64_t repository_id) const {
+  auto it = repository_bandwidth_.find(repository_id);
+  if (it == repository_bandwidth_.end()) return 0;
+  const uint64_t cap = it->second.BytesPerSecondAt(std::time(nullptr));
+  if (cap == 0) return 0;
+  const int running = std::max(1, scheduler_.RunningOnRepository(repository_id));
+  return std::max<uint64_t>(1, cap / static_cast<uint64_t>(running));
+}
+
 bool SessionRunner::ReportProgress(int64_t worker_id, const std::string& assignment, int64_t done,
-                                   int64_t total, int64_t stored) {
+                                   int64_t total, int64_t stored, uint64_t* repository_share) {
   WorkerSideLock lock(*this);
   auto it = live_.find(assignment);
   if (it == live_.end() || it->second.worker_id != worker_id || it->second.draining) return false;
   if (it->second.kind != WorkKind::kDisk) return true;
+  if (repository_share) *repository_share = RepositoryShare(it->second.repository_id);
   // Progress is for watching, not for recovery: it is kept here and written
   // in one transaction per tick, not one commit per report.
   Progress& p = progress_[it->second.id];
@@ -1250,10 +1267,15 @@ std::optional<int64_t> SessionRunner::StopJob(int64_t job_id) {
   return session_id;
 }
 
-void SessionRunner::RepositoryChanged(int64_t repository_id, int task_slots) {
+void SessionRunner::RepositoryChanged(int64_t repository_id, int task_slots, const std::string& bandwidth) {
   std::lock_guard lock(mu_);
   snapshot_context_.clear();  // names and locations are read again
   scheduler_.SetRepositorySlots(repository_id, task_slots);
+  if (bandwidth.empty()) {
+    repository_bandwidth_.erase(repository_id);
+  } else {
+    repository_bandwidth_[repository_id] = BandwidthSchedule::Parse(bandwidth);
+  }
   WakeAll();
 }
 

@@ -159,6 +159,8 @@ void FillItem(rpc::WorkItem::Builder item, const WorkOrder& order) {
       d.setAttempt(static_cast<uint32_t>(order.attempt));
       d.setPointId(order.point_id);
       d.setReadPlan(order.read_plan);
+      d.setWorkerBandwidth(order.worker_bandwidth);
+      d.setRepositoryBytesPerS(order.repository_bytes_per_s);
       break;
     }
     case WorkKind::kRelease: {
@@ -225,9 +227,13 @@ class WorkerSessionImpl final : public rpc::WorkerSession::Server {
   kj::Promise<void> reportProgress(ReportProgressContext context) override {
     try {
       auto p = context.getParams().getProgress();
+      uint64_t share = 0;
       bool valid = runner_.ReportProgress(worker_id_, p.getAssignmentId(), static_cast<int64_t>(p.getBytesDone()),
-                                          static_cast<int64_t>(p.getBytesTotal()), static_cast<int64_t>(p.getBytesStored()));
-      context.getResults(ReplySize(4)).setCancel(!valid);
+                                          static_cast<int64_t>(p.getBytesTotal()), static_cast<int64_t>(p.getBytesStored()),
+                                          &share);
+      auto results = context.getResults(ReplySize(6));
+      results.setCancel(!valid);
+      results.setRepositoryBytesPerS(share);
       return kj::READY_NOW;
     } catch (const std::exception& e) {
       return ToKj(e);

@@ -227,19 +227,15 @@ class DiskBackupRun {
     }
   }
 
-  // Sleeps as needed so reads stay under the configured rate.
+  // Waits as needed so reads stay under the read cap, in pieces, polling the
+  // reads in flight between them so their buffers go on to the compute threads.
   void Throttle(uint64_t next_bytes) {
     if (options_.rate_limit_bytes_per_s == 0) return;
-    for (;;) {
-      double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
-      double allowed = elapsed * static_cast<double>(options_.rate_limit_bytes_per_s);
-      if (static_cast<double>(submitted_bytes_ + next_bytes) <= allowed + chunk_size_) break;
-      CheckCancel();
-      if (reader_.in_flight() > 0) {
-        reader_.Poll(20);
-      } else {
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      }
+    for (uint64_t left = next_bytes; left > 0;) {
+      const uint64_t piece = std::min<uint64_t>(left, 64 * 1024);
+      if (reader_.in_flight() > 0) reader_.Poll(0);
+      if (!read_limiter_.Acquire(piece, options_.cancel)) CheckCancel();
+      left -= piece;
     }
   }
 
@@ -304,7 +300,6 @@ class DiskBackupRun {
       std::memset(buffer + (cursor - start), 0, end - cursor);
       for (const Extent& r : data_ranges) {
         Throttle(r.length);
-        submitted_bytes_ += r.length;
         reader_.SubmitRead(buffer + (r.offset - start), r.offset, static_cast<uint32_t>(r.length),
                            [this, job, r](int error) { OnReadDone(job, r, error); });
       }
@@ -379,6 +374,7 @@ class DiskBackupRun {
             ++reused_chunks_;
           } else {
             encoder.Encode(plain, encoded);
+            if (!AcquireAll(options_.send_limiters, encoded->size(), options_.cancel)) CheckCancel();
             upload_->Add(d, *encoded);
           }
         } catch (const Error& e) {
@@ -406,8 +402,7 @@ class DiskBackupRun {
   BufferPool pool_;
   JobQueue queue_;
   DigestsInFlight digests_in_flight_;
-  const Clock::time_point start_ = Clock::now();
-  uint64_t submitted_bytes_ = 0;
+  BandwidthLimiter read_limiter_{BandwidthSchedule::Fixed(options_.rate_limit_bytes_per_s)};
 
   std::atomic<bool> failed_{false};
   std::mutex error_mu_;

@@ -42,11 +42,13 @@ struct WorkerAgent::Item final : WorkContext {
   void ReportProgress(uint64_t done, uint64_t total, uint64_t stored) override {
     agent.SendProgress(*this, done, total, stored);
   }
+  uint64_t RepositoryShare() const override { return repository_share; }
 
   WorkerAgent& agent;
   std::string id;
   std::string what;  // "disk vm1/vda", for log lines
   bool is_disk = false;
+  uint64_t repository_share = 0;  // bytes/s; 0: no cap
   bool finished = false;   // work over; result waiting or in flight
   bool reporting = false;  // reportResult in flight
   bool retired = false;    // in the graveyard; ignore late events
@@ -373,6 +375,9 @@ void WorkerAgent::StartItem(WorkItem::Reader w) {
       a.attempt = d.getAttempt();
       a.point_id = std::string(d.getPointId().cStr());
       a.read_plan = std::string(d.getReadPlan().cStr());
+      a.worker_bandwidth = std::string(d.getWorkerBandwidth().cStr());
+      a.repository_bytes_per_s = d.getRepositoryBytesPerS();
+      item->repository_share = a.repository_bytes_per_s;
       item->what = "disk " + a.vm.name + "/" + a.disk;
       item->is_disk = true;
       ++running_disk_;
@@ -423,6 +428,7 @@ void WorkerAgent::SendProgress(Item& item, uint64_t done, uint64_t total, uint64
       req.send()
           .then(
               [this, raw](capnp::Response<WorkerSession::ReportProgressResults>&& resp) {
+                if (!raw->retired) raw->repository_share = resp.getRepositoryBytesPerS();
                 if (resp.getCancel() && !raw->retired && !raw->finished) {
                   Retire(raw->id, AssignmentEnd::kCancelled,
                          "cancelled by the coordinator (progress reply)");

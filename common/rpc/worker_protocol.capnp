@@ -61,7 +61,9 @@ interface WorkerSession {
   # (which takes no slot). Waits up to `waitMs` when there is nothing yet
   # (long poll). Work for the worker's own host comes first.
 
-  reportProgress @3 (progress :Progress) -> (cancel :Bool);
+  reportProgress @3 (progress :Progress) -> (cancel :Bool, repositoryBytesPerS :UInt64);
+  # repositoryBytesPerS (disk work): this task's share of its repository's
+  # bandwidth cap from now on (bytes/s sent to the repository; 0: no cap).
 
   reportResult @4 (result :WorkResult) -> (accepted :Bool);
   # accepted = false: the assignment is no longer this worker's (it was
@@ -128,6 +130,10 @@ struct DiskWork {
   attempt @7 :UInt32;
   pointId @8 :Text;        # write this disk's index into this (staged) restore point
   readPlan @9 :Text;       # the snapshot holder's plan for this disk (DiskExport.readPlan), verbatim
+  workerBandwidth @10 :Text;  # the worker's cap as configured in the API (docs/throttling.md
+                              # grammar, local time of the worker); "": the worker's own setting
+  repositoryBytesPerS @11 :UInt64;  # this task's share of the repository's cap (0: no cap);
+                                    # updated by reportProgress replies
 }
 
 struct ReleaseWork {

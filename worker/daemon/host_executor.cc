@@ -122,6 +122,9 @@ struct HostExecutor::Job {
   std::atomic<bool> cancel{false};
   std::atomic<uint64_t> bytes_total{0};
   worker::DiskBackupProgress disk;
+  // Disk work: its share of the repository's cap, as the coordinator says.
+  BandwidthLimiter repository_share;
+  std::atomic<uint64_t> repository_share_rate{0};
 };
 
 struct HostExecutor::HeldSnapshot {
@@ -136,7 +139,21 @@ struct HostExecutor::HeldSnapshot {
 };
 
 HostExecutor::HostExecutor(kj::Timer& timer, HostSettings settings)
-    : timer_(timer), settings_(std::move(settings)), background_(*this) {}
+    : timer_(timer), settings_(std::move(settings)), bandwidth_(settings_.bandwidth), background_(*this) {}
+
+void HostExecutor::ApplyWorkerBandwidth(const std::string& schedule) {
+  std::lock_guard<std::mutex> lock(bandwidth_mu_);
+  if (schedule == bandwidth_applied_) return;
+  try {
+    bandwidth_.SetSchedule(schedule.empty() ? settings_.bandwidth : BandwidthSchedule::Parse(schedule));
+    bandwidth_applied_ = schedule;
+    LogInfo("worker bandwidth cap: " + (schedule.empty() ? settings_.bandwidth.ToString() + " (this worker's own)"
+                                                         : schedule + " (the coordinator's)"));
+  } catch (const Error& e) {
+    LogWarning("the coordinator's bandwidth cap for this worker is not understood, keeping the current one: " +
+               std::string(e.what()));
+  }
+}
 
 void HostExecutor::taskFailed(kj::Exception&& e) { LogWarning("worker: " + std::string(e.getDescription().cStr())); }
 
@@ -331,6 +348,9 @@ kj::Promise<rpc::WorkOutcome> HostExecutor::RunJob(const std::string& id, std::s
 kj::Promise<void> HostExecutor::ProgressLoop(rpc::WorkContext& context, std::shared_ptr<Job> job) {
   return timer_.afterDelay(1 * kj::SECONDS).then([this, &context, job]() {
     if (uint64_t total = job->bytes_total.load(); total > 0) context.ReportProgress(job->disk.bytes_done, total, 0);
+    if (const uint64_t share = context.RepositoryShare(); share != job->repository_share_rate.exchange(share)) {
+      job->repository_share.SetRate(share);
+    }
     return ProgressLoop(context, job);
   });
 }
@@ -428,6 +448,10 @@ rpc::WorkOutcome HostExecutor::DoDisk(Job& job, const rpc::DiskAssignment& item)
   options.compute_threads = settings_.compute_threads != 0 ? settings_.compute_threads
                                                            : std::max(1u, cores / std::max(1u, settings_.task_slots));
   options.rate_limit_bytes_per_s = settings_.rate_limit_bytes_per_s;
+  ApplyWorkerBandwidth(item.worker_bandwidth);
+  job.repository_share_rate = item.repository_bytes_per_s;
+  job.repository_share.SetRate(item.repository_bytes_per_s);
+  options.send_limiters = {&bandwidth_, &job.repository_share};
   options.cancel = &job.cancel;
   job.bytes_total = task.disk.size;
   auto start = Clock::now();

@@ -38,6 +38,7 @@
 #include <thread>
 #include <vector>
 
+#include "ferry/common/bandwidth.h"
 #include "ferry/rpc/repository_service.h"
 #include "ferry/rpc/worker_agent.h"
 #include "ferry/worker/inventory.h"
@@ -59,7 +60,11 @@ struct HostSettings {
   // unix socket, readable on this host only.
   std::optional<worker::NbdExportNetwork> export_tcp;
   unsigned compute_threads = 0;    // per disk task; 0: cores / slots, at least 1
-  uint64_t rate_limit_bytes_per_s = 0;  // per disk task; 0: unlimited
+  uint64_t rate_limit_bytes_per_s = 0;  // read cap per disk task; 0: unlimited
+  // The cap on what this worker sends to repositories, shared by its disk
+  // tasks (docs/throttling.md); the coordinator's setting for the worker,
+  // when it has one, replaces it.
+  BandwidthSchedule bandwidth;
   std::chrono::seconds staging_expiry{24 * 3600};  // a staged point never released goes after this
   std::chrono::milliseconds inventory_interval{30000};
   std::chrono::milliseconds monitor_timeout{2000};  // a QMP monitor's greeting, for the inventory
@@ -158,8 +163,14 @@ class HostExecutor final : public rpc::WorkExecutor, private kj::TaskSet::ErrorH
   void DiscardInBackground(std::shared_ptr<HeldSnapshot> held, const std::string& why);
   void taskFailed(kj::Exception&& e) override;
 
+  // The coordinator's cap for this worker ("": keep settings_.bandwidth).
+  void ApplyWorkerBandwidth(const std::string& schedule);
+
   kj::Timer& timer_;
   const HostSettings settings_;
+  BandwidthLimiter bandwidth_;      // shared by every disk task
+  std::mutex bandwidth_mu_;
+  std::string bandwidth_applied_;   // the coordinator's schedule in force ("": the local one)
 
   mutable std::mutex mu_;  // guards what follows
   std::vector<KnownVm> vms_;                                    // the last scan

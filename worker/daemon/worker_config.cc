@@ -23,7 +23,7 @@ const std::set<std::string> kValued = {
     "cluster",         "platform",    "qmp-dir",      "libvirt",          "slots",      "threads",
     "rate-limit",      "runtime-dir", "scratch-dir",  "inventory-interval", "staging-expiry",
     "monitor-timeout", "reconnect-ms", "export-host", "export-listen", "export-ports",
-    "repository-ca",   "repository-name", "repository-retry", "repository-retry-for",
+    "repository-ca",   "repository-name", "repository-retry", "repository-retry-for", "bandwidth",
 };
 const std::set<std::string> kFlags = {"tls", "verbose", "quiet", "help"};
 
@@ -64,6 +64,9 @@ Every option may also be given in the configuration file as "name = value"
   --slots N                  disk tasks run at once (default 2)
   --threads N                compute threads per disk task (default: cores / slots)
   --rate-limit BYTES/s       read rate cap per disk task (default: none)
+  --bandwidth SCHEDULE       cap on what this worker sends to repositories, shared by its
+                             tasks, e.g. "50MB/s 08:00-18:00 mon-fri" (docs/throttling.md);
+                             the coordinator's setting for the worker replaces it
   --runtime-dir DIR          session locks, NBD sockets (default /run/ferry)
   --scratch-dir DIR          snapshot overlays (default /var/tmp/ferry)
   --inventory-interval DUR   how often the host's VMs are listed again (default 30s)
@@ -140,6 +143,13 @@ WorkerConfig ParseWorkerConfig(const std::vector<std::string>& args) {
   if (auto n = a.GetInt("slots", 1, 64)) h.task_slots = static_cast<uint32_t>(*n);
   if (auto n = a.GetInt("threads", 1, 256)) h.compute_threads = static_cast<unsigned>(*n);
   if (auto r = a.GetSize("rate-limit")) h.rate_limit_bytes_per_s = *r;
+  if (auto b = a.Get("bandwidth")) {
+    try {
+      h.bandwidth = BandwidthSchedule::Parse(*b);
+    } catch (const Error& e) {
+      throw Error(ErrorKind::kBadInput, std::string("option --bandwidth: ") + e.what());
+    }
+  }
   if (auto d = a.GetDuration("inventory-interval")) h.inventory_interval = *d;
   if (h.inventory_interval < std::chrono::milliseconds(100)) {
     throw Error(ErrorKind::kBadInput, "option --inventory-interval: at least 100ms");

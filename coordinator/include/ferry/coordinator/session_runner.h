@@ -36,6 +36,7 @@
 
 #include <boost/json.hpp>
 
+#include "ferry/common/bandwidth.h"
 #include "ferry/coordinator/database.h"
 #include "ferry/coordinator/host_locality_scheduler.h"
 
@@ -98,6 +99,8 @@ struct WorkOrder {
   int64_t repository_id = 0;
   std::string repository_name, repository_location;
   std::string repository_token;  // for a service location; never logged
+  std::string worker_bandwidth;  // disk work: the worker's cap as configured ("": none set)
+  uint64_t repository_bytes_per_s = 0;  // disk work: this task's share of its repository's cap
   std::string chain;
   std::string point_id;            // the restore point reserved for the VM
   bool commit = false;             // release work
@@ -140,8 +143,10 @@ class SessionRunner {
   void ReportInventory(int64_t worker_id, const std::vector<InventoryVm>& vms);
   // `epoch` is the registration the pull came through (WorkerWelcome).
   std::vector<WorkOrder> PullWork(int64_t worker_id, int64_t epoch, int free_slots);
+  // False: the assignment is not the worker's (any more). `repository_share`
+  // (disk work): the task's share of its repository's bandwidth cap now.
   bool ReportProgress(int64_t worker_id, const std::string& assignment, int64_t done,
-                      int64_t total, int64_t stored);
+                      int64_t total, int64_t stored, uint64_t* repository_share = nullptr);
   bool ReportResult(int64_t worker_id, const WorkReport& report);
 
   // --- API side ---
@@ -151,7 +156,7 @@ class SessionRunner {
   // Stops the job's running session; returns its id, or nullopt if none runs.
   std::optional<int64_t> StopJob(int64_t job_id);
   // Configuration changes that the scheduler must see.
-  void RepositoryChanged(int64_t repository_id, int task_slots);
+  void RepositoryChanged(int64_t repository_id, int task_slots, const std::string& bandwidth);
   void HostChanged(int64_t host_id, const std::string& name, const std::string& cluster);
   void JobScheduleChanged(int64_t job_id);
 
@@ -338,6 +343,11 @@ class SessionRunner {
   Clock clock_;
   HostLocalityScheduler scheduler_;
   std::unordered_map<std::string, Live> live_;  // by assignment id
+  // Repositories' bandwidth caps (docs/throttling.md); absent: none. A disk
+  // task gets cap / (the repository's running disk tasks), again with every
+  // progress reply, so the tasks of all workers share the cap.
+  std::unordered_map<int64_t, BandwidthSchedule> repository_bandwidth_;
+  uint64_t RepositoryShare(int64_t repository_id) const;
   std::unordered_map<int64_t, WorkerLive> workers_;
   std::map<int64_t, int64_t> delayed_tasks_;      // task id -> not_before
   std::map<int64_t, int64_t> delayed_snapshots_;  // snapshot id -> not_before

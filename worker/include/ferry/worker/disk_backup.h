@@ -15,7 +15,9 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <vector>
 
+#include "ferry/common/bandwidth.h"
 #include "ferry/common/fixed_index.h"
 #include "ferry/common/repository.h"
 #include "ferry/worker/block_reader.h"
@@ -24,7 +26,12 @@ namespace ferry::worker {
 
 struct DiskBackupOptions {
   unsigned compute_threads = 0;      // 0: one per core
-  uint64_t rate_limit_bytes_per_s = 0;  // 0: unlimited (read rate cap)
+  uint64_t rate_limit_bytes_per_s = 0;  // 0: unlimited (read rate cap, to spare the source)
+  // Bandwidth caps on what is sent to the store (the encoded chunks): every
+  // chunk passes each of these before it goes, e.g. the worker's limiter
+  // shared by its tasks and this task's share of the repository's cap
+  // (docs/throttling.md). Not owned; null entries are skipped.
+  std::vector<BandwidthLimiter*> send_limiters;
   const std::atomic<bool>* cancel = nullptr;  // set => stop with kInterrupted
   // Incremental: the previous restore point's index of this disk (same disk
   // size and chunk size). Chunks the reader's dirty map does not touch take

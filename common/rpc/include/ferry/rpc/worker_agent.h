@@ -94,6 +94,8 @@ struct DiskAssignment : Assignment {
   uint32_t attempt = 0;
   std::string point_id;
   std::string read_plan;  // the snapshot holder's DiskExportUri::read_plan, verbatim
+  std::string worker_bandwidth;       // the API's cap for this worker ("": its own setting)
+  uint64_t repository_bytes_per_s = 0;  // this task's share of the repository's cap (0: none)
 };
 
 struct ReleaseAssignment : Assignment {
@@ -180,6 +182,9 @@ class WorkContext {
   // Advisory (reportProgress). Not sent while unregistered. A reply saying
   // cancel ends the assignment as kCancelled.
   virtual void ReportProgress(uint64_t bytes_done, uint64_t bytes_total, uint64_t bytes_stored) = 0;
+  // Disk work: the share of its repository's bandwidth cap the coordinator
+  // gave it last (the item's, then each progress reply's); 0: no cap.
+  virtual uint64_t RepositoryShare() const = 0;
 
  protected:
   ~WorkContext() = default;
