@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -30,8 +31,12 @@ line, where other users could read it).
   host list | show ID | add NAME --platform proxmox|ovirt|ahv|libvirt [--cluster C]
        | set ID [--platform P] [--cluster C] | rm ID
   vm list [--host NAME] | show ID
-  worker list | show ID | add NAME (prints the worker's token once) | rm ID
-  repo list | show ID | add NAME --location PATH [--slots N] [--capacity BYTES] | rm ID
+  worker list | show ID | add NAME [--bandwidth CAP] (prints the worker's token once)
+       | set ID --bandwidth CAP | rm ID
+  repo list | show ID | add NAME --location PATH|ferry+tls://HOST:PORT/NAME [--token-file FILE]
+       [--slots N] [--capacity BYTES] [--bandwidth CAP]
+       | set ID [--location L] [--token-file FILE] [--slots N] [--bandwidth CAP] | rm ID
+  (CAP: e.g. "100MiB/s; 50MB/s 08:00-18:00 mon-fri", or unlimited: docs/throttling.md)
   job list | show JOB | rm JOB | start JOB [--watch] | stop JOB
       | create NAME --repo ID [--vm NAME ...] [--tag T ...] [--host H ...] [--cluster C ...]
                [--exclude-disk [VM/]DISK ...] [--daily HH:MM | --every HOURS | --cron EXPR]
@@ -284,7 +289,8 @@ int CoordinatorCommand(const std::string& url, const std::vector<std::string>& a
   std::vector<std::string> options(args.begin() + static_cast<long>(std::min(i, args.size())), args.end());
   const std::set<std::string> valued = {"platform", "cluster", "host", "location", "slots", "capacity",
                                         "repo", "vm", "tag", "exclude-disk", "daily", "every", "cron",
-                                        "permitted-hours", "retries", "retry-interval", "chain", "file", "job"};
+                                        "permitted-hours", "retries", "retry-interval", "chain", "file", "job",
+                                        "bandwidth", "token-file"};
   Arguments a(options, valued, {"json", "watch", "disabled"});
   bool raw = a.Has("json");
   ApiClient api(url, token, ca);
@@ -296,8 +302,8 @@ int CoordinatorCommand(const std::string& url, const std::vector<std::string>& a
   static const std::map<std::string, std::vector<std::string>> kColumns = {
       {"host", {"id", "name", "platform", "cluster", "workers", "vms"}},
       {"vm", {"id", "name", "host", "cluster", "state"}},
-      {"worker", {"id", "name", "host", "state", "task_slots", "running_tasks", "last_heartbeat_at", "version"}},
-      {"repo", {"id", "name", "location", "task_slots", "running_tasks", "points"}},
+      {"worker", {"id", "name", "host", "state", "task_slots", "running_tasks", "bandwidth", "last_heartbeat_at", "version"}},
+      {"repo", {"id", "name", "location", "task_slots", "running_tasks", "points", "bandwidth"}},
       {"job", {"id", "name", "repository", "schedule_description", "enabled", "next_run_at"}},
       {"session", {"id", "job", "trigger", "state", "created_at", "ended_at", "reason"}},
       {"point", {"id", "vm", "point_id", "chain", "bytes_stored", "created_at"}}};
@@ -336,17 +342,34 @@ int CoordinatorCommand(const std::string& url, const std::vector<std::string>& a
                          : api.Call("PATCH", path + "/" + Positional(words, 0, "ID"), json::serialize(body)));
     return 0;
   }
+  if (resource == "worker" && action == "set") {
+    show(api.Call("PATCH", path + "/" + Positional(words, 0, "ID"),
+                  json::serialize(json::object{{"bandwidth", a.Require("bandwidth")}})));
+    return 0;
+  }
   if (resource == "worker" && action == "add") {
-    json::value w = api.Call("POST", path, json::serialize(json::object{{"name", Positional(words, 0, "NAME")}}));
+    json::object body{{"name", Positional(words, 0, "NAME")}};
+    if (auto b = a.Get("bandwidth")) body["bandwidth"] = *b;
+    json::value w = api.Call("POST", path, json::serialize(body));
     std::cout << "worker " << w.at("id").as_int64() << " created; its token (shown once, give it to the worker):\n"
               << Str(w.at("token")) << "\n";
     return 0;
   }
-  if (resource == "repo" && action == "add") {
-    json::object body{{"name", Positional(words, 0, "NAME")}, {"location", a.Require("location")}};
+  if (resource == "repo" && (action == "add" || action == "set")) {
+    json::object body;
+    if (action == "add") body = {{"name", Positional(words, 0, "NAME")}, {"location", a.Require("location")}};
+    else if (auto l = a.Get("location")) body["location"] = *l;
     if (auto n = a.GetInt("slots", 1, 1024)) body["task_slots"] = *n;
     if (auto n = a.GetInt("capacity", 0, INT64_MAX)) body["capacity_bytes"] = *n;
-    show(api.Call("POST", path, json::serialize(body)));
+    if (auto b = a.Get("bandwidth")) body["bandwidth"] = *b;
+    // The repository service's token: from a file, never the command line.
+    if (auto f = a.Get("token-file")) {
+      std::string t = ReadFile(*f);
+      while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back()))) t.pop_back();
+      body["token"] = t;
+    }
+    show(action == "add" ? api.Call("POST", path, json::serialize(body))
+                         : api.Call("PATCH", path + "/" + Positional(words, 0, "ID"), json::serialize(body)));
     return 0;
   }
   if (resource == "job") {

@@ -89,8 +89,11 @@ ok "worker capped at 6 MiB/s through the API: $(cat "$WORK/m1")"
 wait_for "session $S1 to end" 120 session_ended "$S1"
 [[ $(session_state "$S1") == succeeded ]] || fail "session $S1: $(session_state "$S1")"
 
-api PATCH /workers/1 '{"bandwidth": "unlimited"}' >/dev/null
-api PATCH /repositories/2 '{"bandwidth": "4MiB/s"}' | jpy 'd["bandwidth"]' | grep -qx "4MiB/s" || fail "repository bandwidth"
+# The same through the CLI.
+"$FERRY" --coordinator "$API" worker set 1 --bandwidth unlimited >/dev/null
+"$FERRY" --coordinator "$API" repo set 2 --bandwidth 4MiB/s | jpy 'd["bandwidth"]' | grep -qx "4MiB/s" ||
+  fail "repository bandwidth through the CLI"
+[[ $(api GET /workers/1 | jpy 'd["bandwidth"]') == unlimited ]] || fail "worker bandwidth not removed"
 J2=$(api POST /jobs '{"name": "j2", "repository": 2, "selection": {"vms": ["vm1", "vm2"]}}' | jpy 'd["id"]')
 S2=$(api POST "/jobs/$J2/start" | jpy 'd["session"]')
 measure "$S2" $((4 * MiB)) | tee "$WORK/m2"
