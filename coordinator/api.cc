@@ -429,6 +429,7 @@ http::Response DeleteRepository(Context& c) {
     db.Prepare("DELETE FROM repositories WHERE id = ?").Bind(1, c.ids[0]).Run();
     return 0;
   });
+  c.runner.RepositoryRemoved(c.ids[0]);
   return Json(200, json::object{{"deleted", c.ids[0]}});
 }
 

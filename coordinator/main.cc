@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <set>
 #include <string>
 #include <vector>
@@ -18,11 +19,14 @@
 
 #include "ferry/common/arguments.h"
 #include "ferry/common/error.h"
+#include "ferry/common/file_util.h"
 #include "ferry/common/log.h"
 #include "ferry/coordinator/api.h"
 #include "ferry/coordinator/database.h"
+#include "ferry/coordinator/local_repositories.h"
 #include "ferry/coordinator/session_runner.h"
 #include "ferry/coordinator/worker_rpc_server.h"
+#include "ferry/rpc/repository_service.h"
 #include "ferry/http/server.h"
 
 namespace {
@@ -35,9 +39,13 @@ Commands:
       first admin API token on stdout; it is shown once and stored hashed
   run --data DIR [--listen ADDR:PORT] [--rpc-listen ADDR:PORT]
       [--tls-cert FILE --tls-key FILE] [--ready-file FILE]
-      [--heartbeat-interval-ms N] [--heartbeat-deadline-ms N] [--verbose]
-      serve the web API (default 127.0.0.1:8080) and the worker RPC endpoint
-      (default 127.0.0.1:8081); TLS on both when given a certificate and key.
+      [--heartbeat-interval-ms N] [--heartbeat-deadline-ms N]
+      [--repository-listen ADDR:PORT|off] [--repository-advertise HOST] [--verbose]
+      serve the web API (default 127.0.0.1:8080), the worker RPC endpoint
+      (default 127.0.0.1:8081) and the repository service for repositories at
+      local paths (default: the RPC address's host, a free port; workers are
+      told where it is with each work item; --repository-advertise: the name
+      workers reach it by); TLS on all three when given a certificate and key.
       --ready-file: once listening, write {"api": URL, "rpc": "ADDR:PORT"} there
 
 Exit codes: 0 ok, 2 bad input, 5 environment (see docs/error-policy.md).
@@ -59,6 +67,10 @@ struct Options {
   std::string listen = "127.0.0.1:8080";
   std::string rpc_listen = "127.0.0.1:8081";
   std::string tls_cert, tls_key, ready_file;
+  // The coordinator's repository service for repositories at local paths:
+  // "" = on the RPC address's host, a free port; "off" = none (workers then
+  // open those paths themselves, so they must reach them).
+  std::string repository_listen, repository_advertise;
   int64_t heartbeat_interval_ms = 5000;
   int64_t heartbeat_deadline_ms = 15000;
 };
@@ -69,7 +81,7 @@ Options Parse(const std::vector<std::string>& args) {
   std::set<std::string> valued = {"data"};
   if (command == "run") {
     valued.insert({"listen", "rpc-listen", "tls-cert", "tls-key", "ready-file", "heartbeat-interval-ms",
-                   "heartbeat-deadline-ms"});
+                   "heartbeat-deadline-ms", "repository-listen", "repository-advertise"});
   } else if (command != "init") {
     throw ferry::Error(ferry::ErrorKind::kBadInput, "unknown command '" + command + "'\n" + kUsage);
   }
@@ -82,6 +94,8 @@ Options Parse(const std::vector<std::string>& args) {
   o.tls_cert = a.Get("tls-cert").value_or("");
   o.tls_key = a.Get("tls-key").value_or("");
   o.ready_file = a.Get("ready-file").value_or("");
+  o.repository_listen = a.Get("repository-listen").value_or("");
+  o.repository_advertise = a.Get("repository-advertise").value_or("");
   o.heartbeat_interval_ms = a.GetInt("heartbeat-interval-ms", 100, 3600000).value_or(o.heartbeat_interval_ms);
   o.heartbeat_deadline_ms = a.GetInt("heartbeat-deadline-ms", 100, 3600000).value_or(o.heartbeat_deadline_ms);
   if (o.tls_cert.empty() != o.tls_key.empty())
@@ -150,7 +164,47 @@ int Run(const Options& o) {
   std::string api_url = std::string(o.tls_cert.empty() ? "http://" : "https://") + HostPart(o.listen) + ":" +
                         std::to_string(http.port());
   std::string rpc_address = HostPart(o.rpc_listen) + ":" + std::to_string(rpc.port());
-  ferry::LogInfo("serving the API at " + api_url + " and worker RPC at " + rpc_address +
+
+  // Repositories at local paths, served to the workers (local_repositories.h).
+  std::unique_ptr<ferry::rpc::RepositoryServer> repository_service;
+  std::string repository_url = "off";
+  if (o.repository_listen != "off") {
+    auto local = std::make_shared<ferry::coordinator::LocalRepositories>(o.data + "/repository-service.key");
+    ferry::rpc::RepositoryServiceConfig config;
+    config.catalog = local;
+    ferry::rpc::RepositoryServer::Options options;
+    // A port picked here is kept for the next start: the addresses running
+    // tasks hold stay good across a restart.
+    const std::string port_file = o.data + "/repository-service.port";
+    std::string port = "0";
+    if (o.repository_listen.empty() && ::access(port_file.c_str(), F_OK) == 0) port = ferry::ReadWholeFile(port_file);
+    options.listen = o.repository_listen.empty() ? HostPart(o.rpc_listen) + ":" + port : o.repository_listen;
+    options.tls_cert = o.tls_cert;
+    options.tls_key = o.tls_key;
+    try {
+      repository_service = std::make_unique<ferry::rpc::RepositoryServer>(config, options);
+    } catch (const ferry::Error& e) {
+      if (port == "0") throw;
+      ferry::LogWarning("the repository service's previous port " + port + " is taken; picking another (" + e.what() + ")");
+      options.listen = HostPart(o.rpc_listen) + ":0";
+      repository_service = std::make_unique<ferry::rpc::RepositoryServer>(std::move(config), options);
+    }
+    if (o.repository_listen.empty()) ferry::WriteFileAtomically(port_file, std::to_string(repository_service->port()));
+    std::string host = o.repository_advertise;
+    if (host.empty()) {
+      host = HostPart(options.listen);
+      if (host == "0.0.0.0" || host == "[::]" || host == "::") {
+        char name[256] = {};
+        ::gethostname(name, sizeof name - 1);
+        host = name;
+      }
+    }
+    repository_url = std::string(o.tls_cert.empty() ? "ferry://" : "ferry+tls://") + host + ":" +
+                     std::to_string(repository_service->port());
+    runner.ServeLocalRepositories(repository_url, local);
+  }
+  ferry::LogInfo("serving the API at " + api_url + ", worker RPC at " + rpc_address + ", local repositories at " +
+                 repository_url +
                  (o.tls_cert.empty() ? " (no TLS: loopback or trusted networks only)" : " (TLS)"));
   if (!o.ready_file.empty()) WriteReadyFile(o.ready_file, api_url, rpc_address);
 

@@ -730,6 +730,11 @@ WorkOrder SessionRunner::BuildOrder(const Placement& placement, int64_t worker_i
   order.repository_name = context.repository_name;
   order.repository_location = context.repository_location;
   order.repository_token = context.repository_token;
+  if (local_repositories_ && !order.repository_location.empty() && order.repository_location[0] == '/') {
+    // A path on this machine: through the coordinator's own service.
+    order.repository_location = local_service_base_ + "/" + order.repository_name;
+    order.repository_token = local_repositories_->TokenFor(worker_id, order.repository_id);
+  }
   order.snapshot_id = snapshot_id;
   order.point_id = context.point_id;
   if (order.kind == WorkKind::kDisk) {
@@ -1267,8 +1272,35 @@ std::optional<int64_t> SessionRunner::StopJob(int64_t job_id) {
   return session_id;
 }
 
+void SessionRunner::ServeLocalRepositories(std::string service_base, std::shared_ptr<LocalRepositories> local) {
+  std::lock_guard lock(mu_);
+  local_service_base_ = std::move(service_base);
+  local_repositories_ = std::move(local);
+  Statement repos = db_.Prepare("SELECT id, name, location FROM repositories");
+  while (repos.Step()) local_repositories_->Set(repos.Int(0), repos.Text(1), repos.Text(2));
+}
+
+void SessionRunner::UpdateLocalRepository(int64_t repository_id) {
+  if (!local_repositories_) return;
+  Statement s = db_.Prepare("SELECT name, location FROM repositories WHERE id = ?");
+  s.Bind(1, repository_id);
+  if (s.Step()) {
+    local_repositories_->Set(repository_id, s.Text(0), s.Text(1));
+  } else {
+    local_repositories_->Remove(repository_id);
+  }
+}
+
+void SessionRunner::RepositoryRemoved(int64_t repository_id) {
+  std::lock_guard lock(mu_);
+  snapshot_context_.clear();
+  repository_bandwidth_.erase(repository_id);
+  UpdateLocalRepository(repository_id);
+}
+
 void SessionRunner::RepositoryChanged(int64_t repository_id, int task_slots, const std::string& bandwidth) {
   std::lock_guard lock(mu_);
+  UpdateLocalRepository(repository_id);
   snapshot_context_.clear();  // names and locations are read again
   scheduler_.SetRepositorySlots(repository_id, task_slots);
   if (bandwidth.empty()) {

@@ -419,13 +419,26 @@ class RepositoryImpl final : public rpc::Repository::Server {
 
 class ServiceImpl final : public RepositoryService::Server {
  public:
-  explicit ServiceImpl(RepositoryServiceConfig config) {
+  explicit ServiceImpl(RepositoryServiceConfig config) : catalog_(std::move(config.catalog)) {
     for (const auto& [name, dir] : config.repositories) {
       std::shared_ptr<ferry::Repository> repo = ferry::Repository::Open(dir);
       repo->PrepareForWriting();
       repositories_[name] = std::move(repo);
     }
     grants_ = std::move(config.grants);
+  }
+
+  // A catalog's repository, opened once per directory.
+  std::shared_ptr<ferry::Repository> OpenThroughCatalog(const std::string& token, const std::string& name) {
+    std::optional<std::string> dir = catalog_->Resolve(token, name);
+    if (!dir) throw Error(ErrorKind::kBadInput, "repository '" + name.substr(0, 200) + "' is not open to this token");
+    auto& slot = by_directory_[*dir];
+    if (!slot) {
+      std::shared_ptr<ferry::Repository> repo = ferry::Repository::Open(*dir);
+      repo->PrepareForWriting();
+      slot = std::move(repo);
+    }
+    return slot;
   }
 
   kj::Promise<void> open(OpenContext context) override {
@@ -435,6 +448,12 @@ class ServiceImpl final : public RepositoryService::Server {
         throw Error(ErrorKind::kBadInput, "repository protocol version " + std::to_string(params.getProtocolVersion()) +
                                               " is not supported (this service speaks " +
                                               std::to_string(REPOSITORY_PROTOCOL_VERSION) + ")");
+      }
+      if (catalog_) {
+        const std::string name = params.getRepository();
+        std::shared_ptr<ferry::Repository> repo = OpenThroughCatalog(params.getToken(), name);
+        SetResults(context.getResults(), repo, name);
+        return;
       }
       const Digest presented = TokenHash(params.getToken());
       const RepositoryGrant* grant = nullptr;
@@ -449,19 +468,25 @@ class ServiceImpl final : public RepositoryService::Server {
       if (it == repositories_.end() || !grant->repositories.count(name)) {
         throw Error(ErrorKind::kBadInput, "repository '" + name.substr(0, 200) + "' is not open to this token");
       }
-      auto results = context.getResults();
-      results.setRepository(kj::heap<RepositoryImpl>(it->second, name));
-      auto info = results.initInfo();
-      const RepositoryConfig& config = it->second->config();
-      info.setName(name);
-      info.setChunkSize(config.chunk_size);
-      info.setFormat("ferry-repository-v2");
-      info.setId(config.id);
-      info.setZstdLevel(config.zstd_level);
+      SetResults(context.getResults(), it->second, name);
     });
   }
 
  private:
+  static void SetResults(RepositoryService::OpenResults::Builder results, const std::shared_ptr<ferry::Repository>& repo,
+                         const std::string& name) {
+    results.setRepository(kj::heap<RepositoryImpl>(repo, name));
+    auto info = results.initInfo();
+    const RepositoryConfig& config = repo->config();
+    info.setName(name);
+    info.setChunkSize(config.chunk_size);
+    info.setFormat("ferry-repository-v2");
+    info.setId(config.id);
+    info.setZstdLevel(config.zstd_level);
+  }
+
+  std::shared_ptr<const RepositoryCatalog> catalog_;
+  std::map<std::string, std::shared_ptr<ferry::Repository>> by_directory_;
   std::map<std::string, std::shared_ptr<ferry::Repository>> repositories_;
   std::vector<RepositoryGrant> grants_;
 };

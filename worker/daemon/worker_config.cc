@@ -79,8 +79,9 @@ Every option may also be given in the configuration file as "name = value"
   --export-listen ADDR       where QEMU listens for those (default 0.0.0.0)
   --export-ports MIN-MAX     the ports it may use (default 10809-10909)
   --repository-ca FILE       CA certificates for repositories behind a repository service
-                             (ferry+tls://...; default: the system store)
-  --repository-name NAME     the name their certificates carry (default: the address's host)
+                             (ferry+tls://...; default: --tls-ca's, else the system store)
+  --repository-name NAME     the name their certificates carry (default: --tls-name's, else
+                             the address's host)
   --repository-retry DUR     after a lost repository connection, try again this often (default 15s)
   --repository-retry-for DUR ... for this long, then fail the task (default 30m)
   --verbose, --quiet         more, or only warnings and errors, on stderr
@@ -157,8 +158,9 @@ WorkerConfig ParseWorkerConfig(const std::vector<std::string>& args) {
   if (auto d = a.GetDuration("staging-expiry")) h.staging_expiry = std::chrono::duration_cast<std::chrono::seconds>(*d);
   if (h.staging_expiry < std::chrono::seconds(60)) throw Error(ErrorKind::kBadInput, "option --staging-expiry: at least 60s");
   if (auto d = a.GetDuration("monitor-timeout")) h.monitor_timeout = *d;
-  h.repository_access.ca_file = a.Get("repository-ca").value_or("");
-  h.repository_access.server_name = a.Get("repository-name").value_or("");
+  // The coordinator's own repository service has the coordinator's certificate.
+  h.repository_access.ca_file = a.Get("repository-ca").value_or(c.coordinator.ca_file);
+  h.repository_access.server_name = a.Get("repository-name").value_or(c.coordinator.server_name);
   if (auto d = a.GetDuration("repository-retry")) h.repository_access.reconnect_interval = *d;
   if (auto d = a.GetDuration("repository-retry-for")) h.repository_access.reconnect_for = *d;
   if (auto n = a.GetInt("reconnect-ms", 10, 600000)) c.reconnect_ms = static_cast<int>(*n);

@@ -38,6 +38,7 @@
 
 #include "ferry/common/bandwidth.h"
 #include "ferry/coordinator/database.h"
+#include "ferry/coordinator/local_repositories.h"
 #include "ferry/coordinator/host_locality_scheduler.h"
 
 namespace ferry::coordinator {
@@ -157,6 +158,11 @@ class SessionRunner {
   std::optional<int64_t> StopJob(int64_t job_id);
   // Configuration changes that the scheduler must see.
   void RepositoryChanged(int64_t repository_id, int task_slots, const std::string& bandwidth);
+  void RepositoryRemoved(int64_t repository_id);
+  // From now on, repositories at local paths are handed to workers as
+  // `service_base`/NAME (ferry+tls://HOST:PORT) with a token of `local` for
+  // that worker and repository (local_repositories.h). Call before serving.
+  void ServeLocalRepositories(std::string service_base, std::shared_ptr<LocalRepositories> local);
   void HostChanged(int64_t host_id, const std::string& name, const std::string& cluster);
   void JobScheduleChanged(int64_t job_id);
 
@@ -347,6 +353,9 @@ class SessionRunner {
   // task gets cap / (the repository's running disk tasks), again with every
   // progress reply, so the tasks of all workers share the cap.
   std::unordered_map<int64_t, BandwidthSchedule> repository_bandwidth_;
+  std::shared_ptr<LocalRepositories> local_repositories_;  // null: workers open local paths themselves
+  std::string local_service_base_;
+  void UpdateLocalRepository(int64_t repository_id);
   uint64_t RepositoryShare(int64_t repository_id) const;
   std::unordered_map<int64_t, WorkerLive> workers_;
   std::map<int64_t, int64_t> delayed_tasks_;      // task id -> not_before

@@ -45,9 +45,23 @@ struct RepositoryGrant {
   static RepositoryGrant ForToken(const std::string& token, std::set<std::string> repositories);
 };
 
+// Who may open which repository, and where it is, decided per `open` (so a
+// process that creates repositories and workers as it runs, the coordinator,
+// serves them without a restart). Called on the service's thread.
+class RepositoryCatalog {
+ public:
+  virtual ~RepositoryCatalog() = default;
+  // The local directory of `repository` if `token` may open it; nullopt
+  // otherwise, the same for a repository that does not exist.
+  virtual std::optional<std::string> Resolve(const std::string& token, const std::string& repository) const = 0;
+};
+
 struct RepositoryServiceConfig {
+  // Static: these repositories (opened at start), to these grants.
   std::map<std::string, std::string> repositories;  // name -> local directory
   std::vector<RepositoryGrant> grants;
+  // Or dynamic: when set, it decides (repositories are opened on first use).
+  std::shared_ptr<const RepositoryCatalog> catalog;
 };
 
 // The bootstrap capability to serve on each connection (one per service:
