@@ -47,8 +47,10 @@ line, where other users could read it).
   session list [--job JOB] | show ID | log ID | watch ID
   point list [--job JOB] [--vm NAME]
 
-Add --json to list/show for the API's JSON. `session watch` and `job start
---watch` follow a session live and exit 0 when it succeeded, 1 otherwise.
+Add --json to list/show for the API's JSON. `session show` prints the
+session, its tasks' rates, how busy each stage was and the bottleneck.
+`session watch` and `job start --watch` follow a session live and exit 0 when
+it succeeded, 1 otherwise.
 )";
 
 class ApiClient {
@@ -100,6 +102,14 @@ std::string Bytes(double b) {
   char buf[32];
   if (b >= 1024.0 * 1024 * 1024) std::snprintf(buf, sizeof buf, "%.2f GiB", b / (1024.0 * 1024 * 1024));
   else std::snprintf(buf, sizeof buf, "%.1f MiB", b / (1024.0 * 1024));
+  return buf;
+}
+
+// A busy share from the API ("91%"), "-" when not measured.
+std::string Percent(const json::value& v) {
+  if (!v.is_number()) return "-";
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "%.0f%%", v.to_number<double>());
   return buf;
 }
 
@@ -190,6 +200,67 @@ json::object JobFromOptions(const std::string& name, const Arguments& a) {
   return job;
 }
 
+// `session show`: the session, its snapshots and tasks, with each task's rate,
+// how busy each stage was and its bottleneck, and the session's.
+void PrintSession(const json::object& s) {
+  const json::object& t = s.at("totals").as_object();
+  std::cout << "session " << Str(s.at("id")) << " (job " << Str(s.at("job")) << ", " << Str(s.at("trigger"))
+            << "): " << Str(s.at("state")) << ", " << Str(s.at("created_at")) << " - " << Str(s.at("ended_at")) << "\n";
+  if (!s.at("reason").as_string().empty()) std::cout << "  " << Str(s.at("reason")) << "\n";
+  std::cout << "  tasks: " << Str(t.at("tasks")) << " (" << Str(t.at("succeeded")) << " succeeded, "
+            << Str(t.at("failed")) << " failed, " << Str(t.at("running")) << " running, " << Str(t.at("queued"))
+            << " queued, " << Str(t.at("canceled")) << " canceled)\n";
+  if (const json::value* stats = s.if_contains("stats")) {
+    const json::object& st = stats->as_object();
+    std::cout << "  read " << Bytes(st.at("bytes_read").to_number<double>()) << ", sent "
+              << Bytes(st.at("bytes_sent").to_number<double>()) << ", stored "
+              << Bytes(st.at("bytes_stored").to_number<double>()) << "\n";
+    if (st.at("busy").is_object()) {
+      const json::object& busy = st.at("busy").as_object();
+      std::cout << "  busy: source " << Percent(busy.at("source")) << ", compute " << Percent(busy.at("compute"))
+                << ", network " << Percent(busy.at("network")) << ", target " << Percent(busy.at("target")) << "\n";
+    }
+    std::cout << "  bottleneck: " << Str(st.at("bottleneck")) << "\n";
+  }
+  json::array snapshots;
+  for (const auto& v : s.at("snapshots").as_array()) {
+    json::object row = v.as_object();
+    row["worker"] = row.at("worker_id");
+    snapshots.push_back(std::move(row));
+  }
+  if (!snapshots.empty()) {
+    std::cout << "\n";
+    Table(snapshots, {"id", "vm", "state", "worker", "tier", "attempt", "point_id", "error"});
+  }
+  json::array rows;
+  for (const auto& v : s.at("tasks").as_array()) {
+    const json::object& task = v.as_object();
+    json::object row{{"id", task.at("id")},
+                     {"vm/disk", Str(task.at("vm")) + "/" + Str(task.at("disk"))},
+                     {"state", task.at("state")},
+                     {"worker", task.at("worker_id")},
+                     {"attempt", task.at("attempt")}};
+    auto bytes = [&](const char* key) {
+      const json::value* b = task.if_contains(key);
+      return b ? Bytes(b->to_number<double>()) : std::string("-");
+    };
+    row["read"] = bytes("bytes_read");
+    row["sent"] = bytes("bytes_sent");
+    row["stored"] = bytes("bytes_stored");
+    row["rate"] = Bytes(task.at("rate_bytes_per_s").to_number<double>()) + "/s";
+    const json::value* busy = task.if_contains("busy");
+    for (const char* stage : {"source", "compute", "network", "target"})
+      row[stage] = busy && busy->is_object() ? Percent(busy->at(stage)) : "-";
+    const json::value* bottleneck = task.if_contains("bottleneck");
+    row["bottleneck"] = bottleneck ? Str(*bottleneck) : "-";
+    row["error"] = task.at("error");
+    rows.push_back(row);
+  }
+  std::cout << "\n";
+  Table(rows, {"id", "vm/disk", "state", "worker", "attempt", "read", "sent", "stored", "rate", "source", "compute",
+               "network", "target", "bottleneck", "error"});
+}
+
 bool Terminal(const std::string& state) {
   return state == "succeeded" || state == "warning" || state == "failed" || state == "stopped";
 }
@@ -231,9 +302,11 @@ int Watch(ApiClient& api, const std::string& id, const std::atomic<bool>& interr
         if (task.at("state").as_string() != "running" || drawn > 20) continue;
         double td = static_cast<double>(task.at("bytes_done").to_number<int64_t>());
         double tt = static_cast<double>(task.at("bytes_total").to_number<int64_t>());
-        std::printf("  %s/%s  worker %s (%s)  %3.0f%%  %s/s\n", Str(task.at("vm")).c_str(), Str(task.at("disk")).c_str(),
-                    Str(task.at("worker_id")).c_str(), Str(task.at("tier")).c_str(), tt > 0 ? 100.0 * td / tt : 0.0,
-                    Bytes(task.at("rate_bytes_per_s").to_number<double>()).c_str());
+        const json::value* bottleneck = task.as_object().if_contains("bottleneck");
+        std::printf("  %s/%s  worker %s (%s)  %3.0f%%  %s/s  bottleneck: %s\n", Str(task.at("vm")).c_str(),
+                    Str(task.at("disk")).c_str(), Str(task.at("worker_id")).c_str(), Str(task.at("tier")).c_str(),
+                    tt > 0 ? 100.0 * td / tt : 0.0, Bytes(task.at("rate_bytes_per_s").to_number<double>()).c_str(),
+                    bottleneck ? Str(*bottleneck).c_str() : "-");
         std::fflush(stdout);
         ++drawn;
       }
@@ -324,7 +397,9 @@ int CoordinatorCommand(const std::string& url, const std::vector<std::string>& a
   }
   if (action == "show") {
     std::string id = resource == "job" ? JobId(api, Positional(words, 0, "JOB")) : Positional(words, 0, "ID");
-    show(api.Call("GET", path + "/" + id));
+    json::value v = api.Call("GET", path + "/" + id);
+    if (resource == "session" && !raw) PrintSession(v.as_object());
+    else show(v);
     return 0;
   }
   if (action == "rm") {

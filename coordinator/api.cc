@@ -8,6 +8,7 @@
 #include <functional>
 
 #include "ferry/common/log.h"
+#include "ferry/common/stage_busy.h"
 #include "ferry/coordinator/field_error.h"
 #include "ferry/coordinator/json_input.h"
 #include "ferry/common/bandwidth.h"
@@ -669,6 +670,86 @@ http::Response ListSessions(Context& c) {
   return Json(200, json::object{{"sessions", out}});
 }
 
+// --- a session's statistics (docs/api.md, "Statistics and the bottleneck") ---
+
+// The statistics columns of a task row (migration 4) from column `first` on:
+// wall_us, the four busy times, remote_store. nullopt: its worker sent none.
+std::optional<StageBusy> StagesAt(const Statement& t, int first) {
+  if (t.IsNull(first)) return std::nullopt;
+  auto us = [&](int i) { return static_cast<uint64_t>(std::max<int64_t>(0, t.Int(first + i))); };
+  StageBusy b;
+  b.wall_us = us(0);
+  b.source_us = us(1);
+  b.compute_us = us(2);
+  b.network_us = us(3);
+  b.target_us = us(4);
+  b.remote_store = t.Int(first + 5) != 0;
+  return b;
+}
+
+double Percent1(double p) { return std::round(p * 10.0) / 10.0; }
+
+// {"source": 91.5, "compute": 30.2, "network": null, "target": 12.0}: null
+// for a stage not measured (network of a local repository, target of a
+// repository service).
+json::value BusyJson(const std::optional<StageBusy>& b) {
+  if (!b) return nullptr;
+  json::object o;
+  for (Stage s : kStages)
+    o[StageName(s)] = b->measured(s) ? json::value(Percent1(b->percent(s))) : json::value(nullptr);
+  return o;
+}
+
+json::value StageJson(std::optional<Stage> s) { return s ? json::value(StageName(*s)) : json::value(nullptr); }
+
+// The session's summary over its tasks' statistics: each stage's busy time
+// over the wall time of the tasks that measured it, and the session's
+// bottleneck: the stage that was the bottleneck of the most bytes read (of
+// the busy shares when no task read any).
+class SessionStats {
+ public:
+  void Add(int64_t bytes_read, int64_t bytes_sent, int64_t bytes_stored, const std::optional<StageBusy>& b) {
+    bytes_read_ += bytes_read;
+    bytes_sent_ += bytes_sent;
+    bytes_stored_ += bytes_stored;
+    if (!b || b->wall_us == 0) return;
+    ++tasks_;
+    for (size_t i = 0; i < 4; ++i) {
+      if (!b->measured(kStages[i])) continue;
+      wall_[i] += static_cast<double>(b->wall_us);
+      busy_[i] += static_cast<double>(std::min(b->us(kStages[i]), b->wall_us));
+    }
+    if (auto s = b->bottleneck()) bottleneck_bytes_[static_cast<size_t>(*s)] += bytes_read;
+  }
+
+  json::object Json() const {
+    json::object busy, by_bytes;
+    std::optional<Stage> by_share, by_read;
+    for (size_t i = 0; i < 4; ++i) {
+      const char* name = StageName(kStages[i]);
+      by_bytes[name] = bottleneck_bytes_[i];
+      if (wall_[i] == 0) {
+        busy[name] = nullptr;
+        continue;
+      }
+      double share = busy_[i] / wall_[i];
+      busy[name] = Percent1(100.0 * share);
+      if (!by_share || share > busy_[static_cast<size_t>(*by_share)] / wall_[static_cast<size_t>(*by_share)])
+        by_share = kStages[i];
+      const int64_t bytes = bottleneck_bytes_[i];
+      if (bytes > 0 && (!by_read || bytes > bottleneck_bytes_[static_cast<size_t>(*by_read)])) by_read = kStages[i];
+    }
+    return {{"bytes_read", bytes_read_}, {"bytes_sent", bytes_sent_}, {"bytes_stored", bytes_stored_},
+            {"tasks_measured", tasks_}, {"busy", tasks_ ? json::value(busy) : json::value(nullptr)},
+            {"bottleneck", StageJson(by_read ? by_read : by_share)}, {"bottleneck_bytes", by_bytes}};
+  }
+
+ private:
+  int64_t bytes_read_ = 0, bytes_sent_ = 0, bytes_stored_ = 0, tasks_ = 0;
+  double wall_[4] = {}, busy_[4] = {};
+  int64_t bottleneck_bytes_[4] = {};
+};
+
 http::Response GetSession(Context& c) {
   Statement s = c.db.Prepare(std::string(kSessionSelect) + "WHERE s.id = ?");
   s.Bind(1, c.ids[0]);
@@ -688,19 +769,28 @@ http::Response GetSession(Context& c) {
   session["snapshots"] = snapshots;
   Statement t = c.db.Prepare(
       "SELECT t.id, s.vm_name, t.disk, t.state, t.worker_id, t.tier, t.tier_reason, t.attempt, t.bytes_done, "
-      "t.bytes_total, t.bytes_stored, t.rate, t.error, t.started_at, t.ended_at, t.snapshot_id, t.repository_id "
+      "t.bytes_total, t.bytes_stored, t.rate, t.error, t.started_at, t.ended_at, t.snapshot_id, t.repository_id, "
+      "t.bytes_read, t.bytes_sent, t.wall_us, t.source_busy_us, t.compute_busy_us, t.network_busy_us, "
+      "t.target_busy_us, t.remote_store "
       "FROM tasks t JOIN snapshots s ON s.id = t.snapshot_id WHERE t.session_id = ? ORDER BY t.id");
   t.Bind(1, c.ids[0]);
   json::array tasks;
-  while (t.Step())
+  SessionStats stats;
+  while (t.Step()) {
+    std::optional<StageBusy> stages = StagesAt(t, 19);
+    stats.Add(t.Int(17), t.Int(18), t.Int(10), stages);
     tasks.push_back(json::object{
         {"id", t.Int(0)}, {"vm", t.Text(1)}, {"disk", t.Text(2)}, {"state", t.Text(3)},
         {"worker_id", OptInt(t.OptInt(4))}, {"tier", t.IsNull(5) ? json::value(nullptr) : json::value(t.Text(5))},
         {"tier_reason", t.IsNull(6) ? json::value(nullptr) : json::value(t.Text(6))}, {"attempt", t.Int(7)},
         {"bytes_done", t.Int(8)}, {"bytes_total", t.Int(9)}, {"bytes_stored", t.Int(10)},
         {"rate_bytes_per_s", t.Real(11)}, {"error", t.Text(12)}, {"started_at", Time(t.OptInt(13))},
-        {"ended_at", Time(t.OptInt(14))}, {"snapshot_id", t.Int(15)}, {"repository_id", t.Int(16)}});
+        {"ended_at", Time(t.OptInt(14))}, {"snapshot_id", t.Int(15)}, {"repository_id", t.Int(16)},
+        {"bytes_read", t.Int(17)}, {"bytes_sent", t.Int(18)}, {"busy", BusyJson(stages)},
+        {"bottleneck", StageJson(stages ? stages->bottleneck() : std::nullopt)}});
+  }
   session["tasks"] = tasks;
+  session["stats"] = stats.Json();
   return Json(200, session);
 }
 

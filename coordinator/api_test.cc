@@ -447,6 +447,69 @@ class FakeWorker {
 
   uint64_t worker_id() const { return worker_id_; }
 
+  // One pullWork: the assignment ids handed out, with "snapshot", "disk" or
+  // "release".
+  std::vector<std::pair<std::string, std::string>> Pull(uint32_t free_slots, uint32_t wait_ms) {
+    auto request = KJ_ASSERT_NONNULL(session_).pullWorkRequest();
+    request.setFreeSlots(free_slots);
+    request.setWaitMs(wait_ms);
+    auto reply = request.send().wait(io_.waitScope);
+    std::vector<std::pair<std::string, std::string>> out;
+    for (auto item : reply.getItems()) {
+      const char* kind = item.isSnapshot() ? "snapshot" : item.isBackupDisk() ? "disk" : "release";
+      out.emplace_back(item.getAssignmentId().cStr(), kind);
+    }
+    return out;
+  }
+  // Pulls until an item of `kind` comes (bounded); its assignment id.
+  std::string PullUntil(const std::string& kind) {
+    for (int i = 0; i < 100; ++i)
+      for (const auto& [id, k] : Pull(2, 100))
+        if (k == kind) return id;
+    ADD_FAILURE() << "no " << kind << " item handed out";
+    return "";
+  }
+
+  // A snapshot done, exporting `disks`.
+  void SnapshotDone(const std::string& assignment, const std::vector<std::string>& disks) {
+    auto request = KJ_ASSERT_NONNULL(session_).reportResultRequest();
+    auto r = request.initResult();
+    r.setAssignmentId(assignment);
+    r.setOk(true);
+    auto exports = r.initExports(static_cast<unsigned>(disks.size()));
+    for (unsigned i = 0; i < disks.size(); ++i) {
+      exports[i].setDisk(disks[i]);
+      exports[i].setUri("nbd+unix:///" + disks[i] + "?socket=/run/x.sock");
+    }
+    EXPECT_TRUE(request.send().wait(io_.waitScope).getAccepted());
+  }
+
+  void Progress(const std::string& assignment, uint64_t done, uint64_t total, uint64_t read, uint64_t sent,
+                const ferry::StageBusy& busy) {
+    auto request = KJ_ASSERT_NONNULL(session_).reportProgressRequest();
+    auto p = request.initProgress();
+    p.setAssignmentId(assignment);
+    p.setBytesDone(done);
+    p.setBytesTotal(total);
+    p.setBytesRead(read);
+    p.setBytesSent(sent);
+    ferry::rpc::SetStageStats(busy, p.initStages());
+    EXPECT_FALSE(request.send().wait(io_.waitScope).getCancel());
+  }
+
+  void DiskDone(const std::string& assignment, uint64_t read, uint64_t stored, uint64_t sent,
+                const ferry::StageBusy& busy) {
+    auto request = KJ_ASSERT_NONNULL(session_).reportResultRequest();
+    auto r = request.initResult();
+    r.setAssignmentId(assignment);
+    r.setOk(true);
+    r.setBytesRead(read);
+    r.setBytesStored(stored);
+    r.setBytesSent(sent);
+    ferry::rpc::SetStageStats(busy, r.initStages());
+    EXPECT_TRUE(request.send().wait(io_.waitScope).getAccepted());
+  }
+
  private:
   kj::AsyncIoContext io_;  // destroyed last
   kj::Own<ferry::rpc::CoordinatorConnection> connection_;
@@ -1584,6 +1647,85 @@ TEST_F(ApiTest, WorkerInventorySessionAndStop) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_EQ(deleted.status, 200) << deleted;
+}
+
+// A disk task's statistics from its worker's progress (live) and result
+// (final): bytes, each stage's busy share, the task's and the session's
+// bottleneck, in the shape openapi.json documents (Call checks it).
+TEST_F(ApiTest, TaskStatisticsNameTheBottleneck) {
+  CreateHost("pve1", "c1");
+  ConnectWorkerWithVms();
+  int64_t repo = CreateRepository("main");
+  int64_t job = CreateJob("web", repo, R"(,"exclude_disks":[{"vm":"web01","disk":"vdb"}])");
+  Reply started = Post("/api/v1/jobs/" + std::to_string(job) + "/start", "");
+  ASSERT_EQ(started.status, 202) << started;
+  const std::string session = "/api/v1/sessions/" + std::to_string(started.json.at("session").to_number<int64_t>());
+
+  Reply before = Get(session);
+  ASSERT_EQ(before.json.at("tasks").as_array().size(), 1u) << before;
+  const json::value& waiting = before.json.at("tasks").as_array()[0];
+  EXPECT_TRUE(waiting.at("busy").is_null()) << "no statistics before its worker reports";
+  EXPECT_TRUE(waiting.at("bottleneck").is_null());
+  EXPECT_EQ(waiting.at("bytes_read"), 0);
+  EXPECT_TRUE(before.json.at("stats").at("busy").is_null());
+  EXPECT_TRUE(before.json.at("stats").at("bottleneck").is_null());
+  EXPECT_EQ(before.json.at("stats").at("tasks_measured"), 0);
+
+  worker_->SnapshotDone(worker_->PullUntil("snapshot"), {"vda"});
+  std::string disk = worker_->PullUntil("disk");
+  ASSERT_FALSE(disk.empty());
+
+  // Live: a slow source, into a local repository.
+  ferry::StageBusy live;
+  live.wall_us = 10'000'000;
+  live.source_us = 9'000'000;
+  live.compute_us = 3'000'000;
+  live.target_us = 1'000'000;
+  worker_->Progress(disk, 5ull << 30, 10ull << 30, 5ull << 30, 1ull << 30, live);
+  Reply running;  // progress is written once per tick: wait for it (bounded)
+  for (int i = 0; i < 1000; ++i) {
+    running = Get(session);
+    if (!running.json.at("tasks").as_array()[0].at("busy").is_null()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  const json::value& task = running.json.at("tasks").as_array()[0];
+  EXPECT_EQ(task.at("state"), "running");
+  EXPECT_EQ(task.at("busy"), json::parse(R"({"source":90.0,"compute":30.0,"network":null,"target":10.0})")) << running;
+  EXPECT_EQ(task.at("bottleneck"), "source");
+  EXPECT_EQ(task.at("bytes_read"), 5ll << 30);
+  EXPECT_EQ(task.at("bytes_sent"), 1ll << 30);
+  EXPECT_EQ(running.json.at("stats").at("bottleneck"), "source");
+  EXPECT_EQ(running.json.at("stats").at("tasks_measured"), 1);
+
+  // Final: a repository service that could not keep up.
+  ferry::StageBusy final_busy;
+  final_busy.wall_us = 20'000'000;
+  final_busy.source_us = 4'000'000;
+  final_busy.compute_us = 6'000'000;
+  final_busy.network_us = 15'000'000;
+  final_busy.remote_store = true;
+  worker_->DiskDone(disk, 10ull << 30, 3ull << 30, 3500ull << 20, final_busy);
+  Reply done = Get(session);
+  const json::value& finished = done.json.at("tasks").as_array()[0];
+  EXPECT_EQ(finished.at("state"), "succeeded") << done;
+  EXPECT_EQ(finished.at("busy"), json::parse(R"({"source":20.0,"compute":30.0,"network":75.0,"target":null})")) << done;
+  EXPECT_EQ(finished.at("bottleneck"), "network");
+  EXPECT_EQ(finished.at("bytes_read"), 10ll << 30);
+  EXPECT_EQ(finished.at("bytes_sent"), 3500ll << 20);
+  EXPECT_EQ(finished.at("bytes_stored"), 3ll << 30);
+  const json::value& stats = done.json.at("stats");
+  EXPECT_EQ(stats.at("bottleneck"), "network") << done;
+  EXPECT_EQ(stats.at("busy"), json::parse(R"({"source":20.0,"compute":30.0,"network":75.0,"target":null})"));
+  EXPECT_EQ(stats.at("bottleneck_bytes"), json::parse(R"({"source":0,"compute":0,"network":10737418240,"target":0})"));
+  EXPECT_EQ(stats.at("bytes_read"), 10ll << 30);
+  EXPECT_EQ(stats.at("bytes_sent"), 3500ll << 20);
+  EXPECT_EQ(stats.at("bytes_stored"), 3ll << 30);
+  // The session log names it too.
+  Reply log = Get(session + "/log");
+  bool named = false;
+  for (const auto& e : log.json.at("log").as_array())
+    named = named || std::string(e.at("message").as_string()).find("bottleneck: network") != std::string::npos;
+  EXPECT_TRUE(named) << log;
 }
 
 // ===========================================================================

@@ -256,6 +256,21 @@ ALTER TABLE repositories ADD COLUMN token TEXT NOT NULL DEFAULT '';
 ALTER TABLE workers ADD COLUMN bandwidth TEXT NOT NULL DEFAULT '';
 ALTER TABLE repositories ADD COLUMN bandwidth TEXT NOT NULL DEFAULT '';
 )sql",
+    // 5: a disk task's data-path statistics, as its worker reports them
+    // (live with progress, final with the result): bytes read and sent, and
+    // how busy each stage was, in microseconds of the disk's wall time, so
+    // the API can name the bottleneck (ferry/common/stage_busy.h). The busy
+    // columns are NULL until a worker that measures them reports.
+    R"sql(
+ALTER TABLE tasks ADD COLUMN bytes_read INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN bytes_sent INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN wall_us INTEGER;
+ALTER TABLE tasks ADD COLUMN source_busy_us INTEGER;
+ALTER TABLE tasks ADD COLUMN compute_busy_us INTEGER;
+ALTER TABLE tasks ADD COLUMN network_busy_us INTEGER;
+ALTER TABLE tasks ADD COLUMN target_busy_us INTEGER;
+ALTER TABLE tasks ADD COLUMN remote_store INTEGER;
+)sql",
 };
 
 [[noreturn]] void Fail(sqlite3* db, const std::string& what) {

@@ -130,6 +130,38 @@ TEST(Database, SessionTotalsFollowEveryTaskChange) {
   EXPECT_EQ(gone.Int(0), 0);
 }
 
+// What migration 4 adds (the tasks' statistics columns), to build a file of
+// an earlier version.
+constexpr const char* kDropMigration5 =
+    "ALTER TABLE tasks DROP COLUMN bytes_read; ALTER TABLE tasks DROP COLUMN bytes_sent; "
+    "ALTER TABLE tasks DROP COLUMN wall_us; ALTER TABLE tasks DROP COLUMN source_busy_us; "
+    "ALTER TABLE tasks DROP COLUMN compute_busy_us; ALTER TABLE tasks DROP COLUMN network_busy_us; "
+    "ALTER TABLE tasks DROP COLUMN target_busy_us; ALTER TABLE tasks DROP COLUMN remote_store; ";
+
+TEST(Database, Migration5GivesExistingTasksNoStatistics) {
+  std::string path = TempPath();
+  std::filesystem::remove(path);
+  {
+    // As the version before it left the file (migration 4 is the last).
+    Database db = Database::Open(path);
+    db.Execute(std::string(kDropMigration5) + "PRAGMA user_version = " + std::to_string(LatestSchemaVersion() - 1));
+    MakeSessionFixture(db);
+    AddSessionWithTasks(db, 1, 3);
+  }
+  Database db = Database::Open(path);
+  EXPECT_EQ(db.SchemaVersion(), LatestSchemaVersion());
+  Statement s = db.Prepare(
+      "SELECT COUNT(*), SUM(bytes_read), SUM(bytes_sent), SUM(wall_us IS NULL AND source_busy_us IS NULL AND "
+      "compute_busy_us IS NULL AND network_busy_us IS NULL AND target_busy_us IS NULL AND remote_store IS NULL) "
+      "FROM tasks");
+  ASSERT_TRUE(s.Step());
+  EXPECT_EQ(s.Int(0), 3);
+  EXPECT_EQ(s.Int(1), 0);
+  EXPECT_EQ(s.Int(2), 0);
+  EXPECT_EQ(s.Int(3), 3);  // no statistics: the API shows null, not zeros
+  ExpectTotalsMatchTasks(db, 1);
+}
+
 TEST(Database, Migration2BackfillsTotalsOfExistingSessions) {
   std::string path = TempPath();
   std::filesystem::remove(path);
@@ -144,7 +176,7 @@ TEST(Database, Migration2BackfillsTotalsOfExistingSessions) {
         "CREATE INDEX tasks_by_session ON tasks(session_id, state, bytes_done, bytes_total, rate); "
         "CREATE INDEX tasks_live ON tasks(state) WHERE state IN ('waiting', 'queued', 'running'); "
         "ALTER TABLE repositories DROP COLUMN token; ALTER TABLE repositories DROP COLUMN bandwidth; "
-        "ALTER TABLE workers DROP COLUMN bandwidth; "
+        "ALTER TABLE workers DROP COLUMN bandwidth; " + std::string(kDropMigration5) +
         "PRAGMA user_version = 1");
     MakeSessionFixture(db);
     AddSessionWithTasks(db, 1, 4);

@@ -43,6 +43,26 @@ std::string FormatBytes(int64_t bytes) {
   return buf;
 }
 
+// The statistics columns of `tasks` (migration 4), bound in this order by
+// BindStats: the busy times and remote_store are NULL when no stages came.
+constexpr const char* kSetStats =
+    "bytes_read = ?, bytes_sent = ?, wall_us = ?, source_busy_us = ?, compute_busy_us = ?, network_busy_us = ?, "
+    "target_busy_us = ?, remote_store = ?";
+constexpr int kStatsParams = 8;
+
+int64_t Column(uint64_t v) { return static_cast<int64_t>(std::min<uint64_t>(v, INT64_MAX)); }
+
+void BindStats(Statement& s, int first, int64_t bytes_read, int64_t bytes_sent, const std::optional<StageBusy>& b) {
+  s.Bind(first, bytes_read).Bind(first + 1, bytes_sent);
+  if (!b) {
+    for (int i = 2; i < kStatsParams; ++i) s.BindNull(first + i);
+    return;
+  }
+  s.Bind(first + 2, Column(b->wall_us)).Bind(first + 3, Column(b->source_us)).Bind(first + 4, Column(b->compute_us))
+      .Bind(first + 5, Column(b->network_us)).Bind(first + 6, Column(b->target_us))
+      .Bind(first + 7, int64_t{b->remote_store});
+}
+
 bool Retriable(const std::string& error_kind) {
   return error_kind != "bad_input" && error_kind != "not_found" && error_kind != "interrupted";
 }
@@ -631,9 +651,12 @@ void SessionRunner::LoseSnapshot(int64_t snapshot_id, const std::string& why) {
     delayed_tasks_.erase(tasks.Int(0));
   }
   scheduler_.Dequeue(WorkKind::kRelease, snapshot_id);
-  db_.Cached("UPDATE tasks SET state = 'waiting', worker_id = NULL, bytes_done = 0, bytes_stored = 0, "
-              "ended_at = NULL, error = '' WHERE snapshot_id = ? AND state != 'canceled'")
-      .Bind(1, snapshot_id).Run();
+  static const std::string sql = std::string("UPDATE tasks SET state = 'waiting', worker_id = NULL, bytes_done = 0, "
+                                             "bytes_stored = 0, ended_at = NULL, error = '', ") +
+                                 kSetStats + " WHERE snapshot_id = ? AND state != 'canceled'";
+  Statement& reset = db_.Cached(sql);
+  BindStats(reset, 1, 0, 0, std::nullopt);
+  reset.Bind(1 + kStatsParams, snapshot_id).Run();
   snapshot_context_.erase(snapshot_id);
   db_.Cached("UPDATE snapshots SET state = 'pending', worker_id = NULL, exports = '[]' WHERE id = ?")
       .Bind(1, snapshot_id).Run();
@@ -810,7 +833,8 @@ uint64_t SessionRunner::RepositoryShare(int64_t repository_id) const {
 }
 
 bool SessionRunner::ReportProgress(int64_t worker_id, const std::string& assignment, int64_t done,
-                                   int64_t total, int64_t stored, uint64_t* repository_share) {
+                                   int64_t total, int64_t stored, const TaskStats& stats,
+                                   uint64_t* repository_share) {
   WorkerSideLock lock(*this);
   auto it = live_.find(assignment);
   if (it == live_.end() || it->second.worker_id != worker_id || it->second.draining) return false;
@@ -829,14 +853,20 @@ bool SessionRunner::ReportProgress(int64_t worker_id, const std::string& assignm
   p.total = total;
   p.stored = stored;
   p.rate = seconds > 0 ? static_cast<double>(done) / seconds : 0.0;
+  p.stats = stats;
   return true;
 }
 
 void SessionRunner::FlushProgress() {
-  for (const auto& [task_id, p] : progress_)
-    db_.Cached("UPDATE tasks SET bytes_done = ?, bytes_total = MAX(bytes_total, ?), bytes_stored = ?, rate = ? "
-               "WHERE id = ? AND state = 'running'")
-        .Bind(1, p.done).Bind(2, p.total).Bind(3, p.stored).Bind(4, p.rate).Bind(5, task_id).Run();
+  for (const auto& [task_id, p] : progress_) {
+    static const std::string sql = std::string("UPDATE tasks SET bytes_done = ?, bytes_total = MAX(bytes_total, ?), "
+                                               "bytes_stored = ?, rate = ?, ") +
+                                   kSetStats + " WHERE id = ? AND state = 'running'";
+    Statement& u = db_.Cached(sql);
+    u.Bind(1, p.done).Bind(2, p.total).Bind(3, p.stored).Bind(4, p.rate);
+    BindStats(u, 5, p.stats.bytes_read, p.stats.bytes_sent, p.stats.stages);
+    u.Bind(5 + kStatsParams, task_id).Run();
+  }
   progress_.clear();
 }
 
@@ -879,14 +909,19 @@ void SessionRunner::FinishTask(int64_t task_id, const WorkReport& report) {
     std::string disk = t.Text(2);
     double seconds = static_cast<double>(now - t.Int(3)) / 1000.0;
     double rate = seconds > 0 ? static_cast<double>(report.bytes_read) / seconds : 0;
-    db_.Cached("UPDATE tasks SET state = 'succeeded', bytes_done = ?, bytes_stored = ?, rate = ?, ended_at = ?, "
-               "error = '' WHERE id = ?")
-        .Bind(1, report.bytes_read).Bind(2, report.bytes_stored).Bind(3, rate).Bind(4, now).Bind(5, task_id).Run();
+    static const std::string sql = std::string("UPDATE tasks SET state = 'succeeded', bytes_done = ?, "
+                                               "bytes_stored = ?, rate = ?, ended_at = ?, error = '', ") +
+                                   kSetStats + " WHERE id = ?";
+    Statement& u = db_.Cached(sql);
+    u.Bind(1, report.bytes_read).Bind(2, report.bytes_stored).Bind(3, rate).Bind(4, now);
+    BindStats(u, 5, report.bytes_read, report.bytes_sent, report.stages);
+    u.Bind(5 + kStatsParams, task_id).Run();
     const SnapshotContext& context = ContextOf(snapshot);
     LogWorkerLines(session, task_id, std::nullopt, report.log);
     Log(session, task_id, std::nullopt, "info",
         context.vm_name + "/" + disk + ": done, " + FormatBytes(report.bytes_read) + " read, " +
-            FormatBytes(report.bytes_stored) + " stored");
+            FormatBytes(report.bytes_stored) + " stored" +
+            (report.stages ? "; " + report.stages->Describe() : ""));
     MaybeRelease(snapshot);
     return;
   }

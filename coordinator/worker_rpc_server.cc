@@ -12,6 +12,7 @@
 
 #include "ferry/common/log.h"
 #include "ferry/coordinator/field_error.h"
+#include "ferry/rpc/protocol.h"
 #include "ferry/rpc/tls.h"
 #include "ferry/rpc/worker_protocol.capnp.h"
 
@@ -227,10 +228,14 @@ class WorkerSessionImpl final : public rpc::WorkerSession::Server {
   kj::Promise<void> reportProgress(ReportProgressContext context) override {
     try {
       auto p = context.getParams().getProgress();
+      TaskStats stats;
+      stats.bytes_read = static_cast<int64_t>(p.getBytesRead());
+      stats.bytes_sent = static_cast<int64_t>(p.getBytesSent());
+      if (p.hasStages()) stats.stages = rpc::StageBusyFrom(p.getStages());
       uint64_t share = 0;
       bool valid = runner_.ReportProgress(worker_id_, p.getAssignmentId(), static_cast<int64_t>(p.getBytesDone()),
                                           static_cast<int64_t>(p.getBytesTotal()), static_cast<int64_t>(p.getBytesStored()),
-                                          &share);
+                                          stats, &share);
       auto results = context.getResults(ReplySize(6));
       results.setCancel(!valid);
       results.setRepositoryBytesPerS(share);
@@ -250,6 +255,8 @@ class WorkerSessionImpl final : public rpc::WorkerSession::Server {
       report.error = r.getError();
       report.bytes_read = static_cast<int64_t>(r.getBytesRead());
       report.bytes_stored = static_cast<int64_t>(r.getBytesStored());
+      report.bytes_sent = static_cast<int64_t>(r.getBytesSent());
+      if (r.hasStages()) report.stages = rpc::StageBusyFrom(r.getStages());
       for (auto e : r.getExports())
         report.exports.push_back({e.getDisk(), e.getUri(), e.getReadPlan(), e.getHostLocal()});
       report.point_id = r.getPointId();

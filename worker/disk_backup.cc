@@ -118,12 +118,40 @@ class DigestsInFlight {
   std::unordered_set<Digest, DigestHash> set_;
 };
 
+int64_t NsBetween(Clock::time_point from, Clock::time_point to) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(to - from).count();
+}
+
+// The source's busy time: wall time with at least one request to the source
+// outstanding (reads, from submission until the pipeline sees them complete,
+// and allocation or dirty map queries). The planning thread only, where all
+// of those start and end.
+class SourceMeter {
+ public:
+  SourceMeter(StageClock& clock, Clock::time_point origin) : clock_(clock), origin_(origin) {}
+  void Begin() {
+    if (outstanding_++ == 0) {
+      since_ns_ = NsBetween(origin_, Clock::now());
+      clock_.Begin(since_ns_);
+    }
+  }
+  void End() {
+    if (--outstanding_ == 0) clock_.End(since_ns_, NsBetween(origin_, Clock::now()));
+  }
+
+ private:
+  StageClock& clock_;
+  const Clock::time_point origin_;
+  uint64_t outstanding_ = 0;
+  int64_t since_ns_ = 0;
+};
+
 // Walks one of a reader's maps (allocation or dirty) forward through the
 // disk, asking for large windows and forgetting what lies behind.
 class MapCursor {
  public:
   using Fetch = std::vector<Extent> (BlockReader::*)(uint64_t, uint64_t);
-  MapCursor(BlockReader& reader, Fetch fetch) : reader_(reader), fetch_(fetch) {}
+  MapCursor(BlockReader& reader, Fetch fetch, SourceMeter& meter) : reader_(reader), fetch_(fetch), meter_(meter) {}
 
   // Appends the parts of [start, end) whose `data` is set to `out`. Calls
   // must move forward (start never below a previous call's start).
@@ -133,7 +161,16 @@ class MapCursor {
     }
     if (extents_.empty() && mapped_to_ < start) mapped_to_ = start;  // skip unasked ranges
     while (mapped_to_ < end) {
-      for (const Extent& e : (reader_.*fetch_)(mapped_to_, kMapWindow)) extents_.push_back(e);
+      meter_.Begin();
+      std::vector<Extent> window;
+      try {
+        window = (reader_.*fetch_)(mapped_to_, kMapWindow);
+      } catch (...) {
+        meter_.End();
+        throw;
+      }
+      meter_.End();
+      for (const Extent& e : window) extents_.push_back(e);
       mapped_to_ = extents_.back().offset + extents_.back().length;
     }
     for (const Extent& e : extents_) {
@@ -146,6 +183,7 @@ class MapCursor {
  private:
   BlockReader& reader_;
   Fetch fetch_;
+  SourceMeter& meter_;
   std::deque<Extent> extents_;
   uint64_t mapped_to_ = 0;
 };
@@ -174,6 +212,7 @@ class DiskBackupRun {
   }
 
   DiskBackupResult Run() {
+    StartStats();
     std::vector<std::thread> workers;
     for (unsigned i = 0; i < threads_; ++i) workers.emplace_back([this] { ComputeLoop(); });
     try {
@@ -192,6 +231,7 @@ class DiskBackupRun {
     if (first_error_) std::rethrow_exception(first_error_);
     ChunkUploadStats uploaded;
     try {
+      StoreWait wait(*this, threads_);  // the whole pipeline waits for the last acknowledgements
       uploaded = upload_->Finish();
     } catch (const Error& e) {
       throw e.WithContext("storing the chunks of " + reader_.description());
@@ -199,6 +239,8 @@ class DiskBackupRun {
 
     progress_->bytes_sent = uploaded.sent_bytes;
     progress_->bytes_resent = uploaded.resent_bytes;
+    progress_->bytes_stored = uploaded.stored_bytes;
+    progress_->ended_ns = std::max<int64_t>(1, NowNs());
     DiskBackupResult r;
     r.chunks = index_.chunk_count();
     r.zero_chunks = zero_chunks_;
@@ -210,11 +252,51 @@ class DiskBackupRun {
     r.resent_bytes = uploaded.resent_bytes;
     r.unchanged_chunks = unchanged_chunks_;
     r.healed_chunks = healed_chunks_;
+    r.stats = progress_->Stats();
     r.index_sha256 = index_.Finish();
     return r;
   }
 
  private:
+  int64_t NowNs() const { return NsBetween(start_, Clock::now()); }
+
+  // Statistics start afresh with each run (a progress may serve disks in turn).
+  void StartStats() {
+    DiskBackupProgress& p = *progress_;
+    p.bytes_done = 0;
+    p.bytes_read = 0;
+    p.bytes_sent = 0;
+    p.bytes_resent = 0;
+    p.bytes_stored = 0;
+    p.source.Reset();
+    p.compute.Reset();
+    p.store.Reset();
+    p.ended_ns = 0;
+    p.compute_threads = threads_;
+    p.remote_store = store_.remote();
+    p.started_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(start_.time_since_epoch()).count();
+  }
+
+  // Times one wait for the store, as store time of `weight` compute threads
+  // (all of them when nothing else can run meanwhile). RAII, so that a call
+  // that throws is timed too and leaves no interval open.
+  class StoreWait {
+   public:
+    explicit StoreWait(DiskBackupRun& run, int64_t weight = 1)
+        : clock_(run.progress_->store), run_(run), weight_(weight), begin_ns_(run.NowNs()) {
+      clock_.Begin(begin_ns_, weight_);
+    }
+    ~StoreWait() { clock_.End(begin_ns_, run_.NowNs(), weight_); }
+    StoreWait(const StoreWait&) = delete;
+    StoreWait& operator=(const StoreWait&) = delete;
+
+   private:
+    StageClock& clock_;
+    const DiskBackupRun& run_;
+    const int64_t weight_;
+    const int64_t begin_ns_;
+  };
+
   void Fail(std::exception_ptr e) {
     std::lock_guard lock(error_mu_);
     if (!first_error_) first_error_ = e;
@@ -256,8 +338,8 @@ class DiskBackupRun {
     const uint64_t size = reader_.size();
     const uint64_t chunks = index_.chunk_count();
     const FixedIndexReader* previous = options_.previous_index;
-    MapCursor allocation(reader_, &BlockReader::MapAllocation);
-    MapCursor dirty(reader_, &BlockReader::MapDirty);
+    MapCursor allocation(reader_, &BlockReader::MapAllocation, source_meter_);
+    MapCursor dirty(reader_, &BlockReader::MapDirty, source_meter_);
     std::vector<Extent> data_ranges, dirty_ranges;
     const auto missing_before = previous ? PreviousChunksMissing(*previous) : DigestSet{};
 
@@ -300,8 +382,14 @@ class DiskBackupRun {
       std::memset(buffer + (cursor - start), 0, end - cursor);
       for (const Extent& r : data_ranges) {
         Throttle(r.length);
-        reader_.SubmitRead(buffer + (r.offset - start), r.offset, static_cast<uint32_t>(r.length),
-                           [this, job, r](int error) { OnReadDone(job, r, error); });
+        source_meter_.Begin();  // before the call: a file reader reads inside it
+        try {
+          reader_.SubmitRead(buffer + (r.offset - start), r.offset, static_cast<uint32_t>(r.length),
+                             [this, job, r](int error) { OnReadDone(job, r, error); });
+        } catch (...) {
+          source_meter_.End();
+          throw;
+        }
       }
     }
   }
@@ -314,7 +402,10 @@ class DiskBackupRun {
   DigestSet PreviousChunksMissing(const FixedIndexReader& previous) {
     std::vector<Digest> distinct = DistinctDigests(previous);
     std::vector<size_t> missing;
-    store_.FindMissing(distinct, &missing);
+    {
+      StoreWait wait(*this, threads_);  // before the first read: nothing else runs
+      store_.FindMissing(distinct, &missing);
+    }
     DigestSet out;
     for (size_t m : missing) out.insert(distinct[m]);
     if (!out.empty()) {
@@ -327,6 +418,7 @@ class DiskBackupRun {
 
   // Runs on the planning thread, inside BlockReader::Poll.
   void OnReadDone(ChunkJob* job, const Extent& range, int error) {
+    source_meter_.End();
     if (error && !job->read_error) job->read_error = error;
     read_bytes_ += range.length;
     progress_->bytes_read += range.length;
@@ -359,23 +451,40 @@ class DiskBackupRun {
     }
   }
 
+  // Compute time is the zero check, the hash and the compression; the calls
+  // to the store are store time (StoreWait).
   void StoreChunk(const ChunkJob& job, ChunkEncoder& encoder, std::vector<uint8_t>* encoded) {
     std::span<const uint8_t> plain(job.buffer, job.length);
+    const auto computing = Clock::now();
     if (IsAllZero(plain.data(), plain.size())) {
+      progress_->compute.Add(NsBetween(computing, Clock::now()));
       index_.Set(job.index, Digest{});
       ++zero_chunks_;
     } else {
       Digest d = Sha256(plain.data(), plain.size());
+      progress_->compute.Add(NsBetween(computing, Clock::now()));
       if (!digests_in_flight_.Claim(d)) {
         ++reused_chunks_;  // another thread of this run is storing it
       } else {
         try {
-          if (store_.Contains(d)) {
+          bool present;
+          {
+            StoreWait wait(*this);
+            present = store_.Contains(d);
+          }
+          if (present) {
             ++reused_chunks_;
           } else {
+            const auto compressing = Clock::now();
             encoder.Encode(plain, encoded);
+            progress_->compute.Add(NsBetween(compressing, Clock::now()));
+            // The bandwidth caps (docs/throttling.md): not a stage of its own.
             if (!AcquireAll(options_.send_limiters, encoded->size(), options_.cancel)) CheckCancel();
-            upload_->Add(d, *encoded);
+            {
+              StoreWait wait(*this);  // a remote store's full window blocks here
+              upload_->Add(d, *encoded);
+            }
+            progress_->bytes_sent += encoded->size();
           }
         } catch (const Error& e) {
           digests_in_flight_.Release(d);
@@ -403,6 +512,8 @@ class DiskBackupRun {
   JobQueue queue_;
   DigestsInFlight digests_in_flight_;
   BandwidthLimiter read_limiter_{BandwidthSchedule::Fixed(options_.rate_limit_bytes_per_s)};
+  const Clock::time_point start_ = Clock::now();
+  SourceMeter source_meter_{progress_->source, start_};
 
   std::atomic<bool> failed_{false};
   std::mutex error_mu_;
@@ -413,6 +524,27 @@ class DiskBackupRun {
 };
 
 }  // namespace
+
+DiskBackupStats DiskBackupProgress::Stats() const {
+  DiskBackupStats s;
+  s.bytes_read = bytes_read;
+  s.bytes_sent = bytes_sent;
+  s.bytes_stored = bytes_stored;
+  const int64_t started = started_ns;
+  if (started == 0) return s;
+  int64_t now = ended_ns;
+  if (now == 0) {
+    now = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count() - started;
+  }
+  const int64_t threads = std::max<uint32_t>(1, compute_threads);
+  auto us = [](int64_t ns) { return static_cast<uint64_t>(std::max<int64_t>(0, ns) / 1000); };
+  s.busy.wall_us = us(now);
+  s.busy.source_us = us(source.BusyNs(now));
+  s.busy.compute_us = us(compute.BusyNs(now) / threads);
+  s.busy.remote_store = remote_store;
+  (s.busy.remote_store ? s.busy.network_us : s.busy.target_us) = us(store.BusyNs(now) / threads);
+  return s;
+}
 
 DiskBackupResult BackupDisk(ChunkStore& store, const RepositoryConfig& config, BlockReader& reader,
                             const std::string& index_path, const DiskBackupOptions& options,

@@ -6,7 +6,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <random>
+#include <thread>
 
 #include "ferry/common/error.h"
 #include "ferry/common/file_util.h"
@@ -70,6 +73,25 @@ class DiskBackupTest : public ::testing::Test {
       throw;
     }
     return repo_->points().Commit(h.id).id;
+  }
+
+  // Backs up `reader` into a staged point that is then discarded: for the
+  // pipeline's statistics, with any store.
+  DiskBackupResult BackupInto(ChunkStore& store, BlockReader& reader, DiskBackupProgress* progress) {
+    StagedPointHeader h;
+    h.id = NewPointId();
+    h.vm = {"vm", "", "qemu"};
+    h.disks = {"disk0"};
+    auto lease = repo_->points().Stage(h);
+    DiskBackupResult r;
+    {
+      auto w = repo_->points().WriteDisk(h.id, "disk0");
+      DiskBackupOptions options;
+      options.compute_threads = 2;
+      r = BackupDisk(store, repo_->config(), reader, w->index_path(), options, progress);
+    }
+    repo_->points().Discard(h.id);
+    return r;
   }
 
   std::string root_;
@@ -263,6 +285,125 @@ class TrackedReader : public BlockReader {
   std::unique_ptr<BlockReader> inner_;
   std::vector<Extent> changed_;
 };
+
+// A source that takes `delay` for every read (a slow disk or a far export).
+class SlowReader : public BlockReader {
+ public:
+  SlowReader(std::unique_ptr<BlockReader> inner, std::chrono::milliseconds delay)
+      : inner_(std::move(inner)), delay_(delay) {}
+  uint64_t size() const override { return inner_->size(); }
+  std::string description() const override { return inner_->description(); }
+  std::vector<Extent> MapAllocation(uint64_t o, uint64_t l) override { return inner_->MapAllocation(o, l); }
+  void SubmitRead(void* b, uint64_t o, uint32_t l, std::function<void(int)> done) override {
+    std::this_thread::sleep_for(delay_);
+    inner_->SubmitRead(b, o, l, std::move(done));
+  }
+  size_t in_flight() const override { return inner_->in_flight(); }
+  void Poll(int timeout_ms) override { inner_->Poll(timeout_ms); }
+
+ private:
+  std::unique_ptr<BlockReader> inner_;
+  std::chrono::milliseconds delay_;
+};
+
+// A store whose inserts take `delay` (slow storage, or, as `remote`, a slow
+// repository service).
+class SlowStore final : public ChunkStore {
+ public:
+  SlowStore(ChunkStore& inner, std::chrono::milliseconds delay, bool remote)
+      : inner_(inner), delay_(delay), remote_(remote) {}
+  void FindMissing(std::span<const Digest> d, std::vector<size_t>* missing) override { inner_.FindMissing(d, missing); }
+  bool Insert(const Digest& d, std::span<const uint8_t> encoded) override {
+    std::this_thread::sleep_for(delay_);
+    return inner_.Insert(d, encoded);
+  }
+  void Sync() override { inner_.Sync(); }
+  std::string Describe(const Digest& d) const override { return inner_.Describe(d); }
+  bool remote() const override { return remote_; }
+
+ private:
+  ChunkStore& inner_;
+  std::chrono::milliseconds delay_;
+  bool remote_;
+};
+
+// Statistics compare the stages with each other, never with absolute times:
+// a loaded machine slows everything, a sleeping stage stays the busiest.
+TEST_F(DiskBackupTest, ASlowSourceIsTheBottleneckLiveAndAtTheEnd) {
+  std::string src = root_ + "/src.raw";
+  WriteAt(src, 0, RandomBytes(32 * kChunk, 11));
+  SlowReader reader(OpenFileReader(src), std::chrono::milliseconds(4));
+  DiskBackupProgress progress;
+  std::atomic<bool> running{true};
+  DiskBackupStats live;
+  std::thread sampler([&] {
+    while (running) {
+      const bool ended = progress.ended_ns != 0;
+      DiskBackupStats s = progress.Stats();
+      if (!ended && s.busy.wall_us > 0) live = s;  // taken while it ran
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  });
+  DiskBackupResult r = BackupInto(repo_->chunks(), reader, &progress);
+  running = false;
+  sampler.join();
+
+  const StageBusy& b = r.stats.busy;
+  RecordProperty("busy", b.Describe());
+  EXPECT_EQ(b.bottleneck(), Stage::kSource) << b.Describe();
+  EXPECT_GT(b.percent(Stage::kSource), 2 * b.percent(Stage::kCompute)) << b.Describe();
+  EXPECT_GT(b.percent(Stage::kSource), 2 * b.percent(Stage::kTarget)) << b.Describe();
+  EXPECT_FALSE(b.measured(Stage::kNetwork));  // a local repository
+  EXPECT_GT(b.wall_us, 0u);
+  EXPECT_EQ(r.stats.bytes_read, 32u * kChunk);
+  EXPECT_EQ(r.stats.bytes_stored, r.stored_bytes);
+  EXPECT_EQ(r.stats.bytes_sent, r.stored_bytes);  // all new, none resent
+  EXPECT_GT(r.stats.rate_bytes_per_s(), 0.0);
+  // Live values were there while it ran (the sleeping read's interval still
+  // open), and the progress keeps the final ones.
+  ASSERT_GT(live.busy.wall_us, 0u);
+  EXPECT_LE(live.busy.wall_us, b.wall_us);
+  EXPECT_EQ(live.busy.bottleneck(), Stage::kSource) << live.busy.Describe();
+  EXPECT_EQ(progress.Stats().busy.wall_us, b.wall_us);
+  EXPECT_EQ(progress.Stats().busy.source_us, b.source_us);
+
+  // A second run on the same progress starts its statistics afresh.
+  DiskBackupResult again = BackupInto(repo_->chunks(), reader, &progress);
+  EXPECT_EQ(again.stats.bytes_read, 32u * kChunk);
+  EXPECT_EQ(again.stats.bytes_sent, 0u);  // every chunk already stored
+  EXPECT_EQ(progress.Stats().bytes_read, 32u * kChunk);
+}
+
+TEST_F(DiskBackupTest, ASlowLocalStoreIsTheTargetBottleneck) {
+  std::string src = root_ + "/src.raw";
+  WriteAt(src, 0, RandomBytes(32 * kChunk, 12));
+  auto reader = OpenFileReader(src);
+  SlowStore store(repo_->chunks(), std::chrono::milliseconds(4), false);
+  DiskBackupResult r = BackupInto(store, *reader, nullptr);
+  const StageBusy& b = r.stats.busy;
+  RecordProperty("busy", b.Describe());
+  EXPECT_EQ(b.bottleneck(), Stage::kTarget) << b.Describe();
+  EXPECT_GT(b.percent(Stage::kTarget), 2 * b.percent(Stage::kSource)) << b.Describe();
+  EXPECT_GT(b.percent(Stage::kTarget), 2 * b.percent(Stage::kCompute)) << b.Describe();
+  EXPECT_FALSE(b.remote_store);
+  EXPECT_EQ(r.new_chunks, 32u);
+}
+
+TEST_F(DiskBackupTest, ASlowRemoteStoreIsTheNetworkBottleneck) {
+  std::string src = root_ + "/src.raw";
+  WriteAt(src, 0, RandomBytes(32 * kChunk, 13));
+  auto reader = OpenFileReader(src);
+  SlowStore store(repo_->chunks(), std::chrono::milliseconds(4), true);
+  DiskBackupResult r = BackupInto(store, *reader, nullptr);
+  const StageBusy& b = r.stats.busy;
+  RecordProperty("busy", b.Describe());
+  EXPECT_TRUE(b.remote_store);
+  EXPECT_EQ(b.bottleneck(), Stage::kNetwork) << b.Describe();
+  EXPECT_GT(b.percent(Stage::kNetwork), 2 * b.percent(Stage::kSource)) << b.Describe();
+  EXPECT_GT(b.percent(Stage::kNetwork), 2 * b.percent(Stage::kCompute)) << b.Describe();
+  EXPECT_FALSE(b.measured(Stage::kTarget));  // the service's write time is inside network
+  EXPECT_EQ(b.target_us, 0u);
+}
 
 // An incremental never copies the digest of a chunk the store lost: it reads
 // that chunk again (healing the chain) and commits a point that verifies.

@@ -696,6 +696,7 @@ class RemoteRepositoryImpl final : public RemoteRepository, public ChunkStore, p
   }
 
   std::string Describe(const Digest& digest) const override { return "chunk " + digest.Hex() + " of " + context_; }
+  bool remote() const override { return true; }  // waits on it are network time (stage_busy.h)
 
   // --- PointStore ---
   std::vector<std::string> List() const override {

@@ -39,9 +39,8 @@ struct WorkerAgent::Item final : WorkContext {
   Item(WorkerAgent& a, std::string assignment) : agent(a), id(std::move(assignment)) {}
 
   const std::string& assignment_id() const override { return id; }
-  void ReportProgress(uint64_t done, uint64_t total, uint64_t stored) override {
-    agent.SendProgress(*this, done, total, stored);
-  }
+  using WorkContext::ReportProgress;
+  void ReportProgress(const ProgressReport& report) override { agent.SendProgress(*this, report); }
   uint64_t RepositoryShare() const override { return repository_share; }
 
   WorkerAgent& agent;
@@ -415,14 +414,17 @@ void WorkerAgent::StartItem(WorkItem::Reader w) {
                    });
 }
 
-void WorkerAgent::SendProgress(Item& item, uint64_t done, uint64_t total, uint64_t stored) {
+void WorkerAgent::SendProgress(Item& item, const ProgressReport& report) {
   if (item.retired || item.finished || session_ == nullptr) return;
   auto req = session().reportProgressRequest();
   auto p = req.initProgress();
   p.setAssignmentId(item.id);
-  p.setBytesDone(done);
-  p.setBytesTotal(total);
-  p.setBytesStored(stored);
+  p.setBytesDone(report.bytes_done);
+  p.setBytesTotal(report.bytes_total);
+  p.setBytesStored(report.bytes_stored);
+  p.setBytesRead(report.bytes_read);
+  p.setBytesSent(report.bytes_sent);
+  if (report.stages) SetStageStats(*report.stages, p.initStages());
   Item* raw = &item;
   item.progress =
       req.send()
@@ -464,6 +466,8 @@ void WorkerAgent::SendResult(Item& item) {
   }
   r.setBytesRead(o.bytes_read);
   r.setBytesStored(o.bytes_stored);
+  r.setBytesSent(o.bytes_sent);
+  if (o.stages) SetStageStats(*o.stages, r.initStages());
   auto exports = r.initExports(static_cast<unsigned>(o.exports.size()));
   for (unsigned i = 0; i < o.exports.size(); ++i) {
     exports[i].setDisk(o.exports[i].disk);

@@ -150,6 +150,23 @@ struct Progress {
   bytesDone @1 :UInt64;
   bytesTotal @2 :UInt64;
   bytesStored @3 :UInt64;
+  # Disk work, live (docs/worker-protocol.md, "Statistics"): bytes read from
+  # the source and sent to the repository so far, and the stages' busy time
+  # so far. Not set by an older worker (stages: hasStages() false).
+  bytesRead @4 :UInt64;
+  bytesSent @5 :UInt64;
+  stages @6 :StageStats;
+}
+
+struct StageStats {
+  # How busy each stage of a disk's data path was (ferry/common/stage_busy.h),
+  # in microseconds of wall time: the bottleneck is the busiest stage.
+  wallUs @0 :UInt64;         # the disk's run so far
+  sourceBusyUs @1 :UInt64;   # a read or map request outstanding at the source
+  computeBusyUs @2 :UInt64;  # the compute threads' busy time over their number
+  networkBusyUs @3 :UInt64;  # waiting for a repository service (remoteStore)
+  targetBusyUs @4 :UInt64;   # waiting for a local repository's storage (not remoteStore)
+  remoteStore @5 :Bool;      # a repository service: network measured, target inside it
 }
 
 struct DiskExport {
@@ -171,4 +188,9 @@ struct WorkResult {
   exports @6 :List(DiskExport);  # snapshot work: one per disk
   pointId @7 :Text;              # release work with commit: the restore point
   log @8 :List(Text);
+  # Disk work (docs/worker-protocol.md, "Statistics"): encoded bytes sent to
+  # the repository (resends included) and the stages' busy time over the
+  # whole disk. Not set by an older worker (stages: hasStages() false).
+  bytesSent @9 :UInt64;
+  stages @10 :StageStats;
 }

@@ -39,7 +39,7 @@ wait_for "inventory of 200 VMs" 30 bash -c "[[ \$(FERRY_TOKEN=$TOKEN '$FERRY' --
 JOB=$(api POST /jobs '{"name": "all", "repository": 1, "selection": {"tags": ["all"]}, "retries": {"count": 0, "interval_s": 0}}' | jpy 'd["id"]')
 S=$(api POST "/jobs/$JOB/start" | jpy 'd["session"]')
 succeeded() { api GET "/sessions/$S" | jpy 'd["totals"]["succeeded"]'; }
-wait_for "some tasks done" 30 bash -c "(( \$(FERRY_TOKEN=$TOKEN '$FERRY' --coordinator $API session show $S | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"totals\"][\"succeeded\"])') >= 20 ))"
+wait_for "some tasks done" 30 bash -c "(( \$(FERRY_TOKEN=$TOKEN '$FERRY' --coordinator $API session show $S --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"totals\"][\"succeeded\"])') >= 20 ))"
 BEFORE=$(succeeded)
 ok "session $S running, $BEFORE of 400 disk tasks done"
 

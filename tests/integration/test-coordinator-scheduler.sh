@@ -55,6 +55,16 @@ api GET "/sessions/$S1" >"$WORK/s1.json"
 [[ $(api GET "/points?job=$JOB" | jpy 'len(d["points"])') == 5 ]] || fail "expected one restore point per VM"
 ok "session $S1 succeeded: 8 disk tasks, 5 restore points, vm3/sdc excluded"
 
+# Statistics: the simulator reports a slow source (source 90%, compute 35%,
+# target 20% busy); every task, the session and `ferry session show` name it.
+[[ $(jpy 'sorted({t["bottleneck"] for t in d["tasks"]}) == ["source"] and d["stats"]["bottleneck"] == "source" and d["tasks"][0]["busy"] == {"source": 90.0, "compute": 35.0, "network": None, "target": 20.0}' <"$WORK/s1.json") == True ]] \
+  || fail "session 1's statistics: $(jpy '[(t["busy"], t["bottleneck"]) for t in d["tasks"]], d["stats"]' <"$WORK/s1.json")"
+FERRY_TOKEN=$TOKEN "$FERRY" --coordinator "$API" session show "$S1" >"$WORK/s1.txt"
+grep -q '^  bottleneck: source$' "$WORK/s1.txt" && grep -Eq 'vm1/vda +succeeded .* 90% +35% +- +20% +source' "$WORK/s1.txt" \
+  || fail "session show names no bottleneck:
+$(cat "$WORK/s1.txt")"
+ok "statistics: each task and the session name the source as the bottleneck"
+
 # Placement: each task's tier matches where it ran, and work left its host
 # only for the recorded reason.
 api GET /workers >"$WORK/workers.json"
@@ -107,7 +117,7 @@ sim_start b --workers "$WORK/b.json" --task-ms 5000
 wait_for "w1, w2 and w4 connected" 20 bash -c "[[ \$(FERRY_TOKEN=$TOKEN '$FERRY' --coordinator $API status | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"workers_connected\"])') == 3 ]]"
 JOB2=$(api POST /jobs '{"name": "vm3", "repository": 1, "selection": {"vms": ["vm3"]}, "retries": {"count": 0, "interval_s": 0}}' | jpy 'd["id"]')
 S2=$(api POST "/jobs/$JOB2/start" | jpy 'd["session"]')
-wait_for "vm3's tasks running on w2" 20 bash -c "[[ \$(FERRY_TOKEN=$TOKEN '$FERRY' --coordinator $API session show $S2 | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"totals\"][\"running\"])') -ge 1 ]]"
+wait_for "vm3's tasks running on w2" 20 bash -c "[[ \$(FERRY_TOKEN=$TOKEN '$FERRY' --coordinator $API session show $S2 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"totals\"][\"running\"])') -ge 1 ]]"
 kill -9 "${SIM_PID[b]}"
 ok "killed w2 (pid ${SIM_PID[b]}) mid-task"
 wait_for "session $S2 to end" 60 session_ended "$S2"
@@ -134,7 +144,7 @@ kill -9 "${SIM_PID[a]}"; wait "${SIM_PID[a]}" 2>/dev/null || true  # no report n
 sim_start c --workers "$WORK/main.json" --task-ms 4000
 wait_for "workers back" 20 bash -c "[[ \$(FERRY_TOKEN=$TOKEN '$FERRY' --coordinator $API status | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"workers_connected\"])') == 3 ]]"
 S3=$(api POST "/jobs/$JOB/start" | jpy 'd["session"]')
-wait_for "a task done in session $S3" 90 bash -c "[[ \$(FERRY_TOKEN=$TOKEN '$FERRY' --coordinator $API session show $S3 | python3 -c 'import json,sys; t=json.load(sys.stdin)[\"totals\"]; print(t[\"succeeded\"] >= 1 and t[\"running\"] >= 1)') == True ]]"
+wait_for "a task done in session $S3" 90 bash -c "[[ \$(FERRY_TOKEN=$TOKEN '$FERRY' --coordinator $API session show $S3 --json | python3 -c 'import json,sys; t=json.load(sys.stdin)[\"totals\"]; print(t[\"succeeded\"] >= 1 and t[\"running\"] >= 1)') == True ]]"
 BEFORE_LOG=$(api GET "/sessions/$S3/log?limit=100000" | jpy 'len(d["log"])')
 BEFORE_SESSIONS=$(api GET /sessions | jpy 'len(d["sessions"])')
 API_PORT=${API##*:}

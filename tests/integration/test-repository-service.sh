@@ -136,6 +136,13 @@ read -r read_mib sent resent <<<"$(last_sent virtio0)"
 python3 -c "import sys; r = float(sys.argv[1]); assert 95 <= r <= 96.5, r" "$read_mib" || fail "virtio0 read $read_mib MiB (restarted?)"
 ((sent - resent <= 97 * MiB && sent - resent >= 95 * MiB)) || fail "virtio0 sent $sent bytes, $resent again"
 check_point "$S1" vm1
+# 20 s of waiting for the service: the disk's bottleneck is the network, and
+# a service's store time is never target time.
+grep -Eq "disk virtio0: .*; busy: source [0-9]+%, compute [0-9]+%, network [0-9]+%, target -; bottleneck: network$" \
+  "$WORK/worker-w1.log" || fail "virtio0's closing line names no network bottleneck: $(grep "disk virtio0: " "$WORK/worker-w1.log" | tail -1)"
+[[ $(jpy "[t['bottleneck'] for t in d['tasks'] if t['disk'] == 'virtio0'][0]" <"$WORK/s$S1.json") == network ]] ||
+  fail "session $S1's virtio0 task: $(jpy "[t for t in d['tasks'] if t['disk'] == 'virtio0']" <"$WORK/s$S1.json")"
+ok "session $S1: the stall shows as the network bottleneck (log and API)"
 ok "session $S1: the service stopped for 20 s mid-disk (at $((STOPPED_AT / MiB)) MiB); the disk resumed without re-reading ($read_mib MiB read), $resent bytes sent again (window $WINDOW); verified and restored bit-exact through ferry-repository over TLS"
 [[ -n $(ls "$WORK/store/main/points") ]] || fail "no point in the service's directory"
 

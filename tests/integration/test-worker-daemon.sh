@@ -128,11 +128,15 @@ for t in s["tasks"]:
     host = "host-a" if t["vm"].startswith("vm-a") else "host-b"
     assert t["state"] == "succeeded", t
     assert w[t["worker_id"]] == host and t["tier"] == "host", (t, w)
+    # Statistics from the real pipeline: a local repository measures target, not network.
+    assert t["busy"] is not None and t["busy"]["network"] is None and t["busy"]["target"] is not None, t
+    assert t["bottleneck"] in ("source", "compute", "target"), t
 for p in s["snapshots"]:
     host = "host-a" if p["vm"].startswith("vm-a") else "host-b"
     assert p["point_id"], p
     assert w[p["worker_id"]] == host, (p, w)
 assert len(s["tasks"]) == 5, len(s["tasks"])
+assert s["stats"]["tasks_measured"] == 5 and s["stats"]["bottleneck"] is not None, s["stats"]
 PY
   "$FERRY" verify --repo "$WORK/repo" >"$WORK/verify.log" 2>&1 || fail "verify: $(cat "$WORK/verify.log")"
   local vm disk point
@@ -151,7 +155,8 @@ check_session "$S1"
 ok "session $S1: 5 disks of 4 VMs, each on its own host's worker (tier host); verified, restored bit-exact"
 
 api GET "/sessions/$S1/log" >"$WORK/log$S1.json"
-for want in "host host-a: snapshot" "host host-b: disk virtio0 of VM vm-b1" "host host-a: disk virtio1 of VM vm-a1" "committed restore point"; do
+for want in "host host-a: snapshot" "host host-b: disk virtio0 of VM vm-b1" "host host-a: disk virtio1 of VM vm-a1" "committed restore point" \
+    "of them again after a lost connection; busy: source "; do
   grep -q "$want" "$WORK/log$S1.json" || fail "the session log lacks '$want'"
 done
 ok "the session log says what ran on which host (worker task logs)"

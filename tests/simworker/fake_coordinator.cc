@@ -67,8 +67,10 @@ class FakeCoordinator::SessionImpl final : public rpc::WorkerSession::Server {
   }
 
   kj::Promise<void> reportProgress(ReportProgressContext context) override {
-    std::string id(context.getParams().getProgress().getAssignmentId().cStr());
+    auto p = context.getParams().getProgress();
+    std::string id(p.getAssignmentId().cStr());
     fake_.progress.push_back(id);
+    fake_.progress_stages.push_back(p.hasStages() ? std::optional(rpc::StageBusyFrom(p.getStages())) : std::nullopt);
     context.getResults().setCancel(fake_.cancel.count(id) > 0);
     return kj::READY_NOW;
   }
@@ -83,6 +85,8 @@ class FakeCoordinator::SessionImpl final : public rpc::WorkerSession::Server {
     res.error = r.getError().cStr();
     res.bytes_read = r.getBytesRead();
     res.bytes_stored = r.getBytesStored();
+    res.bytes_sent = r.getBytesSent();
+    if (r.hasStages()) res.stages = rpc::StageBusyFrom(r.getStages());
     for (auto e : r.getExports()) {
       res.exports.emplace_back(e.getDisk().cStr(), e.getUri().cStr());
       res.read_plans.emplace_back(e.getReadPlan().cStr());

@@ -11,6 +11,7 @@
 #include <deque>
 #include <functional>
 #include <list>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -49,7 +50,8 @@ struct FakeResult {
   std::string assignment;
   bool ok = false;
   std::string error_kind, error;
-  uint64_t bytes_read = 0, bytes_stored = 0;
+  uint64_t bytes_read = 0, bytes_stored = 0, bytes_sent = 0;
+  std::optional<StageBusy> stages;  // WorkResult.stages, when set
   std::vector<std::pair<std::string, std::string>> exports;
   std::vector<std::string> read_plans;  // of each export
   std::string point_id;
@@ -83,6 +85,7 @@ class FakeCoordinator {
   int refused_registrations = 0;
   std::vector<std::vector<std::string>> heartbeats;
   std::vector<std::string> progress;            // assignment ids
+  std::vector<std::optional<StageBusy>> progress_stages;  // Progress.stages of each
   std::vector<FakeResult> results;
   std::vector<std::vector<std::string>> inventories;  // VM names per report
   std::vector<std::string> handshake_errors;          // TLS failures seen by the server

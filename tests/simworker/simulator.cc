@@ -217,16 +217,36 @@ class Simulator::Worker final : public rpc::WorkExecutor {
       });
     }
     return After(half)
-        .then([this, &context, total, rest]() {
-          context.ReportProgress(total / 2, total, total / 4);
+        .then([this, &context, total, half, rest]() {
+          rpc::ProgressReport p;
+          p.bytes_done = total / 2;
+          p.bytes_total = total;
+          p.bytes_stored = total / 4;
+          p.bytes_read = total / 2;
+          p.bytes_sent = total / 4;
+          p.stages = SimulatedStages(half);
+          context.ReportProgress(p);
           return After(rest);
         })
         .then([this, id = a.id, total]() {
           rpc::WorkOutcome o = rpc::WorkOutcome::Ok();
           o.bytes_read = total;
           o.bytes_stored = total / 2;
+          o.bytes_sent = total / 2;
+          o.stages = SimulatedStages(sh_.options.task_ms);
           return Done(id, std::move(o));
         });
+  }
+
+  // A disk read from a slow source into a local repository: source 90%,
+  // compute 35%, target 20% busy over `ms` (docs/worker-protocol.md).
+  static StageBusy SimulatedStages(int ms) {
+    StageBusy b;
+    b.wall_us = static_cast<uint64_t>(ms) * 1000;
+    b.source_us = b.wall_us * 9 / 10;
+    b.compute_us = b.wall_us * 35 / 100;
+    b.target_us = b.wall_us / 5;
+    return b;
   }
 
   kj::Promise<rpc::WorkOutcome> Release(const rpc::ReleaseAssignment& a,

@@ -8,8 +8,10 @@
 #include <memory>
 #include <kj/async-io.h>
 
+#include <algorithm>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -59,8 +61,20 @@ class ScriptedExecutor final : public rpc::WorkExecutor {
       }));
     }
     if (a.disk == "boom") return kj::Promise<WorkOutcome>(KJ_EXCEPTION(FAILED, "disk on fire"));
+    StageBusy busy;
+    busy.wall_us = 1000;
+    busy.network_us = 700;
+    busy.remote_store = true;
+    rpc::ProgressReport progress;
+    progress.bytes_done = 5;
+    progress.bytes_total = 10;
+    progress.bytes_read = 5;
+    progress.stages = busy;
+    context.ReportProgress(progress);
     WorkOutcome o = WorkOutcome::Ok();
     o.bytes_read = 10;
+    o.bytes_sent = 7;
+    o.stages = busy;
     return o;
   }
   kj::Promise<WorkOutcome> Release(const rpc::ReleaseAssignment&, rpc::WorkContext&) override {
@@ -159,6 +173,18 @@ TEST(WorkerAgentTest, CancelDestroysTheWorkRejectedWorkIsInternalReadPlansPassTh
   EXPECT_EQ(executor.read_plans["disk-vda.1"], "plan-of-vda");
   EXPECT_TRUE(results["disk-vda.1"].ok);
   EXPECT_EQ(results["disk-vda.1"].bytes_read, 10u);
+  // Statistics pass through (Progress.stages, WorkResult.bytesSent and .stages).
+  EXPECT_EQ(results["disk-vda.1"].bytes_sent, 7u);
+  ASSERT_TRUE(results["disk-vda.1"].stages.has_value());
+  EXPECT_EQ(results["disk-vda.1"].stages->network_us, 700u);
+  EXPECT_TRUE(results["disk-vda.1"].stages->remote_store);
+  EXPECT_EQ(results["disk-vda.1"].stages->bottleneck(), Stage::kNetwork);
+  EXPECT_FALSE(results["snap-vm1.1"].stages.has_value());  // not disk work: not set
+  auto vda_progress = std::find(fake.progress.begin(), fake.progress.end(), "disk-vda.1");
+  ASSERT_NE(vda_progress, fake.progress.end());
+  const auto& seen = fake.progress_stages[static_cast<size_t>(vda_progress - fake.progress.begin())];
+  ASSERT_TRUE(seen.has_value());
+  EXPECT_EQ(seen->wall_us, 1000u);
   SetLogLevel(LogLevel::kInfo);
 }
 

@@ -347,7 +347,16 @@ kj::Promise<rpc::WorkOutcome> HostExecutor::RunJob(const std::string& id, std::s
 
 kj::Promise<void> HostExecutor::ProgressLoop(rpc::WorkContext& context, std::shared_ptr<Job> job) {
   return timer_.afterDelay(1 * kj::SECONDS).then([this, &context, job]() {
-    if (uint64_t total = job->bytes_total.load(); total > 0) context.ReportProgress(job->disk.bytes_done, total, 0);
+    if (uint64_t total = job->bytes_total.load(); total > 0) {
+      worker::DiskBackupStats stats = job->disk.Stats();  // live
+      rpc::ProgressReport report;
+      report.bytes_done = job->disk.bytes_done;
+      report.bytes_total = total;
+      report.bytes_read = stats.bytes_read;
+      report.bytes_sent = stats.bytes_sent;
+      if (stats.busy.wall_us > 0) report.stages = stats.busy;
+      context.ReportProgress(report);
+    }
     if (const uint64_t share = context.RepositoryShare(); share != job->repository_share_rate.exchange(share)) {
       job->repository_share.SetRate(share);
     }
@@ -459,14 +468,18 @@ rpc::WorkOutcome HostExecutor::DoDisk(Job& job, const rpc::DiskAssignment& item)
   double secs = std::chrono::duration<double>(Clock::now() - start).count();
   char rate[32];
   std::snprintf(rate, sizeof rate, "%.0f MiB/s", secs > 0 ? static_cast<double>(record.read_bytes) / (1 << 20) / secs : 0.0);
+  const worker::DiskBackupStats stats = job.disk.Stats();  // final: the run has ended
   LogInfo("disk " + item.disk + ": " + (task.plan.incremental ? "incremental from point " + task.previous_point : "full") +
           ", read " + Mib(record.read_bytes) + " of " + Mib(record.size) + " (" + rate + "), stored " +
           Mib(record.stored_bytes) + " in " + std::to_string(record.new_chunks) + " new chunks; sent " +
           std::to_string(job.disk.bytes_sent.load()) + " bytes to the repository, " +
-          std::to_string(job.disk.bytes_resent.load()) + " of them again after a lost connection");
+          std::to_string(job.disk.bytes_resent.load()) + " of them again after a lost connection; busy: " +
+          stats.busy.Describe());
   rpc::WorkOutcome outcome = rpc::WorkOutcome::Ok();
   outcome.bytes_read = record.read_bytes;
   outcome.bytes_stored = record.stored_bytes;
+  outcome.bytes_sent = stats.bytes_sent;
+  outcome.stages = stats.busy;
   return outcome;
 }
 

@@ -87,6 +87,10 @@ class ChunkStore {
   virtual void Sync() = 0;
   // Where a chunk is, for messages ("/repo/chunks/ab1/ab1f...").
   virtual std::string Describe(const Digest& digest) const = 0;
+  // Whether calls reach the store over a network (a repository service): a
+  // backup's statistics count the time it waits for the store as network
+  // time then, as target (storage) time otherwise (ferry/common/stage_busy.h).
+  virtual bool remote() const { return false; }
 };
 
 class ChunkReader {

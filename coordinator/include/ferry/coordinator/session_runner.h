@@ -37,6 +37,7 @@
 #include <boost/json.hpp>
 
 #include "ferry/common/bandwidth.h"
+#include "ferry/common/stage_busy.h"
 #include "ferry/coordinator/database.h"
 #include "ferry/coordinator/local_repositories.h"
 #include "ferry/coordinator/host_locality_scheduler.h"
@@ -114,6 +115,14 @@ struct ExportRecord {
   bool host_local = false;  // only workers on the snapshot's host can read it
 };
 
+// A disk task's data-path statistics as its worker reports them: live with
+// progress, final with the result (docs/worker-protocol.md, "Statistics").
+struct TaskStats {
+  int64_t bytes_read = 0;
+  int64_t bytes_sent = 0;
+  std::optional<StageBusy> stages;  // nullopt: the worker sent none (an older one)
+};
+
 struct WorkReport {
   std::string assignment;
   bool ok = false;
@@ -121,6 +130,8 @@ struct WorkReport {
   std::string error;
   int64_t bytes_read = 0;
   int64_t bytes_stored = 0;
+  int64_t bytes_sent = 0;
+  std::optional<StageBusy> stages;
   std::vector<ExportRecord> exports;
   std::string point_id;
   std::vector<std::string> log;
@@ -147,7 +158,8 @@ class SessionRunner {
   // False: the assignment is not the worker's (any more). `repository_share`
   // (disk work): the task's share of its repository's bandwidth cap now.
   bool ReportProgress(int64_t worker_id, const std::string& assignment, int64_t done,
-                      int64_t total, int64_t stored, uint64_t* repository_share = nullptr);
+                      int64_t total, int64_t stored, const TaskStats& stats = {},
+                      uint64_t* repository_share = nullptr);
   bool ReportResult(int64_t worker_id, const WorkReport& report);
 
   // --- API side ---
@@ -372,6 +384,7 @@ class SessionRunner {
   struct Progress {
     int64_t started_at = 0, done = 0, total = 0, stored = 0;
     double rate = 0;
+    TaskStats stats;
   };
   std::unordered_map<int64_t, SnapshotContext> snapshot_context_;  // by snapshot id
   std::vector<LogRow> pending_log_;

@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "ferry/common/error.h"
+#include "ferry/common/stage_busy.h"
 #include "ferry/rpc/worker_protocol.capnp.h"
 
 namespace ferry::rpc {
@@ -40,6 +41,26 @@ inline std::optional<ErrorKind> ParseWireErrorKind(std::string_view name) {
     if (name == WireErrorKind(k)) return k;
   }
   return std::nullopt;
+}
+
+// StageStats (Progress.stages, WorkResult.stages) to and from StageBusy.
+inline void SetStageStats(const StageBusy& busy, StageStats::Builder out) {
+  out.setWallUs(busy.wall_us);
+  out.setSourceBusyUs(busy.source_us);
+  out.setComputeBusyUs(busy.compute_us);
+  out.setNetworkBusyUs(busy.network_us);
+  out.setTargetBusyUs(busy.target_us);
+  out.setRemoteStore(busy.remote_store);
+}
+inline StageBusy StageBusyFrom(StageStats::Reader in) {
+  StageBusy b;
+  b.wall_us = in.getWallUs();
+  b.source_us = in.getSourceBusyUs();
+  b.compute_us = in.getComputeBusyUs();
+  b.network_us = in.getNetworkBusyUs();
+  b.target_us = in.getTargetBusyUs();
+  b.remote_store = in.getRemoteStore();
+  return b;
 }
 
 }  // namespace ferry::rpc

@@ -121,6 +121,8 @@ struct WorkOutcome {
   std::string error;                            // when !ok
   uint64_t bytes_read = 0;                      // disk work
   uint64_t bytes_stored = 0;                    // disk work
+  uint64_t bytes_sent = 0;                      // disk work: encoded, to the repository
+  std::optional<StageBusy> stages;              // disk work: the stages' busy time
   std::vector<DiskExportUri> exports;           // snapshot work: one per disk
   std::string point_id;                         // release work with commit
   std::vector<std::string> log;                 // kept with the task
@@ -175,13 +177,30 @@ enum class AssignmentEnd {
 // "done", "rejected", "cancelled", "dropped", "report_failed".
 const char* AssignmentEndName(AssignmentEnd end);
 
+// A disk task's progress (Progress without the assignment id).
+struct ProgressReport {
+  uint64_t bytes_done = 0;
+  uint64_t bytes_total = 0;
+  uint64_t bytes_stored = 0;
+  uint64_t bytes_read = 0;          // from the source, so far
+  uint64_t bytes_sent = 0;          // to the repository, so far
+  std::optional<StageBusy> stages;  // the stages' busy time so far
+};
+
 // Given with each item; valid until its work promise is resolved or destroyed.
 class WorkContext {
  public:
   virtual const std::string& assignment_id() const = 0;
   // Advisory (reportProgress). Not sent while unregistered. A reply saying
   // cancel ends the assignment as kCancelled.
-  virtual void ReportProgress(uint64_t bytes_done, uint64_t bytes_total, uint64_t bytes_stored) = 0;
+  virtual void ReportProgress(const ProgressReport& report) = 0;
+  void ReportProgress(uint64_t bytes_done, uint64_t bytes_total, uint64_t bytes_stored) {
+    ProgressReport r;
+    r.bytes_done = bytes_done;
+    r.bytes_total = bytes_total;
+    r.bytes_stored = bytes_stored;
+    ReportProgress(r);
+  }
   // Disk work: the share of its repository's bandwidth cap the coordinator
   // gave it last (the item's, then each progress reply's); 0: no cap.
   virtual uint64_t RepositoryShare() const = 0;
@@ -278,7 +297,7 @@ class WorkerAgent final : private kj::TaskSet::ErrorHandler {
   void MaybePull();
   void SendPull(uint32_t free_slots);
   void StartItem(WorkItem::Reader w);
-  void SendProgress(Item& item, uint64_t done, uint64_t total, uint64_t stored);
+  void SendProgress(Item& item, const ProgressReport& report);
   void Finish(Item& item, WorkOutcome outcome);
   void SendResult(Item& item);
   void Retire(const std::string& id, AssignmentEnd end, const std::string& reason);
