@@ -128,9 +128,10 @@ for t in s["tasks"]:
     host = "host-a" if t["vm"].startswith("vm-a") else "host-b"
     assert t["state"] == "succeeded", t
     assert w[t["worker_id"]] == host and t["tier"] == "host", (t, w)
-    # Statistics from the real pipeline: a local repository measures target, not network.
-    assert t["busy"] is not None and t["busy"]["network"] is None and t["busy"]["target"] is not None, t
-    assert t["bottleneck"] in ("source", "compute", "target"), t
+    # Statistics from the real pipeline: the coordinator serves its local repository to the
+    # workers (its in-process repository service), so the store is remote: network, not target.
+    assert t["busy"] is not None and t["busy"]["network"] is not None and t["busy"]["target"] is None, t
+    assert t["bottleneck"] in ("source", "compute", "network"), t
 for p in s["snapshots"]:
     host = "host-a" if p["vm"].startswith("vm-a") else "host-b"
     assert p["point_id"], p
