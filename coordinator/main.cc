@@ -1,6 +1,5 @@
 // ferry-coordinator: main() parses options and wires the parts (database,
 // session runner, web API, worker RPC); the work is in ferry_coordinator.
-#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -17,6 +16,7 @@
 
 #include <boost/json.hpp>
 
+#include "ferry/common/allocator.h"
 #include "ferry/common/arguments.h"
 #include "ferry/common/error.h"
 #include "ferry/common/file_util.h"
@@ -231,10 +231,8 @@ int main(int argc, char** argv) {
     return args.empty() ? 2 : 0;
   }
   // The scheduler allocates and frees small objects at a high rate on
-  // several threads; without this glibc keeps handing pages back to the
-  // kernel (madvise) and faulting them in again (~10% of its CPU at scale).
-  mallopt(M_TRIM_THRESHOLD, 64 << 20);
-  mallopt(M_MMAP_THRESHOLD, 16 << 20);
+  // several threads (~10% of its CPU at scale without this).
+  ferry::KeepFreedMemory();
   sigset_t stop_signals = StopSignals();
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);  // before any thread starts
   signal(SIGPIPE, SIG_IGN);

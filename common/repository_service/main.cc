@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "ferry/common/allocator.h"
 #include "ferry/common/error.h"
 #include "ferry/common/log.h"
 #include "ferry/rpc/repository_service.h"
@@ -15,6 +16,7 @@
 
 int main(int argc, char** argv) {
   using namespace ferry;
+  KeepFreedMemory();
   std::vector<std::string> args(argv + 1, argv + argc);
   try {
     if (!args.empty() && args[0] == "grant") {

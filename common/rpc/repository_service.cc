@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <deque>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -250,10 +251,72 @@ class StagingLeaseImpl final : public rpc::StagingLease::Server {
   std::unique_ptr<ferry::StagingLease> lease_;
 };
 
+// Threads for the service's heavy calls: checking and storing a chunk
+// (decode + SHA-256 + write) and reading one. Off the event loop, so that
+// findMissing and the point store's calls are answered at once instead of
+// queueing behind a window of inserts, and so that chunks are checked on
+// every core. Results go back to the loop through cross-thread fulfillers.
+class ChunkWorkers {
+ public:
+  explicit ChunkWorkers(unsigned threads) {
+    for (unsigned i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
+  }
+  ~ChunkWorkers() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+  // Runs `work` on a pool thread; the promise (on the calling loop) resolves
+  // with its result, or rejects with its error as "kind: message".
+  template <typename T>
+  kj::Promise<T> Run(std::function<T()> work) {
+    auto paf = kj::newPromiseAndCrossThreadFulfiller<T>();
+    auto fulfiller = std::make_shared<kj::Own<kj::CrossThreadPromiseFulfiller<T>>>(kj::mv(paf.fulfiller));
+    Post([work = std::move(work), fulfiller]() {
+      try {
+        (*fulfiller)->fulfill(work());
+      } catch (const std::exception& e) {
+        (*fulfiller)->reject(ToKj(e));
+      }
+    });
+    return kj::mv(paf.promise);
+  }
+
+ private:
+  void Post(std::function<void()> job) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      jobs_.push_back(std::move(job));
+    }
+    cv_.notify_one();
+  }
+  void Loop() {
+    for (;;) {
+      std::function<void()> job;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
+        if (jobs_.empty()) return;
+        job = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      job();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  bool stop_ = false;
+  std::vector<std::thread> threads_;
+};
+
 class RepositoryImpl final : public rpc::Repository::Server {
  public:
-  RepositoryImpl(std::shared_ptr<ferry::Repository> repo, std::string name)
-      : repo_(std::move(repo)), name_(std::move(name)) {}
+  RepositoryImpl(std::shared_ptr<ferry::Repository> repo, std::string name, std::shared_ptr<ChunkWorkers> workers)
+      : repo_(std::move(repo)), name_(std::move(name)), workers_(std::move(workers)) {}
 
   kj::Promise<void> findMissing(FindMissingContext context) override {
     return Guard([&] {
@@ -272,16 +335,30 @@ class RepositoryImpl final : public rpc::Repository::Server {
   }
 
   kj::Promise<void> insert(InsertContext context) override {
-    return Guard([&] {
-      auto params = context.getParams();
-      Digest digest = DigestOf(params.getDigest());
-      auto encoded = params.getEncoded();
-      if (encoded.size() > kMaxEncodedChunk) throw Error(ErrorKind::kBadInput, "insert: a chunk larger than 16 MiB");
-      std::span<const uint8_t> bytes(encoded.begin(), encoded.size());
-      // What is stored under a digest must be that digest's data.
-      decoder_.Decode(bytes, &digest, "chunk " + digest.Hex() + " sent to repository " + name_, &plain_);
-      context.getResults().setStored(repo_->chunks().Insert(digest, bytes));
-    });
+    Digest digest;
+    try {
+      digest = DigestOf(context.getParams().getDigest());
+      if (context.getParams().getEncoded().size() > kMaxEncodedChunk) {
+        throw Error(ErrorKind::kBadInput, "insert: a chunk larger than 16 MiB");
+      }
+    } catch (const std::exception& e) {
+      return ToKj(e);
+    }
+    // A copy: the call (and its params) may be cancelled while a pool thread works.
+    auto encoded = context.getParams().getEncoded();
+    auto bytes = std::make_shared<std::vector<uint8_t>>(encoded.begin(), encoded.end());
+    auto repo = repo_;
+    std::string what = "chunk " + digest.Hex() + " sent to repository " + name_;
+    return workers_
+        ->Run<bool>([repo, digest, bytes, what]() {
+          // What is stored under a digest must be that digest's data.
+          thread_local ChunkDecoder decoder;
+          thread_local std::vector<uint8_t> plain;
+          Digest d = digest;
+          decoder.Decode(*bytes, &d, what, &plain);
+          return repo->chunks().Insert(digest, *bytes);
+        })
+        .then([context](bool stored) mutable { context.getResults().setStored(stored); });
   }
 
   kj::Promise<void> sync(SyncContext) override {
@@ -289,12 +366,22 @@ class RepositoryImpl final : public rpc::Repository::Server {
   }
 
   kj::Promise<void> read(ReadContext context) override {
-    return Guard([&] {
-      Digest digest = DigestOf(context.getParams().getDigest());
-      std::vector<uint8_t> encoded;
-      repo_->chunk_reader().Read(digest, &encoded);
-      context.getResults().setEncoded(capnp::Data::Reader(encoded.data(), encoded.size()));
-    });
+    Digest digest;
+    try {
+      digest = DigestOf(context.getParams().getDigest());
+    } catch (const std::exception& e) {
+      return ToKj(e);
+    }
+    auto repo = repo_;
+    auto encoded = std::make_shared<std::vector<uint8_t>>();
+    return workers_
+        ->Run<bool>([repo, digest, encoded]() {
+          repo->chunk_reader().Read(digest, encoded.get());
+          return true;
+        })
+        .then([context, encoded](bool) mutable {
+          context.getResults().setEncoded(capnp::Data::Reader(encoded->data(), encoded->size()));
+        });
   }
 
   kj::Promise<void> quarantine(QuarantineContext context) override {
@@ -413,13 +500,14 @@ class RepositoryImpl final : public rpc::Repository::Server {
 
   std::shared_ptr<ferry::Repository> repo_;
   std::string name_;
-  ChunkDecoder decoder_;
-  std::vector<uint8_t> plain_;
+  std::shared_ptr<ChunkWorkers> workers_;
 };
 
 class ServiceImpl final : public RepositoryService::Server {
  public:
-  explicit ServiceImpl(RepositoryServiceConfig config) : catalog_(std::move(config.catalog)) {
+  explicit ServiceImpl(RepositoryServiceConfig config)
+      : catalog_(std::move(config.catalog)),
+        workers_(std::make_shared<ChunkWorkers>(std::max(2u, std::thread::hardware_concurrency()))) {
     for (const auto& [name, dir] : config.repositories) {
       std::shared_ptr<ferry::Repository> repo = ferry::Repository::Open(dir);
       repo->PrepareForWriting();
@@ -473,9 +561,9 @@ class ServiceImpl final : public RepositoryService::Server {
   }
 
  private:
-  static void SetResults(RepositoryService::OpenResults::Builder results, const std::shared_ptr<ferry::Repository>& repo,
-                         const std::string& name) {
-    results.setRepository(kj::heap<RepositoryImpl>(repo, name));
+  void SetResults(RepositoryService::OpenResults::Builder results, const std::shared_ptr<ferry::Repository>& repo,
+                  const std::string& name) {
+    results.setRepository(kj::heap<RepositoryImpl>(repo, name, workers_));
     auto info = results.initInfo();
     const RepositoryConfig& config = repo->config();
     info.setName(name);
@@ -486,6 +574,7 @@ class ServiceImpl final : public RepositoryService::Server {
   }
 
   std::shared_ptr<const RepositoryCatalog> catalog_;
+  std::shared_ptr<ChunkWorkers> workers_;
   std::map<std::string, std::shared_ptr<ferry::Repository>> by_directory_;
   std::map<std::string, std::shared_ptr<ferry::Repository>> repositories_;
   std::vector<RepositoryGrant> grants_;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "commands.h"
+#include "ferry/common/allocator.h"
 #include "ferry/common/error.h"
 #include "ferry/common/log.h"
 
@@ -39,6 +40,7 @@ std::string SelfPath(const char* argv0) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  ferry::KeepFreedMemory();
   std::vector<std::string> args(argv + 1, argv + argc);
   while (!args.empty() && (args[0] == "--verbose" || args[0] == "--quiet")) {
     ferry::SetLogLevel(args[0] == "--verbose" ? ferry::LogLevel::kDebug : ferry::LogLevel::kWarning);

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "ferry/common/allocator.h"
 #include "ferry/common/error.h"
 #include "ferry/common/log.h"
 #include "ferry/rpc/tls.h"
@@ -86,4 +87,7 @@ int Main(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) { return Main(argc, argv); }
+int main(int argc, char** argv) {
+  ferry::KeepFreedMemory();
+  return Main(argc, argv);
+}
