@@ -14,6 +14,7 @@
 #include "ferry/common/bandwidth.h"
 #include "ferry/coordinator/schedule.h"
 #include "ferry/rpc/repository_service.h"
+#include "ferry/rpc/worker_tokens.h"
 
 namespace json = boost::json;
 
@@ -366,6 +367,13 @@ RepositoryFields ReadRepositoryFields(const std::string& body, bool create) {
   }
   // Write-only: the API never returns it (token_set says whether there is one).
   r.token = f.String("token", false, 4096);
+  if (r.token && rpc::WorkerTokenKey::LooksLikeKey(*r.token)) {
+    try {
+      rpc::WorkerTokenKey::FromText(*r.token, "the token");
+    } catch (const Error& e) {
+      throw FieldError("token", e.what());
+    }
+  }
   r.bandwidth = ReadBandwidth(f);
   r.task_slots = f.Int("task_slots", false, 1, 1024);
   r.capacity_bytes = f.Int("capacity_bytes", false, 0, INT64_MAX);

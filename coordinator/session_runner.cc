@@ -756,7 +756,14 @@ WorkOrder SessionRunner::BuildOrder(const Placement& placement, int64_t worker_i
   if (local_repositories_ && !order.repository_location.empty() && order.repository_location[0] == '/') {
     // A path on this machine: through the coordinator's own service.
     order.repository_location = local_service_base_ + "/" + order.repository_name;
-    order.repository_token = local_repositories_->TokenFor(worker_id, order.repository_id);
+    order.repository_token = local_repositories_->TokenFor(worker_id, order.repository_name);
+  } else if (rpc::WorkerTokenKey::LooksLikeKey(order.repository_token)) {
+    // A ferry-repository that shares a key with us: a token for this worker
+    // and this repository (the name on the service: the address's last part).
+    const std::string& location = order.repository_location;
+    const std::string remote_name = location.substr(location.rfind('/') + 1);
+    order.repository_token = rpc::WorkerTokenKey::FromText(order.repository_token, "the repository's key")
+                                 .Mint(worker_id, remote_name);
   }
   order.snapshot_id = snapshot_id;
   order.point_id = context.point_id;

@@ -19,6 +19,10 @@ int main(int argc, char** argv) {
   KeepFreedMemory();
   std::vector<std::string> args(argv + 1, argv + argc);
   try {
+    if (!args.empty() && args[0] == "key") {
+      std::cout << repository_daemon::KeyCommand({args.begin() + 1, args.end()}) << std::endl;
+      return 0;
+    }
     if (!args.empty() && args[0] == "grant") {
       std::cout << repository_daemon::GrantCommand({args.begin() + 1, args.end()}) << std::endl;
       return 0;

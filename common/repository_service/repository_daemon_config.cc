@@ -20,7 +20,7 @@ namespace ferry::repository_daemon {
 namespace {
 
 const std::set<std::string> kValued = {"config", "listen", "tls-cert", "tls-key", "repository", "tokens",
-                                       "max-connections", "handshake-timeout"};
+                                       "coordinator-key", "max-connections", "handshake-timeout"};
 const std::set<std::string> kFlags = {"no-tls", "verbose", "quiet", "help"};
 
 std::string Trim(std::string s) {
@@ -68,9 +68,17 @@ command line wins.
                             with `ferry init --repo DIR`)
   --tokens FILE             who may open what: lines "<SHA-256 of a token> NAME[,NAME...]"
                             (add one with `ferry-repository grant`)
+  --coordinator-key FILE    also accept the per-worker tokens a coordinator mints with
+                            this key (make it with `ferry-repository key`, give its
+                            text to the coordinator as the repository's token)
   --max-connections N       connections open at once (default 256)
   --handshake-timeout DUR   a TLS handshake may take this long (default 10s)
   --verbose, --quiet        more, or only warnings and errors, on stderr
+
+key --key-file FILE: makes a key shared with a coordinator (file 0600) and
+prints it ("frk-..."): POST /api/v1/repositories {"location":
+"ferry+tls://HOST:PORT/NAME", "token": "frk-..."} then gives each worker
+tokens of its own, for that repository only, that this service checks.
 
 grant: makes a new token for the named repositories, appends its line (the
 token's SHA-256, never the token) to the tokens file, and prints the token.
@@ -152,9 +160,22 @@ DaemonConfig ParseDaemonConfig(const std::vector<std::string>& args) {
     }
   }
   if (c.service.repositories.empty()) throw Error(ErrorKind::kBadInput, "give at least one --repository NAME=DIR");
-  c.tokens_file = a.Require("tokens");
-  c.service.grants = ParseTokensFile(ReadWholeFile(c.tokens_file), c.tokens_file, c.service.repositories);
+  if (auto key = a.Get("coordinator-key")) c.service.worker_key = rpc::WorkerTokenKey::FromFile(*key, false);
+  if (!a.Has("tokens") && !a.Has("coordinator-key")) {
+    throw Error(ErrorKind::kBadInput, "give who may open the repositories: --tokens FILE and/or --coordinator-key FILE");
+  }
+  if (auto tokens = a.Get("tokens")) {
+    c.tokens_file = *tokens;
+    c.service.grants = ParseTokensFile(ReadWholeFile(c.tokens_file), c.tokens_file, c.service.repositories);
+  }
   return c;
+}
+
+std::string KeyCommand(const std::vector<std::string>& args) {
+  Arguments a(args, {"key-file"}, {});
+  const std::string path = a.Require("key-file");
+  if (PathExists(path)) throw Error(ErrorKind::kBadInput, path + " exists; a key is made once (delete it to make another)");
+  return rpc::WorkerTokenKey::FromFile(path, /*create=*/true).ToText();
 }
 
 std::string GrantCommand(const std::vector<std::string>& args) {

@@ -30,5 +30,8 @@ std::vector<rpc::RepositoryGrant> ParseTokensFile(const std::string& text, const
 // `ferry-repository grant`: makes a new random token, appends its grant line
 // to the tokens file (created 0600) and returns the token (printed once).
 std::string GrantCommand(const std::vector<std::string>& args);
+// `ferry-repository key --key-file FILE`: creates the key shared with a
+// coordinator (0600; refuses an existing file) and returns its text.
+std::string KeyCommand(const std::vector<std::string>& args);
 
 }  // namespace ferry::repository_daemon

@@ -514,6 +514,7 @@ class ServiceImpl final : public RepositoryService::Server {
       repositories_[name] = std::move(repo);
     }
     grants_ = std::move(config.grants);
+    worker_key_ = std::move(config.worker_key);
   }
 
   // A catalog's repository, opened once per directory.
@@ -541,6 +542,12 @@ class ServiceImpl final : public RepositoryService::Server {
         const std::string name = params.getRepository();
         std::shared_ptr<ferry::Repository> repo = OpenThroughCatalog(params.getToken(), name);
         SetResults(context.getResults(), repo, name);
+        return;
+      }
+      if (worker_key_ && repositories_.count(params.getRepository()) &&
+          worker_key_->Verify(params.getToken(), params.getRepository())) {
+        const std::string name = params.getRepository();
+        SetResults(context.getResults(), repositories_[name], name);
         return;
       }
       const Digest presented = TokenHash(params.getToken());
@@ -574,6 +581,7 @@ class ServiceImpl final : public RepositoryService::Server {
   }
 
   std::shared_ptr<const RepositoryCatalog> catalog_;
+  std::optional<WorkerTokenKey> worker_key_;
   std::shared_ptr<ChunkWorkers> workers_;
   std::map<std::string, std::shared_ptr<ferry::Repository>> by_directory_;
   std::map<std::string, std::shared_ptr<ferry::Repository>> repositories_;

@@ -6,7 +6,9 @@
 # service stopped for 20 s mid-disk, and killed -9 mid-disk, the disk resumes
 # and the bytes sent again stay within the unacknowledged window (counted);
 # a token
-# opens only its repositories; no token appears in any log.
+# opens only its repositories (per-worker tokens the coordinator mints with a
+# key shared with the service, and tokens of the service's tokens file); no
+# token appears in any log.
 . "$(dirname "$0")/common.sh" "$@"
 . "$TESTS_DIR/lib/coordinator.sh"
 REPOSITORY_SERVICE=${FERRY_REPOSITORY:?set FERRY_REPOSITORY to the ferry-repository binary}
@@ -24,6 +26,10 @@ TOKEN_MAIN=$("$REPOSITORY_SERVICE" grant --tokens "$WORK/tokens" --repository ma
 TOKEN_OTHER=$("$REPOSITORY_SERVICE" grant --tokens "$WORK/tokens" --repository other)
 echo "$TOKEN_MAIN" >"$WORK/main.token"
 echo "$TOKEN_OTHER" >"$WORK/other.token"
+# The key the coordinator mints per-worker tokens with.
+KEY=$("$REPOSITORY_SERVICE" key --key-file "$WORK/coordinator.key")
+[[ $KEY == frk-* && $(stat -c %a "$WORK/coordinator.key") == 600 ]] || fail "key: $KEY"
+expect_error 2 "exists" "$REPOSITORY_SERVICE" key --key-file "$WORK/coordinator.key"
 [[ $(stat -c %a "$WORK/tokens") == 600 ]] || fail "the tokens file is not 0600"
 grep -q "$TOKEN_MAIN" "$WORK/tokens" && fail "the tokens file holds a token, not its hash"
 cat >"$WORK/repository.conf" <<CONF
@@ -33,6 +39,7 @@ tls-key = $WORK/key.pem
 repository = main=$WORK/store/main
 repository = other=$WORK/store/other
 tokens = $WORK/tokens
+coordinator-key = $WORK/coordinator.key
 CONF
 SERVICE_PID=
 service_start() {
@@ -60,9 +67,10 @@ ok "a token opens its own repositories only; a wrong token and none are refused"
 DATA=$WORK/coord
 coord_init "$DATA"
 coord_start "$DATA" --listen 127.0.0.1:0 --rpc-listen 127.0.0.1:0 --heartbeat-interval-ms 500 --heartbeat-deadline-ms 4000
-api POST /repositories "{\"name\": \"main\", \"location\": \"$URL\", \"token\": \"$TOKEN_MAIN\", \"task_slots\": 4}" >"$WORK/repo.json"
+# The record holds the shared key: every worker gets tokens of its own, for this repository only.
+api POST /repositories "{\"name\": \"main\", \"location\": \"$URL\", \"token\": \"$KEY\", \"task_slots\": 4}" >"$WORK/repo.json"
 [[ $(jpy 'd["token_set"]' <"$WORK/repo.json") == True ]] || fail "token_set: $(cat "$WORK/repo.json")"
-grep -q "$TOKEN_MAIN" "$WORK/repo.json" && fail "the API returned the repository token"
+grep -q "$KEY" "$WORK/repo.json" && fail "the API returned the repository key"
 mkdir -p "$WORK/qmp"
 random_disk() {  # PATH FORMAT MiB: incompressible data throughout, so every chunk is new and full size
   head -c $(($3 * MiB)) /dev/urandom >"$1.raw"
@@ -173,7 +181,7 @@ ok "session $S3: the service killed -9 mid-disk; the disk resumed ($resent bytes
 
 # --- nothing secret in any log ---
 for f in "$WORK/service.log" "$WORK/worker-w1.log" "$DATA/log"; do
-  for t in "$TOKEN_MAIN" "$TOKEN_OTHER" "$(cat "$WORK/w1.token")"; do
+  for t in "$TOKEN_MAIN" "$TOKEN_OTHER" "$(cat "$WORK/w1.token")" "$KEY" frw-; do
     grep -qF "$t" "$f" && fail "a token appears in $f"
   done
 done

@@ -337,6 +337,35 @@ TEST_F(RepositoryServiceTest, ThePointStoreOverTheWire) {
   EXPECT_EQ(remote->points().ListStaged(), std::vector<std::string>{});
 }
 
+// Per-worker tokens minted by the coordinator with a key it shares with the
+// service: a token opens its repository only, until its expiry, and a
+// changed byte or another key is refused.
+TEST_F(RepositoryServiceTest, CoordinatorMintedWorkerTokens) {
+  rpc::WorkerTokenKey key = rpc::WorkerTokenKey::Random();
+  const int64_t now = 1'800'000'000;
+  const std::string token = key.Mint(7, "a", now);
+  EXPECT_EQ(key.Verify(token, "a", now), 7);
+  EXPECT_FALSE(key.Verify(token, "b", now)) << "for repository a only";
+  EXPECT_FALSE(key.Verify(token, "a", now + rpc::kWorkerTokenLifetime + 1)) << "expired";
+  std::string tampered = token;
+  tampered[5] = tampered[5] == '7' ? '8' : '7';  // another worker id
+  EXPECT_FALSE(key.Verify(tampered, "a", now));
+  EXPECT_FALSE(rpc::WorkerTokenKey::Random().Verify(token, "a", now)) << "another key";
+  EXPECT_EQ(rpc::WorkerTokenKey::FromText(key.ToText(), "k").Mint(7, "a", now), token) << "text round trip";
+  EXPECT_EQ(KindOf([&] { rpc::WorkerTokenKey::FromText("frk-12", "the key"); }), ErrorKind::kBadInput);
+
+  rpc::RepositoryServiceConfig config = config_;
+  config.worker_key = key;
+  auto server = Serve(config, nullptr);
+  EXPECT_NO_THROW(RemoteRepository::Connect(Endpoint(*server, key.Mint(3, "a"), "a")));
+  std::string message;
+  EXPECT_EQ(KindOf([&] { RemoteRepository::Connect(Endpoint(*server, key.Mint(3, "a"), "b")); }, &message),
+            ErrorKind::kBadInput);
+  EXPECT_EQ(KindOf([&] { RemoteRepository::Connect(Endpoint(*server, rpc::WorkerTokenKey::Random().Mint(3, "a"), "a")); }),
+            ErrorKind::kBadInput);
+  EXPECT_NO_THROW(RemoteRepository::Connect(Endpoint(*server, "tok-a", "a"))) << "the static grants still hold";
+}
+
 TEST_F(RepositoryServiceTest, RepositoryUrls) {
   auto e = rpc::ParseRepositoryUrl("ferry+tls://store.example:8720/main");
   ASSERT_TRUE(e);

@@ -4,15 +4,12 @@
 // into them without a shared file system, and a single-machine setup needs no
 // ferry-repository daemon.
 //
-// Tokens: one per worker and repository, minted for each work item and never
-// stored: "frw-<worker id>-<repository id>-<HMAC-SHA256(key, ids), hex>".
-// The key is kept in the coordinator's data directory (0600), so tokens held
-// by running tasks stay good across a coordinator restart. A worker's token
-// opens only that repository; the service checks the HMAC in constant time
-// and that the name is the repository's.
+// Tokens: per worker and repository, minted for each work item and never
+// stored (ferry/rpc/worker_tokens.h), with a key kept in the coordinator's
+// data directory (0600), so tokens held by running tasks stay good across a
+// coordinator restart.
 #pragma once
 
-#include <array>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -20,6 +17,7 @@
 #include <string>
 
 #include "ferry/rpc/repository_service.h"
+#include "ferry/rpc/worker_tokens.h"
 
 namespace ferry::coordinator {
 
@@ -32,13 +30,11 @@ class LocalRepositories final : public rpc::RepositoryCatalog {
   void Set(int64_t id, const std::string& name, const std::string& location);
   void Remove(int64_t id);
 
-  std::string TokenFor(int64_t worker_id, int64_t repository_id) const;
+  std::string TokenFor(int64_t worker_id, const std::string& repository) const { return key_.Mint(worker_id, repository); }
   std::optional<std::string> Resolve(const std::string& token, const std::string& repository) const override;
 
  private:
-  std::string Mac(int64_t worker_id, int64_t repository_id) const;
-
-  std::array<uint8_t, 32> secret_;
+  const rpc::WorkerTokenKey key_;
   mutable std::mutex mu_;
   std::map<std::string, std::pair<int64_t, std::string>> by_name_;  // name -> (id, directory)
 };

@@ -40,6 +40,7 @@
 #include "ferry/common/stage_busy.h"
 #include "ferry/coordinator/database.h"
 #include "ferry/coordinator/local_repositories.h"
+#include "ferry/rpc/worker_tokens.h"
 #include "ferry/coordinator/host_locality_scheduler.h"
 
 namespace ferry::coordinator {

@@ -32,6 +32,7 @@
 
 #include "ferry/common/checksum.h"
 #include "ferry/common/repository.h"
+#include "ferry/rpc/worker_tokens.h"
 
 namespace ferry::rpc {
 
@@ -57,9 +58,11 @@ class RepositoryCatalog {
 };
 
 struct RepositoryServiceConfig {
-  // Static: these repositories (opened at start), to these grants.
+  // Static: these repositories (opened at start), to the holders of these
+  // grants and of tokens minted with `worker_key` (worker_tokens.h).
   std::map<std::string, std::string> repositories;  // name -> local directory
   std::vector<RepositoryGrant> grants;
+  std::optional<WorkerTokenKey> worker_key;
   // Or dynamic: when set, it decides (repositories are opened on first use).
   std::shared_ptr<const RepositoryCatalog> catalog;
 };
