@@ -200,8 +200,10 @@ class DiskBackupRun {
         chunk_size_(config.chunk_size),
         index_(index_path, reader.size(), chunk_size_),
         upload_(store.StartUpload()),
+        // A remote store's lookups wait a round trip per chunk: twice the
+        // threads keep the cores busy meanwhile.
         threads_(options.compute_threads ? options.compute_threads
-                                         : std::max(1u, std::thread::hardware_concurrency())),
+                                         : std::max(1u, std::thread::hardware_concurrency()) * (store.remote() ? 2 : 1)),
         pool_(2 * threads_ + 2, chunk_size_) {
     if (const FixedIndexReader* prev = options.previous_index) {
       if (prev->disk_size() != reader.size() || prev->chunk_size() != chunk_size_) {

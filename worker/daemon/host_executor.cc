@@ -454,8 +454,11 @@ rpc::WorkOutcome HostExecutor::DoDisk(Job& job, const rpc::DiskAssignment& item)
   auto repo = OpenRepository(item.repository);
   worker::DiskBackupOptions options;
   unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  options.compute_threads = settings_.compute_threads != 0 ? settings_.compute_threads
-                                                           : std::max(1u, cores / std::max(1u, settings_.task_slots));
+  // A remote store's lookups wait a round trip per chunk: twice the threads
+  // keep the cores busy meanwhile.
+  options.compute_threads = settings_.compute_threads != 0
+                                ? settings_.compute_threads
+                                : std::max(1u, cores / std::max(1u, settings_.task_slots)) * (repo->chunks().remote() ? 2 : 1);
   options.rate_limit_bytes_per_s = settings_.rate_limit_bytes_per_s;
   ApplyWorkerBandwidth(item.worker_bandwidth);
   job.repository_share_rate = item.repository_bytes_per_s;
