@@ -462,11 +462,14 @@ DiskRestoreResult RestoreDisk(Repository& repo, const std::string& point_id,
     threads = static_cast<unsigned>(std::min<uint64_t>({4 * cores, 16, by_memory}));
   }
   // Absolute: qemu-nbd wants an absolute socket path, derived from this one.
-  const std::string partial =
-      std::filesystem::absolute(target).string() + ".ferry-partial-" + std::to_string(::getpid());
+  // Unique per call, not only per process: the worker daemon runs several
+  // restores at once, and two into one target must not share a partial file.
+  static std::atomic<uint64_t> restores_started{0};
+  const std::string partial = std::filesystem::absolute(target).string() + ".ferry-partial-" +
+                              std::to_string(::getpid()) + "-" + std::to_string(++restores_started);
   DiskRestoreResult result;
   result.size = disk->size;
-  if (progress) progress->bytes_total = disk->size;
+  if (progress) progress->bytes_total += disk->size;
   try {
     // Decoded chunks, [worker][buffer]. Declared before the writer: a writer
     // torn down on an error may still hold requests that point into them.
@@ -576,6 +579,7 @@ DiskRestoreResult RestoreDisk(Repository& repo, const std::string& point_id,
     if (error) std::rethrow_exception(error);
     out->Finish();
     result.bytes_written = written;
+    if (progress) progress->bytes_written += written;
   } catch (...) {
     ::unlink(partial.c_str());
     throw;

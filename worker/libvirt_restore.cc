@@ -79,6 +79,10 @@ std::string RestoreLibvirtVm(Repository& repo, const LibvirtRestoreOptions& o) {
   auto conn = Connect(o.uri);
   DiskRestoreOptions disk_options;
   disk_options.cancel = o.cancel;
+  // Over the original, each disk is built beside its image under this
+  // suffix: unique per call (a daemon may run several restores at once).
+  static std::atomic<uint64_t> calls{0};
+  const std::string temp_suffix = ".ferry-restore-" + std::to_string(::getpid()) + "-" + std::to_string(++calls);
 
   // Disk targets in the XML -> where each restored image goes.
   struct DiskRestore {
@@ -164,14 +168,14 @@ std::string RestoreLibvirtVm(Repository& repo, const LibvirtRestoreOptions& o) {
   try {
     for (const auto& r : restores) {
       // Over the original: build beside it, then replace it in one rename.
-      std::string target = o.overwrite ? r.path + ".ferry-restore-" + std::to_string(::getpid()) : r.path;
-      RestoreDisk(repo, o.point_id, r.disk, target, r.format, disk_options, nullptr);
+      std::string target = o.overwrite ? r.path + temp_suffix : r.path;
+      RestoreDisk(repo, o.point_id, r.disk, target, r.format, disk_options, o.progress);
       created.push_back(target);
       LogInfo("restored disk " + r.disk + " to " + r.path);
     }
     if (o.overwrite) {
       for (const auto& r : restores) {
-        std::string temp = r.path + ".ferry-restore-" + std::to_string(::getpid());
+        std::string temp = r.path + temp_suffix;
         if (::rename(temp.c_str(), r.path.c_str()) != 0) throw ErrnoError("replacing " + r.path, errno);
       }
       if (const ConfigFileRecord* nvram = m.FindConfig("uefi-nvram")) {
@@ -191,7 +195,8 @@ std::string RestoreLibvirtVm(Repository& repo, const LibvirtRestoreOptions& o) {
 
 void RestoreDiskIntoLibvirtVm(Repository& repo, const std::string& uri, const std::string& vm,
                               const std::string& point_id, const std::string& disk,
-                              const std::string& target_disk, const std::atomic<bool>* cancel) {
+                              const std::string& target_disk, const std::atomic<bool>* cancel,
+                              DiskRestoreProgress* progress) {
   auto conn = Connect(uri);
   auto dom = LookupDomain(conn.get(), vm);
   int state = 0;
@@ -218,10 +223,11 @@ void RestoreDiskIntoLibvirtVm(Repository& repo, const std::string& uri, const st
                                           list + ")");
   }
   ImageFormat image_format = ParseImageFormat(format == "qcow2" ? "qcow2" : "raw");
-  std::string temp = path + ".ferry-restore-" + std::to_string(::getpid());
+  static std::atomic<uint64_t> calls{0};
+  std::string temp = path + ".ferry-restore-" + std::to_string(::getpid()) + "-" + std::to_string(++calls);
   DiskRestoreOptions options;
   options.cancel = cancel;
-  RestoreDisk(repo, point_id, disk, temp, image_format, options, nullptr);
+  RestoreDisk(repo, point_id, disk, temp, image_format, options, progress);
   // Keep the image's owner and mode: libvirt's DAC labels come from them.
   struct stat st;
   if (::stat(path.c_str(), &st) == 0) {

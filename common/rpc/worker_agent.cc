@@ -30,6 +30,16 @@ const char* AssignmentEndName(AssignmentEnd end) {
   return "unknown";
 }
 
+const char* RestoreTargetName(RestoreAssignment::Target target) {
+  switch (target) {
+    case RestoreAssignment::Target::kFile: return "file";
+    case RestoreAssignment::Target::kIntoDomain: return "into_domain";
+    case RestoreAssignment::Target::kNewDomain: return "new_domain";
+    case RestoreAssignment::Target::kOverOriginal: return "over_original";
+  }
+  return "unknown";
+}
+
 kj::Promise<WorkOutcome> WorkExecutor::Unsupported(const Assignment&, WorkContext&) {
   return WorkOutcome::Failed(ErrorKind::kInternal, "this worker does not know this kind of work");
 }
@@ -46,7 +56,7 @@ struct WorkerAgent::Item final : WorkContext {
   WorkerAgent& agent;
   std::string id;
   std::string what;  // "disk vm1/vda", for log lines
-  bool is_disk = false;
+  bool is_disk = false;    // takes a slot (disk and restore items)
   uint64_t repository_share = 0;  // bytes/s; 0: no cap
   bool finished = false;   // work over; result waiting or in flight
   bool reporting = false;  // reportResult in flight
@@ -393,6 +403,56 @@ void WorkerAgent::StartItem(WorkItem::Reader w) {
       a.point_id = std::string(r.getPointId().cStr());
       item->what = "release " + a.vm.name;
       work = kj::evalNow([&]() { return executor_.Release(a, *item); });
+      break;
+    }
+    case WorkItem::RESTORE: {
+      auto r = w.getRestore();
+      RestoreAssignment a;
+      ReadAssignment(w, a);
+      a.task_id = r.getTaskId();
+      a.repository = ReadRepository(r.getRepository());
+      a.point_id = std::string(r.getPointId().cStr());
+      a.disk = std::string(r.getDisk().cStr());
+      a.tier = std::string(r.getTier().cStr());
+      a.attempt = r.getAttempt();
+      bool known = true;
+      switch (r.which()) {
+        case RestoreWork::TO_FILE: {
+          auto f = r.getToFile();
+          a.target = RestoreAssignment::Target::kFile;
+          a.path = std::string(f.getPath().cStr());
+          a.format = std::string(f.getFormat().cStr());
+          break;
+        }
+        case RestoreWork::INTO_DOMAIN: {
+          auto d = r.getIntoDomain();
+          a.target = RestoreAssignment::Target::kIntoDomain;
+          a.domain = std::string(d.getDomain().cStr());
+          a.target_disk = std::string(d.getTargetDisk().cStr());
+          break;
+        }
+        case RestoreWork::NEW_DOMAIN: {
+          auto n = r.getNewDomain();
+          a.target = RestoreAssignment::Target::kNewDomain;
+          a.name = std::string(n.getName().cStr());
+          a.directory = std::string(n.getDirectory().cStr());
+          a.pool = std::string(n.getPool().cStr());
+          a.format = std::string(n.getFormat().cStr());
+          a.keep_macs = n.getKeepMacs();
+          break;
+        }
+        case RestoreWork::OVER_ORIGINAL: a.target = RestoreAssignment::Target::kOverOriginal; break;
+        default: known = false; break;  // a target of a newer coordinator
+      }
+      item->what = "restore " + a.vm.name + (a.disk.empty() ? "" : "/" + a.disk);
+      item->is_disk = true;
+      ++running_disk_;
+      if (!known) {
+        LogWarning(options_.log_tag + ": " + id + ": a restore target this worker does not know");
+        work = kj::evalNow([&]() { return executor_.Unsupported(a, *item); });
+      } else {
+        work = kj::evalNow([&]() { return executor_.Restore(a, *item); });
+      }
       break;
     }
     default: {

@@ -107,6 +107,7 @@ struct WorkItem {
     snapshot @3 :SnapshotWork;
     backupDisk @4 :DiskWork;
     release @5 :ReleaseWork;
+    restore @6 :RestoreWork;   # added in protocol version 1: an older worker reports it internal
   }
 }
 
@@ -143,6 +144,44 @@ struct ReleaseWork {
   commit @1 :Bool;
   repository @2 :RepositoryRef;
   pointId @3 :Text;        # the staged restore point to commit (or discard)
+}
+
+struct RestoreWork {
+  # Restore from a committed restore point onto this worker's own host (the
+  # coordinator hands it to a worker of the target host only): one disk, or
+  # the whole VM. Takes one slot for its whole run. WorkItem.vm is the VM the
+  # point was made of. The result's bytesRead is the restored size,
+  # bytesStored the data bytes written (holes excluded).
+  taskId @0 :UInt64;
+  repository @1 :RepositoryRef;
+  pointId @2 :Text;
+  disk @3 :Text;           # the point's disk to restore; empty: the whole VM
+  tier @4 :Text;           # host: why this worker got it
+  attempt @5 :UInt32;
+  union {
+    toFile @6 :RestoreToFile;              # disk: a new image file
+    intoDomain @7 :RestoreIntoDomain;      # disk: into an existing, shut-off libvirt domain
+    newDomain @8 :RestoreNewDomain;        # VM: a new libvirt domain
+    overOriginal @9 :Void;                 # VM: over the original libvirt domain (powered off first)
+  }
+}
+
+struct RestoreToFile {
+  path @0 :Text;           # absolute; refused if it exists (nothing is overwritten)
+  format @1 :Text;         # raw | qcow2
+}
+
+struct RestoreIntoDomain {
+  domain @0 :Text;         # a libvirt domain of this host, by name or UUID; must be shut off
+  targetDisk @1 :Text;     # its disk whose image is rebuilt (same format) and renamed over
+}
+
+struct RestoreNewDomain {
+  name @0 :Text;           # the new domain's name (the coordinator fills in the default)
+  directory @1 :Text;      # where the images go, or:
+  pool @2 :Text;           # a directory-backed storage pool
+  format @3 :Text;         # qcow2 | raw
+  keepMacs @4 :Bool;
 }
 
 struct Progress {

@@ -103,7 +103,7 @@ class FakeCoordinator::SessionImpl final : public rpc::WorkerSession::Server {
   bool Take(uint32_t free_slots, PullWorkContext& context) {
     std::vector<FakeItem> taken;
     for (auto it = fake_.queue.begin(); it != fake_.queue.end();) {
-      if (it->kind == FakeItem::kDisk) {
+      if (it->kind == FakeItem::kDisk || it->kind == FakeItem::kRestore) {
         if (free_slots == 0) {
           ++it;
           continue;
@@ -146,6 +146,19 @@ class FakeCoordinator::SessionImpl final : public rpc::WorkerSession::Server {
           r.setSnapshotId(f.snapshot_id);
           r.setCommit(f.commit);
           r.setPointId(f.point_id);
+          break;
+        }
+        case FakeItem::kRestore: {
+          auto r = w.initRestore();
+          r.setTaskId(f.task_id);
+          r.setPointId(f.point_id);
+          r.setDisk(f.disk);
+          r.setTier(f.tier);
+          r.setAttempt(f.attempt);
+          r.initRepository().setLocation("/srv/repo");
+          auto t = r.initToFile();
+          t.setPath(f.export_uri);  // the target path, for restore items
+          t.setFormat("qcow2");
           break;
         }
       }

@@ -23,12 +23,12 @@ namespace ferry::simworker::testing {
 // A work item the fake hands out.
 struct FakeItem {
   std::string assignment;
-  enum Kind { kSnapshot, kDisk, kRelease } kind = kDisk;
+  enum Kind { kSnapshot, kDisk, kRelease, kRestore } kind = kDisk;  // kRestore: to a qcow2 file
   uint64_t session_id = 1;
   std::string vm;
   std::vector<std::string> disks;  // snapshot
-  std::string disk;                // disk
-  std::string export_uri;          // disk
+  std::string disk;                // disk, restore
+  std::string export_uri;          // disk; restore: the target file
   std::string tier = "host";       // disk
   uint32_t attempt = 1;            // disk
   uint64_t snapshot_id = 1;

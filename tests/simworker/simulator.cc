@@ -28,9 +28,9 @@ json::object RecordJson(const ItemRecord& r) {
   o["assignment"] = r.assignment;
   o["kind"] = r.kind;
   o["vm"] = r.vm;
-  o["disk"] = r.disk;  // "" but for disk items
-  o["tier"] = r.tier;  // "" but for disk items
-  if (r.kind == "disk") {
+  o["disk"] = r.disk;  // "" but for disk and restore items
+  o["tier"] = r.tier;  // "" but for disk and restore items
+  if (r.kind == "disk" || r.kind == "restore") {
     o["task_id"] = r.task_id;
     o["attempt"] = r.attempt;
     o["export_uri"] = r.export_uri;
@@ -43,6 +43,10 @@ json::object RecordJson(const ItemRecord& r) {
   if (r.kind == "release") {
     o["commit"] = r.commit;
     o["point_id"] = r.point_id;
+  }
+  if (r.kind == "restore") {
+    o["point_id"] = r.point_id;
+    o["target"] = r.target;
   }
   o["session_id"] = r.session_id;
   o["snapshot_id"] = r.snapshot_id;
@@ -269,6 +273,47 @@ class Simulator::Worker final : public rpc::WorkExecutor {
     });
   }
 
+  // Like a disk item: one slot, progress half way, then ok after --task-ms,
+  // with bytesRead the disk's inventory size (1 GiB if unknown; a whole VM:
+  // the sum of its disks). Nothing is written anywhere.
+  kj::Promise<rpc::WorkOutcome> Restore(const rpc::RestoreAssignment& a,
+                                        rpc::WorkContext& context) override {
+    ItemRecord& rec = NewRecord(a, "restore");
+    rec.disk = a.disk;
+    rec.tier = a.tier;
+    rec.task_id = a.task_id;
+    rec.attempt = a.attempt;
+    rec.point_id = a.point_id;
+    rec.target = rpc::RestoreTargetName(a.target);
+    held_.at(a.id).is_disk = true;
+    uint64_t total = 0;
+    if (!a.disk.empty()) {
+      total = DiskSize(rec.vm, rec.disk);
+    } else {
+      for (const SimVm& v : spec_.vms)
+        if (v.name == rec.vm)
+          for (const SimDisk& d : v.disks) total += d.size > 0 ? d.size : kGiB;
+      if (total == 0) total = kGiB;
+    }
+    ++running_disk_;
+    max_running_disk_ = std::max(max_running_disk_, running_disk_);
+    LogInfo(tag_ + ": " + a.id + " restore " + rec.vm + (rec.disk.empty() ? "" : "/" + rec.disk) +
+            " of point " + a.point_id + " (" + rec.target + ") tier " + rec.tier);
+    int half = sh_.options.task_ms / 2;
+    int rest = sh_.options.task_ms - half;
+    return After(half)
+        .then([this, &context, total, rest]() {
+          context.ReportProgress(total / 2, total, 0);
+          return After(rest);
+        })
+        .then([this, id = a.id, total]() {
+          rpc::WorkOutcome o = rpc::WorkOutcome::Ok();
+          o.bytes_read = total;
+          o.bytes_stored = total / 2;
+          return Done(id, std::move(o));
+        });
+  }
+
   kj::Promise<rpc::WorkOutcome> Unsupported(const rpc::Assignment& a, rpc::WorkContext&) override {
     NewRecord(a, "unknown");
     return kj::evalLater([this, id = a.id]() {
@@ -464,7 +509,7 @@ json::object Simulator::Report() const {
   totals["workers"] = static_cast<int64_t>(workers_.size());
   totals["registered"] = registered;
   totals["items"] = items;
-  for (const char* kind : {"snapshot", "disk", "release"}) totals[kind] = by_kind[kind];
+  for (const char* kind : {"snapshot", "disk", "release", "restore"}) totals[kind] = by_kind[kind];
   totals["ok"] = ok;
   totals["failed"] = failed;
   for (const char* outcome : {"done", "rejected", "cancelled", "dropped", "report_failed",

@@ -26,10 +26,10 @@ namespace ferry::simworker {
 // What happened to one work item, as written to the report.
 struct ItemRecord {
   std::string assignment;
-  std::string kind;  // snapshot | disk | release
+  std::string kind;  // snapshot | disk | release | restore
   std::string vm;
-  std::string disk;  // disk items
-  std::string tier;  // disk items
+  std::string disk;  // disk and restore items ("" for a whole-VM restore)
+  std::string tier;  // disk and restore items
   uint64_t session_id = 0;
   uint64_t snapshot_id = 0;
   uint64_t task_id = 0;
@@ -37,7 +37,8 @@ struct ItemRecord {
   std::string export_uri;  // disk items: where the coordinator said to read
   std::vector<std::string> disks;  // snapshot items
   bool commit = false;     // release items
-  std::string point_id;    // release items with commit
+  std::string point_id;    // release items with commit; restore items
+  std::string target;      // restore items: file | into_domain | new_domain | over_original
   int64_t start_ms = 0;    // epoch milliseconds
   int64_t end_ms = 0;
   bool ok = false;         // the result the worker reported

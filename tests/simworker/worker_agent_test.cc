@@ -80,6 +80,21 @@ class ScriptedExecutor final : public rpc::WorkExecutor {
   kj::Promise<WorkOutcome> Release(const rpc::ReleaseAssignment&, rpc::WorkContext&) override {
     return WorkOutcome::Ok();
   }
+  // Restores wait until `finish_restores` (so that they hold their slot).
+  kj::Promise<WorkOutcome> Restore(const rpc::RestoreAssignment& a, rpc::WorkContext&) override {
+    restores.push_back(a);
+    auto paf = kj::newPromiseAndFulfiller<WorkOutcome>();
+    restore_fulfillers.push_back(kj::mv(paf.fulfiller));
+    return kj::mv(paf.promise);
+  }
+  void FinishRestores() {
+    for (auto& f : restore_fulfillers) {
+      WorkOutcome o = WorkOutcome::Ok();
+      o.bytes_read = 4096;
+      f->fulfill(kj::mv(o));
+    }
+    restore_fulfillers.clear();
+  }
   void Ended(const std::string& id, AssignmentEnd end, const std::string& reason) override {
     ended[id] = end;
     reasons[id] = reason;
@@ -87,6 +102,8 @@ class ScriptedExecutor final : public rpc::WorkExecutor {
 
   std::vector<std::string> vms = {"vm1"};
   bool hang_work_destroyed = false;
+  std::vector<rpc::RestoreAssignment> restores;
+  std::vector<kj::Own<kj::PromiseFulfiller<WorkOutcome>>> restore_fulfillers;
   std::map<std::string, std::string> read_plans;  // of disk items
   std::map<std::string, AssignmentEnd> ended;
   std::map<std::string, std::string> reasons;
@@ -207,6 +224,55 @@ TEST(WorkerAgentTest, InventoryIsReportedAgainWhenItChanges) {
   ASSERT_EQ(fake.inventories.size(), 2u);
   EXPECT_EQ(fake.inventories[1], (std::vector<std::string>{"vm1", "vm2"}));
   EXPECT_EQ(fake.registrations.size(), 1u);  // the same session, not a re-registration
+  SetLogLevel(LogLevel::kInfo);
+}
+// A restore item reaches the executor with its fields, and holds a slot
+// until its work ends: with two slots and three restores queued, the third
+// comes only after the first two finish.
+TEST(WorkerAgentTest, RestoreItemsDecodeAndTakeASlot) {
+  SetLogLevel(LogLevel::kWarning);
+  auto io = kj::setupAsyncIo();
+  FakeCoordinator fake(io);
+  std::string address = fake.Listen();
+  for (int i = 1; i <= 3; ++i) {
+    FakeItem r;
+    r.assignment = "x" + std::to_string(i) + ".1";
+    r.kind = FakeItem::kRestore;
+    r.vm = "vm1";
+    r.disk = "vda";
+    r.task_id = static_cast<uint64_t>(i);
+    r.point_id = "p-" + std::to_string(i);
+    r.export_uri = "/restore/vda-" + std::to_string(i) + ".qcow2";
+    fake.queue.push_back(r);
+  }
+  ScriptedExecutor executor;
+  auto agent_ptr = NewAgent(io, address, executor);
+  agent_ptr->Start();
+  WaitFor(io, [&]() { return executor.restores.size() == 2; });
+  // Give the agent time to pull again: nothing more may come while both slots are busy.
+  io.provider->getTimer().afterDelay(100 * kj::MILLISECONDS).wait(io.waitScope);
+  ASSERT_EQ(executor.restores.size(), 2u);
+  const rpc::RestoreAssignment& first = executor.restores[0];
+  EXPECT_EQ(first.id, "x1.1");
+  EXPECT_EQ(first.task_id, 1u);
+  EXPECT_EQ(first.point_id, "p-1");
+  EXPECT_EQ(first.disk, "vda");
+  EXPECT_EQ(first.tier, "host");
+  EXPECT_EQ(first.target, rpc::RestoreAssignment::Target::kFile);
+  EXPECT_EQ(first.path, "/restore/vda-1.qcow2");
+  EXPECT_EQ(first.format, "qcow2");
+  EXPECT_EQ(first.repository.location, "/srv/repo");
+  executor.FinishRestores();
+  WaitFor(io, [&]() { return executor.restores.size() == 3; });
+  ASSERT_EQ(executor.restores.size(), 3u);
+  executor.FinishRestores();
+  WaitFor(io, [&]() { return executor.ended.size() == 3; });
+  EXPECT_EQ(executor.ended["x3.1"], AssignmentEnd::kDone);
+  std::map<std::string, FakeResult> results;
+  for (const auto& r : fake.results) results[r.assignment] = r;
+  ASSERT_EQ(results.count("x1.1"), 1u);
+  EXPECT_TRUE(results["x1.1"].ok);
+  EXPECT_EQ(results["x1.1"].bytes_read, 4096u);
   SetLogLevel(LogLevel::kInfo);
 }
 }  // namespace

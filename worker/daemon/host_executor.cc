@@ -8,6 +8,7 @@
 #include "ferry/common/error.h"
 #include "ferry/common/log.h"
 #include "ferry/common/repository.h"
+#include "ferry/worker/disk_restore.h"
 #include "ferry/worker/libvirt_host.h"
 #include "ferry/worker/qmp_host.h"
 #include "ferry/worker/vm_backup.h"
@@ -121,7 +122,9 @@ void BlockingRunner::JoinAll() {
 struct HostExecutor::Job {
   std::atomic<bool> cancel{false};
   std::atomic<uint64_t> bytes_total{0};
-  worker::DiskBackupProgress disk;
+  worker::DiskBackupProgress disk;        // a disk item's
+  worker::DiskRestoreProgress restore;    // a restore item's
+  std::atomic<bool> restoring{false};     // a restore item: its progress is `restore`
   // Disk work: its share of the repository's cap, as the coordinator says.
   BandwidthLimiter repository_share;
   std::atomic<uint64_t> repository_share_rate{0};
@@ -348,13 +351,17 @@ kj::Promise<rpc::WorkOutcome> HostExecutor::RunJob(const std::string& id, std::s
 kj::Promise<void> HostExecutor::ProgressLoop(rpc::WorkContext& context, std::shared_ptr<Job> job) {
   return timer_.afterDelay(1 * kj::SECONDS).then([this, &context, job]() {
     if (uint64_t total = job->bytes_total.load(); total > 0) {
-      worker::DiskBackupStats stats = job->disk.Stats();  // live
       rpc::ProgressReport report;
-      report.bytes_done = job->disk.bytes_done;
       report.bytes_total = total;
-      report.bytes_read = stats.bytes_read;
-      report.bytes_sent = stats.bytes_sent;
-      if (stats.busy.wall_us > 0) report.stages = stats.busy;
+      if (job->restoring) {
+        report.bytes_done = job->restore.bytes_done;  // a restore measures no data-path statistics
+      } else {
+        worker::DiskBackupStats stats = job->disk.Stats();  // live
+        report.bytes_done = job->disk.bytes_done;
+        report.bytes_read = stats.bytes_read;
+        report.bytes_sent = stats.bytes_sent;
+        if (stats.busy.wall_us > 0) report.stages = stats.busy;
+      }
       context.ReportProgress(report);
     }
     if (const uint64_t share = context.RepositoryShare(); share != job->repository_share_rate.exchange(share)) {
@@ -537,6 +544,88 @@ rpc::WorkOutcome HostExecutor::DoRelease(Job&, const rpc::ReleaseAssignment& ite
     held->repo->points().Discard(item.point_id);
     LogInfo("snapshot removed, staged point " + item.point_id + " discarded");
   }
+  return outcome;
+}
+
+kj::Promise<rpc::WorkOutcome> HostExecutor::Restore(const rpc::RestoreAssignment& item, rpc::WorkContext& context) {
+  std::string what = item.disk.empty() ? "VM " + item.vm.name : "disk " + item.disk + " of VM " + item.vm.name;
+  std::string heading = "host " + settings_.host + ": restore " + what + " from point " + item.point_id + " (task " +
+                        std::to_string(item.task_id) + ", attempt " + std::to_string(item.attempt) + ", tier " +
+                        item.tier + ", target " + rpc::RestoreTargetName(item.target) + ")";
+  return RunJob(item.id, std::move(heading), &context, [this, item](Job& job) { return DoRestore(job, item); });
+}
+
+rpc::WorkOutcome HostExecutor::DoRestore(Job& job, const rpc::RestoreAssignment& item) {
+  using Target = rpc::RestoreAssignment::Target;
+  const bool whole_vm = item.target == Target::kNewDomain || item.target == Target::kOverOriginal;
+  if (whole_vm != item.disk.empty()) {
+    throw Error(ErrorKind::kBadInput, std::string("restore target ") + rpc::RestoreTargetName(item.target) +
+                                          (whole_vm ? " restores a whole VM but the item names disk " + item.disk
+                                                    : " needs a disk but the item names none"));
+  }
+  if (item.target != Target::kFile && settings_.libvirt_uri.empty()) {
+    throw Error(ErrorKind::kBadInput, std::string("restore target ") + rpc::RestoreTargetName(item.target) +
+                                          " needs libvirt, and this worker of host " + settings_.host +
+                                          " has no libvirt connection (option libvirt)");
+  }
+  job.restoring = true;
+  auto repo = OpenRepository(item.repository);
+  // The total for progress, from the point itself: every disk of a whole VM.
+  RestorePointManifest manifest = repo->points().Load(item.point_id);
+  uint64_t total = 0;
+  for (const auto& d : manifest.disks)
+    if (item.disk.empty() || d.name == item.disk) total += d.size;
+  job.bytes_total = total;
+  auto start = Clock::now();
+  std::string where;
+  switch (item.target) {
+    case Target::kFile: {
+      if (item.path.empty() || item.path[0] != '/') {
+        throw Error(ErrorKind::kBadInput, "restore target path '" + item.path + "' is not absolute");
+      }
+      worker::DiskRestoreOptions options;
+      options.cancel = &job.cancel;
+      worker::RestoreDisk(*repo, item.point_id, item.disk, item.path,
+                          worker::ParseImageFormat(item.format.empty() ? "raw" : item.format), options, &job.restore);
+      where = item.path;
+      break;
+    }
+    case Target::kIntoDomain: {
+      std::string target_disk = item.target_disk.empty() ? item.disk : item.target_disk;
+      worker::RestoreDiskIntoLibvirtVm(*repo, settings_.libvirt_uri, item.domain, item.point_id, item.disk, target_disk,
+                                       &job.cancel, &job.restore);
+      where = "disk " + target_disk + " of domain " + item.domain;
+      break;
+    }
+    case Target::kNewDomain:
+    case Target::kOverOriginal: {
+      worker::LibvirtRestoreOptions o;
+      o.uri = settings_.libvirt_uri;
+      o.point_id = item.point_id;
+      o.overwrite = item.target == Target::kOverOriginal;
+      if (!o.overwrite) {
+        o.name = item.name;
+        o.directory = item.directory;
+        o.pool = item.pool;
+        o.format = item.format.empty() ? "qcow2" : item.format;
+        o.keep_macs = item.keep_macs;
+      }
+      o.cancel = &job.cancel;
+      o.progress = &job.restore;
+      std::string name = worker::RestoreLibvirtVm(*repo, o);
+      where = (o.overwrite ? "the original domain " : "new domain ") + name;
+      break;
+    }
+  }
+  double secs = std::chrono::duration<double>(Clock::now() - start).count();
+  char rate[32];
+  std::snprintf(rate, sizeof rate, "%.0f MiB/s", secs > 0 ? static_cast<double>(total) / (1 << 20) / secs : 0.0);
+  LogInfo("restored " + (item.disk.empty() ? "VM " + item.vm.name : "disk " + item.disk) + " of point " +
+          item.point_id + " to " + where + ": " + Mib(total) + " (" + rate + "), " +
+          Mib(job.restore.bytes_written) + " of data written");
+  rpc::WorkOutcome outcome = rpc::WorkOutcome::Ok();
+  outcome.bytes_read = total;
+  outcome.bytes_stored = job.restore.bytes_written;
   return outcome;
 }
 

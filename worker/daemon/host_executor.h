@@ -16,7 +16,7 @@
 // the item's promise through a cross-thread fulfiller. A cancelled item's
 // promise is destroyed: the step sees its cancel flag (the read pipeline stops
 // within a chunk batch) and a snapshot taken meanwhile is released at once.
-// Progress of disk items is sent once a second from the loop thread.
+// Progress of disk and restore items is sent once a second from the loop thread.
 //
 // Each step's log lines (LogCapture) go back with its result (WorkResult.log),
 // headed by where it ran, so the session's log says what happened on which host.
@@ -132,6 +132,7 @@ class HostExecutor final : public rpc::WorkExecutor, private kj::TaskSet::ErrorH
   kj::Promise<rpc::WorkOutcome> TakeSnapshot(const rpc::SnapshotAssignment& item, rpc::WorkContext& context) override;
   kj::Promise<rpc::WorkOutcome> BackupDisk(const rpc::DiskAssignment& item, rpc::WorkContext& context) override;
   kj::Promise<rpc::WorkOutcome> Release(const rpc::ReleaseAssignment& item, rpc::WorkContext& context) override;
+  kj::Promise<rpc::WorkOutcome> Restore(const rpc::RestoreAssignment& item, rpc::WorkContext& context) override;
   void Ended(const std::string& assignment_id, rpc::AssignmentEnd end, const std::string& reason) override;
 
   size_t held_snapshots() const;
@@ -156,6 +157,7 @@ class HostExecutor final : public rpc::WorkExecutor, private kj::TaskSet::ErrorH
   rpc::WorkOutcome DoSnapshot(Job& job, const rpc::SnapshotAssignment& item);
   rpc::WorkOutcome DoDisk(Job& job, const rpc::DiskAssignment& item);
   rpc::WorkOutcome DoRelease(Job& job, const rpc::ReleaseAssignment& item);
+  rpc::WorkOutcome DoRestore(Job& job, const rpc::RestoreAssignment& item);
   // Removes the snapshot without committing (the point stays staged: the
   // coordinator decides about it). Any thread; blocks.
   void ReleaseNow(HeldSnapshot& held, const std::string& why);

@@ -30,9 +30,13 @@ struct DiskRestoreOptions {
   const std::atomic<bool>* cancel = nullptr;
 };
 
+// Accumulates: each RestoreDisk adds its disk's size to bytes_total when it
+// starts and the bytes it has gone through to bytes_done, so one progress
+// can follow the restore of several disks (a whole VM).
 struct DiskRestoreProgress {
   std::atomic<uint64_t> bytes_total{0};
   std::atomic<uint64_t> bytes_done{0};
+  std::atomic<uint64_t> bytes_written{0};  // data written (holes excluded), added as each disk completes
 };
 
 struct DiskRestoreResult {

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "ferry/common/repository.h"
+#include "ferry/worker/disk_restore.h"
 #include "ferry/worker/host.h"
 #include "ferry/worker/qmp_snapshot.h"
 
@@ -39,6 +40,7 @@ struct LibvirtRestoreOptions {
   bool keep_macs = false;  // keep the NICs' MAC addresses
   bool overwrite = false;  // replace the original domain (powered off first)
   const std::atomic<bool>* cancel = nullptr;
+  DiskRestoreProgress* progress = nullptr;  // summed over the disks restored
 };
 
 // Restores a whole VM from a point made on a libvirt host: disks (thin),
@@ -51,6 +53,7 @@ std::string RestoreLibvirtVm(Repository& repo, const LibvirtRestoreOptions& opti
 // and renamed over it. Refuses while the domain runs.
 void RestoreDiskIntoLibvirtVm(Repository& repo, const std::string& uri, const std::string& vm,
                               const std::string& point_id, const std::string& disk,
-                              const std::string& target_disk, const std::atomic<bool>* cancel);
+                              const std::string& target_disk, const std::atomic<bool>* cancel,
+                              DiskRestoreProgress* progress = nullptr);
 
 }  // namespace ferry::worker

@@ -21,8 +21,8 @@
 //   promise that rejects is reported as failed, kind internal.
 // - The agent is the one record of what the worker holds: an item is held from
 //   pullWork until Ended, including after its work finished while its result
-//   waits for delivery. Disk items take a slot from receipt until their work
-//   ends or they are cancelled.
+//   waits for delivery. Disk and restore items take a slot from receipt until
+//   their work ends or they are cancelled.
 //
 // Threading: everything runs on the caller's KJ event loop thread. No call
 // blocks, and the executor is only ever called on that thread and must not
@@ -105,6 +105,29 @@ struct ReleaseAssignment : Assignment {
   std::string point_id;
 };
 
+// Restore from a committed point onto the worker's own host (RestoreWork).
+struct RestoreAssignment : Assignment {
+  enum class Target { kFile, kIntoDomain, kNewDomain, kOverOriginal };
+  uint64_t task_id = 0;
+  AssignedRepository repository;
+  std::string point_id;
+  std::string disk;  // the point's disk; empty: the whole VM (kNewDomain, kOverOriginal)
+  std::string tier;  // host
+  uint32_t attempt = 0;
+  Target target = Target::kFile;
+  std::string path;         // kFile: absolute, must not exist
+  std::string format;       // kFile: raw | qcow2; kNewDomain: qcow2 | raw
+  std::string domain;       // kIntoDomain: a shut-off domain, by name or UUID
+  std::string target_disk;  // kIntoDomain: its disk to replace
+  std::string name;         // kNewDomain: the new domain's name
+  std::string directory;    // kNewDomain: where the images go, or
+  std::string pool;         //   a directory-backed storage pool
+  bool keep_macs = false;   // kNewDomain
+};
+
+// "file", "into_domain", "new_domain", "over_original".
+const char* RestoreTargetName(RestoreAssignment::Target target);
+
 // --- what the worker reports ---
 
 struct DiskExportUri {
@@ -119,8 +142,8 @@ struct WorkOutcome {
   bool ok = false;
   ErrorKind error_kind = ErrorKind::kInternal;  // when !ok
   std::string error;                            // when !ok
-  uint64_t bytes_read = 0;                      // disk work
-  uint64_t bytes_stored = 0;                    // disk work
+  uint64_t bytes_read = 0;                      // disk work; restore: the bytes restored
+  uint64_t bytes_stored = 0;                    // disk work; restore: data bytes written
   uint64_t bytes_sent = 0;                      // disk work: encoded, to the repository
   std::optional<StageBusy> stages;              // disk work: the stages' busy time
   std::vector<DiskExportUri> exports;           // snapshot work: one per disk
@@ -236,6 +259,8 @@ class WorkExecutor {
                                                 WorkContext& context) = 0;
   virtual kj::Promise<WorkOutcome> BackupDisk(const DiskAssignment& item, WorkContext& context) = 0;
   virtual kj::Promise<WorkOutcome> Release(const ReleaseAssignment& item, WorkContext& context) = 0;
+  // Takes a slot, like a disk item.
+  virtual kj::Promise<WorkOutcome> Restore(const RestoreAssignment& item, WorkContext& context) = 0;
   // A kind of WorkItem this build does not know (a newer coordinator). The
   // default fails it as internal, as the protocol asks.
   virtual kj::Promise<WorkOutcome> Unsupported(const Assignment& item, WorkContext& context);
@@ -317,7 +342,7 @@ class WorkerAgent final : private kj::TaskSet::ErrorHandler {
   std::vector<kj::Own<Item>> graveyard_;
   kj::Promise<void> sweep_ = nullptr;
   bool sweep_scheduled_ = false;
-  int running_disk_ = 0;  // disk items whose work has not ended
+  int running_disk_ = 0;  // slot-taking items (disk, restore) whose work has not ended
 
   uint64_t worker_id_ = 0;
   std::string worker_name_;
