@@ -7,11 +7,12 @@
 #include <cmath>
 #include <functional>
 
+#include "ferry/common/bandwidth.h"
 #include "ferry/common/log.h"
 #include "ferry/common/stage_busy.h"
 #include "ferry/coordinator/field_error.h"
 #include "ferry/coordinator/json_input.h"
-#include "ferry/common/bandwidth.h"
+#include "ferry/coordinator/restore_request.h"
 #include "ferry/coordinator/schedule.h"
 #include "ferry/rpc/repository_service.h"
 #include "ferry/rpc/worker_tokens.h"
@@ -161,12 +162,16 @@ http::Response PatchHost(Context& c) {
 http::Response DeleteHost(Context& c) {
   c.runner.Write([&](Database& db) {
     Statement s = db.Prepare("SELECT name, (SELECT COUNT(*) FROM workers WHERE host_id = hosts.id), "
-                             "(SELECT COUNT(*) FROM vms WHERE host_id = hosts.id) FROM hosts WHERE id = ?");
+                             "(SELECT COUNT(*) FROM vms WHERE host_id = hosts.id), "
+                             "(SELECT COUNT(*) FROM restores WHERE host_id = hosts.id) FROM hosts WHERE id = ?");
     s.Bind(1, c.ids[0]);
     if (!s.Step()) NotFound("host", c.ids[0]);
     if (s.Int(1) > 0 || s.Int(2) > 0)
       throw ConflictError("host '" + s.Text(0) + "' still has " + std::to_string(s.Int(1)) + " workers and " +
                           std::to_string(s.Int(2)) + " VMs");
+    if (s.Int(3) > 0)
+      throw ConflictError("host '" + s.Text(0) + "' is the target of " + std::to_string(s.Int(3)) +
+                          " restore sessions, which refer to it");
     db.Prepare("DELETE FROM hosts WHERE id = ?").Bind(1, c.ids[0]).Run();
     return 0;
   });
@@ -652,14 +657,16 @@ http::Response StopJob(Context& c) {
 const char kSessionSelect[] =
     "SELECT s.id, s.job_id, j.name, s.trigger, s.state, s.reason, s.created_at, s.ended_at, "
     "t.tasks, t.succeeded, t.failed, t.running, t.queued + t.waiting, t.canceled, t.bytes_done, t.bytes_total, "
-    "t.rate FROM sessions s JOIN jobs j ON j.id = s.job_id JOIN session_totals t ON t.session_id = s.id ";
+    "t.rate, s.kind FROM sessions s LEFT JOIN jobs j ON j.id = s.job_id JOIN session_totals t ON t.session_id = s.id ";
 
 // The totals are kept by triggers (docs/coordinator-database.md, migration 2).
 json::object SessionJson(Statement& s) {
   // The sum of the running tasks' rates is kept incrementally in floating
   // point; with nothing running it is exactly 0, not a rounding residue.
   double rate = s.Int(11) > 0 ? std::max(0.0, std::round(s.Real(16))) : 0.0;
-  return {{"id", s.Int(0)}, {"job_id", s.Int(1)}, {"job", s.Text(2)}, {"trigger", s.Text(3)}, {"state", s.Text(4)},
+  // A restore session has no job.
+  return {{"id", s.Int(0)}, {"kind", s.Text(17)}, {"job_id", OptInt(s.OptInt(1))},
+          {"job", s.IsNull(2) ? json::value(nullptr) : json::value(s.Text(2))}, {"trigger", s.Text(3)}, {"state", s.Text(4)},
           {"reason", s.Text(5)}, {"created_at", Time(s.Int(6))}, {"ended_at", Time(s.OptInt(7))},
           {"totals", json::object{{"tasks", s.Int(8)}, {"succeeded", s.Int(9)}, {"failed", s.Int(10)},
                                   {"running", s.Int(11)}, {"queued", s.Int(12)}, {"canceled", s.Int(13)},
@@ -668,9 +675,16 @@ json::object SessionJson(Statement& s) {
 }
 
 http::Response ListSessions(Context& c) {
-  std::string where;
-  if (c.request.query.count("job")) where = "WHERE s.job_id = ?1 ";
+  // Backup sessions unless asked otherwise: a v1 client that lists sessions
+  // sees no restore session (whose job_id is null) it did not ask for.
+  std::string kind = "backup";
+  if (auto k = c.request.query.find("kind"); k != c.request.query.end()) kind = k->second;
+  if (kind != "backup" && kind != "restore" && kind != "all")
+    throw FieldError("kind", "must be backup, restore or all");
+  std::string where = kind == "all" ? "WHERE 1 " : "WHERE s.kind = ?4 ";
+  if (c.request.query.count("job")) where += "AND s.job_id = ?1 ";
   Statement s = c.db.Prepare(std::string(kSessionSelect) + where + "ORDER BY s.id DESC LIMIT ?2 OFFSET ?3");
+  if (kind != "all") s.Bind(4, kind);
   if (c.request.query.count("job")) s.Bind(1, QueryInt(c.request, "job", 0, 1, INT64_MAX));
   s.Bind(2, QueryInt(c.request, "limit", 100, 1, 10000)).Bind(3, QueryInt(c.request, "offset", 0, 0, INT64_MAX));
   json::array out;
@@ -775,12 +789,15 @@ http::Response GetSession(Context& c) {
                                      {"point_id", snaps.IsNull(6) ? json::value(nullptr) : json::value(snaps.Text(6))},
                                      {"error", snaps.Text(7)}});
   session["snapshots"] = snapshots;
+  // A restore's task has no snapshot; its VM is the restore's, and a
+  // whole VM's restore has no disk.
   Statement t = c.db.Prepare(
-      "SELECT t.id, s.vm_name, t.disk, t.state, t.worker_id, t.tier, t.tier_reason, t.attempt, t.bytes_done, "
-      "t.bytes_total, t.bytes_stored, t.rate, t.error, t.started_at, t.ended_at, t.snapshot_id, t.repository_id, "
-      "t.bytes_read, t.bytes_sent, t.wall_us, t.source_busy_us, t.compute_busy_us, t.network_busy_us, "
-      "t.target_busy_us, t.remote_store "
-      "FROM tasks t JOIN snapshots s ON s.id = t.snapshot_id WHERE t.session_id = ? ORDER BY t.id");
+      "SELECT t.id, COALESCE(s.vm_name, r.vm_name), t.disk, t.state, t.worker_id, t.tier, t.tier_reason, t.attempt, "
+      "t.bytes_done, t.bytes_total, t.bytes_stored, t.rate, t.error, t.started_at, t.ended_at, t.snapshot_id, "
+      "t.repository_id, t.bytes_read, t.bytes_sent, t.wall_us, t.source_busy_us, t.compute_busy_us, "
+      "t.network_busy_us, t.target_busy_us, t.remote_store, t.snapshot_id IS NULL "
+      "FROM tasks t LEFT JOIN snapshots s ON s.id = t.snapshot_id "
+      "LEFT JOIN restores r ON r.session_id = t.session_id AND t.snapshot_id IS NULL WHERE t.session_id = ? ORDER BY t.id");
   t.Bind(1, c.ids[0]);
   json::array tasks;
   SessionStats stats;
@@ -788,18 +805,44 @@ http::Response GetSession(Context& c) {
     std::optional<StageBusy> stages = StagesAt(t, 19);
     stats.Add(t.Int(17), t.Int(18), t.Int(10), stages);
     tasks.push_back(json::object{
-        {"id", t.Int(0)}, {"vm", t.Text(1)}, {"disk", t.Text(2)}, {"state", t.Text(3)},
+        {"id", t.Int(0)}, {"vm", t.Text(1)},
+        {"disk", t.Int(25) && t.Text(2).empty() ? json::value(nullptr) : json::value(t.Text(2))}, {"state", t.Text(3)},
         {"worker_id", OptInt(t.OptInt(4))}, {"tier", t.IsNull(5) ? json::value(nullptr) : json::value(t.Text(5))},
         {"tier_reason", t.IsNull(6) ? json::value(nullptr) : json::value(t.Text(6))}, {"attempt", t.Int(7)},
         {"bytes_done", t.Int(8)}, {"bytes_total", t.Int(9)}, {"bytes_stored", t.Int(10)},
         {"rate_bytes_per_s", t.Real(11)}, {"error", t.Text(12)}, {"started_at", Time(t.OptInt(13))},
-        {"ended_at", Time(t.OptInt(14))}, {"snapshot_id", t.Int(15)}, {"repository_id", t.Int(16)},
+        {"ended_at", Time(t.OptInt(14))}, {"snapshot_id", OptInt(t.OptInt(15))}, {"repository_id", t.Int(16)},
         {"bytes_read", t.Int(17)}, {"bytes_sent", t.Int(18)}, {"busy", BusyJson(stages)},
         {"bottleneck", StageJson(stages ? stages->bottleneck() : std::nullopt)}});
   }
   session["tasks"] = tasks;
   session["stats"] = stats.Json();
+  Statement r = c.db.Prepare(
+      "SELECT r.point, r.point_id, r.repository_id, r.vm_name, r.disk, h.name, r.target, r.retry_count, "
+      "r.retry_interval_s FROM restores r JOIN hosts h ON h.id = r.host_id WHERE r.session_id = ?");
+  r.Bind(1, c.ids[0]);
+  if (r.Step())
+    session["restore"] = json::object{
+        {"point", r.Int(0)}, {"point_id", r.Text(1)}, {"repository_id", r.Int(2)}, {"vm", r.Text(3)},
+        {"disk", r.Text(4).empty() ? json::value(nullptr) : json::value(r.Text(4))}, {"host", r.Text(5)},
+        {"target", json::parse(r.Text(6))},
+        {"retries", json::object{{"count", r.Int(7)}, {"interval_s", r.Int(8)}}}};
   return Json(200, session);
+}
+
+http::Response StopSession(Context& c) {
+  if (!c.request.body.empty()) FieldReader(ParseRequestObject(c.request.body), "").Finish();
+  if (!c.runner.StopSession(c.ids[0]))
+    throw ConflictError("session " + std::to_string(c.ids[0]) + " is not running");
+  return Json(202, json::object{{"session", c.ids[0]}, {"state", "stopping"}});
+}
+
+// --- restores --------------------------------------------------------------------
+
+http::Response CreateRestore(Context& c) {
+  RestoreRequest request = ParseRestoreRequest(c.request.body);
+  int64_t session = c.runner.StartRestore(request);
+  return Json(202, json::object{{"session", session}});
 }
 
 http::Response GetSessionLog(Context& c) {
@@ -826,8 +869,8 @@ http::Response ListPoints(Context& c) {
   if (c.request.query.count("repository")) where += "AND repository_id = ?2 ";
   if (c.request.query.count("vm")) where += "AND vm_name = ?3 ";
   Statement s = c.db.Prepare(
-      "SELECT id, point_id, repository_id, job_id, session_id, vm_name, chain, bytes_read, bytes_stored, created_at "
-      "FROM points " + where + "ORDER BY id DESC LIMIT ?4 OFFSET ?5");
+      "SELECT id, point_id, repository_id, job_id, session_id, vm_name, chain, bytes_read, bytes_stored, created_at, "
+      "disks FROM points " + where + "ORDER BY id DESC LIMIT ?4 OFFSET ?5");
   if (c.request.query.count("job")) s.Bind(1, QueryInt(c.request, "job", 0, 1, INT64_MAX));
   if (c.request.query.count("repository")) s.Bind(2, QueryInt(c.request, "repository", 0, 1, INT64_MAX));
   if (c.request.query.count("vm")) s.Bind(3, c.request.query.at("vm"));
@@ -837,7 +880,8 @@ http::Response ListPoints(Context& c) {
     out.push_back(json::object{{"id", s.Int(0)}, {"point_id", s.Text(1)}, {"repository_id", s.Int(2)},
                                {"job_id", OptInt(s.OptInt(3))}, {"session_id", OptInt(s.OptInt(4))},
                                {"vm", s.Text(5)}, {"chain", s.Text(6)}, {"bytes_read", s.Int(7)},
-                               {"bytes_stored", s.Int(8)}, {"created_at", Time(s.Int(9))}});
+                               {"bytes_stored", s.Int(8)}, {"created_at", Time(s.Int(9))},
+                               {"disks", s.IsNull(10) ? json::value(nullptr) : json::parse(s.Text(10))}});
   return Json(200, json::object{{"points", out}});
 }
 
@@ -902,7 +946,9 @@ const RouteEntry kRoutes[] = {
     {"GET", "/api/v1/sessions", ListSessions, false},
     {"GET", "/api/v1/sessions/{id}", GetSession, false},
     {"GET", "/api/v1/sessions/{id}/log", GetSessionLog, false},
+    {"POST", "/api/v1/sessions/{id}/stop", StopSession, true},
     {"GET", "/api/v1/points", ListPoints, false},
+    {"POST", "/api/v1/restores", CreateRestore, true},
 };
 
 std::vector<std::string> Split(const std::string& path) {

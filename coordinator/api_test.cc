@@ -10,9 +10,11 @@
 //
 // VMs exist only through a worker's inventory: FakeWorker registers over the
 // real worker RPC (Cap'n Proto) with a token from POST /workers and reports
-// one. Nothing here waits for time to pass except for the daemon to start and
-// stop, with generous deadlines; heartbeat deadlines are set to an hour so
-// that no worker turns unreachable mid-test.
+// one; it pulls work and reports results only when a test tells it to (so a
+// test can drive a backup session to a restore point, and see where a
+// restore goes). Nothing here waits for time to pass except for the daemon
+// to start and stop, with generous deadlines; heartbeat deadlines are set to
+// an hour so that no worker turns unreachable mid-test.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -391,8 +393,9 @@ std::string Join(const std::vector<std::string>& lines) {
 
 // ---------------------------------------------------------------------------
 // A worker over the real worker RPC: registers with its token and reports an
-// inventory, then stays connected (silent) until destroyed. One at a time per
-// thread (it owns the thread's KJ event loop).
+// inventory, then stays connected (silent: no heartbeat, no pull) until
+// destroyed, pulling and reporting only when told. It owns the thread's KJ
+// event loop, unless given one to share (several workers in one test).
 
 struct FakeDisk {
   std::string name;
@@ -405,11 +408,27 @@ struct FakeVm {
   std::vector<FakeDisk> disks;
 };
 
+// A work item as a FakeWorker pulled it.
+struct PulledItem {
+  std::string assignment;
+  std::string kind;  // snapshot | disk | release | restore
+  uint64_t session_id = 0, snapshot_id = 0, task_id = 0;
+  std::vector<std::string> disks;  // snapshot
+  std::string disk, tier, point_id;
+  uint32_t attempt = 0;
+  bool commit = false;
+  std::string vm;
+  std::string target;  // restore: file | into_domain | new_domain | over_original
+  std::string path, format, name, directory, domain, target_disk;  // restore
+  std::string repository_location;
+};
+
 class FakeWorker {
  public:
   FakeWorker(const std::string& rpc_address, const std::string& token, const std::string& host,
-             const std::string& platform, const std::vector<FakeVm>& vms)
-      : io_(kj::setupAsyncIo()) {
+             const std::string& platform, const std::vector<FakeVm>& vms, kj::AsyncIoContext* shared_io = nullptr)
+      : own_io_(shared_io ? nullptr : std::make_unique<kj::AsyncIoContext>(kj::setupAsyncIo())),
+        io_(shared_io ? *shared_io : *own_io_) {
     ferry::rpc::CoordinatorEndpoint endpoint;
     endpoint.address = rpc_address;
     connection_ = ferry::rpc::CoordinatorConnection::Connect(io_, nullptr, endpoint).wait(io_.waitScope);
@@ -510,8 +529,131 @@ class FakeWorker {
     EXPECT_TRUE(request.send().wait(io_.waitScope).getAccepted());
   }
 
+  // One pullWork (no long poll): what it got.
+  std::vector<PulledItem> PullItems(uint32_t free_slots) {
+    auto request = KJ_ASSERT_NONNULL(session_).pullWorkRequest();
+    request.setFreeSlots(free_slots);
+    request.setWaitMs(0);
+    auto reply = request.send().wait(io_.waitScope);
+    std::vector<PulledItem> out;
+    for (auto w : reply.getItems()) {
+      PulledItem item;
+      item.assignment = w.getAssignmentId().cStr();
+      item.session_id = w.getSessionId();
+      item.vm = w.getVm().getName().cStr();
+      switch (w.which()) {
+        case ferry::rpc::WorkItem::SNAPSHOT:
+          item.kind = "snapshot";
+          item.snapshot_id = w.getSnapshot().getSnapshotId();
+          item.point_id = w.getSnapshot().getPointId().cStr();
+          for (auto d : w.getSnapshot().getDisks()) item.disks.emplace_back(d.cStr());
+          break;
+        case ferry::rpc::WorkItem::BACKUP_DISK:
+          item.kind = "disk";
+          item.task_id = w.getBackupDisk().getTaskId();
+          item.disk = w.getBackupDisk().getDisk().cStr();
+          item.tier = w.getBackupDisk().getTier().cStr();
+          break;
+        case ferry::rpc::WorkItem::RELEASE:
+          item.kind = "release";
+          item.snapshot_id = w.getRelease().getSnapshotId();
+          item.commit = w.getRelease().getCommit();
+          item.point_id = w.getRelease().getPointId().cStr();
+          break;
+        case ferry::rpc::WorkItem::RESTORE: {
+          auto r = w.getRestore();
+          item.kind = "restore";
+          item.task_id = r.getTaskId();
+          item.disk = r.getDisk().cStr();
+          item.tier = r.getTier().cStr();
+          item.attempt = r.getAttempt();
+          item.point_id = r.getPointId().cStr();
+          item.repository_location = r.getRepository().getLocation().cStr();
+          switch (r.which()) {
+            case ferry::rpc::RestoreWork::TO_FILE:
+              item.target = "file";
+              item.path = r.getToFile().getPath().cStr();
+              item.format = r.getToFile().getFormat().cStr();
+              break;
+            case ferry::rpc::RestoreWork::INTO_DOMAIN:
+              item.target = "into_domain";
+              item.domain = r.getIntoDomain().getDomain().cStr();
+              item.target_disk = r.getIntoDomain().getTargetDisk().cStr();
+              break;
+            case ferry::rpc::RestoreWork::NEW_DOMAIN:
+              item.target = "new_domain";
+              item.name = r.getNewDomain().getName().cStr();
+              item.directory = r.getNewDomain().getDirectory().cStr();
+              item.format = r.getNewDomain().getFormat().cStr();
+              break;
+            case ferry::rpc::RestoreWork::OVER_ORIGINAL: item.target = "over_original"; break;
+          }
+          break;
+        }
+        default: item.kind = "unknown"; break;
+      }
+      out.push_back(std::move(item));
+    }
+    return out;
+  }
+
+  // reportResult: ok (with one export per disk of `exports`, and `point_id`
+  // for a release), or failed with `error_kind`. The coordinator's `accepted`.
+  bool Report(const std::string& assignment, bool ok, const std::vector<std::string>& exports = {},
+              const std::string& point_id = "", const std::string& error_kind = "", const std::string& error = "",
+              uint64_t bytes = 0) {
+    auto request = KJ_ASSERT_NONNULL(session_).reportResultRequest();
+    auto r = request.initResult();
+    r.setAssignmentId(assignment);
+    r.setOk(ok);
+    r.setErrorKind(error_kind);
+    r.setError(error);
+    r.setBytesRead(bytes);
+    r.setBytesStored(bytes / 2);
+    auto list = r.initExports(static_cast<unsigned>(exports.size()));
+    for (unsigned i = 0; i < exports.size(); ++i) {
+      list[i].setDisk(exports[i]);
+      list[i].setUri("nbd+unix:///" + exports[i] + "?socket=/run/fake.sock");
+    }
+    r.setPointId(point_id);
+    r.initLog(1).set(0, "INFO fake worker: " + assignment + (ok ? " done" : " failed"));
+    return request.send().wait(io_.waitScope).getAccepted();
+  }
+
+  void ReportProgress(const std::string& assignment, uint64_t done, uint64_t total) {
+    auto request = KJ_ASSERT_NONNULL(session_).reportProgressRequest();
+    auto p = request.initProgress();
+    p.setAssignmentId(assignment);
+    p.setBytesDone(done);
+    p.setBytesTotal(total);
+    request.send().wait(io_.waitScope);
+  }
+
+  // Runs one backup session of its host's VMs to the end: every snapshot,
+  // disk task and release it is given succeeds; a release commits the point
+  // the coordinator reserved. Returns the points committed.
+  std::vector<std::string> CompleteBackups() {
+    std::vector<std::string> points;
+    for (int round = 0; round < 20; ++round) {
+      std::vector<PulledItem> items = PullItems(8);
+      if (items.empty()) break;
+      for (const PulledItem& item : items) {
+        if (item.kind == "snapshot") {
+          Report(item.assignment, true, item.disks);
+        } else if (item.kind == "disk") {
+          Report(item.assignment, true, {}, "", "", "", 1 << 20);
+        } else if (item.kind == "release") {
+          Report(item.assignment, true, {}, item.commit ? item.point_id : "");
+          if (item.commit) points.push_back(item.point_id);
+        }
+      }
+    }
+    return points;
+  }
+
  private:
-  kj::AsyncIoContext io_;  // destroyed last
+  std::unique_ptr<kj::AsyncIoContext> own_io_;  // destroyed last
+  kj::AsyncIoContext& io_;
   kj::Own<ferry::rpc::CoordinatorConnection> connection_;
   kj::Maybe<ferry::rpc::WorkerSession::Client> session_;
   uint64_t worker_id_ = 0;
@@ -773,7 +915,7 @@ TEST_F(ApiTest, OpenApiPathsAreExactlyTheServedRoutes) {
     EXPECT_TRUE(documented.count({method, path})) << method << " " << path << " is served but not in openapi.json";
   for (const auto& [method, path] : documented)
     EXPECT_TRUE(served.count({method, path})) << method << " " << path << " is in openapi.json but not served";
-  EXPECT_EQ(served.size(), 30u) << "a route was added or removed: update openapi.json, docs/api.md and this test";
+  EXPECT_EQ(served.size(), 32u) << "a route was added or removed: update openapi.json, docs/api.md and this test";
 }
 
 TEST_F(ApiTest, OpenApiDocumentsSecurityAndErrorsOfEveryRoute) {
@@ -835,6 +977,11 @@ TEST_F(ApiTest, OpenApiEveryRouteAnswersAsDocumented) {
   const std::string far = std::to_string(FarHour());
   int64_t job = CreateJob("nightly", repo, R"(,"schedule":{"kind":"cron","expr":"30 )" + far + R"( * * 1-5"})");
   int64_t spare_job = CreateJob("spare", repo);
+  // A restore point to restore from: session 1, run to the end by the worker.
+  // The job's session below is then session 2, the restore session 3.
+  int64_t backed_up = CreateJob("pre", repo);
+  ASSERT_EQ(Post("/api/v1/jobs/" + std::to_string(backed_up) + "/start", "").status, 202);
+  ASSERT_EQ(worker_->CompleteBackups().size(), 1u);
   Reply vms = Get("/api/v1/vms");
   ASSERT_EQ(vms.status, 200);
   ASSERT_EQ(vms.json.at("vms").as_array().size(), 2u) << vms;
@@ -879,7 +1026,14 @@ TEST_F(ApiTest, OpenApiEveryRouteAnswersAsDocumented) {
       {"GET", "/api/v1/sessions/{id}/log", 1, "?after=0&limit=100", "", 200},
       {"POST", "/api/v1/jobs/{id}/stop", job, "", "{}", 202},
       {"GET", "/api/v1/sessions/{id}", 1, "", "", 200},
-      {"GET", "/api/v1/points", 0, "?job=" + std::to_string(job) + "&repository=" + std::to_string(repo) + "&vm=web01&limit=3", "", 200},
+      {"GET", "/api/v1/points", 0, "?job=" + std::to_string(backed_up) + "&repository=" + std::to_string(repo) + "&vm=web01&limit=3", "", 200},
+      {"POST", "/api/v1/restores", 0, "",
+       R"({"point":1,"disk":"vda","host":"pve1","target":{"type":"file","path":"/var/restore/vda.qcow2","format":"qcow2"},)"
+       R"("retries":{"count":0,"interval_s":0}})",
+       202},
+      {"GET", "/api/v1/sessions/{id}", 3, "", "", 200},
+      {"GET", "/api/v1/sessions", 0, "?kind=all", "", 200},
+      {"POST", "/api/v1/sessions/{id}/stop", 3, "", "", 202},
       {"DELETE", "/api/v1/jobs/{id}", spare_job, "", "", 200},
       {"DELETE", "/api/v1/repositories/{id}", spare_repo, "", "", 200},
       {"DELETE", "/api/v1/workers/{id}", worker, "", "", 200},
@@ -897,6 +1051,16 @@ TEST_F(ApiTest, OpenApiEveryRouteAnswersAsDocumented) {
   Reply session = Get("/api/v1/sessions/1");
   EXPECT_EQ(session.json.at("snapshots").as_array().size(), 1u) << session;
   EXPECT_EQ(session.json.at("tasks").as_array().size(), 2u) << session;
+  // So were a restore session's, and a point's disks.
+  Reply restore = Get("/api/v1/sessions/3");
+  EXPECT_EQ(restore.Str("kind"), "restore") << restore;
+  EXPECT_EQ(restore.Str("state"), "stopped") << restore;
+  EXPECT_EQ(restore.json.at("tasks").as_array().size(), 1u) << restore;
+  EXPECT_TRUE(restore.json.at("restore").is_object()) << restore;
+  Reply points = Get("/api/v1/points");
+  ASSERT_EQ(points.json.at("points").as_array().size(), 1u) << points;
+  EXPECT_EQ(points.json.at("points").as_array()[0].at("disks"),
+            json::parse(R"([{"name":"vda","size_bytes":10737418240},{"name":"vdb","size_bytes":1073741824}])"));
 }
 
 // ===========================================================================
@@ -1726,6 +1890,235 @@ TEST_F(ApiTest, TaskStatisticsNameTheBottleneck) {
   for (const auto& e : log.json.at("log").as_array())
     named = named || std::string(e.at("message").as_string()).find("bottleneck: network") != std::string::npos;
   EXPECT_TRUE(named) << log;
+}
+
+// ===========================================================================
+// Restores: POST /restores is checked against the request's form and the
+// database, and the restore goes to a worker of its target host only.
+
+TEST_F(ApiTest, RestoresAreCheckedAndRunOnTheTargetHostsWorker) {
+  // Two hosts with a worker each in one cluster: pve1 (proxmox) has web01;
+  // pve2 (libvirt) has nothing. Host "bare" has no worker.
+  CreateHost("pve1", "c1");
+  ASSERT_EQ(Post("/api/v1/hosts", R"({"name":"pve2","platform":"libvirt","cluster":"c1"})").status, 201);
+  ASSERT_EQ(Post("/api/v1/hosts", R"({"name":"bare","platform":"libvirt","cluster":"c1"})").status, 201);
+  auto [a_id, a_token] = CreateWorker("wa");
+  auto [b_id, b_token] = CreateWorker("wb");
+  kj::AsyncIoContext io = kj::setupAsyncIo();
+  FakeWorker a(daemon_->rpc(), a_token, "pve1", "proxmox",
+               {{"web01", "7d1b5a3c-0000-4000-8000-000000000001", "running", {"prod"},
+                 {{"vda", 10737418240, "qcow2"}, {"vdb", 1073741824, "raw"}}}},
+               &io);
+  FakeWorker b(daemon_->rpc(), b_token, "pve2", "libvirt", {}, &io);
+  int64_t repo = CreateRepository("main");
+  int64_t job = CreateJob("web", repo);
+  ASSERT_EQ(Post("/api/v1/jobs/" + std::to_string(job) + "/start", "").status, 202);
+  ASSERT_EQ(a.CompleteBackups().size(), 1u);
+  Reply points = Get("/api/v1/points");
+  ASSERT_EQ(points.json.at("points").as_array().size(), 1u) << points;
+  const json::value& point = points.json.at("points").as_array()[0];
+  const std::string P = std::to_string(point.at("id").to_number<int64_t>());
+  const std::string point_id(point.at("point_id").as_string());
+
+  // --- bad input: 400 naming the field, and nothing is started ---
+  const std::string file = R"("target":{"type":"file","path":"/restore/vda.raw"})";
+  struct Bad {
+    std::string body, field;
+  };
+  const std::vector<Bad> bad = {
+      {R"({})", "point"},
+      {R"({"disk":"vda","host":"pve2",)" + file + "}", "point"},
+      {R"({"point":)" + P + R"(,"disk":"vda","host":"pve2"})", "target"},
+      {R"({"point":999,"disk":"vda","host":"pve2",)" + file + "}", "point"},
+      {R"({"point":0,"disk":"vda","host":"pve2",)" + file + "}", "point"},
+      {R"({"point":")" + P + R"(","disk":"vda","host":"pve2",)" + file + "}", "point"},
+      {R"({"point":)" + P + R"(,"disk":"vdz","host":"pve2",)" + file + "}", "disk"},
+      {R"({"point":)" + P + R"(,"host":"pve2",)" + file + "}", "disk"},
+      {R"({"point":)" + P + R"(,"disk":"vda",)" + file + "}", "host"},
+      {R"({"point":)" + P + R"(,"disk":"vda","host":"nowhere",)" + file + "}", "host"},
+      {R"({"point":)" + P + R"(,"disk":"vda","host":"bare",)" + file + "}", "host"},
+      {R"({"point":)" + P + R"(,"disk":"vda","host":"pve2","target":{"type":"file","path":"restore/vda.raw"}})", "target.path"},
+      {R"({"point":)" + P + R"(,"disk":"vda","host":"pve2","target":{"type":"file"}})", "target.path"},
+      {R"({"point":)" + P + R"(,"disk":"vda","host":"pve2","target":{"type":"file","path":"/r/x","format":"vmdk"}})", "target.format"},
+      {R"({"point":)" + P + R"(,"disk":"vda","host":"pve2","target":{"type":"file","path":"/r/x","vm":"web01"}})", "target.vm"},
+      {R"({"point":)" + P + R"(,"disk":"vda","host":"pve2","target":{"type":"tape"}})", "target.type"},
+      {R"({"point":)" + P + R"(,"disk":"vda","host":"pve2","target":"/r/x"})", "target"},
+      {R"({"point":)" + P + R"(,"disk":"vda","host":"pve2","target":{"type":"libvirt_domain"}})", "target.vm"},
+      {R"({"point":)" + P + R"(,"disk":"vda","host":"pve2","target":{"type":"new_domain","directory":"/r"}})", "disk"},
+      {R"({"point":)" + P + R"(,"host":"pve2","target":{"type":"new_domain"}})", "target.directory"},
+      {R"({"point":)" + P + R"(,"host":"pve2","target":{"type":"new_domain","directory":"/r","pool":"p"}})", "target.pool"},
+      {R"({"point":)" + P + R"(,"host":"pve1","target":{"type":"new_domain","directory":"/r"}})", "host"},
+      {R"({"point":)" + P + R"(,"target":{"type":"original_domain","confirm":false}})", "target.confirm"},
+      {R"({"point":)" + P + R"(,"target":{"type":"original_domain"}})", "target.confirm"},
+      // Over the original, the host defaults to the VM's: pve1, a proxmox host.
+      {R"({"point":)" + P + R"(,"target":{"type":"original_domain","confirm":true}})", "host"},
+      {R"({"point":)" + P + R"(,"disk":"vda","host":"pve2","retries":{"count":101},)" + file + "}", "retries.count"},
+      {R"({"point":)" + P + R"(,"disk":"vda","host":"pve2","since":"yesterday",)" + file + "}", "since"},
+  };
+  for (const Bad& c : bad) ExpectError(Post("/api/v1/restores", c.body), 400, c.field, c.body);
+  EXPECT_NE(Post("/api/v1/restores", bad[10].body).message().find("no worker"), std::string::npos);
+  EXPECT_NE(Post("/api/v1/restores", bad[6].body).message().find("vda, vdb"), std::string::npos)
+      << "the message lists the point's disks";
+  EXPECT_TRUE(Get("/api/v1/sessions?kind=restore").json.at("sessions").as_array().empty());
+
+  // --- one disk into a file on pve2: only pve2's worker gets it ---
+  Reply started = Post("/api/v1/restores", R"({"point":)" + P + R"(,"disk":"vda","host":"pve2",)" + file + "}");
+  ASSERT_EQ(started.status, 202) << started;
+  const std::string R1 = std::to_string(started.json.at("session").to_number<int64_t>());
+  Reply s = Get("/api/v1/sessions/" + R1);
+  EXPECT_EQ(s.Str("kind"), "restore") << s;
+  EXPECT_TRUE(s.json.at("job_id").is_null());
+  EXPECT_TRUE(s.json.at("job").is_null());
+  EXPECT_EQ(s.Str("state"), "running");
+  EXPECT_TRUE(s.json.at("snapshots").as_array().empty());
+  ASSERT_EQ(s.json.at("tasks").as_array().size(), 1u) << s;
+  EXPECT_EQ(s.json.at("tasks").as_array()[0].at("state"), "queued");
+  EXPECT_EQ(s.json.at("tasks").as_array()[0].at("disk"), "vda");
+  EXPECT_EQ(s.json.at("tasks").as_array()[0].at("vm"), "web01");
+  EXPECT_TRUE(s.json.at("tasks").as_array()[0].at("snapshot_id").is_null());
+  EXPECT_EQ(s.json.at("totals").at("bytes_total"), 10737418240);
+  EXPECT_EQ(s.json.at("restore"),
+            json::parse(R"({"point":)" + P + R"(,"point_id":")" + point_id + R"(","repository_id":)" +
+                        std::to_string(repo) + R"(,"vm":"web01","disk":"vda","host":"pve2",)"
+                        R"("target":{"type":"file","path":"/restore/vda.raw","format":"raw"},)"
+                        R"("retries":{"count":3,"interval_s":60}})"));
+  EXPECT_TRUE(a.PullItems(2).empty()) << "a worker of another host in the cluster must not take it";
+  std::vector<PulledItem> got = b.PullItems(2);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].kind, "restore");
+  EXPECT_EQ(got[0].tier, "host");
+  EXPECT_EQ(got[0].target, "file");
+  EXPECT_EQ(got[0].path, "/restore/vda.raw");
+  EXPECT_EQ(got[0].format, "raw");
+  EXPECT_EQ(got[0].disk, "vda");
+  EXPECT_EQ(got[0].point_id, point_id);
+  EXPECT_EQ(got[0].vm, "web01");
+  EXPECT_EQ(got[0].attempt, 1u);
+  // A local path: through the coordinator's own repository service, as for backups.
+  EXPECT_TRUE(got[0].repository_location.rfind("ferry://", 0) == 0 &&
+              got[0].repository_location.size() > 5 &&
+              got[0].repository_location.substr(got[0].repository_location.size() - 5) == "/main")
+      << got[0].repository_location;
+  s = Get("/api/v1/sessions/" + R1);
+  const json::value& task = s.json.at("tasks").as_array()[0];
+  EXPECT_EQ(task.at("state"), "running");
+  EXPECT_EQ(task.at("worker_id"), b_id);
+  EXPECT_EQ(task.at("tier"), "host");
+  EXPECT_EQ(task.at("tier_reason"), "worker on the target host");
+  EXPECT_EQ(Get("/api/v1/workers/" + std::to_string(b_id)).json.at("running_tasks"), 1);
+  // Progress shows on the task (the coordinator writes it once per tick).
+  b.ReportProgress(got[0].assignment, 4096, 10737418240);
+  Reply progressed;
+  for (int i = 0; i < 1000; ++i) {
+    progressed = Get("/api/v1/sessions/" + R1);
+    if (progressed.json.at("tasks").as_array()[0].at("bytes_done") == 4096) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(progressed.json.at("tasks").as_array()[0].at("bytes_done"), 4096) << progressed;
+  EXPECT_EQ(progressed.json.at("totals").at("bytes_done"), 4096);
+  EXPECT_TRUE(b.Report(got[0].assignment, true, {}, "", "", "", 10737418240));
+  s = Get("/api/v1/sessions/" + R1);
+  EXPECT_EQ(s.Str("state"), "succeeded") << s;
+  EXPECT_NE(s.Str("reason").find("restored web01/vda of point " + point_id), std::string::npos) << s;
+  EXPECT_NE(s.Str("reason").find("pve2:/restore/vda.raw"), std::string::npos) << s;
+  EXPECT_EQ(s.json.at("tasks").as_array()[0].at("state"), "succeeded");
+  EXPECT_EQ(s.json.at("totals").at("succeeded"), 1);
+  std::string log = Get("/api/v1/sessions/" + R1 + "/log").body;
+  for (const char* want : {"restore started: disk vda of VM web01", "on worker", "fake worker: ", "session succeeded"})
+    EXPECT_NE(log.find(want), std::string::npos) << want << " not in " << log;
+
+  // --- a whole VM as a new domain on pve2: a retryable failure is retried, then it ends ---
+  started = Post("/api/v1/restores", R"({"point":)" + P +
+                                         R"(,"host":"pve2","target":{"type":"new_domain","directory":"/var/vms"},)"
+                                         R"("retries":{"count":1,"interval_s":0}})");
+  ASSERT_EQ(started.status, 202) << started;
+  const std::string R2 = std::to_string(started.json.at("session").to_number<int64_t>());
+  s = Get("/api/v1/sessions/" + R2);
+  EXPECT_TRUE(s.json.at("tasks").as_array()[0].at("disk").is_null()) << s;
+  EXPECT_EQ(s.json.at("totals").at("bytes_total"), 10737418240 + 1073741824) << "every disk of the point";
+  EXPECT_EQ(s.json.at("restore").at("target"),
+            json::parse(R"({"type":"new_domain","name":"web01-restored","directory":"/var/vms","format":"qcow2","keep_macs":false})"));
+  got = b.PullItems(2);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].target, "new_domain");
+  EXPECT_EQ(got[0].name, "web01-restored");
+  EXPECT_EQ(got[0].directory, "/var/vms");
+  EXPECT_EQ(got[0].disk, "");
+  EXPECT_TRUE(b.Report(got[0].assignment, false, {}, "", "retryable", "repository connection lost"));
+  got = b.PullItems(2);
+  ASSERT_EQ(got.size(), 1u) << "retried at once (interval 0)";
+  EXPECT_EQ(got[0].attempt, 2u);
+  EXPECT_TRUE(b.Report(got[0].assignment, false, {}, "", "bad_input", "a domain named 'web01-restored' already exists"));
+  s = Get("/api/v1/sessions/" + R2);
+  EXPECT_EQ(s.Str("state"), "failed") << s;
+  EXPECT_NE(s.Str("reason").find("already exists"), std::string::npos) << s;
+  EXPECT_EQ(s.json.at("tasks").as_array()[0].at("attempt"), 2);
+  EXPECT_TRUE(b.PullItems(2).empty()) << "bad_input is not retried";
+
+  // --- stopping: a queued restore, then 409, 404 ---
+  started = Post("/api/v1/restores", R"({"point":)" + P + R"(,"disk":"vdb","host":"pve2","target":{"type":"libvirt_domain","vm":"db01"}})");
+  ASSERT_EQ(started.status, 202) << started;
+  const std::string R3 = std::to_string(started.json.at("session").to_number<int64_t>());
+  EXPECT_EQ(Get("/api/v1/sessions/" + R3).json.at("restore").at("target"),
+            json::parse(R"({"type":"libvirt_domain","vm":"db01","disk":"vdb"})"))
+      << "the domain's disk defaults to the disk restored";
+  Reply stop = Post("/api/v1/sessions/" + R3 + "/stop", "");
+  ASSERT_EQ(stop.status, 202) << stop;
+  EXPECT_EQ(stop.json, json::parse(R"({"session":)" + R3 + R"(,"state":"stopping"})"));
+  s = Get("/api/v1/sessions/" + R3);
+  EXPECT_EQ(s.Str("state"), "stopped") << s;
+  EXPECT_EQ(s.json.at("tasks").as_array()[0].at("state"), "canceled");
+  EXPECT_TRUE(b.PullItems(2).empty()) << "a stopped restore is not handed out";
+  EXPECT_EQ(Post("/api/v1/sessions/" + R3 + "/stop", "").status, 409);
+  EXPECT_EQ(Post("/api/v1/sessions/" + R1 + "/stop", "{}").status, 409);
+  EXPECT_EQ(Post("/api/v1/sessions/999/stop", "").status, 404);
+
+  // --- listing: backups by default, restores when asked ---
+  EXPECT_EQ(Get("/api/v1/sessions").json.at("sessions").as_array().size(), 1u);
+  Reply restores = Get("/api/v1/sessions?kind=restore");
+  ASSERT_EQ(restores.json.at("sessions").as_array().size(), 3u) << restores;
+  EXPECT_EQ(restores.json.at("sessions").as_array()[0].at("id").to_number<int64_t>(), std::stoll(R3)) << "newest first";
+  EXPECT_EQ(Get("/api/v1/sessions?kind=all").json.at("sessions").as_array().size(), 4u);
+  ExpectError(Get("/api/v1/sessions?kind=restores"), 400, "kind");
+  EXPECT_EQ(Get("/api/v1/jobs/" + std::to_string(job)).json.at("last_session").at("state"), "succeeded")
+      << "a restore is no job's session";
+}
+
+// A restore running when the coordinator is killed -9 is rebuilt from the
+// database on restart; its worker, back without it, gets it again (attempt 2).
+TEST_F(ApiTest, ARunningRestoreSurvivesACoordinatorRestart) {
+  CreateHost("pve1", "c1");
+  auto [a_id, a_token] = CreateWorker("wa");
+  kj::AsyncIoContext io = kj::setupAsyncIo();
+  const std::vector<FakeVm> vms = {{"web01", "7d1b5a3c-0000-4000-8000-000000000001", "running", {"prod"},
+                                    {{"vda", 1073741824, "raw"}}}};
+  auto a = std::make_unique<FakeWorker>(daemon_->rpc(), a_token, "pve1", "proxmox", vms, &io);
+  int64_t job = CreateJob("web", CreateRepository("main"));
+  ASSERT_EQ(Post("/api/v1/jobs/" + std::to_string(job) + "/start", "").status, 202);
+  ASSERT_EQ(a->CompleteBackups().size(), 1u);
+  Reply started = Post("/api/v1/restores", R"({"point":1,"disk":"vda","host":"pve1","target":{"type":"file","path":"/r/vda"}})");
+  ASSERT_EQ(started.status, 202) << started;
+  const std::string R = std::to_string(started.json.at("session").to_number<int64_t>());
+  std::vector<PulledItem> got = a->PullItems(2);
+  ASSERT_EQ(got.size(), 1u);
+  ASSERT_EQ(got[0].attempt, 1u);
+
+  RestartHard();
+  a.reset();  // its connection died with the coordinator
+  Reply s = Get("/api/v1/sessions/" + R);
+  EXPECT_EQ(s.Str("state"), "running") << s;
+  EXPECT_EQ(s.json.at("tasks").as_array()[0].at("state"), "running") << "still the worker's until it is back: " << s;
+  FakeWorker back(daemon_->rpc(), a_token, "pve1", "proxmox", vms, &io);  // without the assignment
+  got = back.PullItems(2);
+  ASSERT_EQ(got.size(), 1u) << "requeued when its worker came back without it";
+  EXPECT_EQ(got[0].kind, "restore");
+  EXPECT_EQ(got[0].attempt, 2u);
+  EXPECT_TRUE(back.Report(got[0].assignment, true, {}, "", "", "", 1073741824));
+  s = Get("/api/v1/sessions/" + R);
+  EXPECT_EQ(s.Str("state"), "succeeded") << s;
+  std::string log = Get("/api/v1/sessions/" + R + "/log").body;
+  EXPECT_NE(log.find("coordinator restarted"), std::string::npos) << log;
+  EXPECT_NE(log.find("requeued: worker wa re-registered without it"), std::string::npos) << log;
 }
 
 // ===========================================================================

@@ -271,6 +271,140 @@ ALTER TABLE tasks ADD COLUMN network_busy_us INTEGER;
 ALTER TABLE tasks ADD COLUMN target_busy_us INTEGER;
 ALTER TABLE tasks ADD COLUMN remote_store INTEGER;
 )sql",
+    // 6: restores through the API (issue 12). A restore is a session of kind
+    // 'restore' with one task (the restore's work) and a restores row that
+    // says what goes where. So sessions lose their required job and tasks
+    // their required snapshot and VM: both tables are rebuilt (SQLite cannot
+    // drop a NOT NULL), with every column they have by now (tasks: up to
+    // migration 5's), their indexes and the session_totals triggers of
+    // migration 2. Points record their disks, so that a restore request can
+    // be checked against them (NULL: unknown, a point whose session is gone).
+    // Runs with foreign keys off (Migrate); foreign_key_check runs before the commit.
+    R"sql(
+CREATE TABLE sessions_new (
+  id INTEGER PRIMARY KEY,
+  job_id INTEGER REFERENCES jobs(id),  -- NULL for a restore
+  kind TEXT NOT NULL DEFAULT 'backup', -- backup | restore
+  trigger TEXT NOT NULL,               -- manual | schedule
+  state TEXT NOT NULL,                 -- running | stopping | succeeded | warning | failed | stopped
+  reason TEXT NOT NULL DEFAULT '',
+  created INTEGER NOT NULL DEFAULT 1,  -- 0 while its VMs are still being set up (in batches)
+  created_at INTEGER NOT NULL,
+  ended_at INTEGER
+);
+INSERT INTO sessions_new (id, job_id, kind, trigger, state, reason, created, created_at, ended_at)
+  SELECT id, job_id, 'backup', trigger, state, reason, created, created_at, ended_at FROM sessions;
+DROP TABLE sessions;
+ALTER TABLE sessions_new RENAME TO sessions;
+CREATE INDEX sessions_by_job ON sessions(job_id, id);
+CREATE INDEX sessions_by_kind ON sessions(kind, id);
+CREATE TRIGGER session_totals_new_session AFTER INSERT ON sessions BEGIN
+  INSERT INTO session_totals (session_id) VALUES (NEW.id);
+END;
+
+CREATE TABLE tasks_new (
+  id INTEGER PRIMARY KEY,
+  session_id INTEGER NOT NULL REFERENCES sessions(id),
+  snapshot_id INTEGER REFERENCES snapshots(id),  -- NULL for a restore's task
+  vm_id INTEGER,                     -- NULL for a restore's task (see restores)
+  disk TEXT NOT NULL,                -- '' for the restore of a whole VM
+  repository_id INTEGER NOT NULL,
+  state TEXT NOT NULL,               -- waiting | queued | running | succeeded | failed | canceled
+  worker_id INTEGER,
+  tier TEXT,                         -- host | cluster | any
+  tier_reason TEXT,
+  attempt INTEGER NOT NULL DEFAULT 0,
+  failures INTEGER NOT NULL DEFAULT 0,
+  assignment TEXT,
+  not_before INTEGER,
+  bytes_total INTEGER NOT NULL DEFAULT 0,
+  bytes_done INTEGER NOT NULL DEFAULT 0,
+  bytes_stored INTEGER NOT NULL DEFAULT 0,
+  rate REAL NOT NULL DEFAULT 0,
+  error TEXT NOT NULL DEFAULT '',
+  started_at INTEGER,
+  ended_at INTEGER,
+  -- migration 5's statistics of a disk task (NULL / 0 for a restore's task)
+  bytes_read INTEGER NOT NULL DEFAULT 0,
+  bytes_sent INTEGER NOT NULL DEFAULT 0,
+  wall_us INTEGER,
+  source_busy_us INTEGER,
+  compute_busy_us INTEGER,
+  network_busy_us INTEGER,
+  target_busy_us INTEGER,
+  remote_store INTEGER
+);
+INSERT INTO tasks_new SELECT id, session_id, snapshot_id, vm_id, disk, repository_id, state, worker_id, tier,
+  tier_reason, attempt, failures, assignment, not_before, bytes_total, bytes_done, bytes_stored, rate, error,
+  started_at, ended_at, bytes_read, bytes_sent, wall_us, source_busy_us, compute_busy_us, network_busy_us,
+  target_busy_us, remote_store FROM tasks;
+DROP TABLE tasks;
+ALTER TABLE tasks_new RENAME TO tasks;
+CREATE INDEX tasks_by_session ON tasks(session_id);
+CREATE INDEX tasks_by_snapshot ON tasks(snapshot_id);
+CREATE INDEX tasks_by_worker ON tasks(worker_id) WHERE state = 'running';
+CREATE INDEX tasks_by_repository ON tasks(repository_id) WHERE state = 'running';
+CREATE TRIGGER session_totals_new_task AFTER INSERT ON tasks BEGIN
+  UPDATE session_totals SET tasks = tasks + 1,
+    waiting = waiting + (NEW.state = 'waiting'), queued = queued + (NEW.state = 'queued'),
+    running = running + (NEW.state = 'running'), succeeded = succeeded + (NEW.state = 'succeeded'),
+    failed = failed + (NEW.state = 'failed'), canceled = canceled + (NEW.state = 'canceled'),
+    bytes_done = bytes_done + NEW.bytes_done, bytes_total = bytes_total + NEW.bytes_total,
+    bytes_stored = bytes_stored + NEW.bytes_stored,
+    rate = rate + CASE WHEN NEW.state = 'running' THEN NEW.rate ELSE 0 END
+  WHERE session_id = NEW.session_id;
+END;
+CREATE TRIGGER session_totals_task_changed
+AFTER UPDATE OF state, bytes_done, bytes_total, bytes_stored, rate ON tasks BEGIN
+  UPDATE session_totals SET
+    waiting = waiting + (NEW.state = 'waiting') - (OLD.state = 'waiting'),
+    queued = queued + (NEW.state = 'queued') - (OLD.state = 'queued'),
+    running = running + (NEW.state = 'running') - (OLD.state = 'running'),
+    succeeded = succeeded + (NEW.state = 'succeeded') - (OLD.state = 'succeeded'),
+    failed = failed + (NEW.state = 'failed') - (OLD.state = 'failed'),
+    canceled = canceled + (NEW.state = 'canceled') - (OLD.state = 'canceled'),
+    bytes_done = bytes_done + NEW.bytes_done - OLD.bytes_done,
+    bytes_total = bytes_total + NEW.bytes_total - OLD.bytes_total,
+    bytes_stored = bytes_stored + NEW.bytes_stored - OLD.bytes_stored,
+    rate = rate + CASE WHEN NEW.state = 'running' THEN NEW.rate ELSE 0 END
+                - CASE WHEN OLD.state = 'running' THEN OLD.rate ELSE 0 END
+  WHERE session_id = NEW.session_id;
+END;
+CREATE TRIGGER session_totals_task_deleted AFTER DELETE ON tasks BEGIN
+  UPDATE session_totals SET tasks = tasks - 1,
+    waiting = waiting - (OLD.state = 'waiting'), queued = queued - (OLD.state = 'queued'),
+    running = running - (OLD.state = 'running'), succeeded = succeeded - (OLD.state = 'succeeded'),
+    failed = failed - (OLD.state = 'failed'), canceled = canceled - (OLD.state = 'canceled'),
+    bytes_done = bytes_done - OLD.bytes_done, bytes_total = bytes_total - OLD.bytes_total,
+    bytes_stored = bytes_stored - OLD.bytes_stored,
+    rate = rate - CASE WHEN OLD.state = 'running' THEN OLD.rate ELSE 0 END
+  WHERE session_id = OLD.session_id;
+END;
+
+-- What a restore session restores, and where (one row per restore session).
+CREATE TABLE restores (
+  session_id INTEGER PRIMARY KEY REFERENCES sessions(id),
+  task_id INTEGER NOT NULL,          -- its one task
+  point INTEGER NOT NULL REFERENCES points(id),
+  point_id TEXT NOT NULL,            -- the point's id in its repository
+  repository_id INTEGER NOT NULL REFERENCES repositories(id),
+  vm_name TEXT NOT NULL,             -- the VM the point was made of
+  vm_id INTEGER,
+  disk TEXT NOT NULL DEFAULT '',     -- '' : the whole VM
+  host_id INTEGER NOT NULL REFERENCES hosts(id),  -- the target host: a worker there runs it
+  target TEXT NOT NULL,              -- JSON, canonical (docs/api.md, "Restores")
+  retry_count INTEGER NOT NULL,
+  retry_interval_s INTEGER NOT NULL
+);
+CREATE INDEX restores_by_point ON restores(point);
+
+ALTER TABLE points ADD COLUMN disks TEXT;  -- JSON [{"name", "size_bytes"}]; NULL: not known
+UPDATE points SET disks = (
+  SELECT json_group_array(json_object('name', t.disk, 'size_bytes', t.bytes_total))
+  FROM tasks t JOIN snapshots s ON s.id = t.snapshot_id
+  WHERE s.session_id = points.session_id AND s.point_id = points.point_id AND t.state = 'succeeded')
+WHERE EXISTS (SELECT 1 FROM snapshots s WHERE s.session_id = points.session_id AND s.point_id = points.point_id);
+)sql",
 };
 
 [[noreturn]] void Fail(sqlite3* db, const std::string& what) {
@@ -451,12 +585,27 @@ void Database::Migrate() {
                 "database schema version " + std::to_string(current) +
                     " is newer than this build knows (" + std::to_string(LatestSchemaVersion()) +
                     "); upgrade Ferry");
+  if (current == LatestSchemaVersion()) return;
+  // Foreign keys off while migrating (it cannot change inside a
+  // transaction): a migration that rebuilds a table (6) drops it while other
+  // tables refer to it, which with foreign keys on would cascade. Each
+  // migration checks them before it commits instead.
+  Execute("PRAGMA foreign_keys = OFF");
   for (int v = current; v < LatestSchemaVersion(); ++v) {
     Transaction tx(*this);
     Execute(kMigrations[v]);
+    {
+      Statement check = Prepare("PRAGMA foreign_key_check");
+      if (check.Step()) {
+        throw Error(ErrorKind::kInternal, "migration " + std::to_string(v + 1) + " left a row of table " +
+                                              check.Text(0) + " (rowid " + check.Text(1) +
+                                              ") referring to a missing row of " + check.Text(2));
+      }
+    }
     Execute("PRAGMA user_version = " + std::to_string(v + 1));
     tx.Commit();
   }
+  Execute("PRAGMA foreign_keys = ON");
 }
 
 Database::Transaction::Transaction(Database& db) : db_(db) { db_.Execute("BEGIN IMMEDIATE"); }

@@ -138,13 +138,19 @@ constexpr const char* kDropMigration5 =
     "ALTER TABLE tasks DROP COLUMN compute_busy_us; ALTER TABLE tasks DROP COLUMN network_busy_us; "
     "ALTER TABLE tasks DROP COLUMN target_busy_us; ALTER TABLE tasks DROP COLUMN remote_store; ";
 
+// Migration 6 (restores) undone: its table, columns and index.
+constexpr const char* kDropMigration6 =
+    "DROP TABLE restores; ALTER TABLE points DROP COLUMN disks; DROP INDEX sessions_by_kind; "
+    "ALTER TABLE sessions DROP COLUMN kind; ";
+
 TEST(Database, Migration5GivesExistingTasksNoStatistics) {
   std::string path = TempPath();
   std::filesystem::remove(path);
   {
-    // As the version before it left the file (migration 4 is the last).
+    // As the version before it left the file (migration 4 is the last;
+    // migration 6 undone too).
     Database db = Database::Open(path);
-    db.Execute(std::string(kDropMigration5) + "PRAGMA user_version = " + std::to_string(LatestSchemaVersion() - 1));
+    db.Execute(std::string(kDropMigration6) + kDropMigration5 + "PRAGMA user_version = 4");
     MakeSessionFixture(db);
     AddSessionWithTasks(db, 1, 3);
   }
@@ -176,7 +182,7 @@ TEST(Database, Migration2BackfillsTotalsOfExistingSessions) {
         "CREATE INDEX tasks_by_session ON tasks(session_id, state, bytes_done, bytes_total, rate); "
         "CREATE INDEX tasks_live ON tasks(state) WHERE state IN ('waiting', 'queued', 'running'); "
         "ALTER TABLE repositories DROP COLUMN token; ALTER TABLE repositories DROP COLUMN bandwidth; "
-        "ALTER TABLE workers DROP COLUMN bandwidth; " + std::string(kDropMigration5) +
+        "ALTER TABLE workers DROP COLUMN bandwidth; " + std::string(kDropMigration5) + kDropMigration6 +
         "PRAGMA user_version = 1");
     MakeSessionFixture(db);
     AddSessionWithTasks(db, 1, 4);
@@ -190,6 +196,82 @@ TEST(Database, Migration2BackfillsTotalsOfExistingSessions) {
   ExpectTotalsMatchTasks(db, 2);  // a session without tasks gets a zero row
   db.Execute("UPDATE tasks SET state = 'succeeded' WHERE state = 'running'");  // triggers work after migrating
   ExpectTotalsMatchTasks(db, 1);
+}
+
+// Migration 6 rebuilds sessions and tasks (a restore has no job, its task no
+// snapshot): every row, total and trigger survives, foreign keys hold again,
+// and points learn their disks from the tasks of their session.
+TEST(Database, Migration6RebuildsSessionsAndTasksKeepingEverything) {
+  std::string path = TempPath();
+  std::filesystem::remove(path);
+  {
+    // Back to version 5: migration 6's objects removed. (Sessions and tasks
+    // keep their new column types; the rebuild reads them the same way.)
+    Database db = Database::Open(path);
+    db.Execute(std::string(kDropMigration6) + "PRAGMA user_version = 5");
+    MakeSessionFixture(db);
+    AddSessionWithTasks(db, 1, 3);
+    db.Execute("UPDATE tasks SET state = 'succeeded', bytes_done = bytes_total, bytes_read = 7, wall_us = 1000, "
+               "source_busy_us = 900 WHERE session_id = 1");
+    db.Execute("UPDATE snapshots SET state = 'released', point_id = 'p1' WHERE id = 1");
+    db.Execute(
+        "INSERT INTO points (id, point_id, repository_id, job_id, session_id, vm_id, vm_name, chain, created_at) "
+        "VALUES (1, 'p1', 1, 1, 1, 1, 'vm1', 'default', 1), (2, 'gone', 1, 1, 77, 1, 'vm1', 'default', 1)");
+    AddSessionWithTasks(db, 2, 2);
+    db.Execute("UPDATE tasks SET state = 'running', rate = 3.5, bytes_done = 9 WHERE session_id = 2");
+  }
+  Database db = Database::Open(path);
+  EXPECT_EQ(db.SchemaVersion(), LatestSchemaVersion());
+  ExpectTotalsMatchTasks(db, 1);
+  ExpectTotalsMatchTasks(db, 2);
+  Statement counts = db.Prepare(
+      "SELECT (SELECT COUNT(*) FROM sessions WHERE kind = 'backup'), (SELECT COUNT(*) FROM tasks), "
+      "(SELECT SUM(bytes_read) FROM tasks), (SELECT SUM(source_busy_us) FROM tasks WHERE wall_us = 1000)");
+  ASSERT_TRUE(counts.Step());
+  EXPECT_EQ(counts.Int(0), 2);
+  EXPECT_EQ(counts.Int(1), 5);
+  EXPECT_EQ(counts.Int(2), 21) << "migration 5's statistics are kept";
+  EXPECT_EQ(counts.Int(3), 2700);
+  Statement disks = db.Prepare("SELECT json_array_length(disks), disks IS NULL FROM points ORDER BY id");
+  ASSERT_TRUE(disks.Step());
+  EXPECT_EQ(disks.Int(0), 3) << "p1's three disks, from its session's tasks";
+  ASSERT_TRUE(disks.Step());
+  EXPECT_EQ(disks.Int(1), 1) << "a point whose session is gone: not known";
+  Statement named = db.Prepare(
+      "SELECT COUNT(*) FROM points, json_each(points.disks) WHERE points.id = 1 AND "
+      "json_extract(value, '$.name') = 'd0' AND json_extract(value, '$.size_bytes') = 1000");
+  ASSERT_TRUE(named.Step());
+  EXPECT_EQ(named.Int(0), 1);
+
+  // A restore session: no job, a task without a snapshot; the totals'
+  // triggers were made again on the rebuilt tables.
+  db.Execute("INSERT INTO sessions (id, kind, trigger, state, created_at) VALUES (3, 'restore', 'manual', 'running', 1)");
+  db.Execute("INSERT INTO tasks (id, session_id, disk, repository_id, state, bytes_total) VALUES (50, 3, 'd0', 1, 'queued', 5)");
+  db.Execute(
+      "INSERT INTO restores (session_id, task_id, point, point_id, repository_id, vm_name, vm_id, disk, host_id, target, "
+      "retry_count, retry_interval_s) VALUES (3, 50, 1, 'p1', 1, 'vm1', 1, 'd0', 1, '{}', 3, 60)");
+  ExpectTotalsMatchTasks(db, 3);
+  db.Execute("UPDATE tasks SET state = 'running', rate = 1.5, bytes_done = 2 WHERE id = 50");
+  ExpectTotalsMatchTasks(db, 3);
+  db.Execute("DELETE FROM tasks WHERE session_id = 2");
+  ExpectTotalsMatchTasks(db, 2);
+
+  Statement fk = db.Prepare("PRAGMA foreign_keys");
+  ASSERT_TRUE(fk.Step());
+  EXPECT_EQ(fk.Int(0), 1) << "foreign keys are on again after migrating";
+  EXPECT_THROW(db.Execute("INSERT INTO tasks (session_id, disk, repository_id, state) VALUES (999, 'x', 1, 'queued')"), Error);
+  EXPECT_THROW(db.Execute("INSERT INTO restores (session_id, task_id, point, point_id, repository_id, vm_name, disk, "
+                          "host_id, target, retry_count, retry_interval_s) VALUES (2, 1, 99, 'p', 1, 'v', '', 1, '{}', 0, 0)"),
+               Error);
+  Statement schema = db.Prepare(
+      "SELECT (SELECT COUNT(*) FROM sqlite_schema WHERE type = 'index' AND name IN ('tasks_by_session', "
+      "'tasks_by_snapshot', 'tasks_by_worker', 'tasks_by_repository', 'sessions_by_job', 'sessions_by_kind')), "
+      "(SELECT COUNT(*) FROM sqlite_schema WHERE type = 'trigger'), "
+      "(SELECT COUNT(*) FROM sqlite_schema WHERE name LIKE '%_new')");
+  ASSERT_TRUE(schema.Step());
+  EXPECT_EQ(schema.Int(0), 6);
+  EXPECT_EQ(schema.Int(1), 4);
+  EXPECT_EQ(schema.Int(2), 0);
 }
 
 TEST(Database, SavepointRollsBackOnlyItsOwnChanges) {

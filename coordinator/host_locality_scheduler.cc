@@ -92,7 +92,7 @@ void HostLocalityScheduler::Enqueue(const QueuedWork& work) {
     return;
   }
   HostState& host = Host(work.host_id);
-  (work.kind == WorkKind::kSnapshot ? host.snapshots : host.disks).push_back(work);
+  (work.kind == WorkKind::kSnapshot ? host.snapshots : host.disks).push_back(work);  // restores with the disks
   Reindex(work.host_id);
 }
 
@@ -178,11 +178,12 @@ int HostLocalityScheduler::TakeFrom(int64_t host_id, HostState& host, int64_t wo
   int taken = 0;
   WorkerState& worker = workers_[worker_id];
   for (auto it = host.disks.begin(); it != host.disks.end() && taken < disk_budget;) {
-    if (!RepositoryHasSlot(it->repository_id) || (it->host_only && worker_id != it->pinned_worker)) {
+    if (!RepositoryHasSlot(it->repository_id) || (it->host_only && worker_id != it->pinned_worker) ||
+        (it->kind == WorkKind::kRestore && tier != Tier::kHost)) {
       ++it;
       continue;
     }
-    out.push_back({*it, tier, why});
+    out.push_back({*it, tier, it->kind == WorkKind::kRestore ? std::string("worker on the target host") : why});
     Contribute(worker_id, -1);
     worker.used++;
     Contribute(worker_id, +1);
@@ -249,7 +250,7 @@ std::vector<Placement> HostLocalityScheduler::Pick(int64_t worker_id, int max_di
 bool HostLocalityScheduler::HostCanServe(int64_t host_id, WorkKind kind) const {
   auto it = hosts_.find(host_id);
   if (it == hosts_.end()) return false;
-  return kind == WorkKind::kDisk ? it->second.free_slots > 0 : it->second.connected_workers > 0;
+  return TakesSlot(kind) ? it->second.free_slots > 0 : it->second.connected_workers > 0;
 }
 
 int HostLocalityScheduler::FreeSlots(int64_t worker_id) const {

@@ -11,6 +11,7 @@ namespace {
 
 QueuedWork Disk(int64_t id, int64_t host, int64_t repo = 1) { return {WorkKind::kDisk, id, host, repo, 0}; }
 QueuedWork Snap(int64_t id, int64_t host) { return {WorkKind::kSnapshot, id, host, 0, 0}; }
+QueuedWork Restore(int64_t id, int64_t host, int64_t repo = 1) { return {WorkKind::kRestore, id, host, repo, 0}; }
 
 // Two clusters: c1 = hosts 1, 2, 3 (3 has no worker); c2 = host 4. Workers
 // 10 on host 1, 20 on host 2, 40 on host 4; two slots each.
@@ -189,6 +190,46 @@ TEST_F(SchedulerTest, DequeueRemovesQueuedWork) {
   EXPECT_EQ(s.QueuedCount(), 0u);
 }
 
+// A restore writes onto its target host: only that host's workers take it,
+// however busy they are or even when the host has none (it waits).
+TEST_F(SchedulerTest, RestoresRunOnTheirTargetHostOnly) {
+  s.Enqueue(Restore(1, 2));
+  EXPECT_TRUE(s.Pick(10, 2).empty()) << "a worker of another host in the cluster";
+  EXPECT_TRUE(s.Pick(40, 2).empty()) << "a worker of another cluster";
+  auto picked = s.Pick(20, 2);
+  ASSERT_EQ(picked.size(), 1u);
+  EXPECT_EQ(picked[0].work.kind, WorkKind::kRestore);
+  EXPECT_EQ(picked[0].tier, Tier::kHost);
+  EXPECT_EQ(picked[0].reason, "worker on the target host");
+  EXPECT_EQ(s.RunningOn(20), 1) << "a restore takes a worker slot";
+  EXPECT_EQ(s.RunningOnRepository(1), 1) << "and a repository slot";
+
+  // Host 2's worker busy (both slots), or gone: the restore waits for it.
+  s.Enqueue(Restore(2, 2));
+  s.Enqueue(Disk(3, 2));
+  auto more = s.Pick(20, 2);
+  ASSERT_EQ(more.size(), 1u);
+  EXPECT_EQ(more[0].work.id, 2);
+  EXPECT_EQ(s.Pick(10, 2).size(), 1u) << "the busy host's disk task goes to the cluster";
+  s.Enqueue(Restore(4, 2));
+  EXPECT_TRUE(s.Pick(10, 2).empty());
+  s.SetWorkerConnected(20, false);
+  EXPECT_TRUE(s.Pick(10, 2).empty()) << "not even when the host's worker is unreachable";
+  EXPECT_TRUE(s.Pick(40, 2).empty());
+  s.Enqueue(Restore(5, 3));  // host 3 has no worker at all
+  EXPECT_TRUE(s.Pick(10, 2).empty());
+  EXPECT_TRUE(s.Pick(40, 2).empty());
+  EXPECT_EQ(s.QueuedCount(), 2u);
+  s.SetWorkerConnected(20, true);
+  s.TaskEnded(20, 1);
+  auto back = s.Pick(20, 2);
+  ASSERT_EQ(back.size(), 1u);
+  EXPECT_EQ(back[0].work.id, 4);
+  EXPECT_TRUE(s.Dequeue(WorkKind::kRestore, 5));
+  EXPECT_FALSE(s.Dequeue(WorkKind::kDisk, 5)) << "kinds are told apart";
+  EXPECT_EQ(s.QueuedCount(), 0u);
+}
+
 TEST_F(SchedulerTest, HostMovingClusterMovesItsCapacity) {
   s.Enqueue(Disk(1, 3));
   s.SetHost(2, "h2", "c2");  // worker 20 leaves c1
@@ -229,7 +270,9 @@ TEST(SchedulerProperty, RandomOperationsKeepInvariants) {
     int op = static_cast<int>(rng() % 10);
     if (op < 4) {
       int64_t host = 1 + static_cast<int64_t>(rng() % hosts);
-      s.Enqueue(Disk(next_task++, host, 1 + static_cast<int64_t>(rng() % repos)));
+      int64_t repo = 1 + static_cast<int64_t>(rng() % repos);
+      // One in eight is a restore: only its own host's workers may take it.
+      s.Enqueue(rng() % 8 == 0 ? Restore(next_task++, host, repo) : Disk(next_task++, host, repo));
     } else if (op < 7 && !running.empty()) {
       auto it = running.begin();
       std::advance(it, rng() % running.size());
@@ -259,6 +302,9 @@ TEST(SchedulerProperty, RandomOperationsKeepInvariants) {
         int64_t host = p.work.host_id;
         if (p.tier == Tier::kHost) {
           ASSERT_EQ(host, worker_host[w]);
+        }
+        if (p.work.kind == WorkKind::kRestore) {
+          ASSERT_EQ(p.tier, Tier::kHost) << "restore " << p.work.id << " left its target host: " << p.reason;
         }
         if (p.tier != Tier::kHost) {
           ASSERT_EQ(host_free[host], 0) << "robbed host " << host << ": " << p.reason;

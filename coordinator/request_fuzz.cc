@@ -55,6 +55,7 @@ const Target kTargets[] = {
     {"POST", "/api/v1/jobs"},  {"PATCH", "/api/v1/jobs/1"},  {"POST", "/api/v1/repositories"},
     {"PATCH", "/api/v1/repositories/1"}, {"POST", "/api/v1/hosts"}, {"PATCH", "/api/v1/hosts/1"},
     {"POST", "/api/v1/workers"}, {"POST", "/api/v1/jobs/1/stop"}, {"POST", "/api/v1/jobs/1/start"},
+    {"POST", "/api/v1/restores"}, {"POST", "/api/v1/sessions/1/stop"},
 };
 constexpr size_t kTargetCount = sizeof kTargets / sizeof kTargets[0];
 
@@ -130,6 +131,12 @@ class Harness {
     Seed({"POST", "/api/v1/repositories"}, R"({"name":"seed","location":"/srv/seed"})");
     Seed({"POST", "/api/v1/hosts"}, R"({"name":"seed","platform":"libvirt","cluster":"c1"})");
     Seed({"POST", "/api/v1/jobs"}, R"({"name":"seed","repository":1,"selection":{"tags":["prod"]}})");
+    // A restore point (as a session would record it), so that restore
+    // requests that parse get as far as the host check.
+    Database::Open(path)
+        .Execute("INSERT INTO points (point_id, repository_id, vm_name, chain, created_at, disks) VALUES "
+                 "('20260101T000000.000000Z-abcdef', 1, 'web01', 'seed', 1, "
+                 "'[{\"name\":\"vda\",\"size_bytes\":1048576}]')");
   }
 
   void Seed(const Target& target, const std::string& body) {
@@ -217,6 +224,14 @@ const std::vector<std::pair<int, std::string>> kCorpus = {
     {7, R"({})"},
     {7, ""},
     {8, R"({})"},
+    {9, R"({"point":1,"disk":"vda","host":"seed","target":{"type":"file","path":"/r/vda.qcow2","format":"qcow2"},)"
+        R"("retries":{"count":1,"interval_s":0}})"},
+    {9, R"({"point":1,"disk":"vda","host":"seed","target":{"type":"libvirt_domain","vm":"db01","disk":"vdb"}})"},
+    {9, R"({"point":1,"host":"seed","target":{"type":"new_domain","name":"n","directory":"/v","format":"raw",)"
+        R"("keep_macs":true}})"},
+    {9, R"({"point":1,"host":"seed","target":{"type":"new_domain","pool":"default"}})"},
+    {9, R"({"point":1,"target":{"type":"original_domain","confirm":true}})"},
+    {10, ""},
 };
 
 // Tokens that steer mutations towards the interesting parts of the parsers.
@@ -230,6 +245,9 @@ const std::vector<std::string> kDictionary = {
     "1.5", "-0", "0.0", "\"\"", "\"25:00\"", "\"23:59\"", "\"00:00\"", "\"0 0 31 2 *\"", "\"*/0 * * * *\"",
     "\"0-6,22-23\"", "\"23-0\"", "\"mon\"", "\"SUN\"", "\"\\u0000\"", "\"\\ud800\"", "\"a/b\"", "[]", "{}",
     "[[[[[[[[", "]]]]]]]]", "{\"a\":", ",", ":", "\"", "\\", "/", "\"proxmox\"", "\"libvirt\"", "\"vmware\"",
+    "\"point\"", "\"target\"", "\"type\"", "\"file\"", "\"path\"", "\"format\"", "\"qcow2\"", "\"raw\"",
+    "\"libvirt_domain\"", "\"new_domain\"", "\"original_domain\"", "\"directory\"", "\"pool\"",
+    "\"keep_macs\"", "\"confirm\"", "\"host\"",
 };
 
 class Mutator {

@@ -32,7 +32,10 @@ std::string Hex(const unsigned char* data, size_t n) {
 // Assignments are "<kind letter><id>.<attempt>"; the attempt is appended by
 // the UPDATE that counts it (BuildOrder).
 std::string AssignmentPrefix(WorkKind kind, int64_t id) {
-  char letter = kind == WorkKind::kSnapshot ? 's' : kind == WorkKind::kDisk ? 't' : 'r';
+  char letter = kind == WorkKind::kSnapshot ? 's'
+                : kind == WorkKind::kDisk   ? 't'
+                : kind == WorkKind::kRelease ? 'r'
+                                             : 'x';  // a restore's task
   return letter + std::to_string(id) + ".";
 }
 
@@ -268,9 +271,9 @@ void SessionRunner::Recover() {
     }
   }
   Statement tasks = db_.Prepare(
-      "SELECT t.id, t.state, t.worker_id, t.assignment, t.not_before, t.repository_id, t.session_id "
-      "FROM tasks t WHERE t.session_id IN (SELECT id FROM sessions WHERE state IN ('running', 'stopping')) "
-      "AND t.state IN ('queued', 'running')");
+      "SELECT t.id, t.state, t.worker_id, t.assignment, t.not_before, t.repository_id, t.session_id, "
+      "t.snapshot_id IS NULL FROM tasks t WHERE t.session_id IN (SELECT id FROM sessions WHERE state IN "
+      "('running', 'stopping')) AND t.state IN ('queued', 'running')");
   while (tasks.Step()) {
     int64_t id = tasks.Int(0);
     sessions.insert(tasks.Int(6));
@@ -278,7 +281,8 @@ void SessionRunner::Recover() {
       if (tasks.OptInt(4).value_or(0) > clock_()) delayed_tasks_[id] = *tasks.OptInt(4);
       else EnqueueTask(id);
     } else {
-      live_[tasks.Text(3)] = Live{WorkKind::kDisk, id, tasks.Int(2), false, tasks.Int(5)};
+      WorkKind kind = tasks.Int(7) ? WorkKind::kRestore : WorkKind::kDisk;
+      live_[tasks.Text(3)] = Live{kind, id, tasks.Int(2), false, tasks.Int(5)};
       scheduler_.AdoptRunning(tasks.Int(2), tasks.Int(5));
     }
   }
@@ -327,11 +331,17 @@ void SessionRunner::EnqueueSnapshot(int64_t snapshot_id, int64_t host_id) {
 }
 
 void SessionRunner::EnqueueTask(int64_t task_id) {
+  // A restore's task has no snapshot: it goes to its target host.
   Statement& s = db_.Cached(
-      "SELECT sn.host_id, t.repository_id, t.snapshot_id, t.disk, sn.worker_id FROM tasks t "
-      "JOIN snapshots sn ON sn.id = t.snapshot_id WHERE t.id = ?");
+      "SELECT sn.host_id, t.repository_id, t.snapshot_id, t.disk, sn.worker_id, r.host_id FROM tasks t "
+      "LEFT JOIN snapshots sn ON sn.id = t.snapshot_id LEFT JOIN restores r ON r.session_id = t.session_id "
+      "AND t.snapshot_id IS NULL WHERE t.id = ?");
   s.Bind(1, task_id);
   if (!s.Step()) return;
+  if (s.IsNull(2)) {
+    if (!s.IsNull(5)) EnqueueRestore(task_id, s.Int(5), s.Int(1));
+    return;
+  }
   int64_t host_id = s.Int(0), repository_id = s.Int(1), snapshot_id = s.Int(2);
   std::string disk = s.Text(3);
   int64_t holder = s.IsNull(4) ? 0 : s.Int(4);
@@ -353,6 +363,13 @@ void SessionRunner::EnqueueTask(int64_t task_id, int64_t host_id, int64_t reposi
   work_generation_++;
 }
 
+void SessionRunner::EnqueueRestore(int64_t task_id, int64_t host_id, int64_t repository_id) {
+  // Only the target host's workers may take it: nobody else needs waking.
+  scheduler_.Enqueue({WorkKind::kRestore, task_id, host_id, repository_id, 0});
+  wakeups_.hosts.insert(host_id);
+  work_generation_++;
+}
+
 void SessionRunner::EnqueueRelease(int64_t snapshot_id, int64_t holder, bool commit) {
   scheduler_.Enqueue({WorkKind::kRelease, snapshot_id, 0, 0, holder, commit});
   wakeups_.workers.insert(holder);
@@ -362,7 +379,7 @@ void SessionRunner::EnqueueRelease(int64_t snapshot_id, int64_t holder, bool com
 void SessionRunner::EndAssignment(const std::string& assignment) {
   auto it = live_.find(assignment);
   if (it == live_.end()) return;
-  if (it->second.kind == WorkKind::kDisk) {
+  if (TakesSlot(it->second.kind)) {
     progress_.erase(it->second.id);
     // A freed worker slot matters to that worker's host (and to hosts whose
     // work it may take). A freed slot of a full repository may unblock work
@@ -446,7 +463,7 @@ WorkerWelcome SessionRunner::RegisterWorker(const WorkerHello& hello) {
   for (const auto& [assignment, live] : lost) {
     EndAssignment(assignment);
     if (live.draining) continue;
-    if (live.kind == WorkKind::kDisk) {
+    if (TakesSlot(live.kind)) {
       RequeueTask(live.id, "worker " + welcome.worker_name + " re-registered without it");
     } else if (live.kind == WorkKind::kSnapshot) {
       db_.Cached("UPDATE snapshots SET state = 'pending', worker_id = NULL WHERE id = ?").Bind(1, live.id).Run();
@@ -465,7 +482,8 @@ WorkerWelcome SessionRunner::RegisterWorker(const WorkerHello& hello) {
     std::set<int64_t> busy;
     for (const std::string& assignment : welcome.resumed) {
       auto live = live_.find(assignment);
-      if (live != live_.end() && live->second.kind != WorkKind::kDisk) busy.insert(live->second.id);
+      if (live != live_.end() && (live->second.kind == WorkKind::kSnapshot || live->second.kind == WorkKind::kRelease))
+        busy.insert(live->second.id);
     }
     std::set<int64_t> held(hello.held_snapshots->begin(), hello.held_snapshots->end());
     Statement mine = db_.Prepare(
@@ -607,7 +625,7 @@ void SessionRunner::MarkUnreachable(int64_t worker_id, const std::string& why) {
   for (const auto& [assignment, live] : mine) {
     EndAssignment(assignment);
     if (live.draining) continue;
-    if (live.kind == WorkKind::kDisk) {
+    if (TakesSlot(live.kind)) {
       RequeueTask(live.id, "worker unreachable (" + why + ")");
     } else if (live.kind == WorkKind::kSnapshot) {
       db_.Cached("UPDATE snapshots SET state = 'pending', worker_id = NULL WHERE id = ?").Bind(1, live.id).Run();
@@ -708,7 +726,23 @@ const SessionRunner::SnapshotContext& SessionRunner::ContextOf(int64_t snapshot_
   return snapshot_context_.emplace(snapshot_id, std::move(context)).first->second;
 }
 
+void SessionRunner::ResolveRepositoryAccess(WorkOrder& order, int64_t worker_id) {
+  if (local_repositories_ && !order.repository_location.empty() && order.repository_location[0] == '/') {
+    // A path on this machine: through the coordinator's own service.
+    order.repository_location = local_service_base_ + "/" + order.repository_name;
+    order.repository_token = local_repositories_->TokenFor(worker_id, order.repository_name);
+  } else if (rpc::WorkerTokenKey::LooksLikeKey(order.repository_token)) {
+    // A ferry-repository that shares a key with us: a token for this worker
+    // and this repository (the name on the service: the address's last part).
+    const std::string& location = order.repository_location;
+    const std::string remote_name = location.substr(location.rfind('/') + 1);
+    order.repository_token = rpc::WorkerTokenKey::FromText(order.repository_token, "the repository's key")
+                                 .Mint(worker_id, remote_name);
+  }
+}
+
 WorkOrder SessionRunner::BuildOrder(const Placement& placement, int64_t worker_id) {
+  if (placement.work.kind == WorkKind::kRestore) return BuildRestoreOrder(placement, worker_id);
   WorkOrder order;
   order.kind = placement.work.kind;
   order.tier = TierName(placement.tier);
@@ -753,18 +787,7 @@ WorkOrder SessionRunner::BuildOrder(const Placement& placement, int64_t worker_i
   order.repository_name = context.repository_name;
   order.repository_location = context.repository_location;
   order.repository_token = context.repository_token;
-  if (local_repositories_ && !order.repository_location.empty() && order.repository_location[0] == '/') {
-    // A path on this machine: through the coordinator's own service.
-    order.repository_location = local_service_base_ + "/" + order.repository_name;
-    order.repository_token = local_repositories_->TokenFor(worker_id, order.repository_name);
-  } else if (rpc::WorkerTokenKey::LooksLikeKey(order.repository_token)) {
-    // A ferry-repository that shares a key with us: a token for this worker
-    // and this repository (the name on the service: the address's last part).
-    const std::string& location = order.repository_location;
-    const std::string remote_name = location.substr(location.rfind('/') + 1);
-    order.repository_token = rpc::WorkerTokenKey::FromText(order.repository_token, "the repository's key")
-                                 .Mint(worker_id, remote_name);
-  }
+  ResolveRepositoryAccess(order, worker_id);
   order.snapshot_id = snapshot_id;
   order.point_id = context.point_id;
   if (order.kind == WorkKind::kDisk) {
@@ -820,7 +843,7 @@ std::vector<WorkOrder> SessionRunner::PullWork(int64_t worker_id, int64_t epoch,
     pending_log_.resize(log_rows);
     for (const WorkOrder& order : orders) live_.erase(order.assignment);
     for (const Placement& placement : placements) {
-      if (placement.work.kind == WorkKind::kDisk) scheduler_.TaskEnded(worker_id, placement.work.repository_id);
+      if (TakesSlot(placement.work.kind)) scheduler_.TaskEnded(worker_id, placement.work.repository_id);
       scheduler_.Enqueue(placement.work);
     }
     throw;
@@ -845,8 +868,9 @@ bool SessionRunner::ReportProgress(int64_t worker_id, const std::string& assignm
   WorkerSideLock lock(*this);
   auto it = live_.find(assignment);
   if (it == live_.end() || it->second.worker_id != worker_id || it->second.draining) return false;
-  if (it->second.kind != WorkKind::kDisk) return true;
-  if (repository_share) *repository_share = RepositoryShare(it->second.repository_id);
+  if (!TakesSlot(it->second.kind)) return true;
+  // Restores are not throttled (yet): only disk tasks get a share of the cap.
+  if (repository_share && it->second.kind == WorkKind::kDisk) *repository_share = RepositoryShare(it->second.repository_id);
   // Progress is for watching, not for recovery: it is kept here and written
   // in one transaction per tick, not one commit per report.
   Progress& p = progress_[it->second.id];
@@ -895,6 +919,7 @@ bool SessionRunner::ReportResult(int64_t worker_id, const WorkReport& report) {
       case WorkKind::kDisk: FinishTask(live.id, report); break;
       case WorkKind::kSnapshot: FinishSnapshot(live.id, report); break;
       case WorkKind::kRelease: FinishRelease(live.id, report); break;
+      case WorkKind::kRestore: FinishRestore(live.id, report); break;
     }
   } catch (const std::exception& e) {
     // The assignment has ended in memory and the finish step may have queued
@@ -1045,10 +1070,16 @@ void SessionRunner::FinishRelease(int64_t snapshot_id, const WorkReport& report)
       Statement& sums = db_.Cached("SELECT SUM(bytes_done), SUM(bytes_stored) FROM tasks WHERE snapshot_id = ?");
       sums.Bind(1, snapshot_id);
       sums.Step();
+      // The point's disks, for restore requests to be checked against.
+      Statement& disks = db_.Cached("SELECT disk, bytes_total FROM tasks WHERE snapshot_id = ? AND state = 'succeeded' ORDER BY disk");
+      disks.Bind(1, snapshot_id);
+      json::array disk_list;
+      while (disks.Step()) disk_list.push_back(json::object{{"name", disks.Text(0)}, {"size_bytes", disks.Int(1)}});
       db_.Cached("INSERT OR IGNORE INTO points (point_id, repository_id, job_id, session_id, vm_id, vm_name, chain, "
-                  "bytes_read, bytes_stored, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                  "bytes_read, bytes_stored, created_at, disks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
           .Bind(1, report.point_id).Bind(2, s.Int(4)).Bind(3, s.Int(3)).Bind(4, session).Bind(5, s.Int(2))
-          .Bind(6, vm).Bind(7, s.Text(5)).Bind(8, sums.Int(0)).Bind(9, sums.Int(1)).Bind(10, now).Run();
+          .Bind(6, vm).Bind(7, s.Text(5)).Bind(8, sums.Int(0)).Bind(9, sums.Int(1)).Bind(10, now)
+          .Bind(11, json::serialize(disk_list)).Run();
       Log(session, std::nullopt, snapshot_id, "info", vm + ": restore point " + report.point_id + " committed; snapshot removed");
     } else {
       Log(session, std::nullopt, snapshot_id, "info", vm + ": snapshot removed, no restore point");
@@ -1081,6 +1112,15 @@ void SessionRunner::MaybeRelease(int64_t snapshot_id) {
 }
 
 void SessionRunner::MaybeEndSession(int64_t session_id) {
+  {
+    Statement& kind = db_.Cached("SELECT kind FROM sessions WHERE id = ?");
+    kind.Bind(1, session_id);
+    if (kind.Step() && kind.Text(0) == "restore") {
+      kind.Reset();
+      MaybeEndRestore(session_id);
+      return;
+    }
+  }
   Statement& still_open = db_.Cached(
       "SELECT 1 FROM snapshots WHERE session_id = ? AND state IN ('pending', 'taking', 'ready', 'releasing') LIMIT 1");
   still_open.Bind(1, session_id);
@@ -1263,10 +1303,11 @@ SessionRunner::SessionPlan SessionRunner::PlanSession(int64_t job_id, const std:
 }
 
 void SessionRunner::CancelSessionWork(int64_t session_id, const std::string& why) {
-  Statement tasks = db_.Prepare("SELECT id, state, assignment FROM tasks WHERE session_id = ? AND state IN ('waiting', 'queued', 'running')");
+  Statement tasks = db_.Prepare("SELECT id, state, assignment, snapshot_id IS NULL FROM tasks WHERE session_id = ? AND "
+                                "state IN ('waiting', 'queued', 'running')");
   tasks.Bind(1, session_id);
   while (tasks.Step()) {
-    if (tasks.Text(1) == "queued") scheduler_.Dequeue(WorkKind::kDisk, tasks.Int(0));
+    if (tasks.Text(1) == "queued") scheduler_.Dequeue(tasks.Int(3) ? WorkKind::kRestore : WorkKind::kDisk, tasks.Int(0));
     if (tasks.Text(1) == "running") {
       auto it = live_.find(tasks.Text(2));
       if (it != live_.end() && !it->second.draining) {
@@ -1305,13 +1346,228 @@ std::optional<int64_t> SessionRunner::StopJob(int64_t job_id) {
   if (!running.Step()) return std::nullopt;
   int64_t session_id = running.Int(0);
   OwnTransaction tx(*this);
+  StopSessionLocked(session_id);
+  tx.Commit();
+  work_generation_++;
+  return session_id;
+}
+
+bool SessionRunner::StopSession(int64_t session_id) {
+  std::lock_guard lock(mu_);
+  Statement session = db_.Prepare("SELECT state FROM sessions WHERE id = ?");
+  session.Bind(1, session_id);
+  if (!session.Step()) throw Error(ErrorKind::kNotFound, "session " + std::to_string(session_id) + " not found");
+  if (session.Text(0) != "running") return false;
+  OwnTransaction tx(*this);
+  StopSessionLocked(session_id);
+  tx.Commit();
+  work_generation_++;
+  return true;
+}
+
+void SessionRunner::StopSessionLocked(int64_t session_id) {
   db_.Cached("UPDATE sessions SET state = 'stopping', reason = 'stopped by request' WHERE id = ?").Bind(1, session_id).Run();
   Log(session_id, std::nullopt, std::nullopt, "warning", "stop requested: canceling queued and running work");
   CancelSessionWork(session_id, "session stopped");
   MaybeEndSession(session_id);
+}
+
+// ---------------------------------------------------------------------------
+// Restores: one session of kind 'restore', one task, run on the target host.
+
+int64_t SessionRunner::StartRestore(const RestoreRequest& request) {
+  std::lock_guard lock(mu_);
+  OwnTransaction tx(*this);
+  Statement point = db_.Prepare("SELECT point_id, repository_id, vm_id, vm_name, disks FROM points WHERE id = ?");
+  point.Bind(1, request.point);
+  if (!point.Step())
+    throw FieldError("point", "no restore point with id " + std::to_string(request.point) + " (GET /points lists them)");
+  const std::string point_id = point.Text(0), vm_name = point.Text(3);
+  const int64_t repository_id = point.Int(1);
+  const std::optional<int64_t> vm_id = point.OptInt(2);
+  const std::string what = "point " + std::to_string(request.point) + " (" + point_id + ", VM " + vm_name + ")";
+
+  // The point's disks, when known (a point recorded by an older coordinator
+  // whose session is gone does not say): the disk must be one, and the sizes
+  // are the task's total until the worker reports its own.
+  int64_t total = 0;
+  if (!point.IsNull(4)) {
+    std::string names;
+    bool found = false;
+    const json::value disks = json::parse(point.Text(4));
+    for (const json::value& d : disks.as_array()) {
+      std::string name(d.at("name").as_string());
+      int64_t size = d.at("size_bytes").to_number<int64_t>();
+      names += (names.empty() ? "" : ", ") + name;
+      if (request.disk.empty() || name == request.disk) {
+        total += size;
+        found = true;
+      }
+    }
+    if (!request.disk.empty() && !found)
+      throw FieldError("disk", what + " has no disk '" + request.disk + "' (its disks: " + names + ")");
+  }
+
+  std::string host = request.host;
+  if (host.empty()) {  // over the original: where the VM is now
+    Statement at = db_.Prepare("SELECT h.name FROM vms v JOIN hosts h ON h.id = v.host_id WHERE v.id = ? AND v.state != 'missing'");
+    at.Bind(1, vm_id);
+    if (!at.Step())
+      throw FieldError("host", "is required here: VM " + vm_name + " is in no host's inventory now, so name the host it is on");
+    host = at.Text(0);
+  }
+  Statement h = db_.Prepare(
+      "SELECT id, platform, (SELECT COUNT(*) FROM workers w WHERE w.host_id = hosts.id), "
+      "(SELECT COUNT(*) FROM workers w WHERE w.host_id = hosts.id AND w.state = 'connected') FROM hosts WHERE name = ?");
+  h.Bind(1, host);
+  if (!h.Step()) throw FieldError("host", "no host named '" + host + "'");
+  const int64_t host_id = h.Int(0);
+  const std::string platform = h.Text(1);
+  if (h.Int(2) == 0)
+    throw FieldError("host", "host '" + host + "' has no worker: a restore runs on a worker of its target host");
+  const bool connected = h.Int(3) > 0;
+  RestoreTarget target = request.target;
+  if (target.type != RestoreTarget::Type::kFile && platform != "libvirt" && platform != "ovirt")
+    throw FieldError("host", std::string("host '") + host + "' is a " + platform + " host; target type " +
+                                 RestoreTargetTypeName(target.type) + " needs a libvirt (or ovirt) host");
+  if (target.type == RestoreTarget::Type::kNewDomain && target.name.empty()) target.name = vm_name + "-restored";
+  if (target.type == RestoreTarget::Type::kLibvirtDomain && target.disk.empty()) target.disk = request.disk;
+
+  int64_t now = clock_();
+  db_.Prepare("INSERT INTO sessions (job_id, kind, trigger, state, created, created_at) "
+              "VALUES (NULL, 'restore', 'manual', 'running', 1, ?)")
+      .Bind(1, now).Run();
+  int64_t session_id = db_.LastInsertId();
+  db_.Prepare("INSERT INTO tasks (session_id, snapshot_id, vm_id, disk, repository_id, state, bytes_total) "
+              "VALUES (?, NULL, ?, ?, ?, 'queued', ?)")
+      .Bind(1, session_id).Bind(2, vm_id).Bind(3, request.disk).Bind(4, repository_id).Bind(5, total).Run();
+  int64_t task_id = db_.LastInsertId();
+  db_.Prepare("INSERT INTO restores (session_id, task_id, point, point_id, repository_id, vm_name, vm_id, disk, host_id, "
+              "target, retry_count, retry_interval_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+      .Bind(1, session_id).Bind(2, task_id).Bind(3, request.point).Bind(4, point_id).Bind(5, repository_id)
+      .Bind(6, vm_name).Bind(7, vm_id).Bind(8, request.disk).Bind(9, host_id)
+      .Bind(10, json::serialize(RestoreTargetToJson(target))).Bind(11, request.retry_count)
+      .Bind(12, request.retry_interval_s).Run();
+  std::string subject = request.disk.empty() ? "VM " + vm_name : "disk " + request.disk + " of VM " + vm_name;
+  Log(session_id, task_id, std::nullopt, "info",
+      "restore started: " + subject + " from point " + point_id + " to " + DescribeRestoreTarget(target, host) +
+          (total > 0 ? " (" + FormatBytes(total) + ")" : ""));
+  if (!connected)
+    Log(session_id, task_id, std::nullopt, "warning",
+        "no worker of host " + host + " is connected: the restore waits for one (it runs on the target host only)");
   tx.Commit();
-  work_generation_++;
+  EnqueueRestore(task_id, host_id, repository_id);
   return session_id;
+}
+
+WorkOrder SessionRunner::BuildRestoreOrder(const Placement& placement, int64_t worker_id) {
+  WorkOrder order;
+  order.kind = WorkKind::kRestore;
+  order.tier = TierName(placement.tier);
+  order.task_id = placement.work.id;
+  Statement& t = db_.Cached(
+      "SELECT t.attempt + 1, t.session_id, r.point_id, r.disk, r.target, r.vm_name, COALESCE(v.uuid, ''), "
+      "COALESCE(vh.name, ''), COALESCE(vh.platform, ''), rp.id, rp.name, rp.location, rp.token, th.name "
+      "FROM tasks t JOIN restores r ON r.session_id = t.session_id JOIN repositories rp ON rp.id = r.repository_id "
+      "JOIN hosts th ON th.id = r.host_id LEFT JOIN vms v ON v.id = r.vm_id LEFT JOIN hosts vh ON vh.id = v.host_id "
+      "WHERE t.id = ?");
+  t.Bind(1, order.task_id);
+  if (!t.Step()) throw Error(ErrorKind::kInternal, "restore task " + std::to_string(order.task_id) + " vanished");
+  order.attempt = static_cast<int>(t.Int(0));
+  order.session_id = t.Int(1);
+  order.point_id = t.Text(2);
+  order.disk = t.Text(3);
+  order.restore = RestoreTargetFromJson(json::parse(t.Text(4)));
+  order.vm_name = t.Text(5);
+  order.vm_uuid = t.Text(6);
+  order.host = t.Text(7);  // the VM's host; the restore's own is the worker's
+  order.platform = t.Text(8);
+  order.repository_id = t.Int(9);
+  order.repository_name = t.Text(10);
+  order.repository_location = t.Text(11);
+  order.repository_token = t.Text(12);
+  ResolveRepositoryAccess(order, worker_id);  // as for backups
+  std::string target_host = t.Text(13);
+  order.assignment = AssignmentPrefix(order.kind, order.task_id) + std::to_string(order.attempt);
+  db_.Cached("UPDATE tasks SET state = 'running', worker_id = ?, tier = ?, tier_reason = ?, attempt = ?, "
+             "assignment = ?, started_at = ?, not_before = NULL WHERE id = ?")
+      .Bind(1, worker_id).Bind(2, order.tier).Bind(3, placement.reason).Bind(4, int64_t{order.attempt})
+      .Bind(5, order.assignment).Bind(6, clock_()).Bind(7, order.task_id).Run();
+  live_[order.assignment] = Live{WorkKind::kRestore, order.task_id, worker_id, false, placement.work.repository_id};
+  Log(order.session_id, order.task_id, std::nullopt, "info",
+      "restore: attempt " + std::to_string(order.attempt) + " on worker " + std::to_string(worker_id) + " (" +
+          order.tier + ": " + placement.reason + ", " + target_host + ")");
+  return order;
+}
+
+void SessionRunner::FinishRestore(int64_t task_id, const WorkReport& report) {
+  int64_t now = clock_();
+  Statement& t = db_.Cached(
+      "SELECT t.session_id, t.failures, r.retry_count, r.retry_interval_s, t.started_at, r.vm_name, r.disk, r.target, "
+      "h.name, r.point_id FROM tasks t JOIN restores r ON r.session_id = t.session_id JOIN hosts h ON h.id = r.host_id "
+      "WHERE t.id = ?");
+  t.Bind(1, task_id);
+  if (!t.Step()) return;
+  int64_t session = t.Int(0);
+  std::string subject = t.Text(6).empty() ? "VM " + t.Text(5) : t.Text(5) + "/" + t.Text(6);
+  std::string where = DescribeRestoreTarget(RestoreTargetFromJson(json::parse(t.Text(7))), t.Text(8));
+  const std::string point_id = t.Text(9);
+  const int64_t failures = t.Int(1) + 1, retries = t.Int(2), interval = t.Int(3), started_at = t.Int(4);
+  LogWorkerLines(session, task_id, std::nullopt, report.log);
+  if (report.ok) {
+    double seconds = static_cast<double>(now - started_at) / 1000.0;
+    double rate = seconds > 0 ? static_cast<double>(report.bytes_read) / seconds : 0;
+    db_.Cached("UPDATE tasks SET state = 'succeeded', bytes_done = ?, bytes_total = MAX(bytes_total, ?), "
+               "bytes_stored = ?, rate = ?, ended_at = ?, error = '' WHERE id = ?")
+        .Bind(1, report.bytes_read).Bind(2, report.bytes_read).Bind(3, report.bytes_stored).Bind(4, rate)
+        .Bind(5, now).Bind(6, task_id).Run();
+    std::string reason = "restored " + subject + " of point " + point_id + " to " + where;
+    Log(session, task_id, std::nullopt, "info",
+        subject + ": restored, " + FormatBytes(report.bytes_read) + " (" + FormatBytes(report.bytes_stored) +
+            " of data written)");
+    db_.Cached("UPDATE sessions SET reason = ? WHERE id = ?").Bind(1, reason).Bind(2, session).Run();
+    MaybeEndRestore(session);
+    return;
+  }
+  std::string error = report.error.empty() ? "failed without a message" : report.error;
+  if (failures <= retries && Retriable(report.error_kind)) {
+    int64_t not_before = now + interval * 1000;
+    db_.Cached("UPDATE tasks SET state = 'queued', worker_id = NULL, failures = ?, error = ?, not_before = ?, "
+               "bytes_done = 0, rate = 0 WHERE id = ?")
+        .Bind(1, failures).Bind(2, error).Bind(3, not_before).Bind(4, task_id).Run();
+    Log(session, task_id, std::nullopt, "warning",
+        subject + ": restore attempt failed (" + error + "); retry " + std::to_string(failures) + " of " +
+            std::to_string(retries) + " in " + std::to_string(interval) + " s");
+    if (interval == 0) EnqueueTask(task_id);
+    else delayed_tasks_[task_id] = not_before;
+    return;
+  }
+  db_.Cached("UPDATE tasks SET state = 'failed', failures = ?, error = ?, ended_at = ? WHERE id = ?")
+      .Bind(1, failures).Bind(2, error).Bind(3, now).Bind(4, task_id).Run();
+  Log(session, task_id, std::nullopt, "error",
+      subject + ": restore failed after " + std::to_string(failures) + " attempt(s): " + error);
+  db_.Cached("UPDATE sessions SET reason = ? WHERE id = ?")
+      .Bind(1, "restore of " + subject + " to " + where + " failed: " + error).Bind(2, session).Run();
+  MaybeEndRestore(session);
+}
+
+void SessionRunner::MaybeEndRestore(int64_t session_id) {
+  Statement& s = db_.Cached(
+      "SELECT se.state, se.reason, t.state, t.error FROM sessions se JOIN tasks t ON t.session_id = se.id WHERE se.id = ?");
+  s.Bind(1, session_id);
+  if (!s.Step()) return;
+  std::string current = s.Text(0), reason = s.Text(1), task = s.Text(2), error = s.Text(3);
+  if (current != "running" && current != "stopping") return;
+  if (task == "waiting" || task == "queued" || task == "running") return;
+  std::string state = current == "stopping" ? "stopped"
+                      : task == "succeeded" ? "succeeded"
+                      : task == "canceled"  ? "stopped"
+                                            : "failed";
+  if (reason.empty()) reason = task == "failed" ? error : "stopped";
+  db_.Cached("UPDATE sessions SET state = ?, reason = ?, ended_at = ? WHERE id = ?")
+      .Bind(1, state).Bind(2, reason).Bind(3, clock_()).Bind(4, session_id).Run();
+  Log(session_id, std::nullopt, std::nullopt, state == "succeeded" ? "info" : "warning",
+      "session " + state + ": " + reason);
 }
 
 void SessionRunner::ServeLocalRepositories(std::string service_base, std::shared_ptr<LocalRepositories> local) {

@@ -172,6 +172,41 @@ void FillItem(rpc::WorkItem::Builder item, const WorkOrder& order) {
       r.setPointId(order.point_id);
       break;
     }
+    case WorkKind::kRestore: {
+      auto r = item.initRestore();
+      r.setTaskId(static_cast<uint64_t>(order.task_id));
+      fill_repository(r.initRepository());
+      r.setPointId(order.point_id);
+      r.setDisk(order.disk);
+      r.setTier(order.tier);
+      r.setAttempt(static_cast<uint32_t>(order.attempt));
+      const RestoreTarget& t = order.restore;
+      switch (t.type) {
+        case RestoreTarget::Type::kFile: {
+          auto f = r.initToFile();
+          f.setPath(t.path);
+          f.setFormat(t.format);
+          break;
+        }
+        case RestoreTarget::Type::kLibvirtDomain: {
+          auto d = r.initIntoDomain();
+          d.setDomain(t.vm);
+          d.setTargetDisk(t.disk);
+          break;
+        }
+        case RestoreTarget::Type::kNewDomain: {
+          auto n = r.initNewDomain();
+          n.setName(t.name);
+          n.setDirectory(t.directory);
+          n.setPool(t.pool);
+          n.setFormat(t.format);
+          n.setKeepMacs(t.keep_macs);
+          break;
+        }
+        case RestoreTarget::Type::kOriginalDomain: r.setOverOriginal(); break;
+      }
+      break;
+    }
   }
 }
 

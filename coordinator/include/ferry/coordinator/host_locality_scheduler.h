@@ -30,15 +30,17 @@
 
 namespace ferry::coordinator {
 
-enum class WorkKind { kSnapshot, kDisk, kRelease };
+enum class WorkKind { kSnapshot, kDisk, kRelease, kRestore };
+// Disk tasks and restores take a slot on their worker and repository.
+inline bool TakesSlot(WorkKind kind) { return kind == WorkKind::kDisk || kind == WorkKind::kRestore; }
 enum class Tier { kHost, kCluster, kAny };
 const char* TierName(Tier tier);
 
 struct QueuedWork {
   WorkKind kind = WorkKind::kDisk;
-  int64_t id = 0;             // snapshot id (snapshot, release) or task id (disk)
-  int64_t host_id = 0;        // the VM's host
-  int64_t repository_id = 0;  // disk work only
+  int64_t id = 0;             // snapshot id (snapshot, release) or task id (disk, restore)
+  int64_t host_id = 0;        // the VM's host; restore work: the target host
+  int64_t repository_id = 0;  // disk and restore work only
   int64_t pinned_worker = 0;  // release work, and host_only disk work: the snapshot's holder
   bool commit = false;        // release work: commit the restore point first
   bool host_only = false;     // disk work whose export only its holder's machine can read: for pinned_worker only
@@ -66,8 +68,8 @@ class HostLocalityScheduler {
   // Removes queued work (a stopped session); false if it was not queued.
   bool Dequeue(WorkKind kind, int64_t id);
 
-  // A disk task holds one slot on its worker and its repository from Pick
-  // (or AdoptRunning after a restart) until TaskEnded.
+  // A disk task (or a restore) holds one slot on its worker and its
+  // repository from Pick (or AdoptRunning after a restart) until TaskEnded.
   void AdoptRunning(int64_t worker_id, int64_t repository_id);
   void TaskEnded(int64_t worker_id, int64_t repository_id);
 
@@ -76,7 +78,7 @@ class HostLocalityScheduler {
   std::vector<Placement> Pick(int64_t worker_id, int max_disk_tasks);
 
   // True when a connected worker on the host can take `kind` of work now
-  // (a free slot for disk work; connected at all for a snapshot). When
+  // (a free slot for disk and restore work; connected at all for a snapshot). When
   // false, workers elsewhere may get the host's work.
   bool HostCanServe(int64_t host_id, WorkKind kind) const;
   bool RepositoryFull(int64_t repository_id) const { return !RepositoryHasSlot(repository_id); }
@@ -106,7 +108,7 @@ class HostLocalityScheduler {
     std::string cluster_key;
     ClusterState* cluster = nullptr;  // clusters_[cluster_key]; map nodes never move
     std::deque<QueuedWork> snapshots;
-    std::deque<QueuedWork> disks;
+    std::deque<QueuedWork> disks;  // disk tasks and restores (both take slots)
     std::set<int64_t> workers;
     int free_slots = 0;         // over its connected workers, kept current
     int connected_workers = 0;

@@ -42,6 +42,7 @@
 #include "ferry/coordinator/local_repositories.h"
 #include "ferry/rpc/worker_tokens.h"
 #include "ferry/coordinator/host_locality_scheduler.h"
+#include "ferry/coordinator/restore_request.h"
 
 namespace ferry::coordinator {
 
@@ -105,8 +106,9 @@ struct WorkOrder {
   std::string worker_bandwidth;  // disk work: the worker's cap as configured ("": none set)
   uint64_t repository_bytes_per_s = 0;  // disk work: this task's share of its repository's cap
   std::string chain;
-  std::string point_id;            // the restore point reserved for the VM
+  std::string point_id;            // the restore point reserved for the VM; restore work: the point restored
   bool commit = false;             // release work
+  RestoreTarget restore;           // restore work: where to (disk: the point's disk, "" for a whole VM)
 };
 
 // One disk's export, as the snapshot's worker reported it.
@@ -169,6 +171,14 @@ class SessionRunner {
   int64_t StartJob(int64_t job_id, const std::string& trigger);
   // Stops the job's running session; returns its id, or nullopt if none runs.
   std::optional<int64_t> StopJob(int64_t job_id);
+  // Starts a restore session (POST /restores); returns its id. The request's
+  // form is checked already (ParseRestoreRequest); what the database refutes
+  // is a FieldError: no such point, the point has no such disk, no such host,
+  // no worker on it, a libvirt target on a host of another platform.
+  int64_t StartRestore(const RestoreRequest& request);
+  // Stops a session of any kind (POST /sessions/{id}/stop). kNotFound for an
+  // unknown session; false if it is not running (ended, or stopping already).
+  bool StopSession(int64_t session_id);
   // Configuration changes that the scheduler must see.
   void RepositoryChanged(int64_t repository_id, int task_slots, const std::string& bandwidth);
   void RepositoryRemoved(int64_t repository_id);
@@ -300,11 +310,21 @@ class SessionRunner {
   void FinishTask(int64_t task_id, const WorkReport& report);
   void FinishSnapshot(int64_t snapshot_id, const WorkReport& report);
   void FinishRelease(int64_t snapshot_id, const WorkReport& report);
+  void FinishRestore(int64_t task_id, const WorkReport& report);
+  void EnqueueRestore(int64_t task_id, int64_t host_id, int64_t repository_id);
+  WorkOrder BuildRestoreOrder(const Placement& placement, int64_t worker_id);
+  // A restore session ends with its task.
+  void MaybeEndRestore(int64_t session_id);
+  void StopSessionLocked(int64_t session_id);
   void MaybeRelease(int64_t snapshot_id);
   void MaybeEndSession(int64_t session_id);
   void CancelSessionWork(int64_t session_id, const std::string& why);
   void EndAssignment(const std::string& assignment);
   WorkOrder BuildOrder(const Placement& placement, int64_t worker_id);
+  // The location and token a worker opens the order's repository with: a
+  // local path through the coordinator's own service, a key made into this
+  // worker's token; otherwise as recorded.
+  void ResolveRepositoryAccess(WorkOrder& order, int64_t worker_id);
   // What every order for a snapshot's VM repeats (VM, host, job, repository,
   // exports), read once per snapshot rather than once per hand-out. Dropped
   // when the snapshot's exports change or it ends, and entirely when hosts,
