@@ -44,13 +44,21 @@ line, where other users could read it).
                [--chain NAME] [--disabled]
       | create --file JOB.json | set JOB --file PATCH.json
       (JOB is an id or a name)
-  session list [--job JOB] | show ID | log ID | watch ID
+  session list [--job JOB] [--kind backup|restore|all] | show ID | log ID | watch ID | stop ID
   point list [--job JOB] [--vm NAME]
+  restore disk POINT DISK --host H (--to PATH [--format raw|qcow2]
+                                   | --into-vm DOMAIN [--target-disk D]) [--wait]
+  restore vm POINT --host H (--dir PATH | --pool POOL) [--name NEW] [--format qcow2|raw]
+             [--keep-macs] [--wait]
+  restore vm POINT --overwrite --yes [--host H] [--wait]
+      (POINT: an id of `point list`, or a point id in its repository; the
+      restore runs on a worker of host H; also --retries N --retry-interval S)
+  restore list  (restore sessions, as `session list --kind restore`)
 
 Add --json to list/show for the API's JSON. `session show` prints the
 session, its tasks' rates, how busy each stage was and the bottleneck.
-`session watch` and `job start --watch` follow a session live and exit 0 when
-it succeeded, 1 otherwise.
+`session watch`, `job start --watch` and `restore ... --wait` follow a
+session live and exit 0 when it succeeded, 1 otherwise.
 )";
 
 class ApiClient {
@@ -164,6 +172,56 @@ std::string JobId(ApiClient& api, const std::string& job) {
   throw Error(ErrorKind::kNotFound, "no job named '" + job + "'");
 }
 
+// A point of `point list` by its id, or by its id in its repository.
+std::string PointRecordId(ApiClient& api, const std::string& point) {
+  if (IsNumber(point)) return point;
+  json::value points = api.Call("GET", "/points?limit=100000");
+  for (const auto& p : points.at("points").as_array())
+    if (p.at("point_id").as_string() == point) return std::to_string(p.at("id").as_int64());
+  throw Error(ErrorKind::kNotFound, "the coordinator has recorded no restore point '" + point + "' (ferry point list)");
+}
+
+// POST /restores from `restore disk ...` / `restore vm ...`.
+json::object RestoreFromOptions(ApiClient& api, const std::string& what, const std::vector<std::string>& words,
+                                const Arguments& a) {
+  json::object body{{"point", std::stoll(PointRecordId(api, Positional(words, 0, "POINT")))}};
+  json::object target;
+  if (what == "disk") {
+    body["disk"] = Positional(words, 1, "DISK");
+    if (a.Has("to") == a.Has("into-vm"))
+      throw Error(ErrorKind::kBadInput, "give the disk's target as exactly one of --to PATH or --into-vm DOMAIN");
+    if (a.Has("to")) {
+      target = {{"type", "file"}, {"path", a.Require("to")}};
+      if (auto f = a.Get("format")) target["format"] = *f;
+    } else {
+      target = {{"type", "libvirt_domain"}, {"vm", a.Require("into-vm")}};
+      if (auto d = a.Get("target-disk")) target["disk"] = *d;
+    }
+  } else if (what == "vm") {
+    if (a.Has("overwrite")) {
+      if (!a.Has("yes"))
+        throw Error(ErrorKind::kBadInput, "--overwrite powers off the original domain and replaces its disks; add --yes to confirm");
+      target = {{"type", "original_domain"}, {"confirm", true}};
+    } else {
+      target = {{"type", "new_domain"}};
+      if (auto d = a.Get("dir")) target["directory"] = *d;
+      if (auto p = a.Get("pool")) target["pool"] = *p;
+      if (auto n = a.Get("name")) target["name"] = *n;
+      if (auto f = a.Get("format")) target["format"] = *f;
+      if (a.Has("keep-macs")) target["keep_macs"] = true;
+    }
+  } else {
+    throw Error(ErrorKind::kBadInput, "restore what? 'restore disk ...', 'restore vm ...' or 'restore list'");
+  }
+  body["target"] = target;
+  if (auto h = a.Get("host")) body["host"] = *h;
+  json::object retries;
+  if (auto n = a.GetInt("retries", 0, 100)) retries["count"] = *n;
+  if (auto s = a.GetInt("retry-interval", 0, 86400)) retries["interval_s"] = *s;
+  if (!retries.empty()) body["retries"] = retries;
+  return body;
+}
+
 json::array Strings(const std::vector<std::string>& values) {
   json::array a;
   for (const auto& v : values) a.emplace_back(v);
@@ -204,9 +262,17 @@ json::object JobFromOptions(const std::string& name, const Arguments& a) {
 // how busy each stage was and its bottleneck, and the session's.
 void PrintSession(const json::object& s) {
   const json::object& t = s.at("totals").as_object();
-  std::cout << "session " << Str(s.at("id")) << " (job " << Str(s.at("job")) << ", " << Str(s.at("trigger"))
-            << "): " << Str(s.at("state")) << ", " << Str(s.at("created_at")) << " - " << Str(s.at("ended_at")) << "\n";
+  const json::value* restore = s.if_contains("restore");  // a restore session's: what goes where
+  std::cout << "session " << Str(s.at("id")) << " (" << (restore ? std::string("restore") : "job " + Str(s.at("job")))
+            << ", " << Str(s.at("trigger")) << "): " << Str(s.at("state")) << ", " << Str(s.at("created_at")) << " - "
+            << Str(s.at("ended_at")) << "\n";
   if (!s.at("reason").as_string().empty()) std::cout << "  " << Str(s.at("reason")) << "\n";
+  if (restore) {
+    const json::object& r = restore->as_object();
+    std::cout << "  restore: " << Str(r.at("vm")) << (r.at("disk").is_null() ? "" : "/" + Str(r.at("disk")))
+              << " of point " << Str(r.at("point_id")) << " onto host " << Str(r.at("host")) << ": "
+              << json::serialize(r.at("target")) << "\n";
+  }
   std::cout << "  tasks: " << Str(t.at("tasks")) << " (" << Str(t.at("succeeded")) << " succeeded, "
             << Str(t.at("failed")) << " failed, " << Str(t.at("running")) << " running, " << Str(t.at("queued"))
             << " queued, " << Str(t.at("canceled")) << " canceled)\n";
@@ -282,7 +348,7 @@ int Watch(ApiClient& api, const std::string& id, const std::atomic<bool>& interr
     double total = static_cast<double>(t.at("bytes_total").to_number<int64_t>());
     char summary[256];
     std::snprintf(summary, sizeof summary, "session %s (%s): %s  tasks %lld/%lld done, %lld running, %lld queued, %lld failed  %s of %s  %s/s",
-                  id.c_str(), Str(s.at("job")).c_str(), state.c_str(),
+                  id.c_str(), s.at("job").is_null() ? Str(s.at("kind")).c_str() : Str(s.at("job")).c_str(), state.c_str(),
                   static_cast<long long>(t.at("succeeded").as_int64()), static_cast<long long>(t.at("tasks").as_int64()),
                   static_cast<long long>(t.at("running").as_int64()), static_cast<long long>(t.at("queued").as_int64()),
                   static_cast<long long>(t.at("failed").as_int64()), Bytes(done).c_str(), Bytes(total).c_str(),
@@ -363,30 +429,40 @@ int CoordinatorCommand(const std::string& url, const std::vector<std::string>& a
   const std::set<std::string> valued = {"platform", "cluster", "host", "location", "slots", "capacity",
                                         "repo", "vm", "tag", "exclude-disk", "daily", "every", "cron",
                                         "permitted-hours", "retries", "retry-interval", "chain", "file", "job",
-                                        "bandwidth", "token-file"};
-  Arguments a(options, valued, {"json", "watch", "disabled"});
+                                        "bandwidth", "token-file",
+                                        "kind", "to", "format", "into-vm", "target-disk", "dir", "pool", "name"};
+  Arguments a(options, valued, {"json", "watch", "disabled", "wait", "keep-macs", "overwrite", "yes"});
   bool raw = a.Has("json");
   ApiClient api(url, token, ca);
   auto show = [&](const json::value& v) { std::cout << json::serialize(v) << "\n"; };
 
   static const std::map<std::string, std::string> kCollections = {
       {"host", "hosts"}, {"vm", "vms"}, {"worker", "workers"}, {"repo", "repositories"},
-      {"job", "jobs"}, {"session", "sessions"}, {"point", "points"}};
+      {"job", "jobs"}, {"session", "sessions"}, {"point", "points"}, {"restore", "sessions"}};
   static const std::map<std::string, std::vector<std::string>> kColumns = {
       {"host", {"id", "name", "platform", "cluster", "workers", "vms"}},
       {"vm", {"id", "name", "host", "cluster", "state"}},
       {"worker", {"id", "name", "host", "state", "task_slots", "running_tasks", "bandwidth", "last_heartbeat_at", "version"}},
       {"repo", {"id", "name", "location", "task_slots", "running_tasks", "points", "bandwidth"}},
       {"job", {"id", "name", "repository", "schedule_description", "enabled", "next_run_at"}},
-      {"session", {"id", "job", "trigger", "state", "created_at", "ended_at", "reason"}},
+      {"session", {"id", "kind", "job", "trigger", "state", "created_at", "ended_at", "reason"}},
+      {"restore", {"id", "state", "created_at", "ended_at", "reason"}},
       {"point", {"id", "vm", "point_id", "chain", "bytes_stored", "created_at"}}};
   auto collection = kCollections.find(resource);
   if (collection == kCollections.end())
     throw Error(ErrorKind::kBadInput, "unknown resource '" + resource + "'\n" + kUsage);
   std::string path = "/" + collection->second;
 
+  if (resource == "restore" && action != "list") {
+    json::value started = api.Call("POST", "/restores", json::serialize(RestoreFromOptions(api, action, words, a)));
+    std::string session = std::to_string(started.at("session").as_int64());
+    std::cout << "restore session " << session << " started\n";
+    return a.Has("wait") ? Watch(api, session, interrupted) : 0;
+  }
   if (action == "list") {
     std::string query;
+    if (resource == "restore") query += "kind=restore&";
+    else if (auto kind = a.Get("kind")) query += "kind=" + *kind + "&";
     if (auto job = a.Get("job")) query += "job=" + JobId(api, *job) + "&";
     if (auto vm = a.Get("vm")) query += "vm=" + *vm + "&";
     if (auto host = a.Get("host")) query += "host=" + *host + "&";
@@ -472,6 +548,11 @@ int CoordinatorCommand(const std::string& url, const std::vector<std::string>& a
     }
   }
   if (resource == "session" && action == "watch") return Watch(api, Positional(words, 0, "ID"), interrupted);
+  if (resource == "session" && action == "stop") {
+    json::value stopped = api.Call("POST", "/sessions/" + Positional(words, 0, "ID") + "/stop");
+    std::cout << "session " << stopped.at("session").as_int64() << " stopping\n";
+    return 0;
+  }
   if (resource == "session" && action == "log") {
     json::value log = api.Call("GET", "/sessions/" + Positional(words, 0, "ID") + "/log?limit=100000");
     if (raw) show(log);
