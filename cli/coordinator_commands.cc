@@ -15,6 +15,7 @@
 
 #include "ferry/common/arguments.h"
 #include "ferry/common/error.h"
+#include "ferry/common/file_util.h"
 #include "ferry/http/client.h"
 
 namespace json = boost::json;
@@ -33,9 +34,10 @@ line, where other users could read it).
   vm list [--host NAME] | show ID
   worker list | show ID | add NAME [--bandwidth CAP] (prints the worker's token once)
        | set ID --bandwidth CAP | rm ID
-  repo list | show ID | add NAME --location PATH|ferry+tls://HOST:PORT/NAME [--token-file FILE]
+  repo list | show ID | add NAME --location PATH|ferry+tls://HOST:PORT/NAME [--repo-token-file FILE]
        [--slots N] [--capacity BYTES] [--bandwidth CAP]
-       | set ID [--location L] [--token-file FILE] [--slots N] [--bandwidth CAP] | rm ID
+       | set ID [--location L] [--repo-token-file FILE] [--slots N] [--bandwidth CAP] | rm ID
+  (--repo-token-file: the repository service's token, or its key frk-...)
   (CAP: e.g. "100MiB/s; 50MB/s 08:00-18:00 mon-fri", or unlimited: docs/throttling.md)
   job list | show JOB | rm JOB | start JOB [--watch] | stop JOB
       | create NAME --repo ID [--vm NAME ...] [--tag T ...] [--host H ...] [--cluster C ...]
@@ -145,14 +147,6 @@ void Table(const json::array& rows, const std::vector<std::string>& columns) {
   for (const auto& c : columns) header.push_back(c);
   print(header);
   for (const auto& line : cells) print(line);
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw Error(ErrorKind::kNotFound, "cannot read " + path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 bool IsNumber(const std::string& s) {
@@ -407,8 +401,7 @@ int CoordinatorCommand(const std::string& url, const std::vector<std::string>& a
   }
   std::string token;
   if (!token_file.empty()) {
-    token = ReadFile(token_file);
-    while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' ')) token.pop_back();
+    token = ReadTokenFile(token_file, "option --token-file");
   } else if (const char* env = std::getenv("FERRY_TOKEN")) {
     token = env;
   }
@@ -429,7 +422,7 @@ int CoordinatorCommand(const std::string& url, const std::vector<std::string>& a
   const std::set<std::string> valued = {"platform", "cluster", "host", "location", "slots", "capacity",
                                         "repo", "vm", "tag", "exclude-disk", "daily", "every", "cron",
                                         "permitted-hours", "retries", "retry-interval", "chain", "file", "job",
-                                        "bandwidth", "token-file",
+                                        "bandwidth", "repo-token-file",
                                         "kind", "to", "format", "into-vm", "target-disk", "dir", "pool", "name"};
   Arguments a(options, valued, {"json", "watch", "disabled", "wait", "keep-macs", "overwrite", "yes"});
   bool raw = a.Has("json");
@@ -514,25 +507,21 @@ int CoordinatorCommand(const std::string& url, const std::vector<std::string>& a
     if (auto n = a.GetInt("capacity", 0, INT64_MAX)) body["capacity_bytes"] = *n;
     if (auto b = a.Get("bandwidth")) body["bandwidth"] = *b;
     // The repository service's token: from a file, never the command line.
-    if (auto f = a.Get("token-file")) {
-      std::string t = ReadFile(*f);
-      while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back()))) t.pop_back();
-      body["token"] = t;
-    }
+    if (auto f = a.Get("repo-token-file")) body["token"] = ReadTokenFile(*f, "option --repo-token-file");
     show(action == "add" ? api.Call("POST", path, json::serialize(body))
                          : api.Call("PATCH", path + "/" + Positional(words, 0, "ID"), json::serialize(body)));
     return 0;
   }
   if (resource == "job") {
     if (action == "create") {
-      std::string body = a.Has("file") ? ReadFile(*a.Get("file"))
+      std::string body = a.Has("file") ? ReadWholeFile(*a.Get("file"))
                                          : json::serialize(JobFromOptions(Positional(words, 0, "NAME"), a));
       show(api.Call("POST", path, body));
       return 0;
     }
     std::string id = JobId(api, Positional(words, 0, "JOB"));
     if (action == "set") {
-      show(api.Call("PATCH", path + "/" + id, ReadFile(a.Require("file"))));
+      show(api.Call("PATCH", path + "/" + id, ReadWholeFile(a.Require("file"))));
       return 0;
     }
     if (action == "start") {

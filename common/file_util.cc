@@ -110,6 +110,14 @@ std::string ReadWholeFile(const std::string& path) {
   return out;
 }
 
+std::string ReadTokenFile(const std::string& path, const std::string& what) {
+  std::string text = ReadWholeFile(path);
+  const auto begin = text.find_first_not_of(" \t\r\n");
+  if (begin == std::string::npos) throw Error(ErrorKind::kBadInput, what + ": " + path + " is empty");
+  const auto end = text.find_last_not_of(" \t\r\n");
+  return text.substr(begin, end - begin + 1);
+}
+
 bool PathExists(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0;

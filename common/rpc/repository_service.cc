@@ -646,6 +646,84 @@ kj::Promise<void> WriteIndexPieces(rpc::IndexUpload::Client upload, uint64_t off
   });
 }
 
+// A KJ event loop on a thread of its own, from construction to destruction:
+// the client's connection and the server each run on one. `start(io)` runs
+// first on that thread: it sets up what lives on the loop and returns what
+// the loop then runs until destroyed (a ferry::Error it throws comes out of
+// the constructor). `finish()` runs there last, to drop loop-owned objects
+// before the loop goes. Any thread runs work on it through executor().
+class LoopThread {
+ public:
+  LoopThread(std::function<kj::Promise<void>(kj::AsyncIoContext&)> start, std::function<void()> finish,
+             std::string what)
+      : state_(std::make_unique<State>()) {
+    std::mutex mu;
+    std::condition_variable ready;
+    bool started = false;
+    std::optional<Error> failure;
+    thread_ = std::thread([&, state = state_.get(), start = std::move(start), finish = std::move(finish), what] {
+      bool reported = false;  // after that, the constructor's locals are gone
+      auto report = [&](std::optional<Error> e) {
+        std::lock_guard<std::mutex> lock(mu);
+        failure = std::move(e);
+        started = true;
+        reported = true;
+        ready.notify_all();
+      };
+      try {
+        auto io = kj::setupAsyncIo();
+        kj::Promise<void> body = start(io);
+        auto paf = kj::newPromiseAndFulfiller<void>();
+        state->stop = kj::mv(paf.fulfiller);
+        state->executor = kj::getCurrentThreadExecutor().addRef();
+        report(std::nullopt);
+        try {
+          body.exclusiveJoin(kj::mv(paf.promise)).wait(io.waitScope);
+        } catch (const kj::Exception& e) {
+          LogError(what + ": stopped: " + e.getDescription().cStr());
+        }
+        finish();
+        state->stop = nullptr;
+      } catch (const Error& e) {
+        if (!reported) report(e);
+      } catch (const kj::Exception& e) {
+        if (!reported) report(Error(ErrorKind::kEnvironment, what + ": " + e.getDescription().cStr()));
+      }
+    });
+    std::unique_lock<std::mutex> lock(mu);
+    ready.wait(lock, [&] { return started; });
+    if (failure) {
+      lock.unlock();
+      thread_.join();
+      throw *failure;
+    }
+  }
+
+  ~LoopThread() {
+    if (state_->executor) {
+      try {
+        state_->executor->executeSync([this] {
+          if (state_->stop) state_->stop->fulfill();
+        });
+      } catch (...) {
+      }
+    }
+    if (thread_.joinable()) thread_.join();
+  }
+  LoopThread(const LoopThread&) = delete;
+  LoopThread& operator=(const LoopThread&) = delete;
+
+  const kj::Executor& executor() const { return *state_->executor; }
+
+ private:
+  struct State {  // behind a pointer: kj's destructors may throw
+    kj::Own<const kj::Executor> executor;
+    kj::Own<kj::PromiseFulfiller<void>> stop;  // the loop's thread only
+  };
+  std::unique_ptr<State> state_;
+  std::thread thread_;
+};
+
 class RemoteRepositoryImpl;
 
 // A capability held by an object used from other threads: created, used and
@@ -699,16 +777,30 @@ class RemoteRepositoryImpl final : public RemoteRepository, public ChunkStore, p
   explicit RemoteRepositoryImpl(RepositoryEndpoint endpoint)
       : endpoint_(std::move(endpoint)), location_(RepositoryUrl(endpoint_)), context_("repository " + location_) {
     SplitHostPort(endpoint_.address);  // a malformed address fails here, not on the loop
-    StartLoop();
+    loop_thread_ = std::make_unique<LoopThread>(
+        [this](kj::AsyncIoContext& io) -> kj::Promise<void> {
+          loop_->io = &io;
+          if (endpoint_.tls) loop_->tls = MakeClientTlsContext(endpoint_.ca_file);
+          loop_->tasks = kj::heap<kj::TaskSet>(ignore_task_errors_);
+          return kj::NEVER_DONE;
+        },
+        [this] {
+          loop_->repo = nullptr;
+          loop_->conn = nullptr;
+          loop_->tasks = nullptr;
+          loop_->tls = nullptr;
+          loop_->io = nullptr;
+        },
+        context_);
     try {
       ConnectOnce();
     } catch (...) {
-      StopLoop();
+      loop_thread_.reset();
       throw;
     }
   }
 
-  ~RemoteRepositoryImpl() override { StopLoop(); }
+  ~RemoteRepositoryImpl() override { loop_thread_.reset(); }
 
   // --- Repository ---
   const std::string& location() const override { return location_; }
@@ -937,7 +1029,7 @@ class RemoteRepositoryImpl final : public RemoteRepository, public ChunkStore, p
     for (;;) {
       const uint64_t generation = generation_.load();
       try {
-        loop_->executor->executeSync([&]() -> kj::Promise<void> { return make(Repo()); });
+        loop_thread_->executor().executeSync([&]() -> kj::Promise<void> { return make(Repo()); });
         return;
       } catch (const kj::Exception& e) {
         if (!IsDisconnected(e)) throw FromKj(e, context_ + ": " + what);
@@ -975,7 +1067,7 @@ class RemoteRepositoryImpl final : public RemoteRepository, public ChunkStore, p
   // failure) updates the upload's state on the connection's thread.
   void SendInsert(const std::shared_ptr<UploadState>& st, const std::shared_ptr<UploadEntry>& e) {
     try {
-      loop_->executor->executeSync([&] {
+      loop_thread_->executor().executeSync([&] {
         const uint64_t generation = loop_->generation;
         {
           std::lock_guard<std::mutex> lock(st->mu);
@@ -1022,7 +1114,7 @@ class RemoteRepositoryImpl final : public RemoteRepository, public ChunkStore, p
   // Runs `f` on the connection's thread (to create or drop capabilities).
   template <typename F>
   void OnLoop(F&& f) const {
-    loop_->executor->executeSync(std::forward<F>(f));
+    loop_thread_->executor().executeSync(std::forward<F>(f));
   }
   uint64_t LoopGeneration() const { return loop_->generation; }  // on the loop only
 
@@ -1061,76 +1153,17 @@ class RemoteRepositoryImpl final : public RemoteRepository, public ChunkStore, p
     return std::to_string(d.count()) + " ms";
   }
 
-  void StartLoop() {
-    std::mutex mu;
-    std::condition_variable ready;
-    bool started = false;
-    std::optional<Error> failure;
-    thread_ = std::thread([&] {
-      auto report = [&](std::optional<Error> e) {
-        std::lock_guard<std::mutex> lock(mu);
-        failure = std::move(e);
-        started = true;
-        ready.notify_all();
-      };
-      try {
-        auto io = kj::setupAsyncIo();
-        IgnoreTaskErrors ignore;
-        loop_->io = &io;
-        if (endpoint_.tls) loop_->tls = MakeClientTlsContext(endpoint_.ca_file);
-        loop_->tasks = kj::heap<kj::TaskSet>(ignore);
-        auto paf = kj::newPromiseAndFulfiller<void>();
-        loop_->stop = kj::mv(paf.fulfiller);
-        loop_->executor = kj::getCurrentThreadExecutor().addRef();
-        report(std::nullopt);
-        paf.promise.wait(io.waitScope);
-        loop_->repo = nullptr;
-        loop_->conn = nullptr;
-        loop_->tasks = nullptr;
-        loop_->stop = nullptr;
-        loop_->tls = nullptr;
-        loop_->io = nullptr;
-      } catch (const Error& e) {
-        report(e);
-      } catch (const kj::Exception& e) {
-        report(Error(ErrorKind::kInternal, context_ + ": " + e.getDescription().cStr()));
-      }
-    });
-    std::unique_lock<std::mutex> lock(mu);
-    ready.wait(lock, [&] { return started; });
-    if (failure) {
-      lock.unlock();
-      thread_.join();
-      throw *failure;
-    }
-  }
-
-  void StopLoop() {
-    if (loop_->executor) {
-      try {
-        loop_->executor->executeSync([this] {
-          if (loop_->stop) loop_->stop->fulfill();
-        });
-      } catch (...) {
-      }
-    }
-    if (thread_.joinable()) thread_.join();
-  }
-
   // Connects, opens the repository and stages again the points this client
   // holds leases on. kRetryable when the service cannot be reached.
   void ConnectOnce() const;
 
-  struct Loop {
-    kj::Own<const kj::Executor> executor;  // any thread
-    // The rest: the connection's thread only.
+  struct Loop {  // the connection's thread only
     kj::AsyncIoContext* io = nullptr;
     kj::Own<kj::TlsContext> tls;
     kj::Own<CoordinatorConnection> conn;
     kj::Maybe<rpc::Repository::Client> repo;
     uint64_t generation = 0;  // connections made
     kj::Own<kj::TaskSet> tasks;
-    kj::Own<kj::PromiseFulfiller<void>> stop;
   };
 
   const RepositoryEndpoint endpoint_;
@@ -1138,7 +1171,8 @@ class RemoteRepositoryImpl final : public RemoteRepository, public ChunkStore, p
   mutable RepositoryConfig config_;   // set by the first ConnectOnce
   mutable RemoteRepositoryInfo info_;
   std::unique_ptr<Loop> loop_ = std::make_unique<Loop>();
-  std::thread thread_;
+  IgnoreTaskErrors ignore_task_errors_;
+  std::unique_ptr<LoopThread> loop_thread_;  // last: stopped (and loop_ emptied) first
   mutable std::mutex reconnect_mu_;
   mutable std::atomic<uint64_t> generation_{0};
   mutable std::atomic<uint64_t> reconnects_{0};
@@ -1173,7 +1207,7 @@ class RemoteLease final : public ferry::StagingLease {
 void RemoteRepositoryImpl::ConnectOnce() const {
   const CoordinatorEndpoint where{endpoint_.address, endpoint_.tls, endpoint_.ca_file, endpoint_.server_name};
   try {
-    loop_->executor->executeSync([&]() -> kj::Promise<void> {
+    loop_thread_->executor().executeSync([&]() -> kj::Promise<void> {
       loop_->repo = nullptr;
       loop_->conn = nullptr;
       ConnectOptions options;
@@ -1208,7 +1242,7 @@ void RemoteRepositoryImpl::ConnectOnce() const {
   std::lock_guard<std::mutex> lock(leases_mu_);
   for (RemoteLease* lease : leases_) {
     try {
-      loop_->executor->executeSync([&]() -> kj::Promise<void> {
+      loop_thread_->executor().executeSync([&]() -> kj::Promise<void> {
         auto req = Repo().stageRequest();
         ToWire(lease->header(), req.initHeader());
         return req.send().then([lease](capnp::Response<rpc::Repository::StageResults>&& r) { lease->Set(r.getLease()); });
@@ -1520,71 +1554,34 @@ class Acceptor {
 }  // namespace
 
 struct RepositoryServer::Loop {
-  kj::Own<const kj::Executor> executor;
-  kj::Own<kj::PromiseFulfiller<void>> stop;  // on the server's thread only
   std::atomic<unsigned> connections{0};
+  std::unique_ptr<LoopThread> thread;
 };
 
 RepositoryServer::RepositoryServer(RepositoryServiceConfig config, Options options)
     : host_(ListenAddress(options.listen).host), loop_(std::make_unique<Loop>()) {
   const uint16_t want_port = ListenAddress(options.listen).port;
-  std::mutex mu;
-  std::condition_variable cv;
-  bool started = false;
-  std::optional<Error> failure;
-  thread_ = std::thread([&, config = std::move(config)]() mutable {
-    auto fail = [&](Error e) {
-      std::lock_guard<std::mutex> lock(mu);
-      failure = std::move(e);
-      started = true;
-      cv.notify_all();
-    };
-    try {
-      auto io = kj::setupAsyncIo();
-      kj::Own<kj::TlsContext> tls;
-      if (!options.tls_cert.empty() || !options.tls_key.empty()) tls = MakeServerTlsContext(options.tls_cert, options.tls_key);
-      capnp::Capability::Client service = MakeRepositoryService(std::move(config));
-      auto address = io.provider->getNetwork().parseAddress(kj::StringPtr(host_.c_str()), want_port).wait(io.waitScope);
-      kj::Own<kj::ConnectionReceiver> receiver = address->listen();
-      const uint16_t port = static_cast<uint16_t>(receiver->getPort());
-      Acceptor acceptor(*receiver, io.provider->getTimer(), tls.get(), kj::mv(service), options, loop_->connections);
-      auto paf = kj::newPromiseAndFulfiller<void>();
-      loop_->stop = kj::mv(paf.fulfiller);
-      {
-        std::lock_guard<std::mutex> lock(mu);
-        port_ = port;
-        loop_->executor = kj::getCurrentThreadExecutor().addRef();
-        started = true;
-      }
-      cv.notify_all();
-      acceptor.Run().exclusiveJoin(kj::mv(paf.promise)).wait(io.waitScope);
-      loop_->stop = nullptr;
-    } catch (const Error& e) {
-      fail(e);
-    } catch (const kj::Exception& e) {
-      fail(Error(ErrorKind::kEnvironment, "repository service on " + options.listen + ": " + e.getDescription().cStr()));
-    }
-  });
-  std::unique_lock<std::mutex> lock(mu);
-  cv.wait(lock, [&] { return started; });
-  if (failure) {
-    lock.unlock();
-    thread_.join();
-    throw *failure;
-  }
+  auto service_config = std::make_shared<RepositoryServiceConfig>(std::move(config));
+  loop_->thread = std::make_unique<LoopThread>(
+      [this, want_port, options, service_config](kj::AsyncIoContext& io) -> kj::Promise<void> {
+        kj::Own<kj::TlsContext> tls;
+        if (!options.tls_cert.empty() || !options.tls_key.empty()) {
+          tls = MakeServerTlsContext(options.tls_cert, options.tls_key);
+        }
+        capnp::Capability::Client service = MakeRepositoryService(std::move(*service_config));
+        auto address =
+            io.provider->getNetwork().parseAddress(kj::StringPtr(host_.c_str()), want_port).wait(io.waitScope);
+        kj::Own<kj::ConnectionReceiver> receiver = address->listen();
+        port_ = static_cast<uint16_t>(receiver->getPort());
+        auto acceptor = kj::heap<Acceptor>(*receiver, io.provider->getTimer(), tls.get(), kj::mv(service), options,
+                                           loop_->connections);
+        // Dropped innermost first: the acceptor (its connections), then what it uses.
+        return acceptor->Run().attach(kj::mv(acceptor)).attach(kj::mv(receiver)).attach(kj::mv(tls));
+      },
+      [] {}, "repository service on " + options.listen);
 }
 
-RepositoryServer::~RepositoryServer() {
-  if (loop_->executor) {
-    try {
-      loop_->executor->executeSync([this] {
-        if (loop_->stop) loop_->stop->fulfill();
-      });
-    } catch (...) {
-    }
-  }
-  if (thread_.joinable()) thread_.join();
-}
+RepositoryServer::~RepositoryServer() { loop_->thread.reset(); }
 
 std::string RepositoryServer::address() const {
   return (host_.find(':') != std::string::npos ? "[" + host_ + "]" : host_) + ":" + std::to_string(port_);

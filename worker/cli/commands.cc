@@ -103,9 +103,7 @@ std::set<std::string> RepoOptions(std::set<std::string> valued) {
 std::unique_ptr<Repository> OpenRepo(const Arguments& a) {
   rpc::RepositoryAccess access;
   if (auto file = a.Get("repo-token-file")) {
-    access.token = ReadWholeFile(*file);
-    while (!access.token.empty() && std::isspace(static_cast<unsigned char>(access.token.back()))) access.token.pop_back();
-    if (access.token.empty()) throw Error(ErrorKind::kBadInput, "option --repo-token-file: " + *file + " is empty");
+    access.token = ReadTokenFile(*file, "option --repo-token-file");
   }
   access.ca_file = a.Get("repo-ca").value_or("");
   access.server_name = a.Get("repo-server-name").value_or("");

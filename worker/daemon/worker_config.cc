@@ -27,12 +27,6 @@ const std::set<std::string> kValued = {
 };
 const std::set<std::string> kFlags = {"tls", "verbose", "quiet", "help"};
 
-std::string Trimmed(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ' || s.back() == '\t')) s.pop_back();
-  size_t i = s.find_first_not_of(" \t");
-  return i == std::string::npos ? "" : s.substr(i);
-}
-
 std::string HostName() {
   char buf[256] = {};
   if (::gethostname(buf, sizeof buf - 1) != 0 || buf[0] == '\0') return "";
@@ -116,8 +110,7 @@ WorkerConfig ParseWorkerConfig(const std::vector<std::string>& args) {
 
   if (auto file = a.Get("token-file")) {
     c.token_file = *file;
-    c.token = Trimmed(ReadWholeFile(*file));
-    if (c.token.empty()) throw Error(ErrorKind::kBadInput, "token file " + *file + " is empty");
+    c.token = ReadTokenFile(*file, "option --token-file");
   } else if (const char* env = std::getenv("FERRY_WORKER_TOKEN"); env && *env) {
     c.token = env;
   } else {

@@ -57,6 +57,10 @@ void FsyncDirectory(const std::string& dir);
 void WriteFileAtomically(const std::string& path, std::string_view contents);
 
 std::string ReadWholeFile(const std::string& path);
+// A secret kept in a file (a token): its text without surrounding whitespace.
+// kBadInput naming `what` and the file when it is empty; the read's error
+// (kNotFound, kEnvironment) when it cannot be read. Never logs the content.
+std::string ReadTokenFile(const std::string& path, const std::string& what);
 
 bool PathExists(const std::string& path);
 // mkdir that tolerates EEXIST; throws on any other failure.

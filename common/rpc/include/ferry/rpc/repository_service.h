@@ -27,7 +27,6 @@
 #include <optional>
 #include <set>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "ferry/common/checksum.h"
@@ -106,7 +105,6 @@ class RepositoryServer {
   std::string host_;
   uint16_t port_ = 0;
   std::unique_ptr<Loop> loop_;
-  std::thread thread_;
 };
 
 // --- client ---
