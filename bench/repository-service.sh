@@ -9,7 +9,7 @@
 #   - peak RSS of the backup process, the restore process and the service
 # Throughput = the disk's allocated bytes / wall (restore: its virtual size / wall).
 # Usage: bench/repository-service.sh [WORKDIR]   (default /var/tmp/ferry-bench-service)
-# Env: BENCH_RUNS (default 3, best of).
+# Env: BENCH_RUNS (default 3, best of), BENCH_SETTLE_S (default 30: see below).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${FERRY_BUILD_DIR:-$root/build}
@@ -35,14 +35,21 @@ port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 VM_NAME=bench vm_start "$work/vm" "virtio0=$work/ref.qcow2"
 cat "$work/ref.qcow2" >/dev/null
 
-start_service() {  # a fresh repository behind a fresh service
+# Fresh repositories in new directories, all removed before the runs start and
+# at the end: ext4 scans recently deleted inodes when it allocates one, so a
+# repository made right after deleting another (thousands of chunk files)
+# would pay for the deletion (measured: a quarter of the service's CPU).
+rm -rf "$work"/runs && mkdir -p "$work/runs" && sync && sleep "${BENCH_SETTLE_S:-30}"
+trap 'cleanup; rm -rf "$work/runs"' EXIT
+start_service() {  # RUN: a fresh repository behind a fresh service
   [[ -n $svc_pid ]] && { kill -TERM "$svc_pid"; wait "$svc_pid" 2>/dev/null || true; }
-  rm -rf "$work/store" "$work/tokens" && mkdir -p "$work/store"
-  "$ferry" --quiet init --repo "$work/store/main" --chunk-size 1M
-  "$service" grant --tokens "$work/tokens" --repository main >"$work/main.token"
+  local store=$work/runs/store$1
+  mkdir -p "$store"
+  "$ferry" --quiet init --repo "$store/main" --chunk-size 1M
+  "$service" grant --tokens "$store/tokens" --repository main >"$work/main.token"
   : >"$work/service.log"
   "$service" --listen "127.0.0.1:$port" --tls-cert "$work/cert.pem" --tls-key "$work/key.pem" \
-    --repository "main=$work/store/main" --tokens "$work/tokens" >>"$work/service.log" 2>&1 &
+    --repository "main=$store/main" --tokens "$store/tokens" >>"$work/service.log" 2>&1 &
   svc_pid=$!
   for _ in $(seq 100); do grep -q serving "$work/service.log" && return; sleep 0.1; done
   echo "the service did not start: $(cat "$work/service.log")" >&2; exit 1
@@ -53,14 +60,15 @@ best() { sort -n | head -1; }
 
 local_b=() svc_b=() local_r=() svc_r=() svc_rss=0
 for ((i = 0; i < runs; i++)); do
-  rm -rf "$work/repo" && "$ferry" --quiet init --repo "$work/repo" --chunk-size 1M && sync
-  local_b+=("$(timed "$ferry" --quiet backup --repo "$work/repo" --qmp "$work/vm/qmp.sock")")
-  start_service; sync
+  repo=$work/runs/repo$i
+  "$ferry" --quiet init --repo "$repo" --chunk-size 1M && sync
+  local_b+=("$(timed "$ferry" --quiet backup --repo "$repo" --qmp "$work/vm/qmp.sock")")
+  start_service "$i"; sync
   svc_b+=("$(timed "$ferry" --quiet backup "${remote[@]}" --qmp "$work/vm/qmp.sock")")
   point=$("$ferry" list "${remote[@]}" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["points"][-1]["id"])')
-  lpoint=$("$ferry" list --repo "$work/repo" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["points"][-1]["id"])')
+  lpoint=$("$ferry" list --repo "$repo" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["points"][-1]["id"])')
   rm -f "$work/out-local.raw" "$work/out-svc.raw"; sync
-  local_r+=("$(timed bash -c "\"$ferry\" --quiet restore --repo \"$work/repo\" --point $lpoint --disk virtio0 --to \"$work/out-local.raw\" && sync")")
+  local_r+=("$(timed bash -c "\"$ferry\" --quiet restore --repo \"$repo\" --point $lpoint --disk virtio0 --to \"$work/out-local.raw\" && sync")")
   svc_r+=("$(timed bash -c "\"$ferry\" --quiet restore ${remote[*]} --point $point --disk virtio0 --to \"$work/out-svc.raw\" && sync")")
   cmp -s "$work/out-local.raw" "$work/out-svc.raw" || { echo "restores differ" >&2; exit 1; }
   rss=$(awk '/VmHWM/ {print $2}' "/proc/$svc_pid/status")
