@@ -42,6 +42,10 @@ constexpr size_t kMaxDigestsPerCall = 4096;
 constexpr size_t kMaxEncodedChunk = (size_t{16} << 20) + 4096;
 // Pieces of index files and the like.
 constexpr uint32_t kMaxPiece = 4u << 20;
+// Threads for the point store's calls. They mostly wait (fsync, a lock held
+// by a disk's writer for up to 2 s), so more than the cores: a few commits
+// waiting must not hold back the finish that ends their wait.
+constexpr unsigned kStoreThreads = 8;
 
 // "kind: message" on the wire, as the worker protocol does.
 kj::Exception ToKj(const std::exception& e) {
@@ -174,6 +178,16 @@ kj::Promise<void> Guard(F&& f) {
   }
 }
 
+// The same for a call that goes on asynchronously: `f` returns its promise.
+template <typename F>
+kj::Promise<void> GuardAsync(F&& f) {
+  try {
+    return f();
+  } catch (const std::exception& e) {
+    return ToKj(e);
+  }
+}
+
 // --- server ---
 
 class IndexReaderImpl final : public rpc::IndexReader::Server {
@@ -194,74 +208,23 @@ class IndexReaderImpl final : public rpc::IndexReader::Server {
   std::unique_ptr<FixedIndexReader> index_;
 };
 
-// One disk being written: holds the point store's DiskWriter (the disk's
-// lock) and receives the index the client wrote.
-class IndexUploadImpl final : public rpc::IndexUpload::Server {
+// Threads for the calls that must not run on the event loop, whose every
+// connection it serves. Results go back to the loop through cross-thread
+// fulfillers. The service has two:
+// - chunk threads, one per core: checking and storing a chunk (decode +
+//   SHA-256 + write) and reading one, so that chunks are checked on every core;
+// - store threads: the point store's calls, which fsync and wait for file
+//   locks (a commit waits up to 2 s for a disk's writer to let go). On the
+//   loop, such a wait would also hold back the very message (a capability's
+//   release on another connection) that ends it; on the chunk threads, it
+//   would queue behind a window of inserts.
+// findMissing stays on the loop: it is answered at once.
+class CallThreads {
  public:
-  explicit IndexUploadImpl(std::unique_ptr<DiskWriter> writer)
-      : writer_(std::move(writer)), fd_(OpenOrThrow(writer_->index_path(), O_WRONLY | O_CREAT | O_TRUNC)) {}
-
-  kj::Promise<void> write(WriteContext context) override {
-    return Guard([&] {
-      auto data = context.getParams().getData();
-      if (finished_) throw Error(ErrorKind::kBadInput, "index upload already finished");
-      if (context.getParams().getOffset() != written_) {
-        throw Error(ErrorKind::kBadInput, "index upload out of order (offset " +
-                                              std::to_string(context.getParams().getOffset()) + ", expected " +
-                                              std::to_string(written_) + ")");
-      }
-      if (data.size() > kMaxPiece) throw Error(ErrorKind::kBadInput, "index upload piece larger than 4 MiB");
-      PwriteAll(fd_.get(), data.begin(), data.size(), written_, writer_->index_path());
-      sha_.Update(data.begin(), data.size());
-      written_ += data.size();
-    });
-  }
-
-  kj::Promise<void> finish(FinishContext context) override {
-    return Guard([&] {
-      if (finished_) throw Error(ErrorKind::kBadInput, "index upload already finished");
-      finished_ = true;
-      ferry::DiskRecord record = FromWire(context.getParams().getRecord());
-      const Digest claimed = DigestOf(context.getParams().getIndexSha256());
-      if (sha_.Finish() != claimed) {
-        throw Error(ErrorKind::kCorrupt, "the index of disk " + record.name +
-                                             " arrived damaged (its SHA-256 is not the one its writer recorded)");
-      }
-      FsyncOrThrow(fd_.get(), writer_->index_path());
-      // What the manifest will hold is checked when the point is committed
-      // (its header against its size, every chunk it names present).
-      record.index_sha256 = claimed;
-      writer_->Finish(std::move(record));
-    });
-  }
-
- private:
-  std::unique_ptr<DiskWriter> writer_;
-  UniqueFd fd_;
-  Sha256Stream sha_;
-  uint64_t written_ = 0;
-  bool finished_ = false;
-};
-
-class StagingLeaseImpl final : public rpc::StagingLease::Server {
- public:
-  explicit StagingLeaseImpl(std::unique_ptr<ferry::StagingLease> lease) : lease_(std::move(lease)) {}
-
- private:
-  std::unique_ptr<ferry::StagingLease> lease_;
-};
-
-// Threads for the service's heavy calls: checking and storing a chunk
-// (decode + SHA-256 + write) and reading one. Off the event loop, so that
-// findMissing and the point store's calls are answered at once instead of
-// queueing behind a window of inserts, and so that chunks are checked on
-// every core. Results go back to the loop through cross-thread fulfillers.
-class ChunkWorkers {
- public:
-  explicit ChunkWorkers(unsigned threads) {
+  explicit CallThreads(unsigned threads) {
     for (unsigned i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
   }
-  ~ChunkWorkers() {
+  ~CallThreads() {
     {
       std::lock_guard<std::mutex> lock(mu_);
       stop_ = true;
@@ -270,19 +233,28 @@ class ChunkWorkers {
     for (auto& t : threads_) t.join();
   }
   // Runs `work` on a pool thread; the promise (on the calling loop) resolves
-  // with its result, or rejects with its error as "kind: message".
-  template <typename T>
-  kj::Promise<T> Run(std::function<T()> work) {
-    auto paf = kj::newPromiseAndCrossThreadFulfiller<T>();
-    auto fulfiller = std::make_shared<kj::Own<kj::CrossThreadPromiseFulfiller<T>>>(kj::mv(paf.fulfiller));
+  // once it has run, or rejects with its error as "kind: message".
+  kj::Promise<void> Run(std::function<void()> work) {
+    auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
+    auto fulfiller = std::make_shared<kj::Own<kj::CrossThreadPromiseFulfiller<void>>>(kj::mv(paf.fulfiller));
     Post([work = std::move(work), fulfiller]() {
       try {
-        (*fulfiller)->fulfill(work());
+        work();
+        (*fulfiller)->fulfill();
       } catch (const std::exception& e) {
         (*fulfiller)->reject(ToKj(e));
       }
     });
     return kj::mv(paf.promise);
+  }
+  // The same for work with a result, which `reply` gets on the loop. (The
+  // result waits beside the promise rather than in it: GCC 12 misreads
+  // kj's ExceptionOr of a class type as used uninitialized.)
+  template <typename T, typename Reply>
+  kj::Promise<void> Run(std::function<T()> work, Reply reply) {
+    auto result = std::make_shared<std::optional<T>>();
+    return Run([work = std::move(work), result] { result->emplace(work()); })
+        .then([result, reply = std::move(reply)]() mutable { reply(std::move(**result)); });
   }
 
  private:
@@ -313,10 +285,85 @@ class ChunkWorkers {
   std::vector<std::thread> threads_;
 };
 
+struct ServiceThreads {
+  std::shared_ptr<CallThreads> chunks;  // insert, read
+  std::shared_ptr<CallThreads> store;   // the point store's calls, sync
+};
+
+// One disk being written: holds the point store's DiskWriter (the disk's
+// lock) and receives the index the client wrote. The lock goes with the
+// reply to finish, not with the client's release of this capability: that
+// release travels on its own schedule, and the commit that needs the lock may
+// arrive first, on another connection.
+class IndexUploadImpl final : public rpc::IndexUpload::Server {
+ public:
+  IndexUploadImpl(std::unique_ptr<DiskWriter> writer, std::shared_ptr<CallThreads> store_threads)
+      : state_(std::make_shared<State>(std::move(writer))), store_threads_(std::move(store_threads)) {}
+
+  kj::Promise<void> write(WriteContext context) override {
+    return Guard([&] {
+      auto data = context.getParams().getData();
+      if (finished_) throw Error(ErrorKind::kBadInput, "index upload already finished");
+      if (context.getParams().getOffset() != written_) {
+        throw Error(ErrorKind::kBadInput, "index upload out of order (offset " +
+                                              std::to_string(context.getParams().getOffset()) + ", expected " +
+                                              std::to_string(written_) + ")");
+      }
+      if (data.size() > kMaxPiece) throw Error(ErrorKind::kBadInput, "index upload piece larger than 4 MiB");
+      PwriteAll(state_->fd.get(), data.begin(), data.size(), written_, state_->writer->index_path());
+      sha_.Update(data.begin(), data.size());
+      written_ += data.size();
+    });
+  }
+
+  kj::Promise<void> finish(FinishContext context) override {
+    return GuardAsync([&] {
+      if (finished_) throw Error(ErrorKind::kBadInput, "index upload already finished");
+      finished_ = true;
+      ferry::DiskRecord record = FromWire(context.getParams().getRecord());
+      const Digest claimed = DigestOf(context.getParams().getIndexSha256());
+      if (sha_.Finish() != claimed) {
+        throw Error(ErrorKind::kCorrupt, "the index of disk " + record.name +
+                                             " arrived damaged (its SHA-256 is not the one its writer recorded)");
+      }
+      // What the manifest will hold is checked when the point is committed
+      // (its header against its size, every chunk it names present).
+      record.index_sha256 = claimed;
+      return store_threads_->Run([state = state_, record = std::move(record)]() mutable {
+        FsyncOrThrow(state->fd.get(), state->writer->index_path());
+        state->writer->Finish(std::move(record));
+        state->fd = UniqueFd();
+        state->writer.reset();  // the disk's lock
+      });
+    });
+  }
+
+ private:
+  struct State {  // shared with the store thread that finishes the disk
+    explicit State(std::unique_ptr<DiskWriter> w)
+        : writer(std::move(w)), fd(OpenOrThrow(writer->index_path(), O_WRONLY | O_CREAT | O_TRUNC)) {}
+    std::unique_ptr<DiskWriter> writer;
+    UniqueFd fd;
+  };
+  std::shared_ptr<State> state_;
+  std::shared_ptr<CallThreads> store_threads_;
+  Sha256Stream sha_;
+  uint64_t written_ = 0;
+  bool finished_ = false;
+};
+
+class StagingLeaseImpl final : public rpc::StagingLease::Server {
+ public:
+  explicit StagingLeaseImpl(std::unique_ptr<ferry::StagingLease> lease) : lease_(std::move(lease)) {}
+
+ private:
+  std::unique_ptr<ferry::StagingLease> lease_;
+};
+
 class RepositoryImpl final : public rpc::Repository::Server {
  public:
-  RepositoryImpl(std::shared_ptr<ferry::Repository> repo, std::string name, std::shared_ptr<ChunkWorkers> workers)
-      : repo_(std::move(repo)), name_(std::move(name)), workers_(std::move(workers)) {}
+  RepositoryImpl(std::shared_ptr<ferry::Repository> repo, std::string name, ServiceThreads threads)
+      : repo_(std::move(repo)), name_(std::move(name)), threads_(std::move(threads)) {}
 
   kj::Promise<void> findMissing(FindMissingContext context) override {
     return Guard([&] {
@@ -349,7 +396,7 @@ class RepositoryImpl final : public rpc::Repository::Server {
     auto bytes = std::make_shared<std::vector<uint8_t>>(encoded.begin(), encoded.end());
     auto repo = repo_;
     std::string what = "chunk " + digest.Hex() + " sent to repository " + name_;
-    return workers_
+    return threads_.chunks
         ->Run<bool>([repo, digest, bytes, what]() {
           // What is stored under a digest must be that digest's data.
           thread_local ChunkDecoder decoder;
@@ -357,12 +404,12 @@ class RepositoryImpl final : public rpc::Repository::Server {
           Digest d = digest;
           decoder.Decode(*bytes, &d, what, &plain);
           return repo->chunks().Insert(digest, *bytes);
-        })
-        .then([context](bool stored) mutable { context.getResults().setStored(stored); });
+        },
+        [context](bool stored) mutable { context.getResults().setStored(stored); });
   }
 
   kj::Promise<void> sync(SyncContext) override {
-    return Guard([&] { repo_->chunks().Sync(); });
+    return threads_.store->Run([repo = repo_] { repo->chunks().Sync(); });
   }
 
   kj::Promise<void> read(ReadContext context) override {
@@ -374,12 +421,12 @@ class RepositoryImpl final : public rpc::Repository::Server {
     }
     auto repo = repo_;
     auto encoded = std::make_shared<std::vector<uint8_t>>();
-    return workers_
+    return threads_.chunks
         ->Run<bool>([repo, digest, encoded]() {
           repo->chunk_reader().Read(digest, encoded.get());
           return true;
-        })
-        .then([context, encoded](bool) mutable {
+        },
+        [context, encoded](bool) mutable {
           context.getResults().setEncoded(capnp::Data::Reader(encoded->data(), encoded->size()));
         });
   }
@@ -397,8 +444,8 @@ class RepositoryImpl final : public rpc::Repository::Server {
   }
 
   kj::Promise<void> loadPoints(LoadPointsContext context) override {
-    return Guard([&] {
-      PointListing listing = repo_->points().LoadAll();
+    return threads_.store->Run<PointListing>([repo = repo_] { return repo->points().LoadAll(); },
+        [context](PointListing listing) mutable {
       auto results = context.getResults();
       auto manifests = results.initManifests(static_cast<unsigned>(listing.points.size()));
       for (size_t i = 0; i < listing.points.size(); ++i) {
@@ -419,72 +466,88 @@ class RepositoryImpl final : public rpc::Repository::Server {
   }
 
   kj::Promise<void> openIndex(OpenIndexContext context) override {
-    return Guard([&] {
-      const std::string id = context.getParams().getId(), disk = context.getParams().getDisk();
-      RestorePointManifest m = repo_->points().Load(id);
-      const ferry::DiskRecord* record = m.FindDisk(disk);
-      if (!record) throw Error(ErrorKind::kNotFound, "restore point " + id + " has no disk " + disk.substr(0, 200));
-      auto index = repo_->points().OpenIndex(id, *record);
-      const uint64_t size = index->bytes().size();
-      context.getResults().setIndex(kj::heap<IndexReaderImpl>(std::move(index)));
-      context.getResults().setSize(size);
-    });
+    const std::string id = context.getParams().getId(), disk = context.getParams().getDisk();
+    return threads_.store
+        ->Run<std::unique_ptr<FixedIndexReader>>([repo = repo_, id, disk] {
+          RestorePointManifest m = repo->points().Load(id);
+          const ferry::DiskRecord* record = m.FindDisk(disk);
+          if (!record) throw Error(ErrorKind::kNotFound, "restore point " + id + " has no disk " + disk.substr(0, 200));
+          return repo->points().OpenIndex(id, *record);
+        },
+        [context](std::unique_ptr<FixedIndexReader> index) mutable {
+          const uint64_t size = index->bytes().size();
+          context.getResults().setIndex(kj::heap<IndexReaderImpl>(std::move(index)));
+          context.getResults().setSize(size);
+        });
   }
 
   kj::Promise<void> readFile(ReadFileContext context) override {
-    return Guard([&] {
-      const std::string id = context.getParams().getId(), name = context.getParams().getName();
-      RestorePointManifest m = repo_->points().Load(id);
-      for (const ConfigFileRecord& f : m.config_files) {
-        if (f.name == name) {
-          const std::string content = repo_->points().ReadFile(id, f);
-          if (content.size() > kMaxEncodedChunk) throw Error(ErrorKind::kBadInput, "file " + name + " is larger than 16 MiB");
-          context.getResults().setContent(AsData(content));
-          return;
-        }
-      }
-      throw Error(ErrorKind::kNotFound, "restore point " + id + " has no file " + name.substr(0, 200));
-    });
+    const std::string id = context.getParams().getId(), name = context.getParams().getName();
+    return threads_.store
+        ->Run<std::string>([repo = repo_, id, name] {
+          RestorePointManifest m = repo->points().Load(id);
+          for (const ConfigFileRecord& f : m.config_files) {
+            if (f.name != name) continue;
+            std::string content = repo->points().ReadFile(id, f);
+            if (content.size() > kMaxEncodedChunk) throw Error(ErrorKind::kBadInput, "file " + name + " is larger than 16 MiB");
+            return content;
+          }
+          throw Error(ErrorKind::kNotFound, "restore point " + id + " has no file " + name.substr(0, 200));
+        },
+        [context](std::string content) mutable { context.getResults().setContent(AsData(content)); });
   }
 
   kj::Promise<void> stage(StageContext context) override {
-    return Guard([&] {
-      auto lease = repo_->points().Stage(FromWire(context.getParams().getHeader()));
-      ToWire(lease->header(), context.getResults().initHeader());
-      context.getResults().setLease(kj::heap<StagingLeaseImpl>(std::move(lease)));
+    return GuardAsync([&] {
+      StagedPointHeader header = FromWire(context.getParams().getHeader());
+      return threads_.store
+          ->Run<std::unique_ptr<ferry::StagingLease>>([repo = repo_, header] { return repo->points().Stage(header); },
+          [context](std::unique_ptr<ferry::StagingLease> lease) mutable {
+            ToWire(lease->header(), context.getResults().initHeader());
+            context.getResults().setLease(kj::heap<StagingLeaseImpl>(std::move(lease)));
+          });
     });
   }
 
   kj::Promise<void> writeDisk(WriteDiskContext context) override {
-    return Guard([&] {
-      auto writer = repo_->points().WriteDisk(context.getParams().getId(), context.getParams().getDisk());
-      context.getResults().setIndexFile(writer->index_file());
-      context.getResults().setUpload(kj::heap<IndexUploadImpl>(std::move(writer)));
-    });
+    const std::string id = context.getParams().getId(), disk = context.getParams().getDisk();
+    return threads_.store
+        ->Run<std::unique_ptr<DiskWriter>>([repo = repo_, id, disk] { return repo->points().WriteDisk(id, disk); },
+        [context, store = threads_.store](std::unique_ptr<DiskWriter> writer) mutable {
+          context.getResults().setIndexFile(writer->index_file());
+          context.getResults().setUpload(kj::heap<IndexUploadImpl>(std::move(writer), store));
+        });
   }
 
   kj::Promise<void> addFile(AddFileContext context) override {
-    return Guard([&] {
+    return GuardAsync([&] {
       auto p = context.getParams();
       if (p.getContent().size() > kMaxEncodedChunk) throw Error(ErrorKind::kBadInput, "addFile: larger than 16 MiB");
-      ConfigFileRecord r =
-          repo_->points().AddFile(p.getId(), p.getKind(), p.getName(), AsString(p.getContent()), p.getOrigin());
-      ToWire(r, context.getResults().initRecord());
+      return threads_.store
+          ->Run<ConfigFileRecord>([repo = repo_, id = std::string(p.getId()), kind = std::string(p.getKind()),
+                                   name = std::string(p.getName()), content = AsString(p.getContent()),
+                                   origin = std::string(p.getOrigin())] {
+            return repo->points().AddFile(id, kind, name, content, origin);
+          },
+          [context](ConfigFileRecord r) mutable { ToWire(r, context.getResults().initRecord()); });
     });
   }
 
   kj::Promise<void> commit(CommitContext context) override {
-    return Guard([&] {
-      context.getResults().setManifest(AsData(ManifestToJson(repo_->points().Commit(context.getParams().getId()))));
-    });
+    return threads_.store
+        ->Run<std::string>([repo = repo_, id = std::string(context.getParams().getId())] {
+          return ManifestToJson(repo->points().Commit(id));
+        },
+        [context](std::string manifest) mutable { context.getResults().setManifest(AsData(manifest)); });
   }
 
   kj::Promise<void> discard(DiscardContext context) override {
-    return Guard([&] { repo_->points().Discard(context.getParams().getId()); });
+    return threads_.store->Run([repo = repo_, id = std::string(context.getParams().getId())] { repo->points().Discard(id); });
   }
 
   kj::Promise<void> removeExpired(RemoveExpiredContext context) override {
-    return Guard([&] { SetIds(repo_->points().RemoveExpired(), context.getResults()); });
+    return threads_.store->Run<std::vector<std::string>>([repo = repo_] { return repo->points().RemoveExpired(); },
+        [context](std::vector<std::string> ids) mutable { SetIds(ids, context.getResults()); });
   }
 
   kj::Promise<void> listStaged(ListStagedContext context) override {
@@ -500,14 +563,15 @@ class RepositoryImpl final : public rpc::Repository::Server {
 
   std::shared_ptr<ferry::Repository> repo_;
   std::string name_;
-  std::shared_ptr<ChunkWorkers> workers_;
+  ServiceThreads threads_;
 };
 
 class ServiceImpl final : public RepositoryService::Server {
  public:
   explicit ServiceImpl(RepositoryServiceConfig config)
       : catalog_(std::move(config.catalog)),
-        workers_(std::make_shared<ChunkWorkers>(std::max(2u, std::thread::hardware_concurrency()))) {
+        threads_{std::make_shared<CallThreads>(std::max(2u, std::thread::hardware_concurrency())),
+                 std::make_shared<CallThreads>(kStoreThreads)} {
     for (const auto& [name, dir] : config.repositories) {
       std::shared_ptr<ferry::Repository> repo = ferry::Repository::Open(dir);
       repo->PrepareForWriting();
@@ -570,7 +634,7 @@ class ServiceImpl final : public RepositoryService::Server {
  private:
   void SetResults(RepositoryService::OpenResults::Builder results, const std::shared_ptr<ferry::Repository>& repo,
                   const std::string& name) {
-    results.setRepository(kj::heap<RepositoryImpl>(repo, name, workers_));
+    results.setRepository(kj::heap<RepositoryImpl>(repo, name, threads_));
     auto info = results.initInfo();
     const RepositoryConfig& config = repo->config();
     info.setName(name);
@@ -582,7 +646,7 @@ class ServiceImpl final : public RepositoryService::Server {
 
   std::shared_ptr<const RepositoryCatalog> catalog_;
   std::optional<WorkerTokenKey> worker_key_;
-  std::shared_ptr<ChunkWorkers> workers_;
+  ServiceThreads threads_;
   std::map<std::string, std::shared_ptr<ferry::Repository>> by_directory_;
   std::map<std::string, std::shared_ptr<ferry::Repository>> repositories_;
   std::vector<RepositoryGrant> grants_;

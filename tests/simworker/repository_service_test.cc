@@ -5,8 +5,10 @@
 // quarantine; tokens and grants.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <thread>
 
 #include <arpa/inet.h>
@@ -335,6 +337,57 @@ TEST_F(RepositoryServiceTest, ThePointStoreOverTheWire) {
   bad.reset();
   remote->points().Discard(h2.id);
   EXPECT_EQ(remote->points().ListStaged(), std::vector<std::string>{});
+}
+
+// A worker sends a disk on the disk task's connection and commits the point
+// on the snapshot's: the commit must not depend on when the first
+// connection's capabilities are released. The disk's lock goes with the
+// reply to finish, and a commit that waits for a lock waits off the service's
+// event loop, so the finish it waits for is still answered. (The service used
+// to wait on its loop: the commit failed after 2 s with "a disk of it is
+// being written", and every connection stalled meanwhile.)
+TEST_F(RepositoryServiceTest, ACommitOnAnotherConnectionDoesNotWaitForTheDisksRelease) {
+  auto server = Serve(config_, nullptr);
+  auto disk_link = RemoteRepository::Connect(Endpoint(*server, "tok-a", "a"));
+  auto snapshot_link = RemoteRepository::Connect(Endpoint(*server, "tok-a", "a"));
+  StagedPointHeader h;
+  h.id = NewPointId();
+  h.vm = {"vm1", "uuid-1", "qemu"};
+  h.chain = "default";
+  h.disks = {"vda"};
+  h.expires_at = 0;
+  auto lease = snapshot_link->points().Stage(h);
+  auto [d1, e1] = Chunk(1);
+  ASSERT_TRUE(disk_link->chunks().Insert(d1, e1));
+  auto writer = disk_link->points().WriteDisk(h.id, "vda");
+  const uint32_t chunk_size = 64 * 1024;
+  FixedIndexWriter index(writer->index_path(), chunk_size, chunk_size);
+  index.Set(0, d1);
+  DiskRecord record;
+  record.size = chunk_size;
+  record.chunk_size = chunk_size;
+  record.source_format = "raw";
+  record.index_sha256 = index.Finish();
+  record.chunks = 1;
+
+  // The commit starts while the disk is still being written, and waits.
+  std::optional<ErrorKind> commit_error;
+  std::string commit_message;
+  std::thread committer([&] {
+    try {
+      snapshot_link->points().Commit(h.id);
+    } catch (const Error& e) {
+      commit_error = e.kind();
+      commit_message = e.what();
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  writer->Finish(record);  // answered although a commit waits; `writer` itself lives on
+  committer.join();
+  EXPECT_FALSE(commit_error) << commit_message;
+  EXPECT_EQ(snapshot_link->points().List(), std::vector<std::string>{h.id});
+  writer.reset();
+  lease.reset();
 }
 
 // Per-worker tokens minted by the coordinator with a key it shares with the
