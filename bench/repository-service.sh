@@ -9,7 +9,10 @@
 #   - peak RSS of the backup process, the restore process and the service
 # Throughput = the disk's allocated bytes / wall (restore: its virtual size / wall).
 # Usage: bench/repository-service.sh [WORKDIR]   (default /var/tmp/ferry-bench-service)
-# Env: BENCH_RUNS (default 3, best of), BENCH_SETTLE_S (default 30: see below).
+# Env: BENCH_RUNS (default 3, best of), BENCH_SETTLE_S (default 30: see below),
+#   BENCH_SPLIT_CORES=1: the worker's side (QEMU, ferry) on CPU 0 and the
+#   service on CPU 1, for both the local and the service runs: a stand-in for
+#   a storage host with cores of its own, which this one machine lacks.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${FERRY_BUILD_DIR:-$root/build}
@@ -33,6 +36,11 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj 
   -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -days 2 -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 VM_NAME=bench vm_start "$work/vm" "virtio0=$work/ref.qcow2"
+worker_side=() service_side=()
+if [[ ${BENCH_SPLIT_CORES:-0} == 1 ]]; then
+  worker_side=(taskset -c 0) service_side=(taskset -c 1)
+  taskset -a -p -c 0 "$(cat "$work/vm/qemu.pid")" >/dev/null
+fi
 cat "$work/ref.qcow2" >/dev/null
 
 # Fresh repositories in new directories, all removed before the runs start and
@@ -48,14 +56,14 @@ start_service() {  # RUN: a fresh repository behind a fresh service
   "$ferry" --quiet init --repo "$store/main" --chunk-size 1M
   "$service" grant --tokens "$store/tokens" --repository main >"$work/main.token"
   : >"$work/service.log"
-  "$service" --listen "127.0.0.1:$port" --tls-cert "$work/cert.pem" --tls-key "$work/key.pem" \
+  "${service_side[@]}" "$service" --listen "127.0.0.1:$port" --tls-cert "$work/cert.pem" --tls-key "$work/key.pem" \
     --repository "main=$store/main" --tokens "$store/tokens" >>"$work/service.log" 2>&1 &
   svc_pid=$!
   for _ in $(seq 100); do grep -q serving "$work/service.log" && return; sleep 0.1; done
   echo "the service did not start: $(cat "$work/service.log")" >&2; exit 1
 }
 remote=(--repo "ferry+tls://127.0.0.1:$port/main" --repo-token-file "$work/main.token" --repo-ca "$work/cert.pem" --repo-server-name localhost)
-timed() { /usr/bin/time -f "%e %M" "$@" 2>&1 >/dev/null | tail -1; }
+timed() { /usr/bin/time -f "%e %M" "${worker_side[@]}" "$@" 2>&1 >/dev/null | tail -1; }
 best() { sort -n | head -1; }
 
 local_b=() svc_b=() local_r=() svc_r=() svc_rss=0

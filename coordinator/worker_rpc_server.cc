@@ -14,6 +14,7 @@
 #include "ferry/coordinator/field_error.h"
 #include "ferry/rpc/protocol.h"
 #include "ferry/rpc/tls.h"
+#include "ferry/rpc/worker_client.h"
 #include "ferry/rpc/worker_protocol.capnp.h"
 
 namespace ferry::coordinator {
@@ -467,6 +468,7 @@ class WorkerRpcServer::Impl {
                                kj::TlsContext* tls, kj::TaskSet& tasks) {
     return listener.accept().then(
         [this, &listener, &server, tls, &tasks](kj::Own<kj::AsyncIoStream> stream) {
+          rpc::TuneTcpSocket(*stream, 30 * kj::SECONDS);
           if (tls) {
             // The handshake of one client must never stop the accept loop.
             tasks.add(tls->wrapServer(kj::mv(stream))

@@ -1587,6 +1587,9 @@ class Acceptor {
       return;  // dropping the stream closes it
     }
     ++count_;
+    // Keepalive: a worker whose host vanished holds its disks' locks until
+    // the service notices.
+    TuneTcpSocket(*stream, 30 * kj::SECONDS);
     kj::Promise<kj::Own<kj::AsyncIoStream>> ready = nullptr;
     if (tls_) {
       ready = timer_.timeoutAfter(options_.handshake_timeout.count() * kj::MILLISECONDS, tls_->wrapServer(kj::mv(stream)));

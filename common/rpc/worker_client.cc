@@ -17,12 +17,14 @@ kj::Exception WithContext(const kj::Exception& e, const std::string& context) {
                        kj::str(context.c_str(), ": ", e.getDescription()));
 }
 
+}  // namespace
+
 // Best effort: a stream that is not a TCP socket (a pipe in a test) refuses.
-void TuneTcpSocket(kj::AsyncIoStream& stream, const ConnectOptions& options) {
+void TuneTcpSocket(kj::AsyncIoStream& stream, kj::Duration keepalive_idle) {
   KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() {
     int one = 1;
     stream.setsockopt(IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    int idle = static_cast<int>(options.keepalive_idle / kj::SECONDS);
+    int idle = static_cast<int>(keepalive_idle / kj::SECONDS);
     if (idle > 0) {
       stream.setsockopt(SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
       int interval = idle >= 30 ? 10 : (idle + 2) / 3;
@@ -35,8 +37,6 @@ void TuneTcpSocket(kj::AsyncIoStream& stream, const ConnectOptions& options) {
     (void)e;
   }
 }
-
-}  // namespace
 
 HostPort SplitHostPort(const std::string& address) {
   auto bad = [&](const std::string& why) {
@@ -114,7 +114,7 @@ kj::Promise<kj::Own<CoordinatorConnection>> CoordinatorConnection::Connect(
       address.connect()
           .then([tls, tls_server_name, options](kj::Own<kj::AsyncIoStream> stream)
                     -> kj::Promise<kj::Own<kj::AsyncIoStream>> {
-            TuneTcpSocket(*stream, options);
+            TuneTcpSocket(*stream, options.keepalive_idle);
             if (tls == nullptr) return kj::mv(stream);
             return tls->wrapClient(kj::mv(stream), kj::StringPtr(tls_server_name.c_str()));
           })

@@ -55,6 +55,12 @@ std::string TlsServerName(const CoordinatorEndpoint& endpoint);
 kj::Promise<kj::Own<kj::NetworkAddress>> ResolveCoordinator(kj::Network& network,
                                                             const CoordinatorEndpoint& endpoint);
 
+// TCP_NODELAY (a call is one small message: Nagle would hold it for the
+// previous one's ACK) and, when keepalive_idle > 0, TCP keepalive, so a peer
+// that vanished silently is noticed after about idle + 3 probes. Best effort:
+// a stream that is not a TCP socket is left alone. Clients and servers both.
+void TuneTcpSocket(kj::AsyncIoStream& stream, kj::Duration keepalive_idle);
+
 struct ConnectOptions {
   // TCP connect plus TLS handshake; past it the promise fails (DISCONNECTED).
   kj::Duration connect_timeout = 10 * kj::SECONDS;
