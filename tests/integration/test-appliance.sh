@@ -78,14 +78,15 @@ grep -qF "$GOOD" "$WORK/appliance-good.log" && fail "the worker token appeared o
 ok "booted ($(appliance_accel)) and registered with the coordinator over TLS after ${booted_in} s; configuration from fw_cfg"
 appliance_stop good
 
-# --- a refused token (config drive) and an unreachable coordinator (fw_cfg), side by side ---
+# --- a refused token (config drive) and an unreachable coordinator (fw_cfg, booted from the qcow2) ---
 config_dir "$WORK/cfg-bad" "frw-not-a-token" "$RPC_PORT"
 appliance_config_drive "$WORK/cidata.img" "$WORK/cfg-bad"
 appliance_boot badtoken "$IMG" -drive "file=$WORK/cidata.img,if=virtio,format=raw,readonly=on"
 closed=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 config_dir "$WORK/cfg-away" "$GOOD" "$closed"
+# This one from the qcow2, through the BIOS and syslinux.
 # shellcheck disable=SC2046
-appliance_boot away "$IMG" $(fw_cfg_of "$WORK/cfg-away")
+appliance_boot_disk away "$IMG" $(fw_cfg_of "$WORK/cfg-away")
 said_twice() { (($(grep -c "$2" "$WORK/appliance-$1.log") >= 2)); }
 wait_for "the refusal, twice, on the console ($WORK/appliance-badtoken.log)" 240 said_twice badtoken "token refused"
 wait_for "the unreachable coordinator, twice, on the console ($WORK/appliance-away.log)" 180 said_twice away "coordinator 10.0.2.2:$closed: connect(): Connection refused"
@@ -98,7 +99,8 @@ grep -qF "configuration from config drive /dev/vda" "$WORK/appliance-badtoken.lo
 grep -qF "frw-not-a-token" "$WORK/appliance-badtoken.log" && fail "the refused token appeared on the console"
 [[ $(api GET /workers | jpy "len(d['workers'])") == 1 ]] || fail "a worker with a refused token was registered"
 ok "refused token: '$(grep -m1 "token refused" "$WORK/appliance-badtoken.log" | cut -c1-110)'"
-ok "unreachable coordinator: '$(grep -m1 "Connection refused" "$WORK/appliance-away.log" | cut -c1-130)'"
+grep -qF "Ferry worker appliance $release" "$WORK/appliance-away.log" || fail "the qcow2 did not boot the appliance"
+ok "unreachable coordinator (booted from the qcow2): '$(grep -m1 "Connection refused" "$WORK/appliance-away.log" | cut -c1-130)'"
 appliance_stop badtoken
 appliance_stop away
 

@@ -8,6 +8,8 @@
 #                                   boots IMAGE_DIR's vmlinuz + initrd.img, user-mode
 #                                   networking (the test machine is 10.0.2.2), serial
 #                                   console in $WORK/appliance-NAME.log; APPLIANCE_PID[NAME]
+#   appliance_boot_disk NAME IMAGE_DIR [QEMU ARGS]
+#                                   the same from IMAGE_DIR's ferry-appliance.qcow2 (BIOS)
 #   appliance_config_drive FILE DIR makes FILE a vfat volume labelled cidata holding DIR as ferry/
 #   appliance_stop NAME             kill -9 and wait
 declare -A APPLIANCE_PID=()
@@ -18,12 +20,22 @@ appliance_accel() {
 
 appliance_boot() {
   local name=$1 image=$2; shift 2
+  _appliance_qemu "$name" -kernel "$image/vmlinuz" -initrd "$image/initrd.img" \
+    -append "console=ttyS0 panic=10 ${APPLIANCE_CMDLINE:-}" "$@"
+}
+# The same from the qcow2 (BIOS, syslinux), as platforms that attach disks boot it;
+# writes go to a temporary overlay.
+appliance_boot_disk() {
+  local name=$1 image=$2; shift 2
+  _appliance_qemu "$name" -drive "file=$image/ferry-appliance.qcow2,if=virtio,format=qcow2,snapshot=on" "$@"
+}
+_appliance_qemu() {
+  local name=$1; shift
   local log=$WORK/appliance-$name.log
   : >"$log"
   qemu-system-x86_64 -accel "$(appliance_accel)" -m 768 -smp 1 -nographic -no-reboot -nodefaults \
-    -serial "file:$log" -kernel "$image/vmlinuz" -initrd "$image/initrd.img" \
-    -append "console=ttyS0 panic=10 ${APPLIANCE_CMDLINE:-}" \
-    -netdev user,id=n0 -device virtio-net-pci,netdev=n0 "$@" </dev/null >>"$WORK/qemu-$name.log" 2>&1 &
+    -serial "file:$log" -netdev user,id=n0 -device virtio-net-pci,netdev=n0 "$@" \
+    </dev/null >>"$WORK/qemu-$name.log" 2>&1 &
   APPLIANCE_PID[$name]=$!
   on_exit "kill -9 ${APPLIANCE_PID[$name]} 2>/dev/null"
 }
