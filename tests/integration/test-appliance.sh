@@ -76,7 +76,9 @@ for want in "ferry-appliance: Ferry worker appliance $release" "ferry-appliance:
 done
 grep -qF "$GOOD" "$WORK/appliance-good.log" && fail "the worker token appeared on the console"
 ok "booted ($(appliance_accel)) and registered with the coordinator over TLS after ${booted_in} s; configuration from fw_cfg"
-appliance_stop good
+appliance_powerdown good 60 || fail "the power button did not power the appliance off: $(tail -3 "$WORK/appliance-good.log")"
+grep -qF "ferry-appliance: shutting down" "$WORK/appliance-good.log" || fail "no orderly shutdown on the console"
+ok "the power button powers it off (as a hypervisor's graceful shutdown does)"
 
 # --- a refused token (config drive) and an unreachable coordinator (fw_cfg, booted from the qcow2) ---
 config_dir "$WORK/cfg-bad" "frw-not-a-token" "$RPC_PORT"

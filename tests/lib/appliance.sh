@@ -11,6 +11,7 @@
 #   appliance_boot_disk NAME IMAGE_DIR [QEMU ARGS]
 #                                   the same from IMAGE_DIR's ferry-appliance.qcow2 (BIOS)
 #   appliance_config_drive FILE DIR makes FILE a vfat volume labelled cidata holding DIR as ferry/
+#   appliance_powerdown NAME [S]    the power button; true once QEMU has exited within S seconds
 #   appliance_stop NAME             kill -9 and wait
 declare -A APPLIANCE_PID=()
 
@@ -34,12 +35,32 @@ _appliance_qemu() {
   local log=$WORK/appliance-$name.log
   : >"$log"
   qemu-system-x86_64 -accel "$(appliance_accel)" -m 768 -smp 1 -nographic -no-reboot -nodefaults \
-    -serial "file:$log" -netdev user,id=n0 -device virtio-net-pci,netdev=n0 "$@" \
+    -serial "file:$log" -monitor "unix:$WORK/monitor-$name.sock,server,nowait" \
+    -netdev user,id=n0 -device virtio-net-pci,netdev=n0 "$@" \
     </dev/null >>"$WORK/qemu-$name.log" 2>&1 &
   APPLIANCE_PID[$name]=$!
   on_exit "kill -9 ${APPLIANCE_PID[$name]} 2>/dev/null"
 }
 
+# Presses the power button (what a hypervisor's graceful shutdown does); true
+# once QEMU has exited, within SECONDS (default 60).
+appliance_powerdown() {
+  local name=$1 seconds=${2:-60}
+  python3 - "$WORK/monitor-$name.sock" <<'PY'
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+time.sleep(0.3)
+s.sendall(b"system_powerdown\n")
+time.sleep(0.3)
+PY
+  local deadline=$((SECONDS + seconds))
+  while kill -0 "${APPLIANCE_PID[$name]}" 2>/dev/null; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.2
+  done
+  wait "${APPLIANCE_PID[$name]}" 2>/dev/null || true
+}
 appliance_stop() { kill -9 "${APPLIANCE_PID[$1]}" 2>/dev/null; wait "${APPLIANCE_PID[$1]}" 2>/dev/null || true; }
 
 appliance_config_drive() {
