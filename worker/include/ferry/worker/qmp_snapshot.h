@@ -88,12 +88,13 @@ SnapshotPaths RemoteSnapshotPaths(const std::string& runtime_dir, std::shared_pt
                                   const std::string& host_runtime_dir, const std::string& host_scratch_dir);
 
 // A session's NBD server on TCP instead of a unix socket, for disk tasks run
-// by workers on other hosts. Always TLS-PSK: each session gets a fresh
-// random 256-bit key under the identity "ferry-<session>" (a tls-creds-psk
-// object, its keys file in the runtime directory), and its exports'
-// NbdSource carry the address and the credentials, so only a holder of the
-// session's read plans can read them. QEMU must be able to read the runtime
-// directory's files (it runs as the same user as Ferry, as for the socket).
+// by workers on other hosts (or by a worker that reaches QEMU over SSH).
+// Always TLS-PSK: each session gets a fresh random 256-bit key under the
+// identity "ferry-<session>" (a tls-creds-psk object, its keys file in the
+// host's runtime directory, written through SnapshotPaths::host), and its
+// exports' NbdSource carry the address and the credentials, so only a
+// holder of the session's read plans can read them. QEMU must be able to
+// read that file (it runs as the user Ferry writes it as, as for the socket).
 struct NbdExportNetwork {
   std::string listen_host = "0.0.0.0";  // where QEMU listens ("::" for IPv6 too)
   std::string advertise_host;           // what readers connect to: this host's name or address
