@@ -1,6 +1,7 @@
 #include "ferry/common/subprocess.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -45,15 +46,22 @@ void CloseInheritedDescriptors() {
   ::close_range(3, ~0U, 0);
 }
 
-std::string RunProgram(const std::vector<std::string>& argv) {
-  int out_pipe[2], err_pipe[2];
+ProgramResult RunProgramCapturing(const std::vector<std::string>& argv, const std::string& input) {
+  int in_pipe[2], out_pipe[2], err_pipe[2];
+  if (::pipe2(in_pipe, O_CLOEXEC) != 0) throw ErrnoError("creating a pipe for " + argv[0], errno);
   if (::pipe2(out_pipe, O_CLOEXEC) != 0 || ::pipe2(err_pipe, O_CLOEXEC) != 0) {
+    ::close(in_pipe[0]);
+    ::close(in_pipe[1]);
     throw ErrnoError("creating a pipe for " + argv[0], errno);
   }
   auto cargv = CArgv(argv);
   pid_t pid = ::fork();
-  if (pid < 0) throw ErrnoError("starting " + argv[0], errno);
+  if (pid < 0) {
+    for (int fd : {in_pipe[0], in_pipe[1], out_pipe[0], out_pipe[1], err_pipe[0], err_pipe[1]}) ::close(fd);
+    throw ErrnoError("starting " + argv[0], errno);
+  }
   if (pid == 0) {
+    ::dup2(in_pipe[0], 0);
     ::dup2(out_pipe[1], 1);
     ::dup2(err_pipe[1], 2);
     CloseInheritedDescriptors();
@@ -62,30 +70,56 @@ std::string RunProgram(const std::vector<std::string>& argv) {
     (void)!::write(2, msg.data(), msg.size());
     ::_exit(127);
   }
+  ::close(in_pipe[0]);
   ::close(out_pipe[1]);
   ::close(err_pipe[1]);
-  // stderr is read on a thread so neither pipe can fill and block the child.
-  std::string err;
-  std::thread err_reader([&] { err = ReadAll(err_pipe[0]); });
-  std::string out = ReadAll(out_pipe[0]);
+  // stdin is written and stderr read on threads of their own, so that no
+  // pipe can fill and block the child (or us).
+  std::thread writer([fd = in_pipe[1], &input] {
+    // A child that exits without reading its input must not kill us with
+    // SIGPIPE: blocked on this thread, the write fails with EPIPE instead.
+    sigset_t pipe_signal;
+    sigemptyset(&pipe_signal);
+    sigaddset(&pipe_signal, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_signal, nullptr);
+    size_t done = 0;
+    while (done < input.size()) {
+      ssize_t n = ::write(fd, input.data() + done, input.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      done += static_cast<size_t>(n);
+    }
+    ::close(fd);
+  });
+  ProgramResult result;
+  std::thread err_reader([&] { result.err = ReadAll(err_pipe[0]); });
+  result.out = ReadAll(out_pipe[0]);
   err_reader.join();
+  writer.join();
   ::close(out_pipe[0]);
   ::close(err_pipe[0]);
   int status = 0;
   while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return result;
+}
+
+std::string RunProgram(const std::vector<std::string>& argv) {
+  ProgramResult r = RunProgramCapturing(argv);
+  if (r.exit_code != 0) {
     std::string cmd;
     for (const auto& a : argv) cmd += (cmd.empty() ? "" : " ") + a;
+    std::string err = std::move(r.err);
     if (err.size() > 2000) err = "..." + err.substr(err.size() - 2000);
     while (!err.empty() && (err.back() == '\n' || err.back() == '\r')) err.pop_back();
     throw Error(ErrorKind::kEnvironment,
                 "'" + cmd + "' failed (" +
-                    (WIFEXITED(status) ? "exit " + std::to_string(WEXITSTATUS(status))
-                                       : "signal " + std::to_string(WTERMSIG(status))) +
+                    (r.exit_code < 128 ? "exit " + std::to_string(r.exit_code)
+                                       : "signal " + std::to_string(r.exit_code - 128)) +
                     ")" + (err.empty() ? "" : ": " + err));
   }
-  return out;
+  return std::move(r.out);
 }
 
 ChildProcess ChildProcess::Spawn(const std::vector<std::string>& argv, const std::string& log_path) {

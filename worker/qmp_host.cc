@@ -194,7 +194,8 @@ class QmpHost : public Host {
       if (holder.empty()) throw;
       throw Error(ErrorKind::kRetryable, std::string(e.what()) + "; " + holder + " is connected to it");
     }
-    vm_key_ = QemuProcessKey(*qmp_);
+    if (!options.paths.host) throw Error(ErrorKind::kInternal, "QMP host: the paths name no host");
+    vm_key_ = QemuProcessKey(*qmp_, *options.paths.host);
     std::string name = QueryString(*qmp_, "query-name", "name");
     std::string vm = "VM '" + (name.empty() ? options.address : name) + "' (" + DescribeVmKey(vm_key_) + ")";
     const std::string lock_path = QmpVmLockPath(options.paths, vm_key_);
@@ -224,13 +225,18 @@ class QmpHost : public Host {
 
   std::vector<VmConfigFile> CaptureConfig() override {
     std::vector<VmConfigFile> files;
-    int pid = qmp_->peer_pid();
-    if (pid <= 0) return files;
+    // QEMU's host, wherever that is (HostEnv): its /proc and /etc/pve.
+    HostEnv& host = *options_.paths.host;
     std::string cmdline;
+    int pid = -1;
     try {
-      cmdline = ReadWholeFile("/proc/" + std::to_string(pid) + "/cmdline");
+      pid = host.QemuPid(*qmp_);
+      if (pid <= 0) return files;
+      std::optional<std::string> read = host.ReadFile("/proc/" + std::to_string(pid) + "/cmdline");
+      if (!read) throw Error(ErrorKind::kNotFound, "QEMU pid " + std::to_string(pid) + " is gone");
+      cmdline = std::move(*read);
     } catch (const Error& e) {
-      LogWarning("cannot read QEMU's command line: " + std::string(e.what()));
+      LogWarning("cannot read QEMU's command line on " + host.name() + ": " + std::string(e.what()));
       return files;
     }
     json::array args;
@@ -249,7 +255,11 @@ class QmpHost : public Host {
                      "/proc/" + std::to_string(pid) + "/cmdline"});
     // Proxmox VE starts QEMU with "-id <vmid>"; its config sits beside.
     std::string pve = "/etc/pve/qemu-server/" + proxmox_id + ".conf";
-    if (!proxmox_id.empty() && PathExists(pve)) files.push_back({"proxmox-vm-config", "proxmox.conf", ReadWholeFile(pve), pve});
+    if (!proxmox_id.empty() && proxmox_id.find('/') == std::string::npos) {
+      if (std::optional<std::string> conf = host.ReadFile(pve)) {
+        files.push_back({"proxmox-vm-config", "proxmox.conf", std::move(*conf), pve});
+      }
+    }
     return files;
   }
 
@@ -339,6 +349,24 @@ std::vector<InventoryEntry> QmpDirectoryInventory(const std::string& dir, std::c
     out.push_back(std::move(e));
   }
   return out;
+}
+
+namespace {
+
+class LocalQmpDirectory : public QmpMonitorDirectory {
+ public:
+  explicit LocalQmpDirectory(std::string dir) : dir_(std::move(dir)) {}
+  std::string description() const override { return dir_; }
+  std::string Refresh() override { return dir_; }
+
+ private:
+  std::string dir_;
+};
+
+}  // namespace
+
+std::shared_ptr<QmpMonitorDirectory> LocalQmpMonitorDirectory(const std::string& dir) {
+  return std::make_shared<LocalQmpDirectory>(dir);
 }
 
 std::unique_ptr<Host> OpenQmpHost(const QmpHostOptions& options) { return std::make_unique<QmpHost>(options); }

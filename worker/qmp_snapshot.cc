@@ -16,7 +16,6 @@
 #include "ferry/common/error.h"
 #include "ferry/common/ids.h"
 #include "ferry/common/log.h"
-#include "ferry/common/subprocess.h"
 
 namespace json = boost::json;
 
@@ -47,7 +46,7 @@ std::string NewSnapshotSessionId() { return RandomHex(8); }
 namespace {
 
 std::string SocketPath(const SnapshotPaths& p, const std::string& session) {
-  return p.runtime_dir + "/" + session + ".nbd";
+  return p.host_runtime_dir + "/" + session + ".nbd";
 }
 // Present while the session owns QEMU's (only) NBD server.
 std::string NbdServerMarker(const SnapshotPaths& p, const std::string& session) {
@@ -56,14 +55,14 @@ std::string NbdServerMarker(const SnapshotPaths& p, const std::string& session) 
 // TCP exports: the session's TLS-PSK keys file, in a directory of its own
 // (QEMU's tls-creds-psk object takes a directory and reads keys.psk in it).
 std::string TlsDir(const SnapshotPaths& p, const std::string& session) {
-  return p.runtime_dir + "/" + session + ".tls";
+  return p.host_runtime_dir + "/" + session + ".tls";
 }
 std::string TlsObjectId(const std::string& session) { return std::string(kPrefix) + session + "-tls"; }
 // The PSK identity of a session's exports.
 std::string TlsIdentity(const std::string& session) { return std::string(kPrefix) + session; }
 
 std::string OverlayPath(const SnapshotPaths& p, const std::string& session, size_t disk) {
-  return p.scratch_dir + "/ferry-" + session + "-" + std::to_string(disk) + ".qcow2";
+  return p.host_scratch_dir + "/ferry-" + session + "-" + std::to_string(disk) + ".qcow2";
 }
 
 bool IsSessionId(std::string_view s) {
@@ -202,15 +201,31 @@ SnapshotPaths DefaultSnapshotPaths() {
   return MakeSnapshotPaths(runtime && *runtime ? runtime : "/run/ferry", scratch && *scratch ? scratch : "/var/tmp/ferry");
 }
 
-SnapshotPaths MakeSnapshotPaths(const std::string& runtime_dir, const std::string& scratch_dir) {
-  SnapshotPaths p{runtime_dir, scratch_dir};
+SnapshotPaths LocalSnapshotPaths(const std::string& runtime_dir, const std::string& scratch_dir) {
+  return {runtime_dir, LocalHostEnv(), runtime_dir, scratch_dir};
+}
+
+namespace {
+void MakeRuntimeDirectory(const std::string& dir) {
   // 0711: QEMU under libvirt runs as its own user and must reach the
   // per-session directories (0700, owned by that user) inside; nobody can
   // list what is here.
-  MakeDirectory(p.runtime_dir, 0711);
-  if (::chmod(p.runtime_dir.c_str(), 0711) != 0) throw ErrnoError("setting the mode of " + p.runtime_dir, errno);
-  MakeDirectory(p.scratch_dir, 0700);
+  MakeDirectory(dir, 0711);
+  if (::chmod(dir.c_str(), 0711) != 0) throw ErrnoError("setting the mode of " + dir, errno);
+}
+}  // namespace
+
+SnapshotPaths MakeSnapshotPaths(const std::string& runtime_dir, const std::string& scratch_dir) {
+  SnapshotPaths p = LocalSnapshotPaths(runtime_dir, scratch_dir);
+  MakeRuntimeDirectory(p.runtime_dir);
+  MakeDirectory(p.host_scratch_dir, 0700);
   return p;
+}
+
+SnapshotPaths RemoteSnapshotPaths(const std::string& runtime_dir, std::shared_ptr<HostEnv> host,
+                                  const std::string& host_runtime_dir, const std::string& host_scratch_dir) {
+  MakeRuntimeDirectory(runtime_dir);
+  return {runtime_dir, std::move(host), host_runtime_dir, host_scratch_dir};
 }
 
 namespace {
@@ -244,17 +259,7 @@ NbdSource StartTlsNbdServer(QmpClient& qmp, const SnapshotPaths& paths, const st
   server.tls_identity = TlsIdentity(session);
   server.tls_psk_key = RandomHex(64);  // 256 bits from OpenSSL's DRBG
   const std::string dir = TlsDir(paths, session);
-  if (::mkdir(dir.c_str(), 0700) != 0) throw ErrnoError("creating " + dir, errno);
-  {
-    const std::string file = dir + "/keys.psk";
-    UniqueFd fd(::open(file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
-    if (!fd.valid()) throw ErrnoError("creating " + file, errno);
-    std::string line = server.tls_identity + ":" + server.tls_psk_key + "\n";
-    if (::fchmod(fd.get(), 0600) != 0 ||
-        ::write(fd.get(), line.data(), line.size()) != static_cast<ssize_t>(line.size())) {
-      throw ErrnoError("writing " + file, errno);
-    }
-  }
+  paths.host->CreatePrivateFile(dir, "keys.psk", server.tls_identity + ":" + server.tls_psk_key + "\n");
   qmp.Execute("object-add", {{"qom-type", "tls-creds-psk"},
                              {"id", TlsObjectId(session)},
                              {"dir", dir},
@@ -280,6 +285,29 @@ NbdSource StartTlsNbdServer(QmpClient& qmp, const SnapshotPaths& paths, const st
   }
 }
 
+// Runs a blockdev-create job to its end and dismisses it. QEMU creates the
+// image itself, on its own host: nothing runs there but QEMU, wherever this
+// process is.
+void CreateImage(QmpClient& qmp, const std::string& job_id, json::object options, const std::string& what) {
+  qmp.Execute("blockdev-create", {{"job-id", job_id}, {"options", std::move(options)}});
+  auto concluded = qmp.WaitEvent(
+      "JOB_STATUS_CHANGE",
+      [&](const json::object& d) { return StringMember(d, "id") == job_id && StringMember(d, "status") == "concluded"; },
+      std::chrono::seconds(60));
+  if (!concluded) {
+    throw Error(ErrorKind::kRetryable, "QEMU at " + qmp.address() + ": creating " + what + " did not end within 60 s");
+  }
+  std::string error;
+  json::value jobs = qmp.Execute("query-jobs");
+  for (const auto& j : jobs.as_array()) {
+    if (j.is_object() && StringMember(j.as_object(), "id") == job_id) error = StringMember(j.as_object(), "error");
+  }
+  qmp.Execute("job-dismiss", {{"id", job_id}});
+  if (!error.empty()) {
+    throw Error(ErrorKind::kEnvironment, "QEMU at " + qmp.address() + " could not create " + what + ": " + error);
+  }
+}
+
 }  // namespace
 
 FleecingSnapshot::FleecingSnapshot(QmpClient& qmp, SnapshotPaths paths, std::string session_id,
@@ -298,6 +326,7 @@ std::unique_ptr<FleecingSnapshot> FleecingSnapshot::Create(QmpClient& qmp,
   if (!bitmaps.empty() && bitmaps.size() != disks.size()) {
     throw Error(ErrorKind::kInternal, "snapshot: bitmaps do not match the disks");
   }
+  if (!paths.host) throw Error(ErrorKind::kInternal, "snapshot: the paths name no host (use MakeSnapshotPaths)");
   if (network && (network->advertise_host.empty() || network->listen_host.empty() || network->port_min == 0 ||
                   network->port_min > network->port_max)) {
     throw Error(ErrorKind::kBadInput, "NBD export network: needs a listen host, an advertised host and a port "
@@ -312,10 +341,12 @@ std::unique_ptr<FleecingSnapshot> FleecingSnapshot::Create(QmpClient& qmp,
     for (size_t i = 0; i < disks.size(); ++i) {
       const QmpDisk& d = disks[i];
       std::string overlay = OverlayPath(paths, session, i);
-      RunProgram({"qemu-img", "create", "-q", "-f", "qcow2", overlay, std::to_string(d.size)});
+      CreateImage(qmp, ObjectName(session, i, "c"), {{"driver", "file"}, {"filename", overlay}, {"size", 0}}, overlay);
       qmp.Execute("blockdev-add", {{"driver", "file"},
                                    {"node-name", ObjectName(session, i, "f")},
                                    {"filename", overlay}});
+      CreateImage(qmp, ObjectName(session, i, "c"),
+                  {{"driver", "qcow2"}, {"file", ObjectName(session, i, "f")}, {"size", d.size}}, overlay);
       qmp.Execute("blockdev-add", {{"driver", "qcow2"},
                                    {"node-name", ObjectName(session, i, "o")},
                                    {"file", ObjectName(session, i, "f")},
@@ -399,6 +430,7 @@ std::vector<std::string> ListFerryObjects(QmpClient& qmp) {
   };
   collect("query-block-exports", {}, "id");
   collect("query-block-jobs", {}, "device");
+  collect("query-jobs", {}, "id");  // overlay creation (blockdev-create) too
   collect("query-named-block-nodes", {{"flat", true}}, "node-name");
   collect("qom-list", {{"path", "/objects"}}, "name");  // TLS credentials
   std::sort(names.begin(), names.end());
@@ -462,6 +494,27 @@ bool RemoveSessionObjects(QmpClient& qmp, const SnapshotPaths& paths, const std:
       });
     }
   });
+  // 3b. Overlay creation jobs of a session killed while it made them: they
+  // hold the file node until dismissed.
+  ok &= Attempt("listing jobs", [&] {
+    json::value jobs = qmp.Execute("query-jobs");
+    for (const auto& j : jobs.as_array()) {
+      const auto& o = j.as_object();
+      std::string id = StringMember(o, "id");
+      if (!ours(id) || StringMember(o, "type") != "create") continue;
+      ok &= Attempt("dismissing job " + id, [&] {
+        if (StringMember(o, "status") != "concluded") {
+          qmp.Execute("job-cancel", {{"id", id}});
+          qmp.WaitEvent("JOB_STATUS_CHANGE",
+                        [&](const json::object& d) {
+                          return StringMember(d, "id") == id && StringMember(d, "status") == "concluded";
+                        },
+                        seconds(30));
+        }
+        qmp.Execute("job-dismiss", {{"id", id}});
+      });
+    }
+  });
   // 4. Nodes: the overlay before its file node.
   ok &= Attempt("listing block nodes", [&] {
     std::vector<std::string> overlays, file_nodes;
@@ -486,63 +539,55 @@ bool RemoveSessionObjects(QmpClient& qmp, const SnapshotPaths& paths, const std:
   // 5. Files: overlays (only ours, by name, in our scratch directory),
   // socket, TLS keys, and the marker once the server is stopped (else a
   // later run must still know to stop it).
-  std::vector<std::string> files = RemoveSessionFiles(paths, session, /*keep_marker=*/!server_stopped);
-  for (size_t i = 0; i < 64; ++i) {
-    std::string overlay = OverlayPath(paths, session, i);
-    if (PathExists(overlay)) {
-      LogWarning("cleanup: overlay " + overlay + " could not be removed");
-      ok = false;
-    }
-  }
-  if (PathExists(TlsDir(paths, session))) {
-    LogWarning("cleanup: " + TlsDir(paths, session) + " could not be removed");
-    ok = false;
-  }
+  std::vector<std::string> files = RemoveSessionFiles(paths, session, /*keep_marker=*/!server_stopped, &ok);
   if (removed) removed->insert(removed->end(), files.begin(), files.end());
   return ok;
 }
 
-std::vector<std::string> RemoveSessionFiles(const SnapshotPaths& paths, const std::string& session,
-                                            bool keep_marker) {
-  std::vector<std::string> candidates;
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(paths.scratch_dir, ec)) {
-    std::string name = entry.path().filename().string();
-    if (SessionOfOverlay(name) == session) candidates.push_back(paths.scratch_dir + "/" + name);
+std::vector<std::string> RemoveSessionFiles(const SnapshotPaths& paths, const std::string& session, bool keep_marker,
+                                            bool* all_removed) {
+  HostRemoval r;
+  std::vector<std::string> on_host;
+  try {
+    for (const auto& name : paths.host->ListDirectory(paths.host_scratch_dir)) {
+      if (SessionOfOverlay(name) == session) on_host.push_back(paths.host_scratch_dir + "/" + name);
+    }
+  } catch (const std::exception& e) {
+    r.failed.push_back("listing " + paths.host_scratch_dir + " on " + paths.host->name() + ": " + e.what());
   }
-  std::sort(candidates.begin(), candidates.end());
-  candidates.push_back(SocketPath(paths, session));
+  on_host.push_back(SocketPath(paths, session));
   // The key goes even if that session's QEMU may still serve it: its
   // exports then refuse every reader, which is what a dead session wants.
-  candidates.push_back(TlsDir(paths, session) + "/keys.psk");
-  if (!keep_marker) candidates.push_back(NbdServerMarker(paths, session));
-  std::vector<std::string> removed;
-  for (const auto& f : candidates) {
-    if (::unlink(f.c_str()) == 0) {
-      removed.push_back(f);
+  on_host.push_back(TlsDir(paths, session) + "/keys.psk");
+  on_host.push_back(TlsDir(paths, session));
+  HostRemoval host = paths.host->Remove(on_host);
+  r.removed = std::move(host.removed);
+  r.failed.insert(r.failed.end(), host.failed.begin(), host.failed.end());
+  if (!keep_marker) {
+    const std::string marker = NbdServerMarker(paths, session);
+    if (::unlink(marker.c_str()) == 0) {
+      r.removed.push_back(marker);
     } else if (errno != ENOENT) {
-      LogWarning("cleanup of session " + session + ": removing " + f + ": " + std::strerror(errno));
+      r.failed.push_back(marker + ": " + std::strerror(errno));
     }
   }
-  const std::string tls_dir = TlsDir(paths, session);
-  if (::rmdir(tls_dir.c_str()) == 0) {
-    removed.push_back(tls_dir);
-  } else if (errno != ENOENT) {
-    LogWarning("cleanup of session " + session + ": removing " + tls_dir + ": " + std::strerror(errno));
-  }
-  return removed;
+  for (const auto& f : r.failed) LogWarning("cleanup of session " + session + ": removing " + f);
+  if (all_removed && !r.failed.empty()) *all_removed = false;
+  return r.removed;
 }
 
-std::string QemuProcessKey(QmpClient& qmp) {
-  int pid = qmp.peer_pid();
+std::string QemuProcessKey(QmpClient& qmp, HostEnv& host) {
+  int pid = host.QemuPid(qmp);
   if (pid > 0) {
     // Field 22 of /proc/<pid>/stat, counted after the ")" that ends the
     // command name (which may contain spaces).
     std::string start_time;
     try {
-      std::string stat = ReadWholeFile("/proc/" + std::to_string(pid) + "/stat");
-      std::istringstream in(stat.substr(stat.rfind(')') + 2));
-      for (int field = 3; field <= 22 && in >> start_time; ++field) {
+      std::optional<std::string> stat = host.ReadFile("/proc/" + std::to_string(pid) + "/stat");
+      if (stat && stat->rfind(')') != std::string::npos && stat->rfind(')') + 2 <= stat->size()) {
+        std::istringstream in(stat->substr(stat->rfind(')') + 2));
+        for (int field = 3; field <= 22 && in >> start_time; ++field) {
+        }
       }
     } catch (const Error&) {
     }
@@ -557,17 +602,21 @@ std::string QemuProcessKey(QmpClient& qmp) {
   return "qmp:" + qmp.address();
 }
 
-bool QemuProcessMayBeAlive(const std::string& key) {
+bool QemuProcessMayBeAlive(const std::string& key, HostEnv& host) {
   if (!key.starts_with("pid:")) return true;
   auto colon = key.find(':', 4);
   std::string pid = key.substr(4, colon == std::string::npos ? std::string::npos : colon - 4);
   std::string start_time = colon == std::string::npos ? "" : key.substr(colon + 1);
-  std::string stat;
+  if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos) return true;
+  std::optional<std::string> read;
   try {
-    stat = ReadWholeFile("/proc/" + pid + "/stat");
+    read = host.ReadFile("/proc/" + pid + "/stat");
   } catch (const Error&) {
-    return false;  // no such process
+    return true;  // the host cannot be asked: not known to be gone
   }
+  if (!read) return false;  // no such process
+  const std::string& stat = *read;
+  if (stat.rfind(')') == std::string::npos || stat.rfind(')') + 2 > stat.size()) return true;
   std::istringstream in(stat.substr(stat.rfind(')') + 2));
   std::string state, field;
   in >> state;
@@ -617,24 +666,30 @@ std::vector<std::string> RemoveAbandonedSnapshots(QmpClient& qmp, const Snapshot
     std::string s = SessionOf(name);
     if (!s.empty()) sessions[s] = true;
   }
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(paths.runtime_dir, ec)) {
-    std::string name = entry.path().filename().string();
+  // A name in this process's runtime directory (locks, markers) or in the
+  // host's (NBD sockets, TLS key directories); the same directory when QEMU
+  // runs here.
+  auto consider = [&](const std::string& name, bool here) {
     auto dot = name.find('.');
     std::string id = name.substr(0, dot), suffix = dot == std::string::npos ? "" : name.substr(dot);
-    if (IsSessionId(id) && suffix == kNewLockSuffix) {
-      RemoveStaleNewLock(entry.path().string(), id);
-      continue;
+    if (!IsSessionId(id)) return;
+    if (here && suffix == kNewLockSuffix) {
+      RemoveStaleNewLock(paths.runtime_dir + "/" + name, id);
+      return;
     }
-    if (!IsSessionId(id) || (suffix != ".lock" && suffix != ".nbd" && suffix != ".nbd-server" && suffix != ".tls")) {
-      continue;
-    }
+    bool traced = here ? suffix == ".lock" || suffix == ".nbd-server" : suffix == ".nbd" || suffix == ".tls";
+    if (!traced) return;
     // A libvirt session (its directory beside): libvirt's host cleans it.
-    if (PathExists(paths.runtime_dir + "/libvirt-" + id)) continue;
+    if (PathExists(paths.runtime_dir + "/libvirt-" + id)) return;
     sessions.try_emplace(id, false);
+  };
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(paths.runtime_dir, ec)) {
+    consider(entry.path().filename().string(), /*here=*/true);
   }
-  for (const auto& entry : std::filesystem::directory_iterator(paths.scratch_dir, ec)) {
-    std::string s = SessionOfOverlay(entry.path().filename().string());
+  for (const auto& name : paths.host->ListDirectory(paths.host_runtime_dir)) consider(name, /*here=*/false);
+  for (const auto& name : paths.host->ListDirectory(paths.host_scratch_dir)) {
+    std::string s = SessionOfOverlay(name);
     if (!s.empty()) sessions.try_emplace(s, false);
   }
 
@@ -654,7 +709,7 @@ std::vector<std::string> RemoveAbandonedSnapshots(QmpClient& qmp, const Snapshot
       if (!RemoveSessionObjects(qmp, paths, s, &removed)) {
         LogWarning("session " + s + ": not everything could be removed; the next run tries again");
       }
-    } else if (!record.vm_key.empty() && QemuProcessMayBeAlive(record.vm_key)) {
+    } else if (!record.vm_key.empty() && QemuProcessMayBeAlive(record.vm_key, *paths.host)) {
       // Its QEMU still runs and may still write the overlay and serve the
       // socket; only a run on that VM can end them.
       LogInfo("dead ferry session " + s + " belongs to another running VM (" + record.vm_key + ", " +

@@ -224,7 +224,7 @@ class QmpTcpExportTest : public ::testing::Test {
     for (const char* d : {"/run", "/scratch", "/vm1", "/vm2", "/tmp"}) fs::create_directory(dir_.path() + d);
     ::chmod((dir_.path() + "/run").c_str(), 0711);
     ::setenv("TMPDIR", (dir_.path() + "/tmp").c_str(), 1);  // the reader's temporary keys
-    paths_ = {dir_.path() + "/run", dir_.path() + "/scratch"};
+    paths_ = LocalSnapshotPaths(dir_.path() + "/run", dir_.path() + "/scratch");
     data1_ = MakeDisk(dir_.path() + "/vm1/disk.raw", 1);
     data2_ = MakeDisk(dir_.path() + "/vm2/disk.raw", 2);
     qemu1_ = std::make_unique<Qemu>(dir_.path() + "/vm1", dir_.path() + "/vm1/disk.raw");
@@ -344,7 +344,7 @@ TEST_F(QmpTcpExportTest, OnlyTheSessionsCredentialsReadItsExportAndReleaseLeaves
   EXPECT_TRUE(backup1->End());
   EXPECT_TRUE(backup2->End());
   EXPECT_TRUE(RuntimeFiles().empty()) << RuntimeFiles().front();
-  EXPECT_TRUE(fs::is_empty(paths_.scratch_dir));
+  EXPECT_TRUE(fs::is_empty(paths_.host_scratch_dir));
   EXPECT_FALSE(Listening(PortOf(a.tcp_address)));
   EXPECT_FALSE(Listening(PortOf(b.tcp_address)));
   host1.reset();  // leaves the monitor, so the test can ask QEMU itself

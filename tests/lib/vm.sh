@@ -170,7 +170,9 @@ print(json.dumps({"driver": f, "file": i + "-file", "node-name": i + "-fmt"}))
 
     local deadline=$((SECONDS + ${VM_START_TIMEOUT:-30}))
     while :; do
-        if ! vm_pid "$dir" >/dev/null; then
+        # Until it has exec'd, the child's command line is this shell's, which
+        # vm_pid does not take for a QEMU: alive but not yet QEMU is no failure.
+        if ! vm_pid "$dir" >/dev/null && ! { _vm_alive "$pid" && ! grep -q qemu "/proc/$pid/cmdline" 2>/dev/null; }; then
             wait "$pid" 2>/dev/null || true
             _vm_err "QEMU exited during start-up; $dir/qemu.log:"
             sed 's/^/  | /' "$dir/qemu.log" >&2
@@ -189,6 +191,13 @@ print(json.dumps({"driver": f, "file": i + "-file", "node-name": i + "-fmt"}))
         fi
         sleep 0.1
     done
+}
+
+# _vm_alive PID: the process exists and is not a zombie.
+_vm_alive() {
+    local state
+    state=$(awk '{ sub(/^.*\) /, ""); print $1 }' "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ -n $state && $state != Z && $state != X ]]
 }
 
 # _vm_wait_gone PID SECONDS: 0 once PID is gone (or a zombie), 1 on timeout.

@@ -57,7 +57,7 @@ class Guardian : public worker::SnapshotGuard {
     if (::pipe2(fds, O_CLOEXEC) != 0) throw ErrnoError("creating the guardian's pipe", errno);
     std::vector<std::string> argv = {self_, "_guardian", "--qmp", qmp_, "--session", session,
                                      "--vm-key", vm_key, "--runtime-dir", paths_.runtime_dir,
-                                     "--scratch-dir", paths_.scratch_dir};
+                                     "--scratch-dir", paths_.host_scratch_dir};
     std::vector<char*> cargv;
     for (auto& a : argv) cargv.push_back(a.data());
     cargv.push_back(nullptr);
@@ -216,7 +216,7 @@ int GuardianCommand(const Args& args) {
     message.append(buf, static_cast<size_t>(n));
   }
   if (message.find("done") != std::string::npos) return 0;
-  worker::SnapshotPaths paths{a.Require("runtime-dir"), a.Require("scratch-dir")};
+  worker::SnapshotPaths paths = worker::LocalSnapshotPaths(a.Require("runtime-dir"), a.Require("scratch-dir"));
   std::string session = a.Require("session");
   std::string vm_key = a.Require("vm-key");
   std::string address = a.Require("qmp");
@@ -271,7 +271,7 @@ int GuardianCommand(const Args& args) {
   }
   // The monitor may now be another QEMU's (the VM restarted): its NBD
   // server and nodes are none of this session's business.
-  if (std::string now = worker::QemuProcessKey(*qmp); now != vm_key) {
+  if (std::string now = worker::QemuProcessKey(*qmp, *paths.host); now != vm_key) {
     return remove_files("its QEMU (" + vm_key + ") is gone; " + address + " now reaches " + now);
   }
   FileLock vm_lock = worker::AcquireVmLock(paths, vm_key, 60000, "guardian of backup session " + session, address);

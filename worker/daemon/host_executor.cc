@@ -210,10 +210,20 @@ std::optional<std::vector<uint64_t>> HostExecutor::HeldSnapshots() {
 
 std::vector<HostExecutor::KnownVm> HostExecutor::Scan(const std::vector<KnownVm>& previous) const {
   std::vector<KnownVm> out;
-  if (!settings_.qmp_dir.empty()) {
+  if (settings_.qmp_monitors) {
     std::vector<worker::InventoryEntry> entries;
+    std::string dir;
     try {
-      entries = worker::QmpDirectoryInventory(settings_.qmp_dir, settings_.monitor_timeout);
+      dir = settings_.qmp_monitors->Refresh();
+    } catch (const Error& e) {
+      // The host cannot be reached (over SSH): its VMs did not vanish.
+      LogWarning("inventory: " + std::string(e.what()) + "; keeping the VMs last seen there");
+      for (const auto& k : previous) {
+        if (!k.qmp_socket.empty()) out.push_back(k);
+      }
+    }
+    try {
+      if (!dir.empty()) entries = worker::QmpDirectoryInventory(dir, settings_.monitor_timeout);
     } catch (const Error& e) {
       LogWarning("inventory: " + std::string(e.what()));
     }
@@ -303,7 +313,7 @@ HostExecutor::KnownVm HostExecutor::FindVm(const rpc::AssignedVm& vm) {
   ScanInventory();  // started since the last scan?
   if (auto k = find()) return *k;
   std::string where;
-  if (!settings_.qmp_dir.empty()) where += "no monitor in " + settings_.qmp_dir + " runs it";
+  if (settings_.qmp_monitors) where += "no monitor in " + settings_.qmp_monitors->description() + " runs it";
   if (!settings_.libvirt_uri.empty()) where += std::string(where.empty() ? "" : " and ") + settings_.libvirt_uri + " has no such domain";
   throw Error(ErrorKind::kNotFound, "VM " + vm.name + " is not on host " + settings_.host + " (" + where + ")");
 }
@@ -399,6 +409,9 @@ rpc::WorkOutcome HostExecutor::DoSnapshot(Job& job, const rpc::SnapshotAssignmen
   KnownVm where = FindVm(item.vm);
   held->repo = OpenRepository(item.repository);
   if (!where.qmp_socket.empty()) {
+    // Over SSH: reconnects if the connection died since the last scan, so
+    // that the mirrored socket leads to QEMU again.
+    settings_.qmp_monitors->Refresh();
     worker::QmpHostOptions o;
     o.address = "unix:" + where.qmp_socket;
     o.expected_vm_name = item.vm.name;

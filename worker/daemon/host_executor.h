@@ -52,9 +52,11 @@ struct HostSettings {
   std::string platform;            // proxmox | libvirt | ovirt
   std::string version;
   uint32_t task_slots = 2;
-  std::string qmp_dir;             // a directory of QMP sockets, one per VM ("" for none)
+  // QMP monitors, one per VM: a directory of sockets here, or mirrored from
+  // the host over SSH (worker::SshHost); null for none.
+  std::shared_ptr<worker::QmpMonitorDirectory> qmp_monitors;
   std::string libvirt_uri;         // "" for none
-  worker::SnapshotPaths paths;     // session locks, NBD sockets, overlays
+  worker::SnapshotPaths paths;     // session locks here; NBD sockets, keys, overlays on QEMU's host
   // Set: QMP snapshots export over TCP with per-session TLS-PSK, so a worker
   // on another host can read them (the cluster and any tiers); unset: on a
   // unix socket, readable on this host only.

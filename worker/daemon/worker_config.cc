@@ -9,6 +9,7 @@
 #include "ferry/common/arguments.h"
 #include "ferry/common/error.h"
 #include "ferry/common/file_util.h"
+#include "ferry/worker/ssh_host.h"
 
 #ifndef FERRY_VERSION
 #define FERRY_VERSION "dev"
@@ -24,7 +25,10 @@ const std::set<std::string> kValued = {
     "rate-limit",      "runtime-dir", "scratch-dir",  "inventory-interval", "staging-expiry",
     "monitor-timeout", "reconnect-ms", "export-host", "export-listen", "export-ports",
     "repository-ca",   "repository-name", "repository-retry", "repository-retry-for", "bandwidth",
+    "qmp-ssh",         "ssh-key",     "ssh-known-hosts", "qmp-remote-dir", "host-runtime-dir", "host-scratch-dir",
 };
+// Only with qmp-ssh.
+const char* const kSshOnly[] = {"ssh-key", "ssh-known-hosts", "qmp-remote-dir", "host-runtime-dir", "host-scratch-dir"};
 const std::set<std::string> kFlags = {"tls", "verbose", "quiet", "help"};
 
 std::string HostName() {
@@ -51,9 +55,18 @@ Every option may also be given in the configuration file as "name = value"
   --token-file FILE          the worker's token (POST /api/v1/workers); or $FERRY_WORKER_TOKEN
   --host NAME                the hypervisor host this worker stands for (default: hostname)
   --cluster NAME             its cluster (default: as configured on the coordinator)
-  --platform NAME            proxmox | libvirt | ovirt (default: proxmox with --qmp-dir, else libvirt)
+  --platform NAME            proxmox | libvirt | ovirt (default: proxmox with --qmp-dir or
+                             --qmp-ssh, else libvirt)
   --qmp-dir DIR              the host's VMs as a directory of QMP sockets, one per VM
                              (Proxmox: /var/run/qemu-server, sockets <vmid>.qmp)
+  --qmp-ssh [USER@]HOST[:PORT]  the same directory on a host reached through its sshd (for a
+                             worker not on the host, e.g. the appliance; docs/worker.md)
+  --ssh-key FILE             the private key for --qmp-ssh (default: ssh's own)
+  --ssh-known-hosts FILE     the host's key, known_hosts format (required with --qmp-ssh;
+                             an unknown or changed key is refused)
+  --qmp-remote-dir DIR       the host's QMP directory (default /var/run/qemu-server)
+  --host-runtime-dir DIR     with --qmp-ssh: the host's directory for export keys (default /run/ferry)
+  --host-scratch-dir DIR     with --qmp-ssh: the host's directory for overlays (default /var/tmp/ferry)
   --libvirt URI              the host's VMs as libvirt domains (e.g. qemu:///system)
   --slots N                  disk tasks run at once (default 2)
   --threads N                compute threads per disk task (default: cores / slots)
@@ -61,15 +74,17 @@ Every option may also be given in the configuration file as "name = value"
   --bandwidth SCHEDULE       cap on what this worker sends to repositories, shared by its
                              tasks, e.g. "50MB/s 08:00-18:00 mon-fri" (docs/throttling.md);
                              the coordinator's setting for the worker replaces it
-  --runtime-dir DIR          session locks, NBD sockets (default /run/ferry)
-  --scratch-dir DIR          snapshot overlays (default /var/tmp/ferry)
+  --runtime-dir DIR          session locks, NBD sockets (default /run/ferry); with --qmp-ssh
+                             this worker's own: locks, the SSH connection, the QMP mirror
+  --scratch-dir DIR          snapshot overlays (default /var/tmp/ferry; not with --qmp-ssh)
   --inventory-interval DUR   how often the host's VMs are listed again (default 30s)
   --staging-expiry DUR       a staged point never released is removed after this (default 24h)
   --monitor-timeout DUR      a QMP monitor's greeting, when listing VMs (default 2s)
   --reconnect-ms N           delay between reconnection attempts (default 500)
   --export-host NAME         export snapshots over TCP with per-session TLS-PSK, reachable
                              by other hosts' workers at NAME (this host's name or address);
-                             without it exports are unix sockets, for this host's worker only
+                             without it exports are unix sockets, for this host's worker only;
+                             always TCP with --qmp-ssh (default there: the SSH HOST)
   --export-listen ADDR       where QEMU listens for those (default 0.0.0.0)
   --export-ports MIN-MAX     the ports it may use (default 10809-10909)
   --repository-ca FILE       CA certificates for repositories behind a repository service
@@ -122,15 +137,25 @@ WorkerConfig ParseWorkerConfig(const std::vector<std::string>& args) {
   h.host = a.Get("host").value_or(HostName());
   if (h.host.empty()) throw Error(ErrorKind::kBadInput, "option --host: this machine has no host name; give one");
   h.cluster = a.Get("cluster").value_or("");
-  h.qmp_dir = a.Get("qmp-dir").value_or("");
+  const std::string qmp_dir = a.Get("qmp-dir").value_or("");
+  const bool over_ssh = a.Has("qmp-ssh");
   h.libvirt_uri = a.Get("libvirt").value_or("");
-  if (h.qmp_dir.empty() && h.libvirt_uri.empty()) {
-    throw Error(ErrorKind::kBadInput, "give how to reach the host's VMs: --qmp-dir DIR and/or --libvirt URI");
+  if (!qmp_dir.empty() && over_ssh) {
+    throw Error(ErrorKind::kBadInput, "options --qmp-dir and --qmp-ssh: give one (--qmp-ssh reaches the host's "
+                                      "QMP directory, --qmp-remote-dir, over SSH)");
   }
-  if (struct stat st; !h.qmp_dir.empty() && (::stat(h.qmp_dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))) {
-    throw Error(ErrorKind::kNotFound, "option --qmp-dir: " + h.qmp_dir + " is not a directory");
+  for (const char* name : kSshOnly) {
+    if (a.Has(name) && !over_ssh) throw Error(ErrorKind::kBadInput, std::string("option --") + name + ": only with --qmp-ssh");
   }
-  h.platform = a.Get("platform").value_or(h.qmp_dir.empty() ? "libvirt" : "proxmox");
+  if (qmp_dir.empty() && !over_ssh && h.libvirt_uri.empty()) {
+    throw Error(ErrorKind::kBadInput,
+                "give how to reach the host's VMs: --qmp-dir DIR or --qmp-ssh [USER@]HOST[:PORT], and/or --libvirt URI");
+  }
+  if (struct stat st; !qmp_dir.empty() && (::stat(qmp_dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))) {
+    throw Error(ErrorKind::kNotFound, "option --qmp-dir: " + qmp_dir + " is not a directory");
+  }
+  const bool qmp = !qmp_dir.empty() || over_ssh;
+  h.platform = a.Get("platform").value_or(qmp ? "proxmox" : "libvirt");
   if (h.platform != "proxmox" && h.platform != "libvirt" && h.platform != "ovirt") {
     throw Error(ErrorKind::kBadInput, "option --platform: '" + h.platform + "' is not proxmox, libvirt or ovirt");
   }
@@ -157,11 +182,22 @@ WorkerConfig ParseWorkerConfig(const std::vector<std::string>& args) {
   if (auto d = a.GetDuration("repository-retry")) h.repository_access.reconnect_interval = *d;
   if (auto d = a.GetDuration("repository-retry-for")) h.repository_access.reconnect_for = *d;
   if (auto n = a.GetInt("reconnect-ms", 10, 600000)) c.reconnect_ms = static_cast<int>(*n);
-  if (a.Has("export-host") && h.qmp_dir.empty()) {
+  if (a.Has("export-host") && !qmp) {
     throw Error(ErrorKind::kBadInput, "option --export-host: only QMP snapshots (--qmp-dir) export over TCP; "
                                       "libvirt's exports are unix sockets (docs/worker.md)");
   }
-  if (auto advertise = a.Get("export-host")) {
+  std::optional<worker::SshTarget> ssh_target;
+  if (over_ssh) {
+    try {
+      ssh_target = worker::ParseSshTarget(a.Require("qmp-ssh"));
+    } catch (const Error& e) {
+      throw Error(ErrorKind::kBadInput, std::string("option --qmp-ssh: ") + e.what());
+    }
+  }
+  // Over SSH the worker cannot open the host's unix sockets: TCP, at the
+  // SSH host's address unless told another.
+  if (auto advertise = ssh_target ? std::optional<std::string>(a.Get("export-host").value_or(ssh_target->host))
+                                  : a.Get("export-host")) {
     worker::NbdExportNetwork n;
     n.advertise_host = *advertise;
     if (advertise->empty()) throw Error(ErrorKind::kBadInput, "option --export-host: empty");
@@ -181,8 +217,39 @@ WorkerConfig ParseWorkerConfig(const std::vector<std::string>& args) {
   }
   const char* runtime = std::getenv("FERRY_RUNTIME_DIR");
   const char* scratch = std::getenv("FERRY_SCRATCH_DIR");
-  h.paths = worker::MakeSnapshotPaths(a.Get("runtime-dir").value_or(runtime && *runtime ? runtime : "/run/ferry"),
-                                      a.Get("scratch-dir").value_or(scratch && *scratch ? scratch : "/var/tmp/ferry"));
+  const std::string runtime_dir = a.Get("runtime-dir").value_or(runtime && *runtime ? runtime : "/run/ferry");
+  if (!ssh_target) {
+    h.paths = worker::MakeSnapshotPaths(runtime_dir,
+                                        a.Get("scratch-dir").value_or(scratch && *scratch ? scratch : "/var/tmp/ferry"));
+    if (!qmp_dir.empty()) h.qmp_monitors = worker::LocalQmpMonitorDirectory(qmp_dir);
+    return c;
+  }
+  if (a.Has("scratch-dir")) {
+    throw Error(ErrorKind::kBadInput, "option --scratch-dir: with --qmp-ssh the overlays are on the host: give "
+                                      "--host-scratch-dir");
+  }
+  worker::SshHostOptions o;
+  o.target = *ssh_target;
+  auto file_option = [&](const char* name) {
+    std::string path = a.Require(name);
+    if (struct stat st; ::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+      throw Error(ErrorKind::kNotFound, std::string("option --") + name + ": " + path + " is not a file");
+    }
+    return path;
+  };
+  if (a.Has("ssh-key")) o.key_file = file_option("ssh-key");
+  if (!a.Has("ssh-known-hosts")) {
+    throw Error(ErrorKind::kBadInput, "option --ssh-known-hosts: required with --qmp-ssh (the host's key, in "
+                                      "known_hosts format: ssh-keyscan, then check it)");
+  }
+  o.known_hosts_file = file_option("ssh-known-hosts");
+  o.qmp_dir = a.Get("qmp-remote-dir").value_or(o.qmp_dir);
+  o.host_runtime_dir = a.Get("host-runtime-dir").value_or(o.host_runtime_dir);
+  o.host_scratch_dir = a.Get("host-scratch-dir").value_or(o.host_scratch_dir);
+  o.local_dir = runtime_dir + "/ssh";
+  auto ssh = std::make_shared<worker::SshHost>(o);  // connects when first used
+  h.paths = worker::RemoteSnapshotPaths(runtime_dir, ssh, o.host_runtime_dir, o.host_scratch_dir);
+  h.qmp_monitors = ssh;
   return c;
 }
 

@@ -104,7 +104,8 @@ TEST_F(WorkerConfigTest, BadInputNamesTheOption) {
   };
   bad({"--token-file", Path("token"), "--qmp-dir", Path("qmp")}, "missing required option --coordinator");
   bad({"--coordinator", "coord:8081", "--qmp-dir", Path("qmp")}, "--token-file");
-  bad({"--coordinator", "coord:8081", "--token-file", Path("token")}, "--qmp-dir DIR and/or --libvirt URI");
+  bad({"--coordinator", "coord:8081", "--token-file", Path("token")},
+      "--qmp-dir DIR or --qmp-ssh [USER@]HOST[:PORT], and/or --libvirt URI");
   bad(Args({"--platform", "vmware"}), "option --platform: 'vmware' is not proxmox, libvirt or ovirt");
   bad(Args({"--slots", "0"}), "option --slots: '0' is not an integer from 1 to 64");
   bad(Args({"--inventory-interval", "soon"}), "option --inventory-interval: 'soon' is not a duration");
@@ -126,6 +127,79 @@ TEST_F(WorkerConfigTest, MissingFilesAreNotFound) {
   EXPECT_EQ(Refused(Args({"--qmp-dir", Path("nope")})).first, ErrorKind::kBadInput);  // given twice
   EXPECT_EQ(Refused({"--coordinator", "c:1", "--token-file", Path("token"), "--qmp-dir", Path("nope")}).first,
             ErrorKind::kNotFound);
+}
+
+class WorkerSshConfigTest : public WorkerConfigTest {
+ protected:
+  void SetUp() override {
+    WorkerConfigTest::SetUp();
+    Write("key", "not really a key\n");
+    Write("known_hosts", "[127.0.0.1]:2222 ssh-ed25519 AAAA\n");
+  }
+  std::vector<std::string> Ssh(std::vector<std::string> more = {}) const {
+    std::vector<std::string> a = {"--coordinator", "coord:8081", "--token-file", Path("token"),
+                                  "--qmp-ssh", "root@127.0.0.1:2222", "--ssh-key", Path("key"),
+                                  "--ssh-known-hosts", Path("known_hosts"), "--runtime-dir", Path("run")};
+    a.insert(a.end(), more.begin(), more.end());
+    return a;
+  }
+};
+
+TEST_F(WorkerSshConfigTest, DefaultsOfTheSshPath) {
+  WorkerConfig c = ParseWorkerConfig(Ssh());  // does not connect
+  EXPECT_EQ(c.host.platform, "proxmox");
+  ASSERT_TRUE(c.host.qmp_monitors);
+  EXPECT_EQ(c.host.qmp_monitors->description(), "root@127.0.0.1:2222:/var/run/qemu-server (over ssh)");
+  // Exports must be TCP: the worker cannot open the host's unix sockets.
+  ASSERT_TRUE(c.host.export_tcp.has_value());
+  EXPECT_EQ(c.host.export_tcp->advertise_host, "127.0.0.1");
+  EXPECT_EQ(c.host.export_tcp->listen_host, "0.0.0.0");
+  // Locks here, the rest on the host.
+  EXPECT_EQ(c.host.paths.runtime_dir, Path("run"));
+  EXPECT_EQ(c.host.paths.host_runtime_dir, "/run/ferry");
+  EXPECT_EQ(c.host.paths.host_scratch_dir, "/var/tmp/ferry");
+  ASSERT_TRUE(c.host.paths.host);
+  EXPECT_EQ(c.host.paths.host->name(), "root@127.0.0.1:2222 (over ssh)");
+  EXPECT_TRUE(std::filesystem::is_directory(Path("run")));
+}
+
+TEST_F(WorkerSshConfigTest, HostDirectoriesAndExportAddress) {
+  Write("ssh.conf", "qmp-ssh = backup@[fd00::5]:2200\n"
+                    "ssh-known-hosts = " + Path("known_hosts") + "\n"
+                    "qmp-remote-dir = /srv/qmp\nhost-runtime-dir = /run/f2\nhost-scratch-dir = /srv/scratch\n"
+                    "export-host = 10.0.0.9\nexport-listen = 10.0.0.9\n");
+  WorkerConfig c = ParseWorkerConfig({"--config", Path("ssh.conf"), "--coordinator", "c:1", "--token-file",
+                                      Path("token"), "--runtime-dir", Path("run")});
+  EXPECT_EQ(c.host.qmp_monitors->description(), "backup@[fd00::5]:2200:/srv/qmp (over ssh)");
+  EXPECT_EQ(c.host.paths.host_runtime_dir, "/run/f2");
+  EXPECT_EQ(c.host.paths.host_scratch_dir, "/srv/scratch");
+  EXPECT_EQ(c.host.export_tcp->advertise_host, "10.0.0.9");
+  EXPECT_EQ(c.host.export_tcp->listen_host, "10.0.0.9");
+}
+
+TEST_F(WorkerSshConfigTest, BadSshOptionsNameTheOption) {
+  auto bad = [&](std::vector<std::string> args, const std::string& want, ErrorKind kind = ErrorKind::kBadInput) {
+    auto [got, message] = Refused(args);
+    EXPECT_EQ(got, kind) << message;
+    EXPECT_NE(message.find(want), std::string::npos) << "'" << message << "' lacks '" << want << "'";
+  };
+  bad(Ssh({"--qmp-dir", Path("qmp")}), "options --qmp-dir and --qmp-ssh: give one");
+  bad(Args({"--ssh-key", Path("key")}), "option --ssh-key: only with --qmp-ssh");
+  bad(Args({"--host-scratch-dir", "/x"}), "option --host-scratch-dir: only with --qmp-ssh");
+  bad(Ssh({"--scratch-dir", Path("scratch")}), "give --host-scratch-dir");
+  bad({"--coordinator", "c:1", "--token-file", Path("token"), "--qmp-ssh", "h", "--runtime-dir", Path("run")},
+      "option --ssh-known-hosts: required with --qmp-ssh");
+  bad({"--coordinator", "c:1", "--token-file", Path("token"), "--qmp-ssh", "h", "--ssh-known-hosts", Path("none"),
+       "--runtime-dir", Path("run")},
+      "option --ssh-known-hosts: " + Path("none") + " is not a file", ErrorKind::kNotFound);
+  bad({"--coordinator", "c:1", "--token-file", Path("token"), "--qmp-ssh", "-oProxyCommand=x", "--ssh-known-hosts",
+       Path("known_hosts"), "--runtime-dir", Path("run")},
+      "option --qmp-ssh: SSH target '-oProxyCommand=x'");
+  bad({"--coordinator", "c:1", "--token-file", Path("token"), "--qmp-ssh", "root@h:99999", "--ssh-known-hosts",
+       Path("known_hosts"), "--runtime-dir", Path("run")},
+      "'99999' is not a port");
+  bad(Ssh({"--qmp-remote-dir", "relative/dir"}), "the host's QMP directory 'relative/dir'");
+  bad(Ssh({"--host-runtime-dir", "/run/a b"}), "the host's runtime directory '/run/a b'");
 }
 
 TEST_F(WorkerConfigTest, TokenFromTheEnvironment) {

@@ -13,6 +13,19 @@ namespace ferry {
 // Async-signal-safe.
 void CloseInheritedDescriptors();
 
+// What a program that ran to completion said and how it ended.
+struct ProgramResult {
+  int exit_code = 0;  // its exit status; 128 + N when killed by signal N; 127: it could not start
+  std::string out;    // stdout
+  std::string err;    // stderr
+};
+
+// Runs a program to completion with `input` on its stdin (then end of file),
+// collecting stdout and stderr. Never throws for how the program ended, only
+// when it cannot be started at all (no pipe, no fork). `input` may be a
+// secret: it goes through a pipe, never into argv.
+ProgramResult RunProgramCapturing(const std::vector<std::string>& argv, const std::string& input = "");
+
 // Runs a program to completion. Throws kEnvironment naming the program, its
 // exit status and the tail of its stderr when it fails or cannot start.
 // Returns its stdout.

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <chrono>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -29,6 +30,24 @@ struct InventoryEntry {
 // Sockets in `dir` (sorted by name); each monitor is given `timeout` to greet
 // (a monitor serves one client: one that is busy is reported as such).
 std::vector<InventoryEntry> QmpDirectoryInventory(const std::string& dir, std::chrono::milliseconds timeout);
+
+// Where a worker finds its host's QMP monitors: a directory of sockets here
+// (LocalQmpMonitorDirectory), or a local mirror of the host's directory
+// whose sockets are forwarded over SSH (SshHost, ssh_host.h).
+class QmpMonitorDirectory {
+ public:
+  virtual ~QmpMonitorDirectory() = default;
+  // For messages: the directory, or where it is mirrored from.
+  virtual std::string description() const = 0;
+  // Brings the local directory up to date with the host (a mirror: adds
+  // and removes sockets as VMs come and go, reconnecting if need be) and
+  // returns it, for QmpDirectoryInventory and for QmpClient addresses.
+  // Throws when the host cannot be reached: kRetryable when that may pass,
+  // kEnvironment when the operator must act (a refused key, say).
+  virtual std::string Refresh() = 0;
+};
+
+std::shared_ptr<QmpMonitorDirectory> LocalQmpMonitorDirectory(const std::string& dir);
 
 // Throws when the connection itself fails (kNotFound / kEnvironment).
 std::vector<InventoryEntry> LibvirtInventory(const std::string& uri);

@@ -7,17 +7,22 @@
 //   old data into the overlay), then an NBD export of each overlay.
 //
 // Everything Ferry adds to QEMU is named "ferry-<session>-<n>-<role>"; the
-// files of a session are
+// files of a session are, on this process's side (SnapshotPaths::runtime_dir:
+// flock needs a local file)
 //   <runtime dir>/<session>.lock        flock held while the session lives;
 //                                       holds the session record (its VM)
-//   <runtime dir>/<session>.nbd         the NBD server's socket
 //   <runtime dir>/<session>.nbd-server  marker: the session started QEMU's
 //                                       (only) NBD server; also names the VM
-//   <runtime dir>/<session>.tls/keys.psk  TCP exports only: the session's
+// and on QEMU's host (SnapshotPaths::host, the same machine unless the
+// worker reaches QEMU over SSH), where QEMU opens them
+//   <host runtime dir>/<session>.nbd    the NBD server's socket
+//   <host runtime dir>/<session>.tls/keys.psk  TCP exports only: the session's
 //                                       TLS-PSK key (dir 0700, file 0600),
 //                                       read by QEMU's tls-creds-psk object
 //                                       "ferry-<session>-tls"
-//   <scratch dir>/ferry-<session>-<n>.qcow2   overlay of disk n
+//   <host scratch dir>/ferry-<session>-<n>.qcow2   overlay of disk n, created
+//                                       by QEMU itself (blockdev-create jobs
+//                                       "ferry-<session>-<n>-c")
 //
 // Ordering rules that make a free lock mean "dead": a session takes its lock
 // (CreateSessionLock: visible only once held, record included) before it
@@ -43,6 +48,7 @@
 
 #include "ferry/common/file_util.h"
 #include "ferry/worker/block_reader.h"
+#include "ferry/worker/host_env.h"
 #include "ferry/worker/qmp_client.h"
 
 namespace ferry::worker {
@@ -58,24 +64,37 @@ struct QmpDisk {
 // Disks attached to guest devices, from query-block.
 std::vector<QmpDisk> ListQmpDisks(QmpClient& qmp);
 
+// Where a session's files go: this process's side, and QEMU's host's side
+// (see the top of this file). With QEMU on this machine the host's runtime
+// directory is this process's.
 struct SnapshotPaths {
-  std::string runtime_dir;  // session locks and NBD sockets
-  std::string scratch_dir;  // overlay files (grow with guest writes during the backup)
+  std::string runtime_dir;  // this process's: session and VM locks, NBD server markers
+  // QEMU's host, and its directories as QEMU sees them.
+  std::shared_ptr<HostEnv> host;
+  std::string host_runtime_dir;  // NBD sockets, TLS key directories
+  std::string host_scratch_dir;  // overlay files (grow with guest writes during the backup)
 };
 
 // Default directories: /run/ferry (or $FERRY_RUNTIME_DIR) and /var/tmp/ferry
-// (or $FERRY_SCRATCH_DIR); created if missing.
+// (or $FERRY_SCRATCH_DIR) on this host; created if missing.
 SnapshotPaths DefaultSnapshotPaths();
 // The same for given directories (the worker daemon's configuration).
 SnapshotPaths MakeSnapshotPaths(const std::string& runtime_dir, const std::string& scratch_dir);
+// Given directories on this host, taken as they are (made by someone else).
+SnapshotPaths LocalSnapshotPaths(const std::string& runtime_dir, const std::string& scratch_dir);
+// QEMU on another machine (SshHost): this process's runtime directory is
+// created here if missing; `host` makes sure of the host's directories.
+SnapshotPaths RemoteSnapshotPaths(const std::string& runtime_dir, std::shared_ptr<HostEnv> host,
+                                  const std::string& host_runtime_dir, const std::string& host_scratch_dir);
 
 // A session's NBD server on TCP instead of a unix socket, for disk tasks run
-// by workers on other hosts. Always TLS-PSK: each session gets a fresh
-// random 256-bit key under the identity "ferry-<session>" (a tls-creds-psk
-// object, its keys file in the runtime directory), and its exports'
-// NbdSource carry the address and the credentials, so only a holder of the
-// session's read plans can read them. QEMU must be able to read the runtime
-// directory's files (it runs as the same user as Ferry, as for the socket).
+// by workers on other hosts (or by a worker that reaches QEMU over SSH).
+// Always TLS-PSK: each session gets a fresh random 256-bit key under the
+// identity "ferry-<session>" (a tls-creds-psk object, its keys file in the
+// host's runtime directory, written through SnapshotPaths::host), and its
+// exports' NbdSource carry the address and the credentials, so only a
+// holder of the session's read plans can read them. QEMU must be able to
+// read that file (it runs as the user Ferry writes it as, as for the socket).
 struct NbdExportNetwork {
   std::string listen_host = "0.0.0.0";  // where QEMU listens ("::" for IPv6 too)
   std::string advertise_host;           // what readers connect to: this host's name or address
@@ -145,13 +164,14 @@ std::string SessionLockPath(const SnapshotPaths& paths, const std::string& sessi
 FileLock CreateSessionLock(const SnapshotPaths& paths, const std::string& session_id, const std::string& record);
 
 // The identity of the QEMU process behind a monitor, the same through every
-// monitor of one VM: "pid:<pid>:<start time>" from SO_PEERCRED and
-// /proc/<pid>/stat (a reused pid has another start time), else (TCP)
+// monitor of one VM: "pid:<pid>:<start time>" from the host's pid of it
+// (HostEnv::QemuPid: SO_PEERCRED locally) and its /proc/<pid>/stat on that
+// host (a reused pid has another start time), else (TCP, no pid file)
 // "uuid:<uuid>" from query-uuid, else "qmp:<address>".
-std::string QemuProcessKey(QmpClient& qmp);
-// False only when `key` names a QEMU process that is gone; keys without a
-// pid cannot be checked and count as alive.
-bool QemuProcessMayBeAlive(const std::string& key);
+std::string QemuProcessKey(QmpClient& qmp, HostEnv& host);
+// False only when `key` names a QEMU process that is gone from `host`;
+// keys without a pid cannot be checked and count as alive.
+bool QemuProcessMayBeAlive(const std::string& key, HostEnv& host);
 
 // What a session wrote into its lock file (and its NBD server marker).
 struct SessionRecord {
@@ -170,9 +190,10 @@ bool RemoveSessionObjects(QmpClient& qmp, const SnapshotPaths& paths, const std:
 
 // Removes the files of session `session_id` (overlays, NBD socket, TLS keys
 // directory, and the NBD server marker unless `keep_marker`), not its lock, and nothing in
-// QEMU: for sessions whose QEMU is gone. Returns the paths deleted.
+// QEMU: for sessions whose QEMU is gone. Returns the paths deleted; what
+// could not be removed is logged and clears `*all_removed` (if given).
 std::vector<std::string> RemoveSessionFiles(const SnapshotPaths& paths, const std::string& session_id,
-                                            bool keep_marker = false);
+                                            bool keep_marker = false, bool* all_removed = nullptr);
 
 // The snapshot hunter, run by a process holding the lock of the VM whose
 // QEMU is `vm_key`: removes what dead sessions left (see the top of this
@@ -180,8 +201,9 @@ std::vector<std::string> RemoveSessionFiles(const SnapshotPaths& paths, const st
 std::vector<std::string> RemoveAbandonedSnapshots(QmpClient& qmp, const SnapshotPaths& paths,
                                                   const std::string& vm_key);
 
-// Names of Ferry objects currently present in QEMU (exports, jobs, nodes,
-// QOM objects such as TLS credentials), for tests and diagnostics.
+// Names of Ferry objects currently present in QEMU (exports, block jobs and
+// other jobs, nodes, QOM objects such as TLS credentials), for the hunter,
+// tests and diagnostics.
 std::vector<std::string> ListFerryObjects(QmpClient& qmp);
 
 }  // namespace ferry::worker
