@@ -4,11 +4,17 @@
 # tests/lib/appliance.sh) with user-mode networking, the ferry-worker inside
 # reads its configuration from QEMU fw_cfg or from a config drive, and
 # registers with a coordinator on this machine (10.0.2.2 from the guest) over
-# TLS. A refused token and an unreachable coordinator are said plainly on the
-# serial console, and the appliance keeps retrying without crashing.
+# TLS, then backs up a VM of its "host" (this machine): QEMU controlled over
+# SSH to a test sshd, the snapshot read over NBD/TCP with TLS-PSK, the chunks
+# sent to the coordinator's repository service over TLS; the point verifies
+# and restores bit-exact. A refused token and an unreachable coordinator are
+# said plainly on the serial console, and the appliance keeps retrying
+# without crashing; the power button powers it off.
 . "$(dirname "$0")/common.sh" "$@"
 . "$TESTS_DIR/lib/coordinator.sh"
 . "$TESTS_DIR/lib/appliance.sh"
+. "$TESTS_DIR/lib/sshd.sh"
+MiB=$((1024 * 1024))
 ROOT=$(cd "$TESTS_DIR/.." && pwd)
 export FERRY_IMAGE_ZSTD_LEVEL=9  # 4 MB larger than the default, 40 s sooner
 PASSED=0
@@ -35,13 +41,29 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj 
 export SSL_CERT_FILE=$WORK/cert.pem  # the api helper's HTTPS
 DATA=$WORK/coord
 coord_init "$DATA"
+# The appliance reaches this machine's loopback as 10.0.2.2: the repository
+# service is advertised there.
 coord_start "$DATA" --listen 127.0.0.1:0 --rpc-listen 127.0.0.1:0 --tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem" \
-  --heartbeat-interval-ms 1000 --heartbeat-deadline-ms 8000
+  --heartbeat-interval-ms 1000 --heartbeat-deadline-ms 8000 --repository-advertise 10.0.2.2
 RPC_PORT=${RPC##*:}
+"$FERRY" init --repo "$WORK/repo" --chunk-size 1M >/dev/null
+api POST /repositories "{\"name\": \"main\", \"location\": \"$WORK/repo\"}" >/dev/null
+
+# --- the "host": this machine, a VM on it with its QMP socket where Proxmox keeps
+# them, reachable from the appliance only through sshd ---
+sshd_start "$WORK/sshd"
+mkdir -p "$WORK/qemu-server"
+chmod 755 "$WORK"
+make_data_disk "$WORK/vm-a1-virtio0.qcow2" qcow2 $((32 * MiB)) 11
+VM_NAME=vm-a1 vm_start "$WORK/vm-vm-a1" "virtio0=$WORK/vm-a1-virtio0.qcow2"
+ln -sf "$WORK/vm-vm-a1/qmp.sock" "$WORK/qemu-server/101.qmp"
+ln -sf "$WORK/vm-vm-a1/qemu.pid" "$WORK/qemu-server/101.pid"
 config_dir() {  # DIR TOKEN COORDINATOR_PORT: a configuration as the appliance reads it
   mkdir -p "$1"
   echo "$2" >"$1/token"
   cp "$WORK/cert.pem" "$1/ca.pem"
+  cp "$SSHD_KEY" "$1/ssh_key"
+  sed "s/^\[127.0.0.1\]/[10.0.2.2]/" "$SSHD_KNOWN_HOSTS" >"$1/known_hosts"
   cat >"$1/config" <<CONF
 # ferry-worker's configuration; relative paths are files beside it
 coordinator = 10.0.2.2:$3
@@ -49,7 +71,14 @@ tls-ca = ca.pem
 tls-name = localhost
 token-file = token
 host = host-a
-qmp-dir = /var/empty
+qmp-ssh = root@10.0.2.2:$SSHD_PORT
+ssh-key = ssh_key
+ssh-known-hosts = known_hosts
+qmp-remote-dir = $WORK/qemu-server
+host-runtime-dir = $WORK/host-run
+host-scratch-dir = $WORK/host-scratch
+export-listen = 127.0.0.1
+inventory-interval = 2s
 CONF
 }
 fw_cfg_of() { local f; for f in "$1"/*; do printf -- '-fw_cfg name=opt/ferry/%s,file=%s ' "${f##*/}" "$f"; done; }
@@ -76,6 +105,26 @@ for want in "ferry-appliance: Ferry worker appliance $release" "ferry-appliance:
 done
 grep -qF "$GOOD" "$WORK/appliance-good.log" && fail "the worker token appeared on the console"
 ok "booted ($(appliance_accel)) and registered with the coordinator over TLS after ${booted_in} s; configuration from fw_cfg"
+
+# --- a backup by the appliance: QMP over SSH, NBD over TCP with TLS, the repository service ---
+vm_listed() { [[ $(api GET "/vms?name=vm-a1" | jpy "d['vms'][0]['state'] if d['vms'] else ''") == paused ]]; }
+wait_for "vm-a1 in the appliance's inventory (over SSH)" 60 vm_listed
+qemu-img convert -U -O raw "$WORK/vm-a1-virtio0.qcow2" "$WORK/ref.raw"
+JOB=$(api POST /jobs '{"name": "appliance", "repository": 1, "selection": {"vms": ["vm-a1"]}, "retries": {"count": 0, "interval_s": 0}}' | jpy 'd["id"]')
+S=$(api POST "/jobs/$JOB/start" | jpy 'd["session"]')
+T1=$SECONDS
+wait_for "session $S to end" 300 session_ended "$S"
+api GET "/sessions/$S" >"$WORK/s.json"
+[[ $(jpy 'd["state"]' <"$WORK/s.json") == succeeded ]] ||
+  { api GET "/sessions/$S/log" >&2; fail "session $S: $(jpy '[d["state"], d.get("reason")]' <"$WORK/s.json")"; }
+api GET "/sessions/$S/log" >"$WORK/log.json"
+grep -q "from nbds://10.0.2.2:" "$WORK/log.json" || fail "the disk was not read over NBD/TCP with TLS from the host: $(head -c 2000 "$WORK/log.json")"
+"$FERRY" verify --repo "$WORK/repo" >"$WORK/verify.log" 2>&1 || fail "verify: $(cat "$WORK/verify.log")"
+point=$(jpy 'd["snapshots"][0]["point_id"]' <"$WORK/s.json")
+"$FERRY" restore --repo "$WORK/repo" --point "$point" --disk virtio0 --to "$WORK/restored.raw" 2>/dev/null
+cmp -s "$WORK/restored.raw" "$WORK/ref.raw" || fail "the appliance's point does not restore bit-exact"
+[[ -z $(ls -A "$WORK/host-scratch" 2>/dev/null) ]] || fail "snapshot leftovers on the host: $(ls -A "$WORK/host-scratch")"
+ok "the appliance backed up vm-a1 in $((SECONDS - T1)) s (QMP over SSH, NBD over TLS, the repository service); verified, restored bit-exact"
 appliance_powerdown good 60 || fail "the power button did not power the appliance off: $(tail -3 "$WORK/appliance-good.log")"
 grep -qF "ferry-appliance: shutting down" "$WORK/appliance-good.log" || fail "no orderly shutdown on the console"
 ok "the power button powers it off (as a hypervisor's graceful shutdown does)"
