@@ -170,9 +170,10 @@ print(json.dumps({"driver": f, "file": i + "-file", "node-name": i + "-fmt"}))
 
     local deadline=$((SECONDS + ${VM_START_TIMEOUT:-30}))
     while :; do
-        # Until it has exec'd, the child's command line is this shell's, which
-        # vm_pid does not take for a QEMU: alive but not yet QEMU is no failure.
-        if ! vm_pid "$dir" >/dev/null && ! { _vm_alive "$pid" && ! grep -q qemu "/proc/$pid/cmdline" 2>/dev/null; }; then
+        # Our own child, not yet reaped, so its pid cannot have been reused:
+        # it exited exactly when it is no longer alive. (Its command line is
+        # no test: a wrapper's, or briefly empty while it execs QEMU.)
+        if ! _vm_alive "$pid"; then
             wait "$pid" 2>/dev/null || true
             _vm_err "QEMU exited during start-up; $dir/qemu.log:"
             sed 's/^/  | /' "$dir/qemu.log" >&2
