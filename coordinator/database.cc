@@ -427,6 +427,8 @@ CREATE TABLE appliances (
   last_busy_at INTEGER NOT NULL,      -- the last time its host had work, or it was started
   created_at INTEGER NOT NULL
 );
+-- "Has this host work?", once a second per appliance: open snapshots by host.
+CREATE INDEX snapshots_open_by_host ON snapshots(host_id) WHERE state IN ('pending', 'taking', 'ready', 'releasing');
 )sql",
 };
 
