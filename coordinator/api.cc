@@ -219,12 +219,14 @@ http::Response DeployAppliance(Context& c) {
                              "LEFT JOIN appliances a ON a.host_id = h.id WHERE h.id = ?");
   h.Bind(1, c.ids[0]);
   if (!h.Step()) NotFound("host", c.ids[0]);
-  std::string host = h.Text(0);
-  if (h.Text(1) != "libvirt")
-    throw ConflictError("host '" + host + "' is a " + h.Text(1) + " host; appliances are deployed onto libvirt hosts "
+  std::string host = h.Text(0), platform = h.Text(1);
+  std::optional<std::string> state = h.OptText(2);
+  h.Reset();  // ends its read snapshot: the reply below must see the row written
+  if (platform != "libvirt")
+    throw ConflictError("host '" + host + "' is a " + platform + " host; appliances are deployed onto libvirt hosts "
                         "(for Proxmox see scripts/proxmox-deploy-appliance)");
-  if (!h.IsNull(2) && h.Text(2) != "failed")
-    throw ConflictError("host '" + host + "' has an appliance (" + h.Text(2) + "); DELETE /hosts/" +
+  if (state && *state != "failed")
+    throw ConflictError("host '" + host + "' has an appliance (" + *state + "); DELETE /hosts/" +
                         std::to_string(c.ids[0]) + "/worker first");
   AppliancePlan plan = appliances.Prepare(host, spec);
   std::string token = NewToken();

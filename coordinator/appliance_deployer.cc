@@ -606,8 +606,17 @@ void ApplianceDeployer::TickLocked() {
         set("starting", row->state == "running" || row->state == "idle" ? "its worker is not connected" : "", busy_mark);
         continue;
       }
+      // Just registered: the idle time counts from now, not from the boot.
+      if (row->state == "starting" || row->state == "unreachable") {
+        row->last_busy_at = now;
+        busy_mark = now;
+      }
       if (row->busy) {
         set("running", "", busy_mark);
+        continue;
+      }
+      if (busy_mark) {
+        set("idle", "", busy_mark);
         continue;
       }
       int64_t idle_ms = now - row->last_busy_at;
