@@ -214,7 +214,6 @@ ApplianceDeployer& Appliances(Context& c) {
 // definition and start to the deployer's thread: 202, follow GET /hosts/{id}.
 http::Response DeployAppliance(Context& c) {
   ApplianceSpec spec = ParseApplianceSpec(c.request.body);
-  ApplianceDeployer& appliances = Appliances(c);
   Statement h = c.db.Prepare("SELECT h.name, h.platform, a.state FROM hosts h "
                              "LEFT JOIN appliances a ON a.host_id = h.id WHERE h.id = ?");
   h.Bind(1, c.ids[0]);
@@ -222,6 +221,7 @@ http::Response DeployAppliance(Context& c) {
   std::string host = h.Text(0), platform = h.Text(1);
   std::optional<std::string> state = h.OptText(2);
   h.Reset();  // ends its read snapshot: the reply below must see the row written
+  ApplianceDeployer& appliances = Appliances(c);
   if (platform != "libvirt")
     throw ConflictError("host '" + host + "' is a " + platform + " host; appliances are deployed onto libvirt hosts "
                         "(for Proxmox see scripts/proxmox-deploy-appliance)");

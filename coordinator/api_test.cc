@@ -1400,6 +1400,8 @@ TEST_F(BadInputTest, UnknownIdsAre404) {
     if (route.pattern.find("hosts") != std::string::npos && route.method == "PATCH") body = R"({"cluster":"c"})";
     if (route.pattern.find("repositories") != std::string::npos && route.method == "PATCH") body = R"({"task_slots":2})";
     if (route.pattern.find("workers") != std::string::npos && route.method == "PATCH") body = R"({"bandwidth":"1MiB/s"})";
+    if (route.pattern == "/api/v1/hosts/{id}/worker" && route.method == "POST")
+      body = R"({"libvirt_uri":"qemu:///system","coordinator_address":"h:1","worker_config":"qmp-dir = /x"})";
     Reply r = Call(route.method, Concrete(route.pattern, 999), body);
     EXPECT_EQ(r.status, 404) << route.method << " " << route.pattern << ": " << r;
     EXPECT_EQ(r.kind(), "not_found") << r;

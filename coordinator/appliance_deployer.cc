@@ -556,7 +556,7 @@ void ApplianceDeployer::TickLocked() {
     Statement s = reader_->Prepare("SELECT host_id FROM appliances WHERE state NOT IN ('deploying', 'failed')");
     while (s.Step()) hosts.push_back(s.Int(0));
   }
-  std::map<std::string, VirPtr<virConnect>> connections;  // by URI, for this tick
+  std::map<std::string, VirPtr<virConnect>>& connections = connections_;
   for (int64_t host_id : hosts) {
     std::optional<Row> row = ReadRow(host_id);
     if (!row) continue;
@@ -567,6 +567,10 @@ void ApplianceDeployer::TickLocked() {
       if (state != row->state || busy) SetState(host_id, state, reason, busy);
     };
     auto it = connections.find(row->uri);
+    if (it != connections.end() && virConnectIsAlive(it->second.get()) != 1) {
+      connections.erase(it);
+      it = connections.end();
+    }
     if (it == connections.end()) {
       try {
         it = connections.emplace(row->uri, Connect(row->uri)).first;

@@ -45,6 +45,7 @@
 
 #include "ferry/coordinator/database.h"
 #include "ferry/coordinator/session_runner.h"
+#include "libvirt_util.h"
 
 namespace ferry::coordinator {
 
@@ -120,6 +121,9 @@ class ApplianceDeployer {
   Clock clock_;
   ApplianceTiming timing_;
   std::optional<Database> reader_;  // the thread's (and Remove's, under op_mu_)
+  // The lifecycle's libvirt connections, by URI, kept from tick to tick (a
+  // qemu+ssh:// one is an SSH session); dropped when one dies.
+  std::map<std::string, worker::VirPtr<virConnect>> connections_;
 
   std::mutex op_mu_;
   std::mutex queue_mu_;
