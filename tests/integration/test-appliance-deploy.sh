@@ -7,7 +7,8 @@
 # (ACPI) to stopped; work queued for its host starts it again and it
 # re-registers; DELETE removes domain, volumes and worker. Bad requests (no
 # coordinator_address, an unknown pool) are 400 naming the field and leave
-# nothing. Skips (77) only where libvirtd cannot run.
+# nothing; a deployment that fails in the background leaves nothing either.
+# Skips (77) only where libvirtd cannot run.
 . "$(dirname "$0")/common.sh" "$@"
 . "$TESTS_DIR/lib/coordinator.sh"
 . "$TESTS_DIR/lib/libvirt.sh"
@@ -76,7 +77,18 @@ r=$(call POST "/hosts/$HOST_ID/worker" "{\"libvirt_uri\": \"$LV_URI\", \"pool\":
 nothing_left "after refused requests"
 ok "refused: $(jpy 'd["error"]["message"]' <<<"${r#* }" | cut -c1-100)"
 
-# --- deploy ---
+# --- a deployment that fails in the background (a bridge the host lacks: the
+# domain cannot start) leaves nothing behind but its reason ---
+r=$(call POST "/hosts/$HOST_ID/worker" "{\"libvirt_uri\": \"$LV_URI\", \"pool\": \"$POOL\", \"coordinator_address\": \"10.0.2.2:$RPC_PORT\", \"network\": {\"type\": \"bridge\", \"source\": \"nobr$$\"}, \"worker_config\": \"qmp-dir = /var/empty\"}")
+[[ ${r%% *} == 202 ]] || fail "deploy onto a missing bridge: $r"
+failed() { [[ $(appliance state) == failed ]]; }
+wait_for "the deployment onto a missing bridge to fail" 60 failed
+[[ $(appliance reason) == *"nobr$$"* ]] || fail "the reason does not name the bridge: $(appliance reason)"
+[[ $(appliance worker_id) == None ]] || fail "a failed appliance keeps a worker: $(appliance worker_id)"
+nothing_left "after a failed deployment"
+ok "a failed deployment left nothing: $(appliance reason | cut -c1-110)"
+
+# --- deploy (replacing the failed one) ---
 T0=$SECONDS
 r=$(call POST "/hosts/$HOST_ID/worker" "{\"libvirt_uri\": \"$LV_URI\", \"pool\": \"$POOL\", \"coordinator_address\": \"10.0.2.2:$RPC_PORT\", \"idle_shutdown_s\": 15, \"memory_mib\": 768, $BODY_TAIL}")
 [[ ${r%% *} == 202 ]] || fail "deploy: $r"
