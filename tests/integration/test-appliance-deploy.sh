@@ -101,6 +101,9 @@ lv_virsh pool-refresh "$POOL" >/dev/null
 [[ $(volumes) == 2 ]] || fail "volumes: $(lv_virsh vol-list "$POOL")"
 [[ $(api GET /workers | jpy "[w['host'] for w in d['workers'] if w['name'] == 'appliance-$HOST'][0]") == "$HOST" ]] ||
   fail "the appliance's worker did not register for host $HOST"
+"$FERRY" --coordinator "$API" host list | grep -E "^$HOST_ID +$HOST .*(idle|running)\s*$" >/dev/null ||
+  fail "ferry host list does not show the appliance's state: $("$FERRY" --coordinator "$API" host list)"
+"$FERRY" --coordinator "$API" host show "$HOST_ID" | grep -q "\"domain\":\"$DOMAIN\"" || fail "ferry host show lacks the appliance"
 ok "deployed: $DOMAIN ($(lv_virsh dumpxml "$DOMAIN" | grep -o "domain type='[a-z]*'")) registered $((SECONDS - T0)) s after the request, state $(appliance state)"
 
 # --- idle: shut down gracefully ---
