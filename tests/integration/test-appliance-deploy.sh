@@ -27,7 +27,7 @@ DOMAIN=ferry-appliance-$HOST
 POOL=ferry-test-$$
 PASSED=0
 on_exit "lv_virsh destroy $DOMAIN >/dev/null 2>&1; lv_virsh undefine $DOMAIN >/dev/null 2>&1; true"
-on_exit '((PASSED)) || { [[ -f /var/log/libvirt/qemu/'"$DOMAIN"'-console.log ]] && { echo "== console" >&2; tail -n 20 /var/log/libvirt/qemu/'"$DOMAIN"'-console.log >&2; }; tail -n 30 "$DATA/log" >&2; true; }'
+on_exit '((PASSED)) || { [[ -f /var/log/libvirt/qemu/'"$DOMAIN"'-console.log ]] && { echo "== console" >&2; tail -n 20 /var/log/libvirt/qemu/'"$DOMAIN"'-console.log >&2; }; [[ -n ${DATA:-} && -f $DATA/log ]] && tail -n 30 "$DATA/log" >&2; true; }'
 
 # --- the image, a storage pool of the test's own ---
 "$ROOT/scripts/build-image" "$WORK/image" 2>"$WORK/build.log" || { tail -20 "$WORK/build.log" >&2; fail "build-image failed"; }
