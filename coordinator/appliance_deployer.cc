@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cctype>
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -607,6 +608,17 @@ void ApplianceDeployer::TickLocked() {
         continue;
       }
       if (!connected) {
+        // One whose worker never registers (a wrong coordinator_address, a
+        // refused token: its console says) is not left running for ever
+        // while its host has no work.
+        int64_t waited_ms = now - row->state_changed_at;
+        int64_t limit_ms = std::max<int64_t>(row->idle_shutdown_s * 1000, timing_.register_timeout_ms);
+        if (row->state == "starting" && !row->busy && row->idle_shutdown_s > 0 && waited_ms >= limit_ms) {
+          if (virDomainShutdown(dom.get()) == 0)
+            set("stopping", "its worker did not register within " + std::to_string(waited_ms / 1000) +
+                                " s (see the domain's serial console)");
+          continue;
+        }
         set("starting", row->state == "running" || row->state == "idle" ? "its worker is not connected" : "", busy_mark);
         continue;
       }

@@ -77,6 +77,9 @@ struct AppliancePlan {
 struct ApplianceTiming {
   int64_t tick_ms = 1000;
   int64_t shutdown_timeout_ms = 90000;  // after virDomainShutdown, then destroy
+  // Starting without its worker registering, and no work for its host: shut
+  // down after the longer of this and idle_shutdown_s.
+  int64_t register_timeout_ms = 600000;
 };
 
 class ApplianceDeployer {
