@@ -247,7 +247,7 @@ http::Response DeployAppliance(Context& c) {
         .Bind(12, spec.idle_shutdown_s).Run();
     return 0;
   });
-  appliances.Deploy(c.ids[0], token);
+  appliances.Deploy(c.ids[0], token, spec.files);
   return Json(202, ReadHost(c.db, c.ids[0]));
 }
 

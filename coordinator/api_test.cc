@@ -1315,6 +1315,10 @@ TEST_F(BadInputTest, ApplianceRequestsNameTheField) {
       {R"({"libvirt_uri":"qemu:///system","coordinator_address":"h:1","worker_config":"qmp-dir = /x\ntoken-file = t"})", "worker_config"},
       {R"({"libvirt_uri":"qemu:///system","coordinator_address":"h:1","worker_config":"qmp-dir /x"})", "worker_config"},
       {R"({"libvirt_uri":"qemu:///system","coordinator_address":"h:1","retries":1,)" + vms + "}", "retries"},
+      {R"({"libvirt_uri":"qemu:///system","coordinator_address":"h:1","files":{"../key":"x"},)" + vms + "}", "files.../key"},
+      {R"({"libvirt_uri":"qemu:///system","coordinator_address":"h:1","files":{"token":"x"},)" + vms + "}", "files.token"},
+      {R"({"libvirt_uri":"qemu:///system","coordinator_address":"h:1","files":{"ssh_key":1},)" + vms + "}", "files.ssh_key"},
+      {R"({"libvirt_uri":"qemu:///system","coordinator_address":"h:1","files":[],)" + vms + "}", "files"},
   };
   for (const auto& [body, field] : cases) {
     Reply r = Post(path, body);

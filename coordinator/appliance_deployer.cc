@@ -63,12 +63,12 @@ void CheckWorkerConfig(const std::string& text) {
       throw FieldError("worker_config", where + "'" + key +
                                             "' is set by the coordinator (coordinator_address, the worker's token, "
                                             "the host's name); leave it out");
-    if (key == "libvirt" || key == "qmp-dir") reaches_vms = true;
+    if (key == "libvirt" || key == "qmp-dir" || key == "qmp-ssh") reaches_vms = true;
   }
   if (!reaches_vms)
     throw FieldError("worker_config",
                      "must say how the appliance's worker reaches the host's VMs: 'libvirt = URI' "
-                     "(e.g. qemu+ssh://root@host/system) or 'qmp-dir = DIR' (docs/worker.md)");
+                     "(e.g. qemu+ssh://root@host/system), 'qmp-ssh = [USER@]HOST' or 'qmp-dir = DIR' (docs/worker.md)");
 }
 
 void CheckAddress(const std::string& address) {
@@ -211,10 +211,13 @@ void WriteFile(const std::string& path, const std::string& text) {
 
 // The config drive (docs/appliance.md, "Configuration"): a 4 MiB vfat volume
 // labelled cidata holding the files in ferry/.
-void BuildConfigDrive(const std::string& dir, const std::string& image) {
+void BuildConfigDrive(const std::string& dir, const std::vector<std::string>& names, const std::string& image) {
   RunProgram({"mkfs.fat", "-C", "-n", "cidata", image, "4096"});
   RunProgram({"env", "MTOOLS_SKIP_CHECK=1", "mmd", "-i", image, "::/ferry"});
-  RunProgram({"env", "MTOOLS_SKIP_CHECK=1", "mcopy", "-i", image, dir + "/config", dir + "/token", "::/ferry/"});
+  std::vector<std::string> argv = {"env", "MTOOLS_SKIP_CHECK=1", "mcopy", "-i", image};
+  for (const std::string& name : names) argv.push_back(dir + "/" + name);
+  argv.push_back("::/ferry/");
+  RunProgram(argv);
 }
 
 std::string InterfaceXml(const json::object& network) {
@@ -258,6 +261,24 @@ ApplianceSpec ParseApplianceSpec(const std::string& body) {
   spec.worker_config = f.String("worker_config", false, 16384).value_or("");
   CheckWorkerConfig(spec.worker_config);
   spec.idle_shutdown_s = f.Int("idle_shutdown_s", false, 0, 30 * 86400).value_or(spec.idle_shutdown_s);
+  if (const json::value* files = f.Member("files", false)) {
+    if (!files->is_object()) throw FieldError("files", "must be an object of file name to contents");
+    size_t total = 0;
+    for (const auto& [key, value] : files->as_object()) {
+      std::string name(key), field = "files." + name;
+      // vfat 8.3-safe enough and never a path: letters, digits, . _ -
+      bool ok = !name.empty() && name.size() <= 64 && name[0] != '.';
+      for (char ch : name)
+        if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '.' && ch != '_' && ch != '-') ok = false;
+      if (!ok) throw FieldError(field, "a file name is 1-64 letters, digits, '.', '_' or '-', not starting with '.'");
+      if (name == "config" || name == "token")
+        throw FieldError(field, "'" + name + "' is written by the coordinator");
+      if (!value.is_string()) throw FieldError(field, "must be the file's contents, a string");
+      total += value.as_string().size();
+      if (total > 1024 * 1024) throw FieldError(field, "the files come to more than 1 MiB");
+      spec.files[name] = std::string(value.as_string());
+    }
+  }
   f.Finish();
   return spec;
 }
@@ -365,10 +386,10 @@ AppliancePlan ApplianceDeployer::Prepare(const std::string& host_name, const App
   return plan;
 }
 
-void ApplianceDeployer::Deploy(int64_t host_id, std::string token) {
+void ApplianceDeployer::Deploy(int64_t host_id, std::string token, std::map<std::string, std::string> files) {
   {
     std::lock_guard lock(queue_mu_);
-    queue_.emplace_back(host_id, std::move(token));
+    queue_.push_back(Pending{host_id, std::move(token), std::move(files)});
   }
   wake_.notify_all();
 }
@@ -407,7 +428,7 @@ void ApplianceDeployer::Stop() {
 
 void ApplianceDeployer::Run() {
   for (;;) {
-    std::optional<std::pair<int64_t, std::string>> next;
+    std::optional<Pending> next;
     {
       std::unique_lock lock(queue_mu_);
       if (queue_.empty()) wake_.wait_for(lock, std::chrono::milliseconds(timing_.tick_ms), [&] { return stop_ || !queue_.empty(); });
@@ -419,7 +440,7 @@ void ApplianceDeployer::Run() {
     }
     std::lock_guard lock(op_mu_);
     try {
-      if (next) RunDeployment(next->first, next->second);
+      if (next) RunDeployment(*next);
       TickLocked();
     } catch (const std::exception& e) {
       LogError(std::string("appliances: ") + e.what());
@@ -458,7 +479,8 @@ void ApplianceDeployer::Undo(const Row& row) {
   if (!errors.empty()) throw Error(ErrorKind::kEnvironment, errors.substr(0, errors.size() - 2));
 }
 
-void ApplianceDeployer::RunDeployment(int64_t host_id, const std::string& token) {
+void ApplianceDeployer::RunDeployment(const Pending& pending) {
+  const int64_t host_id = pending.host_id;
   std::optional<Row> row = ReadRow(host_id);
   if (!row || row->state != "deploying") return;
   std::string dir;
@@ -472,8 +494,13 @@ void ApplianceDeployer::RunDeployment(int64_t host_id, const std::string& token)
     if (!::mkdtemp(tmpl)) throw ErrnoError("creating a temporary directory", errno);
     dir = tmpl;
     WriteFile(dir + "/config", ConfigFile(row->host, row->address, row->worker_config));
-    WriteFile(dir + "/token", token + "\n");
-    BuildConfigDrive(dir, dir + "/cidata.img");
+    WriteFile(dir + "/token", pending.token + "\n");
+    std::vector<std::string> names = {"config", "token"};
+    for (const auto& [name, contents] : pending.files) {
+      WriteFile(dir + "/" + name, contents);
+      names.push_back(name);
+    }
+    BuildConfigDrive(dir, names, dir + "/cidata.img");
 
     UploadVolume(conn.get(), pool.get(), row->image_volume, image_dir_ + "/" + kImageFile);
     UploadVolume(conn.get(), pool.get(), row->config_volume, dir + "/cidata.img");

@@ -90,7 +90,7 @@ ok "a failed deployment left nothing: $(appliance reason | cut -c1-110)"
 
 # --- deploy (replacing the failed one) ---
 T0=$SECONDS
-r=$(call POST "/hosts/$HOST_ID/worker" "{\"libvirt_uri\": \"$LV_URI\", \"pool\": \"$POOL\", \"coordinator_address\": \"10.0.2.2:$RPC_PORT\", \"idle_shutdown_s\": 15, \"memory_mib\": 768, $BODY_TAIL}")
+r=$(call POST "/hosts/$HOST_ID/worker" "{\"libvirt_uri\": \"$LV_URI\", \"pool\": \"$POOL\", \"coordinator_address\": \"10.0.2.2:$RPC_PORT\", \"idle_shutdown_s\": 15, \"memory_mib\": 768, \"files\": {\"known_hosts\": \"kvm1 ssh-ed25519 AAAA-$$\\n\"}, $BODY_TAIL}")
 [[ ${r%% *} == 202 ]] || fail "deploy: $r"
 [[ $(jpy 'd["appliance"]["state"]' <<<"${r#* }") == deploying ]] || fail "deploy: not deploying: $r"
 connected() { [[ $(api GET /workers | jpy "[w['state'] for w in d['workers'] if w['name'] == 'appliance-$HOST'][0]") == connected ]]; }
@@ -101,6 +101,13 @@ lv_virsh pool-refresh "$POOL" >/dev/null
 [[ $(volumes) == 2 ]] || fail "volumes: $(lv_virsh vol-list "$POOL")"
 [[ $(api GET /workers | jpy "[w['host'] for w in d['workers'] if w['name'] == 'appliance-$HOST'][0]") == "$HOST" ]] ||
   fail "the appliance's worker did not register for host $HOST"
+# The config drive as the appliance read it: configuration, token, the extra file.
+drive=$WORK/pool/$DOMAIN-cidata.img
+MTOOLS_SKIP_CHECK=1 mtype -i "$drive" ::/ferry/config >"$WORK/drive-config"
+grep -qx "coordinator = 10.0.2.2:$RPC_PORT" "$WORK/drive-config" && grep -qx "host = $HOST" "$WORK/drive-config" &&
+  grep -qx "qmp-dir = /var/empty" "$WORK/drive-config" || fail "the config drive's configuration: $(cat "$WORK/drive-config")"
+[[ $(MTOOLS_SKIP_CHECK=1 mtype -i "$drive" ::/ferry/known_hosts) == "kvm1 ssh-ed25519 AAAA-$$" ]] || fail "the config drive lacks files.known_hosts"
+[[ $(MTOOLS_SKIP_CHECK=1 mtype -i "$drive" ::/ferry/token | tr -d '\r\n') == fy_* ]] || fail "the config drive lacks the token"
 "$FERRY" --coordinator "$API" host list | grep -E "^$HOST_ID +$HOST .*(idle|running)\s*$" >/dev/null ||
   fail "ferry host list does not show the appliance's state: $("$FERRY" --coordinator "$API" host list)"
 "$FERRY" --coordinator "$API" host show "$HOST_ID" | grep -q "\"domain\":\"$DOMAIN\"" || fail "ferry host show lacks the appliance"

@@ -59,6 +59,9 @@ struct ApplianceSpec {
   std::string coordinator_address;    // HOST:PORT of the worker RPC, as the appliance reaches it
   std::string worker_config;          // extra `name = value` lines for ferry-worker
   int64_t idle_shutdown_s = 900;      // 0: never shut down for idleness
+  // More files of the configuration set, by name (ssh_key, known_hosts,
+  // ca.pem): put on the config drive beside config and token, never stored.
+  std::map<std::string, std::string> files;
 
   boost::json::object NetworkJson() const;
 };
@@ -101,8 +104,9 @@ class ApplianceDeployer {
   // (libvirt_uri, pool, network.source), ConflictError (a domain or volume
   // of that name exists, no image). Makes nothing.
   AppliancePlan Prepare(const std::string& host_name, const ApplianceSpec& spec);
-  // Queues the deployment of the row the API wrote (state deploying).
-  void Deploy(int64_t host_id, std::string token);
+  // Queues the deployment of the row the API wrote (state deploying); the
+  // token and `files` live only in memory until the config drive is made.
+  void Deploy(int64_t host_id, std::string token, std::map<std::string, std::string> files = {});
   // DELETE /hosts/{id}/worker: destroys and undefines the domain, deletes
   // both volumes, the worker record and the row. kNotFound without one;
   // ConflictError while it is being deployed or libvirt cannot be reached.
@@ -111,7 +115,12 @@ class ApplianceDeployer {
  private:
   struct Row;
   void Run();
-  void RunDeployment(int64_t host_id, const std::string& token);
+  struct Pending {
+    int64_t host_id;
+    std::string token;
+    std::map<std::string, std::string> files;
+  };
+  void RunDeployment(const Pending& pending);
   void Undo(const Row& row);
   void TickLocked();
   void SetState(int64_t host_id, const std::string& state, const std::string& reason,
@@ -131,7 +140,7 @@ class ApplianceDeployer {
   std::mutex op_mu_;
   std::mutex queue_mu_;
   std::condition_variable wake_;
-  std::deque<std::pair<int64_t, std::string>> queue_;  // host id, token
+  std::deque<Pending> queue_;
   bool stop_ = false;
   std::thread thread_;
 };
