@@ -548,13 +548,15 @@ void ApplianceDeployer::Remove(int64_t host_id) {
   std::optional<Row> row = ReadRow(host_id);
   if (!row) throw Error(ErrorKind::kNotFound, "host " + std::to_string(host_id) + " has no appliance");
   if (row->state == "deploying") throw ConflictError("the appliance of host '" + row->host + "' is being deployed; try again once it is not");
-  if (row->state != "failed") {
-    VirPtr<virConnect> conn;
-    try {
-      conn = Connect(row->uri);
-    } catch (const Error& e) {
-      throw ConflictError(std::string(e.what()) + "; nothing was removed");
-    }
+  // A failed deployment left nothing in libvirt; what else failed (its domain
+  // gone missing) may have left its volumes: those go too when libvirt answers.
+  VirPtr<virConnect> conn;
+  try {
+    conn = Connect(row->uri);
+  } catch (const Error& e) {
+    if (row->state != "failed") throw ConflictError(std::string(e.what()) + "; nothing was removed");
+  }
+  if (conn) {
     DestroyAndUndefine(conn.get(), row->domain);
     VirPtr<virStoragePool> pool(virStoragePoolLookupByName(conn.get(), row->pool.c_str()));
     virResetLastError();
