@@ -121,6 +121,15 @@ std::string Percent(const json::value& v) {
   return buf;
 }
 
+// A row's member by column name; "a.b" is member b of object a ("appliance.state").
+std::string CellOf(const json::object& row, const std::string& column) {
+  size_t dot = column.find('.');
+  if (dot == std::string::npos) return row.contains(column) ? Str(row.at(column)) : "";
+  const json::value* outer = row.if_contains(column.substr(0, dot));
+  if (!outer || !outer->is_object()) return "-";
+  return CellOf(outer->as_object(), column.substr(dot + 1));
+}
+
 // Prints rows of a list as an aligned table of the given columns.
 void Table(const json::array& rows, const std::vector<std::string>& columns) {
   std::vector<std::vector<std::string>> cells;
@@ -129,8 +138,7 @@ void Table(const json::array& rows, const std::vector<std::string>& columns) {
   for (const auto& row : rows) {
     std::vector<std::string> line;
     for (size_t i = 0; i < columns.size(); ++i) {
-      const json::object& o = row.as_object();
-      std::string cell = o.contains(columns[i]) ? Str(o.at(columns[i])) : "";
+      std::string cell = CellOf(row.as_object(), columns[i]);
       width[i] = std::max(width[i], cell.size());
       line.push_back(cell);
     }
@@ -431,7 +439,7 @@ int CoordinatorCommand(const std::string& url, const std::vector<std::string>& a
       {"host", "hosts"}, {"vm", "vms"}, {"worker", "workers"}, {"repo", "repositories"},
       {"job", "jobs"}, {"session", "sessions"}, {"point", "points"}, {"restore", "sessions"}};
   static const std::map<std::string, std::vector<std::string>> kColumns = {
-      {"host", {"id", "name", "platform", "cluster", "workers", "vms"}},
+      {"host", {"id", "name", "platform", "cluster", "workers", "vms", "appliance.state"}},
       {"vm", {"id", "name", "host", "cluster", "state"}},
       {"worker", {"id", "name", "host", "state", "task_slots", "running_tasks", "bandwidth", "last_heartbeat_at", "version"}},
       {"repo", {"id", "name", "location", "task_slots", "running_tasks", "points", "bandwidth"}},

@@ -14,6 +14,7 @@
 #include "ferry/coordinator/json_input.h"
 #include "ferry/coordinator/restore_request.h"
 #include "ferry/coordinator/schedule.h"
+#include "ferry/coordinator/worker_records.h"
 #include "ferry/rpc/repository_service.h"
 #include "ferry/rpc/worker_tokens.h"
 
@@ -33,6 +34,7 @@ struct Context {
   const http::Request& request;
   std::vector<int64_t> ids;
   const std::string& version;
+  ApplianceDeployer* appliances;  // null: no appliance image configured
 };
 
 http::Response Json(int status, const json::value& body) {
@@ -78,14 +80,29 @@ int64_t QueryInt(const http::Request& request, const char* key, int64_t fallback
 
 // --- hosts -----------------------------------------------------------------
 
+// The host's worker appliance, if the coordinator deployed one (POST
+// /hosts/{id}/worker), or null.
+json::value ApplianceJson(Statement& s, int first) {
+  if (s.IsNull(first)) return nullptr;
+  return json::object{{"state", s.Text(first)}, {"reason", s.Text(first + 1)},
+                      {"state_changed_at", Time(s.Int(first + 2))}, {"domain", s.Text(first + 3)},
+                      {"libvirt_uri", s.Text(first + 4)}, {"pool", s.Text(first + 5)},
+                      {"network", json::parse(s.Text(first + 6))}, {"memory_mib", s.Int(first + 7)},
+                      {"coordinator_address", s.Text(first + 8)}, {"idle_shutdown_s", s.Int(first + 9)},
+                      {"worker_id", OptInt(s.OptInt(first + 10))}, {"created_at", Time(s.Int(first + 11))}};
+}
+
 json::object HostJson(Statement& s) {
   return {{"id", s.Int(0)}, {"name", s.Text(1)}, {"platform", s.Text(2)}, {"cluster", s.Text(3)},
-          {"created_at", Time(s.Int(4))}, {"workers", s.Int(5)}, {"vms", s.Int(6)}};
+          {"created_at", Time(s.Int(4))}, {"workers", s.Int(5)}, {"vms", s.Int(6)}, {"appliance", ApplianceJson(s, 7)}};
 }
 const char kHostSelect[] =
     "SELECT h.id, h.name, h.platform, h.cluster, h.created_at, "
     "(SELECT COUNT(*) FROM workers w WHERE w.host_id = h.id), "
-    "(SELECT COUNT(*) FROM vms v WHERE v.host_id = h.id AND v.state != 'missing') FROM hosts h ";
+    "(SELECT COUNT(*) FROM vms v WHERE v.host_id = h.id AND v.state != 'missing'), "
+    "a.state, a.reason, a.state_changed_at, a.domain, a.libvirt_uri, a.pool, a.network, a.memory_mib, "
+    "a.coordinator_address, a.idle_shutdown_s, a.worker_id, a.created_at "
+    "FROM hosts h LEFT JOIN appliances a ON a.host_id = h.id ";
 
 json::object ReadHost(Database& db, int64_t id) {
   Statement s = db.Prepare(std::string(kHostSelect) + "WHERE h.id = ?");
@@ -172,9 +189,71 @@ http::Response DeleteHost(Context& c) {
     if (s.Int(3) > 0)
       throw ConflictError("host '" + s.Text(0) + "' is the target of " + std::to_string(s.Int(3)) +
                           " restore sessions, which refer to it");
+    Statement appliance = db.Prepare("SELECT 1 FROM appliances WHERE host_id = ?");
+    appliance.Bind(1, c.ids[0]);
+    if (appliance.Step())
+      throw ConflictError("host '" + s.Text(0) + "' has a worker appliance; DELETE /hosts/" + std::to_string(c.ids[0]) +
+                          "/worker first");
     db.Prepare("DELETE FROM hosts WHERE id = ?").Bind(1, c.ids[0]).Run();
     return 0;
   });
+  return Json(200, json::object{{"deleted", c.ids[0]}});
+}
+
+// --- appliances (POST/DELETE /hosts/{id}/worker) ------------------------------
+
+ApplianceDeployer& Appliances(Context& c) {
+  if (!c.appliances)
+    throw ConflictError("this coordinator deploys no appliances: start it with --appliance-image DIR "
+                        "(the OUTDIR of scripts/build-image)");
+  return *c.appliances;
+}
+
+// Checks at once what can be refuted (the body, the host, its libvirtd),
+// writes the worker record and the appliance row, and leaves the upload,
+// definition and start to the deployer's thread: 202, follow GET /hosts/{id}.
+http::Response DeployAppliance(Context& c) {
+  ApplianceSpec spec = ParseApplianceSpec(c.request.body);
+  Statement h = c.db.Prepare("SELECT h.name, h.platform, a.state FROM hosts h "
+                             "LEFT JOIN appliances a ON a.host_id = h.id WHERE h.id = ?");
+  h.Bind(1, c.ids[0]);
+  if (!h.Step()) NotFound("host", c.ids[0]);
+  std::string host = h.Text(0), platform = h.Text(1);
+  std::optional<std::string> state = h.OptText(2);
+  h.Reset();  // ends its read snapshot: the reply below must see the row written
+  ApplianceDeployer& appliances = Appliances(c);
+  if (platform != "libvirt")
+    throw ConflictError("host '" + host + "' is a " + platform + " host; appliances are deployed onto libvirt hosts "
+                        "(for Proxmox see scripts/proxmox-deploy-appliance)");
+  if (state && *state != "failed")
+    throw ConflictError("host '" + host + "' has an appliance (" + *state + "); DELETE /hosts/" +
+                        std::to_string(c.ids[0]) + "/worker first");
+  AppliancePlan plan = appliances.Prepare(host, spec);
+  std::string token = NewToken();
+  c.runner.Write([&](Database& db) {
+    // A failed deployment's row (its reason kept until now) makes way.
+    db.Prepare("DELETE FROM appliances WHERE host_id = ? AND state = 'failed'").Bind(1, c.ids[0]).Run();
+    Statement again = db.Prepare("SELECT 1 FROM appliances WHERE host_id = ?");
+    again.Bind(1, c.ids[0]);
+    if (again.Step()) throw ConflictError("host '" + host + "' has an appliance being deployed");
+    int64_t worker_id = InsertWorkerRecord(db, plan.worker_name, "", token);
+    db.Prepare("INSERT INTO appliances (host_id, worker_id, domain, libvirt_uri, pool, image_volume, config_volume, "
+               "network, memory_mib, coordinator_address, worker_config, idle_shutdown_s, state, state_changed_at, "
+               "last_busy_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'deploying', "
+               "strftime('%s','now') * 1000, strftime('%s','now') * 1000, strftime('%s','now') * 1000)")
+        .Bind(1, c.ids[0]).Bind(2, worker_id).Bind(3, plan.domain).Bind(4, spec.libvirt_uri).Bind(5, spec.pool)
+        .Bind(6, plan.image_volume).Bind(7, plan.config_volume).Bind(8, json::serialize(spec.NetworkJson()))
+        .Bind(9, spec.memory_mib).Bind(10, spec.coordinator_address).Bind(11, spec.worker_config)
+        .Bind(12, spec.idle_shutdown_s).Run();
+    return 0;
+  });
+  appliances.Deploy(c.ids[0], token, spec.files);
+  return Json(202, ReadHost(c.db, c.ids[0]));
+}
+
+http::Response RemoveAppliance(Context& c) {
+  ReadHost(c.db, c.ids[0]);  // 404 for an unknown host
+  Appliances(c).Remove(c.ids[0]);
   return Json(200, json::object{{"deleted", c.ids[0]}});
 }
 
@@ -268,15 +347,7 @@ http::Response CreateWorker(Context& c) {
   std::string bandwidth = ReadBandwidth(f).value_or("");
   f.Finish();
   std::string token = NewToken();
-  int64_t id = c.runner.Write([&](Database& db) {
-    Statement exists = db.Prepare("SELECT 1 FROM workers WHERE name = ?");
-    exists.Bind(1, name);
-    if (exists.Step()) throw ConflictError("a worker named '" + name + "' exists");
-    db.Prepare("INSERT INTO workers (name, token_hash, bandwidth, created_at) "
-               "VALUES (?, ?, ?, strftime('%s','now') * 1000)")
-        .Bind(1, name).Bind(2, HashToken(token)).Bind(3, bandwidth).Run();
-    return db.LastInsertId();
-  });
+  int64_t id = c.runner.Write([&](Database& db) { return InsertWorkerRecord(db, name, bandwidth, token); });
   json::object worker = ReadWorker(c.db, id);
   worker["token"] = token;  // shown once; only its hash is stored
   return Json(201, worker);
@@ -309,9 +380,12 @@ http::Response DeleteWorker(Context& c) {
     if (!s.Step()) NotFound("worker", c.ids[0]);
     if (s.Text(1) == "connected" || s.Int(2) > 0)
       throw ConflictError("worker '" + s.Text(0) + "' is connected or runs tasks; stop it first");
-    db.Prepare("UPDATE tasks SET worker_id = NULL WHERE worker_id = ?").Bind(1, c.ids[0]).Run();
-    db.Prepare("UPDATE snapshots SET worker_id = NULL WHERE worker_id = ?").Bind(1, c.ids[0]).Run();
-    db.Prepare("DELETE FROM workers WHERE id = ?").Bind(1, c.ids[0]).Run();
+    Statement appliance = db.Prepare("SELECT host_id FROM appliances WHERE worker_id = ?");
+    appliance.Bind(1, c.ids[0]);
+    if (appliance.Step())
+      throw ConflictError("worker '" + s.Text(0) + "' is the appliance of host " + std::to_string(appliance.Int(0)) +
+                          "; remove it with DELETE /hosts/" + std::to_string(appliance.Int(0)) + "/worker");
+    DeleteWorkerRecord(db, c.ids[0]);
     return 0;
   });
   return Json(200, json::object{{"deleted", c.ids[0]}});
@@ -924,6 +998,8 @@ const RouteEntry kRoutes[] = {
     {"GET", "/api/v1/hosts/{id}", GetHost, false},
     {"PATCH", "/api/v1/hosts/{id}", PatchHost, true},
     {"DELETE", "/api/v1/hosts/{id}", DeleteHost, true},
+    {"POST", "/api/v1/hosts/{id}/worker", DeployAppliance, true},
+    {"DELETE", "/api/v1/hosts/{id}/worker", RemoveAppliance, true},
     {"GET", "/api/v1/vms", ListVms, false},
     {"GET", "/api/v1/vms/{id}", GetVm, false},
     {"GET", "/api/v1/workers", ListWorkers, false},
@@ -1007,8 +1083,8 @@ Match MatchPath(const std::string& pattern, const std::string& path, std::vector
 
 }  // namespace
 
-Api::Api(SessionRunner& runner, std::string db_path, std::string version)
-    : runner_(runner), db_path_(std::move(db_path)), version_(std::move(version)) {
+Api::Api(SessionRunner& runner, std::string db_path, std::string version, ApplianceDeployer* appliances)
+    : runner_(runner), appliances_(appliances), db_path_(std::move(db_path)), version_(std::move(version)) {
   for (auto& reader : readers_) reader.db.emplace(Database::Open(db_path_, true));
   Statement s = readers_[0].db->Prepare("SELECT token_hash FROM api_tokens");
   while (s.Step()) token_hashes_.insert(s.Text(0));
@@ -1075,7 +1151,7 @@ http::Response Api::Handle(const http::Request& request) {
       // Writes take the runner's lock and read back through a connection of
       // their own, so that a long write never holds up the readers.
       Database own = Database::Open(db_path_, true);
-      Context context{runner_, own, request, ids, version_};
+      Context context{runner_, own, request, ids, version_, appliances_};
       return route->handler(context);
     }
     // Any free reader; if all are busy, wait for the next one in turn.
@@ -1084,12 +1160,12 @@ http::Response Api::Handle(const http::Request& request) {
       Reader& reader = readers_[(start + i) % readers_.size()];
       std::unique_lock lock(reader.mu, std::try_to_lock);
       if (!lock.owns_lock()) continue;
-      Context context{runner_, *reader.db, request, ids, version_};
+      Context context{runner_, *reader.db, request, ids, version_, appliances_};
       return route->handler(context);
     }
     Reader& reader = readers_[start];
     std::lock_guard lock(reader.mu);
-    Context context{runner_, *reader.db, request, ids, version_};
+    Context context{runner_, *reader.db, request, ids, version_, appliances_};
     return route->handler(context);
   } catch (const FieldError& e) {
     // Always names the field, even a member whose name is "" ({"": 1}).

@@ -915,7 +915,7 @@ TEST_F(ApiTest, OpenApiPathsAreExactlyTheServedRoutes) {
     EXPECT_TRUE(documented.count({method, path})) << method << " " << path << " is served but not in openapi.json";
   for (const auto& [method, path] : documented)
     EXPECT_TRUE(served.count({method, path})) << method << " " << path << " is in openapi.json but not served";
-  EXPECT_EQ(served.size(), 32u) << "a route was added or removed: update openapi.json, docs/api.md and this test";
+  EXPECT_EQ(served.size(), 34u) << "a route was added or removed: update openapi.json, docs/api.md and this test";
 }
 
 TEST_F(ApiTest, OpenApiDocumentsSecurityAndErrorsOfEveryRoute) {
@@ -1000,6 +1000,11 @@ TEST_F(ApiTest, OpenApiEveryRouteAnswersAsDocumented) {
       {"POST", "/api/v1/hosts", 0, "", R"({"name":"pve9","platform":"libvirt","cluster":"c9"})", 201},
       {"GET", "/api/v1/hosts/{id}", host, "", "", 200},
       {"PATCH", "/api/v1/hosts/{id}", host, "", R"({"platform":"ovirt","cluster":"c2"})", 200},
+      // This coordinator has no --appliance-image: a valid request is 409 (integration.test-appliance-deploy
+      // deploys one for real).
+      {"POST", "/api/v1/hosts/{id}/worker", spare_host, "",
+       R"({"libvirt_uri":"qemu:///system","coordinator_address":"10.0.2.2:8081","worker_config":"qmp-dir = /var/empty"})", 409},
+      {"DELETE", "/api/v1/hosts/{id}/worker", spare_host, "", "", 409},
       {"GET", "/api/v1/vms", 0, "?host=pve1&limit=5&offset=0", "", 200},
       {"GET", "/api/v1/vms/{id}", vm, "", "", 200},
       {"GET", "/api/v1/workers", 0, "?limit=10&offset=0", "", 200},
@@ -1287,6 +1292,44 @@ TEST_F(BadInputTest, OutOfRangeValues) {
   });
 }
 
+// POST /hosts/{id}/worker: the body is checked before anything else, each
+// failure naming its member.
+TEST_F(BadInputTest, ApplianceRequestsNameTheField) {
+  int64_t host = Post("/api/v1/hosts", R"({"name":"kvm1","platform":"libvirt"})").id();
+  const std::string path = "/api/v1/hosts/" + std::to_string(host) + "/worker";
+  const std::string vms = R"("worker_config":"libvirt = qemu+ssh://root@kvm1/system")";
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {R"({"libvirt_uri":"qemu:///system",)" + vms + "}", "coordinator_address"},
+      {R"({"coordinator_address":"10.0.2.2:8081",)" + vms + "}", "libvirt_uri"},
+      {R"({"libvirt_uri":"system","coordinator_address":"10.0.2.2:8081",)" + vms + "}", "libvirt_uri"},
+      {R"({"libvirt_uri":"qemu:///system","coordinator_address":"10.0.2.2",)" + vms + "}", "coordinator_address"},
+      {R"({"libvirt_uri":"qemu:///system","coordinator_address":"h:99999",)" + vms + "}", "coordinator_address"},
+      {R"({"libvirt_uri":"qemu:///system","coordinator_address":"h:1","pool":"a/b",)" + vms + "}", "pool"},
+      {R"({"libvirt_uri":"qemu:///system","coordinator_address":"h:1","network":{"type":"tap"},)" + vms + "}", "network.type"},
+      {R"({"libvirt_uri":"qemu:///system","coordinator_address":"h:1","network":{"type":"bridge"},)" + vms + "}", "network.source"},
+      {R"({"libvirt_uri":"qemu:///system","coordinator_address":"h:1","network":{"type":"user","source":"x"},)" + vms + "}", "network.source"},
+      {R"({"libvirt_uri":"qemu:///system","coordinator_address":"h:1","network":{"type":"user","mac":"x"},)" + vms + "}", "network.mac"},
+      {R"({"libvirt_uri":"qemu:///system","coordinator_address":"h:1","memory_mib":64,)" + vms + "}", "memory_mib"},
+      {R"({"libvirt_uri":"qemu:///system","coordinator_address":"h:1","idle_shutdown_s":-1,)" + vms + "}", "idle_shutdown_s"},
+      {R"({"libvirt_uri":"qemu:///system","coordinator_address":"h:1"})", "worker_config"},
+      {R"({"libvirt_uri":"qemu:///system","coordinator_address":"h:1","worker_config":"qmp-dir = /x\ntoken-file = t"})", "worker_config"},
+      {R"({"libvirt_uri":"qemu:///system","coordinator_address":"h:1","worker_config":"qmp-dir /x"})", "worker_config"},
+      {R"({"libvirt_uri":"qemu:///system","coordinator_address":"h:1","retries":1,)" + vms + "}", "retries"},
+      {R"({"libvirt_uri":"qemu:///system","coordinator_address":"h:1","files":{"../key":"x"},)" + vms + "}", "files.../key"},
+      {R"({"libvirt_uri":"qemu:///system","coordinator_address":"h:1","files":{"token":"x"},)" + vms + "}", "files.token"},
+      {R"({"libvirt_uri":"qemu:///system","coordinator_address":"h:1","files":{"ssh_key":1},)" + vms + "}", "files.ssh_key"},
+      {R"({"libvirt_uri":"qemu:///system","coordinator_address":"h:1","files":[],)" + vms + "}", "files"},
+  };
+  for (const auto& [body, field] : cases) {
+    Reply r = Post(path, body);
+    EXPECT_EQ(r.status, 400) << body << ": " << r;
+    EXPECT_EQ(r.field(), field) << body << ": " << r;
+  }
+  // Nothing was made: no worker record, no appliance.
+  EXPECT_EQ(Get("/api/v1/workers").json.at("workers").as_array().size(), 0u);
+  EXPECT_TRUE(Get("/api/v1/hosts/" + std::to_string(host)).json.at("appliance").is_null());
+}
+
 TEST_F(BadInputTest, ImpossibleSchedulesAreRefusedNamingTheSchedule) {
   Run({
       // Never runs: February has no 31st.
@@ -1361,6 +1404,8 @@ TEST_F(BadInputTest, UnknownIdsAre404) {
     if (route.pattern.find("hosts") != std::string::npos && route.method == "PATCH") body = R"({"cluster":"c"})";
     if (route.pattern.find("repositories") != std::string::npos && route.method == "PATCH") body = R"({"task_slots":2})";
     if (route.pattern.find("workers") != std::string::npos && route.method == "PATCH") body = R"({"bandwidth":"1MiB/s"})";
+    if (route.pattern == "/api/v1/hosts/{id}/worker" && route.method == "POST")
+      body = R"({"libvirt_uri":"qemu:///system","coordinator_address":"h:1","worker_config":"qmp-dir = /x"})";
     Reply r = Call(route.method, Concrete(route.pattern, 999), body);
     EXPECT_EQ(r.status, 404) << route.method << " " << route.pattern << ": " << r;
     EXPECT_EQ(r.kind(), "not_found") << r;

@@ -405,6 +405,31 @@ UPDATE points SET disks = (
   WHERE s.session_id = points.session_id AND s.point_id = points.point_id AND t.state = 'succeeded')
 WHERE EXISTS (SELECT 1 FROM snapshots s WHERE s.session_id = points.session_id AND s.point_id = points.point_id);
 )sql",
+    // 7: worker appliances the coordinator deployed onto libvirt hosts
+    // (POST /hosts/{id}/worker), one per host, and their lifecycle state.
+    R"sql(
+CREATE TABLE appliances (
+  host_id INTEGER PRIMARY KEY REFERENCES hosts(id),
+  worker_id INTEGER REFERENCES workers(id) ON DELETE SET NULL,  -- NULL once a deployment failed
+  domain TEXT NOT NULL,               -- the libvirt domain, ferry-appliance-<host>
+  libvirt_uri TEXT NOT NULL,
+  pool TEXT NOT NULL,
+  image_volume TEXT NOT NULL,
+  config_volume TEXT NOT NULL,
+  network TEXT NOT NULL,              -- JSON {"type", "source"}
+  memory_mib INTEGER NOT NULL,
+  coordinator_address TEXT NOT NULL,
+  worker_config TEXT NOT NULL DEFAULT '',
+  idle_shutdown_s INTEGER NOT NULL,
+  state TEXT NOT NULL,  -- deploying | starting | running | idle | stopping | stopped | failed | unreachable
+  reason TEXT NOT NULL DEFAULT '',
+  state_changed_at INTEGER NOT NULL,
+  last_busy_at INTEGER NOT NULL,      -- the last time its host had work, or it was started
+  created_at INTEGER NOT NULL
+);
+-- "Has this host work?", once a second per appliance: open snapshots by host.
+CREATE INDEX snapshots_open_by_host ON snapshots(host_id) WHERE state IN ('pending', 'taking', 'ready', 'releasing');
+)sql",
 };
 
 [[noreturn]] void Fail(sqlite3* db, const std::string& what) {

@@ -143,6 +143,9 @@ constexpr const char* kDropMigration6 =
     "DROP TABLE restores; ALTER TABLE points DROP COLUMN disks; DROP INDEX sessions_by_kind; "
     "ALTER TABLE sessions DROP COLUMN kind; ";
 
+// Migration 7 (appliances) undone.
+constexpr const char* kDropMigration7 = "DROP TABLE appliances; DROP INDEX snapshots_open_by_host; ";
+
 TEST(Database, Migration5GivesExistingTasksNoStatistics) {
   std::string path = TempPath();
   std::filesystem::remove(path);
@@ -150,7 +153,7 @@ TEST(Database, Migration5GivesExistingTasksNoStatistics) {
     // As the version before it left the file (migration 4 is the last;
     // migration 6 undone too).
     Database db = Database::Open(path);
-    db.Execute(std::string(kDropMigration6) + kDropMigration5 + "PRAGMA user_version = 4");
+    db.Execute(std::string(kDropMigration7) + kDropMigration6 + kDropMigration5 + "PRAGMA user_version = 4");
     MakeSessionFixture(db);
     AddSessionWithTasks(db, 1, 3);
   }
@@ -182,7 +185,7 @@ TEST(Database, Migration2BackfillsTotalsOfExistingSessions) {
         "CREATE INDEX tasks_by_session ON tasks(session_id, state, bytes_done, bytes_total, rate); "
         "CREATE INDEX tasks_live ON tasks(state) WHERE state IN ('waiting', 'queued', 'running'); "
         "ALTER TABLE repositories DROP COLUMN token; ALTER TABLE repositories DROP COLUMN bandwidth; "
-        "ALTER TABLE workers DROP COLUMN bandwidth; " + std::string(kDropMigration5) + kDropMigration6 +
+        "ALTER TABLE workers DROP COLUMN bandwidth; " + std::string(kDropMigration7) + kDropMigration5 + kDropMigration6 +
         "PRAGMA user_version = 1");
     MakeSessionFixture(db);
     AddSessionWithTasks(db, 1, 4);
@@ -208,7 +211,7 @@ TEST(Database, Migration6RebuildsSessionsAndTasksKeepingEverything) {
     // Back to version 5: migration 6's objects removed. (Sessions and tasks
     // keep their new column types; the rebuild reads them the same way.)
     Database db = Database::Open(path);
-    db.Execute(std::string(kDropMigration6) + "PRAGMA user_version = 5");
+    db.Execute(std::string(kDropMigration7) + kDropMigration6 + "PRAGMA user_version = 5");
     MakeSessionFixture(db);
     AddSessionWithTasks(db, 1, 3);
     db.Execute("UPDATE tasks SET state = 'succeeded', bytes_done = bytes_total, bytes_read = 7, wall_us = 1000, "
@@ -310,6 +313,37 @@ TEST(Database, NotADatabaseIsReportedAsCorrupt) {
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kCorrupt) << e.what();
   }
+}
+
+// Migration 7 adds the appliances table to a version-6 file: existing hosts
+// and workers stay as they were, and a host gets an appliance row tied to
+// its worker (the worker's removal leaves the row without it).
+TEST(Database, Migration7AddsAppliancesKeepingHostsAndWorkers) {
+  std::string path = TempPath();
+  std::filesystem::remove(path);
+  {
+    Database db = Database::Open(path);
+    db.Execute(std::string(kDropMigration7) + "PRAGMA user_version = 6");
+    MakeSessionFixture(db);
+    db.Execute("INSERT INTO workers (id, name, token_hash, host_id, created_at) VALUES (1, 'w', 'hash', 1, 1)");
+  }
+  Database db = Database::Open(path);
+  EXPECT_EQ(db.SchemaVersion(), LatestSchemaVersion());
+  Statement kept = db.Prepare("SELECT (SELECT name FROM hosts WHERE id = 1), (SELECT host_id FROM workers WHERE id = 1)");
+  ASSERT_TRUE(kept.Step());
+  EXPECT_EQ(kept.Text(0), "h1");
+  EXPECT_EQ(kept.Int(1), 1);
+  db.Execute(
+      "INSERT INTO appliances (host_id, worker_id, domain, libvirt_uri, pool, image_volume, config_volume, network, "
+      "memory_mib, coordinator_address, idle_shutdown_s, state, state_changed_at, last_busy_at, created_at) "
+      "VALUES (1, 1, 'ferry-appliance-h1', 'qemu:///system', 'default', 'a.qcow2', 'a-cidata.img', "
+      "'{\"type\":\"user\"}', 768, '10.0.2.2:8081', 900, 'deploying', 1, 1, 1)");
+  db.Execute("PRAGMA foreign_keys = ON; DELETE FROM workers WHERE id = 1");
+  Statement row = db.Prepare("SELECT worker_id IS NULL, state, reason FROM appliances WHERE host_id = 1");
+  ASSERT_TRUE(row.Step());
+  EXPECT_EQ(row.Int(0), 1);
+  EXPECT_EQ(row.Text(1), "deploying");
+  EXPECT_EQ(row.Text(2), "");
 }
 
 }  // namespace

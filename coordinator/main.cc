@@ -22,6 +22,7 @@
 #include "ferry/common/file_util.h"
 #include "ferry/common/log.h"
 #include "ferry/coordinator/api.h"
+#include "ferry/coordinator/appliance_deployer.h"
 #include "ferry/coordinator/database.h"
 #include "ferry/coordinator/local_repositories.h"
 #include "ferry/coordinator/session_runner.h"
@@ -40,13 +41,16 @@ Commands:
   run --data DIR [--listen ADDR:PORT] [--rpc-listen ADDR:PORT]
       [--tls-cert FILE --tls-key FILE] [--ready-file FILE]
       [--heartbeat-interval-ms N] [--heartbeat-deadline-ms N]
-      [--repository-listen ADDR:PORT|off] [--repository-advertise HOST] [--verbose]
+      [--repository-listen ADDR:PORT|off] [--repository-advertise HOST]
+      [--appliance-image DIR] [--verbose]
       serve the web API (default 127.0.0.1:8080), the worker RPC endpoint
       (default 127.0.0.1:8081) and the repository service for repositories at
       local paths (default: the RPC address's host, a free port; workers are
       told where it is with each work item; --repository-advertise: the name
       workers reach it by); TLS on all three when given a certificate and key.
       --ready-file: once listening, write {"api": URL, "rpc": "ADDR:PORT"} there
+      --appliance-image: scripts/build-image's OUTDIR; enables POST
+      /hosts/{id}/worker, which deploys the worker appliance onto a libvirt host
 
 Exit codes: 0 ok, 2 bad input, 5 environment (see docs/error-policy.md).
 )";
@@ -71,6 +75,7 @@ struct Options {
   // "" = on the RPC address's host, a free port; "off" = none (workers then
   // open those paths themselves, so they must reach them).
   std::string repository_listen, repository_advertise;
+  std::string appliance_image;  // "": no appliance deployment
   int64_t heartbeat_interval_ms = 5000;
   int64_t heartbeat_deadline_ms = 15000;
 };
@@ -81,7 +86,7 @@ Options Parse(const std::vector<std::string>& args) {
   std::set<std::string> valued = {"data"};
   if (command == "run") {
     valued.insert({"listen", "rpc-listen", "tls-cert", "tls-key", "ready-file", "heartbeat-interval-ms",
-                   "heartbeat-deadline-ms", "repository-listen", "repository-advertise"});
+                   "heartbeat-deadline-ms", "repository-listen", "repository-advertise", "appliance-image"});
   } else if (command != "init") {
     throw ferry::Error(ferry::ErrorKind::kBadInput, "unknown command '" + command + "'\n" + kUsage);
   }
@@ -96,6 +101,7 @@ Options Parse(const std::vector<std::string>& args) {
   o.ready_file = a.Get("ready-file").value_or("");
   o.repository_listen = a.Get("repository-listen").value_or("");
   o.repository_advertise = a.Get("repository-advertise").value_or("");
+  o.appliance_image = a.Get("appliance-image").value_or("");
   o.heartbeat_interval_ms = a.GetInt("heartbeat-interval-ms", 100, 3600000).value_or(o.heartbeat_interval_ms);
   o.heartbeat_deadline_ms = a.GetInt("heartbeat-deadline-ms", 100, 3600000).value_or(o.heartbeat_deadline_ms);
   if (o.tls_cert.empty() != o.tls_key.empty())
@@ -146,7 +152,16 @@ int Run(const Options& o) {
   // A failed commit leaves the scheduler's memory ahead of the database:
   // stop (exit code of an environment error) and let a restart rebuild it.
   runner.SetFatalHandler([](const std::string&) { ::kill(::getpid(), SIGTERM); });  // wakes the wait below
-  ferry::coordinator::Api api(runner, DatabasePath(o.data), FERRY_VERSION);
+  // Worker appliances onto libvirt hosts (appliance_deployer.h), given an image.
+  std::unique_ptr<ferry::coordinator::ApplianceDeployer> appliances;
+  if (!o.appliance_image.empty()) {
+    if (::access((o.appliance_image + "/ferry-appliance.qcow2").c_str(), R_OK) != 0)
+      throw ferry::Error(ferry::ErrorKind::kBadInput, "--appliance-image " + o.appliance_image +
+                                                          ": no readable ferry-appliance.qcow2 (scripts/build-image OUTDIR)");
+    appliances = std::make_unique<ferry::coordinator::ApplianceDeployer>(runner, DatabasePath(o.data), o.appliance_image, clock);
+    appliances->Start();
+  }
+  ferry::coordinator::Api api(runner, DatabasePath(o.data), FERRY_VERSION, appliances.get());
 
   ferry::http::ServerOptions http_options;
   http_options.listen = o.listen;
@@ -215,8 +230,9 @@ int Run(const Options& o) {
     if (signal == SIGINT || signal == SIGTERM) break;
   }
   ferry::LogInfo("stopping");
-  rpc.Stop();
   http.Stop();
+  if (appliances) appliances->Stop();
+  rpc.Stop();
   if (std::string fatal = runner.FatalError(); !fatal.empty())
     throw ferry::Error(ferry::ErrorKind::kEnvironment, fatal);
   return 0;

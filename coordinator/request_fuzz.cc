@@ -55,7 +55,7 @@ const Target kTargets[] = {
     {"POST", "/api/v1/jobs"},  {"PATCH", "/api/v1/jobs/1"},  {"POST", "/api/v1/repositories"},
     {"PATCH", "/api/v1/repositories/1"}, {"POST", "/api/v1/hosts"}, {"PATCH", "/api/v1/hosts/1"},
     {"POST", "/api/v1/workers"}, {"POST", "/api/v1/jobs/1/stop"}, {"POST", "/api/v1/jobs/1/start"},
-    {"POST", "/api/v1/restores"}, {"POST", "/api/v1/sessions/1/stop"},
+    {"POST", "/api/v1/restores"}, {"POST", "/api/v1/sessions/1/stop"}, {"POST", "/api/v1/hosts/1/worker"},
 };
 constexpr size_t kTargetCount = sizeof kTargets / sizeof kTargets[0];
 
@@ -232,6 +232,10 @@ const std::vector<std::pair<int, std::string>> kCorpus = {
     {9, R"({"point":1,"host":"seed","target":{"type":"new_domain","pool":"default"}})"},
     {9, R"({"point":1,"target":{"type":"original_domain","confirm":true}})"},
     {10, ""},
+    {11, R"({"libvirt_uri":"qemu+ssh://root@kvm1/system","pool":"images","network":{"type":"bridge","source":"br0"},)"
+         R"("memory_mib":1024,"coordinator_address":"[::1]:8081","idle_shutdown_s":0,)"
+         R"("worker_config":"# more\nlibvirt = qemu+ssh://root@kvm1/system\nslots = 4\n"})"},
+    {11, R"({"libvirt_uri":"qemu:///system","coordinator_address":"10.0.2.2:8081","worker_config":"qmp-dir = /x"})"},
 };
 
 // Tokens that steer mutations towards the interesting parts of the parsers.
@@ -247,7 +251,9 @@ const std::vector<std::string> kDictionary = {
     "[[[[[[[[", "]]]]]]]]", "{\"a\":", ",", ":", "\"", "\\", "/", "\"proxmox\"", "\"libvirt\"", "\"vmware\"",
     "\"point\"", "\"target\"", "\"type\"", "\"file\"", "\"path\"", "\"format\"", "\"qcow2\"", "\"raw\"",
     "\"libvirt_domain\"", "\"new_domain\"", "\"original_domain\"", "\"directory\"", "\"pool\"",
-    "\"keep_macs\"", "\"confirm\"", "\"host\"",
+    "\"keep_macs\"", "\"confirm\"", "\"host\"", "\"libvirt_uri\"", "\"network\"", "\"source\"",
+    "\"bridge\"", "\"user\"", "\"memory_mib\"", "\"coordinator_address\"", "\"worker_config\"",
+    "\"idle_shutdown_s\"", "\"h:65536\"", "\"token-file = t\\n\"",
 };
 
 class Mutator {

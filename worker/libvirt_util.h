@@ -25,6 +25,22 @@ template <>
 struct VirDeleter<virDomainCheckpoint> {
   void operator()(virDomainCheckpointPtr p) const { virDomainCheckpointFree(p); }
 };
+template <>
+struct VirDeleter<virStoragePool> {
+  void operator()(virStoragePoolPtr p) const { virStoragePoolFree(p); }
+};
+template <>
+struct VirDeleter<virStorageVol> {
+  void operator()(virStorageVolPtr p) const { virStorageVolFree(p); }
+};
+template <>
+struct VirDeleter<virStream> {
+  void operator()(virStreamPtr p) const { virStreamFree(p); }
+};
+template <>
+struct VirDeleter<virNetwork> {
+  void operator()(virNetworkPtr p) const { virNetworkFree(p); }
+};
 template <typename T>
 using VirPtr = std::unique_ptr<T, VirDeleter<T>>;
 

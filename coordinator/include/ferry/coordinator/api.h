@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "ferry/coordinator/appliance_deployer.h"
 #include "ferry/coordinator/database.h"
 #include "ferry/coordinator/session_runner.h"
 #include "ferry/http/server.h"
@@ -29,7 +30,9 @@ struct Route {
 class Api {
  public:
   // db_path: the coordinator's database, opened read-only here.
-  Api(SessionRunner& runner, std::string db_path, std::string version);
+  // appliances: deploys worker appliances (POST /hosts/{id}/worker); null
+  // when the coordinator has no appliance image (those requests are 409).
+  Api(SessionRunner& runner, std::string db_path, std::string version, ApplianceDeployer* appliances = nullptr);
 
   http::Response Handle(const http::Request& request);
 
@@ -42,6 +45,7 @@ class Api {
   bool Authorized(const http::Request& request);
 
   SessionRunner& runner_;
+  ApplianceDeployer* appliances_;
   std::string db_path_;
   // Read-only connections, one per concurrent reader (WAL: each sees a
   // consistent snapshot, none waits for the scheduler's writes).

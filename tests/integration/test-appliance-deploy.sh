@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# The coordinator deploys the worker appliance onto a libvirt host (issue 13,
+# item 4), here this machine's own libvirtd: POST /hosts/{id}/worker uploads
+# the image and a config drive into a storage pool, defines and starts
+# ferry-appliance-<host> (user-mode networking: the coordinator is 10.0.2.2),
+# whose worker registers; with a short idle_shutdown_s it is shut down
+# (ACPI) to stopped; work queued for its host starts it again and it
+# re-registers; DELETE removes domain, volumes and worker. Bad requests (no
+# coordinator_address, an unknown pool) are 400 naming the field and leave
+# nothing; a deployment that fails in the background leaves nothing either.
+# Skips (77) only where libvirtd cannot run.
+. "$(dirname "$0")/common.sh" "$@"
+. "$TESTS_DIR/lib/coordinator.sh"
+. "$TESTS_DIR/lib/libvirt.sh"
+ROOT=$(cd "$TESTS_DIR/.." && pwd)
+export FERRY_IMAGE_ZSTD_LEVEL=9
+SIMWORKER=${FERRY_SIMWORKER:?set FERRY_SIMWORKER to the ferry-simworker binary}
+for tool in virsh libvirtd mkfs.fat mcopy; do
+  command -v "$tool" >/dev/null || { echo "SKIP: $tool is not installed"; exit 77; }
+done
+lv_ensure_daemons || { echo "SKIP: libvirtd cannot run here"; exit 77; }
+on_exit lv_cleanup_all
+chmod 755 "$WORK"  # libvirt's QEMU user reads the pool's volumes
+
+HOST=deploy-$$
+DOMAIN=ferry-appliance-$HOST
+POOL=ferry-test-$$
+PASSED=0
+on_exit "lv_virsh destroy $DOMAIN >/dev/null 2>&1; lv_virsh undefine $DOMAIN >/dev/null 2>&1; true"
+on_exit '((PASSED)) || { [[ -f /var/log/libvirt/qemu/'"$DOMAIN"'-console.log ]] && { echo "== console" >&2; tail -n 20 /var/log/libvirt/qemu/'"$DOMAIN"'-console.log >&2; }; [[ -n ${DATA:-} && -f $DATA/log ]] && tail -n 30 "$DATA/log" >&2; true; }'
+
+# --- the image, a storage pool of the test's own ---
+"$ROOT/scripts/build-image" "$WORK/image" 2>"$WORK/build.log" || { tail -20 "$WORK/build.log" >&2; fail "build-image failed"; }
+mkdir -p "$WORK/pool"
+lv_virsh pool-define-as "$POOL" dir --target "$WORK/pool" >/dev/null
+on_exit "lv_virsh pool-destroy $POOL >/dev/null 2>&1; lv_virsh pool-undefine $POOL >/dev/null 2>&1; true"
+lv_virsh pool-start "$POOL" >/dev/null
+ok "image built, pool $POOL at $WORK/pool"
+
+DATA=$WORK/coord
+coord_init "$DATA"
+coord_start "$DATA" --listen 127.0.0.1:0 --rpc-listen 127.0.0.1:0 --appliance-image "$WORK/image" \
+  --heartbeat-interval-ms 1000 --heartbeat-deadline-ms 8000
+RPC_PORT=${RPC##*:}
+HOST_ID=$(api POST /hosts "{\"name\": \"$HOST\", \"platform\": \"libvirt\"}" | jpy 'd["id"]')
+
+# One API call whatever its status: prints "STATUS BODY".
+call() {
+  python3 - "$API" "$TOKEN" "$@" <<'PY'
+import sys, urllib.request, urllib.error
+base, token, method, path = sys.argv[1:5]
+body = sys.argv[5].encode() if len(sys.argv) > 5 else None
+req = urllib.request.Request(base + "/api/v1" + path, data=body, method=method,
+                             headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
+try:
+    with urllib.request.urlopen(req) as r: print(r.status, r.read().decode())
+except urllib.error.HTTPError as e: print(e.code, e.read().decode())
+PY
+}
+appliance() { api GET "/hosts/$HOST_ID" | jpy "(d['appliance'] or {}).get('$1')"; }
+volumes() { lv_virsh vol-list "$POOL" | awk '{print $1}' | grep -c "^$DOMAIN" || true; }
+nothing_left() {
+  lv_virsh dominfo "$DOMAIN" >/dev/null 2>&1 && fail "$1: domain $DOMAIN exists"
+  lv_virsh pool-refresh "$POOL" >/dev/null
+  [[ $(volumes) == 0 ]] || fail "$1: volumes left in $POOL: $(lv_virsh vol-list "$POOL")"
+  [[ $(api GET /workers | jpy "len([w for w in d['workers'] if w['name'] == 'appliance-$HOST'])") == 0 ]] ||
+    fail "$1: a worker record is left"
+}
+BODY_TAIL='"network": {"type": "user"}, "worker_config": "qmp-dir = /var/empty\nplatform = libvirt"'
+
+# --- bad requests: 400 naming the field, nothing made ---
+r=$(call POST "/hosts/$HOST_ID/worker" "{\"libvirt_uri\": \"$LV_URI\", \"pool\": \"$POOL\", $BODY_TAIL}")
+[[ ${r%% *} == 400 && $(jpy 'd["error"]["field"]' <<<"${r#* }") == coordinator_address ]] || fail "no coordinator_address: $r"
+r=$(call POST "/hosts/$HOST_ID/worker" "{\"libvirt_uri\": \"$LV_URI\", \"pool\": \"no-such-pool-$$\", \"coordinator_address\": \"10.0.2.2:$RPC_PORT\", $BODY_TAIL}")
+[[ ${r%% *} == 400 && $(jpy 'd["error"]["field"]' <<<"${r#* }") == pool ]] || fail "an unknown pool: $r"
+[[ $(api GET "/hosts/$HOST_ID" | jpy 'd["appliance"]') == None ]] || fail "a refused request left an appliance"
+nothing_left "after refused requests"
+ok "refused: $(jpy 'd["error"]["message"]' <<<"${r#* }" | cut -c1-100)"
+
+# --- a deployment that fails in the background (a bridge the host lacks: the
+# domain cannot start) leaves nothing behind but its reason ---
+r=$(call POST "/hosts/$HOST_ID/worker" "{\"libvirt_uri\": \"$LV_URI\", \"pool\": \"$POOL\", \"coordinator_address\": \"10.0.2.2:$RPC_PORT\", \"network\": {\"type\": \"bridge\", \"source\": \"nobr$$\"}, \"worker_config\": \"qmp-dir = /var/empty\"}")
+[[ ${r%% *} == 202 ]] || fail "deploy onto a missing bridge: $r"
+failed() { [[ $(appliance state) == failed ]]; }
+wait_for "the deployment onto a missing bridge to fail" 60 failed
+[[ $(appliance reason) == *"nobr$$"* ]] || fail "the reason does not name the bridge: $(appliance reason)"
+[[ $(appliance worker_id) == None ]] || fail "a failed appliance keeps a worker: $(appliance worker_id)"
+nothing_left "after a failed deployment"
+ok "a failed deployment left nothing: $(appliance reason | cut -c1-110)"
+
+# --- deploy (replacing the failed one) ---
+T0=$SECONDS
+r=$(call POST "/hosts/$HOST_ID/worker" "{\"libvirt_uri\": \"$LV_URI\", \"pool\": \"$POOL\", \"coordinator_address\": \"10.0.2.2:$RPC_PORT\", \"idle_shutdown_s\": 15, \"memory_mib\": 768, \"files\": {\"known_hosts\": \"kvm1 ssh-ed25519 AAAA-$$\\n\"}, $BODY_TAIL}")
+[[ ${r%% *} == 202 ]] || fail "deploy: $r"
+[[ $(jpy 'd["appliance"]["state"]' <<<"${r#* }") == deploying ]] || fail "deploy: not deploying: $r"
+connected() { [[ $(api GET /workers | jpy "[w['state'] for w in d['workers'] if w['name'] == 'appliance-$HOST'][0]") == connected ]]; }
+up() { connected && [[ $(appliance state) =~ ^(idle|running)$ ]]; }
+wait_for "the appliance to register" 240 up
+[[ $(lv_virsh domstate "$DOMAIN") == running ]] || fail "domain $DOMAIN is not running"
+lv_virsh pool-refresh "$POOL" >/dev/null
+[[ $(volumes) == 2 ]] || fail "volumes: $(lv_virsh vol-list "$POOL")"
+[[ $(api GET /workers | jpy "[w['host'] for w in d['workers'] if w['name'] == 'appliance-$HOST'][0]") == "$HOST" ]] ||
+  fail "the appliance's worker did not register for host $HOST"
+# The config drive as the appliance read it: configuration, token, the extra file.
+drive=$WORK/pool/$DOMAIN-cidata.img
+MTOOLS_SKIP_CHECK=1 mtype -i "$drive" ::/ferry/config >"$WORK/drive-config"
+grep -qx "coordinator = 10.0.2.2:$RPC_PORT" "$WORK/drive-config" && grep -qx "host = $HOST" "$WORK/drive-config" &&
+  grep -qx "qmp-dir = /var/empty" "$WORK/drive-config" || fail "the config drive's configuration: $(cat "$WORK/drive-config")"
+[[ $(MTOOLS_SKIP_CHECK=1 mtype -i "$drive" ::/ferry/known_hosts) == "kvm1 ssh-ed25519 AAAA-$$" ]] || fail "the config drive lacks files.known_hosts"
+[[ $(MTOOLS_SKIP_CHECK=1 mtype -i "$drive" ::/ferry/token | tr -d '\r\n') == fy_* ]] || fail "the config drive lacks the token"
+"$FERRY" --coordinator "$API" host list | grep -E "^$HOST_ID +$HOST .*(idle|running)\s*$" >/dev/null ||
+  fail "ferry host list does not show the appliance's state: $("$FERRY" --coordinator "$API" host list)"
+"$FERRY" --coordinator "$API" host show "$HOST_ID" | grep -q "\"domain\":\"$DOMAIN\"" || fail "ferry host show lacks the appliance"
+ok "deployed: $DOMAIN ($(lv_virsh dumpxml "$DOMAIN" | grep -o "domain type='[a-z]*'")) registered $((SECONDS - T0)) s after the request, state $(appliance state)"
+
+# --- idle: shut down gracefully ---
+stopped() { [[ $(appliance state) == stopped && $(lv_virsh domstate "$DOMAIN") == "shut off" ]]; }
+wait_for "the idle appliance to stop" 150 stopped
+grep -q "stopping" "$DATA/log" || fail "no graceful shutdown in the log"
+grep -q "destroyed: it did not power off" "$DATA/log" && fail "it had to be destroyed: the ACPI shutdown did not work"
+ok "idle for 15 s: shut down (ACPI) to stopped: $(appliance reason)"
+
+# --- work queued for its host starts it again ---
+# The host's inventory, reported by a simulated worker that then goes away
+# (the appliance's worker sees no VMs: its path to the host is not built yet).
+SIM_TOKEN=$(worker_token "inventory-$HOST")
+printf '[{"token": "%s", "host": "%s", "platform": "libvirt", "cluster": "", "slots": 1, "vms": [{"name": "vm-%s", "uuid": "uuid-%s", "state": "running", "tags": [], "disks": [{"name": "vda", "size": 1073741824, "format": "qcow2"}]}]}]' \
+  "$SIM_TOKEN" "$HOST" "$HOST" "$HOST" >"$WORK/sim.json"
+sim_start inv --workers "$WORK/sim.json" --quiet
+wait_for "the host's inventory" 30 bash -c "[[ \$(FERRY_TOKEN=$TOKEN '$FERRY' --coordinator $API vm list --host $HOST --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)[\"vms\"]))') == 1 ]]"
+kill -TERM "${SIM_PID[inv]}"; wait "${SIM_PID[inv]}" || true
+[[ $(appliance state) == stopped ]] || fail "the appliance left stopped without work: $(appliance state)"
+before=$(api GET /workers | jpy "[w['registered_at'] for w in d['workers'] if w['name'] == 'appliance-$HOST'][0]")
+mkdir -p "$WORK/repo"
+REPO=$(api POST /repositories "{\"name\": \"r\", \"location\": \"$WORK/repo\"}" | jpy 'd["id"]')
+JOB=$(api POST /jobs "{\"name\": \"j\", \"repository\": $REPO, \"selection\": {\"vms\": [\"vm-$HOST\"]}, \"retries\": {\"count\": 0, \"interval_s\": 0}}" | jpy 'd["id"]')
+T1=$SECONDS
+api POST "/jobs/$JOB/start" >/dev/null
+started() { [[ $(appliance state) =~ ^(starting|running|idle)$ && $(lv_virsh domstate "$DOMAIN") == running ]]; }
+wait_for "queued work to start the appliance" 30 started
+reregistered() {
+  connected && [[ $(api GET /workers | jpy "[w['registered_at'] for w in d['workers'] if w['name'] == 'appliance-$HOST'][0]") != "$before" ]]
+}
+wait_for "the appliance's worker to register again" 240 reregistered
+ok "a queued snapshot for $HOST started it again; re-registered after $((SECONDS - T1)) s"
+session_done() { session_ended "$(api GET "/sessions?job=$JOB" | jpy 'd["sessions"][0]["id"]')"; }
+wait_for "the session to end (the appliance cannot reach the VM yet)" 120 session_done
+
+# --- DELETE removes everything ---
+api DELETE "/hosts/$HOST_ID/worker" >/dev/null
+nothing_left "after DELETE"
+[[ $(api GET "/hosts/$HOST_ID" | jpy 'd["appliance"]') == None ]] || fail "the host still shows an appliance"
+ok "DELETE: domain, both volumes and the worker record are gone"
+PASSED=1
