@@ -44,19 +44,6 @@ coord_start "$DATA" --listen 127.0.0.1:0 --rpc-listen 127.0.0.1:0 --appliance-im
 RPC_PORT=${RPC##*:}
 HOST_ID=$(api POST /hosts "{\"name\": \"$HOST\", \"platform\": \"libvirt\"}" | jpy 'd["id"]')
 
-# One API call whatever its status: prints "STATUS BODY".
-call() {
-  python3 - "$API" "$TOKEN" "$@" <<'PY'
-import sys, urllib.request, urllib.error
-base, token, method, path = sys.argv[1:5]
-body = sys.argv[5].encode() if len(sys.argv) > 5 else None
-req = urllib.request.Request(base + "/api/v1" + path, data=body, method=method,
-                             headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
-try:
-    with urllib.request.urlopen(req) as r: print(r.status, r.read().decode())
-except urllib.error.HTTPError as e: print(e.code, e.read().decode())
-PY
-}
 appliance() { api GET "/hosts/$HOST_ID" | jpy "(d['appliance'] or {}).get('$1')"; }
 volumes() { lv_virsh vol-list "$POOL" | awk '{print $1}' | grep -c "^$DOMAIN" || true; }
 nothing_left() {
@@ -69,9 +56,9 @@ nothing_left() {
 BODY_TAIL='"network": {"type": "user"}, "worker_config": "qmp-dir = /var/empty\nplatform = libvirt"'
 
 # --- bad requests: 400 naming the field, nothing made ---
-r=$(call POST "/hosts/$HOST_ID/worker" "{\"libvirt_uri\": \"$LV_URI\", \"pool\": \"$POOL\", $BODY_TAIL}")
+r=$(api_status POST "/hosts/$HOST_ID/worker" "{\"libvirt_uri\": \"$LV_URI\", \"pool\": \"$POOL\", $BODY_TAIL}")
 [[ ${r%% *} == 400 && $(jpy 'd["error"]["field"]' <<<"${r#* }") == coordinator_address ]] || fail "no coordinator_address: $r"
-r=$(call POST "/hosts/$HOST_ID/worker" "{\"libvirt_uri\": \"$LV_URI\", \"pool\": \"no-such-pool-$$\", \"coordinator_address\": \"10.0.2.2:$RPC_PORT\", $BODY_TAIL}")
+r=$(api_status POST "/hosts/$HOST_ID/worker" "{\"libvirt_uri\": \"$LV_URI\", \"pool\": \"no-such-pool-$$\", \"coordinator_address\": \"10.0.2.2:$RPC_PORT\", $BODY_TAIL}")
 [[ ${r%% *} == 400 && $(jpy 'd["error"]["field"]' <<<"${r#* }") == pool ]] || fail "an unknown pool: $r"
 [[ $(api GET "/hosts/$HOST_ID" | jpy 'd["appliance"]') == None ]] || fail "a refused request left an appliance"
 nothing_left "after refused requests"
@@ -79,7 +66,7 @@ ok "refused: $(jpy 'd["error"]["message"]' <<<"${r#* }" | cut -c1-100)"
 
 # --- a deployment that fails in the background (a bridge the host lacks: the
 # domain cannot start) leaves nothing behind but its reason ---
-r=$(call POST "/hosts/$HOST_ID/worker" "{\"libvirt_uri\": \"$LV_URI\", \"pool\": \"$POOL\", \"coordinator_address\": \"10.0.2.2:$RPC_PORT\", \"network\": {\"type\": \"bridge\", \"source\": \"nobr$$\"}, \"worker_config\": \"qmp-dir = /var/empty\"}")
+r=$(api_status POST "/hosts/$HOST_ID/worker" "{\"libvirt_uri\": \"$LV_URI\", \"pool\": \"$POOL\", \"coordinator_address\": \"10.0.2.2:$RPC_PORT\", \"network\": {\"type\": \"bridge\", \"source\": \"nobr$$\"}, \"worker_config\": \"qmp-dir = /var/empty\"}")
 [[ ${r%% *} == 202 ]] || fail "deploy onto a missing bridge: $r"
 failed() { [[ $(appliance state) == failed ]]; }
 wait_for "the deployment onto a missing bridge to fail" 60 failed
@@ -90,7 +77,7 @@ ok "a failed deployment left nothing: $(appliance reason | cut -c1-110)"
 
 # --- deploy (replacing the failed one) ---
 T0=$SECONDS
-r=$(call POST "/hosts/$HOST_ID/worker" "{\"libvirt_uri\": \"$LV_URI\", \"pool\": \"$POOL\", \"coordinator_address\": \"10.0.2.2:$RPC_PORT\", \"idle_shutdown_s\": 15, \"memory_mib\": 768, \"files\": {\"known_hosts\": \"kvm1 ssh-ed25519 AAAA-$$\\n\"}, $BODY_TAIL}")
+r=$(api_status POST "/hosts/$HOST_ID/worker" "{\"libvirt_uri\": \"$LV_URI\", \"pool\": \"$POOL\", \"coordinator_address\": \"10.0.2.2:$RPC_PORT\", \"idle_shutdown_s\": 15, \"memory_mib\": 768, \"files\": {\"known_hosts\": \"kvm1 ssh-ed25519 AAAA-$$\\n\"}, $BODY_TAIL}")
 [[ ${r%% *} == 202 ]] || fail "deploy: $r"
 [[ $(jpy 'd["appliance"]["state"]' <<<"${r#* }") == deploying ]] || fail "deploy: not deploying: $r"
 connected() { [[ $(api GET /workers | jpy "[w['state'] for w in d['workers'] if w['name'] == 'appliance-$HOST'][0]") == connected ]]; }

@@ -34,18 +34,6 @@ expect_http() {  # STATUS METHOD PATH BODY WANT
   local out; out=$(api_status "$2" "$3" "$4")
   [[ ${out%% *} == "$1" && $out == *"$5"* ]] || fail "$2 $3 $4: $out"
 }
-api_status() {
-  python3 - "$API" "$TOKEN" "$@" <<'PY'
-import sys, urllib.request, urllib.error
-base, token, method, path, body = sys.argv[1:6]
-req = urllib.request.Request(base + "/api/v1" + path, data=body.encode(), method=method,
-                             headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
-try:
-    r = urllib.request.urlopen(req); print(r.status, r.read().decode())
-except urllib.error.HTTPError as e:
-    print(e.code, e.read().decode())
-PY
-}
 expect_http 400 PATCH /workers/1 '{"bandwidth": "50MB/x"}' "bandwidth"
 expect_http 400 PATCH /repositories/1 '{"bandwidth": "50MB/s 25:00-26:00"}' "bandwidth"
 ok "bad bandwidth caps are refused with a message naming the field"

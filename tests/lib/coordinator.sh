@@ -6,6 +6,7 @@
 #   coord_start DIR [ARGS]    run it; sets API, RPC, COORD_PID
 #   coord_kill9               kill -9 the coordinator
 #   api METHOD PATH [BODY]    one API call; prints the JSON body, fails on >= 400
+#   api_status METHOD PATH [BODY]  the same whatever its status; prints "STATUS BODY"
 #   jpy EXPR                  evaluates EXPR over the JSON on stdin (as `d`)
 #   sim_start NAME ARGS...    start ferry-simworker in the background; SIM_PID[NAME]
 COORDINATOR=${FERRY_COORDINATOR:?set FERRY_COORDINATOR to the ferry-coordinator binary}
@@ -41,6 +42,22 @@ try:
 except urllib.error.HTTPError as e:
     sys.stderr.write(f"{method} {path}: HTTP {e.code}: {e.read().decode()}\n")
     sys.exit(1)
+PY
+}
+
+# api_status METHOD PATH [BODY]: one API call whatever its status; prints "STATUS BODY".
+api_status() {
+  python3 - "$API" "$TOKEN" "$@" <<'PY'
+import sys, urllib.request, urllib.error
+base, token, method, path = sys.argv[1:5]
+body = sys.argv[5].encode() if len(sys.argv) > 5 else None
+req = urllib.request.Request(base + "/api/v1" + path, data=body, method=method,
+                             headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
+try:
+    with urllib.request.urlopen(req, timeout=30) as r:
+        print(r.status, r.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code, e.read().decode())
 PY
 }
 
