@@ -48,6 +48,11 @@ Commands:
            check every manifest and index, read back and check every chunk the
            points reference; damaged chunks are quarantined (the next backup
            stores them again)
+  gc       --repo DIR [--dry-run] [--json] [--window MINUTES]
+           remove the chunks no restore point references (safe while backups,
+           restores and verifies run; resumes where a killed GC stopped)
+  space    --repo DIR [--json]
+           stored, logical and unique bytes per point, dedup ratio, garbage
 
   inventory (--qmp-dir DIR | --libvirt URI) [--timeout SECONDS] [--json]
            list the VMs of a host (a directory of QMP sockets, or libvirt)
@@ -71,7 +76,7 @@ Exit codes: 0 ok, 2 bad input, 3 not found, 4 corrupt data, 5 environment
 
 // Run by ferry-host (worker/cli/main.cc); `_guardian` is ferry-host's own
 // re-exec of itself, listed so `ferry _guardian` keeps working too.
-const std::set<std::string> kHostCommands = {"init",  "backup",      "list",   "restore", "restore-vm", "verify",
+const std::set<std::string> kHostCommands = {"init",  "backup",      "list",   "restore", "restore-vm", "verify", "gc", "space",
                                              "inventory", "stage", "backup-disk", "commit", "discard", "_guardian"};
 
 std::atomic<bool> g_interrupted{false};

@@ -770,7 +770,7 @@ GcReport CollectGarbage(const std::string& repo_dir, const GcOptions& options, G
     saved.window_s = options.window.count();
     LogInfo("gc: marked " + std::to_string(marked.size()) + " chunk(s) referenced by " + std::to_string(m.points) +
             " point(s) and " + std::to_string(m.staged_points) + " staged point(s) (" + std::to_string(m.indexes) +
-            " index(es)) in " + std::to_string(report.mark_seconds) + " s; cutoff " + Rfc3339(report.cutoff_ns));
+            " index(es)) in " + std::to_string(static_cast<int64_t>(report.mark_seconds * 1000)) + " ms; cutoff " + Rfc3339(report.cutoff_ns));
     if (!options.dry_run) {
       MakeDirectory(gc_dir);
       std::string bytes = MarkedFileBytes(marked);

@@ -42,6 +42,9 @@ int StageCommand(const Args& args);
 int BackupDiskCommand(const Args& args);
 int CommitCommand(const Args& args);
 int DiscardCommand(const Args& args);
+// Repository upkeep (gc_commands.cc): garbage collection, space accounting.
+int GcCommand(const Args& args);
+int SpaceCommand(const Args& args);
 // Internal: cleans up a backup session's snapshot if the backup process dies.
 int GuardianCommand(const Args& args);
 
