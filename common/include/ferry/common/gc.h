@@ -51,9 +51,12 @@ struct GcOptions {
   // clock steps and skew between the hosts writing to the repository.
   std::chrono::seconds window = kDefaultGcWindow;
   bool dry_run = false;  // count what would be removed; write and remove nothing
+  // Threads sweeping chunk directories: removals wait on the file system.
+  unsigned threads = 4;
   const std::atomic<bool>* cancel = nullptr;  // kInterrupted; the state stays, resumable
-  // Tests: called after each chunk directory is swept (0..4095); throwing
-  // from it stops the GC as a kill would, without saving progress.
+  // Tests: called after each chunk directory is swept (0..4095), one call
+  // at a time; throwing from it stops the GC as a kill would, without saving
+  // progress.
   std::function<void(unsigned directory)> after_directory;
 };
 
