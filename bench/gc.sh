@@ -11,6 +11,10 @@
 # cold (page cache dropped before each, when this may drop it) and warm
 # (each right after a run that read the same files). The cold GC removes the
 # garbage; the warm one finds none left, so it measures mark and sweep only.
+# Then the file system's own cost of removing as many files as the GC removed
+# (32-byte files in 4096 directories, created, cache dropped, `find -delete`):
+# a GC that removes garbage cannot be faster than the unlinks (set
+# BENCH_UNLINK_FLOOR=0 to skip).
 # Usage: bench/gc.sh [WORKDIR] [CHUNKS] [POINTS] [WIDTH]
 #   (default /var/tmp/ferry-bench-gc 1000000 1000 5000; the repository is deleted after)
 set -euo pipefail
@@ -77,6 +81,27 @@ else
   b=$(baseline); g=$(gc)
   report warm_with_garbage "$b" "$g"
 fi
+first_gc=$g
 b=$(baseline); g=$(gc)
 report warm "$b" "$g"
 echo "gc_rss_kib=$( { /usr/bin/time -f %M "$ferry" --quiet gc --repo "$repo" >/dev/null; } 2>&1 | tail -1)"
+
+if [[ ${BENCH_UNLINK_FLOOR:-1} == 1 ]]; then
+  garbage=$(sed -n 's/.*"chunks_removed":\([0-9]*\).*/\1/p' <<<"${cold_line:-$first_gc}")
+  floor=$work/unlink-floor
+  mkdir -p "$floor"
+  python3 - "$floor" "$garbage" <<'PY'
+import hashlib, os, sys
+d, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    h = hashlib.sha256(i.to_bytes(8, "little")).hexdigest()
+    os.makedirs(os.path.join(d, h[:3]), exist_ok=True)
+    with open(os.path.join(d, h[:3], h), "wb") as f:
+        f.write(b"x" * 32)
+PY
+  drop
+  t0=$(now)
+  find "$floor" -type f -delete
+  echo "unlink_floor_files=$garbage"
+  echo "unlink_floor_s=$(awk "BEGIN{printf \"%.2f\", $(now) - $t0}")"
+fi

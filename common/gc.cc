@@ -803,6 +803,10 @@ GcReport CollectGarbage(const std::string& repo_dir, const GcOptions& options, G
             " index(es)) in " + std::to_string(static_cast<int64_t>(report.mark_seconds * 1000)) + " ms; cutoff " + Rfc3339(report.cutoff_ns));
     if (!options.dry_run) {
       MakeDirectory(gc_dir);
+      // An old state (one not resumed) goes before its mark is replaced.
+      if (::unlink((gc_dir + "/state.json").c_str()) != 0 && errno != ENOENT) {
+        throw ErrnoError("removing the old GC state " + gc_dir + "/state.json", errno);
+      }
       std::string bytes = MarkedFileBytes(marked);
       WriteFileAtomically(gc_dir + "/marked", bytes);
       saved.marked_count = marked.size();
