@@ -582,8 +582,9 @@ class GcLock {
 class Sweeper {
  public:
   Sweeper(int chunks_fd, std::string chunks_dir, const std::vector<Digest>& marked, int64_t cutoff_ns, bool dry_run,
-          GcReport& report)
-      : chunks_fd_(chunks_fd),
+          const std::function<void(const std::string&)>& before_removal, GcReport& report)
+      : before_removal_(before_removal),
+        chunks_fd_(chunks_fd),
         chunks_dir_(std::move(chunks_dir)),
         marked_(marked),
         cutoff_ns_(cutoff_ns),
@@ -651,6 +652,7 @@ class Sweeper {
     if (!st) return;
     if (MtimeNs(*st) >= cutoff_ns_) return KeptByWindow(*st);
     if (dry_run_) return Removed(*st);
+    if (before_removal_) before_removal_(name);
     const std::string doomed = ".gc-" + name;
     if (::renameat(fd, name.c_str(), fd, doomed.c_str()) != 0) {
       if (errno == ENOENT) return;
@@ -704,6 +706,7 @@ class Sweeper {
     }
   }
 
+  const std::function<void(const std::string&)>& before_removal_;
   int chunks_fd_;
   std::string chunks_dir_;
   const std::vector<Digest>& marked_;
@@ -846,7 +849,8 @@ GcReport CollectGarbage(const std::string& repo_dir, const GcOptions& options, G
   };
   auto worker = [&] {
     GcReport local;
-    Sweeper sweeper(chunks_fd.get(), chunks_dir, marked, report.cutoff_ns, options.dry_run, local);
+    Sweeper sweeper(chunks_fd.get(), chunks_dir, marked, report.cutoff_ns, options.dry_run, options.before_removal,
+                    local);
     try {
       for (unsigned dir; !stop && (dir = next_dir++) < kChunkDirectories;) {
         if (options.cancel && options.cancel->load()) break;

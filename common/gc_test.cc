@@ -210,6 +210,25 @@ TEST_F(GcTest, FindMissingMarksPresentChunksInUse) {
   EXPECT_EQ(Gc().chunks_removed, 0u);
 }
 
+TEST_F(GcTest, ATouchBetweenTheFirstLookAndTheRemovalKeepsTheChunk) {
+  Digest d = Store("deduplicated-during-the-sweep");
+  Digest g = Store("garbage");
+  Age(d, 2 * kHour);
+  Age(g, 2 * kHour);
+  GcOptions o;
+  o.threads = 1;
+  o.before_removal = [&](const std::string& hex) {
+    if (hex == d.Hex()) {
+      EXPECT_TRUE(repo_->chunks().Contains(d));  // a backup's dedupe hit, right then
+    }
+  };
+  GcReport r = Gc(o);
+  EXPECT_TRUE(Exists(d));
+  EXPECT_FALSE(Exists(g));
+  EXPECT_EQ(r.chunks_removed, 1u);
+  EXPECT_EQ(r.chunks_kept_by_window, 1u);
+}
+
 TEST_F(GcTest, RemovedPointsUniqueChunksGoAndSharedOnesStay) {
   std::string a = Commit({"shared", "only-a"});
   std::string b = Commit({"shared", "only-b1", "only-b2"});

@@ -58,6 +58,9 @@ struct GcOptions {
   // at a time; throwing from it stops the GC as a kill would, without saving
   // progress.
   std::function<void(unsigned directory)> after_directory;
+  // Tests: called between the sweep's first look at an old unmarked chunk
+  // and its rename (the window a backup's touch can fall into).
+  std::function<void(const std::string& digest_hex)> before_removal;
 };
 
 enum class GcPhase { kStarting = 0, kMark = 1, kSweep = 2, kDone = 3 };
