@@ -29,7 +29,7 @@
 //
 // Cost: one read of every index and one pass over the 4096 chunk
 // directories (readdir, a stat of unmarked chunks only). Memory: 32 bytes per
-// referenced chunk (the sorted mark), about twice that while marking.
+// referenced chunk (the sorted mark), 46 to 91 more while marking.
 #pragma once
 
 #include <atomic>
