@@ -19,9 +19,9 @@
 #include <unistd.h>
 
 #include <cstdio>
-#include <exception>
 #include <cstdlib>
 #include <ctime>
+#include <exception>
 #include <string>
 #include <vector>
 

@@ -20,9 +20,9 @@
 #include <ctime>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <thread>
 #include <utility>
-#include <set>
 
 #include "ferry/common/checksum.h"
 #include "ferry/common/error.h"
@@ -273,8 +273,10 @@ void MarkStaging(const std::string& repo_dir, MarkResult& r, uint32_t staged_own
   std::set<std::string> ids;
   for (const auto& name : ListDirectory(staging)) {
     std::string id = name;
-    if (id.ends_with(".lock")) id.resize(id.size() - 5);
-    else if (id.ends_with(".stage")) id.resize(id.size() - 6);
+    if (id.ends_with(".lock"))
+      id.resize(id.size() - 5);
+    else if (id.ends_with(".stage"))
+      id.resize(id.size() - 6);
     ids.insert(id);
   }
   for (const auto& id : ids) {
@@ -343,8 +345,7 @@ MarkResult Mark(const std::string& repo_dir, Repository& repo, bool track_points
     } catch (const Error& e) {
       if (e.kind() == ErrorKind::kBadInput) throw e.WithContext("garbage collection cannot read point " + id);
       if (e.kind() == ErrorKind::kNotFound && !PathExists(dir)) continue;  // removed meanwhile
-      r.problems.push_back("point " + id + ": " + e.what() + "; every index file in " + dir +
-                           " read without a check");
+      r.problems.push_back("point " + id + ": " + e.what() + "; every index file in " + dir + " read without a check");
     }
     ++r.points;
     if (loaded) {
@@ -449,7 +450,8 @@ std::string MarkedFileBytes(const std::vector<Digest>& marked) {
   std::memcpy(out.data(), magic.data(), 8);
   uint64_t n = marked.size();
   for (int i = 0; i < 8; ++i) out[8 + i] = static_cast<char>(n >> (8 * i));
-  for (size_t i = 0; i < marked.size(); ++i) std::memcpy(out.data() + kFixedIndexHeaderSize + 32 * i, marked[i].bytes.data(), 32);
+  for (size_t i = 0; i < marked.size(); ++i)
+    std::memcpy(out.data() + kFixedIndexHeaderSize + 32 * i, marked[i].bytes.data(), 32);
   return out;
 }
 
@@ -458,7 +460,8 @@ std::vector<Digest> MarkedFromBytes(const std::string& bytes, const std::string&
   CheckMagic(reinterpret_cast<const unsigned char*>(bytes.data()), kMarkedFamily, 1, path);
   uint64_t n = 0;
   for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(static_cast<uint8_t>(bytes[8 + i])) << (8 * i);
-  if (bytes.size() != kFixedIndexHeaderSize + 32 * n) throw Error(ErrorKind::kCorrupt, path + ": size does not match its count");
+  if (bytes.size() != kFixedIndexHeaderSize + 32 * n)
+    throw Error(ErrorKind::kCorrupt, path + ": size does not match its count");
   std::vector<Digest> out(n);
   for (uint64_t i = 0; i < n; ++i) std::memcpy(out[i].bytes.data(), bytes.data() + kFixedIndexHeaderSize + 32 * i, 32);
   if (!std::is_sorted(out.begin(), out.end(), DigestLess)) throw Error(ErrorKind::kCorrupt, path + ": not sorted");
@@ -467,7 +470,7 @@ std::vector<Digest> MarkedFromBytes(const std::string& bytes, const std::string&
 
 struct SavedGc {
   std::string repository_id;
-  int64_t started_at = 0;   // Unix seconds
+  int64_t started_at = 0;  // Unix seconds
   int64_t window_s = 0;
   unsigned next_directory = 0;
   uint64_t marked_count = 0;
@@ -718,7 +721,8 @@ class Sweeper {
 UniqueFd OpenChunksDir(const std::string& chunks_dir) {
   UniqueFd fd(::open(chunks_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!fd.valid()) {
-    if (errno == ENOENT) throw Error(ErrorKind::kCorrupt, "the repository's chunk directory " + chunks_dir + " is missing");
+    if (errno == ENOENT)
+      throw Error(ErrorKind::kCorrupt, "the repository's chunk directory " + chunks_dir + " is missing");
     throw ErrnoError("opening chunk directory " + chunks_dir, errno);
   }
   return fd;
@@ -746,7 +750,8 @@ std::optional<std::pair<SavedGc, std::vector<Digest>>> LoadSavedGc(const std::st
       throw Error(ErrorKind::kCorrupt, marked_path + " does not match the checksum in " + state_path);
     }
     std::vector<Digest> marked = MarkedFromBytes(bytes, marked_path);
-    if (marked.size() != s.marked_count) throw Error(ErrorKind::kCorrupt, marked_path + ": count does not match the state");
+    if (marked.size() != s.marked_count)
+      throw Error(ErrorKind::kCorrupt, marked_path + ": count does not match the state");
     return std::make_pair(std::move(s), std::move(marked));
   } catch (const Error& e) {
     // Starting over is always safe (a new mark and a new cutoff).
@@ -796,14 +801,16 @@ GcReport CollectGarbage(const std::string& repo_dir, const GcOptions& options, G
     report.unchecked_indexes = m.unchecked_indexes;
     marked = m.table.TakeSorted();
     report.started_at = started_ns / 1000000000;
-    report.cutoff_ns = std::min(started_ns, m.oldest_staged_ns) - static_cast<int64_t>(options.window.count()) * 1000000000;
+    report.cutoff_ns =
+        std::min(started_ns, m.oldest_staged_ns) - static_cast<int64_t>(options.window.count()) * 1000000000;
     report.mark_seconds = Since(mark_start);
     saved.repository_id = repo->config().id;
     saved.started_at = report.started_at;
     saved.window_s = options.window.count();
     LogInfo("gc: marked " + std::to_string(marked.size()) + " chunk(s) referenced by " + std::to_string(m.points) +
             " point(s) and " + std::to_string(m.staged_points) + " staged point(s) (" + std::to_string(m.indexes) +
-            " index(es)) in " + std::to_string(static_cast<int64_t>(report.mark_seconds * 1000)) + " ms; cutoff " + Rfc3339(report.cutoff_ns));
+            " index(es)) in " + std::to_string(static_cast<int64_t>(report.mark_seconds * 1000)) + " ms; cutoff " +
+            Rfc3339(report.cutoff_ns));
     if (!options.dry_run) {
       MakeDirectory(gc_dir);
       // An old state (one not resumed) goes before its mark is replaced.
@@ -954,7 +961,8 @@ SpaceReport MeasureSpace(const std::string& repo_dir, GcProgress* progress) {
     if (progress) progress->directories_done = dir + 1;
   }
   r.missing_chunks = m.table.size() - found_referenced;
-  r.dedup_ratio = r.referenced_bytes ? static_cast<double>(r.logical_bytes) / static_cast<double>(r.referenced_bytes) : 0;
+  r.dedup_ratio =
+      r.referenced_bytes ? static_cast<double>(r.logical_bytes) / static_cast<double>(r.referenced_bytes) : 0;
   CountQuarantine(repo_dir, &r.quarantined_chunks, &r.quarantined_bytes);
   if (progress) progress->phase = static_cast<int>(GcPhase::kDone);
   return r;

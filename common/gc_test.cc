@@ -413,8 +413,10 @@ TEST_F(GcTest, SurvivesKillsAtRandomMoments) {
     ::kill(pid, SIGKILL);
     int status;
     ::waitpid(pid, &status, 0);
-    if (WIFSIGNALED(status)) ++killed;
-    else EXPECT_EQ(WEXITSTATUS(status), 0);
+    if (WIFSIGNALED(status))
+      ++killed;
+    else
+      EXPECT_EQ(WEXITSTATUS(status), 0);
     // Between kills, every point is whole.
     for (const auto& k : kept) {
       if (!Exists(DigestOf(k))) {

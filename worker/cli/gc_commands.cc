@@ -23,8 +23,9 @@ namespace {
 std::string LocalRepositoryDirectory(const Arguments& a, const std::string& command) {
   std::string dir = a.Require("repo");
   if (dir.find("://") != std::string::npos) {
-    throw Error(ErrorKind::kBadInput, "ferry " + command + " runs on the machine that holds the repository's "
-                                      "directory; give --repo as that directory, not a service address");
+    throw Error(ErrorKind::kBadInput, "ferry " + command +
+                                          " runs on the machine that holds the repository's "
+                                          "directory; give --repo as that directory, not a service address");
   }
   return dir;
 }
@@ -89,8 +90,9 @@ int GcCommand(const Args& args) {
     return 0;
   }
   const std::string verb = r.dry_run ? "would remove" : "removed";
-  std::cout << "gc: " << r.points << " point(s) and " << r.staged_points << " staged point(s) read ("
-            << r.indexes << " index(es)" << (r.unchecked_indexes ? ", " + std::to_string(r.unchecked_indexes) + " without a check" : "")
+  std::cout << "gc: " << r.points << " point(s) and " << r.staged_points << " staged point(s) read (" << r.indexes
+            << " index(es)"
+            << (r.unchecked_indexes ? ", " + std::to_string(r.unchecked_indexes) + " without a check" : "")
             << "): " << r.chunks_referenced << " chunk(s) referenced\n"
             << "gc: " << r.chunks_seen << " chunk(s) in the store; " << verb << " " << r.chunks_removed << " ("
             << HumanBytes(static_cast<double>(r.bytes_removed)) << "); kept " << r.chunks_kept_by_window
@@ -153,12 +155,12 @@ int SpaceCommand(const Args& args) {
     std::cout << json::serialize(o) << std::endl;
     return 0;
   }
-  std::printf("%-30s %-16s %-10s %10s %9s %9s %10s\n", "POINT", "VM", "CHAIN", "LOGICAL", "CHUNKS", "UNIQUE",
-              "FREES");
+  std::printf("%-30s %-16s %-10s %10s %9s %9s %10s\n", "POINT", "VM", "CHAIN", "LOGICAL", "CHUNKS", "UNIQUE", "FREES");
   for (const auto& p : r.points_space) {
     std::printf("%-30s %-16s %-10s %10s %9llu %9llu %10s\n", p.id.c_str(), p.vm.c_str(), p.chain.c_str(),
                 HumanBytes(static_cast<double>(p.logical_bytes)).c_str(), static_cast<unsigned long long>(p.chunks),
-                static_cast<unsigned long long>(p.unique_chunks), HumanBytes(static_cast<double>(p.unique_bytes)).c_str());
+                static_cast<unsigned long long>(p.unique_chunks),
+                HumanBytes(static_cast<double>(p.unique_bytes)).c_str());
   }
   auto bytes = [](uint64_t b) { return HumanBytes(static_cast<double>(b)); };
   std::cout << "repository: " << r.points << " point(s), " << bytes(r.logical_bytes) << " logical; " << r.chunks
@@ -169,7 +171,8 @@ int SpaceCommand(const Args& args) {
             << ")\n"
             << "garbage: " << r.garbage_chunks << " chunk(s), " << bytes(r.garbage_bytes)
             << " referenced by nothing (ferry gc frees those older than its window)\n";
-  if (r.missing_chunks) std::cout << "missing: " << r.missing_chunks << " referenced chunk(s) have no file (run ferry verify)\n";
+  if (r.missing_chunks)
+    std::cout << "missing: " << r.missing_chunks << " referenced chunk(s) have no file (run ferry verify)\n";
   if (r.quarantined_chunks) {
     std::cout << "quarantine: " << r.quarantined_chunks << " damaged chunk(s), " << bytes(r.quarantined_bytes) << "\n";
   }

@@ -66,7 +66,7 @@ struct GcOptions {
 enum class GcPhase { kStarting = 0, kMark = 1, kSweep = 2, kDone = 3 };
 
 struct GcProgress {
-  std::atomic<int> phase{0};  // GcPhase
+  std::atomic<int> phase{0};              // GcPhase
   std::atomic<uint64_t> points_total{0};  // mark: committed points
   std::atomic<uint64_t> points_read{0};
   std::atomic<uint64_t> directories_done{0};  // of kChunkDirectories
@@ -77,16 +77,16 @@ inline constexpr unsigned kChunkDirectories = 4096;
 
 struct GcReport {
   bool dry_run = false;
-  bool resumed = false;             // continued a GC that was killed or interrupted
-  int64_t started_at = 0;           // Unix seconds, of the GC whose mark is used
-  int64_t cutoff_ns = 0;            // Unix nanoseconds
-  std::string cutoff;               // RFC 3339
-  uint64_t points = 0;              // committed points read
-  uint64_t staged_points = 0;       // staged points seen
-  uint64_t indexes = 0;             // index files read (committed and staged)
-  uint64_t unchecked_indexes = 0;   // read without their checksum (damaged or unreadable manifest)
-  uint64_t chunks_referenced = 0;   // distinct marked digests
-  uint64_t chunks_seen = 0;         // chunk files met by the sweep
+  bool resumed = false;            // continued a GC that was killed or interrupted
+  int64_t started_at = 0;          // Unix seconds, of the GC whose mark is used
+  int64_t cutoff_ns = 0;           // Unix nanoseconds
+  std::string cutoff;              // RFC 3339
+  uint64_t points = 0;             // committed points read
+  uint64_t staged_points = 0;      // staged points seen
+  uint64_t indexes = 0;            // index files read (committed and staged)
+  uint64_t unchecked_indexes = 0;  // read without their checksum (damaged or unreadable manifest)
+  uint64_t chunks_referenced = 0;  // distinct marked digests
+  uint64_t chunks_seen = 0;        // chunk files met by the sweep
   uint64_t chunks_removed = 0;
   uint64_t bytes_removed = 0;
   uint64_t chunks_kept_by_window = 0;  // unreferenced, but younger than the cutoff
@@ -95,9 +95,9 @@ struct GcReport {
   uint64_t temp_files_removed = 0;  // a killed writer's temp files
   uint64_t quarantined_chunks = 0;  // in quarantine/, left alone
   uint64_t quarantined_bytes = 0;
-  double mark_seconds = 0;   // summed over the runs of a resumed GC
+  double mark_seconds = 0;  // summed over the runs of a resumed GC
   double sweep_seconds = 0;
-  double seconds = 0;        // this run
+  double seconds = 0;  // this run
 };
 
 // Runs a GC on the repository in `repo_dir` (a local directory), or resumes
@@ -119,19 +119,19 @@ struct PointSpace {
 
 struct SpaceReport {
   uint64_t points = 0;
-  uint64_t chunks = 0;            // chunk files
-  uint64_t stored_bytes = 0;      // their sizes
-  uint64_t referenced_chunks = 0; // chunk files some point or staged index references
+  uint64_t chunks = 0;             // chunk files
+  uint64_t stored_bytes = 0;       // their sizes
+  uint64_t referenced_chunks = 0;  // chunk files some point or staged index references
   uint64_t referenced_bytes = 0;
-  uint64_t missing_chunks = 0;    // referenced, but no chunk file (damaged points)
-  uint64_t garbage_chunks = 0;    // referenced by nothing: what a GC would remove (window aside)
+  uint64_t missing_chunks = 0;  // referenced, but no chunk file (damaged points)
+  uint64_t garbage_chunks = 0;  // referenced by nothing: what a GC would remove (window aside)
   uint64_t garbage_bytes = 0;
   uint64_t staged_only_chunks = 0;  // referenced only by staging (backups under way)
   uint64_t staged_only_bytes = 0;
-  uint64_t logical_bytes = 0;     // sum of the points' disk sizes
+  uint64_t logical_bytes = 0;  // sum of the points' disk sizes
   uint64_t quarantined_chunks = 0;
   uint64_t quarantined_bytes = 0;
-  double dedup_ratio = 0;         // logical_bytes / referenced_bytes (0 when nothing is stored)
+  double dedup_ratio = 0;                // logical_bytes / referenced_bytes (0 when nothing is stored)
   std::vector<PointSpace> points_space;  // oldest first
   std::vector<std::string> problems;     // points read best-effort, and why
 };
