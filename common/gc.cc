@@ -308,10 +308,11 @@ void MarkStaging(const std::string& repo_dir, MarkResult& r, uint32_t staged_own
     }
     for (const auto& f : files) {
       if (!f.ends_with(".fidx")) continue;
-      std::string problem;
       try {
-        // A disk being written: entries not yet set read as zero markers.
-        MarkIndex(base + "/" + f, nullptr, r.table, staged_owner, &problem);
+        // Read, not mapped: a disk written again truncates its index, which
+        // would fault a mapping. Entries not yet set read as zero markers.
+        std::string bytes = ReadWholeFile(base + "/" + f);
+        MarkDigests({reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()}, r.table, staged_owner);
         ++r.indexes;
       } catch (const Error& e) {
         if (e.kind() != ErrorKind::kNotFound) throw;
@@ -767,6 +768,11 @@ GcReport CollectGarbage(const std::string& repo_dir, const GcOptions& options, G
   auto repo = Repository::Open(repo_dir);
   if (!options.dry_run) repo->PrepareForWriting();
   GcLock lock(repo_dir, options.dry_run);
+  // Expired staging would hold the cutoff back to its start: the point
+  // store's own sweep removes it first (what every Stage does).
+  if (!options.dry_run) {
+    for (const auto& id : repo->points().RemoveExpired()) LogInfo("removed expired staging of point " + id);
+  }
   const std::string gc_dir = repo_dir + "/gc";
   const std::string chunks_dir = repo_dir + "/chunks";
   UniqueFd chunks_fd = OpenChunksDir(chunks_dir);

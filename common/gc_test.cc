@@ -194,6 +194,17 @@ TEST_F(GcTest, KeepsChunksOfStagedPointsAndWhatTheirBackupsMayStillUse) {
   EXPECT_TRUE(Clean());
 }
 
+TEST_F(GcTest, ExpiredStagingDoesNotHoldTheCutoffBack) {
+  StagedPointHeader h = Header(Rfc3339For(::time(nullptr) - 3 * kHour));
+  h.expires_at = ::time(nullptr) - 60;  // its backup died an hour ago, say
+  repo_->points().Stage(h);
+  Store("garbage");
+  Age(DigestOf("garbage"), 2 * kHour);
+  GcReport r = Gc();
+  EXPECT_EQ(r.staged_points, 0u);  // removed by the point store's sweep first
+  EXPECT_FALSE(Exists(DigestOf("garbage")));
+}
+
 TEST_F(GcTest, FindMissingMarksPresentChunksInUse) {
   Digest d = Store("old-but-deduplicated");
   Age(d, 3 * kHour);
