@@ -137,7 +137,7 @@ std::string DoomedRelativePath(const std::string& hex) { return hex.substr(0, kP
 // compares with its cutoff. Both times set to now, so write access (not
 // ownership) suffices. Returns errno (0 on success).
 int TouchChunk(int dir_fd, const std::string& rel) {
-  return ::utimensat(dir_fd, rel.c_str(), nullptr, AT_SYMLINK_NOFOLLOW) == 0 ? 0 : errno;
+  return ::utimensat(dir_fd, rel.c_str(), nullptr, 0) == 0 ? 0 : errno;
 }
 
 // A chunk a garbage collection is removing right now (renamed to its doomed
@@ -169,7 +169,7 @@ void LocalChunkStore::FindMissing(std::span<const Digest> digests, std::vector<s
     }
     if (err != 0) throw ErrnoError("marking chunk " + dir_ + "/" + rel + " as in use", err);
     struct stat st;
-    if (::fstatat(dir_fd, rel.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    if (::fstatat(dir_fd, rel.c_str(), &st, 0) != 0) {
       if (errno != ENOENT && errno != ENOTDIR) throw ErrnoError("stat of chunk " + dir_ + "/" + rel, errno);
       missing->push_back(i);  // quarantined between the two calls
     } else if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) < kChunkHeaderSize) {
