@@ -48,7 +48,7 @@ Commands:
            check every manifest and index, read back and check every chunk the
            points reference; damaged chunks are quarantined (the next backup
            stores them again)
-  gc       --repo DIR [--dry-run] [--json] [--window MINUTES]
+  gc       --repo DIR [--dry-run] [--json] [--window MINUTES] [--threads N]
            remove the chunks no restore point references (safe while backups,
            restores and verifies run; resumes where a killed GC stopped)
   space    --repo DIR [--json]

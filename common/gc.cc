@@ -578,6 +578,11 @@ class GcLock {
     }
   }
 
+  // The pid goes with the lock (a killed GC's stays, naming a dead process).
+  ~GcLock() {
+    if (fd_.valid() && ::ftruncate(fd_.get(), 0) != 0) LogDebug("cannot clear the GC lock's pid");
+  }
+
  private:
   UniqueFd fd_;
 };
