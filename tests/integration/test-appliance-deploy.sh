@@ -11,7 +11,8 @@
 # the job succeeds and its point restores bit-exact. DELETE removes domain,
 # volumes and worker. Bad requests (no
 # coordinator_address, an unknown pool) are 400 naming the field and leave
-# nothing; a deployment that fails in the background leaves nothing either.
+# nothing; a deployment that fails in the background, or that a coordinator
+# killed (-9) mid-way did not finish, leaves nothing either.
 # Skips (77) only where libvirtd cannot run.
 . "$(dirname "$0")/common.sh" "$@"
 . "$TESTS_DIR/lib/coordinator.sh"
@@ -80,6 +81,21 @@ wait_for "the deployment onto a missing bridge to fail" 60 failed
 [[ $(appliance worker_id) == None ]] || fail "a failed appliance keeps a worker: $(appliance worker_id)"
 nothing_left "after a failed deployment"
 ok "a failed deployment left nothing: $(appliance reason | cut -c1-110)"
+
+# --- the coordinator killed (-9) mid-deployment: on restart the deployment is
+# failed, and what it had made in libvirt is gone ---
+r=$(api_status POST "/hosts/$HOST_ID/worker" "{\"libvirt_uri\": \"$LV_URI\", \"pool\": \"$POOL\", \"coordinator_address\": \"10.0.2.2:$RPC_PORT\", $BODY_TAIL}")
+[[ ${r%% *} == 202 ]] || fail "deploy (to be interrupted): $r"
+for _ in $(seq 400); do lv_virsh vol-list "$POOL" 2>/dev/null | grep -q "^ *$DOMAIN" && break; sleep 0.02; done
+coord_kill9
+made=$(lv_virsh vol-list "$POOL" | grep -c "^ *$DOMAIN" || true)
+coord_start "$DATA" --listen 127.0.0.1:0 --rpc-listen 127.0.0.1:0 --appliance-image "$WORK/image" \
+  --heartbeat-interval-ms 1000 --heartbeat-deadline-ms 8000 --repository-advertise 10.0.2.2
+RPC_PORT=${RPC##*:}
+[[ $(appliance state) == failed && $(appliance reason) == *"coordinator stopped during the deployment"* ]] ||
+  fail "after a restart mid-deployment: $(appliance state): $(appliance reason)"
+nothing_left "after a restart mid-deployment"
+ok "killed mid-deployment ($made volume(s) made): failed on restart, nothing left: $(appliance reason)"
 
 # --- the host's side: a VM whose QMP socket is where Proxmox keeps them,
 # reachable from the appliance only through sshd (as in test-appliance) ---

@@ -223,7 +223,7 @@ std::vector<HostExecutor::KnownVm> HostExecutor::Scan(const std::vector<KnownVm>
       }
     }
     try {
-      if (!dir.empty()) entries = worker::QmpDirectoryInventory(dir, settings_.monitor_timeout);
+      if (!dir.empty()) entries = worker::QmpDirectoryInventory(dir, settings_.monitor_timeout, settings_.qmp_monitors->forwarded());
     } catch (const Error& e) {
       LogWarning("inventory: " + std::string(e.what()));
     }
@@ -236,6 +236,7 @@ std::vector<HostExecutor::KnownVm> HostExecutor::Scan(const std::vector<KnownVm>
       // holds it, the VM is still there as last seen.
       auto prev = std::find_if(previous.begin(), previous.end(), [&](const KnownVm& k) { return k.qmp_socket == e.source; });
       if (e.busy && prev != previous.end()) {
+        LogDebug("inventory: " + e.source + ": busy, keeping " + prev->vm.name + " as last seen (" + e.problem + ")");
         out.push_back(*prev);
       } else {
         LogDebug("inventory: " + e.source + ": " + e.problem);
