@@ -95,6 +95,8 @@ RPC_PORT=${RPC##*:}
 [[ $(appliance state) == failed && $(appliance reason) == *"coordinator stopped during the deployment"* ]] ||
   fail "after a restart mid-deployment: $(appliance state): $(appliance reason)"
 nothing_left "after a restart mid-deployment"
+[[ -d $DATA/appliance-work && -z $(ls -A "$DATA/appliance-work") ]] ||
+  fail "the interrupted deployment's files (its token) are left: $(ls -lA "$DATA/appliance-work" 2>&1)"
 ok "killed mid-deployment ($made volume(s) made): failed on restart, nothing left: $(appliance reason)"
 
 # --- the host's side: a VM whose QMP socket is where Proxmox keeps them,
