@@ -1078,6 +1078,27 @@ class RemoteRepositoryImpl final : public RemoteRepository, public ChunkStore, p
     return ids;
   }
 
+  // Removal, leases and locks of committed points are not in protocol v1:
+  // prune and lock run on the repository's own host (docs/retention.md).
+  // A lease through the service holds nothing on the service's side, so a
+  // prune there does not see a restore running through it; what such a
+  // restore reads stays until garbage collection removes it.
+  std::unique_ptr<PointLease> Lease(const std::string&) const override { return std::make_unique<PointLease>(); }
+
+  std::optional<PointLock> ReadLock(const std::string& id) const override { throw Unsupported("reading the lock of", id); }
+
+  PointLock SetLock(const std::string& id, int64_t, const std::string&, int64_t) override {
+    throw Unsupported("locking", id);
+  }
+
+  void Remove(const std::string& id, int64_t) override { throw Unsupported("removing", id); }
+
+  Error Unsupported(const std::string& what, const std::string& id) const {
+    return Error(ErrorKind::kBadInput, context_ + ": " + what + " restore point " + id +
+                                           " is not supported through the repository service yet (protocol v1); "
+                                           "run it on the repository's host, with --repo DIRECTORY");
+  }
+
   // --- for the upload, the disk writer and the lease ---
 
   uint64_t generation() const { return generation_.load(); }
