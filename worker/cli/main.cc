@@ -22,7 +22,8 @@ namespace {
 const char kUsage[] = R"(usage: ferry-host [--verbose|--quiet] COMMAND [OPTIONS]
 
 Runs the host commands of `ferry` (init, backup, list, restore, restore-vm,
-verify, inventory, stage, backup-disk, commit, discard); `ferry` runs this
+verify, prune, remove, lock, inventory, stage, backup-disk, commit, discard);
+`ferry` runs this
 program for them. See `ferry --help` and docs/cli.md.
 )";
 
@@ -65,6 +66,9 @@ int main(int argc, char** argv) {
     if (command == "restore") return ferry::cli::RestoreCommand(rest);
     if (command == "restore-vm") return ferry::cli::RestoreVmCommand(rest);
     if (command == "verify") return ferry::cli::VerifyCommand(rest);
+    if (command == "prune") return ferry::cli::PruneCommand(rest);
+    if (command == "remove") return ferry::cli::RemoveCommand(rest);
+    if (command == "lock") return ferry::cli::LockCommand(rest);
     if (command == "inventory") return ferry::cli::InventoryCommand(rest);
     if (command == "stage") return ferry::cli::StageCommand(rest);
     if (command == "backup-disk") return ferry::cli::BackupDiskCommand(rest);
