@@ -5,7 +5,8 @@
 # prune and `ferry remove` until its lock expires (a real 4 s lock, no fake
 # clock in the CLI); a point held by a running restore is skipped, not
 # removed, and that restore still finishes bit-exact; every kept point
-# verifies and restores bit-exact.
+# verifies and restores bit-exact. Then, with FERRY_REPOSITORY set (ctest
+# sets it), lock, remove and prune through a ferry-repository service.
 . "$(dirname "$0")/common.sh" "$@"
 repo=$WORK/repo
 # A locked point may carry the immutable flag (as root): clear it before the
@@ -141,3 +142,46 @@ for id in $(points "$repo"); do
   cmp "${image[$id]}" "$WORK/$id.out" || fail "point $id restores wrong data"
 done
 ok "every kept point verifies and restores bit-exact"
+
+# The same through the repository service, when the test is given one
+# (FERRY_REPOSITORY: the ferry-repository binary): locks use the service's
+# clock, a lease taken through it holds the point.
+if [[ -z ${FERRY_REPOSITORY:-} ]]; then
+  ok "skipped the repository service part (FERRY_REPOSITORY not set)"
+  exit 0
+fi
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
+  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -days 2 \
+  -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$FERRY_REPOSITORY" grant --tokens "$WORK/tokens" --repository main >"$WORK/main.token"
+cat >"$WORK/repository.conf" <<CONF
+listen = 127.0.0.1:$port
+tls-cert = $WORK/cert.pem
+tls-key = $WORK/key.pem
+repository = main=$repo
+tokens = $WORK/tokens
+CONF
+"$FERRY_REPOSITORY" --config "$WORK/repository.conf" >>"$WORK/service.log" 2>&1 &
+service_pid=$!
+on_exit "kill -9 $service_pid 2>/dev/null"
+for _ in $(seq 100); do grep -q "serving 1 repositor" "$WORK/service.log" && break; sleep 0.1; done
+grep -q "serving 1 repositor" "$WORK/service.log" || fail "the repository service did not start: $(cat "$WORK/service.log")"
+R=(--repo "ferry+tls://127.0.0.1:$port/main" --repo-token-file "$WORK/main.token" --repo-ca "$WORK/cert.pem"
+   --repo-server-name localhost)
+kept=$(points "$repo")
+newest=$(tail -1 <<<"$kept")
+"$FERRY" lock "${R[@]}" --point "$newest" --days 1 --reason "via service" | grep -q "locked until" || fail "lock via the service"
+"$FERRY" list "${R[@]}" | grep "^$newest " | grep -q "until 20" || fail "list via the service does not show the lock"
+expect_error 2 "is locked until" "$FERRY" remove "${R[@]}" --point "$newest"
+out=$("$FERRY" prune "${R[@]}" --keep-last 1 --vm db01 --json)
+[[ $(removed_by <<<"$out") == "" ]] || fail "prune via the service removed the locked point: $out"
+out=$("$FERRY" prune "${R[@]}" --keep-last 1 --vm web01)
+echo "$out"
+[[ $(points "$repo" | wc -l) -eq 2 ]] || fail "prune via the service left: $(points "$repo")"
+"$FERRY" verify "${R[@]}" | grep -q '^OK' || fail "verify via the service"
+for id in $(points "$repo"); do
+  "$FERRY" restore "${R[@]}" --point "$id" --disk d0 --to "$WORK/$id.svc.out"
+  cmp "${image[$id]}" "$WORK/$id.svc.out" || fail "point $id restores wrong data through the service"
+done
+ok "lock, list, remove and prune through the repository service; the locked point stays; kept points verify and restore"

@@ -301,7 +301,7 @@ int ListCommand(const Args& args) {
   struct LockView {
     std::optional<PointLock> lock;
     std::string error;
-    bool damaged = false;  // else unknown (a repository service: no locks in protocol v1)
+    bool damaged = false;  // else unknown (a repository service older than the lock calls)
   };
   std::vector<LockView> locks;
   for (const auto& m : listing.points) {

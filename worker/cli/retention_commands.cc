@@ -1,7 +1,7 @@
 // The lifecycle of committed points on the command line: prune (a retention
 // policy, retention.h), remove one point, lock a point (docs/retention.md).
-// Each runs against a local repository directory; the repository service's
-// protocol v1 has no removal or locks yet, so over ferry+tls:// they refuse.
+// Each runs against a repository directory or a repository service (which
+// checks locks with its own clock).
 #include <ctime>
 #include <cstdio>
 #include <iostream>
