@@ -1134,39 +1134,62 @@ class RemoteRepositoryImpl final : public RemoteRepository, public ChunkStore, p
   // clock: `now` is not sent. A lease lasts while this connection does (it
   // is not taken again after a reconnect: the restore or verify holding it
   // goes on, and a prune on the service may then remove the point, whose
-  // chunks stay until garbage collection).
+  // chunks stay until garbage collection). A service older than these calls
+  // answers "unimplemented": a lease is then nothing (restores and verifies
+  // through it work as before), and the rest is refused, saying so.
   std::unique_ptr<ferry::PointLease> Lease(const std::string& id) const override;
 
   std::optional<ferry::PointLock> ReadLock(const std::string& id) const override {
     std::optional<ferry::PointLock> lock;
+    bool unimplemented = false;
     Call("reading the lock of restore point " + id, [&](rpc::Repository::Client& repo) {
       auto req = repo.readLockRequest();
       req.setId(id);
-      return req.send().then([&](capnp::Response<rpc::Repository::ReadLockResults>&& r) {
+      return OrUnimplemented(req.send().then([&](capnp::Response<rpc::Repository::ReadLockResults>&& r) {
         if (r.getPresent()) lock = FromWire(r.getLock());
-      });
+      }), &unimplemented);
     });
+    if (unimplemented) throw TooOld("readLock");
     return lock;
   }
 
   ferry::PointLock SetLock(const std::string& id, int64_t locked_until, const std::string& reason, int64_t) override {
     ferry::PointLock lock;
+    bool unimplemented = false;
     Call("locking restore point " + id, [&](rpc::Repository::Client& repo) {
       auto req = repo.setLockRequest();
       req.setId(id);
       req.setLockedUntil(locked_until);
       req.setReason(reason);
-      return req.send().then([&](capnp::Response<rpc::Repository::SetLockResults>&& r) { lock = FromWire(r.getLock()); });
+      return OrUnimplemented(req.send().then([&](capnp::Response<rpc::Repository::SetLockResults>&& r) {
+        lock = FromWire(r.getLock());
+      }), &unimplemented);
     });
+    if (unimplemented) throw TooOld("setLock");
     return lock;
   }
 
   void Remove(const std::string& id, int64_t) override {
+    bool unimplemented = false;
     Call("removing restore point " + id, [&](rpc::Repository::Client& repo) {
       auto req = repo.removePointRequest();
       req.setId(id);
-      return req.send().ignoreResult();
+      return OrUnimplemented(req.send().ignoreResult(), &unimplemented);
     });
+    if (unimplemented) throw TooOld("removePoint");
+  }
+
+  // A call the service does not know sets `*unimplemented`; other failures pass.
+  static kj::Promise<void> OrUnimplemented(kj::Promise<void> promise, bool* unimplemented) {
+    return promise.catch_([unimplemented](kj::Exception&& e) {
+      if (e.getType() != kj::Exception::Type::UNIMPLEMENTED) kj::throwFatalException(kj::mv(e));
+      *unimplemented = true;
+    });
+  }
+
+  Error TooOld(const std::string& call) const {
+    return Error(ErrorKind::kBadInput, context_ + ": the repository service is older than the restore point "
+                                                  "lifecycle calls (it lacks " + call + "); upgrade ferry-repository");
   }
 
   // --- for the upload, the disk writer and the lease ---
@@ -1378,11 +1401,15 @@ class RemotePointLease final : public ferry::PointLease {
 
 std::unique_ptr<ferry::PointLease> RemoteRepositoryImpl::Lease(const std::string& id) const {
   auto lease = std::make_unique<RemotePointLease>(*this);
+  bool unimplemented = false;
   Call("leasing restore point " + id, [&](rpc::Repository::Client& repo) {
     auto req = repo.leasePointRequest();
     req.setId(id);
-    return req.send().then([&](capnp::Response<rpc::Repository::LeasePointResults>&& r) { lease->Set(r.getLease()); });
+    return OrUnimplemented(
+        req.send().then([&](capnp::Response<rpc::Repository::LeasePointResults>&& r) { lease->Set(r.getLease()); }),
+        &unimplemented);
   });
+  if (unimplemented) LogDebug(context_ + ": the service has no leases (older than leasePoint); reading without one");
   return lease;
 }
 
