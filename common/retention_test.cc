@@ -157,6 +157,8 @@ std::vector<EdgeCase> EdgeCases() {
   };
 }
 
+void PrintTo(const EdgeCase& c, std::ostream* os) { *os << c.name; }
+
 class RetentionEdges : public ::testing::TestWithParam<EdgeCase> {};
 
 TEST_P(RetentionEdges, KeepsExactlyTheTable) {
@@ -262,6 +264,8 @@ struct HistoryCase {
   RetentionPolicy policy;
   size_t expected_kept_per_group_max;  // a loose sanity bound, beside the oracle
 };
+
+void PrintTo(const HistoryCase& c, std::ostream* os) { *os << c.name << " (" << DescribeRetentionPolicy(c.policy) << ")"; }
 
 class RetentionHistory : public ::testing::TestWithParam<HistoryCase> {};
 
