@@ -9,7 +9,10 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <condition_variable>
 #include <functional>
+#include <mutex>
+#include <thread>
 
 #include "ferry/common/chunk.h"
 #include "ferry/common/error.h"
@@ -165,6 +168,74 @@ TEST_F(PointLifecycleTest, ALeaseInAnotherProcessKeepsThePoint) {
   EXPECT_TRUE(points().List().empty());
   ::close(ready[0]);
   ::close(ready[1]);
+}
+
+// A repository whose chunk reads wait until released: a verify then stays
+// in the middle of its run for as long as the test wants.
+class HeldReads : public Repository, public ChunkReader {
+ public:
+  explicit HeldReads(Repository& real) : real_(real) {}
+  const std::string& location() const override { return real_.location(); }
+  const RepositoryConfig& config() const override { return real_.config(); }
+  ChunkStore& chunks() override { return real_.chunks(); }
+  ChunkReader& chunk_reader() override { return *this; }
+  PointStore& points() override { return real_.points(); }
+  const PointStore& points() const override { return real_.points(); }
+  void PrepareForWriting() override { real_.PrepareForWriting(); }
+
+  void Read(const Digest& digest, std::vector<uint8_t>* encoded) override {
+    std::unique_lock lock(mu_);
+    reading_ = true;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return released_; });
+    lock.unlock();
+    real_.chunk_reader().Read(digest, encoded);
+  }
+  std::string Quarantine(const Digest& digest, const std::string& reason) override {
+    return real_.chunk_reader().Quarantine(digest, reason);
+  }
+  std::string Describe(const Digest& digest) const override { return real_.chunk_reader().Describe(digest); }
+
+  void WaitUntilReading() {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return reading_; });
+  }
+  void Release() {
+    std::lock_guard lock(mu_);
+    released_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  Repository& real_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool reading_ = false, released_ = false;
+};
+
+TEST_F(PointLifecycleTest, AVerifyHoldsEveryPointItChecks) {
+  std::string a = WritePoint("a"), b = WritePoint("b");
+  HeldReads held(*repo_);
+  VerifyReport report;
+  std::thread verify([&] { report = VerifyRepository(held, std::nullopt, 1, nullptr); });
+  held.WaitUntilReading();
+  ErrorKind kind;
+  for (const auto& id : {a, b}) {
+    std::string m = Message([&] { points().Remove(id, kNow); }, &kind);
+    EXPECT_EQ(kind, ErrorKind::kRetryable) << m;
+  }
+  PruneOptions o;
+  o.policy.keep_last = 1;
+  o.now = kNow;
+  PruneReport r = Prune(points(), o);
+  EXPECT_EQ(r.removed, 0u);
+  EXPECT_EQ(r.skipped, 1u);
+  held.Release();
+  verify.join();
+  EXPECT_TRUE(report.clean());
+  EXPECT_EQ(report.points, 2u);
+  EXPECT_EQ(Prune(points(), o).removed, 1u);  // the verify is over
+  EXPECT_EQ(points().List(), std::vector<std::string>{b});
 }
 
 TEST_F(PointLifecycleTest, ALockedPointStaysUntilItsLockExpires) {
