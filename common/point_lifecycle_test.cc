@@ -285,6 +285,10 @@ TEST_F(PointLifecycleTest, ALockIsExtendedNeverShortened) {
   EXPECT_EQ(kind, ErrorKind::kNotFound);
   Message([&] { points().SetLock(a, kNow + 400, std::string(2000, 'x'), kNow); }, &kind);
   EXPECT_EQ(kind, ErrorKind::kBadInput);
+  m = Message([&] { points().SetLock(a, INT64_MAX, "", kNow); }, &kind);
+  EXPECT_EQ(kind, ErrorKind::kBadInput);
+  EXPECT_NE(m.find("lasts at most 36500 days"), std::string::npos) << m;
+  EXPECT_EQ(points().ReadLock(a)->locked_until, kNow + 300);
 }
 
 TEST_F(PointLifecycleTest, ADamagedLockRefusesRemoval) {

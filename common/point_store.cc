@@ -19,6 +19,7 @@
 #include "ferry/common/format.h"
 #include "ferry/common/json_reader.h"
 #include "ferry/common/log.h"
+#include "ferry/common/retention.h"  // FormatRfc3339
 
 namespace json = boost::json;
 
@@ -51,6 +52,7 @@ constexpr char kLockChecksum[] = "lock_sha256";
 constexpr char kLockFile[] = "lock.json";
 constexpr char kRemovingPrefix[] = ".removing-";
 constexpr size_t kMaxLockReason = 1024;
+constexpr int64_t kMaxLockSeconds = int64_t{36500} * 86400;
 constexpr char kLockSuffix[] = ".lock";
 constexpr char kStageSuffix[] = ".stage";
 
@@ -184,11 +186,7 @@ std::vector<std::string> ListAllNames(const std::string& dir) {
 }
 
 std::string LockToJson(const std::string& id, const PointLock& lock) {
-  char until[32];
-  time_t t = static_cast<time_t>(lock.locked_until);
-  struct tm tm;
-  ::gmtime_r(&t, &tm);
-  std::strftime(until, sizeof until, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  const std::string until = FormatRfc3339(lock.locked_until);
   json::object o{{"format", std::string(kLockFamily) + "-v1"},
                  {"point", id},
                  {"locked_until", lock.locked_until},
@@ -216,14 +214,7 @@ PointLock LockFromJson(const std::string& text, const std::string& id, const std
   return lock;
 }
 
-std::string DescribeLockEnd(int64_t t) {
-  char buf[32];
-  time_t tt = static_cast<time_t>(t);
-  struct tm tm;
-  ::gmtime_r(&tt, &tm);
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
+std::string DescribeLockEnd(int64_t t) { return FormatRfc3339(t); }
 
 class LocalStagingLease : public StagingLease {
  public:
@@ -550,6 +541,11 @@ class LocalPointStore : public PointStore {
       throw Error(ErrorKind::kBadInput, "a lock of restore point " + id + " must end in the future (" +
                                             DescribeLockEnd(locked_until) + " is not after " + DescribeLockEnd(now) + ")");
     }
+    if (now < 0) throw Error(ErrorKind::kInternal, "locking restore point " + id + ": the clock is before 1970");
+    if (locked_until - now > kMaxLockSeconds) {
+      throw Error(ErrorKind::kBadInput, "a lock of restore point " + id + " lasts at most 36500 days (asked: until " +
+                                            DescribeLockEnd(locked_until) + ")");
+    }
     if (reason.size() > kMaxLockReason) {
       throw Error(ErrorKind::kBadInput, "a lock's reason has at most " + std::to_string(kMaxLockReason) + " bytes");
     }
@@ -653,6 +649,7 @@ class LocalPointStore : public PointStore {
       try {
         // A crash between clearing flags and the rename cannot leave flags
         // here, but a directory renamed by hand could have them.
+        SetImmutableFlag(path, false);
         for (const auto& f : ListAllNames(path)) SetImmutableFlag(path + "/" + f, false);
         RemoveTree(path);
         LogInfo("removed " + path + " (a restore point removal cut short)");
