@@ -23,8 +23,7 @@ const char kUsage[] = R"(usage: ferry-host [--verbose|--quiet] COMMAND [OPTIONS]
 
 Runs the host commands of `ferry` (init, backup, list, restore, restore-vm,
 verify, prune, remove, lock, inventory, stage, backup-disk, commit, discard);
-`ferry` runs this
-program for them. See `ferry --help` and docs/cli.md.
+`ferry` runs this program for them. See `ferry --help` and docs/cli.md.
 )";
 
 void OnSignal(int) { ferry::cli::g_interrupted = true; }
