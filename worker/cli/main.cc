@@ -5,6 +5,7 @@
 // signal handling and maps errors to exit codes; the commands live in
 // commands.cc, the work in the ferry_worker and ferry_common libraries.
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -49,6 +50,13 @@ int main(int argc, char** argv) {
   if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
     std::cout << kUsage;
     return args.empty() ? 2 : 0;
+  }
+  // A verify holds a read lease (an open directory) on every point it checks
+  // until it ends: a repository of thousands of points needs more than the
+  // usual soft limit of 1024 descriptors. The hard limit is the system's word.
+  if (struct rlimit nofile; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &nofile);
   }
   struct sigaction sa {};
   sa.sa_handler = OnSignal;
