@@ -15,6 +15,7 @@ namespace ferry {
 namespace {
 
 struct PointIndexes {
+  std::unique_ptr<PointLease> lease;  // no prune removes the point while it is verified
   std::string id;
   RestorePointManifest manifest;
   std::vector<std::unique_ptr<FixedIndexReader>> indexes;  // parallel to manifest.disks
@@ -49,6 +50,13 @@ VerifyReport VerifyRepository(Repository& repo, const std::optional<std::string>
   std::unordered_map<Digest, uint32_t, DigestHash> expected_length;
   for (auto& manifest : manifests) {
     PointIndexes p;
+    try {
+      p.lease = store.Lease(manifest.id);
+    } catch (const Error& e) {
+      // Removed (or being removed) since it was listed: nothing to verify.
+      if (point_id || (e.kind() != ErrorKind::kNotFound && e.kind() != ErrorKind::kRetryable)) throw;
+      continue;
+    }
     p.id = manifest.id;
     p.manifest = std::move(manifest);
     const std::string& id = p.id;

@@ -53,6 +53,7 @@ struct PreviousDisk {
   std::string point_id;
   DiskRecord record;
   std::unique_ptr<FixedIndexReader> index;
+  std::unique_ptr<PointLease> lease;  // no prune removes it while the backup plans
 };
 
 // The chain's points, newest first, read lazily: a backup usually needs only
@@ -71,8 +72,9 @@ class ChainHistory {
       if (!m) return std::nullopt;
       const DiskRecord* d = m->FindDisk(disk);
       if (!d) continue;
-      PreviousDisk p{m->id, *d, nullptr};
+      PreviousDisk p{m->id, *d, nullptr, nullptr};
       try {
+        p.lease = repo_.points().Lease(m->id);
         p.index = repo_.points().OpenIndex(m->id, *d);
       } catch (const Error& e) {
         LogWarning("index of disk " + disk + " in point " + m->id + " is unusable: " + e.what());
@@ -313,10 +315,13 @@ DiskRecord BackupDiskTask(Repository& repo, const DiskTask& task, const DiskBack
   CbtPlan plan = task.plan;
   DiskBackupOptions opts = options;
   std::unique_ptr<FixedIndexReader> previous_index;
+  std::unique_ptr<PointLease> previous_lease;  // held while its index is read
   if (plan.incremental) {
     // Opened again here: the disk task may run on another worker than the
-    // snapshot. Unusable now (damaged since): a full read is always correct.
+    // snapshot. Unusable now (damaged or removed since): a full read is
+    // always correct.
     try {
+      previous_lease = repo.points().Lease(task.previous_point);
       RestorePointManifest prev = repo.points().Load(task.previous_point);
       const DiskRecord* d = prev.FindDisk(task.disk.name);
       if (!d) throw Error(ErrorKind::kNotFound, "it has no disk " + task.disk.name);

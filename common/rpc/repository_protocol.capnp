@@ -64,6 +64,27 @@ interface Repository {
   discard @14 (id :Text) -> ();
   removeExpired @15 () -> (ids :List(Text));
   listStaged @16 () -> (ids :List(Text));
+
+  # --- committed points' lifecycle (docs/retention.md); added within v1 ---
+  # A service without them answers "unimplemented". Lock checks use the
+  # service's clock, never the client's.
+  # PointStore::Remove: refused while the point is locked or leased.
+  removePoint @17 (id :Text) -> ();
+  # PointStore::ReadLock; `present` false when the point has no lock.
+  readLock @18 (id :Text) -> (present :Bool, lock :PointLock);
+  # PointStore::SetLock until `lockedUntil` (Unix seconds).
+  setLock @19 (id :Text, lockedUntil :Int64, reason :Text) -> (lock :PointLock);
+  # PointStore::Lease: the service holds the point's read lease while the
+  # client holds `lease` (and its connection lives).
+  leasePoint @20 (id :Text) -> (lease :PointLease);
+}
+
+interface PointLease {}
+
+struct PointLock {
+  lockedUntil @0 :Int64;
+  setAt @1 :Int64;
+  reason @2 :Text;
 }
 
 interface IndexReader {

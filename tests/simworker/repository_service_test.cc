@@ -339,6 +339,64 @@ TEST_F(RepositoryServiceTest, ThePointStoreOverTheWire) {
   EXPECT_EQ(remote->points().ListStaged(), std::vector<std::string>{});
 }
 
+// Leases, locks and removal of committed points through the service: the
+// service's lease is held while the client holds it, locks use the service's
+// clock, and what the local store sees is the same.
+TEST_F(RepositoryServiceTest, RemovalLeasesAndLocksOverTheWire) {
+  auto server = Serve(config_, nullptr);
+  auto remote = RemoteRepository::Connect(Endpoint(*server, "tok-a", "a"));
+  auto local = Repository::Open((dir_ / "a").string());
+  auto commit = [&] {
+    StagedPointHeader h;
+    h.id = NewPointId();
+    h.vm = {"vm1", "uuid-1", "qemu"};
+    h.chain = "default";
+    h.disks = {"vda"};
+    auto lease = remote->points().Stage(h);
+    auto [d, e] = Chunk(9);
+    remote->chunks().Insert(d, e);
+    auto writer = remote->points().WriteDisk(h.id, "vda");
+    FixedIndexWriter index(writer->index_path(), 64 * 1024, 64 * 1024);
+    index.Set(0, d);
+    DiskRecord record;
+    record.size = record.chunk_size = 64 * 1024;
+    record.source_format = "raw";
+    record.index_sha256 = index.Finish();
+    writer->Finish(record);
+    writer.reset();
+    return remote->points().Commit(h.id).id;
+  };
+  const std::string a = commit(), b = commit();
+  const int64_t now = static_cast<int64_t>(::time(nullptr));
+  std::string message;
+  {
+    auto lease = remote->points().Lease(a);
+    EXPECT_EQ(KindOf([&] { local->points().Remove(a, now); }, &message), ErrorKind::kRetryable) << message;
+    EXPECT_EQ(KindOf([&] { remote->points().Remove(a, now); }, &message), ErrorKind::kRetryable) << message;
+    EXPECT_NE(message.find("in use by a restore, verify or backup"), std::string::npos) << message;
+  }
+  EXPECT_EQ(KindOf([&] { remote->points().Lease("nope"); }), ErrorKind::kNotFound);
+
+  EXPECT_FALSE(remote->points().ReadLock(b));
+  PointLock set = remote->points().SetLock(b, now + 3600, "hold", /*now, ignored by the service=*/now + 7200);
+  EXPECT_EQ(set.locked_until, now + 3600);
+  EXPECT_EQ(set.reason, "hold");
+  auto lock = remote->points().ReadLock(b);
+  ASSERT_TRUE(lock);
+  EXPECT_EQ(lock->locked_until, now + 3600);
+  EXPECT_EQ(local->points().ReadLock(b)->reason, "hold");
+  // The client's clock does not count: the service's says the lock holds.
+  EXPECT_EQ(KindOf([&] { remote->points().Remove(b, now + 7200); }, &message), ErrorKind::kBadInput) << message;
+  EXPECT_NE(message.find("is locked until"), std::string::npos) << message;
+  EXPECT_EQ(KindOf([&] { remote->points().SetLock(b, now + 60, "", now); }, &message), ErrorKind::kBadInput);
+
+  remote->points().Remove(a, now);
+  EXPECT_EQ(remote->points().List(), std::vector<std::string>{b});
+  EXPECT_EQ(KindOf([&] { remote->points().Remove(a, now); }), ErrorKind::kNotFound);
+  local->points().Remove(b, now + 3600);  // a fake clock where the lock has expired (clears the immutable flag)
+  EXPECT_TRUE(remote->points().List().empty());
+}
+
 // A worker sends a disk on the disk task's connection and commits the point
 // on the snapshot's: the commit must not depend on when the first
 // connection's capabilities are released. The disk's lock goes with the

@@ -42,6 +42,11 @@ int StageCommand(const Args& args);
 int BackupDiskCommand(const Args& args);
 int CommitCommand(const Args& args);
 int DiscardCommand(const Args& args);
+// Committed points (retention_commands.cc): prune by a retention policy,
+// remove one point, lock one against removal.
+int PruneCommand(const Args& args);
+int RemoveCommand(const Args& args);
+int LockCommand(const Args& args);
 // Internal: cleans up a backup session's snapshot if the backup process dies.
 int GuardianCommand(const Args& args);
 
