@@ -44,10 +44,12 @@ Commands:
   restore-vm --repo DIR --point ID --libvirt URI [--name NEW] [--dir PATH | --pool POOL]
            [--format qcow2|raw] [--keep-macs] | [--overwrite --yes]
            restore a whole VM as a new libvirt domain, or over the original
-  verify   --repo DIR [--point ID]
+  verify   --repo DIR [--point ID] [--threads N] [--skip-verified-within DURATION] [--no-record]
            check every manifest and index, read back and check every chunk the
            points reference; damaged chunks are quarantined (the next backup
-           stores them again)
+           stores them again); records each point's check (ferry list shows it);
+           --skip-verified-within 7d: chunks a clean check read within 7 days
+           are not read again
   prune    --repo DIR [--keep-last N] [--keep-within Nd] [--keep-daily N] [--keep-weekly N]
            [--keep-monthly N] [--keep-yearly N] [--vm NAME] [--dry-run] [--json]
            remove the points no rule keeps, per VM and chain; prints each point,

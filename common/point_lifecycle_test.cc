@@ -20,6 +20,7 @@
 #include "ferry/common/repository.h"
 #include "ferry/common/retention.h"
 #include "ferry/common/verify.h"
+#include "test_points.h"
 
 namespace ferry {
 namespace {
@@ -82,31 +83,7 @@ class PointLifecycleTest : public ::testing::Test {
   // A committed one-disk point whose one chunk holds `text`.
   std::string WritePoint(const std::string& text, const std::string& started_at = "2026-11-30T10:00:00Z",
                          const std::string& vm = "vm") {
-    std::vector<uint8_t> plain(text.begin(), text.end());
-    Digest d = Sha256(plain.data(), plain.size());
-    ChunkEncoder enc(1);
-    std::vector<uint8_t> encoded;
-    enc.Encode(plain, &encoded);
-    repo_->chunks().Insert(d, encoded);
-    StagedPointHeader h;
-    h.id = NewPointId();
-    h.vm = {vm, "", "qemu"};
-    h.chain = "default";
-    h.started_at = started_at;
-    h.disks = {"disk0"};
-    auto lease = repo_->points().Stage(h);
-    std::unique_ptr<DiskWriter> w = repo_->points().WriteDisk(h.id, "disk0");
-    DiskRecord rec;
-    rec.size = text.size();
-    rec.chunk_size = repo_->config().chunk_size;
-    rec.source_format = "raw";
-    FixedIndexWriter iw(w->index_path(), rec.size, rec.chunk_size);
-    iw.Set(0, d);
-    rec.index_sha256 = iw.Finish();
-    w->Finish(rec);
-    w.reset();  // its lock would hold the commit off
-    repo_->points().Commit(h.id);
-    return h.id;
+    return testing::WriteTestPoint(*repo_, {text}, started_at, vm);
   }
 
   PointStore& points() { return repo_->points(); }
@@ -121,7 +98,7 @@ TEST_F(PointLifecycleTest, RemoveTakesOnlyThatPoint) {
   EXPECT_EQ(points().List(), std::vector<std::string>{b});
   EXPECT_FALSE(PathExists(dir_ + "/points/" + a));
   EXPECT_TRUE(ListDirectory(dir_ + "/points").size() == 1);
-  EXPECT_TRUE(VerifyRepository(*repo_, std::nullopt, 1, nullptr).clean());
+  EXPECT_TRUE(VerifyRepository(*repo_, {std::nullopt, 1}, nullptr).clean());
   ErrorKind kind;
   EXPECT_EQ(Message([&] { points().Remove(a, kNow); }, &kind), "restore point '" + a + "' does not exist in " + dir_);
   EXPECT_EQ(kind, ErrorKind::kNotFound);
@@ -217,7 +194,7 @@ TEST_F(PointLifecycleTest, AVerifyHoldsEveryPointItChecks) {
   std::string a = WritePoint("a"), b = WritePoint("b");
   HeldReads held(*repo_);
   VerifyReport report;
-  std::thread verify([&] { report = VerifyRepository(held, std::nullopt, 1, nullptr); });
+  std::thread verify([&] { report = VerifyRepository(held, {std::nullopt, 1}, nullptr); });
   held.WaitUntilReading();
   ErrorKind kind;
   for (const auto& id : {a, b}) {
@@ -256,7 +233,7 @@ TEST_F(PointLifecycleTest, ALockedPointStaysUntilItsLockExpires) {
   EXPECT_EQ(lock->reason, "legal hold");
   Message([&] { reopened->points().Remove(a, kNow); }, &kind);
   EXPECT_EQ(kind, ErrorKind::kBadInput);
-  EXPECT_TRUE(VerifyRepository(*repo_, a, 1, nullptr).clean());
+  EXPECT_TRUE(VerifyRepository(*repo_, {a, 1}, nullptr).clean());
   points().Remove(a, kNow + 7 * 86400);  // expired at that second
   EXPECT_TRUE(points().List().empty());
 }
@@ -332,7 +309,7 @@ TEST_F(PointLifecycleTest, AnImmutableFlagGuardsALockedPointWhereTheSystemHasIt)
   points().SetLock(a, kNow + 200, "", kNow);
   EXPECT_EQ(points().ReadLock(a)->locked_until, kNow + 200);
   EXPECT_TRUE(Immutable(point + "/lock.json"));
-  EXPECT_TRUE(VerifyRepository(*repo_, a, 1, nullptr).clean());
+  EXPECT_TRUE(VerifyRepository(*repo_, {a, 1}, nullptr).clean());
   ErrorKind kind;
   Message([&] { points().Remove(a, kNow + 100); }, &kind);
   EXPECT_EQ(kind, ErrorKind::kBadInput);
@@ -349,7 +326,7 @@ TEST_F(PointLifecycleTest, ARemovalCutShortIsHiddenAndCleanedByTheNext) {
   PointListing l = points().LoadAll();
   EXPECT_EQ(l.points.size(), 2u);
   EXPECT_TRUE(l.problems.empty());
-  EXPECT_TRUE(VerifyRepository(*repo_, std::nullopt, 1, nullptr).clean());
+  EXPECT_TRUE(VerifyRepository(*repo_, {std::nullopt, 1}, nullptr).clean());
   points().Remove(b, kNow);
   EXPECT_FALSE(PathExists(dir_ + "/points/.removing-" + a));
   EXPECT_EQ(points().List(), std::vector<std::string>{c});
@@ -372,7 +349,7 @@ TEST_F(PointLifecycleTest, AKilledRemovalLeavesAllOrNothing) {
     auto ids = points().List();
     if (!ids.empty()) {
       ASSERT_EQ(ids, std::vector<std::string>{id});
-      EXPECT_TRUE(VerifyRepository(*repo_, id, 1, nullptr).clean()) << "round " << round;
+      EXPECT_TRUE(VerifyRepository(*repo_, {id, 1}, nullptr).clean()) << "round " << round;
       points().Remove(id, kNow);
     }
     EXPECT_TRUE(points().LoadAll().problems.empty());
@@ -414,7 +391,7 @@ TEST_F(PointLifecycleTest, PruneRemovesWhatItSaysAndSkipsLockedAndLeased) {
   o.now = kNow + 3600;  // a's lock has expired
   EXPECT_EQ(Prune(points(), o).removed, 1u);
   EXPECT_EQ(points().List(), (std::vector<std::string>{d, other}));
-  EXPECT_TRUE(VerifyRepository(*repo_, std::nullopt, 1, nullptr).clean());
+  EXPECT_TRUE(VerifyRepository(*repo_, {std::nullopt, 1}, nullptr).clean());
 }
 
 }  // namespace

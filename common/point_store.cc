@@ -261,7 +261,8 @@ class LocalDiskWriter : public DiskWriter {
 class LocalPointStore : public PointStore {
  public:
   LocalPointStore(std::string repo_dir, ChunkStore& chunks)
-      : dir_(std::move(repo_dir)), points_(dir_ + "/points"), staging_(dir_ + "/staging"), chunks_(chunks) {}
+      : dir_(std::move(repo_dir)), points_(dir_ + "/points"), staging_(dir_ + "/staging"), checks_(dir_ + "/checks"),
+        chunks_(chunks) {}
 
   std::vector<std::string> List() const override {
     std::vector<std::string> ids;
@@ -507,6 +508,36 @@ class LocalPointStore : public PointStore {
     return removed;
   }
 
+  std::map<std::string, PointCheck> LoadChecks() const override {
+    std::map<std::string, PointCheck> out;
+    if (!PathExists(checks_)) return out;
+    std::vector<std::string> committed = List();
+    std::set<std::string> ids(committed.begin(), committed.end());
+    for (const auto& name : ListDirectory(checks_)) {
+      if (!name.ends_with(".json")) continue;
+      std::string id = name.substr(0, name.size() - 5);
+      if (!ids.count(id)) continue;  // a point removed since
+      std::string path = checks_ + "/" + name;
+      try {
+        PointCheck c = PointCheckFromJson(ReadWholeFile(path), path);
+        if (c.point != id) throw Error(ErrorKind::kCorrupt, "check record " + path + " names point '" + c.point + "'");
+        out.emplace(id, std::move(c));
+      } catch (const Error& e) {
+        LogWarning(std::string(e.what()) + "; the point counts as never checked");
+      }
+    }
+    return out;
+  }
+
+  void RecordCheck(const PointCheck& check) override {
+    ValidatePointId(check.point);
+    if (!PathExists(points_ + "/" + check.point + "/manifest.json")) {
+      throw Error(ErrorKind::kNotFound, "restore point '" + check.point + "' does not exist in " + dir_);
+    }
+    if (!PathExists(checks_)) MakeDirectory(checks_, 0755);
+    WriteFileAtomically(checks_ + "/" + check.point + ".json", PointCheckToJson(check));
+  }
+
   std::vector<std::string> ListStaged() const override {
     std::set<std::string> ids;
     if (!PathExists(staging_)) return {};
@@ -599,6 +630,7 @@ class LocalPointStore : public PointStore {
     if (::rename(dir.c_str(), hidden.c_str()) != 0) throw ErrnoError("removing restore point " + id + " (renaming " + dir + ")", errno);
     FsyncDirectory(points_);
     // Gone from here on; what fails now is a leftover for the next Remove.
+    ::unlink((checks_ + "/" + id + ".json").c_str());  // its last check, if any
     try {
       RemoveTree(hidden);
       FsyncDirectory(points_);
@@ -734,7 +766,7 @@ class LocalPointStore : public PointStore {
     FsyncDirectory(staging_);
   }
 
-  std::string dir_, points_, staging_;
+  std::string dir_, points_, staging_, checks_;
   ChunkStore& chunks_;
   bool immutable_warned_ = false;
 };

@@ -77,6 +77,12 @@ interface Repository {
   # PointStore::Lease: the service holds the point's read lease while the
   # client holds `lease` (and its connection lives).
   leasePoint @20 (id :Text) -> (lease :PointLease);
+
+  # --- health checks (ferry/common/point_check.h); added within v1 ---
+  # PointStore::LoadChecks: each a check record's JSON (ferry-point-check-v1).
+  loadChecks @21 () -> (checks :List(Data));
+  # PointStore::RecordCheck; the service parses the record before storing it.
+  recordCheck @22 (check :Data) -> ();
 }
 
 interface PointLease {}

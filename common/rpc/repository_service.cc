@@ -580,6 +580,29 @@ class RepositoryImpl final : public rpc::Repository::Server {
     });
   }
 
+  kj::Promise<void> loadChecks(LoadChecksContext context) override {
+    return threads_.store->Run<std::vector<std::string>>(
+        [repo = repo_] {
+          std::vector<std::string> out;
+          for (const auto& [id, check] : repo->points().LoadChecks()) out.push_back(PointCheckToJson(check));
+          return out;
+        },
+        [context](std::vector<std::string> records) mutable {
+          auto list = context.getResults().initChecks(static_cast<unsigned>(records.size()));
+          for (unsigned i = 0; i < records.size(); ++i) {
+            list.set(i, kj::arrayPtr(reinterpret_cast<const kj::byte*>(records[i].data()), records[i].size()));
+          }
+        });
+  }
+
+  kj::Promise<void> recordCheck(RecordCheckContext context) override {
+    auto data = context.getParams().getCheck();
+    std::string text(reinterpret_cast<const char*>(data.begin()), data.size());
+    return threads_.store->Run([repo = repo_, text = std::move(text)] {
+      repo->points().RecordCheck(PointCheckFromJson(text, "from the client"));
+    });
+  }
+
   kj::Promise<void> readLock(ReadLockContext context) override {
     return threads_.store->Run<std::optional<ferry::PointLock>>(
         [repo = repo_, id = std::string(context.getParams().getId())] { return repo->points().ReadLock(id); },
@@ -1138,6 +1161,40 @@ class RemoteRepositoryImpl final : public RemoteRepository, public ChunkStore, p
   // answers "unimplemented": a lease is then nothing (restores and verifies
   // through it work as before), and the rest is refused, saying so.
   std::unique_ptr<ferry::PointLease> Lease(const std::string& id) const override;
+
+  // Health checks. A service older than these calls: no records (every
+  // check is then a full one) and recording is skipped, with a warning.
+  std::map<std::string, PointCheck> LoadChecks() const override {
+    std::map<std::string, PointCheck> out;
+    bool unimplemented = false;
+    Call("loading the points' last checks", [&](rpc::Repository::Client& repo) {
+      return OrUnimplemented(repo.loadChecksRequest().send().then(
+                                 [&](capnp::Response<rpc::Repository::LoadChecksResults>&& r) {
+                                   for (auto data : r.getChecks()) {
+                                     std::string text(reinterpret_cast<const char*>(data.begin()), data.size());
+                                     try {
+                                       PointCheck c = PointCheckFromJson(text, "from " + location_);
+                                       out.emplace(c.point, std::move(c));
+                                     } catch (const Error& e) {
+                                       LogWarning(std::string(e.what()) + "; the point counts as never checked");
+                                     }
+                                   }
+                                 }),
+                             &unimplemented);
+    });
+    return out;
+  }
+
+  void RecordCheck(const PointCheck& check) override {
+    bool unimplemented = false;
+    Call("recording the check of restore point " + check.point, [&](rpc::Repository::Client& repo) {
+      auto req = repo.recordCheckRequest();
+      std::string text = PointCheckToJson(check);
+      req.setCheck(kj::arrayPtr(reinterpret_cast<const kj::byte*>(text.data()), text.size()));
+      return OrUnimplemented(req.send().ignoreResult(), &unimplemented);
+    });
+    if (unimplemented) LogWarning("the repository service at " + location_ + " does not keep check records (upgrade it)");
+  }
 
   std::optional<ferry::PointLock> ReadLock(const std::string& id) const override {
     std::optional<ferry::PointLock> lock;

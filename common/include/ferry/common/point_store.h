@@ -45,6 +45,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -54,6 +55,7 @@
 #include "ferry/common/file_util.h"
 #include "ferry/common/fixed_index.h"
 #include "ferry/common/manifest.h"
+#include "ferry/common/point_check.h"
 
 namespace ferry {
 
@@ -172,6 +174,14 @@ class PointStore {
   // (naming the lock's end); kRetryable if it is in use (a lease is held).
   // A crash at any moment leaves the whole point or none of it visible.
   virtual void Remove(const std::string& id, int64_t now) = 0;
+
+  // The last health check of every committed point that has one, by point
+  // id. A record that cannot be read counts as none (the point is then
+  // checked in full next time), and is logged.
+  virtual std::map<std::string, PointCheck> LoadChecks() const = 0;
+  // Replaces the last check of `check.point` (kNotFound: no such point).
+  // Durable when it returns.
+  virtual void RecordCheck(const PointCheck& check) = 0;
 };
 
 // The local directory implementation: <repo>/points and <repo>/staging,
