@@ -35,7 +35,9 @@ std::string Mib(uint64_t bytes) {
 // read plan says how to actually open it.
 // Never the key: that travels in the read plan only.
 std::string ExportUri(const worker::NbdSource& source) {
-  if (!source.tcp_address.empty()) return "nbds://" + source.tcp_address + "/" + source.export_name;
+  if (!source.tcp_address.empty()) {
+    return (source.plaintext ? "nbd://" : "nbds://") + source.tcp_address + "/" + source.export_name;
+  }
   return "nbd+unix:///" + source.export_name + "?socket=" + source.unix_socket;
 }
 
@@ -420,7 +422,7 @@ rpc::WorkOutcome HostExecutor::DoSnapshot(Job& job, const rpc::SnapshotAssignmen
     held->host = worker::OpenQmpHost(o);
   } else {
     held->host = worker::OpenLibvirtHost({settings_.libvirt_uri, IsNullUuid(where.vm.uuid) ? where.vm.name : where.vm.uuid,
-                                          settings_.paths});
+                                          settings_.paths, settings_.libvirt_export});
   }
   worker::VmSnapshotRequest request;
   request.disks = item.disks;
@@ -431,9 +433,11 @@ rpc::WorkOutcome HostExecutor::DoSnapshot(Job& job, const rpc::SnapshotAssignmen
 
   rpc::WorkOutcome outcome = rpc::WorkOutcome::Ok();
   for (const auto& task : held->snapshot->disk_tasks()) {
-    // A unix socket is reachable on this host only: its disk tasks must stay here.
+    // A unix socket is reachable on this host only, and libvirt's TCP exports
+    // (no session key: this worker's x509 directory, or plaintext) are for
+    // this worker: their disk tasks must stay here.
     outcome.exports.push_back(
-        {task.disk.name, ExportUri(task.source), worker::ReadPlanToJson(task), task.source.tcp_address.empty()});
+        {task.disk.name, ExportUri(task.source), worker::ReadPlanToJson(task), task.source.tls_psk_key.empty()});
   }
   bool wanted = false;
   std::shared_ptr<HeldSnapshot> replaced;

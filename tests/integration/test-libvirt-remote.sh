@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# ferry-worker reaching a libvirt host over the network (issue 13, item 3), as
+# the worker appliance does: `--libvirt qemu+libssh://root@127.0.0.1:PORT/...`
+# through a test sshd (its own host key in a known_hosts file, a client key),
+# against the local libvirtd standing in for the host's. The worker runs as a
+# host process: its path to libvirt and to the export is the appliance's.
+# Checks: the domain shows up in GET /vms; a coordinator job backs it up, the
+# pull-mode export over TCP (nbd://127.0.0.1:PORT/ferry-...), not a unix
+# socket, and the point restores bit-exact; after guest writes the next run is
+# incremental and bit-exact; nothing is left behind (no backup job, no scratch
+# file, no session directory); a shut-off domain is refused clearly; a worker
+# killed mid-backup leaves a job its restart ends, and the run after succeeds.
+. "$(dirname "$0")/common.sh" "$@"
+. "$TESTS_DIR/lib/coordinator.sh"
+. "$TESTS_DIR/lib/sshd.sh"
+# shellcheck source=../lib/libvirt.sh
+. "$TESTS_DIR/lib/libvirt.sh"
+on_exit lv_cleanup_all
+lv_ensure_daemons || { echo "SKIP: no libvirtd"; exit 77; }
+sshd_start "$WORK/sshd"
+MiB=$((1024 * 1024))
+
+# --- the "host": libvirtd with a running 1-disk domain and a shut-off one ---
+chmod 755 "$WORK"  # images where libvirt's QEMU user can reach them
+make_data_disk "$WORK/vda.qcow2" qcow2 $((48 * MiB))
+make_data_disk "$WORK/off.qcow2" qcow2 $((4 * MiB))
+DOM=ferry-rl-$$-$RANDOM
+lv_define "$DOM" "vda=$WORK/vda.qcow2"
+lv_define "$DOM-off" "vda=$WORK/off.qcow2"
+lv_virsh destroy "$DOM-off" >/dev/null
+
+URI="qemu+libssh://root@127.0.0.1:$SSHD_PORT/system?keyfile=$SSHD_KEY&known_hosts=$SSHD_KNOWN_HOSTS"
+URI+="&known_hosts_verify=normal&sshauth=privkey"
+virsh -c "$URI" -q domstate "$DOM" >/dev/null 2>"$WORK/virsh.err" ||
+  fail "libvirt over libssh does not answer: $(cat "$WORK/virsh.err")"
+ok "libvirt answers at $URI"
+
+# --- coordinator, repository, the worker ---
+DATA=$WORK/coord
+coord_init "$DATA"
+coord_start "$DATA" --listen 127.0.0.1:0 --rpc-listen 127.0.0.1:0 --heartbeat-interval-ms 500 --heartbeat-deadline-ms 4000
+"$FERRY" init --repo "$WORK/repo" --chunk-size 1M >/dev/null
+api POST /repositories "{\"name\": \"main\", \"location\": \"$WORK/repo\", \"task_slots\": 4}" >/dev/null
+PORT0=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+worker_token wl >"$WORK/wl.token"
+start_worker() {
+  worker_start l --token-file "$WORK/wl.token" --host host-l --libvirt "$URI" --libvirt-export-tls no \
+    --export-ports "$PORT0-$((PORT0 + 20))" --runtime-dir "$WORK/w" --inventory-interval 1s --verbose "$@"
+}
+start_worker
+vm_state_is() { [[ $(api GET "/vms?name=$1" | jpy "d['vms'][0]['state'] if d['vms'] else ''") == "$2" ]]; }
+wait_for "$DOM in GET /vms" 30 vm_state_is "$DOM" paused
+ok "the worker lists the remote libvirt's domains"
+
+JOB=$(api POST /jobs "{\"name\": \"rl\", \"repository\": 1, \"selection\": {\"vms\": [\"$DOM\"]}, \"retries\": {\"count\": 0, \"interval_s\": 0}}" | jpy 'd["id"]')
+run_session() {  # -> $S, $point; checked: succeeded, restores bit-exact, read over TCP
+  lv_flush "$DOM" vda
+  qemu-img convert -U -O raw "$WORK/vda.qcow2" "$WORK/ref-vda"
+  S=$(api POST "/jobs/$JOB/start" | jpy 'd["session"]')
+  wait_for "session $S to end" 180 session_ended "$S"
+  api GET "/sessions/$S" >"$WORK/s$S.json"
+  api GET "/sessions/$S/log" >"$WORK/log$S.json"
+  [[ $(jpy 'd["state"]' <"$WORK/s$S.json") == succeeded ]] ||
+    { cat "$WORK/log$S.json" >&2; tail -30 "$WORK/worker-l.log" >&2; fail "session $S: $(jpy '[d["state"], d.get("reason")]' <"$WORK/s$S.json")"; }
+  point=$(jpy "d['snapshots'][0]['point_id']" <"$WORK/s$S.json")
+  rm -f "$WORK/restored"
+  "$FERRY" restore --repo "$WORK/repo" --point "$point" --disk vda --to "$WORK/restored" 2>/dev/null
+  cmp -s "$WORK/restored" "$WORK/ref-vda" || fail "session $S: vda (point $point) does not restore bit-exact"
+  grep -q "from nbd://127.0.0.1:[0-9]*/ferry-[0-9a-f]*-vda" "$WORK/log$S.json" ||
+    fail "session $S did not read over TCP: $(cat "$WORK/log$S.json")"
+  ! grep -q "nbd+unix\|nbds+unix" "$WORK/log$S.json" "$WORK/worker-l.log" || fail "session $S used a unix socket"
+}
+nothing_left() {  # no backup job, no scratch file, no session directory or lock
+  ! lv_virsh backup-dumpxml "$DOM" >/dev/null 2>&1 || fail "a backup job is left on $DOM: $(lv_virsh backup-dumpxml "$DOM")"
+  left=$(find "$WORK" -maxdepth 1 -name 'vda.qcow2?*'; find "$WORK/w" -name 'libvirt-*' -o -name '*.lock' 2>/dev/null)
+  [[ -z $left ]] || fail "left behind: $left"
+}
+T0=$SECONDS
+run_session; S1=$S P1=$point
+[[ $(field "$P1" vda cbt.mode) == full ]] || fail "point $P1: vda $(field "$P1" vda cbt.mode), expected full"
+nothing_left
+ok "session $S1 (full, $((SECONDS - T0)) s): vda restores bit-exact, read from nbd://127.0.0.1 (TCP); nothing left"
+
+lv_write "$DOM" vda 0x5a $((3 * MiB)) $((2 * MiB))
+lv_write "$DOM" vda 0x5b $((48 * MiB - 512)) 512
+T0=$SECONDS
+run_session; S2=$S P2=$point
+[[ $(field "$P2" vda cbt.mode) == incremental ]] ||
+  fail "point $P2: vda $(field "$P2" vda cbt.mode) ($(field "$P2" vda cbt.reason)), expected incremental"
+[[ $(field "$P2" vda stats.read_bytes) -le $((4 * MiB)) ]] || fail "the incremental read $(field "$P2" vda stats.read_bytes) bytes"
+nothing_left
+ok "guest writes: session $S2 ($((SECONDS - T0)) s) incremental, bit-exact; nothing left"
+
+# --- a shut-off domain on a remote host: refused, saying why and what to do ---
+JOB_OFF=$(api POST /jobs "{\"name\": \"off\", \"repository\": 1, \"selection\": {\"vms\": [\"$DOM-off\"]}, \"retries\": {\"count\": 0, \"interval_s\": 0}}" | jpy 'd["id"]')
+wait_for "$DOM-off in GET /vms" 30 vm_state_is "$DOM-off" "shut off"
+S=$(api POST "/jobs/$JOB_OFF/start" | jpy 'd["session"]')
+wait_for "session $S to end" 120 session_ended "$S"
+api GET "/sessions/$S/log" >"$WORK/log$S.json"
+[[ $(session_state "$S") == failed ]] || fail "the shut-off domain's session is $(session_state "$S")"
+grep -q "domain $DOM-off at .* is shut off: .*virsh start --paused $DOM-off" "$WORK/log$S.json" ||
+  fail "no clear refusal of the shut-off domain: $(cat "$WORK/log$S.json")"
+kill -0 "${WORKER_PID[l]}" || fail "the worker died"
+ok "a shut-off domain of a remote libvirt: refused, naming it and what to do"
+
+# --- a worker killed mid-backup: its restart ends the job it left ---
+lv_write "$DOM" vda 0x5c 0 $((16 * MiB))
+worker_stop l
+start_worker --rate-limit 1M
+wait_for "the worker to register again" 30 vm_state_is "$DOM" paused
+S=$(api POST "/jobs/$JOB/start" | jpy 'd["session"]')
+job_running() { lv_virsh backup-dumpxml "$DOM" 2>/dev/null | grep -q "ferry-"; }
+wait_for "a backup job on $DOM" 60 job_running
+worker_kill9 l
+job_running || fail "the killed worker's job is gone already"
+wait_for "session $S to end" 120 session_ended "$S"
+start_worker
+wait_for "the worker to register again" 30 vm_state_is "$DOM" paused
+T0=$SECONDS
+run_session
+grep -q "ending the backup job a dead ferry session" "$WORK/worker-l.log" || fail "the dead session's job was not ended"
+nothing_left
+ok "worker killed mid-backup: the restarted worker ended its job; session $S ($((SECONDS - T0)) s) bit-exact; nothing left"
+worker_stop l
