@@ -618,10 +618,14 @@ class LibvirtHostBackup : public HostBackup {
              << "'";
       if (tcp) backup << " exportname='" << XmlEscape(TcpExportName(session_, d.name)) << "'";
       backup << ">";
-      // Remote without a scratch directory: libvirt puts it beside the image.
-      std::string scratch = !dir_.empty()               ? dir_ + "/" + d.name + ".scratch"
-                            : tcp && !tcp->scratch_dir.empty() ? tcp->scratch_dir + "/" + session_ + "-" + d.name + ".scratch"
-                                                               : "";
+      // Remote without a scratch directory: no <scratch>, libvirt puts it
+      // beside the image (on the host) and removes it when the job ends.
+      std::string scratch;
+      if (!dir_.empty()) {
+        scratch = dir_ + "/" + d.name + ".scratch";
+      } else if (tcp && !tcp->scratch_dir.empty()) {
+        scratch = tcp->scratch_dir + "/" + session_ + "-" + d.name + ".scratch";
+      }
       if (!scratch.empty()) backup << "<scratch file='" << XmlEscape(scratch) << "'/>";
       backup << "</disk>";
       checkpoint << "<disk name='" << XmlEscape(d.name) << "' checkpoint='" << (d.cbt_capable ? "bitmap" : "no")
