@@ -613,21 +613,28 @@ class LibvirtHostBackup : public HostBackup {
         continue;
       }
       const CbtPlan& p = plans[static_cast<size_t>(it - disks.begin())];
-      backup << "<disk name='" << XmlEscape(d.name) << "' backup='yes' type='file' backupmode='"
-             << (p.incremental ? "incremental' incremental='" + XmlEscape(p.previous_bitmap) : std::string("full"))
-             << "'";
-      if (tcp) backup << " exportname='" << XmlEscape(TcpExportName(session_, d.name)) << "'";
-      backup << ">";
-      // Remote without a scratch directory: no <scratch>, libvirt puts it
-      // beside the image (on the host) and removes it when the job ends.
+      // Remote: in the host's scratch directory, else beside the image (what
+      // libvirt's own default would be; libvirt 9.0 insists on a path). The
+      // files are libvirt's: it removes them when the job ends.
       std::string scratch;
       if (!dir_.empty()) {
         scratch = dir_ + "/" + d.name + ".scratch";
       } else if (tcp && !tcp->scratch_dir.empty()) {
         scratch = tcp->scratch_dir + "/" + session_ + "-" + d.name + ".scratch";
+      } else if (!d.identity.empty() && !d.identity.starts_with("/dev/")) {
+        scratch = d.identity + "." + TcpExportName(session_, d.name) + ".scratch";
+      } else {
+        throw Error(ErrorKind::kEnvironment, "domain " + host_.xml().name + ", disk " + d.name + " (" +
+                                                 (d.identity.empty() ? "no image file" : d.identity) +
+                                                 "): no directory on the host for its scratch file; give "
+                                                 "libvirt-scratch-dir (docs/worker.md, \"Remote libvirt\")");
       }
-      if (!scratch.empty()) backup << "<scratch file='" << XmlEscape(scratch) << "'/>";
-      backup << "</disk>";
+      backup << "<disk name='" << XmlEscape(d.name) << "' backup='yes' type='file' backupmode='"
+             << (p.incremental ? "incremental' incremental='" + XmlEscape(p.previous_bitmap) : std::string("full"))
+             << "'";
+      if (tcp) backup << " exportname='" << XmlEscape(TcpExportName(session_, d.name)) << "'";
+      backup << ">";
+      backup << "<scratch file='" << XmlEscape(scratch) << "'/></disk>";
       checkpoint << "<disk name='" << XmlEscape(d.name) << "' checkpoint='" << (d.cbt_capable ? "bitmap" : "no")
                  << "'/>";
       any_checkpoint |= d.cbt_capable;

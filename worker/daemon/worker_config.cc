@@ -79,7 +79,7 @@ Every option may also be given in the configuration file as "name = value"
   --libvirt-export-tls-dir DIR  this worker's certificates for those: ca-cert.pem, and
                              client-cert.pem, client-key.pem (required with TLS)
   --libvirt-scratch-dir DIR  the host's directory for libvirt's scratch files (default:
-                             libvirt's choice, beside each disk image)
+                             beside each disk image file)
   --slots N                  disk tasks run at once (default 2)
   --threads N                compute threads per disk task (default: cores / slots)
   --rate-limit BYTES/s       read rate cap per disk task (default: none)

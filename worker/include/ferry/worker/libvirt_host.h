@@ -13,8 +13,8 @@
 //    the host's backup TLS (x509, qemu.conf) unless turned off; the export
 //    names carry the session ("ferry-<session>-<disk>") so a later run can
 //    tell a dead session's job; nothing on this machine but the session lock,
-//    the scratch files where libvirt puts them (beside each image) or in
-//    tcp_export.scratch_dir on the host.
+//    the scratch files on the host, beside each image or in
+//    tcp_export.scratch_dir.
 // Shut-off domains: each image read through a read-only qemu-nbd whose image
 // lock keeps the domain from starting meanwhile; qcow2 disks use the
 // persistent bitmap of the chain's checkpoint for an incremental. Only for a
@@ -46,7 +46,7 @@ struct LibvirtTcpExport {
   // false: plaintext NBD, for a trusted network only.
   bool tls = true;
   std::string tls_x509_dir;
-  std::string scratch_dir;  // the host's directory for scratch files; "": libvirt's choice
+  std::string scratch_dir;  // the host's directory for scratch files; "": beside each image
 };
 
 struct LibvirtHostOptions {
