@@ -162,6 +162,7 @@ class LibvirtHost : public Host {
     }
     conn_ = Connect(options.uri);
     dom_ = LookupDomain(conn_.get(), options.vm);
+    if (const char* name = virDomainGetName(dom_.get())) name_ = name;  // options.vm may be the UUID
     int state = 0;
     if (virDomainGetState(dom_.get(), &state, nullptr, 0) != 0) ThrowLibvirt("state of domain " + options.vm);
     running_ = state == VIR_DOMAIN_RUNNING || state == VIR_DOMAIN_PAUSED || state == VIR_DOMAIN_BLOCKED;
@@ -321,10 +322,10 @@ class LibvirtHost : public Host {
     // here says the session was this worker's.
     if (remote_ && !lock_exists) {
       throw Error(ErrorKind::kRetryable,
-                  "domain " + options_.vm + " at " + options_.uri + " has the backup job of ferry session " + session +
+                  "domain " + name_ + " at " + options_.uri + " has the backup job of ferry session " + session +
                       ", which this worker does not know (another worker's, or from before this worker restarted); "
                       "if no ferry worker is backing it up, end it with: virsh -c '" + options_.uri +
-                      "' domjobabort " + options_.vm);
+                      "' domjobabort " + name_);
     }
     LogWarning("ending the backup job a dead ferry session (" + session + ") left on domain " + options_.vm);
     virDomainAbortJob(dom_.get());
@@ -389,6 +390,7 @@ class LibvirtHost : public Host {
 
   LibvirtHostOptions options_;
   bool remote_ = false;  // the URI names a host: libvirtd runs on another machine
+  std::string name_;     // the domain's name, for messages
   VirPtr<virConnect> conn_;
   VirPtr<virDomain> dom_;
   bool running_ = false;

@@ -9,7 +9,8 @@
 # socket, and the point restores bit-exact; after guest writes the next run is
 # incremental and bit-exact; nothing is left behind (no backup job, no scratch
 # file, no session directory); a shut-off domain is refused clearly; a worker
-# killed mid-backup leaves a job its restart ends, and the run after succeeds.
+# killed mid-backup leaves a job its restart ends, and the run after succeeds;
+# a job of a session the worker has no lock of is left alone, and said so.
 . "$(dirname "$0")/common.sh" "$@"
 . "$TESTS_DIR/lib/coordinator.sh"
 . "$TESTS_DIR/lib/sshd.sh"
@@ -123,4 +124,20 @@ run_session
 grep -q "ending the backup job a dead ferry session" "$WORK/worker-l.log" || fail "the dead session's job was not ended"
 nothing_left
 ok "worker killed mid-backup: the restarted worker ended its job; session $S ($((SECONDS - T0)) s) bit-exact; nothing left"
+
+# --- a job of a session this worker has no lock of (another worker's): left alone, the backup says how to end it ---
+cat >"$WORK/other.xml" <<XML
+<domainbackup mode='pull'><server transport='tcp' name='127.0.0.1' port='$((PORT0 + 21))'/>
+<disks><disk name='vda' backup='yes' type='file' exportname='ferry-0123456789abcdef-vda'><scratch file='$WORK/other.scratch'/></disk></disks></domainbackup>
+XML
+lv_virsh backup-begin "$DOM" "$WORK/other.xml" >/dev/null || fail "could not start the other worker's job"
+S=$(api POST "/jobs/$JOB/start" | jpy 'd["session"]')
+wait_for "session $S to end" 120 session_ended "$S"
+api GET "/sessions/$S/log" >"$WORK/log$S.json"
+[[ $(session_state "$S") == failed ]] || fail "session $S is $(session_state "$S") with another worker's job on $DOM"
+grep -q "has the backup job of ferry session 0123456789abcdef, which this worker does not know.*domjobabort $DOM" "$WORK/log$S.json" ||
+  fail "no clear message about the other worker's job: $(cat "$WORK/log$S.json")"
+lv_virsh backup-dumpxml "$DOM" | grep -q "ferry-0123456789abcdef-vda" || fail "the other worker's job was ended"
+lv_virsh domjobabort "$DOM" >/dev/null
+ok "another worker's job on the domain: left alone; the backup fails saying whose it is and how to end it"
 worker_stop l
