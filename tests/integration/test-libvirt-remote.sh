@@ -10,7 +10,10 @@
 # incremental and bit-exact; nothing is left behind (no backup job, no scratch
 # file, no session directory); a shut-off domain is refused clearly; a worker
 # killed mid-backup leaves a job its restart ends, and the run after succeeds;
-# a job of a session the worker has no lock of is left alone, and said so.
+# a job of a session the worker has no lock of is left alone, and said so;
+# with TLS (the default) and no backup TLS on the host, the backup says what
+# to set; with it (a CA, a server certificate in /etc/pki/qemu, a client
+# certificate for the worker) the export is read over nbds://, bit-exact.
 . "$(dirname "$0")/common.sh" "$@"
 . "$TESTS_DIR/lib/coordinator.sh"
 . "$TESTS_DIR/lib/sshd.sh"
@@ -73,7 +76,7 @@ run_session() {  # -> $S, $point; checked: succeeded, restores bit-exact, read o
 }
 nothing_left() {  # no backup job, no scratch file, no session directory or lock
   ! lv_virsh backup-dumpxml "$DOM" >/dev/null 2>&1 || fail "a backup job is left on $DOM: $(lv_virsh backup-dumpxml "$DOM")"
-  left=$(find "$WORK" -maxdepth 1 -name 'vda.qcow2?*'; find "$WORK/w" -name 'libvirt-*' -o -name '*.lock' 2>/dev/null)
+  left=$(find "$WORK" -maxdepth 1 -name 'vda.qcow2?*'; find "$WORK"/w* -name 'libvirt-*' -o -name '*.lock' 2>/dev/null)
   [[ -z $left ]] || fail "left behind: $left"
 }
 T0=$SECONDS
@@ -141,3 +144,61 @@ lv_virsh backup-dumpxml "$DOM" | grep -q "ferry-0123456789abcdef-vda" || fail "t
 lv_virsh domjobabort "$DOM" >/dev/null
 ok "another worker's job on the domain: left alone; the backup fails saying whose it is and how to end it"
 worker_stop l
+
+# --- the export with the host's backup TLS (x509; the default) ---
+# libvirt's backup TLS directory is qemu.conf's default_tls_x509_cert_dir,
+# /etc/pki/qemu here (read by QEMU when a backup asks for TLS, no libvirtd
+# restart). Only a machine without one is used for this part: the test makes
+# it and removes it again.
+PKI=/etc/pki/qemu
+if [[ -e $PKI ]] || grep -Eq '^\s*(backup|default)_tls_x509_cert_dir' /etc/libvirt/qemu.conf; then
+  echo "SKIPPED PART: $PKI exists or qemu.conf sets a TLS directory; not touching the host's TLS setup"
+  exit 0
+fi
+ca() { openssl req -x509 -newkey rsa:2048 -nodes -keyout "$1/ca-key.pem" -subj "/CN=ferry test CA" -days 2 -out "$1/ca-cert.pem" 2>/dev/null; }
+sign() {  # CA-DIR CERT KEY CN SAN
+  printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$5" >"$2.ext"
+  openssl req -new -newkey rsa:2048 -nodes -keyout "$3" -subj "/CN=$4" -out "$2.csr" 2>/dev/null &&
+    openssl x509 -req -in "$2.csr" -CA "$1/ca-cert.pem" -CAkey "$1/ca-key.pem" -CAcreateserial -days 2 \
+      -extfile "$2.ext" -out "$2" 2>/dev/null
+  rm -f "$2.csr" "$2.ext"
+}
+mkdir -p "$WORK/ca" "$WORK/pki"
+ca "$WORK/ca" || fail "openssl: no CA"
+cp "$WORK/ca/ca-cert.pem" "$WORK/pki/"
+sign "$WORK/ca" "$WORK/pki/client-cert.pem" "$WORK/pki/client-key.pem" ferry-worker DNS:ferry-worker || fail "openssl: no client certificate"
+worker_token wt >"$WORK/wt.token"
+worker_start t --token-file "$WORK/wt.token" --host host-l --libvirt "$URI" --libvirt-export-tls-dir "$WORK/pki" \
+  --export-ports "$PORT0-$((PORT0 + 20))" --runtime-dir "$WORK/wt" --inventory-interval 1s
+wait_for "the TLS worker to register" 30 grep -q "registered as worker" "$WORK/worker-t.log"
+# No backup TLS on the host yet: a clear error saying what to set.
+S=$(api POST "/jobs/$JOB/start" | jpy 'd["session"]')
+wait_for "session $S to end" 120 session_ended "$S"
+api GET "/sessions/$S/log" >"$WORK/log$S.json"
+[[ $(session_state "$S") == failed ]] || fail "session $S is $(session_state "$S") without backup TLS on the host"
+grep -q "could not set up TLS for its NBD export.*backup_tls_x509_cert_dir.*libvirt-export-tls = no" "$WORK/log$S.json" ||
+  fail "no clear error without backup TLS on the host: $(cat "$WORK/log$S.json")"
+ok "the host has no backup TLS: the backup fails saying so and what to set"
+made=$PKI
+[[ -d /etc/pki ]] || made=/etc/pki
+on_exit "rm -rf $made"
+mkdir -p -m 755 "$PKI"
+cp "$WORK/ca/ca-cert.pem" "$PKI/"
+sign "$WORK/ca" "$PKI/server-cert.pem" "$PKI/server-key.pem" 127.0.0.1 IP:127.0.0.1 || fail "openssl: no server certificate"
+chmod 644 "$PKI"/*.pem  # QEMU may run as libvirt's QEMU user
+lv_flush "$DOM" vda
+qemu-img convert -U -O raw "$WORK/vda.qcow2" "$WORK/ref-vda"
+T0=$SECONDS
+S=$(api POST "/jobs/$JOB/start" | jpy 'd["session"]')
+wait_for "session $S to end" 180 session_ended "$S"
+api GET "/sessions/$S/log" >"$WORK/log$S.json"
+[[ $(session_state "$S") == succeeded ]] || { tail -30 "$WORK/worker-t.log" >&2; fail "session $S with backup TLS: $(cat "$WORK/log$S.json")"; }
+grep -q "from nbds://127.0.0.1:[0-9]*/ferry-[0-9a-f]*-vda" "$WORK/log$S.json" || fail "session $S did not read over nbds://: $(cat "$WORK/log$S.json")"
+point=$(api GET "/sessions/$S" | jpy "d['snapshots'][0]['point_id']")
+rm -f "$WORK/restored"
+"$FERRY" restore --repo "$WORK/repo" --point "$point" --disk vda --to "$WORK/restored" 2>/dev/null
+cmp -s "$WORK/restored" "$WORK/ref-vda" || fail "session $S: vda (point $point) does not restore bit-exact"
+nothing_left
+rm -rf "$made"
+worker_stop t
+ok "with the host's backup TLS: session $S ($((SECONDS - T0)) s) read from nbds://127.0.0.1 (x509, client certificate), bit-exact"
