@@ -170,6 +170,7 @@ class LibvirtHost : public Host {
     if (!remote_) RemoveDeadSessionDirectories();  // a remote session has no directory here
     xml_ = ParseDomainXml(DomainXmlDesc(dom_.get(), 0));
     vm_ = DescribeDomain(dom_.get(), xml_, state);
+    if (remote_) RemoveDeadSessionLocks();
   }
 
   std::string description() const override { return "libvirt domain " + xml_.name + " at " + options_.uri; }
@@ -227,6 +228,7 @@ class LibvirtHost : public Host {
   std::unique_ptr<HostBackup> BeginBackup(const std::vector<HostDisk>& disks, const std::vector<CbtPlan>& plans) override;
 
   virDomainPtr domain() const { return dom_.get(); }
+  virConnectPtr connection() const { return conn_.get(); }
   const DomainXml& xml() const { return xml_; }
   bool running() const { return running_; }
   bool remote() const { return remote_; }
@@ -388,6 +390,35 @@ class LibvirtHost : public Host {
     }
   }
 
+  // A remote session leaves only its lock here. Once any job of this
+  // domain's was dealt with (AbortAbandonedBackupJob), a free lock whose
+  // record names this domain is a dead session's whose job went with its
+  // QEMU (the domain restarted): remove it. A live session's lock is never
+  // free (CreateSessionLock).
+  void RemoveDeadSessionLocks() {
+    const std::string& runtime = options_.paths.runtime_dir;
+    const std::string mark = "\nlibvirt " + xml_.uuid + "\n";
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(runtime, ec)) {
+      std::string name = entry.path().filename().string();
+      if (!name.ends_with(".lock") || !entry.is_regular_file(ec)) continue;
+      std::string session = name.substr(0, name.size() - 5);
+      std::string path = SessionLockPath(options_.paths, session);
+      if (path != entry.path().string()) continue;
+      std::string record;
+      try {
+        record = ReadWholeFile(path);
+      } catch (const Error&) {
+        continue;  // gone meanwhile
+      }
+      if (xml_.uuid.empty() || record.find(mark) == std::string::npos) continue;
+      FileLock lock = FileLock::TryAcquire(path, /*create=*/false);
+      if (!lock.held()) continue;  // alive (or gone)
+      LogWarning("removing the lock of dead ferry session " + session + " (domain " + name_ + ")");
+      ::unlink(path.c_str());
+    }
+  }
+
   LibvirtHostOptions options_;
   bool remote_ = false;  // the URI names a host: libvirtd runs on another machine
   std::string name_;     // the domain's name, for messages
@@ -435,6 +466,13 @@ class LibvirtHostBackup : public HostBackup {
                         "(qemu.conf backup_tls_x509_cert_dir: ca-cert.pem, server-cert.pem, server-key.pem for the "
                         "name " + tcp->host + "), or on a trusted network give libvirt-export-tls = no "
                         "(docs/worker.md, \"Remote libvirt\")");
+      }
+      // A broken connection (a remote host gone, its sshd or libvirtd
+      // restarted) is no refusal of the checkpoint: keep the chain.
+      if (virConnectIsAlive(host_.connection()) != 1) {
+        throw Error(ErrorKind::kRetryable, "starting a backup of domain " + host_.xml().name +
+                                               ": the connection to libvirt at " + host_.options().uri +
+                                               " broke: " + error);
       }
       bool any_incremental = std::any_of(plans.begin(), plans.end(), [](auto& p) { return p.incremental; });
       if (attempt++ > 0 || !any_incremental) {

@@ -7,8 +7,8 @@
 # Checks: the domain shows up in GET /vms; a coordinator job backs it up, the
 # pull-mode export over TCP (nbd://127.0.0.1:PORT/ferry-...), not a unix
 # socket, and the point restores bit-exact; after guest writes the next run is
-# incremental and bit-exact; nothing is left behind (no backup job, no scratch
-# file, no session directory); a shut-off domain is refused clearly; a worker
+# incremental and bit-exact, and a dead session's lock is removed; nothing is
+# left behind (no backup job, no scratch file, no session directory or lock); a shut-off domain is refused clearly; a worker
 # killed mid-backup leaves a job its restart ends, and the run after succeeds;
 # a job of a session the worker has no lock of is left alone, and said so;
 # with TLS (the default) and no backup TLS on the host, the backup says what
@@ -87,13 +87,17 @@ ok "session $S1 (full, $((SECONDS - T0)) s): vda restores bit-exact, read from n
 
 lv_write "$DOM" vda 0x5a $((3 * MiB)) $((2 * MiB))
 lv_write "$DOM" vda 0x5b $((48 * MiB - 512)) 512
+# The lock a dead session left whose job went with its QEMU: removed by the next run.
+printf 'ferry-session 0123456789abcdee\nlibvirt %s\npid 1\n' "$(lv_virsh domuuid "$DOM")" >"$WORK/w/0123456789abcdee.lock"
 T0=$SECONDS
 run_session; S2=$S P2=$point
+grep -q "removing the lock of dead ferry session 0123456789abcdee (domain $DOM)" "$WORK/worker-l.log" ||
+  fail "the dead session's lock was not removed"
 [[ $(field "$P2" vda cbt.mode) == incremental ]] ||
   fail "point $P2: vda $(field "$P2" vda cbt.mode) ($(field "$P2" vda cbt.reason)), expected incremental"
 [[ $(field "$P2" vda stats.read_bytes) -le $((4 * MiB)) ]] || fail "the incremental read $(field "$P2" vda stats.read_bytes) bytes"
 nothing_left
-ok "guest writes: session $S2 ($((SECONDS - T0)) s) incremental, bit-exact; nothing left"
+ok "guest writes: session $S2 ($((SECONDS - T0)) s) incremental, bit-exact; a dead session's lock removed; nothing left"
 
 # --- a shut-off domain on a remote host: refused, saying why and what to do ---
 JOB_OFF=$(api POST /jobs "{\"name\": \"off\", \"repository\": 1, \"selection\": {\"vms\": [\"$DOM-off\"]}, \"retries\": {\"count\": 0, \"interval_s\": 0}}" | jpy 'd["id"]')
