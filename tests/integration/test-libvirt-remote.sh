@@ -186,7 +186,7 @@ ok "the host has no backup TLS: the backup fails saying so and what to set"
 made=$PKI
 [[ -d /etc/pki ]] || made=/etc/pki
 on_exit "rm -rf $made"
-mkdir -p -m 755 "$PKI"
+mkdir -p "$PKI" && chmod 755 "$PKI"
 cp "$WORK/ca/ca-cert.pem" "$PKI/"
 sign "$WORK/ca" "$PKI/server-cert.pem" "$PKI/server-key.pem" 127.0.0.1 IP:127.0.0.1 || fail "openssl: no server certificate"
 chmod 644 "$PKI"/*.pem  # QEMU may run as libvirt's QEMU user
