@@ -585,6 +585,15 @@ rpc::WorkOutcome HostExecutor::DoRestore(Job& job, const rpc::RestoreAssignment&
                                           " needs libvirt, and this worker of host " + settings_.host +
                                           " has no libvirt connection (option libvirt)");
   }
+  if (item.target != Target::kFile && settings_.libvirt_export) {
+    // The images are written as files of this machine, which the domain's
+    // host does not see.
+    throw Error(ErrorKind::kBadInput, std::string("restore target ") + rpc::RestoreTargetName(item.target) +
+                                          " writes the domain's images where its libvirtd reads them, and this "
+                                          "worker reaches libvirt at " + settings_.libvirt_uri +
+                                          " over the network: restore with a worker on host " + settings_.host +
+                                          ", or to a file");
+  }
   job.restoring = true;
   auto repo = OpenRepository(item.repository);
   // The total for progress, from the point itself: every disk of a whole VM.
