@@ -36,7 +36,7 @@ Commands:
            point (incremental when the chain's dirty bitmaps can be trusted);
            prints the point's id
   list     --repo DIR [--json]
-           list restore points
+           list restore points (and their locks)
   restore  --repo DIR --point ID --disk NAME --to PATH [--format raw|qcow2]
            restore one disk into a new image file (thin)
   restore  --repo DIR --point ID --disk NAME --libvirt URI --vm NAME [--target-disk DEV]
@@ -44,10 +44,20 @@ Commands:
   restore-vm --repo DIR --point ID --libvirt URI [--name NEW] [--dir PATH | --pool POOL]
            [--format qcow2|raw] [--keep-macs] | [--overwrite --yes]
            restore a whole VM as a new libvirt domain, or over the original
-  verify   --repo DIR [--point ID]
+  verify   --repo DIR [--point ID] [--threads N] [--skip-verified-within DURATION] [--no-record]
            check every manifest and index, read back and check every chunk the
            points reference; damaged chunks are quarantined (the next backup
-           stores them again)
+           stores them again); records each point's check (ferry list shows it);
+           --skip-verified-within 7d: chunks a clean check read within 7 days
+           are not read again
+  prune    --repo DIR [--keep-last N] [--keep-within Nd] [--keep-daily N] [--keep-weekly N]
+           [--keep-monthly N] [--keep-yearly N] [--vm NAME] [--dry-run] [--json]
+           remove the points no rule keeps, per VM and chain; prints each point,
+           keep or remove, and why (docs/retention.md). Locked and in-use points stay
+  remove   --repo DIR --point ID
+           remove one restore point (refused while it is locked or in use)
+  lock     --repo DIR --point ID (--days N | --for DURATION) [--reason TEXT]
+           lock a point against removal; a lock is extended, never shortened
   gc       --repo DIR [--dry-run] [--json] [--window MINUTES] [--threads N]
            remove the chunks no restore point references (safe while backups,
            restores and verifies run; resumes where a killed GC stopped)
@@ -76,8 +86,9 @@ Exit codes: 0 ok, 2 bad input, 3 not found, 4 corrupt data, 5 environment
 
 // Run by ferry-host (worker/cli/main.cc); `_guardian` is ferry-host's own
 // re-exec of itself, listed so `ferry _guardian` keeps working too.
-const std::set<std::string> kHostCommands = {"init",  "backup",      "list",   "restore", "restore-vm", "verify", "gc", "space",
-                                             "inventory", "stage", "backup-disk", "commit", "discard", "_guardian"};
+const std::set<std::string> kHostCommands = {"init",  "backup",      "list",   "restore", "restore-vm", "verify",
+                                             "prune", "remove", "lock", "gc", "space", "inventory", "stage",
+                                             "backup-disk", "commit", "discard", "_guardian"};
 
 std::atomic<bool> g_interrupted{false};
 void OnSignal(int) { g_interrupted = true; }

@@ -74,7 +74,7 @@ TEST_P(FormatCompatTest, ReadsRepositoryOfVersion) {
   }
   EXPECT_EQ(sha.Finish().Hex(), want.sha256);
 
-  VerifyReport report = VerifyRepository(*repo, std::nullopt, 2, nullptr);
+  VerifyReport report = VerifyRepository(*repo, {std::nullopt, 2}, nullptr);
   EXPECT_TRUE(report.clean());
   EXPECT_EQ(report.chunks_checked, 3u);
   EXPECT_EQ(m.format_version, version);

@@ -34,31 +34,41 @@ namespace {
 
 // A v2 manifest is  <JSON object without its closing brace>
 //                   ,"manifest_sha256":"<64 hex>"}<newline>
-// and the 64 hex digits are the SHA-256 of the file without them.
-constexpr std::string_view kChecksumMember = ",\"manifest_sha256\":\"";
+// and the 64 hex digits are the SHA-256 of the file without them. Other small
+// records (a point's lock) use the same layout under their own member name.
 constexpr std::string_view kChecksumTrailer = "\"}\n";
 
-Digest ManifestChecksum(std::string_view head, std::string_view tail) {
+std::string ChecksumMember(std::string_view member) { return ",\"" + std::string(member) + "\":\""; }
+
+Digest SealChecksum(std::string_view head, std::string_view tail) {
   Sha256Stream sha;
   sha.Update(head.data(), head.size());
   sha.Update(tail.data(), tail.size());
   return sha.Finish();
 }
 
-// Whether the text ends the way a checksummed manifest does.
-bool HasChecksumTrailer(std::string_view text) {
-  const size_t tail = kChecksumTrailer.size(), hex = 64, member = kChecksumMember.size();
-  return text.size() >= member + hex + tail && text.ends_with(kChecksumTrailer) &&
-         text.substr(text.size() - tail - hex - member, member) == kChecksumMember;
+// Whether the text ends the way a checksummed record does.
+bool HasChecksumTrailer(std::string_view text, std::string_view member_name) {
+  const std::string member = ChecksumMember(member_name);
+  const size_t tail = kChecksumTrailer.size(), hex = 64;
+  return text.size() >= member.size() + hex + tail && text.ends_with(kChecksumTrailer) &&
+         text.substr(text.size() - tail - hex - member.size(), member.size()) == member;
 }
 
-// Checks a v2 manifest's checksum; throws kCorrupt naming `source`.
-void CheckManifestChecksum(std::string_view text, const std::string& source) {
-  auto bad = [&](const std::string& why) {
-    return Error(ErrorKind::kCorrupt, "manifest " + source + ": " + why);
-  };
+}  // namespace
+
+std::string SealJson(std::string object_text, std::string_view member) {
+  if (object_text.empty() || object_text.back() != '}') throw Error(ErrorKind::kInternal, "SealJson: not a JSON object");
+  object_text.pop_back();  // the closing brace
+  object_text += ChecksumMember(member);
+  Digest sha = SealChecksum(object_text, kChecksumTrailer);
+  return object_text + sha.Hex() + std::string(kChecksumTrailer);
+}
+
+void CheckSealedJson(std::string_view text, std::string_view member, const std::string& what) {
+  auto bad = [&](const std::string& why) { return Error(ErrorKind::kCorrupt, what + ": " + why); };
   const size_t tail = kChecksumTrailer.size(), hex = 64;
-  if (!HasChecksumTrailer(text)) throw bad("does not end in its checksum (truncated or changed)");
+  if (!HasChecksumTrailer(text, member)) throw bad("does not end in its checksum (truncated or changed)");
   std::string_view digits = text.substr(text.size() - tail - hex, hex);
   Digest recorded;
   try {
@@ -67,9 +77,17 @@ void CheckManifestChecksum(std::string_view text, const std::string& source) {
     throw bad("checksum is not a SHA-256 hex digest");
   }
   if (recorded.Hex() != digits) throw bad("checksum is not in lowercase hex");  // every bit counts
-  if (ManifestChecksum(text.substr(0, text.size() - tail - hex), kChecksumTrailer) != recorded) {
-    throw bad("checksum does not match its contents (the manifest was changed or damaged)");
+  if (SealChecksum(text.substr(0, text.size() - tail - hex), kChecksumTrailer) != recorded) {
+    throw bad("checksum does not match its contents (the file was changed or damaged)");
   }
+}
+
+namespace {
+
+constexpr char kManifestChecksum[] = "manifest_sha256";
+
+void CheckManifestChecksum(std::string_view text, const std::string& source) {
+  CheckSealedJson(text, kManifestChecksum, "manifest " + source);
 }
 
 }  // namespace
@@ -119,11 +137,7 @@ std::string ManifestToJson(const RestorePointManifest& m) {
     root["config_files"] = std::move(files);
   }
   // The checksum covers every byte of the file but its own 64 hex digits.
-  std::string text = json::serialize(root);
-  text.pop_back();  // the closing brace
-  text += kChecksumMember;
-  Digest sha = ManifestChecksum(text, kChecksumTrailer);
-  return text + sha.Hex() + std::string(kChecksumTrailer);
+  return SealJson(json::serialize(root), kManifestChecksum);
 }
 
 namespace {
@@ -135,7 +149,7 @@ RestorePointManifest ManifestFromJson(const std::string& text, const std::string
   // The checksum is checked before anything in the text is believed, the
   // "format" member included: a flipped version digit must read as damage,
   // not as a v1 manifest (which has no checksum) or a newer one.
-  const bool sealed = HasChecksumTrailer(text);
+  const bool sealed = HasChecksumTrailer(text, kManifestChecksum);
   if (sealed) CheckManifestChecksum(text, source);
   json::error_code ec;
   json::value root = json::parse(text, ec);

@@ -1,12 +1,17 @@
 #include "ferry/common/point_store.h"
 
 #include <dirent.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <boost/json.hpp>
 #include <cerrno>
+#include <cstring>
 #include <ctime>
 #include <set>
 
@@ -14,6 +19,7 @@
 #include "ferry/common/format.h"
 #include "ferry/common/json_reader.h"
 #include "ferry/common/log.h"
+#include "ferry/common/retention.h"  // FormatRfc3339
 
 namespace json = boost::json;
 
@@ -27,10 +33,26 @@ namespace ferry {
 //                            owner.lock (held by the process of a point
 //                            staged with expiry 0)
 //   staging/<id>.lock        shared by writers, exclusive for commit/removal
+//   points/<id>/lock.json    the point's lock (SetLock); checksummed like a
+//                            manifest
+//   points/.removing-<id>/   a point being removed: hidden from List and
+//                            LoadAll (dot names), deleted by the next Remove
+//
+// Committed points are locked with flock on their directory (opened
+// read-only, so an immutable point can be locked too): shared by leases and
+// SetLock, exclusive (without waiting) by Remove. Remove then renames the
+// directory to its hidden name in one step and deletes that: a crash leaves
+// the whole point or a hidden leftover, never half a point.
 
 namespace {
 
 constexpr char kStagedFamily[] = "ferry-staged-point";
+constexpr char kLockFamily[] = "ferry-point-lock";
+constexpr char kLockChecksum[] = "lock_sha256";
+constexpr char kLockFile[] = "lock.json";
+constexpr char kRemovingPrefix[] = ".removing-";
+constexpr size_t kMaxLockReason = 1024;
+constexpr int64_t kMaxLockSeconds = int64_t{36500} * 86400;
 constexpr char kLockSuffix[] = ".lock";
 constexpr char kStageSuffix[] = ".stage";
 
@@ -94,6 +116,106 @@ StagedPointHeader HeaderFromJson(const std::string& text, const std::string& pat
   return h;
 }
 
+// A flock on a committed point's directory. Invalid when another process
+// holds it in a conflicting mode past `wait_ms`; kNotFound when the point is
+// not there (or was removed while we took it).
+UniqueFd LockPointDirectory(const std::string& path, const std::string& id, LockMode mode, int wait_ms) {
+  for (int waited = 0;; waited += 20) {
+    int raw = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (raw < 0) {
+      if (errno == ENOENT || errno == ENOTDIR) throw Error(ErrorKind::kNotFound, "restore point '" + id + "' does not exist");
+      throw ErrnoError("opening restore point " + path, errno);
+    }
+    UniqueFd fd(raw);
+    if (::flock(fd.get(), (mode == LockMode::kShared ? LOCK_SH : LOCK_EX) | LOCK_NB) == 0) {
+      struct stat held, now;
+      if (::fstat(fd.get(), &held) != 0) throw ErrnoError("stat of " + path, errno);
+      if (::stat(path.c_str(), &now) != 0 || now.st_ino != held.st_ino || now.st_dev != held.st_dev) {
+        throw Error(ErrorKind::kNotFound, "restore point '" + id + "' does not exist (it was just removed)");
+      }
+      return fd;
+    }
+    if (errno != EWOULDBLOCK) throw ErrnoError("locking restore point " + path, errno);
+    if (waited >= wait_ms) return UniqueFd();
+    ::usleep(20 * 1000);
+  }
+}
+
+class LocalPointLease : public PointLease {
+ public:
+  explicit LocalPointLease(UniqueFd fd) : fd_(std::move(fd)) {}
+
+ private:
+  UniqueFd fd_;
+};
+
+// The file system's immutable flag (chattr +i): set by root on a locked
+// point where the file system has it. Returns 0 or the errno of the failure.
+int SetImmutableFlag(const std::string& path, bool on) {
+  int raw = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  if (raw < 0) return errno;
+  UniqueFd fd(raw);
+  int flags = 0;
+  if (::ioctl(fd.get(), FS_IOC_GETFLAGS, &flags) != 0) return errno;
+  int wanted = on ? (flags | FS_IMMUTABLE_FL) : (flags & ~FS_IMMUTABLE_FL);
+  if (wanted == flags) return 0;
+  if (::ioctl(fd.get(), FS_IOC_SETFLAGS, &wanted) != 0) return errno;
+  return 0;
+}
+
+bool HasImmutableFlag(const std::string& path) {
+  int raw = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  if (raw < 0) return false;
+  UniqueFd fd(raw);
+  int flags = 0;
+  return ::ioctl(fd.get(), FS_IOC_GETFLAGS, &flags) == 0 && (flags & FS_IMMUTABLE_FL) != 0;
+}
+
+// Every name in a directory, dot names included (but . and ..).
+std::vector<std::string> ListAllNames(const std::string& dir) {
+  std::vector<std::string> names;
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) throw ErrnoError("listing " + dir, errno);
+  while (struct dirent* e = ::readdir(d)) {
+    std::string name = e->d_name;
+    if (name != "." && name != "..") names.push_back(std::move(name));
+  }
+  ::closedir(d);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+std::string LockToJson(const std::string& id, const PointLock& lock) {
+  const std::string until = FormatRfc3339(lock.locked_until);
+  json::object o{{"format", std::string(kLockFamily) + "-v1"},
+                 {"point", id},
+                 {"locked_until", lock.locked_until},
+                 {"locked_until_utc", until},
+                 {"set_at", lock.set_at},
+                 {"reason", lock.reason}};
+  return SealJson(json::serialize(o), kLockChecksum);
+}
+
+PointLock LockFromJson(const std::string& text, const std::string& id, const std::string& path) {
+  const std::string what = "point lock " + path;
+  CheckSealedJson(text, kLockChecksum, what);
+  json::error_code ec;
+  json::value v = json::parse(text, ec);
+  if (ec || !v.is_object()) throw Error(ErrorKind::kCorrupt, what + ": not a JSON object");
+  JsonReader r(v.as_object(), "", CorruptFileFail(what));
+  CheckFormatName(*r.String("format", true), kLockFamily, 1, what);
+  if (*r.String("point", true) != id) r.Fail("point", "names another point");
+  PointLock lock;
+  lock.locked_until = *r.Int("locked_until", true, 0, INT64_MAX);
+  r.String("locked_until_utc", true);  // for people; locked_until is what counts
+  lock.set_at = *r.Int("set_at", true, 0, INT64_MAX);
+  lock.reason = *r.String("reason", true, kMaxLockReason);
+  r.String(kLockChecksum, true);  // checked above
+  return lock;
+}
+
+std::string DescribeLockEnd(int64_t t) { return FormatRfc3339(t); }
+
 class LocalStagingLease : public StagingLease {
  public:
   LocalStagingLease(StagedPointHeader header, FileLock owner) : header_(std::move(header)), owner_(std::move(owner)) {}
@@ -139,7 +261,8 @@ class LocalDiskWriter : public DiskWriter {
 class LocalPointStore : public PointStore {
  public:
   LocalPointStore(std::string repo_dir, ChunkStore& chunks)
-      : dir_(std::move(repo_dir)), points_(dir_ + "/points"), staging_(dir_ + "/staging"), chunks_(chunks) {}
+      : dir_(std::move(repo_dir)), points_(dir_ + "/points"), staging_(dir_ + "/staging"), checks_(dir_ + "/checks"),
+        chunks_(chunks) {}
 
   std::vector<std::string> List() const override {
     std::vector<std::string> ids;
@@ -385,6 +508,36 @@ class LocalPointStore : public PointStore {
     return removed;
   }
 
+  std::map<std::string, PointCheck> LoadChecks() const override {
+    std::map<std::string, PointCheck> out;
+    if (!PathExists(checks_)) return out;
+    std::vector<std::string> committed = List();
+    std::set<std::string> ids(committed.begin(), committed.end());
+    for (const auto& name : ListDirectory(checks_)) {
+      if (!name.ends_with(".json")) continue;
+      std::string id = name.substr(0, name.size() - 5);
+      if (!ids.count(id)) continue;  // a point removed since
+      std::string path = checks_ + "/" + name;
+      try {
+        PointCheck c = PointCheckFromJson(ReadWholeFile(path), path);
+        if (c.point != id) throw Error(ErrorKind::kCorrupt, "check record " + path + " names point '" + c.point + "'");
+        out.emplace(id, std::move(c));
+      } catch (const Error& e) {
+        LogWarning(std::string(e.what()) + "; the point counts as never checked");
+      }
+    }
+    return out;
+  }
+
+  void RecordCheck(const PointCheck& check) override {
+    ValidatePointId(check.point);
+    if (!PathExists(points_ + "/" + check.point + "/manifest.json")) {
+      throw Error(ErrorKind::kNotFound, "restore point '" + check.point + "' does not exist in " + dir_);
+    }
+    if (!PathExists(checks_)) MakeDirectory(checks_, 0755);
+    WriteFileAtomically(checks_ + "/" + check.point + ".json", PointCheckToJson(check));
+  }
+
   std::vector<std::string> ListStaged() const override {
     std::set<std::string> ids;
     if (!PathExists(staging_)) return {};
@@ -397,7 +550,147 @@ class LocalPointStore : public PointStore {
     return {ids.begin(), ids.end()};
   }
 
+  std::unique_ptr<PointLease> Lease(const std::string& id) const override {
+    ValidatePointId(id);
+    UniqueFd fd = LockPointDirectory(points_ + "/" + id, id, LockMode::kShared, kLockWaitMs);
+    if (!fd.valid()) throw Error(ErrorKind::kRetryable, "restore point " + id + " is being removed");
+    return std::make_unique<LocalPointLease>(std::move(fd));
+  }
+
+  std::optional<PointLock> ReadLock(const std::string& id) const override {
+    ValidatePointId(id);
+    const std::string dir = points_ + "/" + id;
+    if (!IsDirectory(dir)) throw Error(ErrorKind::kNotFound, "restore point '" + id + "' does not exist in " + dir_);
+    const std::string path = dir + "/" + kLockFile;
+    if (!PathExists(path)) return std::nullopt;
+    return LockFromJson(ReadWholeFile(path), id, path);
+  }
+
+  PointLock SetLock(const std::string& id, int64_t locked_until, const std::string& reason, int64_t now) override {
+    ValidatePointId(id);
+    if (locked_until <= now) {
+      throw Error(ErrorKind::kBadInput, "a lock of restore point " + id + " must end in the future (" +
+                                            DescribeLockEnd(locked_until) + " is not after " + DescribeLockEnd(now) + ")");
+    }
+    if (now < 0) throw Error(ErrorKind::kInternal, "locking restore point " + id + ": the clock is before 1970");
+    if (locked_until - now > kMaxLockSeconds) {
+      throw Error(ErrorKind::kBadInput, "a lock of restore point " + id + " lasts at most 36500 days (asked: until " +
+                                            DescribeLockEnd(locked_until) + ")");
+    }
+    if (reason.size() > kMaxLockReason) {
+      throw Error(ErrorKind::kBadInput, "a lock's reason has at most " + std::to_string(kMaxLockReason) + " bytes");
+    }
+    const std::string dir = points_ + "/" + id;
+    UniqueFd lease = LockPointDirectory(dir, id, LockMode::kShared, kLockWaitMs);
+    if (!lease.valid()) throw Error(ErrorKind::kRetryable, "restore point " + id + " is being removed");
+    std::optional<PointLock> old = ReadLock(id);
+    PointLock lock{locked_until, now, reason};
+    if (old && old->locked_until > now && old->locked_until > locked_until) {
+      throw Error(ErrorKind::kBadInput, "restore point " + id + " is locked until " + DescribeLockEnd(old->locked_until) +
+                                            "; a lock is extended, never shortened (asked: " +
+                                            DescribeLockEnd(locked_until) + ")");
+    }
+    if (old && reason.empty()) lock.reason = old->reason;
+    const std::string path = dir + "/" + kLockFile;
+    // An immutable point takes no new file: the flags come off the directory
+    // and the old lock for the write, and go back on with the new lock.
+    if (HasImmutableFlag(dir)) {
+      if (int err = SetImmutableFlag(dir, false)) throw ErrnoError("clearing the immutable flag of " + dir, err);
+      SetImmutableFlag(path, false);
+    }
+    WriteFileAtomically(path, LockToJson(id, lock));
+    FsyncDirectory(dir);
+    if (::geteuid() == 0) SetPointImmutable(id, true);
+    return lock;
+  }
+
+  void Remove(const std::string& id, int64_t now) override {
+    ValidatePointId(id);
+    RemoveLeftovers();
+    const std::string dir = points_ + "/" + id;
+    if (!IsDirectory(dir)) throw Error(ErrorKind::kNotFound, "restore point '" + id + "' does not exist in " + dir_);
+    UniqueFd held = LockPointDirectory(dir, id, LockMode::kExclusive, 0);
+    if (!held.valid()) {
+      throw Error(ErrorKind::kRetryable, "restore point " + id + " is in use by a restore, verify or backup (or being "
+                                         "locked); it is not removed");
+    }
+    std::optional<PointLock> lock;
+    try {
+      lock = ReadLock(id);
+    } catch (const Error& e) {
+      throw e.WithContext("restore point " + id + " is not removed: its lock cannot be read");
+    }
+    if (lock && lock->locked_until > now) {
+      throw Error(ErrorKind::kBadInput, "restore point " + id + " is locked until " + DescribeLockEnd(lock->locked_until) +
+                                            (lock->reason.empty() ? "" : " (" + lock->reason + ")") +
+                                            "; it cannot be removed before then");
+    }
+    SetPointImmutable(id, false);
+    const std::string hidden = points_ + "/" + kRemovingPrefix + id;
+    if (::rename(dir.c_str(), hidden.c_str()) != 0) throw ErrnoError("removing restore point " + id + " (renaming " + dir + ")", errno);
+    FsyncDirectory(points_);
+    // Gone from here on; what fails now is a leftover for the next Remove.
+    ::unlink((checks_ + "/" + id + ".json").c_str());  // its last check, if any
+    try {
+      RemoveTree(hidden);
+      FsyncDirectory(points_);
+    } catch (const std::exception& e) {
+      LogWarning("restore point " + id + " is removed, but deleting " + hidden + " failed: " + e.what());
+    }
+  }
+
  private:
+  // Sets or clears the immutable flag on a point's files and directory (the
+  // directory last when setting, first when clearing). Setting is best
+  // effort (root on a file system with the flag; logged once otherwise);
+  // clearing a flag that is set and cannot be cleared throws kEnvironment.
+  void SetPointImmutable(const std::string& id, bool on) {
+    const std::string dir = points_ + "/" + id;
+    if (!on && HasImmutableFlag(dir)) {
+      if (int err = SetImmutableFlag(dir, false)) {
+        throw ErrnoError("restore point " + id + " has the file system's immutable flag (chattr +i) and it cannot be "
+                         "cleared (only root can); clearing it on " + dir, err);
+      }
+    }
+    for (const auto& name : ListAllNames(dir)) {
+      const std::string path = dir + "/" + name;
+      if (on) {
+        if (int err = SetImmutableFlag(path, true)) return ImmutableUnavailable(dir, err);
+      } else if (HasImmutableFlag(path)) {
+        if (int err = SetImmutableFlag(path, false)) throw ErrnoError("clearing the immutable flag of " + path, err);
+      }
+    }
+    if (on) {
+      if (int err = SetImmutableFlag(dir, true)) ImmutableUnavailable(dir, err);
+    }
+  }
+
+  void ImmutableUnavailable(const std::string& dir, int err) {
+    if (!immutable_warned_) {
+      LogInfo("the file system's immutable flag is not available for " + dir + " (" + std::strerror(err) +
+              "); points are locked by their lock file only");
+      immutable_warned_ = true;
+    }
+  }
+
+  // Points whose removal was cut short (points/.removing-<id>/).
+  void RemoveLeftovers() {
+    for (const auto& name : ListAllNames(points_)) {
+      if (!name.starts_with(kRemovingPrefix)) continue;
+      const std::string path = points_ + "/" + name;
+      try {
+        // A crash between clearing flags and the rename cannot leave flags
+        // here, but a directory renamed by hand could have them.
+        SetImmutableFlag(path, false);
+        for (const auto& f : ListAllNames(path)) SetImmutableFlag(path + "/" + f, false);
+        RemoveTree(path);
+        LogInfo("removed " + path + " (a restore point removal cut short)");
+      } catch (const std::exception& e) {
+        LogWarning("leftover " + path + " not removed: " + e.what());
+      }
+    }
+  }
+
   std::string StagingDir(const std::string& id) const { return staging_ + "/" + id; }
   std::string StageDir(const std::string& id) const { return staging_ + "/" + id + kStageSuffix; }
   std::string LockPath(const std::string& id) const { return staging_ + "/" + id + kLockSuffix; }
@@ -473,8 +766,9 @@ class LocalPointStore : public PointStore {
     FsyncDirectory(staging_);
   }
 
-  std::string dir_, points_, staging_;
+  std::string dir_, points_, staging_, checks_;
   ChunkStore& chunks_;
+  bool immutable_warned_ = false;
 };
 
 }  // namespace

@@ -314,7 +314,8 @@ const char kRowSelect[] =
 
 ApplianceDeployer::ApplianceDeployer(SessionRunner& runner, std::string db_path, std::string image_dir, Clock clock,
                                      ApplianceTiming timing)
-    : runner_(runner), db_path_(std::move(db_path)), image_dir_(std::move(image_dir)), clock_(std::move(clock)),
+    : runner_(runner), db_path_(std::move(db_path)), image_dir_(std::move(image_dir)),
+      work_dir_((std::filesystem::path(db_path_).parent_path() / "appliance-work").string()), clock_(std::move(clock)),
       timing_(timing) {}
 
 ApplianceDeployer::~ApplianceDeployer() { Stop(); }
@@ -398,6 +399,10 @@ void ApplianceDeployer::Start() {
   {
     std::lock_guard lock(op_mu_);
     if (!reader_) reader_.emplace(Database::Open(db_path_, true));
+    std::error_code ec;
+    std::filesystem::remove_all(work_dir_, ec);
+    if (ec) throw ErrnoError("emptying " + work_dir_, ec.value());
+    if (::mkdir(work_dir_.c_str(), 0700) != 0) throw ErrnoError("creating " + work_dir_, errno);
     // A deployment the last run did not finish: its token is gone with it.
     std::vector<int64_t> interrupted;
     Statement s = reader_->Prepare("SELECT host_id FROM appliances WHERE state = 'deploying'");
@@ -490,8 +495,8 @@ void ApplianceDeployer::RunDeployment(const Pending& pending) {
     VirPtr<virStoragePool> pool(virStoragePoolLookupByName(conn.get(), row->pool.c_str()));
     if (!pool) throw Error(ErrorKind::kNotFound, "storage pool '" + row->pool + "': " + LibvirtError());
 
-    char tmpl[] = "/tmp/ferry-appliance-XXXXXX";
-    if (!::mkdtemp(tmpl)) throw ErrnoError("creating a temporary directory", errno);
+    std::string tmpl = work_dir_ + "/deploy-XXXXXX";
+    if (!::mkdtemp(tmpl.data())) throw ErrnoError("creating a directory in " + work_dir_, errno);
     dir = tmpl;
     WriteFile(dir + "/config", ConfigFile(row->host, row->address, row->worker_config));
     WriteFile(dir + "/token", pending.token + "\n");

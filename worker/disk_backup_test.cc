@@ -133,7 +133,7 @@ TEST_F(DiskBackupTest, SparseDiskRoundTripsBitExactAndThin) {
   ASSERT_EQ(::stat(out.c_str(), &st), 0);
   EXPECT_LT(static_cast<uint64_t>(st.st_blocks) * 512, 7u * kChunk);  // thin output
 
-  EXPECT_TRUE(VerifyRepository(*repo_, std::nullopt, 2, nullptr).clean());
+  EXPECT_TRUE(VerifyRepository(*repo_, {std::nullopt, 2}, nullptr).clean());
 }
 
 // With one worker, chunk 0 is written before its copies come up, so they are
@@ -228,7 +228,7 @@ TEST_F(DiskBackupTest, DamagedChunkFailsRestoreAndLeavesNoTarget) {
     uint8_t x = 0x5a;
     PwriteAll(fd.get(), &x, 1, 100, chunk);
   }
-  VerifyReport report = VerifyRepository(*repo_, std::nullopt, 2, nullptr);
+  VerifyReport report = VerifyRepository(*repo_, {std::nullopt, 2}, nullptr);
   ASSERT_EQ(report.problems.size(), 1u);
   EXPECT_EQ(report.problems[0].point, id);
   EXPECT_EQ(report.problems[0].disk, "disk0");
@@ -249,8 +249,8 @@ TEST_F(DiskBackupTest, DamagedChunkFailsRestoreAndLeavesNoTarget) {
   // A full backup of the same data stores the chunk again: the new point is
   // clean, and the old point, whose data came back, is whole again.
   std::string healed = Backup(src, nullptr);
-  EXPECT_TRUE(VerifyRepository(*repo_, healed, 2, nullptr).clean());
-  EXPECT_TRUE(VerifyRepository(*repo_, id, 2, nullptr).clean());
+  EXPECT_TRUE(VerifyRepository(*repo_, {healed, 2}, nullptr).clean());
+  EXPECT_TRUE(VerifyRepository(*repo_, {id, 2}, nullptr).clean());
 }
 
 // A source with changed-block tracking: only `changed` is dirty.
@@ -424,7 +424,7 @@ TEST_F(DiskBackupTest, IncrementalReadsAgainWhatTheStoreLost) {
   EXPECT_EQ(r.unchanged_chunks, 4u);  // 0, 2, 3, 5
   EXPECT_EQ(r.healed_chunks, 1u);     // 4, read again
   EXPECT_EQ(r.new_chunks, 2u);        // 1 (changed) and 4 (healed)
-  EXPECT_TRUE(VerifyRepository(*repo_, second, 2, nullptr).clean());
+  EXPECT_TRUE(VerifyRepository(*repo_, {second, 2}, nullptr).clean());
   std::string out = root_ + "/out.raw";
   RestoreDisk(*repo_, second, "disk0", out, ImageFormat::kRaw, {}, nullptr);
   EXPECT_EQ(ReadWholeFile(out), ReadWholeFile(src));
@@ -445,7 +445,7 @@ TEST_F(DiskBackupTest, EveryManifestBitFlipIsReportedAndRefused) {
     std::string bad = good;
     bad[i] = static_cast<char>(bad[i] ^ (1 << (i % 8)));
     WriteFileAtomically(path, bad);
-    VerifyReport report = VerifyRepository(*repo_, std::nullopt, 1, nullptr);
+    VerifyReport report = VerifyRepository(*repo_, {std::nullopt, 1}, nullptr);
     if (!report.clean() && report.problems[0].point == id) ++reported;
     for (const char* disk : {"virtio0", "virtio1"}) {
       std::string out = root_ + "/flip.raw";
@@ -462,7 +462,7 @@ TEST_F(DiskBackupTest, EveryManifestBitFlipIsReportedAndRefused) {
   EXPECT_EQ(reported, good.size());
   EXPECT_EQ(refused, 2 * good.size());
   WriteFileAtomically(path, good);
-  EXPECT_TRUE(VerifyRepository(*repo_, std::nullopt, 1, nullptr).clean());
+  EXPECT_TRUE(VerifyRepository(*repo_, {std::nullopt, 1}, nullptr).clean());
 }
 
 }  // namespace

@@ -433,6 +433,8 @@ DiskRestoreResult RestoreDisk(Repository& repo, const std::string& point_id,
                               ImageFormat format, const DiskRestoreOptions& options,
                               DiskRestoreProgress* progress) {
   RestorePointManifest manifest = repo.points().Load(point_id);
+  // Held to the end: no prune removes the point while it is restored.
+  std::unique_ptr<PointLease> lease = repo.points().Lease(point_id);
   const DiskRecord* disk = manifest.FindDisk(disk_name);
   if (!disk) {
     std::string names;

@@ -121,19 +121,56 @@ HostVm DescribeDomain(virDomainPtr dom, const DomainXml& xml, int state) {
   return vm;
 }
 
+// Export names of a TCP export carry the session: "ferry-<session>-<disk>".
+constexpr char kExportPrefix[] = "ferry-";
+std::string TcpExportName(const std::string& session, const std::string& disk) {
+  return kExportPrefix + session + "-" + disk;
+}
+
+// The Ferry session a running backup job (its XML) belongs to, "" if none:
+// from its unix socket (<runtime>/libvirt-<session>/nbd.sock) or from its
+// export names (TCP).
+std::string FerrySessionOfJob(const pt::ptree& backup, const std::string& runtime_dir) {
+  std::string socket = backup.get<std::string>("domainbackup.server.<xmlattr>.socket", "");
+  std::string prefix = runtime_dir + "/libvirt-";
+  if (!socket.empty()) {
+    if (!socket.starts_with(prefix)) return "";
+    std::string session_dir = socket.substr(0, socket.rfind('/'));
+    return session_dir.size() > prefix.size() ? session_dir.substr(prefix.size()) : "";
+  }
+  if (auto disks = backup.get_child_optional("domainbackup.disks")) {
+    for (const auto& [tag, node] : *disks) {
+      std::string name = node.get<std::string>("<xmlattr>.exportname", "");
+      if (tag != "disk" || !name.starts_with(kExportPrefix)) continue;
+      std::string rest = name.substr(sizeof kExportPrefix - 1);
+      size_t dash = rest.find('-');
+      if (dash != std::string::npos && dash > 0) return rest.substr(0, dash);
+    }
+  }
+  return "";
+}
+
 class LibvirtHostBackup;
 
 class LibvirtHost : public Host {
  public:
-  explicit LibvirtHost(const LibvirtHostOptions& options) : options_(options), conn_(Connect(options.uri)) {
+  explicit LibvirtHost(const LibvirtHostOptions& options)
+      : options_(options), remote_(!LibvirtUriHost(options.uri).empty()) {
+    if (remote_ && !options.tcp_export) {
+      throw Error(ErrorKind::kBadInput, "libvirt at " + options.uri + " is on another machine: its exports must go "
+                                        "over TCP (ferry-worker --libvirt URI, docs/worker.md \"Remote libvirt\")");
+    }
+    conn_ = Connect(options.uri);
     dom_ = LookupDomain(conn_.get(), options.vm);
+    if (const char* name = virDomainGetName(dom_.get())) name_ = name;  // options.vm may be the UUID
     int state = 0;
     if (virDomainGetState(dom_.get(), &state, nullptr, 0) != 0) ThrowLibvirt("state of domain " + options.vm);
     running_ = state == VIR_DOMAIN_RUNNING || state == VIR_DOMAIN_PAUSED || state == VIR_DOMAIN_BLOCKED;
     AbortAbandonedBackupJob();
-    RemoveDeadSessionDirectories();
+    if (!remote_) RemoveDeadSessionDirectories();  // a remote session has no directory here
     xml_ = ParseDomainXml(DomainXmlDesc(dom_.get(), 0));
     vm_ = DescribeDomain(dom_.get(), xml_, state);
+    if (remote_) RemoveDeadSessionLocks();
   }
 
   std::string description() const override { return "libvirt domain " + xml_.name + " at " + options_.uri; }
@@ -143,14 +180,18 @@ class LibvirtHost : public Host {
     std::vector<VmConfigFile> files;
     files.push_back({"libvirt-domain-xml", "domain.xml",
                      DomainXmlDesc(dom_.get(), VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE), options_.uri});
-    if (!xml_.nvram.empty()) {
+    if (remote_ && (!xml_.nvram.empty() || xml_.has_tpm)) {
+      // Those are files on the domain's host, which libvirt does not serve.
+      LogWarning("domain " + xml_.name + ": its UEFI NVRAM and TPM state are on host " + LibvirtUriHost(options_.uri) +
+                 " and not kept in the point (only a worker on that host reads them)");
+    } else if (!xml_.nvram.empty()) {
       try {
         files.push_back({"uefi-nvram", "nvram.fd", ReadWholeFile(xml_.nvram), xml_.nvram});
       } catch (const Error& e) {
         LogWarning("domain " + xml_.name + ": cannot read its UEFI NVRAM: " + e.what());
       }
     }
-    if (xml_.has_tpm) {
+    if (xml_.has_tpm && !remote_) {
       std::string state = "/var/lib/libvirt/swtpm/" + xml_.uuid + "/tpm2/tpm2-00.permall";
       if (PathExists(state)) files.push_back({"tpm-state", "tpm2-00.permall", ReadWholeFile(state), state});
     }
@@ -160,6 +201,7 @@ class LibvirtHost : public Host {
   std::vector<BitmapState> ChainBitmaps(const HostDisk& disk, const std::string& chain_id) override {
     std::vector<BitmapState> out;
     std::map<std::string, BitmapState> in_image;
+    if (!running_ && remote_) RefuseShutOffRemote();
     if (!running_) {
       for (auto& b : ImageBitmaps(disk.identity)) in_image[b.name] = b;
     }
@@ -186,9 +228,21 @@ class LibvirtHost : public Host {
   std::unique_ptr<HostBackup> BeginBackup(const std::vector<HostDisk>& disks, const std::vector<CbtPlan>& plans) override;
 
   virDomainPtr domain() const { return dom_.get(); }
+  virConnectPtr connection() const { return conn_.get(); }
   const DomainXml& xml() const { return xml_; }
   bool running() const { return running_; }
+  bool remote() const { return remote_; }
   const LibvirtHostOptions& options() const { return options_; }
+
+  // A shut-off domain's images are read by qemu-nbd on their host, which a
+  // worker reaching libvirt over the network cannot start.
+  [[noreturn]] void RefuseShutOffRemote() const {
+    throw Error(ErrorKind::kEnvironment,
+                "domain " + xml_.name + " at " + options_.uri + " is shut off: a shut-off domain's disks are read "
+                "by qemu-nbd on its host, which this worker (reaching libvirt over the network) cannot start; start "
+                "the domain (paused is enough: virsh start --paused " + xml_.name + ") or back it up with a worker "
+                "running on that host");
+  }
 
   void DeleteCheckpoint(const std::string& name) {
     VirPtr<virDomainCheckpoint> cp(virDomainCheckpointLookupByName(dom_.get(), name.c_str(), 0));
@@ -255,21 +309,30 @@ class LibvirtHost : public Host {
     std::string xml = raw;
     free(raw);
     pt::ptree tree = ParseXml(xml, "backup XML");
-    std::string socket = tree.get<std::string>("domainbackup.server.<xmlattr>.socket", "");
-    std::string prefix = options_.paths.runtime_dir + "/libvirt-";
-    if (!socket.starts_with(prefix)) {
+    std::string session = FerrySessionOfJob(tree, options_.paths.runtime_dir);
+    if (session.empty()) {
       throw Error(ErrorKind::kRetryable, "domain " + options_.vm + " has a backup job that is not Ferry's running");
     }
-    std::string session_dir = socket.substr(0, socket.rfind('/'));
-    std::string session = session_dir.substr(prefix.size());
-    FileLock lock = FileLock::TryAcquire(SessionLockPath(options_.paths, session), /*create=*/false);
-    if (PathExists(SessionLockPath(options_.paths, session)) && !lock.held()) {
+    const std::string lock_path = SessionLockPath(options_.paths, session);
+    FileLock lock = FileLock::TryAcquire(lock_path, /*create=*/false);
+    const bool lock_exists = PathExists(lock_path);
+    if (lock_exists && !lock.held()) {
       throw Error(ErrorKind::kRetryable, "another ferry backup of domain " + options_.vm + " is running");
+    }
+    // A local libvirtd's jobs are this runtime directory's: no lock is a dead
+    // session. A remote one may serve other workers too: only a lock left
+    // here says the session was this worker's.
+    if (remote_ && !lock_exists) {
+      throw Error(ErrorKind::kRetryable,
+                  "domain " + name_ + " at " + options_.uri + " has the backup job of ferry session " + session +
+                      ", which this worker does not know (another worker's, or from before this worker restarted); "
+                      "if no ferry worker is backing it up, end it with: virsh -c '" + options_.uri +
+                      "' domjobabort " + name_);
     }
     LogWarning("ending the backup job a dead ferry session (" + session + ") left on domain " + options_.vm);
     virDomainAbortJob(dom_.get());
-    RemoveTree(session_dir);
-    ::unlink(SessionLockPath(options_.paths, session).c_str());
+    if (!remote_) RemoveTree(options_.paths.runtime_dir + "/libvirt-" + session);
+    ::unlink(lock_path.c_str());
   }
 
   // A Ferry run killed together with its domain's QEMU (so no job is left
@@ -300,8 +363,8 @@ class LibvirtHost : public Host {
         std::string xml = raw;
         free(raw);
         try {
-          std::string socket = ParseXml(xml, "backup XML").get<std::string>("domainbackup.server.<xmlattr>.socket", "");
-          in_use.insert(socket.substr(0, socket.rfind('/')));
+          std::string session = FerrySessionOfJob(ParseXml(xml, "backup XML"), runtime);
+          if (!session.empty()) in_use.insert(runtime + "/libvirt-" + session);
         } catch (const std::exception&) {
         }
       } else {
@@ -327,7 +390,38 @@ class LibvirtHost : public Host {
     }
   }
 
+  // A remote session leaves only its lock here. Once any job of this
+  // domain's was dealt with (AbortAbandonedBackupJob), a free lock whose
+  // record names this domain is a dead session's whose job went with its
+  // QEMU (the domain restarted): remove it. A live session's lock is never
+  // free (CreateSessionLock).
+  void RemoveDeadSessionLocks() {
+    const std::string& runtime = options_.paths.runtime_dir;
+    const std::string mark = "\nlibvirt " + xml_.uuid + "\n";
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(runtime, ec)) {
+      std::string name = entry.path().filename().string();
+      if (!name.ends_with(".lock") || !entry.is_regular_file(ec)) continue;
+      std::string session = name.substr(0, name.size() - 5);
+      std::string path = SessionLockPath(options_.paths, session);
+      if (path != entry.path().string()) continue;
+      std::string record;
+      try {
+        record = ReadWholeFile(path);
+      } catch (const Error&) {
+        continue;  // gone meanwhile
+      }
+      if (xml_.uuid.empty() || record.find(mark) == std::string::npos) continue;
+      FileLock lock = FileLock::TryAcquire(path, /*create=*/false);
+      if (!lock.held()) continue;  // alive (or gone)
+      LogWarning("removing the lock of dead ferry session " + session + " (domain " + name_ + ")");
+      ::unlink(path.c_str());
+    }
+  }
+
   LibvirtHostOptions options_;
+  bool remote_ = false;  // the URI names a host: libvirtd runs on another machine
+  std::string name_;     // the domain's name, for messages
   VirPtr<virConnect> conn_;
   VirPtr<virDomain> dom_;
   bool running_ = false;
@@ -342,18 +436,46 @@ class LibvirtHostBackup : public HostBackup {
  public:
   LibvirtHostBackup(LibvirtHost& host, std::string session)
       : host_(host), session_(std::move(session)),
-        dir_(host.options().paths.runtime_dir + "/libvirt-" + session_) {}
+        dir_(host.remote() ? "" : host.options().paths.runtime_dir + "/libvirt-" + session_) {}
 
   ~LibvirtHostBackup() override { End(); }
 
   void StartRunning(const std::vector<HostDisk>& disks, std::vector<CbtPlan> plans) {
     MakeSessionDir();
-    std::string socket = dir_ + "/nbd.sock";
-    for (int attempt = 0;; ++attempt) {
+    const std::optional<LibvirtTcpExport>& tcp = host_.options().tcp_export;
+    std::string socket = tcp ? "" : dir_ + "/nbd.sock";
+    uint32_t port = tcp ? tcp->port_min : 0;
+    for (int attempt = 0;;) {
       std::string error;
-      if (TryBegin(disks, plans, socket, &error)) break;
+      if (TryBegin(disks, plans, socket, static_cast<uint16_t>(port), &error)) break;
+      // QEMU: "Failed to bind socket: Address already in use": the next port.
+      if (tcp && error.find("in use") != std::string::npos) {
+        if (port >= tcp->port_max) {
+          throw Error(ErrorKind::kRetryable, "starting a backup of domain " + host_.xml().name + ": no free port for "
+                                             "its NBD export on " + tcp->host + " in " + std::to_string(tcp->port_min) +
+                                             "-" + std::to_string(tcp->port_max));
+        }
+        ++port;
+        continue;
+      }
+      if (tcp && tcp->tls && (error.find("TLS") != std::string::npos || error.find("tls") != std::string::npos ||
+                              error.find("x509") != std::string::npos || error.find(".pem") != std::string::npos)) {
+        throw Error(ErrorKind::kEnvironment,
+                    "starting a backup of domain " + host_.xml().name + ": libvirt at " + host_.options().uri +
+                        " could not set up TLS for its NBD export (" + error + "); configure backup TLS on that host "
+                        "(qemu.conf backup_tls_x509_cert_dir: ca-cert.pem, server-cert.pem, server-key.pem for the "
+                        "name " + tcp->host + "), or on a trusted network give libvirt-export-tls = no "
+                        "(docs/worker.md, \"Remote libvirt\")");
+      }
+      // A broken connection (a remote host gone, its sshd or libvirtd
+      // restarted) is no refusal of the checkpoint: keep the chain.
+      if (virConnectIsAlive(host_.connection()) != 1) {
+        throw Error(ErrorKind::kRetryable, "starting a backup of domain " + host_.xml().name +
+                                               ": the connection to libvirt at " + host_.options().uri +
+                                               " broke: " + error);
+      }
       bool any_incremental = std::any_of(plans.begin(), plans.end(), [](auto& p) { return p.incremental; });
-      if (attempt > 0 || !any_incremental) {
+      if (attempt++ > 0 || !any_incremental) {
         throw Error(ErrorKind::kRetryable, "starting a backup of domain " + host_.xml().name + ": " + error);
       }
       // The checkpoint's bitmap is missing or broken inside QEMU: no dead
@@ -392,11 +514,21 @@ class LibvirtHostBackup : public HostBackup {
         throw Error(ErrorKind::kInternal, "libvirt did not export disk " + disks[i].name);
       }
       std::string bitmap = plans[i].incremental ? it->second.second : "";
-      exports_.push_back({disks[i], NbdSource{socket, it->second.first, bitmap}, plans[i]});
+      NbdSource source{socket, it->second.first, bitmap};
+      if (tcp) {
+        source.tcp_address = JoinNbdTcpAddress(tcp->host, static_cast<uint16_t>(port));
+        if (tcp->tls) {
+          source.tls_x509_dir = tcp->tls_x509_dir;
+        } else {
+          source.plaintext = true;
+        }
+      }
+      exports_.push_back({disks[i], source, plans[i]});
     }
   }
 
   void StartShutOff(const std::vector<HostDisk>& disks, std::vector<CbtPlan> plans) {
+    if (host_.remote()) host_.RefuseShutOffRemote();
     MakeSessionDir();
     for (size_t i = 0; i < disks.size(); ++i) {
       CbtPlan& p = plans[i];
@@ -484,6 +616,7 @@ class LibvirtHostBackup : public HostBackup {
     lock_ = CreateSessionLock(host_.options().paths, session_,
                               "ferry-session " + session_ + "\nlibvirt " + host_.xml().uuid + "\npid " +
                                   std::to_string(::getpid()) + "\n");
+    if (dir_.empty()) return;  // remote: nothing of the session is on this machine but its lock
     MakeDirectory(dir_, 0700);
     // QEMU, running as its own user, creates the socket and scratch files here.
     uid_t uid = host_.xml().qemu_uid;
@@ -500,9 +633,15 @@ class LibvirtHostBackup : public HostBackup {
   }
 
   bool TryBegin(const std::vector<HostDisk>& disks, const std::vector<CbtPlan>& plans, const std::string& socket,
-                std::string* error) {
+                uint16_t port, std::string* error) {
+    const std::optional<LibvirtTcpExport>& tcp = host_.options().tcp_export;
     std::ostringstream backup, checkpoint;
-    backup << "<domainbackup mode='pull'><server transport='unix' socket='" << XmlEscape(socket) << "'/><disks>";
+    if (tcp) {
+      backup << "<domainbackup mode='pull'><server transport='tcp' name='" << XmlEscape(tcp->host) << "' port='"
+             << port << "'" << (tcp->tls ? " tls='yes'" : "") << "/><disks>";
+    } else {
+      backup << "<domainbackup mode='pull'><server transport='unix' socket='" << XmlEscape(socket) << "'/><disks>";
+    }
     checkpoint << "<domaincheckpoint><name>" << XmlEscape(plans.empty() ? "" : plans[0].new_bitmap)
                << "</name><disks>";
     bool any_checkpoint = false;
@@ -514,9 +653,28 @@ class LibvirtHostBackup : public HostBackup {
         continue;
       }
       const CbtPlan& p = plans[static_cast<size_t>(it - disks.begin())];
+      // Remote: in the host's scratch directory, else beside the image (what
+      // libvirt's own default would be; libvirt 9.0 insists on a path). The
+      // files are libvirt's: it removes them when the job ends.
+      std::string scratch;
+      if (!dir_.empty()) {
+        scratch = dir_ + "/" + d.name + ".scratch";
+      } else if (tcp && !tcp->scratch_dir.empty()) {
+        scratch = tcp->scratch_dir + "/" + session_ + "-" + d.name + ".scratch";
+      } else if (!d.identity.empty() && !d.identity.starts_with("/dev/")) {
+        scratch = d.identity + "." + TcpExportName(session_, d.name) + ".scratch";
+      } else {
+        throw Error(ErrorKind::kEnvironment, "domain " + host_.xml().name + ", disk " + d.name + " (" +
+                                                 (d.identity.empty() ? "no image file" : d.identity) +
+                                                 "): no directory on the host for its scratch file; give "
+                                                 "libvirt-scratch-dir (docs/worker.md, \"Remote libvirt\")");
+      }
       backup << "<disk name='" << XmlEscape(d.name) << "' backup='yes' type='file' backupmode='"
              << (p.incremental ? "incremental' incremental='" + XmlEscape(p.previous_bitmap) : std::string("full"))
-             << "'><scratch file='" << XmlEscape(dir_ + "/" + d.name + ".scratch") << "'/></disk>";
+             << "'";
+      if (tcp) backup << " exportname='" << XmlEscape(TcpExportName(session_, d.name)) << "'";
+      backup << ">";
+      backup << "<scratch file='" << XmlEscape(scratch) << "'/></disk>";
       checkpoint << "<disk name='" << XmlEscape(d.name) << "' checkpoint='" << (d.cbt_capable ? "bitmap" : "no")
                  << "'/>";
       any_checkpoint |= d.cbt_capable;
@@ -598,6 +756,18 @@ std::vector<InventoryEntry> LibvirtInventory(const std::string& uri) {
   ::free(domains);
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.source < b.source; });
   return out;
+}
+
+std::string LibvirtUriHost(const std::string& uri) {
+  size_t scheme = uri.find("://");
+  if (scheme == std::string::npos) return "";
+  std::string authority = uri.substr(scheme + 3, uri.find_first_of("/?", scheme + 3) - (scheme + 3));
+  if (size_t at = authority.rfind('@'); at != std::string::npos) authority = authority.substr(at + 1);
+  if (authority.starts_with("[")) {
+    size_t close = authority.find(']');
+    return close == std::string::npos ? authority.substr(1) : authority.substr(1, close - 1);
+  }
+  return authority.substr(0, authority.find(':'));
 }
 
 std::unique_ptr<Host> OpenLibvirtHost(const LibvirtHostOptions& options) {

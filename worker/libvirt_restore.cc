@@ -66,6 +66,7 @@ void RefreshPool(virConnectPtr conn, const std::string& pool_name) {
 
 std::string RestoreLibvirtVm(Repository& repo, const LibvirtRestoreOptions& o) {
   RestorePointManifest m = repo.points().Load(o.point_id);
+  std::unique_ptr<PointLease> lease = repo.points().Lease(o.point_id);  // for the whole restore
   const ConfigFileRecord* xml_rec = m.FindConfig("libvirt-domain-xml");
   if (!xml_rec) {
     throw Error(ErrorKind::kBadInput, "restore point " + o.point_id +

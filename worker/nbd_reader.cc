@@ -77,7 +77,12 @@ class NbdReader : public BlockReader {
   explicit NbdReader(const NbdSource& source) : source_(source) {
     const bool tcp = !source.tcp_address.empty();
     const bool tls = !source.tls_psk_key.empty();
-    if (tcp) {
+    const bool x509 = !source.tls_x509_dir.empty();
+    if (tcp && x509) {
+      description_ = "nbds://" + source.tcp_address + "/" + source.export_name;
+    } else if (tcp && source.plaintext) {
+      description_ = "nbd://" + source.tcp_address + "/" + source.export_name;
+    } else if (tcp) {
       description_ = "nbds://" + source.tls_identity + "@" + source.tcp_address + "/" + source.export_name;
     } else {
       description_ = std::string(tls ? "nbds" : "nbd") + "+unix:///" + source.export_name + "?socket=" + source.unix_socket;
@@ -85,9 +90,17 @@ class NbdReader : public BlockReader {
     if (tcp && !source.unix_socket.empty()) {
       throw Error(ErrorKind::kBadInput, "NBD source " + description_ + " names both a TCP address and a unix socket");
     }
-    if (tcp && (!tls || source.tls_identity.empty())) {
+    if (static_cast<int>(tls) + static_cast<int>(x509) + static_cast<int>(source.plaintext) > 1) {
+      throw Error(ErrorKind::kBadInput, "NBD source " + description_ +
+                                            " names more than one of a TLS-PSK key, an x509 directory and plaintext");
+    }
+    if (!tcp && (x509 || source.plaintext)) {
+      throw Error(ErrorKind::kBadInput, "NBD source " + description_ + ": x509 and plaintext are for TCP exports only");
+    }
+    if (tcp && !x509 && !source.plaintext && (!tls || source.tls_identity.empty())) {
       throw Error(ErrorKind::kBadInput, "refusing to read " + source.export_name + " at " + source.tcp_address +
-                                            " over TCP without TLS credentials (tls_identity, tls_psk_key)");
+                                            " over TCP without TLS credentials (tls_identity, tls_psk_key, or "
+                                            "tls_x509_dir) or an explicit plaintext");
     }
     if (tls) CheckTlsPsk(source.tls_identity, source.tls_psk_key);
     std::pair<std::string, std::string> host_port;
@@ -112,6 +125,11 @@ class NbdReader : public BlockReader {
       failed = nbd_set_tls(handle_, LIBNBD_TLS_REQUIRE) == -1 ||
                nbd_set_tls_username(handle_, source.tls_identity.c_str()) == -1 ||
                nbd_set_tls_psk_file(handle_, psk->path().c_str()) == -1 || Connect(host_port);
+    } else if (!failed && x509) {
+      // The host's certificate is checked against its name (libnbd verifies
+      // the peer by default); required, as for PSK.
+      failed = nbd_set_tls(handle_, LIBNBD_TLS_REQUIRE) == -1 ||
+               nbd_set_tls_certificates(handle_, source.tls_x509_dir.c_str()) == -1 || Connect(host_port);
     } else if (!failed) {
       failed = Connect(host_port);
     }

@@ -570,7 +570,7 @@ class QmpClient::Impl {
     if (!greeting_settled_) {
       greeting_settled_ = true;
       greeting_promise_.set_exception(std::make_exception_ptr(
-          Error(ErrorKind::kBadInput, address_ +
+          QmpNoGreeting(ErrorKind::kBadInput, address_ +
                                           " is not a QMP socket: the peer "
                                           "closed the connection before a "
                                           "QMP greeting (" +

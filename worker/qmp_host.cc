@@ -329,7 +329,8 @@ std::string VmLockHolder(const SnapshotPaths& paths, const std::string& vm_key) 
   return HolderOf(QmpVmLockPath(paths, vm_key));
 }
 
-std::vector<InventoryEntry> QmpDirectoryInventory(const std::string& dir, std::chrono::milliseconds timeout) {
+std::vector<InventoryEntry> QmpDirectoryInventory(const std::string& dir, std::chrono::milliseconds timeout,
+                                                  bool forwarded) {
   std::vector<InventoryEntry> out;
   for (const auto& name : ListDirectory(dir)) {
     std::string path = dir + "/" + name;
@@ -340,6 +341,9 @@ std::vector<InventoryEntry> QmpDirectoryInventory(const std::string& dir, std::c
     try {
       auto qmp = QmpClient::Connect("unix:" + path, timeout);
       e.vm = DescribeQmpVm(*qmp, ListQmpDisks(*qmp));
+    } catch (const QmpNoGreeting& err) {
+      e.problem = err.what();
+      e.busy = forwarded;
     } catch (const Error& err) {
       e.problem = err.what();  // stale socket, or a monitor busy with another client
       e.busy = err.kind() == ErrorKind::kRetryable;

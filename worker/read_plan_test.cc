@@ -121,6 +121,45 @@ TEST(ReadPlanTest, BadTcpSourcesNameWhatIsWrongButNotTheKey) {
   EXPECT_EQ(message.find(t.source.tls_psk_key), std::string::npos) << message;
 }
 
+// libvirt's TCP exports: x509 (this worker's directory) or plaintext, no key.
+TEST(ReadPlanTest, RoundTripsLibvirtTcpSources) {
+  DiskTask t = Sample();
+  t.source.unix_socket = "";
+  t.source.tcp_address = "10.0.0.13:10809";
+  t.source.export_name = "ferry-0123456789abcdef-vda";
+  t.source.tls_x509_dir = "/run/ferry/config";
+  DiskTask back = ReadPlanFromJson(ReadPlanToJson(t));
+  EXPECT_EQ(back.source.tcp_address, t.source.tcp_address);
+  EXPECT_EQ(back.source.tls_x509_dir, "/run/ferry/config");
+  EXPECT_FALSE(back.source.plaintext);
+  EXPECT_TRUE(back.source.tls_psk_key.empty());
+  t.source.tls_x509_dir = "";
+  t.source.plaintext = true;
+  back = ReadPlanFromJson(ReadPlanToJson(t));
+  EXPECT_TRUE(back.source.plaintext);
+  EXPECT_TRUE(back.source.tls_x509_dir.empty());
+  // Neither member in a plan that has no use for them.
+  std::string json = ReadPlanToJson(TcpSample());
+  EXPECT_EQ(json.find("plaintext"), std::string::npos);
+  EXPECT_EQ(json.find("tls_x509_dir"), std::string::npos);
+}
+
+TEST(ReadPlanTest, BadLibvirtTcpSourcesNameWhatIsWrong) {
+  DiskTask t = Sample();  // unix socket
+  t.source.plaintext = true;
+  EXPECT_NE(BadInput(ReadPlanToJson(t)).find("'source.plaintext' is only for a source.tcp_address"), std::string::npos);
+  t = TcpSample();
+  t.source.plaintext = true;  // and a PSK
+  std::string message = BadInput(ReadPlanToJson(t));
+  EXPECT_NE(message.find("source.tls_psk_key"), std::string::npos) << message;
+  EXPECT_EQ(message.find(t.source.tls_psk_key), std::string::npos) << message;
+  t = TcpSample();
+  t.source.tls_identity = t.source.tls_psk_key = "";
+  t.source.plaintext = true;
+  t.source.tls_x509_dir = "/pki";
+  EXPECT_NE(BadInput(ReadPlanToJson(t)).find("together with source.tls_x509_dir"), std::string::npos);
+}
+
 TEST(NbdTcpAddressTest, SplitsAndJoinsHostsAndPorts) {
   using P = std::pair<std::string, std::string>;
   EXPECT_EQ(SplitNbdTcpAddress("10.0.0.5:10809"), P("10.0.0.5", "10809"));
@@ -146,6 +185,30 @@ TEST(NbdTcpAddressTest, ReaderRefusesTcpWithoutTls) {
     EXPECT_EQ(e.kind(), ErrorKind::kBadInput);
     EXPECT_NE(std::string(e.what()).find("without TLS"), std::string::npos) << e.what();
   }
+}
+
+// Plaintext and x509 are for TCP only, and one way in at a time.
+TEST(NbdTcpAddressTest, ReaderRefusesMixedOrMisplacedTls) {
+  auto refused = [](const NbdSource& s, const std::string& want) {
+    try {
+      OpenNbdReader(s);
+      ADD_FAILURE() << "accepted " << s.export_name;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kBadInput);
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+    }
+  };
+  NbdSource s;
+  s.unix_socket = "/nonexistent.sock";
+  s.export_name = "vda";
+  s.plaintext = true;
+  refused(s, "for TCP exports only");
+  s = NbdSource{};
+  s.tcp_address = "127.0.0.1:1";
+  s.export_name = "vda";
+  s.plaintext = true;
+  s.tls_x509_dir = "/pki";
+  refused(s, "more than one of");
 }
 
 }  // namespace

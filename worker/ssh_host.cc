@@ -429,9 +429,12 @@ std::string SshHost::Refresh() {
     forwarded_generation_ = generation;
   }
   const std::string& dir = options_.qmp_dir;
+  // Sockets of live VMs only: a VM's pid file beside its socket (as Proxmox
+  // keeps them) naming a process that is gone makes the socket stale.
   ProgramResult r = RunOverMaster("cd -- " + ShellQuote(dir) +
-                                      " || exit 3; for f in *.qmp; do if [ -S \"$f\" ]; then printf '%s\\n' \"$f\"; "
-                                      "fi; done; exit 0",
+                                      " || exit 3; for f in *.qmp; do if [ -S \"$f\" ]; then p=\"${f%.qmp}.pid\"; "
+                                      "if [ -f \"$p\" ] && ! kill -0 \"$(cat -- \"$p\")\" 2>/dev/null; then continue; fi; "
+                                      "printf '%s\\n' \"$f\"; fi; done; exit 0",
                                   "");
   if (r.exit_code == 3) {
     throw Error(ErrorKind::kNotFound, "on " + options_.target.ToString() + ": the QMP directory " + dir +

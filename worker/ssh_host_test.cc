@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -282,8 +283,15 @@ TEST_F(SshHostTest, SshHostKeepsTheContractOverOneConnection) {
 TEST_F(SshHostTest, MirrorsTheHostsQmpSocketsAndFollowsThem) {
   auto a = std::make_unique<GreetingSocket>(dir_ + "/host/qmp/101.qmp", "monitor 101\n");
   GreetingSocket b(dir_ + "/host/qmp/102.qmp", "monitor 102\n");
-  std::ofstream(dir_ + "/host/qmp/102.pid") << "4242\n";
+  std::ofstream(dir_ + "/host/qmp/102.pid") << ::getpid() << "\n";  // a live VM's pid file (Proxmox keeps one)
   std::ofstream(dir_ + "/host/qmp/103.qmp") << "not a socket";
+  // A VM killed: its socket is left, its pid file names a process that is gone.
+  GreetingSocket stale(dir_ + "/host/qmp/104.qmp", "monitor 104\n");
+  pid_t gone = ::fork();
+  if (gone == 0) ::_exit(0);
+  ASSERT_GT(gone, 0);
+  ::waitpid(gone, nullptr, 0);
+  std::ofstream(dir_ + "/host/qmp/104.pid") << gone << "\n";
   host_ = std::make_unique<SshHost>(Options());
   std::string mirror = host_->Refresh();
   EXPECT_EQ(mirror, dir_ + "/w/qmp");

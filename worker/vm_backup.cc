@@ -53,6 +53,7 @@ struct PreviousDisk {
   std::string point_id;
   DiskRecord record;
   std::unique_ptr<FixedIndexReader> index;
+  std::unique_ptr<PointLease> lease;  // no prune removes it while the backup plans
 };
 
 // The chain's points, newest first, read lazily: a backup usually needs only
@@ -71,8 +72,9 @@ class ChainHistory {
       if (!m) return std::nullopt;
       const DiskRecord* d = m->FindDisk(disk);
       if (!d) continue;
-      PreviousDisk p{m->id, *d, nullptr};
+      PreviousDisk p{m->id, *d, nullptr, nullptr};
       try {
+        p.lease = repo_.points().Lease(m->id);
         p.index = repo_.points().OpenIndex(m->id, *d);
       } catch (const Error& e) {
         LogWarning("index of disk " + disk + " in point " + m->id + " is unusable: " + e.what());
@@ -233,6 +235,9 @@ std::string ReadPlanToJson(const DiskTask& t) {
   if (!t.source.tcp_address.empty()) source["tcp_address"] = t.source.tcp_address;
   if (!t.source.tls_identity.empty()) source["tls_identity"] = t.source.tls_identity;
   if (!t.source.tls_psk_key.empty()) source["tls_psk_key"] = t.source.tls_psk_key;
+  // libvirt's exports over TCP (the x509 directory is this worker's).
+  if (!t.source.tls_x509_dir.empty()) source["tls_x509_dir"] = t.source.tls_x509_dir;
+  if (t.source.plaintext) source["plaintext"] = true;
   json::object o{
       {"format", std::string(kReadPlanFamily) + "-v1"},
       {"point_id", t.point_id},
@@ -276,10 +281,24 @@ DiskTask ReadPlanFromJson(const std::string& text) {
   t.source.tcp_address = src.String("tcp_address", false, kText).value_or("");
   t.source.tls_identity = src.String("tls_identity", false).value_or("");
   t.source.tls_psk_key = src.String("tls_psk_key", false).value_or("");
+  t.source.tls_x509_dir = src.String("tls_x509_dir", false, kText).value_or("");
+  t.source.plaintext = src.Bool("plaintext", false).value_or(false);
+  if ((t.source.plaintext || !t.source.tls_x509_dir.empty()) && t.source.tcp_address.empty()) {
+    fail(t.source.plaintext ? "source.plaintext" : "source.tls_x509_dir", "is only for a source.tcp_address");
+  }
+  if (t.source.plaintext && !t.source.tls_x509_dir.empty()) {
+    fail("source.plaintext", "is given together with source.tls_x509_dir");
+  }
+  const bool psk = !t.source.tls_identity.empty() || !t.source.tls_psk_key.empty();
+  if (psk && (t.source.plaintext || !t.source.tls_x509_dir.empty())) {
+    fail("source.tls_psk_key", "is given together with source.tls_x509_dir or source.plaintext");
+  }
   if (!t.source.tcp_address.empty()) {
     if (!t.source.unix_socket.empty()) fail("source.tcp_address", "is given together with source.unix_socket");
-    if (t.source.tls_identity.empty() || t.source.tls_psk_key.empty()) {
-      fail("source.tcp_address", "comes without TLS credentials (source.tls_identity, source.tls_psk_key)");
+    if ((t.source.tls_identity.empty() || t.source.tls_psk_key.empty()) && t.source.tls_x509_dir.empty() &&
+        !t.source.plaintext) {
+      fail("source.tcp_address", "comes without TLS credentials (source.tls_identity, source.tls_psk_key, or "
+                                 "source.tls_x509_dir) or source.plaintext");
     }
     try {
       SplitNbdTcpAddress(t.source.tcp_address);
@@ -313,10 +332,13 @@ DiskRecord BackupDiskTask(Repository& repo, const DiskTask& task, const DiskBack
   CbtPlan plan = task.plan;
   DiskBackupOptions opts = options;
   std::unique_ptr<FixedIndexReader> previous_index;
+  std::unique_ptr<PointLease> previous_lease;  // held while its index is read
   if (plan.incremental) {
     // Opened again here: the disk task may run on another worker than the
-    // snapshot. Unusable now (damaged since): a full read is always correct.
+    // snapshot. Unusable now (damaged or removed since): a full read is
+    // always correct.
     try {
+      previous_lease = repo.points().Lease(task.previous_point);
       RestorePointManifest prev = repo.points().Load(task.previous_point);
       const DiskRecord* d = prev.FindDisk(task.disk.name);
       if (!d) throw Error(ErrorKind::kNotFound, "it has no disk " + task.disk.name);

@@ -64,6 +64,33 @@ interface Repository {
   discard @14 (id :Text) -> ();
   removeExpired @15 () -> (ids :List(Text));
   listStaged @16 () -> (ids :List(Text));
+
+  # --- committed points' lifecycle (docs/retention.md); added within v1 ---
+  # A service without them answers "unimplemented". Lock checks use the
+  # service's clock, never the client's.
+  # PointStore::Remove: refused while the point is locked or leased.
+  removePoint @17 (id :Text) -> ();
+  # PointStore::ReadLock; `present` false when the point has no lock.
+  readLock @18 (id :Text) -> (present :Bool, lock :PointLock);
+  # PointStore::SetLock until `lockedUntil` (Unix seconds).
+  setLock @19 (id :Text, lockedUntil :Int64, reason :Text) -> (lock :PointLock);
+  # PointStore::Lease: the service holds the point's read lease while the
+  # client holds `lease` (and its connection lives).
+  leasePoint @20 (id :Text) -> (lease :PointLease);
+
+  # --- health checks (ferry/common/point_check.h); added within v1 ---
+  # PointStore::LoadChecks: each a check record's JSON (ferry-point-check-v1).
+  loadChecks @21 () -> (checks :List(Data));
+  # PointStore::RecordCheck; the service parses the record before storing it.
+  recordCheck @22 (check :Data) -> ();
+}
+
+interface PointLease {}
+
+struct PointLock {
+  lockedUntil @0 :Int64;
+  setAt @1 :Int64;
+  reason @2 :Text;
 }
 
 interface IndexReader {

@@ -360,6 +360,26 @@ class StagingLeaseImpl final : public rpc::StagingLease::Server {
   std::unique_ptr<ferry::StagingLease> lease_;
 };
 
+class PointLeaseImpl final : public rpc::PointLease::Server {
+ public:
+  explicit PointLeaseImpl(std::unique_ptr<ferry::PointLease> lease) : lease_(std::move(lease)) {}
+
+ private:
+  std::unique_ptr<ferry::PointLease> lease_;
+};
+
+void ToWire(const ferry::PointLock& l, rpc::PointLock::Builder b) {
+  b.setLockedUntil(l.locked_until);
+  b.setSetAt(l.set_at);
+  b.setReason(l.reason);
+}
+
+ferry::PointLock FromWire(rpc::PointLock::Reader r) {
+  return {r.getLockedUntil(), r.getSetAt(), std::string(r.getReason())};
+}
+
+int64_t ServiceNow() { return static_cast<int64_t>(::time(nullptr)); }
+
 class RepositoryImpl final : public rpc::Repository::Server {
  public:
   RepositoryImpl(std::shared_ptr<ferry::Repository> repo, std::string name, ServiceThreads threads)
@@ -552,6 +572,61 @@ class RepositoryImpl final : public rpc::Repository::Server {
 
   kj::Promise<void> listStaged(ListStagedContext context) override {
     return Guard([&] { SetIds(repo_->points().ListStaged(), context.getResults()); });
+  }
+
+  kj::Promise<void> removePoint(RemovePointContext context) override {
+    return threads_.store->Run([repo = repo_, id = std::string(context.getParams().getId())] {
+      repo->points().Remove(id, ServiceNow());
+    });
+  }
+
+  kj::Promise<void> loadChecks(LoadChecksContext context) override {
+    return threads_.store->Run<std::vector<std::string>>(
+        [repo = repo_] {
+          std::vector<std::string> out;
+          for (const auto& [id, check] : repo->points().LoadChecks()) out.push_back(PointCheckToJson(check));
+          return out;
+        },
+        [context](std::vector<std::string> records) mutable {
+          auto list = context.getResults().initChecks(static_cast<unsigned>(records.size()));
+          for (unsigned i = 0; i < records.size(); ++i) {
+            list.set(i, kj::arrayPtr(reinterpret_cast<const kj::byte*>(records[i].data()), records[i].size()));
+          }
+        });
+  }
+
+  kj::Promise<void> recordCheck(RecordCheckContext context) override {
+    auto data = context.getParams().getCheck();
+    std::string text(reinterpret_cast<const char*>(data.begin()), data.size());
+    return threads_.store->Run([repo = repo_, text = std::move(text)] {
+      repo->points().RecordCheck(PointCheckFromJson(text, "from the client"));
+    });
+  }
+
+  kj::Promise<void> readLock(ReadLockContext context) override {
+    return threads_.store->Run<std::optional<ferry::PointLock>>(
+        [repo = repo_, id = std::string(context.getParams().getId())] { return repo->points().ReadLock(id); },
+        [context](std::optional<ferry::PointLock> lock) mutable {
+          context.getResults().setPresent(lock.has_value());
+          if (lock) ToWire(*lock, context.getResults().initLock());
+        });
+  }
+
+  kj::Promise<void> setLock(SetLockContext context) override {
+    auto p = context.getParams();
+    return threads_.store->Run<ferry::PointLock>(
+        [repo = repo_, id = std::string(p.getId()), until = p.getLockedUntil(), reason = std::string(p.getReason())] {
+          return repo->points().SetLock(id, until, reason, ServiceNow());
+        },
+        [context](ferry::PointLock lock) mutable { ToWire(lock, context.getResults().initLock()); });
+  }
+
+  kj::Promise<void> leasePoint(LeasePointContext context) override {
+    return threads_.store->Run<std::unique_ptr<ferry::PointLease>>(
+        [repo = repo_, id = std::string(context.getParams().getId())] { return repo->points().Lease(id); },
+        [context](std::unique_ptr<ferry::PointLease> lease) mutable {
+          context.getResults().setLease(kj::heap<PointLeaseImpl>(std::move(lease)));
+        });
   }
 
  private:
@@ -1078,6 +1153,102 @@ class RemoteRepositoryImpl final : public RemoteRepository, public ChunkStore, p
     return ids;
   }
 
+  // Committed points' lifecycle. The service checks locks with its own
+  // clock: `now` is not sent. A lease lasts while this connection does (it
+  // is not taken again after a reconnect: the restore or verify holding it
+  // goes on, and a prune on the service may then remove the point, whose
+  // chunks stay until garbage collection). A service older than these calls
+  // answers "unimplemented": a lease is then nothing (restores and verifies
+  // through it work as before), and the rest is refused, saying so.
+  std::unique_ptr<ferry::PointLease> Lease(const std::string& id) const override;
+
+  // Health checks. A service older than these calls: no records (every
+  // check is then a full one) and recording is skipped, with a warning.
+  std::map<std::string, PointCheck> LoadChecks() const override {
+    std::map<std::string, PointCheck> out;
+    bool unimplemented = false;
+    Call("loading the points' last checks", [&](rpc::Repository::Client& repo) {
+      return OrUnimplemented(repo.loadChecksRequest().send().then(
+                                 [&](capnp::Response<rpc::Repository::LoadChecksResults>&& r) {
+                                   for (auto data : r.getChecks()) {
+                                     std::string text(reinterpret_cast<const char*>(data.begin()), data.size());
+                                     try {
+                                       PointCheck c = PointCheckFromJson(text, "from " + location_);
+                                       out.emplace(c.point, std::move(c));
+                                     } catch (const Error& e) {
+                                       LogWarning(std::string(e.what()) + "; the point counts as never checked");
+                                     }
+                                   }
+                                 }),
+                             &unimplemented);
+    });
+    return out;
+  }
+
+  void RecordCheck(const PointCheck& check) override {
+    bool unimplemented = false;
+    Call("recording the check of restore point " + check.point, [&](rpc::Repository::Client& repo) {
+      auto req = repo.recordCheckRequest();
+      std::string text = PointCheckToJson(check);
+      req.setCheck(kj::arrayPtr(reinterpret_cast<const kj::byte*>(text.data()), text.size()));
+      return OrUnimplemented(req.send().ignoreResult(), &unimplemented);
+    });
+    if (unimplemented) LogWarning("the repository service at " + location_ + " does not keep check records (upgrade it)");
+  }
+
+  std::optional<ferry::PointLock> ReadLock(const std::string& id) const override {
+    std::optional<ferry::PointLock> lock;
+    bool unimplemented = false;
+    Call("reading the lock of restore point " + id, [&](rpc::Repository::Client& repo) {
+      auto req = repo.readLockRequest();
+      req.setId(id);
+      return OrUnimplemented(req.send().then([&](capnp::Response<rpc::Repository::ReadLockResults>&& r) {
+        if (r.getPresent()) lock = FromWire(r.getLock());
+      }), &unimplemented);
+    });
+    if (unimplemented) throw TooOld("readLock");
+    return lock;
+  }
+
+  ferry::PointLock SetLock(const std::string& id, int64_t locked_until, const std::string& reason, int64_t) override {
+    ferry::PointLock lock;
+    bool unimplemented = false;
+    Call("locking restore point " + id, [&](rpc::Repository::Client& repo) {
+      auto req = repo.setLockRequest();
+      req.setId(id);
+      req.setLockedUntil(locked_until);
+      req.setReason(reason);
+      return OrUnimplemented(req.send().then([&](capnp::Response<rpc::Repository::SetLockResults>&& r) {
+        lock = FromWire(r.getLock());
+      }), &unimplemented);
+    });
+    if (unimplemented) throw TooOld("setLock");
+    return lock;
+  }
+
+  void Remove(const std::string& id, int64_t) override {
+    bool unimplemented = false;
+    Call("removing restore point " + id, [&](rpc::Repository::Client& repo) {
+      auto req = repo.removePointRequest();
+      req.setId(id);
+      return OrUnimplemented(req.send().ignoreResult(), &unimplemented);
+    });
+    if (unimplemented) throw TooOld("removePoint");
+  }
+
+  // A call the service does not know sets `*unimplemented`; other failures pass.
+  static kj::Promise<void> OrUnimplemented(kj::Promise<void> promise, bool* unimplemented) {
+    return promise.catch_([unimplemented](kj::Exception&& e) {
+      if (e.getType() != kj::Exception::Type::UNIMPLEMENTED) kj::throwFatalException(kj::mv(e));
+      *unimplemented = true;
+    });
+  }
+
+  Error TooOld(const std::string& call) const {
+    return Error(ErrorKind::kBadInput, context_ + ": the repository service is older than the restore point "
+                                                  "lifecycle calls (it lacks " + call + "); upgrade ferry-repository");
+  }
+
   // --- for the upload, the disk writer and the lease ---
 
   uint64_t generation() const { return generation_.load(); }
@@ -1267,6 +1438,37 @@ class RemoteLease final : public ferry::StagingLease {
   StagedPointHeader header_;
   std::unique_ptr<CapSlot<rpc::StagingLease::Client>> slot_ = std::make_unique<CapSlot<rpc::StagingLease::Client>>();
 };
+
+// A read lease of a committed point held by the service for this client.
+class RemotePointLease final : public ferry::PointLease {
+ public:
+  explicit RemotePointLease(const RemoteRepositoryImpl& repo) : repo_(repo) {}
+  ~RemotePointLease() override {
+    try {
+      repo_.OnLoop([this] { slot_->cap = nullptr; });
+    } catch (...) {
+    }
+  }
+  void Set(rpc::PointLease::Client cap) { slot_->cap = kj::mv(cap); }  // on the connection's thread
+
+ private:
+  const RemoteRepositoryImpl& repo_;
+  std::unique_ptr<CapSlot<rpc::PointLease::Client>> slot_ = std::make_unique<CapSlot<rpc::PointLease::Client>>();
+};
+
+std::unique_ptr<ferry::PointLease> RemoteRepositoryImpl::Lease(const std::string& id) const {
+  auto lease = std::make_unique<RemotePointLease>(*this);
+  bool unimplemented = false;
+  Call("leasing restore point " + id, [&](rpc::Repository::Client& repo) {
+    auto req = repo.leasePointRequest();
+    req.setId(id);
+    return OrUnimplemented(
+        req.send().then([&](capnp::Response<rpc::Repository::LeasePointResults>&& r) { lease->Set(r.getLease()); }),
+        &unimplemented);
+  });
+  if (unimplemented) LogDebug(context_ + ": the service has no leases (older than leasePoint); reading without one");
+  return lease;
+}
 
 void RemoteRepositoryImpl::ConnectOnce() const {
   const CoordinatorEndpoint where{endpoint_.address, endpoint_.tls, endpoint_.ca_file, endpoint_.server_name};

@@ -23,7 +23,7 @@ ok "ferry-host links libvirt and libnbd"
 
 # --help shows every command without running ferry-host.
 help=$("$FERRY" --help)
-for c in init backup list restore restore-vm verify inventory stage backup-disk commit discard --coordinator; do
+for c in init backup list restore restore-vm verify prune remove lock inventory stage backup-disk commit discard --coordinator; do
   grep -qE "^  $c( |$)|ferry $c " <<<"$help" || fail "ferry --help does not show '$c'"
 done
 ok "ferry --help lists every command"

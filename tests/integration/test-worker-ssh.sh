@@ -143,10 +143,31 @@ ok "$(wc -l <"$WORK/psks") session PSKs written on the host; none in any log (wo
 # --- the inventory follows the host ---
 start_host_vm 102 vm-s2 "virtio0=raw:$((4 * MiB))"
 wait_for "vm-s2 in GET /vms" 15 vm_state_is vm-s2 paused
-vm_stop "$WORK/vm-vm-s2"
+# Its monitor busy with another client for a few scans (a monitor serves one;
+# through the SSH forward a busy one closes the connection instead of staying
+# silent): the VM is still there, as last seen.
+seen_busy=$(grep -c "102.qmp: busy, keeping vm-s2 as last seen" "$WORK/worker-s.log" || true)
+python3 - "$WORK/vm-vm-s2/qmp.sock" <<'PY' &
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.recv(4096)
+time.sleep(5)
+PY
+holder=$!
+sleep 1
+for _ in 1 2 3; do vm_state_is vm-s2 paused || fail "vm-s2 left the inventory while its monitor was busy: $(api GET /vms)"; sleep 1; done
+wait "$holder"
+(($(grep -c "102.qmp: busy, keeping vm-s2 as last seen" "$WORK/worker-s.log") > seen_busy)) ||
+  fail "no inventory scan met the busy monitor"
+vm_state_is vm-s2 paused || fail "vm-s2 left the inventory: $(api GET /vms)"
+# Killed (-9): its socket stays on the host, its pid file names a dead process.
+kill -9 "$(vm_pid "$WORK/vm-vm-s2")"
 wait_for "vm-s2 to be missing" 15 vm_state_is vm-s2 missing
+on_host test -S "$WORK/vm-vm-s2/qmp.sock" || fail "the killed VM's socket is gone: the stale case was not tested"
 [[ ! -e $WORK/w/ssh/qmp/102.qmp ]] || fail "the mirror kept the socket of a VM that is gone"
-ok "a VM started on the host shows up, and goes missing when it stops (its mirrored socket removed)"
+vm_stop "$WORK/vm-vm-s2"
+ok "a VM started on the host shows up, stays while its monitor is busy, and goes missing when killed (stale socket; mirror removed)"
 
 # --- refused key, unknown host key: clear errors, no crash ---
 : >"$WORK/empty_known_hosts"

@@ -22,6 +22,7 @@
 #include "ferry/common/fixed_index.h"
 #include "ferry/common/manifest.h"
 #include "ferry/common/repository.h"
+#include "ferry/common/verify.h"
 #include "ferry/rpc/repository_service.h"
 #include "ferry/rpc/tls.h"
 
@@ -337,6 +338,111 @@ TEST_F(RepositoryServiceTest, ThePointStoreOverTheWire) {
   bad.reset();
   remote->points().Discard(h2.id);
   EXPECT_EQ(remote->points().ListStaged(), std::vector<std::string>{});
+}
+
+// Leases, locks and removal of committed points through the service: the
+// service's lease is held while the client holds it, locks use the service's
+// clock, and what the local store sees is the same.
+TEST_F(RepositoryServiceTest, RemovalLeasesAndLocksOverTheWire) {
+  auto server = Serve(config_, nullptr);
+  auto remote = RemoteRepository::Connect(Endpoint(*server, "tok-a", "a"));
+  auto local = Repository::Open((dir_ / "a").string());
+  auto commit = [&] {
+    StagedPointHeader h;
+    h.id = NewPointId();
+    h.vm = {"vm1", "uuid-1", "qemu"};
+    h.chain = "default";
+    h.disks = {"vda"};
+    auto lease = remote->points().Stage(h);
+    auto [d, e] = Chunk(9);
+    remote->chunks().Insert(d, e);
+    auto writer = remote->points().WriteDisk(h.id, "vda");
+    FixedIndexWriter index(writer->index_path(), 64 * 1024, 64 * 1024);
+    index.Set(0, d);
+    DiskRecord record;
+    record.size = record.chunk_size = 64 * 1024;
+    record.source_format = "raw";
+    record.index_sha256 = index.Finish();
+    writer->Finish(record);
+    writer.reset();
+    return remote->points().Commit(h.id).id;
+  };
+  const std::string a = commit(), b = commit();
+  const int64_t now = static_cast<int64_t>(::time(nullptr));
+  std::string message;
+  {
+    auto lease = remote->points().Lease(a);
+    EXPECT_EQ(KindOf([&] { local->points().Remove(a, now); }, &message), ErrorKind::kRetryable) << message;
+    EXPECT_EQ(KindOf([&] { remote->points().Remove(a, now); }, &message), ErrorKind::kRetryable) << message;
+    EXPECT_NE(message.find("in use by a restore, verify or backup"), std::string::npos) << message;
+  }
+  EXPECT_EQ(KindOf([&] { remote->points().Lease("nope"); }), ErrorKind::kNotFound);
+
+  EXPECT_FALSE(remote->points().ReadLock(b));
+  PointLock set = remote->points().SetLock(b, now + 3600, "hold", /*now, ignored by the service=*/now + 7200);
+  EXPECT_EQ(set.locked_until, now + 3600);
+  EXPECT_EQ(set.reason, "hold");
+  auto lock = remote->points().ReadLock(b);
+  ASSERT_TRUE(lock);
+  EXPECT_EQ(lock->locked_until, now + 3600);
+  EXPECT_EQ(local->points().ReadLock(b)->reason, "hold");
+  // The client's clock does not count: the service's says the lock holds.
+  EXPECT_EQ(KindOf([&] { remote->points().Remove(b, now + 7200); }, &message), ErrorKind::kBadInput) << message;
+  EXPECT_NE(message.find("is locked until"), std::string::npos) << message;
+  EXPECT_EQ(KindOf([&] { remote->points().SetLock(b, now + 60, "", now); }, &message), ErrorKind::kBadInput);
+
+  remote->points().Remove(a, now);
+  EXPECT_EQ(remote->points().List(), std::vector<std::string>{b});
+  EXPECT_EQ(KindOf([&] { remote->points().Remove(a, now); }), ErrorKind::kNotFound);
+  local->points().Remove(b, now + 3600);  // a fake clock where the lock has expired (clears the immutable flag)
+  EXPECT_TRUE(remote->points().List().empty());
+}
+
+// Health checks through the service: a verify of the remote repository
+// records each point's check in the served repository, loads them back for an
+// incremental verify, and a record the service cannot parse is refused.
+TEST_F(RepositoryServiceTest, ChecksOverTheWire) {
+  auto server = Serve(config_, nullptr);
+  auto remote = RemoteRepository::Connect(Endpoint(*server, "tok-a", "a"));
+  auto local = Repository::Open((dir_ / "a").string());
+  StagedPointHeader h;
+  h.id = NewPointId();
+  h.vm = {"vm1", "uuid-1", "qemu"};
+  h.chain = "default";
+  h.disks = {"vda"};
+  auto lease = remote->points().Stage(h);
+  auto [d, e] = Chunk(11);
+  remote->chunks().Insert(d, e);
+  auto writer = remote->points().WriteDisk(h.id, "vda");
+  FixedIndexWriter index(writer->index_path(), 64 * 1024, 64 * 1024);
+  index.Set(0, d);
+  DiskRecord record;
+  record.size = record.chunk_size = 64 * 1024;
+  record.source_format = "raw";
+  record.index_sha256 = index.Finish();
+  writer->Finish(record);
+  writer.reset();
+  remote->points().Commit(h.id);
+
+  const int64_t now = static_cast<int64_t>(::time(nullptr));
+  VerifyOptions o(std::nullopt, 1);
+  o.now = now;
+  o.record = true;
+  ASSERT_TRUE(VerifyRepository(*remote, o, nullptr).clean());
+  auto checks = local->points().LoadChecks();
+  ASSERT_EQ(checks.count(h.id), 1u);
+  EXPECT_TRUE(checks[h.id].ok);
+  EXPECT_EQ(checks[h.id].checked_at, now);
+  EXPECT_EQ(remote->points().LoadChecks().at(h.id).chunks_read, 1u);
+  o.now = now + 60;
+  o.skip_verified_within_s = 3600;
+  VerifyReport r = VerifyRepository(*remote, o, nullptr);
+  EXPECT_EQ(r.chunks_checked, 0u);
+  EXPECT_EQ(r.chunks_skipped, 1u);
+  PointCheck unknown;
+  unknown.point = "no-such-point";
+  std::string message;
+  EXPECT_EQ(KindOf([&] { remote->points().RecordCheck(unknown); }, &message), ErrorKind::kNotFound) << message;
 }
 
 // A worker sends a disk on the disk task's connection and commits the point

@@ -8,7 +8,9 @@
 #include <boost/json.hpp>
 #include <cctype>
 #include <chrono>
+#include <map>
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
 #include <iostream>
 #include <thread>
@@ -19,6 +21,7 @@
 #include "ferry/common/fixed_index.h"
 #include "ferry/common/log.h"
 #include "ferry/common/repository.h"
+#include "ferry/common/retention.h"
 #include "ferry/common/subprocess.h"
 #include "ferry/common/verify.h"
 #include "ferry/rpc/repository_service.h"
@@ -293,18 +296,65 @@ int ListCommand(const Args& args) {
   // a failed listing: exit 0 unless nothing at all could be read.
   PointListing listing = repo->points().LoadAll();
   const int rc = listing.points.empty() && !listing.problems.empty() ? ExitCodeFor(ErrorKind::kCorrupt) : 0;
+  // Each point's lock: "" none (or expired), else "until <time>"; a lock that
+  // cannot be read is shown as such (and keeps the point from removal).
+  const int64_t now = static_cast<int64_t>(::time(nullptr));
+  struct LockView {
+    std::optional<PointLock> lock;
+    std::string error;
+    bool damaged = false;  // else unknown (a repository service older than the lock calls)
+  };
+  std::vector<LockView> locks;
+  for (const auto& m : listing.points) {
+    LockView v;
+    try {
+      v.lock = repo->points().ReadLock(m.id);
+    } catch (const Error& e) {
+      v.error = e.what();
+      v.damaged = e.kind() == ErrorKind::kCorrupt;
+    }
+    locks.push_back(std::move(v));
+  }
+  // Each point's last health check (ferry verify): "-" never checked.
+  const std::map<std::string, PointCheck> checks = repo->points().LoadChecks();
+  auto check_of = [&](const std::string& id) -> const PointCheck* {
+    auto it = checks.find(id);
+    return it == checks.end() ? nullptr : &it->second;
+  };
   if (a.Has("json")) {
     json::array points, problems;
-    for (const auto& m : listing.points) points.push_back(json::parse(ManifestToJson(m)));
+    for (size_t i = 0; i < listing.points.size(); ++i) {
+      json::value point = json::parse(ManifestToJson(listing.points[i]));
+      const LockView& v = locks[i];
+      if (v.lock) {
+        point.as_object()["lock"] = json::object{{"locked_until", v.lock->locked_until},
+                                                 {"locked_until_utc", FormatRfc3339(v.lock->locked_until)},
+                                                 {"set_at", v.lock->set_at},
+                                                 {"reason", v.lock->reason},
+                                                 {"active", v.lock->locked_until > now}};
+      } else if (!v.error.empty()) {
+        point.as_object()["lock"] = json::object{{"error", v.error}};
+      } else {
+        point.as_object()["lock"] = nullptr;
+      }
+      if (const PointCheck* c = check_of(listing.points[i].id)) {
+        point.as_object()["last_check"] = json::parse(PointCheckToJson(*c));
+        point.as_object()["last_check"].as_object().erase("format");
+      } else {
+        point.as_object()["last_check"] = nullptr;
+      }
+      points.push_back(std::move(point));
+    }
     for (const auto& p : listing.problems) problems.push_back(json::object{{"entry", p.entry}, {"message", p.message}});
     std::cout << json::serialize(json::object{{"points", std::move(points)}, {"problems", std::move(problems)}})
               << std::endl;
     return rc;
   }
   const std::vector<RestorePointManifest>& points = listing.points;
-  std::printf("%-30s %-16s %-10s %-21s %5s %10s %10s %10s  %s\n", "POINT", "VM", "CHAIN", "COMPLETED",
-              "DISKS", "SIZE", "READ", "STORED", "MODE");
-  for (const auto& m : points) {
+  std::printf("%-30s %-16s %-10s %-21s %5s %10s %10s %10s %-26s %-30s  %s\n", "POINT", "VM", "CHAIN", "COMPLETED",
+              "DISKS", "SIZE", "READ", "STORED", "LOCKED", "CHECKED", "MODE");
+  for (size_t i = 0; i < points.size(); ++i) {
+    const RestorePointManifest& m = points[i];
     uint64_t size = 0, read = 0, stored = 0;
     std::string mode;
     for (const auto& d : m.disks) {
@@ -316,10 +366,19 @@ int ListCommand(const Args& args) {
       if (!d.cbt.reason.empty()) m1 += " (" + d.cbt.reason + ")";
       mode += (mode.empty() ? "" : "; ") + d.name + ": " + m1;
     }
-    std::printf("%-30s %-16s %-10s %-21s %5zu %10s %10s %10s  %s\n", m.id.c_str(), m.vm.name.c_str(),
+    std::string locked = "-";
+    if (locks[i].damaged) locked = "? (unreadable)";
+    else if (!locks[i].error.empty()) locked = "?";
+    else if (locks[i].lock && locks[i].lock->locked_until > now) locked = "until " + FormatRfc3339(locks[i].lock->locked_until);
+    std::string checked = "-";
+    if (const PointCheck* c = check_of(m.id)) checked = (c->ok ? "ok " : "DAMAGED ") + FormatRfc3339(c->checked_at);
+    std::printf("%-30s %-16s %-10s %-21s %5zu %10s %10s %10s %-26s %-30s  %s\n", m.id.c_str(), m.vm.name.c_str(),
                 m.chain.c_str(), m.completed_at.c_str(), m.disks.size(),
                 HumanBytes(static_cast<double>(size)).c_str(), HumanBytes(static_cast<double>(read)).c_str(),
-                HumanBytes(static_cast<double>(stored)).c_str(), mode.c_str());
+                HumanBytes(static_cast<double>(stored)).c_str(), locked.c_str(), checked.c_str(), mode.c_str());
+  }
+  for (size_t i = 0; i < points.size(); ++i) {
+    if (locks[i].damaged) std::printf("BAD %s: %s\n", points[i].id.c_str(), locks[i].error.c_str());
   }
   for (const auto& p : listing.problems) std::printf("BAD %s: %s\n", p.entry.c_str(), p.message.c_str());
   return rc;
@@ -400,17 +459,23 @@ int InventoryCommand(const Args& args) {
 }
 
 int VerifyCommand(const Args& args) {
-  Arguments a(args, RepoOptions({"repo", "point", "threads"}), {});
+  Arguments a(args, RepoOptions({"repo", "point", "threads", "skip-verified-within"}), {"no-record"});
   auto repo = OpenRepo(a);
-  unsigned threads = std::max(1u, std::thread::hardware_concurrency());
-  if (auto t = a.GetInt("threads", 1, 256)) threads = static_cast<unsigned>(*t);
+  VerifyOptions options;
+  options.point = a.Get("point");
+  options.threads = std::max(1u, std::thread::hardware_concurrency());
+  if (auto t = a.GetInt("threads", 1, 256)) options.threads = static_cast<unsigned>(*t);
+  if (auto d = a.GetDuration("skip-verified-within")) {
+    options.skip_verified_within_s = std::chrono::duration_cast<std::chrono::seconds>(*d).count();
+  }
+  options.record = !a.Has("no-record");
   VerifyProgress progress;
   VerifyReport report;
   {
     ProgressLine line("verify", [&] {
       return std::make_pair(progress.chunks_done.load(), progress.chunks_total.load());
     });
-    report = VerifyRepository(*repo, a.Get("point"), threads, &progress);
+    report = VerifyRepository(*repo, options, &progress);
   }
   for (const auto& p : report.problems) {
     std::string where = "point " + p.point;
@@ -423,7 +488,11 @@ int VerifyCommand(const Args& args) {
   }
   std::cout << (report.clean() ? "OK" : "DAMAGED") << ": " << report.points << " point(s), " << report.disks
             << " disk(s), " << report.chunks_checked << " chunk(s) (" << HumanBytes(static_cast<double>(report.bytes_checked))
-            << ") checked, " << report.problems.size() << " problem(s)"
+            << ") checked"
+            << (report.chunks_skipped ? ", " + std::to_string(report.chunks_skipped) + " skipped (verified within " +
+                                             a.Require("skip-verified-within") + ")"
+                                       : std::string())
+            << ", " << report.problems.size() << " problem(s)"
             << (report.unprotected.empty() ? "" : ", " + std::to_string(report.unprotected.size()) + " unprotected v1 point(s)")
             << std::endl;
   return report.clean() ? 0 : ExitCodeFor(ErrorKind::kCorrupt);

@@ -42,6 +42,11 @@ int StageCommand(const Args& args);
 int BackupDiskCommand(const Args& args);
 int CommitCommand(const Args& args);
 int DiscardCommand(const Args& args);
+// Committed points (retention_commands.cc): prune by a retention policy,
+// remove one point, lock one against removal.
+int PruneCommand(const Args& args);
+int RemoveCommand(const Args& args);
+int LockCommand(const Args& args);
 // Repository upkeep (gc_commands.cc): garbage collection, space accounting.
 int GcCommand(const Args& args);
 int SpaceCommand(const Args& args);

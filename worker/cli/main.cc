@@ -5,6 +5,7 @@
 // signal handling and maps errors to exit codes; the commands live in
 // commands.cc, the work in the ferry_worker and ferry_common libraries.
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -22,8 +23,8 @@ namespace {
 const char kUsage[] = R"(usage: ferry-host [--verbose|--quiet] COMMAND [OPTIONS]
 
 Runs the host commands of `ferry` (init, backup, list, restore, restore-vm,
-verify, gc, space, inventory, stage, backup-disk, commit, discard); `ferry` runs this
-program for them. See `ferry --help` and docs/cli.md.
+verify, prune, remove, lock, gc, space, inventory, stage, backup-disk, commit, discard);
+`ferry` runs this program for them. See `ferry --help` and docs/cli.md.
 )";
 
 void OnSignal(int) { ferry::cli::g_interrupted = true; }
@@ -50,6 +51,13 @@ int main(int argc, char** argv) {
     std::cout << kUsage;
     return args.empty() ? 2 : 0;
   }
+  // A verify holds a read lease (an open directory) on every point it checks
+  // until it ends: a repository of thousands of points needs more than the
+  // usual soft limit of 1024 descriptors. The hard limit is the system's word.
+  if (struct rlimit nofile; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &nofile);
+  }
   struct sigaction sa {};
   sa.sa_handler = OnSignal;
   sigaction(SIGINT, &sa, nullptr);
@@ -65,6 +73,9 @@ int main(int argc, char** argv) {
     if (command == "restore") return ferry::cli::RestoreCommand(rest);
     if (command == "restore-vm") return ferry::cli::RestoreVmCommand(rest);
     if (command == "verify") return ferry::cli::VerifyCommand(rest);
+    if (command == "prune") return ferry::cli::PruneCommand(rest);
+    if (command == "remove") return ferry::cli::RemoveCommand(rest);
+    if (command == "lock") return ferry::cli::LockCommand(rest);
     if (command == "gc") return ferry::cli::GcCommand(rest);
     if (command == "space") return ferry::cli::SpaceCommand(rest);
     if (command == "inventory") return ferry::cli::InventoryCommand(rest);

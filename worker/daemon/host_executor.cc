@@ -35,7 +35,9 @@ std::string Mib(uint64_t bytes) {
 // read plan says how to actually open it.
 // Never the key: that travels in the read plan only.
 std::string ExportUri(const worker::NbdSource& source) {
-  if (!source.tcp_address.empty()) return "nbds://" + source.tcp_address + "/" + source.export_name;
+  if (!source.tcp_address.empty()) {
+    return (source.plaintext ? "nbd://" : "nbds://") + source.tcp_address + "/" + source.export_name;
+  }
   return "nbd+unix:///" + source.export_name + "?socket=" + source.unix_socket;
 }
 
@@ -223,7 +225,7 @@ std::vector<HostExecutor::KnownVm> HostExecutor::Scan(const std::vector<KnownVm>
       }
     }
     try {
-      if (!dir.empty()) entries = worker::QmpDirectoryInventory(dir, settings_.monitor_timeout);
+      if (!dir.empty()) entries = worker::QmpDirectoryInventory(dir, settings_.monitor_timeout, settings_.qmp_monitors->forwarded());
     } catch (const Error& e) {
       LogWarning("inventory: " + std::string(e.what()));
     }
@@ -236,6 +238,7 @@ std::vector<HostExecutor::KnownVm> HostExecutor::Scan(const std::vector<KnownVm>
       // holds it, the VM is still there as last seen.
       auto prev = std::find_if(previous.begin(), previous.end(), [&](const KnownVm& k) { return k.qmp_socket == e.source; });
       if (e.busy && prev != previous.end()) {
+        LogDebug("inventory: " + e.source + ": busy, keeping " + prev->vm.name + " as last seen (" + e.problem + ")");
         out.push_back(*prev);
       } else {
         LogDebug("inventory: " + e.source + ": " + e.problem);
@@ -420,7 +423,7 @@ rpc::WorkOutcome HostExecutor::DoSnapshot(Job& job, const rpc::SnapshotAssignmen
     held->host = worker::OpenQmpHost(o);
   } else {
     held->host = worker::OpenLibvirtHost({settings_.libvirt_uri, IsNullUuid(where.vm.uuid) ? where.vm.name : where.vm.uuid,
-                                          settings_.paths});
+                                          settings_.paths, settings_.libvirt_export});
   }
   worker::VmSnapshotRequest request;
   request.disks = item.disks;
@@ -431,9 +434,11 @@ rpc::WorkOutcome HostExecutor::DoSnapshot(Job& job, const rpc::SnapshotAssignmen
 
   rpc::WorkOutcome outcome = rpc::WorkOutcome::Ok();
   for (const auto& task : held->snapshot->disk_tasks()) {
-    // A unix socket is reachable on this host only: its disk tasks must stay here.
+    // A unix socket is reachable on this host only, and libvirt's TCP exports
+    // (no session key: this worker's x509 directory, or plaintext) are for
+    // this worker: their disk tasks must stay here.
     outcome.exports.push_back(
-        {task.disk.name, ExportUri(task.source), worker::ReadPlanToJson(task), task.source.tcp_address.empty()});
+        {task.disk.name, ExportUri(task.source), worker::ReadPlanToJson(task), task.source.tls_psk_key.empty()});
   }
   bool wanted = false;
   std::shared_ptr<HeldSnapshot> replaced;
@@ -580,6 +585,15 @@ rpc::WorkOutcome HostExecutor::DoRestore(Job& job, const rpc::RestoreAssignment&
     throw Error(ErrorKind::kBadInput, std::string("restore target ") + rpc::RestoreTargetName(item.target) +
                                           " needs libvirt, and this worker of host " + settings_.host +
                                           " has no libvirt connection (option libvirt)");
+  }
+  if (item.target != Target::kFile && settings_.libvirt_export) {
+    // The images are written as files of this machine, which the domain's
+    // host does not see.
+    throw Error(ErrorKind::kBadInput, std::string("restore target ") + rpc::RestoreTargetName(item.target) +
+                                          " writes the domain's images where its libvirtd reads them, and this "
+                                          "worker reaches libvirt at " + settings_.libvirt_uri +
+                                          " over the network: restore with a worker on host " + settings_.host +
+                                          ", or to a file");
   }
   job.restoring = true;
   auto repo = OpenRepository(item.repository);

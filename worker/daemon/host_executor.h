@@ -42,6 +42,7 @@
 #include "ferry/rpc/repository_service.h"
 #include "ferry/rpc/worker_agent.h"
 #include "ferry/worker/inventory.h"
+#include "ferry/worker/libvirt_host.h"
 #include "ferry/worker/qmp_snapshot.h"
 
 namespace ferry::daemon {
@@ -61,6 +62,9 @@ struct HostSettings {
   // on another host can read them (the cluster and any tiers); unset: on a
   // unix socket, readable on this host only.
   std::optional<worker::NbdExportNetwork> export_tcp;
+  // Set: libvirt's pull-mode exports go over TCP (a remote libvirt URI, or
+  // export-host given); unset: a unix socket, for a local libvirtd.
+  std::optional<worker::LibvirtTcpExport> libvirt_export;
   unsigned compute_threads = 0;    // per disk task; 0: cores / slots, at least 1
   uint64_t rate_limit_bytes_per_s = 0;  // read cap per disk task; 0: unlimited
   // The cap on what this worker sends to repositories, shared by its disk

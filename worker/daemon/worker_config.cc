@@ -5,10 +5,12 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <tuple>
 
 #include "ferry/common/arguments.h"
 #include "ferry/common/error.h"
 #include "ferry/common/file_util.h"
+#include "ferry/worker/libvirt_host.h"
 #include "ferry/worker/ssh_host.h"
 
 #ifndef FERRY_VERSION
@@ -26,6 +28,7 @@ const std::set<std::string> kValued = {
     "monitor-timeout", "reconnect-ms", "export-host", "export-listen", "export-ports",
     "repository-ca",   "repository-name", "repository-retry", "repository-retry-for", "bandwidth",
     "qmp-ssh",         "ssh-key",     "ssh-known-hosts", "qmp-remote-dir", "host-runtime-dir", "host-scratch-dir",
+    "libvirt-export-tls", "libvirt-export-tls-dir", "libvirt-scratch-dir",
 };
 // Only with qmp-ssh.
 const char* const kSshOnly[] = {"ssh-key", "ssh-known-hosts", "qmp-remote-dir", "host-runtime-dir", "host-scratch-dir"};
@@ -67,7 +70,16 @@ Every option may also be given in the configuration file as "name = value"
   --qmp-remote-dir DIR       the host's QMP directory (default /var/run/qemu-server)
   --host-runtime-dir DIR     with --qmp-ssh: the host's directory for export keys (default /run/ferry)
   --host-scratch-dir DIR     with --qmp-ssh: the host's directory for overlays (default /var/tmp/ferry)
-  --libvirt URI              the host's VMs as libvirt domains (e.g. qemu:///system)
+  --libvirt URI              the host's VMs as libvirt domains (e.g. qemu:///system); a remote
+                             URI (qemu+libssh://root@HOST/system?keyfile=...&known_hosts=...,
+                             qemu+tls://HOST/system) exports over TCP (docs/worker.md)
+  --libvirt-export-tls yes|no  libvirt's TCP exports with the host's backup TLS (x509, qemu.conf
+                             backup_tls_x509_cert_dir; default yes); no: plaintext NBD, only
+                             on a trusted network
+  --libvirt-export-tls-dir DIR  this worker's certificates for those: ca-cert.pem, and
+                             client-cert.pem, client-key.pem (required with TLS)
+  --libvirt-scratch-dir DIR  the host's directory for libvirt's scratch files (default:
+                             beside each disk image file)
   --slots N                  disk tasks run at once (default 2)
   --threads N                compute threads per disk task (default: cores / slots)
   --rate-limit BYTES/s       read rate cap per disk task (default: none)
@@ -84,8 +96,11 @@ Every option may also be given in the configuration file as "name = value"
   --export-host NAME         export snapshots over TCP with per-session TLS-PSK, reachable
                              by other hosts' workers at NAME (this host's name or address);
                              without it exports are unix sockets, for this host's worker only;
-                             always TCP with --qmp-ssh (default there: the SSH HOST)
-  --export-listen ADDR       where QEMU listens for those (default 0.0.0.0)
+                             always TCP with --qmp-ssh (default there: the SSH HOST) and a
+                             remote --libvirt URI (default: the URI's host; libvirt's TLS
+                             is x509, see --libvirt-export-tls)
+  --export-listen ADDR       where QEMU listens for QMP exports (default 0.0.0.0; libvirt
+                             listens at the export host)
   --export-ports MIN-MAX     the ports it may use (default 10809-10909)
   --repository-ca FILE       CA certificates for repositories behind a repository service
                              (ferry+tls://...; default: --tls-ca's, else the system store)
@@ -182,9 +197,63 @@ WorkerConfig ParseWorkerConfig(const std::vector<std::string>& args) {
   if (auto d = a.GetDuration("repository-retry")) h.repository_access.reconnect_interval = *d;
   if (auto d = a.GetDuration("repository-retry-for")) h.repository_access.reconnect_for = *d;
   if (auto n = a.GetInt("reconnect-ms", 10, 600000)) c.reconnect_ms = static_cast<int>(*n);
-  if (a.Has("export-host") && !qmp) {
-    throw Error(ErrorKind::kBadInput, "option --export-host: only QMP snapshots (--qmp-dir) export over TCP; "
-                                      "libvirt's exports are unix sockets (docs/worker.md)");
+  std::optional<std::pair<uint16_t, uint16_t>> ports;
+  if (auto text = a.Get("export-ports")) {
+    unsigned lo = 0, hi = 0;
+    char tail = 0;
+    if (std::sscanf(text->c_str(), "%u-%u%c", &lo, &hi, &tail) != 2 || lo == 0 || hi > 65535 || lo > hi) {
+      throw Error(ErrorKind::kBadInput, "option --export-ports: '" + *text + "' is not a range MIN-MAX of ports");
+    }
+    ports = {static_cast<uint16_t>(lo), static_cast<uint16_t>(hi)};
+  }
+  if (a.Has("export-host") && a.Get("export-host")->empty()) {
+    throw Error(ErrorKind::kBadInput, "option --export-host: empty");
+  }
+  // libvirt over the network: its pull-mode exports on TCP, at the URI's
+  // host unless told another (docs/worker.md, "Remote libvirt").
+  const std::string libvirt_host = h.libvirt_uri.empty() ? "" : worker::LibvirtUriHost(h.libvirt_uri);
+  if (a.Has("export-host") && !qmp && libvirt_host.empty()) {
+    throw Error(ErrorKind::kBadInput, "option --export-host: a local libvirtd (a URI without a host) exports on "
+                                      "unix sockets, for this host's worker; --export-host is for QMP snapshots "
+                                      "and remote --libvirt URIs (docs/worker.md)");
+  }
+  if (!libvirt_host.empty()) {
+    worker::LibvirtTcpExport e;
+    e.host = a.Get("export-host").value_or(libvirt_host);
+    if (ports) std::tie(e.port_min, e.port_max) = *ports;
+    const std::string tls = a.Get("libvirt-export-tls").value_or("yes");
+    if (tls != "yes" && tls != "no") {
+      throw Error(ErrorKind::kBadInput, "option --libvirt-export-tls: '" + tls + "' is not yes or no");
+    }
+    e.tls = tls == "yes";
+    if (e.tls) {
+      if (!a.Has("libvirt-export-tls-dir")) {
+        throw Error(ErrorKind::kBadInput,
+                    "option --libvirt-export-tls-dir: required for libvirt's exports over TCP with TLS (this "
+                    "worker's ca-cert.pem, client-cert.pem, client-key.pem for the host's backup TLS); or, on a "
+                    "trusted network only, --libvirt-export-tls no");
+      }
+      e.tls_x509_dir = *a.Get("libvirt-export-tls-dir");
+      if (struct stat st; ::stat((e.tls_x509_dir + "/ca-cert.pem").c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+        throw Error(ErrorKind::kNotFound, "option --libvirt-export-tls-dir: " + e.tls_x509_dir +
+                                              " has no ca-cert.pem (the CA of the host's backup certificate)");
+      }
+    } else if (a.Has("libvirt-export-tls-dir")) {
+      throw Error(ErrorKind::kBadInput, "option --libvirt-export-tls-dir: not with --libvirt-export-tls no");
+    }
+    e.scratch_dir = a.Get("libvirt-scratch-dir").value_or("");
+    if (a.Has("libvirt-scratch-dir") && (e.scratch_dir.empty() || e.scratch_dir[0] != '/')) {
+      throw Error(ErrorKind::kBadInput, "option --libvirt-scratch-dir: '" + e.scratch_dir +
+                                            "' is not an absolute path (a directory on the host)");
+    }
+    h.libvirt_export = e;
+  } else {
+    for (const char* name : {"libvirt-export-tls", "libvirt-export-tls-dir", "libvirt-scratch-dir"}) {
+      if (a.Has(name)) {
+        throw Error(ErrorKind::kBadInput, std::string("option --") + name + ": only with a remote --libvirt URI "
+                                          "(a local libvirtd exports on a unix socket)");
+      }
+    }
   }
   std::optional<worker::SshTarget> ssh_target;
   if (over_ssh) {
@@ -196,24 +265,21 @@ WorkerConfig ParseWorkerConfig(const std::vector<std::string>& args) {
   }
   // Over SSH the worker cannot open the host's unix sockets: TCP, at the
   // SSH host's address unless told another.
-  if (auto advertise = ssh_target ? std::optional<std::string>(a.Get("export-host").value_or(ssh_target->host))
-                                  : a.Get("export-host")) {
+  std::optional<std::string> advertise;
+  if (qmp) advertise = ssh_target ? std::optional<std::string>(a.Get("export-host").value_or(ssh_target->host))
+                                  : a.Get("export-host");
+  if (advertise) {
     worker::NbdExportNetwork n;
     n.advertise_host = *advertise;
-    if (advertise->empty()) throw Error(ErrorKind::kBadInput, "option --export-host: empty");
     n.listen_host = a.Get("export-listen").value_or(n.listen_host);
-    if (auto ports = a.Get("export-ports")) {
-      unsigned lo = 0, hi = 0;
-      char tail = 0;
-      if (std::sscanf(ports->c_str(), "%u-%u%c", &lo, &hi, &tail) != 2 || lo == 0 || hi > 65535 || lo > hi) {
-        throw Error(ErrorKind::kBadInput, "option --export-ports: '" + *ports + "' is not a range MIN-MAX of ports");
-      }
-      n.port_min = static_cast<uint16_t>(lo);
-      n.port_max = static_cast<uint16_t>(hi);
-    }
+    if (ports) std::tie(n.port_min, n.port_max) = *ports;
     h.export_tcp = n;
-  } else if (a.Has("export-listen") || a.Has("export-ports")) {
-    throw Error(ErrorKind::kBadInput, "options --export-listen and --export-ports need --export-host");
+  } else if (a.Has("export-listen")) {
+    throw Error(ErrorKind::kBadInput, "option --export-listen: only for QMP exports over TCP (--export-host or "
+                                      "--qmp-ssh)");
+  } else if (ports && !h.libvirt_export) {
+    throw Error(ErrorKind::kBadInput, "option --export-ports: only for exports over TCP (--export-host, --qmp-ssh "
+                                      "or a remote --libvirt URI)");
   }
   const char* runtime = std::getenv("FERRY_RUNTIME_DIR");
   const char* scratch = std::getenv("FERRY_SCRATCH_DIR");

@@ -8,6 +8,7 @@
 #include <functional>
 
 #include "ferry/common/error.h"
+#include "ferry/worker/libvirt_host.h"
 
 namespace ferry::daemon {
 namespace {
@@ -111,15 +112,69 @@ TEST_F(WorkerConfigTest, BadInputNamesTheOption) {
   bad(Args({"--inventory-interval", "soon"}), "option --inventory-interval: 'soon' is not a duration");
   bad(Args({"--inventory-interval", "10ms"}), "at least 100ms");
   bad(Args({"--export-host", "h", "--export-ports", "9-1"}), "option --export-ports: '9-1' is not a range");
-  bad(Args({"--export-ports", "1-2"}), "need --export-host");
+  bad(Args({"--export-ports", "1-2"}), "option --export-ports: only for exports over TCP");
   bad(Args({"--tls-name", "x"}), "only with --tls or --tls-ca");
   bad({"--coordinator", "c:1", "--token-file", Path("token"), "--libvirt", "qemu:///system", "--export-host", "h"},
-      "only QMP snapshots (--qmp-dir) export over TCP");
+      "option --export-host: a local libvirtd (a URI without a host) exports on unix sockets");
   bad(Args({"--frobnicate"}), "unknown option --frobnicate");
   Write("empty.token", "\n");
   bad({"--coordinator", "c:1", "--token-file", Path("empty.token"), "--qmp-dir", Path("qmp")}, "is empty");
   Write("bad.conf", "coordinator = c:1\n\nslots\n");
   bad({"--config", Path("bad.conf")}, Path("bad.conf") + " line 3: option 'slots' needs a value");
+}
+
+TEST_F(WorkerConfigTest, RemoteLibvirtExportsOverTcp) {
+  auto base = [&](std::vector<std::string> more) {
+    std::vector<std::string> a = {"--coordinator", "c:1",          "--token-file",  Path("token"),
+                                  "--runtime-dir", Path("run"), "--scratch-dir", Path("scratch")};
+    a.insert(a.end(), more.begin(), more.end());
+    return a;
+  };
+  // A local libvirtd: a unix socket, as before.
+  EXPECT_FALSE(ParseWorkerConfig(base({"--libvirt", "qemu:///system"})).host.libvirt_export.has_value());
+  // Remote: TCP at the URI's host, TLS by default (which needs the certificates).
+  const std::string uri = "qemu+libssh://root@[fd00::7]:2222/system?keyfile=/k&known_hosts=/kh";
+  auto [kind, message] = Refused(base({"--libvirt", uri}));
+  EXPECT_EQ(kind, ErrorKind::kBadInput);
+  EXPECT_NE(message.find("option --libvirt-export-tls-dir: required"), std::string::npos) << message;
+  std::filesystem::create_directories(Path("pki"));
+  EXPECT_EQ(Refused(base({"--libvirt", uri, "--libvirt-export-tls-dir", Path("pki")})).first, ErrorKind::kNotFound);
+  Write("pki/ca-cert.pem", "x");
+  WorkerConfig c = ParseWorkerConfig(base({"--libvirt", uri, "--libvirt-export-tls-dir", Path("pki"),
+                                           "--export-ports", "20000-20001"}));
+  ASSERT_TRUE(c.host.libvirt_export.has_value());
+  EXPECT_EQ(c.host.libvirt_export->host, "fd00::7");
+  EXPECT_TRUE(c.host.libvirt_export->tls);
+  EXPECT_EQ(c.host.libvirt_export->tls_x509_dir, Path("pki"));
+  EXPECT_EQ(c.host.libvirt_export->port_min, 20000);
+  EXPECT_EQ(c.host.libvirt_export->port_max, 20001);
+  EXPECT_TRUE(c.host.libvirt_export->scratch_dir.empty());
+  EXPECT_FALSE(c.host.export_tcp.has_value());  // no QMP here
+  c = ParseWorkerConfig(base({"--libvirt", "qemu+tls://hv1/system", "--libvirt-export-tls", "no", "--export-host",
+                              "10.0.0.5", "--libvirt-scratch-dir", "/var/tmp/ferry"}));
+  EXPECT_EQ(c.host.libvirt_export->host, "10.0.0.5");
+  EXPECT_FALSE(c.host.libvirt_export->tls);
+  EXPECT_EQ(c.host.libvirt_export->scratch_dir, "/var/tmp/ferry");
+  auto bad = [&](std::vector<std::string> args, const std::string& want) {
+    auto [k, m] = Refused(args);
+    EXPECT_EQ(k, ErrorKind::kBadInput) << m;
+    EXPECT_NE(m.find(want), std::string::npos) << "'" << m << "' lacks '" << want << "'";
+  };
+  bad(base({"--libvirt", uri, "--libvirt-export-tls", "maybe"}), "option --libvirt-export-tls: 'maybe' is not yes or no");
+  bad(base({"--libvirt", uri, "--libvirt-export-tls", "no", "--libvirt-export-tls-dir", Path("pki")}),
+      "option --libvirt-export-tls-dir: not with --libvirt-export-tls no");
+  bad(base({"--libvirt", uri, "--libvirt-export-tls", "no", "--libvirt-scratch-dir", "tmp"}), "not an absolute path");
+  bad(base({"--libvirt", "qemu:///system", "--libvirt-export-tls", "no"}),
+      "option --libvirt-export-tls: only with a remote --libvirt URI");
+}
+
+TEST(LibvirtUriHostTest, HostPartOrNothing) {
+  EXPECT_EQ(worker::LibvirtUriHost("qemu:///system"), "");
+  EXPECT_EQ(worker::LibvirtUriHost("qemu+unix:///system?socket=/x"), "");
+  EXPECT_EQ(worker::LibvirtUriHost("qemu+ssh://root@hv1:22/system?keyfile=/k"), "hv1");
+  EXPECT_EQ(worker::LibvirtUriHost("qemu+tls://hv2.example/system"), "hv2.example");
+  EXPECT_EQ(worker::LibvirtUriHost("qemu+libssh://root@[fd00::1]:2222/system"), "fd00::1");
+  EXPECT_EQ(worker::LibvirtUriHost("qemu+tcp://10.0.0.1?x"), "10.0.0.1");
 }
 
 TEST_F(WorkerConfigTest, MissingFilesAreNotFound) {

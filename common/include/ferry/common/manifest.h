@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "ferry/common/checksum.h"
@@ -82,6 +83,15 @@ std::string ManifestToJson(const RestorePointManifest& manifest);
 // checksum that does not match, a member missing or of the wrong type, a disk
 // (or index, or configuration file) named twice. A newer format: kBadInput.
 RestorePointManifest ManifestFromJson(const std::string& json, const std::string& source);
+
+// The v2 manifest's checksum layout, for other small JSON records too (a
+// point's lock): `object_text` (one serialized JSON object) with a last
+// member `member` holding the SHA-256 of the whole file without those 64 hex
+// digits, and a newline.
+std::string SealJson(std::string object_text, std::string_view member);
+// Checks that layout and the digest before anything else is read; kCorrupt
+// "<what>: ..." naming what is wrong.
+void CheckSealedJson(std::string_view text, std::string_view member, const std::string& what);
 
 // "2026-11-22T03:42:10Z" for now.
 std::string NowRfc3339();

@@ -15,6 +15,16 @@
 //   RemoveExpired()      removes staging whose expiry has passed and that no
 //                        process is writing
 //
+// And for committed points (docs/repository-format.md, "Removal, leases and
+// locks"):
+//
+//   Lease(id)            a read lease: restore, verify and an incremental
+//                        backup reading its previous point hold one
+//   SetLock(id, ...)     locks a point against removal until a time (extend
+//                        only; never shortened or lifted early)
+//   Remove(id, now)      removes a point that is neither leased nor locked,
+//                        all or nothing across a crash
+//
 // Staging is never removed merely because no process holds it: a point's disk
 // tasks run one after another on different workers, with nothing held between
 // them. It goes on Commit, Discard, or expiry. A header whose expiry is 0
@@ -27,10 +37,17 @@
 // also has its own exclusive lock, so two processes never write one disk. A
 // point staged with expiry 0 has an owner lock too, held by the StagingLease
 // until its process lets go (or dies); only then may it expire.
+//
+// Committed points (flock on the directory points/<id> itself, so nothing is
+// written into a point to read it): a lease holds it shared; Remove takes it
+// exclusively without waiting, so a point is never removed while it is read.
+// SetLock holds it shared too, so a lock and a removal never cross.
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -38,6 +55,7 @@
 #include "ferry/common/file_util.h"
 #include "ferry/common/fixed_index.h"
 #include "ferry/common/manifest.h"
+#include "ferry/common/point_check.h"
 
 namespace ferry {
 
@@ -60,6 +78,21 @@ struct PointProblem {
 struct PointListing {
   std::vector<RestorePointManifest> points;  // oldest first
   std::vector<PointProblem> problems;
+};
+
+// A point's lock (points/<id>/lock.json): it cannot be removed before
+// locked_until.
+struct PointLock {
+  int64_t locked_until = 0;  // Unix seconds
+  int64_t set_at = 0;        // Unix seconds, when it was last set or extended
+  std::string reason;        // at most 1024 bytes
+};
+
+// Held by a reader of a committed point: while it lives, Remove refuses the
+// point (kRetryable).
+class PointLease {
+ public:
+  virtual ~PointLease() = default;
 };
 
 // Returned by Stage. For a point staged with expiry 0 it holds the owner lock:
@@ -122,6 +155,33 @@ class PointStore {
   virtual std::vector<std::string> RemoveExpired() = 0;
   // Staged ids, for diagnostics and tests.
   virtual std::vector<std::string> ListStaged() const = 0;
+
+  // A read lease on a committed point. kNotFound for an unknown id (or one
+  // being removed), kRetryable if a removal holds it past a 2 s wait.
+  virtual std::unique_ptr<PointLease> Lease(const std::string& id) const = 0;
+  // The point's lock, expired or not; nullopt when it has none. kNotFound for
+  // an unknown point, kCorrupt for a damaged lock file.
+  virtual std::optional<PointLock> ReadLock(const std::string& id) const = 0;
+  // Locks the point until `locked_until` (Unix seconds, after `now`), or
+  // extends its lock; kBadInput if that would end an unexpired lock earlier
+  // (the lock stays as it was). `reason` replaces the old one when given.
+  // Where the process may (root, a file system with the flag), the point's
+  // files and directory also get the immutable flag. Returns the lock as set.
+  virtual PointLock SetLock(const std::string& id, int64_t locked_until, const std::string& reason,
+                            int64_t now) = 0;
+  // Removes a committed point (its chunks stay, for garbage collection).
+  // kNotFound for an unknown id; kBadInput if it is locked after `now`
+  // (naming the lock's end); kRetryable if it is in use (a lease is held).
+  // A crash at any moment leaves the whole point or none of it visible.
+  virtual void Remove(const std::string& id, int64_t now) = 0;
+
+  // The last health check of every committed point that has one, by point
+  // id. A record that cannot be read counts as none (the point is then
+  // checked in full next time), and is logged.
+  virtual std::map<std::string, PointCheck> LoadChecks() const = 0;
+  // Replaces the last check of `check.point` (kNotFound: no such point).
+  // Durable when it returns.
+  virtual void RecordCheck(const PointCheck& check) = 0;
 };
 
 // The local directory implementation: <repo>/points and <repo>/staging,

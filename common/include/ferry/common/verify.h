@@ -4,7 +4,9 @@
 // what the index expects. A damaged chunk is quarantined (chunk_store.h), so
 // the next backup of that data stores it again. Each distinct chunk is read
 // once however many points reference it; a bad chunk is reported for every
-// point, disk and chunk position that references it.
+// point, disk and chunk position that references it. Each point's result is
+// a PointCheck (point_check.h); with VerifyOptions::record it is kept in the
+// point store, and incremental verifies skip chunks a recent clean check read.
 #pragma once
 
 #include <atomic>
@@ -25,13 +27,30 @@ struct VerifyProblem {
   std::string message;
 };
 
+struct VerifyOptions {
+  VerifyOptions() = default;
+  VerifyOptions(std::optional<std::string> point, unsigned threads) : point(std::move(point)), threads(threads) {}
+
+  std::optional<std::string> point;  // this point only; every point when unset
+  unsigned threads = 1;
+  // Incremental verify: a chunk is not read again when a point referencing it
+  // had a clean check whose chunks were all known good at most this many
+  // seconds before `now` (PointCheck::verified_since). 0: read every chunk.
+  // Manifests and indexes are always checked.
+  int64_t skip_verified_within_s = 0;
+  int64_t now = 0;      // Unix seconds; 0: the system clock
+  bool record = false;  // record each checked point's PointCheck in the store
+};
+
 struct VerifyReport {
   uint64_t points = 0;
   uint64_t disks = 0;
   uint64_t chunks_checked = 0;  // distinct chunks read
+  uint64_t chunks_skipped = 0;  // distinct chunks known good from a recent check
   uint64_t bytes_checked = 0;   // plain bytes
   std::vector<VerifyProblem> problems;
   std::vector<std::string> unprotected;  // points with a v1 manifest (no checksum)
+  std::vector<PointCheck> checks;  // one per point checked, as recorded (oldest point first)
   bool clean() const { return problems.empty(); }
 };
 
@@ -40,7 +59,6 @@ struct VerifyProgress {
   std::atomic<uint64_t> chunks_done{0};
 };
 
-VerifyReport VerifyRepository(Repository& repo, const std::optional<std::string>& point_id,
-                              unsigned threads, VerifyProgress* progress);
+VerifyReport VerifyRepository(Repository& repo, const VerifyOptions& options, VerifyProgress* progress);
 
 }  // namespace ferry

@@ -130,6 +130,10 @@ class ApplianceDeployer {
   SessionRunner& runner_;
   std::string db_path_;
   std::string image_dir_;
+  // Beside the database: where a deployment builds its config drive (the
+  // worker's token is in it); emptied at Start, so a coordinator killed
+  // mid-deployment leaves no token behind once it runs again.
+  std::string work_dir_;
   Clock clock_;
   ApplianceTiming timing_;
   std::optional<Database> reader_;  // the thread's (and Remove's, under op_mu_)

@@ -74,11 +74,21 @@ struct NbdSource {
   // hex. A secret: never put tls_psk_key into a message or a log.
   std::string tls_identity{};
   std::string tls_psk_key{};
+  // TCP without a session key: libvirt's pull-mode exports of a host this
+  // worker reaches remotely (docs/worker.md, "Remote libvirt"), whose TLS is
+  // the host's x509 setup (qemu.conf backup_tls_x509_cert_dir). Exactly one
+  // of: the PSK above, tls_x509_dir (this worker's ca-cert.pem, and
+  // client-cert.pem / client-key.pem when the host verifies clients: QEMU's
+  // and libnbd's layout; the server's certificate must name the host), or
+  // plaintext (no TLS: only when the operator chose it, on a trusted network).
+  std::string tls_x509_dir{};
+  bool plaintext{false};
 };
 
 // libnbd client asking base:allocation. A TCP source must carry TLS-PSK
-// credentials (kBadInput otherwise), and TLS is then required: a server that
-// does not offer it, or refuses the key, fails the connection. Throws
+// credentials or an x509 directory, or say plaintext (kBadInput otherwise);
+// with TLS it is required: a server that does not offer it, or refuses the
+// key or certificate, fails the connection. Throws
 // kNotFound / kRetryable / kBadInput; messages never hold the key.
 std::unique_ptr<BlockReader> OpenNbdReader(const NbdSource& source);
 

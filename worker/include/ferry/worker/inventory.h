@@ -29,7 +29,10 @@ struct InventoryEntry {
 
 // Sockets in `dir` (sorted by name); each monitor is given `timeout` to greet
 // (a monitor serves one client: one that is busy is reported as such).
-std::vector<InventoryEntry> QmpDirectoryInventory(const std::string& dir, std::chrono::milliseconds timeout);
+// `forwarded`: the sockets are a forwarder's (QmpMonitorDirectory::
+// forwarded), so a connection closed before the greeting is a busy monitor too.
+std::vector<InventoryEntry> QmpDirectoryInventory(const std::string& dir, std::chrono::milliseconds timeout,
+                                                  bool forwarded = false);
 
 // Where a worker finds its host's QMP monitors: a directory of sockets here
 // (LocalQmpMonitorDirectory), or a local mirror of the host's directory
@@ -45,6 +48,11 @@ class QmpMonitorDirectory {
   // Throws when the host cannot be reached: kRetryable when that may pass,
   // kEnvironment when the operator must act (a refused key, say).
   virtual std::string Refresh() = 0;
+  // Whether the sockets are a forwarder's: a monitor busy with another
+  // client is then not silent but closes the connection (the forwarder's
+  // own connection to it got nowhere). Refresh lists only monitors of live
+  // VMs, so such a close means busy, not gone.
+  virtual bool forwarded() const { return false; }
 };
 
 std::shared_ptr<QmpMonitorDirectory> LocalQmpMonitorDirectory(const std::string& dir);

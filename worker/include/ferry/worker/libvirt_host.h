@@ -1,16 +1,30 @@
 // Host for VMs run by libvirt (oVirt/OLVM hosts, plain KVM), over any
-// libvirt URI (qemu:///system, qemu+ssh://, qemu+tls://).
+// libvirt URI (qemu:///system, qemu+ssh://, qemu+libssh://, qemu+tls://).
 //
 // Running domains: pull-mode backups (virDomainBackupBegin) with one
 // checkpoint per run, named like the chain's bitmaps (docs/cbt.md), so libvirt
 // keeps the bitmaps and Ferry reconciles its checkpoints with the repository.
+// Where the export goes:
+//  - a local libvirtd (no host in the URI) and no tcp_export: a unix socket
+//    in a session directory under the runtime directory (handed to QEMU's
+//    user), the scratch files beside it;
+//  - tcp_export (required for a remote URI, e.g. from the worker appliance):
+//    QEMU's NBD server on TCP at tcp_export.host, a port of the range, with
+//    the host's backup TLS (x509, qemu.conf) unless turned off; the export
+//    names carry the session ("ferry-<session>-<disk>") so a later run can
+//    tell a dead session's job; nothing on this machine but the session lock,
+//    the scratch files on the host, beside each image or in
+//    tcp_export.scratch_dir.
 // Shut-off domains: each image read through a read-only qemu-nbd whose image
 // lock keeps the domain from starting meanwhile; qcow2 disks use the
-// persistent bitmap of the chain's checkpoint for an incremental.
+// persistent bitmap of the chain's checkpoint for an incremental. Only for a
+// local libvirtd: a remote one's shut-off domains are refused (kEnvironment).
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "ferry/common/repository.h"
@@ -20,11 +34,31 @@
 
 namespace ferry::worker {
 
+// A running domain's pull-mode export over TCP (docs/worker.md, "Remote
+// libvirt").
+struct LibvirtTcpExport {
+  std::string host;  // QEMU listens at this name and the reader connects to it (<server name=>)
+  // libvirt 9 needs a concrete port: the first of these not in use.
+  uint16_t port_min = 10809;
+  uint16_t port_max = 10909;
+  // <server tls='yes'>: the host's backup TLS (qemu.conf
+  // backup_tls_x509_cert_dir); the reader's certificates in tls_x509_dir.
+  // false: plaintext NBD, for a trusted network only.
+  bool tls = true;
+  std::string tls_x509_dir;
+  std::string scratch_dir;  // the host's directory for scratch files; "": beside each image
+};
+
 struct LibvirtHostOptions {
   std::string uri;  // e.g. qemu:///system
   std::string vm;   // domain name or UUID
   SnapshotPaths paths;
+  std::optional<LibvirtTcpExport> tcp_export{};  // unset: a unix socket (local libvirtd only)
 };
+
+// The host part of a libvirt URI ("hv1" of qemu+ssh://root@hv1:22/system),
+// without brackets; "" for a local one (qemu:///system, qemu+unix:///...).
+std::string LibvirtUriHost(const std::string& uri);
 
 // Connects and reads the domain. Aborts a backup job a dead Ferry run left
 // on the domain. Throws ferry::Error (kNotFound for an unknown domain).

@@ -76,6 +76,14 @@ class QmpError : public ferry::Error {
   std::string description_;
 };
 
+// The peer closed the connection before a QMP greeting (kBadInput): not a
+// monitor, or, through a forwarder (SSH) that connects on the worker's
+// behalf, a monitor busy with another client.
+class QmpNoGreeting : public ferry::Error {
+ public:
+  using ferry::Error::Error;
+};
+
 struct QemuVersion {
   int major = 0;
   int minor = 0;

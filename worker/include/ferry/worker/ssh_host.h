@@ -115,6 +115,7 @@ class SshHost : public HostEnv, public QmpMonitorDirectory {
   // QmpMonitorDirectory
   std::string description() const override;
   std::string Refresh() override;
+  bool forwarded() const override { return true; }
 
  private:
   std::vector<std::string> SshArgs() const;  // ssh and the options every call shares
