@@ -116,7 +116,7 @@ class GcTest : public ::testing::Test {
   }
   GcReport Gc(GcOptions options = {}) { return CollectGarbage(dir_, options, nullptr); }
   bool Clean() {
-    VerifyReport r = VerifyRepository(*repo_, std::nullopt, 2, nullptr);
+    VerifyReport r = VerifyRepository(*repo_, VerifyOptions(std::nullopt, 2), nullptr);
     for (const auto& p : r.problems) ADD_FAILURE() << p.point << " " << p.disk << ": " << p.message;
     return r.clean();
   }
