@@ -7,8 +7,10 @@
 # point's unique chunks and the garbage are gone, nothing referenced is.
 #
 # The point is removed with rm -rf of its directory: it stands in for
-# `ferry prune`, which is not part of this change (prune, its point locks and
-# read leases come with the retention work). The GCs run with --window 0 so
+# `ferry prune`, which was not part of this change (prune, its point locks and
+# read leases came with the retention work). A last part, written once that
+# work was merged from main, prunes with the real `ferry prune` and GCs
+# again. The GCs run with --window 0 so
 # that chunks written seconds ago count as old; the window's own protection
 # is covered by common/gc_test.cc.
 . "$(dirname "$0")/common.sh" "$@"
@@ -134,3 +136,16 @@ import json, sys
 r = json.loads(sys.argv[1])
 assert r["garbage_chunks"] == 0 and r["missing_chunks"] == 0, r' "$space" || fail "space after GC: $space"
 ok "every point verifies and restores bit-exact; the removed point's unique chunks and the garbage are gone: $out"
+
+# With the real prune (merged from main): keep the last point of each chain,
+# then GC; what prune removed is freed, what it kept restores.
+digests "$REPO/points/$p1"/*.fidx >"$WORK/p1.digests"
+"$FERRY" --quiet prune --repo "$REPO" --keep-last 1 >/dev/null || fail "prune failed"
+[[ ! -d $REPO/points/$p1 && -d $REPO/points/$p3 && -d $REPO/points/$p4 ]] || fail "prune kept: $(points "$REPO")"
+digests "$REPO"/points/*/*.fidx >"$WORK/kept.digests"
+comm -23 "$WORK/p1.digests" "$WORK/kept.digests" >"$WORK/p1-unique.digests"
+"$FERRY" --quiet gc --repo "$REPO" --window 0 >/dev/null
+while read -r d; do [[ ! -e $(chunk_path "$d") ]] || fail "chunk $d of pruned $p1 is still there"; done <"$WORK/p1-unique.digests"
+"$FERRY" verify --repo "$REPO" | grep -q '^OK' || fail "verify is not clean after prune and GC"
+for p in "$p3" "$p4"; do check_point "$p" pruned; done
+ok "ferry prune --keep-last 1 then gc: $(wc -l <"$WORK/p1-unique.digests") chunk(s) of the pruned point freed; the kept points verify and restore"
