@@ -58,6 +58,11 @@ Commands:
            remove one restore point (refused while it is locked or in use)
   lock     --repo DIR --point ID (--days N | --for DURATION) [--reason TEXT]
            lock a point against removal; a lock is extended, never shortened
+  gc       --repo DIR [--dry-run] [--json] [--window MINUTES] [--threads N]
+           remove the chunks no restore point references (safe while backups,
+           restores and verifies run; resumes where a killed GC stopped)
+  space    --repo DIR [--json]
+           stored, logical and unique bytes per point, dedup ratio, garbage
 
   inventory (--qmp-dir DIR | --libvirt URI) [--timeout SECONDS] [--json]
            list the VMs of a host (a directory of QMP sockets, or libvirt)
@@ -82,8 +87,8 @@ Exit codes: 0 ok, 2 bad input, 3 not found, 4 corrupt data, 5 environment
 // Run by ferry-host (worker/cli/main.cc); `_guardian` is ferry-host's own
 // re-exec of itself, listed so `ferry _guardian` keeps working too.
 const std::set<std::string> kHostCommands = {"init",  "backup",      "list",   "restore", "restore-vm", "verify",
-                                             "prune", "remove", "lock", "inventory", "stage", "backup-disk", "commit",
-                                             "discard", "_guardian"};
+                                             "prune", "remove", "lock", "gc", "space", "inventory", "stage",
+                                             "backup-disk", "commit", "discard", "_guardian"};
 
 std::atomic<bool> g_interrupted{false};
 void OnSignal(int) { g_interrupted = true; }

@@ -128,15 +128,50 @@ int LocalChunkStore::DirFd() const {
 
 std::string LocalChunkStore::PathFor(const Digest& digest) const { return dir_ + "/" + RelativePath(digest.Hex()); }
 
+namespace {
+// The name a garbage collection gives a chunk between deciding to remove it
+// and removing it (docs/gc.md, "Sweep"): chunks/<3 hex>/.gc-<64 hex>.
+std::string DoomedRelativePath(const std::string& hex) { return hex.substr(0, kPrefixLength) + "/.gc-" + hex; }
+
+// Marks a chunk in use now (docs/gc.md): its mtime is what garbage collection
+// compares with its cutoff. Both times set to now, so write access (not
+// ownership) suffices. Returns errno (0 on success).
+int TouchChunk(int dir_fd, const std::string& rel) {
+  return ::utimensat(dir_fd, rel.c_str(), nullptr, 0) == 0 ? 0 : errno;
+}
+
+// A chunk a garbage collection is removing right now (renamed to its doomed
+// name, not yet unlinked) is linked back under its own name and so stays:
+// whoever looks for a chunk and misses it rescues it. Returns whether the
+// chunk is there now.
+bool RescueFromSweep(int dir_fd, const std::string& hex) {
+  std::string rel = RelativePath(hex);
+  if (::linkat(dir_fd, DoomedRelativePath(hex).c_str(), dir_fd, rel.c_str(), 0) == 0 || errno == EEXIST) {
+    LogInfo("chunk " + hex + " was being removed by a garbage collection; kept");
+    return true;
+  }
+  return false;
+}
+}  // namespace
+
 void LocalChunkStore::FindMissing(std::span<const Digest> digests, std::vector<size_t>* missing) {
   const int dir_fd = DirFd();
   for (size_t i = 0; i < digests.size(); ++i) {
     std::string hex = digests[i].Hex();
     std::string rel = RelativePath(hex);
+    // The existence check and the "in use" mark in one call: a chunk a backup
+    // relies on is never older than a garbage collection's cutoff.
+    int err = TouchChunk(dir_fd, rel);
+    if ((err == ENOENT || err == ENOTDIR) && RescueFromSweep(dir_fd, hex)) err = TouchChunk(dir_fd, rel);
+    if (err == ENOENT || err == ENOTDIR) {
+      missing->push_back(i);
+      continue;
+    }
+    if (err != 0) throw ErrnoError("marking chunk " + dir_ + "/" + rel + " as in use", err);
     struct stat st;
     if (::fstatat(dir_fd, rel.c_str(), &st, 0) != 0) {
       if (errno != ENOENT && errno != ENOTDIR) throw ErrnoError("stat of chunk " + dir_ + "/" + rel, errno);
-      missing->push_back(i);
+      missing->push_back(i);  // quarantined between the two calls
     } else if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) < kChunkHeaderSize) {
       // Truncated or not a file: damaged for certain, found without a read.
       Quarantine(digests[i], "chunk file of " + std::to_string(st.st_size) + " bytes is shorter than its header");
@@ -197,12 +232,19 @@ bool LocalChunkStore::Insert(const Digest& digest, std::span<const uint8_t> enco
     throw ErrnoError("creating chunk file in " + dir_ + "/" + prefix, errno);
   }
   if (inserted && sync_level_ == SyncLevel::kFile) FsyncOrThrow(prefix_fd.get(), dir_ + "/" + prefix);
+  // Present already: in use from now on, as FindMissing would have marked it.
+  if (!inserted) {
+    if (int err = TouchChunk(prefix_fd.get(), hex)) throw ErrnoError("marking chunk " + path + " as in use", err);
+  }
   return inserted;
 }
 
 void LocalChunkStore::Read(const Digest& digest, std::vector<uint8_t>* encoded) {
   std::string path = PathFor(digest);
   int raw = ::openat(DirFd(), RelativePath(digest.Hex()).c_str(), O_RDONLY | O_CLOEXEC);
+  if (raw < 0 && errno == ENOENT && RescueFromSweep(DirFd(), digest.Hex())) {
+    raw = ::openat(DirFd(), RelativePath(digest.Hex()).c_str(), O_RDONLY | O_CLOEXEC);
+  }
   if (raw < 0) {
     if (errno == ENOENT) {
       std::string q = FindQuarantined(quarantine_dir_, digest.Hex());

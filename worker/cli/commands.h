@@ -47,6 +47,9 @@ int DiscardCommand(const Args& args);
 int PruneCommand(const Args& args);
 int RemoveCommand(const Args& args);
 int LockCommand(const Args& args);
+// Repository upkeep (gc_commands.cc): garbage collection, space accounting.
+int GcCommand(const Args& args);
+int SpaceCommand(const Args& args);
 // Internal: cleans up a backup session's snapshot if the backup process dies.
 int GuardianCommand(const Args& args);
 

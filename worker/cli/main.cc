@@ -23,7 +23,7 @@ namespace {
 const char kUsage[] = R"(usage: ferry-host [--verbose|--quiet] COMMAND [OPTIONS]
 
 Runs the host commands of `ferry` (init, backup, list, restore, restore-vm,
-verify, prune, remove, lock, inventory, stage, backup-disk, commit, discard);
+verify, prune, remove, lock, gc, space, inventory, stage, backup-disk, commit, discard);
 `ferry` runs this program for them. See `ferry --help` and docs/cli.md.
 )";
 
@@ -76,6 +76,8 @@ int main(int argc, char** argv) {
     if (command == "prune") return ferry::cli::PruneCommand(rest);
     if (command == "remove") return ferry::cli::RemoveCommand(rest);
     if (command == "lock") return ferry::cli::LockCommand(rest);
+    if (command == "gc") return ferry::cli::GcCommand(rest);
+    if (command == "space") return ferry::cli::SpaceCommand(rest);
     if (command == "inventory") return ferry::cli::InventoryCommand(rest);
     if (command == "stage") return ferry::cli::StageCommand(rest);
     if (command == "backup-disk") return ferry::cli::BackupDiskCommand(rest);

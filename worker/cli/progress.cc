@@ -24,6 +24,11 @@ ProgressLine::ProgressLine(std::string label, std::function<std::pair<uint64_t, 
   if (enabled_) thread_ = std::thread([this] { Loop(); });
 }
 
+ProgressLine::ProgressLine(std::function<std::string()> describe)
+    : describe_(std::move(describe)), enabled_(::isatty(2) == 1) {
+  if (enabled_) thread_ = std::thread([this] { Loop(); });
+}
+
 ProgressLine::~ProgressLine() {
   if (!enabled_) return;
   {
@@ -39,6 +44,11 @@ void ProgressLine::Loop() {
   auto start = std::chrono::steady_clock::now();
   std::unique_lock lock(mu_);
   while (!cv_.wait_for(lock, std::chrono::milliseconds(250), [&] { return stop_; })) {
+    if (describe_) {
+      std::fprintf(stderr, "\r\033[K%s", describe_().c_str());
+      std::fflush(stderr);
+      continue;
+    }
     auto [done, total] = sample_();
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     double rate = secs > 0 ? static_cast<double>(done) / secs : 0;

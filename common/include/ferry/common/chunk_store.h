@@ -23,6 +23,13 @@
 // syncfs(2) runs before a restore point is committed: a process kill loses
 // nothing, a power loss can lose chunks of points not yet committed.
 //
+// Garbage collection (gc.h, docs/gc.md): FindMissing sets the mtime of every
+// chunk it finds present to now, in the same call that checks it exists, and
+// Insert does the same for a chunk another writer stored first; a new chunk
+// has a fresh mtime anyway. So every chunk a running backup relies on is
+// younger than the GC's cutoff. A chunk a GC is removing at that moment (its
+// doomed name, .gc-<digest>) is linked back by whoever looks for it.
+//
 // Healing: a chunk found damaged (by verify or restore) is renamed into
 // <repo>/quarantine/, never deleted. From then on it is missing, so the next
 // backup that reads the same data stores it again, and a backup never reuses

@@ -1,0 +1,184 @@
+// Repository upkeep on the command line: `ferry gc` (garbage collection) and
+// `ferry space` (space accounting), both over a local repository directory
+// (common/include/ferry/common/gc.h, docs/gc.md).
+#include <boost/json.hpp>
+#include <cstdio>
+#include <iostream>
+
+#include "commands.h"
+#include "ferry/common/arguments.h"
+#include "ferry/common/error.h"
+#include "ferry/common/gc.h"
+#include "ferry/common/log.h"
+#include "progress.h"
+
+namespace json = boost::json;
+
+namespace ferry::cli {
+
+namespace {
+
+// GC and space accounting read the chunk directories themselves: they run
+// where the repository's directory is.
+std::string LocalRepositoryDirectory(const Arguments& a, const std::string& command) {
+  std::string dir = a.Require("repo");
+  if (dir.find("://") != std::string::npos) {
+    throw Error(ErrorKind::kBadInput, "ferry " + command +
+                                          " runs on the machine that holds the repository's "
+                                          "directory; give --repo as that directory, not a service address");
+  }
+  return dir;
+}
+
+std::string Fixed(double v, int digits) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+  return buf;
+}
+
+std::string DescribeProgress(const GcProgress& p) {
+  switch (static_cast<GcPhase>(p.phase.load())) {
+    case GcPhase::kMark:
+      return "gc: mark: " + std::to_string(p.points_read.load()) + " / " + std::to_string(p.points_total.load()) +
+             " points read";
+    case GcPhase::kSweep:
+      return "gc: sweep: " + std::to_string(p.directories_done.load()) + " / " + std::to_string(kChunkDirectories) +
+             " chunk directories, " + std::to_string(p.chunks_removed.load()) + " chunks removed";
+    default:
+      return "gc: starting";
+  }
+}
+
+}  // namespace
+
+int GcCommand(const Args& args) {
+  Arguments a(args, {"repo", "window", "threads"}, {"dry-run", "json"});
+  const std::string dir = LocalRepositoryDirectory(a, "gc");
+  GcOptions options;
+  options.dry_run = a.Has("dry-run");
+  options.cancel = &g_interrupted;
+  if (auto w = a.GetInt("window", 0, 7 * 24 * 60)) options.window = std::chrono::minutes(*w);
+  if (auto t = a.GetInt("threads", 1, 64)) options.threads = static_cast<unsigned>(*t);
+  GcProgress progress;
+  GcReport r;
+  {
+    ProgressLine line([&] { return DescribeProgress(progress); });
+    r = CollectGarbage(dir, options, &progress);
+  }
+  if (a.Has("json")) {
+    json::object o{{"dry_run", r.dry_run},
+                   {"resumed", r.resumed},
+                   {"cutoff", r.cutoff},
+                   {"points", r.points},
+                   {"staged_points", r.staged_points},
+                   {"indexes", r.indexes},
+                   {"unchecked_indexes", r.unchecked_indexes},
+                   {"chunks_referenced", r.chunks_referenced},
+                   {"chunks_seen", r.chunks_seen},
+                   {"chunks_removed", r.chunks_removed},
+                   {"bytes_removed", r.bytes_removed},
+                   {"chunks_kept_by_window", r.chunks_kept_by_window},
+                   {"bytes_kept_by_window", r.bytes_kept_by_window},
+                   {"chunks_rescued", r.chunks_rescued},
+                   {"temp_files_removed", r.temp_files_removed},
+                   {"quarantined_chunks", r.quarantined_chunks},
+                   {"quarantined_bytes", r.quarantined_bytes},
+                   {"mark_seconds", r.mark_seconds},
+                   {"sweep_seconds", r.sweep_seconds},
+                   {"seconds", r.seconds}};
+    std::cout << json::serialize(o) << std::endl;
+    return 0;
+  }
+  const std::string verb = r.dry_run ? "would remove" : "removed";
+  std::cout << "gc: " << r.points << " point(s) and " << r.staged_points << " staged point(s) read (" << r.indexes
+            << " index(es)"
+            << (r.unchecked_indexes ? ", " + std::to_string(r.unchecked_indexes) + " without a check" : "")
+            << "): " << r.chunks_referenced << " chunk(s) referenced\n"
+            << "gc: " << r.chunks_seen << " chunk(s) in the store; " << verb << " " << r.chunks_removed << " ("
+            << HumanBytes(static_cast<double>(r.bytes_removed)) << "); kept " << r.chunks_kept_by_window
+            << " unreferenced chunk(s) (" << HumanBytes(static_cast<double>(r.bytes_kept_by_window))
+            << ") newer than the cutoff " << r.cutoff << "\n";
+  if (r.chunks_rescued) std::cout << "gc: " << r.chunks_rescued << " chunk(s) a killed GC was removing put back\n";
+  if (r.quarantined_chunks) {
+    std::cout << "gc: quarantine holds " << r.quarantined_chunks << " damaged chunk(s) ("
+              << HumanBytes(static_cast<double>(r.quarantined_bytes)) << "), left alone\n";
+  }
+  std::cout << "gc: " << (r.dry_run ? "dry run " : "") << "done in " << Fixed(r.seconds, 1) << " s"
+            << (r.resumed ? " (resumed a GC that was cut short)" : "") << "; mark " << Fixed(r.mark_seconds, 1)
+            << " s, sweep " << Fixed(r.sweep_seconds, 1) << " s" << std::endl;
+  return 0;
+}
+
+int SpaceCommand(const Args& args) {
+  Arguments a(args, {"repo"}, {"json"});
+  const std::string dir = LocalRepositoryDirectory(a, "space");
+  GcProgress progress;
+  SpaceReport r;
+  {
+    ProgressLine line([&] {
+      return progress.phase.load() == static_cast<int>(GcPhase::kMark)
+                 ? "space: " + std::to_string(progress.points_read.load()) + " / " +
+                       std::to_string(progress.points_total.load()) + " points read"
+                 : "space: " + std::to_string(progress.directories_done.load()) + " / " +
+                       std::to_string(kChunkDirectories) + " chunk directories";
+    });
+    r = MeasureSpace(dir, &progress);
+  }
+  if (a.Has("json")) {
+    json::array points, problems;
+    for (const auto& p : r.points_space) {
+      points.push_back(json::object{{"id", p.id},
+                                    {"vm", p.vm},
+                                    {"chain", p.chain},
+                                    {"logical_bytes", p.logical_bytes},
+                                    {"chunks", p.chunks},
+                                    {"unique_chunks", p.unique_chunks},
+                                    {"unique_bytes", p.unique_bytes}});
+    }
+    for (const auto& p : r.problems) problems.emplace_back(p);
+    json::object o{{"point_count", r.points},
+                   {"chunks", r.chunks},
+                   {"stored_bytes", r.stored_bytes},
+                   {"referenced_chunks", r.referenced_chunks},
+                   {"referenced_bytes", r.referenced_bytes},
+                   {"missing_chunks", r.missing_chunks},
+                   {"garbage_chunks", r.garbage_chunks},
+                   {"garbage_bytes", r.garbage_bytes},
+                   {"staged_only_chunks", r.staged_only_chunks},
+                   {"staged_only_bytes", r.staged_only_bytes},
+                   {"logical_bytes", r.logical_bytes},
+                   {"quarantined_chunks", r.quarantined_chunks},
+                   {"quarantined_bytes", r.quarantined_bytes},
+                   {"dedup_ratio", r.dedup_ratio},
+                   {"points", std::move(points)},
+                   {"problems", std::move(problems)}};
+    std::cout << json::serialize(o) << std::endl;
+    return 0;
+  }
+  std::printf("%-30s %-16s %-10s %10s %9s %9s %10s\n", "POINT", "VM", "CHAIN", "LOGICAL", "CHUNKS", "UNIQUE", "FREES");
+  for (const auto& p : r.points_space) {
+    std::printf("%-30s %-16s %-10s %10s %9llu %9llu %10s\n", p.id.c_str(), p.vm.c_str(), p.chain.c_str(),
+                HumanBytes(static_cast<double>(p.logical_bytes)).c_str(), static_cast<unsigned long long>(p.chunks),
+                static_cast<unsigned long long>(p.unique_chunks),
+                HumanBytes(static_cast<double>(p.unique_bytes)).c_str());
+  }
+  auto bytes = [](uint64_t b) { return HumanBytes(static_cast<double>(b)); };
+  std::cout << "repository: " << r.points << " point(s), " << bytes(r.logical_bytes) << " logical; " << r.chunks
+            << " chunk(s), " << bytes(r.stored_bytes) << " stored; dedup ratio " << Fixed(r.dedup_ratio, 2)
+            << " (logical / stored bytes of referenced chunks)\n"
+            << "referenced: " << r.referenced_chunks << " chunk(s), " << bytes(r.referenced_bytes)
+            << "; referenced only by staged points: " << r.staged_only_chunks << " (" << bytes(r.staged_only_bytes)
+            << ")\n"
+            << "garbage: " << r.garbage_chunks << " chunk(s), " << bytes(r.garbage_bytes)
+            << " referenced by nothing (ferry gc frees those older than its window)\n";
+  if (r.missing_chunks)
+    std::cout << "missing: " << r.missing_chunks << " referenced chunk(s) have no file (run ferry verify)\n";
+  if (r.quarantined_chunks) {
+    std::cout << "quarantine: " << r.quarantined_chunks << " damaged chunk(s), " << bytes(r.quarantined_bytes) << "\n";
+  }
+  for (const auto& p : r.problems) std::cout << "NOTE " << p << "\n";
+  std::cout << "FREES: what removing that point alone frees (its unique chunks), after a GC" << std::endl;
+  return 0;
+}
+
+}  // namespace ferry::cli
