@@ -1,16 +1,13 @@
 #!/usr/bin/env bash
 # Garbage collection (issue 14, item 2) against real backups: three points of
-# a running QEMU VM, one of them removed, garbage from a discarded staged
-# point; then GC killed -9 at random moments, again and again, while another
-# backup and restores run against the same repository, and a last GC to the
-# end. Every remaining point verifies and restores bit-exact, the removed
-# point's unique chunks and the garbage are gone, nothing referenced is.
-#
-# The point is removed with rm -rf of its directory: it stands in for
-# `ferry prune`, which was not part of this change (prune, its point locks and
-# read leases came with the retention work). A last part, written once that
-# work was merged from main, prunes with the real `ferry prune` and GCs
-# again. The GCs run with --window 0 so
+# a running QEMU VM and garbage from a discarded staged point; then, again and
+# again, `ferry prune --keep-last 1` (the oldest point locked for a while, so
+# it removes the middle one) and a GC killed -9 at a random moment, while
+# another backup and restores run against the same repository; then a last
+# GC to the end. Every remaining point verifies and restores bit-exact, the
+# pruned point's unique chunks and the garbage are gone, nothing referenced
+# is. Once the lock has expired, prune removes the oldest point too and a GC
+# frees what only it referenced. The GCs run with --window 0 so
 # that chunks written seconds ago count as old; the window's own protection
 # is covered by common/gc_test.cc.
 . "$(dirname "$0")/common.sh" "$@"
@@ -84,7 +81,10 @@ dry=$("$FERRY" --quiet gc --repo "$REPO" --window 0 --dry-run --json)
 while read -r d; do [[ -f $(chunk_path "$d") ]] || fail "the dry run removed $d"; done <"$WORK/junk.digests"
 ok "gc --dry-run counts the garbage and removes nothing"
 
-rm -rf "${REPO:?}/points/$p2"  # stands in for ferry prune (see above)
+# p1 is restored all along; a lock keeps prune off it for the loop (and is
+# itself a case: a locked point survives prune and GC).
+"$FERRY" --quiet lock --repo "$REPO" --point "$p1" --for 30s >/dev/null || fail "lock failed"
+lock_set=$SECONDS
 
 # Another backup (a new chain: a full read, slowed) and restores run while
 # GCs are killed at random moments.
@@ -104,6 +104,7 @@ killed=0 rounds=0
 # At least 20 rounds, and until the backup is done.
 while ((rounds < 20)) || kill -0 $backup_pid 2>/dev/null; do
   ((++rounds))
+  "$FERRY" --quiet prune --repo "$REPO" --keep-last 1 >>"$WORK/prune.log" 2>&1 || fail "prune failed: $(tail -5 "$WORK/prune.log")"
   "$FERRY" --quiet gc --repo "$REPO" --window 0 >/dev/null 2>"$WORK/gc.log" &
   gc=$!
   sleep "0.0$((RANDOM % 10))$((RANDOM % 10))"
@@ -118,7 +119,8 @@ wait $restores_pid || fail "a restore during the GCs failed"
 p4=$(cat "$WORK/p4.id")
 mv "$WORK/ref/p4" "$WORK/ref/$p4"
 ((killed > 0)) || fail "no GC was killed"
-ok "$rounds GCs ($killed killed -9) while a backup and restores ran; the backup and every restore succeeded"
+[[ ! -d $REPO/points/$p2 && -d $REPO/points/$p1 && -d $REPO/points/$p3 ]] || fail "prune removed other than $p2: $(ls "$REPO/points")"
+ok "$rounds rounds of prune and GC ($killed GCs killed -9) while a backup and restores ran; prune removed $p2, kept locked $p1; the backup and every restore succeeded"
 
 out=$("$FERRY" --quiet gc --repo "$REPO" --window 0 --json)
 [[ ! -e $REPO/gc/state.json ]] || fail "the last GC left its state"
@@ -137,9 +139,12 @@ r = json.loads(sys.argv[1])
 assert r["garbage_chunks"] == 0 and r["missing_chunks"] == 0, r' "$space" || fail "space after GC: $space"
 ok "every point verifies and restores bit-exact; the removed point's unique chunks and the garbage are gone: $out"
 
-# With the real prune (merged from main): keep the last point of each chain,
-# then GC; what prune removed is freed, what it kept restores.
+# Once p1's lock has expired prune removes it too; GC frees what only it
+# referenced, and what prune kept restores.
 digests "$REPO/points/$p1"/*.fidx >"$WORK/p1.digests"
+"$FERRY" --quiet prune --repo "$REPO" --keep-last 1 >/dev/null || fail "prune failed"
+[[ -d $REPO/points/$p1 ]] || fail "prune removed $p1 while it was locked"
+while ((SECONDS - lock_set < 31)); do sleep 1; done
 "$FERRY" --quiet prune --repo "$REPO" --keep-last 1 >/dev/null || fail "prune failed"
 [[ ! -d $REPO/points/$p1 && -d $REPO/points/$p3 && -d $REPO/points/$p4 ]] || fail "prune kept: $(points "$REPO")"
 digests "$REPO"/points/*/*.fidx >"$WORK/kept.digests"
@@ -148,4 +153,4 @@ comm -23 "$WORK/p1.digests" "$WORK/kept.digests" >"$WORK/p1-unique.digests"
 while read -r d; do [[ ! -e $(chunk_path "$d") ]] || fail "chunk $d of pruned $p1 is still there"; done <"$WORK/p1-unique.digests"
 "$FERRY" verify --repo "$REPO" | grep -q '^OK' || fail "verify is not clean after prune and GC"
 for p in "$p3" "$p4"; do check_point "$p" pruned; done
-ok "ferry prune --keep-last 1 then gc: $(wc -l <"$WORK/p1-unique.digests") chunk(s) of the pruned point freed; the kept points verify and restore"
+ok "after its lock expired, ferry prune --keep-last 1 then gc: $(wc -l <"$WORK/p1-unique.digests") chunk(s) of the pruned point freed; the kept points verify and restore"
