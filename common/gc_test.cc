@@ -21,6 +21,7 @@
 #include "ferry/common/fixed_index.h"
 #include "ferry/common/repository.h"
 #include "ferry/common/verify.h"
+#include "test_points.h"
 
 namespace ferry {
 namespace {
@@ -37,21 +38,8 @@ std::string Rfc3339For(time_t t) {
   return buf;
 }
 
-class GcTest : public ::testing::Test {
+class GcTest : public test::TempRepositoryTest {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/ferry-gc-test-XXXXXX";
-    root_ = ::mkdtemp(tmpl);
-    dir_ = root_ + "/repo";
-    RepositoryConfig config;
-    config.chunk_size = 64 << 10;
-    Repository::Init(dir_, config);
-    repo_ = Repository::Open(dir_);
-  }
-  void TearDown() override {
-    repo_.reset();
-    RemoveTree(root_);
-  }
 
   // A chunk of a whole 64 KiB: `text`, then zeros (so it compresses to little).
   static std::vector<uint8_t> Plain(const std::string& text) {
@@ -120,9 +108,6 @@ class GcTest : public ::testing::Test {
     for (const auto& p : r.problems) ADD_FAILURE() << p.point << " " << p.disk << ": " << p.message;
     return r.clean();
   }
-
-  std::string root_, dir_;
-  std::unique_ptr<Repository> repo_;
 };
 
 TEST_F(GcTest, RemovesOldUnreferencedChunksAndKeepsReferencedOnes) {

@@ -18,21 +18,8 @@ namespace {
 constexpr int64_t kDay = 86400;
 constexpr int64_t kT0 = 1796083200;  // 2026-12-01T00:00:00Z
 
-class PointCheckTest : public ::testing::Test {
+class PointCheckTest : public test::TempRepositoryTest {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/ferry-check-test-XXXXXX";
-    root_ = ::mkdtemp(tmpl);
-    dir_ = root_ + "/repo";
-    RepositoryConfig config;
-    config.chunk_size = 64 << 10;
-    Repository::Init(dir_, config);
-    repo_ = Repository::Open(dir_);
-  }
-  void TearDown() override {
-    repo_.reset();
-    RemoveTree(root_);
-  }
 
   VerifyReport Verify(int64_t now, int64_t skip_within_s = 0) {
     VerifyOptions o;
@@ -53,14 +40,11 @@ class PointCheckTest : public ::testing::Test {
     std::string hex = Sha256(text.data(), text.size()).Hex();
     return dir_ + "/chunks/" + hex.substr(0, 3) + "/" + hex;
   }
-
-  std::string root_, dir_;
-  std::unique_ptr<Repository> repo_;
 };
 
 TEST_F(PointCheckTest, EachPointChecked) {
-  std::string a = testing::WriteTestPoint(*repo_, {"shared", "only-a"});
-  std::string b = testing::WriteTestPoint(*repo_, {"shared", "only-b"});
+  std::string a = test::WriteTestPoint(*repo_, {"shared", "only-a"});
+  std::string b = test::WriteTestPoint(*repo_, {"shared", "only-b"});
   EXPECT_TRUE(repo_->points().LoadChecks().empty());
   VerifyReport r = Verify(kT0);
   ASSERT_TRUE(r.clean());
@@ -78,9 +62,9 @@ TEST_F(PointCheckTest, EachPointChecked) {
 }
 
 TEST_F(PointCheckTest, IncrementalSkipsWhatARecentCleanCheckReadAndNeverStretchesTheWindow) {
-  std::string a = testing::WriteTestPoint(*repo_, {"shared", "only-a"});
+  std::string a = test::WriteTestPoint(*repo_, {"shared", "only-a"});
   ASSERT_TRUE(Verify(kT0).clean());
-  std::string b = testing::WriteTestPoint(*repo_, {"shared", "only-b"});
+  std::string b = test::WriteTestPoint(*repo_, {"shared", "only-b"});
   // A day later: only b's new chunk is read.
   VerifyReport r = Verify(kT0 + kDay, 7 * kDay);
   ASSERT_TRUE(r.clean());
@@ -107,8 +91,8 @@ TEST_F(PointCheckTest, IncrementalSkipsWhatARecentCleanCheckReadAndNeverStretche
 }
 
 TEST_F(PointCheckTest, DamageIsRecordedNeverSkippedAndHealedByTheNextBackup) {
-  std::string a = testing::WriteTestPoint(*repo_, {"shared", "only-a"});
-  std::string b = testing::WriteTestPoint(*repo_, {"shared", "only-b"});
+  std::string a = test::WriteTestPoint(*repo_, {"shared", "only-a"});
+  std::string b = test::WriteTestPoint(*repo_, {"shared", "only-b"});
   ASSERT_TRUE(Verify(kT0).clean());
   // Bit rot in a's own chunk, after its clean check.
   {
@@ -131,7 +115,7 @@ TEST_F(PointCheckTest, DamageIsRecordedNeverSkippedAndHealedByTheNextBackup) {
   EXPECT_FALSE(CheckOf(a).ok);
   // The next backup that reads the same data stores the chunk again (here: a
   // point with that chunk); a's next check, incremental or not, is clean.
-  testing::WriteTestPoint(*repo_, {"only-a"});
+  test::WriteTestPoint(*repo_, {"only-a"});
   r = Verify(kT0 + 10 * kDay, 7 * kDay);
   EXPECT_TRUE(r.clean());
   ca = CheckOf(a);
@@ -141,7 +125,7 @@ TEST_F(PointCheckTest, DamageIsRecordedNeverSkippedAndHealedByTheNextBackup) {
 }
 
 TEST_F(PointCheckTest, ADamagedRecordCountsAsNeverChecked) {
-  std::string a = testing::WriteTestPoint(*repo_, {"only-a"});
+  std::string a = test::WriteTestPoint(*repo_, {"only-a"});
   ASSERT_TRUE(Verify(kT0).clean());
   std::string path = dir_ + "/checks/" + a + ".json";
   std::string text = ReadWholeFile(path);
@@ -167,7 +151,7 @@ TEST_F(PointCheckTest, RecordsFollowThePoints) {
     kind = e.kind();
   }
   EXPECT_EQ(kind, ErrorKind::kNotFound);
-  std::string a = testing::WriteTestPoint(*repo_, {"only-a"});
+  std::string a = test::WriteTestPoint(*repo_, {"only-a"});
   ASSERT_TRUE(Verify(kT0).clean());
   EXPECT_TRUE(PathExists(dir_ + "/checks/" + a + ".json"));
   repo_->points().Remove(a, kT0);

@@ -60,36 +60,25 @@ void ClearImmutable(const std::string& path) {
   ::close(fd);
 }
 
-class PointLifecycleTest : public ::testing::Test {
+class PointLifecycleTest : public test::TempRepositoryTest {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/ferry-lifecycle-test-XXXXXX";
-    root_ = ::mkdtemp(tmpl);
-    dir_ = root_ + "/repo";
-    RepositoryConfig config;
-    config.chunk_size = 64 << 10;
-    Repository::Init(dir_, config);
-    repo_ = Repository::Open(dir_);
-  }
+  // Locked points' files carry the immutable flag: cleared before removal.
   void TearDown() override {
     repo_.reset();
     std::error_code ec;
     for (auto it = fs::recursive_directory_iterator(root_, ec); it != fs::recursive_directory_iterator(); ++it) {
       ClearImmutable(it->path());
     }
-    RemoveTree(root_);
+    TempRepositoryTest::TearDown();
   }
 
   // A committed one-disk point whose one chunk holds `text`.
   std::string WritePoint(const std::string& text, const std::string& started_at = "2026-11-30T10:00:00Z",
                          const std::string& vm = "vm") {
-    return testing::WriteTestPoint(*repo_, {text}, started_at, vm);
+    return test::WriteTestPoint(*repo_, {text}, started_at, vm);
   }
 
   PointStore& points() { return repo_->points(); }
-
-  std::string root_, dir_;
-  std::unique_ptr<Repository> repo_;
 };
 
 TEST_F(PointLifecycleTest, RemoveTakesOnlyThatPoint) {

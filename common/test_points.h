@@ -2,14 +2,42 @@
 // real point store, with chunks of given contents.
 #pragma once
 
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "ferry/common/chunk.h"
+#include "ferry/common/file_util.h"
 #include "ferry/common/fixed_index.h"
 #include "ferry/common/repository.h"
 
-namespace ferry::testing {
+namespace ferry::test {
+
+// A fixture with a fresh local repository (64 KiB chunks) in a temporary
+// directory: root_ holds it as root_/repo (dir_), repo_ is it opened.
+class TempRepositoryTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/ferry-repo-test-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    root_ = tmpl;
+    dir_ = root_ + "/repo";
+    RepositoryConfig config;
+    config.chunk_size = 64 << 10;
+    Repository::Init(dir_, config);
+    repo_ = Repository::Open(dir_);
+  }
+  void TearDown() override {
+    repo_.reset();
+    RemoveTree(root_);
+  }
+
+  std::string root_, dir_;
+  std::unique_ptr<Repository> repo_;
+};
 
 // Commits a one-disk point ("disk0") whose chunks hold `texts`, in order (each
 // text one chunk, at most the repository's chunk size; the disk is as long as
@@ -48,4 +76,4 @@ inline std::string WriteTestPoint(Repository& repo, const std::vector<std::strin
   return h.id;
 }
 
-}  // namespace ferry::testing
+}  // namespace ferry::test

@@ -24,6 +24,7 @@
 #include "ferry/common/repository.h"
 #include "ferry/common/verify.h"
 #include "ferry/rpc/repository_service.h"
+#include "test_points.h"
 #include "ferry/rpc/tls.h"
 
 namespace ferry::simworker::testing {
@@ -347,27 +348,7 @@ TEST_F(RepositoryServiceTest, RemovalLeasesAndLocksOverTheWire) {
   auto server = Serve(config_, nullptr);
   auto remote = RemoteRepository::Connect(Endpoint(*server, "tok-a", "a"));
   auto local = Repository::Open((dir_ / "a").string());
-  auto commit = [&] {
-    StagedPointHeader h;
-    h.id = NewPointId();
-    h.vm = {"vm1", "uuid-1", "qemu"};
-    h.chain = "default";
-    h.disks = {"vda"};
-    auto lease = remote->points().Stage(h);
-    auto [d, e] = Chunk(9);
-    remote->chunks().Insert(d, e);
-    auto writer = remote->points().WriteDisk(h.id, "vda");
-    FixedIndexWriter index(writer->index_path(), 64 * 1024, 64 * 1024);
-    index.Set(0, d);
-    DiskRecord record;
-    record.size = record.chunk_size = 64 * 1024;
-    record.source_format = "raw";
-    record.index_sha256 = index.Finish();
-    writer->Finish(record);
-    writer.reset();
-    return remote->points().Commit(h.id).id;
-  };
-  const std::string a = commit(), b = commit();
+  const std::string a = test::WriteTestPoint(*remote, {"nine"}), b = test::WriteTestPoint(*remote, {"nine"});
   const int64_t now = static_cast<int64_t>(::time(nullptr));
   std::string message;
   {
@@ -405,24 +386,7 @@ TEST_F(RepositoryServiceTest, ChecksOverTheWire) {
   auto server = Serve(config_, nullptr);
   auto remote = RemoteRepository::Connect(Endpoint(*server, "tok-a", "a"));
   auto local = Repository::Open((dir_ / "a").string());
-  StagedPointHeader h;
-  h.id = NewPointId();
-  h.vm = {"vm1", "uuid-1", "qemu"};
-  h.chain = "default";
-  h.disks = {"vda"};
-  auto lease = remote->points().Stage(h);
-  auto [d, e] = Chunk(11);
-  remote->chunks().Insert(d, e);
-  auto writer = remote->points().WriteDisk(h.id, "vda");
-  FixedIndexWriter index(writer->index_path(), 64 * 1024, 64 * 1024);
-  index.Set(0, d);
-  DiskRecord record;
-  record.size = record.chunk_size = 64 * 1024;
-  record.source_format = "raw";
-  record.index_sha256 = index.Finish();
-  writer->Finish(record);
-  writer.reset();
-  remote->points().Commit(h.id);
+  const std::string id = test::WriteTestPoint(*remote, {"eleven"});
 
   const int64_t now = static_cast<int64_t>(::time(nullptr));
   VerifyOptions o(std::nullopt, 1);
@@ -430,10 +394,10 @@ TEST_F(RepositoryServiceTest, ChecksOverTheWire) {
   o.record = true;
   ASSERT_TRUE(VerifyRepository(*remote, o, nullptr).clean());
   auto checks = local->points().LoadChecks();
-  ASSERT_EQ(checks.count(h.id), 1u);
-  EXPECT_TRUE(checks[h.id].ok);
-  EXPECT_EQ(checks[h.id].checked_at, now);
-  EXPECT_EQ(remote->points().LoadChecks().at(h.id).chunks_read, 1u);
+  ASSERT_EQ(checks.count(id), 1u);
+  EXPECT_TRUE(checks[id].ok);
+  EXPECT_EQ(checks[id].checked_at, now);
+  EXPECT_EQ(remote->points().LoadChecks().at(id).chunks_read, 1u);
   o.now = now + 60;
   o.skip_verified_within_s = 3600;
   VerifyReport r = VerifyRepository(*remote, o, nullptr);
