@@ -113,28 +113,11 @@ vm_seen_by() {
 }
 # The appliance: its configuration on fw_cfg, as in tests/integration/test-appliance.sh.
 cfg=$WORK/cfg-backup
-mkdir -p "$cfg"
-worker_token appliance-bench >"$cfg/token"
-cp "$SSHD_KEY" "$cfg/ssh_key"
-sed "s/^\[127.0.0.1\]/[10.0.2.2]/" "$SSHD_KNOWN_HOSTS" >"$cfg/known_hosts"
-cat >"$cfg/config" <<CONF
-coordinator = 10.0.2.2:${RPC##*:}
-token-file = token
-host = bench-appliance
-qmp-ssh = root@10.0.2.2:$SSHD_PORT
-ssh-key = ssh_key
-ssh-known-hosts = known_hosts
-qmp-remote-dir = $WORK/qemu-server
-host-runtime-dir = $WORK/host-run
-host-scratch-dir = $WORK/host-scratch
-export-listen = 127.0.0.1
-inventory-interval = 2s
-CONF
-fw=()
-for f in "$cfg"/*; do fw+=(-fw_cfg "name=opt/ferry/${f##*/},file=$f"); done
+appliance_qmp_ssh_config "$cfg" "$(worker_token appliance-bench)" "${RPC##*:}" bench-appliance "$WORK/qemu-server"
 accel=$(appliance_accel)
 appliance_accel() { echo "$accel"; }
-appliance_boot backup "$WORK/image" "${fw[@]}"
+# shellcheck disable=SC2046
+appliance_boot backup "$WORK/image" $(appliance_fw_cfg "$cfg")
 wait_seen() {
   local deadline=$((SECONDS + 300))
   until vm_seen_by "$1" 2>/dev/null; do ((SECONDS < deadline)) || fail "bench-ref never seen on host $1"; sleep 0.5; done

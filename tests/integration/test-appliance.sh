@@ -58,37 +58,17 @@ make_data_disk "$WORK/vm-a1-virtio0.qcow2" qcow2 $((32 * MiB)) 11
 VM_NAME=vm-a1 vm_start "$WORK/vm-vm-a1" "virtio0=$WORK/vm-a1-virtio0.qcow2"
 ln -sf "$WORK/vm-vm-a1/qmp.sock" "$WORK/qemu-server/101.qmp"
 ln -sf "$WORK/vm-vm-a1/qemu.pid" "$WORK/qemu-server/101.pid"
-config_dir() {  # DIR TOKEN COORDINATOR_PORT: a configuration as the appliance reads it
-  mkdir -p "$1"
-  echo "$2" >"$1/token"
+config_dir() {  # DIR TOKEN COORDINATOR_PORT: a configuration as the appliance reads it, over TLS
+  appliance_qmp_ssh_config "$1" "$2" "$3" host-a "$WORK/qemu-server" "tls-ca = ca.pem" "tls-name = localhost"
   cp "$WORK/cert.pem" "$1/ca.pem"
-  cp "$SSHD_KEY" "$1/ssh_key"
-  sed "s/^\[127.0.0.1\]/[10.0.2.2]/" "$SSHD_KNOWN_HOSTS" >"$1/known_hosts"
-  cat >"$1/config" <<CONF
-# ferry-worker's configuration; relative paths are files beside it
-coordinator = 10.0.2.2:$3
-tls-ca = ca.pem
-tls-name = localhost
-token-file = token
-host = host-a
-qmp-ssh = root@10.0.2.2:$SSHD_PORT
-ssh-key = ssh_key
-ssh-known-hosts = known_hosts
-qmp-remote-dir = $WORK/qemu-server
-host-runtime-dir = $WORK/host-run
-host-scratch-dir = $WORK/host-scratch
-export-listen = 127.0.0.1
-inventory-interval = 2s
-CONF
 }
-fw_cfg_of() { local f; for f in "$1"/*; do printf -- '-fw_cfg name=opt/ferry/%s,file=%s ' "${f##*/}" "$f"; done; }
 
 # --- fw_cfg: boots, registers ---
 GOOD=$(worker_token appliance-a)
 config_dir "$WORK/cfg-good" "$GOOD" "$RPC_PORT"
 T0=$SECONDS
 # shellcheck disable=SC2046
-appliance_boot good "$IMG" $(fw_cfg_of "$WORK/cfg-good")
+appliance_boot good "$IMG" $(appliance_fw_cfg "$WORK/cfg-good")
 registered() { [[ $(api GET /workers | jpy "[w['state'] for w in d['workers'] if w['name'] == 'appliance-a'][0]") == connected ]]; }
 wait_for "the appliance to register (console: $WORK/appliance-good.log)" 180 registered
 booted_in=$((SECONDS - T0))
@@ -137,7 +117,7 @@ closed=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)
 config_dir "$WORK/cfg-away" "$GOOD" "$closed"
 # This one from the qcow2, through the BIOS and syslinux.
 # shellcheck disable=SC2046
-appliance_boot_disk away "$IMG" $(fw_cfg_of "$WORK/cfg-away")
+appliance_boot_disk away "$IMG" $(appliance_fw_cfg "$WORK/cfg-away")
 said_twice() { (($(grep -c "$2" "$WORK/appliance-$1.log") >= 2)); }
 wait_for "the refusal, twice, on the console ($WORK/appliance-badtoken.log)" 240 said_twice badtoken "token refused"
 wait_for "the unreachable coordinator, twice, on the console ($WORK/appliance-away.log)" 180 said_twice away "coordinator 10.0.2.2:$closed: connect(): Connection refused"

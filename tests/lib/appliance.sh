@@ -11,6 +11,13 @@
 #   appliance_boot_disk NAME IMAGE_DIR [QEMU ARGS]
 #                                   the same from IMAGE_DIR's ferry-appliance.qcow2 (BIOS)
 #   appliance_config_drive FILE DIR makes FILE a vfat volume labelled cidata holding DIR as ferry/
+#   appliance_qmp_ssh_config DIR TOKEN COORDINATOR_PORT HOST QMP_DIR [CONFIG LINE...]
+#                                   writes DIR as the appliance reads its configuration: the
+#                                   coordinator at 10.0.2.2:PORT, TOKEN, HOST reached by QMP over
+#                                   SSH to the test sshd (tests/lib/sshd.sh, started) with its
+#                                   QMP sockets in QMP_DIR, host directories under QMP_DIR/..,
+#                                   then the extra lines
+#   appliance_fw_cfg DIR            prints the -fw_cfg options passing DIR's files as opt/ferry/*
 #   appliance_powerdown NAME [S]    the power button; true once QEMU has exited within S seconds
 #   appliance_stop NAME             kill -9 and wait
 declare -A APPLIANCE_PID=()
@@ -70,3 +77,30 @@ appliance_config_drive() {
   MTOOLS_SKIP_CHECK=1 mmd -i "$file" ::/ferry
   MTOOLS_SKIP_CHECK=1 mcopy -i "$file" "$dir"/* ::/ferry/
 }
+
+appliance_qmp_ssh_config() {
+  local dir=$1 token=$2 port=$3 host=$4 qmp_dir=$5; shift 5
+  local base
+  base=$(dirname "$qmp_dir")
+  mkdir -p "$dir"
+  echo "$token" >"$dir/token"
+  cp "$SSHD_KEY" "$dir/ssh_key"
+  sed "s/^\[127.0.0.1\]/[10.0.2.2]/" "$SSHD_KNOWN_HOSTS" >"$dir/known_hosts"
+  {
+    echo "# ferry-worker's configuration; relative paths are files beside it"
+    echo "coordinator = 10.0.2.2:$port"
+    echo "token-file = token"
+    echo "host = $host"
+    echo "qmp-ssh = root@10.0.2.2:$SSHD_PORT"
+    echo "ssh-key = ssh_key"
+    echo "ssh-known-hosts = known_hosts"
+    echo "qmp-remote-dir = $qmp_dir"
+    echo "host-runtime-dir = $base/host-run"
+    echo "host-scratch-dir = $base/host-scratch"
+    echo "export-listen = 127.0.0.1"
+    echo "inventory-interval = 2s"
+    local line
+    for line in "$@"; do echo "$line"; done
+  } >"$dir/config"
+}
+appliance_fw_cfg() { local f; for f in "$1"/*; do printf -- '-fw_cfg name=opt/ferry/%s,file=%s ' "${f##*/}" "$f"; done; }
