@@ -222,7 +222,8 @@ struct MarkResult {
   int64_t oldest_staged_ns = INT64_MAX;  // when the oldest staged point began
   std::vector<PointSpace> points_space;
   std::vector<uint32_t> point_numbers;  // parallel to points_space: its number in the table
-  uint32_t staged_owner = 0;            // the number of the pseudo-point "staging"
+  static constexpr uint32_t kStagedOwner = 0;  // the number of the pseudo-point "staging"
+  uint32_t numbers = 1;                          // numbers in use: staging and the points listed
   std::vector<std::string> problems;
 };
 
@@ -321,21 +322,25 @@ void MarkStaging(const std::string& repo_dir, MarkResult& r, uint32_t staged_own
   }
 }
 
-// Marks staging, then the committed points: a point committed between the
-// two is seen in one of them (the commit renames it from one to the other).
+// Marks staging, then the committed points, listed only after staging has
+// been read: a point committed meanwhile is seen in one of them (the commit
+// renames it from one to the other). Listing points/ first would miss a
+// point committed between the two listings.
 MarkResult Mark(const std::string& repo_dir, Repository& repo, bool track_points, const std::atomic<bool>* cancel,
-                GcProgress* progress) {
+                GcProgress* progress, const std::function<void()>& between_listings = {}) {
   MarkResult r(track_points);
+  r.table.AddPoint();  // number 0: staging
+  MarkStaging(repo_dir, r, MarkResult::kStagedOwner);
+  if (between_listings) between_listings();
   std::vector<std::string> ids = repo.points().List();
   if (progress) progress->points_total = ids.size();
-  r.staged_owner = static_cast<uint32_t>(ids.size());
-  for (size_t i = 0; i <= ids.size(); ++i) r.table.AddPoint();
-  MarkStaging(repo_dir, r, r.staged_owner);
+  r.numbers = static_cast<uint32_t>(ids.size()) + 1;
+  for (size_t i = 0; i < ids.size(); ++i) r.table.AddPoint();
   for (size_t i = 0; i < ids.size(); ++i) {
     CheckCancel(cancel);
     const std::string& id = ids[i];
     const std::string dir = repo_dir + "/points/" + id;
-    const uint32_t owner = static_cast<uint32_t>(i);
+    const uint32_t owner = static_cast<uint32_t>(i) + 1;
     PointSpace space;
     space.id = id;
     RestorePointManifest m;
@@ -805,7 +810,7 @@ GcReport CollectGarbage(const std::string& repo_dir, const GcOptions& options, G
     const int64_t started_ns = NowNs();
     if (progress) progress->phase = static_cast<int>(GcPhase::kMark);
     const auto mark_start = Clock::now();
-    MarkResult m = Mark(repo_dir, *repo, /*track_points=*/false, options.cancel, progress);
+    MarkResult m = Mark(repo_dir, *repo, /*track_points=*/false, options.cancel, progress, options.between_listings);
     report.points = m.points;
     report.staged_points = m.staged_points;
     report.indexes = m.indexes;
@@ -933,9 +938,9 @@ SpaceReport MeasureSpace(const std::string& repo_dir, GcProgress* progress) {
   r.problems = m.problems;
   r.points_space = std::move(m.points_space);
   // The table numbers points as listed; points_space leaves out those removed meanwhile.
-  std::vector<size_t> slot_of_number(m.staged_owner + 1, SIZE_MAX);
+  std::vector<size_t> slot_of_number(m.numbers, SIZE_MAX);
   for (size_t j = 0; j < m.point_numbers.size(); ++j) slot_of_number[m.point_numbers[j]] = j;
-  const uint32_t staged_owner = m.staged_owner;
+  const uint32_t staged_owner = MarkResult::kStagedOwner;
   for (const auto& p : r.points_space) r.logical_bytes += p.logical_bytes;
 
   if (progress) progress->phase = static_cast<int>(GcPhase::kSweep);
@@ -963,7 +968,7 @@ SpaceReport MeasureSpace(const std::string& repo_dir, GcProgress* progress) {
       if (*owner == staged_owner) {
         ++r.staged_only_chunks;
         r.staged_only_bytes += size;
-      } else if (*owner != DigestTable::kShared && *owner < staged_owner && slot_of_number[*owner] != SIZE_MAX) {
+      } else if (*owner != DigestTable::kShared && *owner < m.numbers && slot_of_number[*owner] != SIZE_MAX) {
         PointSpace& p = r.points_space[slot_of_number[*owner]];
         ++p.unique_chunks;
         p.unique_bytes += size;

@@ -179,6 +179,26 @@ TEST_F(GcTest, KeepsChunksOfStagedPointsAndWhatTheirBackupsMayStillUse) {
   EXPECT_TRUE(Clean());
 }
 
+TEST_F(GcTest, APointCommittedDuringTheMarkIsMarked) {
+  // A backup that began 3 h ago wrote its chunk 2 h ago and commits while
+  // the GC marks, between its two listings (CI found the mark listing the
+  // committed points first: this point was then in neither listing).
+  StagedPointHeader h = Header(Rfc3339For(::time(nullptr) - 3 * kHour));
+  repo_->points().Stage(h);
+  WriteDisk(h.id, "disk0", {"committed-during-the-mark"});
+  Age(DigestOf("committed-during-the-mark"), 2 * kHour);
+  Store("garbage");
+  Age(DigestOf("garbage"), 4 * kHour);  // older than the staged point
+  GcOptions o;
+  o.window = std::chrono::seconds(0);
+  o.between_listings = [&] { repo_->points().Commit(h.id); };
+  GcReport r = Gc(o);
+  EXPECT_EQ(r.points + r.staged_points, 1u + 1u);  // seen staged, then committed
+  EXPECT_TRUE(Exists(DigestOf("committed-during-the-mark")));
+  EXPECT_FALSE(Exists(DigestOf("garbage")));
+  EXPECT_TRUE(Clean());
+}
+
 TEST_F(GcTest, ExpiredStagingDoesNotHoldTheCutoffBack) {
   StagedPointHeader h = Header(Rfc3339For(::time(nullptr) - 3 * kHour));
   h.expires_at = ::time(nullptr) - 60;  // its backup died an hour ago, say

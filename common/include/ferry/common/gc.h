@@ -61,6 +61,9 @@ struct GcOptions {
   // Tests: called between the sweep's first look at an old unmarked chunk
   // and its rename (the window a backup's touch can fall into).
   std::function<void(const std::string& digest_hex)> before_removal;
+  // Tests: called during the mark, after its first listing (of staging) and
+  // before its second (of the committed points): where a commit can fall.
+  std::function<void()> between_listings;
 };
 
 enum class GcPhase { kStarting = 0, kMark = 1, kSweep = 2, kDone = 3 };
