@@ -301,6 +301,7 @@ PruneReport Prune(PointStore& store, const PruneOptions& options) {
   std::vector<std::string> started;
   for (const auto& m : listing.points) {
     if (options.vm && m.vm.name != *options.vm && m.vm.uuid != *options.vm) continue;
+    if (options.chain && m.chain != *options.chain) continue;
     int64_t locked_until = 0;
     try {
       if (auto lock = store.ReadLock(m.id)) locked_until = lock->locked_until;

@@ -44,12 +44,13 @@ class TempRepositoryTest : public ::testing::Test {
 // they are together, each chunk padded to the chunk size but the last).
 // Returns its id.
 inline std::string WriteTestPoint(Repository& repo, const std::vector<std::string>& texts,
-                                  const std::string& started_at = "2026-11-30T10:00:00Z", const std::string& vm = "vm") {
+                                  const std::string& started_at = "2026-11-30T10:00:00Z", const std::string& vm = "vm",
+                                  const std::string& chain = "default") {
   const uint32_t chunk_size = repo.config().chunk_size;
   StagedPointHeader h;
   h.id = NewPointId();
   h.vm = {vm, "", "qemu"};
-  h.chain = "default";
+  h.chain = chain;
   h.started_at = started_at;
   h.disks = {"disk0"};
   auto lease = repo.points().Stage(h);

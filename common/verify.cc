@@ -47,7 +47,9 @@ VerifyReport VerifyRepository(Repository& repo, const VerifyOptions& options, Ve
     }
   } else {
     PointListing all = store.LoadAll();
-    manifests = std::move(all.points);
+    for (auto& m : all.points) {
+      if (!options.chain || m.chain == *options.chain) manifests.push_back(std::move(m));
+    }
     for (const auto& p : all.problems) report.problems.push_back({p.entry, "", -1, 0, p.message});
   }
 

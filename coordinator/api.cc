@@ -11,7 +11,9 @@
 #include "ferry/common/log.h"
 #include "ferry/common/stage_busy.h"
 #include "ferry/coordinator/field_error.h"
+#include "ferry/coordinator/job_lifecycle.h"
 #include "ferry/coordinator/json_input.h"
+#include "ferry/coordinator/repository_lifecycle.h"
 #include "ferry/coordinator/restore_request.h"
 #include "ferry/coordinator/schedule.h"
 #include "ferry/coordinator/worker_records.h"
@@ -35,6 +37,7 @@ struct Context {
   std::vector<int64_t> ids;
   const std::string& version;
   ApplianceDeployer* appliances;  // null: no appliance image configured
+  RepositoryLifecycle* lifecycle;  // null: no point calls (409)
 };
 
 http::Response Json(int status, const json::value& body) {
@@ -398,13 +401,15 @@ const char kRepositorySelect[] =
     "(SELECT COUNT(*) FROM tasks t WHERE t.repository_id = r.id AND t.state = 'running'), "
     "(SELECT COUNT(*) FROM points p WHERE p.repository_id = r.id), "
     "(SELECT COALESCE(SUM(bytes_stored), 0) FROM points p WHERE p.repository_id = r.id), r.token != '', "
-    "r.bandwidth FROM repositories r ";
+    "r.bandwidth, r.space FROM repositories r ";
 
 json::object RepositoryJson(Statement& s) {
   return {{"id", s.Int(0)}, {"name", s.Text(1)}, {"location", s.Text(2)}, {"task_slots", s.Int(3)},
           {"capacity_bytes", s.Int(4)}, {"created_at", Time(s.Int(5))}, {"running_tasks", s.Int(6)},
           {"points", s.Int(7)}, {"stored_bytes", s.Int(8)}, {"token_set", s.Int(9) != 0},
-          {"bandwidth", BandwidthJson(s.Text(10))}};
+          {"bandwidth", BandwidthJson(s.Text(10))},
+          // The last space measurement (after a session that wrote points): null before any.
+          {"space", s.IsNull(11) ? json::value(nullptr) : json::parse(s.Text(11))}};
 }
 
 json::object ReadRepository(Database& db, int64_t id) {
@@ -533,6 +538,7 @@ struct JobFields {
   std::optional<int64_t> retry_count, retry_interval_s;
   std::optional<std::string> chain;
   std::optional<bool> enabled;
+  JobLifecycleFields lifecycle;
 };
 
 JobFields ReadJobFields(const std::string& body, bool create) {
@@ -591,6 +597,7 @@ JobFields ReadJobFields(const std::string& body, bool create) {
     r.Finish();
   }
   j.enabled = f.Bool("enabled", false);
+  j.lifecycle = ReadJobLifecycleFields(f);
   f.Finish();
   return j;
 }
@@ -598,8 +605,14 @@ JobFields ReadJobFields(const std::string& body, bool create) {
 const char kJobSelect[] =
     "SELECT j.id, j.name, j.repository_id, j.selection, j.exclude_disks, j.schedule, j.retry_count, "
     "j.retry_interval_s, j.chain, j.enabled, j.next_run_at, j.created_at, j.updated_at, "
-    "(SELECT id FROM sessions s WHERE s.job_id = j.id ORDER BY id DESC LIMIT 1), "
-    "(SELECT state FROM sessions s WHERE s.job_id = j.id ORDER BY id DESC LIMIT 1) FROM jobs j ";
+    "(SELECT id FROM sessions s WHERE s.job_id = j.id AND s.kind = 'backup' ORDER BY id DESC LIMIT 1), "
+    "(SELECT state FROM sessions s WHERE s.job_id = j.id AND s.kind = 'backup' ORDER BY id DESC LIMIT 1), "
+    "j.retention, j.lock_days, j.check_schedule, j.check_skip_verified_s, j.next_check_at, "
+    "(SELECT COUNT(*) FROM points p WHERE p.job_id = j.id AND p.removed_at IS NULL), "
+    "(SELECT COALESCE(SUM(p.unique_bytes), 0) FROM points p WHERE p.job_id = j.id AND p.removed_at IS NULL), "
+    "(SELECT id FROM sessions s WHERE s.job_id = j.id AND s.kind = 'check' ORDER BY id DESC LIMIT 1), "
+    "(SELECT state FROM sessions s WHERE s.job_id = j.id AND s.kind = 'check' ORDER BY id DESC LIMIT 1) "
+    "FROM jobs j ";
 
 json::object JobJson(Statement& s) {
   json::value schedule = s.IsNull(5) ? json::value(nullptr) : json::parse(s.Text(5));
@@ -612,6 +625,12 @@ json::object JobJson(Statement& s) {
                    {"chain", json::object{{"name", s.Text(8)}}}, {"enabled", s.Int(9) != 0},
                    {"next_run_at", Time(s.OptInt(10))}, {"created_at", Time(s.Int(11))}, {"updated_at", Time(s.Int(12))}};
   job["last_session"] = s.IsNull(13) ? json::value(nullptr) : json::value(json::object{{"id", s.Int(13)}, {"state", s.Text(14)}});
+  AddJobLifecycleJson(job, JobLifecycleFromRow(s, 15), s.OptInt(19));
+  job["last_check"] = s.IsNull(22) ? json::value(nullptr) : json::value(json::object{{"id", s.Int(22)}, {"state", s.Text(23)}});
+  // Its points now, and what removing them all alone would free at least
+  // (the sum of their unique bytes at the last space measurement).
+  job["points"] = s.Int(20);
+  job["unique_bytes"] = s.Int(21);
   return job;
 }
 
@@ -642,14 +661,19 @@ http::Response CreateJob(Context& c) {
     Statement exists = db.Prepare("SELECT 1 FROM jobs WHERE name = ?");
     exists.Bind(1, *j.name);
     if (exists.Step()) throw ConflictError("a job named '" + *j.name + "' exists");
+    const JobLifecycleFields& l = j.lifecycle;
+    std::optional<std::string> check_schedule;
+    if (l.check_schedule && *l.check_schedule) check_schedule = json::serialize(**l.check_schedule);
     db.Prepare("INSERT INTO jobs (name, repository_id, selection, exclude_disks, schedule, retry_count, retry_interval_s, "
-               "chain, enabled, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, strftime('%s','now') * 1000, "
-               "strftime('%s','now') * 1000)")
+               "chain, enabled, retention, lock_days, check_schedule, check_skip_verified_s, created_at, updated_at) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, strftime('%s','now') * 1000, strftime('%s','now') * 1000)")
         .Bind(1, *j.name).Bind(2, *j.repository).Bind(3, json::serialize(*j.selection))
         .Bind(4, json::serialize(j.exclude_disks.value_or(json::array{})))
         .Bind(5, j.schedule ? std::optional<std::string>(json::serialize(*j.schedule)) : std::nullopt)
         .Bind(6, j.retry_count.value_or(3)).Bind(7, j.retry_interval_s.value_or(600))
-        .Bind(8, j.chain.value_or(*j.name)).Bind(9, int64_t{j.enabled.value_or(true)}).Run();
+        .Bind(8, j.chain.value_or(*j.name)).Bind(9, int64_t{j.enabled.value_or(true)})
+        .Bind(10, l.retention ? RetentionColumn(*l.retention) : std::nullopt).Bind(11, l.lock_days.value_or(0))
+        .Bind(12, check_schedule).Bind(13, l.check_skip_verified_s.value_or(0)).Run();
     return db.LastInsertId();
   });
   c.runner.JobScheduleChanged(id);
@@ -687,6 +711,12 @@ http::Response PatchJob(Context& c) {
     if (j.retry_interval_s) set_int("retry_interval_s", *j.retry_interval_s);
     if (j.chain) set_text("chain", *j.chain);
     if (j.enabled) set_int("enabled", *j.enabled ? 1 : 0);
+    const JobLifecycleFields& l = j.lifecycle;
+    if (l.retention) set_text("retention", RetentionColumn(*l.retention));
+    if (l.lock_days) set_int("lock_days", *l.lock_days);
+    if (l.check_schedule)
+      set_text("check_schedule", *l.check_schedule ? std::optional<std::string>(json::serialize(**l.check_schedule)) : std::nullopt);
+    if (l.check_skip_verified_s) set_int("check_skip_verified_s", *l.check_skip_verified_s);
     db.Prepare("UPDATE jobs SET updated_at = strftime('%s','now') * 1000 WHERE id = ?").Bind(1, id).Run();
     return 0;
   });
@@ -731,15 +761,24 @@ http::Response StopJob(Context& c) {
 const char kSessionSelect[] =
     "SELECT s.id, s.job_id, j.name, s.trigger, s.state, s.reason, s.created_at, s.ended_at, "
     "t.tasks, t.succeeded, t.failed, t.running, t.queued + t.waiting, t.canceled, t.bytes_done, t.bytes_total, "
-    "t.rate, s.kind FROM sessions s LEFT JOIN jobs j ON j.id = s.job_id JOIN session_totals t ON t.session_id = s.id ";
+    "t.rate, s.kind, s.lifecycle_state, s.lifecycle FROM sessions s LEFT JOIN jobs j ON j.id = s.job_id JOIN session_totals t ON t.session_id = s.id ";
 
 // The totals are kept by triggers (docs/coordinator-database.md, migration 2).
 json::object SessionJson(Statement& s) {
   // The sum of the running tasks' rates is kept incrementally in floating
   // point; with nothing running it is exactly 0, not a rounding residue.
   double rate = s.Int(11) > 0 ? std::max(0.0, std::round(s.Real(16))) : 0.0;
+  // What the repository lifecycle did: after a backup session, its locks,
+  // retention, GC and space ("state": pending until done); a health
+  // check's summary.
+  json::value lifecycle = nullptr;
+  if (!s.IsNull(19)) {
+    json::value v = json::parse(s.Text(19));
+    if (v.is_object()) lifecycle = v;
+  }
+  if (!s.IsNull(18) && lifecycle.is_null()) lifecycle = json::object{{"state", s.Text(18)}};
   // A restore session has no job.
-  return {{"id", s.Int(0)}, {"kind", s.Text(17)}, {"job_id", OptInt(s.OptInt(1))},
+  return {{"id", s.Int(0)}, {"lifecycle", lifecycle}, {"kind", s.Text(17)}, {"job_id", OptInt(s.OptInt(1))},
           {"job", s.IsNull(2) ? json::value(nullptr) : json::value(s.Text(2))}, {"trigger", s.Text(3)}, {"state", s.Text(4)},
           {"reason", s.Text(5)}, {"created_at", Time(s.Int(6))}, {"ended_at", Time(s.OptInt(7))},
           {"totals", json::object{{"tasks", s.Int(8)}, {"succeeded", s.Int(9)}, {"failed", s.Int(10)},
@@ -753,8 +792,8 @@ http::Response ListSessions(Context& c) {
   // sees no restore session (whose job_id is null) it did not ask for.
   std::string kind = "backup";
   if (auto k = c.request.query.find("kind"); k != c.request.query.end()) kind = k->second;
-  if (kind != "backup" && kind != "restore" && kind != "all")
-    throw FieldError("kind", "must be backup, restore or all");
+  if (kind != "backup" && kind != "restore" && kind != "check" && kind != "all")
+    throw FieldError("kind", "must be backup, restore, check or all");
   std::string where = kind == "all" ? "WHERE 1 " : "WHERE s.kind = ?4 ";
   if (c.request.query.count("job")) where += "AND s.job_id = ?1 ";
   Statement s = c.db.Prepare(std::string(kSessionSelect) + where + "ORDER BY s.id DESC LIMIT ?2 OFFSET ?3");
@@ -937,26 +976,107 @@ http::Response GetSessionLog(Context& c) {
 
 // --- points and status ---------------------------------------------------------
 
+const char kPointSelect[] =
+    "SELECT id, point_id, repository_id, job_id, session_id, vm_name, chain, bytes_read, bytes_stored, created_at, "
+    "disks, locked_until, removed_at, check_state, checked_at, check_problem, check_problems, unique_bytes FROM points ";
+
+json::object PointJson(Statement& s) {
+  json::value disks = s.IsNull(10) ? json::value(nullptr) : json::parse(s.Text(10));
+  json::value logical = nullptr;
+  if (disks.is_array()) {
+    int64_t sum = 0;
+    for (const auto& d : disks.as_array()) sum += d.at("size_bytes").to_number<int64_t>();
+    logical = sum;
+  }
+  json::value check = nullptr;
+  if (!s.IsNull(13))
+    check = json::object{{"state", s.Text(13)}, {"at", Time(s.OptInt(14))}, {"problems", s.Int(16)},
+                         {"first_problem", s.IsNull(15) ? json::value(nullptr) : json::value(s.Text(15))}};
+  return json::object{{"id", s.Int(0)}, {"point_id", s.Text(1)}, {"repository_id", s.Int(2)},
+                      {"job_id", OptInt(s.OptInt(3))}, {"session_id", OptInt(s.OptInt(4))},
+                      {"vm", s.Text(5)}, {"chain", s.Text(6)}, {"bytes_read", s.Int(7)},
+                      {"bytes_stored", s.Int(8)}, {"created_at", Time(s.Int(9))}, {"disks", disks},
+                      {"logical_bytes", logical}, {"unique_bytes", OptInt(s.OptInt(17))},
+                      {"locked_until", Time(s.OptInt(11))}, {"removed_at", Time(s.OptInt(12))},
+                      {"last_check", check}};
+}
+
 http::Response ListPoints(Context& c) {
   std::string where = "WHERE 1 ";
   if (c.request.query.count("job")) where += "AND job_id = ?1 ";
   if (c.request.query.count("repository")) where += "AND repository_id = ?2 ";
   if (c.request.query.count("vm")) where += "AND vm_name = ?3 ";
-  Statement s = c.db.Prepare(
-      "SELECT id, point_id, repository_id, job_id, session_id, vm_name, chain, bytes_read, bytes_stored, created_at, "
-      "disks FROM points " + where + "ORDER BY id DESC LIMIT ?4 OFFSET ?5");
+  // Removed points (their rows stay for the restores that name them) only when asked.
+  if (auto r = c.request.query.find("removed"); r != c.request.query.end()) {
+    if (r->second != "true" && r->second != "false") throw FieldError("removed", "must be true or false");
+    if (r->second == "false") where += "AND removed_at IS NULL ";
+  } else {
+    where += "AND removed_at IS NULL ";
+  }
+  Statement s = c.db.Prepare(std::string(kPointSelect) + where + "ORDER BY id DESC LIMIT ?4 OFFSET ?5");
   if (c.request.query.count("job")) s.Bind(1, QueryInt(c.request, "job", 0, 1, INT64_MAX));
   if (c.request.query.count("repository")) s.Bind(2, QueryInt(c.request, "repository", 0, 1, INT64_MAX));
   if (c.request.query.count("vm")) s.Bind(3, c.request.query.at("vm"));
   s.Bind(4, QueryInt(c.request, "limit", 1000, 1, 100000)).Bind(5, QueryInt(c.request, "offset", 0, 0, INT64_MAX));
   json::array out;
-  while (s.Step())
-    out.push_back(json::object{{"id", s.Int(0)}, {"point_id", s.Text(1)}, {"repository_id", s.Int(2)},
-                               {"job_id", OptInt(s.OptInt(3))}, {"session_id", OptInt(s.OptInt(4))},
-                               {"vm", s.Text(5)}, {"chain", s.Text(6)}, {"bytes_read", s.Int(7)},
-                               {"bytes_stored", s.Int(8)}, {"created_at", Time(s.Int(9))},
-                               {"disks", s.IsNull(10) ? json::value(nullptr) : json::parse(s.Text(10))}});
+  while (s.Step()) out.push_back(PointJson(s));
   return Json(200, json::object{{"points", out}});
+}
+
+json::object ReadPoint(Database& db, int64_t id) {
+  Statement s = db.Prepare(std::string(kPointSelect) + "WHERE id = ?");
+  s.Bind(1, id);
+  if (!s.Step()) NotFound("point", id);
+  return PointJson(s);
+}
+
+http::Response GetPoint(Context& c) { return Json(200, ReadPoint(c.db, c.ids[0])); }
+
+RepositoryLifecycle& Lifecycle(Context& c) {
+  if (!c.lifecycle) throw ConflictError("this coordinator does not manage restore points");
+  return *c.lifecycle;
+}
+
+http::Response DeletePoint(Context& c) {
+  if (!c.request.body.empty()) FieldReader(ParseRequestObject(c.request.body), "").Finish();
+  Lifecycle(c).RemovePoint(c.ids[0]);
+  return Json(200, json::object{{"deleted", c.ids[0]}});
+}
+
+http::Response LockPoint(Context& c) {
+  json::object o = ParseRequestObject(c.request.body);
+  FieldReader f(o, "");
+  std::optional<int64_t> days = f.Int("days", false, 1, 36500);
+  const json::value* until_v = f.Member("until", false);
+  std::optional<std::string> reason;
+  if (const json::value* r = f.Member("reason", false)) {
+    if (!r->is_string() || r->as_string().size() > 200) throw FieldError("reason", "must be a string of at most 200 characters");
+    reason = std::string(r->as_string());
+  }
+  f.Finish();
+  RepositoryLifecycle& lifecycle = Lifecycle(c);
+  int64_t until = 0;
+  if (days && until_v) throw FieldError("days", "give either days or until, not both");
+  if (days) {
+    until = lifecycle.NowSeconds() + *days * 86400;
+  } else if (until_v) {
+    if (!until_v->is_string()) throw FieldError("until", "must be an RFC 3339 time such as 2027-01-31T00:00:00Z");
+    try {
+      until = ParseRfc3339(std::string(until_v->as_string()));
+    } catch (const Error& e) {
+      throw FieldError("until", e.what());
+    }
+  } else {
+    throw FieldError("days", "give days (a number of days from now) or until (an RFC 3339 time)");
+  }
+  lifecycle.LockPoint(c.ids[0], until, reason.value_or("locked through the API"));
+  return Json(200, ReadPoint(c.db, c.ids[0]));
+}
+
+http::Response CheckJob(Context& c) {
+  if (!c.request.body.empty()) FieldReader(ParseRequestObject(c.request.body), "").Finish();
+  int64_t session = Lifecycle(c).StartCheck(c.ids[0], "manual");
+  return Json(202, json::object{{"session", session}});
 }
 
 http::Response GetStatus(Context& c) {
@@ -1019,11 +1139,15 @@ const RouteEntry kRoutes[] = {
     {"DELETE", "/api/v1/jobs/{id}", DeleteJob, true},
     {"POST", "/api/v1/jobs/{id}/start", StartJob, true},
     {"POST", "/api/v1/jobs/{id}/stop", StopJob, true},
+    {"POST", "/api/v1/jobs/{id}/check", CheckJob, true},
     {"GET", "/api/v1/sessions", ListSessions, false},
     {"GET", "/api/v1/sessions/{id}", GetSession, false},
     {"GET", "/api/v1/sessions/{id}/log", GetSessionLog, false},
     {"POST", "/api/v1/sessions/{id}/stop", StopSession, true},
     {"GET", "/api/v1/points", ListPoints, false},
+    {"GET", "/api/v1/points/{id}", GetPoint, false},
+    {"DELETE", "/api/v1/points/{id}", DeletePoint, true},
+    {"POST", "/api/v1/points/{id}/lock", LockPoint, true},
     {"POST", "/api/v1/restores", CreateRestore, true},
 };
 
@@ -1083,8 +1207,9 @@ Match MatchPath(const std::string& pattern, const std::string& path, std::vector
 
 }  // namespace
 
-Api::Api(SessionRunner& runner, std::string db_path, std::string version, ApplianceDeployer* appliances)
-    : runner_(runner), appliances_(appliances), db_path_(std::move(db_path)), version_(std::move(version)) {
+Api::Api(SessionRunner& runner, std::string db_path, std::string version, ApplianceDeployer* appliances,
+         RepositoryLifecycle* lifecycle)
+    : runner_(runner), appliances_(appliances), lifecycle_(lifecycle), db_path_(std::move(db_path)), version_(std::move(version)) {
   for (auto& reader : readers_) reader.db.emplace(Database::Open(db_path_, true));
   Statement s = readers_[0].db->Prepare("SELECT token_hash FROM api_tokens");
   while (s.Step()) token_hashes_.insert(s.Text(0));
@@ -1151,7 +1276,7 @@ http::Response Api::Handle(const http::Request& request) {
       // Writes take the runner's lock and read back through a connection of
       // their own, so that a long write never holds up the readers.
       Database own = Database::Open(db_path_, true);
-      Context context{runner_, own, request, ids, version_, appliances_};
+      Context context{runner_, own, request, ids, version_, appliances_, lifecycle_};
       return route->handler(context);
     }
     // Any free reader; if all are busy, wait for the next one in turn.
@@ -1160,12 +1285,12 @@ http::Response Api::Handle(const http::Request& request) {
       Reader& reader = readers_[(start + i) % readers_.size()];
       std::unique_lock lock(reader.mu, std::try_to_lock);
       if (!lock.owns_lock()) continue;
-      Context context{runner_, *reader.db, request, ids, version_, appliances_};
+      Context context{runner_, *reader.db, request, ids, version_, appliances_, lifecycle_};
       return route->handler(context);
     }
     Reader& reader = readers_[start];
     std::lock_guard lock(reader.mu);
-    Context context{runner_, *reader.db, request, ids, version_, appliances_};
+    Context context{runner_, *reader.db, request, ids, version_, appliances_, lifecycle_};
     return route->handler(context);
   } catch (const FieldError& e) {
     // Always names the field, even a member whose name is "" ({"": 1}).

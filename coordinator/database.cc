@@ -430,6 +430,29 @@ CREATE TABLE appliances (
 -- "Has this host work?", once a second per appliance: open snapshots by host.
 CREATE INDEX snapshots_open_by_host ON snapshots(host_id) WHERE state IN ('pending', 'taking', 'ready', 'releasing');
 )sql",
+    // 8: the repository lifecycle of jobs (docs/retention.md, docs/gc.md):
+    // retention, locks of new points, scheduled health checks; what each
+    // backup session's lifecycle step did; points' locks, removal, checks
+    // and space; repositories' space.
+    R"sql(
+ALTER TABLE jobs ADD COLUMN retention TEXT;                          -- JSON {"keep_last", ...} or NULL: keep every point
+ALTER TABLE jobs ADD COLUMN lock_days INTEGER NOT NULL DEFAULT 0;    -- lock every new point this many days; 0: none
+ALTER TABLE jobs ADD COLUMN check_schedule TEXT;                     -- JSON (docs/schedules.md) or NULL: no health check
+ALTER TABLE jobs ADD COLUMN check_skip_verified_s INTEGER NOT NULL DEFAULT 0;  -- incremental health checks
+ALTER TABLE jobs ADD COLUMN next_check_at INTEGER;
+ALTER TABLE sessions ADD COLUMN lifecycle_state TEXT;  -- backup: NULL (none due), pending, done, failed
+ALTER TABLE sessions ADD COLUMN lifecycle TEXT;        -- JSON: what it did (backup: locks, retention, GC; check: summary)
+ALTER TABLE points ADD COLUMN locked_until INTEGER;    -- as last set through the coordinator
+ALTER TABLE points ADD COLUMN removed_at INTEGER;      -- removed from its repository (the row stays: restores refer to it)
+ALTER TABLE points ADD COLUMN check_state TEXT;        -- NULL: never checked; ok; damaged
+ALTER TABLE points ADD COLUMN checked_at INTEGER;
+ALTER TABLE points ADD COLUMN check_problem TEXT;      -- the first problem the last check found
+ALTER TABLE points ADD COLUMN check_problems INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE points ADD COLUMN unique_bytes INTEGER;    -- what removing it alone frees, at the last space measurement
+ALTER TABLE repositories ADD COLUMN space TEXT;        -- JSON: the last space measurement
+CREATE INDEX sessions_lifecycle_pending ON sessions(id) WHERE lifecycle_state = 'pending';
+CREATE INDEX points_by_job ON points(job_id, id);
+)sql",
 };
 
 [[noreturn]] void Fail(sqlite3* db, const std::string& what) {

@@ -161,7 +161,11 @@ int Run(const Options& o) {
     appliances = std::make_unique<ferry::coordinator::ApplianceDeployer>(runner, DatabasePath(o.data), o.appliance_image, clock);
     appliances->Start();
   }
-  ferry::coordinator::Api api(runner, DatabasePath(o.data), FERRY_VERSION, appliances.get());
+  // Locks, retention, GC, space and health checks of the jobs' points
+  // (repository_lifecycle.h).
+  ferry::coordinator::RepositoryLifecycle lifecycle(runner, clock);
+  lifecycle.Start();
+  ferry::coordinator::Api api(runner, DatabasePath(o.data), FERRY_VERSION, appliances.get(), &lifecycle);
 
   ferry::http::ServerOptions http_options;
   http_options.listen = o.listen;

@@ -1,5 +1,7 @@
 #include "ferry/coordinator/session_runner.h"
 
+#include "ferry/coordinator/job_lifecycle.h"
+
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
@@ -145,6 +147,18 @@ void SessionRunner::FailLocked(const std::string& what) {
 void SessionRunner::CommitGroup() {
   WorkerSideLock lock(*this);
   EndGroupLocked();
+}
+
+void SessionRunner::SetLifecycleNotifier(std::function<void()> notify) {
+  std::lock_guard lock(mu_);
+  on_lifecycle_due_ = std::move(notify);
+}
+
+void SessionRunner::AddSessionLog(int64_t session_id, const std::string& level, const std::string& message) {
+  std::lock_guard lock(mu_);
+  OwnTransaction tx(*this);
+  Log(session_id, std::nullopt, std::nullopt, level, message);
+  tx.Commit();
 }
 
 void SessionRunner::SetFatalHandler(std::function<void(const std::string&)> handler) {
@@ -1115,10 +1129,11 @@ void SessionRunner::MaybeEndSession(int64_t session_id) {
   {
     Statement& kind = db_.Cached("SELECT kind FROM sessions WHERE id = ?");
     kind.Bind(1, session_id);
-    if (kind.Step() && kind.Text(0) == "restore") {
+    if (kind.Step() && kind.Text(0) != "backup") {
+      const bool restore = kind.Text(0) == "restore";
       kind.Reset();
-      MaybeEndRestore(session_id);
-      return;
+      if (restore) MaybeEndRestore(session_id);
+      return;  // a health check ends by itself (repository_lifecycle.h)
     }
   }
   Statement& still_open = db_.Cached(
@@ -1154,10 +1169,14 @@ void SessionRunner::MaybeEndSession(int64_t session_id) {
     if (vms == 0 && reason.empty()) reason = "the selection matched no VM with disks";
     else reason = std::to_string(points) + " of " + std::to_string(vms) + " VMs backed up; failed: " + which;
   }
-  db_.Cached("UPDATE sessions SET state = ?, reason = ?, ended_at = ? WHERE id = ?")
-      .Bind(1, state).Bind(2, reason).Bind(3, clock_()).Bind(4, session_id).Run();
+  // With new points, the job's lifecycle step (locks, retention, GC, space)
+  // is due: recorded in the same transaction, so a restart finds it.
+  db_.Cached("UPDATE sessions SET state = ?, reason = ?, ended_at = ?, lifecycle_state = ? WHERE id = ?")
+      .Bind(1, state).Bind(2, reason).Bind(3, clock_())
+      .Bind(4, points > 0 ? std::optional<std::string>("pending") : std::nullopt).Bind(5, session_id).Run();
   Log(session_id, std::nullopt, std::nullopt, state == "succeeded" ? "info" : "warning",
       "session " + state + ": " + reason);
+  if (points > 0 && on_lifecycle_due_) on_lifecycle_due_();
 }
 
 // ---------------------------------------------------------------------------
@@ -1236,7 +1255,8 @@ SessionRunner::SessionPlan SessionRunner::PlanSession(int64_t job_id, const std:
   std::string job_name = job.Text(0);
   SessionPlan plan;
   plan.repository_id = job.Int(1);
-  Statement running = db_.Prepare("SELECT id FROM sessions WHERE job_id = ? AND state IN ('running', 'stopping')");
+  Statement running = db_.Prepare(
+      "SELECT id FROM sessions WHERE job_id = ? AND kind = 'backup' AND state IN ('running', 'stopping')");
   running.Bind(1, job_id);
   if (running.Step())
     throw ConflictError("job '" + job_name + "' already runs session " + std::to_string(running.Int(0)));
@@ -1341,7 +1361,7 @@ std::optional<int64_t> SessionRunner::StopJob(int64_t job_id) {
   Statement job = db_.Prepare("SELECT name FROM jobs WHERE id = ?");
   job.Bind(1, job_id);
   if (!job.Step()) throw Error(ErrorKind::kNotFound, "job " + std::to_string(job_id) + " not found");
-  Statement running = db_.Prepare("SELECT id FROM sessions WHERE job_id = ? AND state = 'running'");
+  Statement running = db_.Prepare("SELECT id FROM sessions WHERE job_id = ? AND kind = 'backup' AND state = 'running'");
   running.Bind(1, job_id);
   if (!running.Step()) return std::nullopt;
   int64_t session_id = running.Int(0);
@@ -1378,10 +1398,13 @@ void SessionRunner::StopSessionLocked(int64_t session_id) {
 int64_t SessionRunner::StartRestore(const RestoreRequest& request) {
   std::lock_guard lock(mu_);
   OwnTransaction tx(*this);
-  Statement point = db_.Prepare("SELECT point_id, repository_id, vm_id, vm_name, disks FROM points WHERE id = ?");
+  Statement point = db_.Prepare("SELECT point_id, repository_id, vm_id, vm_name, disks, removed_at FROM points WHERE id = ?");
   point.Bind(1, request.point);
   if (!point.Step())
     throw FieldError("point", "no restore point with id " + std::to_string(request.point) + " (GET /points lists them)");
+  if (!point.IsNull(5))
+    throw FieldError("point", "restore point " + std::to_string(request.point) + " (" + point.Text(0) +
+                                  ") was removed from its repository (retention or DELETE /points)");
   const std::string point_id = point.Text(0), vm_name = point.Text(3);
   const int64_t repository_id = point.Int(1);
   const std::optional<int64_t> vm_id = point.OptInt(2);
@@ -1632,6 +1655,13 @@ void SessionRunner::JobScheduleChanged(int64_t job_id) {
   std::lock_guard lock(mu_);
   EndGroupLocked();
   RefreshNextRun(job_id, clock_());
+  // The health check's schedule (repository_lifecycle.h runs it): a changed
+  // schedule counts from now.
+  Statement job = db_.Prepare("SELECT check_schedule, enabled FROM jobs WHERE id = ?");
+  job.Bind(1, job_id);
+  if (!job.Step()) return;
+  std::optional<int64_t> next = job.Int(1) ? NextCheckAt(job.OptText(0), clock_()) : std::nullopt;
+  db_.Prepare("UPDATE jobs SET next_check_at = ? WHERE id = ?").Bind(1, next).Bind(2, job_id).Run();
 }
 
 std::vector<std::pair<int64_t, std::string>> SessionRunner::DueJobs(int64_t now) {

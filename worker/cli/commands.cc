@@ -459,10 +459,11 @@ int InventoryCommand(const Args& args) {
 }
 
 int VerifyCommand(const Args& args) {
-  Arguments a(args, RepoOptions({"repo", "point", "threads", "skip-verified-within"}), {"no-record"});
+  Arguments a(args, RepoOptions({"repo", "point", "chain", "threads", "skip-verified-within"}), {"no-record"});
   auto repo = OpenRepo(a);
   VerifyOptions options;
   options.point = a.Get("point");
+  options.chain = a.Get("chain");
   options.threads = std::max(1u, std::thread::hardware_concurrency());
   if (auto t = a.GetInt("threads", 1, 256)) options.threads = static_cast<unsigned>(*t);
   if (auto d = a.GetDuration("skip-verified-within")) {

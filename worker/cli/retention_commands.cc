@@ -32,7 +32,7 @@ std::string Join(const std::vector<std::string>& parts) {
 }  // namespace
 
 int PruneCommand(const Args& args) {
-  std::set<std::string> valued = {"repo", "vm"};
+  std::set<std::string> valued = {"repo", "vm", "chain"};
   for (const auto& rule : RetentionRuleNames()) valued.insert(rule);
   Arguments a(args, RepoOptions(valued), {"dry-run", "json"});
   PruneOptions o;
@@ -49,6 +49,10 @@ int PruneCommand(const Args& args) {
   if (auto vm = a.Get("vm")) {
     if (vm->empty()) throw Error(ErrorKind::kBadInput, "option --vm: give a VM name or uuid");
     o.vm = *vm;
+  }
+  if (auto chain = a.Get("chain")) {
+    if (chain->empty()) throw Error(ErrorKind::kBadInput, "option --chain: give a chain name");
+    o.chain = *chain;
   }
   o.dry_run = a.Has("dry-run");
   o.now = Now();

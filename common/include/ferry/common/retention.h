@@ -84,7 +84,8 @@ std::string FormatRfc3339(int64_t unix_seconds);
 
 struct PruneOptions {
   RetentionPolicy policy;
-  std::optional<std::string> vm;  // only groups of this VM (name or uuid)
+  std::optional<std::string> vm;     // only groups of this VM (name or uuid)
+  std::optional<std::string> chain;  // only groups of this chain (a coordinator job's)
   bool dry_run = false;
   int64_t now = 0;  // Unix seconds
 };

@@ -32,6 +32,7 @@ struct VerifyOptions {
   VerifyOptions(std::optional<std::string> point, unsigned threads) : point(std::move(point)), threads(threads) {}
 
   std::optional<std::string> point;  // this point only; every point when unset
+  std::optional<std::string> chain;  // only the points of this chain (a coordinator job's)
   unsigned threads = 1;
   // Incremental verify: a chunk is not read again when a point referencing it
   // had a clean check whose chunks were all known good at most this many

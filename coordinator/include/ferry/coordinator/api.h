@@ -17,6 +17,7 @@
 
 #include "ferry/coordinator/appliance_deployer.h"
 #include "ferry/coordinator/database.h"
+#include "ferry/coordinator/repository_lifecycle.h"
 #include "ferry/coordinator/session_runner.h"
 #include "ferry/http/server.h"
 
@@ -32,7 +33,9 @@ class Api {
   // db_path: the coordinator's database, opened read-only here.
   // appliances: deploys worker appliances (POST /hosts/{id}/worker); null
   // when the coordinator has no appliance image (those requests are 409).
-  Api(SessionRunner& runner, std::string db_path, std::string version, ApplianceDeployer* appliances = nullptr);
+  // lifecycle: the point calls (DELETE, lock) and health checks; null: 409.
+  Api(SessionRunner& runner, std::string db_path, std::string version, ApplianceDeployer* appliances = nullptr,
+      RepositoryLifecycle* lifecycle = nullptr);
 
   http::Response Handle(const http::Request& request);
 
@@ -46,6 +49,7 @@ class Api {
 
   SessionRunner& runner_;
   ApplianceDeployer* appliances_;
+  RepositoryLifecycle* lifecycle_;
   std::string db_path_;
   // Read-only connections, one per concurrent reader (WAL: each sees a
   // consistent snapshot, none waits for the scheduler's writes).

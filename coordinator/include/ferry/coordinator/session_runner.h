@@ -214,6 +214,11 @@ class SessionRunner {
   // database, and a restart rebuilds it from there.
   void CommitGroup();
   void SetFatalHandler(std::function<void(const std::string&)> handler);
+  // Called, under the runner's lock (so: only a notification), when a
+  // backup session ends with its lifecycle step due (repository_lifecycle.h).
+  void SetLifecycleNotifier(std::function<void()> notify);
+  // A line in a session's log, in a transaction of its own.
+  void AddSessionLog(int64_t session_id, const std::string& level, const std::string& message);
   std::string FatalError();  // empty while healthy
 
   // Bumped whenever new work may be available (long polls re-check).
@@ -378,6 +383,7 @@ class SessionRunner {
   bool group_open_ = false;  // a group transaction is open on db_
   std::string fatal_;        // set when a commit failed; nothing more is scheduled
   std::function<void(const std::string&)> on_fatal_;
+  std::function<void()> on_lifecycle_due_;
   RunnerOptions options_;
   Clock clock_;
   HostLocalityScheduler scheduler_;
