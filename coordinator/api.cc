@@ -1044,6 +1044,7 @@ http::Response DeletePoint(Context& c) {
 }
 
 http::Response LockPoint(Context& c) {
+  ReadPoint(c.db, c.ids[0]);  // 404 before the body's errors
   json::object o = ParseRequestObject(c.request.body);
   FieldReader f(o, "");
   std::optional<int64_t> days = f.Int("days", false, 1, 36500);

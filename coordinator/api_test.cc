@@ -336,6 +336,8 @@ class OpenApi {
         if (!std::regex_match(text, kDateTime)) fail("is not a date-time");
       }
     }
+    if (const json::value* n = s.if_contains("minProperties"); n && v.is_object())
+      if (v.as_object().size() < n->to_number<size_t>()) fail("has fewer than " + json::serialize(*n) + " members");
     if (const json::value* f = s.if_contains("format"); f && f->as_string() == "int64" && v.is_uint64())
       fail("is not an int64");
     if (v.is_number()) {
@@ -915,7 +917,7 @@ TEST_F(ApiTest, OpenApiPathsAreExactlyTheServedRoutes) {
     EXPECT_TRUE(documented.count({method, path})) << method << " " << path << " is served but not in openapi.json";
   for (const auto& [method, path] : documented)
     EXPECT_TRUE(served.count({method, path})) << method << " " << path << " is in openapi.json but not served";
-  EXPECT_EQ(served.size(), 34u) << "a route was added or removed: update openapi.json, docs/api.md and this test";
+  EXPECT_EQ(served.size(), 38u) << "a route was added or removed: update openapi.json, docs/api.md and this test";
 }
 
 TEST_F(ApiTest, OpenApiDocumentsSecurityAndErrorsOfEveryRoute) {
@@ -1032,6 +1034,13 @@ TEST_F(ApiTest, OpenApiEveryRouteAnswersAsDocumented) {
       {"POST", "/api/v1/jobs/{id}/stop", job, "", "{}", 202},
       {"GET", "/api/v1/sessions/{id}", 1, "", "", 200},
       {"GET", "/api/v1/points", 0, "?job=" + std::to_string(backed_up) + "&repository=" + std::to_string(repo) + "&vm=web01&limit=3", "", 200},
+      {"GET", "/api/v1/points", 0, "?removed=true", "", 200},
+      {"GET", "/api/v1/points/{id}", 1, "", "", 200},
+      // The fake worker wrote no repository (/srv/main does not exist): the
+      // point calls answer 503 (lifecycle_test and integration.test-coordinator-lifecycle
+      // run them against real repositories).
+      {"POST", "/api/v1/points/{id}/lock", 1, "", R"({"days":3,"reason":"legal hold"})", 503},
+      {"DELETE", "/api/v1/points/{id}", 1, "", "", 503},
       {"POST", "/api/v1/restores", 0, "",
        R"({"point":1,"disk":"vda","host":"pve1","target":{"type":"file","path":"/var/restore/vda.qcow2","format":"qcow2"},)"
        R"("retries":{"count":0,"interval_s":0}})",
@@ -1039,6 +1048,8 @@ TEST_F(ApiTest, OpenApiEveryRouteAnswersAsDocumented) {
       {"GET", "/api/v1/sessions/{id}", 3, "", "", 200},
       {"GET", "/api/v1/sessions", 0, "?kind=all", "", 200},
       {"POST", "/api/v1/sessions/{id}/stop", 3, "", "", 202},
+      {"POST", "/api/v1/jobs/{id}/check", backed_up, "", "", 202},
+      {"GET", "/api/v1/sessions", 0, "?kind=check", "", 200},
       {"DELETE", "/api/v1/jobs/{id}", spare_job, "", "", 200},
       {"DELETE", "/api/v1/repositories/{id}", spare_repo, "", "", 200},
       {"DELETE", "/api/v1/workers/{id}", worker, "", "", 200},
@@ -1288,6 +1299,17 @@ TEST_F(BadInputTest, OutOfRangeValues) {
       {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"every","hours":0})"), 400, "schedule.hours", true},
       {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"every","hours":6.5})"), 400, "schedule.hours", true},
       {"POST", "/api/v1/jobs", Job(R"("schedule":{"kind":"weekly"})"), 400, "schedule.kind", true},
+      {"POST", "/api/v1/jobs", Job(R"("retention":{})"), 400, "retention", true},
+      {"POST", "/api/v1/jobs", Job(R"("retention":7)"), 400, "retention", true},
+      {"POST", "/api/v1/jobs", Job(R"("retention":{"keep_daily":0})"), 400, "retention.keep_daily", true},
+      {"POST", "/api/v1/jobs", Job(R"("retention":{"keep_last":100001})"), 400, "retention.keep_last", true},
+      {"POST", "/api/v1/jobs", Job(R"("retention":{"keep_hourly":3})"), 400, "retention.keep_hourly", true},
+      {"POST", "/api/v1/jobs", Job(R"("lock_days":-1)"), 400, "lock_days", true},
+      {"POST", "/api/v1/jobs", Job(R"("health_check":{})"), 400, "health_check.schedule", true},
+      {"POST", "/api/v1/jobs", Job(R"("health_check":{"schedule":{"kind":"daily","at":"25:00"}})"), 400,
+       "health_check.schedule.at", true},
+      {"PATCH", JobPath(), R"({"health_check":{"schedule":{"kind":"daily","at":"03:00"},"skip_verified_within_days":-2}})", 400,
+       "health_check.skip_verified_within_days", true},
       {"PATCH", JobPath(), R"({"name":""})", 400, "name", true},
   });
 }
@@ -1650,6 +1672,29 @@ TEST_F(ApiTest, JobsCrud) {
   EXPECT_TRUE(manual.json.at("schedule").is_null()) << manual;
   EXPECT_EQ(manual.json.at("schedule_description"), "manual only");
   EXPECT_TRUE(manual.json.at("next_run_at").is_null());
+
+  // The repository lifecycle's settings: none by default; set, shown, turned off.
+  EXPECT_TRUE(job.at("retention").is_null());
+  EXPECT_EQ(job.at("retention_description"), "keep every point");
+  EXPECT_EQ(job.at("lock_days"), 0);
+  EXPECT_TRUE(job.at("health_check").is_null());
+  EXPECT_TRUE(job.at("last_check").is_null());
+  Reply lifecycle = Patch(path, R"({"retention":{"keep_last":3,"keep_weekly":4},"lock_days":14,)"
+                                R"("health_check":{"schedule":{"kind":"daily","at":")" + hh + R"(:15"},"skip_verified_within_days":7}})");
+  ASSERT_EQ(lifecycle.status, 200) << lifecycle;
+  EXPECT_EQ(lifecycle.json.at("retention"), json::parse(R"({"keep_last":3,"keep_weekly":4})"));
+  EXPECT_EQ(lifecycle.json.at("retention_description"), "keep-last 3, keep-weekly 4");
+  EXPECT_EQ(lifecycle.json.at("lock_days"), 14);
+  EXPECT_EQ(lifecycle.json.at("health_check").at("schedule"), json::parse(R"({"kind":"daily","at":")" + hh + R"(:15"})"));
+  EXPECT_EQ(lifecycle.json.at("health_check").at("skip_verified_within_days"), 7);
+  EXPECT_TRUE(lifecycle.json.at("health_check").at("next_run_at").is_string()) << lifecycle;
+  Reply retention_only = Patch(path, R"({"retention":{"keep_daily":7}})");
+  EXPECT_EQ(retention_only.json.at("retention"), json::parse(R"({"keep_daily":7})")) << "the policy is replaced as a whole";
+  EXPECT_EQ(retention_only.json.at("lock_days"), 14) << "members not given stay";
+  Reply off = Patch(path, R"({"retention":null,"health_check":null,"lock_days":0})");
+  EXPECT_TRUE(off.json.at("retention").is_null()) << off;
+  EXPECT_TRUE(off.json.at("health_check").is_null()) << off;
+  EXPECT_EQ(off.json.at("lock_days"), 0);
 
   Reply deleted = Delete(path);
   EXPECT_EQ(deleted.json, json::parse(R"({"deleted":)" + std::to_string(created.id()) + "}"));

@@ -130,6 +130,10 @@ std::unique_ptr<Repository> RepositoryLifecycle::Open(const RepositoryRow& r) {
   try {
     return rpc::OpenRepository(r.location, access);
   } catch (const Error& e) {
+    // A repository that is not there is unavailable (503), not an unknown
+    // object of the request (404).
+    if (e.kind() == ErrorKind::kNotFound)
+      throw Error(ErrorKind::kRetryable, "repository '" + r.name + "' is not available: " + e.what());
     throw e.WithContext("repository '" + r.name + "'");
   }
 }
