@@ -42,7 +42,7 @@ Commands:
       [--tls-cert FILE --tls-key FILE] [--ready-file FILE]
       [--heartbeat-interval-ms N] [--heartbeat-deadline-ms N]
       [--repository-listen ADDR:PORT|off] [--repository-advertise HOST]
-      [--appliance-image DIR] [--verbose]
+      [--appliance-image DIR] [--gc-window MINUTES] [--verbose]
       serve the web API (default 127.0.0.1:8080), the worker RPC endpoint
       (default 127.0.0.1:8081) and the repository service for repositories at
       local paths (default: the RPC address's host, a free port; workers are
@@ -51,6 +51,8 @@ Commands:
       --ready-file: once listening, write {"api": URL, "rpc": "ADDR:PORT"} there
       --appliance-image: scripts/build-image's OUTDIR; enables POST
       /hosts/{id}/worker, which deploys the worker appliance onto a libvirt host
+      --gc-window: the safety window of the garbage collection that follows
+      a job's retention (docs/gc.md; default 5; 0 only for tests)
 
 Exit codes: 0 ok, 2 bad input, 5 environment (see docs/error-policy.md).
 )";
@@ -78,6 +80,7 @@ struct Options {
   std::string appliance_image;  // "": no appliance deployment
   int64_t heartbeat_interval_ms = 5000;
   int64_t heartbeat_deadline_ms = 15000;
+  int64_t gc_window_min = ferry::kDefaultGcWindow.count() / 60;
 };
 
 // args[0] is the command; each command takes only its own options.
@@ -86,7 +89,7 @@ Options Parse(const std::vector<std::string>& args) {
   std::set<std::string> valued = {"data"};
   if (command == "run") {
     valued.insert({"listen", "rpc-listen", "tls-cert", "tls-key", "ready-file", "heartbeat-interval-ms",
-                   "heartbeat-deadline-ms", "repository-listen", "repository-advertise", "appliance-image"});
+                   "heartbeat-deadline-ms", "repository-listen", "repository-advertise", "appliance-image", "gc-window"});
   } else if (command != "init") {
     throw ferry::Error(ferry::ErrorKind::kBadInput, "unknown command '" + command + "'\n" + kUsage);
   }
@@ -104,6 +107,7 @@ Options Parse(const std::vector<std::string>& args) {
   o.appliance_image = a.Get("appliance-image").value_or("");
   o.heartbeat_interval_ms = a.GetInt("heartbeat-interval-ms", 100, 3600000).value_or(o.heartbeat_interval_ms);
   o.heartbeat_deadline_ms = a.GetInt("heartbeat-deadline-ms", 100, 3600000).value_or(o.heartbeat_deadline_ms);
+  o.gc_window_min = a.GetInt("gc-window", 0, 7 * 24 * 60).value_or(o.gc_window_min);
   if (o.tls_cert.empty() != o.tls_key.empty())
     throw ferry::Error(ferry::ErrorKind::kBadInput, "--tls-cert and --tls-key go together");
   if (o.heartbeat_deadline_ms < 2 * o.heartbeat_interval_ms)
@@ -163,7 +167,9 @@ int Run(const Options& o) {
   }
   // Locks, retention, GC, space and health checks of the jobs' points
   // (repository_lifecycle.h).
-  ferry::coordinator::RepositoryLifecycle lifecycle(runner, clock);
+  ferry::coordinator::LifecycleOptions lifecycle_options;
+  lifecycle_options.gc_window = std::chrono::minutes(o.gc_window_min);
+  ferry::coordinator::RepositoryLifecycle lifecycle(runner, clock, lifecycle_options);
   lifecycle.Start();
   ferry::coordinator::Api api(runner, DatabasePath(o.data), FERRY_VERSION, appliances.get(), &lifecycle);
 
