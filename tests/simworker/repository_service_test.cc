@@ -5,6 +5,7 @@
 // quarantine; tokens and grants.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <functional>
@@ -536,6 +537,54 @@ TEST_F(RepositoryServiceTest, AGcDoesNotHoldUpOtherCalls) {
   ASSERT_TRUE(report) << failure;
   EXPECT_EQ(report->staged_points, 1u);
   EXPECT_EQ(report->points, 1u);
+}
+
+// A client's cancel flag cancels the call (kInterrupted, at once), and the
+// cancelled call interrupts the service's GC, which lets go of the lock.
+TEST_F(RepositoryServiceTest, ACancelledGcIsInterrupted) {
+  auto server = Serve(config_, nullptr);
+  auto remote = RemoteRepository::Connect(Endpoint(*server, "tok-a", "a"));
+  const std::string dir = (dir_ / "a").string();
+  test::WriteTestPoint(*remote, {"one"});
+  const std::string fifo_dir = dir + "/staging/20261201T000000Z-fifo";
+  MakeDirectory(fifo_dir);
+  const std::string fifo = fifo_dir + "/disk0.fidx";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+
+  std::atomic<bool> cancel{false};
+  std::optional<ErrorKind> kind;
+  std::string message;
+  std::thread gc([&] {
+    GcOptions o;
+    o.dry_run = true;
+    o.cancel = &cancel;
+    kind = KindOf([&] { remote->CollectGarbage(o); }, &message);
+  });
+  int writer = -1;
+  for (int i = 0; i < 500 && writer < 0; ++i) {
+    writer = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    if (writer < 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_GE(writer, 0) << "the GC never read staging";
+  cancel = true;
+  gc.join();  // while the service's GC still waits on the FIFO
+  EXPECT_EQ(kind, ErrorKind::kInterrupted) << message;
+  ::close(writer);
+  ASSERT_EQ(::unlink(fifo.c_str()), 0);
+  // The service's GC, told to stop, ends and unlocks; then one runs through.
+  GcOptions o;
+  o.dry_run = true;
+  std::optional<GcReport> done;
+  for (int i = 0; i < 100 && !done; ++i) {
+    try {
+      done = remote->CollectGarbage(o);
+    } catch (const Error& e) {
+      ASSERT_EQ(e.kind(), ErrorKind::kRetryable) << e.what();
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+  ASSERT_TRUE(done) << "the cancelled GC still holds the lock";
+  EXPECT_EQ(done->points, 1u);
 }
 
 // A worker sends a disk on the disk task's connection and commits the point
