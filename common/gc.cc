@@ -18,6 +18,7 @@
 #include <cerrno>
 #include <cstring>
 #include <ctime>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -125,46 +126,75 @@ bool DigestLess(const Digest& a, const Digest& b) { return std::memcmp(a.bytes.d
 
 // The marked digests while marking: open addressing over a power-of-two
 // table (SHA-256 is uniform, so its first 8 bytes are the hash), the zero
-// digest meaning "empty" (a zero marker is never marked). Optionally a point
-// per digest, for space accounting: the only point referencing it, or
-// kShared.
+// digest meaning "empty" (a zero marker is never marked).
+//
+// For space accounting it also tracks, per digest, the only point and the
+// only chain referencing it (or kShared), and lists each chain's distinct
+// digests. A point's digests are inserted one after another, and a chain's
+// points one after another (Mark orders them so), so an entry that remembers
+// the last point and the last chain that referenced it tells when one
+// references it for the first time. Tracking data lives in `entries_`,
+// numbered in order of first reference (a slot holds its entry's number), so
+// it does not move when the table grows: 4 bytes per slot, 16 per digest,
+// 4 per (chain, distinct digest).
 class DigestTable {
  public:
   static constexpr uint32_t kShared = 0xffffffff;
 
-  explicit DigestTable(bool track_points) : track_points_(track_points) { Resize(1 << 16); }
+  struct Entry {
+    uint32_t point, last_point;  // the only point referencing it (kShared), the last one that did
+    uint32_t chain, last_chain;  // the same for chains
+  };
+
+  explicit DigestTable(bool track) : track_(track) { Resize(1 << 16); }
 
   size_t size() const { return count_; }
 
-  // Marks `d` as referenced by point `point` (tracked only if asked).
-  void Insert(const Digest& d, uint32_t point) {
+  // Marks `d` as referenced by point `point` of chain `chain` (tracked only if asked).
+  void Insert(const Digest& d, uint32_t point, uint32_t chain) {
     if ((count_ + 1) * 10 > slots_.size() * 7) Resize(slots_.size() * 2);
     size_t i = Slot(d);
     if (IsZeroDigest(slots_[i])) {
       slots_[i] = d;
       ++count_;
-      if (track_points_) {
-        owner_[i] = point;
-        last_[i] = point;
+      if (track_) {
+        if (entries_.size() >= kShared) throw Error(ErrorKind::kInternal, "space accounting: too many chunks");
+        const auto n = static_cast<uint32_t>(entries_.size());
+        number_[i] = n;
+        entries_.push_back({point, point, chain, chain});
         ++distinct_per_point_[point];
+        chain_digests_[chain].push_back(n);
       }
       return;
     }
-    if (track_points_ && last_[i] != point) {
-      owner_[i] = kShared;
-      last_[i] = point;
+    if (!track_) return;
+    Entry& e = entries_[number_[i]];
+    if (e.last_point != point) {
+      e.point = kShared;
+      e.last_point = point;
       ++distinct_per_point_[point];
     }
+    if (e.last_chain != chain) {
+      e.chain = kShared;
+      e.last_chain = chain;
+      chain_digests_[chain].push_back(number_[i]);
+    }
   }
-  // The point a digest belongs to (kShared), or nullopt when unreferenced.
-  std::optional<uint32_t> Owner(const Digest& d) const {
+  bool Contains(const Digest& d) const { return !IsZeroDigest(slots_[Slot(d)]); }
+  // The number of `d`'s entry (tracking only), or nullopt when unreferenced.
+  std::optional<uint32_t> Find(const Digest& d) const {
     size_t i = Slot(d);
     if (IsZeroDigest(slots_[i])) return std::nullopt;
-    return track_points_ ? owner_[i] : kShared;
+    return number_[i];
   }
+  const Entry& entry(uint32_t n) const { return entries_[n]; }
+  size_t entries() const { return entries_.size(); }
   // Distinct digests referenced per point (points numbered from 0).
-  std::vector<uint64_t>& distinct_per_point() { return distinct_per_point_; }
+  const std::vector<uint64_t>& distinct_per_point() const { return distinct_per_point_; }
   void AddPoint() { distinct_per_point_.push_back(0); }
+  // The entry numbers of each chain's distinct digests (chains numbered from 0).
+  const std::vector<std::vector<uint32_t>>& chain_digests() const { return chain_digests_; }
+  void AddChain() { chain_digests_.emplace_back(); }
 
   std::vector<Digest> TakeSorted() {
     std::vector<Digest> out;
@@ -191,27 +221,23 @@ class DigestTable {
   }
   void Resize(size_t capacity) {
     std::vector<Digest> old = std::move(slots_);
-    std::vector<uint32_t> old_owner = std::move(owner_), old_last = std::move(last_);
+    std::vector<uint32_t> old_number = std::move(number_);
     slots_.assign(capacity, Digest{});
-    if (track_points_) {
-      owner_.assign(capacity, 0);
-      last_.assign(capacity, 0);
-    }
+    if (track_) number_.assign(capacity, 0);
     for (size_t j = 0; j < old.size(); ++j) {
       if (IsZeroDigest(old[j])) continue;
       size_t i = Slot(old[j]);
       slots_[i] = old[j];
-      if (track_points_) {
-        owner_[i] = old_owner[j];
-        last_[i] = old_last[j];
-      }
+      if (track_) number_[i] = old_number[j];
     }
   }
 
-  bool track_points_;
+  bool track_;
   std::vector<Digest> slots_;
-  std::vector<uint32_t> owner_, last_;
+  std::vector<uint32_t> number_;  // per slot: its entry
+  std::vector<Entry> entries_;
   std::vector<uint64_t> distinct_per_point_;
+  std::vector<std::vector<uint32_t>> chain_digests_;
   size_t count_ = 0;
 };
 
@@ -220,10 +246,11 @@ struct MarkResult {
   DigestTable table;
   uint64_t points = 0, staged_points = 0, indexes = 0, unchecked_indexes = 0;
   int64_t oldest_staged_ns = INT64_MAX;  // when the oldest staged point began
-  std::vector<PointSpace> points_space;
+  std::vector<PointSpace> points_space;  // in listing order (oldest first)
   std::vector<uint32_t> point_numbers;  // parallel to points_space: its number in the table
-  static constexpr uint32_t kStagedOwner = 0;  // the number of the pseudo-point "staging"
+  static constexpr uint32_t kStagedOwner = 0;  // the number of the pseudo-point (and chain) "staging"
   uint32_t numbers = 1;                          // numbers in use: staging and the points listed
+  std::vector<std::string> chain_names;          // by chain number: staging (""), then the chains by name
   std::vector<std::string> problems;
 };
 
@@ -232,11 +259,11 @@ void CheckCancel(const std::atomic<bool>* cancel) {
 }
 
 // Marks every digest of `bytes` (an index file) from `offset` on.
-void MarkDigests(std::span<const uint8_t> bytes, DigestTable& table, uint32_t point) {
+void MarkDigests(std::span<const uint8_t> bytes, DigestTable& table, uint32_t point, uint32_t chain) {
   Digest d;
   for (size_t off = kFixedIndexHeaderSize; off + 32 <= bytes.size(); off += 32) {
     std::memcpy(d.bytes.data(), bytes.data() + off, 32);
-    if (!IsZeroDigest(d)) table.Insert(d, point);
+    if (!IsZeroDigest(d)) table.Insert(d, point, chain);
   }
 }
 
@@ -245,17 +272,17 @@ void MarkDigests(std::span<const uint8_t> bytes, DigestTable& table, uint32_t po
 // much keeps chunks, marking too little would remove them. Returns false
 // when it had to (the caller reports the point).
 bool MarkIndex(const std::string& path, const Digest* expected_sha256, DigestTable& table, uint32_t point,
-               std::string* problem) {
+               uint32_t chain, std::string* problem) {
   try {
     FixedIndexReader index(path, expected_sha256);
-    MarkDigests(index.bytes(), table, point);
+    MarkDigests(index.bytes(), table, point, chain);
     return true;
   } catch (const Error& e) {
     if (e.kind() != ErrorKind::kCorrupt) throw;  // unreadable, or a newer format: no GC can go on
     *problem = e.what();
   }
   std::string raw = ReadWholeFile(path);
-  MarkDigests({reinterpret_cast<const uint8_t*>(raw.data()), raw.size()}, table, point);
+  MarkDigests({reinterpret_cast<const uint8_t*>(raw.data()), raw.size()}, table, point, chain);
   return false;
 }
 
@@ -313,7 +340,8 @@ void MarkStaging(const std::string& repo_dir, MarkResult& r, uint32_t staged_own
         // Read, not mapped: a disk written again truncates its index, which
         // would fault a mapping. Entries not yet set read as zero markers.
         std::string bytes = ReadWholeFile(base + "/" + f);
-        MarkDigests({reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()}, r.table, staged_owner);
+        MarkDigests({reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()}, r.table, staged_owner,
+                    staged_owner);
         ++r.indexes;
       } catch (const Error& e) {
         if (e.kind() != ErrorKind::kNotFound) throw;
@@ -325,43 +353,77 @@ void MarkStaging(const std::string& repo_dir, MarkResult& r, uint32_t staged_own
 // Marks staging, then the committed points, listed only after staging has
 // been read: a point committed meanwhile is seen in one of them (the commit
 // renames it from one to the other). Listing points/ first would miss a
-// point committed between the two listings.
+// point committed between the two listings. Every manifest is loaded before
+// any index is read, so that the points are marked chain by chain (what the
+// table needs to tell a chain's distinct digests); a point removed in
+// between has its indexes not found, which is noted.
 MarkResult Mark(const std::string& repo_dir, Repository& repo, bool track_points, const std::atomic<bool>* cancel,
                 GcProgress* progress, const std::function<void()>& between_listings = {}) {
   MarkResult r(track_points);
   r.table.AddPoint();  // number 0: staging
+  r.table.AddChain();
+  r.chain_names.emplace_back();
   MarkStaging(repo_dir, r, MarkResult::kStagedOwner);
   if (between_listings) between_listings();
   std::vector<std::string> ids = repo.points().List();
   if (progress) progress->points_total = ids.size();
   r.numbers = static_cast<uint32_t>(ids.size()) + 1;
   for (size_t i = 0; i < ids.size(); ++i) r.table.AddPoint();
+
+  struct Listed {
+    std::optional<RestorePointManifest> manifest;  // nullopt: unreadable, its indexes read without a check
+    bool removed = false;                          // removed meanwhile
+    uint32_t chain = 0;
+  };
+  std::vector<Listed> listed(ids.size());
+  std::map<std::string, uint32_t> chains;
   for (size_t i = 0; i < ids.size(); ++i) {
     CheckCancel(cancel);
     const std::string& id = ids[i];
     const std::string dir = repo_dir + "/points/" + id;
-    const uint32_t owner = static_cast<uint32_t>(i) + 1;
-    PointSpace space;
-    space.id = id;
-    RestorePointManifest m;
-    bool loaded = false;
     try {
-      m = repo.points().Load(id);
-      loaded = true;
+      listed[i].manifest = repo.points().Load(id);
     } catch (const Error& e) {
       if (e.kind() == ErrorKind::kBadInput) throw e.WithContext("garbage collection cannot read point " + id);
-      if (e.kind() == ErrorKind::kNotFound && !PathExists(dir)) continue;  // removed meanwhile
+      if (e.kind() == ErrorKind::kNotFound && !PathExists(dir)) {
+        listed[i].removed = true;
+        continue;
+      }
       r.problems.push_back("point " + id + ": " + e.what() + "; every index file in " + dir + " read without a check");
     }
+    chains.emplace(listed[i].manifest ? listed[i].manifest->chain : "", 0);
+  }
+  for (auto& [name, number] : chains) {
+    number = static_cast<uint32_t>(r.chain_names.size());
+    r.chain_names.push_back(name);
+    r.table.AddChain();
+  }
+  std::vector<size_t> order;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (listed[i].removed) continue;
+    listed[i].chain = chains.at(listed[i].manifest ? listed[i].manifest->chain : "");
+    order.push_back(i);
+  }
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return listed[a].chain < listed[b].chain; });
+
+  std::vector<std::optional<PointSpace>> spaces(ids.size());
+  for (size_t i : order) {
+    CheckCancel(cancel);
+    const std::string& id = ids[i];
+    const std::string dir = repo_dir + "/points/" + id;
+    const uint32_t owner = static_cast<uint32_t>(i) + 1;
+    const uint32_t chain = listed[i].chain;
+    PointSpace space;
+    space.id = id;
     ++r.points;
-    if (loaded) {
-      space.vm = m.vm.name;
-      space.chain = m.chain;
-      for (const auto& d : m.disks) {
+    if (const auto& m = listed[i].manifest) {
+      space.vm = m->vm.name;
+      space.chain = m->chain;
+      for (const auto& d : m->disks) {
         space.logical_bytes += d.size;
         std::string problem;
         try {
-          if (!MarkIndex(dir + "/" + d.index_file, &d.index_sha256, r.table, owner, &problem)) {
+          if (!MarkIndex(dir + "/" + d.index_file, &d.index_sha256, r.table, owner, chain, &problem)) {
             ++r.unchecked_indexes;
             r.problems.push_back("point " + id + " disk " + d.name + ": " + problem + "; read without a check");
           }
@@ -383,15 +445,19 @@ MarkResult Mark(const std::string& repo_dir, Repository& repo, bool track_points
       for (const auto& f : files) {
         if (!f.ends_with(".fidx")) continue;
         std::string problem;
-        MarkIndex(dir + "/" + f, nullptr, r.table, owner, &problem);
+        MarkIndex(dir + "/" + f, nullptr, r.table, owner, chain, &problem);
         ++r.indexes;
         ++r.unchecked_indexes;
       }
     }
     space.chunks = track_points ? r.table.distinct_per_point()[owner] : 0;
-    r.points_space.push_back(std::move(space));
-    r.point_numbers.push_back(owner);
+    spaces[i] = std::move(space);
     if (progress) ++progress->points_read;
+  }
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (!spaces[i]) continue;
+    r.points_space.push_back(std::move(*spaces[i]));
+    r.point_numbers.push_back(static_cast<uint32_t>(i) + 1);
   }
   for (const auto& p : r.problems) LogWarning(p);
   return r;
@@ -942,6 +1008,24 @@ SpaceReport MeasureSpace(const std::string& repo_dir, GcProgress* progress) {
   for (size_t j = 0; j < m.point_numbers.size(); ++j) slot_of_number[m.point_numbers[j]] = j;
   const uint32_t staged_owner = MarkResult::kStagedOwner;
   for (const auto& p : r.points_space) r.logical_bytes += p.logical_bytes;
+  std::vector<ChainSpace> chains(m.chain_names.size());  // by chain number; 0 (staging) is not reported
+  for (size_t c = 0; c < chains.size(); ++c) {
+    chains[c].chain = m.chain_names[c];
+    chains[c].chunks = m.table.chain_digests()[c].size();
+  }
+  {
+    std::map<std::string, size_t> chain_number;
+    for (size_t c = 1; c < chains.size(); ++c) chain_number[chains[c].chain] = c;
+    for (const auto& p : r.points_space) {
+      ChainSpace& c = chains[chain_number.at(p.chain)];
+      ++c.points;
+      c.logical_bytes += p.logical_bytes;
+    }
+  }
+  // The stored size of each referenced chunk that has a file, by entry: for
+  // the chains' distinct chunks, summed once the sizes are known.
+  constexpr uint64_t kNoFile = UINT64_MAX;
+  std::vector<uint64_t> size_of_entry(m.table.entries(), kNoFile);
 
   if (progress) progress->phase = static_cast<int>(GcPhase::kSweep);
   uint64_t found_referenced = 0;
@@ -956,22 +1040,29 @@ SpaceReport MeasureSpace(const std::string& repo_dir, GcProgress* progress) {
       const auto size = static_cast<uint64_t>(st.st_size);
       ++r.chunks;
       r.stored_bytes += size;
-      std::optional<uint32_t> owner = m.table.Owner(d);
-      if (!owner) {
+      std::optional<uint32_t> number = m.table.Find(d);
+      if (!number) {
         ++r.garbage_chunks;
         r.garbage_bytes += size;
         continue;
       }
+      size_of_entry[*number] = size;
+      const DigestTable::Entry& owner = m.table.entry(*number);
       ++found_referenced;
       ++r.referenced_chunks;
       r.referenced_bytes += size;
-      if (*owner == staged_owner) {
+      if (owner.point == staged_owner) {
         ++r.staged_only_chunks;
         r.staged_only_bytes += size;
-      } else if (*owner != DigestTable::kShared && *owner < m.numbers && slot_of_number[*owner] != SIZE_MAX) {
-        PointSpace& p = r.points_space[slot_of_number[*owner]];
+      } else if (owner.point != DigestTable::kShared && owner.point < m.numbers &&
+                 slot_of_number[owner.point] != SIZE_MAX) {
+        PointSpace& p = r.points_space[slot_of_number[owner.point]];
         ++p.unique_chunks;
         p.unique_bytes += size;
+      }
+      if (owner.chain != DigestTable::kShared && owner.chain != staged_owner) {
+        ++chains[owner.chain].unique_chunks;
+        chains[owner.chain].unique_bytes += size;
       }
     }
     if (progress) progress->directories_done = dir + 1;
@@ -979,9 +1070,186 @@ SpaceReport MeasureSpace(const std::string& repo_dir, GcProgress* progress) {
   r.missing_chunks = m.table.size() - found_referenced;
   r.dedup_ratio =
       r.referenced_bytes ? static_cast<double>(r.logical_bytes) / static_cast<double>(r.referenced_bytes) : 0;
+  for (size_t c = 1; c < chains.size(); ++c) {
+    ChainSpace& chain = chains[c];
+    if (chain.points == 0) continue;  // its only (damaged) point was removed meanwhile
+    for (uint32_t n : m.table.chain_digests()[c]) {
+      if (size_of_entry[n] != kNoFile) chain.stored_bytes += size_of_entry[n];
+    }
+    chain.dedup_ratio =
+        chain.stored_bytes ? static_cast<double>(chain.logical_bytes) / static_cast<double>(chain.stored_bytes) : 0;
+    r.chains.push_back(std::move(chain));  // numbered by name: already in order
+  }
   CountQuarantine(repo_dir, &r.quarantined_chunks, &r.quarantined_bytes);
   if (progress) progress->phase = static_cast<int>(GcPhase::kDone);
   return r;
+}
+
+// ---- The reports' JSON ------------------------------------------------
+
+namespace {
+
+json::object ParseReportObject(std::string_view text, const std::string& what) {
+  json::error_code ec;
+  json::value v = json::parse(json::string_view(text.data(), text.size()), ec);
+  if (ec || !v.is_object()) throw Error(ErrorKind::kCorrupt, what + ": not a JSON object");
+  return std::move(v.as_object());
+}
+
+// Every member a string (any length: problems name paths).
+std::vector<std::string> Strings(JsonReader& r, const char* key) {
+  std::vector<std::string> out;
+  const json::value* v = r.Member(key, true);
+  if (!v->is_array()) r.Fail(key, "must be an array of strings");
+  for (const auto& item : v->as_array()) {
+    if (!item.is_string()) r.Fail(key, "must be an array of strings");
+    out.emplace_back(item.as_string());
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string GcReportJson(const GcReport& r) {
+  json::object o{{"dry_run", r.dry_run},
+                 {"resumed", r.resumed},
+                 {"cutoff", r.cutoff},
+                 {"points", r.points},
+                 {"staged_points", r.staged_points},
+                 {"indexes", r.indexes},
+                 {"unchecked_indexes", r.unchecked_indexes},
+                 {"chunks_referenced", r.chunks_referenced},
+                 {"chunks_seen", r.chunks_seen},
+                 {"chunks_removed", r.chunks_removed},
+                 {"bytes_removed", r.bytes_removed},
+                 {"chunks_kept_by_window", r.chunks_kept_by_window},
+                 {"bytes_kept_by_window", r.bytes_kept_by_window},
+                 {"chunks_rescued", r.chunks_rescued},
+                 {"temp_files_removed", r.temp_files_removed},
+                 {"quarantined_chunks", r.quarantined_chunks},
+                 {"quarantined_bytes", r.quarantined_bytes},
+                 {"mark_seconds", r.mark_seconds},
+                 {"sweep_seconds", r.sweep_seconds},
+                 {"seconds", r.seconds}};
+  return json::serialize(o);
+}
+
+GcReport GcReportFromJson(std::string_view text) {
+  const std::string what = "GC report";
+  json::object o = ParseReportObject(text, what);
+  JsonReader r(o, "", CorruptFileFail(what));
+  GcReport g;
+  g.dry_run = *r.Bool("dry_run", true);
+  g.resumed = *r.Bool("resumed", true);
+  g.cutoff = *r.String("cutoff", true, 64);
+  g.points = *r.Unsigned("points", true);
+  g.staged_points = *r.Unsigned("staged_points", true);
+  g.indexes = *r.Unsigned("indexes", true);
+  g.unchecked_indexes = *r.Unsigned("unchecked_indexes", true);
+  g.chunks_referenced = *r.Unsigned("chunks_referenced", true);
+  g.chunks_seen = *r.Unsigned("chunks_seen", true);
+  g.chunks_removed = *r.Unsigned("chunks_removed", true);
+  g.bytes_removed = *r.Unsigned("bytes_removed", true);
+  g.chunks_kept_by_window = *r.Unsigned("chunks_kept_by_window", true);
+  g.bytes_kept_by_window = *r.Unsigned("bytes_kept_by_window", true);
+  g.chunks_rescued = *r.Unsigned("chunks_rescued", true);
+  g.temp_files_removed = *r.Unsigned("temp_files_removed", true);
+  g.quarantined_chunks = *r.Unsigned("quarantined_chunks", true);
+  g.quarantined_bytes = *r.Unsigned("quarantined_bytes", true);
+  g.mark_seconds = *r.Double("mark_seconds", true);
+  g.sweep_seconds = *r.Double("sweep_seconds", true);
+  g.seconds = *r.Double("seconds", true);
+  return g;
+}
+
+std::string SpaceReportJson(const SpaceReport& r) {
+  json::array points, chains, problems;
+  for (const auto& p : r.points_space) {
+    points.push_back(json::object{{"id", p.id},
+                                  {"vm", p.vm},
+                                  {"chain", p.chain},
+                                  {"logical_bytes", p.logical_bytes},
+                                  {"chunks", p.chunks},
+                                  {"unique_chunks", p.unique_chunks},
+                                  {"unique_bytes", p.unique_bytes}});
+  }
+  for (const auto& c : r.chains) {
+    chains.push_back(json::object{{"chain", c.chain},
+                                  {"points", c.points},
+                                  {"logical_bytes", c.logical_bytes},
+                                  {"chunks", c.chunks},
+                                  {"stored_bytes", c.stored_bytes},
+                                  {"unique_chunks", c.unique_chunks},
+                                  {"unique_bytes", c.unique_bytes},
+                                  {"dedup_ratio", c.dedup_ratio}});
+  }
+  for (const auto& p : r.problems) problems.emplace_back(p);
+  json::object o{{"point_count", r.points},
+                 {"chunks", r.chunks},
+                 {"stored_bytes", r.stored_bytes},
+                 {"referenced_chunks", r.referenced_chunks},
+                 {"referenced_bytes", r.referenced_bytes},
+                 {"missing_chunks", r.missing_chunks},
+                 {"garbage_chunks", r.garbage_chunks},
+                 {"garbage_bytes", r.garbage_bytes},
+                 {"staged_only_chunks", r.staged_only_chunks},
+                 {"staged_only_bytes", r.staged_only_bytes},
+                 {"logical_bytes", r.logical_bytes},
+                 {"quarantined_chunks", r.quarantined_chunks},
+                 {"quarantined_bytes", r.quarantined_bytes},
+                 {"dedup_ratio", r.dedup_ratio},
+                 {"points", std::move(points)},
+                 {"chains", std::move(chains)},
+                 {"problems", std::move(problems)}};
+  return json::serialize(o);
+}
+
+SpaceReport SpaceReportFromJson(std::string_view text) {
+  const std::string what = "space report";
+  json::object o = ParseReportObject(text, what);
+  JsonReader r(o, "", CorruptFileFail(what));
+  SpaceReport s;
+  s.points = *r.Unsigned("point_count", true);
+  s.chunks = *r.Unsigned("chunks", true);
+  s.stored_bytes = *r.Unsigned("stored_bytes", true);
+  s.referenced_chunks = *r.Unsigned("referenced_chunks", true);
+  s.referenced_bytes = *r.Unsigned("referenced_bytes", true);
+  s.missing_chunks = *r.Unsigned("missing_chunks", true);
+  s.garbage_chunks = *r.Unsigned("garbage_chunks", true);
+  s.garbage_bytes = *r.Unsigned("garbage_bytes", true);
+  s.staged_only_chunks = *r.Unsigned("staged_only_chunks", true);
+  s.staged_only_bytes = *r.Unsigned("staged_only_bytes", true);
+  s.logical_bytes = *r.Unsigned("logical_bytes", true);
+  s.quarantined_chunks = *r.Unsigned("quarantined_chunks", true);
+  s.quarantined_bytes = *r.Unsigned("quarantined_bytes", true);
+  s.dedup_ratio = *r.Double("dedup_ratio", true);
+  std::vector<JsonReader> points = *r.ObjectList("points", true);  // a named list: the loop's range outlives it
+  for (auto& p : points) {
+    PointSpace ps;
+    ps.id = *p.String("id", true);
+    ps.vm = *p.String("vm", true);
+    ps.chain = *p.String("chain", true);
+    ps.logical_bytes = *p.Unsigned("logical_bytes", true);
+    ps.chunks = *p.Unsigned("chunks", true);
+    ps.unique_chunks = *p.Unsigned("unique_chunks", true);
+    ps.unique_bytes = *p.Unsigned("unique_bytes", true);
+    s.points_space.push_back(std::move(ps));
+  }
+  std::vector<JsonReader> chains = *r.ObjectList("chains", true);
+  for (auto& c : chains) {
+    ChainSpace cs;
+    cs.chain = *c.String("chain", true);
+    cs.points = *c.Unsigned("points", true);
+    cs.logical_bytes = *c.Unsigned("logical_bytes", true);
+    cs.chunks = *c.Unsigned("chunks", true);
+    cs.stored_bytes = *c.Unsigned("stored_bytes", true);
+    cs.unique_chunks = *c.Unsigned("unique_chunks", true);
+    cs.unique_bytes = *c.Unsigned("unique_bytes", true);
+    cs.dedup_ratio = *c.Double("dedup_ratio", true);
+    s.chains.push_back(std::move(cs));
+  }
+  s.problems = Strings(r, "problems");
+  return s;
 }
 
 }  // namespace ferry

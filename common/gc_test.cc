@@ -87,9 +87,10 @@ class GcTest : public test::TempRepositoryTest {
     h.expires_at = ::time(nullptr) + 24 * kHour;
     return h;
   }
-  // A committed point whose one disk holds these chunks.
-  std::string Commit(const std::vector<std::string>& texts) {
+  // A committed point (of `chain`) whose one disk holds these chunks.
+  std::string Commit(const std::vector<std::string>& texts, const std::string& chain = "default") {
     StagedPointHeader h = Header();
+    h.chain = chain;
     repo_->points().Stage(h);
     WriteDisk(h.id, "disk0", texts);
     repo_->points().Commit(h.id);
@@ -488,6 +489,95 @@ TEST_F(GcTest, SpaceAccountingCountsUniqueAndSharedChunks) {
   AgeAll({"only-b1", "only-b2", "garbage"}, 2 * kHour);
   GcReport g = Gc();
   EXPECT_EQ(g.bytes_removed, r.points_space[1].unique_bytes + r.garbage_bytes);
+}
+
+// Per chain: a chain's distinct chunks, and those no other chain and no
+// staged point references, which are what removing all its points frees.
+// The chains' points are interleaved in time, as two jobs' are.
+TEST_F(GcTest, SpaceAccountingPerChain) {
+  std::string x1 = Commit({"shared", "x-a"}, "job-x");
+  std::string y1 = Commit({"shared", "y-a"}, "job-y");
+  std::string x2 = Commit({"x-a", "x-b", "x-staged"}, "job-x");
+  StagedPointHeader h = Header();
+  h.chain = "job-z";
+  repo_->points().Stage(h);
+  WriteDisk(h.id, "disk0", {"x-staged"});
+  auto size = [&](const std::string& t) { return static_cast<uint64_t>(fs::file_size(PathOf(DigestOf(t)))); };
+
+  SpaceReport r = MeasureSpace(dir_, nullptr);
+  ASSERT_EQ(r.chains.size(), 2u);  // a staged point's chain is not one until committed
+  const ChainSpace& x = r.chains[0];
+  const ChainSpace& y = r.chains[1];
+  EXPECT_EQ(x.chain, "job-x");
+  EXPECT_EQ(y.chain, "job-y");
+  EXPECT_EQ(x.points, 2u);
+  EXPECT_EQ(x.logical_bytes, 5u * (64 << 10));
+  EXPECT_EQ(x.chunks, 4u) << "shared, x-a (in both of its points), x-b, x-staged";
+  EXPECT_EQ(x.stored_bytes, size("shared") + size("x-a") + size("x-b") + size("x-staged"));
+  EXPECT_EQ(x.unique_chunks, 2u) << "x-a and x-b: shared is y's too, x-staged is staging's";
+  EXPECT_EQ(x.unique_bytes, size("x-a") + size("x-b"));
+  EXPECT_DOUBLE_EQ(x.dedup_ratio, static_cast<double>(x.logical_bytes) / static_cast<double>(x.stored_bytes));
+  EXPECT_EQ(y.points, 1u);
+  EXPECT_EQ(y.chunks, 2u);
+  EXPECT_EQ(y.unique_chunks, 1u);
+  EXPECT_EQ(y.unique_bytes, size("y-a"));
+  EXPECT_EQ(y.stored_bytes, size("shared") + size("y-a"));
+  ASSERT_EQ(r.points_space.size(), 3u);  // still oldest first, whatever order the chains were marked in
+  EXPECT_EQ(r.points_space[0].id, x1);
+  EXPECT_EQ(r.points_space[1].id, y1);
+  EXPECT_EQ(r.points_space[2].id, x2);
+  EXPECT_EQ(r.points_space[2].chunks, 3u);
+  EXPECT_EQ(r.points_space[0].unique_chunks, 0u);
+
+  // What it says removing chain x frees is what a GC then frees; y's and
+  // staging's chunks stay.
+  fs::remove_all(dir_ + "/points/" + x1);
+  fs::remove_all(dir_ + "/points/" + x2);
+  AgeAll({"shared", "x-a", "x-b", "x-staged", "y-a"}, 2 * kHour);
+  GcReport g = Gc();
+  EXPECT_EQ(g.chunks_removed, x.unique_chunks);
+  EXPECT_EQ(g.bytes_removed, x.unique_bytes);
+  EXPECT_TRUE(Exists(DigestOf("shared")));
+  EXPECT_TRUE(Exists(DigestOf("x-staged")));
+  EXPECT_FALSE(Exists(DigestOf("x-a")));
+  SpaceReport after = MeasureSpace(dir_, nullptr);
+  ASSERT_EQ(after.chains.size(), 1u);
+  EXPECT_EQ(after.chains[0].chain, "job-y");
+  EXPECT_EQ(after.chains[0].unique_chunks, 2u) << "shared is y's alone now";
+}
+
+// The one JSON form, read back as written; a bad member is named.
+TEST_F(GcTest, ReportsReadBackFromTheirJson) {
+  Commit({"shared", "x-a"}, "job-x");
+  Commit({"shared", "y-a"}, "job-y");
+  Store("garbage");
+  SpaceReport s = MeasureSpace(dir_, nullptr);
+  s.problems = {"point p: a problem"};
+  SpaceReport back = SpaceReportFromJson(SpaceReportJson(s));
+  EXPECT_EQ(SpaceReportJson(back), SpaceReportJson(s));
+  EXPECT_EQ(back.garbage_chunks, 1u);
+  ASSERT_EQ(back.chains.size(), 2u);
+  EXPECT_EQ(back.chains[1].chain, "job-y");
+  EXPECT_EQ(back.chains[1].unique_bytes, s.chains[1].unique_bytes);
+  EXPECT_EQ(back.points_space.at(0).id, s.points_space.at(0).id);
+  EXPECT_EQ(back.problems, s.problems);
+
+  GcReport g = Gc();
+  GcReport gback = GcReportFromJson(GcReportJson(g));
+  EXPECT_EQ(GcReportJson(gback), GcReportJson(g));
+  EXPECT_EQ(gback.chunks_seen, 4u);
+  EXPECT_EQ(gback.cutoff, g.cutoff);
+
+  std::string text = GcReportJson(g);
+  text.replace(text.find("\"chunks_removed\":"), 17, "\"chunks_removed\":\"x\",\"y\":");
+  try {
+    GcReportFromJson(text);
+    ADD_FAILURE() << "read " << text;
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kCorrupt);
+    EXPECT_NE(std::string(e.what()).find("chunks_removed"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(SpaceReportFromJson("[1]"), Error);
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 #include "ferry/common/json_reader.h"
 
+#include <cmath>
+
 #include "ferry/common/error.h"
 
 namespace json = boost::json;
@@ -78,6 +80,15 @@ std::optional<bool> JsonReader::Bool(const char* key, bool required) {
   if (!v) return std::nullopt;
   if (!v->is_bool()) Fail(key, "must be true or false");
   return v->as_bool();
+}
+
+std::optional<double> JsonReader::Double(const char* key, bool required) {
+  const json::value* v = Member(key, required);
+  if (!v) return std::nullopt;
+  if (!v->is_number()) Fail(key, "must be a number");
+  const double d = v->to_number<double>();
+  if (!std::isfinite(d)) Fail(key, "must be a finite number");
+  return d;
 }
 
 std::optional<std::vector<std::string>> JsonReader::StringList(const char* key, bool required, size_t max_length) {

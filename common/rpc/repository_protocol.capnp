@@ -83,6 +83,15 @@ interface Repository {
   loadChecks @21 () -> (checks :List(Data));
   # PointStore::RecordCheck; the service parses the record before storing it.
   recordCheck @22 (check :Data) -> ();
+
+  # --- upkeep (ferry/common/gc.h, docs/gc.md); added within v1 ---
+  # Run on the service's directory, off its event loop; the reports are
+  # their JSON (GcReportJson, SpaceReportJson). A second GC while one runs
+  # fails "retryable: a GC is running ...". Cancelling the call (or losing
+  # the connection) interrupts the GC, which the next one resumes.
+  # windowS >= 0; threads 0 = the default (4), at most 64.
+  collectGarbage @23 (windowS :Int64, dryRun :Bool, threads :UInt32) -> (report :Data);
+  measureSpace @24 () -> (report :Data);
 }
 
 interface PointLease {}

@@ -46,6 +46,11 @@ constexpr uint32_t kMaxPiece = 4u << 20;
 // by a disk's writer for up to 2 s), so more than the cores: a few commits
 // waiting must not hold back the finish that ends their wait.
 constexpr unsigned kStoreThreads = 8;
+// Threads for upkeep (GC, space accounting): a few, so that a second GC is
+// refused at once by the GC's lock rather than queued behind the first.
+constexpr unsigned kUpkeepThreads = 4;
+// How often a client waiting for an upkeep call looks at its cancel flag.
+constexpr auto kCancelPoll = 200 * kj::MILLISECONDS;
 
 // "kind: message" on the wire, as the worker protocol does.
 kj::Exception ToKj(const std::exception& e) {
@@ -285,9 +290,43 @@ class CallThreads {
   std::vector<std::thread> threads_;
 };
 
+// Upkeep (a GC takes minutes on a big repository) on threads of its own, so
+// that it holds up neither the loop nor the point store's calls. Each job
+// gets a cancel flag, which turns true when its call is cancelled (its
+// promise dropped: the client cancelled or its connection is gone) or the
+// service ends; a GC then stops, saving its progress for the next to resume.
+class UpkeepThreads {
+ public:
+  ~UpkeepThreads() {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& weak : flags_) {
+      if (auto flag = weak.lock()) *flag = true;
+    }
+    // threads_ (declared last) joins next.
+  }
+  template <typename T, typename Reply>
+  kj::Promise<void> Run(std::function<T(const std::atomic<bool>* cancel)> work, Reply reply) {
+    auto cancel = std::make_shared<std::atomic<bool>>(false);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      std::erase_if(flags_, [](const std::weak_ptr<std::atomic<bool>>& w) { return w.expired(); });
+      flags_.push_back(cancel);
+    }
+    return threads_.Run<T>(std::function<T()>([work = std::move(work), cancel] { return work(cancel.get()); }),
+                           std::move(reply))
+        .attach(kj::defer([cancel] { *cancel = true; }));
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::weak_ptr<std::atomic<bool>>> flags_;
+  CallThreads threads_{kUpkeepThreads};
+};
+
 struct ServiceThreads {
-  std::shared_ptr<CallThreads> chunks;  // insert, read
-  std::shared_ptr<CallThreads> store;   // the point store's calls, sync
+  std::shared_ptr<CallThreads> chunks;    // insert, read
+  std::shared_ptr<CallThreads> store;     // the point store's calls, sync
+  std::shared_ptr<UpkeepThreads> upkeep;  // collectGarbage, measureSpace
 };
 
 // One disk being written: holds the point store's DiskWriter (the disk's
@@ -603,6 +642,36 @@ class RepositoryImpl final : public rpc::Repository::Server {
     });
   }
 
+  // Upkeep, on the repository's directory (the service's repositories are
+  // local ones: their location is their directory).
+  kj::Promise<void> collectGarbage(CollectGarbageContext context) override {
+    auto p = context.getParams();
+    GcOptions options;
+    try {
+      if (p.getWindowS() < 0) throw Error(ErrorKind::kBadInput, "collectGarbage: a negative window");
+      if (p.getThreads() > 64) throw Error(ErrorKind::kBadInput, "collectGarbage: more than 64 threads");
+      options.window = std::chrono::seconds(p.getWindowS());
+      options.dry_run = p.getDryRun();
+      if (p.getThreads() > 0) options.threads = p.getThreads();
+    } catch (const std::exception& e) {
+      return ToKj(e);
+    }
+    LogInfo("repository " + name_ + ": a client runs a " + (options.dry_run ? "dry-run " : "") + "GC");
+    return threads_.upkeep->Run<std::string>(
+        [repo = repo_, options](const std::atomic<bool>* cancel) {
+          GcOptions o = options;
+          o.cancel = cancel;
+          return GcReportJson(ferry::CollectGarbage(repo->location(), o, nullptr));
+        },
+        [context](std::string report) mutable { context.getResults().setReport(AsData(report)); });
+  }
+
+  kj::Promise<void> measureSpace(MeasureSpaceContext context) override {
+    return threads_.upkeep->Run<std::string>(
+        [repo = repo_](const std::atomic<bool>*) { return SpaceReportJson(ferry::MeasureSpace(repo->location(), nullptr)); },
+        [context](std::string report) mutable { context.getResults().setReport(AsData(report)); });
+  }
+
   kj::Promise<void> readLock(ReadLockContext context) override {
     return threads_.store->Run<std::optional<ferry::PointLock>>(
         [repo = repo_, id = std::string(context.getParams().getId())] { return repo->points().ReadLock(id); },
@@ -646,7 +715,7 @@ class ServiceImpl final : public RepositoryService::Server {
   explicit ServiceImpl(RepositoryServiceConfig config)
       : catalog_(std::move(config.catalog)),
         threads_{std::make_shared<CallThreads>(std::max(2u, std::thread::hardware_concurrency())),
-                 std::make_shared<CallThreads>(kStoreThreads)} {
+                 std::make_shared<CallThreads>(kStoreThreads), std::make_shared<UpkeepThreads>()} {
     for (const auto& [name, dir] : config.repositories) {
       std::shared_ptr<ferry::Repository> repo = ferry::Repository::Open(dir);
       repo->PrepareForWriting();
@@ -1236,6 +1305,64 @@ class RemoteRepositoryImpl final : public RemoteRepository, public ChunkStore, p
     if (unimplemented) throw TooOld("removePoint");
   }
 
+  // --- upkeep, run by the service ---
+
+  GcReport CollectGarbage(const GcOptions& options) override {
+    std::string report;
+    bool unimplemented = false;
+    Call("garbage collection", [&](rpc::Repository::Client& repo) {
+      auto req = repo.collectGarbageRequest();
+      req.setWindowS(options.window.count());
+      req.setDryRun(options.dry_run);
+      req.setThreads(options.threads);
+      return OrUnimplemented(req.send().then([&](capnp::Response<rpc::Repository::CollectGarbageResults>&& r) {
+        report = AsString(r.getReport());
+      }), &unimplemented)
+          .exclusiveJoin(CancelledBy(options.cancel, "garbage collection"));
+    });
+    if (unimplemented) throw UpkeepTooOld("collectGarbage");
+    try {
+      return GcReportFromJson(report);
+    } catch (const Error& e) {
+      throw e.WithContext(context_ + " answered a GC");
+    }
+  }
+
+  SpaceReport MeasureSpace() override {
+    std::string report;
+    bool unimplemented = false;
+    Call("space accounting", [&](rpc::Repository::Client& repo) {
+      return OrUnimplemented(repo.measureSpaceRequest().send().then(
+                                 [&](capnp::Response<rpc::Repository::MeasureSpaceResults>&& r) {
+                                   report = AsString(r.getReport());
+                                 }),
+                             &unimplemented);
+    });
+    if (unimplemented) throw UpkeepTooOld("measureSpace");
+    try {
+      return SpaceReportFromJson(report);
+    } catch (const Error& e) {
+      throw e.WithContext(context_ + " answered a space report");
+    }
+  }
+
+  // Never resolves; fails kInterrupted once *cancel is true (looked at every
+  // kCancelPoll), which cancels the call it is joined with. On the loop.
+  kj::Promise<void> CancelledBy(const std::atomic<bool>* cancel, std::string what) const {
+    if (cancel == nullptr) return kj::NEVER_DONE;
+    return loop_->io->provider->getTimer().afterDelay(kCancelPoll).then(
+        [this, cancel, what = std::move(what)]() mutable -> kj::Promise<void> {
+          if (cancel->load()) return ToKj(Error(ErrorKind::kInterrupted, what + " interrupted"));
+          return CancelledBy(cancel, std::move(what));
+        });
+  }
+
+  Error UpkeepTooOld(const std::string& call) const {
+    return Error(ErrorKind::kBadInput, context_ + ": the repository service is older than GC and space accounting "
+                                                  "through the service (it lacks " + call + "); upgrade "
+                                                  "ferry-repository, or run ferry gc / ferry space on its machine");
+  }
+
   // A call the service does not know sets `*unimplemented`; other failures pass.
   static kj::Promise<void> OrUnimplemented(kj::Promise<void> promise, bool* unimplemented) {
     return promise.catch_([unimplemented](kj::Exception&& e) {
@@ -1711,9 +1838,12 @@ std::unique_ptr<RemoteRepository> RemoteRepository::Connect(const RepositoryEndp
   return std::make_unique<RemoteRepositoryImpl>(endpoint);
 }
 
-std::unique_ptr<ferry::Repository> OpenRepository(const std::string& location, const RepositoryAccess& access) {
+namespace {
+
+// The endpoint of a service URL with `access` filled in; nullopt for a directory.
+std::optional<RepositoryEndpoint> EndpointFor(const std::string& location, const RepositoryAccess& access) {
   auto endpoint = ParseRepositoryUrl(location);
-  if (!endpoint) return ferry::Repository::Open(location);
+  if (!endpoint) return std::nullopt;
   endpoint->token = access.token;
   if (endpoint->token.empty()) {
     if (const char* t = std::getenv("FERRY_REPOSITORY_TOKEN")) endpoint->token = t;
@@ -1726,7 +1856,28 @@ std::unique_ptr<ferry::Repository> OpenRepository(const std::string& location, c
   endpoint->server_name = access.server_name;
   endpoint->reconnect_interval = access.reconnect_interval;
   endpoint->reconnect_for = access.reconnect_for;
+  return endpoint;
+}
+
+}  // namespace
+
+std::unique_ptr<ferry::Repository> OpenRepository(const std::string& location, const RepositoryAccess& access) {
+  auto endpoint = EndpointFor(location, access);
+  if (!endpoint) return ferry::Repository::Open(location);
   return RemoteRepository::Connect(*endpoint);
+}
+
+GcReport CollectGarbage(const std::string& location, const RepositoryAccess& access, const GcOptions& options,
+                        GcProgress* progress) {
+  auto endpoint = EndpointFor(location, access);
+  if (!endpoint) return ferry::CollectGarbage(location, options, progress);
+  return RemoteRepository::Connect(*endpoint)->CollectGarbage(options);
+}
+
+SpaceReport MeasureSpace(const std::string& location, const RepositoryAccess& access, GcProgress* progress) {
+  auto endpoint = EndpointFor(location, access);
+  if (!endpoint) return ferry::MeasureSpace(location, progress);
+  return RemoteRepository::Connect(*endpoint)->MeasureSpace();
 }
 
 RepositoryGrant RepositoryGrant::ForToken(const std::string& token, std::set<std::string> repositories) {

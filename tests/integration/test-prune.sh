@@ -6,7 +6,8 @@
 # clock in the CLI); a point held by a running restore is skipped, not
 # removed, and that restore still finishes bit-exact; every kept point
 # verifies and restores bit-exact. Then, with FERRY_REPOSITORY set (ctest
-# sets it), lock, remove and prune through a ferry-repository service.
+# sets it), lock, remove and prune through a ferry-repository service, and
+# space and gc run by it.
 . "$(dirname "$0")/common.sh" "$@"
 repo=$WORK/repo
 # A locked point may carry the immutable flag (as root): clear it before the
@@ -185,3 +186,24 @@ for id in $(points "$repo"); do
   cmp "${image[$id]}" "$WORK/$id.svc.out" || fail "point $id restores wrong data through the service"
 done
 ok "lock, list, remove and prune through the repository service; the locked point stays; kept points verify and restore"
+
+# GC and space accounting through the service, which runs them on its
+# directory: the figures are those of `ferry space` on the directory, and
+# the GC frees what the prune above left as garbage, nothing referenced.
+json_field() { python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
+svc_space=$("$FERRY" space "${R[@]}" --json)
+[[ $svc_space == "$("$FERRY" space --repo "$repo" --json)" ]] || fail "space through the service differs: $svc_space"
+garbage=$(json_field garbage_bytes <<<"$svc_space")
+((garbage > 0)) || fail "the prune left no garbage: $svc_space"
+python3 -c 'import json,sys; c = json.load(sys.stdin)["chains"]; assert len(c) == 1 and c[0]["points"] == 2, c' \
+  <<<"$svc_space" || fail "space through the service: chains $svc_space"
+"$FERRY" space "${R[@]}" | grep -q "^CHAIN " || fail "ferry space prints no chain table"
+gc=$("$FERRY" gc "${R[@]}" --window 0 --json)
+[[ $(json_field bytes_removed <<<"$gc") == "$garbage" ]] || fail "the GC through the service freed other than the garbage: $gc"
+[[ $("$FERRY" space "${R[@]}" --json | json_field garbage_chunks) == 0 ]] || fail "garbage left after the GC"
+"$FERRY" verify "${R[@]}" | grep -q '^OK' || fail "verify after the GC through the service"
+for id in $(points "$repo"); do
+  "$FERRY" restore "${R[@]}" --point "$id" --disk d0 --to "$WORK/$id.gc.out"
+  cmp "${image[$id]}" "$WORK/$id.gc.out" || fail "point $id restores wrong data after the GC"
+done
+ok "space and gc --repo ferry+tls://...: run by the service; the garbage of the prune freed, kept points verify and restore"

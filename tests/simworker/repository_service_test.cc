@@ -5,6 +5,7 @@
 // quarantine; tokens and grants.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <functional>
@@ -12,14 +13,19 @@
 #include <thread>
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/file.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "fake_coordinator.h"
 #include "ferry/common/chunk.h"
 #include "ferry/common/error.h"
+#include "ferry/common/file_util.h"
 #include "ferry/common/fixed_index.h"
+#include "ferry/common/gc.h"
 #include "ferry/common/manifest.h"
 #include "ferry/common/repository.h"
 #include "ferry/common/verify.h"
@@ -407,6 +413,178 @@ TEST_F(RepositoryServiceTest, ChecksOverTheWire) {
   unknown.point = "no-such-point";
   std::string message;
   EXPECT_EQ(KindOf([&] { remote->points().RecordCheck(unknown); }, &message), ErrorKind::kNotFound) << message;
+}
+
+// Every chunk file of a repository `seconds` into the past: only the mark
+// can then keep a chunk from a GC with window 0.
+void AgeChunks(const std::string& repo_dir, int64_t seconds) {
+  struct timespec t[2];
+  t[0].tv_sec = t[1].tv_sec = ::time(nullptr) - seconds;
+  t[0].tv_nsec = t[1].tv_nsec = 0;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(repo_dir + "/chunks")) {
+    if (e.is_regular_file()) {
+      ASSERT_EQ(::utimensat(AT_FDCWD, e.path().c_str(), t, 0), 0) << e.path();
+    }
+  }
+}
+
+// GC and space accounting run by the service on its directory: the figures
+// are a local MeasureSpace's, a GC removes an old unreferenced chunk and
+// keeps the referenced ones, a dry run removes nothing, and a GC while
+// another holds the lock is refused as retryable, as locally.
+TEST_F(RepositoryServiceTest, GcAndSpaceRunByTheService) {
+  auto server = Serve(config_, nullptr);
+  const RepositoryEndpoint endpoint = Endpoint(*server, "tok-a", "a");
+  auto remote = RemoteRepository::Connect(endpoint);
+  const std::string dir = (dir_ / "a").string();
+  test::WriteTestPoint(*remote, {"kept-1", "kept-2"});
+  auto [garbage, encoded] = Chunk(9);
+  ASSERT_TRUE(remote->chunks().Insert(garbage, encoded));
+  const std::string garbage_path = dir + "/chunks/" + garbage.Hex().substr(0, 3) + "/" + garbage.Hex();
+  AgeChunks(dir, 7200);
+
+  const SpaceReport local = ferry::MeasureSpace(dir, nullptr);
+  const SpaceReport over = remote->MeasureSpace();
+  EXPECT_EQ(SpaceReportJson(over), SpaceReportJson(local));
+  EXPECT_EQ(over.points, 1u);
+  EXPECT_EQ(over.referenced_chunks, 2u);
+  EXPECT_EQ(over.garbage_chunks, 1u);
+  ASSERT_EQ(over.chains.size(), 1u);
+  EXPECT_EQ(over.chains[0].chain, "default");
+  EXPECT_EQ(over.chains[0].unique_chunks, 2u);
+  rpc::RepositoryAccess access;
+  access.token = "tok-a";
+  const std::string url = rpc::RepositoryUrl(endpoint);
+  EXPECT_EQ(SpaceReportJson(rpc::MeasureSpace(url, access)), SpaceReportJson(local));
+
+  GcOptions options;
+  options.window = std::chrono::seconds(0);
+  options.dry_run = true;
+  GcReport dry = remote->CollectGarbage(options);
+  EXPECT_TRUE(dry.dry_run);
+  EXPECT_EQ(dry.chunks_seen, 3u);
+  EXPECT_EQ(dry.chunks_removed, 1u);  // would remove
+  EXPECT_TRUE(PathExists(garbage_path));
+
+  options.dry_run = false;
+  {
+    int fd = ::open((dir + "/gc.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::flock(fd, LOCK_EX), 0);
+    std::string message;
+    EXPECT_EQ(KindOf([&] { rpc::CollectGarbage(url, access, options, nullptr); }, &message), ErrorKind::kRetryable);
+    EXPECT_NE(message.find("a GC is running"), std::string::npos) << message;
+    ::close(fd);
+  }
+  EXPECT_TRUE(PathExists(garbage_path));
+
+  GcReport r = rpc::CollectGarbage(url, access, options, nullptr);
+  EXPECT_FALSE(r.dry_run);
+  EXPECT_EQ(r.points, 1u);
+  EXPECT_EQ(r.chunks_referenced, 2u);
+  EXPECT_EQ(r.chunks_removed, 1u);
+  EXPECT_EQ(r.bytes_removed, local.garbage_bytes);
+  EXPECT_FALSE(PathExists(garbage_path));
+  EXPECT_TRUE(VerifyRepository(*remote, VerifyOptions(std::nullopt, 1), nullptr).clean());
+  EXPECT_EQ(remote->CollectGarbage(options).chunks_removed, 0u);
+  EXPECT_EQ(KindOf([&] {
+              GcOptions bad;
+              bad.threads = 65;
+              remote->CollectGarbage(bad);
+            }),
+            ErrorKind::kBadInput);
+}
+
+// A GC runs off the service's event loop: other clients' calls are answered
+// while it waits on the file system. (Its mark here waits on a FIFO posing
+// as a staged index, until the test writes to it.)
+TEST_F(RepositoryServiceTest, AGcDoesNotHoldUpOtherCalls) {
+  auto server = Serve(config_, nullptr);
+  auto gc_link = RemoteRepository::Connect(Endpoint(*server, "tok-a", "a"));
+  auto other = RemoteRepository::Connect(Endpoint(*server, "tok-a", "a"));
+  const std::string dir = (dir_ / "a").string();
+  const std::string id = test::WriteTestPoint(*other, {"one"});
+  const std::string fifo_dir = dir + "/staging/20261201T000000Z-fifo";
+  MakeDirectory(fifo_dir);
+  const std::string fifo = fifo_dir + "/disk0.fidx";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+
+  std::optional<GcReport> report;
+  std::string failure;
+  std::thread gc([&] {
+    GcOptions o;
+    o.dry_run = true;  // a real GC would first sweep the odd staging away
+    try {
+      report = gc_link->CollectGarbage(o);
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+  });
+  // Until the GC's mark has the FIFO open for reading, opening it to write without blocking fails.
+  int writer = -1;
+  for (int i = 0; i < 500 && writer < 0; ++i) {
+    writer = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    if (writer < 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_GE(writer, 0) << "the GC never read staging";
+  EXPECT_EQ(other->points().List(), std::vector<std::string>{id});
+  EXPECT_EQ(other->points().LoadAll().points.size(), 1u);  // the point store's threads
+  auto [d, e] = Chunk(3);
+  EXPECT_TRUE(other->chunks().Insert(d, e));  // the chunk threads
+  EXPECT_FALSE(report.has_value());
+  ::close(writer);  // end of file: the GC goes on
+  gc.join();
+  ASSERT_TRUE(report) << failure;
+  EXPECT_EQ(report->staged_points, 1u);
+  EXPECT_EQ(report->points, 1u);
+}
+
+// A client's cancel flag cancels the call (kInterrupted, at once), and the
+// cancelled call interrupts the service's GC, which lets go of the lock.
+TEST_F(RepositoryServiceTest, ACancelledGcIsInterrupted) {
+  auto server = Serve(config_, nullptr);
+  auto remote = RemoteRepository::Connect(Endpoint(*server, "tok-a", "a"));
+  const std::string dir = (dir_ / "a").string();
+  test::WriteTestPoint(*remote, {"one"});
+  const std::string fifo_dir = dir + "/staging/20261201T000000Z-fifo";
+  MakeDirectory(fifo_dir);
+  const std::string fifo = fifo_dir + "/disk0.fidx";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+
+  std::atomic<bool> cancel{false};
+  std::optional<ErrorKind> kind;
+  std::string message;
+  std::thread gc([&] {
+    GcOptions o;
+    o.dry_run = true;
+    o.cancel = &cancel;
+    kind = KindOf([&] { remote->CollectGarbage(o); }, &message);
+  });
+  int writer = -1;
+  for (int i = 0; i < 500 && writer < 0; ++i) {
+    writer = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    if (writer < 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_GE(writer, 0) << "the GC never read staging";
+  cancel = true;
+  gc.join();  // while the service's GC still waits on the FIFO
+  EXPECT_EQ(kind, ErrorKind::kInterrupted) << message;
+  ::close(writer);
+  ASSERT_EQ(::unlink(fifo.c_str()), 0);
+  // The service's GC, told to stop, ends and unlocks; then one runs through.
+  GcOptions o;
+  o.dry_run = true;
+  std::optional<GcReport> done;
+  for (int i = 0; i < 100 && !done; ++i) {
+    try {
+      done = remote->CollectGarbage(o);
+    } catch (const Error& e) {
+      ASSERT_EQ(e.kind(), ErrorKind::kRetryable) << e.what();
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+  ASSERT_TRUE(done) << "the cancelled GC still holds the lock";
+  EXPECT_EQ(done->points, 1u);
 }
 
 // A worker sends a disk on the disk task's connection and commits the point

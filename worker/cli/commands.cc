@@ -103,15 +103,17 @@ std::set<std::string> RepoOptions(std::set<std::string> valued) {
   return valued;
 }
 
-std::unique_ptr<Repository> OpenRepo(const Arguments& a) {
+rpc::RepositoryAccess RepoAccess(const Arguments& a) {
   rpc::RepositoryAccess access;
   if (auto file = a.Get("repo-token-file")) {
     access.token = ReadTokenFile(*file, "option --repo-token-file");
   }
   access.ca_file = a.Get("repo-ca").value_or("");
   access.server_name = a.Get("repo-server-name").value_or("");
-  return rpc::OpenRepository(a.Require("repo"), access);
+  return access;
 }
+
+std::unique_ptr<Repository> OpenRepo(const Arguments& a) { return rpc::OpenRepository(a.Require("repo"), RepoAccess(a)); }
 
 int InitCommand(const Args& args) {
   Arguments a(args, {"repo", "chunk-size", "compression-level", "sync-level"}, {});

@@ -11,6 +11,7 @@
 
 #include "ferry/common/arguments.h"
 #include "ferry/common/repository.h"
+#include "ferry/rpc/repository_service.h"
 
 namespace ferry::cli {
 
@@ -19,12 +20,14 @@ using Args = std::vector<std::string>;
 // Every command that takes --repo takes a directory or a repository service
 // address (ferry+tls://HOST:PORT/NAME), and for an address these options.
 // RepoOptions adds them to a command's valued options; OpenRepo opens what
-// --repo names.
+// --repo names; RepoAccess is those options alone (for the calls that take
+// a location and open it themselves: gc, space).
 //   --repo-token-file FILE   the service token (else $FERRY_REPOSITORY_TOKEN)
 //   --repo-ca FILE           CA certificates to trust for ferry+tls://
 //   --repo-server-name NAME  the name in the service's certificate
 std::set<std::string> RepoOptions(std::set<std::string> valued);
 std::unique_ptr<Repository> OpenRepo(const Arguments& a);
+rpc::RepositoryAccess RepoAccess(const Arguments& a);
 
 // Set by SIGINT/SIGTERM; long operations stop with kInterrupted.
 extern std::atomic<bool> g_interrupted;

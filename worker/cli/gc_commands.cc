@@ -1,7 +1,7 @@
 // Repository upkeep on the command line: `ferry gc` (garbage collection) and
-// `ferry space` (space accounting), both over a local repository directory
+// `ferry space` (space accounting), of a local repository directory or of a
+// repository service's, which then runs them where its files are
 // (common/include/ferry/common/gc.h, docs/gc.md).
-#include <boost/json.hpp>
 #include <cstdio>
 #include <iostream>
 
@@ -10,25 +10,12 @@
 #include "ferry/common/error.h"
 #include "ferry/common/gc.h"
 #include "ferry/common/log.h"
+#include "ferry/rpc/repository_service.h"
 #include "progress.h"
-
-namespace json = boost::json;
 
 namespace ferry::cli {
 
 namespace {
-
-// GC and space accounting read the chunk directories themselves: they run
-// where the repository's directory is.
-std::string LocalRepositoryDirectory(const Arguments& a, const std::string& command) {
-  std::string dir = a.Require("repo");
-  if (dir.find("://") != std::string::npos) {
-    throw Error(ErrorKind::kBadInput, "ferry " + command +
-                                          " runs on the machine that holds the repository's "
-                                          "directory; give --repo as that directory, not a service address");
-  }
-  return dir;
-}
 
 std::string Fixed(double v, int digits) {
   char buf[32];
@@ -52,8 +39,8 @@ std::string DescribeProgress(const GcProgress& p) {
 }  // namespace
 
 int GcCommand(const Args& args) {
-  Arguments a(args, {"repo", "window", "threads"}, {"dry-run", "json"});
-  const std::string dir = LocalRepositoryDirectory(a, "gc");
+  Arguments a(args, RepoOptions({"window", "threads"}), {"dry-run", "json"});
+  const std::string location = a.Require("repo");
   GcOptions options;
   options.dry_run = a.Has("dry-run");
   options.cancel = &g_interrupted;
@@ -63,30 +50,10 @@ int GcCommand(const Args& args) {
   GcReport r;
   {
     ProgressLine line([&] { return DescribeProgress(progress); });
-    r = CollectGarbage(dir, options, &progress);
+    r = rpc::CollectGarbage(location, RepoAccess(a), options, &progress);
   }
   if (a.Has("json")) {
-    json::object o{{"dry_run", r.dry_run},
-                   {"resumed", r.resumed},
-                   {"cutoff", r.cutoff},
-                   {"points", r.points},
-                   {"staged_points", r.staged_points},
-                   {"indexes", r.indexes},
-                   {"unchecked_indexes", r.unchecked_indexes},
-                   {"chunks_referenced", r.chunks_referenced},
-                   {"chunks_seen", r.chunks_seen},
-                   {"chunks_removed", r.chunks_removed},
-                   {"bytes_removed", r.bytes_removed},
-                   {"chunks_kept_by_window", r.chunks_kept_by_window},
-                   {"bytes_kept_by_window", r.bytes_kept_by_window},
-                   {"chunks_rescued", r.chunks_rescued},
-                   {"temp_files_removed", r.temp_files_removed},
-                   {"quarantined_chunks", r.quarantined_chunks},
-                   {"quarantined_bytes", r.quarantined_bytes},
-                   {"mark_seconds", r.mark_seconds},
-                   {"sweep_seconds", r.sweep_seconds},
-                   {"seconds", r.seconds}};
-    std::cout << json::serialize(o) << std::endl;
+    std::cout << GcReportJson(r) << std::endl;
     return 0;
   }
   const std::string verb = r.dry_run ? "would remove" : "removed";
@@ -110,8 +77,8 @@ int GcCommand(const Args& args) {
 }
 
 int SpaceCommand(const Args& args) {
-  Arguments a(args, {"repo"}, {"json"});
-  const std::string dir = LocalRepositoryDirectory(a, "space");
+  Arguments a(args, RepoOptions({}), {"json"});
+  const std::string location = a.Require("repo");
   GcProgress progress;
   SpaceReport r;
   {
@@ -122,37 +89,10 @@ int SpaceCommand(const Args& args) {
                  : "space: " + std::to_string(progress.directories_done.load()) + " / " +
                        std::to_string(kChunkDirectories) + " chunk directories";
     });
-    r = MeasureSpace(dir, &progress);
+    r = rpc::MeasureSpace(location, RepoAccess(a), &progress);
   }
   if (a.Has("json")) {
-    json::array points, problems;
-    for (const auto& p : r.points_space) {
-      points.push_back(json::object{{"id", p.id},
-                                    {"vm", p.vm},
-                                    {"chain", p.chain},
-                                    {"logical_bytes", p.logical_bytes},
-                                    {"chunks", p.chunks},
-                                    {"unique_chunks", p.unique_chunks},
-                                    {"unique_bytes", p.unique_bytes}});
-    }
-    for (const auto& p : r.problems) problems.emplace_back(p);
-    json::object o{{"point_count", r.points},
-                   {"chunks", r.chunks},
-                   {"stored_bytes", r.stored_bytes},
-                   {"referenced_chunks", r.referenced_chunks},
-                   {"referenced_bytes", r.referenced_bytes},
-                   {"missing_chunks", r.missing_chunks},
-                   {"garbage_chunks", r.garbage_chunks},
-                   {"garbage_bytes", r.garbage_bytes},
-                   {"staged_only_chunks", r.staged_only_chunks},
-                   {"staged_only_bytes", r.staged_only_bytes},
-                   {"logical_bytes", r.logical_bytes},
-                   {"quarantined_chunks", r.quarantined_chunks},
-                   {"quarantined_bytes", r.quarantined_bytes},
-                   {"dedup_ratio", r.dedup_ratio},
-                   {"points", std::move(points)},
-                   {"problems", std::move(problems)}};
-    std::cout << json::serialize(o) << std::endl;
+    std::cout << SpaceReportJson(r) << std::endl;
     return 0;
   }
   std::printf("%-30s %-16s %-10s %10s %9s %9s %10s\n", "POINT", "VM", "CHAIN", "LOGICAL", "CHUNKS", "UNIQUE", "FREES");
@@ -161,6 +101,18 @@ int SpaceCommand(const Args& args) {
                 HumanBytes(static_cast<double>(p.logical_bytes)).c_str(), static_cast<unsigned long long>(p.chunks),
                 static_cast<unsigned long long>(p.unique_chunks),
                 HumanBytes(static_cast<double>(p.unique_bytes)).c_str());
+  }
+  if (!r.chains.empty()) {
+    std::printf("\n%-30s %7s %10s %9s %10s %9s %10s %6s\n", "CHAIN", "POINTS", "LOGICAL", "CHUNKS", "STORED",
+                "UNIQUE", "FREES", "DEDUP");
+    for (const auto& c : r.chains) {
+      std::printf("%-30s %7llu %10s %9llu %10s %9llu %10s %6s\n", c.chain.empty() ? "-" : c.chain.c_str(),
+                  static_cast<unsigned long long>(c.points), HumanBytes(static_cast<double>(c.logical_bytes)).c_str(),
+                  static_cast<unsigned long long>(c.chunks), HumanBytes(static_cast<double>(c.stored_bytes)).c_str(),
+                  static_cast<unsigned long long>(c.unique_chunks),
+                  HumanBytes(static_cast<double>(c.unique_bytes)).c_str(), Fixed(c.dedup_ratio, 2).c_str());
+    }
+    std::printf("\n");
   }
   auto bytes = [](uint64_t b) { return HumanBytes(static_cast<double>(b)); };
   std::cout << "repository: " << r.points << " point(s), " << bytes(r.logical_bytes) << " logical; " << r.chunks
@@ -177,7 +129,9 @@ int SpaceCommand(const Args& args) {
     std::cout << "quarantine: " << r.quarantined_chunks << " damaged chunk(s), " << bytes(r.quarantined_bytes) << "\n";
   }
   for (const auto& p : r.problems) std::cout << "NOTE " << p << "\n";
-  std::cout << "FREES: what removing that point alone frees (its unique chunks), after a GC" << std::endl;
+  std::cout << "FREES: what removing that point alone (or every point of that chain) frees: its unique chunks, "
+               "after a GC"
+            << std::endl;
   return 0;
 }
 

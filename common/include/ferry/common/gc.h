@@ -37,6 +37,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace ferry {
@@ -120,6 +121,19 @@ struct PointSpace {
   uint64_t unique_bytes = 0;   // their stored bytes: what removing this point alone frees (after a GC)
 };
 
+// The same per chain (a coordinator job writes one chain; `ferry backup
+// --chain`). A point whose manifest cannot be read counts in chain "".
+struct ChainSpace {
+  std::string chain;
+  uint64_t points = 0;
+  uint64_t logical_bytes = 0;  // the sizes of its points' disks
+  uint64_t chunks = 0;         // distinct chunks its points reference
+  uint64_t stored_bytes = 0;   // their stored bytes (of those that have a chunk file)
+  uint64_t unique_chunks = 0;  // of which no point of another chain, and no staged point, references
+  uint64_t unique_bytes = 0;   // their stored bytes: what removing every point of the chain frees (after a GC)
+  double dedup_ratio = 0;      // logical_bytes / stored_bytes (0 when nothing is stored)
+};
+
 struct SpaceReport {
   uint64_t points = 0;
   uint64_t chunks = 0;             // chunk files
@@ -136,10 +150,22 @@ struct SpaceReport {
   uint64_t quarantined_bytes = 0;
   double dedup_ratio = 0;                // logical_bytes / referenced_bytes (0 when nothing is stored)
   std::vector<PointSpace> points_space;  // oldest first
+  std::vector<ChainSpace> chains;        // by name
   std::vector<std::string> problems;     // points read best-effort, and why
 };
 
 // One read of every index plus one stat of every chunk file; changes nothing.
 SpaceReport MeasureSpace(const std::string& repo_dir, GcProgress* progress);
+
+// The one JSON form of the reports: what `ferry gc --json` and `ferry space
+// --json` print and what the repository service answers (docs/gc.md,
+// "Output" and "Space accounting"). One object, no newline. Reading refuses
+// a member of the wrong type or a missing one (kCorrupt, naming it), and
+// ignores members it does not know (a newer service's). A GcReport read
+// back has no started_at and cutoff_ns (not part of the JSON; cutoff is).
+std::string GcReportJson(const GcReport& report);
+GcReport GcReportFromJson(std::string_view text);
+std::string SpaceReportJson(const SpaceReport& report);
+SpaceReport SpaceReportFromJson(std::string_view text);
 
 }  // namespace ferry

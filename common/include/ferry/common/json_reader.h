@@ -32,6 +32,8 @@ class JsonReader {
   // Sizes and counts of stored data: 0 to 2^64 - 1.
   std::optional<uint64_t> Unsigned(const char* key, bool required);
   std::optional<bool> Bool(const char* key, bool required);
+  // Any finite number (an integer reads as its value).
+  std::optional<double> Double(const char* key, bool required);
   std::optional<std::vector<std::string>> NameList(const char* key, bool required);
   // Strings of up to `max_length` characters each, any content.
   std::optional<std::vector<std::string>> StringList(const char* key, bool required, size_t max_length = 256);

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "ferry/common/checksum.h"
+#include "ferry/common/gc.h"
 #include "ferry/common/repository.h"
 #include "ferry/rpc/worker_tokens.h"
 
@@ -156,10 +157,28 @@ class RemoteRepository : public ferry::Repository {
   virtual const RemoteRepositoryInfo& info() const = 0;
   // Connections made again after a loss, so far.
   virtual uint64_t reconnects() const = 0;
+
+  // Upkeep run by the service on its directory (collectGarbage,
+  // measureSpace): ferry::CollectGarbage and ferry::MeasureSpace there, with
+  // their errors' kinds (kRetryable: another GC is running). Of `options`,
+  // window, dry_run, threads and cancel count: when *cancel turns true
+  // (polled every 200 ms) the call is cancelled, which interrupts the
+  // service's GC (resumable), and this throws kInterrupted. A service older
+  // than these calls: kBadInput, saying so.
+  virtual GcReport CollectGarbage(const GcOptions& options) = 0;
+  virtual SpaceReport MeasureSpace() = 0;
 };
 
 // The one way a command or a worker opens a repository: a service URL
 // (connecting with `access`), else a local directory (Repository::Open).
 std::unique_ptr<ferry::Repository> OpenRepository(const std::string& location, const RepositoryAccess& access);
+
+// GC and space accounting where the repository's files are: for a directory,
+// ferry::CollectGarbage / ferry::MeasureSpace on it; for a service URL, the
+// service runs them on its directory (RemoteRepository::CollectGarbage;
+// `progress` is not sent over the wire and stays at kStarting).
+GcReport CollectGarbage(const std::string& location, const RepositoryAccess& access, const GcOptions& options,
+                        GcProgress* progress);
+SpaceReport MeasureSpace(const std::string& location, const RepositoryAccess& access, GcProgress* progress = nullptr);
 
 }  // namespace ferry::rpc
