@@ -609,7 +609,7 @@ const char kJobSelect[] =
     "(SELECT state FROM sessions s WHERE s.job_id = j.id AND s.kind = 'backup' ORDER BY id DESC LIMIT 1), "
     "j.retention, j.lock_days, j.check_schedule, j.check_skip_verified_s, j.next_check_at, "
     "(SELECT COUNT(*) FROM points p WHERE p.job_id = j.id AND p.removed_at IS NULL), "
-    "(SELECT COALESCE(SUM(p.unique_bytes), 0) FROM points p WHERE p.job_id = j.id AND p.removed_at IS NULL), "
+    "(SELECT space FROM repositories r WHERE r.id = j.repository_id), "
     "(SELECT id FROM sessions s WHERE s.job_id = j.id AND s.kind = 'check' ORDER BY id DESC LIMIT 1), "
     "(SELECT state FROM sessions s WHERE s.job_id = j.id AND s.kind = 'check' ORDER BY id DESC LIMIT 1) "
     "FROM jobs j ";
@@ -627,10 +627,17 @@ json::object JobJson(Statement& s) {
   job["last_session"] = s.IsNull(13) ? json::value(nullptr) : json::value(json::object{{"id", s.Int(13)}, {"state", s.Text(14)}});
   AddJobLifecycleJson(job, JobLifecycleFromRow(s, 15), s.OptInt(19));
   job["last_check"] = s.IsNull(22) ? json::value(nullptr) : json::value(json::object{{"id", s.Int(22)}, {"state", s.Text(23)}});
-  // Its points now, and what removing them all alone would free at least
-  // (the sum of their unique bytes at the last space measurement).
+  // Its points now, and its chain's figures at its repository's last space
+  // measurement (unique_bytes: what removing all of them frees).
   job["points"] = s.Int(20);
-  job["unique_bytes"] = s.Int(21);
+  json::value space = nullptr;
+  if (!s.IsNull(21)) {
+    json::value r = json::parse(s.Text(21));
+    if (const json::value* chains = r.is_object() ? r.as_object().if_contains("chains") : nullptr; chains && chains->is_array())
+      for (const auto& c : chains->as_array())
+        if (c.is_object() && c.as_object().contains("chain") && c.at("chain") == json::value(s.Text(8))) space = c;
+  }
+  job["space"] = space;
   return job;
 }
 

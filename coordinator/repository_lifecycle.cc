@@ -29,19 +29,6 @@ std::string Bytes(uint64_t n) {
   return buf;
 }
 
-// Until the repository service runs GC and space accounting (merge pending):
-// directories only.
-GcReport CollectGarbageAt(const std::string& location, const rpc::RepositoryAccess&, const GcOptions& o) {
-  if (rpc::ParseRepositoryUrl(location))
-    throw Error(ErrorKind::kRetryable, "garbage collection of a repository service runs on the service (ferry gc there)");
-  return CollectGarbage(location, o, nullptr);
-}
-SpaceReport MeasureSpaceAt(const std::string& location, const rpc::RepositoryAccess&) {
-  if (rpc::ParseRepositoryUrl(location))
-    throw Error(ErrorKind::kRetryable, "space accounting of a repository service runs on the service (ferry space there)");
-  return MeasureSpace(location, nullptr);
-}
-
 }  // namespace
 
 RepositoryLifecycle::RepositoryLifecycle(SessionRunner& runner, SessionRunner::Clock clock, LifecycleOptions options)
@@ -243,7 +230,7 @@ void RepositoryLifecycle::RunAfterSession(int64_t session_id) {
       try {
         rpc::RepositoryAccess access;
         access.token = repo_row.token;
-        GcReport gc = CollectGarbageAt(repo_row.location, access, g);
+        GcReport gc = rpc::CollectGarbage(repo_row.location, access, g, nullptr);
         outcome["gc"] = json::object{{"chunks_removed", gc.chunks_removed}, {"bytes_removed", gc.bytes_removed},
                                      {"chunks_kept_by_window", gc.chunks_kept_by_window}, {"seconds", gc.seconds}};
         Log(session_id, "info", "garbage collection removed " + std::to_string(gc.chunks_removed) + " chunk(s), " +
@@ -297,7 +284,7 @@ void RepositoryLifecycle::ReconcileRemoved(Repository& repo, int64_t repository_
 json::object RepositoryLifecycle::MeasureSpaceInto(const RepositoryRow& r) {
   rpc::RepositoryAccess access;
   access.token = r.token;
-  SpaceReport s = MeasureSpaceAt(r.location, access);
+  SpaceReport s = rpc::MeasureSpace(r.location, access);
   json::object space = SpaceSummaryJson(s, clock_());
   runner_.Write([&](Database& db) {
     db.Prepare("UPDATE repositories SET space = ? WHERE id = ?").Bind(1, json::serialize(space)).Bind(2, r.id).Run();

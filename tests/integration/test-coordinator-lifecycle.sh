@@ -131,7 +131,12 @@ api GET "/points?job=$JOB" | python3 -c '
 import json, sys
 for p in json.load(sys.stdin)["points"]:
     assert p["logical_bytes"] == 16 * 1024 * 1024 and p["unique_bytes"] is not None, p' || fail "point space: $(api GET "/points?job=$JOB")"
-ok "space: $(api GET /repositories/1 | jpy 'd["space"]')"
+api GET "/jobs/$JOB" | python3 -c '
+import json, sys
+s = json.load(sys.stdin)["space"]
+assert s["chain"] == "life" and s["points"] == 3 and s["logical_bytes"] == 3 * 16 * 1024 * 1024, s
+assert 0 < s["unique_bytes"] <= s["stored_bytes"], s' || fail "job space: $(api GET "/jobs/$JOB")"
+ok "space: repository $(api GET /repositories/1 | jpy 'd["space"]["stored_bytes"]') bytes stored; job $(api GET "/jobs/$JOB" | jpy 'd["space"]')"
 
 # kill -9 and restart: the lock holds.
 coord_kill9
