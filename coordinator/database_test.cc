@@ -146,6 +146,18 @@ constexpr const char* kDropMigration6 =
 // Migration 7 (appliances) undone.
 constexpr const char* kDropMigration7 = "DROP TABLE appliances; DROP INDEX snapshots_open_by_host; ";
 
+// Migration 8 (the repository lifecycle of jobs) undone.
+constexpr const char* kDropMigration8 =
+    "DROP INDEX sessions_lifecycle_pending; DROP INDEX points_by_job; "
+    "ALTER TABLE jobs DROP COLUMN retention; ALTER TABLE jobs DROP COLUMN lock_days; "
+    "ALTER TABLE jobs DROP COLUMN check_schedule; ALTER TABLE jobs DROP COLUMN check_skip_verified_s; "
+    "ALTER TABLE jobs DROP COLUMN next_check_at; ALTER TABLE sessions DROP COLUMN lifecycle_state; "
+    "ALTER TABLE sessions DROP COLUMN lifecycle; ALTER TABLE points DROP COLUMN locked_until; "
+    "ALTER TABLE points DROP COLUMN removed_at; ALTER TABLE points DROP COLUMN check_state; "
+    "ALTER TABLE points DROP COLUMN checked_at; ALTER TABLE points DROP COLUMN check_problem; "
+    "ALTER TABLE points DROP COLUMN check_problems; ALTER TABLE points DROP COLUMN unique_bytes; "
+    "ALTER TABLE repositories DROP COLUMN space; ";
+
 TEST(Database, Migration5GivesExistingTasksNoStatistics) {
   std::string path = TempPath();
   std::filesystem::remove(path);
@@ -153,7 +165,7 @@ TEST(Database, Migration5GivesExistingTasksNoStatistics) {
     // As the version before it left the file (migration 4 is the last;
     // migration 6 undone too).
     Database db = Database::Open(path);
-    db.Execute(std::string(kDropMigration7) + kDropMigration6 + kDropMigration5 + "PRAGMA user_version = 4");
+    db.Execute(std::string(kDropMigration8) + kDropMigration7 + kDropMigration6 + kDropMigration5 + "PRAGMA user_version = 4");
     MakeSessionFixture(db);
     AddSessionWithTasks(db, 1, 3);
   }
@@ -185,7 +197,7 @@ TEST(Database, Migration2BackfillsTotalsOfExistingSessions) {
         "CREATE INDEX tasks_by_session ON tasks(session_id, state, bytes_done, bytes_total, rate); "
         "CREATE INDEX tasks_live ON tasks(state) WHERE state IN ('waiting', 'queued', 'running'); "
         "ALTER TABLE repositories DROP COLUMN token; ALTER TABLE repositories DROP COLUMN bandwidth; "
-        "ALTER TABLE workers DROP COLUMN bandwidth; " + std::string(kDropMigration7) + kDropMigration5 + kDropMigration6 +
+        "ALTER TABLE workers DROP COLUMN bandwidth; " + std::string(kDropMigration8) + kDropMigration7 + kDropMigration5 + kDropMigration6 +
         "PRAGMA user_version = 1");
     MakeSessionFixture(db);
     AddSessionWithTasks(db, 1, 4);
@@ -211,7 +223,7 @@ TEST(Database, Migration6RebuildsSessionsAndTasksKeepingEverything) {
     // Back to version 5: migration 6's objects removed. (Sessions and tasks
     // keep their new column types; the rebuild reads them the same way.)
     Database db = Database::Open(path);
-    db.Execute(std::string(kDropMigration7) + kDropMigration6 + "PRAGMA user_version = 5");
+    db.Execute(std::string(kDropMigration8) + kDropMigration7 + kDropMigration6 + "PRAGMA user_version = 5");
     MakeSessionFixture(db);
     AddSessionWithTasks(db, 1, 3);
     db.Execute("UPDATE tasks SET state = 'succeeded', bytes_done = bytes_total, bytes_read = 7, wall_us = 1000, "
@@ -323,7 +335,7 @@ TEST(Database, Migration7AddsAppliancesKeepingHostsAndWorkers) {
   std::filesystem::remove(path);
   {
     Database db = Database::Open(path);
-    db.Execute(std::string(kDropMigration7) + "PRAGMA user_version = 6");
+    db.Execute(std::string(kDropMigration8) + kDropMigration7 + "PRAGMA user_version = 6");
     MakeSessionFixture(db);
     db.Execute("INSERT INTO workers (id, name, token_hash, host_id, created_at) VALUES (1, 'w', 'hash', 1, 1)");
   }
@@ -344,6 +356,36 @@ TEST(Database, Migration7AddsAppliancesKeepingHostsAndWorkers) {
   EXPECT_EQ(row.Int(0), 1);
   EXPECT_EQ(row.Text(1), "deploying");
   EXPECT_EQ(row.Text(2), "");
+}
+
+TEST(Database, Migration8GivesJobsNoLifecycleAndKeepsPoints) {
+  std::string path = TempPath();
+  std::filesystem::remove(path);
+  {
+    Database db = Database::Open(path);
+    db.Execute(std::string(kDropMigration8) + "PRAGMA user_version = 7");
+    MakeSessionFixture(db);
+    AddSessionWithTasks(db, 1, 1);
+    db.Execute("INSERT INTO points (point_id, repository_id, job_id, session_id, vm_name, chain, created_at) "
+               "VALUES ('p1', 1, 1, 1, 'vm1', 'default', 1)");
+  }
+  Database db = Database::Open(path);
+  EXPECT_EQ(db.SchemaVersion(), LatestSchemaVersion());
+  Statement job = db.Prepare("SELECT retention IS NULL, lock_days, check_schedule IS NULL, next_check_at IS NULL FROM jobs WHERE id = 1");
+  ASSERT_TRUE(job.Step());
+  EXPECT_EQ(job.Int(0), 1);
+  EXPECT_EQ(job.Int(1), 0);
+  EXPECT_EQ(job.Int(2), 1);
+  EXPECT_EQ(job.Int(3), 1);
+  Statement point = db.Prepare("SELECT point_id, removed_at IS NULL, check_state IS NULL, check_problems FROM points");
+  ASSERT_TRUE(point.Step());
+  EXPECT_EQ(point.Text(0), "p1");
+  EXPECT_EQ(point.Int(1), 1);
+  EXPECT_EQ(point.Int(2), 1);
+  EXPECT_EQ(point.Int(3), 0);
+  Statement session = db.Prepare("SELECT lifecycle_state IS NULL FROM sessions WHERE id = 1");
+  ASSERT_TRUE(session.Step());
+  EXPECT_EQ(session.Int(0), 1) << "sessions from before migration 8 have no lifecycle step due";
 }
 
 }  // namespace
