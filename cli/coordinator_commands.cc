@@ -14,6 +14,7 @@
 #include "ferry/common/arguments.h"
 #include "ferry/common/error.h"
 #include "ferry/common/file_util.h"
+#include "ferry/common/retention.h"
 #include "ferry/http/client.h"
 
 namespace json = boost::json;
@@ -37,15 +38,19 @@ line, where other users could read it).
        | set ID [--location L] [--repo-token-file FILE] [--slots N] [--bandwidth CAP] | rm ID
   (--repo-token-file: the repository service's token, or its key frk-...)
   (CAP: e.g. "100MiB/s; 50MB/s 08:00-18:00 mon-fri", or unlimited: docs/throttling.md)
-  job list | show JOB | rm JOB | start JOB [--watch] | stop JOB
+  job list | show JOB | rm JOB | start JOB [--watch] | stop JOB | check JOB [--watch]
       | create NAME --repo ID [--vm NAME ...] [--tag T ...] [--host H ...] [--cluster C ...]
                [--exclude-disk [VM/]DISK ...] [--daily HH:MM | --every HOURS | --cron EXPR]
                [--permitted-hours 0-6,22-23] [--retries N] [--retry-interval SECONDS]
                [--chain NAME] [--disabled]
+               [--keep-last N] [--keep-within Nd] [--keep-daily N] [--keep-weekly N]
+               [--keep-monthly N] [--keep-yearly N] [--lock-days N]
+               [--check-daily HH:MM | --check-cron EXPR] [--check-skip-verified-days N]
       | create --file JOB.json | set JOB --file PATCH.json
       (JOB is an id or a name)
-  session list [--job JOB] [--kind backup|restore|all] | show ID | log ID | watch ID | stop ID
-  point list [--job JOB] [--vm NAME]
+  session list [--job JOB] [--kind backup|restore|check|all] | show ID | log ID | watch ID | stop ID
+  point list [--job JOB] [--vm NAME] [--removed] | show ID | rm ID
+      | lock ID (--days N | --until 2027-01-31T00:00:00Z) [--reason TEXT]
   restore disk POINT DISK --host H (--to PATH [--format raw|qcow2]
                                    | --into-vm DOMAIN [--target-disk D]) [--wait]
   restore vm POINT --host H (--dir PATH | --pool POOL) [--name NEW] [--format qcow2|raw]
@@ -255,6 +260,38 @@ json::object JobFromOptions(const std::string& name, const Arguments& a) {
   if (!retries.empty()) job["retries"] = retries;
   if (auto chain = a.Get("chain")) job["chain"] = json::object{{"name", *chain}};
   if (a.Has("disabled")) job["enabled"] = false;
+  // Retention: the options of `ferry prune`, read by the same rule parser.
+  RetentionPolicy policy;
+  bool any_rule = false;
+  for (const auto& rule : RetentionRuleNames()) {
+    if (auto v = a.Get(rule)) {
+      try {
+        SetRetentionRule(&policy, rule, *v);
+      } catch (const Error& e) {
+        throw Error(e.kind(), std::string("option --") + e.what());
+      }
+      any_rule = true;
+    }
+  }
+  if (any_rule) {
+    json::object r;
+    for (auto [key, n] : {std::pair<const char*, int64_t>{"keep_last", policy.keep_last}, {"keep_within_days", policy.keep_within_days},
+                          {"keep_daily", policy.keep_daily}, {"keep_weekly", policy.keep_weekly},
+                          {"keep_monthly", policy.keep_monthly}, {"keep_yearly", policy.keep_yearly}})
+      if (n > 0) r[key] = n;
+    job["retention"] = r;
+  }
+  if (auto n = a.GetInt("lock-days", 0, 36500)) job["lock_days"] = *n;
+  json::object check_schedule;
+  if (auto at = a.Get("check-daily")) check_schedule = {{"kind", "daily"}, {"at", *at}};
+  if (auto expr = a.Get("check-cron")) check_schedule = {{"kind", "cron"}, {"expr", *expr}};
+  if (!check_schedule.empty()) {
+    json::object check{{"schedule", check_schedule}};
+    if (auto n = a.GetInt("check-skip-verified-days", 0, 3650)) check["skip_verified_within_days"] = *n;
+    job["health_check"] = check;
+  } else if (a.Has("check-skip-verified-days")) {
+    throw Error(ErrorKind::kBadInput, "--check-skip-verified-days needs --check-daily or --check-cron");
+  }
   return job;
 }
 
@@ -429,8 +466,12 @@ int CoordinatorCommand(const std::string& url, const std::vector<std::string>& a
                                         "repo", "vm", "tag", "exclude-disk", "daily", "every", "cron",
                                         "permitted-hours", "retries", "retry-interval", "chain", "file", "job",
                                         "bandwidth", "repo-token-file",
-                                        "kind", "to", "format", "into-vm", "target-disk", "dir", "pool", "name"};
-  Arguments a(options, valued, {"json", "watch", "disabled", "wait", "keep-macs", "overwrite", "yes"});
+                                        "kind", "to", "format", "into-vm", "target-disk", "dir", "pool", "name",
+                                        "lock-days", "check-daily", "check-cron", "check-skip-verified-days",
+                                        "days", "until", "reason"};
+  std::set<std::string> valued_all = valued;
+  for (const auto& rule : RetentionRuleNames()) valued_all.insert(rule);
+  Arguments a(options, valued_all, {"json", "watch", "disabled", "wait", "keep-macs", "overwrite", "yes", "removed"});
   bool raw = a.Has("json");
   ApiClient api(url, token, ca);
   auto show = [&](const json::value& v) { std::cout << json::serialize(v) << "\n"; };
@@ -443,10 +484,11 @@ int CoordinatorCommand(const std::string& url, const std::vector<std::string>& a
       {"vm", {"id", "name", "host", "cluster", "state"}},
       {"worker", {"id", "name", "host", "state", "task_slots", "running_tasks", "bandwidth", "last_heartbeat_at", "version"}},
       {"repo", {"id", "name", "location", "task_slots", "running_tasks", "points", "bandwidth"}},
-      {"job", {"id", "name", "repository", "schedule_description", "enabled", "next_run_at"}},
+      {"job", {"id", "name", "repository", "schedule_description", "enabled", "next_run_at", "retention_description",
+               "last_check.state"}},
       {"session", {"id", "kind", "job", "trigger", "state", "created_at", "ended_at", "reason"}},
       {"restore", {"id", "state", "created_at", "ended_at", "reason"}},
-      {"point", {"id", "vm", "point_id", "chain", "bytes_stored", "created_at"}}};
+      {"point", {"id", "vm", "point_id", "chain", "bytes_stored", "created_at", "locked_until", "last_check.state"}}};
   auto collection = kCollections.find(resource);
   if (collection == kCollections.end())
     throw Error(ErrorKind::kBadInput, "unknown resource '" + resource + "'\n" + kUsage);
@@ -465,6 +507,7 @@ int CoordinatorCommand(const std::string& url, const std::vector<std::string>& a
     if (auto job = a.Get("job")) query += "job=" + JobId(api, *job) + "&";
     if (auto vm = a.Get("vm")) query += "vm=" + *vm + "&";
     if (auto host = a.Get("host")) query += "host=" + *host + "&";
+    if (a.Has("removed")) query += "removed=true&";
     json::value v = api.Call("GET", path + (query.empty() ? "" : "?" + query.substr(0, query.size() - 1)));
     if (raw) show(v);
     else Table(v.at(collection->second).as_array(), kColumns.at(resource));
@@ -541,6 +584,20 @@ int CoordinatorCommand(const std::string& url, const std::vector<std::string>& a
       std::cout << "session " << stopped.at("session").as_int64() << " stopping\n";
       return 0;
     }
+    if (action == "check") {
+      json::value started = api.Call("POST", path + "/" + id + "/check");
+      std::string session = std::to_string(started.at("session").as_int64());
+      std::cout << "health check session " << session << " started\n";
+      return a.Has("watch") ? Watch(api, session, interrupted) : 0;
+    }
+  }
+  if (resource == "point" && action == "lock") {
+    json::object body;
+    if (auto d = a.GetInt("days", 1, 36500)) body["days"] = *d;
+    if (auto u = a.Get("until")) body["until"] = *u;
+    if (auto r = a.Get("reason")) body["reason"] = *r;
+    show(api.Call("POST", path + "/" + Positional(words, 0, "ID") + "/lock", json::serialize(body)));
+    return 0;
   }
   if (resource == "session" && action == "watch") return Watch(api, Positional(words, 0, "ID"), interrupted);
   if (resource == "session" && action == "stop") {

@@ -33,9 +33,9 @@ worker_start w --token-file "$WORK/w.token" --host host-a --qmp-dir "$WORK/qmp" 
 vm_reported() { [[ $(api GET /vms | jpy "len(d['vms'])") -ge 1 ]]; }
 wait_for "the VM to be reported" 30 vm_reported
 
-JOB=$(api POST /jobs '{"name": "life", "repository": 1, "selection": {"vms": ["life"]},
-  "retries": {"count": 0, "interval_s": 0}, "retention": {"keep_last": 2},
-  "health_check": {"schedule": {"kind": "daily", "at": "03:00"}}}' | jpy 'd["id"]')
+# The job, made with the CLI (its retention options are ferry prune's).
+JOB=$("$FERRY" --coordinator "$API" job create life --repo 1 --vm life --retries 0 --retry-interval 0 \
+  --keep-last 2 --check-daily 03:00 | jpy 'd["id"]') || fail "job create"
 [[ $(api GET "/jobs/$JOB" | jpy 'd["retention_description"]') == "keep-last 2" ]] || fail "the job's policy: $(api GET "/jobs/$JOB")"
 
 lifecycle_done() { [[ $(api GET "/sessions/$1" | jpy '(d["lifecycle"] or {}).get("state")') =~ ^(done|failed)$ ]]; }
@@ -77,8 +77,8 @@ EOF
 }
 
 run_session; P1=$P
-# A lock by hand: 1 day.
-out=$(api POST "/points/$P1/lock" '{"days": 1, "reason": "kept for the auditors"}')
+# A lock by hand (the CLI: POST /points/{id}/lock): 1 day.
+out=$("$FERRY" --coordinator "$API" point lock "$P1" --days 1 --reason "kept for the auditors") || fail "point lock"
 [[ $(jpy 'd["locked_until"] is not None' <<<"$out") == True ]] || fail "lock: $out"
 "$FERRY" list --repo "$REPO" --json | python3 -c '
 import json, sys
@@ -157,7 +157,8 @@ print(data[64:96].hex())  # chunk 0
 EOF
 )
 printf 'XXXX' | dd of="$REPO/chunks/${victim:0:3}/$victim" bs=1 seek=40 conv=notrunc status=none
-C=$(api POST "/jobs/$JOB/check" | jpy 'd["session"]')
+C=$("$FERRY" --coordinator "$API" job check life | sed -n 's/^health check session \([0-9]*\) started$/\1/p')
+[[ -n $C ]] || fail "ferry job check printed no session"
 wait_for "check session $C to end" 60 session_ended "$C"
 [[ $(session_state "$C") == warning ]] || fail "the check of a damaged repository: $(api GET "/sessions/$C")"
 api GET "/points?job=$JOB" >"$WORK/points.json"
@@ -182,6 +183,9 @@ import json, sys
 points = json.load(sys.stdin)["points"]
 assert all(p["last_check"]["state"] == "ok" for p in points), points' || fail "points after the second check: $(api GET "/points?job=$JOB")"
 kept=$(listed)
+"$FERRY" --coordinator "$API" point list --job life >"$WORK/point-list.txt" || fail "point list"
+grep -q "LOCKED_UNTIL\|locked_until" "$WORK/point-list.txt" && [[ $(grep -c " ok" "$WORK/point-list.txt") == 3 ]] ||
+  fail "ferry point list: $(cat "$WORK/point-list.txt")"
 [[ $kept == "$P1 $P4 $P5" ]] || fail "after 5 sessions the job has points $kept"
 "$FERRY" verify --repo "$REPO" >"$WORK/verify.log" 2>&1 || fail "verify: $(cat "$WORK/verify.log")"
 # shellcheck disable=SC2086
