@@ -61,6 +61,33 @@ TEST_F(PointCheckTest, EachPointChecked) {
   }
 }
 
+TEST_F(PointCheckTest, ByChainAndCancelled) {
+  std::string a = test::WriteTestPoint(*repo_, {"in-chain"}, "2026-11-30T10:00:00Z", "vm", "nightly");
+  std::string b = test::WriteTestPoint(*repo_, {"other"}, "2026-11-30T10:00:00Z", "vm", "weekly");
+  VerifyOptions o;
+  o.chain = "nightly";
+  o.record = true;
+  o.now = kT0;
+  VerifyReport r = VerifyRepository(*repo_, o, nullptr);
+  EXPECT_EQ(r.points, 1u);
+  ASSERT_EQ(r.checks.size(), 1u);
+  EXPECT_EQ(r.checks[0].point, a);
+  EXPECT_EQ(repo_->points().LoadChecks().count(b), 0u);
+  // Cancelled: kInterrupted, and nothing recorded.
+  std::atomic<bool> cancel{true};
+  o.chain.reset();
+  o.cancel = &cancel;
+  o.now = kT0 + kDay;
+  try {
+    VerifyRepository(*repo_, o, nullptr);
+    ADD_FAILURE() << "a cancelled verify finished";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInterrupted);
+  }
+  EXPECT_EQ(repo_->points().LoadChecks().count(b), 0u);
+  EXPECT_EQ(CheckOf(a).checked_at, kT0);
+}
+
 TEST_F(PointCheckTest, IncrementalSkipsWhatARecentCleanCheckReadAndNeverStretchesTheWindow) {
   std::string a = test::WriteTestPoint(*repo_, {"shared", "only-a"});
   ASSERT_TRUE(Verify(kT0).clean());

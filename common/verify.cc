@@ -132,6 +132,7 @@ VerifyReport VerifyRepository(Repository& repo, const VerifyOptions& options, Ve
     ChunkDecoder decoder;
     std::vector<uint8_t> encoded, plain;
     for (size_t i; (i = next++) < work.size();) {
+      if (options.cancel && options.cancel->load()) break;
       const auto& [digest, length] = work[i];
       try {
         // A damaged chunk is quarantined here, so no backup reuses it.
@@ -147,6 +148,7 @@ VerifyReport VerifyRepository(Repository& repo, const VerifyOptions& options, Ve
   std::vector<std::thread> pool;
   for (unsigned t = 0; t < std::max(1u, options.threads); ++t) pool.emplace_back(check);
   for (auto& t : pool) t.join();
+  if (options.cancel && options.cancel->load()) throw Error(ErrorKind::kInterrupted, "verify interrupted");
   report.chunks_checked = work.size();
   report.bytes_checked = bytes;
 

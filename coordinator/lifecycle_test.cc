@@ -258,6 +258,17 @@ TEST_F(LifecycleTest, ACheckCutShortByARestartRunsAgain) {
   EXPECT_EQ(Column("SELECT check_state FROM points WHERE id = ?", b.row), "ok");
 }
 
+TEST_F(LifecycleTest, AStoppedCheckEndsStoppedAndRecordsNothing) {
+  int64_t job = Job("", 0);
+  Backup b = RunBackup(job, {"data"});
+  int64_t check = lifecycle_->StartCheck(job, "manual");
+  EXPECT_TRUE(runner_->StopSession(check));
+  lifecycle_->RunDue();
+  EXPECT_EQ(Column("SELECT state FROM sessions WHERE id = ?", check), "stopped");
+  EXPECT_EQ(Column("SELECT check_state FROM points WHERE id = ?", b.row), "NULL");
+  EXPECT_TRUE(repo_->points().LoadChecks().empty());
+}
+
 TEST_F(LifecycleTest, APruneOutsideTheCoordinatorIsReconciled) {
   int64_t job = Job("", 0);
   Backup a = RunBackup(job, {"a"});

@@ -37,7 +37,10 @@ RepositoryLifecycle::RepositoryLifecycle(SessionRunner& runner, SessionRunner::C
 RepositoryLifecycle::~RepositoryLifecycle() { Stop(); }
 
 void RepositoryLifecycle::Start() {
-  runner_.SetLifecycleNotifier([this] { Wake(); });
+  runner_.SetLifecycleNotifier([this] { Wake(); },
+                               [this](int64_t session) {
+                                 if (running_check_.load() == session) cancel_check_ = true;
+                               });
   thread_ = std::thread([this] {
     std::unique_lock lock(mu_);
     while (!stop_) {
@@ -400,6 +403,20 @@ void RepositoryLifecycle::RunCheck(int64_t session_id) {
     o.record = true;
     o.now = NowSeconds();
     o.skip_verified_within_s = c.skip_verified_s;
+    o.cancel = &cancel_check_;
+    cancel_check_ = false;
+    running_check_ = session_id;
+    struct Done {
+      std::atomic<int64_t>& running;
+      ~Done() { running = 0; }
+    } done{running_check_};
+    // A stop that came before the check began.
+    if (runner_.Write([&](Database& db) {
+          Statement s = db.Prepare("SELECT state = 'stopping' FROM sessions WHERE id = ?");
+          s.Bind(1, session_id);
+          return s.Step() && s.Int(0) != 0;
+        }))
+      cancel_check_ = true;
     VerifyReport r = VerifyRepository(*repo, o, nullptr);
     uint64_t damaged = 0;
     runner_.Write([&](Database& db) {
@@ -436,6 +453,10 @@ void RepositoryLifecycle::RunCheck(int64_t session_id) {
           summary);
     }
   } catch (const Error& e) {
+    if (e.kind() == ErrorKind::kInterrupted) {
+      end("stopped", "stopped by request: nothing recorded", json::object{});
+      return;
+    }
     end("failed", e.what(), json::object{{"error", e.what()}});
   }
 }

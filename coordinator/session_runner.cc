@@ -149,9 +149,10 @@ void SessionRunner::CommitGroup() {
   EndGroupLocked();
 }
 
-void SessionRunner::SetLifecycleNotifier(std::function<void()> notify) {
+void SessionRunner::SetLifecycleNotifier(std::function<void()> notify, std::function<void(int64_t)> stopped) {
   std::lock_guard lock(mu_);
   on_lifecycle_due_ = std::move(notify);
+  on_check_stop_ = std::move(stopped);
 }
 
 void SessionRunner::AddSessionLog(int64_t session_id, const std::string& level, const std::string& message) {
@@ -1382,6 +1383,7 @@ bool SessionRunner::StopSession(int64_t session_id) {
   StopSessionLocked(session_id);
   tx.Commit();
   work_generation_++;
+  if (on_check_stop_) on_check_stop_(session_id);  // only a running check reacts
   return true;
 }
 

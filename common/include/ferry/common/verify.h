@@ -41,6 +41,9 @@ struct VerifyOptions {
   int64_t skip_verified_within_s = 0;
   int64_t now = 0;      // Unix seconds; 0: the system clock
   bool record = false;  // record each checked point's PointCheck in the store
+  // Set: the chunk reads stop and VerifyRepository throws kInterrupted,
+  // recording nothing.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 struct VerifyReport {

@@ -98,6 +98,8 @@ class RepositoryLifecycle {
   bool stop_ = false;
   bool woken_ = false;
   std::thread thread_;
+  std::atomic<int64_t> running_check_{0};  // the check session under way, 0: none
+  std::atomic<bool> cancel_check_{false};
 };
 
 }  // namespace ferry::coordinator

@@ -216,7 +216,9 @@ class SessionRunner {
   void SetFatalHandler(std::function<void(const std::string&)> handler);
   // Called, under the runner's lock (so: only a notification), when a
   // backup session ends with its lifecycle step due (repository_lifecycle.h).
-  void SetLifecycleNotifier(std::function<void()> notify);
+  // `stopped`: a session of kind check was asked to stop (its check is
+  // interrupted; repository_lifecycle.h).
+  void SetLifecycleNotifier(std::function<void()> notify, std::function<void(int64_t session_id)> stopped = {});
   // A line in a session's log, in a transaction of its own.
   void AddSessionLog(int64_t session_id, const std::string& level, const std::string& message);
   std::string FatalError();  // empty while healthy
@@ -384,6 +386,7 @@ class SessionRunner {
   std::string fatal_;        // set when a commit failed; nothing more is scheduled
   std::function<void(const std::string&)> on_fatal_;
   std::function<void()> on_lifecycle_due_;
+  std::function<void(int64_t)> on_check_stop_;
   RunnerOptions options_;
   Clock clock_;
   HostLocalityScheduler scheduler_;
