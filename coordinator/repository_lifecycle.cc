@@ -417,7 +417,32 @@ void RepositoryLifecycle::RunCheck(int64_t session_id) {
           return s.Step() && s.Int(0) != 0;
         }))
       cancel_check_ = true;
-    VerifyReport r = VerifyRepository(*repo, o, nullptr);
+    // Progress in the session's log on long checks, every 30 s.
+    VerifyProgress progress;
+    std::atomic<bool> finished{false};
+    std::thread reporter([&] {
+      auto last = std::chrono::steady_clock::now();
+      while (!finished) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        if (std::chrono::steady_clock::now() - last < std::chrono::seconds(30) || finished) continue;
+        last = std::chrono::steady_clock::now();
+        try {
+          Log(session_id, "info", "checked " + std::to_string(progress.chunks_done.load()) + " of " +
+                                      std::to_string(progress.chunks_total.load()) + " chunk(s)");
+        } catch (const std::exception&) {
+          // a log line lost is not the check's failure
+        }
+      }
+    });
+    struct Join {
+      std::atomic<bool>& finished;
+      std::thread& t;
+      ~Join() {
+        finished = true;
+        t.join();
+      }
+    } join{finished, reporter};
+    VerifyReport r = VerifyRepository(*repo, o, &progress);
     uint64_t damaged = 0;
     runner_.Write([&](Database& db) {
       for (const auto& check : r.checks) {

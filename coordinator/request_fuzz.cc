@@ -208,6 +208,11 @@ const std::vector<std::pair<int, std::string>> kCorpus = {
         R"("expr":"*/15 1-5,22 1,15 jan-jun mon-fri","permitted_hours":"0-6,22-23"}})"},
     {0, R"({"name":"feb29","repository":1,"selection":{"vms":["a"]},"schedule":{"kind":"cron","expr":"0 0 29 2 *"}})"},
     {0, R"({"name":"m","repository":1,"selection":{"clusters":["c"]},"schedule":null,"enabled":false})"},
+    {0, R"({"name":"life","repository":1,"selection":{"vms":["a"]},"retention":{"keep_last":7,"keep_within_days":30,)"
+        R"("keep_daily":7,"keep_weekly":4,"keep_monthly":12,"keep_yearly":3},"lock_days":14,)"
+        R"("health_check":{"schedule":{"kind":"daily","at":"03:00","days":["sun"]},"skip_verified_within_days":28}})"},
+    {1, R"({"retention":null,"health_check":null,"lock_days":0})"},
+    {1, R"({"retention":{"keep_last":1},"health_check":{"schedule":{"kind":"cron","expr":"0 4 * * 6"}}})"},
     {1, R"({"enabled":false})"},
     {1, R"({"schedule":null,"retries":{"count":0,"interval_s":0}})"},
     {1, R"({"schedule":{"kind":"cron","expr":"0 3 * * 7"},"chain":{"name":"c2"}})"},
