@@ -107,27 +107,14 @@ std::optional<int64_t> NextCheckAt(const std::optional<std::string>& check_sched
 }
 
 json::object SpaceSummaryJson(const SpaceReport& s, int64_t measured_at_ms) {
-  // Per chain: a job writes one, so this is the job's space (GET /jobs/{id}).
-  json::array chains;
-  for (const auto& c : s.chains)
-    chains.push_back(json::object{{"chain", c.chain},
-                                  {"points", c.points},
-                                  {"logical_bytes", c.logical_bytes},
-                                  {"chunks", c.chunks},
-                                  {"stored_bytes", c.stored_bytes},
-                                  {"unique_chunks", c.unique_chunks},
-                                  {"unique_bytes", c.unique_bytes},
-                                  {"dedup_ratio", c.dedup_ratio}});
-  return json::object{{"measured_at", FormatRfc3339(measured_at_ms / 1000)},
-                      {"chains", chains},
-                      {"points", s.points},
-                      {"chunks", s.chunks},
-                      {"stored_bytes", s.stored_bytes},
-                      {"logical_bytes", s.logical_bytes},
-                      {"referenced_bytes", s.referenced_bytes},
-                      {"garbage_bytes", s.garbage_bytes},
-                      {"quarantined_bytes", s.quarantined_bytes},
-                      {"dedup_ratio", s.dedup_ratio}};
+  // The one JSON form of a space report (`ferry space --json`), without the
+  // per-point list (each point's figures go into its row).
+  SpaceReport summary = s;
+  summary.points_space.clear();
+  json::object o = json::parse(SpaceReportJson(summary)).as_object();
+  o.erase("points");
+  o["measured_at"] = FormatRfc3339(measured_at_ms / 1000);
+  return o;
 }
 
 }  // namespace ferry::coordinator

@@ -155,7 +155,8 @@ TEST_F(LifecycleTest, RetentionAfterASessionRemovesWhatNoRuleKeepsAndGcFreesIt) 
   EXPECT_EQ(Column("SELECT lifecycle_state FROM sessions WHERE id = ?", b[3].session), "done");
   // Space: the repository's row and each point's unique bytes.
   json::value space = json::parse(Column("SELECT space FROM repositories WHERE id = ?", repository_));
-  EXPECT_EQ(space.at("points"), 3) << space;
+  EXPECT_EQ(space.at("point_count"), 3) << space;
+  EXPECT_EQ(space.at("chains").as_array().size(), 2u) << space;  // the job's and the other
   EXPECT_NE(Column("SELECT unique_bytes FROM points WHERE id = ?", b[3].row), "NULL");
   // The session log says it.
   std::string log = Column("SELECT group_concat(message, '|') FROM task_log WHERE session_id = ?", b[2].session);

@@ -59,6 +59,20 @@ print(d)' "$@"
 }
 
 # Points in a repository, one id per line.
+# digests FIDX...: the distinct non-zero chunk digests these fixed indexes
+# reference (docs/repository-format.md: a 64-byte header, then 32 bytes per chunk).
+digests() {
+  python3 - "$@" <<'PY'
+import sys
+seen = set()
+for path in sys.argv[1:]:
+    data = open(path, "rb").read()
+    for off in range(64, len(data), 32):
+        d = data[off:off + 32]
+        if any(d): seen.add(d.hex())
+for d in sorted(seen): print(d)
+PY
+}
 points() { "$FERRY" list --repo "$1" --json | python3 -c 'import json,sys; [print(p["id"]) for p in json.load(sys.stdin)["points"]]'; }
 
 # Names of Ferry's objects (exports, jobs, nodes) inside a VM's QEMU.

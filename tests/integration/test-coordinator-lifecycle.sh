@@ -62,19 +62,6 @@ check_restores() {  # ROW...: each point restores bit-exact
     cmp -s "$WORK/restored" "$WORK/ref-$row" || fail "point $id does not restore bit-exact"
   done
 }
-# digests FIDX...: the distinct non-zero digests of these indexes.
-digests() {
-  python3 - "$@" <<'EOF'
-import sys
-seen = set()
-for path in sys.argv[1:]:
-    data = open(path, "rb").read()
-    for off in range(64, len(data), 32):
-        d = data[off:off + 32]
-        if any(d): seen.add(d.hex())
-for d in sorted(seen): print(d)
-EOF
-}
 
 run_session; P1=$P
 # A lock by hand (the CLI: POST /points/{id}/lock): 1 day.
@@ -126,7 +113,7 @@ api GET /repositories/1 | python3 -c '
 import json, sys
 r = json.load(sys.stdin)
 s = r["space"]
-assert s["points"] == 3 and s["stored_bytes"] > 0 and s["dedup_ratio"] > 1, s' || fail "repository space: $(api GET /repositories/1)"
+assert s["point_count"] == 3 and s["stored_bytes"] > 0 and s["dedup_ratio"] > 1, s' || fail "repository space: $(api GET /repositories/1)"
 api GET "/points?job=$JOB" | python3 -c '
 import json, sys
 for p in json.load(sys.stdin)["points"]:

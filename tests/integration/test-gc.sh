@@ -32,19 +32,6 @@ check_point() {
     fail "point $1 does not restore"
   cmp -s "$WORK/restored.$2" "$WORK/ref/$1" || fail "point $1 does not restore bit-exact"
 }
-# digests POINT...: the distinct non-zero digests the points' indexes reference.
-digests() {
-  python3 - "$@" <<'EOF'
-import sys
-seen = set()
-for path in sys.argv[1:]:
-    data = open(path, "rb").read()
-    for off in range(64, len(data), 32):
-        d = data[off:off + 32]
-        if any(d): seen.add(d.hex())
-for d in sorted(seen): print(d)
-EOF
-}
 chunk_path() { echo "$REPO/chunks/${1:0:3}/$1"; }
 
 backup; p1=$point
