@@ -1244,6 +1244,14 @@ bool Api::Authorized(const http::Request& request) {
   return token_hashes_.count(hash) > 0;
 }
 
+std::optional<http::Response> Api::Admit(const http::Request& head) {
+  if (head.method == "GET" && head.path == "/api/v1/openapi.json") return std::nullopt;  // public
+  if (Authorized(head)) return std::nullopt;
+  // Without a token the answer never depends on the body (404, 405 or 401,
+  // as Handle gives them): given from the head alone.
+  return Handle(head);
+}
+
 http::Response Api::Handle(const http::Request& request) {
   try {
     const RouteEntry* route = nullptr;

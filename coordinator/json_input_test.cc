@@ -22,6 +22,20 @@ TEST(JsonInput, ParsesOnlyObjects) {
   EXPECT_EQ(ParseRequestObject(R"({"a": 1})").at("a").as_int64(), 1);
 }
 
+TEST(JsonInput, RefusesDuplicateKeysAndNulCharactersNamingTheMember) {
+  EXPECT_EQ(FieldOf([] { ParseRequestObject(R"({"name": "a", "name": "b"})"); }), "name");
+  EXPECT_EQ(FieldOf([] { ParseRequestObject(R"({"selection": {"vms": ["a"], "tags": [], "vms": ["b"]}})"); }),
+            "selection.vms");
+  EXPECT_EQ(FieldOf([] { ParseRequestObject(R"({"location": "/tmp/\u0000x"})"); }), "location");
+  EXPECT_EQ(FieldOf([] { ParseRequestObject(R"({"selection": {"vms": ["ok", 7, "x\u0000"]}})"); }), "selection.vms[2]");
+  EXPECT_EQ(FieldOf([] { ParseRequestObject(R"({"a\u0000b": 1})"); }), "body");
+  EXPECT_EQ(FieldOf([] { ParseRequestObject(R"({"retries": {"a\u0000b": 1}})"); }), "retries");
+  EXPECT_EQ(FieldOf([] { ParseRequestObject(R"({"list": [{"k": 1}, {"k": 1, "k": 2}]})"); }), "list[1].k");
+  // The same key in two objects, and escapes that are not NUL, are fine.
+  EXPECT_EQ(ParseRequestObject(R"({"a": {"k": 1}, "b": {"k": "\u0001\n"}})").at("b").at("k").as_string(), "\x01\n");
+  EXPECT_EQ(FieldOf([] { ParseRequestObject(std::string(20, '[') + std::string(20, ']')); }), "body");  // too deep
+}
+
 TEST(JsonInput, NamesTheFieldOfEveryProblem) {
   boost::json::object o = ParseRequestObject(R"({"name": 5, "slots": "x", "n": 2000, "on": "yes", "tags": ["ok", 3], "extra": 1})");
   FieldReader f(o, "job");

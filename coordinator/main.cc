@@ -176,6 +176,8 @@ int Run(const Options& o) {
   ferry::http::ServerOptions http_options;
   http_options.listen = o.listen;
   if (!o.tls_cert.empty()) http_options.tls = ferry::http::TlsFiles{o.tls_cert, o.tls_key};
+  // Unauthenticated requests are refused before their body is read.
+  http_options.admit = [&api](const ferry::http::Request& head) { return api.Admit(head); };
   ferry::http::Server http(http_options, [&api](const ferry::http::Request& r) { return api.Handle(r); });
   http.Start();
 

@@ -227,9 +227,9 @@ TEST(HttpServer, ClientReconnectsAfterIdleTimeout) {
   EXPECT_NE(second.body, first);
 }
 
-TEST(HttpServer, IdleTimeoutClosesSlowSender) {
+TEST(HttpServer, HeaderTimeoutClosesSlowSender) {
   ServerOptions options = Local();
-  options.idle_timeout = 1s;
+  options.header_timeout = 1s;
   auto server = StartServer([](const Request&) { return Text("ok"); }, options);
   RawSocket raw(server->port());
   raw.Send("GET / HTTP/1.1\r\nHost: x\r\n");  // never finishes the header
@@ -268,6 +268,92 @@ TEST(HttpServer, BodyOverLimitIs413AndHandlerNotCalled) {
   EXPECT_EQ(calls, 1);
 
   EXPECT_EQ(client.Send("POST", "/", "small").body, "5");
+}
+
+TEST(HttpServer, AKeepAliveConnectionMayIdleLongerThanTheHeaderTimeout) {
+  ServerOptions options = Local();
+  options.header_timeout = 1s;
+  options.idle_timeout = 10s;
+  auto server = StartServer([](const Request&) { return Text("ok"); }, options);
+  RawSocket raw(server->port());
+  raw.Send("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_NE(raw.Receive("ok").find("200 OK"), std::string::npos);
+  std::this_thread::sleep_for(1500ms);
+  raw.Send("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_NE(raw.Receive("ok").find("200 OK"), std::string::npos);
+}
+
+// Request smuggling (RFC 9112 6.1): any transfer coding but chunked is 400
+// and the connection closes; what follows is never read as a request.
+TEST(HttpServer, TransferEncodingOtherThanChunkedIs400AndCloses) {
+  std::atomic<int> calls{0};
+  auto server = StartServer([&](const Request&) {
+    ++calls;
+    return Text("ok");
+  });
+  for (const std::string& framing : {std::string("Transfer-Encoding: gzip\r\n"),
+                                     std::string("Transfer-Encoding: chunked, gzip\r\n"),
+                                     std::string("Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n"),
+                                     std::string("Transfer-Encoding: chunked\r\nContent-Length: 5\r\n")}) {
+    RawSocket raw(server->port());
+    raw.Send("POST / HTTP/1.1\r\nHost: x\r\n" + framing + "\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n");
+    std::string reply = raw.Receive();  // answered, then closed
+    EXPECT_EQ(reply.rfind("HTTP/1.1 400", 0), 0u) << framing << reply;
+    EXPECT_EQ(reply.find("HTTP/1.1", 5), std::string::npos) << "a second response: " << reply;
+  }
+  EXPECT_EQ(calls, 0);
+  // Chunked alone is fine.
+  RawSocket raw(server->port());
+  raw.Send("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n");
+  EXPECT_NE(raw.Receive("ok").find("200 OK"), std::string::npos);
+  EXPECT_EQ(calls, 1);
+}
+
+TEST(HttpServer, AdmitRefusesBeforeTheBodyIsRead) {
+  std::atomic<int> calls{0};
+  ServerOptions options = Local();
+  options.admit = [](const Request& head) -> std::optional<Response> {
+    if (head.authorization == "Bearer good") return std::nullopt;
+    Response r = Text("no");
+    r.status = 401;
+    return r;
+  };
+  auto server = StartServer(
+      [&](const Request&) {
+        ++calls;
+        return Text("ok");
+      },
+      options);
+  // A header announcing a mebibyte, and none of it sent: the refusal comes at once.
+  RawSocket raw(server->port());
+  auto start = std::chrono::steady_clock::now();
+  raw.Send("POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n");
+  std::string reply = raw.Receive("no");
+  EXPECT_EQ(reply.rfind("HTTP/1.1 401", 0), 0u) << reply;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 2s);
+  EXPECT_EQ(calls, 0);
+  Client client(Url(*server));
+  EXPECT_EQ(client.Send("POST", "/x", "body", {{"Authorization", "Bearer good"}}).body, "ok");
+  EXPECT_EQ(calls, 1);
+}
+
+TEST(HttpServer, ConnectionsOverTheCapsAreClosed) {
+  ServerOptions options = Local();
+  options.max_connections_per_address = 3;
+  auto server = StartServer([](const Request&) { return Text("ok"); }, options);
+  std::vector<std::unique_ptr<RawSocket>> held;
+  for (int i = 0; i < 3; ++i) held.push_back(std::make_unique<RawSocket>(server->port()));
+  std::this_thread::sleep_for(200ms);  // accepted and registered
+  {
+    RawSocket extra(server->port());
+    auto start = std::chrono::steady_clock::now();
+    EXPECT_EQ(extra.Receive(), "");  // closed at once, unanswered
+    EXPECT_LT(std::chrono::steady_clock::now() - start, 2s);
+  }
+  held.pop_back();
+  std::this_thread::sleep_for(200ms);
+  Client client(Url(*server));
+  EXPECT_EQ(client.Send("GET", "/").body, "ok");
 }
 
 TEST(HttpServer, OversizedHeaderIs431) {
@@ -387,7 +473,9 @@ TEST(HttpServer, ConcurrentClients) {
 }
 
 TEST(HttpServer, ManyOpenConnections) {
-  auto server = StartServer([](const Request&) { return Text("ok"); });
+  ServerOptions options = Local();
+  options.max_connections_per_address = 400;
+  auto server = StartServer([](const Request&) { return Text("ok"); }, options);
   std::vector<std::unique_ptr<Client>> clients;
   for (int i = 0; i < 300; ++i) {
     clients.push_back(std::make_unique<Client>(Url(*server)));

@@ -29,6 +29,7 @@
 #include <mutex>
 #include <thread>
 #include <type_traits>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "ferry/common/error.h"
@@ -212,6 +213,30 @@ std::optional<Response> ReadErrorResponse(const error_code& ec, size_t body_limi
 
 bool ContainsNul(std::string_view s) { return s.find('\0') != std::string_view::npos; }
 
+// RFC 9112 section 6: a request's only transfer coding this server reads is
+// chunked. Anything else (gzip, "chunked, gzip", a repeated header), or
+// Transfer-Encoding with Content-Length or in HTTP/1.0, would leave the
+// body's end unknown, and the bytes after it could be read as another
+// request (smuggling): 400, and the connection is closed.
+std::optional<Response> CheckFraming(const bhttp::request_header<>& header) {
+  size_t codings = header.count(bhttp::field::transfer_encoding);
+  if (codings == 0) return std::nullopt;
+  std::string value(header[bhttp::field::transfer_encoding]);
+  auto trim = [](std::string& s) {
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.pop_back();
+    size_t i = 0;
+    while (i < s.size() && (s[i] == ' ' || s[i] == '\t')) ++i;
+    s.erase(0, i);
+  };
+  trim(value);
+  if (codings > 1 || !beast::iequals(value, "chunked"))
+    return ErrorResponse(400, "bad_input", "Transfer-Encoding '" + value + "' is not supported: only chunked");
+  if (header.count(bhttp::field::content_length))
+    return ErrorResponse(400, "bad_input", "a request cannot have both Transfer-Encoding and Content-Length");
+  if (header.version() < 11) return ErrorResponse(400, "bad_input", "Transfer-Encoding needs HTTP/1.1");
+  return std::nullopt;
+}
+
 void LogConnectionFailure(std::exception_ptr failure) {
   if (!failure) return;
   try {
@@ -233,9 +258,11 @@ class Server::Impl {
         endpoint_(ParseListen(options_.listen)) {
     if (options_.threads == 0)
       throw Error(ErrorKind::kBadInput, "the HTTP server needs at least one thread");
-    if (options_.idle_timeout.count() <= 0) {
-      throw Error(ErrorKind::kBadInput, "the HTTP idle timeout must be positive");
+    if (options_.idle_timeout.count() <= 0 || options_.header_timeout.count() <= 0) {
+      throw Error(ErrorKind::kBadInput, "the HTTP idle and header timeouts must be positive");
     }
+    if (options_.max_connections == 0 || options_.max_connections_per_address == 0)
+      throw Error(ErrorKind::kBadInput, "the HTTP connection caps must be at least 1");
     if (options_.tls) tls_context_.emplace(MakeTlsContext(*options_.tls));
   }
 
@@ -251,14 +278,26 @@ class Server::Impl {
   // descriptor number the process has already reused.
   class Registration {
    public:
-    Registration(Impl& server, int fd) : server_(server), fd_(fd) {
+    Registration(Impl& server, int fd, std::string address) : server_(server), fd_(fd), address_(std::move(address)) {
       std::lock_guard lock(server_.mutex_);
-      active_ = !server_.stopping_;
-      if (active_) server_.connections_.insert(fd_);
+      if (server_.stopping_) return;
+      unsigned& from_address = server_.per_address_[address_];
+      if (server_.connections_.size() >= server_.options_.max_connections ||
+          from_address >= server_.options_.max_connections_per_address) {
+        if (from_address == 0) server_.per_address_.erase(address_);
+        server_.NoteRefusedLocked(address_);
+        return;
+      }
+      ++from_address;
+      active_ = true;
+      server_.connections_.insert(fd_);
     }
     ~Registration() {
       std::lock_guard lock(server_.mutex_);
+      if (!active_) return;
       server_.connections_.erase(fd_);
+      auto it = server_.per_address_.find(address_);
+      if (it != server_.per_address_.end() && --it->second == 0) server_.per_address_.erase(it);
     }
     Registration(const Registration&) = delete;
     Registration& operator=(const Registration&) = delete;
@@ -267,9 +306,23 @@ class Server::Impl {
    private:
     Impl& server_;
     int fd_;
-    bool active_;
+    std::string address_;
+    bool active_ = false;
   };
+  void NoteRefusedLocked(const std::string& address) {
+    ++refused_;
+    auto now = std::chrono::steady_clock::now();
+    if (now - last_refusal_log_ < std::chrono::minutes(1) && refused_ > 1) return;
+    last_refusal_log_ = now;
+    LogWarning("http: port " + std::to_string(port_) + " refused a connection from " + address + ": at most " +
+               std::to_string(options_.max_connections) + " connections, " +
+               std::to_string(options_.max_connections_per_address) + " from one address (" +
+               std::to_string(refused_) + " refused so far)");
+  }
 
+  // The request's head as the handler sees it; a response when the target
+  // cannot be (a bad target, an encoded NUL).
+  std::optional<Response> ReadHead(const bhttp::request_header<>& header, const std::string& remote, Request* out);
   net::awaitable<void> Accept();
   net::awaitable<void> RunConnection(tcp::socket socket);
   template <class Stream>
@@ -296,6 +349,9 @@ class Server::Impl {
   bool started_ = false;
   bool stopping_ = false;
   std::unordered_set<int> connections_;
+  std::unordered_map<std::string, unsigned> per_address_;  // open connections by client address
+  uint64_t refused_ = 0;
+  std::chrono::steady_clock::time_point last_refusal_log_{};
 };
 
 void Server::Impl::Start() {
@@ -376,6 +432,8 @@ net::awaitable<void> Server::Impl::RunConnection(tcp::socket socket) {
   if (ec) co_return;  // the peer is already gone
   // Each response goes out in one write; Nagle's algorithm would only delay it.
   socket.set_option(tcp::no_delay(true), ec);
+  Registration registration(*this, socket.native_handle(), peer.address().to_string());
+  if (!registration.active()) co_return;  // stopping, or over a cap: closed at once
   if (tls_context_) {
     TlsStream stream(std::move(socket), *tls_context_);
     co_await Serve(stream, FormatEndpoint(peer));
@@ -388,12 +446,11 @@ net::awaitable<void> Server::Impl::RunConnection(tcp::socket socket) {
 template <class Stream>
 net::awaitable<void> Server::Impl::Serve(Stream& stream, std::string remote) {
   beast::tcp_stream& tcp = beast::get_lowest_layer(stream);
-  Registration registration(*this, tcp.socket().native_handle());
-  if (!registration.active()) co_return;
   beast::flat_buffer buffer;
   if constexpr (std::is_same_v<Stream, TlsStream>) {
     error_code ec;
-    tcp.expires_after(options_.idle_timeout);
+    // Detection and handshake within one header timeout.
+    tcp.expires_after(options_.header_timeout);
     bool is_tls = co_await beast::async_detect_ssl(tcp, buffer, Redirect(ec));
     if (ec) {
       LogDebug("http: connection from " + remote +
@@ -428,10 +485,32 @@ net::awaitable<void> Server::Impl::ServeRequests(Stream& stream, beast::flat_buf
     parser.header_limit(kHeaderLimit);
     parser.body_limit(options_.body_limit);
     error_code ec;
-    // One deadline for the whole header, so a slow sender cannot hold the
-    // connection by trickling bytes.
-    tcp.expires_after(options_.idle_timeout);
+    // Idle until the next request's first byte; then one deadline for the
+    // whole header, so a slow sender cannot hold the connection by trickling.
+    if (buffer.size() == 0) {
+      tcp.expires_after(options_.idle_timeout);
+      size_t n = co_await stream.async_read_some(buffer.prepare(4096), Redirect(ec));
+      if (ec) {
+        LogDebug("http: connection from " + remote + " ended: " + ec.message());
+        co_return;
+      }
+      buffer.commit(n);
+    }
+    tcp.expires_after(options_.header_timeout);
     co_await bhttp::async_read_header(stream, buffer, parser, Redirect(ec));
+    if (!ec) {
+      // Before the body: the framing, then the application's admission.
+      std::optional<Response> refusal = CheckFraming(parser.get());
+      Request head;
+      if (!refusal) refusal = ReadHead(parser.get(), remote, &head);
+      if (!refusal && options_.admit) refusal = options_.admit(head);
+      if (refusal) {
+        LogDebug("http: refused a request from " + remote + " before its body: " + std::to_string(refusal->status));
+        ec = co_await Write(stream, ToMessage(std::move(*refusal), 11, false));
+        if (!ec) co_await Close(stream, /*drain=*/true);
+        co_return;
+      }
+    }
     if (!ec && parser.get().version() >= 11 &&
         beast::iequals(parser.get()[bhttp::field::expect], "100-continue")) {
       // curl and others wait for this before sending a large body.
@@ -503,13 +582,13 @@ net::awaitable<void> Server::Impl::Close(Stream& stream, bool drain) {
   }
 }
 
-Response Server::Impl::Dispatch(RequestMessage message, const std::string& remote) {
-  boost::system::result<boost::urls::url_view> target =
-      boost::urls::parse_origin_form(message.target());
+std::optional<Response> Server::Impl::ReadHead(const bhttp::request_header<>& header, const std::string& remote,
+                                               Request* out) {
+  boost::system::result<boost::urls::url_view> target = boost::urls::parse_origin_form(header.target());
   if (!target)
     return ErrorResponse(400, "bad_input", "bad request target: " + target.error().message());
-  Request request;
-  request.method = std::string(message.method_string());
+  Request& request = *out;
+  request.method = std::string(header.method_string());
   request.path = target->path();
   bool has_nul = ContainsNul(request.path);
   for (const auto& param : target->params()) {
@@ -519,10 +598,16 @@ Response Server::Impl::Dispatch(RequestMessage message, const std::string& remot
   // A decoded NUL would silently truncate the path or a value wherever it
   // reaches a C API.
   if (has_nul) return ErrorResponse(400, "bad_input", "the request target encodes a NUL byte");
-  request.body = std::move(message.body());
-  request.content_type = std::string(message[bhttp::field::content_type]);
-  request.authorization = std::string(message[bhttp::field::authorization]);
+  request.content_type = std::string(header[bhttp::field::content_type]);
+  request.authorization = std::string(header[bhttp::field::authorization]);
   request.remote = remote;
+  return std::nullopt;
+}
+
+Response Server::Impl::Dispatch(RequestMessage message, const std::string& remote) {
+  Request request;
+  if (std::optional<Response> bad = ReadHead(message, remote, &request)) return *bad;
+  request.body = std::move(message.body());
 
   const std::string what = "handler for " + request.method + " " + request.path;
   try {

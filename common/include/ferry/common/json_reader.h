@@ -13,6 +13,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <boost/json.hpp>
@@ -58,6 +59,14 @@ class JsonReader {
   JsonFail fail_;
   std::set<std::string> known_;
 };
+
+// Parses `text` strictly: at most `max_depth` levels of nesting, no key twice
+// in one object (json::parse lets the last win), no NUL character in a key or
+// a string (a decoded \u0000 truncates a value wherever it reaches a C API).
+// A problem goes to `fail` naming the member ("selection.vms[1]"), or
+// `document` for the text as a whole (malformed JSON).
+boost::json::value ParseStrictJson(std::string_view text, const std::string& document, const JsonFail& fail,
+                                   unsigned max_depth = 32);
 
 // A checked name; `fail(field, ...)` if not a valid name.
 void CheckJsonName(const std::string& field, const std::string& value, const JsonFail& fail);

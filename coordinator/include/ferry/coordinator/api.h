@@ -38,6 +38,12 @@ class Api {
       RepositoryLifecycle* lifecycle = nullptr);
 
   http::Response Handle(const http::Request& request);
+  // The server's admission of a request's head, before its body is read
+  // (http::ServerOptions::admit): a request without a valid token to
+  // anything but the public route is answered from its head (401, or 404 and
+  // 405 as for anyone), so an unauthenticated client never makes the
+  // coordinator buffer a body.
+  std::optional<http::Response> Admit(const http::Request& head);
 
   // Every route served, for the OpenAPI conformance test.
   static std::vector<Route> Routes();

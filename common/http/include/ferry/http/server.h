@@ -55,9 +55,22 @@ struct ServerOptions {
   size_t body_limit = 1 << 20;  // larger bodies get 413 and the handler is not called
   unsigned threads = 2;         // io threads
   std::optional<TlsFiles> tls;  // HTTPS (TLS 1.2+) when set
-  // How long a keep-alive connection may sit idle, and the deadline for
-  // reading one request or writing one response.
+  // How long a keep-alive connection may sit idle before a request, and the
+  // deadline for reading one request's body or writing one response.
   std::chrono::seconds idle_timeout{60};
+  // The deadline for a request's header from its first byte, and for a TLS
+  // handshake: a client cannot hold a connection by trickling bytes.
+  std::chrono::seconds header_timeout{10};
+  // Connections at once, in all and from one client address; one more is
+  // closed at once (and logged, at most once a minute).
+  unsigned max_connections = 512;
+  unsigned max_connections_per_address = 64;
+  // Called with a request's head (everything but the body) before its body
+  // is read: a response refuses the request there, and the connection is
+  // closed without the body ever being buffered (an unauthenticated client
+  // cannot make the server hold megabytes). nullopt: go on. Must be
+  // thread-safe and quick, like the handler.
+  std::function<std::optional<Response>(const Request& head)> admit;
 };
 
 class Server {
