@@ -1,9 +1,11 @@
 #include "ferry/common/log.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 
 #include "ferry/common/manifest.h"
 
@@ -19,6 +21,29 @@ const char* LevelName(LogLevel l) {
     case LogLevel::kError: return "ERROR";
   }
   return "?";
+}
+// sd-daemon(3) priorities: what journald reads from a "<N>" line prefix.
+int JournalPriority(LogLevel l) {
+  switch (l) {
+    case LogLevel::kDebug: return 7;
+    case LogLevel::kInfo: return 6;
+    case LogLevel::kWarning: return 4;
+    case LogLevel::kError: return 3;
+  }
+  return 6;
+}
+// Whether stderr is the journal's stream (systemd sets JOURNAL_STREAM to its
+// "device:inode"; a child with stderr redirected elsewhere inherits the
+// variable, hence the comparison): then lines carry a priority prefix and no
+// time or pid, which journald records itself.
+bool StderrIsJournal() {
+  const char* stream = std::getenv("JOURNAL_STREAM");
+  if (!stream) return false;
+  unsigned long long dev = 0, ino = 0;
+  if (std::sscanf(stream, "%llu:%llu", &dev, &ino) != 2) return false;
+  struct stat st;
+  if (::fstat(2, &st) != 0) return false;
+  return static_cast<unsigned long long>(st.st_dev) == dev && static_cast<unsigned long long>(st.st_ino) == ino;
 }
 }  // namespace
 
@@ -48,8 +73,10 @@ void Log(LogLevel level, const std::string& message) {
     else ++c->dropped_;
   }
   if (static_cast<int>(level) < g_level) return;
-  std::string line = NowRfc3339() + " ferry[" + std::to_string(::getpid()) + "] " +
-                     LevelName(level) + " " + message + "\n";
+  static const bool journal = StderrIsJournal();
+  std::string line = journal ? "<" + std::to_string(JournalPriority(level)) + ">" + LevelName(level) + " " + message + "\n"
+                             : NowRfc3339() + " ferry[" + std::to_string(::getpid()) + "] " + LevelName(level) + " " +
+                                   message + "\n";
   // One write per line so lines from several threads do not interleave.
   (void)!::write(2, line.data(), line.size());
 }

@@ -1108,6 +1108,117 @@ http::Response OpenApi(Context&) {
   return response;
 }
 
+// --- operations: /healthz and /metrics (outside /api/v1) ---------------------------
+
+// Prometheus text format 0.0.4: a label value escapes \\, " and newlines.
+std::string LabelValue(const std::string& v) {
+  std::string out;
+  for (char ch : v) {
+    if (ch == '\\' || ch == '"') out += '\\', out += ch;
+    else if (ch == '\n') out += "\\n";
+    else out += ch;
+  }
+  return out;
+}
+
+class MetricsText {
+ public:
+  void Family(const char* name, const char* type, const char* help) {
+    out_ += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
+  }
+  void Sample(const std::string& name, const std::vector<std::pair<std::string, std::string>>& labels, double value) {
+    out_ += name;
+    if (!labels.empty()) {
+      out_ += "{";
+      for (size_t i = 0; i < labels.size(); ++i)
+        out_ += (i ? "," : "") + labels[i].first + "=\"" + LabelValue(labels[i].second) + "\"";
+      out_ += "}";
+    }
+    char buf[64];
+    std::snprintf(buf, sizeof buf, " %.17g\n", value);
+    out_ += buf;
+  }
+  std::string Take() { return std::move(out_); }
+
+ private:
+  std::string out_;
+};
+
+http::Response Metrics(Context& c) {
+  MetricsText m;
+  m.Family("ferry_build_info", "gauge", "The coordinator's version.");
+  m.Sample("ferry_build_info", {{"version", c.version}}, 1);
+  m.Family("ferry_sessions", "gauge", "Sessions kept in the database, by kind and state.");
+  {
+    Statement s = c.db.Prepare("SELECT kind, state, COUNT(*) FROM sessions GROUP BY kind, state ORDER BY kind, state");
+    while (s.Step()) m.Sample("ferry_sessions", {{"kind", s.Text(0)}, {"state", s.Text(1)}}, static_cast<double>(s.Int(2)));
+  }
+  m.Family("ferry_session_duration_seconds", "summary", "How long ended sessions took, by kind and state.");
+  {
+    Statement s = c.db.Prepare(
+        "SELECT kind, state, COUNT(*), COALESCE(SUM(ended_at - created_at), 0) FROM sessions WHERE ended_at IS NOT NULL "
+        "GROUP BY kind, state ORDER BY kind, state");
+    while (s.Step()) {
+      m.Sample("ferry_session_duration_seconds_count", {{"kind", s.Text(0)}, {"state", s.Text(1)}}, static_cast<double>(s.Int(2)));
+      m.Sample("ferry_session_duration_seconds_sum", {{"kind", s.Text(0)}, {"state", s.Text(1)}}, s.Int(3) / 1000.0);
+    }
+  }
+  m.Family("ferry_tasks", "gauge", "Tasks of the sessions kept, by state.");
+  {
+    Statement s = c.db.Prepare(
+        "SELECT COALESCE(SUM(waiting), 0), COALESCE(SUM(queued), 0), COALESCE(SUM(running), 0), "
+        "COALESCE(SUM(succeeded), 0), COALESCE(SUM(failed), 0), COALESCE(SUM(canceled), 0), "
+        "COALESCE(SUM(bytes_done), 0), COALESCE(SUM(bytes_stored), 0), COALESCE(SUM(rate), 0) FROM session_totals");
+    s.Step();
+    const char* states[] = {"waiting", "queued", "running", "succeeded", "failed", "canceled"};
+    for (int i = 0; i < 6; ++i) m.Sample("ferry_tasks", {{"state", states[i]}}, static_cast<double>(s.Int(i)));
+    m.Family("ferry_task_bytes_done", "gauge", "Bytes the tasks of the sessions kept have read.");
+    m.Sample("ferry_task_bytes_done", {}, static_cast<double>(s.Int(6)));
+    m.Family("ferry_task_bytes_stored", "gauge", "Bytes the tasks of the sessions kept have stored.");
+    m.Sample("ferry_task_bytes_stored", {}, static_cast<double>(s.Int(7)));
+    m.Family("ferry_task_rate_bytes_per_second", "gauge", "The running tasks' summed rate.");
+    m.Sample("ferry_task_rate_bytes_per_second", {}, std::max(0.0, s.Real(8)));
+  }
+  m.Family("ferry_workers", "gauge", "Workers by state.");
+  {
+    Statement s = c.db.Prepare("SELECT state, COUNT(*) FROM workers GROUP BY state ORDER BY state");
+    while (s.Step()) m.Sample("ferry_workers", {{"state", s.Text(0)}}, static_cast<double>(s.Int(1)));
+  }
+  m.Family("ferry_points", "gauge", "Restore points not removed, by repository.");
+  {
+    Statement s = c.db.Prepare(
+        "SELECT r.name, COUNT(p.id) FROM repositories r LEFT JOIN points p ON p.repository_id = r.id AND p.removed_at IS NULL "
+        "GROUP BY r.id ORDER BY r.name");
+    while (s.Step()) m.Sample("ferry_points", {{"repository", s.Text(0)}}, static_cast<double>(s.Int(1)));
+  }
+  SessionRunner::Stats stats = c.runner.GetStats();
+  m.Family("ferry_scheduler_queued", "gauge", "Work items waiting for a worker.");
+  m.Sample("ferry_scheduler_queued", {}, static_cast<double>(stats.queued));
+  m.Family("ferry_scheduler_assignments_live", "gauge", "Work items held by workers now.");
+  m.Sample("ferry_scheduler_assignments_live", {}, static_cast<double>(stats.live_assignments));
+  m.Family("ferry_scheduler_assignments_total", "counter", "Work items handed to workers since the coordinator started.");
+  m.Sample("ferry_scheduler_assignments_total", {}, static_cast<double>(stats.assignments_made));
+  http::Response r;
+  r.body = m.Take();
+  r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+  return r;
+}
+
+http::Response Healthz(Context& c) {
+  http::Response r;
+  r.content_type = "text/plain; charset=utf-8";
+  std::string fatal = c.runner.FatalError();
+  if (!fatal.empty()) {
+    r.status = 503;
+    r.body = "unhealthy: " + fatal + "\n";
+    return r;
+  }
+  Statement s = c.db.Prepare("SELECT 1");
+  s.Step();
+  r.body = "ok\n";
+  return r;
+}
+
 // --- routing ---------------------------------------------------------------------
 
 using RouteHandler = http::Response (*)(Context&);
@@ -1245,7 +1356,7 @@ bool Api::Authorized(const http::Request& request) {
 }
 
 std::optional<http::Response> Api::Admit(const http::Request& head) {
-  if (head.method == "GET" && head.path == "/api/v1/openapi.json") return std::nullopt;  // public
+  if (head.method == "GET" && (head.path == "/api/v1/openapi.json" || head.path == "/healthz")) return std::nullopt;  // public
   if (Authorized(head)) return std::nullopt;
   // Without a token the answer never depends on the body (404, 405 or 401,
   // as Handle gives them): given from the head alone.
@@ -1254,6 +1365,24 @@ std::optional<http::Response> Api::Admit(const http::Request& head) {
 
 http::Response Api::Handle(const http::Request& request) {
   try {
+    // Operations, outside the versioned API: /healthz for anyone (a load
+    // balancer, systemd), /metrics with a token like the API.
+    if (request.path == "/healthz" || request.path == "/metrics") {
+      if (request.method != "GET") {
+        http::Response r = ErrorResponse(405, "method_not_allowed", request.method + " is not allowed on " + request.path);
+        r.headers.emplace_back("Allow", "GET");
+        return r;
+      }
+      if (request.path == "/metrics" && !Authorized(request)) {
+        http::Response r = ErrorResponse(401, "unauthorized", "a valid 'Authorization: Bearer <token>' header is required");
+        r.headers.emplace_back("WWW-Authenticate", "Bearer");
+        return r;
+      }
+      Reader& reader = readers_[next_reader_.fetch_add(1) % readers_.size()];
+      std::lock_guard lock(reader.mu);
+      Context context{runner_, *reader.db, request, {}, version_, appliances_, lifecycle_};
+      return request.path == "/healthz" ? Healthz(context) : Metrics(context);
+    }
     const RouteEntry* route = nullptr;
     bool path_known = false;
     std::vector<int64_t> ids;

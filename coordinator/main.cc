@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -23,6 +24,7 @@
 #include "ferry/common/log.h"
 #include "ferry/coordinator/api.h"
 #include "ferry/coordinator/appliance_deployer.h"
+#include "ferry/coordinator/session_webhook.h"
 #include "ferry/coordinator/database.h"
 #include "ferry/coordinator/local_repositories.h"
 #include "ferry/coordinator/session_runner.h"
@@ -42,7 +44,8 @@ Commands:
       [--tls-cert FILE --tls-key FILE] [--ready-file FILE]
       [--heartbeat-interval-ms N] [--heartbeat-deadline-ms N]
       [--repository-listen ADDR:PORT|off] [--repository-advertise HOST]
-      [--appliance-image DIR] [--gc-window MINUTES] [--verbose]
+      [--appliance-image DIR] [--gc-window MINUTES]
+      [--webhook URL [--webhook-token-file FILE] [--webhook-ca FILE]] [--verbose]
       serve the web API (default 127.0.0.1:8080), the worker RPC endpoint
       (default 127.0.0.1:8081) and the repository service for repositories at
       local paths (default: the RPC address's host, a free port; workers are
@@ -53,6 +56,11 @@ Commands:
       /hosts/{id}/worker, which deploys the worker appliance onto a libvirt host
       --gc-window: the safety window of the garbage collection that follows
       a job's retention (docs/gc.md; default 5; 0 only for tests)
+      --webhook: POST a JSON notice there when a session ends failed or with
+      warnings (docs/coordinator.md, "Notifications"); the token file's token
+      goes as Authorization: Bearer
+      Also served: GET /healthz (no token) and GET /metrics (Prometheus text
+      format, with a token)
 
 Exit codes: 0 ok, 2 bad input, 5 environment (see docs/error-policy.md).
 )";
@@ -81,6 +89,7 @@ struct Options {
   int64_t heartbeat_interval_ms = 5000;
   int64_t heartbeat_deadline_ms = 15000;
   int64_t gc_window_min = ferry::kDefaultGcWindow.count() / 60;
+  std::string webhook_url, webhook_token_file, webhook_ca;
 };
 
 // args[0] is the command; each command takes only its own options.
@@ -89,7 +98,7 @@ Options Parse(const std::vector<std::string>& args) {
   std::set<std::string> valued = {"data"};
   if (command == "run") {
     valued.insert({"listen", "rpc-listen", "tls-cert", "tls-key", "ready-file", "heartbeat-interval-ms",
-                   "heartbeat-deadline-ms", "repository-listen", "repository-advertise", "appliance-image", "gc-window"});
+                   "heartbeat-deadline-ms", "repository-listen", "repository-advertise", "appliance-image", "gc-window", "webhook", "webhook-token-file", "webhook-ca"});
   } else if (command != "init") {
     throw ferry::Error(ferry::ErrorKind::kBadInput, "unknown command '" + command + "'\n" + kUsage);
   }
@@ -108,6 +117,11 @@ Options Parse(const std::vector<std::string>& args) {
   o.heartbeat_interval_ms = a.GetInt("heartbeat-interval-ms", 100, 3600000).value_or(o.heartbeat_interval_ms);
   o.heartbeat_deadline_ms = a.GetInt("heartbeat-deadline-ms", 100, 3600000).value_or(o.heartbeat_deadline_ms);
   o.gc_window_min = a.GetInt("gc-window", 0, 7 * 24 * 60).value_or(o.gc_window_min);
+  o.webhook_url = a.Get("webhook").value_or("");
+  o.webhook_token_file = a.Get("webhook-token-file").value_or("");
+  o.webhook_ca = a.Get("webhook-ca").value_or("");
+  if (o.webhook_url.empty() && (!o.webhook_token_file.empty() || !o.webhook_ca.empty()))
+    throw ferry::Error(ferry::ErrorKind::kBadInput, "--webhook-token-file and --webhook-ca need --webhook URL");
   if (o.tls_cert.empty() != o.tls_key.empty())
     throw ferry::Error(ferry::ErrorKind::kBadInput, "--tls-cert and --tls-key go together");
   if (o.heartbeat_deadline_ms < 2 * o.heartbeat_interval_ms)
@@ -233,6 +247,21 @@ int Run(const Options& o) {
   ferry::LogInfo("serving the API at " + api_url + ", worker RPC at " + rpc_address + ", local repositories at " +
                  repository_url +
                  (o.tls_cert.empty() ? " (no TLS: loopback or trusted networks only)" : " (TLS)"));
+  // Failed and warning sessions announced to a webhook (session_webhook.h).
+  std::unique_ptr<ferry::coordinator::SessionWebhook> webhook;
+  if (!o.webhook_url.empty()) {
+    ferry::coordinator::WebhookOptions w;
+    w.url = o.webhook_url;
+    if (!o.webhook_token_file.empty()) {
+      w.token = ferry::ReadWholeFile(o.webhook_token_file);
+      while (!w.token.empty() && std::isspace(static_cast<unsigned char>(w.token.back()))) w.token.pop_back();
+    }
+    w.ca_file = o.webhook_ca;
+    w.coordinator = api_url;
+    webhook = std::make_unique<ferry::coordinator::SessionWebhook>(std::move(w), DatabasePath(o.data));
+    webhook->Start();
+    runner.SetSessionEndHandler([hook = webhook.get()](const ferry::coordinator::SessionOutcome& s) { hook->Notify(s); });
+  }
   if (!o.ready_file.empty()) WriteReadyFile(o.ready_file, api_url, rpc_address);
 
   sigset_t stop_signals = StopSignals();
@@ -242,6 +271,8 @@ int Run(const Options& o) {
     if (signal == SIGINT || signal == SIGTERM) break;
   }
   ferry::LogInfo("stopping");
+  runner.SetSessionEndHandler({});
+  if (webhook) webhook->Stop();
   http.Stop();
   if (appliances) appliances->Stop();
   rpc.Stop();

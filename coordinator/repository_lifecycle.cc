@@ -385,6 +385,7 @@ void RepositoryLifecycle::RunCheck(int64_t session_id) {
       return 0;
     });
     Log(session_id, state == "succeeded" ? "info" : "warning", "health check " + state + ": " + reason);
+    runner_.NoteSessionEnded({session_id, "check", c.job, state, reason, clock_()});
   };
   if (c.state == "stopping") {
     end("stopped", "stopped by request", {});

@@ -162,6 +162,40 @@ void SessionRunner::AddSessionLog(int64_t session_id, const std::string& level, 
   tx.Commit();
 }
 
+void SessionRunner::SetSessionEndHandler(std::function<void(const SessionOutcome&)> handler) {
+  std::lock_guard lock(mu_);
+  on_session_end_ = std::move(handler);
+}
+
+void SessionRunner::NoteSessionEnded(const SessionOutcome& outcome) {
+  std::lock_guard lock(mu_);
+  ReportEndLocked(outcome);
+}
+
+void SessionRunner::SessionEndedLocked(int64_t session_id, const std::string& state, const std::string& reason) {
+  SessionOutcome o;
+  o.session_id = session_id;
+  o.state = state;
+  o.reason = reason;
+  o.ended_at = clock_();
+  Statement s = db_.Prepare("SELECT s.kind, COALESCE(j.name, '') FROM sessions s LEFT JOIN jobs j ON j.id = s.job_id WHERE s.id = ?");
+  s.Bind(1, session_id);
+  if (s.Step()) {
+    o.kind = s.Text(0);
+    o.job = s.Text(1);
+  }
+  ReportEndLocked(o);
+}
+
+void SessionRunner::ReportEndLocked(const SessionOutcome& o) {
+  // The daemon log has every outcome: what an operator greps for.
+  std::string line = o.kind + " session " + std::to_string(o.session_id) +
+                     (o.job.empty() ? std::string() : " of job '" + o.job + "'") + " " + o.state + ": " + o.reason;
+  if (o.state == "succeeded") LogInfo(line);
+  else LogWarning(line);
+  if (on_session_end_) on_session_end_(o);
+}
+
 void SessionRunner::SetFatalHandler(std::function<void(const std::string&)> handler) {
   std::lock_guard lock(mu_);
   on_fatal_ = std::move(handler);
@@ -1177,6 +1211,7 @@ void SessionRunner::MaybeEndSession(int64_t session_id) {
       .Bind(4, points > 0 ? std::optional<std::string>("pending") : std::nullopt).Bind(5, session_id).Run();
   Log(session_id, std::nullopt, std::nullopt, state == "succeeded" ? "info" : "warning",
       "session " + state + ": " + reason);
+  SessionEndedLocked(session_id, state, reason);
   if (points > 0 && on_lifecycle_due_) on_lifecycle_due_();
 }
 
@@ -1593,6 +1628,7 @@ void SessionRunner::MaybeEndRestore(int64_t session_id) {
       .Bind(1, state).Bind(2, reason).Bind(3, clock_()).Bind(4, session_id).Run();
   Log(session_id, std::nullopt, std::nullopt, state == "succeeded" ? "info" : "warning",
       "session " + state + ": " + reason);
+  SessionEndedLocked(session_id, state, reason);
 }
 
 void SessionRunner::ServeLocalRepositories(std::string service_base, std::shared_ptr<LocalRepositories> local) {

@@ -126,6 +126,16 @@ struct TaskStats {
   std::optional<StageBusy> stages;  // nullopt: the worker sent none (an older one)
 };
 
+// How a session ended, for the daemon log and notifications.
+struct SessionOutcome {
+  int64_t session_id = 0;
+  std::string kind;   // backup, check, restore
+  std::string job;    // "" for a restore
+  std::string state;  // succeeded, warning, failed, stopped
+  std::string reason;
+  int64_t ended_at = 0;  // ms
+};
+
 struct WorkReport {
   std::string assignment;
   bool ok = false;
@@ -221,6 +231,11 @@ class SessionRunner {
   void SetLifecycleNotifier(std::function<void()> notify, std::function<void(int64_t session_id)> stopped = {});
   // A line in a session's log, in a transaction of its own.
   void AddSessionLog(int64_t session_id, const std::string& level, const std::string& message);
+  // Called, under the runner's lock (so: quick), each time a session of any
+  // kind ends, after the daemon log says so (session_webhook.h takes it).
+  void SetSessionEndHandler(std::function<void(const SessionOutcome&)> handler);
+  // A session ended outside the runner (a health check): logged and handed on.
+  void NoteSessionEnded(const SessionOutcome& outcome);
   std::string FatalError();  // empty while healthy
 
   // Bumped whenever new work may be available (long polls re-check).
@@ -387,6 +402,9 @@ class SessionRunner {
   std::function<void(const std::string&)> on_fatal_;
   std::function<void()> on_lifecycle_due_;
   std::function<void(int64_t)> on_check_stop_;
+  std::function<void(const SessionOutcome&)> on_session_end_;
+  void SessionEndedLocked(int64_t session_id, const std::string& state, const std::string& reason);
+  void ReportEndLocked(const SessionOutcome& outcome);
   RunnerOptions options_;
   Clock clock_;
   HostLocalityScheduler scheduler_;
