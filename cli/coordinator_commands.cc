@@ -11,6 +11,9 @@
 
 #include <boost/json.hpp>
 
+#include <boost/url/encode.hpp>
+#include <boost/url/rfc/unreserved_chars.hpp>
+
 #include "ferry/common/arguments.h"
 #include "ferry/common/error.h"
 #include "ferry/common/file_util.h"
@@ -39,7 +42,7 @@ line, where other users could read it).
   (--repo-token-file: the repository service's token, or its key frk-...)
   (CAP: e.g. "100MiB/s; 50MB/s 08:00-18:00 mon-fri", or unlimited: docs/throttling.md)
   job list | show JOB | rm JOB | start JOB [--watch] | stop JOB | check JOB [--watch]
-      | create NAME --repo ID [--vm NAME ...] [--tag T ...] [--host H ...] [--cluster C ...]
+      | create NAME --repo ID|NAME [--vm NAME ...] [--tag T ...] [--host H ...] [--cluster C ...]
                [--exclude-disk [VM/]DISK ...] [--daily HH:MM | --every HOURS | --cron EXPR]
                [--permitted-hours 0-6,22-23] [--retries N] [--retry-interval SECONDS]
                [--chain NAME] [--disabled]
@@ -60,7 +63,8 @@ line, where other users could read it).
       restore runs on a worker of host H; also --retries N --retry-interval S)
   restore list  (restore sessions, as `session list --kind restore`)
 
-Add --json to list/show for the API's JSON. `session show` prints the
+Add --json to list/show for the API's JSON; every list takes --limit N and
+--offset N (pages, newest first where the API orders so). `session show` prints the
 session, its tasks' rates, how busy each stage was and the bottleneck.
 `session watch`, `job start --watch` and `restore ... --wait` follow a
 session live and exit 0 when it succeeded, 1 otherwise.
@@ -169,6 +173,20 @@ std::string Positional(const std::vector<std::string>& words, size_t i, const ch
   return words[i];
 }
 
+// A repository by id or by name.
+std::string RepoId(ApiClient& api, const std::string& repo) {
+  if (IsNumber(repo)) return repo;
+  json::value repos = api.Call("GET", "/repositories");
+  for (const auto& r : repos.at("repositories").as_array())
+    if (r.at("name").as_string() == repo) return std::to_string(r.at("id").as_int64());
+  throw Error(ErrorKind::kNotFound, "no repository named '" + repo + "' (ferry --coordinator URL repo list)");
+}
+
+// "key=value&" with the value percent-encoded (Boost.URL), for a query string.
+std::string QueryParam(const std::string& key, const std::string& value) {
+  return key + "=" + boost::urls::encode(value, boost::urls::unreserved_chars) + "&";
+}
+
 std::string JobId(ApiClient& api, const std::string& job) {
   if (IsNumber(job)) return job;
   json::value jobs = api.Call("GET", "/jobs");
@@ -233,9 +251,9 @@ json::array Strings(const std::vector<std::string>& values) {
   return a;
 }
 
-json::object JobFromOptions(const std::string& name, const Arguments& a) {
-  json::object job{{"name", name}, {"repository", a.GetInt("repo", 1, INT64_MAX).value_or(0)}};
-  if (!a.Has("repo")) throw Error(ErrorKind::kBadInput, "--repo ID is required");
+json::object JobFromOptions(ApiClient& api, const std::string& name, const Arguments& a) {
+  if (!a.Has("repo")) throw Error(ErrorKind::kBadInput, "--repo ID|NAME is required");
+  json::object job{{"name", name}, {"repository", std::stoll(RepoId(api, *a.Get("repo")))}};
   job["selection"] = json::object{{"vms", Strings(a.GetAll("vm"))}, {"tags", Strings(a.GetAll("tag"))},
                                   {"hosts", Strings(a.GetAll("host"))}, {"clusters", Strings(a.GetAll("cluster"))}};
   json::array excludes;
@@ -468,7 +486,7 @@ int CoordinatorCommand(const std::string& url, const std::vector<std::string>& a
                                         "bandwidth", "repo-token-file",
                                         "kind", "to", "format", "into-vm", "target-disk", "dir", "pool", "name",
                                         "lock-days", "check-daily", "check-cron", "check-skip-verified-days",
-                                        "days", "until", "reason"};
+                                        "days", "until", "reason", "limit", "offset"};
   std::set<std::string> valued_all = valued;
   for (const auto& rule : RetentionRuleNames()) valued_all.insert(rule);
   Arguments a(options, valued_all, {"json", "watch", "disabled", "wait", "keep-macs", "overwrite", "yes", "removed"});
@@ -489,9 +507,30 @@ int CoordinatorCommand(const std::string& url, const std::vector<std::string>& a
       {"session", {"id", "kind", "job", "trigger", "state", "created_at", "ended_at", "reason"}},
       {"restore", {"id", "state", "created_at", "ended_at", "reason"}},
       {"point", {"id", "vm", "point_id", "chain", "bytes_stored", "created_at", "locked_until", "last_check.state"}}};
+  // What each resource can do: anything else is refused here, before any call.
+  static const std::map<std::string, std::vector<std::string>> kActions = {
+      {"host", {"list", "show", "add", "set", "rm"}},
+      {"vm", {"list", "show"}},
+      {"worker", {"list", "show", "add", "set", "rm"}},
+      {"repo", {"list", "show", "add", "set", "rm"}},
+      {"job", {"list", "show", "create", "set", "rm", "start", "stop", "check"}},
+      {"session", {"list", "show", "log", "watch", "stop"}},
+      {"point", {"list", "show", "rm", "lock"}},
+      {"restore", {"list", "disk", "vm"}}};
   auto collection = kCollections.find(resource);
-  if (collection == kCollections.end())
-    throw Error(ErrorKind::kBadInput, "unknown resource '" + resource + "'\n" + kUsage);
+  if (collection == kCollections.end()) {
+    std::vector<std::string> known{"status"};
+    for (const auto& [name, _] : kCollections) known.push_back(name);
+    throw Error(ErrorKind::kBadInput, "unknown resource '" + resource + "'" + DidYouMean(resource, known) +
+                                          "; 'ferry --coordinator URL help' lists them");
+  }
+  const std::vector<std::string>& actions = kActions.at(resource);
+  if (std::find(actions.begin(), actions.end(), action) == actions.end()) {
+    std::string list;
+    for (const auto& x : actions) list += (list.empty() ? "" : ", ") + x;
+    throw Error(ErrorKind::kBadInput, "unknown action '" + action + "' for " + resource + DidYouMean(action, actions) +
+                                          "; " + resource + " takes: " + list);
+  }
   std::string path = "/" + collection->second;
 
   if (resource == "restore" && action != "list") {
@@ -503,11 +542,13 @@ int CoordinatorCommand(const std::string& url, const std::vector<std::string>& a
   if (action == "list") {
     std::string query;
     if (resource == "restore") query += "kind=restore&";
-    else if (auto kind = a.Get("kind")) query += "kind=" + *kind + "&";
-    if (auto job = a.Get("job")) query += "job=" + JobId(api, *job) + "&";
-    if (auto vm = a.Get("vm")) query += "vm=" + *vm + "&";
-    if (auto host = a.Get("host")) query += "host=" + *host + "&";
+    else if (auto kind = a.Get("kind")) query += QueryParam("kind", *kind);
+    if (auto job = a.Get("job")) query += QueryParam("job", JobId(api, *job));
+    if (auto vm = a.Get("vm")) query += QueryParam("vm", *vm);
+    if (auto host = a.Get("host")) query += QueryParam("host", *host);
     if (a.Has("removed")) query += "removed=true&";
+    if (auto n = a.GetInt("limit", 1, 100000)) query += "limit=" + std::to_string(*n) + "&";
+    if (auto n = a.GetInt("offset", 0, INT64_MAX)) query += "offset=" + std::to_string(*n) + "&";
     json::value v = api.Call("GET", path + (query.empty() ? "" : "?" + query.substr(0, query.size() - 1)));
     if (raw) show(v);
     else Table(v.at(collection->second).as_array(), kColumns.at(resource));
@@ -564,7 +605,7 @@ int CoordinatorCommand(const std::string& url, const std::vector<std::string>& a
   if (resource == "job") {
     if (action == "create") {
       std::string body = a.Has("file") ? ReadWholeFile(*a.Get("file"))
-                                         : json::serialize(JobFromOptions(Positional(words, 0, "NAME"), a));
+                                         : json::serialize(JobFromOptions(api, Positional(words, 0, "NAME"), a));
       show(api.Call("POST", path, body));
       return 0;
     }
@@ -613,7 +654,7 @@ int CoordinatorCommand(const std::string& url, const std::vector<std::string>& a
         std::cout << Str(e.at("at")) << " " << Str(e.at("level")) << " " << Str(e.at("message")) << "\n";
     return 0;
   }
-  throw Error(ErrorKind::kBadInput, "unknown action '" + action + "' for " + resource + "\n" + kUsage);
+  throw Error(ErrorKind::kBadInput, "action '" + action + "' of " + resource + " needs other arguments; see 'ferry --coordinator URL help'");
 }
 
 }  // namespace ferry::cli

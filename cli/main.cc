@@ -18,7 +18,10 @@
 #include <string>
 #include <vector>
 
+#include <algorithm>
+
 #include "coordinator_commands.h"
+#include "ferry/common/arguments.h"
 #include "ferry/common/error.h"
 #include "ferry/common/log.h"
 
@@ -145,7 +148,11 @@ int main(int argc, char** argv) {
       return ferry::cli::CoordinatorCommand(url, std::vector<std::string>(rest.begin() + 1, rest.end()),
                                             g_interrupted);
     }
-    std::cerr << "ferry: unknown command '" << command << "'\n\n" << kUsage;
+    std::vector<std::string> known(kHostCommands.begin(), kHostCommands.end());
+    known.erase(std::remove(known.begin(), known.end(), "_guardian"), known.end());
+    known.push_back("--coordinator");
+    std::cerr << "ferry: unknown command '" << command << "'" << ferry::DidYouMean(command, known)
+              << "; 'ferry --help' lists the commands\n";
     return 2;
   } catch (const ferry::Error& e) {
     std::cerr << "ferry " << command << ": error: " << e.what() << std::endl;

@@ -1,5 +1,7 @@
 #include "ferry/common/arguments.h"
 
+#include <algorithm>
+
 #include "ferry/common/error.h"
 #include "ferry/common/file_util.h"
 
@@ -16,7 +18,33 @@ std::string_view Trim(std::string_view s) {
   return s.substr(begin, s.find_last_not_of(kSpace) - begin + 1);
 }
 
+// Optimal string alignment distance: insertions, deletions, substitutions
+// and swaps of neighbours, each one edit.
+size_t EditDistance(const std::string& a, const std::string& b) {
+  std::vector<std::vector<size_t>> d(a.size() + 1, std::vector<size_t>(b.size() + 1));
+  for (size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
+  for (size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
+      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  }
+  return d[a.size()][b.size()];
+}
+
 }  // namespace
+
+std::string DidYouMean(const std::string& typed, const std::vector<std::string>& known) {
+  const std::string* best = nullptr;
+  size_t best_distance = 3;
+  for (const auto& k : known) {
+    size_t d = EditDistance(typed, k);
+    if (d < best_distance && d < std::max<size_t>(k.size(), 2)) best = &k, best_distance = d;
+  }
+  return best ? " (did you mean '" + *best + "'?)" : "";
+}
 
 Arguments::Arguments(const std::vector<std::string>& args, const std::set<std::string>& valued,
                      const std::set<std::string>& flags) {
@@ -42,7 +70,10 @@ Arguments::Arguments(const std::vector<std::string>& args, const std::set<std::s
         values_.emplace(name, Value{args[++i]});
       }
     } else {
-      throw Bad("unknown option --" + name);
+      std::vector<std::string> known(valued.begin(), valued.end());
+      known.insert(known.end(), flags.begin(), flags.end());
+      for (auto& k : known) k = "--" + k;
+      throw Bad("unknown option --" + name + DidYouMean("--" + name, known));
     }
   }
 }

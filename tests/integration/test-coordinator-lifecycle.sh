@@ -34,7 +34,7 @@ vm_reported() { [[ $(api GET /vms | jpy "len(d['vms'])") -ge 1 ]]; }
 wait_for "the VM to be reported" 30 vm_reported
 
 # The job, made with the CLI (its retention options are ferry prune's).
-JOB=$("$FERRY" --coordinator "$API" job create life --repo 1 --vm life --retries 0 --retry-interval 0 \
+JOB=$("$FERRY" --coordinator "$API" job create life --repo main --vm life --retries 0 --retry-interval 0 \
   --keep-last 2 --check-daily 03:00 | jpy 'd["id"]') || fail "job create"
 [[ $(api GET "/jobs/$JOB" | jpy 'd["retention_description"]') == "keep-last 2" ]] || fail "the job's policy: $(api GET "/jobs/$JOB")"
 
@@ -171,6 +171,9 @@ points = json.load(sys.stdin)["points"]
 assert all(p["last_check"]["state"] == "ok" for p in points), points' || fail "points after the second check: $(api GET "/points?job=$JOB")"
 kept=$(listed)
 "$FERRY" --coordinator "$API" point list --job life >"$WORK/point-list.txt" || fail "point list"
+# Query values are percent-encoded; lists page.
+[[ $("$FERRY" --coordinator "$API" point list --vm 'a b&c=d' --json | jpy 'len(d["points"])') == 0 ]] || fail "point list --vm 'a b&c=d'"
+[[ $("$FERRY" --coordinator "$API" session list --job life --limit 2 --json | jpy 'len(d["sessions"])') == 2 ]] || fail "session list --limit 2"
 grep -q "LOCKED_UNTIL\|locked_until" "$WORK/point-list.txt" && [[ $(grep -c " ok" "$WORK/point-list.txt") == 3 ]] ||
   fail "ferry point list: $(cat "$WORK/point-list.txt")"
 [[ $kept == "$P1 $P4 $P5" ]] || fail "after 5 sessions the job has points $kept"

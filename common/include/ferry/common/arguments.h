@@ -85,4 +85,9 @@ class Arguments {
   std::string config_path_;  // the file values with a line came from; "" if none
 };
 
+// For a mistyped command, option or action: " (did you mean 'backup'?)" when
+// one of `known` is within two edits of `typed` (the closest; letters
+// swapped count as one edit), else "".
+std::string DidYouMean(const std::string& typed, const std::vector<std::string>& known);
+
 }  // namespace ferry

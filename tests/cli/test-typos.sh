@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Mistakes a user makes on the command line (issue 15): a mistyped command,
+# option, coordinator resource or action is refused in one line, exit 2,
+# with the closest correct spelling, and never with the whole usage; an
+# unknown coordinator action is refused before any request is sent (the
+# URL below has nothing listening). Needs no VM and no coordinator.
+set -euo pipefail
+FERRY=$(realpath "${1:?usage: test-typos.sh FERRY}")
+fail() { echo "FAIL: $*" >&2; exit 1; }
+ok() { echo "ok: $*"; }
+export FERRY_TOKEN=not-used
+NOWHERE=http://127.0.0.1:1
+expect() {  # WANT-SUBSTRING COMMAND...: exit 2, one line, containing WANT
+  local want=$1; shift
+  local rc=0 out
+  out=$("$@" 2>&1) || rc=$?
+  [[ $rc == 2 ]] || fail "'$*' exited $rc: $out"
+  [[ $(wc -l <<<"$out") == 1 ]] || fail "'$*' printed more than one line: $out"
+  [[ $out == *"$want"* ]] || fail "'$*' said '$out', not '$want'"
+  ok "$* -> $out"
+}
+expect "unknown command 'bakup' (did you mean 'backup'?)" "$FERRY" bakup
+expect "unknown command 'frobnicate'; 'ferry --help'" "$FERRY" frobnicate
+expect "unknown option --repoo (did you mean '--repo'?)" "$FERRY" list --repoo /x
+expect "unknown option --keep-lsat (did you mean '--keep-last'?)" "$FERRY" prune --repo /x --keep-lsat 3
+expect "unknown resource 'jbo' (did you mean 'job'?)" "$FERRY" --coordinator "$NOWHERE" jbo list
+expect "unknown action 'strat' for job (did you mean 'start'?)" "$FERRY" --coordinator "$NOWHERE" job strat nightly
+expect "unknown action 'restart' for job" "$FERRY" --coordinator "$NOWHERE" job restart nightly
+expect "unknown action 'delete' for point" "$FERRY" --coordinator "$NOWHERE" point delete 3
+echo "PASS: $(basename "$0")"
