@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <set>
@@ -143,10 +144,16 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   try {
     if (command == "--coordinator") {
-      if (rest.empty()) throw ferry::Error(ferry::ErrorKind::kBadInput, "--coordinator needs a URL");
-      std::string url = rest[0];
-      return ferry::cli::CoordinatorCommand(url, std::vector<std::string>(rest.begin() + 1, rest.end()),
-                                            g_interrupted);
+      // The URL, or $FERRY_COORDINATOR when what follows is not one.
+      const char* env = std::getenv("FERRY_COORDINATOR");
+      if (!rest.empty() && rest[0].find("://") != std::string::npos) {
+        std::string url = rest[0];
+        return ferry::cli::CoordinatorCommand(url, std::vector<std::string>(rest.begin() + 1, rest.end()),
+                                              g_interrupted);
+      }
+      if (env && *env) return ferry::cli::CoordinatorCommand(env, rest, g_interrupted);
+      throw ferry::Error(ferry::ErrorKind::kBadInput,
+                         "--coordinator needs a URL (http[s]://HOST:PORT), or set FERRY_COORDINATOR");
     }
     std::vector<std::string> known(kHostCommands.begin(), kHostCommands.end());
     known.erase(std::remove(known.begin(), known.end(), "_guardian"), known.end());

@@ -27,4 +27,12 @@ expect "unknown resource 'jbo' (did you mean 'job'?)" "$FERRY" --coordinator "$N
 expect "unknown action 'strat' for job (did you mean 'start'?)" "$FERRY" --coordinator "$NOWHERE" job strat nightly
 expect "unknown action 'restart' for job" "$FERRY" --coordinator "$NOWHERE" job restart nightly
 expect "unknown action 'delete' for point" "$FERRY" --coordinator "$NOWHERE" point delete 3
+# The environment stands for --repo and for --coordinator's URL.
+out=$(FERRY_REPO=/nonexistent/repo "$FERRY" list 2>&1) && fail "list of a missing FERRY_REPO succeeded"
+[[ $out == *"/nonexistent/repo does not exist"* ]] || fail "FERRY_REPO was not used: $out"
+out=$(env -u FERRY_REPO "$FERRY" list 2>&1) && fail "list without a repository succeeded"
+[[ $out == *"--repo is required"*"FERRY_REPO"* ]] || fail "without --repo: $out"
+out=$(FERRY_COORDINATOR=$NOWHERE "$FERRY" --coordinator job list 2>&1) && fail "job list against nothing succeeded"
+[[ $out == *"127.0.0.1:1/api/v1/jobs"* ]] || fail "FERRY_COORDINATOR was not used: $out"
+ok "FERRY_REPO and FERRY_COORDINATOR stand for --repo and the URL"
 echo "PASS: $(basename "$0")"

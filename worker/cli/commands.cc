@@ -10,6 +10,7 @@
 #include <chrono>
 #include <map>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <filesystem>
 #include <iostream>
@@ -113,7 +114,14 @@ rpc::RepositoryAccess RepoAccess(const Arguments& a) {
   return access;
 }
 
-std::unique_ptr<Repository> OpenRepo(const Arguments& a) { return rpc::OpenRepository(a.Require("repo"), RepoAccess(a)); }
+std::string RepoLocation(const Arguments& a) {
+  if (auto repo = a.Get("repo")) return *repo;
+  // As restic's RESTIC_REPOSITORY and borg's BORG_REPO: set once per shell.
+  if (const char* env = std::getenv("FERRY_REPO"); env && *env) return env;
+  throw Error(ErrorKind::kBadInput, "option --repo is required (a directory or ferry+tls://HOST:PORT/NAME; or set FERRY_REPO)");
+}
+
+std::unique_ptr<Repository> OpenRepo(const Arguments& a) { return rpc::OpenRepository(RepoLocation(a), RepoAccess(a)); }
 
 int InitCommand(const Args& args) {
   Arguments a(args, {"repo", "chunk-size", "compression-level", "sync-level"}, {});
@@ -128,7 +136,7 @@ int InitCommand(const Args& args) {
     else if (*sync == "filesystem") config.sync_level = SyncLevel::kFilesystem;
     else throw Error(ErrorKind::kBadInput, "option --sync-level: '" + *sync + "' is not file or filesystem");
   }
-  std::string dir = a.Require("repo");
+  std::string dir = RepoLocation(a);
   Repository::Init(dir, config);
   LogInfo("created repository " + dir + " (chunk size " + HumanBytes(config.chunk_size) + ")");
   return 0;

@@ -26,6 +26,8 @@ using Args = std::vector<std::string>;
 //   --repo-ca FILE           CA certificates to trust for ferry+tls://
 //   --repo-server-name NAME  the name in the service's certificate
 std::set<std::string> RepoOptions(std::set<std::string> valued);
+// --repo, else $FERRY_REPO; kBadInput naming both when neither is given.
+std::string RepoLocation(const Arguments& a);
 std::unique_ptr<Repository> OpenRepo(const Arguments& a);
 rpc::RepositoryAccess RepoAccess(const Arguments& a);
 

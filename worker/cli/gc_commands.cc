@@ -40,7 +40,7 @@ std::string DescribeProgress(const GcProgress& p) {
 
 int GcCommand(const Args& args) {
   Arguments a(args, RepoOptions({"window", "threads"}), {"dry-run", "json"});
-  const std::string location = a.Require("repo");
+  const std::string location = RepoLocation(a);
   GcOptions options;
   options.dry_run = a.Has("dry-run");
   options.cancel = &g_interrupted;
@@ -78,7 +78,7 @@ int GcCommand(const Args& args) {
 
 int SpaceCommand(const Args& args) {
   Arguments a(args, RepoOptions({}), {"json"});
-  const std::string location = a.Require("repo");
+  const std::string location = RepoLocation(a);
   GcProgress progress;
   SpaceReport r;
   {
