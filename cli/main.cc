@@ -41,21 +41,22 @@ Commands:
            prints the point's id
   list     --repo DIR [--json]
            list restore points (and their locks)
-  restore  --repo DIR --point ID --disk NAME --to PATH [--format raw|qcow2]
+  restore  --repo DIR --point ID --disk NAME --to PATH [--format raw|qcow2] [--threads N]
            restore one disk into a new image file (thin)
   restore  --repo DIR --point ID --disk NAME --libvirt URI --vm NAME [--target-disk DEV]
            restore one disk into an existing, shut-off libvirt domain
   restore-vm --repo DIR --point ID --libvirt URI [--name NEW] [--dir PATH | --pool POOL]
            [--format qcow2|raw] [--keep-macs] | [--overwrite --yes]
            restore a whole VM as a new libvirt domain, or over the original
-  verify   --repo DIR [--point ID] [--threads N] [--skip-verified-within DURATION] [--no-record]
+  verify   --repo DIR [--point ID] [--chain NAME] [--threads N] [--skip-verified-within DURATION]
+           [--no-record]
            check every manifest and index, read back and check every chunk the
            points reference; damaged chunks are quarantined (the next backup
            stores them again); records each point's check (ferry list shows it);
            --skip-verified-within 7d: chunks a clean check read within 7 days
            are not read again
   prune    --repo DIR [--keep-last N] [--keep-within Nd] [--keep-daily N] [--keep-weekly N]
-           [--keep-monthly N] [--keep-yearly N] [--vm NAME] [--dry-run] [--json]
+           [--keep-monthly N] [--keep-yearly N] [--vm NAME] [--chain NAME] [--dry-run] [--json]
            remove the points no rule keeps, per VM and chain; prints each point,
            keep or remove, and why (docs/retention.md). Locked and in-use points stay
   remove   --repo DIR --point ID
