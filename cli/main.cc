@@ -25,6 +25,7 @@
 #include "ferry/common/arguments.h"
 #include "ferry/common/error.h"
 #include "ferry/common/log.h"
+#include "ferry/common/version.h"
 
 namespace {
 
@@ -131,6 +132,10 @@ int main(int argc, char** argv) {
     return globals == args.size() ? 2 : 0;
   }
   std::string command = args[globals];
+  if (command == "--version") {
+    std::cout << ferry::VersionLine("ferry") << "\n";
+    return 0;
+  }
   // Before any signal setup here: ferry-host starts with the default dispositions.
   if (kHostCommands.count(command)) return ExecHost(command, argv);
 

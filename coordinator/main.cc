@@ -22,6 +22,7 @@
 #include "ferry/common/error.h"
 #include "ferry/common/file_util.h"
 #include "ferry/common/log.h"
+#include "ferry/common/version.h"
 #include "ferry/coordinator/api.h"
 #include "ferry/coordinator/appliance_deployer.h"
 #include "ferry/coordinator/session_webhook.h"
@@ -185,7 +186,7 @@ int Run(const Options& o) {
   lifecycle_options.gc_window = std::chrono::minutes(o.gc_window_min);
   ferry::coordinator::RepositoryLifecycle lifecycle(runner, clock, lifecycle_options);
   lifecycle.Start();
-  ferry::coordinator::Api api(runner, DatabasePath(o.data), FERRY_VERSION, appliances.get(), &lifecycle);
+  ferry::coordinator::Api api(runner, DatabasePath(o.data), ferry::kVersion, appliances.get(), &lifecycle);
 
   ferry::http::ServerOptions http_options;
   http_options.listen = o.listen;
@@ -288,6 +289,10 @@ int main(int argc, char** argv) {
   if (args.empty() || args[0] == "--help" || args[0] == "-h") {
     std::cout << kUsage;
     return args.empty() ? 2 : 0;
+  }
+  if (args[0] == "--version") {
+    std::cout << ferry::VersionLine("ferry-coordinator") << "\n";
+    return 0;
   }
   // The scheduler allocates and frees small objects at a high rate on
   // several threads (~10% of its CPU at scale without this).

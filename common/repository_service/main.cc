@@ -11,6 +11,7 @@
 #include "ferry/common/allocator.h"
 #include "ferry/common/error.h"
 #include "ferry/common/log.h"
+#include "ferry/common/version.h"
 #include "ferry/rpc/repository_service.h"
 #include "repository_daemon_config.h"
 
@@ -19,6 +20,10 @@ int main(int argc, char** argv) {
   KeepFreedMemory();
   std::vector<std::string> args(argv + 1, argv + argc);
   try {
+    if (!args.empty() && args[0] == "--version") {
+      std::printf("%s\n", VersionLine("ferry-repository").c_str());
+      return 0;
+    }
     if (!args.empty() && args[0] == "key") {
       std::cout << repository_daemon::KeyCommand({args.begin() + 1, args.end()}) << std::endl;
       return 0;

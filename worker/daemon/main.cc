@@ -15,6 +15,7 @@
 #include "ferry/common/allocator.h"
 #include "ferry/common/error.h"
 #include "ferry/common/log.h"
+#include "ferry/common/version.h"
 #include "ferry/rpc/tls.h"
 #include "ferry/rpc/worker_agent.h"
 #include "ferry/rpc/worker_client.h"
@@ -28,6 +29,10 @@ int Main(int argc, char** argv) {
   daemon::WorkerConfig config;
   kj::Own<kj::TlsContext> tls;
   try {
+    if (argc == 2 && std::string(argv[1]) == "--version") {
+      std::printf("%s\n", VersionLine("ferry-worker").c_str());
+      return 0;
+    }
     config = daemon::ParseWorkerConfig(std::vector<std::string>(argv + 1, argv + argc));
     if (config.help) {
       std::fputs(daemon::WorkerUsage(), stdout);

@@ -10,12 +10,10 @@
 #include "ferry/common/arguments.h"
 #include "ferry/common/error.h"
 #include "ferry/common/file_util.h"
+#include "ferry/common/version.h"
 #include "ferry/worker/libvirt_host.h"
 #include "ferry/worker/ssh_host.h"
 
-#ifndef FERRY_VERSION
-#define FERRY_VERSION "dev"
-#endif
 
 namespace ferry::daemon {
 
@@ -148,7 +146,7 @@ WorkerConfig ParseWorkerConfig(const std::vector<std::string>& args) {
   }
 
   HostSettings& h = c.host;
-  h.version = FERRY_VERSION;
+  h.version = kVersion;
   h.host = a.Get("host").value_or(HostName());
   if (h.host.empty()) throw Error(ErrorKind::kBadInput, "option --host: this machine has no host name; give one");
   h.cluster = a.Get("cluster").value_or("");
