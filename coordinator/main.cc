@@ -42,7 +42,9 @@ Commands:
       [--tls-cert FILE --tls-key FILE] [--ready-file FILE]
       [--heartbeat-interval-ms N] [--heartbeat-deadline-ms N]
       [--repository-listen ADDR:PORT|off] [--repository-advertise HOST]
-      [--appliance-image DIR] [--gc-window MINUTES] [--verbose]
+      [--appliance-image DIR] [--gc-window MINUTES]
+      [--rpc-max-connections N] [--rpc-max-connections-per-address N]
+      [--verbose]
       serve the web API (default 127.0.0.1:8080), the worker RPC endpoint
       (default 127.0.0.1:8081) and the repository service for repositories at
       local paths (default: the RPC address's host, a free port; workers are
@@ -53,6 +55,12 @@ Commands:
       /hosts/{id}/worker, which deploys the worker appliance onto a libvirt host
       --gc-window: the safety window of the garbage collection that follows
       a job's retention (docs/gc.md; default 5; 0 only for tests)
+      --rpc-max-connections, --rpc-max-connections-per-address: worker RPC
+      connections open at once, in all (default 2048) and from one address
+      (default 64; raise it when many workers share one address, e.g. behind
+      NAT or ferry-simworker). A connection that has not registered within
+      10 s, or whose worker sends nothing for twice the heartbeat deadline,
+      is closed (docs/worker-protocol.md, "Limits")
 
 Exit codes: 0 ok, 2 bad input, 5 environment (see docs/error-policy.md).
 )";
@@ -81,6 +89,7 @@ struct Options {
   int64_t heartbeat_interval_ms = 5000;
   int64_t heartbeat_deadline_ms = 15000;
   int64_t gc_window_min = ferry::kDefaultGcWindow.count() / 60;
+  ferry::coordinator::WorkerRpcOptions rpc;  // the limits; listen and TLS are set from the above
 };
 
 // args[0] is the command; each command takes only its own options.
@@ -89,7 +98,8 @@ Options Parse(const std::vector<std::string>& args) {
   std::set<std::string> valued = {"data"};
   if (command == "run") {
     valued.insert({"listen", "rpc-listen", "tls-cert", "tls-key", "ready-file", "heartbeat-interval-ms",
-                   "heartbeat-deadline-ms", "repository-listen", "repository-advertise", "appliance-image", "gc-window"});
+                   "heartbeat-deadline-ms", "repository-listen", "repository-advertise", "appliance-image", "gc-window",
+                   "rpc-max-connections", "rpc-max-connections-per-address"});
   } else if (command != "init") {
     throw ferry::Error(ferry::ErrorKind::kBadInput, "unknown command '" + command + "'\n" + kUsage);
   }
@@ -108,6 +118,9 @@ Options Parse(const std::vector<std::string>& args) {
   o.heartbeat_interval_ms = a.GetInt("heartbeat-interval-ms", 100, 3600000).value_or(o.heartbeat_interval_ms);
   o.heartbeat_deadline_ms = a.GetInt("heartbeat-deadline-ms", 100, 3600000).value_or(o.heartbeat_deadline_ms);
   o.gc_window_min = a.GetInt("gc-window", 0, 7 * 24 * 60).value_or(o.gc_window_min);
+  if (auto n = a.GetInt("rpc-max-connections", 1, 1000000)) o.rpc.max_connections = static_cast<unsigned>(*n);
+  if (auto n = a.GetInt("rpc-max-connections-per-address", 1, 1000000))
+    o.rpc.max_connections_per_address = static_cast<unsigned>(*n);
   if (o.tls_cert.empty() != o.tls_key.empty())
     throw ferry::Error(ferry::ErrorKind::kBadInput, "--tls-cert and --tls-key go together");
   if (o.heartbeat_deadline_ms < 2 * o.heartbeat_interval_ms)
@@ -179,7 +192,7 @@ int Run(const Options& o) {
   ferry::http::Server http(http_options, [&api](const ferry::http::Request& r) { return api.Handle(r); });
   http.Start();
 
-  ferry::coordinator::WorkerRpcOptions rpc_options;
+  ferry::coordinator::WorkerRpcOptions rpc_options = o.rpc;
   rpc_options.listen = o.rpc_listen;
   rpc_options.tls_cert_file = o.tls_cert;
   rpc_options.tls_key_file = o.tls_key;
