@@ -22,17 +22,15 @@
 #include <string>
 
 #include "ferry/coordinator/session_runner.h"
+#include "ferry/rpc/protocol.h"
 
 namespace ferry::coordinator {
 
 // Limits on what a peer may cost (rpc/guarded_server.h; the reasoning is in
-// docs/worker-protocol.md, "Limits"). Frames: until registerWorker succeeded,
-// none over kUnregisteredMessageBytes; after it, none over kMaxMessageBytes
-// (an inventory of 20,000 VMs with long names, tags and disks is about 10
-// MiB: worker_rpc_server_test measures it). A larger frame closes the
-// connection after its 8-byte header, before anything is allocated for it.
-inline constexpr uint64_t kUnregisteredMessageBytes = uint64_t{256} << 10;
-inline constexpr uint64_t kMaxMessageBytes = uint64_t{32} << 20;
+// docs/worker-protocol.md, "Limits"): frames as in rpc/protocol.h
+// (kUnregisteredMessageBytes, kMaxMessageBytes), connections, time.
+using rpc::kMaxMessageBytes;
+using rpc::kUnregisteredMessageBytes;
 
 // The idle timeout for a heartbeat deadline: twice the deadline. The runner
 // declares a worker lost at the deadline; the connection outlives that by as
