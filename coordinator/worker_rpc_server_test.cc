@@ -132,7 +132,9 @@ class WorkerRpcServerTest : public ::testing::Test {
     EXPECT_NO_THROW(Heartbeat(session));
   }
 
-  kj::AsyncIoContext io_ = kj::setupAsyncIo();
+  // (Held by pointer: its destructor is noexcept(false), the fixture's may not be.)
+  std::unique_ptr<kj::AsyncIoContext> loop_ = std::make_unique<kj::AsyncIoContext>(kj::setupAsyncIo());
+  kj::AsyncIoContext& io_ = *loop_;
   std::string dir_;
   std::string token_, token2_;
   std::unique_ptr<SessionRunner> runner_;

@@ -200,7 +200,11 @@ kj::Promise<void> GuardedAcceptor::Watch(ConnectionGate& gate, kj::TimePoint acc
     deadline = gate.last_message() + ToKj(limits_.idle_timeout);
   }
   kj::TimePoint now = timer_.now();
-  if (now < deadline) return timer_.atTime(deadline).then([this, &gate, accepted] { return Watch(gate, accepted); });
+  if (now < deadline) {
+    kj::Promise<void> wake = timer_.atTime(deadline);
+    if (!gate.authenticated()) wake = wake.exclusiveJoin(gate.OnAuthenticated());  // the idle clock starts
+    return wake.then([this, &gate, accepted] { return Watch(gate, accepted); });
+  }
   return timer_.afterDelay(1 * kj::SECONDS).then([this, &gate, accepted, deadline]() -> kj::Promise<void> {
     if (gate.authenticated() && gate.last_message() + ToKj(limits_.idle_timeout) > deadline) return Watch(gate, accepted);
     if (!gate.authenticated()) {

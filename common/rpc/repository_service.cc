@@ -1962,15 +1962,17 @@ RepositoryServer::RepositoryServer(RepositoryServiceConfig config, Options optio
         if (!options.tls_cert.empty() || !options.tls_key.empty()) {
           tls = MakeServerTlsContext(options.tls_cert, options.tls_key);
         }
-        RepositoryService::Client service = MakeRepositoryService(std::move(*service_config)).castAs<RepositoryService>();
+        // (A capnp Client copies only from a non-const one: std::function holds it by pointer.)
+        auto service = std::make_shared<RepositoryService::Client>(
+            MakeRepositoryService(std::move(*service_config)).castAs<RepositoryService>());
         auto address =
             io.provider->getNetwork().parseAddress(kj::StringPtr(host_.c_str()), want_port).wait(io.waitScope);
         kj::Own<kj::ConnectionReceiver> receiver = address->listen();
         port_ = static_cast<uint16_t>(receiver->getPort());
         auto acceptor = kj::heap<GuardedAcceptor>(
             *receiver, io.provider->getTimer(), tls.get(),
-            [service](kj::Own<ConnectionGate> gate) mutable -> capnp::Capability::Client {
-              return kj::heap<GatedRepositoryService>(service, kj::mv(gate));
+            [service](kj::Own<ConnectionGate> gate) -> capnp::Capability::Client {
+              return kj::heap<GatedRepositoryService>(*service, kj::mv(gate));
             },
             RepositoryLimits(options));
         loop_->acceptor = acceptor.get();

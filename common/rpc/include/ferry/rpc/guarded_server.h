@@ -26,6 +26,7 @@
 
 #include <capnp/capability.h>
 #include <kj/async-io.h>
+#include <kj/debug.h>
 #include <kj/compat/tls.h>
 #include <kj/refcount.h>
 #include <kj/timer.h>
@@ -63,8 +64,19 @@ class ConnectionGate final : public kj::Refcounted {
 
   // The peer proved who it is (a valid token): from now on the larger frame
   // limit and the idle timeout apply instead of the authentication deadline.
-  void Authenticated() { authenticated_ = true; }
+  void Authenticated() {
+    if (authenticated_) return;
+    authenticated_ = true;
+    KJ_IF_MAYBE(f, wake_) (*f)->fulfill();
+    wake_ = nullptr;
+  }
   bool authenticated() const { return authenticated_; }
+  // Resolves on Authenticated() (one waiter at a time: the watchdog).
+  kj::Promise<void> OnAuthenticated() {
+    auto paf = kj::newPromiseAndFulfiller<void>();
+    wake_ = kj::mv(paf.fulfiller);
+    return kj::mv(paf.promise);
+  }
   // The peer's address ("192.0.2.7", "::1"), for log lines.
   const std::string& peer() const { return peer_; }
 
@@ -75,6 +87,7 @@ class ConnectionGate final : public kj::Refcounted {
   std::string peer_;
   bool authenticated_ = false;
   kj::TimePoint last_message_;
+  kj::Maybe<kj::Own<kj::PromiseFulfiller<void>>> wake_;
 };
 
 // Makes the bootstrap capability of one connection; the service keeps the
