@@ -117,7 +117,9 @@ echo "coordinator-scale: $WORKERS workers, $CLUSTERS clusters, $VMS VMs x $DISKS
   "task ${TASK_MS} ms; work dir $work; load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 echo "coordinator-scale: $coordinator built $(date -u -r "$coordinator" +%FT%TZ)" >&2
 token=$("$coordinator" init --data "$work/data" 2>>"$work/coordinator.log")
+# All the simulated workers connect from 127.0.0.1: lift the per-address cap.
 "$coordinator" run --data "$work/data" --listen 127.0.0.1:0 --rpc-listen 127.0.0.1:0 \
+  --rpc-max-connections $((WORKERS + 64)) --rpc-max-connections-per-address $((WORKERS + 64)) \
   --ready-file "$work/ready" >>"$work/coordinator.log" 2>&1 &
 coord_pid=$!
 for ((i = 0; i < 200; i++)); do

@@ -46,7 +46,9 @@ Commands:
       [--heartbeat-interval-ms N] [--heartbeat-deadline-ms N]
       [--repository-listen ADDR:PORT|off] [--repository-advertise HOST]
       [--appliance-image DIR] [--gc-window MINUTES]
-      [--webhook URL [--webhook-token-file FILE] [--webhook-ca FILE]] [--verbose]
+      [--webhook URL [--webhook-token-file FILE] [--webhook-ca FILE]]
+      [--rpc-max-connections N] [--rpc-max-connections-per-address N]
+      [--verbose]
       serve the web API (default 127.0.0.1:8080), the worker RPC endpoint
       (default 127.0.0.1:8081) and the repository service for repositories at
       local paths (default: the RPC address's host, a free port; workers are
@@ -62,6 +64,12 @@ Commands:
       goes as Authorization: Bearer
       Also served: GET /healthz (no token) and GET /metrics (Prometheus text
       format, with a token)
+      --rpc-max-connections, --rpc-max-connections-per-address: worker RPC
+      connections open at once, in all (default 2048) and from one address
+      (default 64; raise it when many workers share one address, e.g. behind
+      NAT or ferry-simworker). A connection that has not registered within
+      10 s, or whose worker sends nothing for twice the heartbeat deadline,
+      is closed (docs/worker-protocol.md, "Limits")
 
 Exit codes: 0 ok, 2 bad input, 5 environment (see docs/error-policy.md).
 )";
@@ -91,6 +99,7 @@ struct Options {
   int64_t heartbeat_deadline_ms = 15000;
   int64_t gc_window_min = ferry::kDefaultGcWindow.count() / 60;
   std::string webhook_url, webhook_token_file, webhook_ca;
+  ferry::coordinator::WorkerRpcOptions rpc;  // the limits; listen and TLS are set from the above
 };
 
 // args[0] is the command; each command takes only its own options.
@@ -99,7 +108,9 @@ Options Parse(const std::vector<std::string>& args) {
   std::set<std::string> valued = {"data"};
   if (command == "run") {
     valued.insert({"listen", "rpc-listen", "tls-cert", "tls-key", "ready-file", "heartbeat-interval-ms",
-                   "heartbeat-deadline-ms", "repository-listen", "repository-advertise", "appliance-image", "gc-window", "webhook", "webhook-token-file", "webhook-ca"});
+                   "heartbeat-deadline-ms", "repository-listen", "repository-advertise", "appliance-image", "gc-window",
+                   "webhook", "webhook-token-file", "webhook-ca", "rpc-max-connections",
+                   "rpc-max-connections-per-address"});
   } else if (command != "init") {
     throw ferry::Error(ferry::ErrorKind::kBadInput, "unknown command '" + command + "'\n" + kUsage);
   }
@@ -123,6 +134,9 @@ Options Parse(const std::vector<std::string>& args) {
   o.webhook_ca = a.Get("webhook-ca").value_or("");
   if (o.webhook_url.empty() && (!o.webhook_token_file.empty() || !o.webhook_ca.empty()))
     throw ferry::Error(ferry::ErrorKind::kBadInput, "--webhook-token-file and --webhook-ca need --webhook URL");
+  if (auto n = a.GetInt("rpc-max-connections", 1, 1000000)) o.rpc.max_connections = static_cast<unsigned>(*n);
+  if (auto n = a.GetInt("rpc-max-connections-per-address", 1, 1000000))
+    o.rpc.max_connections_per_address = static_cast<unsigned>(*n);
   if (o.tls_cert.empty() != o.tls_key.empty())
     throw ferry::Error(ferry::ErrorKind::kBadInput, "--tls-cert and --tls-key go together");
   if (o.heartbeat_deadline_ms < 2 * o.heartbeat_interval_ms)
@@ -196,7 +210,7 @@ int Run(const Options& o) {
   ferry::http::Server http(http_options, [&api](const ferry::http::Request& r) { return api.Handle(r); });
   http.Start();
 
-  ferry::coordinator::WorkerRpcOptions rpc_options;
+  ferry::coordinator::WorkerRpcOptions rpc_options = o.rpc;
   rpc_options.listen = o.rpc_listen;
   rpc_options.tls_cert_file = o.tls_cert;
   rpc_options.tls_key_file = o.tls_key;

@@ -12,6 +12,7 @@
 
 #include "ferry/common/log.h"
 #include "ferry/coordinator/field_error.h"
+#include "ferry/rpc/guarded_server.h"
 #include "ferry/rpc/protocol.h"
 #include "ferry/rpc/tls.h"
 #include "ferry/rpc/worker_client.h"
@@ -332,10 +333,12 @@ class WorkerSessionImpl final : public rpc::WorkerSession::Server {
   int64_t host_id_;
 };
 
+// One per connection: a successful registration tells the connection's
+// gate, which lifts the registration deadline and the small frame limit.
 class CoordinatorImpl final : public rpc::Coordinator::Server {
  public:
-  CoordinatorImpl(SessionRunner& runner, WaitList& waiters, GroupCommit& commits)
-      : runner_(runner), waiters_(waiters), commits_(commits) {}
+  CoordinatorImpl(SessionRunner& runner, WaitList& waiters, GroupCommit& commits, kj::Own<rpc::ConnectionGate> gate)
+      : runner_(runner), waiters_(waiters), commits_(commits), gate_(kj::mv(gate)) {}
 
   kj::Promise<void> registerWorker(RegisterWorkerContext context) override {
     try {
@@ -353,6 +356,7 @@ class CoordinatorImpl final : public rpc::Coordinator::Server {
         for (uint64_t id : request.getHeldSnapshots()) hello.held_snapshots->push_back(static_cast<int64_t>(id));
       }
       WorkerWelcome welcome = runner_.RegisterWorker(hello);
+      gate_->Authenticated();
       auto results = context.getResults();
       results.setSession(kj::heap<WorkerSessionImpl>(runner_, waiters_, commits_, welcome.worker_id, welcome.epoch, welcome.host_id));
       auto reply = results.initReply();
@@ -367,7 +371,7 @@ class CoordinatorImpl final : public rpc::Coordinator::Server {
         drop.set(static_cast<unsigned>(i), static_cast<uint64_t>(welcome.drop_snapshots[i]));
       return kj::READY_NOW;
     } catch (const std::exception& e) {
-      LogWarning(std::string("worker registration refused: ") + e.what());
+      LogWarning("worker registration from " + gate_->peer() + " refused: " + e.what());
       return ToKj(e);
     }
   }
@@ -376,6 +380,7 @@ class CoordinatorImpl final : public rpc::Coordinator::Server {
   SessionRunner& runner_;
   WaitList& waiters_;
   GroupCommit& commits_;
+  kj::Own<rpc::ConnectionGate> gate_;
 };
 
 }  // namespace
@@ -435,8 +440,16 @@ class WorkerRpcServer::Impl {
       kj::Timer& timer = io.provider->getTimer();
       kj::TaskSet tasks(error_handler_);
       GroupCommit commits(runner_, tasks);
-      capnp::TwoPartyServer server(kj::heap<CoordinatorImpl>(runner_, waiters, commits));
-      tasks.add(AcceptLoop(*listener, server, tls.get(), tasks));
+      rpc::GuardedAcceptor acceptor(
+          *listener, timer, tls.get(),
+          [this, &waiters, &commits](kj::Own<rpc::ConnectionGate> gate) -> capnp::Capability::Client {
+            return kj::heap<CoordinatorImpl>(runner_, waiters, commits, kj::mv(gate));
+          },
+          Limits());
+      // Dropped before the acceptor it runs on.
+      kj::Promise<void> accepting = acceptor.Run().eagerlyEvaluate([](kj::Exception&& e) {
+        LogError(std::string("worker RPC: accepting stopped: ") + e.getDescription().cStr());
+      });
       tasks.add(TickLoop(timer, waiters, commits));
       auto stop = kj::newPromiseAndFulfiller<void>();
       {
@@ -464,25 +477,19 @@ class WorkerRpcServer::Impl {
     }
   }
 
-  kj::Promise<void> AcceptLoop(kj::ConnectionReceiver& listener, capnp::TwoPartyServer& server,
-                               kj::TlsContext* tls, kj::TaskSet& tasks) {
-    return listener.accept().then(
-        [this, &listener, &server, tls, &tasks](kj::Own<kj::AsyncIoStream> stream) {
-          rpc::TuneTcpSocket(*stream, 30 * kj::SECONDS);
-          if (tls) {
-            // The handshake of one client must never stop the accept loop.
-            tasks.add(tls->wrapServer(kj::mv(stream))
-                          .then([&server](kj::Own<kj::AsyncIoStream> secure) { server.accept(kj::mv(secure)); },
-                                [](kj::Exception&& e) { LogDebug(std::string("RPC TLS handshake failed: ") + e.getDescription().cStr()); }));
-          } else {
-            server.accept(kj::mv(stream));
-          }
-          return AcceptLoop(listener, server, tls, tasks);
-        },
-        [this, &listener, &server, tls, &tasks](kj::Exception&& e) {
-          LogWarning(std::string("RPC accept failed: ") + e.getDescription().cStr());
-          return AcceptLoop(listener, server, tls, tasks);
-        });
+  rpc::ConnectionLimits Limits() const {
+    rpc::ConnectionLimits l;
+    l.what = "worker RPC";
+    l.auth_step = "registerWorker";
+    l.max_connections = options_.max_connections;
+    l.max_per_address = options_.max_connections_per_address;
+    l.unauthenticated_message_words = kUnregisteredMessageBytes / sizeof(capnp::word);
+    l.max_message_words = kMaxMessageBytes / sizeof(capnp::word);
+    l.flow_limit_words = kMaxMessageBytes / sizeof(capnp::word);
+    l.auth_timeout = options_.registration_timeout;
+    l.idle_timeout = options_.idle_timeout.value_or(
+        std::chrono::milliseconds(IdleTimeoutFor(runner_.heartbeat_deadline_ms())));
+    return l;
   }
 
   kj::Promise<void> TickLoop(kj::Timer& timer, WaitList& waiters, GroupCommit& commits) {

@@ -20,7 +20,8 @@ namespace ferry::repository_daemon {
 namespace {
 
 const std::set<std::string> kValued = {"config", "listen", "tls-cert", "tls-key", "repository", "tokens",
-                                       "coordinator-key", "max-connections", "handshake-timeout"};
+                                       "coordinator-key", "max-connections", "max-connections-per-address",
+                                       "handshake-timeout"};
 const std::set<std::string> kFlags = {"no-tls", "verbose", "quiet", "help"};
 
 std::string Trim(std::string s) {
@@ -72,7 +73,10 @@ command line wins.
                             this key (make it with `ferry-repository key`, give its
                             text to the coordinator as the repository's token)
   --max-connections N       connections open at once (default 256)
-  --handshake-timeout DUR   a TLS handshake may take this long (default 10s)
+  --max-connections-per-address N
+                            of those, from one peer address (default 64)
+  --handshake-timeout DUR   from connecting to a successful open (TLS handshake
+                            included) may take this long (default 10s)
   --verbose, --quiet        more, or only warnings and errors, on stderr
 
 key --key-file FILE: makes a key shared with a coordinator (file 0600) and
@@ -145,6 +149,7 @@ DaemonConfig ParseDaemonConfig(const std::vector<std::string>& args) {
     throw Error(ErrorKind::kBadInput, "--no-tls and --tls-cert contradict each other");
   }
   if (auto n = a.GetInt("max-connections", 1, 65536)) c.server.max_connections = static_cast<unsigned>(*n);
+  if (auto n = a.GetInt("max-connections-per-address", 1, 65536)) c.server.max_per_address = static_cast<unsigned>(*n);
   if (auto d = a.GetDuration("handshake-timeout")) c.server.handshake_timeout = *d;
 
   for (const std::string& spec : a.GetAll("repository")) {

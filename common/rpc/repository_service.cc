@@ -27,6 +27,7 @@
 #include "ferry/common/error.h"
 #include "ferry/common/log.h"
 #include "ferry/common/repository.h"
+#include "ferry/rpc/guarded_server.h"
 #include "ferry/rpc/protocol.h"
 #include "ferry/rpc/repository_protocol.capnp.h"
 #include "ferry/rpc/tls.h"
@@ -1904,77 +1905,50 @@ HostPort ListenAddress(const std::string& listen) {
 constexpr uint64_t kMaxMessageWords = (kMaxEncodedChunk + (size_t{1} << 20)) / sizeof(capnp::word);
 constexpr size_t kFlowLimitWords = (size_t{64} << 20) / sizeof(capnp::word);
 
-struct ServedConnection {
-  ServedConnection(kj::Own<kj::AsyncIoStream> s, capnp::Capability::Client bootstrap)
-      : stream(kj::mv(s)),
-        network(*stream, capnp::rpc::twoparty::Side::SERVER, capnp::ReaderOptions{kMaxMessageWords, 64}),
-        rpc(capnp::makeRpcServer(network, kj::mv(bootstrap))) {
-    rpc.setFlowLimit(kFlowLimitWords);
-  }
-  kj::Own<kj::AsyncIoStream> stream;
-  capnp::TwoPartyVatNetwork network;
-  capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpc;
-};
-
-// Accepts connections up to a cap; each TLS handshake runs on its own with a
-// deadline, so a client that stalls it holds up nobody else.
-class Acceptor {
+// The bootstrap of one connection: the shared service's, telling the
+// connection's gate once an open succeeded (the token was good), which lifts
+// the authentication deadline and the small frame limit.
+class GatedRepositoryService final : public RepositoryService::Server {
  public:
-  Acceptor(kj::ConnectionReceiver& receiver, kj::Timer& timer, kj::TlsContext* tls, capnp::Capability::Client bootstrap,
-           const RepositoryServer::Options& options, std::atomic<unsigned>& count)
-      : receiver_(receiver), timer_(timer), tls_(tls), bootstrap_(kj::mv(bootstrap)), options_(options),
-        count_(count), tasks_(ignore_) {}
+  GatedRepositoryService(RepositoryService::Client service, kj::Own<ConnectionGate> gate)
+      : service_(kj::mv(service)), gate_(kj::mv(gate)) {}
 
-  kj::Promise<void> Run() {
-    return receiver_.accept().then([this](kj::Own<kj::AsyncIoStream> stream) {
-      Accepted(kj::mv(stream));
-      return Run();
+  kj::Promise<void> open(OpenContext context) override {
+    auto params = context.getParams();
+    auto req = service_.openRequest(params.totalSize());
+    req.setProtocolVersion(params.getProtocolVersion());
+    req.setToken(params.getToken());
+    req.setRepository(params.getRepository());
+    return req.send().then([this, context](capnp::Response<RepositoryService::OpenResults>&& r) mutable {
+      gate_->Authenticated();
+      auto results = context.getResults();
+      results.setRepository(r.getRepository());
+      results.setInfo(r.getInfo());
     });
   }
 
  private:
-  void Accepted(kj::Own<kj::AsyncIoStream> stream) {
-    if (count_.load() >= options_.max_connections) {
-      LogWarning("repository service: a connection refused, " + std::to_string(options_.max_connections) +
-                 " are open (the limit)");
-      return;  // dropping the stream closes it
-    }
-    ++count_;
-    // Keepalive: a worker whose host vanished holds its disks' locks until
-    // the service notices.
-    TuneTcpSocket(*stream, 30 * kj::SECONDS);
-    kj::Promise<kj::Own<kj::AsyncIoStream>> ready = nullptr;
-    if (tls_) {
-      ready = timer_.timeoutAfter(options_.handshake_timeout.count() * kj::MILLISECONDS, tls_->wrapServer(kj::mv(stream)));
-    } else {
-      ready = kj::mv(stream);
-    }
-    tasks_.add(ready
-                   .then([this](kj::Own<kj::AsyncIoStream> s) {
-                     auto conn = kj::heap<ServedConnection>(kj::mv(s), bootstrap_);
-                     auto gone = conn->network.onDisconnect();
-                     return gone.attach(kj::mv(conn));
-                   })
-                   .catch_([](kj::Exception&& e) {
-                     LogDebug(std::string("repository service: a connection ended: ") + e.getDescription().cStr());
-                   })
-                   .then([this] { --count_; }));
-  }
-
-  IgnoreTaskErrors ignore_;
-  kj::ConnectionReceiver& receiver_;
-  kj::Timer& timer_;
-  kj::TlsContext* tls_;
-  capnp::Capability::Client bootstrap_;
-  const RepositoryServer::Options options_;
-  std::atomic<unsigned>& count_;
-  kj::TaskSet tasks_;
+  RepositoryService::Client service_;
+  kj::Own<ConnectionGate> gate_;
 };
+
+ConnectionLimits RepositoryLimits(const RepositoryServer::Options& options) {
+  ConnectionLimits l;
+  l.what = "repository service";
+  l.auth_step = "open";
+  l.max_connections = options.max_connections;
+  l.max_per_address = options.max_per_address;
+  l.max_message_words = kMaxMessageWords;
+  l.flow_limit_words = kFlowLimitWords;
+  l.auth_timeout = options.handshake_timeout;
+  l.idle_timeout = options.idle_timeout;
+  return l;
+}
 
 }  // namespace
 
 struct RepositoryServer::Loop {
-  std::atomic<unsigned> connections{0};
+  std::atomic<GuardedAcceptor*> acceptor{nullptr};
   std::unique_ptr<LoopThread> thread;
 };
 
@@ -1988,17 +1962,24 @@ RepositoryServer::RepositoryServer(RepositoryServiceConfig config, Options optio
         if (!options.tls_cert.empty() || !options.tls_key.empty()) {
           tls = MakeServerTlsContext(options.tls_cert, options.tls_key);
         }
-        capnp::Capability::Client service = MakeRepositoryService(std::move(*service_config));
+        // (A capnp Client copies only from a non-const one: std::function holds it by pointer.)
+        auto service = std::make_shared<RepositoryService::Client>(
+            MakeRepositoryService(std::move(*service_config)).castAs<RepositoryService>());
         auto address =
             io.provider->getNetwork().parseAddress(kj::StringPtr(host_.c_str()), want_port).wait(io.waitScope);
         kj::Own<kj::ConnectionReceiver> receiver = address->listen();
         port_ = static_cast<uint16_t>(receiver->getPort());
-        auto acceptor = kj::heap<Acceptor>(*receiver, io.provider->getTimer(), tls.get(), kj::mv(service), options,
-                                           loop_->connections);
+        auto acceptor = kj::heap<GuardedAcceptor>(
+            *receiver, io.provider->getTimer(), tls.get(),
+            [service](kj::Own<ConnectionGate> gate) -> capnp::Capability::Client {
+              return kj::heap<GatedRepositoryService>(*service, kj::mv(gate));
+            },
+            RepositoryLimits(options));
+        loop_->acceptor = acceptor.get();
         // Dropped innermost first: the acceptor (its connections), then what it uses.
         return acceptor->Run().attach(kj::mv(acceptor)).attach(kj::mv(receiver)).attach(kj::mv(tls));
       },
-      [] {}, "repository service on " + options.listen);
+      [this] { loop_->acceptor = nullptr; }, "repository service on " + options.listen);
 }
 
 RepositoryServer::~RepositoryServer() { loop_->thread.reset(); }
@@ -2007,6 +1988,9 @@ std::string RepositoryServer::address() const {
   return (host_.find(':') != std::string::npos ? "[" + host_ + "]" : host_) + ":" + std::to_string(port_);
 }
 
-unsigned RepositoryServer::connections() const { return loop_->connections.load(); }
+unsigned RepositoryServer::connections() const {
+  GuardedAcceptor* acceptor = loop_->acceptor.load();
+  return acceptor ? acceptor->connections() : 0;
+}
 
 }  // namespace ferry::rpc

@@ -179,6 +179,15 @@ kj::Promise<void> WorkerAgent::SendInventory() {
       disks[d].setFormat(src.disks[d].format);
     }
   }
+  // The coordinator would close the connection on a frame this large (and
+  // again after each reconnection): say so here instead.
+  const uint64_t bytes = inv.totalSize().wordCount * sizeof(capnp::word);
+  if (bytes + 4096 > kMaxMessageBytes) {
+    LogError(options_.log_tag + ": the inventory of " + std::to_string(vms.size()) + " VMs is " +
+             std::to_string(bytes >> 20) + " MiB, over the worker protocol's limit of " +
+             std::to_string(kMaxMessageBytes >> 20) + " MiB: not reported (split the VMs among workers)");
+    return kj::READY_NOW;
+  }
   return inv.send().ignoreResult();
 }
 

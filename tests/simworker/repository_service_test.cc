@@ -734,5 +734,65 @@ TEST_F(RepositoryServiceTest, GarbageAndOversizedFramesCloseTheConnection) {
   EXPECT_NO_THROW(RemoteRepository::Connect(Endpoint(server, "tok-a", "a")));
 }
 
+// The worker RPC port's limits (rpc/guarded_server.h) hold here too: a
+// connection that has not opened a repository by the deadline is closed (in
+// silence or half way through a frame), a frame over 256 KiB before open
+// closes at once, and one peer address may hold only so many connections
+// while a client from another still gets through; an opened connection
+// outlives the deadline.
+TEST_F(RepositoryServiceTest, UnopenedConnectionsTimeOutAndOneAddressIsCapped) {
+  rpc::RepositoryServer::Options o;
+  o.handshake_timeout = std::chrono::milliseconds(500);
+  o.max_per_address = 2;
+  rpc::RepositoryServer server(config_, o);
+  auto port = server.port();
+  auto connect = [&](const char* source) {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in from{};
+    from.sin_family = AF_INET;
+    ::inet_pton(AF_INET, source, &from.sin_addr);
+    EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&from), sizeof from), 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    return fd;
+  };
+  auto closed_within = [](int fd, int ms) {
+    timeval tv{ms / 1000, (ms % 1000) * 1000};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char buf[256];
+    for (;;) {
+      ssize_t n = ::read(fd, buf, sizeof buf);
+      if (n == 0 || (n < 0 && errno == ECONNRESET)) return true;
+      if (n < 0) return false;
+    }
+  };
+  auto remote = RemoteRepository::Connect(Endpoint(server, "tok-a", "a"));  // opened: not timed out
+  const auto started = std::chrono::steady_clock::now();
+  int silent = connect("127.0.0.2");
+  int partial = connect("127.0.0.2");
+  uint32_t header[2] = {0, 16};
+  ASSERT_EQ(::write(partial, header, sizeof header), static_cast<ssize_t>(sizeof header));
+  int third = connect("127.0.0.2");
+  EXPECT_TRUE(closed_within(third, 2000)) << "past the per-address cap";
+  ::close(third);
+  int big = connect("127.0.0.3");
+  uint32_t big_header[2] = {0, (300u << 10) / 8};
+  ASSERT_EQ(::write(big, big_header, sizeof big_header), static_cast<ssize_t>(sizeof big_header));
+  EXPECT_TRUE(closed_within(big, 400)) << "a 300 KiB frame before open";
+  ::close(big);
+  EXPECT_TRUE(closed_within(silent, 3000));
+  EXPECT_TRUE(closed_within(partial, 3000));
+  const auto took = std::chrono::steady_clock::now() - started;
+  EXPECT_GE(took, std::chrono::milliseconds(400)) << "not before the deadline";
+  EXPECT_LE(took, std::chrono::milliseconds(2500));
+  ::close(silent);
+  ::close(partial);
+  EXPECT_NO_THROW(remote->MeasureSpace());
+  EXPECT_EQ(remote->reconnects(), 0u) << "the opened connection was closed";
+}
+
 }  // namespace
 }  // namespace ferry::simworker::testing

@@ -16,6 +16,15 @@ namespace ferry::rpc {
 // The version this build speaks (RegisterRequest.protocolVersion).
 inline constexpr uint32_t kProtocolVersion = PROTOCOL_VERSION;
 
+// Frame limits of the coordinator's worker port (docs/worker-protocol.md,
+// "Limits"): until registerWorker succeeded, none over
+// kUnregisteredMessageBytes; after it, none over kMaxMessageBytes (an
+// inventory of 20,000 VMs with long names, tags and disks is about 8.5 MiB;
+// coordinator/worker_rpc_server_test measures it). A larger frame closes the
+// connection after its 8-byte header, before anything is allocated for it.
+inline constexpr uint64_t kUnregisteredMessageBytes = uint64_t{256} << 10;
+inline constexpr uint64_t kMaxMessageBytes = uint64_t{32} << 20;
+
 // WorkResult.errorKind: the snake_case name of a ferry::ErrorKind
 // (docs/error-policy.md): bad_input, not_found, corrupt, environment,
 // retryable, interrupted, internal.

@@ -77,17 +77,28 @@ capnp::Capability::Client MakeRepositoryService(RepositoryServiceConfig config);
 // loop) of its own until destroyed: the ferry-repository daemon's core, and
 // what a process embedding one runs (tests, benchmarks, the coordinator).
 //
-// Hostile peers: each connection's messages are capped (a chunk's size plus
-// headroom; larger frames close the connection), as are the bytes of calls
-// it has in flight, the number of connections, and the time a TLS handshake
-// may take; a handshake never holds up other connections.
+// Hostile peers (rpc/guarded_server.h, the worker RPC port's mechanism):
+// each connection's messages are capped (256 KiB until a repository is
+// open, then a chunk's size plus headroom; larger frames close the
+// connection before their body is read), as are the bytes of calls it has
+// in flight, the number of connections (in all and per peer address), and
+// the time from connecting to a successful open (TLS handshake included); a
+// handshake never holds up other connections.
 class RepositoryServer {
  public:
   struct Options {
     std::string listen = "127.0.0.1:0";
     std::string tls_cert, tls_key;  // PEM files; both empty: plain TCP
     unsigned max_connections = 256;
+    // A worker host holds one connection per disk task (and lease) at most.
+    unsigned max_per_address = 64;
+    // A connection that has not opened a repository this long after it was
+    // accepted (TLS handshake included) is closed.
     std::chrono::milliseconds handshake_timeout{10000};
+    // After open: a connection that sends nothing this long is closed; 0
+    // (the default): never, since a worker may hold a repository (and its
+    // leases) idle between tasks.
+    std::chrono::milliseconds idle_timeout{0};
   };
   // Throws ferry::Error when a repository does not open, the certificate or
   // key is bad, or the address cannot be listened on.
