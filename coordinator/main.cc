@@ -22,6 +22,7 @@
 #include "ferry/common/error.h"
 #include "ferry/common/file_util.h"
 #include "ferry/common/log.h"
+#include "ferry/common/service_notify.h"
 #include "ferry/common/version.h"
 #include "ferry/coordinator/api.h"
 #include "ferry/coordinator/appliance_deployer.h"
@@ -35,7 +36,7 @@
 
 namespace {
 
-const char kUsage[] = R"(usage: ferry-coordinator COMMAND [OPTIONS]
+const char kUsage[] = R"(usage: ferry-coordinator COMMAND [--config FILE] [OPTIONS]
 
 Commands:
   init --data DIR
@@ -71,6 +72,10 @@ Commands:
       10 s, or whose worker sends nothing for twice the heartbeat deadline,
       is closed (docs/worker-protocol.md, "Limits")
 
+--config FILE: the options in a file, "name = value" a line (a flag: its bare
+name), e.g. /etc/ferry/coordinator.conf; any option of `run` may be there (init
+takes only its data); the command line wins (docs/packaging.md).
+
 Exit codes: 0 ok, 2 bad input, 5 environment (see docs/error-policy.md).
 )";
 
@@ -102,19 +107,27 @@ struct Options {
   ferry::coordinator::WorkerRpcOptions rpc;  // the limits; listen and TLS are set from the above
 };
 
-// args[0] is the command; each command takes only its own options.
+// args[0] is the command; each command takes only its own options on the
+// command line. A --config file may hold any of run's (one file serves both
+// the service and the `init` before it).
 Options Parse(const std::vector<std::string>& args) {
   const std::string& command = args[0];
-  std::set<std::string> valued = {"data"};
+  const std::set<std::string> run_valued = {"config", "data", "listen", "rpc-listen", "tls-cert", "tls-key",
+                                            "ready-file", "heartbeat-interval-ms", "heartbeat-deadline-ms",
+                                            "repository-listen", "repository-advertise", "appliance-image",
+                                            "gc-window", "webhook", "webhook-token-file", "webhook-ca",
+                                            "rpc-max-connections", "rpc-max-connections-per-address"};
+  std::set<std::string> valued = {"config", "data"};
   if (command == "run") {
-    valued.insert({"listen", "rpc-listen", "tls-cert", "tls-key", "ready-file", "heartbeat-interval-ms",
-                   "heartbeat-deadline-ms", "repository-listen", "repository-advertise", "appliance-image", "gc-window",
-                   "webhook", "webhook-token-file", "webhook-ca", "rpc-max-connections",
-                   "rpc-max-connections-per-address"});
+    valued = run_valued;
   } else if (command != "init") {
     throw ferry::Error(ferry::ErrorKind::kBadInput, "unknown command '" + command + "'\n" + kUsage);
   }
-  ferry::Arguments a(std::vector<std::string>(args.begin() + 1, args.end()), valued, {"verbose"});
+  const ferry::Arguments command_line(std::vector<std::string>(args.begin() + 1, args.end()), valued, {"verbose"});
+  ferry::Arguments a = command_line;
+  if (auto path = command_line.Get("config")) {
+    a = ferry::Arguments::Layered(ferry::Arguments::ReadConfigFile(*path, run_valued, {"verbose"}), command_line);
+  }
   if (a.Has("verbose")) ferry::SetLogLevel(ferry::LogLevel::kDebug);
   Options o;
   o.data = a.Require("data");
@@ -278,6 +291,7 @@ int Run(const Options& o) {
     runner.SetSessionEndHandler([hook = webhook.get()](const ferry::coordinator::SessionOutcome& s) { hook->Notify(s); });
   }
   if (!o.ready_file.empty()) WriteReadyFile(o.ready_file, api_url, rpc_address);
+  if (std::string why = ferry::NotifyServiceManager("READY=1"); !why.empty()) ferry::LogWarning(why);
 
   sigset_t stop_signals = StopSignals();
   const timespec kPoll{1, 0};
@@ -286,8 +300,7 @@ int Run(const Options& o) {
     if (signal == SIGINT || signal == SIGTERM) break;
   }
   ferry::LogInfo("stopping");
-  runner.SetSessionEndHandler({});
-  if (webhook) webhook->Stop();
+  ferry::NotifyServiceManager("STOPPING=1");
   http.Stop();
   if (appliances) appliances->Stop();
   rpc.Stop();

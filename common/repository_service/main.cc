@@ -11,6 +11,7 @@
 #include "ferry/common/allocator.h"
 #include "ferry/common/error.h"
 #include "ferry/common/log.h"
+#include "ferry/common/service_notify.h"
 #include "ferry/common/version.h"
 #include "ferry/rpc/repository_service.h"
 #include "repository_daemon_config.h"
@@ -51,9 +52,11 @@ int main(int argc, char** argv) {
     rpc::RepositoryServer server(std::move(config.service), config.server);
     LogInfo("ferry-repository: serving " + std::to_string(repositories) + " repositories to " +
             std::to_string(grants) + " tokens on " + server.address() + (tls ? " (TLS)" : " (plain TCP, no TLS)"));
+    if (std::string why = NotifyServiceManager("READY=1"); !why.empty()) LogWarning(why);
     int signo = 0;
     sigwait(&stop, &signo);
     LogInfo("ferry-repository: signal " + std::to_string(signo) + ", stopping");
+    NotifyServiceManager("STOPPING=1");
     return 0;
   } catch (const Error& e) {
     std::fprintf(stderr, "ferry-repository: %s\n", e.what());

@@ -15,6 +15,7 @@
 #include "ferry/common/allocator.h"
 #include "ferry/common/error.h"
 #include "ferry/common/log.h"
+#include "ferry/common/service_notify.h"
 #include "ferry/common/version.h"
 #include "ferry/rpc/tls.h"
 #include "ferry/rpc/worker_agent.h"
@@ -79,10 +80,13 @@ int Main(int argc, char** argv) {
     auto watch = executor.WatchInventory([&]() { agent.InventoryChanged(); }).eagerlyEvaluate([](kj::Exception&& e) {
       LogError("inventory watch stopped: " + std::string(e.getDescription().cStr()));
     });
+    // Serving: the inventory is scanned and the agent (re)connects on its own.
+    if (std::string why = NotifyServiceManager("READY=1"); !why.empty()) LogWarning(why);
     siginfo_t info = io.unixEventPort.onSignal(SIGTERM)
                          .exclusiveJoin(io.unixEventPort.onSignal(SIGINT))
                          .wait(io.waitScope);
     LogInfo("worker: signal " + std::to_string(info.si_signo) + ", stopping (held snapshots are removed)");
+    NotifyServiceManager("STOPPING=1");
   })) {
     LogError("worker: " + std::string(e->getDescription().cStr()));
     return 70;
