@@ -1,5 +1,7 @@
 #include "ferry/coordinator/database.h"
 
+#include <unistd.h>
+
 #include <sqlite3.h>
 
 #include <string>
@@ -634,6 +636,22 @@ void Database::Migrate() {
                     " is newer than this build knows (" + std::to_string(LatestSchemaVersion()) +
                     "); upgrade Ferry");
   if (current == LatestSchemaVersion()) return;
+  // A copy of the database as it was, before the first migration changes it:
+  // coordinator.db.bak-v<N> (docs/packaging.md, "Upgrading"). VACUUM INTO is
+  // consistent even with readers; an existing copy of that version is kept.
+  if (const char* file = sqlite3_db_filename(db_, "main"); current > 0 && file && *file) {
+    const std::string backup = std::string(file) + ".bak-v" + std::to_string(current);
+    if (::access(backup.c_str(), F_OK) != 0) {
+      std::string quoted;
+      for (char c : backup) quoted += c == '\'' ? std::string("''") : std::string(1, c);
+      try {
+        Execute("VACUUM INTO '" + quoted + "'");
+      } catch (const Error& e) {
+        throw Error(ErrorKind::kEnvironment, "backing up the database to " + backup + " before migrating it from "
+                                             "schema version " + std::to_string(current) + ": " + e.what());
+      }
+    }
+  }
   // Foreign keys off while migrating (it cannot change inside a
   // transaction): a migration that rebuilds a table (6) drops it while other
   // tables refer to it, which with foreign keys on would cascade. Each
