@@ -1,8 +1,7 @@
 #include "ferry/coordinator/database.h"
 
-#include <unistd.h>
-
 #include <sqlite3.h>
+#include <unistd.h>
 
 #include <string>
 
