@@ -37,9 +37,11 @@ grep -q 'libvirt0' <<<"$(dpkg-deb -f "$(deb_of ferry-worker)" Depends)" || fail 
 grep -q 'libsqlite3' <<<"$(dpkg-deb -f "$(deb_of ferry-coordinator)" Depends)" || fail "ferry-coordinator does not depend on libsqlite3"
 # The command links neither libvirt nor libnbd (cli/main.cc); ferry-host, in the same package, does.
 for c in coordinator worker repository; do
-  dpkg-deb --ctrl-tarfile "$(deb_of ferry-$c)" | tar -xO ./conffiles | grep -qx "/etc/ferry/$c.conf" ||
-    fail "ferry-$c: /etc/ferry/$c.conf is not a conffile"
-  dpkg-deb --ctrl-tarfile "$(deb_of ferry-$c)" | tar -t | grep -qx './postinst' || fail "ferry-$c: no postinst"
+  # Captured first: grep -q ending a pipeline early would fail it (pipefail).
+  conffiles=$(dpkg-deb --ctrl-tarfile "$(deb_of ferry-$c)" | tar -xO ./conffiles)
+  grep -qx "/etc/ferry/$c.conf" <<<"$conffiles" || fail "ferry-$c: /etc/ferry/$c.conf is not a conffile"
+  control=$(dpkg-deb --ctrl-tarfile "$(deb_of ferry-$c)" | tar -t)
+  grep -qx './postinst' <<<"$control" || fail "ferry-$c: no postinst"
   [ -f "$root/etc/ferry/$c.conf" ] || fail "ferry-$c: no /etc/ferry/$c.conf"
   [ -f "$root/usr/lib/systemd/system/ferry-$c.service" ] || fail "ferry-$c: no unit"
   [ -f "$root/usr/share/doc/ferry-$c/packaging.md" ] || fail "ferry-$c: no docs"
