@@ -6,6 +6,7 @@
 #include <string>
 
 #include "ferry/common/error.h"
+#include "ferry/common/log.h"
 
 namespace ferry::coordinator {
 namespace {
@@ -645,6 +646,8 @@ void Database::Migrate() {
       for (char c : backup) quoted += c == '\'' ? std::string("''") : std::string(1, c);
       try {
         Execute("VACUUM INTO '" + quoted + "'");
+        LogInfo("copied the database (schema version " + std::to_string(current) + ") to " + backup +
+                " before migrating it");
       } catch (const Error& e) {
         throw Error(ErrorKind::kEnvironment, "backing up the database to " + backup + " before migrating it from "
                                              "schema version " + std::to_string(current) + ": " + e.what());

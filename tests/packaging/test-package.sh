@@ -71,6 +71,10 @@ set +e
 "$bin/ferry-worker" --config "$root/etc/ferry/worker.conf" >"$tmp/out" 2>&1; rc=$?
 set -e
 [ "$rc" = 2 ] && grep -q 'coordinator' "$tmp/out" || fail "ferry-worker with the shipped worker.conf (exit $rc): $(cat "$tmp/out")"
+set +e
+"$bin/ferry-repository" --config "$root/etc/ferry/repository.conf" >"$tmp/out" 2>&1; rc=$?
+set -e
+[ "$rc" = 2 ] && grep -q 'tls-cert' "$tmp/out" || fail "ferry-repository with the shipped repository.conf (exit $rc): $(cat "$tmp/out")"
 
 # The coordinator from its configuration file (flags override it) under a
 # stand-in service manager: READY=1 once it serves, STOPPING=1 on SIGTERM.
