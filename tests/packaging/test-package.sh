@@ -4,8 +4,9 @@
 # scratch root (never installed here); the unpacked binaries run (ferry
 # finds its ferry-host; the daemons read the shipped configuration files);
 # ferry-coordinator from the package tells a stand-in service manager READY=1
-# and STOPPING=1 over $NOTIFY_SOCKET; systemd-analyze verify finds nothing in
-# the units.
+# and STOPPING=1 over $NOTIFY_SOCKET; the coordinator's user and state
+# directory are made as its postinst makes them (systemd-sysusers,
+# systemd-tmpfiles, --root); systemd-analyze verify finds nothing in the units.
 #   test-package.sh SOURCE_DIR BUILD_DIR
 set -euo pipefail
 src=$1
@@ -102,6 +103,17 @@ wait "$coordinator_pid" || fail "ferry-coordinator did not stop cleanly: $(cat "
 coordinator_pid=
 wait "$listener" || true
 grep -q 'STOPPING=1' "$tmp/notified" || fail "no STOPPING=1 from ferry-coordinator: $(cat "$tmp/notified")"
+
+# What the coordinator's postinst does, into the scratch root: the user
+# ferry (sysusers.d), then /var/lib/ferry owned by it (tmpfiles.d).
+if command -v systemd-sysusers >/dev/null && command -v systemd-tmpfiles >/dev/null; then
+  systemd-sysusers --root="$root" ferry-coordinator.conf >"$tmp/sysusers" 2>&1 || fail "systemd-sysusers: $(cat "$tmp/sysusers")"
+  grep -q '^ferry:x:[0-9]*:[0-9]*:.*:/var/lib/ferry:/usr/sbin/nologin$' "$root/etc/passwd" ||
+    fail "sysusers made no user ferry: $(cat "$root/etc/passwd")"
+  systemd-tmpfiles --root="$root" --create ferry-coordinator.conf >"$tmp/tmpfiles" 2>&1 || fail "systemd-tmpfiles: $(cat "$tmp/tmpfiles")"
+  uid=$(awk -F: '$1 == "ferry" {print $3}' "$root/etc/passwd")
+  [ "$(stat -c '%u %a' "$root/var/lib/ferry")" = "$uid 700" ] || fail "/var/lib/ferry: $(stat -c '%u %a' "$root/var/lib/ferry"), not $uid 700"
+fi
 
 # The units. verify loads the units they refer to (sysinit.target, ...) from
 # the root too: the host's are copied in beside ours.
