@@ -3,6 +3,8 @@
 #include <sqlite3.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstdio>
 #include <string>
 
 #include "ferry/common/error.h"
@@ -638,21 +640,23 @@ void Database::Migrate() {
   if (current == LatestSchemaVersion()) return;
   // A copy of the database as it was, before the first migration changes it:
   // coordinator.db.bak-v<N> (docs/packaging.md, "Upgrading"). VACUUM INTO is
-  // consistent even with readers; an existing copy of that version is kept.
+  // consistent even with readers; it writes a temporary file, renamed over an
+  // older copy of the same version (one from before a downgrade is stale).
   if (const char* file = sqlite3_db_filename(db_, "main"); current > 0 && file && *file) {
     const std::string backup = std::string(file) + ".bak-v" + std::to_string(current);
-    if (::access(backup.c_str(), F_OK) != 0) {
-      std::string quoted;
-      for (char c : backup) quoted += c == '\'' ? std::string("''") : std::string(1, c);
-      try {
-        Execute("VACUUM INTO '" + quoted + "'");
-        LogInfo("copied the database (schema version " + std::to_string(current) + ") to " + backup +
-                " before migrating it");
-      } catch (const Error& e) {
-        throw Error(ErrorKind::kEnvironment, "backing up the database to " + backup + " before migrating it from "
-                                             "schema version " + std::to_string(current) + ": " + e.what());
-      }
+    const std::string partial = backup + ".tmp";
+    std::string quoted;
+    for (char c : partial) quoted += c == '\'' ? std::string("''") : std::string(1, c);
+    try {
+      if (::unlink(partial.c_str()) != 0 && errno != ENOENT) throw ErrnoError("removing " + partial, errno);
+      Execute("VACUUM INTO '" + quoted + "'");
+      if (::rename(partial.c_str(), backup.c_str()) != 0) throw ErrnoError("renaming " + partial, errno);
+    } catch (const Error& e) {
+      throw Error(ErrorKind::kEnvironment, "backing up the database to " + backup + " before migrating it from "
+                                           "schema version " + std::to_string(current) + ": " + e.what());
     }
+    LogInfo("copied the database (schema version " + std::to_string(current) + ") to " + backup +
+            " before migrating it");
   }
   // Foreign keys off while migrating (it cannot change inside a
   // transaction): a migration that rebuilds a table (6) drops it while other

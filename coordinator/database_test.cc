@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 
 #include "ferry/common/error.h"
 
@@ -386,6 +387,37 @@ TEST(Database, Migration8GivesJobsNoLifecycleAndKeepsPoints) {
   Statement session = db.Prepare("SELECT lifecycle_state IS NULL FROM sessions WHERE id = 1");
   ASSERT_TRUE(session.Step());
   EXPECT_EQ(session.Int(0), 1) << "sessions from before migration 8 have no lifecycle step due";
+}
+
+// Before migrating an existing database, Migrate copies it as it was to
+// coordinator.db.bak-v<N> (docs/packaging.md, "Upgrading"); a new one is not copied.
+TEST(Database, MigrationKeepsACopyOfTheOldVersion) {
+  std::string path = TempPath();
+  std::filesystem::remove(path);
+  const std::string backup = path + ".bak-v7";
+  {
+    // A stale copy (from before a downgrade) is replaced.
+    std::ofstream stale(backup);
+    stale << "stale";
+  }
+  {
+    Database db = Database::Open(path);
+    db.Execute(std::string(kDropMigration8) + "PRAGMA user_version = 7");
+  }
+  EXPECT_FALSE(std::filesystem::exists(path + ".bak-v0")) << "a new database is not copied";
+  {
+    Database db = Database::Open(path);
+    EXPECT_EQ(db.SchemaVersion(), LatestSchemaVersion());
+  }
+  ASSERT_TRUE(std::filesystem::exists(backup));
+  EXPECT_FALSE(std::filesystem::exists(backup + ".tmp"));
+  try {
+    Database::Open(backup, /*read_only=*/true);
+    ADD_FAILURE() << "the copy is not at schema version 7";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("has schema version 7"), std::string::npos) << e.what();
+  }
+  std::filesystem::remove(backup);
 }
 
 }  // namespace
