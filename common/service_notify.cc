@@ -26,8 +26,8 @@ std::string NotifyServiceManager(std::string_view state) {
   std::memcpy(address.sun_path, name.data(), name.size());
   if (name[0] == '@') address.sun_path[0] = '\0';
   // An abstract name's length is the address's length: no terminating NUL.
-  const socklen_t length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size() +
-                                                  (name[0] == '/' ? 1 : 0));
+  const socklen_t length =
+      static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size() + (name[0] == '/' ? 1 : 0));
   const int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return std::string("notifying the service manager: socket: ") + std::strerror(errno);
   const ssize_t sent =
