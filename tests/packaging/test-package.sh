@@ -61,6 +61,12 @@ set +e
 set -e
 grep -q 'no host commands\|cannot find ferry-host' "$tmp/out" && fail "the installed ferry did not find ferry-host: $(cat "$tmp/out")"
 grep -q 'no-such-repo' "$tmp/out" || fail "ferry list on a missing repository (exit $rc): $(cat "$tmp/out")"
+# Each program says the version its package carries.
+version=$(dpkg-deb -f "$(deb_of ferry)" Version)
+for d in ferry ferry-coordinator ferry-worker ferry-repository; do
+  out=$("$bin/$d" --version) || fail "$d --version failed"
+  [ "$out" = "$d ${version%-*}" ] || fail "$d --version: '$out', the package is $version"
+done
 for d in ferry-coordinator ferry-worker ferry-repository; do
   "$bin/$d" --help >"$tmp/out" || fail "$d --help failed"
   grep -q "^usage: $d" "$tmp/out" || fail "$d --help printed no usage"
