@@ -326,7 +326,7 @@ class Server::Impl {
   net::awaitable<void> Accept();
   net::awaitable<void> RunConnection(tcp::socket socket);
   template <class Stream>
-  net::awaitable<void> Serve(Stream& stream, std::string remote);
+  net::awaitable<void> Serve(Stream& stream, std::string remote, std::string address);
   template <class Stream>
   net::awaitable<void> ServeRequests(Stream& stream, beast::flat_buffer& buffer,
                                      const std::string& remote);
@@ -432,20 +432,22 @@ net::awaitable<void> Server::Impl::RunConnection(tcp::socket socket) {
   if (ec) co_return;  // the peer is already gone
   // Each response goes out in one write; Nagle's algorithm would only delay it.
   socket.set_option(tcp::no_delay(true), ec);
-  Registration registration(*this, socket.native_handle(), peer.address().to_string());
-  if (!registration.active()) co_return;  // stopping, or over a cap: closed at once
   if (tls_context_) {
     TlsStream stream(std::move(socket), *tls_context_);
-    co_await Serve(stream, FormatEndpoint(peer));
+    co_await Serve(stream, FormatEndpoint(peer), peer.address().to_string());
   } else {
     beast::tcp_stream stream(std::move(socket));
-    co_await Serve(stream, FormatEndpoint(peer));
+    co_await Serve(stream, FormatEndpoint(peer), peer.address().to_string());
   }
 }
 
 template <class Stream>
-net::awaitable<void> Server::Impl::Serve(Stream& stream, std::string remote) {
+net::awaitable<void> Server::Impl::Serve(Stream& stream, std::string remote, std::string address) {
   beast::tcp_stream& tcp = beast::get_lowest_layer(stream);
+  // Registered for the whole connection, and gone before the stream closes
+  // the socket (see Registration); over a cap the connection closes at once.
+  Registration registration(*this, tcp.socket().native_handle(), std::move(address));
+  if (!registration.active()) co_return;
   beast::flat_buffer buffer;
   if constexpr (std::is_same_v<Stream, TlsStream>) {
     error_code ec;
