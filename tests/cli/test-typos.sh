@@ -31,7 +31,7 @@ expect "unknown action 'delete' for point" "$FERRY" --coordinator "$NOWHERE" poi
 out=$(FERRY_REPO=/nonexistent/repo "$FERRY" list 2>&1) && fail "list of a missing FERRY_REPO succeeded"
 [[ $out == *"/nonexistent/repo does not exist"* ]] || fail "FERRY_REPO was not used: $out"
 out=$(env -u FERRY_REPO "$FERRY" list 2>&1) && fail "list without a repository succeeded"
-[[ $out == *"--repo is required"*"FERRY_REPO"* ]] || fail "without --repo: $out"
+[[ $out == *"missing required option --repo"*"FERRY_REPO"* ]] || fail "without --repo: $out"
 out=$(FERRY_COORDINATOR=$NOWHERE "$FERRY" --coordinator job list 2>&1) && fail "job list against nothing succeeded"
 [[ $out == *"127.0.0.1:1/api/v1/jobs"* ]] || fail "FERRY_COORDINATOR was not used: $out"
 ok "FERRY_REPO and FERRY_COORDINATOR stand for --repo and the URL"

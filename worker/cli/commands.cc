@@ -118,7 +118,8 @@ std::string RepoLocation(const Arguments& a) {
   if (auto repo = a.Get("repo")) return *repo;
   // As restic's RESTIC_REPOSITORY and borg's BORG_REPO: set once per shell.
   if (const char* env = std::getenv("FERRY_REPO"); env && *env) return env;
-  throw Error(ErrorKind::kBadInput, "option --repo is required (a directory or ferry+tls://HOST:PORT/NAME; or set FERRY_REPO)");
+  throw Error(ErrorKind::kBadInput,
+              "missing required option --repo (a directory or ferry+tls://HOST:PORT/NAME; or set FERRY_REPO)");
 }
 
 std::unique_ptr<Repository> OpenRepo(const Arguments& a) { return rpc::OpenRepository(RepoLocation(a), RepoAccess(a)); }
