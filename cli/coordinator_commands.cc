@@ -173,13 +173,19 @@ std::string Positional(const std::vector<std::string>& words, size_t i, const ch
   return words[i];
 }
 
-// A repository by id or by name.
+// An object by its id, or by the value of its member `key` in the listing
+// GET `listing` ({"COLLECTION": [...]}); `what` is the error when none has it.
+std::string IdOf(ApiClient& api, const std::string& listing, const std::string& collection, const char* key,
+                 const std::string& value, const std::string& what) {
+  if (IsNumber(value)) return value;
+  json::value listed = api.Call("GET", listing);
+  for (const auto& o : listed.at(collection).as_array())
+    if (o.at(key).as_string() == value) return std::to_string(o.at("id").as_int64());
+  throw Error(ErrorKind::kNotFound, what);
+}
+
 std::string RepoId(ApiClient& api, const std::string& repo) {
-  if (IsNumber(repo)) return repo;
-  json::value repos = api.Call("GET", "/repositories");
-  for (const auto& r : repos.at("repositories").as_array())
-    if (r.at("name").as_string() == repo) return std::to_string(r.at("id").as_int64());
-  throw Error(ErrorKind::kNotFound, "no repository named '" + repo + "' (ferry --coordinator URL repo list)");
+  return IdOf(api, "/repositories", "repositories", "name", repo, "no repository named '" + repo + "' (ferry --coordinator URL repo list)");
 }
 
 // "key=value&" with the value percent-encoded (Boost.URL), for a query string.
@@ -188,20 +194,13 @@ std::string QueryParam(const std::string& key, const std::string& value) {
 }
 
 std::string JobId(ApiClient& api, const std::string& job) {
-  if (IsNumber(job)) return job;
-  json::value jobs = api.Call("GET", "/jobs");
-  for (const auto& j : jobs.at("jobs").as_array())
-    if (j.at("name").as_string() == job) return std::to_string(j.at("id").as_int64());
-  throw Error(ErrorKind::kNotFound, "no job named '" + job + "'");
+  return IdOf(api, "/jobs", "jobs", "name", job, "no job named '" + job + "'");
 }
 
 // A point of `point list` by its id, or by its id in its repository.
 std::string PointRecordId(ApiClient& api, const std::string& point) {
-  if (IsNumber(point)) return point;
-  json::value points = api.Call("GET", "/points?limit=100000");
-  for (const auto& p : points.at("points").as_array())
-    if (p.at("point_id").as_string() == point) return std::to_string(p.at("id").as_int64());
-  throw Error(ErrorKind::kNotFound, "the coordinator has recorded no restore point '" + point + "' (ferry point list)");
+  return IdOf(api, "/points?limit=100000", "points", "point_id", point,
+              "the coordinator has recorded no restore point '" + point + "' (ferry point list)");
 }
 
 // POST /restores from `restore disk ...` / `restore vm ...`.
