@@ -25,51 +25,6 @@ namespace json = boost::json;
 namespace ferry::cli {
 namespace {
 
-const char kUsage[] = R"(usage: ferry --coordinator URL [--token-file FILE] [--ca FILE] RESOURCE ACTION ...
-
-The token comes from --token-file or $FERRY_TOKEN (never from the command
-line, where other users could read it).
-
-  status
-  host list | show ID | add NAME --platform proxmox|ovirt|ahv|libvirt [--cluster C]
-       | set ID [--platform P] [--cluster C] | rm ID
-  vm list [--host NAME] | show ID
-  worker list | show ID | add NAME [--bandwidth CAP] (prints the worker's token once)
-       | set ID --bandwidth CAP | rm ID
-  repo list | show ID | add NAME --location PATH|ferry+tls://HOST:PORT/NAME [--repo-token-file FILE]
-       [--slots N] [--capacity BYTES] [--bandwidth CAP]
-       | set ID [--location L] [--repo-token-file FILE] [--slots N] [--bandwidth CAP] | rm ID
-  (--repo-token-file: the repository service's token, or its key frk-...)
-  (CAP: e.g. "100MiB/s; 50MB/s 08:00-18:00 mon-fri", or unlimited: docs/throttling.md)
-  job list | show JOB | rm JOB | start JOB [--watch] | stop JOB | check JOB [--watch]
-      | create NAME --repo ID|NAME [--vm NAME ...] [--tag T ...] [--host H ...] [--cluster C ...]
-               [--exclude-disk [VM/]DISK ...] [--daily HH:MM | --every HOURS | --cron EXPR]
-               [--permitted-hours 0-6,22-23] [--retries N] [--retry-interval SECONDS]
-               [--chain NAME] [--disabled]
-               [--keep-last N] [--keep-within Nd] [--keep-daily N] [--keep-weekly N]
-               [--keep-monthly N] [--keep-yearly N] [--lock-days N]
-               [--check-daily HH:MM | --check-cron EXPR] [--check-skip-verified-days N]
-      | create --file JOB.json | set JOB --file PATCH.json
-      (JOB is an id or a name)
-  session list [--job JOB] [--kind backup|restore|check|all] | show ID | log ID | watch ID | stop ID
-  point list [--job JOB] [--vm NAME] [--removed] | show ID | rm ID
-      | lock ID (--days N | --until 2027-01-31T00:00:00Z) [--reason TEXT]
-  restore disk POINT DISK --host H (--to PATH [--format raw|qcow2]
-                                   | --into-vm DOMAIN [--target-disk D]) [--wait]
-  restore vm POINT --host H (--dir PATH | --pool POOL) [--name NEW] [--format qcow2|raw]
-             [--keep-macs] [--wait]
-  restore vm POINT --overwrite --yes [--host H] [--wait]
-      (POINT: an id of `point list`, or a point id in its repository; the
-      restore runs on a worker of host H; also --retries N --retry-interval S)
-  restore list  (restore sessions, as `session list --kind restore`)
-
-Add --json to list/show for the API's JSON; every list takes --limit N and
---offset N (pages, newest first where the API orders so). `session show` prints the
-session, its tasks' rates, how busy each stage was and the bottleneck.
-`session watch`, `job start --watch` and `restore ... --wait` follow a
-session live and exit 0 when it succeeded, 1 otherwise.
-)";
-
 class ApiClient {
  public:
   ApiClient(const std::string& url, const std::string& token, const std::string& ca)
@@ -446,49 +401,37 @@ int Watch(ApiClient& api, const std::string& id, const std::atomic<bool>& interr
 
 }  // namespace
 
-int CoordinatorCommand(const std::string& url, const std::vector<std::string>& all_args,
-                       const std::atomic<bool>& interrupted) {
-  std::vector<std::string> args = all_args;
-  std::string token_file, ca;
-  // Connection options may come before the resource.
-  while (args.size() >= 2 && (args[0] == "--token-file" || args[0] == "--ca")) {
-    (args[0] == "--token-file" ? token_file : ca) = args[1];
-    args.erase(args.begin(), args.begin() + 2);
+int CoordinatorCommand(const ParsedCommandLine& line, const std::atomic<bool>& interrupted) {
+  const Arguments& a = line.options;
+  std::string url;
+  if (auto u = a.Get("coordinator")) {
+    url = *u;
+  } else if (const char* env = std::getenv("FERRY_COORDINATOR"); env && *env) {
+    url = env;
+  } else {
+    throw Error(ErrorKind::kBadInput, "missing --coordinator URL (http[s]://HOST:PORT), or set FERRY_COORDINATOR");
   }
-  if (args.empty() || args[0] == "help" || args[0] == "--help") {
-    std::cout << kUsage;
-    return args.empty() ? 2 : 0;
-  }
+  if (url.find("://") == std::string::npos)
+    throw Error(ErrorKind::kBadInput, "--coordinator: '" + url + "' is not a URL (http[s]://HOST:PORT)");
   std::string token;
-  if (!token_file.empty()) {
-    token = ReadTokenFile(token_file, "option --token-file");
+  if (auto file = a.Get("token-file")) {
+    token = ReadTokenFile(*file, "option --token-file");
   } else if (const char* env = std::getenv("FERRY_TOKEN")) {
     token = env;
   }
   if (token.empty()) throw Error(ErrorKind::kBadInput, "no API token: set FERRY_TOKEN or pass --token-file FILE");
+  std::string ca = a.Get("ca").value_or("");
   if (ca.empty() && std::getenv("FERRY_CA")) ca = std::getenv("FERRY_CA");
 
-  std::string resource = args[0];
+  const std::string& name = line.command->name;
+  const std::string resource = name.substr(0, name.find(' '));
+  const std::string action = name.find(' ') == std::string::npos ? "" : name.substr(name.find(' ') + 1);
+  const std::vector<std::string>& words = line.positionals;
   if (resource == "status") {
     ApiClient api(url, token, ca);
     std::cout << json::serialize(api.Call("GET", "/status")) << "\n";
     return 0;
   }
-  std::string action = args.size() > 1 ? args[1] : "list";
-  std::vector<std::string> words;
-  size_t i = 2;
-  while (i < args.size() && args[i].rfind("--", 0) != 0) words.push_back(args[i++]);
-  std::vector<std::string> options(args.begin() + static_cast<long>(std::min(i, args.size())), args.end());
-  const std::set<std::string> valued = {"platform", "cluster", "host", "location", "slots", "capacity",
-                                        "repo", "vm", "tag", "exclude-disk", "daily", "every", "cron",
-                                        "permitted-hours", "retries", "retry-interval", "chain", "file", "job",
-                                        "bandwidth", "repo-token-file",
-                                        "kind", "to", "format", "into-vm", "target-disk", "dir", "pool", "name",
-                                        "lock-days", "check-daily", "check-cron", "check-skip-verified-days",
-                                        "days", "until", "reason", "limit", "offset"};
-  std::set<std::string> valued_all = valued;
-  for (const auto& rule : RetentionRuleNames()) valued_all.insert(rule);
-  Arguments a(options, valued_all, {"json", "watch", "disabled", "wait", "keep-macs", "overwrite", "yes", "removed"});
   bool raw = a.Has("json");
   ApiClient api(url, token, ca);
   auto show = [&](const json::value& v) { std::cout << json::serialize(v) << "\n"; };
@@ -506,30 +449,8 @@ int CoordinatorCommand(const std::string& url, const std::vector<std::string>& a
       {"session", {"id", "kind", "job", "trigger", "state", "created_at", "ended_at", "reason"}},
       {"restore", {"id", "state", "created_at", "ended_at", "reason"}},
       {"point", {"id", "vm", "point_id", "chain", "bytes_stored", "created_at", "locked_until", "last_check.state"}}};
-  // What each resource can do: anything else is refused here, before any call.
-  static const std::map<std::string, std::vector<std::string>> kActions = {
-      {"host", {"list", "show", "add", "set", "rm"}},
-      {"vm", {"list", "show"}},
-      {"worker", {"list", "show", "add", "set", "rm"}},
-      {"repo", {"list", "show", "add", "set", "rm"}},
-      {"job", {"list", "show", "create", "set", "rm", "start", "stop", "check"}},
-      {"session", {"list", "show", "log", "watch", "stop"}},
-      {"point", {"list", "show", "rm", "lock"}},
-      {"restore", {"list", "disk", "vm"}}};
   auto collection = kCollections.find(resource);
-  if (collection == kCollections.end()) {
-    std::vector<std::string> known{"status"};
-    for (const auto& [name, _] : kCollections) known.push_back(name);
-    throw Error(ErrorKind::kBadInput, "unknown resource '" + resource + "'" + DidYouMean(resource, known) +
-                                          "; 'ferry --coordinator URL help' lists them");
-  }
-  const std::vector<std::string>& actions = kActions.at(resource);
-  if (std::find(actions.begin(), actions.end(), action) == actions.end()) {
-    std::string list;
-    for (const auto& x : actions) list += (list.empty() ? "" : ", ") + x;
-    throw Error(ErrorKind::kBadInput, "unknown action '" + action + "' for " + resource + DidYouMean(action, actions) +
-                                          "; " + resource + " takes: " + list);
-  }
+  if (collection == kCollections.end()) throw Error(ErrorKind::kInternal, "no collection for " + name);
   std::string path = "/" + collection->second;
 
   if (resource == "restore" && action != "list") {
@@ -653,7 +574,7 @@ int CoordinatorCommand(const std::string& url, const std::vector<std::string>& a
         std::cout << Str(e.at("at")) << " " << Str(e.at("level")) << " " << Str(e.at("message")) << "\n";
     return 0;
   }
-  throw Error(ErrorKind::kBadInput, "action '" + action + "' of " + resource + " needs other arguments; see 'ferry --coordinator URL help'");
+  throw Error(ErrorKind::kInternal, "'" + name + "' is defined but not implemented");
 }
 
 }  // namespace ferry::cli

@@ -1,17 +1,17 @@
-// `ferry --coordinator URL RESOURCE ACTION ...`: the CLI over the
-// coordinator's web API (docs/cli.md). Every command is one or a few HTTP
-// calls; nothing here knows the database, the scheduler or a hypervisor.
+// The coordinator commands of `ferry` (`ferry job list`, `ferry restore disk
+// ...`): the CLI over the coordinator's web API (docs/cli.md). Every command
+// is one or a few HTTP calls; nothing here knows the database, the scheduler
+// or a hypervisor. Their definitions are in ferry_program.cc.
 #pragma once
 
 #include <atomic>
-#include <string>
-#include <vector>
+
+#include "ferry/common/command_line.h"
 
 namespace ferry::cli {
 
-// args: everything after "--coordinator URL". `interrupted` (set by
-// SIGINT/SIGTERM) stops a watch. Returns the exit code.
-int CoordinatorCommand(const std::string& url, const std::vector<std::string>& args,
-                       const std::atomic<bool>& interrupted);
+// `line`: a coordinator command, parsed. `interrupted` (set by SIGINT/SIGTERM)
+// stops a watch. Returns the exit code.
+int CoordinatorCommand(const ParsedCommandLine& line, const std::atomic<bool>& interrupted);
 
 }  // namespace ferry::cli

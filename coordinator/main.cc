@@ -1,4 +1,4 @@
-// ferry-coordinator: main() parses options and wires the parts (database,
+// ferry-coordinator: main() parses options (its definitions: MakeProgram) and wires the parts (database,
 // session runner, web API, worker RPC); the work is in ferry_coordinator.
 #include <pthread.h>
 #include <signal.h>
@@ -19,6 +19,7 @@
 
 #include "ferry/common/allocator.h"
 #include "ferry/common/arguments.h"
+#include "ferry/common/command_line.h"
 #include "ferry/common/error.h"
 #include "ferry/common/file_util.h"
 #include "ferry/common/log.h"
@@ -36,48 +37,73 @@
 
 namespace {
 
-const char kUsage[] = R"(usage: ferry-coordinator COMMAND [--config FILE] [OPTIONS]
+// What ferry-coordinator takes (ferry/common/command_line.h): --help, the
+// man page and the bash completion come from here.
+ferry::ProgramSpec MakeProgram() {
+  using ferry::Flag;
+  using ferry::Option;
+  ferry::ProgramSpec p;
+  p.name = "ferry-coordinator";
+  p.summary = "the Ferry coordinator: configuration, schedules, sessions, the web API and the worker RPC";
+  p.man_section = 8;
+  p.description =
+      "Holds the configuration in an SQLite database, runs backup jobs on schedule, assigns their disk tasks to "
+      "workers, and serves the web API (HTTP/JSON), the worker RPC endpoint and a repository service for "
+      "repositories at local paths (docs/coordinator.md).";
+  const ferry::OptionSpec config =
+      Option("config", "FILE",
+             "the options in a file, \"name = value\" a line (a flag: its bare name), e.g. "
+             "/etc/ferry/coordinator.conf; the command line wins (docs/packaging.md)")
+          .Files();
+  const ferry::OptionSpec data = Option("data", "DIR", "the coordinator's state directory (its SQLite database)").Directories();
+  p.global_options = {Flag("verbose", "log more, on stderr")};
+  p.commands.push_back({"init", "--data DIR [--config FILE]",
+                        "create the coordinator's state in DIR and print the first admin API token",
+                        "The token is shown once and stored hashed.", {}, {data, config}, ""});
+  p.commands.push_back(
+      {"run",
+       "--data DIR [--config FILE] [--listen ADDR:PORT] [--rpc-listen ADDR:PORT] [--tls-cert FILE --tls-key FILE] "
+       "[--ready-file FILE] [--heartbeat-interval-ms N] [--heartbeat-deadline-ms N] "
+       "[--repository-listen ADDR:PORT|off] [--repository-advertise HOST] [--appliance-image DIR] "
+       "[--gc-window MINUTES] [--webhook URL [--webhook-token-file FILE] [--webhook-ca FILE]] "
+       "[--rpc-max-connections N] [--rpc-max-connections-per-address N]",
+       "serve the web API, the worker RPC endpoint and the local repositories",
+       "TLS on all three when given a certificate and key. Also served: GET /healthz (no token) and GET /metrics "
+       "(Prometheus text format, with a token). A worker RPC connection that has not registered within 10 s, or "
+       "whose worker sends nothing for twice the heartbeat deadline, is closed (docs/worker-protocol.md, "
+       "\"Limits\").",
+       {},
+       {data, config, Option("listen", "ADDR:PORT", "the web API (default 127.0.0.1:8080)"),
+        Option("rpc-listen", "ADDR:PORT", "the worker RPC endpoint (default 127.0.0.1:8081)"),
+        Option("tls-cert", "FILE", "the certificate chain (PEM) for TLS on every port").Files(),
+        Option("tls-key", "FILE", "its private key (PEM)").Files(),
+        Option("ready-file", "FILE", "once listening, write {\"api\": URL, \"rpc\": \"ADDR:PORT\", \"pid\"} there").Files(),
+        Option("heartbeat-interval-ms", "N", "how often workers send a heartbeat (default 5000)"),
+        Option("heartbeat-deadline-ms", "N", "a worker silent this long is lost (default 15000; at least twice the interval)"),
+        Option("repository-listen", "ADDR:PORT|off",
+               "the repository service for repositories at local paths (default: the RPC address's host, a free "
+               "port kept across restarts; off: none)"),
+        Option("repository-advertise", "HOST", "the name workers reach that service by"),
+        Option("appliance-image", "DIR",
+               "scripts/build-image's OUTDIR; enables POST /hosts/{id}/worker, which deploys the worker appliance "
+               "onto a libvirt host")
+            .Directories(),
+        Option("gc-window", "MINUTES", "the safety window of the GC that follows a job's retention (default 5; 0 only for tests)"),
+        Option("webhook", "URL", "POST a JSON notice there when a session ends failed or with warnings"),
+        Option("webhook-token-file", "FILE", "its token, sent as Authorization: Bearer").Files(),
+        Option("webhook-ca", "FILE", "CA certificates to trust for an https:// webhook").Files(),
+        Option("rpc-max-connections", "N", "worker RPC connections open at once (default 2048)"),
+        Option("rpc-max-connections-per-address", "N",
+               "... from one address (default 64; raise it when many workers share one address)")},
+       ""});
+  p.footer = "Exit codes: 0 ok, 2 bad input, 5 environment (see docs/error-policy.md).";
+  return p;
+}
 
-Commands:
-  init --data DIR
-      create the coordinator's state in DIR (SQLite database) and print the
-      first admin API token on stdout; it is shown once and stored hashed
-  run --data DIR [--listen ADDR:PORT] [--rpc-listen ADDR:PORT]
-      [--tls-cert FILE --tls-key FILE] [--ready-file FILE]
-      [--heartbeat-interval-ms N] [--heartbeat-deadline-ms N]
-      [--repository-listen ADDR:PORT|off] [--repository-advertise HOST]
-      [--appliance-image DIR] [--gc-window MINUTES]
-      [--webhook URL [--webhook-token-file FILE] [--webhook-ca FILE]]
-      [--rpc-max-connections N] [--rpc-max-connections-per-address N]
-      [--verbose]
-      serve the web API (default 127.0.0.1:8080), the worker RPC endpoint
-      (default 127.0.0.1:8081) and the repository service for repositories at
-      local paths (default: the RPC address's host, a free port; workers are
-      told where it is with each work item; --repository-advertise: the name
-      workers reach it by); TLS on all three when given a certificate and key.
-      --ready-file: once listening, write {"api": URL, "rpc": "ADDR:PORT"} there
-      --appliance-image: scripts/build-image's OUTDIR; enables POST
-      /hosts/{id}/worker, which deploys the worker appliance onto a libvirt host
-      --gc-window: the safety window of the garbage collection that follows
-      a job's retention (docs/gc.md; default 5; 0 only for tests)
-      --webhook: POST a JSON notice there when a session ends failed or with
-      warnings (docs/coordinator.md, "Notifications"); the token file's token
-      goes as Authorization: Bearer
-      Also served: GET /healthz (no token) and GET /metrics (Prometheus text
-      format, with a token)
-      --rpc-max-connections, --rpc-max-connections-per-address: worker RPC
-      connections open at once, in all (default 2048) and from one address
-      (default 64; raise it when many workers share one address, e.g. behind
-      NAT or ferry-simworker). A connection that has not registered within
-      10 s, or whose worker sends nothing for twice the heartbeat deadline,
-      is closed (docs/worker-protocol.md, "Limits")
-
---config FILE: the options in a file, "name = value" a line (a flag: its bare
-name), e.g. /etc/ferry/coordinator.conf; any option of `run` may be there (init
-takes only its data); the command line wins (docs/packaging.md).
-
-Exit codes: 0 ok, 2 bad input, 5 environment (see docs/error-policy.md).
-)";
+const ferry::ProgramSpec& Program() {
+  static const ferry::ProgramSpec program = MakeProgram();
+  return program;
+}
 
 // SIGINT/SIGTERM are blocked in every thread (the mask is inherited) and
 // taken by the main thread with sigtimedwait: a handler plus pause() would
@@ -107,26 +133,16 @@ struct Options {
   ferry::coordinator::WorkerRpcOptions rpc;  // the limits; listen and TLS are set from the above
 };
 
-// args[0] is the command; each command takes only its own options on the
-// command line. A --config file may hold any of run's (one file serves both
-// the service and the `init` before it).
-Options Parse(const std::vector<std::string>& args) {
-  const std::string& command = args[0];
-  const std::set<std::string> run_valued = {"config", "data", "listen", "rpc-listen", "tls-cert", "tls-key",
-                                            "ready-file", "heartbeat-interval-ms", "heartbeat-deadline-ms",
-                                            "repository-listen", "repository-advertise", "appliance-image",
-                                            "gc-window", "webhook", "webhook-token-file", "webhook-ca",
-                                            "rpc-max-connections", "rpc-max-connections-per-address"};
-  std::set<std::string> valued = {"config", "data"};
-  if (command == "run") {
-    valued = run_valued;
-  } else if (command != "init") {
-    throw ferry::Error(ferry::ErrorKind::kBadInput, "unknown command '" + command + "'\n" + kUsage);
-  }
-  const ferry::Arguments command_line(std::vector<std::string>(args.begin() + 1, args.end()), valued, {"verbose"});
-  ferry::Arguments a = command_line;
-  if (auto path = command_line.Get("config")) {
-    a = ferry::Arguments::Layered(ferry::Arguments::ReadConfigFile(*path, run_valued, {"verbose"}), command_line);
+// The command line of init or run. A --config file may hold any of run's
+// options (one file serves both the service and the `init` before it).
+Options Parse(const ferry::ParsedCommandLine& line) {
+  const ferry::ProgramSpec& program = Program();
+  const ferry::CommandSpec& run = *program.Find("run");
+  ferry::Arguments a = line.options;
+  if (auto path = line.options.Get("config")) {
+    a = ferry::Arguments::Layered(ferry::Arguments::ReadConfigFile(*path, ferry::ValuedOptions(program, run),
+                                                                   ferry::FlagOptions(program, run)),
+                                  line.options);
   }
   if (a.Has("verbose")) ferry::SetLogLevel(ferry::LogLevel::kDebug);
   Options o;
@@ -313,14 +329,6 @@ int Run(const Options& o) {
 
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
-  if (args.empty() || args[0] == "--help" || args[0] == "-h") {
-    std::cout << kUsage;
-    return args.empty() ? 2 : 0;
-  }
-  if (args[0] == "--version") {
-    std::cout << ferry::VersionLine("ferry-coordinator") << "\n";
-    return 0;
-  }
   // The scheduler allocates and frees small objects at a high rate on
   // several threads (~10% of its CPU at scale without this).
   ferry::KeepFreedMemory();
@@ -328,8 +336,10 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);  // before any thread starts
   signal(SIGPIPE, SIG_IGN);
   try {
-    Options options = Parse(args);
-    if (args[0] == "init") return Init(options);
+    if (auto code = ferry::AnswerStandardRequests(Program(), args, std::cout)) return *code;
+    ferry::ParsedCommandLine line = ferry::ParseCommandLine(Program(), args);
+    Options options = Parse(line);
+    if (line.command->name == "init") return Init(options);
     return Run(options);
   } catch (const ferry::Error& e) {
     std::cerr << "ferry-coordinator: " << e.what() << std::endl;

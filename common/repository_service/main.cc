@@ -21,23 +21,17 @@ int main(int argc, char** argv) {
   KeepFreedMemory();
   std::vector<std::string> args(argv + 1, argv + argc);
   try {
-    if (!args.empty() && args[0] == "--version") {
-      std::printf("%s\n", VersionLine("ferry-repository").c_str());
+    if (auto code = AnswerStandardRequests(repository_daemon::Program(), args, std::cout)) return *code;
+    const ParsedCommandLine line = ParseCommandLine(repository_daemon::Program(), args);
+    if (line.command->name == "key") {
+      std::cout << repository_daemon::KeyCommand(line.options) << std::endl;
       return 0;
     }
-    if (!args.empty() && args[0] == "key") {
-      std::cout << repository_daemon::KeyCommand({args.begin() + 1, args.end()}) << std::endl;
+    if (line.command->name == "grant") {
+      std::cout << repository_daemon::GrantCommand(line.options) << std::endl;
       return 0;
     }
-    if (!args.empty() && args[0] == "grant") {
-      std::cout << repository_daemon::GrantCommand({args.begin() + 1, args.end()}) << std::endl;
-      return 0;
-    }
-    repository_daemon::DaemonConfig config = repository_daemon::ParseDaemonConfig(args);
-    if (config.help) {
-      std::fputs(repository_daemon::Usage(), stdout);
-      return 0;
-    }
+    repository_daemon::DaemonConfig config = repository_daemon::ParseDaemonConfig(line.options);
     SetLogLevel(config.log_level == 0 ? LogLevel::kDebug : config.log_level == 2 ? LogLevel::kWarning : LogLevel::kInfo);
     // Signals are taken synchronously, before any thread exists.
     sigset_t stop;

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "ferry/common/arguments.h"
+#include "ferry/common/command_line.h"
 #include "ferry/common/checksum.h"
 #include "ferry/common/error.h"
 #include "ferry/common/file_util.h"
@@ -18,11 +19,6 @@
 namespace ferry::repository_daemon {
 
 namespace {
-
-const std::set<std::string> kValued = {"config", "listen", "tls-cert", "tls-key", "repository", "tokens",
-                                       "coordinator-key", "max-connections", "max-connections-per-address",
-                                       "handshake-timeout"};
-const std::set<std::string> kFlags = {"no-tls", "verbose", "quiet", "help"};
 
 std::string Trim(std::string s) {
   const auto b = s.find_first_not_of(" \t\r\n");
@@ -51,43 +47,59 @@ bool ValidName(const std::string& n) {
 
 }  // namespace
 
-const char* Usage() {
-  return R"(usage: ferry-repository [--config FILE] [OPTIONS]
-       ferry-repository grant --tokens FILE --repository NAME [--repository NAME ...]
+namespace {
 
-The repository service: serves the repositories of this machine to workers
-and to `ferry` over Cap'n Proto with TLS (docs/repository-service.md). Every
-option may also be given in the configuration file as "name = value"; the
-command line wins.
+ProgramSpec MakeProgram() {
+  ProgramSpec p;
+  p.name = "ferry-repository";
+  p.summary = "the Ferry repository service";
+  p.man_section = 8;
+  p.description =
+      "Serves the repositories of this machine to workers and to `ferry` over Cap'n Proto with TLS "
+      "(docs/repository-service.md). Every option may also be given in the configuration file as \"name = value\"; "
+      "the command line wins.";
+  CommandSpec serve;
+  serve.synopsis = "--repository NAME=DIR ... (--tokens FILE | --coordinator-key FILE) [--config FILE] [OPTIONS]";
+  serve.summary = "serve the repositories";
+  serve.options = {
+      Option("config", "FILE", "the configuration file (e.g. /etc/ferry/repository.conf)").Files(),
+      Option("listen", "HOST:PORT", "where to listen (default 0.0.0.0:8720)"),
+      Option("tls-cert", "FILE", "the service's certificate chain (PEM)").Files(),
+      Option("tls-key", "FILE", "its private key (PEM)").Files(),
+      Flag("no-tls", "serve plain TCP (only on a trusted network or loopback)"),
+      Option("repository", "NAME=DIR", "a repository to serve as NAME (create it with `ferry init --repo DIR`)").Repeatable(),
+      Option("tokens", "FILE", "who may open what: lines \"<SHA-256 of a token> NAME[,NAME...]\" (add one with `ferry-repository grant`)").Files(),
+      Option("coordinator-key", "FILE", "also accept the per-worker tokens a coordinator mints with this key (make it with `ferry-repository key`, give its text to the coordinator as the repository's token)").Files(),
+      Option("max-connections", "N", "connections open at once (default 256)"),
+      Option("max-connections-per-address", "N", "of those, from one peer address (default 64)"),
+      Option("handshake-timeout", "DUR", "from connecting to a successful open (TLS handshake included) may take this long (default 10s)"),
+      Flag("verbose", "log more, on stderr"),
+      Flag("quiet", "log only warnings and errors")};
+  p.commands.push_back(serve);
+  p.commands.push_back({"key", "--key-file FILE", "make a key shared with a coordinator (file 0600) and print it (frk-...)",
+                        "Give its text to the coordinator as the repository's token (POST /api/v1/repositories "
+                        "{\"location\": \"ferry+tls://HOST:PORT/NAME\", \"token\": \"frk-...\"}); the coordinator then "
+                        "gives each worker tokens of its own, for that repository only, that this service checks.",
+                        {},
+                        {Option("key-file", "FILE", "where the key goes (refused if it exists)").Files()},
+                        ""});
+  p.commands.push_back({"grant", "--tokens FILE --repository NAME [--repository NAME ...]",
+                        "make a new token for the named repositories and print it",
+                        "Appends its line (the token's SHA-256, never the token) to the tokens file. Restart the "
+                        "service to load it. Clients give it as --repo-token-file.",
+                        {},
+                        {Option("tokens", "FILE", "the tokens file (created 0600)").Files(),
+                         Option("repository", "NAME", "a repository the token opens").Repeatable()},
+                        ""});
+  p.footer = "Durations: 90s, 30m, 24h, 7d, 500ms or plain seconds.";
+  return p;
+}
 
-  --config FILE             the configuration file (e.g. /etc/ferry/repository.conf)
-  --listen HOST:PORT        where to listen (default 0.0.0.0:8720)
-  --tls-cert FILE           the service's certificate chain (PEM)
-  --tls-key FILE            its private key (PEM)
-  --no-tls                  serve plain TCP (only on a trusted network or loopback)
-  --repository NAME=DIR     a repository to serve as NAME (repeatable; create it
-                            with `ferry init --repo DIR`)
-  --tokens FILE             who may open what: lines "<SHA-256 of a token> NAME[,NAME...]"
-                            (add one with `ferry-repository grant`)
-  --coordinator-key FILE    also accept the per-worker tokens a coordinator mints with
-                            this key (make it with `ferry-repository key`, give its
-                            text to the coordinator as the repository's token)
-  --max-connections N       connections open at once (default 256)
-  --max-connections-per-address N
-                            of those, from one peer address (default 64)
-  --handshake-timeout DUR   from connecting to a successful open (TLS handshake
-                            included) may take this long (default 10s)
-  --verbose, --quiet        more, or only warnings and errors, on stderr
+}  // namespace
 
-key --key-file FILE: makes a key shared with a coordinator (file 0600) and
-prints it ("frk-..."): POST /api/v1/repositories {"location":
-"ferry+tls://HOST:PORT/NAME", "token": "frk-..."} then gives each worker
-tokens of its own, for that repository only, that this service checks.
-
-grant: makes a new token for the named repositories, appends its line (the
-token's SHA-256, never the token) to the tokens file, and prints the token.
-Restart the service to load it. Clients give it as --repo-token-file.
-)";
+const ProgramSpec& Program() {
+  static const ProgramSpec program = MakeProgram();
+  return program;
 }
 
 std::vector<rpc::RepositoryGrant> ParseTokensFile(const std::string& text, const std::string& path,
@@ -122,15 +134,14 @@ std::vector<rpc::RepositoryGrant> ParseTokensFile(const std::string& text, const
   return grants;
 }
 
-DaemonConfig ParseDaemonConfig(const std::vector<std::string>& args) {
-  Arguments command_line(args, kValued, kFlags);
+DaemonConfig ParseDaemonConfig(const Arguments& command_line) {
   DaemonConfig c;
-  if (command_line.Has("help")) {
-    c.help = true;
-    return c;
-  }
   Arguments a = command_line;
-  if (auto path = command_line.Get("config")) a = Arguments::FromFileAndCommandLine(*path, args, kValued, kFlags);
+  if (auto path = command_line.Get("config")) {
+    const CommandSpec& serve = *Program().Find("");
+    a = Arguments::Layered(
+        Arguments::ReadConfigFile(*path, ValuedOptions(Program(), serve), FlagOptions(Program(), serve)), command_line);
+  }
   const Arguments& loudness = command_line.Has("verbose") || command_line.Has("quiet") ? command_line : a;
   c.log_level = loudness.Has("verbose") ? 0 : loudness.Has("quiet") ? 2 : 1;
 
@@ -176,15 +187,13 @@ DaemonConfig ParseDaemonConfig(const std::vector<std::string>& args) {
   return c;
 }
 
-std::string KeyCommand(const std::vector<std::string>& args) {
-  Arguments a(args, {"key-file"}, {});
+std::string KeyCommand(const Arguments& a) {
   const std::string path = a.Require("key-file");
   if (PathExists(path)) throw Error(ErrorKind::kBadInput, path + " exists; a key is made once (delete it to make another)");
   return rpc::WorkerTokenKey::FromFile(path, /*create=*/true).ToText();
 }
 
-std::string GrantCommand(const std::vector<std::string>& args) {
-  Arguments a(args, {"tokens", "repository"}, {});
+std::string GrantCommand(const Arguments& a) {
   const std::string path = a.Require("tokens");
   std::vector<std::string> names = a.GetAll("repository");
   if (names.empty()) throw Error(ErrorKind::kBadInput, "give the repositories the token opens with --repository NAME");

@@ -6,21 +6,24 @@
 #include <string>
 #include <vector>
 
+#include "ferry/common/command_line.h"
 #include "ferry/rpc/repository_service.h"
 
 namespace ferry::repository_daemon {
 
 struct DaemonConfig {
-  bool help = false;
   int log_level = 1;  // 0 debug, 1 info, 2 warnings only
   rpc::RepositoryServiceConfig service;
   rpc::RepositoryServer::Options server;
   std::string tokens_file;
 };
 
-const char* Usage();
-// Throws kBadInput naming the option (or the tokens file and line).
-DaemonConfig ParseDaemonConfig(const std::vector<std::string>& args);
+// Its commands and options (ferry/common/command_line.h): the default
+// command serves; `key` and `grant` below.
+const ProgramSpec& Program();
+// The serving command's options, under its --config file's. Throws
+// kBadInput naming the option (or the tokens file and line).
+DaemonConfig ParseDaemonConfig(const Arguments& command_line);
 
 // The tokens file: one grant a line, "<SHA-256 of the token, 64 hex> NAME[,NAME...]",
 // '#' comments and blank lines ignored. Every NAME must be in `known`.
@@ -29,9 +32,9 @@ std::vector<rpc::RepositoryGrant> ParseTokensFile(const std::string& text, const
 
 // `ferry-repository grant`: makes a new random token, appends its grant line
 // to the tokens file (created 0600) and returns the token (printed once).
-std::string GrantCommand(const std::vector<std::string>& args);
+std::string GrantCommand(const Arguments& a);
 // `ferry-repository key --key-file FILE`: creates the key shared with a
 // coordinator (0600; refuses an existing file) and returns its text.
-std::string KeyCommand(const std::vector<std::string>& args);
+std::string KeyCommand(const Arguments& a);
 
 }  // namespace ferry::repository_daemon

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `ferry --help` and docs/cli.md name the same options for every host
-# command (issue 15): the usage text's block of a command against every
+# `ferry CMD --help` and docs/cli.md name the same options for every host
+# command (issue 15): the usage line of a command against every
 # `ferry COMMAND ...` signature the page shows (in backquotes or in code
 # blocks). A mismatch names the command and the options on one side only.
 set -euo pipefail
@@ -9,21 +9,15 @@ DOCS=$(realpath "${2:?usage: test-usage-docs.sh FERRY DOCS/CLI.MD}")
 python3 - "$FERRY" "$DOCS" <<'PY'
 import re, subprocess, sys
 ferry, docs_path = sys.argv[1], sys.argv[2]
-usage = subprocess.run([ferry, "--help"], capture_output=True, text=True, check=True).stdout
 docs = open(docs_path).read()
 commands = ["init", "backup", "list", "restore", "restore-vm", "verify", "prune", "remove", "lock", "gc", "space",
             "inventory", "stage", "backup-disk", "commit", "discard"]
 option = re.compile(r"--[a-z][a-z0-9-]*")
-in_usage, current = {}, None
-for line in usage.splitlines():
-    head = re.match(r"^  ([a-z-]+)\s", line)
-    if head and head.group(1) in commands:
-        current = head.group(1)
-        in_usage.setdefault(current, set())
-    elif not line.startswith("  "):
-        current = None
-    if current:
-        in_usage[current] |= set(option.findall(line))
+in_usage = {}
+for c in commands:
+    # The usage line of `ferry CMD --help`: its first paragraph.
+    help_text = subprocess.run([ferry, c, "--help"], capture_output=True, text=True, check=True).stdout
+    in_usage[c] = set(option.findall(help_text.split("\n\n")[0]))
 in_docs = {}
 # `ferry CMD ...` (a signature may wrap), and code-block lines "ferry CMD ..." up to a comment.
 for pattern in (r"`ferry ([a-z-]+) ([^`]*)`", r"(?m)^ferry ([a-z-]+) ([^#\n]*)"):
@@ -33,7 +27,7 @@ for pattern in (r"`ferry ([a-z-]+) ([^`]*)`", r"(?m)^ferry ([a-z-]+) ([^#\n]*)")
 bad = []
 for c in commands:
     u, d = in_usage.get(c, set()), in_docs.get(c, set())
-    if not u: bad.append(f"{c}: not in ferry --help")
+    if not u: bad.append(f"{c}: no options in ferry {c} --help")
     if not d: bad.append(f"{c}: no signature in docs/cli.md")
     if u != d: bad.append(f"{c}: only in --help {sorted(u - d)}, only in docs/cli.md {sorted(d - u)}")
 for b in bad: print("FAIL:", b)

@@ -99,11 +99,6 @@ class Guardian : public worker::SnapshotGuard {
 
 }  // namespace
 
-std::set<std::string> RepoOptions(std::set<std::string> valued) {
-  valued.insert({"repo", "repo-token-file", "repo-ca", "repo-server-name"});
-  return valued;
-}
-
 rpc::RepositoryAccess RepoAccess(const Arguments& a) {
   rpc::RepositoryAccess access;
   if (auto file = a.Get("repo-token-file")) {
@@ -124,8 +119,7 @@ std::string RepoLocation(const Arguments& a) {
 
 std::unique_ptr<Repository> OpenRepo(const Arguments& a) { return rpc::OpenRepository(RepoLocation(a), RepoAccess(a)); }
 
-int InitCommand(const Args& args) {
-  Arguments a(args, {"repo", "chunk-size", "compression-level", "sync-level"}, {});
+int InitCommand(const Arguments& a) {
   RepositoryConfig config;
   if (auto cs = a.GetSize("chunk-size")) {
     ValidateChunkSize(*cs);
@@ -143,8 +137,7 @@ int InitCommand(const Args& args) {
   return 0;
 }
 
-int BackupCommand(const Args& args, const std::string& self_path) {
-  Arguments a(args, RepoOptions({"repo", "qmp", "libvirt", "vm", "disk", "exclude-disk", "chain", "rate-limit", "threads"}), {});
+int BackupCommand(const Arguments& a, const std::string& self_path) {
   worker::VmBackupRequest request;
   request.disks = a.GetAll("disk");
   request.exclude_disks = a.GetAll("exclude-disk");
@@ -193,8 +186,7 @@ int BackupCommand(const Args& args, const std::string& self_path) {
   return 0;
 }
 
-int RestoreVmCommand(const Args& args) {
-  Arguments a(args, RepoOptions({"repo", "point", "libvirt", "name", "dir", "pool", "format"}), {"keep-macs", "overwrite", "yes"});
+int RestoreVmCommand(const Arguments& a) {
   auto repo = OpenRepo(a);
   worker::LibvirtRestoreOptions o;
   o.uri = a.Require("libvirt");
@@ -220,8 +212,7 @@ int RestoreVmCommand(const Args& args) {
   return 0;
 }
 
-int GuardianCommand(const Args& args) {
-  Arguments a(args, {"qmp", "session", "vm-key", "runtime-dir", "scratch-dir"}, {});
+int GuardianCommand(const Arguments& a) {
   std::string message;
   char buf[64];
   for (ssize_t n; (n = ::read(0, buf, sizeof buf)) != 0;) {
@@ -300,8 +291,7 @@ int GuardianCommand(const Args& args) {
   return ok ? 0 : 1;
 }
 
-int ListCommand(const Args& args) {
-  Arguments a(args, RepoOptions({"repo"}), {"json"});
+int ListCommand(const Arguments& a) {
   auto repo = OpenRepo(a);
   // One bad entry (a stray file, a damaged manifest) is a problem line, not
   // a failed listing: exit 0 unless nothing at all could be read.
@@ -395,8 +385,7 @@ int ListCommand(const Args& args) {
   return rc;
 }
 
-int RestoreCommand(const Args& args) {
-  Arguments a(args, RepoOptions({"repo", "point", "disk", "to", "format", "threads", "libvirt", "vm", "target-disk"}), {});
+int RestoreCommand(const Arguments& a) {
   auto repo = OpenRepo(a);
   if (a.Has("libvirt")) {
     if (a.Has("to")) throw Error(ErrorKind::kBadInput, "give either --to PATH or --libvirt URI --vm NAME, not both");
@@ -424,8 +413,7 @@ int RestoreCommand(const Args& args) {
   return 0;
 }
 
-int InventoryCommand(const Args& args) {
-  Arguments a(args, {"qmp-dir", "libvirt", "timeout"}, {"json"});
+int InventoryCommand(const Arguments& a) {
   if (a.Has("qmp-dir") == a.Has("libvirt")) {
     throw Error(ErrorKind::kBadInput, "give the host as exactly one of --qmp-dir DIR or --libvirt URI");
   }
@@ -469,8 +457,7 @@ int InventoryCommand(const Args& args) {
   return 0;
 }
 
-int VerifyCommand(const Args& args) {
-  Arguments a(args, RepoOptions({"repo", "point", "chain", "threads", "skip-verified-within"}), {"no-record"});
+int VerifyCommand(const Arguments& a) {
   auto repo = OpenRepo(a);
   VerifyOptions options;
   options.point = a.Get("point");

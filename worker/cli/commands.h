@@ -1,5 +1,5 @@
-// The `ferry` subcommands. Each takes its arguments (after the subcommand
-// name), returns the process exit code, and throws ferry::Error for failures
+// The host commands of `ferry`. Each takes its options, parsed against its
+// definition in cli/ferry_program.cc, returns the process exit code, and throws ferry::Error for failures
 // (main() turns those into a message and ExitCodeFor(kind)).
 #pragma once
 
@@ -15,17 +15,11 @@
 
 namespace ferry::cli {
 
-using Args = std::vector<std::string>;
-
 // Every command that takes --repo takes a directory or a repository service
-// address (ferry+tls://HOST:PORT/NAME), and for an address these options.
-// RepoOptions adds them to a command's valued options; OpenRepo opens what
-// --repo names; RepoAccess is those options alone (for the calls that take
-// a location and open it themselves: gc, space).
-//   --repo-token-file FILE   the service token (else $FERRY_REPOSITORY_TOKEN)
-//   --repo-ca FILE           CA certificates to trust for ferry+tls://
-//   --repo-server-name NAME  the name in the service's certificate
-std::set<std::string> RepoOptions(std::set<std::string> valued);
+// address (ferry+tls://HOST:PORT/NAME), and for an address the options
+// --repo-token-file, --repo-ca and --repo-server-name (cli/ferry_program.cc,
+// WithRepo). OpenRepo opens what --repo names; RepoAccess is those options
+// alone (for the calls that take a location and open it themselves: gc, space).
 // --repo, else $FERRY_REPO; kBadInput naming both when neither is given.
 std::string RepoLocation(const Arguments& a);
 std::unique_ptr<Repository> OpenRepo(const Arguments& a);
@@ -34,28 +28,28 @@ rpc::RepositoryAccess RepoAccess(const Arguments& a);
 // Set by SIGINT/SIGTERM; long operations stop with kInterrupted.
 extern std::atomic<bool> g_interrupted;
 
-int InitCommand(const Args& args);
-int BackupCommand(const Args& args, const std::string& self_path);
-int ListCommand(const Args& args);
-int RestoreCommand(const Args& args);
-int RestoreVmCommand(const Args& args);
-int VerifyCommand(const Args& args);
+int InitCommand(const Arguments& a);
+int BackupCommand(const Arguments& a, const std::string& self_path);
+int ListCommand(const Arguments& a);
+int RestoreCommand(const Arguments& a);
+int RestoreVmCommand(const Arguments& a);
+int VerifyCommand(const Arguments& a);
 // What runs on a host: the inventory a worker reports (inventory.h).
-int InventoryCommand(const Args& args);
+int InventoryCommand(const Arguments& a);
 // The point store (point_commands.cc): stage, write one disk, commit, discard.
-int StageCommand(const Args& args);
-int BackupDiskCommand(const Args& args);
-int CommitCommand(const Args& args);
-int DiscardCommand(const Args& args);
+int StageCommand(const Arguments& a);
+int BackupDiskCommand(const Arguments& a);
+int CommitCommand(const Arguments& a);
+int DiscardCommand(const Arguments& a);
 // Committed points (retention_commands.cc): prune by a retention policy,
 // remove one point, lock one against removal.
-int PruneCommand(const Args& args);
-int RemoveCommand(const Args& args);
-int LockCommand(const Args& args);
+int PruneCommand(const Arguments& a);
+int RemoveCommand(const Arguments& a);
+int LockCommand(const Arguments& a);
 // Repository upkeep (gc_commands.cc): garbage collection, space accounting.
-int GcCommand(const Args& args);
-int SpaceCommand(const Args& args);
+int GcCommand(const Arguments& a);
+int SpaceCommand(const Arguments& a);
 // Internal: cleans up a backup session's snapshot if the backup process dies.
-int GuardianCommand(const Args& args);
+int GuardianCommand(const Arguments& a);
 
 }  // namespace ferry::cli

@@ -38,8 +38,7 @@ std::string DescribeProgress(const GcProgress& p) {
 
 }  // namespace
 
-int GcCommand(const Args& args) {
-  Arguments a(args, RepoOptions({"window", "threads"}), {"dry-run", "json"});
+int GcCommand(const Arguments& a) {
   const std::string location = RepoLocation(a);
   GcOptions options;
   options.dry_run = a.Has("dry-run");
@@ -76,8 +75,7 @@ int GcCommand(const Args& args) {
   return 0;
 }
 
-int SpaceCommand(const Args& args) {
-  Arguments a(args, RepoOptions({}), {"json"});
+int SpaceCommand(const Arguments& a) {
   const std::string location = RepoLocation(a);
   GcProgress progress;
   SpaceReport r;

@@ -1,8 +1,9 @@
 // ferry-host: the host commands of `ferry` (backup, restore, the point store,
 // inventory, the guardian), which need the hypervisor libraries. Users run
 // `ferry`, which execs this binary with its arguments unchanged (cli/main.cc),
-// so messages say "ferry COMMAND". main() only parses the subcommand, installs
-// signal handling and maps errors to exit codes; the commands live in
+// so messages say "ferry COMMAND". main() only parses the command line against
+// `ferry`'s definitions (cli/ferry_program.cc), installs signal handling and
+// maps errors to exit codes; the commands live in
 // commands.cc, the work in the ferry_worker and ferry_common libraries.
 #include <signal.h>
 #include <sys/resource.h>
@@ -14,18 +15,13 @@
 #include <vector>
 
 #include "commands.h"
+#include "ferry/common/command_line.h"
+#include "ferry_program.h"
 #include "ferry/common/allocator.h"
 #include "ferry/common/error.h"
 #include "ferry/common/log.h"
 
 namespace {
-
-const char kUsage[] = R"(usage: ferry-host [--verbose|--quiet] COMMAND [OPTIONS]
-
-Runs the host commands of `ferry` (init, backup, list, restore, restore-vm,
-verify, prune, remove, lock, gc, space, inventory, stage, backup-disk, commit, discard);
-`ferry` runs this program for them. See `ferry --help` and docs/cli.md.
-)";
 
 void OnSignal(int) { ferry::cli::g_interrupted = true; }
 
@@ -38,59 +34,59 @@ std::string SelfPath(const char* argv0) {
   return argv0;
 }
 
+int Run(const std::string& command, const ferry::Arguments& a, const char* argv0) {
+  using namespace ferry::cli;
+  if (command == "init") return InitCommand(a);
+  if (command == "backup") return BackupCommand(a, SelfPath(argv0));
+  if (command == "list") return ListCommand(a);
+  if (command == "restore") return RestoreCommand(a);
+  if (command == "restore-vm") return RestoreVmCommand(a);
+  if (command == "verify") return VerifyCommand(a);
+  if (command == "prune") return PruneCommand(a);
+  if (command == "remove") return RemoveCommand(a);
+  if (command == "lock") return LockCommand(a);
+  if (command == "gc") return GcCommand(a);
+  if (command == "space") return SpaceCommand(a);
+  if (command == "inventory") return InventoryCommand(a);
+  if (command == "stage") return StageCommand(a);
+  if (command == "backup-disk") return BackupDiskCommand(a);
+  if (command == "commit") return CommitCommand(a);
+  if (command == "discard") return DiscardCommand(a);
+  if (command == "_guardian") return GuardianCommand(a);
+  throw ferry::Error(ferry::ErrorKind::kBadInput, "ferry-host runs only the host commands; run 'ferry " + command + "'");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   ferry::KeepFreedMemory();
+  const ferry::ProgramSpec& program = ferry::cli::FerryProgram();
   std::vector<std::string> args(argv + 1, argv + argc);
-  while (!args.empty() && (args[0] == "--verbose" || args[0] == "--quiet")) {
-    ferry::SetLogLevel(args[0] == "--verbose" ? ferry::LogLevel::kDebug : ferry::LogLevel::kWarning);
-    args.erase(args.begin());
-  }
-  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
-    std::cout << kUsage;
-    return args.empty() ? 2 : 0;
-  }
-  // A verify holds a read lease (an open directory) on every point it checks
-  // until it ends: a repository of thousands of points needs more than the
-  // usual soft limit of 1024 descriptors. The hard limit is the system's word.
-  if (struct rlimit nofile; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
-    nofile.rlim_cur = nofile.rlim_max;
-    ::setrlimit(RLIMIT_NOFILE, &nofile);
-  }
-  struct sigaction sa {};
-  sa.sa_handler = OnSignal;
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
-  signal(SIGPIPE, SIG_IGN);
-
-  std::string command = args[0];
-  std::vector<std::string> rest(args.begin() + 1, args.end());
+  const ferry::CommandSpec* named = ferry::FindCommand(program, args);
+  std::string command = named ? named->name : "";
   try {
-    if (command == "init") return ferry::cli::InitCommand(rest);
-    if (command == "backup") return ferry::cli::BackupCommand(rest, SelfPath(argv[0]));
-    if (command == "list") return ferry::cli::ListCommand(rest);
-    if (command == "restore") return ferry::cli::RestoreCommand(rest);
-    if (command == "restore-vm") return ferry::cli::RestoreVmCommand(rest);
-    if (command == "verify") return ferry::cli::VerifyCommand(rest);
-    if (command == "prune") return ferry::cli::PruneCommand(rest);
-    if (command == "remove") return ferry::cli::RemoveCommand(rest);
-    if (command == "lock") return ferry::cli::LockCommand(rest);
-    if (command == "gc") return ferry::cli::GcCommand(rest);
-    if (command == "space") return ferry::cli::SpaceCommand(rest);
-    if (command == "inventory") return ferry::cli::InventoryCommand(rest);
-    if (command == "stage") return ferry::cli::StageCommand(rest);
-    if (command == "backup-disk") return ferry::cli::BackupDiskCommand(rest);
-    if (command == "commit") return ferry::cli::CommitCommand(rest);
-    if (command == "discard") return ferry::cli::DiscardCommand(rest);
-    if (command == "_guardian") return ferry::cli::GuardianCommand(rest);
-    std::cerr << "ferry-host: unknown command '" << command << "'\n\n" << kUsage;
-    return 2;
+    if (auto code = ferry::AnswerStandardRequests(program, args, std::cout)) return *code;
+    ferry::ParsedCommandLine line = ferry::ParseCommandLine(program, args);
+    if (line.options.Has("verbose")) ferry::SetLogLevel(ferry::LogLevel::kDebug);
+    if (line.options.Has("quiet")) ferry::SetLogLevel(ferry::LogLevel::kWarning);
+    // A verify holds a read lease (an open directory) on every point it checks
+    // until it ends: a repository of thousands of points needs more than the
+    // usual soft limit of 1024 descriptors. The hard limit is the system's word.
+    if (struct rlimit nofile; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+      nofile.rlim_cur = nofile.rlim_max;
+      ::setrlimit(RLIMIT_NOFILE, &nofile);
+    }
+    struct sigaction sa {};
+    sa.sa_handler = OnSignal;
+    sigaction(SIGINT, &sa, nullptr);
+    sigaction(SIGTERM, &sa, nullptr);
+    signal(SIGPIPE, SIG_IGN);
+    return Run(line.command->name, line.options, argv[0]);
   } catch (const ferry::Error& e) {
-    std::cerr << "ferry " << command << ": error: " << e.what() << std::endl;
+    std::cerr << "ferry" << (command.empty() ? "" : " " + command) << ": error: " << e.what() << std::endl;
     return ferry::ExitCodeFor(e.kind());
   } catch (const std::exception& e) {
-    std::cerr << "ferry " << command << ": internal error: " << e.what() << std::endl;
+    std::cerr << "ferry" << (command.empty() ? "" : " " + command) << ": internal error: " << e.what() << std::endl;
     return ferry::ExitCodeFor(ferry::ErrorKind::kInternal);
   }
 }

@@ -16,8 +16,7 @@
 
 namespace ferry::cli {
 
-int StageCommand(const Args& args) {
-  Arguments a(args, RepoOptions({"repo", "point", "vm", "vm-uuid", "hypervisor", "disk", "chain", "expires"}), {});
+int StageCommand(const Arguments& a) {
   auto repo = OpenRepo(a);
   repo->PrepareForWriting();
   StagedPointHeader h;
@@ -33,8 +32,7 @@ int StageCommand(const Args& args) {
   return 0;
 }
 
-int BackupDiskCommand(const Args& args) {
-  Arguments a(args, RepoOptions({"repo", "point", "disk", "file", "rate-limit", "threads"}), {});
+int BackupDiskCommand(const Arguments& a) {
   auto repo = OpenRepo(a);
   repo->PrepareForWriting();
   std::string point = a.Require("point"), disk = a.Require("disk");
@@ -68,8 +66,7 @@ int BackupDiskCommand(const Args& args) {
   return 0;
 }
 
-int CommitCommand(const Args& args) {
-  Arguments a(args, RepoOptions({"repo", "point"}), {});
+int CommitCommand(const Arguments& a) {
   auto repo = OpenRepo(a);
   repo->PrepareForWriting();
   RestorePointManifest m = repo->points().Commit(a.Require("point"));
@@ -77,8 +74,7 @@ int CommitCommand(const Args& args) {
   return 0;
 }
 
-int DiscardCommand(const Args& args) {
-  Arguments a(args, RepoOptions({"repo", "point"}), {});
+int DiscardCommand(const Arguments& a) {
   auto repo = OpenRepo(a);
   repo->points().Discard(a.Require("point"));
   return 0;

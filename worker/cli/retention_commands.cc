@@ -31,10 +31,7 @@ std::string Join(const std::vector<std::string>& parts) {
 
 }  // namespace
 
-int PruneCommand(const Args& args) {
-  std::set<std::string> valued = {"repo", "vm", "chain"};
-  for (const auto& rule : RetentionRuleNames()) valued.insert(rule);
-  Arguments a(args, RepoOptions(valued), {"dry-run", "json"});
+int PruneCommand(const Arguments& a) {
   PruneOptions o;
   for (const auto& rule : RetentionRuleNames()) {
     if (auto v = a.Get(rule)) {
@@ -105,8 +102,7 @@ int PruneCommand(const Args& args) {
   return r.failure ? ExitCodeFor(r.failure->kind()) : 0;
 }
 
-int RemoveCommand(const Args& args) {
-  Arguments a(args, RepoOptions({"repo", "point"}), {});
+int RemoveCommand(const Arguments& a) {
   std::string id = a.Require("point");
   auto repo = OpenRepo(a);
   repo->points().Remove(id, Now());
@@ -114,8 +110,7 @@ int RemoveCommand(const Args& args) {
   return 0;
 }
 
-int LockCommand(const Args& args) {
-  Arguments a(args, RepoOptions({"repo", "point", "days", "for", "reason"}), {});
+int LockCommand(const Arguments& a) {
   std::string id = a.Require("point");
   if (a.Has("days") == a.Has("for")) {
     throw Error(ErrorKind::kBadInput, "give how long to lock the point as exactly one of --days N or --for DURATION");

@@ -9,6 +9,7 @@
 #include <kj/debug.h>
 
 #include <cstdio>
+#include <iostream>
 #include <string>
 #include <vector>
 
@@ -30,15 +31,9 @@ int Main(int argc, char** argv) {
   daemon::WorkerConfig config;
   kj::Own<kj::TlsContext> tls;
   try {
-    if (argc == 2 && std::string(argv[1]) == "--version") {
-      std::printf("%s\n", VersionLine("ferry-worker").c_str());
-      return 0;
-    }
-    config = daemon::ParseWorkerConfig(std::vector<std::string>(argv + 1, argv + argc));
-    if (config.help) {
-      std::fputs(daemon::WorkerUsage(), stdout);
-      return 0;
-    }
+    const std::vector<std::string> args(argv + 1, argv + argc);
+    if (auto code = AnswerStandardRequests(daemon::WorkerProgram(), args, std::cout)) return *code;
+    config = daemon::ParseWorkerConfig(args);
     if (config.coordinator.tls) tls = rpc::MakeClientTlsContext(config.coordinator.ca_file);
   } catch (const Error& e) {
     std::fprintf(stderr, "ferry-worker: %s\n", e.what());

@@ -8,6 +8,7 @@
 #include <tuple>
 
 #include "ferry/common/arguments.h"
+#include "ferry/common/command_line.h"
 #include "ferry/common/error.h"
 #include "ferry/common/file_util.h"
 #include "ferry/common/version.h"
@@ -19,18 +20,67 @@ namespace ferry::daemon {
 
 namespace {
 
-const std::set<std::string> kValued = {
-    "config",          "coordinator", "tls-ca",       "tls-name",         "token-file", "host",
-    "cluster",         "platform",    "qmp-dir",      "libvirt",          "slots",      "threads",
-    "rate-limit",      "runtime-dir", "scratch-dir",  "inventory-interval", "staging-expiry",
-    "monitor-timeout", "reconnect-ms", "export-host", "export-listen", "export-ports",
-    "repository-ca",   "repository-name", "repository-retry", "repository-retry-for", "bandwidth",
-    "qmp-ssh",         "ssh-key",     "ssh-known-hosts", "qmp-remote-dir", "host-runtime-dir", "host-scratch-dir",
-    "libvirt-export-tls", "libvirt-export-tls-dir", "libvirt-scratch-dir",
-};
 // Only with qmp-ssh.
 const char* const kSshOnly[] = {"ssh-key", "ssh-known-hosts", "qmp-remote-dir", "host-runtime-dir", "host-scratch-dir"};
-const std::set<std::string> kFlags = {"tls", "verbose", "quiet", "help"};
+
+ProgramSpec MakeWorkerProgram() {
+  ProgramSpec p;
+  p.name = "ferry-worker";
+  p.summary = "the per-host Ferry worker";
+  p.man_section = 8;
+  p.description =
+      "Registers with the coordinator, reports the host's VMs, and runs the snapshot, disk and release work the "
+      "coordinator assigns to it. Every option may also be given in the configuration file as \"name = value\" (a "
+      "flag as its bare name); the command line wins. See docs/worker.md.";
+  CommandSpec serve;
+  serve.synopsis = "--coordinator HOST:PORT [--config FILE] [OPTIONS]";
+  serve.summary = "run the worker";
+  serve.options = {
+      Option("config", "FILE", "the configuration file (e.g. /etc/ferry/worker.conf)").Files(),
+      Option("coordinator", "HOST:PORT", "the coordinator's worker RPC address (required)"),
+      Flag("tls", "TLS to the coordinator, trusting the system store"),
+      Option("tls-ca", "FILE", "TLS to the coordinator, trusting only these CA certificates").Files(),
+      Option("tls-name", "NAME", "the name the coordinator's certificate carries (default: HOST)"),
+      Option("token-file", "FILE", "the worker's token (POST /api/v1/workers); or $FERRY_WORKER_TOKEN").Files(),
+      Option("host", "NAME", "the hypervisor host this worker stands for (default: hostname)"),
+      Option("cluster", "NAME", "its cluster (default: as configured on the coordinator)"),
+      Option("platform", "NAME", "proxmox | libvirt | ovirt (default: proxmox with --qmp-dir or --qmp-ssh, else libvirt)")
+          .Choices({"proxmox", "libvirt", "ovirt"}),
+      Option("qmp-dir", "DIR", "the host's VMs as a directory of QMP sockets, one per VM (Proxmox: /var/run/qemu-server, sockets <vmid>.qmp)").Directories(),
+      Option("qmp-ssh", "[USER@]HOST[:PORT]", "the same directory on a host reached through its sshd (for a worker not on the host, e.g. the appliance; docs/worker.md)"),
+      Option("ssh-key", "FILE", "the private key for --qmp-ssh (default: ssh's own)").Files(),
+      Option("ssh-known-hosts", "FILE", "the host's key, known_hosts format (required with --qmp-ssh; an unknown or changed key is refused)").Files(),
+      Option("qmp-remote-dir", "DIR", "the host's QMP directory (default /var/run/qemu-server)"),
+      Option("host-runtime-dir", "DIR", "with --qmp-ssh: the host's directory for export keys (default /run/ferry)"),
+      Option("host-scratch-dir", "DIR", "with --qmp-ssh: the host's directory for overlays (default /var/tmp/ferry)"),
+      Option("libvirt", "URI", "the host's VMs as libvirt domains (e.g. qemu:///system); a remote URI (qemu+libssh://root@HOST/system?keyfile=...&known_hosts=..., qemu+tls://HOST/system) exports over TCP (docs/worker.md)"),
+      Option("libvirt-export-tls", "yes|no", "libvirt's TCP exports with the host's backup TLS (x509, qemu.conf backup_tls_x509_cert_dir; default yes); no: plaintext NBD, only on a trusted network")
+          .Choices({"yes", "no"}),
+      Option("libvirt-export-tls-dir", "DIR", "this worker's certificates for those: ca-cert.pem, and client-cert.pem, client-key.pem (required with TLS)").Directories(),
+      Option("libvirt-scratch-dir", "DIR", "the host's directory for libvirt's scratch files (default: beside each disk image file)").Directories(),
+      Option("slots", "N", "disk tasks run at once (default 2)"),
+      Option("threads", "N", "compute threads per disk task (default: cores / slots)"),
+      Option("rate-limit", "BYTES/s", "read rate cap per disk task (default: none)"),
+      Option("bandwidth", "SCHEDULE", "cap on what this worker sends to repositories, shared by its tasks, e.g. \"50MB/s 08:00-18:00 mon-fri\" (docs/throttling.md); the coordinator's setting for the worker replaces it"),
+      Option("runtime-dir", "DIR", "session locks, NBD sockets (default /run/ferry); with --qmp-ssh this worker's own: locks, the SSH connection, the QMP mirror").Directories(),
+      Option("scratch-dir", "DIR", "snapshot overlays (default /var/tmp/ferry; not with --qmp-ssh)").Directories(),
+      Option("inventory-interval", "DUR", "how often the host's VMs are listed again (default 30s)"),
+      Option("staging-expiry", "DUR", "a staged point never released is removed after this (default 24h)"),
+      Option("monitor-timeout", "DUR", "a QMP monitor's greeting, when listing VMs (default 2s)"),
+      Option("reconnect-ms", "N", "delay between reconnection attempts (default 500)"),
+      Option("export-host", "NAME", "export snapshots over TCP with per-session TLS-PSK, reachable by other hosts' workers at NAME (this host's name or address); without it exports are unix sockets, for this host's worker only; always TCP with --qmp-ssh (default there: the SSH HOST) and a remote --libvirt URI (default: the URI's host; libvirt's TLS is x509, see --libvirt-export-tls)"),
+      Option("export-listen", "ADDR", "where QEMU listens for QMP exports (default 0.0.0.0; libvirt listens at the export host)"),
+      Option("export-ports", "MIN-MAX", "the ports it may use (default 10809-10909)"),
+      Option("repository-ca", "FILE", "CA certificates for repositories behind a repository service (ferry+tls://...; default: --tls-ca's, else the system store)").Files(),
+      Option("repository-name", "NAME", "the name their certificates carry (default: --tls-name's, else the address's host)"),
+      Option("repository-retry", "DUR", "after a lost repository connection, try again this often (default 15s)"),
+      Option("repository-retry-for", "DUR", "... for this long, then fail the task (default 30m)"),
+      Flag("verbose", "log more, on stderr"),
+      Flag("quiet", "log only warnings and errors")};
+  p.commands.push_back(serve);
+  p.footer = "Durations: 90s, 30m, 24h, 7d, 500ms or plain seconds.";
+  return p;
+}
 
 std::string HostName() {
   char buf[256] = {};
@@ -40,88 +90,20 @@ std::string HostName() {
 
 }  // namespace
 
-const char* WorkerUsage() {
-  return R"(usage: ferry-worker [--config FILE] [OPTIONS]
-
-The per-host worker: registers with the coordinator, reports the host's VMs,
-and runs the snapshot, disk and release work the coordinator assigns to it.
-Every option may also be given in the configuration file as "name = value"
-(a flag as its bare name); the command line wins. See docs/worker.md.
-
-  --config FILE              the configuration file (e.g. /etc/ferry/worker.conf)
-  --coordinator HOST:PORT    the coordinator's worker RPC address (required)
-  --tls                      TLS to the coordinator, trusting the system store
-  --tls-ca FILE              TLS to the coordinator, trusting only these CA certificates
-  --tls-name NAME            the name the coordinator's certificate carries (default: HOST)
-  --token-file FILE          the worker's token (POST /api/v1/workers); or $FERRY_WORKER_TOKEN
-  --host NAME                the hypervisor host this worker stands for (default: hostname)
-  --cluster NAME             its cluster (default: as configured on the coordinator)
-  --platform NAME            proxmox | libvirt | ovirt (default: proxmox with --qmp-dir or
-                             --qmp-ssh, else libvirt)
-  --qmp-dir DIR              the host's VMs as a directory of QMP sockets, one per VM
-                             (Proxmox: /var/run/qemu-server, sockets <vmid>.qmp)
-  --qmp-ssh [USER@]HOST[:PORT]  the same directory on a host reached through its sshd (for a
-                             worker not on the host, e.g. the appliance; docs/worker.md)
-  --ssh-key FILE             the private key for --qmp-ssh (default: ssh's own)
-  --ssh-known-hosts FILE     the host's key, known_hosts format (required with --qmp-ssh;
-                             an unknown or changed key is refused)
-  --qmp-remote-dir DIR       the host's QMP directory (default /var/run/qemu-server)
-  --host-runtime-dir DIR     with --qmp-ssh: the host's directory for export keys (default /run/ferry)
-  --host-scratch-dir DIR     with --qmp-ssh: the host's directory for overlays (default /var/tmp/ferry)
-  --libvirt URI              the host's VMs as libvirt domains (e.g. qemu:///system); a remote
-                             URI (qemu+libssh://root@HOST/system?keyfile=...&known_hosts=...,
-                             qemu+tls://HOST/system) exports over TCP (docs/worker.md)
-  --libvirt-export-tls yes|no  libvirt's TCP exports with the host's backup TLS (x509, qemu.conf
-                             backup_tls_x509_cert_dir; default yes); no: plaintext NBD, only
-                             on a trusted network
-  --libvirt-export-tls-dir DIR  this worker's certificates for those: ca-cert.pem, and
-                             client-cert.pem, client-key.pem (required with TLS)
-  --libvirt-scratch-dir DIR  the host's directory for libvirt's scratch files (default:
-                             beside each disk image file)
-  --slots N                  disk tasks run at once (default 2)
-  --threads N                compute threads per disk task (default: cores / slots)
-  --rate-limit BYTES/s       read rate cap per disk task (default: none)
-  --bandwidth SCHEDULE       cap on what this worker sends to repositories, shared by its
-                             tasks, e.g. "50MB/s 08:00-18:00 mon-fri" (docs/throttling.md);
-                             the coordinator's setting for the worker replaces it
-  --runtime-dir DIR          session locks, NBD sockets (default /run/ferry); with --qmp-ssh
-                             this worker's own: locks, the SSH connection, the QMP mirror
-  --scratch-dir DIR          snapshot overlays (default /var/tmp/ferry; not with --qmp-ssh)
-  --inventory-interval DUR   how often the host's VMs are listed again (default 30s)
-  --staging-expiry DUR       a staged point never released is removed after this (default 24h)
-  --monitor-timeout DUR      a QMP monitor's greeting, when listing VMs (default 2s)
-  --reconnect-ms N           delay between reconnection attempts (default 500)
-  --export-host NAME         export snapshots over TCP with per-session TLS-PSK, reachable
-                             by other hosts' workers at NAME (this host's name or address);
-                             without it exports are unix sockets, for this host's worker only;
-                             always TCP with --qmp-ssh (default there: the SSH HOST) and a
-                             remote --libvirt URI (default: the URI's host; libvirt's TLS
-                             is x509, see --libvirt-export-tls)
-  --export-listen ADDR       where QEMU listens for QMP exports (default 0.0.0.0; libvirt
-                             listens at the export host)
-  --export-ports MIN-MAX     the ports it may use (default 10809-10909)
-  --repository-ca FILE       CA certificates for repositories behind a repository service
-                             (ferry+tls://...; default: --tls-ca's, else the system store)
-  --repository-name NAME     the name their certificates carry (default: --tls-name's, else
-                             the address's host)
-  --repository-retry DUR     after a lost repository connection, try again this often (default 15s)
-  --repository-retry-for DUR ... for this long, then fail the task (default 30m)
-  --verbose, --quiet         more, or only warnings and errors, on stderr
-
-Durations: 90s, 30m, 24h, 7d, 500ms or plain seconds.
-)";
+const ProgramSpec& WorkerProgram() {
+  static const ProgramSpec program = MakeWorkerProgram();
+  return program;
 }
 
 WorkerConfig ParseWorkerConfig(const std::vector<std::string>& args) {
-  Arguments command_line(args, kValued, kFlags);
+  const ProgramSpec& program = WorkerProgram();
+  const Arguments command_line = ParseCommandLine(program, args).options;
   WorkerConfig c;
-  if (command_line.Has("help")) {
-    c.help = true;
-    return c;
-  }
   Arguments a = command_line;
   if (auto path = command_line.Get("config")) {
-    a = Arguments::FromFileAndCommandLine(*path, args, kValued, kFlags);
+    const CommandSpec& serve = *program.Find("");
+    a = Arguments::Layered(Arguments::ReadConfigFile(*path, ValuedOptions(program, serve), FlagOptions(program, serve)),
+                           command_line);
   }
   // The command line's verbosity wins over the file's.
   const Arguments& loudness = command_line.Has("verbose") || command_line.Has("quiet") ? command_line : a;

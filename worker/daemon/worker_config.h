@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "ferry/common/command_line.h"
 #include "ferry/rpc/worker_client.h"
 #include "host_executor.h"
 
@@ -17,7 +18,6 @@ struct WorkerConfig {
   std::string token_file;
   HostSettings host;
   int reconnect_ms = 500;
-  bool help = false;
   int log_level = 1;  // 0 debug, 1 info, 2 warnings only
 };
 
@@ -25,6 +25,8 @@ struct WorkerConfig {
 // from the file); kNotFound / kEnvironment for an unreadable file.
 WorkerConfig ParseWorkerConfig(const std::vector<std::string>& args);
 
-const char* WorkerUsage();
+// Its options (ferry/common/command_line.h): --help, the man page and the
+// bash completion come from here.
+const ProgramSpec& WorkerProgram();
 
 }  // namespace ferry::daemon

@@ -1,6 +1,8 @@
 #include "worker_config.h"
 
 #include <gtest/gtest.h>
+
+#include <sstream>
 #include <unistd.h>
 
 #include <filesystem>
@@ -271,7 +273,17 @@ TEST_F(WorkerConfigTest, CommandLineVerbosityWinsOverTheFile) {
   EXPECT_EQ(ParseWorkerConfig(Args({"--config", Path("loud.conf")})).log_level, 0);
 }
 
-TEST_F(WorkerConfigTest, Help) { EXPECT_TRUE(ParseWorkerConfig({"--help"}).help); }
+TEST_F(WorkerConfigTest, HelpListsEveryOption) {
+  std::ostringstream out;
+  EXPECT_EQ(AnswerStandardRequests(WorkerProgram(), {"--help"}, out), 0);
+  const CommandSpec& serve = *WorkerProgram().Find("");
+  ASSERT_GT(serve.options.size(), 30u);
+  for (const auto& o : serve.options) EXPECT_NE(out.str().find("--" + o.name), std::string::npos) << o.name;
+}
+
+TEST_F(WorkerConfigTest, StrayWordsAreRefused) {
+  EXPECT_THROW(ParseWorkerConfig({"--coordinator", "c:1", "run"}), Error);
+}
 
 }  // namespace
 }  // namespace ferry::daemon

@@ -36,6 +36,7 @@ namespace ferry {
 
 class Arguments {
  public:
+  Arguments() = default;  // no options
   // A command line. `valued`: options that take a value; `flags`: options
   // that do not. Throws kBadInput for unknown options, missing values, stray
   // words ("unknown option --x", "option --x needs a value").
@@ -74,8 +75,6 @@ class Arguments {
     std::string text;
     int line = 0;  // in config_path_; 0: from the command line
   };
-  Arguments() = default;
-
   // "option --name" for a command-line value, "PATH line N: option 'name'"
   // for one from the file: how an error about `value` begins.
   std::string Describe(const std::string& name, const Value& value) const;
