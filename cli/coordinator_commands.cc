@@ -130,13 +130,22 @@ std::string Positional(const std::vector<std::string>& words, size_t i, const ch
 
 // An object by its id, or by the value of its member `key` in the listing
 // GET `listing` ({"COLLECTION": [...]}); `what` is the error when none has it.
+// A name several objects share is refused: the id says which.
 std::string IdOf(ApiClient& api, const std::string& listing, const std::string& collection, const char* key,
                  const std::string& value, const std::string& what) {
   if (IsNumber(value)) return value;
   json::value listed = api.Call("GET", listing);
+  std::vector<std::string> ids;
   for (const auto& o : listed.at(collection).as_array())
-    if (o.at(key).as_string() == value) return std::to_string(o.at("id").as_int64());
-  throw Error(ErrorKind::kNotFound, what);
+    if (o.at(key).is_string() && o.at(key).as_string() == value) ids.push_back(std::to_string(o.at("id").as_int64()));
+  if (ids.empty()) throw Error(ErrorKind::kNotFound, what);
+  if (ids.size() > 1) {
+    std::string list;
+    for (const auto& id : ids) list += (list.empty() ? "" : ", ") + id;
+    throw Error(ErrorKind::kBadInput, std::to_string(ids.size()) + " " + collection + " have " + key + " '" + value +
+                                          "' (ids " + list + "); give the id");
+  }
+  return ids[0];
 }
 
 std::string RepoId(ApiClient& api, const std::string& repo) {
@@ -152,10 +161,27 @@ std::string JobId(ApiClient& api, const std::string& job) {
   return IdOf(api, "/jobs", "jobs", "name", job, "no job named '" + job + "'");
 }
 
+// The id of an object of `resource` (host, vm, worker, repo, job, point,
+// session) given by its id or, except sessions, by its name (a point: its id
+// in its repository).
+std::string IdFor(ApiClient& api, const std::string& resource, const std::string& value);
+
 // A point of `point list` by its id, or by its id in its repository.
 std::string PointRecordId(ApiClient& api, const std::string& point) {
   return IdOf(api, "/points?limit=100000", "points", "point_id", point,
               "the coordinator has recorded no restore point '" + point + "' (ferry point list)");
+}
+
+std::string IdFor(ApiClient& api, const std::string& resource, const std::string& value) {
+  if (resource == "job") return JobId(api, value);
+  if (resource == "repo") return RepoId(api, value);
+  if (resource == "point") return PointRecordId(api, value);
+  if (resource == "host" || resource == "worker" || resource == "vm") {
+    const std::string collection = resource + "s";
+    return IdOf(api, "/" + collection + "?limit=100000", collection, "name", value,
+                "no " + resource + " named '" + value + "' (ferry " + resource + " list)");
+  }
+  return value;  // sessions: ids only
 }
 
 // POST /restores from `restore disk ...` / `restore vm ...`.
@@ -475,14 +501,14 @@ int CoordinatorCommand(const ParsedCommandLine& line, const std::atomic<bool>& i
     return 0;
   }
   if (action == "show") {
-    std::string id = resource == "job" ? JobId(api, Positional(words, 0, "JOB")) : Positional(words, 0, "ID");
+    std::string id = IdFor(api, resource, words.at(0));
     json::value v = api.Call("GET", path + "/" + id);
     if (resource == "session" && !raw) PrintSession(v.as_object());
     else show(v);
     return 0;
   }
   if (action == "rm") {
-    std::string id = resource == "job" ? JobId(api, Positional(words, 0, "JOB")) : Positional(words, 0, "ID");
+    std::string id = IdFor(api, resource, words.at(0));
     api.Call("DELETE", path + "/" + id);
     std::cout << resource << " " << id << " deleted\n";
     return 0;
@@ -493,11 +519,11 @@ int CoordinatorCommand(const ParsedCommandLine& line, const std::atomic<bool>& i
     if (auto p = a.Get("platform")) body["platform"] = *p;
     if (auto c = a.Get("cluster")) body["cluster"] = *c;
     show(action == "add" ? api.Call("POST", path, json::serialize(body))
-                         : api.Call("PATCH", path + "/" + Positional(words, 0, "ID"), json::serialize(body)));
+                         : api.Call("PATCH", path + "/" + IdFor(api, resource, words.at(0)), json::serialize(body)));
     return 0;
   }
   if (resource == "worker" && action == "set") {
-    show(api.Call("PATCH", path + "/" + Positional(words, 0, "ID"),
+    show(api.Call("PATCH", path + "/" + IdFor(api, resource, words.at(0)),
                   json::serialize(json::object{{"bandwidth", a.Require("bandwidth")}})));
     return 0;
   }
@@ -519,7 +545,7 @@ int CoordinatorCommand(const ParsedCommandLine& line, const std::atomic<bool>& i
     // The repository service's token: from a file, never the command line.
     if (auto f = a.Get("repo-token-file")) body["token"] = ReadTokenFile(*f, "option --repo-token-file");
     show(action == "add" ? api.Call("POST", path, json::serialize(body))
-                         : api.Call("PATCH", path + "/" + Positional(words, 0, "ID"), json::serialize(body)));
+                         : api.Call("PATCH", path + "/" + IdFor(api, resource, words.at(0)), json::serialize(body)));
     return 0;
   }
   if (resource == "job") {
@@ -529,7 +555,7 @@ int CoordinatorCommand(const ParsedCommandLine& line, const std::atomic<bool>& i
       show(api.Call("POST", path, body));
       return 0;
     }
-    std::string id = JobId(api, Positional(words, 0, "JOB"));
+    std::string id = JobId(api, words.at(0));
     if (action == "set") {
       show(api.Call("PATCH", path + "/" + id, ReadWholeFile(a.Require("file"))));
       return 0;
@@ -557,7 +583,7 @@ int CoordinatorCommand(const ParsedCommandLine& line, const std::atomic<bool>& i
     if (auto d = a.GetInt("days", 1, 36500)) body["days"] = *d;
     if (auto u = a.Get("until")) body["until"] = *u;
     if (auto r = a.Get("reason")) body["reason"] = *r;
-    show(api.Call("POST", path + "/" + Positional(words, 0, "ID") + "/lock", json::serialize(body)));
+    show(api.Call("POST", path + "/" + IdFor(api, resource, words.at(0)) + "/lock", json::serialize(body)));
     return 0;
   }
   if (resource == "session" && action == "watch") return Watch(api, Positional(words, 0, "ID"), interrupted);

@@ -209,38 +209,40 @@ OptionSpec Bandwidth() { return Option("bandwidth", "CAP", "a bandwidth cap, e.g
 
 std::vector<CommandSpec> CoordinatorCommands() {
   std::vector<CommandSpec> c;
+  // HOST, WORKER, REPO, VM, JOB: an id or a name; POINT: an id of `point
+  // list` or a point's id in its repository; sessions: ids.
   c.push_back(Remote("status", {}, "", "version, workers connected, queue depth", {}));
   c.push_back(RemoteList("host list", "hypervisor hosts, with their worker appliance's state", {}));
-  c.push_back(Remote("host show", {"ID"}, "[--json]", "one host, with its appliance", {Json()}));
+  c.push_back(Remote("host show", {"HOST"}, "[--json]", "one host, with its appliance", {Json()}));
   c.push_back(Remote("host add", {"NAME"}, "--platform proxmox|ovirt|ahv|libvirt [--cluster C]", "add a hypervisor host",
                      {Option("platform", "PLATFORM", "the host's hypervisor").Choices({"proxmox", "ovirt", "ahv", "libvirt"}),
                       Option("cluster", "C", "its cluster")}));
-  c.push_back(Remote("host set", {"ID"}, "[--platform P] [--cluster C]", "change a host",
+  c.push_back(Remote("host set", {"HOST"}, "[--platform P] [--cluster C]", "change a host",
                      {Option("platform", "PLATFORM", "the host's hypervisor").Choices({"proxmox", "ovirt", "ahv", "libvirt"}),
                       Option("cluster", "C", "its cluster")}));
-  c.push_back(Remote("host rm", {"ID"}, "", "remove a host", {}));
+  c.push_back(Remote("host rm", {"HOST"}, "", "remove a host", {}));
   c.push_back(RemoteList("vm list", "the VMs workers report", {Option("host", "NAME", "only this host's")}, "[--host NAME]"));
-  c.push_back(Remote("vm show", {"ID"}, "[--json]", "one VM", {Json()}));
+  c.push_back(Remote("vm show", {"VM"}, "[--json]", "one VM", {Json()}));
   c.push_back(RemoteList("worker list", "workers, their state, slots, heartbeat and version", {}));
-  c.push_back(Remote("worker show", {"ID"}, "[--json]", "one worker", {Json()}));
+  c.push_back(Remote("worker show", {"WORKER"}, "[--json]", "one worker", {Json()}));
   c.push_back(Remote("worker add", {"NAME"}, "[--bandwidth CAP]", "add a worker; prints its token once", {Bandwidth()}));
-  c.push_back(Remote("worker set", {"ID"}, "--bandwidth CAP", "change a worker's bandwidth cap", {Bandwidth()}));
-  c.push_back(Remote("worker rm", {"ID"}, "", "remove a worker", {}));
+  c.push_back(Remote("worker set", {"WORKER"}, "--bandwidth CAP", "change a worker's bandwidth cap", {Bandwidth()}));
+  c.push_back(Remote("worker rm", {"WORKER"}, "", "remove a worker", {}));
   std::vector<OptionSpec> repo = {
       Option("location", "PATH|URL", "a directory on the coordinator's host, or ferry+tls://HOST:PORT/NAME"),
       Option("repo-token-file", "FILE", "the repository service's token, or its key frk-... (read from the file)").Files(),
       Option("slots", "N", "disk tasks writing at once"), Option("capacity", "BYTES", "the space it may use"),
       Bandwidth()};
   c.push_back(RemoteList("repo list", "repositories, their slots, points and caps", {}));
-  c.push_back(Remote("repo show", {"ID"}, "[--json]", "one repository, with its space", {Json()}));
+  c.push_back(Remote("repo show", {"REPO"}, "[--json]", "one repository, with its space", {Json()}));
   c.push_back(Remote("repo add", {"NAME"},
                      "--location PATH|ferry+tls://HOST:PORT/NAME [--repo-token-file FILE] [--slots N] [--capacity BYTES] "
                      "[--bandwidth CAP]",
                      "add a repository", repo));
-  c.push_back(Remote("repo set", {"ID"},
+  c.push_back(Remote("repo set", {"REPO"},
                      "[--location L] [--repo-token-file FILE] [--slots N] [--capacity BYTES] [--bandwidth CAP]",
                      "change a repository", repo));
-  c.push_back(Remote("repo rm", {"ID"}, "", "remove a repository (its data stays)", {}));
+  c.push_back(Remote("repo rm", {"REPO"}, "", "remove a repository (its data stays)", {}));
 
   c.push_back(RemoteList("job list", "backup jobs, their schedules, next runs, retention and last check", {}));
   c.push_back(Remote("job show", {"JOB"}, "[--json]", "one job (JOB: an id or a name)", {Json()}));
@@ -299,9 +301,9 @@ std::vector<CommandSpec> CoordinatorCommands() {
                          {Option("job", "JOB", "only this job's"), Option("vm", "NAME", "only this VM's"),
                           Flag("removed", "include removed points")},
                          "[--job JOB] [--vm NAME] [--removed]"));
-  c.push_back(Remote("point show", {"ID"}, "[--json]", "one restore point", {Json()}));
-  c.push_back(Remote("point rm", {"ID"}, "", "remove a point from its repository (refused while locked)", {}));
-  c.push_back(Remote("point lock", {"ID"}, "(--days N | --until 2027-01-31T00:00:00Z) [--reason TEXT]",
+  c.push_back(Remote("point show", {"POINT"}, "[--json]", "one restore point", {Json()}));
+  c.push_back(Remote("point rm", {"POINT"}, "", "remove a point from its repository (refused while locked)", {}));
+  c.push_back(Remote("point lock", {"POINT"}, "(--days N | --until 2027-01-31T00:00:00Z) [--reason TEXT]",
                      "lock a point against removal (only ever longer)",
                      {Option("days", "N", "for N days from now"), Option("until", "TIME", "until this time (RFC 3339)"),
                       Option("reason", "TEXT", "why")}));
@@ -342,8 +344,9 @@ ProgramSpec MakeFerryProgram() {
   p.summary = "back up and restore KVM virtual machines, and drive a Ferry coordinator";
   p.description =
       "The host commands (init ... discard) work on a repository and a hypervisor from this machine; the "
-      "coordinator commands are calls to a coordinator's web API. Options go anywhere on the line, as --name "
-      "value or --name=value. See docs/cli.md.";
+      "coordinator commands are calls to a coordinator's web API; they take an object by its id or its name "
+      "(HOST, WORKER, REPO, VM, JOB; POINT: an id of `point list` or its id in the repository). Options go "
+      "anywhere on the line, as --name value or --name=value. See docs/cli.md.";
   p.global_options = {Flag("verbose", "log more, on stderr"), Flag("quiet", "log only warnings and errors")};
   for (auto& c : HostCommands()) p.commands.push_back(std::move(c));
   for (auto& c : CoordinatorCommands()) p.commands.push_back(std::move(c));

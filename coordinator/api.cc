@@ -115,7 +115,8 @@ json::object ReadHost(Database& db, int64_t id) {
 }
 
 http::Response ListHosts(Context& c) {
-  Statement s = c.db.Prepare(std::string(kHostSelect) + "ORDER BY h.id");
+  Statement s = c.db.Prepare(std::string(kHostSelect) + "ORDER BY h.id LIMIT ? OFFSET ?");
+  s.Bind(1, QueryInt(c.request, "limit", 10000, 1, 100000)).Bind(2, QueryInt(c.request, "offset", 0, 0, INT64_MAX));
   json::array out;
   while (s.Step()) out.push_back(HostJson(s));
   return Json(200, json::object{{"hosts", out}});
@@ -420,7 +421,8 @@ json::object ReadRepository(Database& db, int64_t id) {
 }
 
 http::Response ListRepositories(Context& c) {
-  Statement s = c.db.Prepare(std::string(kRepositorySelect) + "ORDER BY r.id");
+  Statement s = c.db.Prepare(std::string(kRepositorySelect) + "ORDER BY r.id LIMIT ? OFFSET ?");
+  s.Bind(1, QueryInt(c.request, "limit", 10000, 1, 100000)).Bind(2, QueryInt(c.request, "offset", 0, 0, INT64_MAX));
   json::array out;
   while (s.Step()) out.push_back(RepositoryJson(s));
   return Json(200, json::object{{"repositories", out}});
@@ -649,7 +651,8 @@ json::object ReadJob(Database& db, int64_t id) {
 }
 
 http::Response ListJobs(Context& c) {
-  Statement s = c.db.Prepare(std::string(kJobSelect) + "ORDER BY j.id");
+  Statement s = c.db.Prepare(std::string(kJobSelect) + "ORDER BY j.id LIMIT ? OFFSET ?");
+  s.Bind(1, QueryInt(c.request, "limit", 10000, 1, 100000)).Bind(2, QueryInt(c.request, "offset", 0, 0, INT64_MAX));
   json::array out;
   while (s.Step()) out.push_back(JobJson(s));
   return Json(200, json::object{{"jobs", out}});

@@ -998,7 +998,7 @@ TEST_F(ApiTest, OpenApiEveryRouteAnswersAsDocumented) {
   const std::vector<Step> steps = {
       {"GET", "/api/v1/openapi.json", 0, "", "", 200},
       {"GET", "/api/v1/status", 0, "", "", 200},
-      {"GET", "/api/v1/hosts", 0, "", "", 200},
+      {"GET", "/api/v1/hosts", 0, "?limit=10&offset=0", "", 200},
       {"POST", "/api/v1/hosts", 0, "", R"({"name":"pve9","platform":"libvirt","cluster":"c9"})", 201},
       {"GET", "/api/v1/hosts/{id}", host, "", "", 200},
       {"PATCH", "/api/v1/hosts/{id}", host, "", R"({"platform":"ovirt","cluster":"c2"})", 200},
@@ -1013,11 +1013,11 @@ TEST_F(ApiTest, OpenApiEveryRouteAnswersAsDocumented) {
       {"POST", "/api/v1/workers", 0, "", R"({"name":"w9"})", 201},
       {"GET", "/api/v1/workers/{id}", worker, "", "", 200},
       {"PATCH", "/api/v1/workers/{id}", worker, "", R"({"bandwidth":"50MB/s 08:00-18:00 mon-fri"})", 200},
-      {"GET", "/api/v1/repositories", 0, "", "", 200},
+      {"GET", "/api/v1/repositories", 0, "?limit=10&offset=0", "", 200},
       {"POST", "/api/v1/repositories", 0, "", R"({"name":"r9","location":"/srv/r9","task_slots":8,"capacity_bytes":1000})", 201},
       {"GET", "/api/v1/repositories/{id}", repo, "", "", 200},
       {"PATCH", "/api/v1/repositories/{id}", repo, "", R"({"task_slots":2,"capacity_bytes":5,"bandwidth":"100MiB/s"})", 200},
-      {"GET", "/api/v1/jobs", 0, "", "", 200},
+      {"GET", "/api/v1/jobs", 0, "?limit=10&offset=0", "", 200},
       {"POST", "/api/v1/jobs", 0, "",
        R"({"name":"j9","repository":)" + std::to_string(repo) +
            R"(,"selection":{"vms":["web01"],"hosts":["pve1"]},"exclude_disks":[{"vm":"web01","disk":"vdb"},{"disk":"sdz"}],)"
@@ -1382,6 +1382,21 @@ TEST_F(BadInputTest, ImpossibleSchedulesAreRefusedNamingTheSchedule) {
   EXPECT_EQ(Get("/api/v1/jobs").json.at("jobs").as_array().size(), 1u);
 }
 
+// Every list pages: hosts, repositories and jobs as the others.
+TEST_F(ApiTest, HostsRepositoriesAndJobsPage) {
+  for (const char* name : {"p1", "p2", "p3"})
+    Post("/api/v1/hosts", std::string(R"({"name":")") + name + R"(","platform":"libvirt"})");
+  const json::array all = Get("/api/v1/hosts").json.at("hosts").as_array();
+  ASSERT_GE(all.size(), 3u);
+  const json::array page = Get("/api/v1/hosts?limit=2&offset=1").json.at("hosts").as_array();
+  ASSERT_EQ(page.size(), 2u);
+  EXPECT_EQ(page[0].at("id"), all[1].at("id"));
+  EXPECT_EQ(page[1].at("id"), all[2].at("id"));
+  EXPECT_EQ(Get("/api/v1/repositories?limit=1").json.at("repositories").as_array().size(),
+            std::min<size_t>(1, Get("/api/v1/repositories").json.at("repositories").as_array().size()));
+  EXPECT_LE(Get("/api/v1/jobs?limit=1").json.at("jobs").as_array().size(), 1u);
+}
+
 TEST_F(BadInputTest, BadQueryParameters) {
   Run({
       {"GET", "/api/v1/vms?limit=0", "", 400, "limit", false},
@@ -1389,6 +1404,9 @@ TEST_F(BadInputTest, BadQueryParameters) {
       {"GET", "/api/v1/vms?limit=100001", "", 400, "limit", false},
       {"GET", "/api/v1/vms?offset=-1", "", 400, "offset", false},
       {"GET", "/api/v1/workers?offset=1x", "", 400, "offset", false},
+      {"GET", "/api/v1/hosts?limit=0", "", 400, "limit", false},
+      {"GET", "/api/v1/repositories?offset=x", "", 400, "offset", false},
+      {"GET", "/api/v1/jobs?limit=100001", "", 400, "limit", false},
       {"GET", "/api/v1/sessions?job=x", "", 400, "job", false},
       {"GET", "/api/v1/sessions?limit=10001", "", 400, "limit", false},
       {"GET", "/api/v1/sessions/1/log?after=-1", "", 404, "", false},  // no session 1 yet: 404 first

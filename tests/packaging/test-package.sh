@@ -48,6 +48,15 @@ for c in coordinator worker repository; do
   [ -f "$root/usr/share/doc/ferry-$c/packaging.md" ] || fail "ferry-$c: no docs"
 done
 [ -f "$root/usr/lib/sysusers.d/ferry-coordinator.conf" ] || fail "no sysusers.d file for user ferry"
+# Each package's man page and bash completion (generated from the program's definitions).
+for entry in ferry:1 ferry-coordinator:8 ferry-worker:8 ferry-repository:8; do
+  p=${entry%:*} section=${entry#*:}
+  page=$root/usr/share/man/man$section/$p.$section
+  [ -s "$page" ] || page=$page.gz  # dh-style compression, if any
+  [ -s "$page" ] || fail "$p: no man page in man$section"
+  [ -s "$root/usr/share/bash-completion/completions/$p" ] || fail "$p: no bash completion"
+  bash -n "$root/usr/share/bash-completion/completions/$p" || fail "$p: its bash completion is not valid bash"
+done
 
 # ferry: usage, exit 2; the host commands through the ferry-host beside it.
 bin=$root/usr/bin
