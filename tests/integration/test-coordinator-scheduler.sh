@@ -39,11 +39,19 @@ echo "[$W1, $W2, $W4]" >"$WORK/main.json"
 sim_start w3 --workers "$WORK/w3.json" --quiet
 wait_for "h3's inventory" 20 bash -c "[[ \$(FERRY_TOKEN=$TOKEN '$FERRY' --coordinator $API vm list --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)[\"vms\"]))') == 1 ]]"
 kill -TERM "${SIM_PID[w3]}"; wait "${SIM_PID[w3]}" || true
-wait_for "w3 disconnected" 10 bash -c "[[ \$(FERRY_TOKEN=$TOKEN '$FERRY' --coordinator $API worker show 3 | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"state\"])') != connected ]]"
+wait_for "w3 disconnected" 10 bash -c "[[ \$(FERRY_TOKEN=$TOKEN '$FERRY' --coordinator $API worker show w3 | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"state\"])') != connected ]]"
 
 sim_start main --workers "$WORK/main.json" --task-ms 400 --fail vm2/vda:1 --report "$WORK/main-report.json"
 wait_for "all inventory" 20 bash -c "[[ \$(FERRY_TOKEN=$TOKEN '$FERRY' --coordinator $API vm list --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)[\"vms\"]))') == 5 ]]"
 ok "inventory: 5 VMs on 4 hosts"
+# Objects by name, the coordinator from the environment, options after the words.
+[[ $(FERRY_TOKEN=$TOKEN FERRY_COORDINATOR=$API "$FERRY" vm show vm4 --json | jpy 'd["name"], d["host"]') == "('vm4', 'h4')" ]] \
+  || fail "ferry vm show vm4"
+[[ $(FERRY_TOKEN=$TOKEN FERRY_COORDINATOR=$API "$FERRY" host show h4 | jpy 'd["name"], d["cluster"]') == "('h4', 'c2')" ]] \
+  || fail "ferry host show h4"
+rc=0; out=$(FERRY_TOKEN=$TOKEN FERRY_COORDINATOR=$API "$FERRY" worker show nobody 2>&1) || rc=$?
+[[ $rc == 3 && $out == *"no worker named 'nobody'"* ]] || fail "worker show nobody: exit $rc: $out"
+ok "vm show vm4, host show h4 by name; an unknown name is exit 3"
 
 JOB=$(api POST /jobs '{"name": "all", "repository": 1, "selection": {"tags": ["prod"]},
   "exclude_disks": [{"vm": "vm3", "disk": "sdc"}], "retries": {"count": 2, "interval_s": 0}}' | jpy 'd["id"]')
