@@ -51,9 +51,9 @@ done
 # Each package's man page and bash completion (generated from the program's definitions).
 for entry in ferry:1 ferry-coordinator:8 ferry-worker:8 ferry-repository:8; do
   p=${entry%:*} section=${entry#*:}
-  page=$root/usr/share/man/man$section/$p.$section
-  [ -s "$page" ] || page=$page.gz  # dh-style compression, if any
+  page=$root/usr/share/man/man$section/$p.$section.gz
   [ -s "$page" ] || fail "$p: no man page in man$section"
+  zcat "$page" | grep -q "^\.TH $(tr a-z A-Z <<<"$p") $section " || fail "$p: $page is no man page"
   [ -s "$root/usr/share/bash-completion/completions/$p" ] || fail "$p: no bash completion"
   bash -n "$root/usr/share/bash-completion/completions/$p" || fail "$p: its bash completion is not valid bash"
 done
