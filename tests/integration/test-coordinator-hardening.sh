@@ -9,6 +9,9 @@
 #   - Transfer-Encoding: gzip with a smuggled request behind it: 400, closed,
 #     the smuggled request never runs.
 #   - NUL characters and duplicate keys in JSON bodies: 400 naming the member.
+#   - on the worker RPC port: 10 frames announcing 60 MiB (RSS went from 406 MB
+#     to 1,020 MB), idle connections and half-sent frames (open for ever):
+#     closed, RSS under the ceiling.
 # The attackers connect from 127.0.0.2, the legitimate client from 127.0.0.1.
 . "$(dirname "$0")/common.sh" "$@"
 . "$TESTS_DIR/lib/coordinator.sh"
@@ -21,10 +24,11 @@ PORT=${API##*:}
 # under each attack.
 CEILING_MB=64
 
-python3 - "$PORT" "$COORD_PID" "$TOKEN" "$CEILING_MB" <<'PY' || fail "the coordinator gave way to an attack (above)"
-import json, socket, sys, threading, time, urllib.request
+python3 - "$PORT" "$COORD_PID" "$TOKEN" "$CEILING_MB" "$RPC" <<'PY' || fail "the coordinator gave way to an attack (above)"
+import json, socket, struct, sys, threading, time, urllib.request
 
 port, pid, token, ceiling_mb = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+rpc_host, rpc_port = sys.argv[5].rsplit(":", 1)
 
 def rss_mb():
     for line in open(f"/proc/{pid}/status"):
@@ -154,10 +158,65 @@ status, repos = api("GET", "/repositories")
 assert repos["repositories"] == [], repos
 print("NUL in a string and a duplicate key: 400 naming the member; nothing stored")
 
+# --- the worker RPC port -------------------------------------------------------
+# Before: 10 connections each announcing a 60 MiB frame took RSS from 406 MB to
+# 1,020 MB, and an idle or half-sent connection stayed open for ever.
+def rpc_attacker():
+    s = socket.socket()
+    s.bind(("127.0.0.2", 0))
+    s.settimeout(5)
+    s.connect((rpc_host, int(rpc_port)))
+    return s
+
+def closed_by_peer(s, within):
+    """True if the server closes `s` within `within` seconds."""
+    s.settimeout(within)
+    try:
+        while True:
+            if s.recv(65536) == b"": return True
+    except socket.timeout:
+        return False
+    except OSError:
+        return True
+
+base = rss_mb()
+peak = base
+huge = [rpc_attacker() for _ in range(10)]
+frame = struct.pack("<II", 0, (60 << 20) // 8)  # one segment of 60 MiB (Cap'n Proto framing)
+megabyte = b"\0" * (1 << 20)
+def feed(s):
+    try:
+        s.sendall(frame)
+        for _ in range(60): s.sendall(megabyte)
+    except OSError:
+        pass
+feeders = [threading.Thread(target=feed, args=(s,)) for s in huge]
+for t in feeders: t.start()
+for _ in range(30):
+    sample(); time.sleep(0.1)
+for t in feeders: t.join(30)
+closed = sum(closed_by_peer(s, 5) for s in huge)
+for s in huge: s.close()
+sample()
+print(f"10 RPC frames announcing 60 MiB: {closed} connections closed; RSS {base:.0f} MB -> peak {peak:.0f} MB")
+assert closed == 10, closed
+assert peak - base < ceiling_mb, f"RSS grew by {peak - base:.0f} MB (ceiling {ceiling_mb} MB)"
+
+# Idle connections and half-sent frames: closed by the 10 s registration timeout.
+idle = [rpc_attacker() for _ in range(20)]
+half = [rpc_attacker() for _ in range(10)]
+for s in half: s.sendall(struct.pack("<II", 0, 128) + b"\0" * 100)  # 1 KiB announced, 100 bytes sent
+t0 = time.monotonic()
+closed = sum(closed_by_peer(s, max(0.1, 20 - (time.monotonic() - t0))) for s in idle + half)
+took = time.monotonic() - t0
+for s in idle + half: s.close()
+print(f"20 idle RPC connections and 10 half-sent frames: {closed} closed by the server after {took:.1f} s")
+assert closed == 30 and took < 19, (closed, took)
+
 stop.set()
 poller.join()
 print(f"the legitimate client got {answers[0]} answers, worst {worst[0] * 1000:.0f} ms")
 assert not failures, failures[:5]
 assert answers[0] > 20 and worst[0] < 5, (answers[0], worst[0])
 PY
-ok "the coordinator's HTTP port held: memory bounded, slow headers closed, no smuggling, strict JSON, answers all along"
+ok "the coordinator held: HTTP memory bounded, slow headers closed, no smuggling, strict JSON; RPC frames bounded, idle connections closed; answers all along"
