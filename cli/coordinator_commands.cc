@@ -600,7 +600,7 @@ int CoordinatorCommand(const ParsedCommandLine& line, const std::atomic<bool>& i
         std::cout << Str(e.at("at")) << " " << Str(e.at("level")) << " " << Str(e.at("message")) << "\n";
     return 0;
   }
-  throw Error(ErrorKind::kInternal, "'" + name + "' is defined but not implemented");
+  throw Error(ErrorKind::kInternal, "no handler for '" + name + "'");
 }
 
 }  // namespace ferry::cli
