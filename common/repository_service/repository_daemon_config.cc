@@ -21,7 +21,7 @@ namespace {
 
 const std::set<std::string> kValued = {"config", "listen", "tls-cert", "tls-key", "repository", "tokens",
                                        "coordinator-key", "max-connections", "max-connections-per-address",
-                                       "handshake-timeout"};
+                                       "handshake-timeout", "metrics-listen", "metrics-token-file"};
 const std::set<std::string> kFlags = {"no-tls", "verbose", "quiet", "help"};
 
 std::string Trim(std::string s) {
@@ -77,6 +77,13 @@ command line wins.
                             of those, from one peer address (default 64)
   --handshake-timeout DUR   from connecting to a successful open (TLS handshake
                             included) may take this long (default 10s)
+  --metrics-listen HOST:PORT
+                            also serve GET /healthz (to anyone) and GET /metrics
+                            (Prometheus text; Authorization: Bearer <the token of
+                            --metrics-token-file>) there, over HTTPS with the
+                            service's certificate when it has one (default: off)
+  --metrics-token-file FILE the token /metrics wants (one line, at least 16
+                            characters; required with --metrics-listen)
   --verbose, --quiet        more, or only warnings and errors, on stderr
 
 key --key-file FILE: makes a key shared with a coordinator (file 0600) and
@@ -168,6 +175,18 @@ DaemonConfig ParseDaemonConfig(const std::vector<std::string>& args) {
   if (auto key = a.Get("coordinator-key")) c.service.worker_key = rpc::WorkerTokenKey::FromFile(*key, false);
   if (!a.Has("tokens") && !a.Has("coordinator-key")) {
     throw Error(ErrorKind::kBadInput, "give who may open the repositories: --tokens FILE and/or --coordinator-key FILE");
+  }
+  if (auto listen = a.Get("metrics-listen")) {
+    c.metrics_listen = *listen;
+    auto file = a.Get("metrics-token-file");
+    if (!file) throw Error(ErrorKind::kBadInput, "--metrics-listen needs --metrics-token-file FILE (the token /metrics wants)");
+    const std::string token = Trim(ReadWholeFile(*file));
+    if (token.size() < 16 || token.find_first_of(" \t\r\n") != std::string::npos) {
+      throw Error(ErrorKind::kBadInput, "option --metrics-token-file: " + *file + " does not hold one token of 16 or more characters");
+    }
+    c.metrics_token_sha256 = Sha256(token.data(), token.size());
+  } else if (a.Has("metrics-token-file")) {
+    throw Error(ErrorKind::kBadInput, "--metrics-token-file is for --metrics-listen, which is not given");
   }
   if (auto tokens = a.Get("tokens")) {
     c.tokens_file = *tokens;
