@@ -7,7 +7,8 @@
 # (Debian's prometheus_client), and its counters move by exactly what
 # `ferry stage`/`backup-disk`/`commit` through the service did: chunks
 # received and stored, their bytes, calls by method, points committed, the
-# deduplication of a second point of the same disk, a refused open, a GC.
+# deduplication of a second point of the same disk, a refused open, a GC;
+# and `ferry list --json` names each point's writer (the service's version).
 . "$(dirname "$0")/common.sh" "$@"
 REPOSITORY_SERVICE=${FERRY_REPOSITORY:?set FERRY_REPOSITORY to the ferry-repository binary}
 PY3=/usr/bin/python3  # Debian's, with python3-prometheus-client (scripts/install-deps)
@@ -130,6 +131,15 @@ new_received=$(metric ferry_repository_chunks_received_total "$main")
   fail "the second point's lookups: queried $queried -> $new_queried, missing $missing -> $new_missing"
 [[ $new_received == "$received" ]] || fail "the second point sent chunks again: received $received -> $new_received"
 ok "the same disk again: its 8 chunks asked about, none missing, none sent or stored (deduplicated)"
+
+# Every point names the Ferry that committed it (docs/repository-format.md, "Compatibility").
+"$FERRY" list "${R[@]}" --json | python3 -c '
+import json, sys
+points = json.load(sys.stdin)["points"]
+assert len(points) == 2 and all(p.get("writer") == sys.argv[1] for p in points), points' "$("$REPOSITORY_SERVICE" --version | sed 's/^ferry-repository /ferry /')" ||
+  fail "ferry list --json: no writer on the points"
+grep -q "\"writer\":\"ferry " "$WORK/repo/ferry-repository.json" || fail "ferry-repository.json names no writer"
+ok "ferry list --json names each point's writer"
 
 errors=$(metric ferry_repository_call_errors_total "{'kind': 'bad_input'}")
 echo "fr1-not-a-token" >"$WORK/bad.token"
