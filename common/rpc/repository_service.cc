@@ -2050,6 +2050,8 @@ RepositoryServiceStats::Repositories() const {
 }
 
 void RepositoryServiceStats::CountCall(bool bootstrap, uint16_t method) {
+  // Ordinals from the schema: Repository has 25 methods (@0..@24), room for
+  // 64; Calls() lists the methods it has a slot for.
   auto& calls = bootstrap ? bootstrap_calls_ : calls_;
   if (method < calls.size()) calls[method].fetch_add(1, std::memory_order_relaxed);
 }
