@@ -9,6 +9,7 @@
 #include "ferry/common/format.h"
 #include "ferry/common/ids.h"
 #include "ferry/common/json_reader.h"
+#include "ferry/common/version.h"
 
 namespace json = boost::json;
 
@@ -27,6 +28,8 @@ const ConfigFileRecord* RestorePointManifest::FindConfig(const std::string& kind
   }
   return nullptr;
 }
+
+std::string WriterName() { return VersionLine("ferry"); }
 
 std::string NowRfc3339() { return FormatUtcNow("%Y-%m-%dT%H:%M:%SZ"); }
 
@@ -136,6 +139,8 @@ std::string ManifestToJson(const RestorePointManifest& m) {
     }
     root["config_files"] = std::move(files);
   }
+  // Optional (readers of v2 ignore members they do not know), inside the checksum.
+  if (!m.writer.empty()) root["writer"] = m.writer;
   // The checksum covers every byte of the file but its own 64 hex digits.
   return SealJson(json::serialize(root), kManifestChecksum);
 }
@@ -178,6 +183,7 @@ RestorePointManifest ManifestFromJson(const std::string& text, const std::string
   m.id = *r.String("id", true);
   // Members added within v1 are optional: points written before them lack them.
   m.chain = r.String("chain", false).value_or("");
+  m.writer = r.String("writer", false, kText).value_or("");
   JsonReader vm = *r.Object("vm", true);
   m.vm.name = *vm.String("name", true, kText);
   m.vm.uuid = *vm.String("uuid", true);

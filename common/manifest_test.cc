@@ -5,6 +5,7 @@
 #include <boost/json.hpp>
 
 #include "ferry/common/error.h"
+#include "ferry/common/version.h"
 
 namespace ferry {
 namespace {
@@ -55,6 +56,25 @@ TEST(ManifestTest, RoundTrip) {
   EXPECT_EQ(d->index_sha256, m.disks[0].index_sha256);
   EXPECT_EQ(d->read_bytes, 123456789u);
   EXPECT_EQ(back.FindDisk("nope"), nullptr);
+}
+
+// "writer" is optional: written when set, read back as written, inside the
+// checksum; a manifest without it (every one written before it existed) reads
+// with an empty writer.
+TEST(ManifestTest, WriterIsOptionalAndCheckedLikeTheRest) {
+  EXPECT_EQ(WriterName(), std::string("ferry ") + kVersion);
+  RestorePointManifest m = Sample();
+  const std::string without = ManifestToJson(m);
+  EXPECT_EQ(without.find("\"writer\""), std::string::npos);
+  EXPECT_EQ(ManifestFromJson(without, "m.json").writer, "");
+  m.writer = WriterName();
+  std::string text = ManifestToJson(m);
+  EXPECT_NE(text.find("\"writer\":\"ferry " + std::string(kVersion) + "\""), std::string::npos) << text;
+  EXPECT_EQ(ManifestFromJson(text, "m.json").writer, WriterName());
+  size_t at = text.find("\"ferry " + std::string(kVersion));
+  ASSERT_NE(at, std::string::npos);
+  text[at + 1] = 'F';  // "Ferry ...": the checksum covers the writer too
+  EXPECT_NE(CorruptMessage(text).find("checksum does not match"), std::string::npos);
 }
 
 // The member checks, shared by v1 and v2, on v1 text (no checksum to reseal).

@@ -20,6 +20,7 @@
 #include "ferry/common/repository.h"
 #include "ferry/common/retention.h"
 #include "ferry/common/verify.h"
+#include "ferry/common/version.h"
 #include "test_points.h"
 
 namespace ferry {
@@ -210,6 +211,9 @@ TEST_F(PointLifecycleTest, ALockedPointStaysUntilItsLockExpires) {
   PointLock set = points().SetLock(a, kNow + 7 * 86400, "legal hold", kNow);
   EXPECT_EQ(set.locked_until, kNow + 7 * 86400);
   EXPECT_EQ(set.set_at, kNow);
+  // Which Ferry wrote it, inside the checksum (docs/repository-format.md).
+  EXPECT_NE(ReadWholeFile(dir_ + "/points/" + a + "/lock.json").find("\"writer\":\"ferry " + std::string(kVersion) + "\""),
+            std::string::npos);
   ErrorKind kind;
   std::string m = Message([&] { points().Remove(a, kNow + 7 * 86400 - 1); }, &kind);
   EXPECT_EQ(kind, ErrorKind::kBadInput);

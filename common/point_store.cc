@@ -94,7 +94,8 @@ std::string HeaderToJson(const StagedPointHeader& h) {
                  {"chain", h.chain},
                  {"started_at", h.started_at},
                  {"disks", std::move(disks)},
-                 {"expires_at", h.expires_at}};
+                 {"expires_at", h.expires_at},
+                 {"writer", WriterName()}};  // optional, ignored by readers
   return json::serialize(o) + "\n";
 }
 
@@ -192,7 +193,8 @@ std::string LockToJson(const std::string& id, const PointLock& lock) {
                  {"locked_until", lock.locked_until},
                  {"locked_until_utc", until},
                  {"set_at", lock.set_at},
-                 {"reason", lock.reason}};
+                 {"reason", lock.reason},
+                 {"writer", WriterName()}};  // optional, ignored by readers; inside the checksum
   return SealJson(json::serialize(o), kLockChecksum);
 }
 
@@ -249,6 +251,7 @@ class LocalDiskWriter : public DiskWriter {
     // The record is a one-disk manifest: the same reader and checksum.
     RestorePointManifest m;
     m.id = "staged";
+    m.writer = WriterName();
     m.disks.push_back(std::move(record));
     WriteFileAtomically(record_path_, ManifestToJson(m));
   }
@@ -403,6 +406,7 @@ class LocalPointStore : public PointStore {
     ConfigFileRecord rec{kind, name, origin, Sha256(content.data(), content.size())};
     RestorePointManifest m;
     m.id = "staged";
+    m.writer = WriterName();
     m.config_files.push_back(rec);
     WriteFileAtomically(StageDir(id) + "/file-" + name + ".json", ManifestToJson(m));
     return rec;
@@ -429,6 +433,7 @@ class LocalPointStore : public PointStore {
     m.vm = header.vm;
     m.chain = header.chain;
     m.started_at = header.started_at;
+    m.writer = WriterName();
     std::string not_written;
     for (size_t i = 0; i < header.disks.size(); ++i) {
       std::string record = StageDir(id) + "/disk-" + std::to_string(i) + ".json";

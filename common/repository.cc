@@ -16,6 +16,7 @@
 #include "ferry/common/log.h"
 #include "ferry/common/ids.h"
 #include "ferry/common/json_reader.h"
+#include "ferry/common/manifest.h"
 
 namespace json = boost::json;
 
@@ -35,6 +36,7 @@ std::string ConfigJson(const RepositoryConfig& config, int version) {
       {"zstd_level", config.zstd_level},
       {"sync_level", SyncLevelName(config.sync_level)},
       {"created_at", config.created_at},
+      {"writer", WriterName()},  // optional, ignored by readers: the Ferry that wrote this file
   };
   return json::serialize(o) + "\n";
 }

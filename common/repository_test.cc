@@ -14,6 +14,7 @@
 #include "ferry/common/chunk.h"
 #include "ferry/common/error.h"
 #include "ferry/common/fixed_index.h"
+#include "ferry/common/version.h"
 #include "ferry/common/verify.h"
 
 namespace ferry {
@@ -175,6 +176,26 @@ TEST_F(RepositoryTest, PointIsVisibleOnlyAfterCommit) {
   // Commit again: the same point, not an error (a release may be retried).
   EXPECT_EQ(repo->points().Commit(id).id, id);
   EXPECT_THROW(repo->points().Stage(Header(id, {"disk0"}, 60)), Error);
+}
+
+// Every JSON record the repository writes names the Ferry that wrote it
+// (docs/repository-format.md, "Compatibility"): the configuration, the
+// staged header and disk records, the committed manifest and a lock.
+TEST_F(RepositoryTest, RecordsNameTheirWriter) {
+  const std::string writer = "\"writer\":\"ferry " + std::string(kVersion) + "\"";
+  EXPECT_NE(ReadWholeFile(dir_ + "/ferry-repository.json").find(writer), std::string::npos);
+  auto repo = Repository::Open(dir_);
+  std::string id = NewPointId();
+  {
+    auto lease = repo->points().Stage(Header(id, {"disk0"}, 0));
+    EXPECT_NE(ReadWholeFile(dir_ + "/staging/" + id + ".stage/point.json").find(writer), std::string::npos);
+    WriteDisk(*repo, id, "disk0", "hello");
+    EXPECT_NE(ReadWholeFile(dir_ + "/staging/" + id + ".stage/disk-0.json").find(writer), std::string::npos);
+  }
+  EXPECT_EQ(repo->points().Commit(id).writer, WriterName());
+  EXPECT_EQ(repo->points().Load(id).writer, "ferry " + std::string(kVersion));
+  EXPECT_NE(ReadWholeFile(dir_ + "/points/" + id + "/manifest.json").find(writer), std::string::npos);
+  // A lock's: PointLifecycleTest.ALockedPointStaysUntilItsLockExpires (it clears the immutable flag).
 }
 
 TEST_F(RepositoryTest, StagingOutlivesItsWritersUntilCommitDiscardOrExpiry) {

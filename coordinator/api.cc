@@ -17,6 +17,7 @@
 #include "ferry/coordinator/restore_request.h"
 #include "ferry/coordinator/schedule.h"
 #include "ferry/coordinator/worker_records.h"
+#include "ferry/http/metrics_text.h"
 #include "ferry/rpc/repository_service.h"
 #include "ferry/rpc/worker_tokens.h"
 
@@ -1113,39 +1114,7 @@ http::Response OpenApi(Context&) {
 
 // --- operations: /healthz and /metrics (outside /api/v1) ---------------------------
 
-// Prometheus text format 0.0.4: a label value escapes \\, " and newlines.
-std::string LabelValue(const std::string& v) {
-  std::string out;
-  for (char ch : v) {
-    if (ch == '\\' || ch == '"') out += '\\', out += ch;
-    else if (ch == '\n') out += "\\n";
-    else out += ch;
-  }
-  return out;
-}
-
-class MetricsText {
- public:
-  void Family(const char* name, const char* type, const char* help) {
-    out_ += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
-  }
-  void Sample(const std::string& name, const std::vector<std::pair<std::string, std::string>>& labels, double value) {
-    out_ += name;
-    if (!labels.empty()) {
-      out_ += "{";
-      for (size_t i = 0; i < labels.size(); ++i)
-        out_ += (i ? "," : "") + labels[i].first + "=\"" + LabelValue(labels[i].second) + "\"";
-      out_ += "}";
-    }
-    char buf[64];
-    std::snprintf(buf, sizeof buf, " %.17g\n", value);
-    out_ += buf;
-  }
-  std::string Take() { return std::move(out_); }
-
- private:
-  std::string out_;
-};
+using http::MetricsText;  // ferry/http/metrics_text.h, shared with ferry-repository
 
 http::Response Metrics(Context& c) {
   MetricsText m;
@@ -1203,7 +1172,7 @@ http::Response Metrics(Context& c) {
   m.Sample("ferry_scheduler_assignments_total", {}, static_cast<double>(stats.assignments_made));
   http::Response r;
   r.body = m.Take();
-  r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+  r.content_type = http::kMetricsContentType;
   return r;
 }
 

@@ -1,10 +1,13 @@
 // ferry-repository: the repository service daemon (docs/repository-service.md).
 // main() only wires the parts: the configuration, the RepositoryServer (its
-// own thread and event loop), and SIGTERM/SIGINT to stop.
+// own thread and event loop), with --metrics-listen the operations endpoint
+// (its own HTTP threads) reading the server's counters, and SIGTERM/SIGINT to
+// stop.
 #include <signal.h>
 
 #include <cstdio>
 #include <iostream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -15,6 +18,7 @@
 #include "ferry/common/version.h"
 #include "ferry/rpc/repository_service.h"
 #include "repository_daemon_config.h"
+#include "repository_metrics.h"
 
 int main(int argc, char** argv) {
   using namespace ferry;
@@ -43,9 +47,22 @@ int main(int argc, char** argv) {
 
     const size_t repositories = config.service.repositories.size(), grants = config.service.grants.size();
     const bool tls = !config.server.tls_cert.empty();
+    auto stats = std::make_shared<rpc::RepositoryServiceStats>();
+    config.service.stats = stats;
     rpc::RepositoryServer server(std::move(config.service), config.server);
     LogInfo("ferry-repository: serving " + std::to_string(repositories) + " repositories to " +
             std::to_string(grants) + " tokens on " + server.address() + (tls ? " (TLS)" : " (plain TCP, no TLS)"));
+    std::unique_ptr<repository_daemon::OperationsEndpoint> operations;  // stopped before the server goes
+    if (!config.metrics_listen.empty()) {
+      std::optional<http::TlsFiles> https;
+      if (tls) https = http::TlsFiles{config.server.tls_cert, config.server.tls_key};
+      operations = std::make_unique<repository_daemon::OperationsEndpoint>(
+          config.metrics_listen, https, config.metrics_token_sha256, stats, [&server] { return server.connections(); });
+      operations->Start();
+      const std::string host = config.metrics_listen.substr(0, config.metrics_listen.rfind(':'));
+      LogInfo("ferry-repository: /healthz and /metrics on " + std::string(tls ? "https://" : "http://") + host + ":" +
+              std::to_string(operations->port()));
+    }
     if (std::string why = NotifyServiceManager("READY=1"); !why.empty()) LogWarning(why);
     int signo = 0;
     sigwait(&stop, &signo);

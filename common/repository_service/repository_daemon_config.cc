@@ -73,6 +73,12 @@ ProgramSpec MakeProgram() {
       Option("max-connections", "N", "connections open at once (default 256)"),
       Option("max-connections-per-address", "N", "of those, from one peer address (default 64)"),
       Option("handshake-timeout", "DUR", "from connecting to a successful open (TLS handshake included) may take this long (default 10s)"),
+      Option("metrics-listen", "HOST:PORT",
+             "also serve GET /healthz (to anyone) and GET /metrics (Prometheus text; Authorization: Bearer <the token "
+             "of --metrics-token-file>) there, over HTTPS with the service's certificate when it has one (default: off)"),
+      Option("metrics-token-file", "FILE",
+             "the token /metrics wants (one line, at least 16 characters; required with --metrics-listen)")
+          .Files(),
       Flag("verbose", "log more, on stderr"),
       Flag("quiet", "log only warnings and errors")};
   p.commands.push_back(serve);
@@ -179,6 +185,18 @@ DaemonConfig ParseDaemonConfig(const Arguments& command_line) {
   if (auto key = a.Get("coordinator-key")) c.service.worker_key = rpc::WorkerTokenKey::FromFile(*key, false);
   if (!a.Has("tokens") && !a.Has("coordinator-key")) {
     throw Error(ErrorKind::kBadInput, "give who may open the repositories: --tokens FILE and/or --coordinator-key FILE");
+  }
+  if (auto listen = a.Get("metrics-listen")) {
+    c.metrics_listen = *listen;
+    auto file = a.Get("metrics-token-file");
+    if (!file) throw Error(ErrorKind::kBadInput, "--metrics-listen needs --metrics-token-file FILE (the token /metrics wants)");
+    const std::string token = Trim(ReadWholeFile(*file));
+    if (token.size() < 16 || token.find_first_of(" \t\r\n") != std::string::npos) {
+      throw Error(ErrorKind::kBadInput, "option --metrics-token-file: " + *file + " does not hold one token of 16 or more characters");
+    }
+    c.metrics_token_sha256 = Sha256(token.data(), token.size());
+  } else if (a.Has("metrics-token-file")) {
+    throw Error(ErrorKind::kBadInput, "--metrics-token-file is for --metrics-listen, which is not given");
   }
   if (auto tokens = a.Get("tokens")) {
     c.tokens_file = *tokens;

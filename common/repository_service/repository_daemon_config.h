@@ -16,6 +16,10 @@ struct DaemonConfig {
   rpc::RepositoryServiceConfig service;
   rpc::RepositoryServer::Options server;
   std::string tokens_file;
+  // --metrics-listen: /healthz and /metrics over HTTP(S) there ("": none);
+  // /metrics wants the token of --metrics-token-file, known by its SHA-256.
+  std::string metrics_listen;
+  Digest metrics_token_sha256;
 };
 
 // Its commands and options (ferry/common/command_line.h): the default

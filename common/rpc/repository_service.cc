@@ -1,6 +1,7 @@
 #include "ferry/rpc/repository_service.h"
 
 #include <capnp/rpc-twoparty.h>
+#include <capnp/schema.h>
 #include <kj/async-io.h>
 #include <kj/debug.h>
 #include <openssl/crypto.h>
@@ -420,10 +421,28 @@ ferry::PointLock FromWire(rpc::PointLock::Reader r) {
 
 int64_t ServiceNow() { return static_cast<int64_t>(::time(nullptr)); }
 
+// A call's promise that counts its failure (by kind) in `stats` on the way.
+kj::Promise<void> CountingFailures(kj::Promise<void> call, std::shared_ptr<RepositoryServiceStats> stats) {
+  return kj::mv(call).catch_([stats = std::move(stats)](kj::Exception&& e) -> kj::Promise<void> {
+    stats->CountError(e);
+    return kj::mv(e);
+  });
+}
+
 class RepositoryImpl final : public rpc::Repository::Server {
  public:
-  RepositoryImpl(std::shared_ptr<ferry::Repository> repo, std::string name, ServiceThreads threads)
-      : repo_(std::move(repo)), name_(std::move(name)), threads_(std::move(threads)) {}
+  RepositoryImpl(std::shared_ptr<ferry::Repository> repo, std::string name, ServiceThreads threads,
+                 std::shared_ptr<RepositoryServiceStats> stats)
+      : repo_(std::move(repo)), name_(std::move(name)), threads_(std::move(threads)), stats_(std::move(stats)),
+        counters_(stats_->ForRepository(name_)) {}
+
+  DispatchCallResult dispatchCall(uint64_t interface_id, uint16_t method_id,
+                                  capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer> context) override {
+    if (interface_id == capnp::typeId<rpc::Repository>()) stats_->CountCall(false, method_id);
+    DispatchCallResult r = rpc::Repository::Server::dispatchCall(interface_id, method_id, context);
+    r.promise = CountingFailures(kj::mv(r.promise), stats_);
+    return r;
+  }
 
   kj::Promise<void> findMissing(FindMissingContext context) override {
     return Guard([&] {
@@ -436,6 +455,8 @@ class RepositoryImpl final : public rpc::Repository::Server {
       for (auto d : list) digests.push_back(DigestOf(d));
       std::vector<size_t> missing;
       repo_->chunks().FindMissing(digests, &missing);
+      counters_->chunks_queried.fetch_add(digests.size(), std::memory_order_relaxed);
+      counters_->chunks_missing.fetch_add(missing.size(), std::memory_order_relaxed);
       auto out = context.getResults().initMissing(static_cast<unsigned>(missing.size()));
       for (size_t i = 0; i < missing.size(); ++i) out.set(static_cast<unsigned>(i), static_cast<uint32_t>(missing[i]));
     });
@@ -454,6 +475,8 @@ class RepositoryImpl final : public rpc::Repository::Server {
     // A copy: the call (and its params) may be cancelled while a pool thread works.
     auto encoded = context.getParams().getEncoded();
     auto bytes = std::make_shared<std::vector<uint8_t>>(encoded.begin(), encoded.end());
+    counters_->chunks_received.fetch_add(1, std::memory_order_relaxed);
+    counters_->bytes_received.fetch_add(bytes->size(), std::memory_order_relaxed);
     auto repo = repo_;
     std::string what = "chunk " + digest.Hex() + " sent to repository " + name_;
     return threads_.chunks
@@ -465,7 +488,13 @@ class RepositoryImpl final : public rpc::Repository::Server {
           decoder.Decode(*bytes, &d, what, &plain);
           return repo->chunks().Insert(digest, *bytes);
         },
-        [context](bool stored) mutable { context.getResults().setStored(stored); });
+        [context, counters = counters_, size = bytes->size()](bool stored) mutable {
+          if (stored) {
+            counters->chunks_stored.fetch_add(1, std::memory_order_relaxed);
+            counters->bytes_stored.fetch_add(size, std::memory_order_relaxed);
+          }
+          context.getResults().setStored(stored);
+        });
   }
 
   kj::Promise<void> sync(SyncContext) override {
@@ -598,7 +627,10 @@ class RepositoryImpl final : public rpc::Repository::Server {
         ->Run<std::string>([repo = repo_, id = std::string(context.getParams().getId())] {
           return ManifestToJson(repo->points().Commit(id));
         },
-        [context](std::string manifest) mutable { context.getResults().setManifest(AsData(manifest)); });
+        [context, counters = counters_](std::string manifest) mutable {
+          counters->points_committed.fetch_add(1, std::memory_order_relaxed);
+          context.getResults().setManifest(AsData(manifest));
+        });
   }
 
   kj::Promise<void> discard(DiscardContext context) override {
@@ -658,6 +690,7 @@ class RepositoryImpl final : public rpc::Repository::Server {
       return ToKj(e);
     }
     LogInfo("repository " + name_ + ": a client runs a " + (options.dry_run ? "dry-run " : "") + "GC");
+    counters_->gc_runs.fetch_add(1, std::memory_order_relaxed);
     return threads_.upkeep->Run<std::string>(
         [repo = repo_, options](const std::atomic<bool>* cancel) {
           GcOptions o = options;
@@ -709,18 +742,22 @@ class RepositoryImpl final : public rpc::Repository::Server {
   std::shared_ptr<ferry::Repository> repo_;
   std::string name_;
   ServiceThreads threads_;
+  std::shared_ptr<RepositoryServiceStats> stats_;
+  std::shared_ptr<RepositoryServiceStats::Repository> counters_;
 };
 
 class ServiceImpl final : public RepositoryService::Server {
  public:
   explicit ServiceImpl(RepositoryServiceConfig config)
       : catalog_(std::move(config.catalog)),
+        stats_(config.stats ? std::move(config.stats) : std::make_shared<RepositoryServiceStats>()),
         threads_{std::make_shared<CallThreads>(std::max(2u, std::thread::hardware_concurrency())),
                  std::make_shared<CallThreads>(kStoreThreads), std::make_shared<UpkeepThreads>()} {
     for (const auto& [name, dir] : config.repositories) {
       std::shared_ptr<ferry::Repository> repo = ferry::Repository::Open(dir);
       repo->PrepareForWriting();
       repositories_[name] = std::move(repo);
+      stats_->ForRepository(name);  // counted (at zero) from the start
     }
     grants_ = std::move(config.grants);
     worker_key_ = std::move(config.worker_key);
@@ -737,6 +774,14 @@ class ServiceImpl final : public RepositoryService::Server {
       slot = std::move(repo);
     }
     return slot;
+  }
+
+  DispatchCallResult dispatchCall(uint64_t interface_id, uint16_t method_id,
+                                  capnp::CallContext<capnp::AnyPointer, capnp::AnyPointer> context) override {
+    if (interface_id == capnp::typeId<RepositoryService>()) stats_->CountCall(true, method_id);
+    DispatchCallResult r = RepositoryService::Server::dispatchCall(interface_id, method_id, context);
+    r.promise = CountingFailures(kj::mv(r.promise), stats_);
+    return r;
   }
 
   kj::Promise<void> open(OpenContext context) override {
@@ -779,7 +824,7 @@ class ServiceImpl final : public RepositoryService::Server {
  private:
   void SetResults(RepositoryService::OpenResults::Builder results, const std::shared_ptr<ferry::Repository>& repo,
                   const std::string& name) {
-    results.setRepository(kj::heap<RepositoryImpl>(repo, name, threads_));
+    results.setRepository(kj::heap<RepositoryImpl>(repo, name, threads_, stats_));
     auto info = results.initInfo();
     const RepositoryConfig& config = repo->config();
     info.setName(name);
@@ -790,6 +835,7 @@ class ServiceImpl final : public RepositoryService::Server {
   }
 
   std::shared_ptr<const RepositoryCatalog> catalog_;
+  std::shared_ptr<RepositoryServiceStats> stats_;
   std::optional<WorkerTokenKey> worker_key_;
   ServiceThreads threads_;
   std::map<std::string, std::shared_ptr<ferry::Repository>> by_directory_;
@@ -1986,6 +2032,62 @@ RepositoryServer::~RepositoryServer() { loop_->thread.reset(); }
 
 std::string RepositoryServer::address() const {
   return (host_.find(':') != std::string::npos ? "[" + host_ + "]" : host_) + ":" + std::to_string(port_);
+}
+
+// --- RepositoryServiceStats ---
+
+std::shared_ptr<RepositoryServiceStats::Repository> RepositoryServiceStats::ForRepository(const std::string& name) {
+  std::lock_guard lock(mu_);
+  auto& slot = repositories_[name];
+  if (!slot) slot = std::make_shared<Repository>();
+  return slot;
+}
+
+std::vector<std::pair<std::string, std::shared_ptr<const RepositoryServiceStats::Repository>>>
+RepositoryServiceStats::Repositories() const {
+  std::lock_guard lock(mu_);
+  return {repositories_.begin(), repositories_.end()};
+}
+
+void RepositoryServiceStats::CountCall(bool bootstrap, uint16_t method) {
+  // Ordinals from the schema: Repository has 25 methods (@0..@24), room for
+  // 64; Calls() lists the methods it has a slot for.
+  auto& calls = bootstrap ? bootstrap_calls_ : calls_;
+  if (method < calls.size()) calls[method].fetch_add(1, std::memory_order_relaxed);
+}
+
+void RepositoryServiceStats::CountError(const kj::Exception& e) {
+  // The service's failures are "kind: message" (ToKj); anything else (a
+  // capnp failure of its own) is "other", the last slot.
+  std::string_view description = e.getDescription().cStr();
+  size_t slot = kKinds - 1;
+  if (auto colon = description.find(": "); colon != std::string_view::npos) {
+    if (auto kind = ParseWireErrorKind(description.substr(0, colon))) slot = static_cast<size_t>(*kind);
+  }
+  errors_[std::min(slot, kKinds - 1)].fetch_add(1, std::memory_order_relaxed);
+}
+
+std::vector<std::pair<std::string, uint64_t>> RepositoryServiceStats::Calls() const {
+  std::vector<std::pair<std::string, uint64_t>> out;
+  const auto add = [&](capnp::InterfaceSchema schema, const std::array<std::atomic<uint64_t>, kMaxMethods>& calls) {
+    auto methods = schema.getMethods();
+    for (unsigned i = 0; i < methods.size() && i < calls.size(); ++i) {
+      out.emplace_back(methods[i].getProto().getName().cStr(), calls[i].load(std::memory_order_relaxed));
+    }
+  };
+  add(capnp::Schema::from<RepositoryService>(), bootstrap_calls_);
+  add(capnp::Schema::from<rpc::Repository>(), calls_);
+  return out;
+}
+
+std::vector<std::pair<std::string, uint64_t>> RepositoryServiceStats::Errors() const {
+  std::vector<std::pair<std::string, uint64_t>> out;
+  for (ErrorKind k : {ErrorKind::kBadInput, ErrorKind::kNotFound, ErrorKind::kCorrupt, ErrorKind::kEnvironment,
+                      ErrorKind::kRetryable, ErrorKind::kInterrupted, ErrorKind::kInternal}) {
+    out.emplace_back(WireErrorKind(k), errors_[static_cast<size_t>(k)].load(std::memory_order_relaxed));
+  }
+  out.emplace_back("other", errors_[kKinds - 1].load(std::memory_order_relaxed));
+  return out;
 }
 
 unsigned RepositoryServer::connections() const {

@@ -127,6 +127,65 @@ TEST_F(RepositoryServiceTest, InsertFindMissingReadAndQuarantine) {
   EXPECT_FALSE(local->chunks().Contains(d1)) << "quarantined through the service";
 }
 
+// The service's counters (RepositoryServiceStats, ferry-repository's
+// /metrics) move by exactly what the calls did; a manifest keeps its writer
+// over the wire.
+TEST_F(RepositoryServiceTest, TheServiceCountsItsCalls) {
+  auto stats = std::make_shared<rpc::RepositoryServiceStats>();
+  config_.stats = stats;
+  auto server = Serve(config_, nullptr);
+  const auto calls = [&](const std::string& method) {
+    for (const auto& [name, n] : stats->Calls()) {
+      if (name == method) return n;
+    }
+    ADD_FAILURE() << "no method " << method;
+    return uint64_t{0};
+  };
+  const auto errors = [&](const std::string& kind) {
+    for (const auto& [name, n] : stats->Errors()) {
+      if (name == kind) return n;
+    }
+    ADD_FAILURE() << "no kind " << kind;
+    return uint64_t{0};
+  };
+  ASSERT_EQ(stats->Repositories().size(), 2u) << "both static repositories, at zero";
+  std::shared_ptr<const rpc::RepositoryServiceStats::Repository> a = stats->Repositories()[0].second;
+  EXPECT_EQ(stats->Repositories()[0].first, "a");
+  EXPECT_EQ(calls("open"), 0u);
+
+  auto remote = RemoteRepository::Connect(Endpoint(*server, "tok-a", "a"));
+  auto [d1, e1] = Chunk(1);
+  auto [d2, e2] = Chunk(2);
+  std::vector<Digest> both = {d1, d2};
+  std::vector<size_t> missing;
+  remote->chunks().FindMissing(both, &missing);
+  EXPECT_TRUE(remote->chunks().Insert(d1, e1));
+  EXPECT_FALSE(remote->chunks().Insert(d1, e1));  // a dedup hit
+  EXPECT_TRUE(remote->chunks().Insert(d2, e2));
+  EXPECT_EQ(calls("open"), 1u);
+  EXPECT_EQ(calls("findMissing"), 1u);
+  EXPECT_EQ(calls("insert"), 3u);
+  EXPECT_EQ(a->chunks_queried.load(), 2u);
+  EXPECT_EQ(a->chunks_missing.load(), 2u);
+  EXPECT_EQ(a->chunks_received.load(), 3u);
+  EXPECT_EQ(a->chunks_stored.load(), 2u);
+  EXPECT_EQ(a->bytes_received.load(), 2 * e1.size() + e2.size());
+  EXPECT_EQ(a->bytes_stored.load(), e1.size() + e2.size());
+
+  std::string id = test::WriteTestPoint(*remote, {"x"});
+  EXPECT_EQ(a->points_committed.load(), 1u);
+  EXPECT_EQ(calls("commit"), 1u);
+  EXPECT_EQ(remote->points().Load(id).writer, WriterName()) << "the writer, over the wire";
+  EXPECT_EQ(remote->points().LoadAll().points.at(0).writer, WriterName());
+
+  const uint64_t bad_input = errors("bad_input"), not_found = errors("not_found");
+  EXPECT_EQ(KindOf([&] { RemoteRepository::Connect(Endpoint(*server, "tok-nope", "a")); }), ErrorKind::kBadInput);
+  EXPECT_EQ(errors("bad_input"), bad_input + 1);
+  EXPECT_EQ(KindOf([&] { remote->points().Load("20990101T000000Z-000000"); }), ErrorKind::kNotFound);
+  EXPECT_EQ(errors("not_found"), not_found + 1);
+  EXPECT_EQ(stats->Repositories()[1].second->chunks_received.load(), 0u) << "b's counters are b's";
+}
+
 TEST_F(RepositoryServiceTest, ManyDigestsGoInBatches) {
   auto server = Serve(config_, nullptr);
   auto& service = *server;

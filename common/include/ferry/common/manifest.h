@@ -71,6 +71,11 @@ struct RestorePointManifest {
   std::string completed_at;  // RFC 3339, UTC
   std::vector<DiskRecord> disks;
   std::vector<ConfigFileRecord> config_files;
+  // The program that wrote the file, "ferry 0.1.0" (WriterName()); "" in a
+  // manifest written before the member existed. Informational only: no reader
+  // decides anything by it. Kept as read, so a manifest passed on (over the
+  // repository service, in `ferry list --json`) names its real writer.
+  std::string writer;
 
   const DiskRecord* FindDisk(const std::string& name) const;
   const ConfigFileRecord* FindConfig(const std::string& kind) const;
@@ -92,6 +97,10 @@ std::string SealJson(std::string object_text, std::string_view member);
 // Checks that layout and the digest before anything else is read; kCorrupt
 // "<what>: ..." naming what is wrong.
 void CheckSealedJson(std::string_view text, std::string_view member, const std::string& what);
+
+// "ferry <kVersion>": the "writer" member of every JSON record a repository
+// writes (manifests, the staged point header, locks, ferry-repository.json).
+std::string WriterName();
 
 // "2026-11-22T03:42:10Z" for now.
 std::string NowRfc3339();

@@ -20,13 +20,17 @@
 
 #include <capnp/capability.h>
 
+#include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ferry/common/checksum.h"
@@ -57,6 +61,49 @@ class RepositoryCatalog {
   virtual std::optional<std::string> Resolve(const std::string& token, const std::string& repository) const = 0;
 };
 
+// What a service counts, for ferry-repository's /metrics
+// (docs/repository-service.md, "Metrics"): relaxed atomics bumped on the
+// calls' paths (no lock on a chunk's), read from any thread at any time.
+class RepositoryServiceStats {
+ public:
+  // One repository's, by the name it is served as.
+  struct Repository {
+    std::atomic<uint64_t> chunks_queried{0};   // digests asked about (findMissing)
+    std::atomic<uint64_t> chunks_missing{0};   // of those, not held (the rest need not be sent)
+    std::atomic<uint64_t> chunks_received{0};  // insert calls (decoded and checked)
+    std::atomic<uint64_t> chunks_stored{0};    // of those, new to the store (the rest: dedup hits)
+    std::atomic<uint64_t> bytes_received{0};   // their encoded bytes
+    std::atomic<uint64_t> bytes_stored{0};     // encoded bytes of the chunks stored
+    std::atomic<uint64_t> points_committed{0};
+    std::atomic<uint64_t> gc_runs{0};          // collectGarbage calls started (dry runs too)
+  };
+
+  // The counters of the repository served as `name`, made on first use (at
+  // open, under a mutex: never on a chunk's path).
+  std::shared_ptr<Repository> ForRepository(const std::string& name);
+  // Every repository counted so far (those of a static configuration from
+  // the start, a catalog's from their first open), by name.
+  std::vector<std::pair<std::string, std::shared_ptr<const Repository>>> Repositories() const;
+  // Calls by method ("open", "insert", "commit", ...): every method of the
+  // protocol, in schema order, with the calls it received.
+  std::vector<std::pair<std::string, uint64_t>> Calls() const;
+  // Failed calls by the kind of their error (WireErrorKind: "bad_input",
+  // ...; "other" for a failure that names none).
+  std::vector<std::pair<std::string, uint64_t>> Errors() const;
+
+  // For the service: method `method` of interface Repository (or, with
+  // `bootstrap`, of RepositoryService) was called; a call failed with `e`.
+  void CountCall(bool bootstrap, uint16_t method);
+  void CountError(const kj::Exception& e);
+
+ private:
+  static constexpr size_t kMaxMethods = 64, kKinds = 8;  // 7 ErrorKinds and "other"
+  mutable std::mutex mu_;
+  std::map<std::string, std::shared_ptr<Repository>> repositories_;
+  std::array<std::atomic<uint64_t>, kMaxMethods> calls_{}, bootstrap_calls_{};
+  std::array<std::atomic<uint64_t>, kKinds> errors_{};
+};
+
 struct RepositoryServiceConfig {
   // Static: these repositories (opened at start), to the holders of these
   // grants and of tokens minted with `worker_key` (worker_tokens.h).
@@ -65,6 +112,8 @@ struct RepositoryServiceConfig {
   std::optional<WorkerTokenKey> worker_key;
   // Or dynamic: when set, it decides (repositories are opened on first use).
   std::shared_ptr<const RepositoryCatalog> catalog;
+  // Where the service counts (nullptr: a count of its own nobody reads).
+  std::shared_ptr<RepositoryServiceStats> stats;
 };
 
 // The bootstrap capability to serve on each connection (one per service:
