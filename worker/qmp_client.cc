@@ -16,10 +16,12 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 #include <condition_variable>
 #include <cstdio>
 #include <deque>
+#include <functional>
 #include <future>
 #include <map>
 #include <mutex>
@@ -226,7 +228,11 @@ class QmpClient::Impl {
     if (connect_result.wait_until(deadline) != std::future_status::ready) {
       throw Error(ErrorKind::kRetryable,
                   "connecting to QMP socket " + address_ + " timed out after " +
-                      std::to_string(total_timeout.count()) + " ms");
+                      std::to_string(total_timeout.count()) + " ms" +
+                      (busy_connects_ > 0
+                           ? ": the monitor is busy (it serves one client and "
+                             "queues one; another ferry backup?)"
+                           : ""));
     }
     if (const boost::system::error_code ec = connect_result.get()) {
       throw ConnectError(address_, ec);
@@ -369,9 +375,7 @@ class QmpClient::Impl {
       connected->set_value(ec);
     };
     if (parsed.is_unix) {
-      socket_.async_connect(
-          asio::local::stream_protocol::endpoint(parsed.path),
-          [on_connected](boost::system::error_code ec) { on_connected(ec); });
+      ConnectUnix(parsed.path, on_connected);
       return;
     }
     resolver_.async_resolve(
@@ -393,6 +397,39 @@ class QmpClient::Impl {
                 on_connected(ec);
               });
         });
+  }
+
+  // A QMP monitor listens with a backlog of one: while it serves a client and
+  // another waits, the kernel refuses a third connection (EAGAIN), which asio
+  // reports as connected (the socket is writable, SO_ERROR 0) and whose first
+  // read then fails with EINVAL. So a unix connection counts only once it has
+  // a peer; until then the monitor is busy and the connection is tried again
+  // every 50 ms, within Start's deadline (then kRetryable, as a busy monitor).
+  void ConnectUnix(const std::string& path, std::function<void(boost::system::error_code)> done) {
+    socket_.async_connect(
+        asio::local::stream_protocol::endpoint(path), [this, path, done](boost::system::error_code ec) {
+          if (ec || HasPeer()) {
+            done(ec);
+            return;
+          }
+          boost::system::error_code ignored;
+          socket_.close(ignored);
+          ++busy_connects_;
+          retry_timer_.expires_after(std::chrono::milliseconds(50));
+          retry_timer_.async_wait([this, path, done](boost::system::error_code timer_ec) {
+            if (timer_ec || disconnected_) {
+              done(timer_ec ? timer_ec : asio::error::operation_aborted);
+              return;
+            }
+            ConnectUnix(path, done);
+          });
+        });
+  }
+
+  bool HasPeer() {
+    sockaddr_un peer{};
+    socklen_t size = sizeof peer;
+    return ::getpeername(socket_.native_handle(), reinterpret_cast<sockaddr*>(&peer), &size) == 0;
   }
 
   void ReadMore() {
@@ -597,6 +634,8 @@ class QmpClient::Impl {
   asio::executor_work_guard<asio::io_context::executor_type> work_guard_;
   asio::generic::stream_protocol::socket socket_;
   asio::ip::tcp::resolver resolver_;
+  asio::steady_timer retry_timer_{io_};
+  std::atomic<int> busy_connects_{0};  // connections the monitor's full backlog refused
   std::thread io_thread_;
 
   // Io-thread state.

@@ -549,6 +549,57 @@ TEST(QmpClientTest, SilentPeerIsRetryableAfterTimeout) {
   EXPECT_TRUE(Contains(error.what(), "busy with another client"));
 }
 
+// QEMU listens on a monitor socket with a backlog of one. With one client
+// served and one waiting, the kernel refuses the next connection (EAGAIN),
+// which asio reports as connected; it used to fail at once as "not a QMP
+// socket ... (Invalid argument)" (integration.test-worker-failover, a worker
+// dropping a stale snapshot while taking a new one). It is a busy monitor:
+// retried, then kRetryable, and connected once the monitor is free.
+TEST(QmpClientTest, AMonitorWithAFullBacklogIsBusyNotBroken) {
+  const std::string dir = ::testing::TempDir() + "/qmp-backlog-" + std::to_string(::getpid());
+  ::mkdir(dir.c_str(), 0700);
+  const std::string path = dir + "/m.qmp";
+  ::unlink(path.c_str());
+  int listener = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+  ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(::listen(listener, 1), 0);  // QEMU's backlog
+  auto connect_raw = [&] {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    return fd;
+  };
+  int served_client = connect_raw();
+  int served = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+  ASSERT_GE(served, 0);
+  // The kernel queues backlog + 1 connections.
+  int waiting1 = connect_raw(), waiting2 = connect_raw();
+
+  Error error = CatchError([&] { QmpClient::Connect("unix:" + path, milliseconds(300)); });
+  EXPECT_EQ(error.kind(), ErrorKind::kRetryable) << error.what();
+  EXPECT_TRUE(Contains(error.what(), "the monitor is busy")) << error.what();
+
+  // The monitor frees up while a client waits: it connects and is greeted.
+  std::thread monitor([listener, fds = std::vector<int>{served, served_client, waiting1, waiting2}] {
+    std::this_thread::sleep_for(milliseconds(200));
+    for (int fd : fds) ::close(fd);
+    // The queued connections were closed by their clients: accepted and dropped.
+    for (int i = 0; i < 2; ++i) ::close(::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC));
+    PeerConnection conn(::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC));
+    conn.Handshake();
+    conn.WaitForClose();
+  });
+  {
+    auto client = QmpClient::Connect("unix:" + path, milliseconds(3000));
+    EXPECT_EQ(client->version().major, 7);
+  }
+  monitor.join();
+  ::close(listener);
+  ::unlink(path.c_str());
+}
+
 TEST(QmpErrorTest, BusyNodeIsRetryable) {
   EXPECT_EQ(QmpError::KindFor("GenericError",
                               "Node 'd0-fmt' is busy: block device is in use "
