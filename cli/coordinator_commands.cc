@@ -178,7 +178,10 @@ std::string IdFor(ApiClient& api, const std::string& resource, const std::string
   if (resource == "point") return PointRecordId(api, value);
   if (resource == "host" || resource == "worker" || resource == "vm") {
     const std::string collection = resource + "s";
-    return IdOf(api, "/" + collection + "?limit=100000", collection, "name", value,
+    // VMs are many: the API filters them by name; hosts and workers are few.
+    const std::string listing =
+        "/" + collection + "?" + (resource == "vm" ? QueryParam("name", value) : "") + "limit=100000";
+    return IdOf(api, listing, collection, "name", value,
                 "no " + resource + " named '" + value + "' (ferry " + resource + " list)");
   }
   return value;  // sessions: ids only

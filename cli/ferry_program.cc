@@ -347,7 +347,7 @@ ProgramSpec MakeFerryProgram() {
       "coordinator commands are calls to a coordinator's web API; they take an object by its id or its name "
       "(HOST, WORKER, REPO, VM, JOB; POINT: an id of `point list` or its id in the repository). Options go "
       "anywhere on the line, as --name value or --name=value. See docs/cli.md.";
-  p.global_options = {Flag("verbose", "log more, on stderr"), Flag("quiet", "log only warnings and errors")};
+  p.global_options = VerbosityFlags();
   for (auto& c : HostCommands()) p.commands.push_back(std::move(c));
   for (auto& c : CoordinatorCommands()) p.commands.push_back(std::move(c));
   p.footer =

@@ -46,6 +46,10 @@ OptionSpec Option(std::string name, std::string placeholder, std::string help) {
   return o;
 }
 
+std::vector<OptionSpec> VerbosityFlags() {
+  return {Flag("verbose", "log more, on stderr"), Flag("quiet", "log only warnings and errors")};
+}
+
 const CommandSpec* ProgramSpec::Find(const std::string& command_name) const {
   for (const auto& c : commands)
     if (c.name == command_name) return &c;
@@ -658,9 +662,7 @@ std::string BashCompletion(const ProgramSpec& program) {
   return out;
 }
 
-std::string MarkdownReference(const ProgramSpec& program) {
-  // Definitions that contradict themselves are a programming error; the
-  // docs test (cli.reference) runs this for every program.
+void CheckProgramSpec(const ProgramSpec& program) {
   std::map<std::string, bool> is_flag;
   std::set<std::string> names;
   auto check = [&](const OptionSpec& o, const std::string& where) {
@@ -677,6 +679,10 @@ std::string MarkdownReference(const ProgramSpec& program) {
       if (!own.insert(o.name).second) throw Error(ErrorKind::kInternal, c.name + ": --" + o.name + " listed twice");
     }
   }
+}
+
+std::string MarkdownReference(const ProgramSpec& program) {
+  CheckProgramSpec(program);
   auto cell = [](std::string s) {
     std::string out;
     for (char c : s) {

@@ -78,9 +78,8 @@ ProgramSpec MakeProgram() {
              "of --metrics-token-file>) there, over HTTPS with the service's certificate when it has one (default: off)"),
       Option("metrics-token-file", "FILE",
              "the token /metrics wants (one line, at least 16 characters; required with --metrics-listen)")
-          .Files(),
-      Flag("verbose", "log more, on stderr"),
-      Flag("quiet", "log only warnings and errors")};
+          .Files()};
+  for (OptionSpec& flag : VerbosityFlags()) serve.options.push_back(std::move(flag));
   p.commands.push_back(serve);
   p.commands.push_back({"key", "--key-file FILE", "make a key shared with a coordinator (file 0600) and print it (frk-...)",
                         "Give its text to the coordinator as the repository's token (POST /api/v1/repositories "

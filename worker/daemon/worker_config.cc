@@ -74,9 +74,8 @@ ProgramSpec MakeWorkerProgram() {
       Option("repository-ca", "FILE", "CA certificates for repositories behind a repository service (ferry+tls://...; default: --tls-ca's, else the system store)").Files(),
       Option("repository-name", "NAME", "the name their certificates carry (default: --tls-name's, else the address's host)"),
       Option("repository-retry", "DUR", "after a lost repository connection, try again this often (default 15s)"),
-      Option("repository-retry-for", "DUR", "... for this long, then fail the task (default 30m)"),
-      Flag("verbose", "log more, on stderr"),
-      Flag("quiet", "log only warnings and errors")};
+      Option("repository-retry-for", "DUR", "... for this long, then fail the task (default 30m)")};
+  for (OptionSpec& flag : VerbosityFlags()) serve.options.push_back(std::move(flag));
   p.commands.push_back(serve);
   p.footer = "Durations: 90s, 30m, 24h, 7d, 500ms or plain seconds.";
   return p;

@@ -48,6 +48,8 @@ struct OptionSpec {
 // A flag (--name) and an option taking a value (--name PLACEHOLDER).
 OptionSpec Flag(std::string name, std::string help);
 OptionSpec Option(std::string name, std::string placeholder, std::string help);
+// --verbose and --quiet, as every program that logs takes them.
+std::vector<OptionSpec> VerbosityFlags();
 
 struct CommandSpec {
   std::string name;      // "backup", "job create"; "" for the program's default command
@@ -118,6 +120,13 @@ std::string HelpFor(const ProgramSpec& program, const std::vector<std::string>& 
 std::string ManPage(const ProgramSpec& program);
 std::string BashCompletion(const ProgramSpec& program);
 // The command reference in Markdown (docs/cli-reference.md is made of it).
+// Checks the definitions first (CheckProgramSpec).
 std::string MarkdownReference(const ProgramSpec& program);
+// Definitions that contradict themselves are a programming error (kInternal):
+// an option that is a flag in one command and takes a value in another (the
+// parse could not tell where a command's words are), a command defined twice,
+// an option listed twice in one command. The cli.help test runs it for every
+// program, through --generate-markdown.
+void CheckProgramSpec(const ProgramSpec& program);
 
 }  // namespace ferry
