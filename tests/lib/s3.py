@@ -13,6 +13,7 @@ tests/lib/ceph.sh exports:
 
 Commands (exit 0 on success, 1 on an S3 error or a failed check, 2 on usage):
 
+  s3.py lb                          list the buckets (ListBuckets)
   s3.py mb BUCKET                   create a bucket
   s3.py rb BUCKET                   remove an (empty) bucket
   s3.py put BUCKET KEY FILE         upload FILE ("-": stdin)
@@ -158,6 +159,11 @@ class Client:
         raise ConnectionError(f"{method} {path}: {last}")
 
     # -- operations --------------------------------------------------------
+    def buckets(self):
+        data, _ = self.request("GET")
+        root = ET.fromstring(data)
+        return [el.text for el in root.iter() if el.tag.endswith("}Name") or el.tag == "Name"]
+
     def make_bucket(self, bucket):
         self.request("PUT", bucket)
 
@@ -286,6 +292,7 @@ def main(argv):
         sp = sub.add_parser(name)
         for a in args:
             sp.add_argument(a)
+    sub.add_parser("lb")
     sp = sub.add_parser("ls")
     sp.add_argument("bucket")
     sp.add_argument("prefix", nargs="?", default="")
@@ -303,7 +310,10 @@ def main(argv):
 
     cli = Client()
     try:
-        if a.cmd == "mb":
+        if a.cmd == "lb":
+            for b in cli.buckets():
+                print(b)
+        elif a.cmd == "mb":
             cli.make_bucket(a.bucket)
         elif a.cmd == "rb":
             cli.remove_bucket(a.bucket)
