@@ -36,6 +36,11 @@ CEPH_MON_PID='' CEPH_MGR_PID='' CEPH_OSD_PID='' CEPH_RGW_PID='' CEPH_DIR=''
 
 _ceph_log() { echo "ceph.sh [${SECONDS}s]: $*" >&2; }
 
+# Startup phases with their time since ceph_start began (CEPH_VERBOSE=0: quiet).
+_ceph_phase() {
+  [[ ${CEPH_VERBOSE:-1} == 0 ]] || _ceph_log "$(( ($(date +%s%N) - _CEPH_T0NS) / 1000000 )) ms: $*"
+}
+
 _ceph_fail() {
   echo "ceph.sh: FAIL: $*" >&2
   ceph_logs_tail >&2
@@ -91,6 +96,14 @@ _ceph_end() {
     kill -KILL "$pid" 2>/dev/null || true
     _ceph_wait_gone "$pid" 10 || { echo "ceph.sh: $name ($pid) is still running" >&2; return 1; }
   fi
+}
+
+# _ceph_key NAME CAPS...: a key for NAME in $CEPH_DIR/NAME/keyring, also
+# imported into the mon's initial keyring.
+_ceph_key() {
+  local name=$1; shift
+  ceph-authtool --create-keyring "$CEPH_DIR/$name/keyring" --gen-key -n "$name" "$@" >/dev/null &&
+    ceph-authtool "$CEPH_DIR/mon.keyring" --import-keyring "$CEPH_DIR/$name/keyring" >/dev/null
 }
 
 _ceph_write_pids() {
@@ -155,8 +168,9 @@ ceph_start() {
     echo "SKIP: the Ceph harness runs as root"
     exit 77
   fi
-  local t0=$SECONDS t0ns
+  local t0ns
   t0ns=$(date +%s%N)
+  _CEPH_T0NS=$t0ns
   mkdir -p "$dir" && CEPH_DIR=$(cd "$dir" && pwd)
   mkdir -p "$CEPH_DIR"/{log,run,mon.a,mgr.x,osd.0,client.rgw.a,client.admin}
   CEPH_CONF_FILE=$CEPH_DIR/ceph.conf
@@ -197,6 +211,10 @@ mon max pg per osd = 1000
 mon warn on pool no redundancy = false
 mon data avail warn = 1
 paxos propose interval = 0.05
+# PG states reach the mgr (and so "ceph pg stat", health) within a second.
+mgr stats period = 1
+mgr tick period = 1
+mon mgr digest period = 1
 
 [mon]
 mon data = $d/\$name
@@ -213,6 +231,7 @@ bluestore block path = $d/\$name.block
 bluestore block create = true
 bluestore block size = 10737418240
 osd memory target = 939524096
+bluestore fsck on mkfs = false
 
 [client.rgw.a]
 rgw data = $d/\$name
@@ -221,11 +240,13 @@ rgw gc obj min wait = 1
 rgw gc processor period = 10
 rgw enable usage log = false
 EOF
-  # Keys: mon. and client.admin; the mon keeps its copy in its data dir.
+  # Every key is made here and given to the mon's --mkfs (no "auth
+  # get-or-create" round trips later); the mon keeps its copy in its data dir.
   ceph-authtool --create-keyring "$d/mon.keyring" --gen-key -n mon. --cap mon 'allow *' >/dev/null &&
-    ceph-authtool --create-keyring "$d/client.admin/keyring" --gen-key -n client.admin \
-      --cap mon 'allow *' --cap osd 'allow *' --cap mgr 'allow *' --cap mds 'allow *' >/dev/null &&
-    ceph-authtool "$d/mon.keyring" --import-keyring "$d/client.admin/keyring" >/dev/null &&
+    _ceph_key client.admin --cap mon 'allow *' --cap osd 'allow *' --cap mgr 'allow *' --cap mds 'allow *' &&
+    _ceph_key mgr.x --cap mon 'allow profile mgr' --cap osd 'allow *' --cap mds 'allow *' &&
+    _ceph_key osd.0 --cap mon 'allow profile osd' --cap mgr 'allow profile osd' --cap osd 'allow *' &&
+    _ceph_key client.rgw.a --cap mon 'allow rw' --cap osd 'allow rwx' --cap mgr 'allow rw' &&
     monmaptool --create --fsid "$fsid" --addv a "[v2:127.0.0.1:$CEPH_MON_PORT]" "$d/monmap" >"$d/log/setup.log" 2>&1 &&
     ceph-mon --conf "$CEPH_CONF_FILE" --mkfs -i a --monmap "$d/monmap" --keyring "$d/mon.keyring" >>"$d/log/setup.log" 2>&1 ||
     { _ceph_fail "mon --mkfs"; return 1; }
@@ -234,9 +255,8 @@ EOF
   CEPH_MON_PID=$!
   _ceph_write_pids
   _ceph_wait_for 30 "mon quorum" "$CEPH_MON_PID" ceph_cli mon stat || return 1
+  _ceph_phase "mon up"
 
-  ceph_cli auth get-or-create mgr.x mon 'allow profile mgr' osd 'allow *' mds 'allow *' \
-    -o "$d/mgr.x/keyring" >>"$d/log/setup.log" 2>&1 || { _ceph_fail "mgr key"; return 1; }
   ceph-mgr --conf "$CEPH_CONF_FILE" -i x -f >>"$d/log/mgr.x.out" 2>&1 &
   CEPH_MGR_PID=$!
   _ceph_write_pids
@@ -244,19 +264,18 @@ EOF
   local osd_id
   osd_id=$(ceph_cli osd new "$osd_uuid" 2>>"$d/log/setup.log") && [[ $osd_id == 0 ]] ||
     { _ceph_fail "ceph osd new said '$osd_id'"; return 1; }
-  ceph_cli auth get-or-create osd.0 mon 'allow profile osd' mgr 'allow profile osd' osd 'allow *' \
-    -o "$d/osd.0/keyring" >>"$d/log/setup.log" 2>&1 &&
-    ceph-osd --conf "$CEPH_CONF_FILE" -i 0 --mkfs --osd-uuid "$osd_uuid" >>"$d/log/setup.log" 2>&1 ||
+  ceph-osd --conf "$CEPH_CONF_FILE" -i 0 --mkfs --osd-uuid "$osd_uuid" >>"$d/log/setup.log" 2>&1 ||
     { _ceph_fail "osd --mkfs"; return 1; }
   ceph-osd --conf "$CEPH_CONF_FILE" -i 0 -f >>"$d/log/osd.0.out" 2>&1 &
   CEPH_OSD_PID=$!
   _ceph_write_pids
+  _ceph_phase "OSD created"
 
-  ceph_cli auth get-or-create client.rgw.a mon 'allow rw' osd 'allow rwx' mgr 'allow rw' \
-    -o "$d/client.rgw.a/keyring" >>"$d/log/setup.log" 2>&1 || { _ceph_fail "rgw key"; return 1; }
   _ceph_wait_for 60 "OSD up" "$CEPH_OSD_PID" _ceph_osd_up || return 1
+  _ceph_phase "OSD up"
   _ceph_start_rgw
   _ceph_wait_for 60 "radosgw answering on 127.0.0.1:$CEPH_RGW_PORT" "$CEPH_RGW_PID" _ceph_rgw_answers || return 1
+  _ceph_phase "radosgw answering"
 
   CEPH_S3_ACCESS_KEY=$(python3 -c 'import secrets; print("FERRY" + secrets.token_hex(8).upper())')
   CEPH_S3_SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(30))')
@@ -274,16 +293,17 @@ EOF
   # A signed request (the new user's ListBuckets) must answer; then the
   # pools radosgw created must be active and the cluster healthy.
   _ceph_wait_for 30 "a signed S3 request" "$CEPH_RGW_PID" python3 "$CEPH_S3_PY" lb || return 1
+  _ceph_phase "S3 user and signed request"
   _ceph_wait_for 30 "every PG active" "$CEPH_OSD_PID" _ceph_pgs_active || return 1
   _ceph_wait_for 30 "the mgr available" "$CEPH_MGR_PID" _ceph_mgr_available || return 1
   if ! _ceph_wait_for 30 "HEALTH_OK" "$CEPH_MON_PID" _ceph_health_ok; then
     ceph_cli health detail >&2
     return 1
   fi
+  _ceph_phase "PGs active, mgr available, HEALTH_OK"
   CEPH_STARTUP_SECONDS=$(( ($(date +%s%N) - t0ns) / 1000000 ))
   CEPH_STARTUP_SECONDS=$(printf '%d.%03d' $((CEPH_STARTUP_SECONDS / 1000)) $((CEPH_STARTUP_SECONDS % 1000)))
   _ceph_log "cluster up in ${CEPH_STARTUP_SECONDS}s: mon $CEPH_MON_PID mgr $CEPH_MGR_PID osd $CEPH_OSD_PID rgw $CEPH_RGW_PID, S3 at $CEPH_S3_ENDPOINT (region $CEPH_S3_REGION)"
-  : "$t0"
 }
 
 ceph_kill_rgw() {
