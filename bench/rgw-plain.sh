@@ -7,6 +7,7 @@
 # back. Prints one JSON line: put_mib_s, get_mib_s, requests, the Ceph
 # daemons' RSS in MiB after the run (ceph_rss_mib) and the sum of their peaks
 # (ceph_peak_rss_mib, VmHWM), startup_s. Not registered in ctest.
+# BENCH_UNSIGNED=1: PUT bodies as UNSIGNED-PAYLOAD (no client-side SHA-256).
 # Usage: bench/rgw-plain.sh [WORKDIR]   (default /var/tmp/ferry-bench-rgw; its
 # cluster state is removed afterwards unless BENCH_KEEP=1)
 set -euo pipefail
@@ -32,6 +33,7 @@ _exit() {
 }
 trap _exit EXIT
 
+[[ ${BENCH_UNSIGNED:-0} == 0 ]] || export CEPH_S3_UNSIGNED_PAYLOAD=1
 CEPH_VERBOSE=0 ceph_start "$work/ceph" >&2
 "${s3[@]}" mb bench
 put=$("${s3[@]}" bench-put bench -t "$threads" -n "$count" -s $((object_mib << 20)) --prefix plain/)
@@ -45,7 +47,7 @@ for p in $(ceph_pids); do
   peak=$((peak + ${kib:-0}))
 done
 ceph_stop
-python3 - "$put" "$get" "$rss" "$peak" "$CEPH_STARTUP_SECONDS" "$threads" "$object_mib" <<'EOF'
+python3 - "$put" "$get" "$rss" "$peak" "$CEPH_STARTUP_SECONDS" "$threads" "$object_mib" "${BENCH_UNSIGNED:-0}" <<'EOF'
 import json, sys
 put, get = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 assert put["bytes"] == get["bytes"], (put, get)
@@ -55,6 +57,6 @@ print(json.dumps({
     "put_mib_s": put["mib_s"], "get_mib_s": get["mib_s"],
     "requests": put["requests"] + get["requests"],  # object PUTs and GETs
     "ceph_rss_mib": round(int(sys.argv[3]) / 1024), "ceph_peak_rss_mib": round(int(sys.argv[4]) / 1024),
-    "startup_s": float(sys.argv[5]),
+    "startup_s": float(sys.argv[5]), "unsigned_payload": sys.argv[8] == "1",
 }))
 EOF

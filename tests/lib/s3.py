@@ -10,6 +10,8 @@ tests/lib/ceph.sh exports:
   CEPH_S3_ACCESS_KEY
   CEPH_S3_SECRET_KEY
   CEPH_S3_REGION      the zonegroup name for SigV4 ("default" for radosgw)
+  CEPH_S3_UNSIGNED_PAYLOAD=1  send PUT bodies as UNSIGNED-PAYLOAD (no SHA-256
+                      of the body on the client; headers are still signed)
 
 Commands (exit 0 on success, 1 on an S3 error or a failed check, 2 on usage):
 
@@ -82,6 +84,7 @@ class Client:
         default_port = 443 if u.scheme == "https" else 80
         self.host_header = self.host if self.port == default_port else f"{self.host}:{self.port}"
         self.timeout = timeout
+        self.unsigned_payload = env.get("CEPH_S3_UNSIGNED_PAYLOAD", "") not in ("", "0")
         self._local = threading.local()  # one keep-alive connection per thread
 
     # -- transport ---------------------------------------------------------
@@ -128,7 +131,10 @@ class Client:
         path = "/" + _quote(bucket) if bucket else "/"
         if key:
             path += "/" + _quote(key, safe="-_.~/")
-        payload_hash = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
+        if body and self.unsigned_payload:
+            payload_hash = "UNSIGNED-PAYLOAD"
+        else:
+            payload_hash = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
         last = None
         for attempt in range(2):  # one retry on a dropped keep-alive connection
             hdrs = dict(headers or {})
