@@ -17,7 +17,7 @@ _exit() {
   local rc=$?
   set +e
   ceph_cleanup "$rc"
-  if ((rc == 0)); then rm -rf "$WORK"; else echo "kept for diagnosis: $WORK" >&2; fi
+  if ((rc == 0 || rc == 77)); then rm -rf "$WORK"; else echo "kept for diagnosis: $WORK" >&2; fi
   if ((rc == 0)); then echo "PASS: $(basename "$0")"
   elif ((rc == 77)); then echo "SKIP: $(basename "$0")"
   else echo "FAIL: $(basename "$0") (exit $rc)"; fi

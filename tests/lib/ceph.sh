@@ -44,6 +44,7 @@ _ceph_phase() {
 _ceph_fail() {
   echo "ceph.sh: FAIL: $*" >&2
   ceph_logs_tail >&2
+  _CEPH_TAILS_SHOWN=1
   return 1
 }
 
@@ -367,7 +368,7 @@ ceph_stop() {
 ceph_cleanup() {
   local rc=${1:-$?}
   [[ -n $CEPH_DIR ]] || return 0
-  if ((rc != 0)); then
+  if ((rc != 0)) && [[ -z ${_CEPH_TAILS_SHOWN:-} ]]; then
     ceph_logs_tail >&2
   fi
   ceph_stop || true
