@@ -12,8 +12,8 @@ const char kCoordinator[] = "Against a coordinator (--coordinator URL, or FERRY_
 
 OptionSpec Repo() {
   return Option("repo", "DIR",
-                "the repository: a directory, or a repository service ferry+tls://HOST:PORT/NAME (default: "
-                "$FERRY_REPO)")
+                "the repository: a directory, a repository service ferry+tls://HOST:PORT/NAME, or a bucket "
+                "s3://BUCKET/PREFIX?endpoint=URL&region=NAME (docs/object-storage.md) (default: $FERRY_REPO)")
       .Directories();
 }
 
@@ -229,7 +229,7 @@ std::vector<CommandSpec> CoordinatorCommands() {
   c.push_back(Remote("worker set", {"WORKER"}, "--bandwidth CAP", "change a worker's bandwidth cap", {Bandwidth()}));
   c.push_back(Remote("worker rm", {"WORKER"}, "", "remove a worker", {}));
   std::vector<OptionSpec> repo = {
-      Option("location", "PATH|URL", "a directory on the coordinator's host, or ferry+tls://HOST:PORT/NAME"),
+      Option("location", "PATH|URL", "a directory on the coordinator's host, ferry+tls://HOST:PORT/NAME, or s3://BUCKET/PREFIX?endpoint=URL (docs/object-storage.md)"),
       Option("repo-token-file", "FILE", "the repository service's token, or its key frk-... (read from the file)").Files(),
       Option("slots", "N", "disk tasks writing at once"), Option("capacity", "BYTES", "the space it may use"),
       Bandwidth()};

@@ -28,7 +28,9 @@ constexpr char kConfigFile[] = "ferry-repository.json";
 
 const char* SyncLevelName(SyncLevel s) { return s == SyncLevel::kFile ? "file" : "filesystem"; }
 
-std::string ConfigJson(const RepositoryConfig& config, int version) {
+}  // namespace
+
+std::string RepositoryConfigToJson(const RepositoryConfig& config, int version) {
   json::object o{
       {"format", std::string(kRepositoryFamily) + "-v" + std::to_string(version)},
       {"id", config.id},
@@ -40,8 +42,6 @@ std::string ConfigJson(const RepositoryConfig& config, int version) {
   };
   return json::serialize(o) + "\n";
 }
-
-}  // namespace
 
 // A point id sorts by creation time, to the microsecond, because "the last
 // point of a chain" is found by sorting and backups can be sub-second:
@@ -88,7 +88,7 @@ void Repository::Init(const std::string& dir, const RepositoryConfig& config) {
   if (c.id.empty()) c.id = RandomHex(32);
   c.created_at = NowRfc3339();
   // Written last: a directory without it is not (yet) a repository.
-  WriteFileAtomically(dir + "/" + kConfigFile, ConfigJson(c, kRepositoryVersion));
+  WriteFileAtomically(dir + "/" + kConfigFile, RepositoryConfigToJson(c, kRepositoryVersion));
 }
 
 namespace {
@@ -115,7 +115,7 @@ class LocalRepository final : public Repository {
       }
     }
     if (config_.format_version < kRepositoryVersion) {
-      WriteFileAtomically(dir_ + "/" + kConfigFile, ConfigJson(config_, kRepositoryVersion));
+      WriteFileAtomically(dir_ + "/" + kConfigFile, RepositoryConfigToJson(config_, kRepositoryVersion));
       LogInfo("repository " + dir_ + " upgraded from format v" + std::to_string(config_.format_version) + " to v" +
               std::to_string(kRepositoryVersion) + " (Ferry 0.1 no longer opens it)");
       config_.format_version = kRepositoryVersion;
@@ -131,14 +131,8 @@ class LocalRepository final : public Repository {
 
 }  // namespace
 
-std::unique_ptr<Repository> Repository::Open(const std::string& dir) {
-  if (!PathExists(dir)) throw Error(ErrorKind::kNotFound, "repository " + dir + " does not exist");
-  std::string config_path = dir + "/" + kConfigFile;
-  if (!PathExists(config_path)) {
-    throw Error(ErrorKind::kBadInput,
-                dir + " is not a Ferry repository (no " + kConfigFile + "; create one with ferry init)");
-  }
-  std::string text = ReadWholeFile(config_path);
+RepositoryConfig RepositoryConfigFromJson(const std::string& text, const std::string& location,
+                                         const std::string& config_path) {
   auto bad = [&](const std::string& why) {
     return Error(ErrorKind::kCorrupt, "repository config " + config_path + ": " + why);
   };
@@ -149,10 +143,10 @@ std::unique_ptr<Repository> Repository::Open(const std::string& dir) {
   RepositoryConfig config;
   try {
     config.format_version =
-        CheckFormatName(*r.String("format", true), kRepositoryFamily, kRepositoryVersion, "repository " + dir);
+        CheckFormatName(*r.String("format", true), kRepositoryFamily, kRepositoryVersion, "repository " + location);
   } catch (const Error& e) {
     if (e.kind() != ErrorKind::kCorrupt) throw;  // a newer format
-    throw Error(ErrorKind::kBadInput, dir + " is not a Ferry repository: " + e.what());
+    throw Error(ErrorKind::kBadInput, location + " is not a Ferry repository: " + e.what());
   }
   config.id = *r.String("id", true);
   // Wide ranges here; the real limits are ValidateRepositoryConfig's, as on init.
@@ -172,6 +166,17 @@ std::unique_ptr<Repository> Repository::Open(const std::string& dir) {
     throw bad("unknown sync_level '" + sync + "'");
   }
   config.created_at = *r.String("created_at", true);
+  return config;
+}
+
+std::unique_ptr<Repository> Repository::Open(const std::string& dir) {
+  if (!PathExists(dir)) throw Error(ErrorKind::kNotFound, "repository " + dir + " does not exist");
+  std::string config_path = dir + "/" + kConfigFile;
+  if (!PathExists(config_path)) {
+    throw Error(ErrorKind::kBadInput,
+                dir + " is not a Ferry repository (no " + kConfigFile + "; create one with ferry init)");
+  }
+  RepositoryConfig config = RepositoryConfigFromJson(ReadWholeFile(config_path), dir, config_path);
   return std::make_unique<LocalRepository>(dir, std::move(config));
 }
 

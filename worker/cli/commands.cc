@@ -132,7 +132,7 @@ int InitCommand(const Arguments& a) {
     else throw Error(ErrorKind::kBadInput, "option --sync-level: '" + *sync + "' is not file or filesystem");
   }
   std::string dir = RepoLocation(a);
-  Repository::Init(dir, config);
+  rpc::InitRepository(dir, config);
   LogInfo("created repository " + dir + " (chunk size " + HumanBytes(config.chunk_size) + ")");
   return 0;
 }
