@@ -30,6 +30,7 @@ std::vector<OptionSpec> WithRepo(std::vector<OptionSpec> own) {
 
 OptionSpec Point() { return Option("point", "ID", "the restore point (an id of `ferry list`)"); }
 OptionSpec Threads() { return Option("threads", "N", "compute threads (default: one per core)"); }
+OptionSpec Bandwidth() { return Option("bandwidth", "CAP", "a bandwidth cap, e.g. \"100MiB/s; 50MB/s 08:00-18:00 mon-fri\" or unlimited (docs/throttling.md)"); }
 OptionSpec Json() { return Flag("json", "print JSON instead of a table"); }
 OptionSpec Chain() { return Option("chain", "NAME", "the backup chain (default `default`); one per job or target repository"); }
 
@@ -115,6 +116,22 @@ std::vector<CommandSpec> HostCommands() {
                          Option("skip-verified-within", "DURATION",
                                 "do not read again chunks a clean check read within this long (7d)"),
                          Flag("no-record", "write no check records")}),
+               kRepositories});
+  c.push_back({"copy",
+               "--repo SRC --to DST [--point ID]... [--vm NAME] [--chain NAME] [--bandwidth CAP] [--dry-run] [--json]",
+               "copy restore points into another repository, sending only the chunks it lacks",
+               "Each copy keeps the point's id and is complete or absent; points the target has are left alone, so "
+               "a copy started again goes on where it stopped. The target's own retention applies (ferry prune on "
+               "it). Exit 0 when every point was copied or present, 6 when one failed (docs/copy.md).",
+               {},
+               WithRepo({Option("to", "DST", "the target repository: a directory, ferry+tls://HOST:PORT/NAME or s3://...")
+                             .Directories(),
+                         Option("to-token-file", "FILE", "the target repository service's token").Files(),
+                         Option("to-ca", "FILE", "CA certificates to trust for a ferry+tls:// target").Files(),
+                         Option("to-server-name", "NAME", "the name in the target service's certificate"),
+                         Option("point", "ID", "copy this point (default: every point)").Repeatable(),
+                         Option("vm", "NAME", "only this VM's points"), Option("chain", "NAME", "only this chain's points"),
+                         Flag("dry-run", "count what would travel, send nothing"), Bandwidth(), Json()}),
                kRepositories});
   std::vector<OptionSpec> prune = RetentionRules();
   prune.push_back(Option("vm", "NAME", "only this VM's points (name or uuid)"));
@@ -205,7 +222,6 @@ CommandSpec RemoteList(std::string name, std::string summary, std::vector<Option
   return {std::move(name), s, std::move(summary), "", {}, Paged(std::move(filters)), kCoordinator};
 }
 
-OptionSpec Bandwidth() { return Option("bandwidth", "CAP", "a bandwidth cap, e.g. \"100MiB/s; 50MB/s 08:00-18:00 mon-fri\" or unlimited (docs/throttling.md)"); }
 
 std::vector<CommandSpec> CoordinatorCommands() {
   std::vector<CommandSpec> c;
