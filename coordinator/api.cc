@@ -18,6 +18,7 @@
 #include "ferry/coordinator/schedule.h"
 #include "ferry/coordinator/worker_records.h"
 #include "ferry/http/metrics_text.h"
+#include "ferry/s3/object_repository.h"
 #include "ferry/rpc/repository_service.h"
 #include "ferry/rpc/worker_tokens.h"
 
@@ -447,9 +448,15 @@ RepositoryFields ReadRepositoryFields(const std::string& body, bool create) {
     } catch (const Error& e) {
       throw FieldError("location", e.what());
     }
-    if (!service && (r.location->empty() || (*r.location)[0] != '/')) {
-      throw FieldError("location", "must be an absolute path or a repository service address "
-                                   "(ferry+tls://HOST:PORT/NAME)");
+    if (s3::IsObjectLocation(*r.location)) {
+      try {
+        s3::ParseObjectLocation(*r.location, /*resolve_credentials=*/false);
+      } catch (const Error& e) {
+        throw FieldError("location", e.what());
+      }
+    } else if (!service && (r.location->empty() || (*r.location)[0] != '/')) {
+      throw FieldError("location", "must be an absolute path, a repository service address "
+                                   "(ferry+tls://HOST:PORT/NAME) or a bucket (s3://BUCKET/PREFIX?endpoint=URL)");
     }
   }
   // Write-only: the API never returns it (token_set says whether there is one).

@@ -1249,6 +1249,8 @@ TEST_F(BadInputTest, MissingRequiredMembers) {
       {"POST", "/api/v1/hosts", R"({"platform":"proxmox"})", 400, "name", true},
       {"POST", "/api/v1/hosts", "{}", 400, "name", true},
       {"POST", "/api/v1/repositories", R"({"name":"r"})", 400, "location", true},
+      {"POST", "/api/v1/repositories", R"({"name":"r","location":"s3://b-1/x?secret_key=abc"})", 400, "location", false},
+      {"POST", "/api/v1/repositories", R"({"name":"r","location":"s3://b-1/x?colour=blue"})", 400, "location", false},
       {"POST", "/api/v1/workers", "{}", 400, "name", true},
       {"POST", "/api/v1/jobs", R"({"name":"j2","repository":1})", 400, "selection", true},
       {"POST", "/api/v1/jobs", R"({"name":"j2","selection":{"vms":["a"]}})", 400, "repository", true},

@@ -95,7 +95,7 @@ class ObjectRepository final : public Repository {
 
 bool IsObjectLocation(const std::string& location) { return location.rfind("s3://", 0) == 0; }
 
-ObjectLocation ParseObjectLocation(const std::string& url) {
+ObjectLocation ParseObjectLocation(const std::string& url, bool resolve_credentials) {
   // The query is left out of messages: a misplaced secret would be echoed.
   const std::string shown = url.substr(0, std::min<size_t>(url.find('?'), 200));
   auto bad = [&](const std::string& why) {
@@ -132,6 +132,7 @@ ObjectLocation ParseObjectLocation(const std::string& url) {
     }
   }
   if (loc.bucket.endpoint.empty()) loc.bucket.endpoint = "https://s3." + loc.bucket.region + ".amazonaws.com";
+  if (!resolve_credentials) return loc;
   if (!credentials_file.empty()) {
     loc.bucket.credentials = ReadCredentialsFile(credentials_file);
   } else if (!Env("FERRY_S3_ACCESS_KEY").empty()) {

@@ -37,8 +37,10 @@ struct ObjectLocation {
 };
 
 bool IsObjectLocation(const std::string& location);
-// kBadInput naming what is wrong; reads the credentials file or environment.
-ObjectLocation ParseObjectLocation(const std::string& url);
+// kBadInput naming what is wrong; reads the credentials file or environment
+// unless `resolve_credentials` is false (the coordinator checks a location
+// whose credentials are on the workers' hosts).
+ObjectLocation ParseObjectLocation(const std::string& url, bool resolve_credentials = true);
 
 // Creates a repository under the location's prefix (the bucket is created
 // when missing). kBadInput when one is there already.
