@@ -70,6 +70,17 @@ class ObjectRepository final : public Repository {
         chunks_(*bucket_, location_.prefix),
         points_(OpenObjectPointStore(*bucket_, location_.prefix, chunks_)) {}
 
+  ~ObjectRepository() override {
+    points_.reset();
+    const BucketStats s = bucket_->stats();
+    // Requests per operation, for the cost figures (docs/object-storage.md); --verbose shows it.
+    LogDebug("object storage " + bucket_->Describe(location_.prefix) + ": " + std::to_string(s.put_requests) + " PUT, " +
+             std::to_string(s.get_requests) + " GET, " + std::to_string(s.list_requests) + " LIST, " +
+             std::to_string(s.head_requests) + " HEAD, " + std::to_string(s.delete_requests) + " DELETE requests, " +
+             std::to_string(s.retries) + " retries; " + std::to_string(s.bytes_sent) + " bytes sent, " +
+             std::to_string(s.bytes_received) + " received");
+  }
+
   const std::string& location() const override { return location_.url; }
   const RepositoryConfig& config() const override { return config_; }
   ChunkStore& chunks() override { return chunks_; }

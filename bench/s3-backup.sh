@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Object storage benchmark (issue 16), side by side in one run against the
+# test Ceph (tests/lib/ceph.sh: one mon, mgr, bluestore OSD, radosgw on
+# 127.0.0.1):
+#   - ferry backup of a running QEMU VM with the reference disk
+#     (bench/make-reference-disk.sh) into a repository in a bucket: wall
+#     clock, MiB/s of stored (encoded) bytes, requests per GiB
+#   - the plain parallel S3 client (tests/lib/s3.py bench-put, 8 threads)
+#     uploading the same number of bytes in objects of the same (average)
+#     size: what this radosgw accepts, none of Ferry's code
+#   - ferry restore of that point to a raw file, against the plain client's
+#     GET of the same objects
+# The ratios are Ferry's MiB/s of stored bytes over the plain client's.
+# Usage: bench/s3-backup.sh [WORKDIR]   (default /var/tmp/ferry-bench-s3)
+# Env: BENCH_CHUNK_SIZE (default 1M), FERRY (binary). Needs a built tree.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+ferry=${FERRY:-${FERRY_BUILD_DIR:-$root/build}/bin/ferry}
+work=${1:-/var/tmp/ferry-bench-s3}
+chunk_size=${BENCH_CHUNK_SIZE:-1M}
+mkdir -p "$work"
+export FERRY_RUNTIME_DIR=$work/run FERRY_SCRATCH_DIR=$work/scratch
+# shellcheck source=../tests/lib/vm.sh
+. "$root/tests/lib/vm.sh"
+# shellcheck source=../tests/lib/ceph.sh
+. "$root/tests/lib/ceph.sh"
+s3=(python3 "$root/tests/lib/s3.py")
+_exit() {
+  local rc=$?
+  set +e
+  vm_cleanup_all
+  ceph_cleanup "$rc"
+  rm -rf "$work/ceph" "$work/restored.raw"
+  exit $rc
+}
+trap _exit EXIT
+
+"$root/bench/make-reference-disk.sh" "$work/ref.qcow2" >&2
+rm -rf "$work/ceph"
+CEPH_VERBOSE=0 ceph_start "$work/ceph" >&2
+"${s3[@]}" mb bench
+export FERRY_S3_ACCESS_KEY=$CEPH_S3_ACCESS_KEY FERRY_S3_SECRET_KEY=$CEPH_S3_SECRET_KEY
+repo="s3://bench/ferry?endpoint=$CEPH_S3_ENDPOINT&region=$CEPH_S3_REGION"
+"$ferry" --quiet init --repo "$repo" --chunk-size "$chunk_size"
+
+VM_NAME=bench vm_start "$work/vm" "virtio0=$work/ref.qcow2"
+cat "$work/ref.qcow2" >/dev/null  # warm the page cache: the store, not the disk, is measured
+start=$(date +%s.%N)
+point=$("$ferry" --verbose backup --repo "$repo" --qmp "$work/vm/qmp.sock" 2>"$work/backup.log")
+end=$(date +%s.%N)
+backup_s=$(awk "BEGIN{print $end - $start}")
+vm_cleanup_all
+requests=$(grep -o 'object storage s3://[^:]*: [0-9]* PUT, [0-9]* GET, [0-9]* LIST, [0-9]* HEAD, [0-9]* DELETE' "$work/backup.log" | tail -1)
+read -r puts gets lists heads deletes <<<"$(sed -E 's/.*: ([0-9]+) PUT, ([0-9]+) GET, ([0-9]+) LIST, ([0-9]+) HEAD, ([0-9]+) DELETE/\1 \2 \3 \4 \5/' <<<"$requests")"
+"${s3[@]}" ls bench ferry/chunks/ >"$work/chunks.txt"
+objects=$(wc -l <"$work/chunks.txt")
+stored=$(awk '{s += $2} END {print s}' "$work/chunks.txt")
+object_size=$((stored / objects))
+echo "ferry backup: $backup_s s, $objects chunk objects, $stored bytes, $requests" >&2
+
+plain_put=$("${s3[@]}" bench-put bench -t 8 -n "$objects" -s "$object_size" --prefix plain/)
+echo "plain put: $plain_put" >&2
+
+sync
+start=$(date +%s.%N)
+"$ferry" --quiet restore --repo "$repo" --point "$point" --disk virtio0 --to "$work/restored.raw"
+end=$(date +%s.%N)
+restore_s=$(awk "BEGIN{print $end - $start}")
+qemu-img compare -U -F raw "$work/ref.qcow2" "$work/restored.raw" >/dev/null || { echo "s3-backup.sh: the restore differs" >&2; exit 1; }
+rm -f "$work/restored.raw"
+plain_get=$("${s3[@]}" bench-get bench -t 8 --prefix plain/)
+echo "plain get: $plain_get" >&2
+
+python3 - "$backup_s" "$restore_s" "$stored" "$objects" "$plain_put" "$plain_get" "$puts" "$gets" "$lists" "$heads" "$deletes" "$chunk_size" "$CEPH_STARTUP_SECONDS" <<'PY'
+import json, sys
+backup_s, restore_s = float(sys.argv[1]), float(sys.argv[2])
+stored, objects = int(sys.argv[3]), int(sys.argv[4])
+put, get = json.loads(sys.argv[5]), json.loads(sys.argv[6])
+puts, gets, lists, heads, deletes = (int(x) for x in sys.argv[7:12])
+mib = stored / 1048576
+ferry_put = mib / backup_s
+ferry_get = mib / restore_s
+gib = stored / 1073741824
+print(json.dumps({
+    "bench": "s3-backup", "chunk_size": sys.argv[12], "chunk_objects": objects, "stored_bytes": stored,
+    "backup_s": round(backup_s, 2), "ferry_put_mib_s": round(ferry_put, 1), "plain_put_mib_s": put["mib_s"],
+    "backup_vs_plain": round(ferry_put / put["mib_s"], 2),
+    "restore_s": round(restore_s, 2), "ferry_get_mib_s": round(ferry_get, 1), "plain_get_mib_s": get["mib_s"],
+    "restore_vs_plain": round(ferry_get / get["mib_s"], 2),
+    "backup_requests": {"put": puts, "get": gets, "list": lists, "head": heads, "delete": deletes},
+    "backup_requests_per_gib_stored": round((puts + gets + lists + heads + deletes) / gib),
+    "startup_s": float(sys.argv[13]),
+}))
+PY
