@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <boost/json.hpp>
+#include <set>
 
 #include "ferry/common/error.h"
 #include "ferry/common/format.h"
@@ -91,6 +92,27 @@ PointLock PointLockFromJson(const std::string& text, const std::string& id, cons
   lock.reason = *r.String("reason", true, kMaxLockReason);
   r.String(kLockChecksum, true);  // checked above
   return lock;
+}
+
+void ValidateStagedHeader(const StagedPointHeader& header) {
+  ValidatePointId(header.id);
+  if (header.disks.empty()) throw Error(ErrorKind::kBadInput, "point " + header.id + ": no disks to stage");
+  std::set<std::string> names(header.disks.begin(), header.disks.end());
+  if (names.size() != header.disks.size()) {
+    throw Error(ErrorKind::kBadInput, "point " + header.id + ": a disk is named twice");
+  }
+}
+
+bool SameStagedPoint(const StagedPointHeader& have, const StagedPointHeader& header) {
+  return have.vm.name == header.vm.name && have.vm.uuid == header.vm.uuid && have.chain == header.chain &&
+         have.disks == header.disks;
+}
+
+void CheckConfigFile(const std::string& id, const ConfigFileRecord& file, const std::string& content) {
+  if (Sha256(content.data(), content.size()) != file.sha256) {
+    throw Error(ErrorKind::kCorrupt, "restore point " + id + ": configuration file " + file.name +
+                                         " does not match its checksum");
+  }
 }
 
 std::string DiskRecordToJson(const DiskRecord& record) {

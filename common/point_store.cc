@@ -241,20 +241,12 @@ class LocalPointStore : public PointStore {
 
   std::string ReadFile(const std::string& id, const ConfigFileRecord& file) const override {
     std::string content = ReadWholeFile(points_ + "/" + id + "/" + file.name);
-    if (Sha256(content.data(), content.size()) != file.sha256) {
-      throw Error(ErrorKind::kCorrupt, "restore point " + id + ": configuration file " + file.name +
-                                           " does not match its checksum");
-    }
+    CheckConfigFile(id, file, content);
     return content;
   }
 
   std::unique_ptr<StagingLease> Stage(StagedPointHeader header) override {
-    ValidatePointId(header.id);
-    if (header.disks.empty()) throw Error(ErrorKind::kBadInput, "point " + header.id + ": no disks to stage");
-    std::set<std::string> names(header.disks.begin(), header.disks.end());
-    if (names.size() != header.disks.size()) {
-      throw Error(ErrorKind::kBadInput, "point " + header.id + ": a disk is named twice");
-    }
+    ValidateStagedHeader(header);
     if (PathExists(points_ + "/" + header.id)) {
       throw Error(ErrorKind::kBadInput, "restore point " + header.id + " is already committed");
     }
@@ -280,8 +272,7 @@ class LocalPointStore : public PointStore {
     std::string header_path = HeaderPath(header.id);
     if (PathExists(header_path)) {
       StagedPointHeader have = ReadHeader(header.id);
-      if (have.vm.name != header.vm.name || have.vm.uuid != header.vm.uuid || have.chain != header.chain ||
-          have.disks != header.disks) {
+      if (!SameStagedPoint(have, header)) {
         throw Error(ErrorKind::kBadInput, "point " + header.id + " is staged for another VM, chain or set of disks");
       }
       if (header.expires_at > have.expires_at && have.expires_at != 0) {

@@ -192,27 +192,18 @@ class ObjectPointStore final : public PointStore {
       throw Error(ErrorKind::kCorrupt, "restore point " + id + ": configuration file " +
                                            bucket_.Describe(PointKey(id, file.name)) + " is missing");
     }
-    if (Sha256(content.data(), content.size()) != file.sha256) {
-      throw Error(ErrorKind::kCorrupt, "restore point " + id + ": configuration file " + file.name +
-                                           " does not match its checksum");
-    }
+    CheckConfigFile(id, file, content);
     return content;
   }
 
   std::unique_ptr<StagingLease> Stage(StagedPointHeader header) override {
-    ValidatePointId(header.id);
-    if (header.disks.empty()) throw Error(ErrorKind::kBadInput, "point " + header.id + ": no disks to stage");
-    std::set<std::string> names(header.disks.begin(), header.disks.end());
-    if (names.size() != header.disks.size()) {
-      throw Error(ErrorKind::kBadInput, "point " + header.id + ": a disk is named twice");
-    }
+    ValidateStagedHeader(header);
     if (Committed(header.id)) throw Error(ErrorKind::kBadInput, "restore point " + header.id + " is already committed");
     for (const auto& gone : RemoveExpired()) LogInfo("removed expired staging of point " + gone);
     if (header.expires_at == 0) header.expires_at = Now() + kProcessStagingSeconds;
     std::optional<StagedPointHeader> have = ReadHeader(header.id);
     if (have) {
-      if (have->vm.name != header.vm.name || have->vm.uuid != header.vm.uuid || have->chain != header.chain ||
-          have->disks != header.disks) {
+      if (!SameStagedPoint(*have, header)) {
         throw Error(ErrorKind::kBadInput, "point " + header.id + " is staged for another VM, chain or set of disks");
       }
       if (header.expires_at > have->expires_at) {

@@ -26,6 +26,15 @@ bool IsValidPointId(const std::string& id);
 std::string StagedHeaderToJson(const StagedPointHeader& header);
 StagedPointHeader StagedHeaderFromJson(const std::string& text, const std::string& source);
 
+// Stage's checks of a header: a valid id, at least one disk, none named
+// twice (kBadInput).
+void ValidateStagedHeader(const StagedPointHeader& header);
+// Whether a Stage call may join staging made with `have`: the same VM, chain
+// and disks.
+bool SameStagedPoint(const StagedPointHeader& have, const StagedPointHeader& header);
+// kCorrupt unless `content` is the file `file` records.
+void CheckConfigFile(const std::string& id, const ConfigFileRecord& file, const std::string& content);
+
 // A finished disk's record, and a configuration file's: one-disk (one-file)
 // manifests, so the same reader and checksum protect them.
 std::string DiskRecordToJson(const DiskRecord& record);
