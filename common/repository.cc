@@ -17,6 +17,7 @@
 #include "ferry/common/ids.h"
 #include "ferry/common/json_reader.h"
 #include "ferry/common/manifest.h"
+#include "ferry/common/repository_key.h"
 
 namespace json = boost::json;
 
@@ -38,6 +39,9 @@ std::string ConfigJson(const RepositoryConfig& config, int version) {
       {"created_at", config.created_at},
       {"writer", WriterName()},  // optional, ignored by readers: the Ferry that wrote this file
   };
+  if (config.encrypted()) {
+    o["encryption"] = json::object{{"cipher", kChunkCipher}, {"key_fingerprint", config.key_fingerprint}};
+  }
   return json::serialize(o) + "\n";
 }
 
@@ -88,7 +92,8 @@ void Repository::Init(const std::string& dir, const RepositoryConfig& config) {
   if (c.id.empty()) c.id = RandomHex(32);
   c.created_at = NowRfc3339();
   // Written last: a directory without it is not (yet) a repository.
-  WriteFileAtomically(dir + "/" + kConfigFile, ConfigJson(c, kRepositoryVersion));
+  WriteFileAtomically(dir + "/" + kConfigFile,
+                      ConfigJson(c, c.encrypted() ? kEncryptedRepositoryVersion : kRepositoryVersion));
 }
 
 namespace {
@@ -149,7 +154,7 @@ std::unique_ptr<Repository> Repository::Open(const std::string& dir) {
   RepositoryConfig config;
   try {
     config.format_version =
-        CheckFormatName(*r.String("format", true), kRepositoryFamily, kRepositoryVersion, "repository " + dir);
+        CheckFormatName(*r.String("format", true), kRepositoryFamily, kNewestRepositoryVersion, "repository " + dir);
   } catch (const Error& e) {
     if (e.kind() != ErrorKind::kCorrupt) throw;  // a newer format
     throw Error(ErrorKind::kBadInput, dir + " is not a Ferry repository: " + e.what());
@@ -172,6 +177,16 @@ std::unique_ptr<Repository> Repository::Open(const std::string& dir) {
     throw bad("unknown sync_level '" + sync + "'");
   }
   config.created_at = *r.String("created_at", true);
+  // v3 and "encryption" go together: a plain repository's config never
+  // names a key, an encrypted one always does.
+  if (std::optional<JsonReader> enc = r.Object("encryption", false)) {
+    if (config.format_version < kEncryptedRepositoryVersion) throw bad("\"encryption\" in a v2 repository");
+    if (*enc->String("cipher", true) != kChunkCipher) throw bad("unknown cipher (not aes-256-gcm)");
+    config.key_fingerprint = *enc->String("key_fingerprint", true);
+    if (config.key_fingerprint.size() != 32) throw bad("key_fingerprint is not 32 hex digits");
+  } else if (config.format_version >= kEncryptedRepositoryVersion) {
+    throw bad("a v3 repository without \"encryption\"");
+  }
   return std::make_unique<LocalRepository>(dir, std::move(config));
 }
 

@@ -80,6 +80,7 @@ std::string RestoreLibvirtVm(Repository& repo, const LibvirtRestoreOptions& o) {
   auto conn = Connect(o.uri);
   DiskRestoreOptions disk_options;
   disk_options.cancel = o.cancel;
+  disk_options.key = o.key;
   // Over the original, each disk is built beside its image under this
   // suffix: unique per call (a daemon may run several restores at once).
   static std::atomic<uint64_t> calls{0};

@@ -75,6 +75,7 @@ struct LibvirtRestoreOptions {
   bool overwrite = false;  // replace the original domain (powered off first)
   const std::atomic<bool>* cancel = nullptr;
   DiskRestoreProgress* progress = nullptr;  // summed over the disks restored
+  const RepositoryKey* key = nullptr;       // an encrypted repository's (DiskRestoreOptions::key)
 };
 
 // Restores a whole VM from a point made on a libvirt host: disks (thin),
