@@ -79,7 +79,7 @@ std::vector<CommandSpec> HostCommands() {
                kRepositories});
   c.push_back({"backup",
                "--repo DIR (--qmp SOCKET [--vm NAME] | --libvirt URI --vm NAME) [--disk NAME ...] [--exclude-disk NAME ...] "
-               "[--chain NAME] [--rate-limit BYTES] [--threads N]",
+               "[--chain NAME] [--rate-limit BYTES] [--threads N] [--key-file FILE [--passphrase-file FILE]]",
                "back up the disks of a running QEMU VM as one crash-consistent restore point; prints its id",
                "Incremental (only what the chain's dirty bitmaps mark) whenever the bitmaps can be trusted, full "
                "otherwise; `ferry list` says which and why (docs/cbt.md). SOCKET is a QMP monitor of Ferry's own: a "
@@ -97,7 +97,7 @@ std::vector<CommandSpec> HostCommands() {
                {}, WithRepo({Json()}), kRepositories});
   c.push_back({"restore",
                "--repo DIR --point ID --disk NAME (--to PATH [--format raw|qcow2] [--threads N] | --libvirt URI --vm NAME "
-               "[--target-disk DEV])",
+               "[--target-disk DEV]) [--key-file FILE [--passphrase-file FILE]]",
                "restore one disk into a new image file (thin), or into an existing, shut-off libvirt domain",
                "A new image at PATH is refused if PATH exists; holes and zero blocks stay unallocated.",
                {},
@@ -111,7 +111,7 @@ std::vector<CommandSpec> HostCommands() {
                kRepositories});
   c.push_back({"restore-vm",
                "--repo DIR --point ID --libvirt URI ([--name NEW] (--dir PATH | --pool POOL) [--format qcow2|raw] "
-               "[--keep-macs] | --overwrite --yes)",
+               "[--keep-macs] | --overwrite --yes) [--key-file FILE [--passphrase-file FILE]]",
                "restore a whole VM as a new libvirt domain, or over the original",
                "A new domain gets every disk of the point (thin) in PATH or the pool's directory, the NVRAM, and the "
                "saved definition with a new name (default <original>-restored), UUID and, unless --keep-macs, MAC "
@@ -127,7 +127,8 @@ std::vector<CommandSpec> HostCommands() {
                          Flag("yes", "confirm --overwrite"), KeyFile(), PassphraseFile()}),
                kRepositories});
   c.push_back({"verify",
-               "--repo DIR [--point ID] [--chain NAME] [--threads N] [--skip-verified-within DURATION] [--no-record]",
+               "--repo DIR [--point ID] [--chain NAME] [--threads N] [--skip-verified-within DURATION] [--no-record]"
+               " [--key-file FILE [--passphrase-file FILE]]",
                "check every manifest and index and read back every chunk the points reference",
                "Damaged chunks are quarantined (the next backup stores them again). Each point checked gets a check "
                "record that `ferry list` shows. Exit 0 when clean, 4 when damaged. An encrypted repository without "
@@ -184,7 +185,7 @@ std::vector<CommandSpec> HostCommands() {
                          Option("disk", "NAME", "a disk the point will have").Repeatable(), Chain(),
                          Option("expires", "DURATION", "an abandoned staged point is removed after this (24h)")}),
                kStaged});
-  c.push_back({"backup-disk", "--repo DIR --point ID --disk NAME --file PATH [--rate-limit BYTES]",
+  c.push_back({"backup-disk", "--repo DIR --point ID --disk NAME --file PATH [--rate-limit BYTES] [--key-file FILE [--passphrase-file FILE]]",
                "write one disk of a staged point from a file or block device", "", {},
                WithRepo({Point(), Option("disk", "NAME", "the staged disk"),
                          Option("file", "PATH", "what to read (an image, a snapshot's block device)").Files(),

@@ -473,15 +473,16 @@ int ListCommand(const Arguments& a) {
 
 int RestoreCommand(const Arguments& a) {
   auto repo = OpenRepo(a);
+  std::optional<RepositoryKey> key = LoadKeyFor(a, *repo);
   if (a.Has("libvirt")) {
     if (a.Has("to")) throw Error(ErrorKind::kBadInput, "give either --to PATH or --libvirt URI --vm NAME, not both");
     std::string disk = a.Require("disk");
     worker::RestoreDiskIntoLibvirtVm(*repo, a.Require("libvirt"), a.Require("vm"), a.Require("point"), disk,
-                                     a.Get("target-disk").value_or(disk), &g_interrupted);
+                                     a.Get("target-disk").value_or(disk), &g_interrupted, nullptr,
+                                     key ? &*key : nullptr);
     return 0;
   }
   worker::ImageFormat format = worker::ParseImageFormat(a.Get("format").value_or("raw"));
-  std::optional<RepositoryKey> key = LoadKeyFor(a, *repo);
   worker::DiskRestoreOptions options;
   options.key = key ? &*key : nullptr;
   options.cancel = &g_interrupted;

@@ -89,6 +89,6 @@ std::string RestoreLibvirtVm(Repository& repo, const LibvirtRestoreOptions& opti
 void RestoreDiskIntoLibvirtVm(Repository& repo, const std::string& uri, const std::string& vm,
                               const std::string& point_id, const std::string& disk,
                               const std::string& target_disk, const std::atomic<bool>* cancel,
-                              DiskRestoreProgress* progress = nullptr);
+                              DiskRestoreProgress* progress = nullptr, const RepositoryKey* key = nullptr);
 
 }  // namespace ferry::worker
