@@ -78,3 +78,6 @@ echo "plain_median_wall_s=$mp"
 echo "encrypted_median_wall_s=$me"
 echo "encrypted_vs_plain_median=$(awk "BEGIN{printf \"%.3f\", $mp / $me}")"
 rm -rf "$work/repo-plain" "$work/repo-encrypted" "$work/bench.key"
+# The compute alone (one thread, no I/O), which the noise above does not blur.
+bench_bin=${FERRY_BUILD_DIR:-$root/build}/bench/ferry-bench-chunk-encryption
+if [[ -x $bench_bin ]]; then "$bench_bin" "$disk"; fi
