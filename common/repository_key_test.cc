@@ -200,6 +200,16 @@ TEST_F(EncryptedChunkTest, TamperingIsCorrupt) {
   auto other_chunk = Encode(Compressible(128 << 10), &other);
   EXPECT_EQ(DecodeKind(other_chunk, d, &key_), ErrorKind::kCorrupt);
   EXPECT_EQ(DecodeKind(good, other, &key_), ErrorKind::kCorrupt);
+  // ... caught by the GCM tag itself (the digest is authenticated data), not
+  // only by the digest check after decryption.
+  try {
+    ChunkDecoder dec(&key_);
+    std::vector<uint8_t> out;
+    dec.Decode(other_chunk, &d, "test", &out);
+    ADD_FAILURE() << "a chunk decoded under another chunk's name";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("authentication failed"), std::string::npos) << e.what();
+  }
   // Another key.
   RepositoryKey stranger = RepositoryKey::Generate();
   EXPECT_EQ(DecodeKind(good, d, &stranger), ErrorKind::kCorrupt);
