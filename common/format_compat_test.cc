@@ -57,7 +57,9 @@ TEST_P(FormatCompatTest, ReadsRepositoryOfVersion) {
   }
   const RepositoryKey* k = key ? &*key : nullptr;
   RestorePointManifest m = repo->points().Load(want.point);
-  if (k) EXPECT_NO_THROW(k->CheckManifest(m));
+  if (k) {
+    EXPECT_NO_THROW(k->CheckManifest(m));
+  }
   EXPECT_EQ(m.vm.name, "fixture");
   EXPECT_EQ(m.vm.uuid, "00000000-0000-4000-8000-0000000f1e70");
   const DiskRecord* disk = m.FindDisk(want.disk);
