@@ -13,8 +13,8 @@ const char kCoordinator[] = "Against a coordinator (--coordinator URL, or FERRY_
 
 OptionSpec Repo() {
   return Option("repo", "DIR",
-                "the repository: a directory, or a repository service ferry+tls://HOST:PORT/NAME (default: "
-                "$FERRY_REPO)")
+                "the repository: a directory, a repository service ferry+tls://HOST:PORT/NAME, or a bucket "
+                "s3://BUCKET/PREFIX?endpoint=URL&region=NAME (docs/object-storage.md) (default: $FERRY_REPO)")
       .Directories();
 }
 
@@ -45,6 +45,7 @@ std::vector<OptionSpec> WithKey(std::vector<OptionSpec> own) {
 
 OptionSpec Point() { return Option("point", "ID", "the restore point (an id of `ferry list`)"); }
 OptionSpec Threads() { return Option("threads", "N", "compute threads (default: one per core)"); }
+OptionSpec Bandwidth() { return Option("bandwidth", "CAP", "a bandwidth cap, e.g. \"100MiB/s; 50MB/s 08:00-18:00 mon-fri\" or unlimited (docs/throttling.md)"); }
 OptionSpec Json() { return Flag("json", "print JSON instead of a table"); }
 OptionSpec Chain() { return Option("chain", "NAME", "the backup chain (default `default`); one per job or target repository"); }
 
@@ -139,6 +140,22 @@ std::vector<CommandSpec> HostCommands() {
                          Option("skip-verified-within", "DURATION",
                                 "do not read again chunks a clean check read within this long (7d)"),
                          Flag("no-record", "write no check records"), KeyFile(), PassphraseFile()}),
+               kRepositories});
+  c.push_back({"copy",
+               "--repo SRC --to DST [--point ID]... [--vm NAME] [--chain NAME] [--bandwidth CAP] [--dry-run] [--json]",
+               "copy restore points into another repository, sending only the chunks it lacks",
+               "Each copy keeps the point's id and is complete or absent; points the target has are left alone, so "
+               "a copy started again goes on where it stopped. The target's own retention applies (ferry prune on "
+               "it). Exit 0 when every point was copied or present, 6 when one failed (docs/copy.md).",
+               {},
+               WithRepo({Option("to", "DST", "the target repository: a directory, ferry+tls://HOST:PORT/NAME or s3://...")
+                             .Directories(),
+                         Option("to-token-file", "FILE", "the target repository service's token").Files(),
+                         Option("to-ca", "FILE", "CA certificates to trust for a ferry+tls:// target").Files(),
+                         Option("to-server-name", "NAME", "the name in the target service's certificate"),
+                         Option("point", "ID", "copy this point (default: every point)").Repeatable(),
+                         Option("vm", "NAME", "only this VM's points"), Option("chain", "NAME", "only this chain's points"),
+                         Flag("dry-run", "count what would travel, send nothing"), Bandwidth(), Json()}),
                kRepositories});
   std::vector<OptionSpec> prune = RetentionRules();
   prune.push_back(Option("vm", "NAME", "only this VM's points (name or uuid)"));
@@ -249,7 +266,6 @@ CommandSpec RemoteList(std::string name, std::string summary, std::vector<Option
   return {std::move(name), s, std::move(summary), "", {}, Paged(std::move(filters)), kCoordinator};
 }
 
-OptionSpec Bandwidth() { return Option("bandwidth", "CAP", "a bandwidth cap, e.g. \"100MiB/s; 50MB/s 08:00-18:00 mon-fri\" or unlimited (docs/throttling.md)"); }
 
 std::vector<CommandSpec> CoordinatorCommands() {
   std::vector<CommandSpec> c;
@@ -273,7 +289,7 @@ std::vector<CommandSpec> CoordinatorCommands() {
   c.push_back(Remote("worker set", {"WORKER"}, "--bandwidth CAP", "change a worker's bandwidth cap", {Bandwidth()}));
   c.push_back(Remote("worker rm", {"WORKER"}, "", "remove a worker", {}));
   std::vector<OptionSpec> repo = {
-      Option("location", "PATH|URL", "a directory on the coordinator's host, or ferry+tls://HOST:PORT/NAME"),
+      Option("location", "PATH|URL", "a directory on the coordinator's host, ferry+tls://HOST:PORT/NAME, or s3://BUCKET/PREFIX?endpoint=URL (docs/object-storage.md)"),
       Option("repo-token-file", "FILE", "the repository service's token, or its key frk-... (read from the file)").Files(),
       Option("slots", "N", "disk tasks writing at once"), Option("capacity", "BYTES", "the space it may use"),
       Bandwidth()};

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <filesystem>
 
 #include "ferry/common/error.h"
@@ -182,5 +183,15 @@ FileLock FileLock::Acquire(const std::string& path, int timeout_ms, LockMode mod
     ::usleep(50 * 1000);
   }
 }
+
+TempFile::TempFile(const std::string& tag) {
+  const char* dir = std::getenv("TMPDIR");
+  path_ = std::string(dir && *dir ? dir : "/tmp") + "/ferry-" + tag + "-XXXXXX";
+  int fd = ::mkstemp(path_.data());
+  if (fd < 0) throw ErrnoError("creating a temporary file in " + path_.substr(0, path_.rfind('/')), errno);
+  fd_ = UniqueFd(fd);
+}
+
+TempFile::~TempFile() { ::unlink(path_.c_str()); }
 
 }  // namespace ferry

@@ -1,5 +1,7 @@
 #include "ferry/common/point_store.h"
 
+#include "ferry/common/point_records.h"
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/fs.h>
@@ -46,13 +48,8 @@ namespace ferry {
 
 namespace {
 
-constexpr char kStagedFamily[] = "ferry-staged-point";
-constexpr char kLockFamily[] = "ferry-point-lock";
-constexpr char kLockChecksum[] = "lock_sha256";
-constexpr char kLockFile[] = "lock.json";
+constexpr const char* kLockFile = kPointLockFile;
 constexpr char kRemovingPrefix[] = ".removing-";
-constexpr size_t kMaxLockReason = 1024;
-constexpr int64_t kMaxLockSeconds = int64_t{36500} * 86400;
 constexpr char kLockSuffix[] = ".lock";
 constexpr char kStageSuffix[] = ".stage";
 
@@ -61,14 +58,6 @@ bool IsDirectory(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-bool IsValidPointId(const std::string& id) {
-  if (id.empty() || id.size() > 64 || id[0] == '.') return false;
-  // The staging layout's own suffixes: "x.stage" would be x's records.
-  if (id.ends_with(".lock") || id.ends_with(".stage")) return false;
-  return std::all_of(id.begin(), id.end(), [](char c) {
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' || c == '.';
-  });
-}
 
 // Locks are held briefly by sweeps and commits; a writer that meets one
 // waits a little rather than failing a long task for a momentary overlap.
@@ -85,37 +74,6 @@ FileLock LockWithin(const std::string& path, bool create, LockMode mode, int wai
 
 std::string IndexFileName(size_t disk) { return "disk-" + std::to_string(disk) + ".fidx"; }
 
-std::string HeaderToJson(const StagedPointHeader& h) {
-  json::array disks;
-  for (const auto& d : h.disks) disks.emplace_back(d);
-  json::object o{{"format", std::string(kStagedFamily) + "-v1"},
-                 {"id", h.id},
-                 {"vm", json::object{{"name", h.vm.name}, {"uuid", h.vm.uuid}, {"hypervisor", h.vm.hypervisor}}},
-                 {"chain", h.chain},
-                 {"started_at", h.started_at},
-                 {"disks", std::move(disks)},
-                 {"expires_at", h.expires_at},
-                 {"writer", WriterName()}};  // optional, ignored by readers
-  return json::serialize(o) + "\n";
-}
-
-StagedPointHeader HeaderFromJson(const std::string& text, const std::string& path) {
-  const std::string what = "staged point header " + path;
-  json::error_code ec;
-  json::value v = json::parse(text, ec);
-  if (ec || !v.is_object()) throw Error(ErrorKind::kCorrupt, what + ": not a JSON object");
-  JsonReader r(v.as_object(), "", CorruptFileFail(what));
-  CheckFormatName(*r.String("format", true), kStagedFamily, 1, what);
-  StagedPointHeader h;
-  h.id = *r.String("id", true);
-  JsonReader vm = *r.Object("vm", true);
-  h.vm = {*vm.String("name", true, 4096), *vm.String("uuid", true), *vm.String("hypervisor", true)};
-  h.chain = *r.String("chain", true);
-  h.started_at = *r.String("started_at", true);
-  h.disks = *r.StringList("disks", true, 4096);
-  h.expires_at = *r.Int("expires_at", true, 0, INT64_MAX);
-  return h;
-}
 
 // A flock on a committed point's directory. Invalid when another process
 // holds it in a conflicting mode past `wait_ms`; kNotFound when the point is
@@ -186,37 +144,6 @@ std::vector<std::string> ListAllNames(const std::string& dir) {
   return names;
 }
 
-std::string LockToJson(const std::string& id, const PointLock& lock) {
-  const std::string until = FormatRfc3339(lock.locked_until);
-  json::object o{{"format", std::string(kLockFamily) + "-v1"},
-                 {"point", id},
-                 {"locked_until", lock.locked_until},
-                 {"locked_until_utc", until},
-                 {"set_at", lock.set_at},
-                 {"reason", lock.reason},
-                 {"writer", WriterName()}};  // optional, ignored by readers; inside the checksum
-  return SealJson(json::serialize(o), kLockChecksum);
-}
-
-PointLock LockFromJson(const std::string& text, const std::string& id, const std::string& path) {
-  const std::string what = "point lock " + path;
-  CheckSealedJson(text, kLockChecksum, what);
-  json::error_code ec;
-  json::value v = json::parse(text, ec);
-  if (ec || !v.is_object()) throw Error(ErrorKind::kCorrupt, what + ": not a JSON object");
-  JsonReader r(v.as_object(), "", CorruptFileFail(what));
-  CheckFormatName(*r.String("format", true), kLockFamily, 1, what);
-  if (*r.String("point", true) != id) r.Fail("point", "names another point");
-  PointLock lock;
-  lock.locked_until = *r.Int("locked_until", true, 0, INT64_MAX);
-  r.String("locked_until_utc", true);  // for people; locked_until is what counts
-  lock.set_at = *r.Int("set_at", true, 0, INT64_MAX);
-  lock.reason = *r.String("reason", true, kMaxLockReason);
-  r.String(kLockChecksum, true);  // checked above
-  return lock;
-}
-
-std::string DescribeLockEnd(int64_t t) { return FormatRfc3339(t); }
 
 class LocalStagingLease : public StagingLease {
  public:
@@ -248,12 +175,7 @@ class LocalDiskWriter : public DiskWriter {
     record.index_file = index_file_;
     // The index itself was fsynced by FixedIndexWriter::Finish; its name now.
     FsyncDirectory(staging_dir_);
-    // The record is a one-disk manifest: the same reader and checksum.
-    RestorePointManifest m;
-    m.id = "staged";
-    m.writer = WriterName();
-    m.disks.push_back(std::move(record));
-    WriteFileAtomically(record_path_, ManifestToJson(m));
+    WriteFileAtomically(record_path_, DiskRecordToJson(record));
   }
 
  private:
@@ -364,12 +286,12 @@ class LocalPointStore : public PointStore {
       }
       if (header.expires_at > have.expires_at && have.expires_at != 0) {
         have.expires_at = header.expires_at;
-        WriteFileAtomically(header_path, HeaderToJson(have));
+        WriteFileAtomically(header_path, StagedHeaderToJson(have));
       }
       return std::make_unique<LocalStagingLease>(std::move(have), std::move(owner));
     }
     if (header.started_at.empty()) header.started_at = NowRfc3339();
-    WriteFileAtomically(header_path, HeaderToJson(header));
+    WriteFileAtomically(header_path, StagedHeaderToJson(header));
     FsyncDirectory(staging_);
     return std::make_unique<LocalStagingLease>(std::move(header), std::move(owner));
   }
@@ -397,18 +319,11 @@ class LocalPointStore : public PointStore {
 
   ConfigFileRecord AddFile(const std::string& id, const std::string& kind, const std::string& name,
                            const std::string& content, const std::string& origin) override {
-    if (name.empty() || name.find('/') != std::string::npos || name[0] == '.' || name == "manifest.json" ||
-        name.starts_with("disk-")) {
-      throw Error(ErrorKind::kInternal, "bad point file name '" + name + "'");
-    }
+    CheckPointFileName(name);
     FileLock point_lock = SharedLockOfStaged(id);
     WriteFileAtomically(StagingDir(id) + "/" + name, content);
     ConfigFileRecord rec{kind, name, origin, Sha256(content.data(), content.size())};
-    RestorePointManifest m;
-    m.id = "staged";
-    m.writer = WriterName();
-    m.config_files.push_back(rec);
-    WriteFileAtomically(StageDir(id) + "/file-" + name + ".json", ManifestToJson(m));
+    WriteFileAtomically(StageDir(id) + "/file-" + name + ".json", ConfigFileRecordToJson(rec));
     return rec;
   }
 
@@ -428,12 +343,7 @@ class LocalPointStore : public PointStore {
       return Load(id);
     }
     StagedPointHeader header = ReadHeader(id);
-    RestorePointManifest m;
-    m.id = id;
-    m.vm = header.vm;
-    m.chain = header.chain;
-    m.started_at = header.started_at;
-    m.writer = WriterName();
+    std::vector<DiskRecord> disks;
     std::string not_written;
     for (size_t i = 0; i < header.disks.size(); ++i) {
       std::string record = StageDir(id) + "/disk-" + std::to_string(i) + ".json";
@@ -441,24 +351,22 @@ class LocalPointStore : public PointStore {
         not_written += (not_written.empty() ? "" : ", ") + header.disks[i];
         continue;
       }
-      RestorePointManifest r = ManifestFromJson(ReadWholeFile(record), record);
-      if (r.disks.size() != 1 || r.disks[0].name != header.disks[i]) {
-        throw Error(ErrorKind::kCorrupt, "staged disk record " + record + " is not disk " + header.disks[i]);
-      }
-      m.disks.push_back(r.disks[0]);
+      disks.push_back(DiskRecordFromJson(ReadWholeFile(record), record, header.disks[i]));
     }
     if (!not_written.empty()) {
       throw Error(ErrorKind::kNotFound, "point " + id + " cannot be committed: disk(s) " + not_written +
                                             " not written (or their task was cut off); write them again");
     }
-    CheckChunksPresent(id, m, chunks);
+    for (const auto& d : disks) {
+      CheckIndexAgainstStore(id, d, FixedIndexReader(StagingDir(id) + "/" + d.index_file, &d.index_sha256), chunks);
+    }
+    std::vector<ConfigFileRecord> files;
     for (const auto& name : ListDirectory(StageDir(id))) {
       if (!name.starts_with("file-") || !name.ends_with(".json")) continue;
       std::string path = StageDir(id) + "/" + name;
-      RestorePointManifest r = ManifestFromJson(ReadWholeFile(path), path);
-      for (auto& f : r.config_files) m.config_files.push_back(std::move(f));
+      for (auto& f : ConfigFileRecordsFromJson(ReadWholeFile(path), path)) files.push_back(std::move(f));
     }
-    m.completed_at = NowRfc3339();
+    RestorePointManifest m = AssembleManifest(header, std::move(disks), std::move(files));
     chunks.Sync();
     const std::string staged = StagingDir(id);
     WriteFileAtomically(staged + "/manifest.json", ManifestToJson(m));
@@ -568,34 +476,15 @@ class LocalPointStore : public PointStore {
     if (!IsDirectory(dir)) throw Error(ErrorKind::kNotFound, "restore point '" + id + "' does not exist in " + dir_);
     const std::string path = dir + "/" + kLockFile;
     if (!PathExists(path)) return std::nullopt;
-    return LockFromJson(ReadWholeFile(path), id, path);
+    return PointLockFromJson(ReadWholeFile(path), id, path);
   }
 
   PointLock SetLock(const std::string& id, int64_t locked_until, const std::string& reason, int64_t now) override {
     ValidatePointId(id);
-    if (locked_until <= now) {
-      throw Error(ErrorKind::kBadInput, "a lock of restore point " + id + " must end in the future (" +
-                                            DescribeLockEnd(locked_until) + " is not after " + DescribeLockEnd(now) + ")");
-    }
-    if (now < 0) throw Error(ErrorKind::kInternal, "locking restore point " + id + ": the clock is before 1970");
-    if (locked_until - now > kMaxLockSeconds) {
-      throw Error(ErrorKind::kBadInput, "a lock of restore point " + id + " lasts at most 36500 days (asked: until " +
-                                            DescribeLockEnd(locked_until) + ")");
-    }
-    if (reason.size() > kMaxLockReason) {
-      throw Error(ErrorKind::kBadInput, "a lock's reason has at most " + std::to_string(kMaxLockReason) + " bytes");
-    }
     const std::string dir = points_ + "/" + id;
     UniqueFd lease = LockPointDirectory(dir, id, LockMode::kShared, kLockWaitMs);
     if (!lease.valid()) throw Error(ErrorKind::kRetryable, "restore point " + id + " is being removed");
-    std::optional<PointLock> old = ReadLock(id);
-    PointLock lock{locked_until, now, reason};
-    if (old && old->locked_until > now && old->locked_until > locked_until) {
-      throw Error(ErrorKind::kBadInput, "restore point " + id + " is locked until " + DescribeLockEnd(old->locked_until) +
-                                            "; a lock is extended, never shortened (asked: " +
-                                            DescribeLockEnd(locked_until) + ")");
-    }
-    if (old && reason.empty()) lock.reason = old->reason;
+    PointLock lock = NextPointLock(id, ReadLock(id), locked_until, reason, now);
     const std::string path = dir + "/" + kLockFile;
     // An immutable point takes no new file: the flags come off the directory
     // and the old lock for the write, and go back on with the new lock.
@@ -603,7 +492,7 @@ class LocalPointStore : public PointStore {
       if (int err = SetImmutableFlag(dir, false)) throw ErrnoError("clearing the immutable flag of " + dir, err);
       SetImmutableFlag(path, false);
     }
-    WriteFileAtomically(path, LockToJson(id, lock));
+    WriteFileAtomically(path, PointLockToJson(id, lock));
     FsyncDirectory(dir);
     if (::geteuid() == 0) SetPointImmutable(id, true);
     return lock;
@@ -625,11 +514,7 @@ class LocalPointStore : public PointStore {
     } catch (const Error& e) {
       throw e.WithContext("restore point " + id + " is not removed: its lock cannot be read");
     }
-    if (lock && lock->locked_until > now) {
-      throw Error(ErrorKind::kBadInput, "restore point " + id + " is locked until " + DescribeLockEnd(lock->locked_until) +
-                                            (lock->reason.empty() ? "" : " (" + lock->reason + ")") +
-                                            "; it cannot be removed before then");
-    }
+    CheckNotLocked(id, lock, now);
     SetPointImmutable(id, false);
     const std::string hidden = points_ + "/" + kRemovingPrefix + id;
     if (::rename(dir.c_str(), hidden.c_str()) != 0) throw ErrnoError("removing restore point " + id + " (renaming " + dir + ")", errno);
@@ -705,7 +590,7 @@ class LocalPointStore : public PointStore {
   StagedPointHeader ReadHeader(const std::string& id) const {
     std::string path = HeaderPath(id);
     if (!PathExists(path)) throw Error(ErrorKind::kNotFound, "point " + id + " is not staged");
-    StagedPointHeader h = HeaderFromJson(ReadWholeFile(path), path);
+    StagedPointHeader h = StagedHeaderFromJson(ReadWholeFile(path), path);
     if (h.id != id) throw Error(ErrorKind::kCorrupt, "staged point header " + path + " names point '" + h.id + "'");
     return h;
   }
@@ -739,26 +624,6 @@ class LocalPointStore : public PointStore {
       throw Error(ErrorKind::kNotFound, "point " + id + " is not staged (stage it first)");
     }
     throw Error(ErrorKind::kRetryable, "point " + id + " is being committed or discarded");
-  }
-
-  // The commit-time check: no point may reference a chunk the store does not
-  // hold now (a chunk deleted or quarantined since it was deduplicated).
-  void CheckChunksPresent(const std::string& id, const RestorePointManifest& m, ChunkStore& chunks) const {
-    for (const auto& d : m.disks) {
-      FixedIndexReader index(StagingDir(id) + "/" + d.index_file, &d.index_sha256);
-      if (index.disk_size() != d.size || index.chunk_size() != d.chunk_size) {
-        throw Error(ErrorKind::kCorrupt, "point " + id + ": the index of disk " + d.name + " does not match its record");
-      }
-      std::vector<Digest> distinct = DistinctDigests(index);
-      std::vector<size_t> missing;
-      chunks.FindMissing(distinct, &missing);
-      if (!missing.empty()) {
-        throw Error(ErrorKind::kRetryable, "point " + id + " is not committed: disk " + d.name + " references " +
-                                               std::to_string(missing.size()) + " chunk(s) missing from the store (" +
-                                               chunks.Describe(distinct[missing[0]]) +
-                                               " first); writing the disk again stores them");
-      }
-    }
   }
 
   // With the point's lock held exclusively. The records go first: a kill

@@ -29,7 +29,11 @@ constexpr char kConfigFile[] = "ferry-repository.json";
 
 const char* SyncLevelName(SyncLevel s) { return s == SyncLevel::kFile ? "file" : "filesystem"; }
 
-std::string ConfigJson(const RepositoryConfig& config, int version) {
+}  // namespace
+
+std::string RepositoryConfigToJson(const RepositoryConfig& config, int version) {
+  // An encrypted repository is v3 whatever it is written as (a v2 reader must refuse it).
+  if (config.encrypted()) version = std::max(version, kEncryptedRepositoryVersion);
   json::object o{
       {"format", std::string(kRepositoryFamily) + "-v" + std::to_string(version)},
       {"id", config.id},
@@ -44,8 +48,6 @@ std::string ConfigJson(const RepositoryConfig& config, int version) {
   }
   return json::serialize(o) + "\n";
 }
-
-}  // namespace
 
 // A point id sorts by creation time, to the microsecond, because "the last
 // point of a chain" is found by sorting and backups can be sub-second:
@@ -92,8 +94,7 @@ void Repository::Init(const std::string& dir, const RepositoryConfig& config) {
   if (c.id.empty()) c.id = RandomHex(32);
   c.created_at = NowRfc3339();
   // Written last: a directory without it is not (yet) a repository.
-  WriteFileAtomically(dir + "/" + kConfigFile,
-                      ConfigJson(c, c.encrypted() ? kEncryptedRepositoryVersion : kRepositoryVersion));
+  WriteFileAtomically(dir + "/" + kConfigFile, RepositoryConfigToJson(c, kRepositoryVersion));
 }
 
 namespace {
@@ -120,7 +121,7 @@ class LocalRepository final : public Repository {
       }
     }
     if (config_.format_version < kRepositoryVersion) {
-      WriteFileAtomically(dir_ + "/" + kConfigFile, ConfigJson(config_, kRepositoryVersion));
+      WriteFileAtomically(dir_ + "/" + kConfigFile, RepositoryConfigToJson(config_, kRepositoryVersion));
       LogInfo("repository " + dir_ + " upgraded from format v" + std::to_string(config_.format_version) + " to v" +
               std::to_string(kRepositoryVersion) + " (Ferry 0.1 no longer opens it)");
       config_.format_version = kRepositoryVersion;
@@ -136,14 +137,8 @@ class LocalRepository final : public Repository {
 
 }  // namespace
 
-std::unique_ptr<Repository> Repository::Open(const std::string& dir) {
-  if (!PathExists(dir)) throw Error(ErrorKind::kNotFound, "repository " + dir + " does not exist");
-  std::string config_path = dir + "/" + kConfigFile;
-  if (!PathExists(config_path)) {
-    throw Error(ErrorKind::kBadInput,
-                dir + " is not a Ferry repository (no " + kConfigFile + "; create one with ferry init)");
-  }
-  std::string text = ReadWholeFile(config_path);
+RepositoryConfig RepositoryConfigFromJson(const std::string& text, const std::string& location,
+                                         const std::string& config_path) {
   auto bad = [&](const std::string& why) {
     return Error(ErrorKind::kCorrupt, "repository config " + config_path + ": " + why);
   };
@@ -154,10 +149,10 @@ std::unique_ptr<Repository> Repository::Open(const std::string& dir) {
   RepositoryConfig config;
   try {
     config.format_version =
-        CheckFormatName(*r.String("format", true), kRepositoryFamily, kNewestRepositoryVersion, "repository " + dir);
+        CheckFormatName(*r.String("format", true), kRepositoryFamily, kNewestRepositoryVersion, "repository " + location);
   } catch (const Error& e) {
     if (e.kind() != ErrorKind::kCorrupt) throw;  // a newer format
-    throw Error(ErrorKind::kBadInput, dir + " is not a Ferry repository: " + e.what());
+    throw Error(ErrorKind::kBadInput, location + " is not a Ferry repository: " + e.what());
   }
   config.id = *r.String("id", true);
   // Wide ranges here; the real limits are ValidateRepositoryConfig's, as on init.
@@ -187,6 +182,17 @@ std::unique_ptr<Repository> Repository::Open(const std::string& dir) {
   } else if (config.format_version >= kEncryptedRepositoryVersion) {
     throw bad("a v3 repository without \"encryption\"");
   }
+  return config;
+}
+
+std::unique_ptr<Repository> Repository::Open(const std::string& dir) {
+  if (!PathExists(dir)) throw Error(ErrorKind::kNotFound, "repository " + dir + " does not exist");
+  std::string config_path = dir + "/" + kConfigFile;
+  if (!PathExists(config_path)) {
+    throw Error(ErrorKind::kBadInput,
+                dir + " is not a Ferry repository (no " + kConfigFile + "; create one with ferry init)");
+  }
+  RepositoryConfig config = RepositoryConfigFromJson(ReadWholeFile(config_path), dir, config_path);
   return std::make_unique<LocalRepository>(dir, std::move(config));
 }
 

@@ -6,6 +6,7 @@
 #include "ferry/common/error.h"
 #include "ferry/common/log.h"
 #include "ferry/common/retention.h"
+#include "ferry/common/retry.h"
 #include "ferry/coordinator/database.h"
 #include "ferry/http/client.h"
 
@@ -111,9 +112,14 @@ void SessionWebhook::Send(const SessionOutcome& o) {
   http::ClientOptions client_options;
   client_options.ca_file = options_.ca_file;
   client_options.timeout = std::chrono::seconds(15);
-  std::chrono::milliseconds backoff = options_.first_backoff;
+  RetryPolicy policy;
+  policy.attempts = options_.attempts;
+  policy.first_delay = options_.first_backoff;
+  policy.max_delay = options_.max_backoff;
+  policy.deadline = std::chrono::milliseconds(0);
+  Backoff backoff(policy);
   std::string last;
-  for (int attempt = 1; attempt <= options_.attempts; ++attempt) {
+  for (;;) {
     try {
       http::Client client(base_, client_options);
       http::Response r = client.Send("POST", target_, payload, headers);
@@ -127,10 +133,10 @@ void SessionWebhook::Send(const SessionOutcome& o) {
       last = e.what();
       if (e.kind() != ErrorKind::kRetryable) break;
     }
-    if (attempt == options_.attempts) break;
+    std::optional<std::chrono::milliseconds> delay = backoff.NextDelay();
+    if (!delay) break;
     std::unique_lock lock(mu_);
-    if (cv_.wait_for(lock, backoff, [&] { return stop_; })) return;
-    backoff = std::min(backoff * 2, options_.max_backoff);
+    if (cv_.wait_for(lock, *delay, [&] { return stop_; })) return;
   }
   LogWarning("webhook: session " + std::to_string(o.session_id) + " (" + o.state + ") not announced to " + base_ +
              ": " + last);

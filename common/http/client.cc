@@ -306,6 +306,8 @@ Client::~Client() = default;
 Client::Client(Client&&) noexcept = default;
 Client& Client::operator=(Client&&) noexcept = default;
 
+const std::string& Client::host_header() const { return impl_->host_header; }
+
 Response Client::Send(const std::string& method, const std::string& target, const std::string& body,
                       const std::vector<std::pair<std::string, std::string>>& headers) {
   // Error messages name the URL without its query, which may carry something secret.

@@ -173,7 +173,9 @@ bool IsFramingHeader(std::string_view name) {
          beast::iequals(name, "Connection");
 }
 
-ResponseMessage ToMessage(Response response, unsigned version, bool keep_alive) {
+// A response to HEAD has the headers a GET would get (Content-Length
+// included) and no body: a body would be read as the next response.
+ResponseMessage ToMessage(Response response, unsigned version, bool keep_alive, bool head = false) {
   ResponseMessage message{static_cast<bhttp::status>(response.status), version};
   message.set(bhttp::field::server, "ferry");
   if (!response.content_type.empty())
@@ -184,6 +186,7 @@ ResponseMessage ToMessage(Response response, unsigned version, bool keep_alive) 
   message.body() = std::move(response.body);
   message.keep_alive(keep_alive);
   message.prepare_payload();
+  if (head) message.body().clear();
   return message;
 }
 
@@ -539,10 +542,11 @@ net::awaitable<void> Server::Impl::ServeRequests(Stream& stream, beast::flat_buf
     const unsigned version = request.version();
     const bool keep_alive = request.keep_alive();
     const std::string method(request.method_string());
+    const bool head = request.method() == bhttp::verb::head;
     const std::string path(request.target().substr(0, request.target().find('?')));
     Response response = Dispatch(std::move(request), remote);
     const int status = response.status;
-    ec = co_await Write(stream, ToMessage(std::move(response), version, keep_alive));
+    ec = co_await Write(stream, ToMessage(std::move(response), version, keep_alive, head));
     // The query string is left out: it may carry something secret.
     LogDebug("http: " + remote + " " + method + " " + path + " -> " + std::to_string(status));
     if (ec) {

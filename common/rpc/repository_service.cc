@@ -33,6 +33,7 @@
 #include "ferry/rpc/repository_protocol.capnp.h"
 #include "ferry/rpc/tls.h"
 #include "ferry/rpc/worker_client.h"
+#include "ferry/s3/object_repository.h"
 
 namespace ferry::rpc {
 
@@ -756,6 +757,13 @@ class RepositoryImpl final : public rpc::Repository::Server {
   std::shared_ptr<RepositoryServiceStats::Repository> counters_;
 };
 
+// What the service serves: a local directory, or a bucket (s3://...) the
+// service's host reaches for its clients.
+std::unique_ptr<ferry::Repository> OpenServedRepository(const std::string& location) {
+  if (s3::IsObjectLocation(location)) return s3::OpenObjectRepository(location);
+  return ferry::Repository::Open(location);
+}
+
 class ServiceImpl final : public RepositoryService::Server {
  public:
   explicit ServiceImpl(RepositoryServiceConfig config)
@@ -764,7 +772,7 @@ class ServiceImpl final : public RepositoryService::Server {
         threads_{std::make_shared<CallThreads>(std::max(2u, std::thread::hardware_concurrency())),
                  std::make_shared<CallThreads>(kStoreThreads), std::make_shared<UpkeepThreads>()} {
     for (const auto& [name, dir] : config.repositories) {
-      std::shared_ptr<ferry::Repository> repo = ferry::Repository::Open(dir);
+      std::shared_ptr<ferry::Repository> repo = OpenServedRepository(dir);
       repo->PrepareForWriting();
       repositories_[name] = std::move(repo);
       stats_->ForRepository(name);  // counted (at zero) from the start
@@ -779,7 +787,7 @@ class ServiceImpl final : public RepositoryService::Server {
     if (!dir) throw Error(ErrorKind::kBadInput, "repository '" + name.substr(0, 200) + "' is not open to this token");
     auto& slot = by_directory_[*dir];
     if (!slot) {
-      std::shared_ptr<ferry::Repository> repo = ferry::Repository::Open(*dir);
+      std::shared_ptr<ferry::Repository> repo = OpenServedRepository(*dir);
       repo->PrepareForWriting();
       slot = std::move(repo);
     }
@@ -861,27 +869,6 @@ class IgnoreTaskErrors final : public kj::TaskSet::ErrorHandler {
   void taskFailed(kj::Exception&&) override {}  // every task handles its own failure
 };
 
-// A file under $TMPDIR (else /tmp) for a disk index on its way to or from
-// the service; removed when this goes.
-class TempFile {
- public:
-  TempFile() {
-    const char* dir = std::getenv("TMPDIR");
-    path_ = std::string(dir && *dir ? dir : "/tmp") + "/ferry-index-XXXXXX";
-    int fd = ::mkstemp(path_.data());
-    if (fd < 0) throw ErrnoError("creating a temporary file in " + path_.substr(0, path_.rfind('/')), errno);
-    fd_ = UniqueFd(fd);
-  }
-  ~TempFile() { ::unlink(path_.c_str()); }
-  TempFile(const TempFile&) = delete;
-  TempFile& operator=(const TempFile&) = delete;
-  const std::string& path() const { return path_; }
-  int fd() const { return fd_.get(); }
-
- private:
-  std::string path_;
-  UniqueFd fd_;
-};
 
 // Reads [offset, size) of a remote index into `fd`, a piece at a time.
 kj::Promise<void> ReadIndexPieces(rpc::IndexReader::Client reader, uint64_t offset, uint64_t size, int fd,
@@ -1920,7 +1907,29 @@ std::optional<RepositoryEndpoint> EndpointFor(const std::string& location, const
 
 }  // namespace
 
+namespace {
+
+// Garbage collection and space accounting walk a local directory or ask the
+// service; a bucket has neither yet (docs/object-storage.md, "Not yet").
+void RefuseObjectLocation(const std::string& location, const std::string& what) {
+  if (s3::IsObjectLocation(location)) {
+    throw Error(ErrorKind::kBadInput, what + " is not available for object storage repositories yet (" + location + ")");
+  }
+}
+
+}  // namespace
+
+void InitRepository(const std::string& location, const ferry::RepositoryConfig& config) {
+  if (s3::IsObjectLocation(location)) return s3::InitObjectRepository(location, config);
+  if (ParseRepositoryUrl(location)) {
+    throw Error(ErrorKind::kBadInput, "a repository service's repositories are created on its host (ferry init there, "
+                                      "then ferry-repository grant), not through " + location);
+  }
+  ferry::Repository::Init(location, config);
+}
+
 std::unique_ptr<ferry::Repository> OpenRepository(const std::string& location, const RepositoryAccess& access) {
+  if (s3::IsObjectLocation(location)) return s3::OpenObjectRepository(location);
   auto endpoint = EndpointFor(location, access);
   if (!endpoint) return ferry::Repository::Open(location);
   return RemoteRepository::Connect(*endpoint);
@@ -1928,12 +1937,14 @@ std::unique_ptr<ferry::Repository> OpenRepository(const std::string& location, c
 
 GcReport CollectGarbage(const std::string& location, const RepositoryAccess& access, const GcOptions& options,
                         GcProgress* progress) {
+  RefuseObjectLocation(location, "garbage collection");
   auto endpoint = EndpointFor(location, access);
   if (!endpoint) return ferry::CollectGarbage(location, options, progress);
   return RemoteRepository::Connect(*endpoint)->CollectGarbage(options);
 }
 
 SpaceReport MeasureSpace(const std::string& location, const RepositoryAccess& access, GcProgress* progress) {
+  RefuseObjectLocation(location, "space accounting");
   auto endpoint = EndpointFor(location, access);
   if (!endpoint) return ferry::MeasureSpace(location, progress);
   return RemoteRepository::Connect(*endpoint)->MeasureSpace();

@@ -212,7 +212,7 @@ int InitCommand(const Arguments& a) {
                  ")");
     }
   }
-  Repository::Init(dir, config);
+  rpc::InitRepository(dir, config);  // a directory or a bucket
   LogInfo("created " + std::string(config.encrypted() ? "encrypted repository " : "repository ") + dir +
           " (chunk size " + HumanBytes(config.chunk_size) +
           (config.encrypted() ? ", key " + config.key_fingerprint : std::string()) + ")");

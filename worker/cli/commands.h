@@ -57,6 +57,8 @@ int LockCommand(const Arguments& a);
 // Repository upkeep (gc_commands.cc): garbage collection, space accounting.
 int GcCommand(const Arguments& a);
 int SpaceCommand(const Arguments& a);
+// Restore points into another repository (copy_commands.cc).
+int CopyCommand(const Arguments& a);
 // Internal: cleans up a backup session's snapshot if the backup process dies.
 int GuardianCommand(const Arguments& a);
 

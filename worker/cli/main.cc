@@ -48,6 +48,7 @@ int Run(const std::string& command, const ferry::Arguments& a, const char* argv0
   if (command == "lock") return LockCommand(a);
   if (command == "gc") return GcCommand(a);
   if (command == "space") return SpaceCommand(a);
+  if (command == "copy") return CopyCommand(a);
   if (command == "inventory") return InventoryCommand(a);
   if (command == "stage") return StageCommand(a);
   if (command == "backup-disk") return BackupDiskCommand(a);

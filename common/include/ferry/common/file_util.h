@@ -93,4 +93,20 @@ class FileLock {
   UniqueFd fd_;
 };
 
+// A file under $TMPDIR (else /tmp), e.g. a disk index on its way to or from
+// a remote store; removed when this goes. `tag` goes into its name.
+class TempFile {
+ public:
+  explicit TempFile(const std::string& tag = "index");
+  ~TempFile();
+  TempFile(const TempFile&) = delete;
+  TempFile& operator=(const TempFile&) = delete;
+  const std::string& path() const { return path_; }
+  int fd() const { return fd_.get(); }
+
+ private:
+  std::string path_;
+  UniqueFd fd_;
+};
+
 }  // namespace ferry

@@ -61,6 +61,14 @@ void ValidateChunkSize(uint64_t chunk_size);
 // and zstd level (-7..19). Throws kBadInput naming the value.
 void ValidateRepositoryConfig(const RepositoryConfig& config);
 
+// ferry-repository.json, wherever it is kept (a directory, a bucket):
+// `version` is the format written. Reading checks the format (kBadInput for
+// one that is not a Ferry repository's or is newer, naming `location`) and
+// every value (kCorrupt naming `source`).
+std::string RepositoryConfigToJson(const RepositoryConfig& config, int version);
+RepositoryConfig RepositoryConfigFromJson(const std::string& text, const std::string& location,
+                                         const std::string& source);
+
 // A repository, wherever it is: a local directory (Open) or a repository
 // service on another machine (ferry/rpc/repository_service.h). Backup,
 // restore and verify take a Repository& and do not care which.

@@ -5,7 +5,8 @@
 //    "session": {"id", "kind", "job", "state", "reason", "ended_at"}}
 // sent from a thread of its own, after the session's end is read back from
 // the database (an end that was rolled back is never announced), with
-// retries (doubling from 1 s up to 60 s, 6 attempts) on connection errors,
+// retries (ferry/common/retry.h: jittered delays doubling from 1 s up to 60 s,
+// 6 attempts) on connection errors,
 // 429 and 5xx; any other status gives up, logged. The token, if any, goes
 // as `Authorization: Bearer` and is never logged.
 #pragma once

@@ -37,6 +37,10 @@ class Client {
   // resets the connection or times out (the message names the URL),
   // kEnvironment when TLS fails (e.g. certificate verification), kBadInput for
   // a bad target or header.
+  // The Host header every request carries ("host[:port]" as in the URL),
+  // for request signatures that cover it (SigV4).
+  const std::string& host_header() const;
+
   Response Send(const std::string& method, const std::string& target, const std::string& body = "",
                 const std::vector<std::pair<std::string, std::string>>& headers = {});
 

@@ -230,8 +230,12 @@ class RemoteRepository : public ferry::Repository {
 };
 
 // The one way a command or a worker opens a repository: a service URL
-// (connecting with `access`), else a local directory (Repository::Open).
+// (connecting with `access`), a bucket (s3://..., ferry/s3/object_repository.h),
+// else a local directory (Repository::Open).
 std::unique_ptr<ferry::Repository> OpenRepository(const std::string& location, const RepositoryAccess& access);
+// Creates a repository: a local directory, or a bucket's prefix (s3://...).
+// A repository service's repositories are created on its host (kBadInput).
+void InitRepository(const std::string& location, const ferry::RepositoryConfig& config);
 
 // GC and space accounting where the repository's files are: for a directory,
 // ferry::CollectGarbage / ferry::MeasureSpace on it; for a service URL, the
