@@ -8,6 +8,7 @@ namespace {
 const char kRepositories[] = "Repositories and restore points";
 const char kHosts[] = "Hosts";
 const char kStaged[] = "A restore point written by several processes (the coordinator's disk tasks)";
+const char kKeys[] = "Keys of encrypted repositories (docs/encryption.md)";
 const char kCoordinator[] = "Against a coordinator (--coordinator URL, or FERRY_COORDINATOR)";
 
 OptionSpec Repo() {
@@ -26,6 +27,20 @@ std::vector<OptionSpec> WithRepo(std::vector<OptionSpec> own) {
   out.push_back(Option("repo-ca", "FILE", "CA certificates to trust for ferry+tls://").Files());
   out.push_back(Option("repo-server-name", "NAME", "the name in the repository service's certificate"));
   return out;
+}
+
+// An encrypted repository's key file and its passphrase (never on the command line).
+OptionSpec KeyFile() {
+  return Option("key-file", "FILE", "the key file of an encrypted repository (docs/encryption.md)").Files();
+}
+OptionSpec PassphraseFile() {
+  return Option("passphrase-file", "FILE", "the key file's passphrase, its first line (default: $FERRY_PASSPHRASE)")
+      .Files();
+}
+std::vector<OptionSpec> WithKey(std::vector<OptionSpec> own) {
+  own.push_back(KeyFile());
+  own.push_back(PassphraseFile());
+  return own;
 }
 
 OptionSpec Point() { return Option("point", "ID", "the restore point (an id of `ferry list`)"); }
@@ -47,20 +62,25 @@ std::vector<OptionSpec> RetentionRules() {
 
 std::vector<CommandSpec> HostCommands() {
   std::vector<CommandSpec> c;
-  c.push_back({"init", "--repo DIR [--chunk-size SIZE] [--compression-level -7..19] [--sync-level filesystem|file]",
+  c.push_back({"init",
+               "--repo DIR [--chunk-size SIZE] [--compression-level -7..19] [--sync-level filesystem|file] "
+               "[--encrypt --key-file FILE [--passphrase-file FILE]]",
                "create a repository",
                "DIR is created if missing and must be empty. Defaults: 1 MiB chunks, zstd level 1, sync level "
-               "filesystem.",
+               "filesystem. --encrypt makes an encrypted repository, for good: with the key of FILE, or a new key "
+               "written to FILE when it does not exist (print its recovery copy: `ferry key recovery`).",
                {},
-               {Option("repo", "DIR", "the directory of the new repository").Directories(),
-                Option("chunk-size", "SIZE", "the chunk size, a power of two from 64K to 16M (default 1M)"),
-                Option("compression-level", "-7..19", "zstd's level (default 1)"),
-                Option("sync-level", "LEVEL", "filesystem: one syncfs per point; file: fsync per file (default filesystem)")
-                    .Choices({"filesystem", "file"})},
+               WithKey({Option("repo", "DIR", "the directory of the new repository").Directories(),
+                        Option("chunk-size", "SIZE", "the chunk size, a power of two from 64K to 16M (default 1M)"),
+                        Option("compression-level", "-7..19", "zstd's level (default 1)"),
+                        Option("sync-level", "LEVEL",
+                               "filesystem: one syncfs per point; file: fsync per file (default filesystem)")
+                            .Choices({"filesystem", "file"}),
+                        Flag("encrypt", "encrypt the repository's chunks at the source (needs --key-file)")}),
                kRepositories});
   c.push_back({"backup",
                "--repo DIR (--qmp SOCKET [--vm NAME] | --libvirt URI --vm NAME) [--disk NAME ...] [--exclude-disk NAME ...] "
-               "[--chain NAME] [--rate-limit BYTES] [--threads N]",
+               "[--chain NAME] [--rate-limit BYTES] [--threads N] [--key-file FILE [--passphrase-file FILE]]",
                "back up the disks of a running QEMU VM as one crash-consistent restore point; prints its id",
                "Incremental (only what the chain's dirty bitmaps mark) whenever the bitmaps can be trusted, full "
                "otherwise; `ferry list` says which and why (docs/cbt.md). SOCKET is a QMP monitor of Ferry's own: a "
@@ -71,13 +91,14 @@ std::vector<CommandSpec> HostCommands() {
                          Option("vm", "NAME", "the libvirt domain (name or UUID); with --qmp, refuse unless QEMU's -name is NAME"),
                          Option("disk", "NAME", "back up only this disk (QMP device id or libvirt target)").Repeatable(),
                          Option("exclude-disk", "NAME", "leave this disk out").Repeatable(), Chain(),
-                         Option("rate-limit", "BYTES", "cap the read rate, bytes per second (4M, 100M)"), Threads()}),
+                         Option("rate-limit", "BYTES", "cap the read rate, bytes per second (4M, 100M)"), Threads(),
+                         KeyFile(), PassphraseFile()}),
                kRepositories});
   c.push_back({"list", "--repo DIR [--json]", "list restore points, their chains, modes, locks and checks", "",
                {}, WithRepo({Json()}), kRepositories});
   c.push_back({"restore",
                "--repo DIR --point ID --disk NAME (--to PATH [--format raw|qcow2] [--threads N] | --libvirt URI --vm NAME "
-               "[--target-disk DEV])",
+               "[--target-disk DEV]) [--key-file FILE [--passphrase-file FILE]]",
                "restore one disk into a new image file (thin), or into an existing, shut-off libvirt domain",
                "A new image at PATH is refused if PATH exists; holes and zero blocks stay unallocated.",
                {},
@@ -86,11 +107,12 @@ std::vector<CommandSpec> HostCommands() {
                          Option("format", "FORMAT", "the image's format (default raw)").Choices({"raw", "qcow2"}), Threads(),
                          Option("libvirt", "URI", "restore into a domain of this libvirt connection"),
                          Option("vm", "NAME", "the shut-off domain to restore into"),
-                         Option("target-disk", "DEV", "its disk to overwrite (default: the disk's own target)")}),
+                         Option("target-disk", "DEV", "its disk to overwrite (default: the disk's own target)"),
+                         KeyFile(), PassphraseFile()}),
                kRepositories});
   c.push_back({"restore-vm",
                "--repo DIR --point ID --libvirt URI ([--name NEW] (--dir PATH | --pool POOL) [--format qcow2|raw] "
-               "[--keep-macs] | --overwrite --yes)",
+               "[--keep-macs] | --overwrite --yes) [--key-file FILE [--passphrase-file FILE]]",
                "restore a whole VM as a new libvirt domain, or over the original",
                "A new domain gets every disk of the point (thin) in PATH or the pool's directory, the NVRAM, and the "
                "saved definition with a new name (default <original>-restored), UUID and, unless --keep-macs, MAC "
@@ -103,19 +125,21 @@ std::vector<CommandSpec> HostCommands() {
                          Option("format", "FORMAT", "the new images' format (default qcow2)").Choices({"qcow2", "raw"}),
                          Flag("keep-macs", "keep the saved MAC addresses"),
                          Flag("overwrite", "restore over the original domain (needs --yes)"),
-                         Flag("yes", "confirm --overwrite")}),
+                         Flag("yes", "confirm --overwrite"), KeyFile(), PassphraseFile()}),
                kRepositories});
   c.push_back({"verify",
-               "--repo DIR [--point ID] [--chain NAME] [--threads N] [--skip-verified-within DURATION] [--no-record]",
+               "--repo DIR [--point ID] [--chain NAME] [--threads N] [--skip-verified-within DURATION] [--no-record]"
+               " [--key-file FILE [--passphrase-file FILE]]",
                "check every manifest and index and read back every chunk the points reference",
                "Damaged chunks are quarantined (the next backup stores them again). Each point checked gets a check "
-               "record that `ferry list` shows. Exit 0 when clean, 4 when damaged.",
+               "record that `ferry list` shows. Exit 0 when clean, 4 when damaged. An encrypted repository without "
+               "--key-file: framing and CRC of the stored (cipher) bytes only.",
                {},
                WithRepo({Option("point", "ID", "check only this point"),
                          Option("chain", "NAME", "check only the points of this chain"), Threads(),
                          Option("skip-verified-within", "DURATION",
                                 "do not read again chunks a clean check read within this long (7d)"),
-                         Flag("no-record", "write no check records")}),
+                         Flag("no-record", "write no check records"), KeyFile(), PassphraseFile()}),
                kRepositories});
   c.push_back({"copy",
                "--repo SRC --to DST [--point ID]... [--vm NAME] [--chain NAME] [--bandwidth CAP] [--dry-run] [--json]",
@@ -178,15 +202,35 @@ std::vector<CommandSpec> HostCommands() {
                          Option("disk", "NAME", "a disk the point will have").Repeatable(), Chain(),
                          Option("expires", "DURATION", "an abandoned staged point is removed after this (24h)")}),
                kStaged});
-  c.push_back({"backup-disk", "--repo DIR --point ID --disk NAME --file PATH [--rate-limit BYTES]",
+  c.push_back({"backup-disk", "--repo DIR --point ID --disk NAME --file PATH [--rate-limit BYTES] [--key-file FILE [--passphrase-file FILE]]",
                "write one disk of a staged point from a file or block device", "", {},
                WithRepo({Point(), Option("disk", "NAME", "the staged disk"),
                          Option("file", "PATH", "what to read (an image, a snapshot's block device)").Files(),
-                         Option("rate-limit", "BYTES", "cap the read rate, bytes per second"), Threads()}),
+                         Option("rate-limit", "BYTES", "cap the read rate, bytes per second"), Threads(), KeyFile(),
+                         PassphraseFile()}),
                kStaged});
   c.push_back({"commit", "--repo DIR --point ID", "make a staged point visible (every staged disk must be written)", "",
                {}, WithRepo({Point()}), kStaged});
   c.push_back({"discard", "--repo DIR --point ID", "give a staged point up", "", {}, WithRepo({Point()}), kStaged});
+  c.push_back({"key create", "--key-file FILE [--passphrase-file FILE]",
+               "make a new key file (a random key, wrapped under the passphrase); prints its fingerprint",
+               "The file is written 0600 and never overwritten. Losing both it and its recovery copy loses the data "
+               "of every repository encrypted with it.",
+               {}, {KeyFile(), PassphraseFile()}, kKeys});
+  c.push_back({"key recovery", "--key-file FILE [--passphrase-file FILE]",
+               "print the key's recovery copy, to print or write on paper and keep safe", "", {},
+               {KeyFile(), PassphraseFile()}, kKeys});
+  c.push_back({"key restore", "--key-file FILE --recovery-file FILE [--passphrase-file FILE]",
+               "make a key file again from a recovery copy (- reads it from stdin)", "", {},
+               {KeyFile(), Option("recovery-file", "FILE", "the recovery copy, as `ferry key recovery` printed it")
+                               .Files(),
+                PassphraseFile()},
+               kKeys});
+  c.push_back({"key passwd", "--key-file FILE [--passphrase-file FILE] [--new-passphrase-file FILE]",
+               "change a key file's passphrase (the key, and so the repositories, stay as they are)", "", {},
+               {KeyFile(), PassphraseFile(),
+                Option("new-passphrase-file", "FILE", "the new passphrase (default: $FERRY_NEW_PASSPHRASE)").Files()},
+               kKeys});
   CommandSpec guardian{"_guardian", "", "internal: cleans up a backup's snapshot if the backup process dies", "", {},
                        {Option("qmp", "SOCKET", ""), Option("session", "ID", ""), Option("vm-key", "KEY", ""),
                         Option("runtime-dir", "DIR", ""), Option("scratch-dir", "DIR", "")},
@@ -368,7 +412,8 @@ ProgramSpec MakeFerryProgram() {
   for (auto& c : CoordinatorCommands()) p.commands.push_back(std::move(c));
   p.footer =
       "Environment: FERRY_REPO stands for --repo, FERRY_REPOSITORY_TOKEN for --repo-token-file's token, "
-      "FERRY_COORDINATOR for --coordinator, FERRY_TOKEN for --token-file's token, FERRY_CA for --ca.\n"
+      "FERRY_COORDINATOR for --coordinator, FERRY_TOKEN for --token-file's token, FERRY_CA for --ca, "
+      "FERRY_PASSPHRASE for --passphrase-file's passphrase.\n"
       "\n"
       "Exit codes: 0 ok, 1 a watched session did not succeed, 2 bad input, 3 not found, 4 corrupt data, 5 "
       "environment (permissions, disk full), 6 retryable, 130 interrupted (docs/error-policy.md).";

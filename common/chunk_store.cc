@@ -109,6 +109,16 @@ void FetchChunkInto(ChunkReader& reader, ChunkDecoder& decoder, const Digest& di
                [&] { return decoder.DecodeInto(*encoded, &digest, reader.Describe(digest), out); });
 }
 
+void FetchChunkFraming(ChunkReader& reader, const Digest& digest, uint32_t length, std::vector<uint8_t>* encoded) {
+  FetchChecked(reader, digest, length, encoded, [&] {
+    ChunkFrame f = CheckChunkFraming(*encoded, reader.Describe(digest));
+    if (!f.encrypted()) {
+      throw Error(ErrorKind::kCorrupt, "chunk " + reader.Describe(digest) + " is not encrypted, in an encrypted repository");
+    }
+    return static_cast<size_t>(f.plain_size);
+  });
+}
+
 LocalChunkStore::LocalChunkStore(std::string chunks_dir, std::string quarantine_dir, SyncLevel sync_level)
     : dir_(std::move(chunks_dir)), quarantine_dir_(std::move(quarantine_dir)), sync_level_(sync_level) {
   int fd = ::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);

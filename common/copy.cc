@@ -105,6 +105,16 @@ CopyReport CopyPoints(Repository& from, Repository& to, const CopyOptions& optio
   if (from.config().id == to.config().id) {
     throw Error(ErrorKind::kBadInput, "cannot copy repository " + from.location() + " into itself (" + to.location() + ")");
   }
+  // Chunks travel as stored, named by their (keyed) digests: both sides must
+  // be plain, or encrypted with one key (docs/encryption.md).
+  if (from.config().key_fingerprint != to.config().key_fingerprint) {
+    auto kind = [](const RepositoryConfig& c) {
+      return c.encrypted() ? "encrypted (key " + c.key_fingerprint + ")" : std::string("plain");
+    };
+    throw Error(ErrorKind::kBadInput, "cannot copy " + from.location() + ", " + kind(from.config()) + ", into " +
+                                          to.location() + ", " + kind(to.config()) +
+                                          ": chunks are copied as stored, so both must be plain or share one key");
+  }
   if (!options.dry_run) to.PrepareForWriting();
   CopyReport report;
   std::vector<std::string> ids = Selected(from, options);

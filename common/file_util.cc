@@ -76,11 +76,11 @@ std::string ParentDirectory(const std::string& path) {
 std::atomic<uint64_t> g_temp_counter{0};
 }  // namespace
 
-void WriteFileAtomically(const std::string& path, std::string_view contents) {
+void WriteFileAtomically(const std::string& path, std::string_view contents, int mode) {
   std::string temp = path + ".tmp-" + std::to_string(::getpid()) + "-" +
                      std::to_string(g_temp_counter.fetch_add(1));
   try {
-    UniqueFd fd = OpenOrThrow(temp, O_WRONLY | O_CREAT | O_EXCL);
+    UniqueFd fd = OpenOrThrow(temp, O_WRONLY | O_CREAT | O_EXCL, mode);
     PwriteAll(fd.get(), contents.data(), contents.size(), 0, temp);
     FsyncOrThrow(fd.get(), temp);
   } catch (...) {

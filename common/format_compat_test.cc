@@ -1,17 +1,22 @@
 // Reads tests/data/repo-v1 (written by Ferry 0.1, repository and manifest
 // format v1, made by tests/data/make-repo-v1.sh) and tests/data/repo-v2
-// (repository v2, manifest v2 with its checksum, make-repo-v2.sh), and checks
+// (repository v2, manifest v2 with its checksum, make-repo-v2.sh) and
+// tests/data/repo-v3 (encrypted: chunks FRYCHK02 under the key of
+// repo-v3.key, passphrase "ferry fixture", make-repo-v3.sh), and checks
 // that this version still lists, verifies and reassembles each bit-exact.
 // Never regenerate a fixture to make this pass: a failure here means
 // repositories of that version stopped being readable.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "ferry/common/chunk.h"
 #include "ferry/common/fixed_index.h"
 #include "ferry/common/repository.h"
+#include "ferry/common/repository_key.h"
 #include "ferry/common/verify.h"
 
 namespace ferry {
@@ -43,7 +48,18 @@ TEST_P(FormatCompatTest, ReadsRepositoryOfVersion) {
   EXPECT_EQ(repo->config().chunk_size, 64u << 10);
   ASSERT_EQ(repo->points().List(), std::vector<std::string>{want.point});
 
+  std::optional<RepositoryKey> key;
+  if (version >= 3) {
+    key = RepositoryKey::LoadKeyFile(std::string(FERRY_TEST_DATA_DIR) + "/" + fixture + ".key", "ferry fixture");
+    EXPECT_EQ(repo->config().key_fingerprint, key->Fingerprint());
+  } else {
+    EXPECT_FALSE(repo->config().encrypted());
+  }
+  const RepositoryKey* k = key ? &*key : nullptr;
   RestorePointManifest m = repo->points().Load(want.point);
+  if (k) {
+    EXPECT_NO_THROW(k->CheckManifest(m));
+  }
   EXPECT_EQ(m.vm.name, "fixture");
   EXPECT_EQ(m.vm.uuid, "00000000-0000-4000-8000-0000000f1e70");
   const DiskRecord* disk = m.FindDisk(want.disk);
@@ -59,7 +75,7 @@ TEST_P(FormatCompatTest, ReadsRepositoryOfVersion) {
 
   // Reassemble the disk and compare with the source's SHA-256.
   Sha256Stream sha;
-  ChunkDecoder decoder;
+  ChunkDecoder decoder(k);
   std::vector<uint8_t> encoded, plain;
   for (uint64_t i = 0; i < index.chunk_count(); ++i) {
     Digest d = index.At(i);
@@ -74,10 +90,18 @@ TEST_P(FormatCompatTest, ReadsRepositoryOfVersion) {
   }
   EXPECT_EQ(sha.Finish().Hex(), want.sha256);
 
-  VerifyReport report = VerifyRepository(*repo, {std::nullopt, 2}, nullptr);
+  VerifyOptions options(std::nullopt, 2);
+  options.key = k;
+  VerifyReport report = VerifyRepository(*repo, options, nullptr);
   EXPECT_TRUE(report.clean());
   EXPECT_EQ(report.chunks_checked, 3u);
-  EXPECT_EQ(m.format_version, version);
+  EXPECT_FALSE(report.ciphertext_only);
+  if (k) {  // and without the key, as far as that goes
+    VerifyReport keyless = VerifyRepository(*repo, {std::nullopt, 2}, nullptr);
+    EXPECT_TRUE(keyless.clean());
+    EXPECT_TRUE(keyless.ciphertext_only);
+  }
+  EXPECT_EQ(m.format_version, std::min(version, 2));  // repository v3 still writes manifest v2
   if (version == 1) {
     EXPECT_EQ(report.unprotected, std::vector<std::string>{want.point});  // v1: no manifest checksum
   } else {
@@ -85,7 +109,7 @@ TEST_P(FormatCompatTest, ReadsRepositoryOfVersion) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Versions, FormatCompatTest, ::testing::Values(1, 2),
+INSTANTIATE_TEST_SUITE_P(Versions, FormatCompatTest, ::testing::Values(1, 2, 3),
                          [](const auto& info) { return "v" + std::to_string(info.param); });
 
 }  // namespace

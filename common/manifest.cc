@@ -114,6 +114,7 @@ std::string ManifestToJson(const RestorePointManifest& m) {
                                {"unchanged_chunks", d.unchanged_chunks},
                                {"healed_chunks", d.healed_chunks}}},
     };
+    if (!d.index_hmac.empty()) disk["index_hmac"] = d.index_hmac;  // optional: encrypted repositories
     if (!d.cbt.mode.empty()) {
       disk["cbt"] = json::object{{"mode", d.cbt.mode},
                                  {"reason", d.cbt.reason},
@@ -199,6 +200,7 @@ RestorePointManifest ManifestFromJson(const std::string& text, const std::string
     rec.source_format = *d.String("source_format", true);
     rec.index_file = plain_file_name(d, "index");
     rec.index_sha256 = digest(d, "index_sha256");
+    rec.index_hmac = d.String("index_hmac", false).value_or("");
     JsonReader st = *d.Object("stats", true);
     rec.chunks = *st.Unsigned("chunks", true);
     rec.zero_chunks = *st.Unsigned("zero_chunks", true);

@@ -17,6 +17,7 @@
 #include "ferry/common/ids.h"
 #include "ferry/common/json_reader.h"
 #include "ferry/common/manifest.h"
+#include "ferry/common/repository_key.h"
 
 namespace json = boost::json;
 
@@ -31,6 +32,8 @@ const char* SyncLevelName(SyncLevel s) { return s == SyncLevel::kFile ? "file" :
 }  // namespace
 
 std::string RepositoryConfigToJson(const RepositoryConfig& config, int version) {
+  // An encrypted repository is v3 whatever it is written as (a v2 reader must refuse it).
+  if (config.encrypted()) version = std::max(version, kEncryptedRepositoryVersion);
   json::object o{
       {"format", std::string(kRepositoryFamily) + "-v" + std::to_string(version)},
       {"id", config.id},
@@ -40,6 +43,9 @@ std::string RepositoryConfigToJson(const RepositoryConfig& config, int version) 
       {"created_at", config.created_at},
       {"writer", WriterName()},  // optional, ignored by readers: the Ferry that wrote this file
   };
+  if (config.encrypted()) {
+    o["encryption"] = json::object{{"cipher", kChunkCipher}, {"key_fingerprint", config.key_fingerprint}};
+  }
   return json::serialize(o) + "\n";
 }
 
@@ -143,7 +149,7 @@ RepositoryConfig RepositoryConfigFromJson(const std::string& text, const std::st
   RepositoryConfig config;
   try {
     config.format_version =
-        CheckFormatName(*r.String("format", true), kRepositoryFamily, kRepositoryVersion, "repository " + location);
+        CheckFormatName(*r.String("format", true), kRepositoryFamily, kNewestRepositoryVersion, "repository " + location);
   } catch (const Error& e) {
     if (e.kind() != ErrorKind::kCorrupt) throw;  // a newer format
     throw Error(ErrorKind::kBadInput, location + " is not a Ferry repository: " + e.what());
@@ -166,6 +172,16 @@ RepositoryConfig RepositoryConfigFromJson(const std::string& text, const std::st
     throw bad("unknown sync_level '" + sync + "'");
   }
   config.created_at = *r.String("created_at", true);
+  // v3 and "encryption" go together: a plain repository's config never
+  // names a key, an encrypted one always does.
+  if (std::optional<JsonReader> enc = r.Object("encryption", false)) {
+    if (config.format_version < kEncryptedRepositoryVersion) throw bad("\"encryption\" in a v2 repository");
+    if (*enc->String("cipher", true) != kChunkCipher) throw bad("unknown cipher (not aes-256-gcm)");
+    config.key_fingerprint = *enc->String("key_fingerprint", true);
+    if (config.key_fingerprint.size() != 32) throw bad("key_fingerprint is not 32 hex digits");
+  } else if (config.format_version >= kEncryptedRepositoryVersion) {
+    throw bad("a v3 repository without \"encryption\"");
+  }
   return config;
 }
 

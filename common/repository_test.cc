@@ -130,7 +130,7 @@ TEST_F(RepositoryTest, OpenValidatesTheConfigAsInitDoes) {
   EXPECT_NE(Message([&] { Repository::Open(dir_); }).find("65537"), std::string::npos);
   with("\"chunk_size\":65536", "\"chunk_size\":\"64K\"");
   EXPECT_NE(Message([&] { Repository::Open(dir_); }).find("chunk_size"), std::string::npos);
-  with("ferry-repository-v2", "ferry-repository-v3");
+  with("ferry-repository-v2", "ferry-repository-v4");
   EXPECT_NE(Message([&] { Repository::Open(dir_); }, &kind).find("newer Ferry"), std::string::npos);
   EXPECT_EQ(kind, ErrorKind::kBadInput);
   with("ferry-repository-v2", "ferry-repository-v1");
@@ -411,7 +411,7 @@ TEST_F(RepositoryTest, NewerChunkAndIndexFormatsAreReportedAsSuchAndNotQuarantin
   Digest d = Sha256("future", 6);
   std::string path = repo->chunks().Describe(d);
   std::string bytes = ReadWholeFile(path);
-  bytes[7] = '2';  // FRYCHK02
+  bytes[7] = '3';  // FRYCHK03
   fs::remove(path);
   WriteFileAtomically(path, bytes);
   std::vector<uint8_t> encoded, plain;
@@ -419,7 +419,7 @@ TEST_F(RepositoryTest, NewerChunkAndIndexFormatsAreReportedAsSuchAndNotQuarantin
   ErrorKind kind;
   std::string msg = Message([&] { FetchChunk(repo->chunk_reader(), dec, d, 6, &encoded, &plain); }, &kind);
   EXPECT_EQ(kind, ErrorKind::kBadInput);
-  EXPECT_NE(msg.find("newer Ferry (format FRYCHK02; this Ferry reads up to FRYCHK01)"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("newer Ferry (format FRYCHK03; this Ferry reads up to FRYCHK02)"), std::string::npos) << msg;
   EXPECT_TRUE(PathExists(path));  // not damage: left where it is
   bytes[7] = 'x';
   fs::remove(path);

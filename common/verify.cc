@@ -28,6 +28,11 @@ struct PointIndexes {
 
 VerifyReport VerifyRepository(Repository& repo, const VerifyOptions& options, VerifyProgress* progress) {
   VerifyReport report;
+  if (options.key) {
+    CheckKeyFits(repo.config(), options.key, repo.location());
+  } else {
+    report.ciphertext_only = repo.config().encrypted();
+  }
   PointStore& store = repo.points();
   const std::optional<std::string>& point_id = options.point;
   const int64_t now = options.now > 0 ? options.now : static_cast<int64_t>(::time(nullptr));
@@ -70,6 +75,13 @@ VerifyReport VerifyRepository(Repository& repo, const VerifyOptions& options, Ve
     const std::string& id = p.id;
     ++report.points;
     if (p.manifest.format_version < kManifestVersion) report.unprotected.push_back(id);
+    if (options.key) {
+      try {
+        options.key->CheckManifest(p.manifest);
+      } catch (const Error& e) {
+        report.problems.push_back({id, "", -1, 0, e.what()});
+      }
+    }
     for (const auto& f : p.manifest.config_files) {
       try {
         store.ReadFile(id, f);
@@ -129,15 +141,20 @@ VerifyReport VerifyRepository(Repository& repo, const VerifyOptions& options, Ve
   std::atomic<size_t> next{0};
   std::atomic<uint64_t> bytes{0};
   auto check = [&] {
-    ChunkDecoder decoder;
+    ChunkDecoder decoder(options.key);
     std::vector<uint8_t> encoded, plain;
     for (size_t i; (i = next++) < work.size();) {
       if (options.cancel && options.cancel->load()) break;
       const auto& [digest, length] = work[i];
       try {
         // A damaged chunk is quarantined here, so no backup reuses it.
-        FetchChunk(repo.chunk_reader(), decoder, digest, length, &encoded, &plain);
-        bytes += plain.size();
+        if (report.ciphertext_only) {
+          FetchChunkFraming(repo.chunk_reader(), digest, length, &encoded);
+          bytes += length;
+        } else {
+          FetchChunk(repo.chunk_reader(), decoder, digest, length, &encoded, &plain);
+          bytes += plain.size();
+        }
       } catch (const Error& e) {
         std::lock_guard lock(bad_mu);
         bad.emplace(digest, e.what());

@@ -194,6 +194,7 @@ class DiskBackupRun {
                 const std::string& index_path, const DiskBackupOptions& options, DiskBackupProgress* progress)
       : store_(store),
         zstd_level_(config.zstd_level),
+        hasher_(options.key),
         reader_(reader),
         options_(options),
         progress_(progress ? progress : &own_progress_),
@@ -205,6 +206,7 @@ class DiskBackupRun {
         threads_(options.compute_threads ? options.compute_threads
                                          : std::max(1u, std::thread::hardware_concurrency()) * (store.remote() ? 2 : 1)),
         pool_(2 * threads_ + 2, chunk_size_) {
+    CheckKeyFits(config, options.key, "being backed up into (id " + config.id + ")");
     if (const FixedIndexReader* prev = options.previous_index) {
       if (prev->disk_size() != reader.size() || prev->chunk_size() != chunk_size_) {
         throw Error(ErrorKind::kInternal, "previous index of " + reader.description() +
@@ -438,7 +440,7 @@ class DiskBackupRun {
   }
 
   void ComputeLoop() {
-    ChunkEncoder encoder(zstd_level_);
+    ChunkEncoder encoder(zstd_level_, options_.key);
     std::vector<uint8_t> encoded;
     while (ChunkJob* job = queue_.Pop()) {
       std::unique_ptr<ChunkJob> owned(job);
@@ -463,7 +465,7 @@ class DiskBackupRun {
       index_.Set(job.index, Digest{});
       ++zero_chunks_;
     } else {
-      Digest d = Sha256(plain.data(), plain.size());
+      Digest d = hasher_(plain);
       progress_->compute.Add(NsBetween(computing, Clock::now()));
       if (!digests_in_flight_.Claim(d)) {
         ++reused_chunks_;  // another thread of this run is storing it
@@ -478,7 +480,7 @@ class DiskBackupRun {
             ++reused_chunks_;
           } else {
             const auto compressing = Clock::now();
-            encoder.Encode(plain, encoded);
+            encoder.Encode(plain, d, encoded);
             progress_->compute.Add(NsBetween(compressing, Clock::now()));
             // The bandwidth caps (docs/throttling.md): not a stage of its own.
             if (!AcquireAll(options_.send_limiters, encoded->size(), options_.cancel)) CheckCancel();
@@ -502,6 +504,7 @@ class DiskBackupRun {
 
   ChunkStore& store_;
   const int zstd_level_;
+  const ChunkHasher hasher_;  // SHA-256, or the key's HMAC
   BlockReader& reader_;
   DiskBackupOptions options_;
   DiskBackupProgress own_progress_;

@@ -8,12 +8,14 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <random>
 #include <thread>
 
 #include "ferry/common/error.h"
 #include "ferry/common/file_util.h"
 #include "ferry/common/fixed_index.h"
+#include "ferry/common/repository_key.h"
 #include "ferry/common/verify.h"
 #include "ferry/worker/block_reader.h"
 #include "ferry/worker/disk_backup.h"
@@ -463,6 +465,90 @@ TEST_F(DiskBackupTest, EveryManifestBitFlipIsReportedAndRefused) {
   EXPECT_EQ(refused, 2 * good.size());
   WriteFileAtomically(path, good);
   EXPECT_TRUE(VerifyRepository(*repo_, {std::nullopt, 1}, nullptr).clean());
+}
+
+// An encrypted repository through the real pipeline: keyed digests dedupe
+// two disks of the same data, restore needs the key, verify works with it
+// and (ciphertext only) without it.
+TEST_F(DiskBackupTest, EncryptedRepositoryRoundTrip) {
+  RepositoryKey key = RepositoryKey::Generate();
+  RepositoryConfig config;
+  config.chunk_size = kChunk;
+  config.key_fingerprint = key.Fingerprint();
+  Repository::Init(root_ + "/enc", config);
+  auto repo = Repository::Open(root_ + "/enc");
+  const std::string src = root_ + "/src.raw";
+  std::vector<uint8_t> text(4 * kChunk);
+  for (size_t i = 0; i < text.size(); ++i) text[i] = static_cast<uint8_t>("secret plaintext "[i % 17]);
+  WriteAt(src, 0, RandomBytes(3 * kChunk, 9));
+  WriteAt(src, 3 * kChunk, text);
+  ASSERT_EQ(::truncate(src.c_str(), 9 * kChunk), 0);
+
+  StagedPointHeader h;
+  h.id = NewPointId();
+  h.vm = {"vm", "", "qemu"};
+  h.disks = {"a", "b"};
+  auto lease = repo->points().Stage(h);
+  DiskBackupOptions options;
+  options.key = &key;
+  uint64_t new_chunks = 0;
+  for (const std::string& disk : h.disks) {
+    auto reader = OpenFileReader(src);
+    auto w = repo->points().WriteDisk(h.id, disk);
+    DiskBackupOptions no_key;
+    EXPECT_THROW(BackupDisk(repo->chunks(), repo->config(), *reader, root_ + "/" + disk + ".fidx", no_key, nullptr),
+                 Error);
+    DiskBackupResult r = BackupDisk(repo->chunks(), repo->config(), *reader, w->index_path(), options, nullptr);
+    new_chunks += r.new_chunks;
+    DiskRecord rec;
+    rec.name = disk;
+    rec.size = reader->size();
+    rec.chunk_size = kChunk;
+    rec.source_format = "raw";
+    rec.index_sha256 = r.index_sha256;
+    rec.index_file = w->index_file();
+    rec.index_hmac = key.DiskRecordMac(h.id, rec);
+    w->Finish(rec);
+  }
+  const std::string id = repo->points().Commit(h.id).id;
+  EXPECT_EQ(new_chunks, 7u);  // 3 random + 4 text chunks (2 holes), once for both disks
+  size_t files = 0;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(root_ + "/enc/chunks")) {
+    if (e.is_regular_file()) {
+      ++files;
+      std::string bytes = ReadWholeFile(e.path());
+      EXPECT_EQ(bytes.substr(0, 8), "FRYCHK02");
+      EXPECT_EQ(bytes.find("secret plaintext"), std::string::npos);
+      // Named by the HMAC, never by the SHA-256 of the data.
+      EXPECT_NE(e.path().filename(), Sha256(text.data(), kChunk).Hex());
+    }
+  }
+  EXPECT_EQ(files, 7u);
+
+  DiskRestoreOptions ro;
+  try {
+    RestoreDisk(*repo, id, "b", root_ + "/x.raw", ImageFormat::kRaw, ro, nullptr);
+    FAIL() << "restored without the key";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kBadInput);
+    EXPECT_NE(std::string(e.what()).find("is encrypted: give --key-file"), std::string::npos);
+  }
+  ro.key = &key;
+  RestoreDisk(*repo, id, "b", root_ + "/out.raw", ImageFormat::kRaw, ro, nullptr);
+  EXPECT_EQ(ReadWholeFile(root_ + "/out.raw"), ReadWholeFile(src));
+
+  VerifyOptions vo(std::nullopt, 2);
+  VerifyReport keyless = VerifyRepository(*repo, vo, nullptr);
+  EXPECT_TRUE(keyless.clean());
+  EXPECT_TRUE(keyless.ciphertext_only);
+  EXPECT_EQ(keyless.chunks_checked, 7u);
+  vo.key = &key;
+  VerifyReport keyed = VerifyRepository(*repo, vo, nullptr);
+  EXPECT_TRUE(keyed.clean());
+  EXPECT_FALSE(keyed.ciphertext_only);
+  RepositoryKey other = RepositoryKey::Generate();
+  vo.key = &other;
+  EXPECT_THROW(VerifyRepository(*repo, vo, nullptr), Error);
 }
 
 }  // namespace

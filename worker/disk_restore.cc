@@ -432,7 +432,9 @@ DiskRestoreResult RestoreDisk(Repository& repo, const std::string& point_id,
                               const std::string& disk_name, const std::string& target,
                               ImageFormat format, const DiskRestoreOptions& options,
                               DiskRestoreProgress* progress) {
+  CheckKeyFits(repo.config(), options.key, repo.location());
   RestorePointManifest manifest = repo.points().Load(point_id);
+  if (options.key) options.key->CheckManifest(manifest);
   // Held to the end: no prune removes the point while it is restored.
   std::unique_ptr<PointLease> lease = repo.points().Lease(point_id);
   const DiskRecord* disk = manifest.FindDisk(disk_name);
@@ -500,7 +502,7 @@ DiskRestoreResult RestoreDisk(Repository& repo, const std::string& point_id,
     std::exception_ptr error;
     std::mutex error_mu;
     auto work = [&](unsigned worker) {
-      ChunkDecoder decoder;
+      ChunkDecoder decoder(options.key);
       std::vector<uint8_t> encoded;
       // Fetches chunk `i` (digest `d`, `length` bytes) into `plain`: the
       // stored bytes, their framing and CRC, decompression, the SHA-256

@@ -80,6 +80,7 @@ std::string RestoreLibvirtVm(Repository& repo, const LibvirtRestoreOptions& o) {
   auto conn = Connect(o.uri);
   DiskRestoreOptions disk_options;
   disk_options.cancel = o.cancel;
+  disk_options.key = o.key;
   // Over the original, each disk is built beside its image under this
   // suffix: unique per call (a daemon may run several restores at once).
   static std::atomic<uint64_t> calls{0};
@@ -197,7 +198,7 @@ std::string RestoreLibvirtVm(Repository& repo, const LibvirtRestoreOptions& o) {
 void RestoreDiskIntoLibvirtVm(Repository& repo, const std::string& uri, const std::string& vm,
                               const std::string& point_id, const std::string& disk,
                               const std::string& target_disk, const std::atomic<bool>* cancel,
-                              DiskRestoreProgress* progress) {
+                              DiskRestoreProgress* progress, const RepositoryKey* key) {
   auto conn = Connect(uri);
   auto dom = LookupDomain(conn.get(), vm);
   int state = 0;
@@ -228,6 +229,7 @@ void RestoreDiskIntoLibvirtVm(Repository& repo, const std::string& uri, const st
   std::string temp = path + ".ferry-restore-" + std::to_string(::getpid()) + "-" + std::to_string(++calls);
   DiskRestoreOptions options;
   options.cancel = cancel;
+  options.key = key;
   RestoreDisk(repo, point_id, disk, temp, image_format, options, progress);
   // Keep the image's owner and mode: libvirt's DAC labels come from them.
   struct stat st;

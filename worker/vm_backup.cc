@@ -340,6 +340,7 @@ DiskRecord BackupDiskTask(Repository& repo, const DiskTask& task, const DiskBack
     try {
       previous_lease = repo.points().Lease(task.previous_point);
       RestorePointManifest prev = repo.points().Load(task.previous_point);
+      if (opts.key) opts.key->CheckManifest(prev);
       const DiskRecord* d = prev.FindDisk(task.disk.name);
       if (!d) throw Error(ErrorKind::kNotFound, "it has no disk " + task.disk.name);
       previous_index = repo.points().OpenIndex(task.previous_point, *d);
@@ -374,6 +375,10 @@ DiskRecord BackupDiskTask(Repository& repo, const DiskTask& task, const DiskBack
   rec.stored_bytes = r.stored_bytes;
   rec.cbt = {plan.incremental ? "incremental" : "full", plan.reason, plan.new_bitmap, plan.generation,
              task.disk.identity};
+  if (opts.key) {  // the record is bound to its point and index (docs/encryption.md, "Manifests")
+    rec.index_file = writer->index_file();
+    rec.index_hmac = opts.key->DiskRecordMac(task.point_id, rec);
+  }
   LogInfo("disk " + rec.name + ": read " + std::to_string(r.read_bytes) + " bytes; " + std::to_string(r.new_chunks) +
           " new chunks (" + std::to_string(r.stored_bytes) + " bytes stored), " + std::to_string(r.reused_chunks) +
           " already stored, " + std::to_string(r.unchanged_chunks) + " unchanged, " + std::to_string(r.zero_chunks) +

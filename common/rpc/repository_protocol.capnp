@@ -22,6 +22,10 @@ struct RepositoryInfo {
   format @2 :Text;         # ferry-repository-v2
   id @3 :Text;             # the repository's id (ferry-repository.json)
   zstdLevel @4 :Int32;     # what backups into it compress with
+  # An encrypted repository's key fingerprint (docs/encryption.md); "" for a
+  # plain one. Added within v1: an older service leaves it empty, and an
+  # older service cannot open an encrypted (v3) repository at all.
+  keyFingerprint @5 :Text;
 }
 
 interface Repository {
@@ -160,4 +164,5 @@ struct DiskRecord {
   cbtBitmap @14 :Text;
   cbtGeneration @15 :Text;
   cbtDiskIdentity @16 :Text;
+  indexHmac @17 :Text;     # encrypted repository: RepositoryKey::DiskRecordMac
 }

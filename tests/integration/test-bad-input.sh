@@ -52,14 +52,14 @@ expect_error 4 "ferry-repository.json" "$FERRY" list --repo "$WORK/repo"
 sed 's/"zstd_level":1/"zstd_level":99/' "$WORK/config.bak" >"$WORK/repo/ferry-repository.json"
 expect_error 4 "zstd level 99 is not in -7..19" "$FERRY" backup --repo "$WORK/repo" --qmp "$Q"
 # A newer repository, chunk or index format is reported as such, not as damage.
-sed 's/ferry-repository-v2/ferry-repository-v3/' "$WORK/config.bak" >"$WORK/repo/ferry-repository.json"
-expect_error 2 "written by a newer Ferry (format ferry-repository-v3" "$FERRY" list --repo "$WORK/repo"
+sed 's/ferry-repository-v2/ferry-repository-v4/' "$WORK/config.bak" >"$WORK/repo/ferry-repository.json"
+expect_error 2 "written by a newer Ferry (format ferry-repository-v4" "$FERRY" list --repo "$WORK/repo"
 cp "$WORK/config.bak" "$WORK/repo/ferry-repository.json"
 chunk=$(find "$WORK/repo/chunks" -type f | head -1)
 cp "$chunk" "$WORK/chunk.bak"
-printf 'FRYCHK02' | dd of="$chunk" conv=notrunc status=none
+printf 'FRYCHK03' | dd of="$chunk" conv=notrunc status=none
 rc=0; "$FERRY" verify --repo "$WORK/repo" >"$WORK/verify.out" 2>&1 || rc=$?
-[[ $rc -eq 4 ]] && grep -q "newer Ferry (format FRYCHK02; this Ferry reads up to FRYCHK01)" "$WORK/verify.out" ||
+[[ $rc -eq 4 ]] && grep -q "newer Ferry (format FRYCHK03; this Ferry reads up to FRYCHK02)" "$WORK/verify.out" ||
   fail "newer chunk format: exit $rc: $(cat "$WORK/verify.out")"
 [[ -f $chunk && -z $(ls -A "$WORK/repo/quarantine") ]] || fail "a newer-format chunk was quarantined"
 cp "$WORK/chunk.bak" "$chunk"

@@ -22,6 +22,7 @@
 
 #include "fake_coordinator.h"
 #include "ferry/common/chunk.h"
+#include "ferry/common/repository_key.h"
 #include "ferry/common/error.h"
 #include "ferry/common/file_util.h"
 #include "ferry/common/fixed_index.h"
@@ -214,6 +215,46 @@ TEST_F(RepositoryServiceTest, TheServiceRefusesDataThatIsNotItsDigests) {
   std::vector<uint8_t> torn(e1.begin(), e1.begin() + static_cast<long>(e1.size() / 2));
   EXPECT_EQ(KindOf([&] { remote->chunks().Insert(d1, torn); }), ErrorKind::kCorrupt);
   EXPECT_FALSE(Repository::Open((dir_ / "a").string())->chunks().Contains(d1)) << "nothing was stored";
+}
+
+// An encrypted repository (docs/encryption.md): the service has no key. It
+// tells the client the key's fingerprint, stores encrypted chunks after
+// checking their framing and CRC, and refuses plain chunks for it (and
+// encrypted ones for a plain repository).
+TEST_F(RepositoryServiceTest, AnEncryptedRepositoryWithoutTheKey) {
+  const RepositoryKey key = RepositoryKey::Generate();
+  RepositoryConfig enc;
+  enc.key_fingerprint = key.Fingerprint();
+  Repository::Init((dir_ / "e").string(), enc);
+  config_.repositories["e"] = (dir_ / "e").string();
+  config_.grants.push_back(rpc::RepositoryGrant::ForToken("tok-e", {"e", "a"}));
+  auto server = Serve(config_, nullptr);
+  auto remote = RemoteRepository::Connect(Endpoint(*server, "tok-e", "e"));
+  EXPECT_EQ(remote->config().key_fingerprint, key.Fingerprint());
+  EXPECT_EQ(remote->info().format, "ferry-repository-v3");
+
+  std::vector<uint8_t> plain(64 * 1024);
+  for (size_t i = 0; i < plain.size(); ++i) plain[i] = static_cast<uint8_t>(i % 11);
+  const Digest d = ChunkHasher(&key)(plain);
+  ChunkEncoder encoder(1, &key);
+  std::vector<uint8_t> encrypted;
+  encoder.Encode(plain, d, &encrypted);
+  EXPECT_TRUE(remote->chunks().Insert(d, encrypted));
+  std::vector<uint8_t> encoded, back;
+  ChunkDecoder decoder(&key);
+  FetchChunk(remote->chunk_reader(), decoder, d, 64 * 1024, &encoded, &back);
+  EXPECT_EQ(back, plain);
+
+  auto [pd, pe] = Chunk(5);
+  std::string message;
+  EXPECT_EQ(KindOf([&] { remote->chunks().Insert(pd, pe); }, &message), ErrorKind::kBadInput);
+  EXPECT_NE(message.find("is not encrypted, and the repository is"), std::string::npos) << message;
+  std::vector<uint8_t> torn = encrypted;
+  torn[torn.size() / 2] ^= 1;
+  EXPECT_EQ(KindOf([&] { remote->chunks().Insert(ChunkHasher(&key)(pe), torn); }), ErrorKind::kCorrupt);
+  auto plain_repo = RemoteRepository::Connect(Endpoint(*server, "tok-e", "a"));
+  EXPECT_EQ(plain_repo->config().key_fingerprint, "");
+  EXPECT_EQ(KindOf([&] { plain_repo->chunks().Insert(d, encrypted); }), ErrorKind::kBadInput);
 }
 
 TEST_F(RepositoryServiceTest, TokensAndGrants) {

@@ -22,6 +22,7 @@
 #include "ferry/common/fixed_index.h"
 #include "ferry/common/log.h"
 #include "ferry/common/repository.h"
+#include "ferry/common/repository_key.h"
 #include "ferry/common/retention.h"
 #include "ferry/common/subprocess.h"
 #include "ferry/common/verify.h"
@@ -119,6 +120,67 @@ std::string RepoLocation(const Arguments& a) {
 
 std::unique_ptr<Repository> OpenRepo(const Arguments& a) { return rpc::OpenRepository(RepoLocation(a), RepoAccess(a)); }
 
+std::optional<RepositoryKey> LoadKey(const Arguments& a) {
+  auto path = a.Get("key-file");
+  if (!path) return std::nullopt;
+  return RepositoryKey::LoadKeyFile(*path, ReadPassphrase(a.Get("passphrase-file").value_or(""), "FERRY_PASSPHRASE"));
+}
+
+std::optional<RepositoryKey> LoadKeyFor(const Arguments& a, const Repository& repo) {
+  std::optional<RepositoryKey> key;
+  // Checked before the passphrase is asked for: no key file given for an
+  // encrypted repository says so, whatever else is missing.
+  if (repo.config().encrypted() || a.Has("key-file")) {
+    if (!a.Has("key-file")) CheckKeyFits(repo.config(), nullptr, repo.location());
+    key = LoadKey(a);
+  }
+  CheckKeyFits(repo.config(), key ? &*key : nullptr, repo.location());
+  return key;
+}
+
+namespace {
+const char kRecoveryAdvice[] =
+    "without this key (its file, or its recovery copy) the repository's data cannot be read by anyone: print "
+    "the recovery copy now (ferry key recovery --key-file ";
+}  // namespace
+
+int KeyCommand(const std::string& command, const Arguments& a) {
+  const std::string path = a.Require("key-file");
+  if (command == "key create") {
+    RepositoryKey key = RepositoryKey::Generate();
+    key.WriteKeyFile(path, ReadPassphrase(a.Get("passphrase-file").value_or(""), "FERRY_PASSPHRASE"));
+    LogInfo("created key file " + path + "; " + kRecoveryAdvice + path + ")");
+    std::cout << key.Fingerprint() << std::endl;
+    return 0;
+  }
+  if (command == "key recovery") {
+    std::cout << LoadKey(a)->RecoveryText() << std::flush;
+    return 0;
+  }
+  if (command == "key restore") {
+    const std::string from = a.Require("recovery-file");
+    std::string text;
+    if (from == "-") {
+      text.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+    } else {
+      text = ReadWholeFile(from);
+    }
+    RepositoryKey key = RepositoryKey::FromRecoveryText(text);
+    key.WriteKeyFile(path, ReadPassphrase(a.Get("passphrase-file").value_or(""), "FERRY_PASSPHRASE"));
+    LogInfo("restored key file " + path + " from its recovery copy");
+    std::cout << key.Fingerprint() << std::endl;
+    return 0;
+  }
+  if (command == "key passwd") {
+    RepositoryKey key = *LoadKey(a);
+    key.WriteKeyFile(path, ReadPassphrase(a.Get("new-passphrase-file").value_or(""), "FERRY_NEW_PASSPHRASE"),
+                     /*replace=*/true);
+    LogInfo("changed the passphrase of key file " + path + " (key " + key.Fingerprint() + ")");
+    return 0;
+  }
+  throw Error(ErrorKind::kInternal, "no handler for ferry " + command);
+}
+
 int InitCommand(const Arguments& a) {
   RepositoryConfig config;
   if (auto cs = a.GetSize("chunk-size")) {
@@ -132,8 +194,28 @@ int InitCommand(const Arguments& a) {
     else throw Error(ErrorKind::kBadInput, "option --sync-level: '" + *sync + "' is not file or filesystem");
   }
   std::string dir = RepoLocation(a);
-  rpc::InitRepository(dir, config);
-  LogInfo("created repository " + dir + " (chunk size " + HumanBytes(config.chunk_size) + ")");
+  if (a.Has("encrypt") != a.Has("key-file")) {
+    throw Error(ErrorKind::kBadInput, a.Has("encrypt") ? "--encrypt needs --key-file FILE (an existing key file, or "
+                                                         "where to write a new one)"
+                                                       : "--key-file is for an encrypted repository: add --encrypt");
+  }
+  if (a.Has("encrypt")) {
+    const std::string path = a.Require("key-file");
+    const std::string passphrase = ReadPassphrase(a.Get("passphrase-file").value_or(""), "FERRY_PASSPHRASE");
+    if (PathExists(path)) {
+      config.key_fingerprint = RepositoryKey::LoadKeyFile(path, passphrase).Fingerprint();
+    } else {
+      RepositoryKey key = RepositoryKey::Generate();
+      key.WriteKeyFile(path, passphrase);
+      config.key_fingerprint = key.Fingerprint();
+      LogWarning("created key file " + path + " (key " + config.key_fingerprint + "); " + kRecoveryAdvice + path +
+                 ")");
+    }
+  }
+  rpc::InitRepository(dir, config);  // a directory or a bucket
+  LogInfo("created " + std::string(config.encrypted() ? "encrypted repository " : "repository ") + dir +
+          " (chunk size " + HumanBytes(config.chunk_size) +
+          (config.encrypted() ? ", key " + config.key_fingerprint : std::string()) + ")");
   return 0;
 }
 
@@ -155,6 +237,8 @@ int BackupCommand(const Arguments& a, const std::string& self_path) {
   }
 
   auto repo = OpenRepo(a);
+  std::optional<RepositoryKey> key = LoadKeyFor(a, *repo);
+  request.disk_options.key = key ? &*key : nullptr;
   worker::SnapshotPaths paths = worker::DefaultSnapshotPaths();
   std::unique_ptr<Guardian> guardian;
   std::unique_ptr<worker::Host> host;
@@ -188,7 +272,9 @@ int BackupCommand(const Arguments& a, const std::string& self_path) {
 
 int RestoreVmCommand(const Arguments& a) {
   auto repo = OpenRepo(a);
+  std::optional<RepositoryKey> key = LoadKeyFor(a, *repo);
   worker::LibvirtRestoreOptions o;
+  o.key = key ? &*key : nullptr;
   o.uri = a.Require("libvirt");
   o.point_id = a.Require("point");
   o.name = a.Get("name").value_or("");
@@ -387,15 +473,18 @@ int ListCommand(const Arguments& a) {
 
 int RestoreCommand(const Arguments& a) {
   auto repo = OpenRepo(a);
+  std::optional<RepositoryKey> key = LoadKeyFor(a, *repo);
   if (a.Has("libvirt")) {
     if (a.Has("to")) throw Error(ErrorKind::kBadInput, "give either --to PATH or --libvirt URI --vm NAME, not both");
     std::string disk = a.Require("disk");
     worker::RestoreDiskIntoLibvirtVm(*repo, a.Require("libvirt"), a.Require("vm"), a.Require("point"), disk,
-                                     a.Get("target-disk").value_or(disk), &g_interrupted);
+                                     a.Get("target-disk").value_or(disk), &g_interrupted, nullptr,
+                                     key ? &*key : nullptr);
     return 0;
   }
   worker::ImageFormat format = worker::ParseImageFormat(a.Get("format").value_or("raw"));
   worker::DiskRestoreOptions options;
+  options.key = key ? &*key : nullptr;
   options.cancel = &g_interrupted;
   if (auto t = a.GetInt("threads", 1, 256)) options.threads = static_cast<unsigned>(*t);
   std::string disk = a.Require("disk"), target = a.Require("to"), point = a.Require("point");
@@ -459,7 +548,12 @@ int InventoryCommand(const Arguments& a) {
 
 int VerifyCommand(const Arguments& a) {
   auto repo = OpenRepo(a);
+  // Without the key an encrypted repository is still checked, as far as
+  // that goes (VerifyReport::ciphertext_only).
+  std::optional<RepositoryKey> key;
+  if (a.Has("key-file")) key = LoadKeyFor(a, *repo);
   VerifyOptions options;
+  options.key = key ? &*key : nullptr;
   options.point = a.Get("point");
   options.chain = a.Get("chain");
   options.threads = std::max(1u, std::thread::hardware_concurrency());
@@ -481,6 +575,10 @@ int VerifyCommand(const Arguments& a) {
     if (!p.disk.empty()) where += " disk " + p.disk;
     if (p.chunk >= 0) where += " chunk " + std::to_string(p.chunk) + " (offset " + std::to_string(p.offset) + ")";
     std::cout << "BAD " << where << ": " << p.message << "\n";
+  }
+  if (report.ciphertext_only) {
+    std::cout << "NOTE encrypted repository, no key given: checked ciphertext integrity only (framing and CRC of "
+                 "every chunk; their content and the manifests' HMACs need --key-file)\n";
   }
   for (const auto& id : report.unprotected) {
     std::cout << "NOTE point " << id << ": format v1 manifest (Ferry 0.1), not protected by a checksum\n";

@@ -5,12 +5,14 @@
 
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "ferry/common/arguments.h"
 #include "ferry/common/repository.h"
+#include "ferry/common/repository_key.h"
 #include "ferry/rpc/repository_service.h"
 
 namespace ferry::cli {
@@ -24,11 +26,17 @@ namespace ferry::cli {
 std::string RepoLocation(const Arguments& a);
 std::unique_ptr<Repository> OpenRepo(const Arguments& a);
 rpc::RepositoryAccess RepoAccess(const Arguments& a);
+// The key of --key-file (its passphrase from --passphrase-file or
+// $FERRY_PASSPHRASE), checked against `repo` (CheckKeyFits: an encrypted
+// repository needs it, a plain one refuses it). nullopt for a plain one.
+std::optional<RepositoryKey> LoadKeyFor(const Arguments& a, const Repository& repo);
 
 // Set by SIGINT/SIGTERM; long operations stop with kInterrupted.
 extern std::atomic<bool> g_interrupted;
 
 int InitCommand(const Arguments& a);
+// key create | key recovery | key restore | key passwd (docs/encryption.md).
+int KeyCommand(const std::string& command, const Arguments& a);
 int BackupCommand(const Arguments& a, const std::string& self_path);
 int ListCommand(const Arguments& a);
 int RestoreCommand(const Arguments& a);

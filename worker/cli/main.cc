@@ -37,6 +37,7 @@ std::string SelfPath(const char* argv0) {
 int Run(const std::string& command, const ferry::Arguments& a, const char* argv0) {
   using namespace ferry::cli;
   if (command == "init") return InitCommand(a);
+  if (command.starts_with("key ")) return KeyCommand(command, a);
   if (command == "backup") return BackupCommand(a, SelfPath(argv0));
   if (command == "list") return ListCommand(a);
   if (command == "restore") return RestoreCommand(a);

@@ -36,7 +36,9 @@ int BackupDiskCommand(const Arguments& a) {
   auto repo = OpenRepo(a);
   repo->PrepareForWriting();
   std::string point = a.Require("point"), disk = a.Require("disk");
+  std::optional<RepositoryKey> key = LoadKeyFor(a, *repo);
   worker::DiskBackupOptions options;
+  options.key = key ? &*key : nullptr;
   options.cancel = &g_interrupted;
   if (auto r = a.GetSize("rate-limit")) options.rate_limit_bytes_per_s = *r;
   if (auto t = a.GetInt("threads", 1, 256)) options.compute_threads = static_cast<unsigned>(*t);
@@ -60,6 +62,11 @@ int BackupDiskCommand(const Arguments& a) {
   rec.reused_chunks = r.reused_chunks;
   rec.read_bytes = r.read_bytes;
   rec.stored_bytes = r.stored_bytes;
+  if (key) {
+    rec.name = disk;
+    rec.index_file = writer->index_file();
+    rec.index_hmac = key->DiskRecordMac(point, rec);
+  }
   writer->Finish(std::move(rec));
   LogInfo("disk " + disk + " of point " + point + " written: " + std::to_string(r.new_chunks) + " new chunks, " +
           std::to_string(r.reused_chunks) + " already stored, " + std::to_string(r.zero_chunks) + " zero");

@@ -127,6 +127,10 @@ void FetchChunk(ChunkReader& reader, ChunkDecoder& decoder, const Digest& digest
 // aligned buffer that goes straight to disk, say).
 void FetchChunkInto(ChunkReader& reader, ChunkDecoder& decoder, const Digest& digest, uint32_t length,
                     std::vector<uint8_t>* encoded, std::span<uint8_t> out);
+// Without the key of an encrypted repository: reads chunk `digest` and checks
+// what can be checked without it (framing, CRC over the ciphertext, the plain
+// size against `length`, that it is encrypted), quarantining it as above.
+void FetchChunkFraming(ChunkReader& reader, const Digest& digest, uint32_t length, std::vector<uint8_t>* encoded);
 
 class LocalChunkStore final : public ChunkStore, public ChunkReader {
  public:

@@ -53,8 +53,8 @@ void FsyncDirectory(const std::string& dir);
 
 // Writes `contents` to `path` so that a crash at any moment leaves either the
 // old file or the complete new one: temp file in the same directory, fsync,
-// rename, directory fsync.
-void WriteFileAtomically(const std::string& path, std::string_view contents);
+// rename, directory fsync. `mode` is the new file's (a key file: 0600).
+void WriteFileAtomically(const std::string& path, std::string_view contents, int mode = 0644);
 
 std::string ReadWholeFile(const std::string& path);
 // A secret kept in a file (a token): its text without surrounding whitespace.

@@ -34,6 +34,9 @@ struct DiskRecord {
   std::string source_format;  // qcow2, raw, ...
   std::string index_file;     // file name inside the point's directory
   Digest index_sha256;
+  // Encrypted repository: RepositoryKey::DiskRecordMac of this record, hex;
+  // "" in a plain repository (docs/encryption.md, "Manifests").
+  std::string index_hmac;
   // Statistics of the run that made this point.
   uint64_t chunks = 0;
   uint64_t zero_chunks = 0;

@@ -33,6 +33,11 @@ inline constexpr char kRepositoryFamily[] = "ferry-repository";
 // init; a v1 repository is upgraded when it is first written to, so Ferry 0.1
 // refuses it instead of removing staged points it does not understand.
 inline constexpr int kRepositoryVersion = 2;
+// v3: an encrypted repository (docs/encryption.md), written by init --encrypt.
+// A plain repository stays v2, bit for bit; a Ferry that knows only v2
+// refuses a v3 repository ("newer format") instead of misreading its chunks.
+inline constexpr int kEncryptedRepositoryVersion = 3;
+inline constexpr int kNewestRepositoryVersion = 3;
 // Chosen by measurement (docs/benchmarks.md): see kDefaultChunkSize's note there.
 inline constexpr uint32_t kDefaultChunkSize = 1u << 20;
 
@@ -43,6 +48,10 @@ struct RepositoryConfig {
   int zstd_level = 1;
   SyncLevel sync_level = SyncLevel::kFilesystem;
   std::string created_at;
+  // Encrypted repository: the fingerprint of its key (repository_key.h), and
+  // "encryption" in ferry-repository.json; "" for a plain repository.
+  std::string key_fingerprint;
+  bool encrypted() const { return !key_fingerprint.empty(); }
 };
 
 // Checks a chunk size given by a user: a power of two from 64 KiB to 16 MiB.

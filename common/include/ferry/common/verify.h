@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "ferry/common/repository.h"
+#include "ferry/common/repository_key.h"
 
 namespace ferry {
 
@@ -44,6 +45,11 @@ struct VerifyOptions {
   // Set: the chunk reads stop and VerifyRepository throws kInterrupted,
   // recording nothing.
   const std::atomic<bool>* cancel = nullptr;
+  // An encrypted repository's key (not owned): with it every chunk is
+  // decrypted and its HMAC digest checked, and every manifest's disk records
+  // authenticated. Without it, only what needs no key is checked
+  // (VerifyReport::ciphertext_only). Refused for a plain repository.
+  const RepositoryKey* key = nullptr;
 };
 
 struct VerifyReport {
@@ -54,6 +60,9 @@ struct VerifyReport {
   uint64_t bytes_checked = 0;   // plain bytes
   std::vector<VerifyProblem> problems;
   std::vector<std::string> unprotected;  // points with a v1 manifest (no checksum)
+  // An encrypted repository verified without its key: chunks' framing, CRC
+  // (over the ciphertext) and sizes were checked, their content was not.
+  bool ciphertext_only = false;
   std::vector<PointCheck> checks;  // one per point checked, as recorded (oldest point first)
   bool clean() const { return problems.empty(); }
 };

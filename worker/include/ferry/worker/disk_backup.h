@@ -27,6 +27,7 @@
 #include "ferry/common/bandwidth.h"
 #include "ferry/common/fixed_index.h"
 #include "ferry/common/repository.h"
+#include "ferry/common/repository_key.h"
 #include "ferry/common/stage_busy.h"
 #include "ferry/worker/block_reader.h"
 
@@ -45,6 +46,10 @@ struct DiskBackupOptions {
   // size and chunk size). Chunks the reader's dirty map does not touch take
   // their digest from it and are not read. Null: read everything allocated.
   const FixedIndexReader* previous_index = nullptr;
+  // An encrypted repository's key (not owned; CheckKeyFits): chunks are
+  // named by its HMAC and stored encrypted (chunk.h, format v2). Null for a
+  // plain repository.
+  const RepositoryKey* key = nullptr;
 };
 
 // Time spent in one stage, summed over the threads working in it, that a

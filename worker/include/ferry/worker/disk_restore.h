@@ -17,6 +17,7 @@
 #include <string>
 
 #include "ferry/common/repository.h"
+#include "ferry/common/repository_key.h"
 
 namespace ferry::worker {
 
@@ -28,6 +29,10 @@ ImageFormat ParseImageFormat(const std::string& name);
 struct DiskRestoreOptions {
   unsigned threads = 0;  // 0: four per core, at most 16
   const std::atomic<bool>* cancel = nullptr;
+  // An encrypted repository's key (not owned): required for one, refused for
+  // a plain one (CheckKeyFits, kBadInput). The manifest's disk records are
+  // checked with it (RepositoryKey::CheckManifest).
+  const RepositoryKey* key = nullptr;
 };
 
 // Accumulates: each RestoreDisk adds its disk's size to bytes_total when it

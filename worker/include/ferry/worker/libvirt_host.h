@@ -75,6 +75,7 @@ struct LibvirtRestoreOptions {
   bool overwrite = false;  // replace the original domain (powered off first)
   const std::atomic<bool>* cancel = nullptr;
   DiskRestoreProgress* progress = nullptr;  // summed over the disks restored
+  const RepositoryKey* key = nullptr;       // an encrypted repository's (DiskRestoreOptions::key)
 };
 
 // Restores a whole VM from a point made on a libvirt host: disks (thin),
@@ -88,6 +89,6 @@ std::string RestoreLibvirtVm(Repository& repo, const LibvirtRestoreOptions& opti
 void RestoreDiskIntoLibvirtVm(Repository& repo, const std::string& uri, const std::string& vm,
                               const std::string& point_id, const std::string& disk,
                               const std::string& target_disk, const std::atomic<bool>* cancel,
-                              DiskRestoreProgress* progress = nullptr);
+                              DiskRestoreProgress* progress = nullptr, const RepositoryKey* key = nullptr);
 
 }  // namespace ferry::worker
