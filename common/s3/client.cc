@@ -333,6 +333,9 @@ std::optional<ObjectRetention> Bucket::GetRetention(const std::string& key, cons
   if (!version_id.empty()) query.emplace_back("versionId", version_id);
   Reply r = Request("GET", key, query, {}, {});
   if (r.status == 404 && First(r.body, "Code") != "NoSuchBucket") return std::nullopt;
+  // A bucket without Object Lock: 400 InvalidRequest ("bucket object lock
+  // not configured", Ceph RGW 16; AWS says the same with other words).
+  if (r.status == 400 && First(r.body, "Code") == "InvalidRequest") return std::nullopt;
   if (r.status / 100 != 2) ThrowFor(r, "reading the retention of " + Describe(key));
   // <Retention xmlns=...><Mode>..</Mode><RetainUntilDate>..</RetainUntilDate></Retention>
   const std::string mode = First(r.body, "Mode");

@@ -117,7 +117,8 @@ class Bucket {
   // (403 AccessDenied). kNotFound for a missing object.
   void SetRetention(const std::string& key, RetentionMode mode, int64_t retain_until,
                     const std::string& version_id = "");
-  // An object's retention; nullopt when it has none (or the object is missing).
+  // An object's retention; nullopt when it has none, when the object is
+  // missing or when the bucket has no Object Lock.
   std::optional<ObjectRetention> GetRetention(const std::string& key, const std::string& version_id = "");
   // Every version and delete marker of the objects under `prefix`, a page per
   // request, in key order and newest first for a key.
