@@ -3,12 +3,16 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <boost/json.hpp>
 #include <condition_variable>
 #include <ctime>
 #include <map>
+#include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
+#include <unordered_set>
 
 #include "ferry/common/error.h"
 #include "ferry/common/file_util.h"
@@ -16,6 +20,8 @@
 #include "ferry/common/json_reader.h"
 #include "ferry/common/log.h"
 #include "ferry/common/point_records.h"
+#include "ferry/common/retention.h"  // FormatRfc3339
+#include "ferry/s3/object_chunk_store.h"
 
 namespace json = boost::json;
 
@@ -129,8 +135,9 @@ class ObjectDiskWriter final : public DiskWriter {
 
 class ObjectPointStore final : public PointStore {
  public:
-  ObjectPointStore(Bucket& bucket, std::string prefix, ChunkStore& chunks)
-      : bucket_(bucket), prefix_(std::move(prefix)), chunks_(chunks) {}
+  ObjectPointStore(Bucket& bucket, std::string prefix, ChunkStore& chunks, ObjectLockOptions lock_options)
+      : bucket_(bucket), prefix_(std::move(prefix)), chunks_(chunks), lock_mode_(lock_options.mode),
+        require_object_lock_(lock_options.required) {}
 
   std::vector<std::string> List() const override {
     std::vector<std::string> ids;
@@ -356,7 +363,14 @@ class ObjectPointStore final : public PointStore {
   PointLock SetLock(const std::string& id, int64_t locked_until, const std::string& reason, int64_t now) override {
     std::unique_ptr<PointLease> lease = Lease(id);  // no removal crosses the lock
     PointLock lock = NextPointLock(id, ReadLock(id), locked_until, reason, now);
+    const bool immutable = ObjectLock();
+    // The data first, the record last: a lock.json that is visible is in
+    // force on every object it protects. A failure midway leaves retention
+    // extended on some objects and the old lock recorded; SetLock again
+    // finishes it.
+    if (immutable) RetainPoint(id, lock.locked_until);
     bucket_.Put(PointKey(id, kPointLockFile), PointLockToJson(id, lock));
+    if (immutable) Retain({PointKey(id, kPointLockFile)}, lock.locked_until, "lock record");
     return lock;
   }
 
@@ -432,6 +446,109 @@ class ObjectPointStore final : public PointStore {
 
   bool Committed(const std::string& id) const { return bucket_.Head(PointKey(id, kManifest)).has_value(); }
 
+  // Whether the bucket has Object Lock, asked once per store.
+  bool ObjectLock() {
+    std::lock_guard lock(lock_mu_);
+    if (!object_lock_) {
+      object_lock_ = bucket_.ObjectLockEnabled();
+      if (!*object_lock_ && require_object_lock_) {
+        object_lock_.reset();
+        throw Error(ErrorKind::kEnvironment, "bucket " + bucket_.Describe("") + " has no S3 Object Lock, but the "
+                    "repository's location asks for it (object-lock=on); the point is not locked. Object Lock is "
+                    "enabled when a bucket is created (docs/object-storage.md, \"Object Lock\")");
+      }
+      if (!*object_lock_) {
+        LogInfo("bucket " + bucket_.Describe("") + " has no S3 Object Lock: point locks are lock.json records only, "
+                "and the store offers no immutability (docs/object-storage.md, \"Object Lock\")");
+      }
+    }
+    return *object_lock_;
+  }
+
+  // Retention until `until` on the point's own objects and every chunk its
+  // indexes reference.
+  void RetainPoint(const std::string& id, int64_t until) {
+    auto* chunks = dynamic_cast<ObjectChunkStore*>(&chunks_);
+    if (!chunks) throw Error(ErrorKind::kInternal, "Object Lock needs the bucket's chunk store");
+    RestorePointManifest m = Load(id);
+    std::vector<std::string> keys{PointKey(id, kManifest)};
+    std::unordered_set<Digest, DigestHash> digests;
+    for (const auto& d : m.disks) {
+      keys.push_back(PointKey(id, d.index_file));
+      std::unique_ptr<FixedIndexReader> index = DownloadIndex(PointKey(id, d.index_file), d);
+      for (const Digest& digest : DistinctDigests(*index)) digests.insert(digest);
+    }
+    for (const auto& f : m.config_files) keys.push_back(PointKey(id, f.name));
+    std::vector<std::string> chunk_keys;
+    chunk_keys.reserve(digests.size());
+    for (const Digest& d : digests) chunk_keys.push_back(chunks->KeyFor(d));
+    std::sort(chunk_keys.begin(), chunk_keys.end());
+    Retain(keys, until, "point " + id);
+    Retain(chunk_keys, until, "chunks of point " + id, /*chunks=*/true);
+    LogDebug("point " + id + ": retention until " + FormatRfc3339(until) + " on " + std::to_string(keys.size()) +
+             " objects and " + std::to_string(chunk_keys.size()) + " chunks");
+  }
+
+  // Sets retention until `until` on each key, kRetentionsInFlight at once.
+  // An object already retained as long or longer (a chunk of a point locked
+  // longer) keeps its retention: the store refuses to shorten one (403), and
+  // the refusal is checked against the retention it has.
+  void Retain(const std::vector<std::string>& keys, int64_t until, const std::string& what, bool chunks = false) {
+    std::atomic<size_t> next{0};
+    std::atomic<size_t> missing{0};
+    std::mutex mu;
+    std::optional<Error> failure;
+    auto work = [&] {
+      for (;;) {
+        {
+          std::lock_guard lock(mu);
+          if (failure) return;
+        }
+        const size_t i = next++;
+        if (i >= keys.size()) return;
+        try {
+          RetainOne(keys[i], until);
+        } catch (const Error& e) {
+          if (e.kind() == ErrorKind::kNotFound && chunks) {
+            ++missing;  // quarantined since commit: verify reports it
+            continue;
+          }
+          std::lock_guard lock(mu);
+          if (!failure) failure = e;
+        } catch (const std::exception& e) {
+          std::lock_guard lock(mu);
+          if (!failure) failure = Error(ErrorKind::kInternal, e.what());
+        }
+      }
+    };
+    std::vector<std::thread> threads;
+    const size_t n = std::min<size_t>(kRetentionsInFlight, keys.size());
+    for (size_t t = 1; t < n; ++t) threads.emplace_back(work);
+    work();
+    for (auto& t : threads) t.join();
+    if (failure) throw failure->WithContext("locking " + what + " with S3 Object Lock");
+    if (missing > 0) {
+      LogWarning(what + ": " + std::to_string(missing.load()) + " chunk(s) are missing from the store (quarantined?) "
+                 "and could not be retained; verify the point");
+    }
+  }
+
+  void RetainOne(const std::string& key, int64_t until) {
+    try {
+      bucket_.SetRetention(key, lock_mode_, until);
+      return;
+    } catch (const Error& e) {
+      if (e.kind() != ErrorKind::kEnvironment) throw;
+      // Refused: shortening (or changing the mode of) a longer retention.
+      std::optional<ObjectRetention> have = bucket_.GetRetention(key);
+      if (!have || have->retain_until < until) throw;
+      if (have->mode != lock_mode_) {
+        LogDebug(bucket_.Describe(key) + " keeps its " + RetentionModeName(have->mode) + " retention until " +
+                 FormatRfc3339(have->retain_until));
+      }
+    }
+  }
+
   std::optional<StagedPointHeader> ReadHeader(const std::string& id) const {
     std::string text;
     const std::string key = StagingKey(id, kHeader);
@@ -492,12 +609,17 @@ class ObjectPointStore final : public PointStore {
   Bucket& bucket_;
   std::string prefix_;
   ChunkStore& chunks_;
+  RetentionMode lock_mode_;
+  bool require_object_lock_;
+  std::mutex lock_mu_;
+  std::optional<bool> object_lock_;
 };
 
 }  // namespace
 
-std::unique_ptr<PointStore> OpenObjectPointStore(Bucket& bucket, std::string prefix, ChunkStore& chunks) {
-  return std::make_unique<ObjectPointStore>(bucket, std::move(prefix), chunks);
+std::unique_ptr<PointStore> OpenObjectPointStore(Bucket& bucket, std::string prefix, ChunkStore& chunks,
+                                                 ObjectLockOptions lock_options) {
+  return std::make_unique<ObjectPointStore>(bucket, std::move(prefix), chunks, lock_options);
 }
 
 }  // namespace ferry::s3

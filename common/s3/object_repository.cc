@@ -68,7 +68,7 @@ class ObjectRepository final : public Repository {
         config_(std::move(config)),
         bucket_(std::make_unique<Bucket>(location_.bucket)),
         chunks_(*bucket_, location_.prefix),
-        points_(OpenObjectPointStore(*bucket_, location_.prefix, chunks_)) {}
+        points_(OpenObjectPointStore(*bucket_, location_.prefix, chunks_, location_.lock)) {}
 
   ~ObjectRepository() override {
     points_.reset();
@@ -133,6 +133,12 @@ ObjectLocation ParseObjectLocation(const std::string& url, bool resolve_credenti
     else if (key == "style") {
       if (value != "path" && value != "virtual") throw bad("style must be path or virtual");
       loc.bucket.virtual_host = value == "virtual";
+    } else if (key == "object-lock") {
+      if (value != "on" && value != "off") throw bad("object-lock must be on or off");
+      loc.lock.required = value == "on";
+    } else if (key == "lock-mode") {
+      if (value != "compliance" && value != "governance") throw bad("lock-mode must be compliance or governance");
+      loc.lock.mode = value == "governance" ? RetentionMode::kGovernance : RetentionMode::kCompliance;
     } else if (key == "ca") loc.bucket.ca_file = value;
     else if (key == "credentials") credentials_file = value;
     else if (key.find("key") != std::string::npos || key.find("secret") != std::string::npos ||
@@ -161,7 +167,17 @@ void InitObjectRepository(const std::string& url, const RepositoryConfig& config
   ValidateRepositoryConfig(config);
   ObjectLocation loc = ParseObjectLocation(url);
   Bucket bucket(loc.bucket);
-  if (!bucket.BucketExists()) bucket.CreateBucket();
+  if (!bucket.BucketExists()) {
+    bucket.CreateBucket(loc.lock.required);
+  } else if (loc.lock.required && !bucket.ObjectLockEnabled()) {
+    throw Error(ErrorKind::kBadInput, "cannot create a repository in " + loc.url.substr(0, loc.url.find('?')) +
+                                          " with object-lock=on: the bucket exists without S3 Object Lock, which is "
+                                          "enabled when a bucket is created (use a new bucket)");
+  }
+  if (loc.lock.required && !bucket.ObjectLockEnabled()) {
+    throw Error(ErrorKind::kEnvironment, "bucket " + loc.bucket.bucket + " was created, but the store reports no S3 "
+                                         "Object Lock on it (the store may not support it)");
+  }
   bool used = false;
   bucket.List(loc.prefix, [&](const ObjectInfo&) { used = true; });
   if (used) throw Error(ErrorKind::kBadInput, "cannot create a repository in " + url + ": objects exist under its prefix");

@@ -49,6 +49,28 @@ struct BucketOptions {
   size_t part_size = 16u << 20;
 };
 
+// S3 Object Lock retention modes (docs/object-storage.md, "Object Lock"):
+// COMPLIANCE cannot be shortened or removed by anyone, the root account
+// included, until it ends; GOVERNANCE can, by a user granted
+// s3:BypassGovernanceRetention who sends x-amz-bypass-governance-retention.
+enum class RetentionMode { kCompliance, kGovernance };
+const char* RetentionModeName(RetentionMode mode);  // "COMPLIANCE", "GOVERNANCE"
+
+struct ObjectRetention {
+  RetentionMode mode = RetentionMode::kCompliance;
+  int64_t retain_until = 0;  // Unix seconds
+};
+
+// One entry of a versioned listing (ListObjectVersions).
+struct ObjectVersion {
+  std::string key;
+  std::string version_id;
+  bool is_latest = false;
+  bool delete_marker = false;
+  uint64_t size = 0;
+  int64_t last_modified = 0;  // Unix seconds
+};
+
 struct ObjectInfo {
   std::string key;
   uint64_t size = 0;
@@ -82,8 +104,25 @@ class Bucket {
   std::string Describe(const std::string& key) const;
 
   // Creates the bucket (kBadInput if it exists and is someone else's; an
-  // existing bucket of ours is fine).
-  void CreateBucket();
+  // existing bucket of ours is fine). With `object_lock`, the bucket is
+  // created with S3 Object Lock (x-amz-bucket-object-lock-enabled: true;
+  // versioning comes with it, and neither can be turned off again).
+  void CreateBucket(bool object_lock = false);
+  // Whether the bucket has Object Lock enabled (GET ?object-lock). A store
+  // that does not know the call (501, 405) counts as "no".
+  bool ObjectLockEnabled();
+  // Sets an object's retention (PUT ?retention, with the Content-MD5 S3
+  // requires on it) on its current version, or on `version_id`. The store
+  // refuses to shorten it or (COMPLIANCE) to change its mode: kEnvironment
+  // (403 AccessDenied). kNotFound for a missing object.
+  void SetRetention(const std::string& key, RetentionMode mode, int64_t retain_until,
+                    const std::string& version_id = "");
+  // An object's retention; nullopt when it has none, when the object is
+  // missing or when the bucket has no Object Lock.
+  std::optional<ObjectRetention> GetRetention(const std::string& key, const std::string& version_id = "");
+  // Every version and delete marker of the objects under `prefix`, a page per
+  // request, in key order and newest first for a key.
+  void ListVersions(const std::string& prefix, const std::function<void(const ObjectVersion&)>& each);
   // Whether the bucket exists and these credentials may use it (kEnvironment
   // on 403).
   bool BucketExists();

@@ -30,7 +30,16 @@
 //     kProcessStagingSeconds instead;
 //   - two processes writing one disk at once is not detected (no
 //     conditional writes in every store): the coordinator never assigns a
-//     disk twice at once, and the last record written wins, whole.
+//     disk twice at once, and the last record written wins, whole;
+//   - in a bucket with S3 Object Lock, SetLock also sets the retention of
+//     every object of the point (manifest, indexes, configuration files,
+//     lock.json) and of every chunk its indexes reference to the lock's end,
+//     in `lock_mode`, never shortening one (a chunk shared with a point
+//     locked longer keeps its later end). Retention goes on first and
+//     lock.json last, so a lock that is recorded is in force. A DELETE then
+//     only adds a delete marker: the locked versions stay and can be made
+//     current again (docs/object-storage.md, "Object Lock"). Without Object
+//     Lock, the lock is lock.json only (logged once).
 #pragma once
 
 #include <memory>
@@ -45,7 +54,19 @@ namespace ferry::s3 {
 inline constexpr int64_t kProcessStagingSeconds = 24 * 3600;
 inline constexpr int64_t kReadLeaseSeconds = 3600;  // refreshed every third of it while held
 
+// PUT ?retention requests SetLock keeps in flight at once.
+inline constexpr int kRetentionsInFlight = 8;
+
+struct ObjectLockOptions {
+  // The retention mode SetLock uses when the bucket has Object Lock.
+  RetentionMode mode = RetentionMode::kCompliance;
+  // SetLock refuses (kEnvironment) rather than writing lock.json alone when
+  // the bucket has no Object Lock (the location's object-lock=on).
+  bool required = false;
+};
+
 // `bucket` and `chunks` must outlive the store. `prefix` is "" or ends in '/'.
-std::unique_ptr<PointStore> OpenObjectPointStore(Bucket& bucket, std::string prefix, ChunkStore& chunks);
+std::unique_ptr<PointStore> OpenObjectPointStore(Bucket& bucket, std::string prefix, ChunkStore& chunks,
+                                                 ObjectLockOptions lock_options = {});
 
 }  // namespace ferry::s3
