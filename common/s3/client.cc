@@ -477,10 +477,9 @@ void Bucket::PutMultipart(const std::string& key, uint64_t size,
 }
 
 bool Bucket::Get(const std::string& key, std::vector<uint8_t>* out) {
-  Reply r = Request("GET", key, {}, {}, {});
-  if (r.status == 404 && First(r.body, "Code") != "NoSuchBucket") return false;
-  if (r.status / 100 != 2) ThrowFor(r, "reading " + Describe(key));
-  out->assign(r.body.begin(), r.body.end());
+  std::string body;
+  if (!Get(key, &body)) return false;
+  out->assign(body.begin(), body.end());
   return true;
 }
 
