@@ -237,15 +237,25 @@ json::array Strings(const std::vector<std::string>& values) {
 json::object JobFromOptions(ApiClient& api, const std::string& name, const Arguments& a) {
   if (!a.Has("repo")) throw Error(ErrorKind::kBadInput, "--repo ID|NAME is required");
   json::object job{{"name", name}, {"repository", std::stoll(RepoId(api, *a.Get("repo")))}};
-  job["selection"] = json::object{{"vms", Strings(a.GetAll("vm"))}, {"tags", Strings(a.GetAll("tag"))},
-                                  {"hosts", Strings(a.GetAll("host"))}, {"clusters", Strings(a.GetAll("cluster"))}};
+  if (auto source = a.Get("copy-from")) {
+    // A copy job: what only a backup job has is refused by the API, naming it.
+    job["kind"] = "copy";
+    job["source_job"] = std::stoll(JobId(api, *source));
+    for (const char* only_backup : {"vm", "tag", "host", "cluster", "exclude-disk", "retries", "retry-interval", "chain"})
+      if (a.Has(only_backup))
+        throw Error(ErrorKind::kBadInput, std::string("--") + only_backup + " is for backup jobs: a copy job copies " +
+                                              "the points of its --copy-from job");
+  } else {
+    job["selection"] = json::object{{"vms", Strings(a.GetAll("vm"))}, {"tags", Strings(a.GetAll("tag"))},
+                                    {"hosts", Strings(a.GetAll("host"))}, {"clusters", Strings(a.GetAll("cluster"))}};
+  }
   json::array excludes;
   for (const std::string& e : a.GetAll("exclude-disk")) {
     size_t slash = e.find('/');
     if (slash == std::string::npos) excludes.push_back(json::object{{"disk", e}});
     else excludes.push_back(json::object{{"vm", e.substr(0, slash)}, {"disk", e.substr(slash + 1)}});
   }
-  job["exclude_disks"] = excludes;
+  if (!job.contains("kind")) job["exclude_disks"] = excludes;
   json::object schedule;
   if (auto at = a.Get("daily")) schedule = {{"kind", "daily"}, {"at", *at}};
   if (auto hours = a.GetInt("every", 1, 24)) schedule = {{"kind", "every"}, {"hours", *hours}};
@@ -473,8 +483,8 @@ int CoordinatorCommand(const ParsedCommandLine& line, const std::atomic<bool>& i
       {"vm", {"id", "name", "host", "cluster", "state"}},
       {"worker", {"id", "name", "host", "state", "task_slots", "running_tasks", "bandwidth", "last_heartbeat_at", "version"}},
       {"repo", {"id", "name", "location", "task_slots", "running_tasks", "points", "bandwidth"}},
-      {"job", {"id", "name", "repository", "schedule_description", "enabled", "next_run_at", "retention_description",
-               "last_check.state"}},
+      {"job", {"id", "name", "kind", "repository", "schedule_description", "enabled", "next_run_at",
+               "retention_description", "last_check.state"}},
       {"session", {"id", "kind", "job", "trigger", "state", "created_at", "ended_at", "reason"}},
       {"restore", {"id", "state", "created_at", "ended_at", "reason"}},
       {"point", {"id", "vm", "point_id", "chain", "bytes_stored", "created_at", "locked_until", "last_check.state"}}};

@@ -304,10 +304,11 @@ std::vector<CommandSpec> CoordinatorCommands() {
                      "change a repository", repo));
   c.push_back(Remote("repo rm", {"REPO"}, "", "remove a repository (its data stays)", {}));
 
-  c.push_back(RemoteList("job list", "backup jobs, their schedules, next runs, retention and last check", {}));
+  c.push_back(RemoteList("job list", "backup and copy jobs, their schedules, next runs, retention and last check", {}));
   c.push_back(Remote("job show", {"JOB"}, "[--json]", "one job (JOB: an id or a name)", {Json()}));
   std::vector<OptionSpec> job = {
       Option("repo", "ID|NAME", "the repository the job writes to"),
+      Option("copy-from", "JOB", "a copy job: copy the points of this backup job into --repo"),
       Option("vm", "NAME", "a VM to back up").Repeatable(),
       Option("tag", "T", "the VMs with this tag").Repeatable(),
       Option("host", "H", "the VMs of this host").Repeatable(),
@@ -333,10 +334,13 @@ std::vector<CommandSpec> CoordinatorCommands() {
                      "[--permitted-hours 0-6,22-23] [--retries N] [--retry-interval SECONDS] [--chain NAME] [--disabled] "
                      "[--keep-last N] [--keep-within Nd] [--keep-daily N] [--keep-weekly N] [--keep-monthly N] "
                      "[--keep-yearly N] [--lock-days N] [--check-daily HH:MM | --check-cron EXPR] "
-                     "[--check-skip-verified-days N] | --file JOB.json",
-                     "create a backup job", job,
+                     "[--check-skip-verified-days N] | --copy-from JOB --repo ID|NAME [schedule, retention, "
+                     "--lock-days, check options] | --file JOB.json",
+                     "create a backup job, or a copy job", job,
                      "A VM matching any of --vm, --tag, --host, --cluster is in. The retention options are those of "
-                     "`ferry prune` (docs/retention.md, \"Jobs\")."));
+                     "`ferry prune` (docs/retention.md, \"Jobs\"). A copy job (--copy-from) copies the restore points "
+                     "of a backup job into another repository, only the chunks that repository lacks; its retention, "
+                     "locks and checks apply there (docs/copy.md, \"Copy jobs\")."));
   c.push_back(Remote("job set", {"JOB"}, "--file PATCH.json", "change a job (the API's JSON members to change)",
                      {Option("file", "PATCH.json", "the members to change").Files()}));
   c.push_back(Remote("job rm", {"JOB"}, "", "remove a job", {}));
@@ -348,9 +352,9 @@ std::vector<CommandSpec> CoordinatorCommands() {
 
   c.push_back(RemoteList("session list", "sessions (backup unless --kind says otherwise)",
                          {Option("job", "JOB", "only this job's"),
-                          Option("kind", "KIND", "backup (default), restore, check or all")
-                              .Choices({"backup", "restore", "check", "all"})},
-                         "[--job JOB] [--kind backup|restore|check|all]"));
+                          Option("kind", "KIND", "backup (default), restore, check, copy or all")
+                              .Choices({"backup", "restore", "check", "copy", "all"})},
+                         "[--job JOB] [--kind backup|restore|check|copy|all]"));
   c.push_back(Remote("session show", {"ID"}, "[--json]",
                      "a session, its tasks' rates, how busy each stage was and the bottleneck", {Json()}));
   c.push_back(Remote("session log", {"ID"}, "[--json]", "a session's log", {Json()}));

@@ -16,13 +16,18 @@ namespace {
 constexpr int64_t kCopyStagingSeconds = 24 * 3600;
 
 std::vector<std::string> Selected(Repository& from, const CopyOptions& options) {
-  if (!options.points.empty()) return options.points;
   std::vector<std::string> ids;
+  if (!options.points.empty()) {
+    for (const auto& id : options.points)
+      if (!options.skip.count(id)) ids.push_back(id);
+    return ids;
+  }
   PointListing listing = from.points().LoadAll();
   for (const auto& p : listing.problems) LogWarning("source point " + p.entry + " is not copied: " + p.message);
   for (const auto& m : listing.points) {
     if (options.vm && m.vm.name != *options.vm) continue;
     if (options.chain && m.chain != *options.chain) continue;
+    if (options.skip.count(m.id)) continue;
     ids.push_back(m.id);
   }
   return ids;

@@ -539,6 +539,8 @@ http::Response DeleteRepository(Context& c) {
 // --- jobs --------------------------------------------------------------------
 
 struct JobFields {
+  std::optional<std::string> kind;  // backup | copy (create only)
+  std::optional<int64_t> source_job;  // copy
   std::optional<std::string> name;
   std::optional<int64_t> repository;
   std::optional<json::object> selection;
@@ -555,9 +557,14 @@ JobFields ReadJobFields(const std::string& body, bool create) {
   json::object o = ParseRequestObject(body);
   FieldReader f(o, "");
   JobFields j;
+  j.kind = f.String("kind", false, 16);
+  if (j.kind && *j.kind != "backup" && *j.kind != "copy") throw FieldError("kind", "must be backup or copy");
+  if (j.kind && !create) throw FieldError("kind", "cannot be changed: create a job of the other kind");
+  const bool copy = j.kind == "copy";
+  j.source_job = f.Int("source_job", create && copy, 1, INT64_MAX);
   j.name = f.Name("name", create);
   j.repository = f.Int("repository", create, 1, INT64_MAX);
-  if (const json::value* v = f.Member("selection", create)) {
+  if (const json::value* v = f.Member("selection", create && !copy)) {
     if (!v->is_object()) throw FieldError("selection", "must be an object with vms, tags, hosts and/or clusters");
     FieldReader s(v->as_object(), "selection");
     json::object selection;
@@ -612,22 +619,28 @@ JobFields ReadJobFields(const std::string& body, bool create) {
   return j;
 }
 
+// A copy job's chain is its source job's (a copy keeps the point's chain).
 const char kJobSelect[] =
     "SELECT j.id, j.name, j.repository_id, j.selection, j.exclude_disks, j.schedule, j.retry_count, "
-    "j.retry_interval_s, j.chain, j.enabled, j.next_run_at, j.created_at, j.updated_at, "
-    "(SELECT id FROM sessions s WHERE s.job_id = j.id AND s.kind = 'backup' ORDER BY id DESC LIMIT 1), "
-    "(SELECT state FROM sessions s WHERE s.job_id = j.id AND s.kind = 'backup' ORDER BY id DESC LIMIT 1), "
+    "j.retry_interval_s, COALESCE((SELECT src.chain FROM jobs src WHERE src.id = j.source_job_id), j.chain), "
+    "j.enabled, j.next_run_at, j.created_at, j.updated_at, "
+    "(SELECT id FROM sessions s WHERE s.job_id = j.id AND s.kind IN ('backup', 'copy') ORDER BY id DESC LIMIT 1), "
+    "(SELECT state FROM sessions s WHERE s.job_id = j.id AND s.kind IN ('backup', 'copy') ORDER BY id DESC LIMIT 1), "
     "j.retention, j.lock_days, j.check_schedule, j.check_skip_verified_s, j.next_check_at, "
     "(SELECT COUNT(*) FROM points p WHERE p.job_id = j.id AND p.removed_at IS NULL), "
     "(SELECT space FROM repositories r WHERE r.id = j.repository_id), "
     "(SELECT id FROM sessions s WHERE s.job_id = j.id AND s.kind = 'check' ORDER BY id DESC LIMIT 1), "
-    "(SELECT state FROM sessions s WHERE s.job_id = j.id AND s.kind = 'check' ORDER BY id DESC LIMIT 1) "
+    "(SELECT state FROM sessions s WHERE s.job_id = j.id AND s.kind = 'check' ORDER BY id DESC LIMIT 1), "
+    "j.kind, j.source_job_id "
     "FROM jobs j ";
 
 json::object JobJson(Statement& s) {
   json::value schedule = s.IsNull(5) ? json::value(nullptr) : json::parse(s.Text(5));
-  json::object job{{"id", s.Int(0)}, {"name", s.Text(1)}, {"repository", s.Int(2)},
-                   {"selection", json::parse(s.Text(3))}, {"exclude_disks", json::parse(s.Text(4))},
+  const bool copy = s.Text(24) == "copy";
+  json::object job{{"id", s.Int(0)}, {"name", s.Text(1)}, {"kind", s.Text(24)},
+                   {"source_job", OptInt(s.OptInt(25))}, {"repository", s.Int(2)},
+                   {"selection", copy ? json::value(nullptr) : json::parse(s.Text(3))},
+                   {"exclude_disks", json::parse(s.Text(4))},
                    {"schedule", schedule},
                    {"schedule_description", schedule.is_null() ? json::value("manual only")
                                                                : json::value(DescribeSchedule(ParseSchedule(schedule)))},
@@ -672,10 +685,31 @@ void CheckRepositoryExists(Database& db, int64_t id) {
   if (!r.Step()) throw FieldError("repository", "no repository with id " + std::to_string(id));
 }
 
+// A copy job's members (docs/api.md, "Copy jobs"): what a backup job has and
+// a copy job has not is refused by name; the source must be a backup job
+// whose repository is not the copy's target.
+void CheckCopyJob(Database& db, const JobFields& j, int64_t source_job, int64_t target) {
+  if (j.selection) throw FieldError("selection", "a copy job has no selection: it copies its source job's points");
+  if (j.exclude_disks) throw FieldError("exclude_disks", "a copy job copies whole points: it has no exclude_disks");
+  if (j.retry_count || j.retry_interval_s) throw FieldError("retries", "a copy job has no retries: its next run goes on where one stopped");
+  if (j.chain) throw FieldError("chain", "a copy job's points keep their source job's chain");
+  Statement src = db.Prepare("SELECT name, kind, repository_id FROM jobs WHERE id = ?");
+  src.Bind(1, source_job);
+  if (!src.Step()) throw FieldError("source_job", "no job with id " + std::to_string(source_job));
+  if (src.Text(1) != "backup")
+    throw FieldError("source_job", "job '" + src.Text(0) + "' is a copy job: the source must be a backup job");
+  if (src.Int(2) == target)
+    throw FieldError("repository", "is the repository of source job '" + src.Text(0) +
+                                       "': a copy goes to another repository");
+}
+
 http::Response CreateJob(Context& c) {
   JobFields j = ReadJobFields(c.request.body, true);
+  const bool copy = j.kind == "copy";
   int64_t id = c.runner.Write([&](Database& db) {
     CheckRepositoryExists(db, *j.repository);
+    if (copy) CheckCopyJob(db, j, *j.source_job, *j.repository);
+    else if (j.source_job) throw FieldError("source_job", "only a copy job (\"kind\": \"copy\") has a source job");
     Statement exists = db.Prepare("SELECT 1 FROM jobs WHERE name = ?");
     exists.Bind(1, *j.name);
     if (exists.Step()) throw ConflictError("a job named '" + *j.name + "' exists");
@@ -683,15 +717,17 @@ http::Response CreateJob(Context& c) {
     std::optional<std::string> check_schedule;
     if (l.check_schedule && *l.check_schedule) check_schedule = json::serialize(**l.check_schedule);
     db.Prepare("INSERT INTO jobs (name, repository_id, selection, exclude_disks, schedule, retry_count, retry_interval_s, "
-               "chain, enabled, retention, lock_days, check_schedule, check_skip_verified_s, created_at, updated_at) "
-               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, strftime('%s','now') * 1000, strftime('%s','now') * 1000)")
-        .Bind(1, *j.name).Bind(2, *j.repository).Bind(3, json::serialize(*j.selection))
+               "chain, enabled, retention, lock_days, check_schedule, check_skip_verified_s, kind, source_job_id, "
+               "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+               "strftime('%s','now') * 1000, strftime('%s','now') * 1000)")
+        .Bind(1, *j.name).Bind(2, *j.repository).Bind(3, json::serialize(j.selection.value_or(json::object{})))
         .Bind(4, json::serialize(j.exclude_disks.value_or(json::array{})))
         .Bind(5, j.schedule ? std::optional<std::string>(json::serialize(*j.schedule)) : std::nullopt)
         .Bind(6, j.retry_count.value_or(3)).Bind(7, j.retry_interval_s.value_or(600))
         .Bind(8, j.chain.value_or(*j.name)).Bind(9, int64_t{j.enabled.value_or(true)})
         .Bind(10, l.retention ? RetentionColumn(*l.retention) : std::nullopt).Bind(11, l.lock_days.value_or(0))
-        .Bind(12, check_schedule).Bind(13, l.check_skip_verified_s.value_or(0)).Run();
+        .Bind(12, check_schedule).Bind(13, l.check_skip_verified_s.value_or(0))
+        .Bind(14, copy ? "copy" : "backup").Bind(15, copy ? j.source_job : std::nullopt).Run();
     return db.LastInsertId();
   });
   c.runner.JobScheduleChanged(id);
@@ -704,10 +740,22 @@ http::Response PatchJob(Context& c) {
   JobFields j = ReadJobFields(c.request.body, false);
   int64_t id = c.ids[0];
   c.runner.Write([&](Database& db) {
-    Statement s = db.Prepare("SELECT 1 FROM jobs WHERE id = ?");
+    Statement s = db.Prepare("SELECT kind, source_job_id, repository_id FROM jobs WHERE id = ?");
     s.Bind(1, id);
     if (!s.Step()) NotFound("job", id);
     if (j.repository) CheckRepositoryExists(db, *j.repository);
+    if (s.Text(0) == "copy") {
+      CheckCopyJob(db, j, j.source_job.value_or(s.OptInt(1).value_or(0)), j.repository.value_or(s.Int(2)));
+      if (j.source_job) db.Prepare("UPDATE jobs SET source_job_id = ? WHERE id = ?").Bind(1, *j.source_job).Bind(2, id).Run();
+    } else if (j.source_job) {
+      throw FieldError("source_job", "only a copy job has a source job");
+    } else if (j.repository) {
+      // Its copy jobs must keep copying into another repository than its own.
+      Statement clash = db.Prepare("SELECT name FROM jobs WHERE source_job_id = ? AND repository_id = ?");
+      clash.Bind(1, id).Bind(2, *j.repository);
+      if (clash.Step())
+        throw FieldError("repository", "is the target of copy job '" + clash.Text(0) + "', which copies this job's points");
+    }
     if (j.name) {
       Statement clash = db.Prepare("SELECT 1 FROM jobs WHERE name = ? AND id != ?");
       clash.Bind(1, *j.name).Bind(2, id);
@@ -750,6 +798,10 @@ http::Response DeleteJob(Context& c) {
     s.Bind(1, id);
     if (!s.Step()) NotFound("job", id);
     if (s.Int(1) > 0) throw ConflictError("job '" + s.Text(0) + "' is running; stop it first");
+    Statement copies = db.Prepare("SELECT name FROM jobs WHERE source_job_id = ?");
+    copies.Bind(1, id);
+    if (copies.Step())
+      throw ConflictError("job '" + s.Text(0) + "' is the source of copy job '" + copies.Text(0) + "'; delete that first");
     // Session history goes with the job; restore points stay (they are data).
     db.Prepare("DELETE FROM task_log WHERE session_id IN (SELECT id FROM sessions WHERE job_id = ?)").Bind(1, id).Run();
     db.Prepare("DELETE FROM tasks WHERE session_id IN (SELECT id FROM sessions WHERE job_id = ?)").Bind(1, id).Run();
@@ -810,8 +862,8 @@ http::Response ListSessions(Context& c) {
   // sees no restore session (whose job_id is null) it did not ask for.
   std::string kind = "backup";
   if (auto k = c.request.query.find("kind"); k != c.request.query.end()) kind = k->second;
-  if (kind != "backup" && kind != "restore" && kind != "check" && kind != "all")
-    throw FieldError("kind", "must be backup, restore, check or all");
+  if (kind != "backup" && kind != "restore" && kind != "check" && kind != "copy" && kind != "all")
+    throw FieldError("kind", "must be backup, restore, check, copy or all");
   std::string where = kind == "all" ? "WHERE 1 " : "WHERE s.kind = ?4 ";
   if (c.request.query.count("job")) where += "AND s.job_id = ?1 ";
   Statement s = c.db.Prepare(std::string(kSessionSelect) + where + "ORDER BY s.id DESC LIMIT ?2 OFFSET ?3");

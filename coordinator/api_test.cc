@@ -1722,6 +1722,69 @@ TEST_F(ApiTest, JobsCrud) {
   EXPECT_TRUE(Get("/api/v1/jobs").json.at("jobs").as_array().empty());
 }
 
+TEST_F(ApiTest, CopyJobsAreCheckedAndShownWithTheirSource) {
+  int64_t repo = CreateRepository("main");
+  int64_t offsite = CreateRepository("offsite");
+  int64_t nightly = CreateJob("nightly", repo, R"(,"chain":{"name":"night-chain"})");
+  const std::string src = std::to_string(nightly), off = std::to_string(offsite);
+  auto copy_job = [&](const std::string& members) {
+    return Post("/api/v1/jobs", R"({"name":"offsite","kind":"copy",)" + members + "}");
+  };
+  struct Bad {
+    std::string members, field;
+  };
+  for (const Bad& b : std::vector<Bad>{
+           {R"("repository":)" + off, "source_job"},  // required for a copy job
+           {R"("source_job":)" + src + R"(,"repository":)" + std::to_string(repo), "repository"},  // its own
+           {R"("source_job":999,"repository":)" + off, "source_job"},
+           {R"("source_job":)" + src + R"(,"repository":)" + off + R"(,"selection":{"vms":["a"]})", "selection"},
+           {R"("source_job":)" + src + R"(,"repository":)" + off + R"(,"retries":{"count":1})", "retries"},
+           {R"("source_job":)" + src + R"(,"repository":)" + off + R"(,"chain":{"name":"x"})", "chain"},
+           {R"("source_job":)" + src + R"(,"repository":)" + off + R"(,"exclude_disks":[])", "exclude_disks"},
+       }) {
+    Reply r = copy_job(b.members);
+    EXPECT_EQ(r.status, 400) << b.members << ": " << r;
+    EXPECT_EQ(r.field(), b.field) << b.members << ": " << r;
+  }
+  Reply kind = Post("/api/v1/jobs", R"({"name":"x","kind":"mirror","repository":1,"selection":{"vms":["a"]}})");
+  EXPECT_EQ(kind.field(), "kind") << kind;
+  Reply backup_with_source = Post("/api/v1/jobs", R"({"name":"x","repository":1,"source_job":)" + src +
+                                                      R"(,"selection":{"vms":["a"]}})");
+  EXPECT_EQ(backup_with_source.field(), "source_job") << backup_with_source;
+
+  Reply created = copy_job(R"("source_job":)" + src + R"(,"repository":)" + off + R"(,"retention":{"keep_daily":30})");
+  ASSERT_EQ(created.status, 201) << created;
+  EXPECT_EQ(created.Str("kind"), "copy");
+  EXPECT_EQ(created.json.at("source_job"), nightly);
+  EXPECT_TRUE(created.json.at("selection").is_null()) << created;
+  EXPECT_EQ(created.json.at("chain").at("name"), "night-chain") << "a copy keeps its source job's chain";
+  EXPECT_EQ(created.json.at("retention_description"), "keep-daily 30");
+  EXPECT_EQ(Get("/api/v1/jobs/" + src).Str("kind"), "backup");
+  EXPECT_TRUE(Get("/api/v1/jobs/" + src).json.at("source_job").is_null());
+  // A copy of a copy is refused; so is changing the kind.
+  Reply of_copy = Post("/api/v1/jobs", R"({"name":"c2","kind":"copy","repository":)" + std::to_string(repo) +
+                                           R"(,"source_job":)" + std::to_string(created.id()) + "}");
+  EXPECT_EQ(of_copy.field(), "source_job") << of_copy;
+  const std::string path = "/api/v1/jobs/" + std::to_string(created.id());
+  EXPECT_EQ(Patch(path, R"({"kind":"backup"})").field(), "kind");
+  EXPECT_EQ(Patch(path, R"({"selection":{"vms":["a"]}})").field(), "selection");
+  EXPECT_EQ(Patch(path, R"({"repository":)" + std::to_string(repo) + "}").field(), "repository");
+  // The source cannot move into its copy's repository, nor go while copied.
+  EXPECT_EQ(Patch("/api/v1/jobs/" + src, R"({"repository":)" + off + "}").field(), "repository");
+  Reply busy = Delete("/api/v1/jobs/" + src);
+  EXPECT_EQ(busy.status, 409) << busy;
+  EXPECT_NE(busy.message().find("source of copy job 'offsite'"), std::string::npos) << busy;
+  // Its sessions are of kind copy.
+  Reply started = Post(path + "/start", "");
+  ASSERT_EQ(started.status, 202) << started;
+  const std::string session = std::to_string(started.json.at("session").to_number<int64_t>());
+  EXPECT_EQ(Get("/api/v1/sessions/" + session).Str("kind"), "copy");
+  EXPECT_EQ(Get("/api/v1/sessions?kind=copy").json.at("sessions").as_array().size(), 1u);
+  EXPECT_EQ(Post(path + "/start", "").status, 409) << "one session of a job at a time";
+  EXPECT_EQ(Post(path + "/stop", "").status, 202);
+  EXPECT_EQ(Delete(path).status, 409) << "stopping still";
+}
+
 TEST_F(ApiTest, WorkerTokenIsShownOnceOnly) {
   Reply created = Post("/api/v1/workers", R"({"name":"pve1-worker"})");
   ASSERT_EQ(created.status, 201) << created;

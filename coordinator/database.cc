@@ -457,6 +457,15 @@ ALTER TABLE repositories ADD COLUMN space TEXT;        -- JSON: the last space m
 CREATE INDEX sessions_lifecycle_pending ON sessions(id) WHERE lifecycle_state = 'pending';
 CREATE INDEX points_by_job ON points(job_id, id);
 )sql",
+    // 9: copy jobs (docs/copy.md, "Copy jobs"): a job of kind 'copy' copies
+    // the restore points of its source job's chain from the source job's
+    // repository into its own (repository_id: the target), in sessions of
+    // kind 'copy'; its retention, locks and health check apply there.
+    R"sql(
+ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'backup';       -- backup | copy
+ALTER TABLE jobs ADD COLUMN source_job_id INTEGER REFERENCES jobs(id);  -- copy: the job whose points it copies
+CREATE INDEX jobs_by_source ON jobs(source_job_id) WHERE source_job_id IS NOT NULL;
+)sql",
 };
 
 [[noreturn]] void Fail(sqlite3* db, const std::string& what) {

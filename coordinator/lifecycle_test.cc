@@ -11,9 +11,11 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include "ferry/common/file_util.h"
 #include "ferry/common/retention.h"
+#include "ferry/common/verify.h"
 #include "ferry/coordinator/field_error.h"
 #include "test_points.h"
 
@@ -278,6 +280,139 @@ TEST_F(LifecycleTest, APruneOutsideTheCoordinatorIsReconciled) {
   RunBackup(job, {"b"});
   lifecycle_->RunDue();
   EXPECT_TRUE(RemovedAt(a.row).has_value());
+}
+
+// --- copy jobs ---------------------------------------------------------------
+
+class CopyJobTest : public LifecycleTest {
+ protected:
+  void SetUp() override {
+    LifecycleTest::SetUp();
+    target_dir_ = root_ + "/offsite";
+    RepositoryConfig config;
+    config.chunk_size = repo_->config().chunk_size;
+    Repository::Init(target_dir_, config);
+    target_ = runner_->Write([&](Database& db) {
+      db.Prepare("INSERT INTO repositories (name, location, task_slots, created_at) VALUES ('offsite', ?, 4, 1)")
+          .Bind(1, target_dir_).Run();
+      return db.LastInsertId();
+    });
+  }
+  int64_t CopyJob(int64_t source_job, const std::string& retention = "") {
+    return runner_->Write([&](Database& db) {
+      db.Prepare("INSERT INTO jobs (name, kind, source_job_id, repository_id, selection, exclude_disks, retry_count, "
+                 "retry_interval_s, chain, enabled, retention, lock_days, created_at, updated_at) "
+                 "VALUES ('offsite', 'copy', ?, ?, '{}', '[]', 0, 0, 'offsite', 1, ?, 0, 1, 1)")
+          .Bind(1, source_job).Bind(2, target_)
+          .Bind(3, retention.empty() ? std::optional<std::string>() : std::optional<std::string>(retention))
+          .Run();
+      return db.LastInsertId();
+    });
+  }
+  std::set<std::string> TargetPoints() {
+    std::vector<std::string> ids = Repository::Open(target_dir_)->points().List();
+    return {ids.begin(), ids.end()};
+  }
+  int64_t Count(const std::string& sql, int64_t id) { return std::stoll(Column(sql, id)); }
+
+  std::string target_dir_;
+  int64_t target_ = 0;
+};
+
+TEST_F(CopyJobTest, ACopySessionCopiesTheSourceChainAndRecordsItsPointsAtTheTarget) {
+  int64_t job = Job("", 0);
+  Backup a = RunBackup(job, {"alpha", "shared"});
+  Backup b = RunBackup(job, {"beta", "shared"});
+  RunBackup(job, {"not-this-chain"}, "other");  // the source job's chain only
+  lifecycle_->RunDue();
+  int64_t copy = CopyJob(job);
+  int64_t session = runner_->StartJob(copy, "manual");
+  EXPECT_EQ(Column("SELECT kind FROM sessions WHERE id = ?", session), "copy");
+  EXPECT_THROW(runner_->StartJob(copy, "manual"), ConflictError);  // one session of a job at a time
+  lifecycle_->RunDueCopies();
+  EXPECT_EQ(Column("SELECT state FROM sessions WHERE id = ?", session), "succeeded");
+  EXPECT_EQ(TargetPoints(), (std::set<std::string>{a.point, b.point}));
+  // Its points at the target: the copy job's, in the source's chain, with the VM.
+  EXPECT_EQ(Count("SELECT COUNT(*) FROM points WHERE job_id = ? AND repository_id = 2 AND chain = 'nightly' "
+                  "AND vm_name = 'web01' AND removed_at IS NULL", copy), 2);
+  std::string reason = Column("SELECT reason FROM sessions WHERE id = ?", session);
+  EXPECT_NE(reason.find("2 point(s) copied, 0 already at the target"), std::string::npos) << reason;
+  // Chunks travel once: alpha, beta, shared (padded, shared by both).
+  EXPECT_NE(reason.find("3 chunk(s) sent"), std::string::npos) << reason;
+  EXPECT_EQ(Column("SELECT lifecycle_state FROM sessions WHERE id = ?", session), "pending");
+
+  // The next run sends only what is new.
+  Backup c = RunBackup(job, {"gamma", "shared"});
+  lifecycle_->RunDue();
+  int64_t again = runner_->StartJob(copy, "schedule");
+  lifecycle_->RunDueCopies();
+  reason = Column("SELECT reason FROM sessions WHERE id = ?", again);
+  EXPECT_NE(reason.find("1 point(s) copied, 2 already at the target; 1 chunk(s) sent"), std::string::npos) << reason;
+  EXPECT_TRUE(TargetPoints().count(c.point));
+  std::unique_ptr<Repository> target = Repository::Open(target_dir_);
+  VerifyReport v = VerifyRepository(*target, VerifyOptions{}, nullptr);
+  EXPECT_TRUE(v.clean());
+  EXPECT_EQ(v.points, 3u);
+}
+
+TEST_F(CopyJobTest, TheCopyJobsRetentionAppliesAtTheTargetOnly) {
+  int64_t job = Job("", 0);  // the source keeps everything
+  std::vector<Backup> b;
+  for (int i = 0; i < 3; ++i) {
+    b.push_back(RunBackup(job, {"day-" + std::to_string(i)}));
+    lifecycle_->RunDue();
+    Advance(kDayMs);
+  }
+  int64_t copy = CopyJob(job, R"({"keep_last":1})");
+  int64_t session = runner_->StartJob(copy, "manual");
+  lifecycle_->RunDueCopies();
+  ASSERT_EQ(Column("SELECT state FROM sessions WHERE id = ?", session), "succeeded");
+  lifecycle_->RunDue();  // the copy session's lifecycle step: retention at the target
+  EXPECT_EQ(TargetPoints(), std::set<std::string>{b[2].point});
+  for (const Backup& x : b) EXPECT_TRUE(PointInRepository(x.point)) << "the source lost " << x.point;
+  EXPECT_EQ(Count("SELECT COUNT(*) FROM points WHERE job_id = ? AND removed_at IS NOT NULL", copy), 2);
+  json::value outcome = json::parse(Column("SELECT lifecycle FROM sessions WHERE id = ?", session));
+  EXPECT_EQ(outcome.at("retention").at("removed").as_array().size(), 2u) << outcome;
+  // The next run does not copy back what the target's retention removed
+  // (the source keeps it longer): nothing travels.
+  int64_t again = runner_->StartJob(copy, "manual");
+  lifecycle_->RunDueCopies();
+  EXPECT_EQ(Column("SELECT state FROM sessions WHERE id = ?", again), "succeeded");
+  std::string reason = Column("SELECT reason FROM sessions WHERE id = ?", again);
+  EXPECT_NE(reason.find("0 point(s) copied, 1 already at the target; 0 chunk(s) sent"), std::string::npos) << reason;
+  EXPECT_EQ(TargetPoints(), std::set<std::string>{b[2].point});
+}
+
+TEST_F(CopyJobTest, AStoppedCopyEndsStoppedAndACopyCutShortByARestartGoesOn) {
+  int64_t job = Job("", 0);
+  Backup a = RunBackup(job, {"alpha"});
+  int64_t copy = CopyJob(job);
+  int64_t stopped = runner_->StartJob(copy, "manual");
+  ASSERT_EQ(runner_->StopJob(copy), std::optional<int64_t>(stopped));
+  lifecycle_->RunDueCopies();
+  EXPECT_EQ(Column("SELECT state FROM sessions WHERE id = ?", stopped), "stopped");
+  EXPECT_TRUE(TargetPoints().empty());
+
+  int64_t session = runner_->StartJob(copy, "manual");
+  Open();  // before it ran: as if the coordinator was killed
+  lifecycle_->RunDueCopies();
+  EXPECT_EQ(Column("SELECT state FROM sessions WHERE id = ?", session), "succeeded");
+  EXPECT_EQ(TargetPoints(), std::set<std::string>{a.point});
+}
+
+TEST_F(CopyJobTest, ACopyWhoseSourceCannotBeOpenedFailsNamingTheRepository) {
+  int64_t job = Job("", 0);
+  int64_t copy = CopyJob(job);
+  runner_->Write([&](Database& db) {
+    db.Prepare("UPDATE repositories SET location = ? WHERE id = ?").Bind(1, root_ + "/nowhere").Bind(2, repository_).Run();
+    return 0;
+  });
+  int64_t session = runner_->StartJob(copy, "manual");
+  lifecycle_->RunDueCopies();
+  EXPECT_EQ(Column("SELECT state FROM sessions WHERE id = ?", session), "failed");
+  std::string reason = Column("SELECT reason FROM sessions WHERE id = ?", session);
+  EXPECT_NE(reason.find("repository 'main'"), std::string::npos) << reason;
+  EXPECT_EQ(Column("SELECT lifecycle_state FROM sessions WHERE id = ?", session), "NULL");
 }
 
 }  // namespace

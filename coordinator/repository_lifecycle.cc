@@ -4,8 +4,11 @@
 #include <map>
 #include <set>
 
+#include "ferry/common/bandwidth.h"
+#include "ferry/common/copy.h"
 #include "ferry/common/error.h"
 #include "ferry/common/log.h"
+#include "ferry/common/manifest.h"
 #include "ferry/common/retention.h"
 #include "ferry/common/verify.h"
 #include "ferry/coordinator/field_error.h"
@@ -29,6 +32,43 @@ std::string Bytes(uint64_t n) {
   return buf;
 }
 
+// Calls `report` every `period` on a thread of its own until destroyed: the
+// progress lines of long checks and copies. A line that cannot be written is
+// lost, never the work's failure.
+class PeriodicReport {
+ public:
+  PeriodicReport(std::chrono::seconds period, std::function<void()> report)
+      : thread_([this, period, report = std::move(report)] {
+          std::unique_lock lock(mu_);
+          while (!cv_.wait_for(lock, period, [&] { return done_; })) {
+            lock.unlock();
+            try {
+              report();
+            } catch (const std::exception&) {
+            }
+            lock.lock();
+          }
+        }) {}
+  ~PeriodicReport() {
+    {
+      std::lock_guard lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;
+};
+
+// The chain a job's points are in: a copy job's are its source job's (a
+// copy keeps the point's chain), in the copy job's repository.
+constexpr char kJobChain[] = "COALESCE((SELECT src.chain FROM jobs src WHERE src.id = j.source_job_id), j.chain)";
+
 }  // namespace
 
 RepositoryLifecycle::RepositoryLifecycle(SessionRunner& runner, SessionRunner::Clock clock, LifecycleOptions options)
@@ -40,21 +80,26 @@ void RepositoryLifecycle::Start() {
   runner_.SetLifecycleNotifier([this] { Wake(); },
                                [this](int64_t session) {
                                  if (running_check_.load() == session) cancel_check_ = true;
+                                 if (running_copy_.load() == session) cancel_copy_ = true;
                                });
-  thread_ = std::thread([this] {
+  // Two loops: copies, which may take hours over a slow offsite link, run
+  // beside the checks and after-session steps instead of holding them up.
+  auto loop = [this](bool& woken, void (RepositoryLifecycle::*run)()) {
     std::unique_lock lock(mu_);
     while (!stop_) {
-      woken_ = false;
+      woken = false;
       lock.unlock();
       try {
-        RunDue();
+        (this->*run)();
       } catch (const std::exception& e) {
         LogWarning(std::string("repository lifecycle: ") + e.what());
       }
       lock.lock();
-      cv_.wait_for(lock, options_.poll, [&] { return stop_ || woken_; });
+      cv_.wait_for(lock, options_.poll, [&] { return stop_ || woken; });
     }
-  });
+  };
+  thread_ = std::thread(loop, std::ref(woken_), &RepositoryLifecycle::RunDue);
+  copy_thread_ = std::thread(loop, std::ref(copy_woken_), &RepositoryLifecycle::RunDueCopies);
 }
 
 void RepositoryLifecycle::Stop() {
@@ -62,14 +107,22 @@ void RepositoryLifecycle::Stop() {
     std::lock_guard lock(mu_);
     stop_ = true;
   }
+  cancel_copy_ = true;  // a copy cut short runs again after a restart
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
+  if (copy_thread_.joinable()) copy_thread_.join();
+}
+
+bool RepositoryLifecycle::ShuttingDown() {
+  std::lock_guard lock(mu_);
+  return stop_;
 }
 
 void RepositoryLifecycle::Wake() {
   {
     std::lock_guard lock(mu_);
     woken_ = true;
+    copy_woken_ = true;
   }
   cv_.notify_all();
 }
@@ -140,8 +193,8 @@ void RepositoryLifecycle::RunAfterSession(int64_t session_id) {
   };
   std::optional<Job> job = runner_.Write([&](Database& db) -> std::optional<Job> {
     Statement s = db.Prepare(
-        "SELECT j.id, j.name, j.chain, j.repository_id, j.retention, j.lock_days, j.check_schedule, "
-        "j.check_skip_verified_s FROM sessions s JOIN jobs j ON j.id = s.job_id WHERE s.id = ?");
+        "SELECT j.id, j.name, " + std::string(kJobChain) + ", j.repository_id, j.retention, j.lock_days, "
+        "j.check_schedule, j.check_skip_verified_s FROM sessions s JOIN jobs j ON j.id = s.job_id WHERE s.id = ?");
     s.Bind(1, session_id);
     if (!s.Step()) {
       db.Prepare("UPDATE sessions SET lifecycle_state = 'done' WHERE id = ?").Bind(1, session_id).Run();
@@ -357,7 +410,7 @@ void RepositoryLifecycle::RunCheck(int64_t session_id) {
   };
   Check c = runner_.Write([&](Database& db) {
     Statement s = db.Prepare(
-        "SELECT s.job_id, j.name, j.chain, j.repository_id, j.check_skip_verified_s, s.state, "
+        "SELECT s.job_id, j.name, " + std::string(kJobChain) + ", j.repository_id, j.check_skip_verified_s, s.state, "
         "(SELECT COUNT(*) FROM task_log l WHERE l.session_id = s.id) FROM sessions s JOIN jobs j ON j.id = s.job_id "
         "WHERE s.id = ?");
     s.Bind(1, session_id);
@@ -420,29 +473,10 @@ void RepositoryLifecycle::RunCheck(int64_t session_id) {
       cancel_check_ = true;
     // Progress in the session's log on long checks, every 30 s.
     VerifyProgress progress;
-    std::atomic<bool> finished{false};
-    std::thread reporter([&] {
-      auto last = std::chrono::steady_clock::now();
-      while (!finished) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(200));
-        if (std::chrono::steady_clock::now() - last < std::chrono::seconds(30) || finished) continue;
-        last = std::chrono::steady_clock::now();
-        try {
-          Log(session_id, "info", "checked " + std::to_string(progress.chunks_done.load()) + " of " +
-                                      std::to_string(progress.chunks_total.load()) + " chunk(s)");
-        } catch (const std::exception&) {
-          // a log line lost is not the check's failure
-        }
-      }
+    PeriodicReport report(std::chrono::seconds(30), [&] {
+      Log(session_id, "info", "checked " + std::to_string(progress.chunks_done.load()) + " of " +
+                                  std::to_string(progress.chunks_total.load()) + " chunk(s)");
     });
-    struct Join {
-      std::atomic<bool>& finished;
-      std::thread& t;
-      ~Join() {
-        finished = true;
-        t.join();
-      }
-    } join{finished, reporter};
     VerifyReport r = VerifyRepository(*repo, o, &progress);
     uint64_t damaged = 0;
     runner_.Write([&](Database& db) {
@@ -484,6 +518,202 @@ void RepositoryLifecycle::RunCheck(int64_t session_id) {
       return;
     }
     end("failed", e.what(), json::object{{"error", e.what()}});
+  }
+}
+
+// --- copy sessions ------------------------------------------------------------------
+
+void RepositoryLifecycle::RunDueCopies() {
+  std::lock_guard run(copy_run_mu_);
+  for (;;) {
+    std::optional<int64_t> next = runner_.Write([&](Database& db) -> std::optional<int64_t> {
+      Statement s = db.Prepare(
+          "SELECT id FROM sessions WHERE kind = 'copy' AND state IN ('running', 'stopping') ORDER BY id LIMIT 1");
+      if (!s.Step()) return std::nullopt;
+      return s.Int(0);
+    });
+    if (!next) return;
+    {
+      std::lock_guard lock(mu_);
+      if (stop_) return;
+    }
+    RunCopy(*next);
+  }
+}
+
+void RepositoryLifecycle::RunCopy(int64_t session_id) {
+  struct CopyJob {
+    std::string job, state, source_job, chain;
+    int64_t job_id = 0, target_id = 0;
+    std::optional<int64_t> source_repository_id;
+    bool again = false;
+  };
+  std::optional<CopyJob> c = runner_.Write([&](Database& db) -> std::optional<CopyJob> {
+    Statement s = db.Prepare(
+        "SELECT s.job_id, j.name, s.state, j.repository_id, src.name, src.chain, src.repository_id, "
+        "(SELECT COUNT(*) FROM task_log l WHERE l.session_id = s.id) "
+        "FROM sessions s JOIN jobs j ON j.id = s.job_id LEFT JOIN jobs src ON src.id = j.source_job_id WHERE s.id = ?");
+    s.Bind(1, session_id);
+    if (!s.Step()) {
+      db.Prepare("UPDATE sessions SET state = 'failed', reason = 'its job was deleted', ended_at = ? WHERE id = ?")
+          .Bind(1, clock_()).Bind(2, session_id).Run();
+      return std::nullopt;
+    }
+    CopyJob c;
+    c.job_id = s.Int(0);
+    c.job = s.Text(1);
+    c.state = s.Text(2);
+    c.target_id = s.Int(3);
+    if (!s.IsNull(4)) {
+      c.source_job = s.Text(4);
+      c.chain = s.Text(5);
+      c.source_repository_id = s.Int(6);
+    }
+    c.again = s.Int(7) > 0;
+    return c;
+  });
+  if (!c) return;
+  // Ends the session; with something at the target to look after (copies
+  // made, or found), the job's lifecycle step (locks, retention, GC, space
+  // at the target) is due, as after a backup session.
+  auto end = [&](const std::string& state, const std::string& reason, bool lifecycle_due) {
+    runner_.Write([&](Database& db) {
+      db.Prepare("UPDATE sessions SET state = ?, reason = ?, ended_at = ?, lifecycle_state = ? WHERE id = ?")
+          .Bind(1, state).Bind(2, reason).Bind(3, clock_())
+          .Bind(4, lifecycle_due ? std::optional<std::string>("pending") : std::nullopt).Bind(5, session_id).Run();
+      return 0;
+    });
+    Log(session_id, state == "succeeded" ? "info" : "warning", "copy session " + state + ": " + reason);
+    runner_.NoteSessionEnded({session_id, "copy", c->job, state, reason, clock_()});
+    if (lifecycle_due) Wake();
+  };
+  if (c->state == "stopping") {
+    end("stopped", "stopped by request", false);
+    return;
+  }
+  if (!c->source_repository_id) {
+    end("failed", "its source job was deleted", false);
+    return;
+  }
+  cancel_copy_ = false;
+  running_copy_ = session_id;
+  struct Done {
+    std::atomic<int64_t>& running;
+    ~Done() { running = 0; }
+  } done{running_copy_};
+  if (c->again) Log(session_id, "warning", "the coordinator restarted during this copy: going on where it stopped");
+  try {
+    RepositoryRow source_row = LoadRepository(*c->source_repository_id);
+    RepositoryRow target_row = LoadRepository(c->target_id);
+    Log(session_id, "info", "copying the points of job '" + c->source_job + "' (chain '" + c->chain +
+                                "') from repository '" + source_row.name + "' to '" + target_row.name + "'");
+    std::unique_ptr<Repository> source = Open(source_row);
+    std::unique_ptr<Repository> target = Open(target_row);
+    // The target repository's bandwidth cap holds the copy (an offsite link).
+    std::string bandwidth = runner_.Write([&](Database& db) {
+      Statement s = db.Prepare("SELECT bandwidth FROM repositories WHERE id = ?");
+      s.Bind(1, c->target_id);
+      return s.Step() ? s.Text(0) : std::string();
+    });
+    std::optional<BandwidthLimiter> limiter;
+    if (!bandwidth.empty()) limiter.emplace(BandwidthSchedule::Parse(bandwidth));
+    // A stop that came before the copy began.
+    if (runner_.Write([&](Database& db) {
+          Statement s = db.Prepare("SELECT state = 'stopping' FROM sessions WHERE id = ?");
+          s.Bind(1, session_id);
+          return s.Step() && s.Int(0) != 0;
+        }))
+      cancel_copy_ = true;
+    CopyOptions o;
+    o.chain = c->chain;
+    // What the target had and removed (its retention, DELETE /points) is not
+    // copied again.
+    o.skip = runner_.Write([&](Database& db) {
+      Statement s = db.Prepare("SELECT point_id FROM points WHERE repository_id = ? AND removed_at IS NOT NULL");
+      s.Bind(1, c->target_id);
+      std::set<std::string> out;
+      while (s.Step()) out.insert(s.Text(0));
+      return out;
+    });
+    o.limiter = limiter ? &*limiter : nullptr;
+    CopyProgress progress;
+    CopyReport r;
+    {
+      PeriodicReport report(std::chrono::seconds(30), [&] {
+        Log(session_id, "info", "sent " + std::to_string(progress.chunks_done.load()) + " of " +
+                                    std::to_string(progress.chunks_total.load()) + " missing chunk(s) so far");
+      });
+      r = CopyPoints(*source, *target, o, &progress, &cancel_copy_);
+    }
+    // The copies become points of the coordinator at the target: the source
+    // point's row tells what it is; a point the coordinator never recorded
+    // (backed up outside it) is described by its manifest.
+    size_t copied = 0, present = 0;
+    for (const PointCopy& p : r.points) {
+      if (p.outcome == "copied") ++copied;
+      if (p.outcome == "present") ++present;
+      if (p.outcome == "failed") {
+        Log(session_id, "warning", "point " + p.id + " (VM " + p.vm + ") not copied: " + p.error);
+        continue;
+      }
+      if (p.outcome != "copied" && p.outcome != "present") continue;
+      if (p.outcome == "copied")
+        Log(session_id, "info", "copied point " + p.id + " (VM " + p.vm + "): " + std::to_string(p.chunks_sent) +
+                                    " chunk(s) sent, " + Bytes(p.bytes_sent) + ", " +
+                                    std::to_string(p.chunks_present) + " already there");
+      bool known = runner_.Write([&](Database& db) {
+        Statement exists = db.Prepare("SELECT 1 FROM points WHERE repository_id = ? AND point_id = ?");
+        exists.Bind(1, c->target_id).Bind(2, p.id);
+        if (exists.Step()) return true;
+        db.Prepare("INSERT INTO points (point_id, repository_id, job_id, session_id, vm_id, vm_name, chain, bytes_read, "
+                   "bytes_stored, created_at, disks) SELECT point_id, ?, ?, ?, vm_id, vm_name, chain, bytes_read, ?, "
+                   "created_at, disks FROM points WHERE repository_id = ? AND point_id = ? ORDER BY id DESC LIMIT 1")
+            .Bind(1, c->target_id).Bind(2, c->job_id).Bind(3, session_id).Bind(4, static_cast<int64_t>(p.bytes_sent))
+            .Bind(5, *c->source_repository_id).Bind(6, p.id).Run();
+        return db.Changes() > 0;
+      });
+      if (known) continue;
+      RestorePointManifest m = target->points().Load(p.id);
+      json::array disks;
+      for (const DiskRecord& d : m.disks)
+        disks.push_back(json::object{{"name", d.name}, {"size_bytes", static_cast<int64_t>(d.size)}});
+      int64_t created_ms = clock_();
+      try {
+        created_ms = ParseRfc3339(m.started_at) * 1000;
+      } catch (const Error&) {
+        // an unreadable time: the row says when it was copied
+      }
+      runner_.Write([&](Database& db) {
+        db.Prepare("INSERT OR IGNORE INTO points (point_id, repository_id, job_id, session_id, vm_name, chain, "
+                   "bytes_stored, created_at, disks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+            .Bind(1, p.id).Bind(2, c->target_id).Bind(3, c->job_id).Bind(4, session_id).Bind(5, m.vm.name)
+            .Bind(6, m.chain).Bind(7, static_cast<int64_t>(p.bytes_sent)).Bind(8, created_ms)
+            .Bind(9, json::serialize(disks)).Run();
+        return 0;
+      });
+    }
+    const size_t failed = r.failed();
+    std::string figures = std::to_string(copied) + " point(s) copied, " + std::to_string(present) +
+                          " already at the target" + (failed ? ", " + std::to_string(failed) + " failed" : "") + "; " +
+                          std::to_string(r.chunks_sent) + " chunk(s) sent (" + Bytes(r.bytes_sent) + "), " +
+                          std::to_string(r.chunks_present) + " the target had";
+    if (cancel_copy_) {
+      if (ShuttingDown()) return;
+      end("stopped", "stopped by request: " + figures + " (each point is copied whole or not at all)", copied > 0);
+    } else if (failed == 0) {
+      end("succeeded", figures, copied + present > 0);
+    } else {
+      end(copied + present > 0 ? "warning" : "failed", figures, copied + present > 0);
+    }
+  } catch (const Error& e) {
+    if (e.kind() == ErrorKind::kInterrupted) {
+      // The coordinator shutting down leaves the session running: it goes on
+      // after the restart (the points copied are present then, and skipped).
+      if (ShuttingDown()) return;
+      end("stopped", "stopped by request (each point is copied whole or not at all)", false);
+      return;
+    }
+    end("failed", e.what(), false);
   }
 }
 

@@ -1227,6 +1227,7 @@ int64_t SessionRunner::StartJob(int64_t job_id, const std::string& trigger) {
   SessionPlan plan;
   {
     std::lock_guard lock(mu_);
+    if (std::optional<int64_t> copy = StartCopyLocked(job_id, trigger)) return *copy;
     plan = PlanSession(job_id, trigger);
   }
   // Batches of up to 500 VMs, each cut short as soon as the workers' RPC
@@ -1282,6 +1283,26 @@ int64_t SessionRunner::StartJob(int64_t job_id, const std::string& trigger) {
   MaybeEndSession(plan.session_id);  // nothing selected, or all done already
   tx.Commit();
   return plan.session_id;
+}
+
+std::optional<int64_t> SessionRunner::StartCopyLocked(int64_t job_id, const std::string& trigger) {
+  Statement job = db_.Prepare("SELECT name, kind FROM jobs WHERE id = ?");
+  job.Bind(1, job_id);
+  if (!job.Step()) throw Error(ErrorKind::kNotFound, "job " + std::to_string(job_id) + " not found");
+  if (job.Text(1) != "copy") return std::nullopt;
+  const std::string name = job.Text(0);
+  Statement running = db_.Prepare(
+      "SELECT id FROM sessions WHERE job_id = ? AND kind = 'copy' AND state IN ('running', 'stopping')");
+  running.Bind(1, job_id);
+  if (running.Step()) throw ConflictError("job '" + name + "' already runs session " + std::to_string(running.Int(0)));
+  OwnTransaction tx(*this);
+  db_.Prepare("INSERT INTO sessions (job_id, kind, trigger, state, created_at) VALUES (?, 'copy', ?, 'running', ?)")
+      .Bind(1, job_id).Bind(2, trigger).Bind(3, clock_()).Run();
+  const int64_t id = db_.LastInsertId();
+  tx.Commit();
+  // The repository lifecycle runs it (repository_lifecycle.h).
+  if (on_lifecycle_due_) on_lifecycle_due_();
+  return id;
 }
 
 SessionRunner::SessionPlan SessionRunner::PlanSession(int64_t job_id, const std::string& trigger) {
@@ -1397,7 +1418,8 @@ std::optional<int64_t> SessionRunner::StopJob(int64_t job_id) {
   Statement job = db_.Prepare("SELECT name FROM jobs WHERE id = ?");
   job.Bind(1, job_id);
   if (!job.Step()) throw Error(ErrorKind::kNotFound, "job " + std::to_string(job_id) + " not found");
-  Statement running = db_.Prepare("SELECT id FROM sessions WHERE job_id = ? AND kind = 'backup' AND state = 'running'");
+  Statement running = db_.Prepare(
+      "SELECT id FROM sessions WHERE job_id = ? AND kind IN ('backup', 'copy') AND state = 'running'");
   running.Bind(1, job_id);
   if (!running.Step()) return std::nullopt;
   int64_t session_id = running.Int(0);
@@ -1405,6 +1427,7 @@ std::optional<int64_t> SessionRunner::StopJob(int64_t job_id) {
   StopSessionLocked(session_id);
   tx.Commit();
   work_generation_++;
+  if (on_check_stop_) on_check_stop_(session_id);  // a copy under way is interrupted
   return session_id;
 }
 
@@ -1418,7 +1441,7 @@ bool SessionRunner::StopSession(int64_t session_id) {
   StopSessionLocked(session_id);
   tx.Commit();
   work_generation_++;
-  if (on_check_stop_) on_check_stop_(session_id);  // only a running check reacts
+  if (on_check_stop_) on_check_stop_(session_id);  // only a running check or copy reacts
   return true;
 }
 

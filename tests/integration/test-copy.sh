@@ -4,10 +4,14 @@
 # local repository. Only the chunks the target lacks travel (counted in the
 # bucket and in the copy's report); the copies verify at the target and
 # restore bit-exact; a copy killed with SIGKILL leaves no point and the next
-# run finishes it; the target's own retention applies.
+# run finishes it; the target's own retention applies. Then a copy job of a
+# real coordinator (docs/copy.md, "Copy jobs"), made with the CLI, copies the
+# source job's new point into the bucket, sending only its new chunks, and
+# applies its own retention there.
 . "$(dirname "$0")/common.sh" "$@"
 # shellcheck source=../lib/ceph.sh
 . "$TESTS_DIR/lib/ceph.sh"
+. "$TESTS_DIR/lib/coordinator.sh"
 S3=(python3 "$TESTS_DIR/lib/s3.py")
 on_exit 'ceph_cleanup "$rc"'
 
@@ -103,3 +107,42 @@ ok "bucket to local copy restores bit-exact; the target's retention keeps its ow
 
 expect_error 2 "into itself" "$FERRY" copy --repo "$LOCAL" --to "$LOCAL"
 expect_error 2 "missing required option --to" "$FERRY" copy --repo "$LOCAL"
+
+# --- a copy job of the coordinator: local repository -> bucket.
+coord_init "$WORK/coord"
+coord_start "$WORK/coord" --listen 127.0.0.1:0 --rpc-listen 127.0.0.1:0 --gc-window 0
+C=("$FERRY" --coordinator "$API")
+"${C[@]}" repo add main --location "$LOCAL" >/dev/null
+"${C[@]}" repo add offsite --location "$BUCKET" >/dev/null
+chain=$("$FERRY" list --repo "$LOCAL" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["points"][0]["chain"])')
+# The source job: its chain is the CLI backups' (it never runs here).
+"${C[@]}" job create nightly --repo main --vm copy-vm --chain "$chain" >/dev/null
+expect_error 2 "is the repository of source job" "${C[@]}" job create bad --copy-from nightly --repo main
+expect_error 2 "for backup jobs" "${C[@]}" job create bad --copy-from nightly --repo offsite --vm copy-vm
+COPY=$("${C[@]}" job create offsite --copy-from nightly --repo offsite --keep-last 2 | jpy 'd["id"]') || fail "copy job create"
+[[ $(api GET "/jobs/$COPY" | jpy 'd["kind"] + " " + d["chain"]["name"]') == "copy $chain" ]] || fail "the copy job: $(api GET "/jobs/$COPY")"
+
+head -c $((3 << 20)) /dev/urandom >"$WORK/random.bin"
+vm_qemu_io "$WORK/vm" virtio0 "write -s $WORK/random.bin $((40 << 20)) $((3 << 20))" >/dev/null
+chunks_before=$(find "$LOCAL/chunks" -type f | wc -l)
+fourth=$("$FERRY" backup --repo "$LOCAL" --qmp "$WORK/vm/qmp.sock" --vm copy-vm 2>/dev/null)
+snapshot_copy "$WORK/d0.qcow2" "$WORK/d0-fourth.raw" "$WORK/vm" virtio0
+fourth_new=$(($(find "$LOCAL/chunks" -type f | wc -l) - chunks_before))
+objects_before=$(chunk_objects)
+"${C[@]}" job start offsite --watch >"$WORK/copy-job.log" 2>&1 || fail "the copy session did not succeed: $(cat "$WORK/copy-job.log")"
+S=$(api GET "/sessions?kind=copy&job=$COPY" | jpy 'd["sessions"][0]["id"]')
+reason=$(api GET "/sessions/$S" | jpy 'd["reason"]')
+[[ $reason == "1 point(s) copied, 3 already at the target; $fourth_new chunk(s) sent"* ]] || fail "copy session $S: $reason"
+(($(chunk_objects) == objects_before + fourth_new)) || fail "the bucket gained $(($(chunk_objects) - objects_before)) chunks, the new point has $fourth_new"
+lifecycle_done() { [[ $(api GET "/sessions/$1" | jpy '(d["lifecycle"] or {}).get("state")') =~ ^(done|failed)$ ]]; }
+wait_for "copy session $S's lifecycle step" 60 lifecycle_done "$S"
+# Its retention (keep-last 2) applied in the bucket only.
+[[ $(points "$BUCKET" | sort | tr '\n' ' ') == "$(printf '%s\n' "$third" "$fourth" | sort | tr '\n' ' ')" ]] ||
+  fail "the bucket holds $(points "$BUCKET" | tr '\n' ' '), expected the last two ($third $fourth): $(api GET "/sessions/$S")"
+[[ $(points "$LOCAL" | wc -l) == 4 ]] || fail "the copy job's retention touched the source"
+[[ $(api GET "/points?job=$COPY" | jpy "[p['point_id'] for p in d['points'] if p['vm'] == 'copy-vm']") == *"$fourth"* ]] ||
+  fail "the copy is not the copy job's point: $(api GET "/points?job=$COPY")"
+"$FERRY" restore --repo "$BUCKET" --point "$fourth" --disk virtio0 --to "$WORK/r-fourth.raw"
+same_content "$WORK/r-fourth.raw" "$WORK/d0-fourth.raw"
+"$FERRY" verify --repo "$BUCKET" >"$WORK/verify3.log" 2>&1 || fail "verify after the copy job: $(cat "$WORK/verify3.log")"
+ok "a copy job sent only the new point's $fourth_new chunks, kept 2 points in the bucket, and the copy restores bit-exact"

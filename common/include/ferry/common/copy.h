@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,10 @@ struct CopyOptions {
   std::vector<std::string> points;
   std::optional<std::string> vm;
   std::optional<std::string> chain;
+  // Left out of the selection, unreported: a copy job's points that the
+  // target had and removed (its own retention), so that they are not copied
+  // again on every run while the source keeps them longer.
+  std::set<std::string> skip;
   bool dry_run = false;  // count what would travel, send nothing
   // Holds the chunks sent to a cap (an offsite link shared with the day's
   // traffic); null: no cap.

@@ -3,7 +3,8 @@
 // point of a job for its lock_days, applies the job's retention policy to its
 // chain after each backup session, collects the garbage that removals leave,
 // measures space, runs the jobs' scheduled health checks (sessions of kind
-// `check`), and serves the point calls of the API (DELETE, lock).
+// `check`) and copy jobs' sessions (kind `copy`, on a thread of their own),
+// and serves the point calls of the API (DELETE, lock).
 //
 // It opens repositories itself, as `ferry` does: a directory directly, a
 // repository service with the repository's token (rpc::OpenRepository).
@@ -55,6 +56,9 @@ class RepositoryLifecycle {
   void Wake();
   // Everything due now, on the caller's thread (tests; the thread calls it).
   void RunDue();
+  // The copy sessions that run (kind copy, docs/copy.md "Copy jobs"), one
+  // after the other, on the caller's thread (tests; the copy thread calls it).
+  void RunDueCopies();
 
   // POST /jobs/{id}/check: a health check session of the job, run by the
   // thread; returns its id. kNotFound for an unknown job, ConflictError
@@ -81,6 +85,12 @@ class RepositoryLifecycle {
   std::unique_ptr<Repository> Open(const RepositoryRow& r);
   void RunAfterSession(int64_t session_id);
   void RunCheck(int64_t session_id);
+  // Copies the points of the source job's chain that the target lacks
+  // (ferry::CopyPoints) and records them as the copy job's points at the
+  // target. Idempotent: a copy cut short by a restart runs again and skips
+  // what is there.
+  void RunCopy(int64_t session_id);
+  bool ShuttingDown();
   void StartDueChecks();
   // Rows of points the repository no longer has (removed by a prune outside
   // the coordinator, say) are marked removed.
@@ -100,6 +110,11 @@ class RepositoryLifecycle {
   std::thread thread_;
   std::atomic<int64_t> running_check_{0};  // the check session under way, 0: none
   std::atomic<bool> cancel_check_{false};
+  std::mutex copy_run_mu_;  // one RunDueCopies at a time
+  bool copy_woken_ = false;
+  std::thread copy_thread_;
+  std::atomic<int64_t> running_copy_{0};  // the copy session under way, 0: none
+  std::atomic<bool> cancel_copy_{false};
 };
 
 }  // namespace ferry::coordinator

@@ -176,8 +176,9 @@ class SessionRunner {
   bool ReportResult(int64_t worker_id, const WorkReport& report);
 
   // --- API side ---
-  // Starts a session of the job; returns its id. kBadInput/kNotFound/409-ish
-  // conflicts are Errors with kind kBadInput and a field of "job".
+  // Starts a session of the job; returns its id: of kind backup, or of kind
+  // copy for a copy job (run by the repository lifecycle). kNotFound for an
+  // unknown job, ConflictError while one of its sessions runs.
   int64_t StartJob(int64_t job_id, const std::string& trigger);
   // Stops the job's running session; returns its id, or nullopt if none runs.
   std::optional<int64_t> StopJob(int64_t job_id);
@@ -372,6 +373,9 @@ class SessionRunner {
   };
   // Checks the job, resolves its selection, inserts the session row.
   SessionPlan PlanSession(int64_t job_id, const std::string& trigger);
+  // A job of kind copy gets a session of kind copy, which the repository
+  // lifecycle runs (repository_lifecycle.h); nullopt for a backup job.
+  std::optional<int64_t> StartCopyLocked(int64_t job_id, const std::string& trigger);
   std::vector<std::pair<int64_t, std::string>> DueJobs(int64_t now);
   std::vector<std::pair<int64_t, std::string>> TickLocked();
   void PublishStats();
