@@ -299,7 +299,18 @@ const char* RetentionModeName(RetentionMode mode) {
 void Bucket::CreateBucket(bool object_lock) {
   Headers headers;
   if (object_lock) headers.emplace_back("x-amz-bucket-object-lock-enabled", "true");
-  Reply r = Request("PUT", "", {}, {}, headers);
+  // AWS creates a bucket outside us-east-1 only with a location constraint
+  // naming the region (IllegalLocationConstraintException without one). A
+  // store whose regions are not AWS's may refuse the name
+  // (InvalidLocationConstraint): then the bucket is created where the
+  // endpoint puts it.
+  std::string constraint;
+  if (!options_.region.empty() && options_.region != "us-east-1")
+    constraint = ("<CreateBucketConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><LocationConstraint>" +
+                       options_.region + "</LocationConstraint></CreateBucketConfiguration>");
+  Reply r = Request("PUT", "", {}, Bytes(constraint), headers);
+  if (r.status / 100 != 2 && !constraint.empty() && First(r.body, "Code") == "InvalidLocationConstraint")
+    r = Request("PUT", "", {}, {}, headers);
   if (r.status / 100 == 2) return;
   if (First(r.body, "Code") == "BucketAlreadyOwnedByYou") return;
   ThrowFor(r, "creating bucket " + options_.bucket);

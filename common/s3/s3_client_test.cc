@@ -283,6 +283,36 @@ TEST(BucketStoreTest, PagedListingSeesEveryKey) {
   EXPECT_GE(bucket.stats().list_requests, 2u);
 }
 
+TEST(S3ClientTest, ABucketOutsideUsEast1IsCreatedWithItsLocationConstraint) {
+  std::mutex mu;
+  std::vector<std::string> bodies;
+  bool refuse_constraints = false;
+  FakeStore store([&](const Request& r) {
+    std::lock_guard lock(mu);
+    bodies.push_back(r.body);
+    // As a store whose region names are not AWS's.
+    if (refuse_constraints && !r.body.empty()) return S3Error(400, "InvalidLocationConstraint");
+    return Xml(200, "");
+  });
+  BucketOptions o = store.Options();
+  o.region = "eu-central-1";
+  Bucket(o).CreateBucket();
+  ASSERT_EQ(bodies.size(), 1u);
+  EXPECT_NE(bodies[0].find("<LocationConstraint>eu-central-1</LocationConstraint>"), std::string::npos) << bodies[0];
+  o.region = "us-east-1";
+  Bucket(o).CreateBucket();
+  ASSERT_EQ(bodies.size(), 2u);
+  EXPECT_EQ(bodies[1], "") << "us-east-1 takes no constraint";
+  {
+    std::lock_guard lock(mu);
+    refuse_constraints = true;
+  }
+  o.region = "default";
+  Bucket(o).CreateBucket();  // refused with the constraint, created without
+  ASSERT_EQ(bodies.size(), 4u);
+  EXPECT_EQ(bodies[3], "");
+}
+
 TEST(S3ClientTest, ObjectLockCallsHaveTheShapeS3Wants) {
   std::mutex mu;
   std::vector<Request> seen;
