@@ -8,7 +8,8 @@
 # worker with the key file in its key directory: the backup succeeds (chunks
 # encrypted, disk records with their HMAC), the point restores bit-exact with
 # ferry restore --key-file and through the API (POST /restores, run by the
-# worker with its key), verify with the key is clean, and neither the
+# worker with its key), verify with the key is clean, the coordinator's
+# after-session work (space) runs without the key, and neither the
 # passphrase nor the key's recovery copy is anywhere in the coordinator's data.
 . "$(dirname "$0")/common.sh" "$@"
 . "$TESTS_DIR/lib/coordinator.sh"
@@ -92,6 +93,14 @@ grep -q -F "): key $FP from $WORK/keys/vault.key" "$WORK/log$S.json" ||
 grep -q '"index_hmac":"' "$WORK/repo/points/$P/manifest.json" || fail "the point's disk record has no index_hmac"
 ! grep -r -q -a -F "$MARKER" "$WORK/repo" || fail "the marker is in the repository: $(grep -r -l -a -F "$MARKER" "$WORK/repo")"
 ok "session $S, the worker with the key file: point $P, encrypted (no plaintext marker, disk records with their HMAC)"
+
+# What the coordinator does after the session needs no key (space, retention, GC).
+lifecycle_ended() { [[ $(api GET "/sessions/$S" | jpy '(d["lifecycle"] or {}).get("state", "")') =~ ^(done|failed)$ ]]; }
+wait_for "session $S's lifecycle" 60 lifecycle_ended
+api GET "/sessions/$S" >"$WORK/s$S.json"
+[[ $(jpy 'd["lifecycle"]["state"]' <"$WORK/s$S.json") == done ]] || fail "the lifecycle after session $S: $(jpy 'd["lifecycle"]' <"$WORK/s$S.json")"
+(($(jpy 'd["lifecycle"]["space"]["stored_bytes"]' <"$WORK/s$S.json") > 0)) || fail "no space measured: $(jpy 'd["lifecycle"]' <"$WORK/s$S.json")"
+ok "the coordinator's after-session work on the encrypted repository, without the key: done (space measured)"
 
 "$FERRY" restore --repo "$WORK/repo" --point "$P" --disk virtio0 --to "$WORK/r0.raw" --key-file "$WORK/vault.key"
 cmp "$WORK/r0.raw" "$WORK/ref.raw" || fail "the point does not restore bit-exact"
