@@ -98,7 +98,7 @@ ok "session $S, the worker with the key file: point $P, encrypted (no plaintext 
 lifecycle_ended() { [[ $(api GET "/sessions/$S" | jpy '(d["lifecycle"] or {}).get("state", "")') =~ ^(done|failed)$ ]]; }
 wait_for "session $S's lifecycle" 60 lifecycle_ended
 api GET "/sessions/$S" >"$WORK/s$S.json"
-[[ $(jpy 'd["lifecycle"]["state"]' <"$WORK/s$S.json") == done ]] || fail "the lifecycle after session $S: $(jpy 'd["lifecycle"]' <"$WORK/s$S.json")"
+[[ $(jpy 'd["lifecycle"]["state"]' <"$WORK/s$S.json") == "done" ]] || fail "the lifecycle after session $S: $(jpy 'd["lifecycle"]' <"$WORK/s$S.json")"
 (($(jpy 'd["lifecycle"]["space"]["stored_bytes"]' <"$WORK/s$S.json") > 0)) || fail "no space measured: $(jpy 'd["lifecycle"]' <"$WORK/s$S.json")"
 ok "the coordinator's after-session work on the encrypted repository, without the key: done (space measured)"
 
