@@ -274,7 +274,10 @@ void RepositoryKey::WriteKeyFile(const std::string& path, const std::string& pas
   WriteFileAtomically(path, json::serialize(o) + "\n", 0600);
 }
 
-RepositoryKey RepositoryKey::LoadKeyFile(const std::string& path, const std::string& passphrase) {
+namespace {
+
+// A key file's JSON object, its format checked.
+json::object ReadKeyFileObject(const std::string& path) {
   if (!PathExists(path)) throw Error(ErrorKind::kNotFound, "key file " + path + " does not exist");
   std::string text = ReadWholeFile(path);
   const std::string what = "key file " + path;
@@ -283,6 +286,20 @@ RepositoryKey RepositoryKey::LoadKeyFile(const std::string& path, const std::str
   if (ec || !v.is_object()) throw Error(ErrorKind::kCorrupt, what + ": not a JSON object");
   JsonReader r(v.as_object(), "", CorruptFileFail(what));
   CheckFormatName(*r.String("format", true), kKeyFileFamily, kKeyFileVersion, what);
+  return std::move(v.as_object());
+}
+
+}  // namespace
+
+std::string RepositoryKey::KeyFileFingerprint(const std::string& path) {
+  json::object o = ReadKeyFileObject(path);
+  return *JsonReader(o, "", CorruptFileFail("key file " + path)).String("fingerprint", true);
+}
+
+RepositoryKey RepositoryKey::LoadKeyFile(const std::string& path, const std::string& passphrase) {
+  const std::string what = "key file " + path;
+  json::object o = ReadKeyFileObject(path);
+  JsonReader r(o, "", CorruptFileFail(what));
   const std::string fingerprint = *r.String("fingerprint", true);
   JsonReader kdf = *r.Object("kdf", true);
   if (*kdf.String("name", true) != "scrypt") kdf.Fail("name", "is not scrypt");

@@ -84,6 +84,9 @@ TEST(RepositoryKeyTest, KeyFileRoundTripAndWrongPassphrase) {
   EXPECT_EQ(RepositoryKey::LoadKeyFile(path, "new passphrase").Fingerprint(), key.Fingerprint());
   EXPECT_EQ(KindOf([&] { RepositoryKey::LoadKeyFile(path, "correct horse"); }), ErrorKind::kBadInput);
   EXPECT_EQ(KindOf([&] { RepositoryKey::LoadKeyFile(dir.path() + "/none", "x"); }), ErrorKind::kNotFound);
+  // The recorded fingerprint, without the passphrase.
+  EXPECT_EQ(RepositoryKey::KeyFileFingerprint(path), key.Fingerprint());
+  EXPECT_EQ(KindOf([&] { RepositoryKey::KeyFileFingerprint(dir.path() + "/none"); }), ErrorKind::kNotFound);
 }
 
 TEST(RepositoryKeyTest, DamagedKeyFileIsCorruptOrBadPassphrase) {
@@ -98,6 +101,9 @@ TEST(RepositoryKeyTest, DamagedKeyFileIsCorruptOrBadPassphrase) {
   EXPECT_EQ(KindOf([&] { RepositoryKey::LoadKeyFile(path, "pw"); }), ErrorKind::kCorrupt);
   WriteFileAtomically(path, "{\"format\":\"ferry-key-v1\"}");
   EXPECT_EQ(KindOf([&] { RepositoryKey::LoadKeyFile(path, "pw"); }), ErrorKind::kCorrupt);
+  EXPECT_EQ(KindOf([&] { RepositoryKey::KeyFileFingerprint(path); }), ErrorKind::kCorrupt);
+  WriteFileAtomically(path, "not json");
+  EXPECT_EQ(KindOf([&] { RepositoryKey::KeyFileFingerprint(path); }), ErrorKind::kCorrupt);
   WriteFileAtomically(path, "{\"format\":\"ferry-key-v9\"}");
   EXPECT_EQ(KindOf([&] { RepositoryKey::LoadKeyFile(path, "pw"); }), ErrorKind::kBadInput);
 }

@@ -2,7 +2,8 @@
 # An encrypted repository (docs/encryption.md): a running VM with two disks of
 # the same data, one of them holding a known plaintext marker; backup through
 # QMP; the marker appears in no stored file; the two disks' chunks are stored
-# once; restore with the key is bit-exact, without a key or with another key
+# once, and so are another VM's of the same data (its backup stores nothing
+# new); restore with the key is bit-exact, without a key or with another key
 # refused; verify without the key checks the ciphertext and says so, with the
 # key checks everything; a flipped byte in a chunk is caught without the key;
 # the key's recovery copy and a passphrase change.
@@ -59,6 +60,19 @@ chunk0=$(python3 -c 'import sys; d = open(sys.argv[1], "rb").read()[:1 << 20]; i
 [[ -z $(find "$WORK/repo/chunks" -name "$chunk0") ]] || fail "a chunk is named by its SHA-256"
 [[ $(head -c 8 "$(find "$WORK/repo/chunks" -type f | head -1)") == FRYCHK02 ]] || fail "chunks are not format v2"
 ok "two disks of the same data: $have chunk files, each stored once, named by HMAC"
+
+# Another VM with the same data: its backup stores nothing new.
+cp "$WORK/d0.raw" "$WORK/e0.raw"
+VM_NAME=it-vm2 vm_start "$WORK/vm2" "virtio0=$WORK/e0.raw"
+point2=$("$FERRY" backup --repo "$WORK/repo" --qmp "$WORK/vm2/qmp.sock" --key-file "$WORK/repo.key")
+new2=$(field "$point2" virtio0 stats.new_chunks)
+stored2=$(field "$point2" virtio0 stats.stored_bytes)
+reused2=$(field "$point2" virtio0 stats.reused_chunks)
+after=$(find "$WORK/repo/chunks" -type f | wc -l)
+((new2 == 0 && stored2 == 0 && reused2 >= want && after == have)) ||
+  fail "a second VM of the same data stored $new2 new chunks ($stored2 bytes), reused $reused2 of $want; chunk files $have -> $after"
+vm_stop "$WORK/vm2"
+ok "a second VM of the same data: 0 new chunks, 0 bytes stored, $reused2 reused (point $point2)"
 
 "$FERRY" restore --repo "$WORK/repo" --point "$point" --disk virtio0 --to "$WORK/r0.raw" --key-file "$WORK/repo.key"
 cmp "$WORK/d0.raw" "$WORK/r0.raw" || fail "restore with the key differs"

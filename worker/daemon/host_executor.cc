@@ -144,7 +144,11 @@ struct HostExecutor::HeldSnapshot {
 };
 
 HostExecutor::HostExecutor(kj::Timer& timer, HostSettings settings)
-    : timer_(timer), settings_(std::move(settings)), bandwidth_(settings_.bandwidth), background_(*this) {}
+    : timer_(timer),
+      settings_(std::move(settings)),
+      keys_(settings_.key_dir, settings_.passphrase_file),
+      bandwidth_(settings_.bandwidth),
+      background_(*this) {}
 
 void HostExecutor::ApplyWorkerBandwidth(const std::string& schedule) {
   std::lock_guard<std::mutex> lock(bandwidth_mu_);
@@ -401,6 +405,12 @@ std::unique_ptr<Repository> HostExecutor::OpenRepository(const rpc::AssignedRepo
   return rpc::OpenRepository(repository.location, access);
 }
 
+std::shared_ptr<const RepositoryKey> HostExecutor::KeyFor(const Repository& repo,
+                                                          const rpc::AssignedRepository& repository) const {
+  const std::string name = repository.name.empty() ? repo.location() : "'" + repository.name + "' (" + repo.location() + ")";
+  return keys_.For(repo.config(), name);
+}
+
 rpc::WorkOutcome HostExecutor::DoSnapshot(Job& job, const rpc::SnapshotAssignment& item) {
   if (item.repository.location.empty()) {
     throw Error(ErrorKind::kBadInput, "the snapshot item names no repository (a coordinator older than this worker?)");
@@ -411,6 +421,9 @@ rpc::WorkOutcome HostExecutor::DoSnapshot(Job& job, const rpc::SnapshotAssignmen
   held->vm = item.vm.name;
   KnownVm where = FindVm(item.vm);
   held->repo = OpenRepository(item.repository);
+  // Before any snapshot: an encrypted repository this worker has no key for
+  // fails here, naming the key it needs.
+  KeyFor(*held->repo, item.repository);
   if (!where.qmp_socket.empty()) {
     // Over SSH: reconnects if the connection died since the last scan, so
     // that the mirrored socket leads to QEMU again.
@@ -477,7 +490,9 @@ rpc::WorkOutcome HostExecutor::DoDisk(Job& job, const rpc::DiskAssignment& item)
                                           " of point " + task.point_id + ", the item for point " + item.point_id);
   }
   auto repo = OpenRepository(item.repository);
+  const std::shared_ptr<const RepositoryKey> key = KeyFor(*repo, item.repository);
   worker::DiskBackupOptions options;
+  options.key = key.get();
   unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   // A remote store's lookups wait a round trip per chunk: twice the threads
   // keep the cores busy meanwhile.
@@ -597,6 +612,7 @@ rpc::WorkOutcome HostExecutor::DoRestore(Job& job, const rpc::RestoreAssignment&
   }
   job.restoring = true;
   auto repo = OpenRepository(item.repository);
+  const std::shared_ptr<const RepositoryKey> key = KeyFor(*repo, item.repository);
   // The total for progress, from the point itself: every disk of a whole VM.
   RestorePointManifest manifest = repo->points().Load(item.point_id);
   uint64_t total = 0;
@@ -612,6 +628,7 @@ rpc::WorkOutcome HostExecutor::DoRestore(Job& job, const rpc::RestoreAssignment&
       }
       worker::DiskRestoreOptions options;
       options.cancel = &job.cancel;
+      options.key = key.get();
       worker::RestoreDisk(*repo, item.point_id, item.disk, item.path,
                           worker::ParseImageFormat(item.format.empty() ? "raw" : item.format), options, &job.restore);
       where = item.path;
@@ -620,7 +637,7 @@ rpc::WorkOutcome HostExecutor::DoRestore(Job& job, const rpc::RestoreAssignment&
     case Target::kIntoDomain: {
       std::string target_disk = item.target_disk.empty() ? item.disk : item.target_disk;
       worker::RestoreDiskIntoLibvirtVm(*repo, settings_.libvirt_uri, item.domain, item.point_id, item.disk, target_disk,
-                                       &job.cancel, &job.restore);
+                                       &job.cancel, &job.restore, key.get());
       where = "disk " + target_disk + " of domain " + item.domain;
       break;
     }
@@ -639,6 +656,7 @@ rpc::WorkOutcome HostExecutor::DoRestore(Job& job, const rpc::RestoreAssignment&
       }
       o.cancel = &job.cancel;
       o.progress = &job.restore;
+      o.key = key.get();
       std::string name = worker::RestoreLibvirtVm(*repo, o);
       where = (o.overwrite ? "the original domain " : "new domain ") + name;
       break;

@@ -44,6 +44,7 @@
 #include "ferry/worker/inventory.h"
 #include "ferry/worker/libvirt_host.h"
 #include "ferry/worker/qmp_snapshot.h"
+#include "key_directory.h"
 
 namespace ferry::daemon {
 
@@ -77,6 +78,10 @@ struct HostSettings {
   // Repositories behind a repository service: CA, name, reconnection (the
   // token comes with each work item).
   rpc::RepositoryAccess repository_access;
+  // Encrypted repositories' key files (key_directory.h): "" for none; their
+  // passphrase's file ("" for $FERRY_PASSPHRASE).
+  std::string key_dir;
+  std::string passphrase_file;
 };
 
 // Runs blocking functions on threads of their own and hands their result to
@@ -160,6 +165,9 @@ class HostExecutor final : public rpc::WorkExecutor, private kj::TaskSet::ErrorH
   KnownVm FindVm(const rpc::AssignedVm& vm);
   // A work item's repository: its directory, or its service with the item's token.
   std::unique_ptr<Repository> OpenRepository(const rpc::AssignedRepository& repository) const;
+  // Its key from the key directory: null for a plain repository; kBadInput /
+  // kNotFound naming the repository and the fingerprint when there is none.
+  std::shared_ptr<const RepositoryKey> KeyFor(const Repository& repo, const rpc::AssignedRepository& repository) const;
   rpc::WorkOutcome DoSnapshot(Job& job, const rpc::SnapshotAssignment& item);
   rpc::WorkOutcome DoDisk(Job& job, const rpc::DiskAssignment& item);
   rpc::WorkOutcome DoRelease(Job& job, const rpc::ReleaseAssignment& item);
@@ -176,6 +184,7 @@ class HostExecutor final : public rpc::WorkExecutor, private kj::TaskSet::ErrorH
 
   kj::Timer& timer_;
   const HostSettings settings_;
+  KeyDirectory keys_;
   BandwidthLimiter bandwidth_;      // shared by every disk task
   std::mutex bandwidth_mu_;
   std::string bandwidth_applied_;   // the coordinator's schedule in force ("": the local one)

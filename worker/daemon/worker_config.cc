@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <tuple>
@@ -11,6 +12,7 @@
 #include "ferry/common/command_line.h"
 #include "ferry/common/error.h"
 #include "ferry/common/file_util.h"
+#include "ferry/common/repository_key.h"
 #include "ferry/common/version.h"
 #include "ferry/worker/libvirt_host.h"
 #include "ferry/worker/ssh_host.h"
@@ -74,7 +76,9 @@ ProgramSpec MakeWorkerProgram() {
       Option("repository-ca", "FILE", "CA certificates for repositories behind a repository service (ferry+tls://...; default: --tls-ca's, else the system store)").Files(),
       Option("repository-name", "NAME", "the name their certificates carry (default: --tls-name's, else the address's host)"),
       Option("repository-retry", "DUR", "after a lost repository connection, try again this often (default 15s)"),
-      Option("repository-retry-for", "DUR", "... for this long, then fail the task (default 30m)")};
+      Option("repository-retry-for", "DUR", "... for this long, then fail the task (default 30m)"),
+      Option("key-dir", "DIR", "key files (*.key) of encrypted repositories: a task's repository uses the one whose fingerprint its configuration records (docs/worker.md)").Directories(),
+      Option("passphrase-file", "FILE", "their passphrase, the file's first line (default: $FERRY_PASSPHRASE); only with --key-dir").Files()};
   for (OptionSpec& flag : VerbosityFlags()) serve.options.push_back(std::move(flag));
   p.commands.push_back(serve);
   p.footer = "Durations: 90s, 30m, 24h, 7d, 500ms or plain seconds.";
@@ -176,6 +180,21 @@ WorkerConfig ParseWorkerConfig(const std::vector<std::string>& args) {
   if (auto d = a.GetDuration("repository-retry")) h.repository_access.reconnect_interval = *d;
   if (auto d = a.GetDuration("repository-retry-for")) h.repository_access.reconnect_for = *d;
   if (auto n = a.GetInt("reconnect-ms", 10, 600000)) c.reconnect_ms = static_cast<int>(*n);
+  if (auto dir = a.Get("key-dir")) {
+    if (struct stat st; dir->empty() || ::stat(dir->c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+      throw Error(ErrorKind::kNotFound, "option --key-dir: " + *dir + " is not a directory");
+    }
+    h.key_dir = *dir;
+    h.passphrase_file = a.Get("passphrase-file").value_or("");
+    try {
+      std::string passphrase = ReadPassphrase(h.passphrase_file, "FERRY_PASSPHRASE");  // there, not kept
+      std::fill(passphrase.begin(), passphrase.end(), '\0');
+    } catch (const Error& e) {
+      throw Error(e.kind(), std::string("option --key-dir: ") + e.what());
+    }
+  } else if (a.Has("passphrase-file")) {
+    throw Error(ErrorKind::kBadInput, "option --passphrase-file: only with --key-dir (the passphrase of its key files)");
+  }
   std::optional<std::pair<uint16_t, uint16_t>> ports;
   if (auto text = a.Get("export-ports")) {
     unsigned lo = 0, hi = 0;

@@ -10,6 +10,9 @@
 #include <functional>
 
 #include "ferry/common/error.h"
+#include "ferry/common/repository.h"
+#include "ferry/common/repository_key.h"
+#include "key_directory.h"
 #include "ferry/worker/libvirt_host.h"
 
 namespace ferry::daemon {
@@ -279,6 +282,84 @@ TEST_F(WorkerConfigTest, HelpListsEveryOption) {
   const CommandSpec& serve = *WorkerProgram().Find("");
   ASSERT_GT(serve.options.size(), 30u);
   for (const auto& o : serve.options) EXPECT_NE(out.str().find("--" + o.name), std::string::npos) << o.name;
+}
+
+TEST_F(WorkerConfigTest, KeyDirectoryAndItsPassphrase) {
+  unsetenv("FERRY_PASSPHRASE");
+  std::filesystem::create_directories(dir_ / "keys");
+  Write("pass", "worker passphrase\n");
+  Write("keys.conf", "key-dir = " + Path("keys") + "\npassphrase-file = " + Path("pass") + "\n");
+  WorkerConfig c = ParseWorkerConfig(Args({"--config", Path("keys.conf")}));
+  EXPECT_EQ(c.host.key_dir, Path("keys"));
+  EXPECT_EQ(c.host.passphrase_file, Path("pass"));
+  EXPECT_EQ(ParseWorkerConfig(Args()).host.key_dir, "");
+
+  auto bad = [&](std::vector<std::string> args, const std::string& want, ErrorKind kind) {
+    auto [got, message] = Refused(args);
+    EXPECT_EQ(got, kind) << message;
+    EXPECT_NE(message.find(want), std::string::npos) << "'" << message << "' lacks '" << want << "'";
+  };
+  bad(Args({"--key-dir", Path("none")}), "option --key-dir: " + Path("none") + " is not a directory",
+      ErrorKind::kNotFound);
+  bad(Args({"--key-dir", Path("keys")}), "option --key-dir: no passphrase for the key file: give --passphrase-file "
+      "or set FERRY_PASSPHRASE", ErrorKind::kBadInput);
+  Write("empty", "\n");
+  bad(Args({"--key-dir", Path("keys"), "--passphrase-file", Path("empty")}), "passphrase file " + Path("empty") +
+      " is empty", ErrorKind::kBadInput);
+  bad(Args({"--passphrase-file", Path("pass")}), "option --passphrase-file: only with --key-dir", ErrorKind::kBadInput);
+  setenv("FERRY_PASSPHRASE", "from the environment", 1);
+  EXPECT_EQ(ParseWorkerConfig(Args({"--key-dir", Path("keys")})).host.passphrase_file, "");
+  unsetenv("FERRY_PASSPHRASE");
+}
+
+TEST_F(WorkerConfigTest, KeyDirectoryFindsTheRepositorysKeyByFingerprint) {
+  std::filesystem::create_directories(dir_ / "keys");
+  Write("pass", "worker passphrase\n");
+  RepositoryKey mine = RepositoryKey::Generate();
+  RepositoryKey other = RepositoryKey::Generate();
+  RepositoryKey absent = RepositoryKey::Generate();
+  other.WriteKeyFile(Path("keys/a-other.key"), "worker passphrase");
+  mine.WriteKeyFile(Path("keys/b-mine.key"), "worker passphrase");
+  Write("keys/broken.key", "not a key file");
+  absent.WriteKeyFile(Path("keys/absent.json"), "worker passphrase");  // not *.key: never read
+
+  RepositoryConfig plain;
+  RepositoryConfig encrypted;
+  encrypted.key_fingerprint = mine.Fingerprint();
+  KeyDirectory keys(Path("keys"), Path("pass"));
+  EXPECT_FALSE(keys.For(plain, "'p' (/r/p)"));
+  std::shared_ptr<const RepositoryKey> key = keys.For(encrypted, "'e' (/r/e)");
+  ASSERT_TRUE(key);
+  EXPECT_EQ(key->Fingerprint(), mine.Fingerprint());
+  EXPECT_EQ(keys.For(encrypted, "'e' (/r/e)").get(), key.get());  // loaded once
+
+  auto message = [&](const KeyDirectory& k, const RepositoryConfig& config, ErrorKind want) {
+    try {
+      k.For(config, "'x' (/r/x)");
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), want) << e.what();
+      return std::string(e.what());
+    }
+    ADD_FAILURE() << "a key was found";
+    return std::string();
+  };
+  RepositoryConfig unknown;
+  unknown.key_fingerprint = absent.Fingerprint();
+  EXPECT_EQ(message(keys, unknown, ErrorKind::kNotFound),
+            "repository 'x' (/r/x) is encrypted with the key of fingerprint " + absent.Fingerprint() +
+                ", and no key file in this worker's key directory " + Path("keys") +
+                " (*.key) records that fingerprint: copy the repository's key file there (docs/worker.md)");
+  EXPECT_EQ(message(KeyDirectory(), encrypted, ErrorKind::kBadInput),
+            "repository 'x' (/r/x) is encrypted with the key of fingerprint " + mine.Fingerprint() +
+                ", and this worker has no key directory (option key-dir: the directory of its key files; "
+                "docs/worker.md)");
+  // Copied in later: found without a restart.
+  absent.WriteKeyFile(Path("keys/c-absent.key"), "worker passphrase");
+  EXPECT_EQ(keys.For(unknown, "'x' (/r/x)")->Fingerprint(), absent.Fingerprint());
+  // A wrong passphrase names the key file.
+  Write("wrong", "not it\n");
+  EXPECT_EQ(message(KeyDirectory(Path("keys"), Path("wrong")), encrypted, ErrorKind::kBadInput),
+            "wrong passphrase for key file " + Path("keys/b-mine.key"));
 }
 
 TEST_F(WorkerConfigTest, StrayWordsAreRefused) {

@@ -57,6 +57,10 @@ class RepositoryKey {
   // when the passphrase does not unwrap it (the GCM tag fails), kCorrupt for a
   // damaged file, kBadInput for a newer format, kNotFound when it is missing.
   static RepositoryKey LoadKeyFile(const std::string& path, const std::string& passphrase);
+  // The fingerprint a key file records, read without its passphrase (to pick
+  // a repository's key among several files; LoadKeyFile checks it). Throws
+  // as LoadKeyFile does for a missing, damaged or newer file.
+  static std::string KeyFileFingerprint(const std::string& path);
   // Writes this key into a new key file (0600, atomically). kBadInput if
   // `path` exists and `replace` is false (a key file is never overwritten by
   // accident: its key may be the only copy).
