@@ -16,6 +16,7 @@
 #include "ferry/s3/object_chunk_store.h"
 #include "ferry/s3/object_repository.h"
 #include "s3_fake_store.h"
+#include "s3_test_env.h"
 
 namespace ferry::s3 {
 namespace {
@@ -296,6 +297,42 @@ TEST_F(ObjectGcTest, SpaceCountsUniqueSharedAndGarbageChunksFromTheListing) {
   EXPECT_EQ(s.chains[0].unique_chunks, 1u);
   EXPECT_GT(s.dedup_ratio, 0);
   EXPECT_EQ(store_.Count("repo/writers/"), 0u) << "space accounting takes no writer lease";
+}
+
+// The same against a real store (DeleteObjects with its Content-MD5, real
+// LastModified times); skipped without FERRY_TEST_S3_ENDPOINT.
+TEST(ObjectGcRealStoreTest, RemovesTheUnreferencedChunksOfARemovedPoint) {
+  std::optional<BucketOptions> options = RealStoreOptions();
+  if (!options) GTEST_SKIP() << "FERRY_TEST_S3_ENDPOINT not set (integration.test-s3-client sets it)";
+  ::setenv("FERRY_S3_ACCESS_KEY", options->credentials.access_key.c_str(), 1);
+  ::setenv("FERRY_S3_SECRET_KEY", options->credentials.secret_key.c_str(), 1);
+  const std::string prefix = UniquePrefix();
+  const std::string url =
+      "s3://" + options->bucket + "/" + prefix + "?endpoint=" + options->endpoint + "&region=" + options->region;
+  RepositoryConfig config;
+  config.chunk_size = 64 << 10;
+  InitObjectRepository(url, config);
+  std::string kept;
+  {
+    auto repo = OpenObjectRepository(url);
+    kept = WriteTestPoint(*repo, {"real-kept", "real-shared"});
+    repo->points().Remove(WriteTestPoint(*repo, {"real-gone", "real-shared"}), 0);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // LastModified has whole seconds
+  Bucket bucket(*options);
+  GcOptions gc;
+  gc.window = std::chrono::seconds(0);
+  GcReport r = CollectObjectGarbage(bucket, prefix, gc, nullptr);
+  EXPECT_EQ(r.chunks_seen, 3u);
+  EXPECT_EQ(r.chunks_removed, 1u);
+  SpaceReport s = MeasureObjectSpace(bucket, prefix, nullptr);
+  EXPECT_EQ(s.chunks, 2u);
+  EXPECT_EQ(s.garbage_chunks, 0u);
+  auto repo = OpenObjectRepository(url);
+  RestorePointManifest m = repo->points().Load(kept);
+  std::unique_ptr<FixedIndexReader> index = repo->points().OpenIndex(kept, m.disks[0]);
+  std::vector<uint8_t> encoded;
+  for (uint64_t i = 0; i < index->chunk_count(); ++i) repo->chunk_reader().Read(index->At(i), &encoded);
 }
 
 }  // namespace

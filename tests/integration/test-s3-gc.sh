@@ -62,7 +62,7 @@ same_content "$WORK/r2.raw" "$WORK/d0-second.raw"
 ok "gc removed exactly the $garbage unreferenced chunks; $second restores bit-exact and verifies"
 
 # --- a GC while a backup uploads: it waits for the backup's writer lease.
-write_random 8 12
+write_random 8 8
 before=$(objects chunks/)
 "$FERRY" backup --repo "$REPO" --qmp "$WORK/vm/qmp.sock" --vm gc-vm --rate-limit 2M \
   >"$WORK/third.id" 2>"$WORK/third.log" &
