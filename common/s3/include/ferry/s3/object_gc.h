@@ -37,7 +37,7 @@
 namespace ferry::s3 {
 
 inline constexpr int64_t kWriterLeaseSeconds = 600;  // rewritten every fifth of it
-inline constexpr int64_t kGcRecordSeconds = 120;     // rewritten every fourth of it
+inline constexpr int64_t kGcRecordSeconds = 120;     // rewritten every fifth of it
 inline constexpr std::chrono::seconds kGcWaitForWriters{900};
 
 struct ObjectGcOptions {
