@@ -181,7 +181,8 @@ std::vector<CommandSpec> HostCommands() {
                kRepositories});
   c.push_back({"gc", "--repo DIR|URL [--dry-run] [--json] [--window MINUTES] [--threads N]",
                "remove the chunks no restore point references",
-               "Safe while backups, restores and verifies run; a killed GC resumes where it stopped (docs/gc.md).",
+               "Safe while backups, restores and verifies run; a killed GC resumes where it stopped (docs/gc.md). "
+               "In a bucket, backups that start meanwhile wait for it (docs/object-storage.md).",
                {},
                WithRepo({Flag("dry-run", "count what would be removed, remove nothing"), Json(),
                          Option("window", "MINUTES", "chunks younger than this stay (default 5)"), Threads()}),

@@ -1124,6 +1124,10 @@ std::string GcReportJson(const GcReport& r) {
                  {"bytes_removed", r.bytes_removed},
                  {"chunks_kept_by_window", r.chunks_kept_by_window},
                  {"bytes_kept_by_window", r.bytes_kept_by_window},
+                 {"chunks_retained", r.chunks_retained},
+                 {"bytes_retained", r.bytes_retained},
+                 {"writers_waited_for", r.writers_waited_for},
+                 {"stale_leases_removed", r.stale_leases_removed},
                  {"chunks_rescued", r.chunks_rescued},
                  {"temp_files_removed", r.temp_files_removed},
                  {"quarantined_chunks", r.quarantined_chunks},
@@ -1152,6 +1156,11 @@ GcReport GcReportFromJson(std::string_view text) {
   g.bytes_removed = *r.Unsigned("bytes_removed", true);
   g.chunks_kept_by_window = *r.Unsigned("chunks_kept_by_window", true);
   g.bytes_kept_by_window = *r.Unsigned("bytes_kept_by_window", true);
+  // Optional: a service older than bucket GC does not send them.
+  g.chunks_retained = r.Unsigned("chunks_retained", false).value_or(0);
+  g.bytes_retained = r.Unsigned("bytes_retained", false).value_or(0);
+  g.writers_waited_for = r.Unsigned("writers_waited_for", false).value_or(0);
+  g.stale_leases_removed = r.Unsigned("stale_leases_removed", false).value_or(0);
   g.chunks_rescued = *r.Unsigned("chunks_rescued", true);
   g.temp_files_removed = *r.Unsigned("temp_files_removed", true);
   g.quarantined_chunks = *r.Unsigned("quarantined_chunks", true);

@@ -34,6 +34,7 @@
 #include "ferry/rpc/tls.h"
 #include "ferry/rpc/worker_client.h"
 #include "ferry/s3/object_repository.h"
+#include "ferry/s3/object_gc.h"
 
 namespace ferry::rpc {
 
@@ -1907,18 +1908,6 @@ std::optional<RepositoryEndpoint> EndpointFor(const std::string& location, const
 
 }  // namespace
 
-namespace {
-
-// Garbage collection and space accounting walk a local directory or ask the
-// service; a bucket has neither yet (docs/object-storage.md, "Not yet").
-void RefuseObjectLocation(const std::string& location, const std::string& what) {
-  if (s3::IsObjectLocation(location)) {
-    throw Error(ErrorKind::kBadInput, what + " is not available for object storage repositories yet (" + location + ")");
-  }
-}
-
-}  // namespace
-
 void InitRepository(const std::string& location, const ferry::RepositoryConfig& config) {
   if (s3::IsObjectLocation(location)) return s3::InitObjectRepository(location, config);
   if (ParseRepositoryUrl(location)) {
@@ -1937,14 +1926,15 @@ std::unique_ptr<ferry::Repository> OpenRepository(const std::string& location, c
 
 GcReport CollectGarbage(const std::string& location, const RepositoryAccess& access, const GcOptions& options,
                         GcProgress* progress) {
-  RefuseObjectLocation(location, "garbage collection");
+  // A bucket: writer leases and a GC record (docs/object-storage.md, "Garbage collection").
+  if (s3::IsObjectLocation(location)) return s3::CollectObjectGarbage(location, options, progress);
   auto endpoint = EndpointFor(location, access);
   if (!endpoint) return ferry::CollectGarbage(location, options, progress);
   return RemoteRepository::Connect(*endpoint)->CollectGarbage(options);
 }
 
 SpaceReport MeasureSpace(const std::string& location, const RepositoryAccess& access, GcProgress* progress) {
-  RefuseObjectLocation(location, "space accounting");
+  if (s3::IsObjectLocation(location)) return s3::MeasureObjectSpace(location, progress);
   auto endpoint = EndpointFor(location, access);
   if (!endpoint) return ferry::MeasureSpace(location, progress);
   return RemoteRepository::Connect(*endpoint)->MeasureSpace();

@@ -543,6 +543,28 @@ void Bucket::Delete(const std::string& key) {
   ThrowFor(r, "deleting " + Describe(key));
 }
 
+std::vector<Bucket::DeleteFailure> Bucket::DeleteObjects(const std::vector<std::string>& keys) {
+  if (keys.empty()) return {};
+  if (keys.size() > kDeleteBatch) {
+    throw Error(ErrorKind::kInternal, "DeleteObjects: " + std::to_string(keys.size()) + " keys in one request (at most " +
+                                          std::to_string(kDeleteBatch) + ")");
+  }
+  std::string body = "<Delete xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Quiet>true</Quiet>";
+  for (const auto& k : keys) body += "<Object><Key>" + XmlEscape(k) + "</Key></Object>";
+  body += "</Delete>";
+  Reply r = Request("POST", "", {{"delete", ""}}, Bytes(body), {{"Content-MD5", ContentMd5(Bytes(body))}});
+  const std::string what = "deleting " + std::to_string(keys.size()) + " objects from " + Describe(keys.front()) + "...";
+  if (r.status / 100 != 2) ThrowFor(r, what);
+  // <DeleteResult><Error><Key>..</Key><Code>..</Code><Message>..</Message></Error>...</DeleteResult>
+  std::vector<DeleteFailure> failed;
+  for (const std::string& e : XmlElements(r.body, "Error")) {
+    DeleteFailure f{First(e, "Key"), First(e, "Code")};
+    if (f.code == "NoSuchKey") continue;
+    failed.push_back(std::move(f));
+  }
+  return failed;
+}
+
 void Bucket::List(const std::string& prefix, const std::function<void(const ObjectInfo&)>& each) {
   std::string token;
   for (;;) {

@@ -7,6 +7,7 @@
 #include "ferry/common/error.h"
 #include "ferry/common/log.h"
 #include "ferry/common/retention.h"  // FormatRfc3339
+#include "ferry/s3/object_gc.h"
 
 namespace ferry::s3 {
 namespace {
@@ -114,6 +115,13 @@ class ParallelUpload final : public ChunkUpload {
 
 ObjectChunkStore::ObjectChunkStore(Bucket& bucket, std::string prefix) : bucket_(bucket), prefix_(std::move(prefix)) {}
 
+ObjectChunkStore::~ObjectChunkStore() = default;
+
+void ObjectChunkStore::EnsureWriter() {
+  std::lock_guard lock(writer_mu_);
+  if (!writer_) writer_ = std::make_unique<WriterLease>(bucket_, prefix_);
+}
+
 std::string ObjectChunkStore::KeyFor(const Digest& digest) const {
   const std::string hex = digest.Hex();
   return prefix_ + "chunks/" + hex.substr(0, 3) + "/" + hex;
@@ -127,6 +135,7 @@ void ObjectChunkStore::ListStored(const std::function<void(const Digest&, int64_
 }
 
 void ObjectChunkStore::Refresh() {
+  EnsureWriter();  // before the listing: a GC from here on sees the lease
   std::unordered_set<Digest, DigestHash> listed;
   ListStored([&](const Digest& d, int64_t, uint64_t) { listed.insert(d); });
   std::lock_guard lock(mu_);
@@ -167,7 +176,9 @@ bool ObjectChunkStore::Insert(const Digest& digest, std::span<const uint8_t> enc
     if (listed_ && known_.contains(digest)) return false;
   }
   // A PUT of a chunk already stored writes the same bytes again: no harm,
-  // and cheaper than asking first (a HEAD costs a request too).
+  // and cheaper than asking first (a HEAD costs a request too). Under the
+  // writer lease: no GC deletes it between the PUT and the commit.
+  EnsureWriter();
   bucket_.Put(KeyFor(digest), encoded);
   Remember(digest);
   return true;

@@ -117,6 +117,33 @@ TEST(S3ClientTest, DeniedAccessAndMissingBucketAreNamedWithoutSecrets) {
   }
 }
 
+TEST(S3ClientTest, DeleteObjectsSendsOneBatchAndReturnsOnlyRealRefusals) {
+  std::atomic<int> calls{0};
+  std::string body;
+  std::mutex mu;
+  FakeStore store([&](const Request& r) {
+    ++calls;
+    if (r.method != "POST" || r.path != "/ferry-test" || !r.query.contains("delete")) return S3Error(400, "InvalidRequest");
+    std::lock_guard lock(mu);
+    body = r.body;
+    return Xml(200, "<DeleteResult><Error><Key>a&amp;b</Key><Code>AccessDenied</Code></Error>"
+                    "<Error><Key>gone</Key><Code>NoSuchKey</Code></Error></DeleteResult>");
+  });
+  Bucket bucket(store.Options());
+  std::vector<Bucket::DeleteFailure> failed = bucket.DeleteObjects({"a&b", "gone", "c"});
+  EXPECT_EQ(calls.load(), 1);
+  ASSERT_EQ(failed.size(), 1u);
+  EXPECT_EQ(failed[0].key, "a&b");
+  EXPECT_EQ(failed[0].code, "AccessDenied");
+  EXPECT_NE(body.find("<Quiet>true</Quiet>"), std::string::npos) << body;
+  EXPECT_NE(body.find("<Object><Key>a&amp;b</Key></Object>"), std::string::npos) << body;
+  EXPECT_NE(body.find("<Object><Key>c</Key></Object>"), std::string::npos) << body;
+  EXPECT_TRUE(bucket.DeleteObjects({}).empty());
+  EXPECT_EQ(calls.load(), 1) << "an empty batch costs no request";
+  std::vector<std::string> too_many(Bucket::kDeleteBatch + 1, "k");
+  EXPECT_THROW(bucket.DeleteObjects(too_many), Error);
+}
+
 TEST(S3ClientTest, AMissingKeyIsFalseNotAnError) {
   FakeStore store([&](const Request&) { return S3Error(404, "NoSuchKey"); });
   Bucket bucket(store.Options());

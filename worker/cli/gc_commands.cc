@@ -65,6 +65,12 @@ int GcCommand(const Arguments& a) {
             << " unreferenced chunk(s) (" << HumanBytes(static_cast<double>(r.bytes_kept_by_window))
             << ") newer than the cutoff " << r.cutoff << "\n";
   if (r.chunks_rescued) std::cout << "gc: " << r.chunks_rescued << " chunk(s) a killed GC was removing put back\n";
+  if (r.writers_waited_for) std::cout << "gc: waited for " << r.writers_waited_for << " backup(s) writing to the bucket\n";
+  if (r.stale_leases_removed) std::cout << "gc: removed " << r.stale_leases_removed << " expired writer lease(s)\n";
+  if (r.chunks_retained) {
+    std::cout << "gc: " << r.chunks_retained << " unreferenced chunk(s) ("
+              << HumanBytes(static_cast<double>(r.bytes_retained)) << ") retained by the store (Object Lock), left\n";
+  }
   if (r.quarantined_chunks) {
     std::cout << "gc: quarantine holds " << r.quarantined_chunks << " damaged chunk(s) ("
               << HumanBytes(static_cast<double>(r.quarantined_bytes)) << "), left alone\n";

@@ -95,6 +95,10 @@ struct GcReport {
   uint64_t bytes_removed = 0;
   uint64_t chunks_kept_by_window = 0;  // unreferenced, but younger than the cutoff
   uint64_t bytes_kept_by_window = 0;
+  uint64_t chunks_retained = 0;     // unreferenced, but the store refused to delete them (Object Lock); bucket only
+  uint64_t bytes_retained = 0;
+  uint64_t writers_waited_for = 0;  // backups a bucket's GC waited for (docs/object-storage.md)
+  uint64_t stale_leases_removed = 0;  // expired writer leases of killed writers; bucket only
   uint64_t chunks_rescued = 0;      // doomed names of an earlier, killed GC linked back
   uint64_t temp_files_removed = 0;  // a killed writer's temp files
   uint64_t quarantined_chunks = 0;  // in quarantine/, left alone

@@ -146,6 +146,17 @@ class Bucket {
   std::optional<ObjectInfo> Head(const std::string& key);
   // Deletes an object; a missing one is not an error.
   void Delete(const std::string& key);
+  // Deletes up to kDeleteBatch objects in one request (POST ?delete, with
+  // the Content-MD5 S3 requires on it; quiet mode: the store answers only
+  // the failures). A missing key is not a failure. Returns the keys the
+  // store refused, with S3's code (AccessDenied: a version under Object
+  // Lock retention, or the policy); throws when the request itself fails.
+  struct DeleteFailure {
+    std::string key;
+    std::string code;
+  };
+  static constexpr size_t kDeleteBatch = 1000;
+  std::vector<DeleteFailure> DeleteObjects(const std::vector<std::string>& keys);
   // Every object whose key starts with `prefix`, in key order, a page
   // (up to 1000 keys) per request. `each` may throw to stop.
   void List(const std::string& prefix, const std::function<void(const ObjectInfo&)>& each);

@@ -13,10 +13,10 @@
 //   - a digest it does not know is reported missing: at worst a chunk
 //     another writer stored since the listing is uploaded again (a PUT of
 //     the same bytes; never a wrong answer);
-//   - a digest it knows stays stored while the store is in use: garbage
-//     collection removes chunks only while no writer holds a lease on the
-//     repository (object_point_store.h, "Writers and GC"), and the listing
-//     is made after the writer took its lease;
+//   - a digest it knows stays stored while the store is in use: before its
+//     listing (and before its first upload) the store takes a writer lease
+//     (object_gc.h), held until the store is destroyed, and garbage
+//     collection removes chunks only while no writer lease is live;
 //   - a chunk it quarantines itself leaves the set; a chunk another process
 //     quarantines is stored again only by a later backup (the same rule as
 //     a local store: the next backup heals). Commit lists afresh.
@@ -35,10 +35,13 @@
 
 namespace ferry::s3 {
 
+class WriterLease;
+
 class ObjectChunkStore final : public ChunkStore, public ChunkReader {
  public:
   // `bucket` must outlive the store. `prefix` is "" or ends in '/'.
   ObjectChunkStore(Bucket& bucket, std::string prefix);
+  ~ObjectChunkStore() override;
 
   std::string KeyFor(const Digest& digest) const;
 
@@ -57,7 +60,7 @@ class ObjectChunkStore final : public ChunkStore, public ChunkReader {
   // Lists chunks/ again (the next FindMissing would anyway, the first time).
   void Refresh();
   // Every stored digest, listing chunks/ (for garbage collection), with
-  // each object's LastModified.
+  // each object's LastModified. Takes no writer lease.
   void ListStored(const std::function<void(const Digest&, int64_t last_modified, uint64_t size)>& each);
   size_t known_count() const;
 
@@ -66,10 +69,13 @@ class ObjectChunkStore final : public ChunkStore, public ChunkReader {
 
  private:
   void EnsureListed();
+  void EnsureWriter();  // takes the writer lease, once; waits while a GC runs
   void Remember(const Digest& digest);
 
   Bucket& bucket_;
   std::string prefix_;
+  std::mutex writer_mu_;
+  std::unique_ptr<WriterLease> writer_;
   mutable std::mutex mu_;
   bool listed_ = false;
   std::unordered_set<Digest, DigestHash> known_;
