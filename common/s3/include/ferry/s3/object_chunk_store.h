@@ -70,6 +70,9 @@ class ObjectChunkStore final : public ChunkStore, public ChunkReader {
 
   Bucket& bucket_;
   std::string prefix_;
+  // Held for the first listing alone: the compute threads of a backup all
+  // ask at once, and each listed chunks/ in full (4 listings where 1 does).
+  std::mutex listing_mu_;
   mutable std::mutex mu_;
   bool listed_ = false;
   std::unordered_set<Digest, DigestHash> known_;
