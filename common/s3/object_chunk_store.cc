@@ -148,6 +148,11 @@ void ObjectChunkStore::EnsureListed() {
     std::lock_guard lock(mu_);
     if (listed_) return;
   }
+  std::lock_guard listing(listing_mu_);
+  {
+    std::lock_guard lock(mu_);
+    if (listed_) return;  // another thread listed while this one waited
+  }
   Refresh();
   LogDebug("object storage: " + std::to_string(known_count()) + " chunks listed under " + bucket_.Describe(prefix_ + "chunks/"));
 }

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -41,7 +42,9 @@ class Client {
   // for request signatures that cover it (SigV4).
   const std::string& host_header() const;
 
-  Response Send(const std::string& method, const std::string& target, const std::string& body = "",
+  // The body is sent from the caller's memory, not copied (a chunk PUT is
+  // MiBs); it must stay valid for the call.
+  Response Send(const std::string& method, const std::string& target, std::string_view body = {},
                 const std::vector<std::pair<std::string, std::string>>& headers = {});
 
  private:

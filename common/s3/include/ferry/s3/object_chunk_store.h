@@ -76,6 +76,9 @@ class ObjectChunkStore final : public ChunkStore, public ChunkReader {
   std::string prefix_;
   std::mutex writer_mu_;
   std::unique_ptr<WriterLease> writer_;
+  // Held for the first listing alone: the compute threads of a backup all
+  // ask at once, and each listed chunks/ in full (4 listings where 1 does).
+  std::mutex listing_mu_;
   mutable std::mutex mu_;
   bool listed_ = false;
   std::unordered_set<Digest, DigestHash> known_;
