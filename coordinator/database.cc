@@ -463,7 +463,7 @@ CREATE INDEX points_by_job ON points(job_id, id);
     // kind 'copy'; its retention, locks and health check apply there.
     R"sql(
 ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'backup';       -- backup | copy
-ALTER TABLE jobs ADD COLUMN source_job_id INTEGER REFERENCES jobs(id);  -- copy: the job whose points it copies
+ALTER TABLE jobs ADD COLUMN source_job_id INTEGER;  -- copy: the job whose points it copies (the API keeps it valid)
 CREATE INDEX jobs_by_source ON jobs(source_job_id) WHERE source_job_id IS NOT NULL;
 )sql",
 };

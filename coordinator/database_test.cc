@@ -159,6 +159,28 @@ constexpr const char* kDropMigration8 =
     "ALTER TABLE points DROP COLUMN check_problems; ALTER TABLE points DROP COLUMN unique_bytes; "
     "ALTER TABLE repositories DROP COLUMN space; ";
 
+// Migration 9 (copy jobs) undone.
+constexpr const char* kDropMigration9 =
+    "DROP INDEX jobs_by_source; ALTER TABLE jobs DROP COLUMN kind; ALTER TABLE jobs DROP COLUMN source_job_id; ";
+
+TEST(Database, Migration9MakesExistingJobsBackupJobs) {
+  std::string path = TempPath();
+  std::filesystem::remove(path);
+  {
+    Database db = Database::Open(path);
+    db.Execute(std::string(kDropMigration9) + "PRAGMA user_version = 8");
+    MakeSessionFixture(db);
+  }
+  Database db = Database::Open(path);
+  EXPECT_EQ(db.SchemaVersion(), LatestSchemaVersion());
+  Statement job = db.Prepare("SELECT kind, source_job_id IS NULL FROM jobs WHERE id = 1");
+  ASSERT_TRUE(job.Step());
+  EXPECT_EQ(job.Text(0), "backup");
+  EXPECT_EQ(job.Int(1), 1);
+  std::filesystem::remove(path);
+  std::filesystem::remove(path + ".bak-v8");
+}
+
 TEST(Database, Migration5GivesExistingTasksNoStatistics) {
   std::string path = TempPath();
   std::filesystem::remove(path);
@@ -166,7 +188,7 @@ TEST(Database, Migration5GivesExistingTasksNoStatistics) {
     // As the version before it left the file (migration 4 is the last;
     // migration 6 undone too).
     Database db = Database::Open(path);
-    db.Execute(std::string(kDropMigration8) + kDropMigration7 + kDropMigration6 + kDropMigration5 + "PRAGMA user_version = 4");
+    db.Execute(std::string(kDropMigration9) + kDropMigration8 + kDropMigration7 + kDropMigration6 + kDropMigration5 + "PRAGMA user_version = 4");
     MakeSessionFixture(db);
     AddSessionWithTasks(db, 1, 3);
   }
@@ -198,7 +220,7 @@ TEST(Database, Migration2BackfillsTotalsOfExistingSessions) {
         "CREATE INDEX tasks_by_session ON tasks(session_id, state, bytes_done, bytes_total, rate); "
         "CREATE INDEX tasks_live ON tasks(state) WHERE state IN ('waiting', 'queued', 'running'); "
         "ALTER TABLE repositories DROP COLUMN token; ALTER TABLE repositories DROP COLUMN bandwidth; "
-        "ALTER TABLE workers DROP COLUMN bandwidth; " + std::string(kDropMigration8) + kDropMigration7 + kDropMigration5 + kDropMigration6 +
+        "ALTER TABLE workers DROP COLUMN bandwidth; " + std::string(kDropMigration9) + kDropMigration8 + kDropMigration7 + kDropMigration5 + kDropMigration6 +
         "PRAGMA user_version = 1");
     MakeSessionFixture(db);
     AddSessionWithTasks(db, 1, 4);
@@ -224,7 +246,7 @@ TEST(Database, Migration6RebuildsSessionsAndTasksKeepingEverything) {
     // Back to version 5: migration 6's objects removed. (Sessions and tasks
     // keep their new column types; the rebuild reads them the same way.)
     Database db = Database::Open(path);
-    db.Execute(std::string(kDropMigration8) + kDropMigration7 + kDropMigration6 + "PRAGMA user_version = 5");
+    db.Execute(std::string(kDropMigration9) + kDropMigration8 + kDropMigration7 + kDropMigration6 + "PRAGMA user_version = 5");
     MakeSessionFixture(db);
     AddSessionWithTasks(db, 1, 3);
     db.Execute("UPDATE tasks SET state = 'succeeded', bytes_done = bytes_total, bytes_read = 7, wall_us = 1000, "
@@ -336,7 +358,7 @@ TEST(Database, Migration7AddsAppliancesKeepingHostsAndWorkers) {
   std::filesystem::remove(path);
   {
     Database db = Database::Open(path);
-    db.Execute(std::string(kDropMigration8) + kDropMigration7 + "PRAGMA user_version = 6");
+    db.Execute(std::string(kDropMigration9) + kDropMigration8 + kDropMigration7 + "PRAGMA user_version = 6");
     MakeSessionFixture(db);
     db.Execute("INSERT INTO workers (id, name, token_hash, host_id, created_at) VALUES (1, 'w', 'hash', 1, 1)");
   }
@@ -364,7 +386,7 @@ TEST(Database, Migration8GivesJobsNoLifecycleAndKeepsPoints) {
   std::filesystem::remove(path);
   {
     Database db = Database::Open(path);
-    db.Execute(std::string(kDropMigration8) + "PRAGMA user_version = 7");
+    db.Execute(std::string(kDropMigration9) + kDropMigration8 + "PRAGMA user_version = 7");
     MakeSessionFixture(db);
     AddSessionWithTasks(db, 1, 1);
     db.Execute("INSERT INTO points (point_id, repository_id, job_id, session_id, vm_name, chain, created_at) "
@@ -402,7 +424,7 @@ TEST(Database, MigrationKeepsACopyOfTheOldVersion) {
   }
   {
     Database db = Database::Open(path);
-    db.Execute(std::string(kDropMigration8) + "PRAGMA user_version = 7");
+    db.Execute(std::string(kDropMigration9) + kDropMigration8 + "PRAGMA user_version = 7");
   }
   EXPECT_FALSE(std::filesystem::exists(path + ".bak-v0")) << "a new database is not copied";
   {
