@@ -283,6 +283,9 @@ void RepositoryLifecycle::RunAfterSession(int64_t session_id) {
     if (removed_any) {
       GcOptions g;
       g.window = options_.gc_window;
+      // In a bucket, backups that start while the GC waits for older ones
+      // wait too: give up soon and let the next session's GC collect.
+      g.wait_for_writers = options_.gc_wait_for_writers;
       try {
         rpc::RepositoryAccess access;
         access.token = repo_row.token;

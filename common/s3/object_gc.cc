@@ -568,7 +568,9 @@ std::pair<std::unique_ptr<Bucket>, std::string> OpenLocation(const std::string& 
 
 GcReport CollectObjectGarbage(const std::string& url, const GcOptions& options, GcProgress* progress) {
   auto [bucket, prefix] = OpenLocation(url);
-  return CollectObjectGarbage(*bucket, prefix, options, progress);
+  ObjectGcOptions more;
+  if (options.wait_for_writers) more.wait_for_writers = *options.wait_for_writers;
+  return CollectObjectGarbage(*bucket, prefix, options, progress, more);
 }
 
 SpaceReport MeasureObjectSpace(const std::string& url, GcProgress* progress) {

@@ -36,6 +36,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -55,6 +56,12 @@ struct GcOptions {
   // Threads sweeping chunk directories: removals wait on the file system.
   unsigned threads = 4;
   const std::atomic<bool>* cancel = nullptr;  // kInterrupted; the state stays, resumable
+  // Object storage (docs/object-storage.md, "Garbage collection"): how long
+  // the GC waits for the backups it finds under way, holding up the backups
+  // that start meanwhile, before it gives up (kRetryable). nullopt: the
+  // store's default (15 minutes, what `ferry gc` waits). The coordinator's
+  // GC after a session waits less: the next session's GC tries again.
+  std::optional<std::chrono::seconds> wait_for_writers;
   // Tests: called after each chunk directory is swept (0..4095), one call
   // at a time; throwing from it stops the GC as a kill would, without saving
   // progress.

@@ -39,6 +39,8 @@ namespace ferry::coordinator {
 
 struct LifecycleOptions {
   std::chrono::seconds gc_window = kDefaultGcWindow;  // docs/gc.md
+  // A GC in a bucket waits this long for backups under way (GcOptions).
+  std::chrono::seconds gc_wait_for_writers{30};
   unsigned verify_threads = 2;
   std::chrono::milliseconds poll{1000};  // how often due checks are looked for
 };
