@@ -599,6 +599,8 @@ void RepositoryLifecycle::RunCopy(int64_t session_id) {
     return;
   }
   cancel_copy_ = false;
+  // Stop() sets stop_ before cancel_copy_: a shutdown that came just now is seen here.
+  if (ShuttingDown()) return;
   running_copy_ = session_id;
   struct Done {
     std::atomic<int64_t>& running;
