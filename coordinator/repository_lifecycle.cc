@@ -9,6 +9,7 @@
 #include "ferry/common/error.h"
 #include "ferry/common/log.h"
 #include "ferry/common/manifest.h"
+#include "ferry/common/periodic.h"
 #include "ferry/common/retention.h"
 #include "ferry/common/verify.h"
 #include "ferry/coordinator/field_error.h"
@@ -32,38 +33,16 @@ std::string Bytes(uint64_t n) {
   return buf;
 }
 
-// Calls `report` every `period` on a thread of its own until destroyed: the
-// progress lines of long checks and copies. A line that cannot be written is
-// lost, never the work's failure.
-class PeriodicReport {
- public:
-  PeriodicReport(std::chrono::seconds period, std::function<void()> report)
-      : thread_([this, period, report = std::move(report)] {
-          std::unique_lock lock(mu_);
-          while (!cv_.wait_for(lock, period, [&] { return done_; })) {
-            lock.unlock();
-            try {
-              report();
-            } catch (const std::exception&) {
-            }
-            lock.lock();
-          }
-        }) {}
-  ~PeriodicReport() {
-    {
-      std::lock_guard lock(mu_);
-      done_ = true;
+// A progress line of a long check or copy every `period`. A line that
+// cannot be written is lost, never the work's failure.
+PeriodicTask PeriodicReport(std::chrono::seconds period, std::function<void()> report) {
+  return PeriodicTask(period, [report = std::move(report)] {
+    try {
+      report();
+    } catch (const std::exception&) {
     }
-    cv_.notify_all();
-    thread_.join();
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  std::thread thread_;
-};
+  });
+}
 
 // The chain a job's points are in: a copy job's are its source job's (a
 // copy keeps the point's chain), in the copy job's repository.
@@ -476,7 +455,7 @@ void RepositoryLifecycle::RunCheck(int64_t session_id) {
       cancel_check_ = true;
     // Progress in the session's log on long checks, every 30 s.
     VerifyProgress progress;
-    PeriodicReport report(std::chrono::seconds(30), [&] {
+    PeriodicTask report = PeriodicReport(std::chrono::seconds(30), [&] {
       Log(session_id, "info", "checked " + std::to_string(progress.chunks_done.load()) + " of " +
                                   std::to_string(progress.chunks_total.load()) + " chunk(s)");
     });
@@ -644,7 +623,7 @@ void RepositoryLifecycle::RunCopy(int64_t session_id) {
     CopyProgress progress;
     CopyReport r;
     {
-      PeriodicReport report(std::chrono::seconds(30), [&] {
+      PeriodicTask report = PeriodicReport(std::chrono::seconds(30), [&] {
         Log(session_id, "info", "sent " + std::to_string(progress.chunks_done.load()) + " of " +
                                     std::to_string(progress.chunks_total.load()) + " missing chunk(s) so far");
       });

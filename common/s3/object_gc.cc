@@ -20,6 +20,7 @@
 #include "ferry/common/ids.h"
 #include "ferry/common/json_reader.h"
 #include "ferry/common/log.h"
+#include "ferry/common/periodic.h"
 #include "ferry/common/manifest.h"
 #include "ferry/common/point_records.h"
 #include "ferry/common/retention.h"  // FormatRfc3339, ParseRfc3339
@@ -100,34 +101,17 @@ std::vector<std::pair<std::string, Record>> LiveRecords(Bucket& bucket, const st
 class RecordRefresher {
  public:
   RecordRefresher(Bucket& bucket, std::string key, int64_t started_at, int64_t lifetime)
-      : bucket_(bucket), key_(std::move(key)) {
-    thread_ = std::thread([this, started_at, lifetime] {
-      std::unique_lock lock(mu_);
-      while (!cv_.wait_for(lock, std::chrono::seconds(std::max<int64_t>(1, lifetime / 5)), [&] { return stop_; })) {
-        try {
-          bucket_.Put(key_, RecordJson(started_at, Now() + lifetime));
-        } catch (const Error& e) {
-          LogWarning("refreshing " + bucket_.Describe(key_) + " failed: " + e.what());
-        }
-      }
-    });
-  }
-  ~RecordRefresher() {
-    {
-      std::lock_guard lock(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
+      : task_(std::chrono::seconds(std::max<int64_t>(1, lifetime / 5)),
+              [bucket = &bucket, key = std::move(key), started_at, lifetime] {
+                try {
+                  bucket->Put(key, RecordJson(started_at, Now() + lifetime));
+                } catch (const Error& e) {
+                  LogWarning("refreshing " + bucket->Describe(key) + " failed: " + e.what());
+                }
+              }) {}
 
  private:
-  Bucket& bucket_;
-  std::string key_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;
-  std::thread thread_;
+  PeriodicTask task_;
 };
 
 WriterLease::WriterLease(Bucket& bucket, const std::string& prefix, std::chrono::milliseconds poll) : bucket_(bucket) {

@@ -19,6 +19,7 @@
 #include "ferry/common/ids.h"
 #include "ferry/common/json_reader.h"
 #include "ferry/common/log.h"
+#include "ferry/common/periodic.h"
 #include "ferry/common/point_records.h"
 #include "ferry/common/retention.h"  // FormatRfc3339
 #include "ferry/s3/object_chunk_store.h"
@@ -54,25 +55,17 @@ class ObjectPointStore;
 // every third of its life until the lease is dropped.
 class ObjectPointLease final : public PointLease {
  public:
-  ObjectPointLease(Bucket& bucket, std::string key) : bucket_(bucket), key_(std::move(key)) {
-    refresher_ = std::thread([this] {
-      std::unique_lock lock(mu_);
-      while (!cv_.wait_for(lock, std::chrono::seconds(kReadLeaseSeconds / 3), [&] { return stop_; })) {
-        try {
-          bucket_.Put(key_, ExpiryJson(Now() + kReadLeaseSeconds));
-        } catch (const Error& e) {
-          LogWarning("refreshing the read lease " + bucket_.Describe(key_) + " failed: " + e.what());
-        }
-      }
-    });
-  }
+  ObjectPointLease(Bucket& bucket, std::string key)
+      : bucket_(bucket), key_(std::move(key)),
+        refresher_(std::make_unique<PeriodicTask>(std::chrono::seconds(kReadLeaseSeconds / 3), [this] {
+          try {
+            bucket_.Put(key_, ExpiryJson(Now() + kReadLeaseSeconds));
+          } catch (const Error& e) {
+            LogWarning("refreshing the read lease " + bucket_.Describe(key_) + " failed: " + e.what());
+          }
+        })) {}
   ~ObjectPointLease() override {
-    {
-      std::lock_guard lock(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    refresher_.join();
+    refresher_.reset();  // no rewrite after the delete
     try {
       bucket_.Delete(key_);
     } catch (const Error& e) {
@@ -83,10 +76,7 @@ class ObjectPointLease final : public PointLease {
  private:
   Bucket& bucket_;
   std::string key_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;
-  std::thread refresher_;
+  std::unique_ptr<PeriodicTask> refresher_;
 };
 
 class ObjectStagingLease final : public StagingLease {
