@@ -64,7 +64,7 @@ class ObjectChunkStore final : public ChunkStore, public ChunkReader {
   void ListStored(const std::function<void(const Digest&, int64_t last_modified, uint64_t size)>& each);
   size_t known_count() const;
 
-  static constexpr int kUploadsInFlight = 8;
+  static constexpr int kUploadsInFlight = 16;
   static constexpr size_t kUploadWindowBytes = 64u << 20;
 
  private:
