@@ -2589,6 +2589,37 @@ TEST(ConsoleDirTest, ASymlinkOutOfTheDirectoryStopsTheStart) {
   fs::remove_all(dir, ec);
 }
 
+// With TLS every response adds Strict-Transport-Security.
+TEST(TlsSecurityHeadersTest, HttpsResponsesAddHsts) {
+  std::string base = std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp";
+  std::string tmpl = base + "/ferry-tls-test-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+  const std::string dir = tmpl;
+  const std::string token = InitDataDir(dir + "/data", dir + "/init.log");
+  const std::string make_cert = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=c "
+                                "-addext subjectAltName=IP:127.0.0.1 -days 1 -keyout " + dir + "/c.key -out " + dir +
+                                "/c.pem 2>/dev/null";
+  ASSERT_EQ(std::system(make_cert.c_str()), 0);
+  {
+    Daemon daemon(dir + "/data", dir,
+                  {"--tls-cert", dir + "/c.pem", "--tls-key", dir + "/c.key", "--console-dir", "", "--repository-listen", "off"});
+    ASSERT_NO_THROW(daemon.Start());
+    ASSERT_EQ(daemon.api().rfind("https://", 0), 0u) << daemon.api();
+    ferry::http::ClientOptions options;
+    options.ca_file = dir + "/c.pem";
+    ferry::http::Client client(daemon.api(), options);
+    for (const std::string target : {"/api/v1/status", "/api/v1/nope", "/"}) {
+      ferry::http::Response r = client.Send("GET", target, "", {{"Authorization", "Bearer " + token}});
+      EXPECT_EQ(HeaderOf(r.headers, "Strict-Transport-Security"), "max-age=31536000") << target;
+      EXPECT_EQ(HeaderOf(r.headers, "Content-Security-Policy"), kCsp) << target;
+      EXPECT_EQ(HeaderOf(r.headers, "X-Frame-Options"), "DENY") << target;
+    }
+    daemon.Stop();
+  }
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+}
+
 TEST_F(ApiTest, JobPreviewShowsWhatASessionBacksUpAndWhen) {
   ConnectWorkerWithVms();  // web01 (prod, web; vda, vdb), db01 (db; sda)
   const std::string what =
