@@ -8,6 +8,7 @@
 #include <cctype>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -97,8 +98,8 @@ ferry::ProgramSpec MakeProgram() {
         Option("rpc-max-connections-per-address", "N",
                "... from one address (default 64; raise it when many workers share one address)"),
         Option("console-dir", "DIR",
-               "the web console's files, served at / (default: the installed share/ferry/console, e.g. "
-               "/usr/share/ferry/console; '' or a missing directory: no console)")
+               "the web console's files, served at / (default: share/ferry/console of the installation, "
+               "/usr/share/ferry/console for /usr/bin/ferry-coordinator; '' or a missing directory: no console)")
             .Directories()},
        ""});
   p.footer = "Exit codes: 0 ok, 2 bad input, 5 environment (see docs/error-policy.md).";
@@ -121,6 +122,17 @@ sigset_t StopSignals() {
   return set;
 }
 
+// The web console as installed beside this binary: BINDIR/../share/ferry/console
+// (/proc/self/exe: a symlink to the binary finds the real installation's).
+std::string InstalledConsoleDir() {
+  char self[4096];
+  ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0) return "";
+  return (std::filesystem::path(std::string(self, static_cast<size_t>(n))).parent_path() / FERRY_CONSOLE_FROM_BIN)
+      .lexically_normal()
+      .string();
+}
+
 struct Options {
   std::string data;
   std::string listen = "127.0.0.1:8080";
@@ -131,7 +143,7 @@ struct Options {
   // open those paths themselves, so they must reach them).
   std::string repository_listen, repository_advertise;
   std::string appliance_image;  // "": no appliance deployment
-  std::string console_dir = FERRY_CONSOLE_DIR;  // "": no web console
+  std::string console_dir = InstalledConsoleDir();  // "": no web console
   int64_t heartbeat_interval_ms = 5000;
   int64_t heartbeat_deadline_ms = 15000;
   int64_t gc_window_min = ferry::kDefaultGcWindow.count() / 60;
