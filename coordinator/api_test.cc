@@ -2089,6 +2089,13 @@ TEST_F(ApiTest, TaskStatisticsNameTheBottleneck) {
   EXPECT_EQ(stats.at("bytes_read"), 10ll << 30);
   EXPECT_EQ(stats.at("bytes_sent"), 3500ll << 20);
   EXPECT_EQ(stats.at("bytes_stored"), 3ll << 30);
+  // The jobs list gives the same figures for the job's last session.
+  Reply job_now = Get("/api/v1/jobs/" + std::to_string(job));
+  const json::value& last = job_now.json.at("last_session");
+  EXPECT_EQ(last.at("bytes_read"), 10ll << 30) << last;
+  EXPECT_EQ(last.at("bytes_stored"), done.json.at("tasks").as_array()[0].at("bytes_stored")) << last;
+  EXPECT_EQ(last.at("bytes_done"), done.json.at("totals").at("bytes_done")) << last;
+  EXPECT_EQ(last.at("ended_at"), done.json.at("ended_at")) << last;
   // The session log names it too.
   Reply log = Get(session + "/log");
   bool named = false;
@@ -2660,6 +2667,7 @@ TEST_F(ApiTest, JobPreviewShowsWhatASessionBacksUpAndWhen) {
   EXPECT_EQ(last.at("bytes_total"), 10737418240) << jobs;
   EXPECT_EQ(last.at("bytes_done"), 0) << jobs;
   EXPECT_EQ(last.at("bytes_stored"), 0) << jobs;
+  EXPECT_EQ(last.at("bytes_read"), 0) << jobs;
 
   // Every member is optional: nothing selected, manual only.
   for (const std::string body : {"", "{}", R"({"schedule":null})"}) {
