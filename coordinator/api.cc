@@ -647,9 +647,10 @@ const char kJobSelect[] =
     "(SELECT space FROM repositories r WHERE r.id = j.repository_id), "
     "(SELECT id FROM sessions s WHERE s.job_id = j.id AND s.kind = 'check' ORDER BY id DESC LIMIT 1), "
     "(SELECT state FROM sessions s WHERE s.job_id = j.id AND s.kind = 'check' ORDER BY id DESC LIMIT 1), "
-    "j.kind, j.source_job_id, ls.created_at, ls.ended_at, lt.bytes_done, lt.bytes_total, lt.bytes_stored, "
-    // Not in session_totals: summed over the last session's tasks (tasks_by_session).
-    "(SELECT COALESCE(SUM(t.bytes_read), 0) FROM tasks t WHERE t.session_id = ls.id) "
+    // The last session's figures are those session_totals keeps (a primary-key
+    // lookup); bytes_read is not among them, and summing its tasks' would cost
+    // a scan of up to tens of thousands of rows per job and request.
+    "j.kind, j.source_job_id, ls.created_at, ls.ended_at, lt.bytes_done, lt.bytes_total, lt.bytes_stored "
     // The last backup (or copy) session, found once (sessions_by_job), and its totals.
     "FROM jobs j LEFT JOIN sessions ls ON ls.id = (SELECT id FROM sessions s WHERE s.job_id = j.id AND "
     "s.kind IN ('backup', 'copy') ORDER BY id DESC LIMIT 1) LEFT JOIN session_totals lt ON lt.session_id = ls.id ";
@@ -672,8 +673,7 @@ json::object JobJson(Statement& s) {
                    : json::value(json::object{{"id", s.Int(13)}, {"state", s.Text(14)}, {"started_at", Time(s.Int(26))},
                                               {"ended_at", Time(s.OptInt(27))}, {"bytes_done", s.OptInt(28).value_or(0)},
                                               {"bytes_total", s.OptInt(29).value_or(0)},
-                                              {"bytes_stored", s.OptInt(30).value_or(0)},
-                                              {"bytes_read", s.OptInt(31).value_or(0)}});
+                                              {"bytes_stored", s.OptInt(30).value_or(0)}});
   AddJobLifecycleJson(job, JobLifecycleFromRow(s, 15), s.OptInt(19));
   job["last_check"] = s.IsNull(22) ? json::value(nullptr) : json::value(json::object{{"id", s.Int(22)}, {"state", s.Text(23)}});
   // Its points now, and its chain's figures at its repository's last space
