@@ -2,7 +2,7 @@
 // into share/ferry/console), served by the coordinator at / (docs/coordinator.md,
 // "The web console").
 //
-// The files are small (a few hundred KiB in all), so they are read once, at
+// The files are small (about 1.5 MB in all, most of it Redoc), so they are read once, at
 // start, into memory: serving never touches the file system, and a request
 // path can only name a file that was loaded, so no path can escape the
 // directory. Loading itself refuses what could: a symlink whose target lies
