@@ -16,6 +16,7 @@
 #include "ferry/coordinator/repository_lifecycle.h"
 #include "ferry/coordinator/restore_request.h"
 #include "ferry/coordinator/schedule.h"
+#include "ferry/coordinator/selection.h"
 #include "ferry/coordinator/worker_records.h"
 #include "ferry/http/metrics_text.h"
 #include "ferry/s3/object_repository.h"
@@ -553,6 +554,55 @@ struct JobFields {
   JobLifecycleFields lifecycle;
 };
 
+// The members of a job that say what it backs up and when, read the same
+// way for a job (POST and PATCH /jobs) and for its preview (POST
+// /jobs/preview): same syntax, same checks, same field names.
+std::optional<json::object> ReadSelection(FieldReader& f, bool required) {
+  const json::value* v = f.Member("selection", required);
+  if (!v) return std::nullopt;
+  if (!v->is_object()) throw FieldError("selection", "must be an object with vms, tags, hosts and/or clusters");
+  FieldReader s(v->as_object(), "selection");
+  json::object selection;
+  size_t count = 0;
+  for (const char* key : {"vms", "tags", "hosts", "clusters"}) {
+    std::vector<std::string> names = s.NameList(key, false).value_or(std::vector<std::string>{});
+    count += names.size();
+    json::array a;
+    for (auto& n : names) a.emplace_back(n);
+    selection[key] = a;
+  }
+  s.Finish();
+  if (count == 0) throw FieldError("selection", "selects nothing: give at least one of vms, tags, hosts, clusters");
+  return selection;
+}
+
+std::optional<json::array> ReadExcludeDisks(FieldReader& f) {
+  const json::value* v = f.Member("exclude_disks", false);
+  if (!v) return std::nullopt;
+  if (!v->is_array()) throw FieldError("exclude_disks", "must be an array of {vm, disk}");
+  json::array out;
+  for (size_t i = 0; i < v->as_array().size(); ++i) {
+    std::string field = "exclude_disks[" + std::to_string(i) + "]";
+    const json::value& e = v->as_array()[i];
+    if (!e.is_object()) throw FieldError(field, "must be an object {vm, disk}");
+    FieldReader d(e.as_object(), field);
+    json::object entry;
+    if (auto vm = d.Name("vm", false)) entry["vm"] = *vm;
+    entry["disk"] = *d.Name("disk", true);
+    d.Finish();
+    out.push_back(entry);
+  }
+  return out;
+}
+
+// "schedule": null is given (manual only), unlike a missing member.
+void ReadScheduleMember(FieldReader& f, JobFields& j) {
+  if (const json::value* v = f.Member("schedule", false, true)) {
+    j.schedule_given = true;
+    if (!v->is_null()) j.schedule = ScheduleToJson(ParseSchedule(*v, "schedule"));
+  }
+}
+
 JobFields ReadJobFields(const std::string& body, bool create) {
   json::object o = ParseRequestObject(body);
   FieldReader f(o, "");
@@ -564,42 +614,9 @@ JobFields ReadJobFields(const std::string& body, bool create) {
   j.source_job = f.Int("source_job", create && copy, 1, INT64_MAX);
   j.name = f.Name("name", create);
   j.repository = f.Int("repository", create, 1, INT64_MAX);
-  if (const json::value* v = f.Member("selection", create && !copy)) {
-    if (!v->is_object()) throw FieldError("selection", "must be an object with vms, tags, hosts and/or clusters");
-    FieldReader s(v->as_object(), "selection");
-    json::object selection;
-    size_t count = 0;
-    for (const char* key : {"vms", "tags", "hosts", "clusters"}) {
-      std::vector<std::string> names = s.NameList(key, false).value_or(std::vector<std::string>{});
-      count += names.size();
-      json::array a;
-      for (auto& n : names) a.emplace_back(n);
-      selection[key] = a;
-    }
-    s.Finish();
-    if (count == 0) throw FieldError("selection", "selects nothing: give at least one of vms, tags, hosts, clusters");
-    j.selection = selection;
-  }
-  if (const json::value* v = f.Member("exclude_disks", false)) {
-    if (!v->is_array()) throw FieldError("exclude_disks", "must be an array of {vm, disk}");
-    json::array out;
-    for (size_t i = 0; i < v->as_array().size(); ++i) {
-      std::string field = "exclude_disks[" + std::to_string(i) + "]";
-      const json::value& e = v->as_array()[i];
-      if (!e.is_object()) throw FieldError(field, "must be an object {vm, disk}");
-      FieldReader d(e.as_object(), field);
-      json::object entry;
-      if (auto vm = d.Name("vm", false)) entry["vm"] = *vm;
-      entry["disk"] = *d.Name("disk", true);
-      d.Finish();
-      out.push_back(entry);
-    }
-    j.exclude_disks = out;
-  }
-  if (const json::value* v = f.Member("schedule", false, true)) {
-    j.schedule_given = true;
-    if (!v->is_null()) j.schedule = ScheduleToJson(ParseSchedule(*v, "schedule"));
-  }
+  j.selection = ReadSelection(f, create && !copy);
+  j.exclude_disks = ReadExcludeDisks(f);
+  ReadScheduleMember(f, j);
   if (const json::value* v = f.Member("retries", false)) {
     if (!v->is_object()) throw FieldError("retries", "must be an object {count, interval_s}");
     FieldReader r(v->as_object(), "retries");
@@ -624,15 +641,19 @@ const char kJobSelect[] =
     "SELECT j.id, j.name, j.repository_id, j.selection, j.exclude_disks, j.schedule, j.retry_count, "
     "j.retry_interval_s, COALESCE((SELECT src.chain FROM jobs src WHERE src.id = j.source_job_id), j.chain), "
     "j.enabled, j.next_run_at, j.created_at, j.updated_at, "
-    "(SELECT id FROM sessions s WHERE s.job_id = j.id AND s.kind IN ('backup', 'copy') ORDER BY id DESC LIMIT 1), "
-    "(SELECT state FROM sessions s WHERE s.job_id = j.id AND s.kind IN ('backup', 'copy') ORDER BY id DESC LIMIT 1), "
+    "ls.id, ls.state, "
     "j.retention, j.lock_days, j.check_schedule, j.check_skip_verified_s, j.next_check_at, "
     "(SELECT COUNT(*) FROM points p WHERE p.job_id = j.id AND p.removed_at IS NULL), "
     "(SELECT space FROM repositories r WHERE r.id = j.repository_id), "
     "(SELECT id FROM sessions s WHERE s.job_id = j.id AND s.kind = 'check' ORDER BY id DESC LIMIT 1), "
     "(SELECT state FROM sessions s WHERE s.job_id = j.id AND s.kind = 'check' ORDER BY id DESC LIMIT 1), "
-    "j.kind, j.source_job_id "
-    "FROM jobs j ";
+    // The last session's figures are those session_totals keeps (a primary-key
+    // lookup); bytes_read is not among them, and summing its tasks' would cost
+    // a scan of up to tens of thousands of rows per job and request.
+    "j.kind, j.source_job_id, ls.created_at, ls.ended_at, lt.bytes_done, lt.bytes_total, lt.bytes_stored "
+    // The last backup (or copy) session, found once (sessions_by_job), and its totals.
+    "FROM jobs j LEFT JOIN sessions ls ON ls.id = (SELECT id FROM sessions s WHERE s.job_id = j.id AND "
+    "s.kind IN ('backup', 'copy') ORDER BY id DESC LIMIT 1) LEFT JOIN session_totals lt ON lt.session_id = ls.id ";
 
 json::object JobJson(Statement& s) {
   json::value schedule = s.IsNull(5) ? json::value(nullptr) : json::parse(s.Text(5));
@@ -647,7 +668,12 @@ json::object JobJson(Statement& s) {
                    {"retries", json::object{{"count", s.Int(6)}, {"interval_s", s.Int(7)}}},
                    {"chain", json::object{{"name", s.Text(8)}}}, {"enabled", s.Int(9) != 0},
                    {"next_run_at", Time(s.OptInt(10))}, {"created_at", Time(s.Int(11))}, {"updated_at", Time(s.Int(12))}};
-  job["last_session"] = s.IsNull(13) ? json::value(nullptr) : json::value(json::object{{"id", s.Int(13)}, {"state", s.Text(14)}});
+  job["last_session"] =
+      s.IsNull(13) ? json::value(nullptr)
+                   : json::value(json::object{{"id", s.Int(13)}, {"state", s.Text(14)}, {"started_at", Time(s.Int(26))},
+                                              {"ended_at", Time(s.OptInt(27))}, {"bytes_done", s.OptInt(28).value_or(0)},
+                                              {"bytes_total", s.OptInt(29).value_or(0)},
+                                              {"bytes_stored", s.OptInt(30).value_or(0)}});
   AddJobLifecycleJson(job, JobLifecycleFromRow(s, 15), s.OptInt(19));
   job["last_check"] = s.IsNull(22) ? json::value(nullptr) : json::value(json::object{{"id", s.Int(22)}, {"state", s.Text(23)}});
   // Its points now, and its chain's figures at its repository's last space
@@ -1144,6 +1170,60 @@ http::Response LockPoint(Context& c) {
   return Json(200, ReadPoint(c.db, c.ids[0]));
 }
 
+// POST /jobs/preview: what a backup job with this selection, exclude_disks
+// and schedule would back up and when, for the console's job form. Read
+// only; the members are read by the job's own readers, the selection
+// resolved as a session's start resolves it (selection.h).
+constexpr size_t kPreviewVms = 200;
+constexpr int kPreviewRuns = 5;
+
+http::Response PreviewJob(Context& c) {
+  json::object o = ParseRequestObject(c.request.body.empty() ? std::string("{}") : c.request.body);
+  FieldReader f(o, "");
+  JobFields j;
+  j.selection = ReadSelection(f, false);
+  j.exclude_disks = ReadExcludeDisks(f);
+  ReadScheduleMember(f, j);
+  f.Finish();
+  std::vector<SelectedVm> vms;
+  if (j.selection) vms = ResolveSelection(c.db, *j.selection, j.exclude_disks.value_or(json::array{}));
+  int64_t vm_count = 0, disk_count = 0;
+  for (const SelectedVm& vm : vms) {
+    if (!vm.HasDisksToBackUp()) continue;
+    ++vm_count;
+    for (const SelectedDisk& d : vm.disks) disk_count += d.excluded ? 0 : 1;
+  }
+  const size_t shown = std::min(vms.size(), kPreviewVms);
+  std::partial_sort(vms.begin(), vms.begin() + static_cast<std::ptrdiff_t>(shown), vms.end(),
+                    [](const SelectedVm& a, const SelectedVm& b) { return std::tie(a.name, a.vm_id) < std::tie(b.name, b.vm_id); });
+  json::array list;
+  for (size_t i = 0; i < shown; ++i) {
+    const SelectedVm& vm = vms[i];
+    json::array tags, disks;
+    for (const std::string& t : vm.tags) tags.emplace_back(t);
+    for (const SelectedDisk& d : vm.disks)
+      disks.push_back(json::object{{"name", d.name}, {"size_bytes", d.size_bytes}, {"excluded", d.excluded}});
+    list.push_back(json::object{{"id", vm.vm_id}, {"name", vm.name}, {"host", vm.host}, {"cluster", vm.cluster},
+                                {"tags", tags}, {"disks", disks}, {"backed_up", vm.HasDisksToBackUp()}});
+  }
+  json::array runs;
+  std::string description = "manual only";
+  if (j.schedule) {
+    Schedule schedule = ParseSchedule(*j.schedule);
+    description = DescribeSchedule(schedule);
+    int64_t after = std::time(nullptr);
+    for (int i = 0; i < kPreviewRuns; ++i) {
+      std::optional<int64_t> next = NextRun(schedule, after);
+      if (!next) break;
+      runs.push_back(Time(*next * 1000));
+      after = *next;
+    }
+  }
+  return Json(200, json::object{{"vms", list}, {"vms_matched", static_cast<int64_t>(vms.size())},
+                                {"vm_count", vm_count}, {"disk_count", disk_count},
+                                {"schedule_description", description}, {"next_runs", runs}});
+}
+
 http::Response CheckJob(Context& c) {
   if (!c.request.body.empty()) FieldReader(ParseRequestObject(c.request.body), "").Finish();
   int64_t session = Lifecycle(c).StartCheck(c.ids[0], "manual");
@@ -1157,9 +1237,14 @@ http::Response GetStatus(Context& c) {
       "(SELECT COUNT(*) FROM hosts), (SELECT COUNT(*) FROM vms), (SELECT COUNT(*) FROM sessions WHERE state IN "
       "('running', 'stopping'))");
   s.Step();
+  // Every state, 0 when no worker is in it (workers.state; a scan of a
+  // table of at most thousands of rows).
+  json::object by_state{{"new", 0}, {"connected", 0}, {"disconnected", 0}, {"unreachable", 0}};
+  Statement w = c.db.Prepare("SELECT state, COUNT(*) FROM workers GROUP BY state");
+  while (w.Step()) by_state[w.Text(0)] = w.Int(1);
   return Json(200, json::object{{"version", c.version}, {"schema_version", LatestSchemaVersion()},
                                 {"workers_connected", s.Int(0)}, {"workers", s.Int(1)}, {"hosts", s.Int(2)},
-                                {"vms", s.Int(3)}, {"sessions_running", s.Int(4)},
+                                {"vms", s.Int(3)}, {"sessions_running", s.Int(4)}, {"workers_by_state", by_state},
                                 {"scheduler", json::object{{"queued", stats.queued},
                                                            {"assignments_live", stats.live_assignments},
                                                            {"assignments_made", stats.assignments_made}}}});
@@ -1284,6 +1369,7 @@ const RouteEntry kRoutes[] = {
     {"DELETE", "/api/v1/repositories/{id}", DeleteRepository, true},
     {"GET", "/api/v1/jobs", ListJobs, false},
     {"POST", "/api/v1/jobs", CreateJob, true},
+    {"POST", "/api/v1/jobs/preview", PreviewJob, true},  // before /jobs/{id}: see Handle
     {"GET", "/api/v1/jobs/{id}", GetJob, false},
     {"PATCH", "/api/v1/jobs/{id}", PatchJob, true},
     {"DELETE", "/api/v1/jobs/{id}", DeleteJob, true},
@@ -1355,11 +1441,18 @@ Match MatchPath(const std::string& pattern, const std::string& path, std::vector
   return Match::kYes;
 }
 
+// Everything but /api, /api/..., /healthz and /metrics.
+bool IsConsolePath(const std::string& path) {
+  return path != "/api" && path.rfind("/api/", 0) != 0 && path != "/healthz" && path != "/metrics";
+}
+
 }  // namespace
 
 Api::Api(SessionRunner& runner, std::string db_path, std::string version, ApplianceDeployer* appliances,
-         RepositoryLifecycle* lifecycle)
+         RepositoryLifecycle* lifecycle, const ConsoleAssets* console)
     : runner_(runner), appliances_(appliances), lifecycle_(lifecycle), db_path_(std::move(db_path)), version_(std::move(version)) {
+  static const ConsoleAssets kNoConsole;
+  console_ = console ? console : &kNoConsole;
   for (auto& reader : readers_) reader.db.emplace(Database::Open(db_path_, true));
   Statement s = readers_[0].db->Prepare("SELECT token_hash FROM api_tokens");
   while (s.Step()) token_hashes_.insert(s.Text(0));
@@ -1388,6 +1481,8 @@ bool Api::Authorized(const http::Request& request) {
 
 std::optional<http::Response> Api::Admit(const http::Request& head) {
   if (head.method == "GET" && (head.path == "/api/v1/openapi.json" || head.path == "/healthz")) return std::nullopt;  // public
+  // The console's files hold no data: public (Handle answers other methods).
+  if (IsConsolePath(head.path)) return std::nullopt;
   if (Authorized(head)) return std::nullopt;
   // Without a token the answer never depends on the body (404, 405 or 401,
   // as Handle gives them): given from the head alone.
@@ -1414,16 +1509,22 @@ http::Response Api::Handle(const http::Request& request) {
       Context context{runner_, *reader.db, request, {}, version_, appliances_, lifecycle_};
       return request.path == "/healthz" ? Healthz(context) : Metrics(context);
     }
+    // The web console's files: everything outside /api (console_assets.h).
+    if (IsConsolePath(request.path)) return console_->Serve(request);
     const RouteEntry* route = nullptr;
     bool path_known = false;
     std::vector<int64_t> ids;
     std::string bad_id;
     bool id_invalid = false;
     std::string allowed;  // the methods of the path, for a 405's Allow header
+    bool literal = false;  // a route without {id} took the path: /jobs/preview is not /jobs/{id}
     for (const RouteEntry& r : kRoutes) {
       std::vector<int64_t> candidate;
-      Match m = MatchPath(r.pattern, request.path, candidate, bad_id);
-      if (m == Match::kNo) continue;
+      std::string bad;
+      Match m = MatchPath(r.pattern, request.path, candidate, bad);
+      if (m == Match::kNo || (m == Match::kBadId && literal)) continue;
+      if (m == Match::kYes && std::string_view(r.pattern).find("{id}") == std::string_view::npos) literal = true;
+      if (m == Match::kBadId) bad_id = bad;
       path_known = true;
       if (request.method != r.method) {
         allowed += (allowed.empty() ? "" : ", ") + std::string(r.method);

@@ -126,7 +126,8 @@ std::string InitDataDir(const std::string& data, const std::string& log) {
 // One `ferry-coordinator run` child. Stop() and Kill() end exactly its pid.
 class Daemon {
  public:
-  Daemon(std::string data, std::string dir) : data_(std::move(data)), dir_(std::move(dir)) {}
+  Daemon(std::string data, std::string dir, std::vector<std::string> extra_args = {})
+      : data_(std::move(data)), dir_(std::move(dir)), extra_args_(std::move(extra_args)) {}
   ~Daemon() {
     if (pid_ > 0) Kill();
   }
@@ -135,10 +136,11 @@ class Daemon {
     const std::string ready = dir_ + "/ready.json";
     fs::remove(ready);
     log_ = dir_ + "/daemon.log";
-    pid_ = Spawn({FERRY_COORDINATOR_BIN, "run", "--data", data_, "--listen", "127.0.0.1:0", "--rpc-listen",
-                  "127.0.0.1:0", "--ready-file", ready, "--heartbeat-interval-ms", "1800000",
-                  "--heartbeat-deadline-ms", "3600000"},
-                 log_);
+    std::vector<std::string> argv = {FERRY_COORDINATOR_BIN, "run", "--data", data_, "--listen", "127.0.0.1:0",
+                                     "--rpc-listen", "127.0.0.1:0", "--ready-file", ready, "--heartbeat-interval-ms",
+                                     "1800000", "--heartbeat-deadline-ms", "3600000"};
+    argv.insert(argv.end(), extra_args_.begin(), extra_args_.end());
+    pid_ = Spawn(argv, log_);
     // The ready file appears (by rename) once both ports listen. The limit
     // only keeps a broken daemon from hanging the test.
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
@@ -191,6 +193,7 @@ class Daemon {
 
  private:
   std::string data_, dir_, log_, api_, rpc_;
+  std::vector<std::string> extra_args_;
   pid_t pid_ = -1;
   int64_t ready_pid_ = 0;
 };
@@ -706,7 +709,7 @@ class ApiTest : public ::testing::Test {
     data_ = dir_ + "/data";
     token_ = InitDataDir(data_, dir_ + "/init.log");
     ASSERT_TRUE(std::regex_match(token_, std::regex("fy_[0-9a-f]{40}"))) << "init printed '" << token_ << "'";
-    daemon_ = std::make_unique<Daemon>(data_, dir_);
+    daemon_ = std::make_unique<Daemon>(data_, dir_, DaemonArgs());
     ASSERT_NO_THROW(daemon_->Start());
     ASSERT_EQ(daemon_->ready_pid(), daemon_->pid()) << "the ready file names another process";
     client_ = std::make_unique<ferry::http::Client>(daemon_->api());
@@ -724,6 +727,16 @@ class ApiTest : public ::testing::Test {
     daemon_.reset();
     std::error_code ec;
     fs::remove_all(dir_, ec);
+  }
+
+  // More options for `ferry-coordinator run`; by default no web console, so
+  // that no installed one is picked up (ConsoleTest gives one).
+  virtual std::vector<std::string> DaemonArgs() { return {"--console-dir", ""}; }
+
+  // A request outside the API (the console's files): not checked against
+  // the document.
+  ferry::http::Response Raw(const std::string& method, const std::string& target, Headers headers = {}) {
+    return client_->Send(method, target, "", headers);
   }
 
   // Kills the daemon with SIGKILL and starts a new one on the same data.
@@ -917,7 +930,7 @@ TEST_F(ApiTest, OpenApiPathsAreExactlyTheServedRoutes) {
     EXPECT_TRUE(documented.count({method, path})) << method << " " << path << " is served but not in openapi.json";
   for (const auto& [method, path] : documented)
     EXPECT_TRUE(served.count({method, path})) << method << " " << path << " is in openapi.json but not served";
-  EXPECT_EQ(served.size(), 38u) << "a route was added or removed: update openapi.json, docs/api.md and this test";
+  EXPECT_EQ(served.size(), 39u) << "a route was added or removed: update openapi.json, docs/api.md and this test";
 }
 
 TEST_F(ApiTest, OpenApiDocumentsSecurityAndErrorsOfEveryRoute) {
@@ -1024,6 +1037,10 @@ TEST_F(ApiTest, OpenApiEveryRouteAnswersAsDocumented) {
            R"("schedule":{"kind":"every","hours":6,"from":"01:15","permitted_hours":"0-6,22-23"},)"
            R"("retries":{"count":1,"interval_s":30},"chain":{"name":"j9-chain"},"enabled":false})",
        201},
+      {"POST", "/api/v1/jobs/preview", 0, "",
+       R"({"selection":{"vms":["web01"],"tags":["db"]},"exclude_disks":[{"vm":"web01","disk":"vdb"}],)"
+       R"("schedule":{"kind":"daily","at":"22:00"}})",
+       200},
       {"GET", "/api/v1/jobs/{id}", job, "", "", 200},
       {"PATCH", "/api/v1/jobs/{id}", job, "",
        R"({"schedule":{"kind":"daily","at":")" + TwoDigits(FarHour()) + R"(:00","days":["mon","fri"]},"enabled":true})", 200},
@@ -1848,7 +1865,11 @@ TEST_F(ApiTest, StartWithAnEmptyInventoryEndsFailedNamingTheSelection) {
   EXPECT_TRUE(s.json.at("tasks").as_array().empty());
 
   Reply j = Get("/api/v1/jobs/" + std::to_string(job));
-  EXPECT_EQ(j.json.at("last_session"), json::parse(R"({"id":)" + std::to_string(session) + R"(,"state":"failed"})"));
+  EXPECT_EQ(j.json.at("last_session").at("id"), session) << j;
+  EXPECT_EQ(j.json.at("last_session").at("state"), "failed") << j;
+  EXPECT_EQ(j.json.at("last_session").at("started_at"), s.json.at("created_at")) << j;
+  EXPECT_EQ(j.json.at("last_session").at("ended_at"), s.json.at("ended_at")) << j;
+  EXPECT_EQ(j.json.at("last_session").at("bytes_total"), 0) << j;
 
   // The session ended, so the job can start again (and be stopped: 409).
   Reply again = Post("/api/v1/jobs/" + std::to_string(job) + "/start", "{}");
@@ -2068,6 +2089,12 @@ TEST_F(ApiTest, TaskStatisticsNameTheBottleneck) {
   EXPECT_EQ(stats.at("bytes_read"), 10ll << 30);
   EXPECT_EQ(stats.at("bytes_sent"), 3500ll << 20);
   EXPECT_EQ(stats.at("bytes_stored"), 3ll << 30);
+  // The jobs list gives the same figures for the job's last session.
+  Reply job_now = Get("/api/v1/jobs/" + std::to_string(job));
+  const json::value& last = job_now.json.at("last_session");
+  EXPECT_EQ(last.at("bytes_stored"), done.json.at("tasks").as_array()[0].at("bytes_stored")) << last;
+  EXPECT_EQ(last.at("bytes_done"), done.json.at("totals").at("bytes_done")) << last;
+  EXPECT_EQ(last.at("ended_at"), done.json.at("ended_at")) << last;
   // The session log names it too.
   Reply log = Get(session + "/log");
   bool named = false;
@@ -2345,6 +2372,355 @@ TEST_F(ApiTest, EverythingSurvivesKillDashNine) {
   FakeWorker registered(daemon_->rpc(), worker_token, "pve1", "proxmox", {});
   EXPECT_EQ(registered.worker_id(), static_cast<uint64_t>(worker));
   EXPECT_EQ(Get("/api/v1/workers/" + std::to_string(worker)).Str("state"), "connected");
+}
+
+// ===========================================================================
+// Security headers, the web console, the job preview, the dashboard's figures.
+
+std::string HeaderOf(const Headers& headers, const std::string& name) {
+  for (const auto& [n, v] : headers)
+    if (n.size() == name.size() && std::equal(n.begin(), n.end(), name.begin(), [](char a, char b) {
+          return std::tolower(static_cast<unsigned char>(a)) == std::tolower(static_cast<unsigned char>(b));
+        }))
+      return v;
+  return "<none>";
+}
+
+const char kCsp[] =
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+void ExpectSecurityHeaders(const Headers& h, const std::string& what, const std::string& csp = kCsp) {
+  EXPECT_EQ(HeaderOf(h, "Content-Security-Policy"), csp) << what;
+  EXPECT_EQ(HeaderOf(h, "X-Content-Type-Options"), "nosniff") << what;
+  EXPECT_EQ(HeaderOf(h, "X-Frame-Options"), "DENY") << what;
+  EXPECT_EQ(HeaderOf(h, "Referrer-Policy"), "no-referrer") << what;
+  // Plain HTTP: no HSTS (a browser ignores it there; with --tls-cert it is sent).
+  EXPECT_EQ(HeaderOf(h, "Strict-Transport-Security"), "<none>") << what;
+}
+
+TEST_F(ApiTest, EveryResponseCarriesTheSecurityHeaders) {
+  ConnectWorkerWithVms();
+  Reply ok = Get("/api/v1/status");
+  ASSERT_EQ(ok.status, 200) << ok;
+  ExpectSecurityHeaders(ok.headers, "200 of the API");
+  ExpectSecurityHeaders(Call("GET", "/api/v1/status", "", Auth::kNone).headers, "401 (from the request's head)");
+  ExpectSecurityHeaders(Get("/api/v1/nope").headers, "404 of the router");
+  ExpectSecurityHeaders(Call("PUT", "/api/v1/jobs/1", "{}").headers, "405");
+  ExpectSecurityHeaders(Post("/api/v1/jobs", "{").headers, "400");
+  ExpectSecurityHeaders(Call("GET", "/api/v1/openapi.json", "", Auth::kNone).headers, "the document");
+  ExpectSecurityHeaders(Raw("GET", "/healthz").headers, "/healthz");
+  ExpectSecurityHeaders(Raw("GET", "/").headers, "/ without a console");
+  // An error the HTTP server makes itself, before any handler: 413.
+  Reply big = Post("/api/v1/hosts", std::string(2 << 20, ' '));
+  EXPECT_EQ(big.status, 413);
+  ExpectSecurityHeaders(big.headers, "413 of the server");
+}
+
+TEST_F(ApiTest, WithoutAConsoleDirTheRootIsA404SayingSo) {
+  for (const std::string target : {"/", "/index.html", "/jobs/3"}) {
+    ferry::http::Response r = Raw("GET", target);
+    EXPECT_EQ(r.status, 404) << target;
+    EXPECT_NE(r.body.find("no web console"), std::string::npos) << target << ": " << r.body;
+    EXPECT_NE(r.body.find("--console-dir"), std::string::npos) << target << ": " << r.body;
+  }
+}
+
+// A console directory that does not exist is no console either (logged).
+class MissingConsoleDirTest : public ApiTest {
+ protected:
+  std::vector<std::string> DaemonArgs() override { return {"--console-dir", dir_ + "/no-such-dir"}; }
+};
+
+TEST_F(MissingConsoleDirTest, IsNoConsole) {
+  ferry::http::Response r = Raw("GET", "/");
+  EXPECT_EQ(r.status, 404) << r.body;
+  EXPECT_NE(r.body.find("no web console"), std::string::npos) << r.body;
+  EXPECT_NE(daemon_->log().find("no web console: no directory"), std::string::npos) << daemon_->log();
+}
+
+void WriteFile(const std::string& path, const std::string& content) {
+  fs::create_directories(fs::path(path).parent_path());
+  std::ofstream(path, std::ios::binary) << content;
+}
+
+// A coordinator with a console directory of every kind of asset.
+class ConsoleTest : public ApiTest {
+ protected:
+  std::vector<std::string> DaemonArgs() override {
+    console_ = dir_ + "/console";
+    WriteFile(console_ + "/index.html", "<!doctype html><title>Ferry</title>");
+    WriteFile(console_ + "/api.html", "<!doctype html><title>API</title>");
+    WriteFile(console_ + "/app.js", "console.log(1);");
+    WriteFile(console_ + "/app.js.map", "{}");
+    WriteFile(console_ + "/app.css", "body{}");
+    WriteFile(console_ + "/data.json", "{}");
+    WriteFile(console_ + "/favicon.svg", "<svg/>");
+    WriteFile(console_ + "/logo.png", std::string("\x89PNG\r\n\x1a\n", 8));
+    WriteFile(console_ + "/favicon.ico", "ico");
+    WriteFile(console_ + "/fonts/inter.woff2", "wOF2");
+    WriteFile(console_ + "/notes.bin", "x");
+    fs::create_symlink("app.js", console_ + "/alias.js");  // within the directory: served
+    // A file beside the console directory: what traversal would reach.
+    WriteFile(dir_ + "/secret.txt", "the secret");
+    return {"--console-dir", console_};
+  }
+  std::string console_;
+};
+
+TEST_F(ConsoleTest, AssetsAreServedWithTheirTypesAndHeadersWithoutAToken) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"/", "text/html; charset=utf-8"},
+      {"/index.html", "text/html; charset=utf-8"},
+      {"/app.js", "text/javascript; charset=utf-8"},
+      {"/alias.js", "text/javascript; charset=utf-8"},
+      {"/app.js.map", "application/json"},
+      {"/app.css", "text/css; charset=utf-8"},
+      {"/data.json", "application/json"},
+      {"/favicon.svg", "image/svg+xml"},
+      {"/logo.png", "image/png"},
+      {"/favicon.ico", "image/x-icon"},
+      {"/fonts/inter.woff2", "font/woff2"},
+      {"/notes.bin", "application/octet-stream"}};
+  for (const auto& [target, type] : cases) {
+    ferry::http::Response r = Raw("GET", target);
+    EXPECT_EQ(r.status, 200) << target << ": " << r.body;
+    EXPECT_EQ(r.content_type, type) << target;
+    EXPECT_EQ(HeaderOf(r.headers, "Cache-Control"), "no-cache") << target;
+    EXPECT_TRUE(std::regex_match(HeaderOf(r.headers, "ETag"), std::regex("\"[0-9a-f]{32}\""))) << target;
+    ExpectSecurityHeaders(r.headers, target);
+  }
+  EXPECT_EQ(Raw("GET", "/").body, "<!doctype html><title>Ferry</title>");
+  EXPECT_EQ(Raw("GET", "/alias.js").body, "console.log(1);");
+  EXPECT_EQ(Raw("GET", "/logo.png").body, std::string("\x89PNG\r\n\x1a\n", 8));
+  // The API reference page (Redoc) alone may use inline styles.
+  ferry::http::Response docs = Raw("GET", "/api.html");
+  EXPECT_EQ(docs.status, 200);
+  ExpectSecurityHeaders(docs.headers, "/api.html",
+                        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+                        "connect-src 'self'; font-src 'self'; worker-src 'self' blob:; object-src 'none'; "
+                        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'");
+  // HEAD: the headers of a GET, no body.
+  ferry::http::Response head = Raw("HEAD", "/app.css");
+  EXPECT_EQ(head.status, 200);
+  EXPECT_EQ(head.content_type, "text/css; charset=utf-8");
+  EXPECT_EQ(HeaderOf(head.headers, "Content-Length"), "6");
+  EXPECT_TRUE(head.body.empty());
+  // Other methods are not for files.
+  ferry::http::Response post = Raw("POST", "/index.html");
+  EXPECT_EQ(post.status, 405);
+  EXPECT_EQ(HeaderOf(post.headers, "Allow"), "GET, HEAD");
+  // The API still wants its token.
+  EXPECT_EQ(Call("GET", "/api/v1/status", "", Auth::kNone).status, 401);
+  EXPECT_EQ(Raw("GET", "/metrics").status, 401);
+  EXPECT_EQ(Raw("GET", "/healthz").status, 200);
+  // /api itself and anything under it is the API's: JSON 404s, never the app.
+  for (const std::string target : {"/api", "/api/", "/api/v1/nope", "/api/jobs/3"}) {
+    Reply r = Get(target);
+    EXPECT_EQ(r.status, 404) << target << ": " << r;
+    EXPECT_EQ(r.kind(), "not_found") << target;
+  }
+}
+
+TEST_F(ConsoleTest, ClientSideRoutesGetTheAppAndMissingFilesA404) {
+  for (const std::string target : {"/jobs", "/jobs/3", "/jobs/", "/sessions/12/log", "/settings?tab=x"}) {
+    ferry::http::Response r = Raw("GET", target);
+    EXPECT_EQ(r.status, 200) << target;
+    EXPECT_EQ(r.body, "<!doctype html><title>Ferry</title>") << target;
+    EXPECT_EQ(r.content_type, "text/html; charset=utf-8") << target;
+    EXPECT_EQ(HeaderOf(r.headers, "Cache-Control"), "no-cache") << target;
+  }
+  for (const std::string target : {"/missing.js", "/fonts/other.woff2", "/jobs/3/app.js"}) {
+    ferry::http::Response r = Raw("GET", target);
+    EXPECT_EQ(r.status, 404) << target << ": " << r.body;
+    ExpectSecurityHeaders(r.headers, target);
+  }
+}
+
+TEST_F(ConsoleTest, TraversalIsRefused) {
+  for (const std::string target :
+       {"/../secret.txt", "/%2e%2e/secret.txt", "/%2E%2E/secret.txt", "/fonts/../../secret.txt",
+        "/fonts/%2e%2e/%2e%2e/secret.txt", "/%2e%2e%2fsecret.txt", "/..%5csecret.txt", "/.%2e/secret.txt",
+        "/./index.html", "//index.html", "/fonts//inter.woff2", "/index.html%00.png", "/%00", "/a%0d%0ab"}) {
+    ferry::http::Response r = Raw("GET", target);
+    EXPECT_EQ(r.status, 400) << target << ": " << r.body;
+    EXPECT_EQ(r.body.find("the secret"), std::string::npos) << target;
+    EXPECT_EQ(r.body.find("<title>Ferry"), std::string::npos) << target;
+  }
+}
+
+TEST_F(ConsoleTest, AnEtagThatMatchesIsA304) {
+  ferry::http::Response first = Raw("GET", "/app.js");
+  const std::string etag = HeaderOf(first.headers, "ETag");
+  ASSERT_NE(etag, "<none>");
+  for (const std::string& value : {etag, "W/" + etag, "\"other\", " + etag, std::string("*")}) {
+    ferry::http::Response again = Raw("GET", "/app.js", {{"If-None-Match", value}});
+    EXPECT_EQ(again.status, 304) << value;
+    EXPECT_TRUE(again.body.empty()) << value;
+    EXPECT_EQ(HeaderOf(again.headers, "ETag"), etag) << value;
+  }
+  EXPECT_EQ(Raw("GET", "/app.js", {{"If-None-Match", "\"other\""}}).status, 200);
+  // Another file has another tag.
+  EXPECT_NE(HeaderOf(Raw("GET", "/app.css").headers, "ETag"), etag);
+  // A client-side route revalidates the app's page.
+  const std::string index = HeaderOf(Raw("GET", "/").headers, "ETag");
+  EXPECT_EQ(Raw("GET", "/jobs/3", {{"If-None-Match", index}}).status, 304);
+}
+
+// A console directory with a symlink that leads out of it: the coordinator
+// refuses to start (exit 2) rather than serve what the link points at.
+TEST(ConsoleDirTest, ASymlinkOutOfTheDirectoryStopsTheStart) {
+  std::string base = std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp";
+  std::string tmpl = base + "/ferry-console-test-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+  const std::string dir = tmpl;
+  InitDataDir(dir + "/data", dir + "/init.log");
+  WriteFile(dir + "/console/index.html", "x");
+  WriteFile(dir + "/secret.txt", "the secret");
+  fs::create_symlink("../secret.txt", dir + "/console/leak.txt");
+  pid_t pid = Spawn({FERRY_COORDINATOR_BIN, "run", "--data", dir + "/data", "--listen", "127.0.0.1:0", "--rpc-listen",
+                     "127.0.0.1:0", "--repository-listen", "off", "--console-dir", dir + "/console"},
+                    dir + "/run.log");
+  std::optional<int> status = WaitExit(pid, std::chrono::seconds(60));
+  if (!status) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+  }
+  ASSERT_TRUE(status) << "the coordinator started with a symlink out of its console directory";
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 2) << ReadWholeFile(dir + "/run.log");
+  EXPECT_NE(ReadWholeFile(dir + "/run.log").find("leak.txt is a symlink that leads out of the directory"),
+            std::string::npos)
+      << ReadWholeFile(dir + "/run.log");
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+}
+
+// With TLS every response adds Strict-Transport-Security.
+TEST(TlsSecurityHeadersTest, HttpsResponsesAddHsts) {
+  std::string base = std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp";
+  std::string tmpl = base + "/ferry-tls-test-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+  const std::string dir = tmpl;
+  const std::string token = InitDataDir(dir + "/data", dir + "/init.log");
+  const std::string make_cert = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=c "
+                                "-addext subjectAltName=IP:127.0.0.1 -days 1 -keyout " + dir + "/c.key -out " + dir +
+                                "/c.pem 2>/dev/null";
+  ASSERT_EQ(std::system(make_cert.c_str()), 0);
+  {
+    Daemon daemon(dir + "/data", dir,
+                  {"--tls-cert", dir + "/c.pem", "--tls-key", dir + "/c.key", "--console-dir", "", "--repository-listen", "off"});
+    ASSERT_NO_THROW(daemon.Start());
+    ASSERT_EQ(daemon.api().rfind("https://", 0), 0u) << daemon.api();
+    ferry::http::ClientOptions options;
+    options.ca_file = dir + "/c.pem";
+    ferry::http::Client client(daemon.api(), options);
+    for (const std::string target : {"/api/v1/status", "/api/v1/nope", "/"}) {
+      ferry::http::Response r = client.Send("GET", target, "", {{"Authorization", "Bearer " + token}});
+      EXPECT_EQ(HeaderOf(r.headers, "Strict-Transport-Security"), "max-age=31536000") << target;
+      EXPECT_EQ(HeaderOf(r.headers, "Content-Security-Policy"), kCsp) << target;
+      EXPECT_EQ(HeaderOf(r.headers, "X-Frame-Options"), "DENY") << target;
+    }
+    daemon.Stop();
+  }
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+}
+
+TEST_F(ApiTest, JobPreviewShowsWhatASessionBacksUpAndWhen) {
+  ConnectWorkerWithVms();  // web01 (prod, web; vda, vdb), db01 (db; sda)
+  const std::string what =
+      R"("selection":{"tags":["prod","db"]},"exclude_disks":[{"vm":"web01","disk":"vdb"},{"disk":"sda"}])";
+  Reply p = Post("/api/v1/jobs/preview", "{" + what + R"(,"schedule":{"kind":"daily","at":"22:00"}})");
+  ASSERT_EQ(p.status, 200) << p;
+  EXPECT_EQ(p.json.at("vms"), json::parse(R"([
+      {"id": 2, "name": "db01", "host": "pve1", "cluster": "", "tags": ["db"],
+       "disks": [{"name": "sda", "size_bytes": 21474836480, "excluded": true}], "backed_up": false},
+      {"id": 1, "name": "web01", "host": "pve1", "cluster": "", "tags": ["prod", "web"],
+       "disks": [{"name": "vda", "size_bytes": 10737418240, "excluded": false},
+                 {"name": "vdb", "size_bytes": 1073741824, "excluded": true}], "backed_up": true}])"))
+      << p;
+  EXPECT_EQ(p.json.at("vms_matched"), 2);
+  EXPECT_EQ(p.json.at("vm_count"), 1);
+  EXPECT_EQ(p.json.at("disk_count"), 1);
+  EXPECT_EQ(p.json.at("schedule_description"), "daily at 22:00");
+  const json::array& runs = p.json.at("next_runs").as_array();
+  ASSERT_EQ(runs.size(), 5u) << p;
+  for (size_t i = 1; i < runs.size(); ++i) EXPECT_LT(runs[i - 1].as_string(), runs[i].as_string()) << p;
+  // ... and a job with the same members backs up exactly that.
+  int64_t repo = CreateRepository("main");
+  Reply job = Post("/api/v1/jobs", R"({"name":"same","repository":)" + std::to_string(repo) + "," + what + "}");
+  ASSERT_EQ(job.status, 201) << job;
+  Reply started = Post("/api/v1/jobs/" + std::to_string(job.id()) + "/start", "");
+  ASSERT_EQ(started.status, 202) << started;
+  Reply session = Get("/api/v1/sessions/" + std::to_string(started.json.at("session").to_number<int64_t>()));
+  std::set<std::pair<std::string, std::string>> tasks;
+  for (const auto& t : session.json.at("tasks").as_array())
+    tasks.insert({std::string(t.at("vm").as_string()), std::string(t.at("disk").as_string())});
+  EXPECT_EQ(tasks, (std::set<std::pair<std::string, std::string>>{{"web01", "vda"}})) << session;
+  // The jobs list shows that session with its times and bytes.
+  Reply jobs = Get("/api/v1/jobs");
+  const json::value& last = jobs.json.at("jobs").as_array()[0].at("last_session");
+  EXPECT_EQ(last.at("state"), "running") << jobs;
+  EXPECT_EQ(last.at("started_at"), session.json.at("created_at")) << jobs;
+  EXPECT_TRUE(last.at("ended_at").is_null()) << jobs;
+  EXPECT_EQ(last.at("bytes_total"), 10737418240) << jobs;
+  EXPECT_EQ(last.at("bytes_done"), 0) << jobs;
+  EXPECT_EQ(last.at("bytes_stored"), 0) << jobs;
+
+  // Every member is optional: nothing selected, manual only.
+  for (const std::string body : {"", "{}", R"({"schedule":null})"}) {
+    Reply empty = Post("/api/v1/jobs/preview", body);
+    ASSERT_EQ(empty.status, 200) << body << ": " << empty;
+    EXPECT_EQ(empty.json, json::parse(R"({"vms": [], "vms_matched": 0, "vm_count": 0, "disk_count": 0,
+                                           "schedule_description": "manual only", "next_runs": []})"))
+        << body;
+  }
+  // A selection by host and by cluster resolves as well.
+  EXPECT_EQ(Post("/api/v1/jobs/preview", R"({"selection":{"hosts":["pve1"]}})").json.at("disk_count"), 3);
+  EXPECT_EQ(Post("/api/v1/jobs/preview", R"({"selection":{"clusters":["none"]}})").json.at("vm_count"), 0);
+  // The route is not /jobs/{id}.
+  EXPECT_EQ(Get("/api/v1/jobs/preview").status, 405);
+  EXPECT_EQ(Get("/api/v1/jobs/" + std::to_string(job.id())).status, 200);
+  ExpectError(Get("/api/v1/jobs/previews"), 400, "id");
+}
+
+TEST_F(BadInputTest, JobPreviewNamesTheFieldAsPostJobsDoes) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {R"({"schedule":{"kind":"cron","expr":"0 0 31 2 *"}})", "schedule"},
+      {R"({"schedule":{"kind":"daily","at":"25:00"}})", "schedule.at"},
+      {R"({"schedule":"daily"})", "schedule"},
+      {R"({"selection":{"vms":["bad/name"]}})", "selection.vms[0]"},
+      {R"({"selection":{"tags":["ok","a*b"]}})", "selection.tags[1]"},
+      {R"({"selection":{"vmz":["a"]}})", "selection.vmz"},
+      {R"({"selection":{}})", "selection"},
+      {R"({"selection":[]})", "selection"},
+      {R"({"exclude_disks":[{"disk":""}]})", "exclude_disks[0].disk"},
+      {R"({"exclude_disks":{}})", "exclude_disks"},
+      {R"({"name":"x"})", "name"},
+      {"[1]", "body"},
+      {"{", "body"}};
+  for (const auto& [body, field] : cases) {
+    ExpectError(Post("/api/v1/jobs/preview", body), 400, field, body);
+    // The same member on a job is refused with the same field (but for the
+    // members only the preview lacks).
+    if (field == "name" || field == "body") continue;
+    std::string members = body.substr(1);
+    if (members.find("\"selection\"") == std::string::npos) members = R"("selection":{"vms":["a"]},)" + members;
+    Reply job = Post("/api/v1/jobs", R"({"name":"j","repository":1,)" + members);
+    EXPECT_EQ(job.field(), field) << body << ": " << job;
+  }
+  Reply text = Call("POST", "/api/v1/jobs/preview", "{}", Auth::kToken, {{"Content-Type", "text/plain"}});
+  EXPECT_EQ(text.status, 415) << text;
+}
+
+TEST_F(ApiTest, StatusCountsWorkersByState) {
+  ConnectWorkerWithVms();
+  CreateWorker("spare");
+  Reply s = Get("/api/v1/status");
+  ASSERT_EQ(s.status, 200) << s;
+  EXPECT_EQ(s.json.at("workers_by_state"),
+            json::parse(R"({"new": 1, "connected": 1, "disconnected": 0, "unreachable": 0})"))
+      << s;
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <cctype>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -30,6 +31,7 @@
 #include "ferry/coordinator/session_webhook.h"
 #include "ferry/coordinator/database.h"
 #include "ferry/coordinator/local_repositories.h"
+#include "ferry/coordinator/security_headers.h"
 #include "ferry/coordinator/session_runner.h"
 #include "ferry/coordinator/worker_rpc_server.h"
 #include "ferry/rpc/repository_service.h"
@@ -66,10 +68,10 @@ ferry::ProgramSpec MakeProgram() {
        "[--ready-file FILE] [--heartbeat-interval-ms N] [--heartbeat-deadline-ms N] "
        "[--repository-listen ADDR:PORT|off] [--repository-advertise HOST] [--appliance-image DIR] "
        "[--gc-window MINUTES] [--webhook URL [--webhook-token-file FILE] [--webhook-ca FILE]] "
-       "[--rpc-max-connections N] [--rpc-max-connections-per-address N]",
+       "[--rpc-max-connections N] [--rpc-max-connections-per-address N] [--console-dir DIR]",
        "serve the web API, the worker RPC endpoint and the local repositories",
        "TLS on all three when given a certificate and key. Also served: GET /healthz (no token) and GET /metrics "
-       "(Prometheus text format, with a token). A worker RPC connection that has not registered within 10 s, or "
+       "(Prometheus text format, with a token), and the web console's files at / (no token; --console-dir). A worker RPC connection that has not registered within 10 s, or "
        "whose worker sends nothing for twice the heartbeat deadline, is closed (docs/worker-protocol.md, "
        "\"Limits\").",
        {},
@@ -94,7 +96,11 @@ ferry::ProgramSpec MakeProgram() {
         Option("webhook-ca", "FILE", "CA certificates to trust for an https:// webhook").Files(),
         Option("rpc-max-connections", "N", "worker RPC connections open at once (default 2048)"),
         Option("rpc-max-connections-per-address", "N",
-               "... from one address (default 64; raise it when many workers share one address)")},
+               "... from one address (default 64; raise it when many workers share one address)"),
+        Option("console-dir", "DIR",
+               "the web console's files, served at / (default: share/ferry/console of the installation, "
+               "/usr/share/ferry/console for /usr/bin/ferry-coordinator; '' or a missing directory: no console)")
+            .Directories()},
        ""});
   p.footer = "Exit codes: 0 ok, 2 bad input, 5 environment (see docs/error-policy.md).";
   return p;
@@ -116,6 +122,17 @@ sigset_t StopSignals() {
   return set;
 }
 
+// The web console as installed beside this binary: BINDIR/../share/ferry/console
+// (/proc/self/exe: a symlink to the binary finds the real installation's).
+std::string InstalledConsoleDir() {
+  char self[4096];
+  ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0) return "";
+  return (std::filesystem::path(std::string(self, static_cast<size_t>(n))).parent_path() / FERRY_CONSOLE_FROM_BIN)
+      .lexically_normal()
+      .string();
+}
+
 struct Options {
   std::string data;
   std::string listen = "127.0.0.1:8080";
@@ -126,6 +143,7 @@ struct Options {
   // open those paths themselves, so they must reach them).
   std::string repository_listen, repository_advertise;
   std::string appliance_image;  // "": no appliance deployment
+  std::string console_dir = InstalledConsoleDir();  // "": no web console
   int64_t heartbeat_interval_ms = 5000;
   int64_t heartbeat_deadline_ms = 15000;
   int64_t gc_window_min = ferry::kDefaultGcWindow.count() / 60;
@@ -155,6 +173,7 @@ Options Parse(const ferry::ParsedCommandLine& line) {
   o.repository_listen = a.Get("repository-listen").value_or("");
   o.repository_advertise = a.Get("repository-advertise").value_or("");
   o.appliance_image = a.Get("appliance-image").value_or("");
+  o.console_dir = a.Get("console-dir").value_or(o.console_dir);
   o.heartbeat_interval_ms = a.GetInt("heartbeat-interval-ms", 100, 3600000).value_or(o.heartbeat_interval_ms);
   o.heartbeat_deadline_ms = a.GetInt("heartbeat-deadline-ms", 100, 3600000).value_or(o.heartbeat_deadline_ms);
   o.gc_window_min = a.GetInt("gc-window", 0, 7 * 24 * 60).value_or(o.gc_window_min);
@@ -229,10 +248,16 @@ int Run(const Options& o) {
   lifecycle_options.gc_window = std::chrono::minutes(o.gc_window_min);
   ferry::coordinator::RepositoryLifecycle lifecycle(runner, clock, lifecycle_options);
   lifecycle.Start();
-  ferry::coordinator::Api api(runner, DatabasePath(o.data), ferry::kVersion, appliances.get(), &lifecycle);
+  // The web console's files, read once (console_assets.h).
+  const ferry::coordinator::ConsoleAssets console = ferry::coordinator::ConsoleAssets::Load(o.console_dir);
+  if (console.empty())
+    ferry::LogInfo(o.console_dir.empty() ? std::string("no web console (--console-dir '')")
+                                         : "no web console: no directory " + o.console_dir + " (--console-dir)");
+  ferry::coordinator::Api api(runner, DatabasePath(o.data), ferry::kVersion, appliances.get(), &lifecycle, &console);
 
   ferry::http::ServerOptions http_options;
   http_options.listen = o.listen;
+  http_options.default_headers = ferry::coordinator::SecurityHeaders(!o.tls_cert.empty());
   if (!o.tls_cert.empty()) http_options.tls = ferry::http::TlsFiles{o.tls_cert, o.tls_key};
   // Unauthenticated requests are refused before their body is read.
   http_options.admit = [&api](const ferry::http::Request& head) { return api.Admit(head); };
@@ -288,6 +313,9 @@ int Run(const Options& o) {
                      std::to_string(repository_service->port());
     runner.ServeLocalRepositories(repository_url, local);
   }
+  if (!console.empty())
+    ferry::LogInfo("serving the web console at " + api_url + "/ (" + std::to_string(console.size()) + " files from " +
+                   o.console_dir + ")");
   ferry::LogInfo("serving the API at " + api_url + ", worker RPC at " + rpc_address + ", local repositories at " +
                  repository_url +
                  (o.tls_cert.empty() ? " (no TLS: loopback or trusted networks only)" : " (TLS)"));

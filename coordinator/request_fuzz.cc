@@ -56,6 +56,7 @@ const Target kTargets[] = {
     {"PATCH", "/api/v1/repositories/1"}, {"POST", "/api/v1/hosts"}, {"PATCH", "/api/v1/hosts/1"},
     {"POST", "/api/v1/workers"}, {"POST", "/api/v1/jobs/1/stop"}, {"POST", "/api/v1/jobs/1/start"},
     {"POST", "/api/v1/restores"}, {"POST", "/api/v1/sessions/1/stop"}, {"POST", "/api/v1/hosts/1/worker"},
+    {"POST", "/api/v1/jobs/preview"},
 };
 constexpr size_t kTargetCount = sizeof kTargets / sizeof kTargets[0];
 
@@ -237,6 +238,11 @@ const std::vector<std::pair<int, std::string>> kCorpus = {
     {9, R"({"point":1,"host":"seed","target":{"type":"new_domain","pool":"default"}})"},
     {9, R"({"point":1,"target":{"type":"original_domain","confirm":true}})"},
     {10, ""},
+    {12, R"({"selection":{"vms":["web01"],"tags":["prod"],"hosts":["pve1"],"clusters":["c1"]},)"
+         R"("exclude_disks":[{"vm":"web01","disk":"vdb"},{"disk":"scratch"}],"schedule":{"kind":"daily","at":"22:00"}})"},
+    {12, R"({"selection":{"tags":["x"]},"schedule":{"kind":"cron","expr":"*/15 1-5 * * mon-fri"}})"},
+    {12, R"({"schedule":null})"},
+    {12, ""},
     {11, R"({"libvirt_uri":"qemu+ssh://root@kvm1/system","pool":"images","network":{"type":"bridge","source":"br0"},)"
          R"("memory_mib":1024,"coordinator_address":"[::1]:8081","idle_shutdown_s":0,)"
          R"("worker_config":"# more\nlibvirt = qemu+ssh://root@kvm1/system\nslots = 4\n"})"},

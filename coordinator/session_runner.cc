@@ -14,6 +14,7 @@
 #include "ferry/common/repository.h"
 #include "ferry/coordinator/field_error.h"
 #include "ferry/coordinator/schedule.h"
+#include "ferry/coordinator/selection.h"
 
 namespace json = boost::json;
 
@@ -1320,56 +1321,23 @@ SessionRunner::SessionPlan SessionRunner::PlanSession(int64_t job_id, const std:
 
   json::object selection = json::parse(job.Text(2)).as_object();
   json::array excludes = json::parse(job.Text(3)).as_array();
-  auto listed = [&](const char* key, const std::string& value) {
-    auto it = selection.find(key);
-    if (it == selection.end()) return false;
-    for (const auto& v : it->value().as_array())
-      if (v.as_string() == value) return true;
-    return false;
-  };
-  auto excluded = [&](const std::string& vm, const std::string& disk) {
-    for (const auto& e : excludes) {
-      const json::object& o = e.as_object();
-      bool vm_matches = !o.contains("vm") || o.at("vm").as_string() == vm;
-      if (vm_matches && o.at("disk").as_string() == disk) return true;
-    }
-    return false;
-  };
 
   int64_t now = clock_();
   OwnTransaction tx(*this);
   db_.Prepare("INSERT INTO sessions (job_id, trigger, state, created, created_at) VALUES (?, ?, 'running', 0, ?)")
       .Bind(1, job_id).Bind(2, trigger).Bind(3, now).Run();
   plan.session_id = db_.LastInsertId();
-  // One pass over VMs and their disks, in VM order.
-  Statement all = db_.Prepare(
-      "SELECT v.id, v.name, v.tags, h.id, h.name, h.cluster, d.name, d.size_bytes FROM vms v "
-      "JOIN hosts h ON h.id = v.host_id LEFT JOIN disks d ON d.vm_id = v.id "
-      "WHERE v.state != 'missing' ORDER BY v.id, d.name");
-  int64_t current = 0;
-  bool chosen = false;
-  auto finish_vm = [&] {
-    if (chosen && plan.vms.back().disks.empty()) {
+  // The resolution the job form's preview shows (selection.h).
+  for (SelectedVm& vm : ResolveSelection(db_, selection, excludes)) {
+    if (!vm.HasDisksToBackUp()) {
       Log(plan.session_id, std::nullopt, std::nullopt, "warning",
-          plan.vms.back().name + ": no disks to back up (all excluded?); skipped");
-      plan.vms.pop_back();
+          vm.name + ": no disks to back up (all excluded?); skipped");
+      continue;
     }
-  };
-  while (all.Step()) {
-    if (all.Int(0) != current) {
-      finish_vm();
-      current = all.Int(0);
-      bool tagged = false;
-      json::value tags = json::parse(all.Text(2));
-      for (const auto& tag : tags.as_array()) tagged = tagged || listed("tags", std::string(tag.as_string()));
-      chosen = listed("vms", all.Text(1)) || tagged || listed("hosts", all.Text(4)) ||
-               (!all.Text(5).empty() && listed("clusters", all.Text(5)));
-      if (chosen) plan.vms.push_back({all.Int(0), all.Int(3), all.Text(1), {}});
-    }
-    if (chosen && !all.IsNull(6) && !excluded(all.Text(1), all.Text(6)))
-      plan.vms.back().disks.emplace_back(all.Text(6), all.Int(7));
+    plan.vms.push_back({vm.vm_id, vm.host_id, std::move(vm.name), {}});
+    for (SelectedDisk& d : vm.disks)
+      if (!d.excluded) plan.vms.back().disks.emplace_back(std::move(d.name), d.size_bytes);
   }
-  finish_vm();
   size_t disks = 0;
   for (const PlannedVm& vm : plan.vms) disks += vm.disks.size();
   Log(plan.session_id, std::nullopt, std::nullopt, "info",

@@ -183,6 +183,46 @@ TEST(HttpServer, DefaultsContentTypeToJsonAndAllowsEmpty204) {
   EXPECT_EQ(content_type, "application/json");
 }
 
+TEST(HttpServer, DefaultHeadersGoOnEveryResponseAndTheHandlersWin) {
+  ServerOptions options = Local();
+  options.body_limit = 16;
+  options.default_headers = {{"X-Policy", "strict"}, {"X-Other", "1"}};
+  std::mutex mutex;
+  std::string if_none_match;
+  auto server = StartServer(
+      [&](const Request& request) {
+        std::lock_guard lock(mutex);
+        if_none_match = request.if_none_match;
+        Response response = Text("ok");
+        if (request.path == "/relaxed") response.headers = {{"X-Policy", "relaxed"}};
+        return response;
+      },
+      options);
+  Client client(Url(*server));
+  Response plain = client.Send("GET", "/", "", {{"If-None-Match", "W/\"abc\""}});
+  EXPECT_EQ(Header(plain, "X-Policy"), "strict");
+  EXPECT_EQ(Header(plain, "X-Other"), "1");
+  {
+    std::lock_guard lock(mutex);
+    EXPECT_EQ(if_none_match, "W/\"abc\"");
+  }
+  Response relaxed = client.Send("GET", "/relaxed");
+  EXPECT_EQ(Header(relaxed, "X-Policy"), "relaxed");
+  EXPECT_EQ(Header(relaxed, "X-Other"), "1");
+  int policies = 0;
+  for (const auto& [name, value] : relaxed.headers) policies += strcasecmp(name.c_str(), "X-Policy") == 0;
+  EXPECT_EQ(policies, 1) << "the handler's header replaces the default, it is not sent twice";
+  // The server's own errors carry them too.
+  Response too_large = client.Send("POST", "/", std::string(64, 'a'));
+  EXPECT_EQ(too_large.status, 413);
+  EXPECT_EQ(Header(too_large, "X-Policy"), "strict");
+  RawSocket raw(server->port());
+  raw.Send("GET /%zz HTTP/1.1\r\nHost: x\r\n\r\n");
+  std::string reply = raw.Receive("}}");
+  EXPECT_EQ(reply.rfind("HTTP/1.1 400", 0), 0u) << reply;
+  EXPECT_NE(reply.find("X-Policy: strict"), std::string::npos) << reply;
+}
+
 TEST(HttpServer, RejectsBadPercentEncodingWithoutCallingHandler) {
   std::atomic<int> calls{0};
   auto server = StartServer([&](const Request&) {

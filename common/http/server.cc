@@ -175,9 +175,11 @@ bool IsFramingHeader(std::string_view name) {
 
 // A response to HEAD has the headers a GET would get (Content-Length
 // included) and no body: a body would be read as the next response.
-ResponseMessage ToMessage(Response response, unsigned version, bool keep_alive, bool head = false) {
+ResponseMessage ToMessage(Response response, unsigned version, bool keep_alive, bool head,
+                          const std::vector<std::pair<std::string, std::string>>& default_headers) {
   ResponseMessage message{static_cast<bhttp::status>(response.status), version};
   message.set(bhttp::field::server, "ferry");
+  for (const auto& [name, value] : default_headers) message.set(name, value);
   if (!response.content_type.empty())
     message.set(bhttp::field::content_type, response.content_type);
   for (const auto& [name, value] : response.headers) {
@@ -466,7 +468,7 @@ net::awaitable<void> Server::Impl::Serve(Stream& stream, std::string remote, std
       // Answer in plain HTTP so a client that used http:// by mistake learns why.
       Response refusal =
           ErrorResponse(400, "bad_input", "this port speaks HTTPS; use an https:// URL");
-      ec = co_await Write(tcp, ToMessage(std::move(refusal), 11, false));
+      ec = co_await Write(tcp, ToMessage(std::move(refusal), 11, false, false, options_.default_headers));
       if (!ec) co_await Close(tcp, /*drain=*/true);
       co_return;
     }
@@ -511,7 +513,7 @@ net::awaitable<void> Server::Impl::ServeRequests(Stream& stream, beast::flat_buf
       if (!refusal && options_.admit) refusal = options_.admit(head);
       if (refusal) {
         LogDebug("http: refused a request from " + remote + " before its body: " + std::to_string(refusal->status));
-        ec = co_await Write(stream, ToMessage(std::move(*refusal), 11, false));
+        ec = co_await Write(stream, ToMessage(std::move(*refusal), 11, false, false, options_.default_headers));
         if (!ec) co_await Close(stream, /*drain=*/true);
         co_return;
       }
@@ -533,7 +535,7 @@ net::awaitable<void> Server::Impl::ServeRequests(Stream& stream, beast::flat_buf
         co_return;
       }
       LogDebug("http: rejected a request from " + remote + ": " + ec.message());
-      ec = co_await Write(stream, ToMessage(std::move(*error), 11, false));
+      ec = co_await Write(stream, ToMessage(std::move(*error), 11, false, false, options_.default_headers));
       if (!ec) co_await Close(stream, /*drain=*/true);
       co_return;
     }
@@ -546,7 +548,7 @@ net::awaitable<void> Server::Impl::ServeRequests(Stream& stream, beast::flat_buf
     const std::string path(request.target().substr(0, request.target().find('?')));
     Response response = Dispatch(std::move(request), remote);
     const int status = response.status;
-    ec = co_await Write(stream, ToMessage(std::move(response), version, keep_alive, head));
+    ec = co_await Write(stream, ToMessage(std::move(response), version, keep_alive, head, options_.default_headers));
     // The query string is left out: it may carry something secret.
     LogDebug("http: " + remote + " " + method + " " + path + " -> " + std::to_string(status));
     if (ec) {
@@ -606,6 +608,7 @@ std::optional<Response> Server::Impl::ReadHead(const bhttp::request_header<>& he
   if (has_nul) return ErrorResponse(400, "bad_input", "the request target encodes a NUL byte");
   request.content_type = std::string(header[bhttp::field::content_type]);
   request.authorization = std::string(header[bhttp::field::authorization]);
+  request.if_none_match = std::string(header[bhttp::field::if_none_match]);
   request.remote = remote;
   return std::nullopt;
 }

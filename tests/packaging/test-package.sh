@@ -6,7 +6,8 @@
 # ferry-coordinator from the package tells a stand-in service manager READY=1
 # and STOPPING=1 over $NOTIFY_SOCKET; the coordinator's user and state
 # directory are made as its postinst makes them (systemd-sysusers,
-# systemd-tmpfiles, --root); systemd-analyze verify finds nothing in the units.
+# systemd-tmpfiles, --root); systemd-analyze verify finds nothing in the units;
+# the packaged coordinator serves the packaged web console.
 #   test-package.sh SOURCE_DIR BUILD_DIR
 set -euo pipefail
 src=$1
@@ -113,6 +114,20 @@ coordinator_pid=$!
 for _ in $(seq 300); do grep -q 'READY=1' "$tmp/notified" 2>/dev/null && break; sleep 0.1; done
 grep -q 'READY=1' "$tmp/notified" || fail "no READY=1 from ferry-coordinator; its log: $(cat "$tmp/run.log")"
 [ -f "$tmp/ready" ] || fail "READY=1 before the ready file was written"
+# The web console, installed beside the binary (share/ferry/console) and
+# found there by default, served at / with the security headers.
+if grep -q '^FERRY_CONSOLE:BOOL=ON' "$build/CMakeCache.txt"; then
+  [ -f "$root/usr/share/ferry/console/index.html" ] || fail "ferry-coordinator: no /usr/share/ferry/console/index.html"
+  grep -q "serving the web console .* files from $root/usr/share/ferry/console" "$tmp/run.log" ||
+    fail "the packaged coordinator does not serve its console: $(cat "$tmp/run.log")"
+  python3 - "$tmp/ready" <<'PY' || fail "GET / of the packaged coordinator"
+import json, sys, urllib.request
+api = json.load(open(sys.argv[1]))["api"]
+r = urllib.request.urlopen(api + "/jobs/3")
+assert r.status == 200 and r.headers["Content-Type"].startswith("text/html"), r.headers
+assert r.headers["X-Frame-Options"] == "DENY" and "frame-ancestors 'none'" in r.headers["Content-Security-Policy"], r.headers
+PY
+fi
 kill -TERM "$coordinator_pid"
 wait "$coordinator_pid" || fail "ferry-coordinator did not stop cleanly: $(cat "$tmp/run.log")"
 coordinator_pid=

@@ -1,4 +1,5 @@
-// Api: the coordinator's web API, /api/v1 (docs/api.md, openapi.json).
+// Api: the coordinator's web API, /api/v1 (docs/api.md, openapi.json), and
+// the web console's files around it.
 //
 // One handler for the HTTP server: authenticates (Bearer token, hashed
 // compare), routes, validates the body strictly, and maps Ferry's error
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "ferry/coordinator/appliance_deployer.h"
+#include "ferry/coordinator/console_assets.h"
 #include "ferry/coordinator/database.h"
 #include "ferry/coordinator/repository_lifecycle.h"
 #include "ferry/coordinator/session_runner.h"
@@ -34,8 +36,10 @@ class Api {
   // appliances: deploys worker appliances (POST /hosts/{id}/worker); null
   // when the coordinator has no appliance image (those requests are 409).
   // lifecycle: the point calls (DELETE, lock) and health checks; null: 409.
+  // console: the web console's files, served outside /api without a token;
+  // null: none (a 404 that says so).
   Api(SessionRunner& runner, std::string db_path, std::string version, ApplianceDeployer* appliances = nullptr,
-      RepositoryLifecycle* lifecycle = nullptr);
+      RepositoryLifecycle* lifecycle = nullptr, const ConsoleAssets* console = nullptr);
 
   http::Response Handle(const http::Request& request);
   // The server's admission of a request's head, before its body is read
@@ -56,6 +60,7 @@ class Api {
   SessionRunner& runner_;
   ApplianceDeployer* appliances_;
   RepositoryLifecycle* lifecycle_;
+  const ConsoleAssets* console_;
   std::string db_path_;
   // Read-only connections, one per concurrent reader (WAL: each sees a
   // consistent snapshot, none waits for the scheduler's writes).

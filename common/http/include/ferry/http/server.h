@@ -25,6 +25,7 @@ struct Request {
   std::string body;
   std::string content_type;
   std::string authorization;  // raw Authorization header value ("" if none); never log it
+  std::string if_none_match;  // raw If-None-Match header value ("" if none)
   std::string remote;         // "ip:port" of the peer ("[v6]:port" for IPv6)
 };
 
@@ -71,6 +72,10 @@ struct ServerOptions {
   // cannot make the server hold megabytes). nullopt: go on. Must be
   // thread-safe and quick, like the handler.
   std::function<std::optional<Response>(const Request& head)> admit;
+  // Sent with every response, the server's own errors included (e.g. the
+  // coordinator's security headers); a header of the same name in the
+  // handler's response replaces the default for that response.
+  std::vector<std::pair<std::string, std::string>> default_headers;
 };
 
 class Server {
