@@ -3,11 +3,11 @@
 //   app.css, api.css  the stylesheets
 //   index.html        the console's page; api.html the API page (Redoc)
 //   redoc.standalone.js, api.js   Redoc's standalone bundle (from node_modules, no CDN) and its start
-//   favicon.svg
+//   favicon.svg, redoc-logo.svg (Redoc's sidebar logo, which it would load from its CDN)
 // Everything is a static file with no inline script or style: the coordinator
 // serves OUTDIR (--console-dir) from its own origin.
 import { build } from 'esbuild';
-import { copyFile, mkdir, readdir, rm } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createRequire } from 'node:module';
@@ -34,7 +34,16 @@ await build({ ...common, entryPoints: { app: join(here, 'src/app.css'), api: joi
 
 const require = createRequire(import.meta.url);
 const redoc = join(dirname(require.resolve('redoc/package.json')), 'bundles');
-await copyFile(join(redoc, 'redoc.standalone.js'), join(outdir, 'redoc.standalone.js'));
+// Redoc's sidebar shows a logo from cdn.redoc.ly: pointed at a local file, so
+// that no request leaves the coordinator's origin; any other CDN address in
+// the bundle fails the build.
+const LOGO = 'https://cdn.redoc.ly/redoc/logo-mini.svg';
+let bundle = await readFile(join(redoc, 'redoc.standalone.js'), 'utf8');
+if (bundle.split(LOGO).length !== 2) throw new Error(`build.mjs: expected ${LOGO} once in Redoc's bundle`);
+bundle = bundle.replace(LOGO, '/redoc-logo.svg');
+const cdn = bundle.match(/https?:\/\/cdn\.[^"'\s)]*/g);
+if (cdn) throw new Error(`build.mjs: Redoc's bundle loads from a CDN: ${cdn.join(' ')}`);
+await writeFile(join(outdir, 'redoc.standalone.js'), bundle);
 await copyFile(join(redoc, 'redoc.standalone.js.LICENSE.txt'), join(outdir, 'redoc.standalone.js.LICENSE.txt'));
-for (const f of ['index.html', 'api.html', 'favicon.svg']) await copyFile(join(here, f), join(outdir, f));
+for (const f of ['index.html', 'api.html', 'favicon.svg', 'redoc-logo.svg']) await copyFile(join(here, f), join(outdir, f));
 console.log(`console built into ${outdir}: ${(await readdir(outdir)).join(' ')}`);

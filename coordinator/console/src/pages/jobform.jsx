@@ -218,7 +218,8 @@ export function JobForm({ id }) {
   const set = (k) => (e) => {
     const v = e.currentTarget.type === 'checkbox' ? e.currentTarget.checked : e.currentTarget.value;
     setF((x) => ({ ...x, [k]: v }));
-    setErrors((x) => ({ ...x, [k]: undefined }));
+    const sched = ['kind', 'at', 'hours', 'from', 'expr', 'permitted_hours'].includes(k);
+    setErrors((x) => ({ ...x, [k]: undefined, ...(sched ? { schedule: undefined } : {}), ...(k.startsWith('keep_') ? { retention: undefined } : {}) }));
   };
   const toggleDay = (d) => (e) => {
     const on = e.currentTarget.checked;

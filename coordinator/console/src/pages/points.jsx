@@ -1,6 +1,6 @@
 // Restore points by VM, with their size and last check, and restores
 // (POST /restores) from any of them.
-import { useState } from 'preact/hooks';
+import { useEffect, useState } from 'preact/hooks';
 import { api } from '../api.js';
 import { usePoll } from '../poll.js';
 import { bytes, when } from '../format.js';
@@ -9,7 +9,9 @@ import { State, Loading, Field, ErrorBox, link } from '../ui.jsx';
 const vmFromHash = () => new URLSearchParams(location.hash.split('?')[1] || '').get('vm') || '';
 
 export function Points() {
-  const [vm, setVm] = useState(vmFromHash());
+  const [typed, setTyped] = useState(vmFromHash());
+  const [vm, setVm] = useState(typed);
+  useEffect(() => { const t = setTimeout(() => setVm(typed), 300); return () => clearTimeout(t); }, [typed]);
   const [restoring, setRestoring] = useState(null);
   const poll = usePoll(async () => {
     const [p, h] = await Promise.all([
@@ -28,7 +30,7 @@ export function Points() {
     <>
       <form class="field inline" role="search" onSubmit={(e) => e.preventDefault()}>
         <label for="points-vm">VM name</label>
-        <input id="points-vm" type="search" value={vm} onInput={(e) => setVm(e.currentTarget.value.trim())} />
+        <input id="points-vm" type="search" value={typed} onInput={(e) => setTyped(e.currentTarget.value.trim())} />
       </form>
       <Loading poll={poll} what="restore points" />
       {poll.data && byVm.size === 0 ? <p class="muted">No restore points{vm ? ' for ' + vm : ''}.</p> : null}
