@@ -66,6 +66,7 @@ export function Session({ id }) {
     return data;
   }, [id], 2000);
   const [stopError, setStopError] = useState(null);
+  const [filter, setFilter] = useState('all');
 
   if (!poll.data) return <Loading poll={poll} what={'session ' + id} />;
   const { s, workers: wk } = poll.data;
@@ -75,6 +76,9 @@ export function Session({ id }) {
     setStopError(null);
     try { await api.post(`/sessions/${id}/stop`); poll.refresh(); } catch (e) { setStopError(e); }
   };
+  // A session of thousands of disks: the table shows a page of them, filtered by state.
+  const matching = (s.tasks || []).filter((x) => filter === 'all' || x.state === filter);
+  const shown = matching.slice(0, TASK_ROWS);
   const eta = running && t.rate_bytes_per_s > 0 ? (t.bytes_total - t.bytes_done) / t.rate_bytes_per_s : null;
   return (
     <div class="session">
@@ -102,7 +106,8 @@ export function Session({ id }) {
 
       <section aria-labelledby="h-tasks">
         <h2 id="h-tasks">Tasks</h2>
-        <Table rowKey={(x) => x.id} rows={s.tasks || []} empty="No tasks."
+        <TaskFilter tasks={s.tasks || []} filter={filter} setFilter={setFilter} shown={shown.length} />
+        <Table rowKey={(x) => x.id} rows={shown} empty="No tasks."
           cols={[
             { label: 'VM', cell: (x) => x.vm },
             { label: 'Disk', cell: (x) => x.disk ?? 'whole VM' },
@@ -142,6 +147,24 @@ export function Session({ id }) {
           ))}
         </ol>
       </section>
+    </div>
+  );
+}
+
+const TASK_ROWS = 500;
+const TASK_STATES = ['all', 'running', 'queued', 'waiting', 'failed', 'succeeded', 'canceled'];
+
+function TaskFilter({ tasks, filter, setFilter, shown }) {
+  if (tasks.length <= 20) return null;
+  const count = (st) => (st === 'all' ? tasks.length : tasks.filter((x) => x.state === st).length);
+  const n = count(filter);
+  return (
+    <div class="field inline">
+      <label for="tasks-filter">Show tasks</label>
+      <select id="tasks-filter" value={filter} onChange={(e) => setFilter(e.currentTarget.value)}>
+        {TASK_STATES.map((st) => <option value={st}>{st} ({count(st)})</option>)}
+      </select>
+      {n > shown ? <span class="muted">the first {shown} of {n}</span> : null}
     </div>
   );
 }
