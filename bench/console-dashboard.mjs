@@ -5,10 +5,10 @@
 //      waited for to the dashboard rendered (the app's performance marks
 //      'dashboard-data' and 'dashboard-rendered'), and from navigation start.
 //   2. The coordinator's CPU (utime+stime from /proc/PID/stat) in windows of
-//      WINDOW_S seconds during one session: without a console, with the
-//      dashboard open and polling, with the session's page open, and without
-//      again.
-// Environment: CONSOLE_URL FERRY_TOKEN COORD_PID JOB RUNS WINDOW_S CHROMIUM OUT
+//      WINDOW_S seconds, idle and during one session: without a console, with
+//      the dashboard open and polling, with the session's page open; CYCLES
+//      times each, interleaved.
+// Environment: CONSOLE_URL FERRY_TOKEN COORD_PID JOB RUNS WINDOW_S CYCLES CHROMIUM OUT
 import { createRequire } from 'node:module';
 import { readFileSync, writeFileSync } from 'node:fs';
 
@@ -16,7 +16,7 @@ const require = createRequire(process.env.PUPPETEER_FROM || import.meta.url);
 const puppeteer = require('puppeteer-core');
 const e = (k, d) => process.env[k] ?? d;
 const base = e('CONSOLE_URL'), token = e('FERRY_TOKEN'), pid = +e('COORD_PID'), job = +e('JOB');
-const RUNS = +e('RUNS', '5'), WINDOW_S = +e('WINDOW_S', '15');
+const RUNS = +e('RUNS', '5'), WINDOW_S = +e('WINDOW_S', '10');
 const log = (m) => console.error('console-dashboard: ' + m);
 const CLK = 100; // sysconf(_SC_CLK_TCK) on Linux
 const cpu = () => {
@@ -58,28 +58,53 @@ try {
   }
   await page.goto('about:blank');
 
-  // 2. CPU during a session.
+  // 2. The coordinator's CPU: idle (workers connected, heartbeats), then
+  // during a session, in windows of WINDOW_S s with no console, the dashboard
+  // open, the session's page open, repeated CYCLES times (the machine may be
+  // shared: interleaving spreads its noise over every mode).
+  let counting = null;
+  page.on('request', (r) => { if (counting && r.url().includes('/api/v1/')) counting.n++; });
+  const windowCpu = async (phase, mode, url) => {
+    await page.goto(url || 'about:blank', { waitUntil: 'load' });
+    counting = { n: 0 };
+    const c0 = cpu(), t0 = performance.now();
+    await new Promise((r) => setTimeout(r, WINDOW_S * 1000));
+    const secs = (performance.now() - t0) / 1000;
+    const pct = (100 * (cpu() - c0)) / secs;
+    const w = { phase, mode, cpu_pct: pct, api_requests_per_s: counting.n / secs };
+    counting = null;
+    (result.windows ||= []).push(w);
+    log(`${phase} ${mode}: coordinator CPU ${pct.toFixed(1)}% of one core; the console made ${w.api_requests_per_s.toFixed(2)} API requests/s`);
+  };
+  const CYCLES = +e('CYCLES', '3');
+  for (let c = 0; c < CYCLES; c++) {
+    await windowCpu('idle', 'none');
+    await windowCpu('idle', 'dashboard', base + '/#/');
+  }
   const started = await api('POST', `/jobs/${job}/start`);
   const session = started.session;
   log(`session ${session} started`);
   await new Promise((r) => setTimeout(r, 3000)); // past the start's own burst
-  const windowCpu = async (name) => {
-    const c0 = cpu(), t0 = performance.now();
-    await new Promise((r) => setTimeout(r, WINDOW_S * 1000));
-    const pct = (100 * (cpu() - c0)) / ((performance.now() - t0) / 1000);
-    const s = await api('GET', `/sessions/${session}`);
-    log(`${name}: coordinator CPU ${pct.toFixed(1)}% of one core (session ${s.state}, ${s.totals.succeeded}/${s.totals.tasks} tasks)`);
-    result[name] = { cpu_pct: pct, session_state: s.state, tasks_done: s.totals.succeeded, tasks: s.totals.tasks };
-    return s.state;
-  };
-  await windowCpu('without_console');
-  await page.goto(base + '/#/', { waitUntil: 'load' });
-  await windowCpu('dashboard_open');
-  await page.goto(base + '/#/sessions/' + session, { waitUntil: 'load' });
-  await windowCpu('session_page_open');
+  // The session's page (20,000 tasks): render time after the API answered.
+  await page.goto(base + '/?s#/sessions/' + session, { waitUntil: 'load' });
+  await page.waitForFunction(() => performance.getEntriesByName('session-rendered').length > 0, { timeout: 60000, polling: 50 });
+  result.session_page = await page.evaluate(() => {
+    const data = performance.getEntriesByName('session-data')[0].startTime;
+    const rendered = performance.getEntriesByName('session-rendered')[0].startTime;
+    const apis = performance.getEntriesByType('resource').filter((r) => r.name.includes('/api/v1/') && r.responseEnd <= data + 1);
+    const last = Math.max(...apis.map((r) => r.responseEnd));
+    return { api_answered_ms: last, rendered_ms: rendered, render_after_api_ms: rendered - last, session_bytes: Math.max(...apis.map((r) => r.encodedBodySize || 0)) };
+  });
+  log(`session page: API answered at ${result.session_page.api_answered_ms.toFixed(0)} ms (${result.session_page.session_bytes} bytes), rendered ${result.session_page.render_after_api_ms.toFixed(0)} ms later`);
+  for (let c = 0; c < CYCLES; c++) {
+    await windowCpu('session', 'none');
+    await windowCpu('session', 'dashboard', base + '/#/');
+    await windowCpu('session', 'session_page', base + '/#/sessions/' + session);
+  }
   await page.goto('about:blank');
-  const last = await windowCpu('without_console_again');
-  result.session_running_throughout = last === 'running';
+  const s = await api('GET', `/sessions/${session}`);
+  result.session_running_throughout = s.state === 'running';
+  result.session_tasks = `${s.totals.succeeded}/${s.totals.tasks}`;
   await api('POST', `/sessions/${session}/stop`).catch(() => {});
 } finally {
   await browser.close();
@@ -87,15 +112,22 @@ try {
 const r = result.runs.map((x) => x.render_after_api_ms).sort((a, b) => a - b);
 result.render_after_api_ms_median = r[Math.floor(r.length / 2)];
 result.render_after_api_ms_max = r[r.length - 1];
-const base_cpu = (result.without_console.cpu_pct + result.without_console_again.cpu_pct) / 2;
-result.cpu_baseline_pct = base_cpu;
-result.cpu_extra_dashboard_pct = result.dashboard_open.cpu_pct - base_cpu;
-result.cpu_extra_session_page_pct = result.session_page_open.cpu_pct - base_cpu;
+const mean = (ph, mode) => {
+  const w = result.windows.filter((x) => x.phase === ph && x.mode === mode);
+  return { cpu: w.reduce((n, x) => n + x.cpu_pct, 0) / w.length, min: Math.min(...w.map((x) => x.cpu_pct)),
+    max: Math.max(...w.map((x) => x.cpu_pct)), rps: w.reduce((n, x) => n + x.api_requests_per_s, 0) / w.length };
+};
+result.summary = {};
+for (const [ph, modes] of [['idle', ['none', 'dashboard']], ['session', ['none', 'dashboard', 'session_page']]]) {
+  const none = mean(ph, 'none');
+  for (const m of modes) {
+    const x = mean(ph, m);
+    result.summary[`${ph}_${m}`] = { ...x, extra: x.cpu - none.cpu };
+    console.log(`coordinator_cpu_${ph}_${m}_pct=${x.cpu.toFixed(2)} (windows ${x.min.toFixed(1)}..${x.max.toFixed(1)}; ` +
+      (m === 'none' ? 'baseline' : `extra ${(x.cpu - none.cpu).toFixed(2)} points of one core, target < 5; ${x.rps.toFixed(2)} API requests/s`) + ')');
+  }
+}
 if (e('OUT')) writeFileSync(e('OUT'), JSON.stringify(result, null, 1));
-console.log(`dashboard_render_after_api_ms_median=${result.render_after_api_ms_median.toFixed(1)} (target < 1000)`);
-console.log(`dashboard_render_after_api_ms_max=${result.render_after_api_ms_max.toFixed(1)}`);
-console.log(`dashboard_rendered_from_navigation_ms_median=${result.runs.map((x) => x.rendered_ms).sort((a, b) => a - b)[Math.floor(RUNS / 2)].toFixed(0)}`);
-console.log(`coordinator_cpu_without_console_pct=${base_cpu.toFixed(2)}`);
-console.log(`coordinator_cpu_dashboard_open_pct=${result.dashboard_open.cpu_pct.toFixed(2)} (extra ${result.cpu_extra_dashboard_pct.toFixed(2)} points of one core; target < 5)`);
-console.log(`coordinator_cpu_session_page_open_pct=${result.session_page_open.cpu_pct.toFixed(2)} (extra ${result.cpu_extra_session_page_pct.toFixed(2)} points)`);
+console.log(`session_page_render_after_api_ms=${result.session_page.render_after_api_ms.toFixed(1)} (GET /sessions/ID: ${result.session_page.session_bytes} bytes, answered ${result.session_page.api_answered_ms.toFixed(0)} ms after navigation)`);
+console.log(`session_tasks_done=${result.session_tasks}`);
 console.log(`session_running_throughout=${result.session_running_throughout}`);

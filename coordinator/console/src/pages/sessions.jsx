@@ -1,6 +1,6 @@
 // Sessions: the list, and one session live: progress, its tasks (with
 // locality tier and statistics), the bottleneck and the log.
-import { useRef, useState } from 'preact/hooks';
+import { useEffect, useRef, useState } from 'preact/hooks';
 import { api } from '../api.js';
 import { usePoll } from '../poll.js';
 import { bytes, rate, when, duration, pct, span } from '../format.js';
@@ -62,11 +62,16 @@ export function Session({ id }) {
     let w = workerCache;
     if (!w || s.tasks.some((t) => t.worker_id && !w.has(t.worker_id))) { workerCache = null; w = await workers(); }
     const data = { s, log: [...log.current.entries], workers: w };
+    if (!final.current && !log.current.marked) { log.current.marked = true; performance.mark('session-data'); }
     if (ENDED.includes(s.state) && (!s.lifecycle || s.lifecycle.state !== 'pending')) final.current = data;
     return data;
   }, [id], 2000);
   const [stopError, setStopError] = useState(null);
   const [filter, setFilter] = useState('all');
+  const marked = useRef(false);
+  useEffect(() => {
+    if (poll.data && !marked.current) { marked.current = true; performance.mark('session-rendered'); }
+  }, [poll.data]);
 
   if (!poll.data) return <Loading poll={poll} what={'session ' + id} />;
   const { s, workers: wk } = poll.data;
