@@ -48,20 +48,22 @@ async function workers() {
 }
 
 export function Session({ id }) {
-  const log = useRef({ entries: [], last: 0 });
+  const log = useRef({ entries: [], last: 0, total: 0 });
   const final = useRef(null);
   const poll = usePoll(async () => {
     if (final.current) return final.current;
     const s = await api.get('/sessions/' + id);
-    for (;;) {
-      const l = await api.get(`/sessions/${id}/log?limit=1000&after=${log.current.last}`);
-      log.current.entries.push(...l.log);
-      if (l.log.length) log.current.last = l.log[l.log.length - 1].id;
-      if (l.log.length < 1000) break;
+    // The log is followed with after= (only new lines); the page keeps and
+    // shows the last LOG_LINES of it.
+    const l = await api.get(`/sessions/${id}/log?limit=100000&after=${log.current.last}`);
+    if (l.log.length) {
+      log.current.last = l.log[l.log.length - 1].id;
+      log.current.total += l.log.length;
+      log.current.entries = log.current.entries.concat(l.log).slice(-LOG_LINES);
     }
     let w = workerCache;
     if (!w || s.tasks.some((t) => t.worker_id && !w.has(t.worker_id))) { workerCache = null; w = await workers(); }
-    const data = { s, log: [...log.current.entries], workers: w };
+    const data = { s, log: log.current.entries, logTotal: log.current.total, workers: w };
     if (!final.current && !log.current.marked) { log.current.marked = true; performance.mark('session-data'); }
     if (ENDED.includes(s.state) && (!s.lifecycle || s.lifecycle.state !== 'pending')) final.current = data;
     return data;
@@ -146,6 +148,7 @@ export function Session({ id }) {
 
       <section aria-labelledby="h-log">
         <h2 id="h-log">Log</h2>
+        {poll.data.logTotal > poll.data.log.length ? <p class="muted">The last {poll.data.log.length} of {poll.data.logTotal} lines.</p> : null}
         <ol class="log" aria-label="Session log" tabIndex={0}>
           {poll.data.log.map((e) => (
             <li key={e.id} class={'log-' + e.level}><time dateTime={e.at}>{when(e.at)}</time> <span class="log-level">{e.level}</span> {e.message}</li>
@@ -157,11 +160,14 @@ export function Session({ id }) {
 }
 
 const TASK_ROWS = 500;
+const LOG_LINES = 1000;
 const TASK_STATES = ['all', 'running', 'queued', 'waiting', 'failed', 'succeeded', 'canceled'];
 
 function TaskFilter({ tasks, filter, setFilter, shown }) {
   if (tasks.length <= 20) return null;
-  const count = (st) => (st === 'all' ? tasks.length : tasks.filter((x) => x.state === st).length);
+  const counts = { all: tasks.length };
+  for (const x of tasks) counts[x.state] = (counts[x.state] || 0) + 1;
+  const count = (st) => counts[st] || 0;
   const n = count(filter);
   return (
     <div class="field inline">
