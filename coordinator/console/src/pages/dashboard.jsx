@@ -4,6 +4,9 @@ import { usePoll } from '../poll.js';
 import { bytes, duration, when, ago } from '../format.js';
 import { State, Table, Loading, link } from '../ui.jsx';
 
+const WORKERS_MS = 15000;
+let workerCount = null;
+
 // Ended sessions do not change: their failed VMs are fetched once.
 const endedSessions = new Map();
 
@@ -32,9 +35,15 @@ async function load() {
   ]);
   let byState = status.workers_by_state;
   if (!byState) {
-    const w = await api.get('/workers?limit=100000');
-    byState = {};
-    for (const x of w.workers) byState[x.state] = (byState[x.state] || 0) + 1;
+    // A coordinator without workers_by_state: counted from the worker list,
+    // fetched at most every WORKERS_MS (it is the dashboard's largest answer).
+    if (!workerCount || Date.now() - workerCount.at > WORKERS_MS) {
+      const w = await api.get('/workers?limit=100000');
+      const counts = {};
+      for (const x of w.workers) counts[x.state] = (counts[x.state] || 0) + 1;
+      workerCount = { at: Date.now(), counts };
+    }
+    byState = workerCount.counts;
   }
   const problems = await problemVms(jobs.jobs);
   performance.mark('dashboard-data');
