@@ -110,7 +110,11 @@ try {
   };
   const submitJob = async () => {
     await page.click('form.job-form button[type=submit]');
-    await page.waitForFunction(() => !document.querySelector('form.job-form button[type=submit]').disabled, { polling: 100 });
+    // Done when the button is enabled again, or gone (a created job's page loading).
+    await page.waitForFunction(() => {
+      const b = document.querySelector('form.job-form button[type=submit]');
+      return !b || !b.disabled;
+    }, { polling: 100 });
   };
 
   // 1. A wrong token: a clear message beside the token field.
