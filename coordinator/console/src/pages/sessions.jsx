@@ -67,7 +67,7 @@ export function Session({ id }) {
     if (!final.current && !log.current.marked) { log.current.marked = true; performance.mark('session-data'); }
     if (ENDED.includes(s.state) && (!s.lifecycle || s.lifecycle.state !== 'pending')) final.current = data;
     return data;
-  }, [id], 2000);
+  }, [id], (d) => (d && d.s.tasks.length > BIG_SESSION ? 5000 : 2000));
   const [stopError, setStopError] = useState(null);
   const [filter, setFilter] = useState('all');
   const marked = useRef(false);
@@ -134,7 +134,8 @@ export function Session({ id }) {
       {s.snapshots && s.snapshots.length ? (
         <section aria-labelledby="h-snapshots">
           <h2 id="h-snapshots">Snapshots</h2>
-          <Table rowKey={(x) => x.id} rows={s.snapshots}
+          {s.snapshots.length > TASK_ROWS ? <p class="muted">The first {TASK_ROWS} of {s.snapshots.length} snapshots, those not released first.</p> : null}
+          <Table rowKey={(x) => x.id} rows={firstSnapshots(s.snapshots)}
             cols={[
               { label: 'VM', cell: (x) => x.vm },
               { label: 'State', cell: (x) => <State s={x.state} /> },
@@ -160,6 +161,10 @@ export function Session({ id }) {
 }
 
 const TASK_ROWS = 500;
+// A session of more tasks is polled every 5 s, not 2: its answer is megabytes.
+const BIG_SESSION = 2000;
+const firstSnapshots = (list) => (list.length <= TASK_ROWS ? list
+  : list.filter((x) => x.state !== 'released').concat(list.filter((x) => x.state === 'released')).slice(0, TASK_ROWS));
 const LOG_LINES = 1000;
 const TASK_STATES = ['all', 'running', 'queued', 'waiting', 'failed', 'succeeded', 'canceled'];
 
