@@ -50,9 +50,22 @@ async function workers() {
 export function Session({ id }) {
   const log = useRef({ entries: [], last: 0, total: 0 });
   const final = useRef(null);
+  const full = useRef(null);
   const poll = usePoll(async () => {
     if (final.current) return final.current;
-    const s = await api.get('/sessions/' + id);
+    // A big running session: its progress from the session list (totals and
+    // state, no tasks) every poll, its tasks (megabytes) every FULL_MS.
+    let s = null;
+    const prev = full.current;
+    if (prev && prev.s.tasks.length > BIG_SESSION && prev.s.job_id && Date.now() - prev.at < FULL_MS) {
+      const l = await api.get(`/sessions?job=${prev.s.job_id}&kind=${prev.s.kind}&limit=20`);
+      const lite = l.sessions.find((x) => x.id === id);
+      if (lite && !ENDED.includes(lite.state)) s = { ...prev.s, ...lite, tasksAt: prev.at };
+    }
+    if (!s) {
+      s = await api.get('/sessions/' + id);
+      full.current = { s, at: Date.now() };
+    }
     // The log is followed with after= (only new lines); the page keeps and
     // shows the last LOG_LINES of it.
     const l = await api.get(`/sessions/${id}/log?limit=100000&after=${log.current.last}`);
@@ -67,7 +80,7 @@ export function Session({ id }) {
     if (!final.current && !log.current.marked) { log.current.marked = true; performance.mark('session-data'); }
     if (ENDED.includes(s.state) && (!s.lifecycle || s.lifecycle.state !== 'pending')) final.current = data;
     return data;
-  }, [id], (d) => (d && d.s.tasks.length > BIG_SESSION ? 5000 : 2000));
+  }, [id], 2000);
   const [stopError, setStopError] = useState(null);
   const [filter, setFilter] = useState('all');
   const marked = useRef(false);
@@ -113,6 +126,7 @@ export function Session({ id }) {
 
       <section aria-labelledby="h-tasks">
         <h2 id="h-tasks">Tasks</h2>
+        {s.tasksAt ? <p class="muted">A session of {s.tasks.length} tasks: its tasks as of {when(new Date(s.tasksAt).toISOString())}, refreshed every {FULL_MS / 1000} s; the progress above is live.</p> : null}
         <TaskFilter tasks={s.tasks || []} filter={filter} setFilter={setFilter} shown={shown.length} />
         <Table rowKey={(x) => x.id} rows={shown} empty="No tasks."
           cols={[
@@ -161,8 +175,10 @@ export function Session({ id }) {
 }
 
 const TASK_ROWS = 500;
-// A session of more tasks is polled every 5 s, not 2: its answer is megabytes.
+// A running session of more tasks gets its task list every 30 s (its answer
+// is megabytes), its progress every poll.
 const BIG_SESSION = 2000;
+const FULL_MS = 30000;
 const firstSnapshots = (list) => (list.length <= TASK_ROWS ? list
   : list.filter((x) => x.state !== 'released').concat(list.filter((x) => x.state === 'released')).slice(0, TASK_ROWS));
 const LOG_LINES = 1000;
