@@ -5,10 +5,11 @@
 //      waited for to the dashboard rendered (the app's performance marks
 //      'dashboard-data' and 'dashboard-rendered'), and from navigation start.
 //   2. The coordinator's CPU (utime+stime from /proc/PID/stat) in windows of
-//      WINDOW_S seconds, idle and during one session: without a console, with
-//      the dashboard open and polling, with the session's page open; CYCLES
-//      times each, interleaved.
-// Environment: CONSOLE_URL FERRY_TOKEN COORD_PID JOB RUNS WINDOW_S CYCLES CHROMIUM OUT
+//      WINDOW_S seconds idle and SESSION_WINDOW_S (30: the session page's
+//      task-list period) during one session: without a console, with the
+//      dashboard open and polling, with the session's page open; CYCLES times
+//      each, interleaved.
+// Environment: CONSOLE_URL FERRY_TOKEN COORD_PID JOB RUNS WINDOW_S SESSION_WINDOW_S CYCLES CHROMIUM OUT
 import { createRequire } from 'node:module';
 import { readFileSync, writeFileSync } from 'node:fs';
 
@@ -16,7 +17,7 @@ const require = createRequire(process.env.PUPPETEER_FROM || import.meta.url);
 const puppeteer = require('puppeteer-core');
 const e = (k, d) => process.env[k] ?? d;
 const base = e('CONSOLE_URL'), token = e('FERRY_TOKEN'), pid = +e('COORD_PID'), job = +e('JOB');
-const RUNS = +e('RUNS', '5'), WINDOW_S = +e('WINDOW_S', '10');
+const RUNS = +e('RUNS', '5'), WINDOW_S = +e('WINDOW_S', '10'), SESSION_WINDOW_S = +e('SESSION_WINDOW_S', '30');
 const log = (m) => console.error('console-dashboard: ' + m);
 const CLK = 100; // sysconf(_SC_CLK_TCK) on Linux
 const cpu = () => {
@@ -68,18 +69,19 @@ try {
   // machine's processes are sometimes paused) or that overran is measured again.
   const state = () => readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')[0];
   const windowCpu = async (phase, mode, url, attempt = 1) => {
+    const WIN = phase === 'session' ? SESSION_WINDOW_S : WINDOW_S;
     await page.goto(url || 'about:blank', { waitUntil: 'load' });
     counting = { n: 0 };
     const c0 = cpu(), t0 = performance.now();
     let stopped = false;
     const sampler = setInterval(() => { if (state() === 'T') stopped = true; }, 250);
-    await new Promise((r) => setTimeout(r, WINDOW_S * 1000));
+    await new Promise((r) => setTimeout(r, WIN * 1000));
     clearInterval(sampler);
     const secs = (performance.now() - t0) / 1000;
     const pct = (100 * (cpu() - c0)) / secs;
     const w = { phase, mode, cpu_pct: pct, api_requests_per_s: counting.n / secs };
     counting = null;
-    if ((stopped || secs > WINDOW_S * 1.3) && attempt < 4) {
+    if ((stopped || secs > WIN * 1.3) && attempt < 4) {
       log(`${phase} ${mode}: discarded (${stopped ? 'the coordinator was stopped' : `took ${secs.toFixed(1)} s`}); again`);
       (result.discarded ||= []).push(w);
       return windowCpu(phase, mode, url, attempt + 1);
@@ -87,7 +89,7 @@ try {
     (result.windows ||= []).push(w);
     log(`${phase} ${mode}: coordinator CPU ${pct.toFixed(1)}% of one core; the console made ${w.api_requests_per_s.toFixed(2)} API requests/s`);
   };
-  const CYCLES = +e('CYCLES', '3');
+  const CYCLES = +e('CYCLES', '2');
   for (let c = 0; c < CYCLES; c++) {
     await windowCpu('idle', 'none');
     await windowCpu('idle', 'dashboard', base + '/#/');

@@ -7,8 +7,8 @@
 # polling vs without (target: < 5 points of one core extra).
 # Usage: bench/console-dashboard.sh [WORKDIR]
 # Environment (defaults): WORKERS=1000 CLUSTERS=50 VMS=10000 DISKS=2 SLOTS=2
-#   TASK_MS=10000 (long: the session must outlast its 3 x CYCLES CPU windows)
-#   RUNS=5 WINDOW_S=10 CYCLES=3 FERRY_CONSOLE_DIR (default build/console)
+#   TASK_MS=20000 (long: the session must outlast its 3 x CYCLES CPU windows)
+#   RUNS=5 WINDOW_S=10 SESSION_WINDOW_S=30 CYCLES=2 FERRY_CONSOLE_DIR (default build/console)
 #   FERRY_CONSOLE_DEV_PROXY=1: serve the console with tests/console/dev-server.mjs
 #   (a coordinator without --console-dir); otherwise the coordinator serves it.
 # Needs chromium and tests/console/node_modules (scripts/install-deps).
@@ -20,7 +20,7 @@ simworker=${FERRY_SIMWORKER:-$build/tests/simworker/ferry-simworker}
 console_dir=${FERRY_CONSOLE_DIR:-$build/console}
 probe=$root/bench/coordinator_scale_probe.py
 WORKERS=${WORKERS:-1000} CLUSTERS=${CLUSTERS:-50} VMS=${VMS:-10000} DISKS=${DISKS:-2} SLOTS=${SLOTS:-2}
-TASK_MS=${TASK_MS:-10000}
+TASK_MS=${TASK_MS:-20000}
 for f in "$coordinator" "$simworker" "$console_dir/index.html" "$root/tests/console/node_modules/puppeteer-core"; do
   [[ -e $f ]] || { echo "console-dashboard: $f is missing" >&2; exit 1; }
 done
