@@ -242,8 +242,9 @@ try {
   await nav('Restore points', '#points-vm');
   await page.type('#points-vm', vm);
   await page.waitForFunction((v, s) => {
+    const secs = [...document.querySelectorAll('section[data-vm]')];
     const sec = document.querySelector(`section[data-vm="${v}"]`);
-    return sec && sec.querySelector('tbody tr') && sec.textContent.includes('session ' + s);
+    return secs.length === 1 && sec && sec.querySelector('tbody tr') && sec.textContent.includes('session ' + s);
   }, { polling: 200 }, vm, sessionId);
   log(`restore point of ${vm} from session ${sessionId} listed`);
   await shot('points');
