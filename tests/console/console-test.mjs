@@ -142,6 +142,24 @@ try {
   await shot('dashboard');
   await axe('dashboard');
 
+  // Polling: the dashboard refreshes itself, and not while its tab is hidden.
+  const apiCalls = () => requests.filter((r) => r.includes('/api/v1/status')).length;
+  let before = apiCalls();
+  await new Promise((r) => setTimeout(r, 8000));
+  const visibleCalls = apiCalls() - before;
+  if (visibleCalls < 2) throw new Error(`the dashboard polled ${visibleCalls} times in 8 s`);
+  const other = await browser.newPage();
+  await other.bringToFront();
+  await page.waitForFunction(() => document.hidden, { timeout: 5000, polling: 100 });
+  before = apiCalls();
+  await new Promise((r) => setTimeout(r, 7000));
+  const hiddenCalls = apiCalls() - before;
+  await other.close();
+  await page.bringToFront();
+  await page.waitForFunction(() => !document.hidden, { timeout: 5000, polling: 100 });
+  if (hiddenCalls > 0) throw new Error(`the dashboard polled ${hiddenCalls} times while hidden`);
+  log(`polling: ${visibleCalls} refreshes in 8 s visible, ${hiddenCalls} in 7 s hidden`);
+
   // 3. Jobs, then the new-job form.
   await nav('Jobs', 'a.button[href="#/jobs/new"]');
   await waitText('main table', new RegExp(existingJob));
