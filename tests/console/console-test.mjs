@@ -207,10 +207,18 @@ try {
   const schedErr = await page.$eval('[data-field="job-schedule"] .field-error, [data-field="job-expr"] .field-error', (e) => e.textContent);
   if (!/never runs/.test(schedErr)) throw new Error(`schedule error: ${schedErr}`);
   log(`bad schedule: "${schedErr}" beside the schedule`);
+  // The preview keeps the selection's VMs and names the schedule's error.
+  await page.waitForSelector('[data-testid=preview-schedule-error]', { timeout: 10000 });
+  const previewSched = await text('[data-testid=preview-schedule-error]');
+  if (!/never runs/.test(previewSched)) throw new Error(`preview's schedule error: ${previewSched}`);
+  if (!(await text('[data-testid=preview-count]')).startsWith(`${expectVms.length} VM`)) throw new Error('the preview lost the VMs on a bad schedule');
   await shot('error-schedule');
   await page.select('#job-schedule', 'daily');
   await page.waitForSelector('#job-at');
   await page.waitForFunction(() => !document.querySelector('[data-field="job-schedule"] .field-error'), { polling: 100, timeout: 5000 });
+  // A valid schedule: the preview lists its next runs (the coordinator's own schedule code).
+  await page.waitForFunction(() => document.querySelectorAll('.preview ol.next-runs li').length === 5, { polling: 200, timeout: 10000 });
+  log(`preview: next runs ${(await text('.preview ol.next-runs')).slice(0, 60)}...`);
 
   // ...a name taken; then the fixed form is saved.
   await clear('#job-name');

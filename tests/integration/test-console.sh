@@ -38,7 +38,7 @@ command -v node >/dev/null || skip "no node"
   || skip "no tests/console/node_modules (scripts/install-deps runs npm ci there)"
 [[ -n $SIMWORKER ]] || skip "set FERRY_SIMWORKER"
 if [[ ${FERRY_CONSOLE_DEV_PROXY:-0} != 1 ]] && ! "$COORDINATOR" run --help 2>&1 | grep -q -- --console-dir; then
-  skip "$COORDINATOR has no --console-dir (FERRY_CONSOLE_DEV_PROXY=1 serves the console through tests/console/dev-server.mjs)"
+  fail "$COORDINATOR has no --console-dir"
 fi
 if [[ $FERRY_CONSOLE_NETNS == 1 ]]; then
   [[ $(ip -o route show 2>/dev/null | wc -l) == 0 ]] || fail "the network namespace has routes: $(ip -o route show)"

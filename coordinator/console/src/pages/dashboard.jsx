@@ -81,7 +81,7 @@ export function Dashboard() {
             { label: 'State', cell: (j) => j.last_session ? <a href={link('/sessions/' + j.last_session.id)}><State s={j.last_session.state} /></a> : <span class="muted">never run</span> },
             { label: 'Started', cell: (j) => when(j.last_session?.started_at ?? j.last_session?.created_at) },
             { label: 'Duration', cell: (j) => j.last_session?.started_at ? duration(j.last_session.started_at, j.last_session.ended_at) : '–' },
-            { label: 'Read', num: true, cell: (j) => bytes(j.last_session?.bytes_read) },
+            { label: 'Processed', num: true, cell: (j) => bytes(j.last_session?.bytes_done) },
             { label: 'Stored', num: true, cell: (j) => bytes(j.last_session?.bytes_stored) },
           ]} />
       </section>

@@ -131,6 +131,15 @@ function usePreview(f) {
           } catch (e2) {
             if (my === seq.current) setPreview({ state: 'unavailable', error: e2 });
           }
+        } else if (e.status === 400 && body.schedule && String(e.field || '').startsWith('schedule')) {
+          // A schedule the API refuses: still show what the selection
+          // matches, and the schedule's error in its own section.
+          try {
+            const r = await api.post('/jobs/preview', { selection: body.selection, exclude_disks: body.exclude_disks });
+            if (my === seq.current) setPreview({ state: 'ok', data: { ...r, schedule_error: e.message } });
+          } catch (e2) {
+            if (my === seq.current) setPreview({ state: 'error', error: e2 });
+          }
         } else {
           setPreview({ state: 'error', error: e });
         }
@@ -170,7 +179,8 @@ function Preview({ preview }) {
           </div>
         ) : null}
         <h3>Schedule</h3>
-        {d.local ? <p class="muted">Schedule preview unavailable (the coordinator has no preview; the job's next run shows once saved).</p>
+        {d.schedule_error ? <p class="field-error" data-testid="preview-schedule-error">The schedule is not valid: {d.schedule_error}</p>
+          : d.local ? <p class="muted">Schedule preview unavailable (the coordinator has no preview; the job's next run shows once saved).</p>
           : d.next_runs ? (
             <>
               <p>{d.schedule_description || 'manual only'}</p>
